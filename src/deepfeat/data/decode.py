@@ -1,0 +1,484 @@
+"""The one image decode policy of deepfeat.
+
+Every image that enters deepfeat -- from a file, from bytes, or handed over in memory -- goes
+through this module, so every path gets the same answers to the same questions:
+
+* **Format** is sniffed by Pillow from the bytes, never taken from the file name, and must be in
+  :attr:`DecodePolicy.formats`; anything else fails with reason ``"unsupported_format"``.
+* **Size** is decided from the header, before any pixel is decoded: more than
+  :attr:`DecodePolicy.max_pixels` fails with ``"too_large"``, a side ratio above
+  :attr:`DecodePolicy.max_aspect_ratio` with ``"aspect_ratio"``. Memory stays bounded.
+* **Truncation** is an error: Pillow's ``LOAD_TRUNCATED_IMAGES`` stays off (this module never
+  touches Pillow's globals) and the image is fully decoded, so a cut file fails with
+  ``"truncated"`` instead of becoming a silently gray image.
+* **Orientation**: EXIF orientations 2..8 are applied (the result equals the physically
+  transposed image).
+* **Colour**: the result is always 8-bit ``RGB``. 16-bit gray is scaled (``v >> 8``), never
+  clipped; float images are clipped to [0, 1] and scaled by 255 when their maximum is <= 1, else
+  clipped to [0, 255]; transparent pixels are alpha-composited onto
+  :attr:`DecodePolicy.background` (white by default). Multi-frame files (animated GIF,
+  multi-page TIFF, MPO) use frame 0 and report their frame count.
+
+Failures of one item raise :class:`~deepfeat.errors.InputError` with a ``reason`` from
+:data:`FAILURE_REASONS`; machine faults (I/O error, out of memory, too many open files) raise
+:class:`~deepfeat.errors.EnvironmentFault`. Nothing else escapes.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import logging
+import os
+import stat
+import warnings
+from dataclasses import dataclass, field
+from typing import Union
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from deepfeat.errors import EnvironmentFault, InputError, UsageError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "FAILURE_REASONS",
+    "DecodePolicy",
+    "DecodedImage",
+    "read_file_bytes",
+    "decode_bytes",
+    "decode_file",
+    "decode_image",
+    "to_rgb",
+]
+
+#: Every ``InputError.reason`` this module raises.
+FAILURE_REASONS: tuple[str, ...] = (
+    "unidentified",        # not an image at all (0 bytes, text, HTML...)
+    "truncated",           # the image data ends early
+    "too_large",           # too many pixels, or the file is over max_file_bytes
+    "aspect_ratio",        # max(w, h) / min(w, h) above the policy's limit
+    "unsupported_format",  # a real image in a format outside the allowlist
+    "vanished",            # the file was deleted (or its folder) after discovery
+    "decode_error",        # any other failure while decoding
+    "not_regular_file",    # a FIFO, socket, device or directory where a file was expected
+    "unreadable",          # permission denied, symlink loop, name too long
+)
+
+#: EXIF orientation -> the transpose that shows the image upright (same table as
+#: ``PIL.ImageOps.exif_transpose``).
+_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_EXIF_ORIENTATION_TAG = 0x0112
+
+#: Pillow messages that mean "the data stops early".
+_TRUNCATION_MARKERS = (
+    "truncated",
+    "broken data stream",
+    "premature end",
+    "unexpected end",
+    "end of file",
+    "not enough data",
+    "buffer is not large enough",
+)
+
+#: errno values that describe the file itself rather than the machine.
+_UNREADABLE_ERRNOS = {errno.EACCES, errno.EPERM, errno.ELOOP, errno.ENAMETOOLONG}
+_VANISHED_ERRNOS = {errno.ENOENT, errno.ENOTDIR}
+_SPECIAL_FILE_ERRNOS = {errno.ENXIO, errno.ENODEV, errno.EOPNOTSUPP, errno.EISDIR}
+
+_SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N", "I;16S", "I;16LS", "I;16BS"}
+_ALPHA_MODES = {"RGBA", "RGBa", "LA", "La", "PA"}
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    """Limits and conversion choices applied to every decoded image.
+
+    Example:
+        >>> policy = DecodePolicy(max_pixels=10_000_000, background=(0, 0, 0))
+        >>> policy.max_aspect_ratio
+        50.0
+    """
+
+    max_pixels: int = 64_000_000
+    max_aspect_ratio: float = 50.0
+    background: tuple[int, int, int] = (255, 255, 255)
+    formats: frozenset[str] = field(
+        default_factory=lambda: frozenset({"JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP", "PPM", "MPO"})
+    )
+    max_file_bytes: int = 1 << 30
+
+    def __post_init__(self) -> None:
+        if self.max_pixels <= 0:
+            raise UsageError(f"The 'max_pixels' parameter of DecodePolicy must be > 0; got {self.max_pixels!r} instead.")
+        if not self.max_aspect_ratio >= 1:
+            raise UsageError(
+                f"The 'max_aspect_ratio' parameter of DecodePolicy must be >= 1; got {self.max_aspect_ratio!r} instead."
+            )
+        if len(self.background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in self.background):
+            raise UsageError(
+                "The 'background' parameter of DecodePolicy must be three ints in 0..255; "
+                f"got {self.background!r} instead."
+            )
+        if self.max_file_bytes <= 0:
+            raise UsageError(
+                f"The 'max_file_bytes' parameter of DecodePolicy must be > 0; got {self.max_file_bytes!r} instead."
+            )
+        object.__setattr__(self, "formats", frozenset(f.upper() for f in self.formats))
+
+
+_DEFAULT_POLICY = DecodePolicy()
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """A decoded file: the RGB image plus what was learnt on the way."""
+
+    image: Image.Image  #: mode "RGB", fully loaded, EXIF orientation applied
+    format: str  #: the sniffed Pillow format name, e.g. "PNG"
+    mode: str  #: the original Pillow mode, e.g. "CMYK", "I;16", "RGBA", "P", "1"
+    n_frames: int  #: 1, or the frame count of an animated / multi-page file (frame 0 is used)
+    sha256: str  #: hex sha256 of the file's bytes
+
+
+# --------------------------------------------------------------------------------------------
+# reading
+# --------------------------------------------------------------------------------------------
+
+
+def _os_error(path: str, exc: OSError, action: str) -> Exception:
+    """Classify an OSError raised while touching one input file."""
+    code = exc.errno
+    if isinstance(exc, FileNotFoundError) or code in _VANISHED_ERRNOS:
+        return InputError("vanished", f"{path!r} no longer exists ({exc.strerror or exc})")
+    if code in _UNREADABLE_ERRNOS:
+        return InputError("unreadable", f"cannot {action} {path!r}: {exc.strerror or exc}")
+    if code in _SPECIAL_FILE_ERRNOS:
+        return InputError("not_regular_file", f"cannot {action} {path!r}: {exc.strerror or exc}")
+    return EnvironmentFault(f"cannot {action} {path!r}: {exc.strerror or exc} (errno {code})")
+
+
+def read_file_bytes(path: str | os.PathLike, max_bytes: int = _DEFAULT_POLICY.max_file_bytes) -> bytes:
+    """Read a whole regular file, refusing FIFOs, sockets, devices and directories without blocking.
+
+    The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor, so a
+    FIFO swapped in after discovery can never hang the reader.
+
+    Raises:
+        InputError: ``vanished``, ``not_regular_file``, ``unreadable`` or ``too_large``.
+        EnvironmentFault: I/O errors, too many open files, out of memory...
+
+    Example:
+        >>> data = read_file_bytes("photo.jpg")  # doctest: +SKIP
+    """
+    path = os.fspath(path)
+    shown = os.fsdecode(path)
+    # A cheap pre-check so we never even open a device node or a FIFO (opening some devices
+    # has side effects); the fstat below is the race-free check.
+    try:
+        pre = os.stat(path)
+    except OSError as exc:
+        raise _os_error(shown, exc, "stat") from exc
+    if not stat.S_ISREG(pre.st_mode):
+        raise InputError("not_regular_file", f"{shown!r} is not a regular file")
+    flags = os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise _os_error(shown, exc, "open") from exc
+    try:
+        try:
+            st = os.fstat(fd)
+        except OSError as exc:
+            raise _os_error(shown, exc, "stat") from exc
+        if not stat.S_ISREG(st.st_mode):
+            raise InputError("not_regular_file", f"{shown!r} is not a regular file")
+        if st.st_size > max_bytes:
+            raise InputError("too_large", f"{shown!r} has {st.st_size} bytes, more than the limit of {max_bytes}")
+        chunks: list[bytes] = []
+        total = 0
+        want = max(st.st_size, 1 << 16)
+        while True:
+            try:
+                chunk = os.read(fd, min(want, max_bytes + 1 - total) or 1)
+            except BlockingIOError as exc:  # cannot happen for a regular file; refuse rather than spin
+                raise InputError("not_regular_file", f"{shown!r} would block on read") from exc
+            except OSError as exc:
+                raise _os_error(shown, exc, "read") from exc
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if total > max_bytes:
+                raise InputError("too_large", f"{shown!r} grew past the limit of {max_bytes} bytes while being read")
+            want = 1 << 20
+        return b"".join(chunks)
+    except MemoryError as exc:
+        raise EnvironmentFault(f"out of memory while reading {shown!r}") from exc
+    finally:
+        os.close(fd)
+
+
+# --------------------------------------------------------------------------------------------
+# decoding
+# --------------------------------------------------------------------------------------------
+
+
+def _pillow_error(exc: BaseException, fmt: str | None) -> InputError:
+    """Turn an exception raised by Pillow for one item into an InputError."""
+    if isinstance(exc, Image.DecompressionBombError):
+        return InputError("too_large", str(exc))
+    text = str(exc)
+    low = text.lower()
+    if isinstance(exc, EOFError) or any(m in low for m in _TRUNCATION_MARKERS):
+        return InputError("truncated", text or type(exc).__name__)
+    if fmt in ("JPEG", "MPO") and "cannot load this image" in low:
+        # A JPEG whose headers parse but that has no scan at all: header only.
+        return InputError("truncated", f"no image data after the JPEG header ({text})")
+    return InputError("decode_error", f"{type(exc).__name__}: {text}" if text else type(exc).__name__)
+
+
+def _check_geometry(width: int, height: int, policy: DecodePolicy) -> None:
+    if width <= 0 or height <= 0:
+        raise InputError("decode_error", f"image has an empty size {width}x{height}")
+    if width * height > policy.max_pixels:
+        raise InputError(
+            "too_large", f"image is {width}x{height} = {width * height} pixels, over the limit of {policy.max_pixels}"
+        )
+    ratio = max(width, height) / min(width, height)
+    if ratio > policy.max_aspect_ratio:
+        raise InputError(
+            "aspect_ratio", f"image is {width}x{height}, aspect ratio {ratio:.1f} over the limit of {policy.max_aspect_ratio:g}"
+        )
+
+
+def _orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag of a loaded image (1 when absent or invalid)."""
+    try:
+        value = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+    except Exception as exc:  # a broken EXIF block must not lose an otherwise good image
+        logger.debug("ignoring unreadable EXIF: %s", exc)
+        return 1
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 1
+
+
+def _composite(img: Image.Image, background: tuple[int, int, int]) -> Image.Image:
+    rgba = img.convert("RGBA")
+    base = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(base, rgba).convert("RGB")
+
+
+def _gray_array_to_rgb(gray: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.ascontiguousarray(gray, dtype=np.uint8), mode="L").convert("RGB")
+
+
+def _float_to_uint8(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float64, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
+    if values.size and values.max() <= 1.0:
+        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+
+
+def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
+    """Convert a loaded Pillow image of any mode to 8-bit RGB by the rules of this module.
+
+    Example:
+        >>> to_rgb(Image.new("LA", (2, 2), (0, 0))).getpixel((0, 0))
+        (255, 255, 255)
+    """
+    mode = img.mode
+    if mode == "RGB" and "transparency" not in img.info:
+        return img
+    if mode in _SIXTEEN_BIT_MODES:
+        arr = np.asarray(img)
+        if arr.dtype.kind == "i":  # signed 16-bit: shift into 0..65535 first
+            arr = arr.astype(np.int32) + 32768
+        return _gray_array_to_rgb((arr.astype(np.uint32) >> 8).astype(np.uint8))
+    if mode == "I":
+        # 32-bit ints: Pillow's representation of 16-bit gray (PNG/TIFF); scaled as 16-bit.
+        arr = np.clip(np.asarray(img, dtype=np.int64), 0, 65535)
+        return _gray_array_to_rgb((arr >> 8).astype(np.uint8))
+    if mode == "F":
+        return _gray_array_to_rgb(_float_to_uint8(np.asarray(img)))
+    if mode in _ALPHA_MODES or "transparency" in img.info:
+        return _composite(img, background)
+    return img.convert("RGB")
+
+
+def _finish(img: Image.Image, policy: DecodePolicy) -> Image.Image:
+    """Orientation and colour conversion of a loaded image."""
+    orientation = _orientation(img)
+    rgb = to_rgb(img, policy.background)
+    method = _ORIENTATION_TRANSPOSE.get(orientation)
+    if method is not None:
+        rgb = rgb.transpose(method)
+    if rgb is img:  # never hand back the file-backed object itself
+        rgb = img.copy()
+    return rgb
+
+
+def decode_bytes(
+    data: bytes | bytearray | memoryview, policy: DecodePolicy = _DEFAULT_POLICY
+) -> tuple[Image.Image, str, str, int]:
+    """Decode an encoded image held in memory by the policy.
+
+    Returns ``(rgb_image, format, original_mode, n_frames)``.
+
+    Raises:
+        InputError: the bytes are not a usable image (``reason`` in :data:`FAILURE_REASONS`).
+        EnvironmentFault: out of memory.
+
+    Example:
+        >>> buf = io.BytesIO(); Image.new("L", (4, 3)).save(buf, "PNG")
+        >>> img, fmt, mode, n = decode_bytes(buf.getvalue())
+        >>> img.mode, fmt, mode, n, img.size
+        ('RGB', 'PNG', 'L', 1, (4, 3))
+    """
+    if len(data) == 0:
+        raise InputError("unidentified", "empty file (0 bytes)")
+    if len(data) > policy.max_file_bytes:
+        raise InputError("too_large", f"{len(data)} bytes, more than the limit of {policy.max_file_bytes}")
+    fmt: str | None = None
+    img: Image.Image | None = None
+    try:
+        with warnings.catch_warnings():
+            # The policy's own limit decides; Pillow's global warning threshold is not ours.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(io.BytesIO(data))
+            except UnidentifiedImageError as exc:
+                raise InputError("unidentified", "not a recognised image format") from exc
+            fmt = (img.format or "").upper()
+            if fmt not in policy.formats:
+                raise InputError(
+                    "unsupported_format", f"format {fmt or 'unknown'} is not in the allowed formats {sorted(policy.formats)}"
+                )
+            width, height = img.size
+            _check_geometry(width, height, policy)  # from the header: nothing decoded yet
+            n_frames = int(getattr(img, "n_frames", 1) or 1)
+            if n_frames > 1:
+                img.seek(0)
+            mode = img.mode
+            img.load()
+            if img.size != (width, height):  # some plugins only know the size after loading
+                _check_geometry(*img.size, policy)
+            result = _finish(img, policy)
+        return result, fmt, mode, n_frames
+    except (InputError, EnvironmentFault):
+        raise
+    except MemoryError as exc:
+        raise EnvironmentFault("out of memory while decoding an image") from exc
+    except Exception as exc:  # every other Pillow failure belongs to this one item
+        raise _pillow_error(exc, fmt) from exc
+    finally:
+        if img is not None:
+            img.close()
+
+
+def decode_file(path: str | os.PathLike, policy: DecodePolicy = _DEFAULT_POLICY) -> DecodedImage:
+    """Read and decode one image file by the policy.
+
+    Example:
+        >>> d = decode_file("photo.jpg")  # doctest: +SKIP
+        >>> d.image.mode, d.format, d.sha256[:8]  # doctest: +SKIP
+        ('RGB', 'JPEG', '3f0c9a1b')
+    """
+    data = read_file_bytes(path, policy.max_file_bytes)
+    digest = hashlib.sha256(data).hexdigest()
+    image, fmt, mode, n_frames = decode_bytes(data, policy)
+    return DecodedImage(image=image, format=fmt, mode=mode, n_frames=n_frames, sha256=digest)
+
+
+def _array_to_image(arr: np.ndarray, policy: DecodePolicy) -> Image.Image:
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if not (arr.ndim == 2 or (arr.ndim == 3 and arr.shape[2] in (3, 4))):
+        raise UsageError(
+            "The 'source' parameter of decode_image must be an HxW or HxWxC (C in 1, 3, 4) array; "
+            f"got shape {arr.shape} instead."
+        )
+    _check_geometry(arr.shape[1], arr.shape[0], policy)
+    kind = arr.dtype.kind
+    if kind == "b":
+        arr = arr.astype(np.uint8) * 255
+    elif kind == "f":
+        finite = np.isfinite(arr)
+        lo = float(arr[finite].min()) if finite.any() else 0.0
+        hi = float(arr[finite].max()) if finite.any() else 0.0
+        if not finite.all() or lo < -1e-6 or hi > 1 + 1e-6:
+            raise UsageError(
+                "Float arrays passed to decode_image must hold finite values in [0, 1]; "
+                f"got range [{lo:g}, {hi:g}]{' with NaN/Inf' if not finite.all() else ''} instead. "
+                "Pass a uint8 array for 0..255 data."
+            )
+        arr = np.rint(np.clip(arr, 0.0, 1.0) * 255.0).astype(np.uint8)
+    elif arr.dtype == np.uint16:
+        arr = (arr >> 8).astype(np.uint8)
+    elif arr.dtype != np.uint8:
+        raise UsageError(
+            "The 'source' parameter of decode_image must be a uint8, uint16, bool or float array; "
+            f"got dtype {arr.dtype} instead."
+        )
+    arr = np.ascontiguousarray(arr)
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if arr.shape[2] == 3:
+        return Image.fromarray(arr, mode="RGB")
+    return _composite(Image.fromarray(arr, mode="RGBA"), policy.background)
+
+
+ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+
+
+def decode_image(source: ImageSource, policy: DecodePolicy = _DEFAULT_POLICY) -> Image.Image:
+    """Any supported image source -> an 8-bit RGB Pillow image, by the one decode policy.
+
+    ``source`` may be a path, encoded bytes, a Pillow image, or a numpy array: ``uint8`` (or
+    ``uint16``, scaled ``>> 8``; or ``bool``) HxW / HxWx1 / HxWx3 / HxWx4, or float in [0, 1]
+    (scaled by 255). HxWx4 arrays and transparent images are composited onto
+    ``policy.background``.
+
+    Raises:
+        InputError: a bad item (same reasons as :func:`decode_file`).
+        UsageError: an array of an unsupported shape/dtype, or an unsupported source type.
+
+    Example:
+        >>> decode_image(np.zeros((2, 3), dtype=np.uint8)).size
+        (3, 2)
+    """
+    if isinstance(source, (str, os.PathLike)):
+        return decode_file(source, policy).image
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        return decode_bytes(source, policy)[0]
+    if isinstance(source, Image.Image):
+        try:
+            _check_geometry(*source.size, policy)
+            source.load()
+            return _finish(source, policy)
+        except (InputError, EnvironmentFault):
+            raise
+        except MemoryError as exc:
+            raise EnvironmentFault("out of memory while converting an image") from exc
+        except Exception as exc:
+            raise _pillow_error(exc, source.format) from exc
+    if isinstance(source, np.ndarray):
+        try:
+            return _array_to_image(source, policy)
+        except MemoryError as exc:
+            raise EnvironmentFault("out of memory while converting an array") from exc
+    raise UsageError(
+        "The 'source' parameter of decode_image must be a path, bytes, a PIL.Image.Image or a numpy array; "
+        f"got {type(source).__name__} instead."
+    )

@@ -1,0 +1,137 @@
+"""The model's evaluation preprocessing, as data: resize, centre crop, normalise.
+
+A :class:`Preprocess` is stored in every feature store and model bundle, so the same
+transform is applied at extraction, training and prediction time. The resize/crop half runs
+in decode workers on PIL images and yields ``uint8`` HWC arrays (cheap to ship between
+processes); the normalise half runs batched in torch in the main process.
+
+Example:
+    >>> p = Preprocess(input_size=(224, 224), crop_pct=0.875)
+    >>> p.resize_size
+    256
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..errors import UsageError
+
+INTERPOLATIONS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """Evaluation preprocessing of one backbone.
+
+    The shorter side is resized to ``floor(size / crop_pct)`` with ``interpolation``, then a
+    centre crop of ``input_size`` (height, width) is taken, pixels are scaled to [0, 1] and
+    normalised with ``mean``/``std`` per channel.
+    """
+
+    input_size: tuple[int, int] = (224, 224)
+    crop_pct: float = 0.875
+    interpolation: str = "bilinear"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def __post_init__(self) -> None:
+        h, w = self.input_size
+        if h < 1 or w < 1:
+            raise UsageError(f"The 'input_size' must be positive; got {self.input_size} instead.")
+        if not 0.05 <= self.crop_pct <= 1.0:
+            raise UsageError(f"The 'crop_pct' must be in [0.05, 1]; got {self.crop_pct} instead.")
+        if self.interpolation not in INTERPOLATIONS:
+            raise UsageError(
+                f"The 'interpolation' must be one of {sorted(INTERPOLATIONS)}; got {self.interpolation!r} instead."
+            )
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0:
+            raise UsageError(f"The 'mean'/'std' must have 3 values and std > 0; got {self.mean}/{self.std}.")
+
+    @property
+    def resize_size(self) -> int:
+        """Length the shorter image side is resized to before the crop."""
+        return int(math.floor(min(self.input_size) / self.crop_pct))
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["input_size"] = list(self.input_size)
+        d["mean"] = list(self.mean)
+        d["std"] = list(self.std)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocess":
+        return cls(
+            input_size=tuple(int(v) for v in d["input_size"]),  # type: ignore[arg-type]
+            crop_pct=float(d["crop_pct"]),
+            interpolation=str(d["interpolation"]),
+            mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+        )
+
+    def with_overrides(
+        self, input_size: int | tuple[int, int] | None = None, crop_pct: float | None = None
+    ) -> "Preprocess":
+        """A copy with ``input_size`` (int = square) and/or ``crop_pct`` replaced."""
+        out = self
+        if input_size is not None:
+            size = (int(input_size), int(input_size)) if isinstance(input_size, int) else tuple(input_size)
+            out = replace(out, input_size=size)  # type: ignore[arg-type]
+        if crop_pct is not None:
+            out = replace(out, crop_pct=float(crop_pct))
+        return out
+
+    # -- the two halves -------------------------------------------------------------
+    def resize_crop(self, image: Image.Image) -> np.ndarray:
+        """Resize the shorter side and centre-crop an RGB PIL image; returns uint8 HxWx3."""
+        if image.mode != "RGB":
+            image = image.convert("RGB")
+        out_h, out_w = self.input_size
+        w, h = image.size
+        target = self.resize_size
+        if h == 0 or w == 0:
+            raise UsageError("Cannot preprocess an empty image.")
+        if w <= h:
+            new_w, new_h = target, max(1, int(round(h * target / w)))
+        else:
+            new_w, new_h = max(1, int(round(w * target / h))), target
+        # Preserve the crop ratio for non-square inputs.
+        if out_h != out_w:
+            scale = max(out_w / self.crop_pct / w, out_h / self.crop_pct / h)
+            new_w, new_h = max(out_w, int(round(w * scale))), max(out_h, int(round(h * scale)))
+        if (new_w, new_h) != (w, h):
+            image = image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
+        left = int(round((new_w - out_w) / 2.0))
+        top = int(round((new_h - out_h) / 2.0))
+        image = image.crop((left, top, left + out_w, top + out_h))
+        return np.asarray(image, dtype=np.uint8)
+
+    def normalize(self, batch: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        """uint8 NHWC batch -> float32 NCHW normalised tensor (optionally channels-last memory)."""
+        x = batch.permute(0, 3, 1, 2).float().div_(255.0)
+        mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = x.sub_(mean).div_(std)
+        memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        return x.contiguous(memory_format=memory_format)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        """Full preprocessing of one RGB image into a 1x3xHxW float tensor."""
+        arr = torch.from_numpy(self.resize_crop(image).copy()).unsqueeze(0)
+        return self.normalize(arr)
