@@ -233,7 +233,36 @@ def read_file_bytes(path: str | os.PathLike, max_bytes: int = _DEFAULT_POLICY.ma
 # --------------------------------------------------------------------------------------------
 
 
-def _pillow_error(exc: BaseException, fmt: str | None) -> InputError:
+_MAGIC = (
+    (b"\xff\xd8\xff", "JPEG"),
+    (b"\x89PNG\r\n\x1a\n", "PNG"),
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"RIFF", "WEBP"),
+)
+
+
+def _magic_format(data: bytes | bytearray | memoryview) -> str | None:
+    """The format whose signature starts ``data`` (only unambiguous signatures)."""
+    head = bytes(data[:8])
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    return None
+
+
+def _riff_truncated(data: bytes | bytearray | memoryview | None) -> bool:
+    """A RIFF (WebP) container whose declared length runs past the end of the data."""
+    if data is None or len(data) < 12 or bytes(data[:4]) != b"RIFF" or bytes(data[8:12]) != b"WEBP":
+        return False
+    return int.from_bytes(bytes(data[4:8]), "little") + 8 > len(data)
+
+
+def _pillow_error(
+    exc: BaseException, fmt: str | None, data: bytes | bytearray | memoryview | None = None
+) -> InputError:
     """Turn an exception raised by Pillow for one item into an InputError."""
     if isinstance(exc, Image.DecompressionBombError):
         return InputError("too_large", str(exc))
@@ -241,6 +270,8 @@ def _pillow_error(exc: BaseException, fmt: str | None) -> InputError:
     low = text.lower()
     if isinstance(exc, EOFError) or any(m in low for m in _TRUNCATION_MARKERS):
         return InputError("truncated", text or type(exc).__name__)
+    if _riff_truncated(data):
+        return InputError("truncated", f"WebP data ends before its declared length ({text})")
     if fmt in ("JPEG", "MPO") and "cannot load this image" in low:
         # A JPEG whose headers parse but that has no scan at all: header only.
         return InputError("truncated", f"no image data after the JPEG header ({text})")
@@ -353,12 +384,20 @@ def decode_bytes(
     fmt: str | None = None
     img: Image.Image | None = None
     try:
-        with warnings.catch_warnings():
-            # The policy's own limit decides; Pillow's global warning threshold is not ours.
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        with warnings.catch_warnings(record=True) as caught:
+            # Pillow's warnings are about this one item: collected here, not printed. The
+            # policy's own pixel limit decides, so DecompressionBombWarning is just dropped.
+            warnings.simplefilter("always")
             try:
                 img = Image.open(io.BytesIO(data))
             except UnidentifiedImageError as exc:
+                if _riff_truncated(data):
+                    raise InputError("truncated", "WebP data ends before its declared length") from exc
+                known = _magic_format(data)
+                if known is not None:
+                    raise InputError(
+                        "decode_error", f"starts like a {known} file but its header cannot be parsed (cut or corrupt)"
+                    ) from exc
                 raise InputError("unidentified", "not a recognised image format") from exc
             fmt = (img.format or "").upper()
             if fmt not in policy.formats:
@@ -375,13 +414,19 @@ def decode_bytes(
             if img.size != (width, height):  # some plugins only know the size after loading
                 _check_geometry(*img.size, policy)
             result = _finish(img, policy)
+        for w in caught:
+            if issubclass(w.category, Image.DecompressionBombWarning):
+                continue
+            if "truncated" in str(w.message).lower():  # e.g. TIFF "Truncated File Read"
+                raise InputError("truncated", f"{fmt} data is cut short ({w.message})")
+            logger.debug("decode warning: %s", w.message)
         return result, fmt, mode, n_frames
     except (InputError, EnvironmentFault):
         raise
     except MemoryError as exc:
         raise EnvironmentFault("out of memory while decoding an image") from exc
     except Exception as exc:  # every other Pillow failure belongs to this one item
-        raise _pillow_error(exc, fmt) from exc
+        raise _pillow_error(exc, fmt, data) from exc
     finally:
         if img is not None:
             img.close()

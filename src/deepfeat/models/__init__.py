@@ -1,7 +1,7 @@
 """Backbones, their layers, taps and pooling."""
 from .layers import FeatureTaps, LayerInfo, describe_layers, resolve_layers
 from .pooling import POOLINGS, normalize_pool, pool, pooled_dims
-from .preprocess import Preprocess
+from ..data.preprocess import Preprocess
 from .registry import DEFAULT_MODEL, Backbone, list_models, load_backbone
 
 __all__ = [

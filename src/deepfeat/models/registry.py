@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError, WeightsUnavailableError
-from .preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .weights import file_sha256, load_into, load_state_dict
 
 log = logging.getLogger(__name__)

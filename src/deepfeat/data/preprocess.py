@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported lazily: decode workers only need PIL + numpy
+    import torch
 
 INTERPOLATIONS = {
     "nearest": Image.Resampling.NEAREST,
@@ -122,8 +124,10 @@ class Preprocess:
         image = image.crop((left, top, left + out_w, top + out_h))
         return np.asarray(image, dtype=np.uint8)
 
-    def normalize(self, batch: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    def normalize(self, batch: "torch.Tensor", channels_last: bool = False) -> "torch.Tensor":
         """uint8 NHWC batch -> float32 NCHW normalised tensor (optionally channels-last memory)."""
+        import torch
+
         x = batch.permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
         std = torch.tensor(self.std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
@@ -131,7 +135,9 @@ class Preprocess:
         memory_format = torch.channels_last if channels_last else torch.contiguous_format
         return x.contiguous(memory_format=memory_format)
 
-    def __call__(self, image: Image.Image) -> torch.Tensor:
+    def __call__(self, image: Image.Image) -> "torch.Tensor":
         """Full preprocessing of one RGB image into a 1x3xHxW float tensor."""
+        import torch
+
         arr = torch.from_numpy(self.resize_crop(image).copy()).unsqueeze(0)
         return self.normalize(arr)

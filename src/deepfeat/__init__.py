@@ -1,0 +1,40 @@
+"""deepfeat: transfer learning by CNN feature extraction, out of core.
+
+The public API is imported lazily so that ``import deepfeat`` (and decode workers) stay fast.
+
+Example:
+    >>> import deepfeat
+    >>> deepfeat.extract("photos/", out="feats/", layers="pre_logits")   # doctest: +SKIP
+    >>> store = deepfeat.open_store("feats/")                             # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+__version__ = "0.1.0"
+
+_API = {
+    "extract": "deepfeat.extract",
+    "plan_extraction": "deepfeat.extract",
+    "ExtractSummary": "deepfeat.extract",
+    "open_store": "deepfeat.store.reader",
+    "FeatureStore": "deepfeat.store.reader",
+    "load_backbone": "deepfeat.models.registry",
+    "list_models": "deepfeat.models.registry",
+    "describe_layers": "deepfeat.models.layers",
+    "resolve_layers": "deepfeat.models.layers",
+    "discover": "deepfeat.data.sources",
+    "export_store": "deepfeat.store.export",
+    "store_info": "deepfeat.store.info",
+    "classify_images": "deepfeat.classify",
+    "write_dataset": "deepfeat.datasets",
+}
+
+__all__ = sorted(_API) + ["__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _API:
+        return getattr(importlib.import_module(_API[name]), name)
+    raise AttributeError(f"module 'deepfeat' has no attribute {name!r}")

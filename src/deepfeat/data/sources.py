@@ -1,0 +1,484 @@
+"""Discovery: turn a folder or a list file into a deterministic list of input items.
+
+Supported sources (the layout is detected, see :func:`discover`):
+
+* ``split_class`` -- ``root/<split>/<class>/...`` when every top-level folder is a split name
+  (``train``, ``val``/``valid``/``validation``, ``test``; compared case-insensitively, recorded
+  lower-case with ``valid``/``validation`` -> ``val``).
+* ``class`` -- ``root/<class>/...``; files below a class folder at any depth get that label
+  (like torchvision's ``ImageFolder``).
+* ``flat`` -- a folder of images, label ``None``.
+* ``list`` -- a ``.csv`` or ``.txt`` file of ``path[,label[,split]]`` rows, parsed with the
+  :mod:`csv` module (quote paths that hold commas or newlines). An optional header row naming
+  the columns (``path,label,split`` in any order) is recognised; blank lines and lines starting
+  with ``#`` are skipped; relative paths are resolved against the list file's folder.
+
+Discovery never opens a file: it only uses ``scandir``/``lstat``/``stat``, so a FIFO can never
+block it, and it never follows a symlink to a directory (so symlink loops cannot trap it).
+Everything that is not used is reported as an :class:`ExcludedItem` with a reason:
+
+``hidden``                 name starts with ``.`` (hidden folders are not entered)
+``not_regular_file``       FIFO, socket, device, a directory named like an image, or a symlink
+                           to a directory (never followed)
+``broken_symlink``         the symlink's target does not exist
+``symlink_loop``           resolving the symlink loops (ELOOP)
+``symlink_outside_root``   the symlink resolves outside the source folder (folders only)
+``not_image_extension``    a regular file whose extension is not in :data:`IMAGE_EXTENSIONS`
+                           (folders only: list files are explicit, their entries are kept)
+``unreadable_dir``         a folder that cannot be listed
+``unreadable``             an entry that cannot be stat'ed (permission denied, name too long)
+``missing``                a list-file entry that does not exist
+``duplicate``              a list-file entry naming the same path as an earlier row
+``layout``                 a file at a depth that does not fit the detected layout
+
+Paths are ``str`` decoded with :func:`os.fsdecode` (surrogateescape), so names that are not
+valid UTF-8 survive: ``os.fsencode(item.path)`` gives back the original bytes. Items are sorted
+by the bytes of their relative path. Labels and splits are data, never used to build paths.
+"""
+from __future__ import annotations
+
+import csv
+import errno
+import hashlib
+import logging
+import os
+import stat
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from deepfeat.errors import EnvironmentFault, UsageError
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SPLIT_NAMES",
+    "EXCLUSION_REASONS",
+    "SourceItem",
+    "ExcludedItem",
+    "Discovery",
+    "discover",
+    "item_id",
+    "normalize_split",
+]
+
+#: File extensions (lower-case, with the dot) that a folder walk treats as images.
+IMAGE_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif", ".mpo"}
+)
+#: Top-level folder names that make a folder a ``split_class`` layout (case-insensitive).
+SPLIT_NAMES: frozenset[str] = frozenset({"train", "val", "valid", "validation", "test"})
+_SPLIT_ALIASES = {"valid": "val", "validation": "val"}
+#: Every ``ExcludedItem.reason``.
+EXCLUSION_REASONS: tuple[str, ...] = (
+    "hidden",
+    "not_regular_file",
+    "broken_symlink",
+    "symlink_loop",
+    "symlink_outside_root",
+    "not_image_extension",
+    "unreadable_dir",
+    "unreadable",
+    "missing",
+    "duplicate",
+    "layout",
+)
+LIST_EXTENSIONS = (".csv", ".txt")
+_LIST_COLUMNS = ("path", "label", "split")
+
+
+@dataclass(frozen=True)
+class SourceItem:
+    """One discovered input file."""
+
+    id: str  #: blake2b(os.fsencode(relpath), digest_size=10).hexdigest()
+    path: str  #: path that opens exactly this file (os.fsdecode-style str)
+    relpath: str  #: path relative to the root ('/'-separated), as written for list files
+    label: str | None
+    split: str | None
+    size: int  #: bytes, from stat at discovery
+
+
+@dataclass(frozen=True)
+class ExcludedItem:
+    """An entry of the source that is not an input, with the reason why."""
+
+    path: str
+    reason: str  #: one of :data:`EXCLUSION_REASONS`
+    message: str
+
+
+@dataclass
+class Discovery:
+    """The result of :func:`discover`."""
+
+    root: str  #: absolute folder that relpaths are relative to (the list file's folder for lists)
+    layout: str  #: "split_class" | "class" | "flat" | "list"
+    items: list[SourceItem] = field(default_factory=list)
+    excluded: list[ExcludedItem] = field(default_factory=list)
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted distinct labels of the items (``None`` left out)."""
+        return sorted({i.label for i in self.items if i.label is not None})
+
+    @property
+    def splits(self) -> list[str]:
+        """Sorted distinct splits of the items (``None`` left out)."""
+        return sorted({i.split for i in self.items if i.split is not None})
+
+
+def item_id(relpath: str) -> str:
+    """The stable id of an item: a 20-hex-digit blake2b of its relative path's bytes.
+
+    Example:
+        >>> item_id("cat/1.jpg") == item_id("cat/1.jpg")
+        True
+    """
+    return hashlib.blake2b(os.fsencode(relpath), digest_size=10).hexdigest()
+
+
+def normalize_split(split: str | None) -> str | None:
+    """Lower-case known split names and map ``valid``/``validation`` to ``val``.
+
+    Unknown names are kept as written (stripped); empty -> ``None``.
+
+    Example:
+        >>> normalize_split("Validation"), normalize_split("holdout"), normalize_split("")
+        ('val', 'holdout', None)
+    """
+    if split is None:
+        return None
+    s = split.strip()
+    if not s:
+        return None
+    low = s.lower()
+    if low in SPLIT_NAMES:
+        return _SPLIT_ALIASES.get(low, low)
+    return s
+
+
+def _is_image_name(name: str) -> bool:
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _inside(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _stat_error(path: str, exc: OSError, *, via_symlink: bool) -> tuple[str, str]:
+    """(reason, message) for an entry that could not be stat'ed; environment faults raise."""
+    code = exc.errno
+    what = exc.strerror or str(exc)
+    if code in (errno.ENOENT, errno.ENOTDIR):
+        return ("broken_symlink" if via_symlink else "missing"), f"{what}"
+    if code == errno.ELOOP:
+        return "symlink_loop", f"too many levels of symbolic links ({what})"
+    if code in (errno.EACCES, errno.EPERM, errno.ENAMETOOLONG):
+        return "unreadable", what
+    raise EnvironmentFault(f"cannot stat {path!r}: {what} (errno {code})") from exc
+
+
+def _sort_key(relpath: str) -> bytes:
+    return os.fsencode(relpath)
+
+
+class _Walker:
+    """Collects items and exclusions for one folder source."""
+
+    def __init__(self, root: str, default_split: str | None) -> None:
+        self.root = root
+        self.real_root = os.path.realpath(root)
+        self.default_split = default_split
+        self.items: list[SourceItem] = []
+        self.excluded: list[ExcludedItem] = []
+        self._seen_dirs: set[tuple[int, int]] = set()
+
+    def exclude(self, path: str, reason: str, message: str) -> None:
+        self.excluded.append(ExcludedItem(path=path, reason=reason, message=message))
+
+    def scan(self, path: str) -> list[os.DirEntry[str]]:
+        """Entries of a folder sorted by name bytes; an unreadable folder is excluded."""
+        try:
+            st = os.stat(path)
+            key = (st.st_dev, st.st_ino)
+            if key in self._seen_dirs:  # bind-mount loops; directory symlinks are never followed
+                self.exclude(path, "not_regular_file", "folder already visited (mount loop)")
+                return []
+            self._seen_dirs.add(key)
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT, errno.ENOTDIR, errno.ELOOP):
+                self.exclude(path, "unreadable_dir", f"cannot list folder: {exc.strerror or exc}")
+                return []
+            raise EnvironmentFault(f"cannot list folder {path!r}: {exc.strerror or exc} (errno {exc.errno})") from exc
+        entries.sort(key=lambda e: os.fsencode(e.name))
+        return entries
+
+    def classify(self, entry: os.DirEntry[str]) -> tuple[str, os.stat_result | None]:
+        """'dir', 'file' (with the stat to use) or 'excluded' (already recorded)."""
+        path = entry.path
+        if entry.name.startswith("."):
+            self.exclude(path, "hidden", "hidden name (starts with '.')")
+            return "excluded", None
+        try:
+            lst = entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            reason, message = _stat_error(path, exc, via_symlink=False)
+            self.exclude(path, reason, message)  # "missing": deleted while we were listing
+            return "excluded", None
+        if stat.S_ISLNK(lst.st_mode):
+            try:
+                st = os.stat(path)
+            except OSError as exc:
+                reason, message = _stat_error(path, exc, via_symlink=True)
+                self.exclude(path, reason, message)
+                return "excluded", None
+            target = os.path.realpath(path)
+            if not _inside(target, self.real_root):
+                self.exclude(path, "symlink_outside_root", f"symlink resolves outside the source folder: {target!r}")
+                return "excluded", None
+            if stat.S_ISDIR(st.st_mode):
+                self.exclude(path, "not_regular_file", "symlink to a folder (folder symlinks are not followed)")
+                return "excluded", None
+        else:
+            st = lst
+            if stat.S_ISDIR(st.st_mode):
+                if _is_image_name(entry.name):
+                    self.exclude(path, "not_regular_file", "a folder named like an image file")
+                    return "excluded", None
+                return "dir", None
+        if not stat.S_ISREG(st.st_mode):
+            self.exclude(path, "not_regular_file", f"not a regular file ({_kind(st.st_mode)})")
+            return "excluded", None
+        if not _is_image_name(entry.name):
+            self.exclude(path, "not_image_extension", "extension is not an image extension")
+            return "excluded", None
+        return "file", st
+
+    def add(self, path: str, st: os.stat_result, label: str | None, split: str | None) -> None:
+        prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
+        relpath = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self.root)
+        if os.sep != "/":
+            relpath = relpath.replace(os.sep, "/")
+        self.items.append(
+            SourceItem(
+                id=item_id(relpath),
+                path=path,
+                relpath=relpath,
+                label=label,
+                split=split if split is not None else self.default_split,
+                size=st.st_size,
+            )
+        )
+
+    def walk_labelled(self, folder: str, label: str | None, split: str | None) -> None:
+        """Every image below ``folder`` (recursively) gets ``label`` and ``split``."""
+        for entry in self.scan(folder):
+            kind, st = self.classify(entry)
+            if kind == "dir":
+                self.walk_labelled(entry.path, label, split)
+            elif kind == "file":
+                assert st is not None
+                self.add(entry.path, st, label, split)
+
+    def walk_classes(self, folder: str, split: str | None, where: str) -> None:
+        """``folder/<class>/...``; files directly in ``folder`` do not fit the layout."""
+        for entry in self.scan(folder):
+            kind, st = self.classify(entry)
+            if kind == "dir":
+                self.walk_labelled(entry.path, entry.name, split)
+            elif kind == "file":
+                self.exclude(entry.path, "layout", f"file directly in {where}; expected {where}/<class>/<file>")
+
+
+def _kind(mode: int) -> str:
+    for test, name in (
+        (stat.S_ISFIFO, "FIFO"),
+        (stat.S_ISSOCK, "socket"),
+        (stat.S_ISCHR, "character device"),
+        (stat.S_ISBLK, "block device"),
+        (stat.S_ISDIR, "folder"),
+    ):
+        if test(mode):
+            return name
+    return "special file"
+
+
+def _detect_layout(root: str, entries: list[os.DirEntry[str]]) -> str:
+    """``split_class``, ``class`` or ``flat`` from the root's own entries (never follows symlinks)."""
+    class_dirs: list[str] = []
+    for e in entries:
+        if e.name.startswith(".") or _is_image_name(e.name):
+            continue
+        try:
+            if e.is_dir(follow_symlinks=False):
+                class_dirs.append(e.name)
+        except OSError:
+            continue
+    if not class_dirs:
+        return "flat"
+    if all(name.lower() in SPLIT_NAMES for name in class_dirs):
+        return "split_class"
+    return "class"
+
+
+def _discover_folder(root: str, default_split: str | None) -> Discovery:
+    walker = _Walker(root, default_split)
+    top = walker.scan(root)
+    layout = _detect_layout(root, top)
+    for entry in top:
+        kind, st = walker.classify(entry)
+        if kind == "file":
+            assert st is not None
+            if layout == "flat":
+                walker.add(entry.path, st, None, None)
+            else:
+                expected = "<split>/<class>/<file>" if layout == "split_class" else "<class>/<file>"
+                walker.exclude(entry.path, "layout", f"file directly in the source folder; expected {expected}")
+        elif kind == "dir":
+            if layout == "split_class":
+                walker.walk_classes(entry.path, normalize_split(entry.name), where=entry.name)
+            elif layout == "class":
+                walker.walk_labelled(entry.path, entry.name, None)
+            # flat: _detect_layout found no such folder
+    return _finish(root, layout, walker.items, walker.excluded)
+
+
+def _finish(root: str, layout: str, items: list[SourceItem], excluded: list[ExcludedItem]) -> Discovery:
+    items.sort(key=lambda i: _sort_key(i.relpath))
+    excluded.sort(key=lambda x: (os.fsencode(x.path), x.reason))
+    logger.info(
+        "discovered %d items (%d excluded) in %s layout under %s", len(items), len(excluded), layout, os.fsdecode(root)
+    )
+    return Discovery(root=root, layout=layout, items=items, excluded=excluded)
+
+
+def _read_rows(list_path: str) -> Iterator[tuple[int, list[str]]]:
+    with open(list_path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+        reader = csv.reader(fh)
+        for row in reader:
+            yield reader.line_num, row
+
+
+def _discover_list(list_path: str, default_split: str | None) -> Discovery:
+    base = os.path.dirname(list_path)
+    items: list[SourceItem] = []
+    excluded: list[ExcludedItem] = []
+    seen: dict[str, int] = {}
+    columns: tuple[str, ...] = _LIST_COLUMNS
+    header_checked = False
+    try:
+        rows = list(_read_rows(list_path))
+    except UnicodeError as exc:  # pragma: no cover - surrogateescape makes this unreachable
+        raise UsageError(f"cannot read list file {list_path!r}: {exc}") from exc
+    except OSError as exc:
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.ENOENT):
+            raise UsageError(f"cannot read list file {list_path!r}: {exc.strerror or exc}") from exc
+        raise EnvironmentFault(f"cannot read list file {list_path!r}: {exc.strerror or exc}") from exc
+    except csv.Error as exc:
+        raise UsageError(f"list file {list_path!r} is not valid CSV: {exc}") from exc
+    for line_no, row in rows:
+        if not row or all(not f.strip() for f in row):
+            continue
+        if row[0].lstrip().startswith("#"):
+            continue
+        if not header_checked:
+            header_checked = True
+            names = tuple(f.strip().lower() for f in row)
+            if "path" in names and set(names) <= set(_LIST_COLUMNS) and len(set(names)) == len(names):
+                columns = names
+                continue
+        fields = dict(zip(columns, row))
+        written = fields.get("path", "")
+        if not written.strip():
+            excluded.append(ExcludedItem(f"{list_path}:{line_no}", "missing", "row has an empty path"))
+            continue
+        full = os.path.join(base, written)
+        if not os.path.lexists(full) and written.strip() != written:
+            written = written.strip()
+            full = os.path.join(base, written)
+        relpath = os.path.normpath(written)
+        full = os.path.join(base, relpath)
+        label = (fields.get("label") or "").strip() or None
+        split = normalize_split(fields.get("split"))
+        if relpath in seen:
+            excluded.append(
+                ExcludedItem(full, "duplicate", f"line {line_no} repeats the path of line {seen[relpath]}")
+            )
+            continue
+        seen[relpath] = line_no
+        try:
+            lst = os.lstat(full)
+        except OSError as exc:
+            reason, message = _stat_error(full, exc, via_symlink=False)
+            excluded.append(ExcludedItem(full, reason, f"line {line_no}: {message}"))
+            continue
+        st = lst
+        if stat.S_ISLNK(lst.st_mode):
+            try:
+                st = os.stat(full)
+            except OSError as exc:
+                reason, message = _stat_error(full, exc, via_symlink=True)
+                excluded.append(ExcludedItem(full, reason, f"line {line_no}: {message}"))
+                continue
+        if not stat.S_ISREG(st.st_mode):
+            excluded.append(ExcludedItem(full, "not_regular_file", f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
+            continue
+        items.append(
+            SourceItem(
+                id=item_id(relpath),
+                path=full,
+                relpath=relpath,
+                label=label,
+                split=split if split is not None else default_split,
+                size=st.st_size,
+            )
+        )
+    return _finish(base, "list", items, excluded)
+
+
+def discover(source: str | os.PathLike, *, default_split: str | None = None) -> Discovery:
+    """Find every input of a folder or list file, in a deterministic order.
+
+    Args:
+        source: a folder (``split_class``, ``class`` or ``flat`` layout, detected) or a ``.csv`` /
+            ``.txt`` list file of ``path[,label[,split]]`` rows.
+        default_split: the split given to items whose layout or row names none.
+
+    Returns:
+        A :class:`Discovery`; a folder without images gives one with no items (not an error).
+
+    Raises:
+        UsageError: ``source`` is empty, does not exist, or is a file that is not a list file.
+        EnvironmentFault: an I/O error while listing.
+
+    Example:
+        >>> d = discover("photos/")  # doctest: +SKIP
+        >>> d.layout, d.classes, d.items[0].label  # doctest: +SKIP
+        ('class', ['cat', 'dog'], 'cat')
+    """
+    if isinstance(source, bytes):
+        source = os.fsdecode(source)
+    src = os.fspath(source)
+    if isinstance(src, bytes):
+        src = os.fsdecode(src)
+    if not src:
+        raise UsageError("The 'source' parameter of discover must be a folder or a list file; got an empty path instead.")
+    default_split = normalize_split(default_split)
+    try:
+        st = os.stat(src)
+    except FileNotFoundError as exc:
+        raise UsageError(f"The source {src!r} does not exist; pass an existing folder or .csv/.txt list file.") from exc
+    except OSError as exc:
+        raise UsageError(f"The source {src!r} cannot be read: {exc.strerror or exc}.") from exc
+    path = os.path.abspath(src)
+    if stat.S_ISDIR(st.st_mode):
+        return _discover_folder(path, default_split)
+    if stat.S_ISREG(st.st_mode) and os.path.splitext(path)[1].lower() in LIST_EXTENSIONS:
+        return _discover_list(path, default_split)
+    raise UsageError(
+        f"The source {src!r} is neither a folder nor a .csv/.txt list file; "
+        "pass a folder of images or a list file of path[,label[,split]] rows."
+    )

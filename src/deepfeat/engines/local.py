@@ -1,0 +1,144 @@
+"""The local engine: decode in worker processes, forward in this process, commit part by part."""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from typing import Any, Callable
+
+import numpy as np
+import pyarrow as pa
+
+from ..data.decode import DecodePolicy
+from ..data.sources import SourceItem
+from ..data.worker import Decoded, Failed
+from ..models.layers import describe_layers
+from ..store import layout
+from ..store.writer import Manifest, write_part
+from .decode_pool import DecodePool
+from .forward import FeatureComputer, nonfinite_rows
+
+log = logging.getLogger(__name__)
+
+
+def plan_parts(pending: Sequence[SourceItem], part_size: int, first_index: int) -> list[tuple[str, list[SourceItem]]]:
+    """Split pending inputs (in discovery order) into named parts of ``part_size`` inputs."""
+    return [(layout.part_name(first_index + k), list(pending[s:s + part_size]))
+            for k, s in enumerate(range(0, len(pending), part_size))]
+
+
+class PartBuilder:
+    """Accumulates one part's rows, features and ledger, then writes it."""
+
+    def __init__(self, name: str, items: Sequence[SourceItem], specs: Sequence[Any]) -> None:
+        self.name = name
+        self.items = {it.id: it for it in items}
+        self.specs = specs
+        self.features: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
+        self.rows: dict[str, list] = {f.name: [] for f in layout.ROWS_SCHEMA}
+        self.failed: dict[str, tuple[str, str]] = {}
+        self.embedded: set[str] = set()
+
+    def add_failed(self, item_id: str, reason: str, message: str) -> None:
+        self.failed[item_id] = (reason, message)
+
+    def add_rows(self, decoded: Sequence[Decoded], feats: dict[str, np.ndarray], views_per_item: int) -> None:
+        bad = nonfinite_rows(feats)
+        keep = np.ones(len(bad), dtype=bool)
+        for k, d in enumerate(decoded):
+            sl = slice(k * views_per_item, (k + 1) * views_per_item)
+            if bad[sl].any():
+                keep[sl] = False
+                self.add_failed(d.id, "nonfinite_features", "the model produced NaN/Inf for this input")
+                continue
+            it = self.items[d.id]
+            pb = os.fsencode(it.path)
+            self.embedded.add(d.id)
+            for view in range(views_per_item):
+                for key, value in (("id", d.id), ("view", view), ("label", it.label), ("split", it.split),
+                                   ("path", layout.display_path(pb)), ("path_bytes", pb),
+                                   ("sha256", d.meta["sha256"]), ("format", d.meta["format"]),
+                                   ("mode", d.meta["mode"]), ("n_frames", d.meta["n_frames"]),
+                                   ("width", d.meta["width"]), ("height", d.meta["height"])):
+                    self.rows[key].append(value)
+        for name, arr in feats.items():
+            self.features[name].append(arr[keep])
+
+    def write(self, store_dir: str):
+        rows = pa.table(self.rows, schema=layout.ROWS_SCHEMA)
+        ledger_cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
+        for it in self.items.values():
+            if it.id not in self.failed and it.id not in self.embedded:
+                raise RuntimeError(f"input {it.path!r} of part {self.name} was neither embedded nor failed")
+            pb = os.fsencode(it.path)
+            reason, message = self.failed.get(it.id, (None, None))
+            for key, value in (("id", it.id), ("path", layout.display_path(pb)), ("path_bytes", pb),
+                               ("label", it.label), ("split", it.split),
+                               ("status", "failed" if it.id in self.failed else "embedded"),
+                               ("reason", reason), ("message", message)):
+                ledger_cols[key].append(value)
+        ledger = pa.table(ledger_cols, schema=layout.LEDGER_SCHEMA)
+        feats = {s.key: (np.concatenate(self.features[s.name]) if self.features[s.name]
+                         else np.zeros((0, s.dims), np.float32)) for s in self.specs}
+        return write_part(store_dir, self.name, feats, rows, ledger)
+
+
+def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
+              workers: int, device: str, precision: str, channels_last: bool, policy: DecodePolicy,
+              progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int, int]:
+    """Process ``pending`` inputs into committed parts. Returns (embedded, failed, parts)."""
+    if not pending:
+        return 0, 0, 0
+    infos = describe_layers(plan.backbone)
+    computer = FeatureComputer(plan.backbone, plan.layers, infos, dtype=plan.dtype, device=device,
+                               precision=precision, channels_last=channels_last)
+    parts = plan_parts(pending, plan.part_size, manifest.next_index())
+    views_per_item = 1 + plan.views
+
+    def batches() -> Iterator[tuple[int, list[tuple[str, str]]]]:
+        for p, (_, items) in enumerate(parts):
+            for s in range(0, len(items), batch_size):
+                yield p, [(it.id, it.path) for it in items[s:s + batch_size]]
+
+    embedded = failed = committed = 0
+    tagged = list(batches())
+    builder: PartBuilder | None = None
+    current = -1
+    with DecodePool(workers, plan.backbone.preprocess.to_dict(), policy) as pool:
+        stream = pool.map(b for _, b in tagged)
+        for (p, _), (batch, results) in zip(tagged, stream):
+            if p != current:
+                if builder is not None:
+                    manifest.commit(builder.write(out))
+                    committed += 1
+                    if progress:
+                        progress({"phase": "part", "name": builder.name})
+                current = p
+                builder = PartBuilder(parts[p][0], parts[p][1], plan.layers)
+            assert builder is not None
+            ok = [r for r in results if isinstance(r, Decoded)]
+            for r in results:
+                if isinstance(r, Failed):
+                    builder.add_failed(r.id, r.reason, r.message)
+                    log.debug("failed %s: %s", r.id, r.message)
+            if ok:
+                pixels = np.stack([px for d in ok for px in d.pixels])
+                feats = computer(pixels)
+                builder.add_rows(ok, feats, views_per_item)
+            n_failed = len(results) - len(ok)
+            embedded += len(ok)
+            failed += n_failed
+            if progress:
+                progress({"phase": "batch", "done": len(results), "failed": n_failed})
+        if builder is not None:
+            manifest.commit(builder.write(out))
+            committed += 1
+            if progress:
+                progress({"phase": "part", "name": builder.name})
+    return _count_new(manifest, parts)
+
+
+def _count_new(manifest: Manifest, parts: Sequence[tuple[str, list[SourceItem]]]) -> tuple[int, int, int]:
+    names = {n for n, _ in parts}
+    new = [p for p in manifest.parts if p.name in names]
+    return sum(p.embedded for p in new), sum(p.failed for p in new), len(new)

@@ -1,0 +1,373 @@
+"""The extraction runner: source -> decode -> backbone taps -> pooling -> committed parts.
+
+Example:
+    >>> import deepfeat
+    >>> summary = deepfeat.extract("data/fm", out="feats/", layers="blocks.4,pre_logits",
+    ...                            pool="avg", dtype="float16")          # doctest: +SKIP
+    >>> summary.embedded, summary.failed                                  # doctest: +SKIP
+    (4000, 0)
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from . import __version__
+from .data.decode import DecodePolicy
+from .data.sources import Discovery, SourceItem, discover
+from .errors import UsageError
+from .models.layers import PRE_LOGITS, LayerInfo, describe_layers, resolve_layers
+from .models.pooling import normalize_pool
+from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
+from .store import layout
+from .store.create import prepare_store_dir, write_excluded
+from .store.lock import StoreLock
+from .store.reader import LayerSpec
+from .store.writer import Manifest, clean_uncommitted
+
+log = logging.getLogger(__name__)
+
+DTYPES = ("float16", "float32")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+DEFAULT_PART_BYTES = 256 << 20
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+@dataclass
+class ExtractSummary:
+    """What a run did and what the store holds afterwards (counts add up: see ``accounted``)."""
+
+    out: str
+    discovered: int = 0
+    excluded: int = 0
+    embedded_total: int = 0
+    failed_total: int = 0
+    embedded_now: int = 0
+    failed_now: int = 0
+    already_done: int = 0
+    vanished_since: int = 0
+    parts_committed: int = 0
+    rows_total: int = 0
+    bytes_on_disk: int = 0
+    seconds: float = 0.0
+    failures_by_reason: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False
+
+    @property
+    def images_per_second(self) -> float:
+        return (self.embedded_now + self.failed_now) / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def accounted(self) -> bool:
+        """Invariant I1 for the current source: embedded + failed + excluded == discovered + excluded."""
+        return self.embedded_total + self.failed_total - self.vanished_since == self.discovered
+
+
+@dataclass
+class ExtractPlan:
+    """Everything decided before the first image is read (printed as the job estimate)."""
+
+    discovery: Discovery
+    backbone: Backbone
+    layers: list[LayerSpec]
+    config: dict[str, Any]
+    metadata: dict[str, Any]
+    part_size: int
+    dtype: str
+    views: int = 0
+
+    @property
+    def row_bytes(self) -> int:
+        return sum(s.dims for s in self.layers) * np.dtype(self.dtype).itemsize
+
+    def estimate(self, items: int | None = None) -> dict[str, int]:
+        n = len(self.discovery.items) if items is None else items
+        rows = n * (1 + self.views)
+        return {"items": n, "rows": rows, "dims": sum(s.dims for s in self.layers),
+                "bytes_per_value": np.dtype(self.dtype).itemsize, "bytes": rows * self.row_bytes}
+
+
+def _parse_pools(pool: str | Mapping[str, str], layers: Sequence[str]) -> dict[str, str]:
+    """``"avg"`` for all, or ``"avg,blocks.4=none"`` / a mapping for per-layer pooling."""
+    default = "avg"
+    overrides: dict[str, str] = {}
+    if isinstance(pool, Mapping):
+        overrides = {k: normalize_pool(v) for k, v in pool.items()}
+    else:
+        for part in str(pool).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" in part:
+                k, v = part.rsplit("=", 1)
+                overrides[k.strip()] = normalize_pool(v)
+            else:
+                default = normalize_pool(part)
+    unknown = [k for k in overrides if k not in layers and not (k in ("pre_logits", "embedding") and PRE_LOGITS in layers)]
+    if unknown:
+        raise UsageError(f"The 'pool' parameter names layers that are not extracted: {', '.join(unknown)}.")
+    return {name: overrides.get(name, default) for name in layers}
+
+
+def validate_extract_args(dtype: str, device: str, precision: str, batch_size: int, workers: int,
+                          part_size: int | None) -> None:
+    """One up-front check of the arguments that do not need the model or the data."""
+    if dtype not in DTYPES:
+        raise UsageError(f"The 'dtype' parameter of extract must be one of {', '.join(DTYPES)}; got {dtype!r} instead.")
+    if device not in DEVICES:
+        raise UsageError(f"The 'device' parameter of extract must be one of {', '.join(DEVICES)}; got {device!r} instead.")
+    if precision not in PRECISIONS:
+        raise UsageError(f"The 'precision' parameter must be one of {', '.join(PRECISIONS)}; got {precision!r} instead.")
+    if batch_size < 1:
+        raise UsageError(f"The 'batch_size' parameter of extract must be >= 1; got {batch_size} instead.")
+    if workers < 0:
+        raise UsageError(f"The 'workers' parameter of extract must be >= 0; got {workers} instead.")
+    if part_size is not None and part_size < 1:
+        raise UsageError(f"The 'part_size' parameter of extract must be >= 1; got {part_size} instead.")
+
+
+def _resolve_device(device: str, precision: str) -> tuple[str, str]:
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
+    if precision == "auto":
+        precision = "bf16" if device == "cuda" else "fp32"
+    if device == "cpu" and precision == "fp16":
+        raise UsageError("fp16 autocast is for CUDA; on the CPU use --precision fp32 or bf16.")
+    return device, precision
+
+
+def default_workers() -> int:
+    """Decode workers by default: one per spare core (at least one), at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def plan_extraction(
+    source: str | os.PathLike,
+    *,
+    model: str = DEFAULT_MODEL,
+    layers: str | Sequence[str] = PRE_LOGITS,
+    pool: str | Mapping[str, str] = "avg",
+    dtype: str = "float32",
+    weights: str | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    crop_pct: float | None = None,
+    precision: str = "fp32",
+    part_size: int | None = None,
+    policy: DecodePolicy | None = None,
+    backbone: Backbone | None = None,
+) -> ExtractPlan:
+    """Discover the inputs, load the backbone and resolve layers into an :class:`ExtractPlan`."""
+    discovery = discover(source)
+    bb = backbone or load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct)
+    infos = describe_layers(bb)
+    names = resolve_layers(layers, infos)
+    pools = _parse_pools(pool, names)
+    taken: set[str] = set()
+    specs = [LayerSpec(n, layout.layer_key(n, taken), tuple(infos[n].shape), pools[n], infos[n].dims(pools[n]))
+             for n in names]
+    policy = policy or DecodePolicy()
+    config = {
+        "model": {k: v for k, v in bb.describe().items() if k != "weights"},
+        "preprocess": bb.preprocess.to_dict(),
+        "layers": [s.to_dict() for s in specs],
+        "dtype": dtype,
+        "precision": precision,
+        "decode_policy": {"max_pixels": policy.max_pixels, "max_aspect_ratio": policy.max_aspect_ratio,
+                          "background": list(policy.background), "formats": sorted(policy.formats)},
+        "views": 0,
+    }
+    import timm
+    import torch
+
+    metadata = {
+        "model": bb.describe(),
+        "preprocess": bb.preprocess.to_dict(),
+        "layers": [s.to_dict() for s in specs],
+        "dtype": dtype,
+        "precision": precision,
+        "class_names_of_backbone": None,
+        "source": {"root": discovery.root, "layout": discovery.layout},
+        "versions": {"deepfeat": __version__, "torch": torch.__version__, "timm": timm.__version__,
+                     "numpy": np.__version__},
+    }
+    row_bytes = sum(s.dims for s in specs) * np.dtype(dtype).itemsize
+    if part_size is None:
+        part_size = int(max(16, min(4096, DEFAULT_PART_BYTES // max(1, row_bytes))))
+    return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype)
+
+
+def _done_ids(store_dir: str, manifest: Manifest) -> set[str]:
+    done: set[str] = set()
+    for part in manifest.parts:
+        table = pq.read_table(os.path.join(store_dir, layout.PARTS_DIR, part.name, layout.LEDGER_FILE), columns=["id"])
+        done.update(table.column("id").to_pylist())
+    return done
+
+
+def _ledger_rows(items: Sequence[SourceItem], status: str, reasons: Mapping[str, tuple[str, str]] | None = None) -> dict[str, list]:
+    cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
+    for it in items:
+        pb = os.fsencode(it.path)
+        reason, message = (reasons or {}).get(it.id, (None, None))
+        cols["id"].append(it.id)
+        cols["path"].append(layout.display_path(pb))
+        cols["path_bytes"].append(pb)
+        cols["label"].append(it.label)
+        cols["split"].append(it.split)
+        cols["status"].append(status if it.id not in (reasons or {}) else "failed")
+        cols["reason"].append(reason)
+        cols["message"].append(message)
+    return cols
+
+
+def _excluded_table(discovery: Discovery) -> pa.Table:
+    cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
+    for ex in discovery.excluded:
+        pb = os.fsencode(ex.path)
+        for k, v in (("id", None), ("path", layout.display_path(pb)), ("path_bytes", pb), ("label", None),
+                     ("split", None), ("status", "excluded"), ("reason", ex.reason), ("message", ex.message)):
+            cols[k].append(v)
+    return pa.table(cols, schema=layout.LEDGER_SCHEMA)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM behaves like Ctrl-C: the part in progress is discarded, the lock released."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def extract(
+    source: str | os.PathLike,
+    out: str | os.PathLike,
+    *,
+    model: str = DEFAULT_MODEL,
+    layers: str | Sequence[str] = PRE_LOGITS,
+    pool: str | Mapping[str, str] = "avg",
+    dtype: str = "float32",
+    weights: str | None = None,
+    input_size: int | tuple[int, int] | None = None,
+    crop_pct: float | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+    channels_last: bool = True,
+    part_size: int | None = None,
+    overwrite: bool = False,
+    policy: DecodePolicy | None = None,
+    engine: str = "local",
+    progress: ProgressFn | None = None,
+    backbone: Backbone | None = None,
+) -> ExtractSummary:
+    """Extract features of ``layers`` for every image under ``source`` into the store ``out``.
+
+    Rerunning the same call resumes: committed parts are kept, only missing inputs are
+    processed. A different configuration on the same ``out`` is refused unless ``overwrite``.
+
+    Args:
+        source: image folder (``split/class/*``, ``class/*`` or flat) or a CSV/TXT list file.
+        out: store directory (created if needed).
+        model: backbone name (see :func:`deepfeat.list_models`); ``weights`` a local file or "random".
+        layers: names as ``deepfeat layers`` prints them, comma-separated, or shortcuts.
+        pool: ``none|avg|max|avgmax``, optionally per layer: ``"avg,blocks.4=none"``.
+        dtype: ``float16`` or ``float32`` storage.
+        workers: decode processes (default: spare cores; 0 = decode in this process).
+        progress: callback receiving dicts with a ``phase`` key ("plan", "batch", "part").
+
+    Returns:
+        An :class:`ExtractSummary`.
+    """
+    workers = default_workers() if workers is None else int(workers)
+    validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
+    if engine not in ("local", "ray"):
+        raise UsageError(f"The 'engine' parameter must be 'local' or 'ray'; got {engine!r} instead.")
+    if engine == "ray":
+        raise UsageError("The Ray engine is not available in this version; use --engine local.")
+    device, precision = _resolve_device(device, precision)
+    start = time.perf_counter()
+    plan = plan_extraction(source, model=model, layers=layers, pool=pool, dtype=dtype, weights=weights,
+                           input_size=input_size, crop_pct=crop_pct, precision=precision, part_size=part_size,
+                           policy=policy, backbone=backbone)
+    out = os.fspath(out)
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"The output {out!r} exists and is not a directory.")
+    os.makedirs(out, exist_ok=True)
+    summary = ExtractSummary(out=out, discovered=len(plan.discovery.items), excluded=len(plan.discovery.excluded))
+    with StoreLock(out), _sigterm_as_interrupt():
+        summary.resumed = prepare_store_dir(out, plan.config, plan.metadata, overwrite)
+        manifest = Manifest(out)
+        clean_uncommitted(out, manifest)
+        write_excluded(out, _excluded_table(plan.discovery))
+        done = _done_ids(out, manifest)
+        current = {it.id for it in plan.discovery.items}
+        pending = [it for it in plan.discovery.items if it.id not in done]
+        summary.already_done = len(plan.discovery.items) - len(pending)
+        summary.vanished_since = len(done - current)
+        if summary.vanished_since:
+            log.warning("%d inputs stored earlier are no longer in the source (kept in the store)",
+                        summary.vanished_since)
+        est = plan.estimate(len(pending))
+        if progress:
+            progress({"phase": "plan", "estimate": est, "total": len(plan.discovery.items),
+                      "pending": len(pending), "already_done": summary.already_done,
+                      "excluded": summary.excluded, "layers": plan.layers, "part_size": plan.part_size,
+                      "device": device, "precision": precision})
+        from .engines.local import run_local
+
+        stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers, device=device,
+                          precision=precision, channels_last=channels_last, policy=policy or DecodePolicy(),
+                          progress=progress)
+        summary.embedded_now, summary.failed_now, summary.parts_committed = stats
+    _fill_totals(summary, manifest, out)
+    summary.seconds = time.perf_counter() - start
+    log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,
+             summary.failed_total, summary.excluded, summary.seconds)
+    return summary
+
+
+def _fill_totals(summary: ExtractSummary, manifest: Manifest, out: str) -> None:
+    summary.embedded_total = sum(p.embedded for p in manifest.parts)
+    summary.failed_total = sum(p.failed for p in manifest.parts)
+    summary.rows_total = sum(p.rows for p in manifest.parts)
+    summary.bytes_on_disk = sum(f["bytes"] for p in manifest.parts for f in p.files.values())
+    reasons: dict[str, int] = {}
+    for part in manifest.parts:
+        if part.failed:
+            t = pq.read_table(os.path.join(out, layout.PARTS_DIR, part.name, layout.LEDGER_FILE),
+                              columns=["status", "reason"])
+            for status, reason in zip(t.column("status").to_pylist(), t.column("reason").to_pylist()):
+                if status == "failed":
+                    reasons[reason] = reasons.get(reason, 0) + 1
+    summary.failures_by_reason = dict(sorted(reasons.items()))
+
+
+def layer_infos(backbone: Backbone) -> "Mapping[str, LayerInfo]":
+    """Alias of :func:`deepfeat.models.describe_layers` for the public API."""
+    return describe_layers(backbone)

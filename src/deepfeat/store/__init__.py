@@ -1,0 +1,1 @@
+"""The on-disk feature store: layout, writer, reader, export."""

@@ -1,0 +1,302 @@
+"""Reading a feature store in batches without loading it.
+
+Example:
+    >>> store = open_store("feats/")                                   # doctest: +SKIP
+    >>> for batch in store.batches(layers=["pre_logits"], split="train", batch_size=512):
+    ...     X, y = batch.features["pre_logits"], batch.labels          # numpy arrays
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from ..errors import StoreError, UsageError
+from . import layout
+from .fsutil import read_json
+from .writer import Manifest, PartRecord
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """One stored feature set: layer name, file key, per-sample shape, pooling and dims."""
+
+    name: str
+    key: str
+    shape: tuple[int, ...]
+    pool: str
+    dims: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "key": self.key, "shape": list(self.shape), "pool": self.pool, "dims": self.dims}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "LayerSpec":
+        return cls(d["name"], d["key"], tuple(d["shape"]), d["pool"], int(d["dims"]))
+
+
+@dataclass
+class Batch:
+    """A batch of rows: ``features`` {layer: rows x dims}, ``labels`` (str or None), ``meta``."""
+
+    features: dict[str, np.ndarray]
+    labels: np.ndarray
+    meta: pa.Table
+    ids: list[str] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return self.meta.num_rows
+
+    def concat(self, layers: Sequence[str] | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """The chosen layers' features side by side as one rows x sum(dims) array."""
+        names = list(layers) if layers is not None else list(self.features)
+        return np.concatenate([self.features[n].astype(dtype, copy=False) for n in names], axis=1)
+
+
+class FeatureStore:
+    """Read-only view of a committed store (see docs/STORE_FORMAT.md)."""
+
+    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
+        self.path = os.fspath(path)
+        meta_path = os.path.join(self.path, layout.METADATA_FILE)
+        if not os.path.isfile(meta_path):
+            raise StoreError(f"{self.path!r} is not a deepfeat feature store (no {layout.METADATA_FILE}).")
+        self.metadata: dict[str, Any] = read_json(meta_path)
+        self.layers = [LayerSpec.from_dict(d) for d in self.metadata["layers"]]
+        self.manifest = Manifest(self.path)
+        self.verify = verify
+        self._verified: set[str] = set()
+
+    # -- description ----------------------------------------------------------------------
+    @property
+    def layer_names(self) -> list[str]:
+        return [spec.name for spec in self.layers]
+
+    def layer(self, name: str) -> LayerSpec:
+        for spec in self.layers:
+            if spec.name == name:
+                return spec
+        raise UsageError(f"The store has no layer {name!r}; it has: {', '.join(self.layer_names)}.")
+
+    @property
+    def parts(self) -> list[PartRecord]:
+        return list(self.manifest.parts)
+
+    @property
+    def dtype(self) -> str:
+        return str(self.metadata["dtype"])
+
+    def num_rows(self, split: str | None = None) -> int:
+        if split is None:
+            return sum(p.rows for p in self.manifest.parts)
+        return sum(p.splits.get(split, 0) for p in self.manifest.parts)
+
+    @property
+    def splits(self) -> list[str]:
+        return sorted({s for p in self.manifest.parts for s in p.splits})
+
+    def rows(self, columns: Sequence[str] | None = None) -> pa.Table:
+        """Row metadata of every stored vector, in store order."""
+        tables = [self._read_rows(p, columns) for p in self.manifest.parts if p.rows]
+        if not tables:
+            schema = layout.ROWS_SCHEMA if columns is None else pa.schema([layout.ROWS_SCHEMA.field(c) for c in columns])
+            return schema.empty_table()
+        return pa.concat_tables(tables)
+
+    @property
+    def classes(self) -> list[str]:
+        labels = self.rows(["label"]).column("label")
+        return sorted(v for v in pc.unique(labels).to_pylist() if v is not None)
+
+    def ledger(self) -> pa.Table:
+        """The fate of every discovered input: embedded | failed | excluded, with reasons."""
+        tables = [pq.read_table(os.path.join(self._part_dir(p), layout.LEDGER_FILE)) for p in self.manifest.parts]
+        excluded = os.path.join(self.path, layout.EXCLUDED_FILE)
+        if os.path.isfile(excluded):
+            tables.append(pq.read_table(excluded))
+        if not tables:
+            return layout.LEDGER_SCHEMA.empty_table()
+        return pa.concat_tables([t.cast(layout.LEDGER_SCHEMA) for t in tables])
+
+    # -- reading --------------------------------------------------------------------------
+    def _part_dir(self, part: PartRecord) -> str:
+        return os.path.join(self.path, layout.PARTS_DIR, part.name)
+
+    def _check_file(self, part: PartRecord, fname: str) -> str:
+        path = os.path.join(self._part_dir(part), fname)
+        info = part.files.get(fname)
+        if info is None:
+            raise StoreError(f"part {part.name} has no file {fname} in the manifest")
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            raise StoreError(f"part {part.name}: {fname} is missing from {self.path}") from None
+        if size != info["bytes"]:
+            raise StoreError(
+                f"part {part.name}: {fname} has {size} bytes, the manifest says {info['bytes']} (truncated or "
+                "replaced). Re-extract that part (delete it from manifest.json and rerun extract) or restore it."
+            )
+        if self.verify and path not in self._verified:
+            h = hashlib.sha256()
+            with open(path, "rb") as f:
+                while block := f.read(1 << 22):
+                    h.update(block)
+            if h.hexdigest() != info["sha256"]:
+                raise StoreError(f"part {part.name}: {fname} fails its sha256 checksum (corrupted on disk).")
+            self._verified.add(path)
+        return path
+
+    def _read_rows(self, part: PartRecord, columns: Sequence[str] | None = None) -> pa.Table:
+        path = self._check_file(part, layout.ROWS_FILE)
+        return pq.read_table(path, columns=list(columns) if columns else None)
+
+    def _read_features(self, part: PartRecord, spec: LayerSpec) -> np.ndarray:
+        path = self._check_file(part, f"{spec.key}.npy")
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+        if arr.ndim != 2 or arr.shape != (part.rows, spec.dims):
+            raise StoreError(f"part {part.name}: {spec.key}.npy has shape {arr.shape}, expected ({part.rows}, {spec.dims})")
+        return arr
+
+    def iter_parts(self) -> Iterator[PartRecord]:
+        return iter(p for p in self.manifest.parts if p.rows)
+
+    def batches(
+        self,
+        layers: Sequence[str] | str | None = None,
+        split: str | Sequence[str] | None = None,
+        batch_size: int = 1024,
+        *,
+        views: str | int | Sequence[int] = "all",
+        shuffle: bool = False,
+        seed: int = 0,
+        shuffle_buffer: int = 8192,
+        columns: Sequence[str] = ("id", "label", "split", "view"),
+    ) -> Iterator[Batch]:
+        """Yield batches of rows for the chosen layers, splits and views, part by part.
+
+        Memory holds at most one part's selected rows (memory-mapped) plus the shuffle buffer.
+        With ``shuffle`` the part order is permuted and rows pass through a shuffle buffer.
+        """
+        specs = [self.layer(n) for n in ([layers] if isinstance(layers, str) else (layers or self.layer_names))]
+        splits = None if split is None else ([split] if isinstance(split, str) else list(split))
+        if splits is not None:
+            unknown = [s for s in splits if s not in self.splits]
+            if unknown:
+                raise UsageError(f"The store has no split {unknown[0]!r}; it has: {', '.join(self.splits) or 'none'}.")
+        if batch_size < 1:
+            raise UsageError(f"The 'batch_size' must be >= 1; got {batch_size} instead.")
+        rng = np.random.default_rng(seed)
+        parts = list(self.iter_parts())
+        if shuffle:
+            parts = [parts[i] for i in rng.permutation(len(parts))]
+        cols = list(dict.fromkeys(list(columns) + ["label", "split", "view", "id"]))
+
+        def chunks() -> Iterator[tuple[dict[str, np.ndarray], pa.Table]]:
+            for part in parts:
+                if splits is not None and not any(part.splits.get(s) for s in splits):
+                    continue
+                meta = self._read_rows(part, cols)
+                mask = np.ones(meta.num_rows, dtype=bool)
+                if splits is not None:
+                    mask &= np.isin(np.asarray(meta.column("split").to_pylist(), dtype=object), splits)
+                if views != "all":
+                    wanted = [views] if isinstance(views, int) else list(views)  # type: ignore[arg-type]
+                    mask &= np.isin(meta.column("view").to_numpy(), wanted)
+                idx = np.flatnonzero(mask)
+                if not len(idx):
+                    continue
+                if shuffle:
+                    idx = rng.permutation(idx)
+                feats = {s.name: self._read_features(part, s) for s in specs}
+                for start in range(0, len(idx), batch_size):
+                    sel = np.sort(idx[start:start + batch_size]) if not shuffle else idx[start:start + batch_size]
+                    yield ({n: np.asarray(a[sel]) for n, a in feats.items()}, meta.take(pa.array(sel)))
+
+        source = chunks()
+        if shuffle:
+            source = _shuffle_buffer(source, shuffle_buffer, batch_size, rng)
+        else:
+            source = _rebatch(source, batch_size)
+        for feats, meta in source:
+            yield Batch(features=feats, labels=np.asarray(meta.column("label").to_pylist(), dtype=object),
+                        meta=meta, ids=meta.column("id").to_pylist())
+
+    def load(self, layers: Sequence[str] | str | None = None, split: str | None = None, views: str | int = 0,
+             ) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+        """Everything selected in memory: (X concatenated float32, labels, meta). For small stores."""
+        xs, ys, metas = [], [], []
+        names = [layers] if isinstance(layers, str) else layers
+        for b in self.batches(names, split=split, views=views, batch_size=8192):
+            xs.append(b.concat(names))
+            ys.append(b.labels)
+            metas.append(b.meta)
+        if not xs:
+            raise UsageError(f"The store {self.path!r} has no rows for split={split!r}.")
+        return np.concatenate(xs), np.concatenate(ys), pa.concat_tables(metas)
+
+
+def _concat_chunks(chunks: list[tuple[dict[str, np.ndarray], pa.Table]]):
+    feats = {k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]}
+    return feats, pa.concat_tables([c[1] for c in chunks])
+
+
+def _rebatch(source, batch_size: int):
+    pending: list = []
+    count = 0
+    for feats, meta in source:
+        pending.append((feats, meta))
+        count += meta.num_rows
+        while count >= batch_size:
+            feats_all, meta_all = _concat_chunks(pending)
+            yield {k: v[:batch_size] for k, v in feats_all.items()}, meta_all.slice(0, batch_size)
+            rest = meta_all.num_rows - batch_size
+            pending = [({k: v[batch_size:] for k, v in feats_all.items()}, meta_all.slice(batch_size))] if rest else []
+            count = rest
+    if count:
+        yield _concat_chunks(pending)
+
+
+def _shuffle_buffer(source, buffer_rows: int, batch_size: int, rng: np.random.Generator):
+    """Mix rows of consecutive chunks in a bounded buffer and emit shuffled batches."""
+    buf: list = []
+    count = 0
+    for feats, meta in source:
+        buf.append((feats, meta))
+        count += meta.num_rows
+        if count >= max(buffer_rows, batch_size):
+            feats_all, meta_all = _concat_chunks(buf)
+            perm = rng.permutation(meta_all.num_rows)
+            n_out = (meta_all.num_rows // batch_size) * batch_size
+            for s in range(0, n_out, batch_size):
+                sel = perm[s:s + batch_size]
+                yield {k: v[sel] for k, v in feats_all.items()}, meta_all.take(pa.array(sel))
+            keep = perm[n_out:]
+            buf = [({k: v[keep] for k, v in feats_all.items()}, meta_all.take(pa.array(keep)))] if len(keep) else []
+            count = len(keep)
+    if count:
+        feats_all, meta_all = _concat_chunks(buf)
+        perm = rng.permutation(meta_all.num_rows)
+        for s in range(0, len(perm), batch_size):
+            sel = perm[s:s + batch_size]
+            yield {k: v[sel] for k, v in feats_all.items()}, meta_all.take(pa.array(sel))
+
+
+def open_store(path: str | os.PathLike, verify: bool = True) -> FeatureStore:
+    """Open a feature store for reading (checksums are verified as parts are first read).
+
+    Example:
+        >>> store = open_store("feats/")   # doctest: +SKIP
+        >>> store.num_rows("train")        # doctest: +SKIP
+        2000
+    """
+    return FeatureStore(path, verify=verify)
