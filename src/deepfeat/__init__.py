@@ -15,9 +15,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _API = {
-    "extract": "deepfeat.extract",
-    "plan_extraction": "deepfeat.extract",
-    "ExtractSummary": "deepfeat.extract",
+    "extract": "deepfeat.extraction",
+    "plan_extraction": "deepfeat.extraction",
+    "ExtractSummary": "deepfeat.extraction",
     "open_store": "deepfeat.store.reader",
     "FeatureStore": "deepfeat.store.reader",
     "load_backbone": "deepfeat.models.registry",

@@ -5,6 +5,7 @@ plain tuples that pickle cheaply: decoded images travel as uint8 HxWx3 arrays.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -48,7 +49,10 @@ def prepare_batch(
     """
     pre = Preprocess.from_dict(preprocess)
     out: list[Decoded | Failed] = []
+    crash_on = os.environ.get("DEEPFEAT_TEST_CRASH_ON")  # test hook: simulate a codec killing the worker
     for item_id, path in items:
+        if crash_on and crash_on in path:
+            os._exit(70)
         try:
             dec = decode_file(path, policy)
             pixels = [pre.resize_crop(dec.image)]

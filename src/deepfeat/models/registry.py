@@ -211,8 +211,8 @@ def _unknown_model_message(name: str) -> str:
     import timm
     import torchvision.models as tvm
 
-    candidates = list(BUNDLED) + timm.list_models() + tvm.list_models(module=tvm)
-    close = difflib.get_close_matches(name, candidates, n=5, cutoff=0.5)
+    candidates = list(dict.fromkeys(list(BUNDLED) + timm.list_models() + tvm.list_models(module=tvm)))
+    close = sorted(difflib.get_close_matches(name, candidates, n=6, cutoff=0.5))
     hint = f" Closest names: {', '.join(close)}." if close else ""
     return (
         f"Unknown model {name!r}.{hint} Run 'deepfeat models --all' to list every name; a TorchScript "

@@ -28,7 +28,13 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     diffs: list[str] = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
-        if isinstance(a, dict) and isinstance(b, dict):
+        if key == "layers" and isinstance(a, list) and isinstance(b, list):
+            fmt = lambda ls: ",".join(f"{d.get('name')}[{d.get('pool')}]" for d in ls if isinstance(d, dict))  # noqa: E731
+            if fmt(a) != fmt(b):
+                diffs.append(f"{prefix}layers: {fmt(a)} -> {fmt(b)}")
+            elif a != b:
+                diffs.append(f"{prefix}layers: shapes differ (input size?)")
+        elif isinstance(a, dict) and isinstance(b, dict):
             diffs.extend(describe_difference(a, b, f"{prefix}{key}."))
         elif a != b:
             diffs.append(f"{prefix}{key}: {json.dumps(a)[:80]} -> {json.dumps(b)[:80]}")

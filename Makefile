@@ -1,0 +1,28 @@
+# deepfeat: the two set-up commands are `make demo` and `make test` (see README.md).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+DEMO ?= demo
+
+.PHONY: setup demo test test-slow bench clean
+
+setup:
+	bash scripts/setup.sh
+
+demo: setup
+	$(VENV)/bin/deepfeat datasets fashion-mnist $(DEMO)/fm --per-class 200
+	$(VENV)/bin/deepfeat predict efficientnet_lite0 $(DEMO)/fm/test/sneaker --top-k 3 | head -3
+	$(VENV)/bin/deepfeat extract $(DEMO)/fm --model efficientnet_lite0 --layers blocks.4,pre_logits --pool avg \
+		--dtype float16 --input-size 96 --out $(DEMO)/feats
+	$(VENV)/bin/deepfeat info $(DEMO)/feats
+
+test:
+	$(PY) -m pytest -q
+
+test-slow:
+	$(PY) -m pytest -q -m slow
+
+bench:
+	$(PY) benchmarks/extract_throughput.py
+
+clean:
+	rm -rf $(DEMO) .pytest_cache
