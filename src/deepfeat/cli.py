@@ -144,8 +144,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     if args.json:
         _print(json.dumps(info.to_dict(), indent=1, default=str))
     else:
-        _print(format_info(info, failures=args.failures) if "failures" in format_info.__code__.co_varnames
-               else format_info(info))
+        _print(format_info(info, failures=args.failures))
     if args.verify:
         problems = verify_store(args.store)
         for p in problems:

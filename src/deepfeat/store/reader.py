@@ -103,7 +103,7 @@ class FeatureStore:
 
     @property
     def splits(self) -> list[str]:
-        return sorted({s for p in self.manifest.parts for s in p.splits})
+        return sorted({s for p in self.manifest.parts for s in p.splits if s})
 
     def rows(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Row metadata of every stored vector, in store order."""
@@ -190,7 +190,7 @@ class FeatureStore:
         specs = [self.layer(n) for n in ([layers] if isinstance(layers, str) else (layers or self.layer_names))]
         splits = None if split is None else ([split] if isinstance(split, str) else list(split))
         if splits is not None:
-            unknown = [s for s in splits if s not in self.splits]
+            unknown = [s for s in splits if s not in self.splits and s != ""]
             if unknown:
                 raise UsageError(f"The store has no split {unknown[0]!r}; it has: {', '.join(self.splits) or 'none'}.")
         if batch_size < 1:
@@ -208,7 +208,8 @@ class FeatureStore:
                 meta = self._read_rows(part, cols)
                 mask = np.ones(meta.num_rows, dtype=bool)
                 if splits is not None:
-                    mask &= np.isin(np.asarray(meta.column("split").to_pylist(), dtype=object), splits)
+                    split_values = [v or "" for v in meta.column("split").to_pylist()]
+                    mask &= np.isin(np.asarray(split_values, dtype=object), splits)
                 if views != "all":
                     wanted = [views] if isinstance(views, int) else list(views)  # type: ignore[arg-type]
                     mask &= np.isin(meta.column("view").to_numpy(), wanted)

@@ -1,0 +1,371 @@
+"""The shared machinery of deepfeat's heads: a torch model trained by mini-batch Adam.
+
+Every head follows scikit-learn's estimator contract (``sklearn/linear_model/_stochastic_gradient.py``
+is the model): ``__init__`` only stores parameters; parameters are validated in ``fit`` /
+``partial_fit``; learned attributes end in ``_``; ``fit`` and ``partial_fit`` return ``self``.
+
+* ``fit(X, y)`` runs up to ``max_iter`` epochs over the data in memory (mini-batches of
+  ``batch_size``, shuffled with ``random_state``) and stops when the training loss has not
+  improved by ``tol`` for ``n_iter_no_change`` epochs.
+* ``partial_fit(X, y, classes=...)`` runs one pass over the batch it is given, keeping the
+  optimiser state between calls: this is how :func:`deepfeat.train` streams a feature store.
+
+The objective is ``sum_i w_i * loss_i / sum_i s_i + alpha / 2 * ||W||^2`` per mini-batch, where
+``w_i`` = class weight x sample weight and ``s_i`` the sample weight (1 by default), so an integer
+sample weight is the same as repeating the sample, and class weights scale the loss like
+scikit-learn's (they do not rescale the regularisation).
+
+Inference runs in float64 numpy (linear heads) or float64 torch (MLP), so predictions of a row do
+not depend on the other rows in the batch.
+"""
+from __future__ import annotations
+
+import numbers
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils import check_random_state
+from sklearn.utils.class_weight import compute_class_weight
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted
+
+from ..errors import UsageError
+
+try:  # scikit-learn >= 1.6
+    from sklearn.utils.validation import validate_data as _sk_validate_data
+except ImportError:  # pragma: no cover - older scikit-learn
+    _sk_validate_data = None
+
+
+def validate_data(est: BaseEstimator, X: Any, y: Any = "no_validation", reset: bool = True, **kw: Any) -> Any:
+    """scikit-learn's ``validate_data`` (1.6+) or the estimator method of older versions."""
+    if _sk_validate_data is not None:
+        return _sk_validate_data(est, X, y, reset=reset, **kw)
+    return est._validate_data(X, y, reset=reset, **kw)  # pragma: no cover
+
+
+def param_error(owner: str, name: str, expected: str, got: Any) -> UsageError:
+    """The one error format for a bad argument."""
+    return UsageError(f"The {name!r} parameter of {owner} must be {expected}; got {got!r} instead.")
+
+
+def check_number(owner: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
+                 integer: bool = False, low_open: bool = False) -> None:
+    kind = "an int" if integer else "a float"
+    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        rng = []
+        if low is not None:
+            rng.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            rng.append(f"<= {high:g}")
+        raise param_error(owner, name, f"{kind}{' ' + ' and '.join(rng) if rng else ''}", value)
+
+
+def check_choice(owner: str, name: str, value: Any, choices: Sequence[Any]) -> None:
+    if value not in choices:
+        raise param_error(owner, name, "one of " + ", ".join(repr(c) for c in choices), value)
+
+
+class TorchHead(ClassifierMixin, BaseEstimator):
+    """Base class: subclasses define the parameters, the network and the loss."""
+
+    #: whether the head exposes ``predict_proba`` (softmax / sigmoid outputs)
+    _probabilistic = True
+
+    # ----------------------------------------------------------------- subclass hooks
+    def _n_outputs(self, n_classes: int) -> int:
+        raise NotImplementedError
+
+    def _init_params(self, n_features: int, n_outputs: int, gen: torch.Generator) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _forward(self, X: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss (no reduction) of outputs ``z`` for class indices ``target``."""
+        raise NotImplementedError
+
+    def _penalized(self) -> list[torch.Tensor]:
+        """Parameters under the L2 penalty (weights, not biases)."""
+        raise NotImplementedError
+
+    def _decision64(self, X: np.ndarray) -> np.ndarray:
+        """Raw outputs in float64 for validated X: N x n_outputs."""
+        raise NotImplementedError
+
+    def _tensor_names(self) -> list[str]:
+        raise NotImplementedError
+
+    def _check_extra_params(self) -> None:
+        """Validate subclass-specific parameters."""
+
+    # ----------------------------------------------------------------- validation
+    def _check_params(self) -> None:
+        owner = type(self).__name__
+        check_number(owner, "alpha", self.alpha, low=0.0)
+        check_number(owner, "learning_rate", self.learning_rate, low=0.0, low_open=True)
+        check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
+        check_number(owner, "max_iter", self.max_iter, low=1, integer=True)
+        if self.tol is not None:
+            check_number(owner, "tol", self.tol, low=0.0)
+        check_number(owner, "n_iter_no_change", self.n_iter_no_change, low=1, integer=True)
+        cw = self.class_weight
+        if not (cw is None or cw == "balanced" or isinstance(cw, Mapping)):
+            raise param_error(owner, "class_weight", "None, 'balanced' or a dict {class: weight}", cw)
+        if not isinstance(self.device, str):
+            raise param_error(owner, "device", "a torch device name such as 'cpu' or 'cuda'", self.device)
+        self._check_extra_params()
+
+    # ----------------------------------------------------------------- state
+    def _device(self) -> torch.device:
+        return torch.device(self.device)
+
+    def _reset(self, n_features: int, classes: np.ndarray) -> None:
+        classes = np.asarray(classes)
+        if classes.ndim != 1:
+            raise UsageError(f"The 'classes' parameter of {type(self).__name__} must be 1-D; got shape "
+                             f"{classes.shape} instead.")
+        uniq = np.unique(classes)
+        if len(uniq) != len(classes):
+            raise UsageError(f"The 'classes' parameter of {type(self).__name__} must not repeat a class; "
+                             f"got {list(classes)!r} instead.")
+        if len(uniq) < 2:
+            raise UsageError(
+                f"{type(self).__name__} needs at least 2 classes to train; got 1 class ({uniq.tolist()!r}).")
+        self.classes_ = uniq
+        rs = check_random_state(self.random_state)
+        self._rng = np.random.RandomState(rs.randint(np.iinfo(np.int32).max))
+        gen = torch.Generator().manual_seed(int(rs.randint(np.iinfo(np.int32).max)))
+        params = self._init_params(n_features, self._n_outputs(len(uniq)), gen)
+        self._params = [p.to(self._device()).requires_grad_(True) for p in params]
+        self._optimizer = torch.optim.Adam(self._params, lr=float(self.learning_rate))
+        self.t_ = 0
+        self.n_iter_ = 0
+
+    def _class_weight_vector(self, y_idx: np.ndarray | None) -> np.ndarray:
+        cw = self.class_weight
+        if cw is None:
+            return np.ones(len(self.classes_))
+        if cw == "balanced":
+            if y_idx is None:
+                raise UsageError(
+                    f"class_weight='balanced' is not supported by {type(self).__name__}.partial_fit: the class "
+                    "frequencies of one batch are not those of the data. Compute the weights over all the data "
+                    "(sklearn.utils.class_weight.compute_class_weight) and pass them as a dict; deepfeat.train "
+                    "does this from its statistics pass.")
+            present = np.unique(y_idx)
+            w = np.ones(len(self.classes_))
+            w[present] = compute_class_weight("balanced", classes=present, y=y_idx)
+            return w
+        w = np.ones(len(self.classes_))
+        known = {c: i for i, c in enumerate(self.classes_.tolist())}
+        for c, v in cw.items():
+            key = c.item() if isinstance(c, np.generic) else c
+            if key not in known:
+                raise UsageError(f"The 'class_weight' parameter of {type(self).__name__} names the class {c!r}, "
+                                 f"which is not one of the classes {self.classes_.tolist()!r}.")
+            w[known[key]] = float(v)
+        return w
+
+    def _encode(self, y: np.ndarray) -> np.ndarray:
+        idx = np.searchsorted(self.classes_, y)
+        idx = np.clip(idx, 0, len(self.classes_) - 1)
+        bad = self.classes_[idx] != y
+        if np.any(bad):
+            unknown = sorted(set(np.asarray(y)[bad].tolist()))[:5]
+            raise UsageError(f"The labels {unknown!r} are not among the classes {self.classes_.tolist()!r} given "
+                             f"to the first partial_fit of {type(self).__name__}.")
+        return idx
+
+    def _sample_weight(self, sample_weight: Any, X: np.ndarray) -> np.ndarray:
+        n = X.shape[0]
+        if sample_weight is None:
+            return np.ones(n)
+        sw = np.asarray(sample_weight, dtype=np.float64)
+        if sw.ndim == 0:
+            sw = np.full(n, float(sw))
+        if sw.ndim != 1 or sw.shape[0] != n:
+            raise UsageError(f"The 'sample_weight' parameter of {type(self).__name__} must have shape ({n},); "
+                             f"got shape {sw.shape} instead.")
+        if not np.all(np.isfinite(sw)) or np.any(sw < 0):
+            raise UsageError(f"The 'sample_weight' parameter of {type(self).__name__} must be finite and >= 0.")
+        if not np.any(sw > 0):
+            raise UsageError("Sample weights must contain at least one non-zero number.")
+        return sw
+
+    # ----------------------------------------------------------------- optimisation
+    def _step(self, X: torch.Tensor, target: torch.Tensor, w: torch.Tensor, norm: float) -> float:
+        """One Adam step on a mini-batch; returns the (unregularised) weighted mean loss."""
+        self._optimizer.zero_grad(set_to_none=True)
+        z = self._forward(X)
+        data_loss = (self._loss(z, target) * w).sum() / norm
+        obj = data_loss
+        if self.alpha > 0:
+            obj = obj + 0.5 * float(self.alpha) * sum((p * p).sum() for p in self._penalized())
+        obj.backward()
+        self._optimizer.step()
+        self.t_ += 1
+        return float(data_loss.detach())
+
+    def _epoch(self, X: np.ndarray, y_idx: np.ndarray, sw: np.ndarray, cw: np.ndarray, shuffle: bool) -> float:
+        """One pass over (X, y) in mini-batches; returns the sample-weighted mean loss."""
+        n = X.shape[0]
+        order = self._rng.permutation(n) if shuffle else np.arange(n)
+        dev = self._device()
+        total, weight = 0.0, 0.0
+        bs = int(self.batch_size)
+        for start in range(0, n, bs):
+            sel = order[start:start + bs]
+            s = sw[sel]
+            norm = float(s.sum())
+            if norm <= 0:
+                continue
+            xb = torch.from_numpy(np.array(X[sel], dtype=np.float32)).to(dev)
+            tb = torch.from_numpy(y_idx[sel].astype(np.int64)).to(dev)
+            wb = torch.from_numpy((cw[y_idx[sel]] * s).astype(np.float32)).to(dev)
+            loss = self._step(xb, tb, wb, norm)
+            total += loss * norm
+            weight += norm
+        return total / weight if weight else float("nan")
+
+    # ----------------------------------------------------------------- public API
+    def fit(self, X: Any, y: Any, sample_weight: Any = None) -> "TorchHead":
+        """Train from scratch for up to ``max_iter`` epochs over (X, y) held in memory."""
+        self._check_params()
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=True)
+        check_classification_targets(y)
+        classes = np.unique(y)
+        if len(classes) < 2:
+            raise UsageError(
+                f"{type(self).__name__} needs at least 2 classes to train; got 1 class ({classes.tolist()!r}).")
+        sw = self._sample_weight(sample_weight, X)
+        self._reset(X.shape[1], classes)
+        y_idx = self._encode(y)
+        cw = self._class_weight_vector(y_idx)
+        best = np.inf
+        no_improve = 0
+        self.loss_curve_ = []
+        for _ in range(int(self.max_iter)):
+            loss = self._epoch(X, y_idx, sw, cw, shuffle=True)
+            self.n_iter_ += 1
+            self.loss_curve_.append(loss)
+            if self.tol is not None:
+                if loss > best - float(self.tol):
+                    no_improve += 1
+                else:
+                    no_improve = 0
+                best = min(best, loss)
+                if no_improve >= int(self.n_iter_no_change):
+                    break
+        self.loss_ = self.loss_curve_[-1]
+        return self
+
+    def partial_fit(self, X: Any, y: Any, classes: Any = None, sample_weight: Any = None) -> "TorchHead":
+        """One pass over the batch (X, y), continuing from the current state.
+
+        ``classes`` (every class of the whole data) is required on the first call.
+        """
+        first = not hasattr(self, "classes_")
+        if first:
+            self._check_params()
+            if classes is None:
+                raise UsageError(f"The 'classes' parameter of {type(self).__name__}.partial_fit must be given on "
+                                 "the first call (every class of the whole data); got None instead.")
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
+        check_classification_targets(y)
+        if first:
+            self._reset(X.shape[1], np.asarray(classes))
+            self.loss_curve_ = []
+        elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
+            raise UsageError(f"The 'classes' parameter of {type(self).__name__}.partial_fit must be the same on "
+                             f"every call; got {list(classes)!r} instead of {self.classes_.tolist()!r}.")
+        sw = self._sample_weight(sample_weight, X)
+        y_idx = self._encode(y)
+        cw = self._class_weight_vector(None)
+        self.loss_ = self._epoch(X, y_idx, sw, cw, shuffle=True)
+        self.n_iter_ += 1
+        return self
+
+    def decision_outputs(self, X: Any) -> np.ndarray:
+        """Raw outputs (N x n_outputs, float64): logits for the logistic head and the MLP."""
+        check_is_fitted(self, "classes_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        return self._decision64(X)
+
+    def predict(self, X: Any) -> np.ndarray:
+        z = self.decision_outputs(X)
+        if z.shape[1] == 1:
+            return self.classes_[(z[:, 0] > 0).astype(int)]
+        return self.classes_[np.argmax(z, axis=1)]
+
+    def loss_on(self, X: Any, y: Any) -> float:
+        """Mean (unregularised, unweighted) loss of the head on labelled data."""
+        check_is_fitted(self, "classes_")
+        X = validate_data(self, X, dtype=[np.float64, np.float32], reset=False)
+        y_idx = self._encode(np.asarray(y))
+        with torch.no_grad():
+            z = torch.from_numpy(self._decision64(X))
+            return float(self._loss(z, torch.from_numpy(y_idx.astype(np.int64))).mean())
+
+    # ----------------------------------------------------------------- snapshots and export
+    def _snapshot(self) -> list[torch.Tensor]:
+        """A copy of the learned parameters (for early stopping)."""
+        return [p.detach().clone() for p in self._params]
+
+    def _restore(self, snap: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for p, s in zip(self._params, snap):
+                p.copy_(s)
+
+    def export_tensors(self) -> dict[str, np.ndarray]:
+        """The learned parameters as named float32 arrays (for the model bundle)."""
+        check_is_fitted(self, "classes_")
+        return {n: p.detach().cpu().numpy().astype(np.float32) for n, p in zip(self._tensor_names(), self._params)}
+
+    @classmethod
+    def from_tensors(cls, params: Mapping[str, Any], tensors: Mapping[str, np.ndarray], classes: Sequence[Any],
+                     n_features: int) -> "TorchHead":
+        """Rebuild a fitted head from :meth:`export_tensors` output (no training state)."""
+        head = cls(**params)
+        head._check_params()
+        head._reset(int(n_features), np.asarray(classes))
+        names = head._tensor_names()
+        missing = [n for n in names if n not in tensors]
+        if missing:
+            raise UsageError(f"The head tensors are incomplete: missing {', '.join(missing)}.")
+        with torch.no_grad():
+            for n, p in zip(names, head._params):
+                arr = np.asarray(tensors[n])
+                if tuple(arr.shape) != tuple(p.shape):
+                    raise UsageError(f"The head tensor {n!r} has shape {arr.shape}, expected {tuple(p.shape)}.")
+                p.copy_(torch.from_numpy(arr.astype(np.float32)))
+        head.n_features_in_ = int(n_features)
+        head.n_iter_ = 0
+        return head
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """``get_params()`` as JSON-friendly values."""
+        out: dict[str, Any] = {}
+        for k, v in self.get_params(deep=False).items():
+            if isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, Mapping):
+                v = {str(kk): float(vv) for kk, vv in v.items()}
+            elif isinstance(v, np.generic):
+                v = v.item()
+            out[k] = v
+        return out
+
+    def __sklearn_tags__(self):  # type: ignore[no-untyped-def]
+        tags = super().__sklearn_tags__()
+        tags.input_tags.sparse = False
+        return tags
