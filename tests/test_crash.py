@@ -129,3 +129,20 @@ def test_decode_worker_killed_mid_batch(fm_dir, tmp_path):
     failed = [r for r in ledger if r["status"] == "failed"]
     assert [(r["reason"], os.path.basename(r["path"])) for r in failed] == [("worker_crash", victim)]
     assert sum(r["status"] == "embedded" for r in ledger) == 79
+
+
+def test_kill9_leaves_no_orphan_decode_workers(fm_dir, tmp_path):
+    out = tmp_path / "feats"
+    p = cli(fm_dir, out, "--workers", "2")
+    wait_for(lambda: committed_parts(out) >= 1 or p.poll() is not None)
+    children = subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()
+    assert children, "expected decode worker processes"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.monotonic() + 15
+    alive = children
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [c for c in alive if os.path.exists(f"/proc/{c}") and "zombie" not in
+                 open(f"/proc/{c}/status").read().lower()]
+    assert not alive, f"orphaned workers still running: {alive}"

@@ -35,6 +35,24 @@ class Failed:
     message: str
 
 
+def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
+    """Worker initializer: exit when the parent process dies (e.g. ``kill -9``).
+
+    Pool workers hold both ends of their task pipe, so they would never see EOF and would
+    wait forever as orphans; a daemon thread polls the parent pid instead.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while True:
+            time.sleep(interval)
+            if os.getppid() != parent_pid:
+                os._exit(0)
+
+    threading.Thread(target=watch, name="deepfeat-parent-watch", daemon=True).start()
+
+
 def prepare_batch(
     items: Sequence[tuple[str, str]],
     preprocess: dict[str, Any],

@@ -9,13 +9,14 @@ from __future__ import annotations
 import collections
 import logging
 import multiprocessing as mp
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..data.decode import DecodePolicy
-from ..data.worker import Decoded, Failed, prepare_batch
+from ..data.worker import Decoded, Failed, prepare_batch, watch_parent
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,8 @@ class DecodePool:
     def _new_pool(self) -> ProcessPoolExecutor:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+                                         initializer=watch_parent, initargs=(os.getpid(),))
         return self._pool
 
     def close(self) -> None:
