@@ -25,9 +25,9 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .data.decode import DecodePolicy
-from .data.sources import Discovery, SourceItem, discover
+from .data.sources import Discovery, discover
 from .errors import UsageError
-from .models.layers import PRE_LOGITS, LayerInfo, describe_layers, resolve_layers
+from .models.layers import PRE_LOGITS, describe_layers, resolve_layers
 from .models.pooling import normalize_pool
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .store import layout
@@ -220,22 +220,6 @@ def _done_ids(store_dir: str, manifest: Manifest) -> set[str]:
     return done
 
 
-def _ledger_rows(items: Sequence[SourceItem], status: str, reasons: Mapping[str, tuple[str, str]] | None = None) -> dict[str, list]:
-    cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
-    for it in items:
-        pb = os.fsencode(it.path)
-        reason, message = (reasons or {}).get(it.id, (None, None))
-        cols["id"].append(it.id)
-        cols["path"].append(layout.display_path(pb))
-        cols["path_bytes"].append(pb)
-        cols["label"].append(it.label)
-        cols["split"].append(it.split)
-        cols["status"].append(status if it.id not in (reasons or {}) else "failed")
-        cols["reason"].append(reason)
-        cols["message"].append(message)
-    return cols
-
-
 def _excluded_table(discovery: Discovery) -> pa.Table:
     cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
     for ex in discovery.excluded:
@@ -367,7 +351,3 @@ def _fill_totals(summary: ExtractSummary, manifest: Manifest, out: str) -> None:
                     reasons[reason] = reasons.get(reason, 0) + 1
     summary.failures_by_reason = dict(sorted(reasons.items()))
 
-
-def layer_infos(backbone: Backbone) -> "Mapping[str, LayerInfo]":
-    """Alias of :func:`deepfeat.models.describe_layers` for the public API."""
-    return describe_layers(backbone)

@@ -245,17 +245,21 @@ def _load_bundled(spec: BundledSpec, weights: str | None, seed: int) -> Backbone
             )
         load_into(model, load_state_dict(path), path)
         digest = file_sha256(path)
-    cfg = model.pretrained_cfg
-    pre = Preprocess(
+    pre = _preprocess_from_timm_cfg(model.pretrained_cfg)
+    return Backbone(spec.name, "bundled", model, pre, path, digest, classifier="classifier",
+                    class_names=imagenet_class_names() if weights != RANDOM else None,
+                    extra={"architecture": spec.timm_arch})
+
+
+def _preprocess_from_timm_cfg(cfg: dict[str, Any]) -> Preprocess:
+    """Evaluation preprocessing from a timm pretrained/data config."""
+    return Preprocess(
         input_size=tuple(cfg["input_size"][1:]),  # type: ignore[arg-type]
         crop_pct=float(cfg.get("crop_pct", 0.875)),
         interpolation=str(cfg.get("interpolation", "bicubic")),
         mean=tuple(cfg["mean"]),  # type: ignore[arg-type]
         std=tuple(cfg["std"]),  # type: ignore[arg-type]
     )
-    return Backbone(spec.name, "bundled", model, pre, path, digest, classifier="classifier",
-                    class_names=imagenet_class_names() if weights != RANDOM else None,
-                    extra={"architecture": spec.timm_arch})
 
 
 def _timm_cached_weights(name: str) -> str | None:
@@ -324,14 +328,7 @@ def _load_timm(arch: str, weights: str | None, seed: int, name: str) -> Backbone
         digest = file_sha256(path)
     from timm.data import resolve_data_config
 
-    cfg = resolve_data_config({}, model=model)
-    pre = Preprocess(
-        input_size=tuple(cfg["input_size"][1:]),  # type: ignore[arg-type]
-        crop_pct=float(cfg.get("crop_pct", 0.875)),
-        interpolation=str(cfg.get("interpolation", "bicubic")),
-        mean=tuple(cfg["mean"]),  # type: ignore[arg-type]
-        std=tuple(cfg["std"]),  # type: ignore[arg-type]
-    )
+    pre = _preprocess_from_timm_cfg(resolve_data_config({}, model=model))
     classifier = model.pretrained_cfg.get("classifier")
     classifier = classifier if isinstance(classifier, str) and _has_module(model, classifier) else _last_linear(model)
     num_classes = getattr(model, "num_classes", None)
