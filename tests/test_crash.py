@@ -41,17 +41,17 @@ def wait_for(cond, timeout: float = 120.0) -> None:
 def snapshot(out: Path) -> dict:
     """{id: concatenated features}, the failed set, and invariants I2/I5/I6 checked on the way."""
     store = deepfeat.open_store(out)
-    feats: dict[str, np.ndarray] = {}
+    feats: dict[tuple[str, int], np.ndarray] = {}
     for b in store.batches(batch_size=50):
-        for i, row in zip(b.ids, b.concat()):
-            assert i not in feats, "I5: id embedded twice"
-            feats[i] = row
+        for i, v, row in zip(b.ids, b.meta.column("view").to_pylist(), b.concat()):
+            assert (i, v) not in feats, "I5: id embedded twice"
+            feats[(i, v)] = row
     names = [p.name for p in store.parts]
     assert len(names) == len(set(names)), "I5: part listed twice"
     assert sorted(os.listdir(out / "parts")) == sorted(names), "I6: uncommitted part visible"
     ledger = store.ledger().to_pylist()
     failed = {r["id"] for r in ledger if r["status"] == "failed"}
-    assert {r["id"] for r in ledger if r["status"] == "embedded"} == set(feats)
+    assert {r["id"] for r in ledger if r["status"] == "embedded"} == {i for i, _ in feats}
     return {"feats": feats, "failed": failed}
 
 

@@ -119,7 +119,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     weights=args.weights, input_size=args.input_size, crop_pct=args.crop_pct,
                     batch_size=args.batch_size, workers=args.workers, device=args.device,
                     precision=args.precision, part_size=args.part_size, overwrite=args.overwrite,
-                    engine=args.engine, progress=progress)
+                    engine=args.engine, progress=progress, views=args.views, augment=args.augment,
+                    views_splits=args.views_splits, augment_seed=args.augment_seed)
     finally:
         progress.close()
     _print(f"done in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s): "
@@ -179,6 +180,101 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if bad < len(preds) or not preds else 1
 
 
+class _TrainProgress:
+    """Prints train()'s progress events: the plan, then one line per epoch."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        phase = event["phase"]
+        if phase == "scan":
+            layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
+            _print(f"layers: {layers} ({event['dims']:,} dims)")
+            _print(f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}); "
+                   f"{len(event['classes'])} classes; solver: {event['solver']}")
+        elif self.quiet:
+            return
+        elif phase == "stats":
+            _print(f"feature statistics: {event['rows']:,} rows in {event['seconds']:.1f} s")
+        elif phase == "exact":
+            _print(f"exact solver ({event['solver']}): {event['rows']:,} rows in {event['seconds']:.1f} s")
+        elif phase == "epoch":
+            val = ("" if event["val_loss"] is None else
+                   f", val loss {event['val_loss']:.4f}, val accuracy {event['val_accuracy']:.4f}")
+            _print(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}{val} "
+                   f"({event['seconds']:.1f} s){' *' if event.get('best') else ''}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .training import train
+
+    class_weight = None if args.class_weight in (None, "", "none") else args.class_weight
+    r = train(args.store, layers=args.layers, head=args.head, solver=args.solver, hidden=args.hidden,
+              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha,
+              val_fraction=args.val_fraction, patience=args.patience or None, class_weight=class_weight,
+              memory_budget=args.memory_budget, seed=args.seed, device=args.device, out=args.out,
+              progress=_TrainProgress(args.quiet))
+    v = r.validation
+    val = (f"validation accuracy {v['accuracy']:.4f} on {v['n']:,} rows ({v['source']})" if v.get("n")
+           else "no validation rows")
+    _print(f"done in {r.seconds:.1f} s ({r.solver}, {r.head_kind}): {val}; saved {r.bundle_path}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate, format_report
+
+    report = evaluate(args.bundle, args.store, split=args.split, out=args.out, top_k=args.top_k, tta=args.tta,
+                      batch_size=args.batch_size)
+    _print(format_report(report).rstrip())
+    if report.get("files"):
+        _print("\nwrote " + ", ".join(report["files"].values()))
+    return 0
+
+
+def _is_bundle_arg(value: str) -> bool:
+    from .bundle import SUFFIX, is_bundle
+
+    return value.lower().endswith(SUFFIX) or is_bundle(value)
+
+
+def cmd_predict_bundle(args: argparse.Namespace) -> int:
+    from .predict import predict_images, write_predictions
+
+    preds = predict_images(args.model, args.inputs, top_k=args.top_k or 3, batch_size=args.batch_size,
+                           weights=args.weights, device=args.device)
+    bad = sum(p.error is not None for p in preds)
+    if args.out:
+        write_predictions(preds, args.out)
+        _print(f"wrote {len(preds):,} predictions to {args.out} ({bad:,} could not be classified)")
+    else:
+        for p in preds:
+            if p.error:
+                _print(f"{p.path}\tERROR\t{p.error}")
+            else:
+                _print(f"{p.path}\t" + "\t".join(f"{lbl} ({s:.3f})" for lbl, s in zip(p.labels, p.scores)))
+    return 0 if bad < len(preds) or not preds else 1
+
+
+def cmd_predict_any(args: argparse.Namespace) -> int:
+    """``predict BUNDLE.dfm ...`` uses a trained bundle; ``predict MODEL ...`` the backbone's own classifier."""
+    if _is_bundle_arg(args.model):
+        return cmd_predict_bundle(args)
+    if args.top_k is None:
+        args.top_k = 5
+    if args.out:
+        from .classify import classify_images
+        from .predict import write_predictions
+
+        preds = classify_images(args.model, args.inputs, top_k=args.top_k)
+        write_predictions(preds, args.out)
+        bad = sum(p.error is not None for p in preds)
+        _print(f"wrote {len(preds):,} predictions to {args.out} ({bad:,} could not be classified)")
+        return 0 if bad < len(preds) or not preds else 1
+    return cmd_predict(args)
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
@@ -226,6 +322,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--part-size", type=int, default=None, help="inputs per committed part (default: ~256 MiB)")
+    p.add_argument("--views", type=int, default=0, help="augmented views per image, besides the original (view 0)")
+    p.add_argument("--augment", default=None,
+                   help="augmentation spec for the views, e.g. 'flip,crop=0.8,rotate=15,color=0.2' (default flip,crop=0.8)")
+    p.add_argument("--views-splits", default="train", help="splits that get augmented views (default: train)")
+    p.add_argument("--augment-seed", type=int, default=0)
     p.add_argument("--engine", default="local", choices=["local", "ray"])
     p.add_argument("--overwrite", action="store_true", help="delete an existing store with another config")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -247,11 +348,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("predict", help="classify images with a backbone's own classifier (ImageNet top-k)")
-    p.add_argument("model", help="backbone name, e.g. efficientnet_lite0")
+    p = sub.add_parser("train", help="train a head (logreg, svm, mlp) on a store, streaming it; writes a bundle")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="bundle file to write, e.g. model.dfm")
+    p.add_argument("--layers", default=None, help="stored layers to concatenate (default: all)")
+    p.add_argument("--head", default="logreg", help="logreg | svm | mlp")
+    p.add_argument("--hidden", default="256", help="MLP hidden sizes, e.g. 256,16")
+    p.add_argument("--solver", default="auto", help="auto | stream | exact (scikit-learn, in memory)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-2 linear, 1e-3 mlp)")
+    p.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="training ids held out when there is no val split")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
+    p.add_argument("--class-weight", default=None, help="balanced | none")
+    p.add_argument("--memory-budget", default="1GiB", help="memory for feature rows (decides --solver auto)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="accuracy, top-k, per-class report and confusion matrix of a bundle")
+    p.add_argument("bundle")
+    p.add_argument("store")
+    p.add_argument("--split", default="test", help="split to evaluate, or 'all'")
+    p.add_argument("--out", default=None, help="directory for report.txt/json, confusion_matrix.csv/png")
+    p.add_argument("--top-k", default="1,3", help="top-k accuracies to report, e.g. 1,3,5")
+    p.add_argument("--tta", action="store_true", help="average the scores over each image's stored views")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("predict", help="classify images with a trained bundle (.dfm) or a backbone's own classifier")
+    p.add_argument("model", help="a bundle from 'deepfeat train' (model.dfm), or a backbone name (ImageNet top-k)")
     p.add_argument("inputs", nargs="+", help="image files, folders or list files")
-    p.add_argument("--top-k", type=int, default=5)
-    p.set_defaults(func=cmd_predict)
+    p.add_argument("--top-k", type=int, default=None, help="classes per image (default: 3 for a bundle, 5 for a backbone)")
+    p.add_argument("--out", default=None, help="write predictions to a .csv or .json file")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--weights", default=None, help="bundle only: backbone weights file if not at the recorded path")
+    p.add_argument("--device", default="cpu", help="bundle only: cpu | cuda | auto")
+    p.set_defaults(func=cmd_predict_any)
     return parser
 
 

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .data.decode import DecodePolicy
-from .data.sources import Discovery, discover
+from .data.sources import Discovery, SourceItem, discover
 from .errors import UsageError
 from .models.layers import PRE_LOGITS, describe_layers, resolve_layers
 from .models.pooling import normalize_pool
@@ -87,15 +87,25 @@ class ExtractPlan:
     part_size: int
     dtype: str
     views: int = 0
+    augment: str = ""
+    augment_seed: int = 0
+    views_splits: tuple[str, ...] = ("train",)
 
     @property
     def row_bytes(self) -> int:
         return sum(s.dims for s in self.layers) * np.dtype(self.dtype).itemsize
 
-    def estimate(self, items: int | None = None) -> dict[str, int]:
-        n = len(self.discovery.items) if items is None else items
-        rows = n * (1 + self.views)
-        return {"items": n, "rows": rows, "dims": sum(s.dims for s in self.layers),
+    def views_for(self, item: SourceItem) -> int:
+        """Augmented views stored for ``item``: K for the chosen splits (and unsplit inputs), else 0."""
+        if not self.views:
+            return 0
+        return self.views if item.split is None or item.split in self.views_splits else 0
+
+    def estimate(self, items: Sequence[SourceItem] | None = None) -> dict[str, int]:
+        """rows x dims x bytes of the job (augmented views included)."""
+        chosen = self.discovery.items if items is None else items
+        rows = sum(1 + self.views_for(it) for it in chosen)
+        return {"items": len(chosen), "rows": rows, "dims": sum(s.dims for s in self.layers),
                 "bytes_per_value": np.dtype(self.dtype).itemsize, "bytes": rows * self.row_bytes}
 
 
@@ -171,8 +181,22 @@ def plan_extraction(
     part_size: int | None = None,
     policy: DecodePolicy | None = None,
     backbone: Backbone | None = None,
+    views: int = 0,
+    augment: str | None = None,
+    views_splits: Sequence[str] | str = ("train",),
+    augment_seed: int = 0,
 ) -> ExtractPlan:
     """Discover the inputs, load the backbone and resolve layers into an :class:`ExtractPlan`."""
+    from .data.augment import DEFAULT_AUGMENT, parse_augment
+
+    if not isinstance(views, int) or views < 0:
+        raise UsageError(f"The 'views' parameter of extract must be an integer >= 0; got {views!r} instead.")
+    if augment is not None and not views:
+        raise UsageError("The 'augment' parameter needs 'views' >= 1 (augmented views per image).")
+    augment_spec = parse_augment(augment or DEFAULT_AUGMENT) if views else ""
+    if isinstance(views_splits, str):
+        views_splits = [s.strip() for s in views_splits.split(",") if s.strip()]
+    views_splits = tuple(sorted(views_splits))
     discovery = discover(source)
     bb = backbone or load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct)
     infos = describe_layers(bb)
@@ -190,7 +214,8 @@ def plan_extraction(
         "precision": precision,
         "decode_policy": {"max_pixels": policy.max_pixels, "max_aspect_ratio": policy.max_aspect_ratio,
                           "background": list(policy.background), "formats": sorted(policy.formats)},
-        "views": 0,
+        "views": {"count": views, "augment": augment_spec, "splits": list(views_splits), "seed": augment_seed}
+        if views else 0,
     }
     import timm
     import torch
@@ -206,10 +231,12 @@ def plan_extraction(
         "versions": {"deepfeat": __version__, "torch": torch.__version__, "timm": timm.__version__,
                      "numpy": np.__version__},
     }
-    row_bytes = sum(s.dims for s in specs) * np.dtype(dtype).itemsize
+    row_bytes = sum(s.dims for s in specs) * np.dtype(dtype).itemsize * (1 + views)
     if part_size is None:
         part_size = int(max(16, min(4096, DEFAULT_PART_BYTES // max(1, row_bytes))))
-    return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype)
+    metadata["views"] = config["views"]
+    return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype, views=views, augment=augment_spec,
+                       augment_seed=augment_seed, views_splits=views_splits)
 
 
 def _done_ids(store_dir: str, manifest: Manifest) -> set[str]:
@@ -269,6 +296,10 @@ def extract(
     engine: str = "local",
     progress: ProgressFn | None = None,
     backbone: Backbone | None = None,
+    views: int = 0,
+    augment: str | None = None,
+    views_splits: Sequence[str] | str = ("train",),
+    augment_seed: int = 0,
 ) -> ExtractSummary:
     """Extract features of ``layers`` for every image under ``source`` into the store ``out``.
 
@@ -283,6 +314,9 @@ def extract(
         pool: ``none|avg|max|avgmax``, optionally per layer: ``"avg,blocks.4=none"``.
         dtype: ``float16`` or ``float32`` storage.
         workers: decode processes (default: spare cores; 0 = decode in this process).
+        views: augmented views stored per image of ``views_splits`` (and of unsplit inputs), besides
+            view 0; ``augment`` is their spec (see :mod:`deepfeat.data.augment`), seeded per
+            (``augment_seed``, image id, view) so that reruns and resumes give the same features.
         progress: callback receiving dicts with a ``phase`` key ("plan", "batch", "part").
 
     Returns:
@@ -298,7 +332,8 @@ def extract(
     start = time.perf_counter()
     plan = plan_extraction(source, model=model, layers=layers, pool=pool, dtype=dtype, weights=weights,
                            input_size=input_size, crop_pct=crop_pct, precision=precision, part_size=part_size,
-                           policy=policy, backbone=backbone)
+                           policy=policy, backbone=backbone, views=views, augment=augment,
+                           views_splits=views_splits, augment_seed=augment_seed)
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
@@ -317,7 +352,7 @@ def extract(
         if summary.vanished_since:
             log.warning("%d inputs stored earlier are no longer in the source (kept in the store)",
                         summary.vanished_since)
-        est = plan.estimate(len(pending))
+        est = plan.estimate(pending)
         if progress:
             progress({"phase": "plan", "estimate": est, "total": len(plan.discovery.items),
                       "pending": len(pending), "already_done": summary.already_done,

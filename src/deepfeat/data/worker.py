@@ -54,28 +54,31 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
 
 
 def prepare_batch(
-    items: Sequence[tuple[str, str]],
+    items: Sequence[tuple[str, str, int]],
     preprocess: dict[str, Any],
     policy: DecodePolicy,
-    views: Sequence[tuple[int, Any]] = (),
+    augment: tuple[str, int] | None = None,
 ) -> list[Decoded | Failed]:
-    """Decode and preprocess ``(id, path)`` pairs; bad inputs become :class:`Failed`.
+    """Decode and preprocess ``(id, path, n_augmented_views)`` triples; bad inputs become :class:`Failed`.
 
-    ``views`` lists ``(view_index, augmentation)`` pairs applied per item after decoding
-    (each augmentation is a callable ``(image, item_id, view_index) -> image``).
+    ``augment`` is ``(spec, seed)``; an item with ``n`` augmented views gets pixels for view 0
+    (plain preprocessing) and views 1..n, each seeded by (seed, id, view).
     :class:`~deepfeat.errors.EnvironmentFault` propagates: it must stop the run.
     """
     pre = Preprocess.from_dict(preprocess)
     out: list[Decoded | Failed] = []
     crash_on = os.environ.get("DEEPFEAT_TEST_CRASH_ON")  # test hook: simulate a codec killing the worker
-    for item_id, path in items:
+    for item_id, path, n_views in items:
         if crash_on and crash_on in path:
             os._exit(70)
         try:
             dec = decode_file(path, policy)
             pixels = [pre.resize_crop(dec.image)]
-            for view_index, augment in views:
-                pixels.append(pre.resize_crop(augment(dec.image, item_id, view_index)))
+            if n_views and augment is not None:
+                from .augment import get_augmenter
+
+                augmenter = get_augmenter(*augment)
+                pixels.extend(pre.resize_crop(augmenter(dec.image, item_id, v)) for v in range(1, n_views + 1))
             w, h = dec.image.size
             out.append(Decoded(item_id, pixels, {"sha256": dec.sha256, "format": dec.format, "mode": dec.mode,
                                                  "n_frames": dec.n_frames, "width": w, "height": h}))

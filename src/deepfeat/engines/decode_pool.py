@@ -20,7 +20,7 @@ from ..data.worker import Decoded, Failed, prepare_batch, watch_parent
 
 log = logging.getLogger(__name__)
 
-Item = tuple[str, str]
+Item = tuple[str, str, int]  # (id, path, number of augmented views)
 
 
 class DecodePool:
@@ -30,9 +30,9 @@ class DecodePool:
     """
 
     def __init__(self, workers: int, preprocess: dict[str, Any], policy: DecodePolicy,
-                 views: Sequence[tuple[int, Any]] = (), prefetch: int | None = None) -> None:
+                 augment: tuple[str, int] | None = None, prefetch: int | None = None) -> None:
         self.workers = max(0, int(workers))
-        self.args = (preprocess, policy, tuple(views))
+        self.args = (preprocess, policy, augment)
         self.prefetch = prefetch or max(2, 2 * self.workers)
         self._pool: ProcessPoolExecutor | None = None
 

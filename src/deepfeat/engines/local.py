@@ -42,11 +42,15 @@ class PartBuilder:
     def add_failed(self, item_id: str, reason: str, message: str) -> None:
         self.failed[item_id] = (reason, message)
 
-    def add_rows(self, decoded: Sequence[Decoded], feats: dict[str, np.ndarray], views_per_item: int) -> None:
+    def add_rows(self, decoded: Sequence[Decoded], feats: dict[str, np.ndarray]) -> None:
+        """Add the rows of ``decoded`` items; ``feats`` rows are their views, flattened in order."""
         bad = nonfinite_rows(feats)
         keep = np.ones(len(bad), dtype=bool)
-        for k, d in enumerate(decoded):
-            sl = slice(k * views_per_item, (k + 1) * views_per_item)
+        start = 0
+        for d in decoded:
+            n = len(d.pixels)
+            sl = slice(start, start + n)
+            start += n
             if bad[sl].any():
                 keep[sl] = False
                 self.add_failed(d.id, "nonfinite_features", "the model produced NaN/Inf for this input")
@@ -54,7 +58,7 @@ class PartBuilder:
             it = self.items[d.id]
             pb = os.fsencode(it.path)
             self.embedded.add(d.id)
-            for view in range(views_per_item):
+            for view in range(n):
                 for key, value in (("id", d.id), ("view", view), ("label", it.label), ("split", it.split),
                                    ("path", layout.display_path(pb)), ("path_bytes", pb),
                                    ("sha256", d.meta["sha256"]), ("format", d.meta["format"]),
@@ -93,18 +97,18 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
     computer = FeatureComputer(plan.backbone, plan.layers, infos, dtype=plan.dtype, device=device,
                                precision=precision, channels_last=channels_last)
     parts = plan_parts(pending, plan.part_size, manifest.next_index())
-    views_per_item = 1 + plan.views
 
-    def batches() -> Iterator[tuple[int, list[tuple[str, str]]]]:
+    def batches() -> Iterator[tuple[int, list[tuple[str, str, int]]]]:
         for p, (_, items) in enumerate(parts):
             for s in range(0, len(items), batch_size):
-                yield p, [(it.id, it.path) for it in items[s:s + batch_size]]
+                yield p, [(it.id, it.path, plan.views_for(it)) for it in items[s:s + batch_size]]
 
     embedded = failed = committed = 0
     tagged = list(batches())
     builder: PartBuilder | None = None
     current = -1
-    with DecodePool(workers, plan.backbone.preprocess.to_dict(), policy) as pool:
+    augment = (plan.augment, plan.augment_seed) if plan.views else None
+    with DecodePool(workers, plan.backbone.preprocess.to_dict(), policy, augment=augment) as pool:
         stream = pool.map(b for _, b in tagged)
         for (p, _), (batch, results) in zip(tagged, stream):
             if p != current:
@@ -124,7 +128,7 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
             if ok:
                 pixels = np.stack([px for d in ok for px in d.pixels])
                 feats = computer(pixels)
-                builder.add_rows(ok, feats, views_per_item)
+                builder.add_rows(ok, feats)
             n_failed = len(results) - len(ok)
             embedded += len(ok)
             failed += n_failed

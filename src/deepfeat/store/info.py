@@ -180,7 +180,7 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
         preprocess=dict(meta.get("preprocess") or {}),
         dtype=str(meta.get("dtype", "float32")),
         precision=meta.get("precision"),
-        views=int(config.get("views", meta.get("views", 0)) or 0),
+        views=_view_count(config.get("views", meta.get("views", 0))),
         layers=layers,
     )
     manifest = Manifest(path)
@@ -253,13 +253,23 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
     info.failures_by_reason = dict(sorted(info.failures_by_reason.items(), key=lambda kv: (-kv[1].count, kv[0])))
     info.exclusions_by_reason = dict(sorted(info.exclusions_by_reason.items(), key=lambda kv: (-kv[1].count, kv[0])))
     row_bytes = sum(int(d["dims"]) for d in layers) * np.dtype(info.dtype).itemsize
-    info.estimated_bytes = (info.embedded + info.failed) * (1 + info.views) * row_bytes
+    # Augmented views exist only for some splits: view 0 has one row per embedded input and
+    # every augmented view index has as many rows as view 1.
+    plain, augmented = info.rows_by_view.get(0, 0), info.rows_by_view.get(1, 0)
+    info.estimated_bytes = (plain + augmented * info.views) * row_bytes
     info.bytes_on_disk = _dir_bytes(path)
-    expected_rows = info.embedded * (1 + info.views)
-    if not info.warnings and info.rows_total != expected_rows:
-        info.warnings.append(f"{info.rows_total} rows stored for {info.embedded} embedded inputs x "
-                             f"{1 + info.views} views = {expected_rows}")
+    uneven = [v for v in range(1, info.views + 1) if info.rows_by_view.get(v, 0) != augmented]
+    if not info.warnings and (plain != info.embedded or uneven):
+        info.warnings.append(f"{plain} view-0 rows for {info.embedded} embedded inputs"
+                             + (f"; augmented views {uneven} have other row counts than view 1" if uneven else ""))
     return info
+
+
+def _view_count(views: Any) -> int:
+    """Augmented views per input from the store config (0, or {"count": K, ...})."""
+    if isinstance(views, dict):
+        return int(views.get("count", 0))
+    return int(views or 0)
 
 
 def failed_inputs(path: str | os.PathLike) -> list[dict[str, Any]]:
