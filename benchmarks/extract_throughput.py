@@ -33,6 +33,7 @@ import glob
 import json
 import os
 import platform
+import resource
 import shutil
 import statistics
 import sys
@@ -56,6 +57,12 @@ def loadavg() -> str:
         return " ".join(f"{v:.2f}" for v in os.getloadavg())
     except OSError:
         return "n/a"
+
+
+def cpu_seconds() -> float:
+    """User+system CPU seconds of this process (all threads) and its reaped children (workers)."""
+    me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def dir_bytes(path: str) -> int:
@@ -162,15 +169,18 @@ class ForwardBench:
         self.decode_img_per_s = len(self.pixels) / (time.perf_counter() - t)
         self.times: list[float] = []
         self.sessions: list[float] = []
+        self.cpu = 0.0
 
     def session(self, n_batches: int, warmup: int) -> float:
         for _ in range(warmup):
             self.fc(self.pixels)
         times = []
+        c0 = cpu_seconds()
         for _ in range(n_batches):
             t = time.perf_counter()
             self.fc(self.pixels)
             times.append(time.perf_counter() - t)
+        self.cpu += cpu_seconds() - c0
         self.times.extend(times)
         rate = len(self.pixels) * n_batches / sum(times)
         self.sessions.append(rate)
@@ -186,20 +196,24 @@ class ForwardBench:
             "img_per_s_best": max(rates),
             "img_per_s_by_session": self.sessions,
             "seconds": sum(self.times),
+            "cpu_ms_per_img": 1000 * self.cpu / (n * len(self.times)),
             "decode_resize_img_per_s_1proc": self.decode_img_per_s,
         }
 
 
 def measure_decode(bb, items: list[tuple[str, str]], limit: int) -> float:
-    """Decode + resize/crop only, in this process, with deepfeat's worker code: img/s."""
-    from deepfeat.data.decode import DecodePolicy
-    from deepfeat.data.worker import prepare_batch
+    """Decode (deepfeat's decode policy) + resize/crop only, in this process: img/s.
 
-    sub = [(str(i), p) for i, (p, _) in enumerate(items[:limit])]
-    pre = bb.preprocess.to_dict()
+    The same two calls a decode worker makes per image (``decode_file`` then
+    ``Preprocess.resize_crop``), without the process pool, pickling or the forward pass.
+    """
+    from deepfeat.data.decode import DecodePolicy, decode_file
+
+    policy = DecodePolicy()
+    sub = items[:limit]
     t = time.perf_counter()
-    for s in range(0, len(sub), 32):
-        prepare_batch(sub[s:s + 32], pre, DecodePolicy())
+    for p, _ in sub:
+        bb.preprocess.resize_crop(decode_file(p, policy).image)
     return len(sub) / (time.perf_counter() - t)
 
 
@@ -218,15 +232,18 @@ def measure_extract(bb, source: str, out: str, layers: str, batch_size: int, wor
             marks["last_batch"] = now
 
     shutil.rmtree(out, ignore_errors=True)
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     s = deepfeat.extract(source, out, model=MODEL, layers=layers, pool="avg", dtype="float16",
                          batch_size=batch_size, workers=workers, device="cpu", overwrite=True,
                          progress=progress, backbone=bb)
     wall = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0  # the decode workers are reaped when the pool closes, so they count
     n = s.embedded_now
     res = {
         "workers": workers, "embedded": n, "failed": s.failed_now, "wall_s": wall, "summary_seconds": s.seconds,
         "img_per_s": n / s.seconds if s.seconds else 0.0,
+        "cpu_ms_per_img": 1000 * cpu / max(1, n),
         "setup_s": marks.get("plan", t0) - t0,                      # discovery, layer probe, store setup
         "first_batch_s": marks.get("first_batch", t0) - marks.get("plan", t0),  # pool start + 1st batch
         "bytes_on_disk": s.bytes_on_disk, "store_dir_bytes": dir_bytes(out), "parts": s.parts_committed,
@@ -260,6 +277,7 @@ def naive_loop(items: list[tuple[str, str]], csv_path: str, input_size: int, bat
     with torch.no_grad():  # warm-up (not timed), like a tutorial's first call
         model(torch.zeros(1, 3, input_size, input_size))
     dims = None
+    c0 = cpu_seconds()
     t0 = time.perf_counter()
     with open(csv_path, "w", newline="") as fh:
         writer = csv.writer(fh)
@@ -277,7 +295,9 @@ def naive_loop(items: list[tuple[str, str]], csv_path: str, input_size: int, bat
                     writer.writerow([p, lab] + f.tolist())
                 pending = []
     secs = time.perf_counter() - t0
+    cpu = cpu_seconds() - c0
     return {"images": len(items), "batch": batch, "seconds": secs, "img_per_s": len(items) / secs,
+            "cpu_ms_per_img": 1000 * cpu / len(items),
             "dims": dims, "csv_bytes": os.path.getsize(csv_path)}
 
 
@@ -426,6 +446,7 @@ def ratios(res: dict[str, Any], default_workers: int) -> dict[str, Any]:
     fwd = res["forward"]["img_per_s"]
     naive = res["naive"]["img_per_s"]
     per_w = {r["workers"]: r["img_per_s"] for r in res["extract"]}
+    by_cpu = {r["workers"]: r["cpu_ms_per_img"] for r in res["extract"]}
     main_w = default_workers if default_workers in per_w else max(per_w, key=per_w.get)
     e2e = per_w[main_w]
     best_csv = max(res["read"]["csv_module"]["rows_per_s"], res["read"]["np_loadtxt"]["rows_per_s"])
@@ -436,6 +457,9 @@ def ratios(res: dict[str, Any], default_workers: int) -> dict[str, Any]:
         "e2e_vs_forward_by_workers": {w: v / fwd for w, v in per_w.items()},
         "best_e2e_vs_forward": max(per_w.values()) / fwd,
         "e2e_vs_naive": e2e / naive,
+        # the same two ratios from CPU time per image (less sensitive to other jobs on the machine)
+        "cpu_e2e_vs_forward": res["forward"]["cpu_ms_per_img"] / by_cpu[main_w],
+        "cpu_e2e_vs_naive": res["naive"]["cpu_ms_per_img"] / by_cpu[main_w],
         "store_read_vs_csv_read": res["read"]["store"]["rows_per_s"] / best_csv,
         "disk_csv_over_store": res["disk"]["csv_bytes"] / res["disk"]["store_dir_bytes"],
     }
@@ -448,7 +472,7 @@ def print_report(machine: dict[str, Any], results: list[dict[str, Any]], default
     print(f"machine: {machine['platform']}; cpu_count={machine['cpu_count']} affinity={machine['affinity']} "
           f"torch threads={machine['torch_threads']} interop={machine['torch_interop_threads']}")
     print(f"versions: python {machine['python']}, torch {machine['torch']}, deepfeat {machine['deepfeat']}, "
-          f"numpy {machine['numpy']}; default workers={default_workers}")
+          f"numpy {machine['numpy']}; default workers={default_workers}; deepfeat from {machine['deepfeat_path']}")
     print(f"load average: start {machine['loadavg_start']}, end {machine['loadavg_end']} "
           "(a busy machine makes every figure noisy)")
     for res in results:
@@ -457,24 +481,25 @@ def print_report(machine: dict[str, Any], results: list[dict[str, Any]], default
         print("-" * 96)
         print(f"DATA SET {res['dataset']}: {res['images']} images, input {res['input_size']}px, layers "
               f"{res['layers']}, batch {res['batch_size']}, model load {res['model_load_s']:.2f} s")
-        print(f"{'measurement':<58}{'img/s':>12}{'seconds':>10}{'images':>9}")
+        print(f"{'measurement':<58}{'img/s':>12}{'seconds':>10}{'images':>9}{'cpu ms/img':>12}")
         print(f"{'a. forward-only (FeatureComputer, pre-decoded uint8 batch)':<58}{fmt_rate(f['img_per_s']):>12}"
-              f"{f['seconds']:>10.2f}{f['batch_size'] * f['timed_batches']:>9}")
+              f"{f['seconds']:>10.2f}{f['batch_size'] * f['timed_batches']:>9}{f['cpu_ms_per_img']:>12.1f}")
         sess = " / ".join(fmt_rate(v) for v in f["img_per_s_by_session"])
         print(f"{'   sessions before / after extract: ' + sess + '; median, best batch':<58}"
               f"{fmt_rate(f['img_per_s_median']):>12} / {fmt_rate(f['img_per_s_best'])}")
-        print(f"{'   decode+resize only, 1 process (deepfeat worker code)':<58}"
+        print(f"{'   decode+resize only, 1 process (decode_file+resize_crop)':<58}"
               f"{fmt_rate(res['decode_img_per_s_1proc']):>12}")
         for e in res["extract"]:
             tag = " (default)" if e["workers"] == default_workers else ""
             print(f"{'b. deepfeat.extract workers=' + str(e['workers']) + tag + ': embedded/summary.seconds':<58}"
-                  f"{fmt_rate(e['img_per_s']):>12}{e['summary_seconds']:>10.2f}{e['embedded']:>9}")
+                  f"{fmt_rate(e['img_per_s']):>12}{e['summary_seconds']:>10.2f}{e['embedded']:>9}"
+                  f"{e['cpu_ms_per_img']:>12.1f}")
             print(f"{'     wall ' + format(e['wall_s'], '.2f') + ' s (+ model load ' + format(res['model_load_s'], '.2f') + ' s); setup ' + format(e['setup_s'], '.2f') + ' s, 1st batch ' + format(e['first_batch_s'], '.2f') + ' s; steady':<58}"
                   f"{fmt_rate(e.get('img_per_s_steady')):>12}")
         nv = res["naive"]
         diff = nv.get("max_rel_diff_vs_store")
         print(f"{'c. naive loop (PIL+torchvision, batch ' + str(nv['batch']) + ', NCHW eager, CSV)':<58}"
-              f"{fmt_rate(nv['img_per_s']):>12}{nv['seconds']:>10.2f}{nv['images']:>9}")
+              f"{fmt_rate(nv['img_per_s']):>12}{nv['seconds']:>10.2f}{nv['images']:>9}{nv['cpu_ms_per_img']:>12.1f}")
         if diff is not None:
             print(f"     naive vs store features: max |diff| / max |value| = {diff:.3g} (float16 store, resize rounding)")
         d, rd = res["disk"], res["read"]
@@ -501,6 +526,8 @@ def print_report(machine: dict[str, Any], results: list[dict[str, Any]], default
         by_w = ", ".join(f"w={w}: {v:.2f}" for w, v in r["e2e_vs_forward_by_workers"].items())
         print(f"   end-to-end / forward-only by workers: {by_w}; vs the median forward batch: "
               f"{r['e2e_vs_forward_median']:.2f}")
+        print(f"   by CPU time per image instead of wall time: end-to-end / forward-only "
+              f"{r['cpu_e2e_vs_forward']:.2f}, end-to-end / naive {r['cpu_e2e_vs_naive']:.2f}")
     print("=" * 96)
 
 
@@ -547,7 +574,8 @@ def main(argv: list[str] | None = None) -> int:
         "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
         "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
         "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "deepfeat": getattr(deepfeat, "__version__", "?"), "loadavg_start": loadavg(),
+        "deepfeat": getattr(deepfeat, "__version__", "?"), "deepfeat_path": os.path.dirname(deepfeat.__file__),
+        "loadavg_start": loadavg(),
     }
     dw = default_workers()
     work = args.workdir or tempfile.mkdtemp(prefix="deepfeat-bench-")

@@ -29,6 +29,18 @@ _API = {
     "store_info": "deepfeat.store.info",
     "classify_images": "deepfeat.classify",
     "write_dataset": "deepfeat.datasets",
+    "train": "deepfeat.training",
+    "TrainResult": "deepfeat.training",
+    "evaluate": "deepfeat.evaluation",
+    "predict_images": "deepfeat.predict",
+    "write_predictions": "deepfeat.predict",
+    "load_bundle": "deepfeat.bundle",
+    "FeatureExtractor": "deepfeat.sklearn_api",
+    "train_cnn": "deepfeat.cnn.training",
+    "finetune": "deepfeat.cnn.training",
+    "CNNTrainResult": "deepfeat.cnn.training",
+    "analyze": "deepfeat.analysis.report",
+    "full_network_embedding": "deepfeat.analysis.fne",
 }
 
 __all__ = sorted(_API) + ["__version__"]

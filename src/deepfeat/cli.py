@@ -10,6 +10,7 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -120,7 +121,9 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, workers=args.workers, device=args.device,
                     precision=args.precision, part_size=args.part_size, overwrite=args.overwrite,
                     engine=args.engine, progress=progress, views=args.views, augment=args.augment,
-                    views_splits=args.views_splits, augment_seed=args.augment_seed)
+                    views_splits=args.views_splits, augment_seed=args.augment_seed,
+                    address=args.address, ray_workers=args.ray_workers,
+                    gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
     finally:
         progress.close()
     _print(f"done in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s): "
@@ -210,15 +213,44 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     class_weight = None if args.class_weight in (None, "", "none") else args.class_weight
-    r = train(args.store, layers=args.layers, head=args.head, solver=args.solver, hidden=args.hidden,
-              epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha,
-              val_fraction=args.val_fraction, patience=args.patience or None, class_weight=class_weight,
-              memory_budget=args.memory_budget, seed=args.seed, device=args.device, out=args.out,
-              progress=_TrainProgress(args.quiet))
+    try:
+        r = train(args.store, layers=args.layers, head=args.head, solver=args.solver, hidden=args.hidden,
+                  epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha,
+                  val_fraction=args.val_fraction, patience=args.patience or None, class_weight=class_weight,
+                  memory_budget=args.memory_budget, seed=args.seed, device=args.device, out=args.out,
+                  progress=_TrainProgress(args.quiet))
+    except KeyboardInterrupt:
+        _print_error("interrupted: no bundle was written (the bundle is written atomically at the end)")
+        return 130
     v = r.validation
     val = (f"validation accuracy {v['accuracy']:.4f} on {v['n']:,} rows ({v['source']})" if v.get("n")
            else "no validation rows")
     _print(f"done in {r.seconds:.1f} s ({r.solver}, {r.head_kind}): {val}; saved {r.bundle_path}")
+    return 0
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from .analysis.report import analyze
+
+    s = analyze(args.store, args.out, split=args.split or None, layers=args.layers, bins=args.bins,
+                alpha=args.alpha, top_k=args.top_k)
+    noisiest = max(s["layers"], key=lambda r: r["noise"])
+    _print(f"done in {s['seconds']:.1f} s: {s['features']:,} features x {len(s['classes'])} classes on {s['rows']:,} "
+           f"rows; noise {s['noise_overall']:.3f} overall (max {noisiest['noise']:.3f} in {noisiest['layer']}); "
+           f"report {s['report']}")
+    return 0
+
+
+def cmd_fne(args: argparse.Namespace) -> int:
+    from .analysis.fne import full_network_embedding
+
+    s = full_network_embedding(args.store, args.out, thresholds=args.thresholds, layers=args.layers,
+                               stats_split=args.stats_split or None, overwrite=args.overwrite)
+    total = max(1, sum(s.value_counts.values()))
+    shares = ", ".join(f"{k:+d}: {v / total:.3f}" for k, v in s.value_counts.items()) if s.value_counts else "-"
+    _print(f"done in {s.seconds:.1f} s: {s.rows:,} rows x {s.dims:,} int8 dims ({len(s.layers)} layers, "
+           f"{s.zero_variance} zero-variance features; statistics from {s.stats_rows:,} rows); "
+           f"{s.parts_written} parts written, {s.parts_skipped} kept; values {shares}; store {s.out}")
     return 0
 
 
@@ -275,6 +307,109 @@ def cmd_predict_any(args: argparse.Namespace) -> int:
     return cmd_predict(args)
 
 
+class _CNNProgress:
+    """The seed's per-epoch table for train_cnn()/finetune(), with a tqdm bar inside each epoch."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        phase = event["phase"]
+        if phase == "start":
+            _print(f"{event['kind']}: {event['n_train']:,} training / {event['n_val']:,} validation images "
+                   f"({event['val_source']}), {len(event['classes'])} classes, input {event['input_size']}, "
+                   f"{event['trainable']:,} of {event['params']:,} parameters trained, "
+                   f"{'cached in memory' if event['cached'] else 'streamed from disk'}, "
+                   f"{event['device']} ({event['precision']})")
+            if event["start_epoch"]:
+                _print(f"resuming after epoch {event['start_epoch']} of {event['epochs']}")
+            _print(f"{'epoch':>5} {'train loss':>11} {'valid loss':>11} {'train/valid':>12} {'valid acc':>10} "
+                   f"{'duration':>9}")
+        elif phase == "batch" and not self.quiet:
+            if self.bar is None:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event["steps"], unit="batch", leave=False, dynamic_ncols=True,
+                                desc=f"epoch {event['epoch']}/{event['epochs']}")
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
+        elif phase == "epoch":
+            self.close()
+            ratio = event["train_valid_ratio"]
+            _print(f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['valid_loss']:>11.4f} "
+                   f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['valid_accuracy']:>10.4f} "
+                   f"{event['seconds']:>8.1f}s")
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def _print_cnn_result(r: Any) -> None:
+    m = r.metrics
+    test = f", test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""
+    note = " (already trained: nothing to do)" if r.already_complete else ""
+    _print(f"done in {r.seconds:.1f} s{note}: valid accuracy {m['valid_accuracy']:.4f} ({m['valid_source']}){test}; "
+           f"model directory {r.out} (use it as --model {r.out})")
+    if r.skipped:
+        _print(f"{len(r.skipped):,} images could not be decoded and were left out")
+
+
+def _cnn_common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+                schedule=args.schedule, augment=args.augment, input_size=args.input_size,
+                val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp,
+                workers=args.workers, memory_budget=args.memory_budget, resume=not args.no_resume,
+                overwrite=args.overwrite, keep_checkpoint=args.keep_checkpoint)
+
+
+def cmd_train_cnn(args: argparse.Namespace) -> int:
+    from .cnn import train_cnn
+
+    progress = _CNNProgress(args.quiet)
+    try:
+        r = train_cnn(args.source, args.out, arch=args.arch, channels=args.channels, progress=progress,
+                      **_cnn_common_kwargs(args))
+    finally:
+        progress.close()
+    _print_cnn_result(r)
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from .cnn import finetune
+
+    progress = _CNNProgress(args.quiet)
+    try:
+        r = finetune(args.source, args.out, model=args.model, weights=args.weights, freeze=args.freeze,
+                     body_lr_mult=args.body_lr_mult, crop_pct=args.crop_pct, progress=progress,
+                     **_cnn_common_kwargs(args))
+    finally:
+        progress.close()
+    _print_cnn_result(r)
+    return 0
+
+
+def cmd_plot(args: argparse.Namespace) -> int:
+    from .viz import plots
+
+    if args.what == "filters":
+        res = plots.plot_filters(args.model, args.layer, args.out, max_filters=args.max_filters,
+                                 max_channels=args.max_channels)
+    elif args.what == "activations":
+        res = plots.plot_activations(args.model, args.image, args.layer, args.out, max_maps=args.max_maps)
+    elif args.what == "embedding":
+        res = plots.plot_embedding(args.store, args.layer, args.out, method=args.method, split=args.split,
+                                   max_points=args.max_points, seed=args.seed)
+    else:
+        res = plots.plot_history(args.model, args.out)
+    _print(f"wrote {res.path} ({res.size[0]}x{res.size[1]} px, {res.panels} panel{'s' if res.panels != 1 else ''}): "
+           f"{res.title}")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
@@ -318,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", default="avg", help="none|avg|max|avgmax, per layer as 'avg,blocks.4=none'")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32"])
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--workers", type=int, default=None, help="decode processes (default: spare cores)")
+    p.add_argument("--workers", type=int, default=None,
+                   help="decode processes (default: spare cores; with --engine ray: per Ray worker, default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--part-size", type=int, default=None, help="inputs per committed part (default: ~256 MiB)")
@@ -327,7 +463,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation spec for the views, e.g. 'flip,crop=0.8,rotate=15,color=0.2' (default flip,crop=0.8)")
     p.add_argument("--views-splits", default="train", help="splits that get augmented views (default: train)")
     p.add_argument("--augment-seed", type=int, default=0)
-    p.add_argument("--engine", default="local", choices=["local", "ray"])
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local, or ray: Ray workers write the parts (pip install \"deepfeat[ray]\"; docs/RAY.md)")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a new local Ray instance)")
+    p.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: as many as fit)")
+    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs of each Ray worker (default 0)")
+    p.add_argument("--cpus-per-worker", type=float, default=1,
+                   help="CPUs of each Ray worker; torch uses that many threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store with another config")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
@@ -348,6 +491,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("analyze", help="per-feature discriminative statistics per class; HTML report + tables")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="report folder (report.html, report.md, CSV/Parquet, PNG)")
+    p.add_argument("--split", default="train", help="split to analyse ('' = every row)")
+    p.add_argument("--layers", default=None, help="stored layers to analyse (default: all)")
+    p.add_argument("--bins", type=int, default=64, help="histogram bins per feature (approximation; see docs)")
+    p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
+    p.add_argument("--top-k", dest="top_k", type=int, default=10, help="top features listed per class")
+    p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser("fne", help="full-network embedding: standardise + ternarise a store into a new int8 store")
+    p.add_argument("store")
+    p.add_argument("--out", required=True, help="new store directory (rerun to resume)")
+    p.add_argument("--thresholds", default="-0.25,0.15", help="lo,hi on standardised values (default -0.25,0.15)")
+    # let "--thresholds -0.25,0.15" parse: argparse otherwise takes "-0.25,0.15" for an option
+    p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")  # type: ignore[attr-defined]
+    p.add_argument("--layers", default=None, help="stored layers to embed (default: all)")
+    p.add_argument("--stats-split", dest="stats_split", default="train",
+                   help="split giving the mean/std ('' = every row)")
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_fne)
+
     p = sub.add_parser("train", help="train a head (logreg, svm, mlp) on a store, streaming it; writes a bundle")
     p.add_argument("store")
     p.add_argument("--out", required=True, help="bundle file to write, e.g. model.dfm")
@@ -357,7 +522,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--solver", default="auto", help="auto | stream | exact (scikit-learn, in memory)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-2 linear, 1e-3 mlp)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3, cosine decay)")
     p.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty")
     p.add_argument("--val-fraction", type=float, default=0.1, help="training ids held out when there is no val split")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
@@ -387,6 +552,81 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", default=None, help="bundle only: backbone weights file if not at the recorded path")
     p.add_argument("--device", default="cpu", help="bundle only: cpu | cuda | auto")
     p.set_defaults(func=cmd_predict_any)
+
+    for name, helptext in (("train-cnn", "train a small ConvNet from scratch on a labelled image folder"),
+                           ("finetune", "fine-tune a pretrained backbone on a labelled image folder")):
+        p = sub.add_parser(name, help=helptext + " (writes a model directory usable as --model)")
+        p.add_argument("source", help="image folder (split/class/* or class/*) or list file with labels")
+        p.add_argument("--out", required=True, help="model directory to write (resumes if it holds a checkpoint)")
+        if name == "train-cnn":
+            p.add_argument("--arch", default="small", help="small (the seed's layout) | small_bn | medium")
+            p.add_argument("--channels", type=int, default=None, choices=[1, 3],
+                           help="input channels (default: 1 when every image is gray)")
+            p.add_argument("--epochs", type=int, default=10)
+            p.add_argument("--batch-size", type=int, default=64)
+            p.add_argument("--weight-decay", type=float, default=0.0)
+            p.add_argument("--augment", default="flip,crop=0.9,rotate=10",
+                           help="flip, vflip, crop, rotate, translate, color, grayscale (with =value); 'none' for off")
+            p.add_argument("--input-size", type=int, default=None,
+                           help="square input side (default: the first image's shorter side, 16..64)")
+            p.set_defaults(func=cmd_train_cnn)
+        else:
+            p.add_argument("--model", default="efficientnet_lite0", help="any backbone name 'deepfeat models' lists")
+            p.add_argument("--weights", default=None, help="local weights file (default: offline pretrained)")
+            p.add_argument("--freeze", type=int, default=0,
+                           help="freeze the first N stages (see 'deepfeat layers'); -1 freezes the whole body")
+            p.add_argument("--body-lr-mult", type=float, default=0.1, help="body learning rate = lr x this")
+            p.add_argument("--epochs", type=int, default=5)
+            p.add_argument("--batch-size", type=int, default=32)
+            p.add_argument("--weight-decay", type=float, default=1e-4)
+            p.add_argument("--augment", default="flip,crop=0.8",
+                           help="flip, vflip, crop, rotate, translate, color, grayscale (with =value); 'none' for off")
+            p.add_argument("--input-size", type=int, default=None, help="override the model's input size (square)")
+            p.add_argument("--crop-pct", type=float, default=None, help="override the centre-crop fraction")
+            p.set_defaults(func=cmd_finetune)
+        p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (of the new head when fine-tuning)")
+        p.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
+        p.add_argument("--val-fraction", type=float, default=0.1,
+                       help="training images held out for validation when the source has no val/test split")
+        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
+        p.add_argument("--workers", type=int, default=None, help="decode processes (default: spare cores)")
+        p.add_argument("--memory-budget", default="2GiB", help="decoded images are cached in memory below this")
+        p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
+        p.add_argument("--overwrite", action="store_true", help="replace a model trained with another configuration")
+        p.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint after training")
+        p.add_argument("-q", "--quiet", action="store_true", help="no progress bar (the epoch table stays)")
+
+    p = sub.add_parser("plot", help="plots: filters, activations, embedding, history (PNG)")
+    plot_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
+    q = plot_sub.add_parser("filters", help="a conv layer's filters (RGB tiles for a first layer)")
+    q.add_argument("model", help="model directory or backbone name")
+    q.add_argument("--layer", default="conv1", help="conv layer (or a block holding one)")
+    q.add_argument("--out", required=True, help="PNG file")
+    q.add_argument("--max-filters", type=int, default=64)
+    q.add_argument("--max-channels", type=int, default=16, help="input channels shown per filter (deeper layers)")
+    q.set_defaults(func=cmd_plot)
+    q = plot_sub.add_parser("activations", help="one image's activations: bar plot (vector) or map grid (conv)")
+    q.add_argument("model", help="model directory or backbone name")
+    q.add_argument("image", help="image file")
+    q.add_argument("--layer", default="pre_logits")
+    q.add_argument("--out", required=True, help="PNG file")
+    q.add_argument("--max-maps", type=int, default=64)
+    q.set_defaults(func=cmd_plot)
+    q = plot_sub.add_parser("embedding", help="2-D PCA or t-SNE of a stored layer, coloured by class")
+    q.add_argument("store", help="feature store directory")
+    q.add_argument("--layer", default=None, help="stored layer (default: the only one)")
+    q.add_argument("--method", default="pca", choices=["pca", "tsne"])
+    q.add_argument("--split", default=None)
+    q.add_argument("--max-points", type=int, default=5000)
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--out", required=True, help="PNG file")
+    q.set_defaults(func=cmd_plot)
+    q = plot_sub.add_parser("history", help="loss and accuracy curves of a trained model directory")
+    q.add_argument("model", help="model directory")
+    q.add_argument("--out", required=True, help="PNG file")
+    q.set_defaults(func=cmd_plot)
     return parser
 
 

@@ -90,6 +90,11 @@ class ExtractPlan:
     augment: str = ""
     augment_seed: int = 0
     views_splits: tuple[str, ...] = ("train",)
+    #: every tappable layer of the backbone (from the one probing pass at planning time)
+    infos: Any = None
+    #: how to load the backbone again elsewhere (Ray workers): model, weights, input_size, crop_pct;
+    #: None when the backbone was handed over as an object
+    model_args: dict[str, Any] | None = None
 
     @property
     def row_bytes(self) -> int:
@@ -235,8 +240,12 @@ def plan_extraction(
     if part_size is None:
         part_size = int(max(16, min(4096, DEFAULT_PART_BYTES // max(1, row_bytes))))
     metadata["views"] = config["views"]
+    model_args = None if backbone is not None else {
+        "model": model, "weights": os.fspath(weights) if weights is not None else None,
+        "input_size": input_size, "crop_pct": crop_pct}
     return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype, views=views, augment=augment_spec,
-                       augment_seed=augment_seed, views_splits=views_splits)
+                       augment_seed=augment_seed, views_splits=views_splits, model_args=model_args,
+                       infos=infos)
 
 
 def _done_ids(store_dir: str, manifest: Manifest) -> set[str]:
@@ -300,6 +309,10 @@ def extract(
     augment: str | None = None,
     views_splits: Sequence[str] | str = ("train",),
     augment_seed: int = 0,
+    address: str | None = None,
+    ray_workers: int | None = None,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float = 1,
 ) -> ExtractSummary:
     """Extract features of ``layers`` for every image under ``source`` into the store ``out``.
 
@@ -313,7 +326,13 @@ def extract(
         layers: names as ``deepfeat layers`` prints them, comma-separated, or shortcuts.
         pool: ``none|avg|max|avgmax``, optionally per layer: ``"avg,blocks.4=none"``.
         dtype: ``float16`` or ``float32`` storage.
-        workers: decode processes (default: spare cores; 0 = decode in this process).
+        workers: decode processes (default: spare cores; 0 = decode in this process). With
+            ``engine="ray"``: decode processes inside each Ray worker (default 0: the worker decodes).
+        engine: ``local`` (this machine) or ``ray`` (Ray actors write the parts; see docs/RAY.md).
+            The store is the same, and either engine resumes the other's store.
+        address: Ray cluster to use (``auto``, ``host:port``, ``ray://host:port``); default: a new
+            local Ray instance (or ``RAY_ADDRESS``). ``ray_workers``: Ray workers (default: as many
+            as fit); ``gpus_per_worker`` / ``cpus_per_worker``: Ray resources of each worker.
         views: augmented views stored per image of ``views_splits`` (and of unsplit inputs), besides
             view 0; ``augment`` is their spec (see :mod:`deepfeat.data.augment`), seeded per
             (``augment_seed``, image id, view) so that reruns and resumes give the same features.
@@ -322,13 +341,21 @@ def extract(
     Returns:
         An :class:`ExtractSummary`.
     """
-    workers = default_workers() if workers is None else int(workers)
-    validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
     if engine not in ("local", "ray"):
         raise UsageError(f"The 'engine' parameter must be 'local' or 'ray'; got {engine!r} instead.")
+    workers = (0 if engine == "ray" else default_workers()) if workers is None else int(workers)
+    validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
     if engine == "ray":
-        raise UsageError("The Ray engine is not available in this version; use --engine local.")
-    device, precision = _resolve_device(device, precision)
+        from .engines.ray_engine import import_ray
+
+        import_ray()  # the install hint before any work
+        if device == "auto":  # the GPUs are on the workers, not necessarily here
+            device = "cuda" if gpus_per_worker > 0 else "cpu"
+        if device == "cpu" and precision == "fp16":
+            raise UsageError("fp16 autocast is for CUDA; on the CPU use --precision fp32 or bf16.")
+        precision = ("bf16" if device == "cuda" else "fp32") if precision == "auto" else precision
+    else:
+        device, precision = _resolve_device(device, precision)
     start = time.perf_counter()
     plan = plan_extraction(source, model=model, layers=layers, pool=pool, dtype=dtype, weights=weights,
                            input_size=input_size, crop_pct=crop_pct, precision=precision, part_size=part_size,
@@ -358,11 +385,19 @@ def extract(
                       "pending": len(pending), "already_done": summary.already_done,
                       "excluded": summary.excluded, "layers": plan.layers, "part_size": plan.part_size,
                       "device": device, "precision": precision})
-        from .engines.local import run_local
+        if engine == "ray":
+            from .engines.ray_engine import run_ray
 
-        stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers, device=device,
-                          precision=precision, channels_last=channels_last, policy=policy or DecodePolicy(),
-                          progress=progress)
+            stats = run_ray(plan, pending, out, manifest, batch_size=batch_size, workers=workers, device=device,
+                            precision=precision, channels_last=channels_last, policy=policy or DecodePolicy(),
+                            progress=progress, address=address, num_workers=ray_workers,
+                            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
+        else:
+            from .engines.local import run_local
+
+            stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers, device=device,
+                              precision=precision, channels_last=channels_last, policy=policy or DecodePolicy(),
+                              progress=progress)
         summary.embedded_now, summary.failed_now, summary.parts_committed = stats
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start

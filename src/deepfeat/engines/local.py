@@ -87,21 +87,43 @@ class PartBuilder:
         return write_part(store_dir, self.name, feats, rows, ledger)
 
 
+def add_batch(builder: PartBuilder, computer: FeatureComputer, results: Sequence[Decoded | Failed]) -> tuple[int, int]:
+    """Ledger the failures of one decoded batch and add the features of the rest (every engine uses this).
+
+    Returns (decoded, failed) counts.
+    """
+    ok = [r for r in results if isinstance(r, Decoded)]
+    for r in results:
+        if isinstance(r, Failed):
+            builder.add_failed(r.id, r.reason, r.message)
+            log.debug("failed %s: %s", r.id, r.message)
+    if ok:
+        pixels = np.stack([px for d in ok for px in d.pixels])
+        builder.add_rows(ok, computer(pixels))
+    return len(ok), len(results) - len(ok)
+
+
+def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> list[list[tuple[str, str, int]]]:
+    """The decode batches of one part: ``(id, path, augmented views)`` triples, in part order."""
+    return [[(it.id, it.path, plan.views_for(it)) for it in items[s:s + batch_size]]
+            for s in range(0, len(items), batch_size)]
+
+
 def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
               workers: int, device: str, precision: str, channels_last: bool, policy: DecodePolicy,
               progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int, int]:
     """Process ``pending`` inputs into committed parts. Returns (embedded, failed, parts)."""
     if not pending:
         return 0, 0, 0
-    infos = describe_layers(plan.backbone)
+    infos = plan.infos if plan.infos is not None else describe_layers(plan.backbone)
     computer = FeatureComputer(plan.backbone, plan.layers, infos, dtype=plan.dtype, device=device,
                                precision=precision, channels_last=channels_last)
     parts = plan_parts(pending, plan.part_size, manifest.next_index())
 
     def batches() -> Iterator[tuple[int, list[tuple[str, str, int]]]]:
         for p, (_, items) in enumerate(parts):
-            for s in range(0, len(items), batch_size):
-                yield p, [(it.id, it.path, plan.views_for(it)) for it in items[s:s + batch_size]]
+            for batch in part_batches(items, batch_size, plan):
+                yield p, batch
 
     embedded = failed = committed = 0
     tagged = list(batches())
@@ -120,17 +142,8 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
                 current = p
                 builder = PartBuilder(parts[p][0], parts[p][1], plan.layers)
             assert builder is not None
-            ok = [r for r in results if isinstance(r, Decoded)]
-            for r in results:
-                if isinstance(r, Failed):
-                    builder.add_failed(r.id, r.reason, r.message)
-                    log.debug("failed %s: %s", r.id, r.message)
-            if ok:
-                pixels = np.stack([px for d in ok for px in d.pixels])
-                feats = computer(pixels)
-                builder.add_rows(ok, feats)
-            n_failed = len(results) - len(ok)
-            embedded += len(ok)
+            n_ok, n_failed = add_batch(builder, computer, results)
+            embedded += n_ok
             failed += n_failed
             if progress:
                 progress({"phase": "batch", "done": len(results), "failed": n_failed})

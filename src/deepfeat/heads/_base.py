@@ -20,8 +20,9 @@ not depend on the other rows in the batch.
 """
 from __future__ import annotations
 
+import contextlib
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,25 @@ def validate_data(est: BaseEstimator, X: Any, y: Any = "no_validation", reset: b
     if _sk_validate_data is not None:
         return _sk_validate_data(est, X, y, reset=reset, **kw)
     return est._validate_data(X, y, reset=reset, **kw)  # pragma: no cover
+
+
+#: Below this many multiply-adds per step, torch runs single-threaded: for tiny matrices the
+#: thread pool costs more than it gains, and on a loaded machine its barriers stall each step.
+SMALL_WORK = 50_000_000
+
+
+@contextlib.contextmanager
+def threads_for(work: int) -> Iterator[None]:
+    """Run small torch work on one thread (restoring the thread count afterwards)."""
+    n = torch.get_num_threads()
+    if work >= SMALL_WORK or n == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
 
 
 def param_error(owner: str, name: str, expected: str, got: Any) -> UsageError:
@@ -203,6 +223,9 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         return sw
 
     # ----------------------------------------------------------------- optimisation
+    def _step_work(self) -> int:
+        return int(self.batch_size) * sum(p.numel() for p in self._params)
+
     def _step(self, X: torch.Tensor, target: torch.Tensor, w: torch.Tensor, norm: float) -> float:
         """One Adam step on a mini-batch; returns the (unregularised) weighted mean loss."""
         self._optimizer.zero_grad(set_to_none=True)
@@ -255,7 +278,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         no_improve = 0
         self.loss_curve_ = []
         for _ in range(int(self.max_iter)):
-            loss = self._epoch(X, y_idx, sw, cw, shuffle=True)
+            with threads_for(self._step_work()):
+                loss = self._epoch(X, y_idx, sw, cw, shuffle=True)
             self.n_iter_ += 1
             self.loss_curve_.append(loss)
             if self.tol is not None:
@@ -284,14 +308,14 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         if first:
             self._reset(X.shape[1], np.asarray(classes))
-            self.loss_curve_ = []
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise UsageError(f"The 'classes' parameter of {type(self).__name__}.partial_fit must be the same on "
                              f"every call; got {list(classes)!r} instead of {self.classes_.tolist()!r}.")
         sw = self._sample_weight(sample_weight, X)
         y_idx = self._encode(y)
         cw = self._class_weight_vector(None)
-        self.loss_ = self._epoch(X, y_idx, sw, cw, shuffle=True)
+        with threads_for(self._step_work()):
+            self.loss_ = self._epoch(X, y_idx, sw, cw, shuffle=True)
         self.n_iter_ += 1
         return self
 
@@ -315,6 +339,12 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         with torch.no_grad():
             z = torch.from_numpy(self._decision64(X))
             return float(self._loss(z, torch.from_numpy(y_idx.astype(np.int64))).mean())
+
+    def set_lr_scale(self, factor: float) -> None:
+        """Scale the optimiser's step size to ``learning_rate * factor`` (learning-rate schedules)."""
+        check_is_fitted(self, "classes_")
+        for group in self._optimizer.param_groups:
+            group["lr"] = float(self.learning_rate) * float(factor)
 
     # ----------------------------------------------------------------- snapshots and export
     def _snapshot(self) -> list[torch.Tensor]:

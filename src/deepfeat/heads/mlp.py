@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import TorchHead, check_choice, check_number, param_error
+from ._base import TorchHead, check_choice, check_number, param_error, threads_for
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}
 #: Above this many first-layer weights, inference runs in float32 (a float64 copy would be too big).
@@ -119,7 +119,8 @@ class MLPHead(TorchHead):
         n_layers = len(self._params) // 2
         exact = self._params[0].numel() <= _FLOAT64_INFERENCE_LIMIT
         dtype = torch.float64 if exact else torch.float32
-        with torch.no_grad():
+        work = X.shape[0] * sum(p.numel() for p in self._params)
+        with torch.no_grad(), threads_for(work):
             h = torch.from_numpy(np.asarray(X, dtype=np.float64 if exact else np.float32))
             for i in range(n_layers):
                 w = self._params[2 * i].detach().cpu().to(dtype)

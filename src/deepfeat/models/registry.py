@@ -175,6 +175,10 @@ def load_backbone(
         from .trained import load_trained_model  # a model directory written by train-cnn/finetune
 
         bb = load_trained_model(name)
+        size = (input_size, input_size) if isinstance(input_size, int) else input_size
+        if bb.extra.get("kind") == "cnn" and size is not None and tuple(size) != bb.preprocess.input_size:
+            raise UsageError(f"The ConvNet in {name!r} was trained on {bb.preprocess.input_size} inputs and its dense "
+                             "layer fixes that size; leave out the input size override.")
     elif name in BUNDLED:
         bb = _load_bundled(BUNDLED[name], weights, seed)
     elif name.startswith(("torchvision:", "tv:")):

@@ -256,7 +256,8 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
     # Augmented views exist only for some splits: view 0 has one row per embedded input and
     # every augmented view index has as many rows as view 1.
     plain, augmented = info.rows_by_view.get(0, 0), info.rows_by_view.get(1, 0)
-    info.estimated_bytes = (plain + augmented * info.views) * row_bytes
+    # The estimate printed before a run counts every input (failed ones too).
+    info.estimated_bytes = (plain + info.failed + augmented * info.views) * row_bytes
     info.bytes_on_disk = _dir_bytes(path)
     uneven = [v for v in range(1, info.views + 1) if info.rows_by_view.get(v, 0) != augmented]
     if not info.warnings and (plain != info.embedded or uneven):

@@ -1,0 +1,347 @@
+"""The full-network embedding (Garcia-Gasulla et al., arXiv 1705.07706) as a store transform.
+
+``store -> streaming per-feature mean/std over the training split -> standardise every row ->
+ternarise to int8 {-1, 0, 1} -> a new store`` with the same parts, ids, labels, splits and views.
+
+* Statistics: Chan's parallel merge of per-batch (count, mean, M2) in float64 over the rows of
+  ``stats_split`` (view 0 only: augmented views do not bias the statistics), population std
+  (ddof=0, as scikit-learn's StandardScaler). A feature whose minimum equals its maximum over
+  those rows has zero variance: its std is stored as 0 and its standardised value is 0.
+* Ternarisation: ``z > hi -> 1``, ``z < lo -> -1``, else 0 (paper: lo=-0.25, hi=0.15).
+* The new store has one layer ``fne`` (int8, the source layers concatenated in order); its
+  metadata records the source store's fingerprint and layers, the thresholds and the name and
+  sha256 of ``fne-stats.safetensors`` (mean/std, float64) stored beside the metadata.
+* Writing reuses the store's lock, part writer and manifest commit: a killed run resumes,
+  committed parts are kept, a different configuration is refused unless ``overwrite``.
+
+Example:
+    >>> import deepfeat
+    >>> s = deepfeat.full_network_embedding("fm_all/", "fm_fne/")       # doctest: +SKIP
+    >>> s.dims, s.rows                                                  # doctest: +SKIP
+    (13840, 4000)
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from ..errors import StoreError, UsageError
+from ..store import layout
+from ..store.create import prepare_store_dir, write_excluded
+from ..store.fsutil import atomic_write_bytes, read_json
+from ..store.lock import StoreLock
+from ..store.reader import FeatureStore, LayerSpec, open_store
+from ..store.writer import Manifest, clean_uncommitted, write_part
+
+log = logging.getLogger(__name__)
+
+FNE_LAYER = "fne"
+STATS_FILE = "fne-stats.safetensors"
+DEFAULT_THRESHOLDS = (-0.25, 0.15)
+
+
+# ----------------------------------------------------------------------------- statistics
+class RunningStats:
+    """Per-feature count, mean, M2 (Chan et al. merge, float64), min and max, fed batch by batch.
+
+    Example:
+        >>> rs = RunningStats(3)
+        >>> rs.update(np.ones((4, 3)))
+        >>> rs.std.tolist()
+        [0.0, 0.0, 0.0]
+    """
+
+    def __init__(self, dims: int) -> None:
+        self.n = 0
+        self.mean_ = np.zeros(dims, dtype=np.float64)
+        self.m2 = np.zeros(dims, dtype=np.float64)
+        self.min_ = np.full(dims, np.inf)
+        self.max_ = np.full(dims, -np.inf)
+
+    def update(self, X: np.ndarray) -> None:
+        X = np.asarray(X, dtype=np.float64)
+        nb = X.shape[0]
+        if nb == 0:
+            return
+        mb = X.mean(axis=0)
+        m2b = ((X - mb) ** 2).sum(axis=0)
+        n = self.n + nb
+        delta = mb - self.mean_
+        self.mean_ = self.mean_ + delta * (nb / n)
+        self.m2 = self.m2 + m2b + delta ** 2 * (self.n * nb / n)
+        self.n = n
+        np.minimum(self.min_, X.min(axis=0), out=self.min_)
+        np.maximum(self.max_, X.max(axis=0), out=self.max_)
+
+    @property
+    def constant(self) -> np.ndarray:
+        """Features whose every value was equal (zero variance, decided exactly by min == max)."""
+        return self.max_ <= self.min_
+
+    @property
+    def std(self) -> np.ndarray:
+        """Population std (ddof=0); exactly 0 for constant features."""
+        if self.n == 0:
+            raise UsageError("No rows to compute statistics from.")
+        std = np.sqrt(np.maximum(self.m2 / self.n, 0.0))
+        std[self.constant] = 0.0
+        return std
+
+
+def standardize(X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(X - mean) / std`` in float64; features with ``std == 0`` become 0."""
+    X = np.asarray(X, dtype=np.float64)
+    ok = std > 0
+    z = np.zeros_like(X)
+    z[:, ok] = (X[:, ok] - mean[ok]) / std[ok]
+    return z
+
+
+def ternarize(z: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """int8 {-1, 0, 1}: ``z < lo -> -1``, ``z > hi -> 1``, else 0."""
+    lo, hi = thresholds
+    out = np.zeros(z.shape, dtype=np.int8)
+    out[z > hi] = 1
+    out[z < lo] = -1
+    return out
+
+
+def fne_transform(features: np.ndarray, mean: np.ndarray, std: np.ndarray,
+                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+    """Raw concatenated features (rows x dims) -> the int8 full-network embedding."""
+    return ternarize(standardize(features, mean, std), thresholds)
+
+
+def parse_thresholds(thresholds: str | Sequence[float]) -> tuple[float, float]:
+    """``"-0.25,0.15"`` or ``(-0.25, 0.15)`` -> (lo, hi), checked: lo <= hi."""
+    try:
+        vals = [float(v) for v in thresholds.split(",")] if isinstance(thresholds, str) else [float(v) for v in thresholds]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != 2 or not all(np.isfinite(vals)) or vals[0] > vals[1]:
+        raise UsageError(f"The 'thresholds' parameter must be two numbers lo,hi with lo <= hi (e.g. -0.25,0.15); "
+                         f"got {thresholds!r} instead.")
+    return vals[0], vals[1]
+
+
+def resolve_store_layers(store: FeatureStore, layers: str | Sequence[str] | None, what: str) -> list[LayerSpec]:
+    """The chosen layers of a store (default: all), with a helpful error for unknown names."""
+    if layers is None:
+        return list(store.layers)
+    names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
+    unknown = [n for n in names if n not in store.layer_names]
+    if not names or unknown:
+        raise UsageError(f"The 'layers' parameter of {what} must name layers of the store "
+                         f"({', '.join(store.layer_names)}); got {layers!r} instead.")
+    return [store.layer(n) for n in names]
+
+
+def split_batches(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None, batch_size: int = 4096
+                  ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+    """(rows x sum(dims) float64, labels) of view 0 of ``split`` (None: every row), in store order."""
+    names = [s.name for s in specs]
+    for b in store.batches(names, split=split, batch_size=batch_size, views=0):
+        yield b.concat(names, dtype=np.float64), b.labels
+
+
+def feature_stats(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None) -> RunningStats:
+    """Streaming per-feature statistics of the chosen layers over view 0 of ``split``."""
+    rs = RunningStats(sum(s.dims for s in specs))
+    for X, _ in split_batches(store, specs, split):
+        rs.update(X)
+    if rs.n == 0:
+        raise UsageError(f"The store {store.path!r} has no rows in split {split!r} to compute statistics from.")
+    return rs
+
+
+# ----------------------------------------------------------------------------- the transform
+@dataclass
+class FNESummary:
+    """What :func:`full_network_embedding` wrote."""
+
+    out: str
+    source: str
+    layers: list[str]
+    dims: int
+    thresholds: tuple[float, float]
+    stats_rows: int
+    zero_variance: int
+    rows: int = 0
+    parts_written: int = 0
+    parts_skipped: int = 0
+    resumed: bool = False
+    seconds: float = 0.0
+    value_counts: dict[int, int] = field(default_factory=dict)
+
+
+def _manifest_digest(store: FeatureStore) -> str:
+    h = hashlib.sha256()
+    for p in store.parts:
+        h.update(p.name.encode())
+        for fname in sorted(p.files):
+            h.update(f"{fname}:{p.files[fname]['sha256']}".encode())
+    return h.hexdigest()
+
+
+def _save_stats(path: str, mean: np.ndarray, std: np.ndarray, minimum: np.ndarray, maximum: np.ndarray) -> str:
+    from safetensors.numpy import save
+
+    data = save({"mean": np.ascontiguousarray(mean, np.float64), "std": np.ascontiguousarray(std, np.float64),
+                 "min": np.ascontiguousarray(minimum, np.float64), "max": np.ascontiguousarray(maximum, np.float64)})
+    atomic_write_bytes(path, data)
+    return hashlib.sha256(data).hexdigest()
+
+
+def load_fne_stats(store: FeatureStore | str | os.PathLike) -> dict[str, Any]:
+    """The FNE parameters of an FNE store: {'mean', 'std' (float64 arrays), 'thresholds', 'source_layers'}."""
+    from safetensors.numpy import load
+
+    store = store if isinstance(store, FeatureStore) else open_store(store)
+    info = store.metadata.get("fne")
+    if not info:
+        raise UsageError(f"The store {store.path!r} is not a full-network embedding (no 'fne' metadata).")
+    path = os.path.join(store.path, info["stats_file"])
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError:
+        raise StoreError(f"The FNE statistics {path} are missing.") from None
+    if hashlib.sha256(data).hexdigest() != info["stats_sha256"]:
+        raise StoreError(f"The FNE statistics {path} fail their sha256 checksum.")
+    t = load(data)
+    return {"mean": t["mean"], "std": t["std"], "thresholds": tuple(info["thresholds"]),
+            "source_dtype": info.get("source_dtype"),
+            "source_layers": [LayerSpec.from_dict(d) for d in info["source_layers"]]}
+
+
+def full_network_embedding(
+    store: str | os.PathLike | FeatureStore,
+    out: str | os.PathLike,
+    thresholds: str | Sequence[float] = DEFAULT_THRESHOLDS,
+    layers: str | Sequence[str] | None = None,
+    stats_split: str | None = "train",
+    overwrite: bool = False,
+    batch_size: int = 4096,
+) -> FNESummary:
+    """Write the full-network embedding of ``store`` (its ``layers``, default all) as a new int8 store.
+
+    Args:
+        store: source store (e.g. ``deepfeat extract ... --layers all --pool avg``).
+        out: new store directory; rerunning the same call resumes it.
+        thresholds: ``(lo, hi)`` on the standardised values (paper: -0.25, 0.15).
+        layers: source layers, concatenated in this order (default: all of them).
+        stats_split: split whose view-0 rows give the mean/std (None: every row).
+        overwrite: delete an ``out`` written with another configuration.
+
+    Returns:
+        An :class:`FNESummary`.
+    """
+    t0 = time.perf_counter()
+    lo_hi = parse_thresholds(thresholds)
+    src = store if isinstance(store, FeatureStore) else open_store(store)
+    specs = resolve_store_layers(src, layers, "full_network_embedding")
+    if stats_split is not None and stats_split not in src.splits:
+        raise UsageError(f"The 'stats_split' parameter of full_network_embedding must be a split of the store "
+                         f"({', '.join(src.splits) or 'none'}) or None; got {stats_split!r} instead.")
+    out = os.fspath(out)
+    if os.path.abspath(out) == os.path.abspath(src.path):
+        raise UsageError("The 'out' parameter of full_network_embedding must differ from the source store.")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"The output {out!r} exists and is not a directory.")
+    dims = sum(s.dims for s in specs)
+    src_meta = src.metadata
+    config = {
+        "transform": "fne",
+        "source_fingerprint": src_meta.get("fingerprint"),
+        "source_parts": _manifest_digest(src),
+        "source_layers": [s.to_dict() for s in specs],
+        "thresholds": list(lo_hi),
+        "stats_split": stats_split,
+        "stats": "chan-float64-ddof0-view0",
+        "dtype": "int8",
+        "decode_policy": src_meta.get("config", {}).get("decode_policy"),
+    }
+    fne_spec = LayerSpec(FNE_LAYER, FNE_LAYER, (dims,), "fne", dims)
+    os.makedirs(out, exist_ok=True)
+    with StoreLock(out):
+        meta_path = os.path.join(out, layout.METADATA_FILE)
+        old = None
+        if os.path.exists(meta_path) and not overwrite:
+            try:
+                old = read_json(meta_path)
+            except ValueError:
+                old = None
+        stats_path = os.path.join(out, STATS_FILE)
+        rs = None
+        if (old is not None and old.get("config") == config and old.get("fne", {}).get("stats_sha256")
+                and os.path.isfile(stats_path)):
+            log.info("fne: resuming %s with its saved statistics", out)
+        else:
+            rs = feature_stats(src, specs, stats_split)
+        metadata = {k: v for k, v in src_meta.items()
+                    if k not in ("layers", "dtype", "config", "fingerprint", "created", "format", "format_version")}
+        metadata.update({"layers": [fne_spec.to_dict()], "dtype": "int8"})
+        if rs is not None:
+            zero_var = int(rs.constant.sum())
+            fne_info = {"source_store": os.path.abspath(src.path), "source_fingerprint": src_meta.get("fingerprint"),
+                        "source_layers": [s.to_dict() for s in specs], "source_dtype": src.dtype,
+                        "thresholds": list(lo_hi),
+                        "stats_split": stats_split, "stats_rows": rs.n, "zero_variance": zero_var,
+                        "stats_file": STATS_FILE}
+        else:
+            fne_info = dict(old["fne"])  # type: ignore[index]
+        resumed = prepare_store_dir(out, config, {**metadata, "fne": {**fne_info, "stats_sha256": ""}}, overwrite)
+        if rs is not None:
+            sha = _save_stats(stats_path, rs.mean_, rs.std, rs.min_, rs.max_)
+            # record the checksum of the statistics in the metadata (atomic replace; same config)
+            from ..store.fsutil import atomic_write_json
+
+            full = read_json(meta_path)
+            full["fne"] = {**fne_info, "stats_sha256": sha}
+            atomic_write_json(meta_path, full)
+        dst = open_store(out)
+        params = load_fne_stats(dst)
+        mean, std = params["mean"], params["std"]
+        manifest = Manifest(out)
+        clean_uncommitted(out, manifest)
+        excluded = os.path.join(src.path, layout.EXCLUDED_FILE)
+        if os.path.isfile(excluded):
+            write_excluded(out, pq.read_table(excluded))
+        summary = FNESummary(out=out, source=src.path, layers=[s.name for s in specs], dims=dims, thresholds=lo_hi,
+                             stats_rows=int(fne_info["stats_rows"]), zero_variance=int(fne_info["zero_variance"]),
+                             resumed=resumed)
+        counts = np.zeros(3, dtype=np.int64)
+        done = manifest.names
+        for part in src.parts:
+            if part.name in done:
+                summary.parts_skipped += 1
+                continue
+            ledger = pq.read_table(src._check_file(part, layout.LEDGER_FILE))
+            if part.rows:
+                rows = src._read_rows(part)
+                raw = np.concatenate([np.asarray(src._read_features(part, s), dtype=np.float64) for s in specs], axis=1)
+                feats = {}
+                arr = np.empty((part.rows, dims), dtype=np.int8)
+                for start in range(0, part.rows, batch_size):
+                    arr[start:start + batch_size] = fne_transform(raw[start:start + batch_size], mean, std, lo_hi)
+                feats[FNE_LAYER] = arr
+                counts += np.bincount(arr.ravel().astype(np.int64) + 1, minlength=3)
+            else:
+                rows, feats = layout.ROWS_SCHEMA.empty_table(), {}
+            record = write_part(out, part.name, feats, rows, ledger)
+            manifest.commit(record)
+            summary.parts_written += 1
+    summary.rows = sum(p.rows for p in manifest.parts)
+    summary.value_counts = {-1: int(counts[0]), 0: int(counts[1]), 1: int(counts[2])}
+    summary.seconds = time.perf_counter() - t0
+    log.info("fne: %d parts written, %d kept, %d rows x %d dims in %.1f s", summary.parts_written,
+             summary.parts_skipped, summary.rows, dims, summary.seconds)
+    return summary

@@ -1,0 +1,317 @@
+"""The model bundle: one portable file that classifies images end to end, with no pickle.
+
+A bundle (``.dfm``) is a `safetensors <https://huggingface.co/docs/safetensors>`_ file:
+
+* tensors: ``scaler.mean`` / ``scaler.scale`` (float64) and the head's weights ``head.<name>``
+  (float32): ``head.coef`` / ``head.intercept`` for the linear heads, ``head.layers.<i>.weight`` /
+  ``.bias`` for the MLP;
+* the header's ``__metadata__`` holds one key, ``deepfeat``, whose value is a JSON document:
+  the format name and version, the backbone reference (name, family, weights path and its
+  sha256), the preprocessing, the layers with their pooling and dims, the feature dtype, the
+  head kind and hyperparameters, the class names, the training configuration, the validation
+  metrics and the per-epoch history.
+
+Any safetensors reader (Python, Rust, JS) can open it; nothing in it is executable. Loading the
+backbone through :meth:`Bundle.load_backbone` checks the weights' sha256 against the recorded
+one and refuses a mismatch.
+
+Example:
+    >>> b = load_bundle("model.dfm")                       # doctest: +SKIP
+    >>> b.classes[:3], [l.name for l in b.layers]           # doctest: +SKIP
+    (['ankle_boot', 'bag', 'coat'], ['pre_logits'])
+"""
+from __future__ import annotations
+
+import json
+import os
+import struct
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .data.preprocess import Preprocess
+from .errors import UsageError
+from .heads import HEADS, StreamingScaler
+from .store.reader import LayerSpec
+
+FORMAT_NAME = "deepfeat-bundle"
+FORMAT_VERSION = 1
+META_KEY = "deepfeat"
+SUFFIX = ".dfm"
+_MAX_HEADER = 100 << 20
+
+
+def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The bundle's JSON metadata, or None when ``path`` is not a deepfeat bundle (never raises on content)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                return None
+            n = struct.unpack("<Q", head)[0]
+            if not 2 <= n <= _MAX_HEADER:
+                return None
+            header = json.loads(f.read(n).decode("utf-8"))
+        meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
+        doc = json.loads(meta[META_KEY]) if isinstance(meta, dict) and META_KEY in meta else None
+    except (OSError, ValueError, UnicodeDecodeError, struct.error):
+        return None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        return None
+    return doc
+
+
+def is_bundle(path: str | os.PathLike) -> bool:
+    """True when ``path`` is a file whose safetensors header says it is a deepfeat bundle."""
+    return os.path.isfile(path) and read_header(path) is not None
+
+
+@dataclass
+class Bundle:
+    """A loaded bundle: scaler + head + everything needed to recompute the features."""
+
+    path: str
+    metadata: dict[str, Any]
+    scaler: StreamingScaler
+    head: Any
+    classes: list[str]
+    layers: list[LayerSpec]
+    preprocess: Preprocess
+    #: full-network embedding of the source layers (bundles trained on an FNE store): {'mean', 'std'
+    #: (float64), 'thresholds', 'source_layers', 'source_dtype'}; None otherwise
+    fne: dict[str, Any] | None = None
+
+    @property
+    def compute_layers(self) -> list[LayerSpec]:
+        """The layers the backbone must compute for raw images (the FNE's source layers if any)."""
+        return list(self.fne["source_layers"]) if self.fne else list(self.layers)
+
+    @property
+    def compute_dtype(self) -> str:
+        """The dtype features are rounded to before the head (the FNE source store's dtype if any)."""
+        return str(self.fne.get("source_dtype") or "float32") if self.fne else self.dtype
+
+    @property
+    def head_kind(self) -> str:
+        return str(self.metadata["head"]["kind"])
+
+    @property
+    def backbone_info(self) -> dict[str, Any]:
+        return dict(self.metadata["backbone"])
+
+    @property
+    def dtype(self) -> str:
+        return str(self.metadata.get("dtype", "float32"))
+
+    @property
+    def dims(self) -> int:
+        return sum(s.dims for s in self.layers)
+
+    @property
+    def layer_names(self) -> list[str]:
+        return [s.name for s in self.layers]
+
+    @property
+    def probabilistic(self) -> bool:
+        """Whether :meth:`scores` are probabilities (logreg, mlp) or SVM decision values."""
+        return bool(getattr(self.head, "_probabilistic", True))
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """Per-class scores (N x n_classes) of raw, unscaled features in the bundle's layer order."""
+        Xs = self.scaler.transform(np.asarray(X, dtype=np.float32))
+        if self.probabilistic:
+            return self.head.predict_proba(Xs)
+        d = self.head.decision_function(Xs)
+        return np.column_stack([-d, d]) if d.ndim == 1 else d
+
+    def features_of(self, features: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Concatenate {layer: rows x dims} in the bundle's layer order as float32.
+
+        A bundle trained on an FNE store also accepts its source layers (raw features of new
+        images): they are standardised with the saved statistics and ternarised first.
+        """
+        if self.fne is not None and not all(s.name in features for s in self.layers):
+            from .analysis.fne import fne_transform
+
+            raw = np.concatenate([np.asarray(features[s.name], dtype=np.float64) for s in self.fne["source_layers"]],
+                                 axis=1)
+            return fne_transform(raw, self.fne["mean"], self.fne["std"], self.fne["thresholds"]).astype(np.float32)
+        return np.concatenate([np.asarray(features[s.name], dtype=np.float32) for s in self.layers], axis=1)
+
+    # ------------------------------------------------------------------ compatibility
+    def check_store(self, store: Any) -> None:
+        """Raise :class:`UsageError` unless ``store`` holds the features this bundle was trained on."""
+        have = {s.name: s for s in store.layers}
+        listing = ", ".join(f"{s.name} ({s.pool}, {s.dims} dims)" for s in store.layers) or "none"
+        for spec in self.layers:
+            got = have.get(spec.name)
+            if got is None or got.pool != spec.pool or got.dims != spec.dims:
+                raise UsageError(
+                    f"The bundle {self.path!r} needs layer {spec.name!r} ({spec.pool}, {spec.dims} dims), but the "
+                    f"store {store.path!r} has: {listing}. Extract the store with the same --layers and --pool, "
+                    "or train a bundle on this store.")
+        want = self.backbone_info.get("weights_sha256")
+        got_hash = store.metadata.get("model", {}).get("weights_sha256")
+        if want and got_hash and want != got_hash:
+            raise UsageError(
+                f"The store {store.path!r} was extracted with other backbone weights (sha256 {got_hash[:16]}...) "
+                f"than the bundle {self.path!r} was trained on (sha256 {want[:16]}...); its features do not fit.")
+        store_pre = store.metadata.get("preprocess")
+        if store_pre and Preprocess.from_dict(store_pre) != self.preprocess:
+            raise UsageError(
+                f"The store {store.path!r} was extracted with other preprocessing ({store_pre}) than the bundle "
+                f"{self.path!r} ({self.preprocess.to_dict()}); its features do not fit.")
+
+    def load_backbone(self, weights: str | os.PathLike | None = None) -> Any:
+        """Load the recorded backbone with the recorded preprocessing; the weights' sha256 must match.
+
+        ``weights`` overrides where the weights are read from (e.g. the bundle moved to another
+        machine); by default the recorded path is used when it exists, else the model's own
+        offline lookup (the bundled package, the timm / torch hub cache).
+        """
+        from .models.registry import RANDOM, load_backbone
+
+        info = self.backbone_info
+        recorded = info.get("weights")
+        if weights is None:
+            if recorded == RANDOM:
+                weights = RANDOM
+            elif recorded and os.path.isfile(str(recorded)):
+                weights = str(recorded)
+        bb = load_backbone(str(info["name"]), weights, input_size=tuple(self.preprocess.input_size),
+                           crop_pct=self.preprocess.crop_pct)
+        bb.preprocess = self.preprocess
+        expected = info.get("weights_sha256")
+        if expected and bb.weights_sha256 != expected:
+            raise UsageError(
+                f"The backbone weights do not match the bundle {self.path!r}: it was trained on {info['name']!r} "
+                f"weights with sha256 {expected}, but {bb.weights!r} has sha256 {bb.weights_sha256}. Pass the "
+                "original weights file (--weights PATH); features of other weights would be wrong.")
+        return bb
+
+
+def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preprocess: Mapping[str, Any],
+                layers: Sequence[LayerSpec], dtype: str, scaler: StreamingScaler, head: Any, head_kind: str,
+                classes: Sequence[str], precision: str = "fp32", decode_policy: Mapping[str, Any] | None = None,
+                training: Mapping[str, Any] | None = None, validation: Mapping[str, Any] | None = None,
+                history: Sequence[Mapping[str, Any]] | None = None, fne: Mapping[str, Any] | None = None) -> str:
+    """Write a bundle atomically (temp file + rename) and return its path.
+
+    ``fne`` (from :func:`deepfeat.analysis.fne.load_fne_stats`) stores the full-network embedding
+    (tensors ``fne.mean`` / ``fne.std``) so that the bundle predicts from raw images.
+    """
+    from safetensors.numpy import save_file
+
+    if head_kind not in HEADS:
+        raise UsageError(f"The 'head_kind' parameter of save_bundle must be one of {', '.join(HEADS)}; "
+                         f"got {head_kind!r} instead.")
+    path = os.fspath(path)
+    tensors: dict[str, np.ndarray] = {
+        "scaler.mean": np.ascontiguousarray(scaler.mean_, dtype=np.float64),
+        "scaler.scale": np.ascontiguousarray(scaler.scale_, dtype=np.float64),
+    }
+    for name, arr in head.export_tensors().items():
+        tensors[f"head.{name}"] = np.ascontiguousarray(arr)
+    if fne is not None:
+        tensors["fne.mean"] = np.ascontiguousarray(fne["mean"], dtype=np.float64)
+        tensors["fne.std"] = np.ascontiguousarray(fne["std"], dtype=np.float64)
+    doc = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        "backbone": dict(backbone),
+        "preprocess": dict(preprocess),
+        "layers": [s.to_dict() for s in layers],
+        "dtype": dtype,
+        "precision": precision,
+        "decode_policy": dict(decode_policy) if decode_policy else None,
+        "head": {"kind": head_kind, "class": type(head).__name__, "params": head.hyperparameters(),
+                 "n_features": int(scaler.mean_.shape[0])},
+        "scaler": {"n_samples_seen": int(getattr(scaler, "n_samples_seen_", 0))},
+        "classes": [str(c) for c in classes],
+        "training": dict(training or {}),
+        "validation": dict(validation or {}),
+        "history": [dict(h) for h in (history or [])],
+        "fne": None if fne is None else {"thresholds": list(fne["thresholds"]), "source_dtype": fne.get("source_dtype"),
+                                         "source_layers": [s.to_dict() for s in fne["source_layers"]]},
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=folder)
+    os.close(fd)
+    try:
+        save_file(tensors, tmp, metadata={META_KEY: json.dumps(doc, default=_json_default)})
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def load_bundle(path: str | os.PathLike) -> Bundle:
+    """Read a bundle (no backbone is loaded; see :meth:`Bundle.load_backbone`)."""
+    from safetensors import safe_open
+
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UsageError(f"The bundle {path!r} does not exist.")
+    doc = read_header(path)
+    if doc is None:
+        raise UsageError(f"{path!r} is not a deepfeat model bundle (a .dfm file written by 'deepfeat train').")
+    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+        raise UsageError(f"The bundle {path!r} has format version {doc['format_version']}; this deepfeat reads "
+                         f"up to {FORMAT_VERSION}. Upgrade deepfeat.")
+    with safe_open(path, framework="np") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    kind = doc["head"]["kind"]
+    if kind not in HEADS:
+        raise UsageError(f"The bundle {path!r} has an unknown head kind {kind!r}.")
+    layers = [LayerSpec.from_dict(d) for d in doc["layers"]]
+    n_features = int(doc["head"]["n_features"])
+    if n_features != sum(s.dims for s in layers):
+        raise UsageError(f"The bundle {path!r} is inconsistent: {n_features} head inputs for "
+                         f"{sum(s.dims for s in layers)} feature dims.")
+    scaler = StreamingScaler.from_stats(tensors["scaler.mean"], tensors["scaler.scale"],
+                                        int(doc.get("scaler", {}).get("n_samples_seen", 0)))
+    head_tensors = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    params = dict(doc["head"]["params"])
+    if "hidden" in params and isinstance(params["hidden"], list):
+        params["hidden"] = tuple(params["hidden"])
+    params["device"] = "cpu"  # inference runs on the CPU whatever the training device was
+    known = HEADS[kind]().get_params()
+    params = {k: v for k, v in params.items() if k in known}
+    head = HEADS[kind].from_tensors(params, head_tensors, doc["classes"], n_features)
+    fne = None
+    if doc.get("fne"):
+        fne = {"mean": tensors["fne.mean"], "std": tensors["fne.std"], "thresholds": tuple(doc["fne"]["thresholds"]),
+               "source_dtype": doc["fne"].get("source_dtype"),
+               "source_layers": [LayerSpec.from_dict(d) for d in doc["fne"]["source_layers"]]}
+    return Bundle(path=path, metadata=doc, scaler=scaler, head=head, classes=list(doc["classes"]), layers=layers,
+                  preprocess=Preprocess.from_dict(doc["preprocess"]), fne=fne)
+
+
+def _versions() -> dict[str, str]:
+    import sklearn
+    import torch
+
+    return {"deepfeat": __version__, "torch": torch.__version__, "sklearn": sklearn.__version__,
+            "numpy": np.__version__}
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, (set, tuple)):
+        return list(obj)
+    return str(obj)

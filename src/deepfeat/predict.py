@@ -1,0 +1,216 @@
+"""Classify new images end to end with a model bundle: image -> backbone -> taps -> pooling -> scaler -> head.
+
+The bundle records everything needed to recompute its features exactly as the store had them:
+the backbone (checked against the weights' sha256), the preprocessing, the layers and their
+pooling, and the feature dtype (float16 stores are rounded to float16 here too). Images go
+through the one decode policy of :mod:`deepfeat.data.decode`; an image that cannot be used
+becomes a prediction with an ``error`` ("reason: message"), never an exception.
+
+Example:
+    >>> preds = predict_images("model.dfm", ["new_images/"], top_k=3)   # doctest: +SKIP
+    >>> preds[0].labels, preds[0].scores                                 # doctest: +SKIP
+    (['sneaker', 'sandal', 'ankle_boot'], [0.97, 0.02, 0.01])
+    >>> write_predictions(preds, "preds.csv")                            # doctest: +SKIP
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import numbers
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle, load_bundle
+from .errors import EnvironmentFault, InputError, UsageError
+
+log = logging.getLogger(__name__)
+
+# Discovery exclusions that are not images a user asked about (hidden files, other extensions).
+_SILENT_EXCLUSIONS = {"hidden", "not_image_extension"}
+
+
+@dataclass
+class BundlePrediction:
+    """Top-k classes of one image, or why it could not be classified."""
+
+    path: str
+    labels: list[str] = field(default_factory=list)
+    scores: list[float] = field(default_factory=list)
+    error: str | None = None
+    score_kind: str = "probability"  #: "probability" (logreg, mlp) or "decision" (svm)
+
+    @property
+    def label(self) -> str | None:
+        return self.labels[0] if self.labels else None
+
+    @property
+    def probabilities(self) -> list[float]:
+        """Alias of ``scores`` (same name as :class:`deepfeat.classify.Prediction`)."""
+        return self.scores
+
+
+def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[BundlePrediction]]:
+    """Files as given; folders walked and list files read by :func:`deepfeat.discover`.
+
+    Entries that discovery refuses (missing list entries, broken symlinks, FIFOs...) come back
+    as error predictions; hidden files and files with non-image extensions are skipped silently.
+    """
+    from .data.sources import discover
+
+    paths: list[str] = []
+    errors: list[BundlePrediction] = []
+    for entry in inputs:
+        p = os.fspath(entry)
+        if os.path.isdir(p) or (os.path.isfile(p) and p.lower().endswith((".txt", ".csv"))):
+            found = discover(p)
+            paths.extend(it.path for it in found.items)
+            errors.extend(BundlePrediction(ex.path, error=f"{ex.reason}: {ex.message}")
+                          for ex in found.excluded if ex.reason not in _SILENT_EXCLUSIONS)
+        else:
+            paths.append(p)
+    return paths, errors
+
+
+def predict_images(
+    bundle: str | os.PathLike | Bundle,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    top_k: int = 3,
+    batch_size: int = 32,
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    policy: Any = None,
+) -> list[BundlePrediction]:
+    """Top-k predictions of a bundle for image files, folders or list files, in input order.
+
+    Args:
+        bundle: a ``.dfm`` path or a loaded :class:`~deepfeat.bundle.Bundle`.
+        inputs: one or more image files, folders (walked) or ``.txt``/``.csv`` list files.
+        top_k: classes per image.
+        batch_size: images per forward pass.
+        weights: where to read the backbone weights from when not at the recorded path.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        policy: a :class:`~deepfeat.data.decode.DecodePolicy` (default: the one the store used).
+    """
+    from .data.decode import DecodePolicy, decode_file
+    from .engines.forward import FeatureComputer
+    from .models.layers import describe_layers
+
+    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
+        raise UsageError(f"The 'top_k' parameter of predict_images must be an int >= 1; got {top_k!r} instead.")
+    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
+        raise UsageError(f"The 'batch_size' parameter of predict_images must be an int >= 1; got {batch_size!r} "
+                         "instead.")
+    b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    paths, errors = expand_with_errors(inputs)
+    device = _device(device)
+    if policy is None:
+        policy = _policy_of(b, DecodePolicy)
+    bb = b.load_backbone(weights)
+    precision = "fp32" if device == "cpu" else str(b.metadata.get("precision", "fp32"))
+    computer = FeatureComputer(bb, b.compute_layers, describe_layers(bb), dtype=b.compute_dtype, device=device,
+                               precision=precision if precision in ("fp32", "bf16", "fp16") else "fp32")
+    kind = "probability" if b.probabilistic else "decision"
+    k = min(int(top_k), len(b.classes))
+    results: dict[int, BundlePrediction] = {}
+    for start in range(0, len(paths), batch_size):
+        pixels, ok = [], []
+        for i in range(start, min(start + batch_size, len(paths))):
+            try:
+                pixels.append(b.preprocess.resize_crop(decode_file(paths[i], policy).image))
+                ok.append(i)
+            except InputError as exc:
+                results[i] = BundlePrediction(paths[i], error=f"{exc.reason}: {exc.message}", score_kind=kind)
+            except (EnvironmentFault, MemoryError):
+                raise  # the machine, not the image: stop loudly
+            except Exception as exc:  # noqa: BLE001 - one bad image must never stop the others
+                results[i] = BundlePrediction(paths[i], error=f"decode_error: {type(exc).__name__}: {exc}",
+                                              score_kind=kind)
+        if not ok:
+            continue
+        feats = computer(np.stack(pixels))
+        S = b.scores(b.features_of(feats))
+        order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+        for row, i in enumerate(ok):
+            idx = order[row]
+            if not np.all(np.isfinite(S[row])):
+                results[i] = BundlePrediction(paths[i], error="nonfinite_features: the model produced NaN/Inf "
+                                              "for this input", score_kind=kind)
+                continue
+            results[i] = BundlePrediction(paths[i], [b.classes[j] for j in idx], [float(S[row, j]) for j in idx],
+                                          score_kind=kind)
+    preds = [results[i] for i in range(len(paths))] + errors
+    n_bad = sum(p.error is not None for p in preds)
+    log.info("predict: %d images, %d could not be classified", len(preds), n_bad)
+    return preds
+
+
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
+        raise UsageError(f"The 'device' parameter of predict_images must be one of 'auto', 'cpu', 'cuda'; got "
+                         f"{device!r} instead.")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError("The 'device' parameter of predict_images asks for CUDA but no CUDA device is available.")
+    return device
+
+
+def _policy_of(b: Bundle, cls: Any) -> Any:
+    d = b.metadata.get("decode_policy") or {}
+    try:
+        return cls(max_pixels=int(d.get("max_pixels", cls.max_pixels)),
+                   max_aspect_ratio=float(d.get("max_aspect_ratio", cls.max_aspect_ratio)),
+                   background=tuple(int(v) for v in d.get("background", cls.background)),
+                   formats=frozenset(d["formats"]) if d.get("formats") else cls().formats)
+    except (TypeError, ValueError):
+        return cls()
+
+
+def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
+    """Write predictions as CSV (``.csv``: path, label_1, score_1, ..., error) or JSON (``.json``).
+
+    Works for :class:`BundlePrediction` and for :class:`deepfeat.classify.Prediction`.
+    """
+    path = os.fspath(path)
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in (".csv", ".json"):
+        raise UsageError(f"The 'out' parameter of predict must end in .csv or .json; got {path!r} instead.")
+    rows = []
+    for p in preds:
+        scores = list(getattr(p, "scores", None) or getattr(p, "probabilities", None) or [])
+        rows.append({"path": p.path, "labels": list(p.labels), "scores": [float(s) for s in scores],
+                     "score_kind": getattr(p, "score_kind", "probability"), "error": p.error})
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    if ext == ".json":
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(rows, f, indent=1)
+        return path
+    k = max((len(r["labels"]) for r in rows), default=0)
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", *[c for i in range(1, k + 1) for c in (f"label_{i}", f"score_{i}")], "error"])
+        for r in rows:
+            cells: list[Any] = []
+            for i in range(k):
+                if i < len(r["labels"]):
+                    cells += [r["labels"][i], f"{r['scores'][i]:.6g}"]
+                else:
+                    cells += ["", ""]
+            w.writerow([r["path"], *cells, r["error"] or ""])
+    return path
+
+
+def prediction_dicts(preds: Sequence[BundlePrediction]) -> list[dict[str, Any]]:
+    """Predictions as plain dicts (for JSON)."""
+    return [asdict(p) for p in preds]

@@ -1,0 +1,542 @@
+"""Train a classifier head on a feature store, streaming it from disk, into a model bundle.
+
+The runner makes a fixed number of passes over the store, none of which holds more than a
+bounded number of rows in memory:
+
+1. **scan** -- row metadata only (labels, splits, views, ids): classes, counts, validation rows;
+2. **statistics** -- one streaming pass for the per-feature mean / std (float64);
+3. **epochs** -- ``store.batches(shuffle=True)`` (part order permuted + a shuffle buffer), each
+   batch standardised and handed to the head's ``partial_fit``; after each epoch the head is
+   scored on the validation rows and training stops early when the validation loss has not
+   improved for ``patience`` epochs (the best epoch's weights are kept). The Adam step size
+   follows a cosine decay over the planned epochs (down to 5 %).
+
+Validation rows are the store's ``val`` split when it has one, else a deterministic fraction of
+the training *ids* (by hash, so every augmented view of a held-out image is held out too).
+Rows with ``view > 0`` (augmented views) are used for training only; validation uses view 0.
+
+``solver="exact"`` loads the training rows into memory and uses scikit-learn's
+``LogisticRegression`` / ``LinearSVC`` on the same standardised features and the same objective
+(``C = 1 / (alpha * n_train)``); ``solver="auto"`` picks it for the linear heads when the float32
+matrix plus a float64 working copy fit ``memory_budget``.
+
+Example:
+    >>> import deepfeat
+    >>> result = deepfeat.train("feats/", layers="pre_logits", head="logreg", out="model.dfm")  # doctest: +SKIP
+    >>> result.validation["accuracy"]                                                          # doctest: +SKIP
+    0.91
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import numbers
+import os
+import re
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import StoreError, UsageError
+from .heads import HEADS, StreamingScaler
+from .store.reader import FeatureStore, LayerSpec, open_store
+
+log = logging.getLogger(__name__)
+
+SOLVERS = ("auto", "stream", "exact")
+CLASS_WEIGHTS = (None, "balanced")
+DEFAULT_LR = {"logreg": 1e-3, "svm": 1e-3, "mlp": 1e-3}
+DEFAULT_MEMORY_BUDGET = 1 << 30
+ProgressFn = Callable[[dict[str, Any]], None]
+_HOLDOUT_KEY = b"deepfeat-val"
+
+
+@dataclass
+class TrainResult:
+    """What :func:`train` produced: the fitted scaler and head, metrics, and the bundle path."""
+
+    head: Any
+    scaler: StreamingScaler
+    head_kind: str
+    solver: str
+    classes: list[str]
+    layers: list[LayerSpec]
+    n_train: int
+    n_val: int
+    validation: dict[str, Any] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    seconds: float = 0.0
+    config: dict[str, Any] = field(default_factory=dict)
+    bundle_path: str | None = None
+
+    def scores(self, X: np.ndarray) -> np.ndarray:
+        """Class probabilities (logreg, mlp) or decision values (svm) of raw features."""
+        Xs = self.scaler.transform(np.asarray(X, dtype=np.float32))
+        if getattr(self.head, "_probabilistic", True):
+            return self.head.predict_proba(Xs)
+        d = self.head.decision_function(Xs)
+        return np.column_stack([-d, d]) if d.ndim == 1 else d
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Class names for raw (unscaled) features in the order of ``layers``."""
+        return self.head.predict(self.scaler.transform(np.asarray(X, dtype=np.float32)))
+
+
+# ----------------------------------------------------------------------------- arguments
+def parse_bytes(value: int | str) -> int:
+    """``1073741824``, ``"1GiB"``, ``"512MB"``, ``"2G"`` -> bytes."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        if value <= 0:
+            raise UsageError(f"The 'memory_budget' parameter of train must be > 0 bytes; got {value!r} instead.")
+        return int(value)
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(?:([kmgt])(i?)(b?))?\s*(b?)\s*", str(value), flags=re.I)
+    if not m or float(m.group(1)) <= 0:
+        raise UsageError("The 'memory_budget' parameter of train must be a size such as 2GiB, 512MB or a number of "
+                         f"bytes; got {value!r} instead.")
+    unit = (m.group(2) or "").lower()
+    power = " kmgt".index(unit or " ")
+    decimal = bool(unit) and not m.group(3) and bool(m.group(4))  # "MB" = 10^6, "MiB" / "M" = 2^20
+    base = 1000 if decimal else 1024
+    return int(float(m.group(1)) * base ** power)
+
+
+def parse_hidden(hidden: int | str | Sequence[int]) -> tuple[int, ...]:
+    """``256``, ``"256,16"`` or ``(256, 16)`` -> ``(256, 16)``."""
+    try:
+        if isinstance(hidden, str):
+            sizes = tuple(int(v) for v in hidden.replace(" ", "").split(",") if v)
+        elif isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+            sizes = (int(hidden),)
+        else:
+            sizes = tuple(int(v) for v in hidden)
+    except (TypeError, ValueError):
+        sizes = (0,)
+    if not all(s >= 1 for s in sizes):
+        raise UsageError("The 'hidden' parameter of train must be hidden layer sizes such as 256 or 256,16; "
+                         f"got {hidden!r} instead.")
+    return sizes
+
+
+def _param(name: str, expected: str, got: Any) -> UsageError:
+    return UsageError(f"The {name!r} parameter of train must be {expected}; got {got!r} instead.")
+
+
+def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr: float | None, alpha: float,
+                        val_fraction: float, patience: int | None, class_weight: Any, seed: int,
+                        device: str) -> None:
+    """One up-front check of every argument that needs neither the store nor the model."""
+    if head not in HEADS:
+        raise _param("head", "one of " + ", ".join(repr(h) for h in HEADS), head)
+    if solver not in SOLVERS:
+        raise _param("solver", "one of " + ", ".join(repr(s) for s in SOLVERS), solver)
+    if solver == "exact" and head == "mlp":
+        raise UsageError("The 'solver' parameter of train can be 'exact' only for head 'logreg' or 'svm' "
+                         "(scikit-learn's LogisticRegression / LinearSVC); got solver='exact' with head='mlp'.")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    if not is_int(epochs) or epochs < 1:
+        raise _param("epochs", "an int >= 1", epochs)
+    if not is_int(batch_size) or batch_size < 1:
+        raise _param("batch_size", "an int >= 1", batch_size)
+    if lr is not None and (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr > 0):
+        raise _param("lr", "None or a float > 0", lr)
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not alpha >= 0:
+        raise _param("alpha", "a float >= 0", alpha)
+    if not isinstance(val_fraction, numbers.Real) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
+        raise _param("val_fraction", "a float in [0, 1)", val_fraction)
+    if patience is not None and (not is_int(patience) or patience < 1):
+        raise _param("patience", "None or an int >= 1", patience)
+    if not (class_weight in CLASS_WEIGHTS or isinstance(class_weight, Mapping)):
+        raise _param("class_weight", "None, 'balanced' or a dict {class: weight}", class_weight)
+    if not is_int(seed):
+        raise _param("seed", "an int", seed)
+    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
+        raise _param("device", "one of 'auto', 'cpu', 'cuda'", device)
+
+
+def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:
+    if layers is None:
+        return list(store.layers)
+    names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
+    if not names:
+        raise _param("layers", "layer names of the store (" + ", ".join(store.layer_names) + ")", layers)
+    if len(set(names)) != len(names):
+        raise _param("layers", "distinct layer names", layers)
+    return [store.layer(n) for n in names]
+
+
+def _resolve_device(device: str) -> str:
+    if device == "auto":
+        import torch
+
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise UsageError("The 'device' parameter of train asks for CUDA but no CUDA device is available; "
+                             "use device='cpu'.")
+    return device
+
+
+# ----------------------------------------------------------------------------- row selection
+def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
+    """Deterministic held-out selection by a hash of each row's id (stable across runs and views)."""
+    if fraction <= 0:
+        return np.zeros(len(ids), dtype=bool)
+    threshold = int(fraction * 2**64)
+    return np.fromiter(
+        (int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8, key=_HOLDOUT_KEY).digest(), "little")
+         < threshold for i in ids), dtype=bool, count=len(ids))
+
+
+@dataclass
+class _Plan:
+    """Which rows train and which validate, from the scan pass."""
+
+    train_split: str | None
+    val_split: str | None
+    holdout: float
+    classes: list[str]
+    counts: dict[str, int]
+    n_train: int
+    n_val: int
+    val_source: str
+
+
+def _scan(store: FeatureStore, val_fraction: float) -> _Plan:
+    """Read row metadata only (never features) to decide the training and validation rows."""
+    if store.num_rows() == 0:
+        raise StoreError(f"The store {store.path!r} holds no rows (nothing was embedded); check "
+                         f"'deepfeat info {store.path} --failures'.")
+    splits = store.splits
+    if "train" in splits:
+        train_split: str | None = "train"
+    elif not splits:
+        train_split = None
+    else:
+        raise UsageError(f"The store {store.path!r} has no 'train' split (it has: {', '.join(splits)}); train "
+                         "needs training rows.")
+    val_split = "val" if "val" in splits else None
+    holdout = 0.0 if val_split else float(val_fraction)
+    counts: Counter[str] = Counter()
+    n_train = n_val = missing = 0
+    for part in store.iter_parts():
+        if train_split is not None and not part.splits.get(train_split) and not (val_split and part.splits.get(val_split)):
+            continue
+        t = store._read_rows(part, ["id", "label", "split", "view"])
+        split_col = np.asarray([s or "" for s in t.column("split").to_pylist()], dtype=object)
+        labels = np.asarray(t.column("label").to_pylist(), dtype=object)
+        views = t.column("view").to_numpy()
+        ids = t.column("id").to_pylist()
+        is_train = np.ones(len(ids), bool) if train_split is None else split_col == train_split
+        held = holdout_mask(ids, holdout) & is_train
+        is_val = (split_col == val_split) if val_split else held
+        unlabelled = np.asarray([v is None for v in labels], dtype=bool)
+        missing += int((unlabelled & (is_train | is_val)).sum())
+        tr = is_train & ~held & ~unlabelled
+        counts.update(labels[tr].tolist())
+        n_train += int(tr.sum())
+        n_val += int((is_val & (views == 0) & ~unlabelled).sum())
+    where = f"split {train_split!r}" if train_split else "the store"
+    if missing:
+        raise UsageError(f"{missing} rows of {where} in {store.path!r} have no label; train needs labelled rows "
+                         "(extract from a class folder, split/class folders, or a list file with a label column).")
+    if n_train == 0:
+        raise UsageError(f"The store {store.path!r} has no training rows in {where}.")
+    if len(counts) < 2:
+        only = next(iter(counts))
+        raise UsageError(f"train needs at least 2 classes; the training rows of {store.path!r} have 1 class "
+                         f"({only!r}).")
+    source = (f"split {val_split!r}" if val_split else
+              f"{holdout:.0%} of the training ids held out by hash" if holdout > 0 else "none")
+    return _Plan(train_split, val_split, holdout, sorted(counts), dict(counts), n_train, n_val, source)
+
+
+def _train_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size: int, *, shuffle: bool,
+                   seed: int, buffer: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(X float32 concatenated, labels) of the training rows (all views), held-out ids removed."""
+    for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views="all", shuffle=shuffle,
+                           seed=seed, shuffle_buffer=buffer):
+        keep = ~holdout_mask(b.ids, plan.holdout) if plan.holdout > 0 else np.ones(len(b), bool)
+        if not keep.any():
+            continue
+        X = b.concat(names)
+        yield (X if keep.all() else X[keep]), b.labels[keep]
+
+
+def _val_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size: int
+                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    if plan.val_split:
+        for b in store.batches(names, split=plan.val_split, batch_size=batch_size, views=0):
+            yield b.concat(names), b.labels
+    elif plan.holdout > 0:
+        for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views=0):
+            keep = holdout_mask(b.ids, plan.holdout)
+            if keep.any():
+                yield b.concat(names)[keep], b.labels[keep]
+
+
+def _validate(head: Any, scaler: StreamingScaler, batches: Iterator[tuple[np.ndarray, np.ndarray]],
+              classes: Sequence[str]) -> dict[str, Any]:
+    """Accuracy and mean loss of the head on the validation rows (streamed)."""
+    known = set(classes)
+    n = correct = 0
+    loss_sum, loss_n = 0.0, 0
+    for X, y in batches:
+        Xs = scaler.transform(X)
+        pred = head.predict(Xs)
+        correct += int((pred == y).sum())
+        n += len(y)
+        mask = np.fromiter((v in known for v in y), dtype=bool, count=len(y))
+        if mask.any():
+            loss_sum += head.loss_on(Xs[mask], y[mask]) * int(mask.sum())
+            loss_n += int(mask.sum())
+    if n == 0:
+        return {}
+    return {"accuracy": correct / n, "loss": loss_sum / loss_n if loss_n else float("nan"), "n": n}
+
+
+# ----------------------------------------------------------------------------- the runner
+def _make_head(kind: str, *, hidden: tuple[int, ...], lr: float, alpha: float, batch_size: int,
+               class_weight: Any, seed: int, device: str) -> Any:
+    common = dict(alpha=float(alpha), learning_rate=float(lr), batch_size=int(batch_size), class_weight=class_weight,
+                  random_state=int(seed), device=device)
+    if kind == "mlp":
+        return HEADS[kind](hidden=tuple(hidden), **common)
+    return HEADS[kind](**common)
+
+
+def _class_weights(class_weight: Any, counts: Mapping[str, int], classes: Sequence[str]) -> dict[str, float] | None:
+    if class_weight is None:
+        return None
+    if class_weight == "balanced":
+        n = sum(counts.values())
+        return {c: n / (len(classes) * counts[c]) for c in classes}
+    unknown = [c for c in class_weight if c not in counts]
+    if unknown:
+        raise UsageError(f"The 'class_weight' parameter of train names classes that are not in the training rows: "
+                         f"{unknown!r}; the classes are {list(classes)!r}.")
+    return {c: float(class_weight.get(c, 1.0)) for c in classes}
+
+
+def train(
+    store: str | os.PathLike | FeatureStore,
+    layers: str | Sequence[str] | None = None,
+    head: str = "logreg",
+    *,
+    solver: str = "auto",
+    hidden: int | str | Sequence[int] = (256,),
+    epochs: int = 20,
+    batch_size: int = 256,
+    lr: float | None = None,
+    alpha: float = 1e-4,
+    val_fraction: float = 0.1,
+    patience: int | None = 5,
+    class_weight: Any = None,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    seed: int = 0,
+    device: str = "cpu",
+    out: str | os.PathLike | None = None,
+    progress: ProgressFn | None = None,
+) -> TrainResult:
+    """Train a head on the store's features and (with ``out``) save a model bundle.
+
+    Args:
+        store: a feature store directory (or an open :class:`~deepfeat.store.reader.FeatureStore`).
+        layers: stored layers to use, concatenated in this order (default: all of them).
+        head: ``"logreg"`` (multinomial logistic), ``"svm"`` (linear, hinge) or ``"mlp"``.
+        solver: ``"stream"`` (mini-batches from disk), ``"exact"`` (in memory, scikit-learn) or ``"auto"``.
+        hidden: MLP hidden sizes, e.g. ``(256, 16)`` or ``"256,16"``.
+        epochs: maximum passes over the training rows (streaming).
+        batch_size: rows per optimiser step.
+        lr: Adam learning rate (default 1e-3), decayed by a cosine over the epochs.
+        alpha: L2 penalty (exact solver: ``C = 1 / (alpha * n_train)``).
+        val_fraction: share of training ids held out when the store has no ``val`` split.
+        patience: stop after this many epochs without a better validation loss and keep the best
+            epoch's weights; None trains all ``epochs`` and keeps the last weights.
+        class_weight: None, ``"balanced"`` (from the class counts of the scan) or ``{class: weight}``.
+        memory_budget: bytes (or ``"2GiB"``) training may use for feature rows; bounds the shuffle
+            buffer and decides ``solver="auto"``.
+        seed: seeds the shuffling and the initial weights.
+        device: torch device for the streaming heads (``cpu``, ``cuda``, ``auto``).
+        out: bundle path to write (``.dfm``); None writes nothing.
+        progress: callback receiving dicts with a ``phase`` key (``scan``, ``stats``, ``epoch``, ``exact``, ``done``).
+
+    Returns:
+        A :class:`TrainResult`.
+    """
+    start = time.perf_counter()
+    sizes = parse_hidden(hidden)
+    validate_train_args(head, solver, epochs, batch_size, lr, alpha, val_fraction, patience, class_weight, seed,
+                        device)
+    budget = parse_bytes(memory_budget)
+    if out is not None and os.path.isdir(out):
+        raise UsageError(f"The 'out' parameter of train must be a bundle file path (e.g. model.dfm); {os.fspath(out)!r} "
+                         "is a directory.")
+    store = store if isinstance(store, FeatureStore) else open_store(store)
+    specs = _resolve_layers(store, layers)
+    names = [s.name for s in specs]
+    dims = sum(s.dims for s in specs)
+    device = _resolve_device(device)
+    plan = _scan(store, val_fraction)
+    weights = _class_weights(class_weight, plan.counts, plan.classes)
+    lr = DEFAULT_LR[head] if lr is None else float(lr)
+    exact_bytes = plan.n_train * dims * (4 + 8)
+    if solver == "auto":
+        solver = "exact" if head != "mlp" and exact_bytes <= budget else "stream"
+    stored_bytes = dims * np.dtype(store.dtype).itemsize
+    # The reader holds about three copies of its shuffle buffer at a time; keep them under half the budget.
+    buffer = int(max(batch_size, min(8192, budget // (6 * max(1, stored_bytes)))))
+    io_batch = int(max(1, min(4096, max(batch_size, budget // (8 * max(1, dims * 4))))))
+    log.info("train: %d training rows, %d validation rows (%s), %d classes, %d dims, solver %s",
+             plan.n_train, plan.n_val, plan.val_source, len(plan.classes), dims, solver)
+    if progress:
+        progress({"phase": "scan", "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source,
+                  "classes": list(plan.classes), "dims": dims, "solver": solver, "layers": specs,
+                  "exact_bytes": exact_bytes, "memory_budget": budget})
+    config = {"store": os.path.abspath(store.path), "store_fingerprint": store.metadata.get("fingerprint"),
+              "layers": names, "head": head, "solver": solver, "hidden": list(sizes) if head == "mlp" else None,
+              "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
+              "patience": patience, "class_weight": class_weight if not isinstance(class_weight, Mapping)
+              else {str(k): float(v) for k, v in class_weight.items()}, "memory_budget": budget, "seed": seed,
+              "device": device, "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source,
+              "class_counts": plan.counts}
+
+    model = _make_head(head, hidden=sizes, lr=lr, alpha=alpha, batch_size=batch_size, class_weight=weights,
+                       seed=seed, device=device if solver == "stream" else "cpu")
+    history: list[dict[str, Any]] = []
+    best_epoch: int | None = None
+    if solver == "exact":
+        if exact_bytes > budget:
+            log.warning("the exact solver needs about %d MiB for %d x %d features, over the memory budget of %d MiB",
+                        exact_bytes >> 20, plan.n_train, dims, budget >> 20)
+        scaler, model = _fit_exact(store, names, plan, dims, head, model, alpha, weights, seed, io_batch, progress)
+    else:
+        scaler = StreamingScaler()
+        t0 = time.perf_counter()
+        for X, _ in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):
+            scaler.partial_fit(X)
+        if progress:
+            progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
+        best_loss = math.inf
+        best_state = None
+        stale = 0
+        for epoch in range(1, epochs + 1):
+            t0 = time.perf_counter()
+            loss_sum, rows = 0.0, 0
+            # cosine decay of the step size over the planned epochs, down to 5 % of lr
+            factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+            for X, y in _train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
+                                       buffer=buffer):
+                if hasattr(model, "classes_"):
+                    model.set_lr_scale(factor)
+                model.partial_fit(scaler.transform(X), y, classes=plan.classes)
+                loss_sum += model.loss_ * len(y)
+                rows += len(y)
+            train_seconds = time.perf_counter() - t0
+            val = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
+            record = {"epoch": epoch, "train_loss": loss_sum / max(rows, 1), "rows": rows,
+                      "seconds": train_seconds, "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
+            improved = False
+            if val:
+                # monitor the validation loss (as Keras' EarlyStopping does by default)
+                if val["loss"] < best_loss - 1e-4:
+                    best_loss, stale, improved = val["loss"], 0, True
+                else:
+                    stale += 1
+                if improved:
+                    best_epoch, best_state = epoch, model._snapshot()
+            else:
+                best_epoch = epoch
+            record["best"] = improved or not val
+            history.append(record)
+            log.info("epoch %d/%d: train loss %.4f, val loss %s, val accuracy %s (%.1f s)", epoch, epochs,
+                     record["train_loss"], record["val_loss"], record["val_accuracy"], train_seconds)
+            if progress:
+                progress({"phase": "epoch", "epochs": epochs, **record})
+            if patience is not None and val and stale >= patience:
+                log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
+                break
+        if patience is not None and best_state is not None:
+            model._restore(best_state)  # early stopping keeps the best epoch; patience=None keeps the last
+        elif history:
+            best_epoch = history[-1]["epoch"]
+    validation = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
+    validation.update({"source": plan.val_source, "best_epoch": best_epoch})
+    result = TrainResult(head=model, scaler=scaler, head_kind=head, solver=solver, classes=list(plan.classes),
+                         layers=specs, n_train=plan.n_train, n_val=plan.n_val, validation=validation,
+                         history=history, best_epoch=best_epoch, config=config)
+    result.seconds = time.perf_counter() - start
+    config["seconds"] = result.seconds
+    if out is not None:
+        from .bundle import save_bundle
+
+        meta = store.metadata
+        fne = None
+        if meta.get("fne"):  # a full-network-embedding store: the bundle re-applies the transform
+            from .analysis.fne import load_fne_stats
+
+            fne = load_fne_stats(store)
+        result.bundle_path = save_bundle(
+            out, backbone=meta["model"], preprocess=meta["preprocess"], layers=specs, dtype=store.dtype,
+            precision=str(meta.get("precision", "fp32")), decode_policy=meta.get("config", {}).get("decode_policy"),
+            scaler=scaler, head=model, head_kind=head, classes=plan.classes, training=config, validation=validation,
+            history=history, fne=fne)
+    if progress:
+        progress({"phase": "done", "validation": validation, "seconds": result.seconds, "bundle": result.bundle_path})
+    return result
+
+
+def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, kind: str, model: Any, alpha: float,
+               weights: dict[str, float] | None, seed: int, io_batch: int, progress: ProgressFn | None
+               ) -> tuple[StreamingScaler, Any]:
+    """Load the training rows, standardise them in place and fit scikit-learn's solver."""
+    from sklearn.exceptions import ConvergenceWarning
+
+    t0 = time.perf_counter()
+    X = np.empty((plan.n_train, dims), dtype=np.float32)
+    y = np.empty(plan.n_train, dtype=object)
+    pos = 0
+    for Xb, yb in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=io_batch):
+        X[pos:pos + len(yb)] = Xb
+        y[pos:pos + len(yb)] = yb
+        pos += len(yb)
+    if pos != plan.n_train:
+        raise StoreError(f"The store {store.path!r} changed while training ({pos} rows read, {plan.n_train} expected).")
+    scaler = StreamingScaler().fit(X)
+    X -= scaler.mean_.astype(np.float32)
+    X /= scaler.scale_.astype(np.float32)
+    C = 1.0 / (alpha * plan.n_train) if alpha > 0 else None
+    params = model.get_params()
+    if kind == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        est: Any = (LogisticRegression(C=C, max_iter=2000, class_weight=weights) if C is not None else
+                    LogisticRegression(C=np.inf, max_iter=2000, class_weight=weights))
+    else:
+        from sklearn.svm import LinearSVC
+
+        est = LinearSVC(C=C if C is not None else 1e6, loss=params["loss"], multi_class=params["multi_class"],
+                        class_weight=weights, max_iter=5000, random_state=seed, dual="auto" if params["loss"] ==
+                        "squared_hinge" else True)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        est.fit(X, y.astype(str))
+    for w in caught:
+        if issubclass(w.category, ConvergenceWarning):
+            log.warning("exact solver: %s", w.message)
+    head = type(model).from_linear(est.coef_, est.intercept_, est.classes_, params=params)
+    if progress:
+        progress({"phase": "exact", "rows": plan.n_train, "seconds": time.perf_counter() - t0,
+                  "solver": type(est).__name__})
+    return scaler, head
