@@ -265,36 +265,7 @@ def _nan_to_none(obj: Any) -> Any:
 
 
 def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: str, title: str = "") -> str:
-    """Save a confusion matrix (rows true, columns predicted) as a PNG with readable class names.
+    """Save a confusion matrix as a PNG with readable class names (see :mod:`deepfeat.viz.plots`)."""
+    from .viz.plots import plot_confusion_matrix as plot
 
-    Colours show each row normalised (recall per class); counts are written in the cells when
-    there are at most 30 classes. The figure grows with the number of classes.
-    """
-    from matplotlib.figure import Figure  # no pyplot: the global backend is left alone (Agg rendering)
-
-    k = len(labels)
-    side = float(min(40.0, max(6.0, 0.45 * k + 3)))
-    font = max(4.0, min(10.0, 220.0 / max(k, 1)))
-    norm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
-    fig = Figure(figsize=(side + 1.5, side))
-    ax = fig.subplots()
-    im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels(labels, rotation=45 if k <= 30 else 90, ha="right" if k <= 30 else "center",
-                       fontsize=font)
-    ax.set_yticklabels(labels, fontsize=font)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    if title:
-        ax.set_title(title, fontsize=10)
-    if k <= 30:
-        for i in range(k):
-            for j in range(k):
-                if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=font,
-                            color="white" if norm[i, j] > 0.5 else "black")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    return path
+    return plot(cm, labels, path, title).path
