@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import re
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 

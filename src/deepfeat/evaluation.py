@@ -113,7 +113,6 @@ def evaluate(
         raise UsageError(f"The split {split!r} of the store {st.path!r} has no rows to evaluate.")
 
     classes = list(b.classes)
-    index = {c: i for i, c in enumerate(classes)}
     kmax = min(max(ks), len(classes))
     ids: list[str] = []
     paths: list[str] = []
