@@ -73,7 +73,8 @@ def part_scratch(work: str, args: argparse.Namespace) -> dict[str, Any]:
     _log(f"A. small ConvNet from scratch, {args.epochs} epochs, batch {args.batch_size}, on the CPU")
     t0 = time.perf_counter()
     r = train_cnn(data, model_dir, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  augment=args.augment, seed=args.seed, device="cpu", workers=args.workers, progress=_progress)
+                  augment=args.augment, seed=args.seed, device="cpu", workers=args.workers, overwrite=True,
+                  progress=_progress)
     wall = time.perf_counter() - t0
     net_acc = float(r.metrics["test_accuracy"])
     _log(f"  network test accuracy {net_acc:.4f}; training {r.metrics['train_seconds']:.0f} s "
@@ -133,7 +134,8 @@ def part_finetune(work: str, args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     r = finetune(data, out, model="efficientnet_lite0", freeze=args.ft_freeze, body_lr_mult=args.ft_body_lr_mult,
                  epochs=args.ft_epochs, batch_size=args.ft_batch_size, lr=args.ft_lr, input_size=size,
-                 augment=args.ft_augment, seed=args.seed, device="cpu", workers=args.workers, progress=_progress)
+                 augment=args.ft_augment, seed=args.seed, device="cpu", workers=args.workers, overwrite=True,
+                 progress=_progress)
     tuned_s = time.perf_counter() - t0
     tuned_acc = float(r.metrics["test_accuracy"])
     _log(f"  fine-tuned (freeze {args.ft_freeze}, body lr x{args.ft_body_lr_mult}, {args.ft_epochs} epochs): "
@@ -158,13 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--svm-c", type=float, default=0.01)
     p.add_argument("--ft-per-class", type=int, default=100)
     p.add_argument("--ft-input-size", type=int, default=64)
-    p.add_argument("--ft-epochs", type=int, default=4)
+    p.add_argument("--ft-epochs", type=int, default=10)
     p.add_argument("--ft-batch-size", type=int, default=32)
-    p.add_argument("--ft-lr", type=float, default=1e-3)
+    p.add_argument("--ft-lr", type=float, default=2e-3)
     p.add_argument("--ft-freeze", type=int, default=1)
-    p.add_argument("--ft-body-lr-mult", type=float, default=0.1)
+    p.add_argument("--ft-body-lr-mult", type=float, default=0.5)
     p.add_argument("--ft-augment", default="flip,crop=0.8")
-    p.add_argument("--logreg-c", type=float, default=0.1)
+    p.add_argument("--logreg-c", type=float, default=0.01)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--workers", type=int, default=1)
     p.add_argument("--json", default=None, help="write the results here")
