@@ -10,10 +10,13 @@ setup:
 
 demo: setup
 	$(VENV)/bin/deepfeat datasets fashion-mnist $(DEMO)/fm --per-class 200
-	$(VENV)/bin/deepfeat predict efficientnet_lite0 $(DEMO)/fm/test/sneaker --top-k 3 | head -3
+	$(PY) -c "from skimage import data; from PIL import Image; Image.fromarray(data.chelsea()).save('$(DEMO)/cat.jpg')"
+	$(VENV)/bin/deepfeat predict efficientnet_lite0 $(DEMO)/cat.jpg --top-k 3
 	$(VENV)/bin/deepfeat extract $(DEMO)/fm --model efficientnet_lite0 --layers blocks.4,pre_logits --pool avg \
 		--dtype float16 --input-size 96 --out $(DEMO)/feats
 	$(VENV)/bin/deepfeat info $(DEMO)/feats
+	$(VENV)/bin/deepfeat train $(DEMO)/feats --layers blocks.4,pre_logits --head logreg --out $(DEMO)/model.dfm
+	$(VENV)/bin/deepfeat evaluate $(DEMO)/model.dfm $(DEMO)/feats --split test --out $(DEMO)/report
 
 test:
 	$(PY) -m pytest -q
