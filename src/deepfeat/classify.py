@@ -33,15 +33,21 @@ class Prediction:
     error: str | None = None
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike]) -> list[str]:
-    """Files as given; folders walked (sorted, regular files only); .txt/.csv lists read (first column)."""
+def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[str]:
+    """Files as given; folders walked and .txt/.csv lists read by :func:`deepfeat.discover`.
+
+    Entries that discovery excludes are appended to ``excluded`` (as ``ExcludedItem``) when given.
+    """
     from .data.sources import discover
 
     out: list[str] = []
     for entry in inputs:
         p = os.fspath(entry)
         if os.path.isdir(p) or (os.path.isfile(p) and p.lower().endswith((".txt", ".csv"))):
-            out.extend(it.path for it in discover(p).items)
+            found = discover(p)
+            out.extend(it.path for it in found.items)
+            if excluded is not None:
+                excluded.extend(found.excluded)
         else:
             out.append(p)
     return out

@@ -60,19 +60,12 @@ def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], 
     Entries that discovery refuses (missing list entries, broken symlinks, FIFOs...) come back
     as error predictions; hidden files and files with non-image extensions are skipped silently.
     """
-    from .data.sources import discover
+    from .classify import expand_inputs
 
-    paths: list[str] = []
-    errors: list[BundlePrediction] = []
-    for entry in inputs:
-        p = os.fspath(entry)
-        if os.path.isdir(p) or (os.path.isfile(p) and p.lower().endswith((".txt", ".csv"))):
-            found = discover(p)
-            paths.extend(it.path for it in found.items)
-            errors.extend(BundlePrediction(ex.path, error=f"{ex.reason}: {ex.message}")
-                          for ex in found.excluded if ex.reason not in _SILENT_EXCLUSIONS)
-        else:
-            paths.append(p)
+    excluded: list = []
+    paths = expand_inputs(inputs, excluded)
+    errors = [BundlePrediction(ex.path, error=f"{ex.reason}: {ex.message}")
+              for ex in excluded if ex.reason not in _SILENT_EXCLUSIONS]
     return paths, errors
 
 
