@@ -372,3 +372,29 @@ def test_feature_extractor_in_a_pipeline(fm_dir, photo_files):
     assert features.get_feature_names_out()[0] == "pre_logits_0"
     with pytest.raises(UsageError, match=r"Image 1 \(.*missing.png\) of the X of FeatureExtractor cannot be used"):
         features.transform([str(photo_files["cat"]), "/nonexistent/missing.png"])
+
+
+def test_seed_network_100352_256_16_2_trains_from_disk(fm_dir, tmp_path, monkeypatch):
+    """The seed's network: unpooled ResNet-50 layer4 (7x7x2048) -> 256 -> 16 -> 2, two classes, from disk."""
+    src = tmp_path / "two"
+    for split in ("train", "test"):
+        for cls in ("trouser", "bag"):
+            shutil.copytree(fm_dir / split / cls, src / split / cls)
+    out = tmp_path / "layer4"
+    deepfeat.extract(src, out, model="timm:resnet50", weights="random", layers="layer4", pool="none",
+                     dtype="float16", workers=0, batch_size=4, part_size=4)
+    st = deepfeat.open_store(out)
+    assert st.layer("layer4").dims == 100_352 and len(st.parts) == 4
+    monkeypatch.setattr(deepfeat.FeatureStore, "load", lambda *a, **k: pytest.fail("store loaded"))
+    r = deepfeat.train(st, head="mlp", hidden="256,16", batch_size=4, epochs=30, lr=1e-3, val_fraction=0.0,
+                       patience=None, memory_budget="8MiB", seed=0, out=tmp_path / "seed.dfm")
+    monkeypatch.undo()
+    assert r.solver == "stream" and r.classes == ["bag", "trouser"]
+    assert [w.shape for w in r.head.coefs_] == [(100_352, 256), (256, 16), (16, 2)]
+    X, y, _ = st.load("layer4", split="train")
+    proba = r.scores(X)
+    assert proba.shape == (8, 2) and np.allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert float(np.mean(r.predict(X) == y)) == 1.0  # 25.7M weights fit 8 training rows exactly
+    assert r.history[-1]["train_loss"] < r.history[0]["train_loss"] / 2
+    rep = deepfeat.evaluate(tmp_path / "seed.dfm", out, split="test")
+    assert rep["n"] == 8 and set(rep["per_class"]) == {"bag", "trouser"}

@@ -16,16 +16,9 @@ from typing import Any
 
 from . import __version__
 from .errors import EnvironmentFault, StoreError, UsageError
+from .units import format_size
 
 log = logging.getLogger("deepfeat")
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def _print(*args: Any) -> None:
@@ -93,7 +86,7 @@ class _Progress:
             layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
             _print(f"layers: {layers}")
             _print(f"job: {est['rows']:,} rows x {est['dims']:,} dims x {est['bytes_per_value']} B = "
-                   f"{_human_bytes(est['bytes'])} on {event['device']} ({event['precision']})"
+                   f"{format_size(est['bytes'])} on {event['device']} ({event['precision']})"
                    f"; {event['already_done']:,} already done, {event['excluded']:,} excluded at discovery")
             if not self.quiet:
                 from tqdm import tqdm
@@ -127,7 +120,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
     _print(f"done in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s): "
            f"{s.embedded_now:,} embedded and {s.failed_now:,} failed this run; "
            f"store holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded; "
-           f"{s.rows_total:,} rows, {_human_bytes(s.bytes_on_disk)} in {args.out}")
+           f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}")
     if s.failures_by_reason:
         _print("failures by reason: " + ", ".join(f"{k}={v}" for k, v in s.failures_by_reason.items())
                + f"  (details: deepfeat info {args.out} --failures)")

@@ -69,7 +69,7 @@ def _check_labels(store: FeatureStore, split: str | None) -> int:
     for part in store.iter_parts():
         if split is not None and not part.splits.get(split):
             continue
-        t = store._read_rows(part, ["label", "split", "view"])
+        t = store.read_rows(part, ["label", "split", "view"])
         labels = t.column("label").to_pylist()
         splits = [s or "" for s in t.column("split").to_pylist()]
         views = t.column("view").to_pylist()

@@ -33,7 +33,6 @@ import logging
 import math
 import numbers
 import os
-import re
 import time
 import warnings
 from collections import Counter
@@ -45,7 +44,8 @@ import numpy as np
 
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
-from .store.reader import FeatureStore, LayerSpec, open_store
+from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
+from .units import parse_size
 
 log = logging.getLogger(__name__)
 
@@ -90,23 +90,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- arguments
-def parse_bytes(value: int | str) -> int:
-    """``1073741824``, ``"1GiB"``, ``"512MB"``, ``"2G"`` -> bytes."""
-    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
-        if value <= 0:
-            raise UsageError(f"The 'memory_budget' parameter of train must be > 0 bytes; got {value!r} instead.")
-        return int(value)
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(?:([kmgt])(i?)(b?))?\s*(b?)\s*", str(value), flags=re.I)
-    if not m or float(m.group(1)) <= 0:
-        raise UsageError("The 'memory_budget' parameter of train must be a size such as 2GiB, 512MB or a number of "
-                         f"bytes; got {value!r} instead.")
-    unit = (m.group(2) or "").lower()
-    power = " kmgt".index(unit or " ")
-    decimal = bool(unit) and not m.group(3) and bool(m.group(4))  # "MB" = 10^6, "MiB" / "M" = 2^20
-    base = 1000 if decimal else 1024
-    return int(float(m.group(1)) * base ** power)
-
-
 def parse_hidden(hidden: int | str | Sequence[int]) -> tuple[int, ...]:
     """``256``, ``"256,16"`` or ``(256, 16)`` -> ``(256, 16)``."""
     try:
@@ -199,6 +182,39 @@ def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
          < threshold for i in ids), dtype=bool, count=len(ids))
 
 
+@dataclass(frozen=True)
+class MemoryPlan:
+    """How streaming training splits its memory budget (bytes of feature rows in flight)."""
+
+    read_bytes: int  #: rows read from a part at a time
+    shuffle_rows: int  #: rows in the shuffle buffer
+    io_batch: int  #: rows per batch of the statistics, validation and exact-loading passes
+    step_bytes: int  #: working set of one optimiser step (float32 batch and its copies)
+
+
+def plan_memory(budget: int, dims: int, stored_itemsize: int, batch_size: int) -> MemoryPlan:
+    """Split ``budget`` between the reader's blocks, the shuffle buffer and the batches.
+
+    The shuffle buffer holds about two copies of itself plus one read block while it deals out
+    batches; an I/O batch is about 24 bytes per value at its peak (stored -> float32 ->
+    float64 temporaries of the statistics pass). A budget smaller than one optimiser step
+    (``batch_size`` rows in float32, ~4 copies) cannot be honoured: that is logged.
+
+    Example:
+        >>> plan_memory(64 << 20, 1280, 2, 256).shuffle_rows
+        4369
+    """
+    stored_row = max(1, dims * stored_itemsize)
+    step = batch_size * dims * 4 * 4
+    read_bytes = max(stored_row, budget // 16)
+    shuffle_rows = int(max(batch_size, min(65536, (budget // 6) // stored_row)))
+    io_batch = int(max(1, min(4096, (budget // 4) // max(1, dims * 24))))
+    if step > budget // 2:
+        log.warning("one optimiser step of %d rows x %d dims needs about %d MiB, more than half the memory budget "
+                    "of %d MiB; lower batch_size or raise memory_budget", batch_size, dims, step >> 20, budget >> 20)
+    return MemoryPlan(int(read_bytes), shuffle_rows, io_batch, step)
+
+
 @dataclass
 class _Plan:
     """Which rows train and which validate, from the scan pass."""
@@ -211,6 +227,7 @@ class _Plan:
     n_train: int
     n_val: int
     val_source: str
+    read_bytes: int = DEFAULT_READ_BYTES
 
 
 def _scan(store: FeatureStore, val_fraction: float) -> _Plan:
@@ -233,7 +250,7 @@ def _scan(store: FeatureStore, val_fraction: float) -> _Plan:
     for part in store.iter_parts():
         if train_split is not None and not part.splits.get(train_split) and not (val_split and part.splits.get(val_split)):
             continue
-        t = store._read_rows(part, ["id", "label", "split", "view"])
+        t = store.read_rows(part, ["id", "label", "split", "view"])
         split_col = np.asarray([s or "" for s in t.column("split").to_pylist()], dtype=object)
         labels = np.asarray(t.column("label").to_pylist(), dtype=object)
         views = t.column("view").to_numpy()
@@ -266,7 +283,7 @@ def _train_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_siz
                    seed: int, buffer: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(X float32 concatenated, labels) of the training rows (all views), held-out ids removed."""
     for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views="all", shuffle=shuffle,
-                           seed=seed, shuffle_buffer=buffer):
+                           seed=seed, shuffle_buffer=buffer, read_bytes=plan.read_bytes):
         keep = ~holdout_mask(b.ids, plan.holdout) if plan.holdout > 0 else np.ones(len(b), bool)
         if not keep.any():
             continue
@@ -277,10 +294,11 @@ def _train_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_siz
 def _val_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size: int
                  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if plan.val_split:
-        for b in store.batches(names, split=plan.val_split, batch_size=batch_size, views=0):
+        for b in store.batches(names, split=plan.val_split, batch_size=batch_size, views=0, read_bytes=plan.read_bytes):
             yield b.concat(names), b.labels
     elif plan.holdout > 0:
-        for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views=0):
+        for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views=0,
+                               read_bytes=plan.read_bytes):
             keep = holdout_mask(b.ids, plan.holdout)
             if keep.any():
                 yield b.concat(names)[keep], b.labels[keep]
@@ -379,7 +397,7 @@ def train(
     sizes = parse_hidden(hidden)
     validate_train_args(head, solver, epochs, batch_size, lr, alpha, val_fraction, patience, class_weight, seed,
                         device)
-    budget = parse_bytes(memory_budget)
+    budget = parse_size(memory_budget, "memory_budget")
     if out is not None and os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of train must be a bundle file path (e.g. model.dfm); {os.fspath(out)!r} "
                          "is a directory.")
@@ -394,10 +412,9 @@ def train(
     exact_bytes = plan.n_train * dims * (4 + 8)
     if solver == "auto":
         solver = "exact" if head != "mlp" and exact_bytes <= budget else "stream"
-    stored_bytes = dims * np.dtype(store.dtype).itemsize
-    # The reader holds about three copies of its shuffle buffer at a time; keep them under half the budget.
-    buffer = int(max(batch_size, min(8192, budget // (6 * max(1, stored_bytes)))))
-    io_batch = int(max(1, min(4096, max(batch_size, budget // (8 * max(1, dims * 4))))))
+    mem = plan_memory(budget, dims, np.dtype(store.dtype).itemsize, batch_size)
+    buffer, io_batch = mem.shuffle_rows, mem.io_batch
+    plan.read_bytes = mem.read_bytes
     log.info("train: %d training rows, %d validation rows (%s), %d classes, %d dims, solver %s",
              plan.n_train, plan.n_val, plan.val_source, len(plan.classes), dims, solver)
     if progress:

@@ -326,12 +326,14 @@ def full_network_embedding(
                 continue
             ledger = pq.read_table(src._check_file(part, layout.LEDGER_FILE))
             if part.rows:
-                rows = src._read_rows(part)
-                raw = np.concatenate([np.asarray(src._read_features(part, s), dtype=np.float64) for s in specs], axis=1)
+                rows = src.read_rows(part)
                 feats = {}
                 arr = np.empty((part.rows, dims), dtype=np.int8)
                 for start in range(0, part.rows, batch_size):
-                    arr[start:start + batch_size] = fne_transform(raw[start:start + batch_size], mean, std, lo_hi)
+                    stop = min(start + batch_size, part.rows)
+                    raw = np.concatenate([src.read_features(part, s, start, stop).astype(np.float64) for s in specs],
+                                         axis=1)
+                    arr[start:stop] = fne_transform(raw, mean, std, lo_hi)
                 feats[FNE_LAYER] = arr
                 counts += np.bincount(arr.ravel().astype(np.int64) + 1, minlength=3)
             else:

@@ -30,21 +30,6 @@ log = logging.getLogger(__name__)
 TRAIN_AUGMENTATIONS = ("flip", "vflip", "crop", "rotate", "translate", "color", "grayscale")
 
 
-def parse_size(value: int | str, what: str = "memory_budget") -> int:
-    """Bytes from an int or a string such as ``2GiB``, ``512MB``, ``1e9``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        n = int(value)
-    else:
-        m = re.fullmatch(r"\s*([0-9.eE+]+)\s*([KMGT]?i?B?)?\s*", str(value), flags=re.IGNORECASE)
-        if not m:
-            raise UsageError(f"The '{what}' parameter must be a size such as 2GiB or 512MB; got {value!r} instead.")
-        unit = (m.group(2) or "").upper().rstrip("B").rstrip("I")
-        n = int(float(m.group(1)) * {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}[unit])
-    if n < 0:
-        raise UsageError(f"The '{what}' parameter must be >= 0 bytes; got {value!r} instead.")
-    return n
-
-
 @dataclass
 class Split:
     """The labelled items of one split: paths, ids and class indices (aligned lists)."""

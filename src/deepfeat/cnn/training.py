@@ -49,7 +49,8 @@ from ..errors import InputError, UsageError
 from ..store.fsutil import atomic_write_bytes, atomic_write_json
 from .arch import arch_config, build_cnn
 from .checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
-from .data import BatchAugment, ImageSet, Splits, make_splits, normalize, parse_size, to_unit_float
+from ..units import parse_size
+from .data import BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
 
 log = logging.getLogger(__name__)
 
@@ -389,7 +390,7 @@ def _image_sets(splits: Splits, preprocess: Preprocess, policy: DecodePolicy, wo
         workers = default_workers()
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise UsageError(f"The 'workers' parameter must be an integer >= 0; got {workers!r} instead.")
-    budget = parse_size(memory_budget)
+    budget = parse_size(memory_budget, "memory_budget", minimum=0)
     sets = {"train": ImageSet(splits.train, preprocess, policy, workers),
             "val": ImageSet(splits.val, preprocess, policy, workers)}
     if splits.test is not None:

@@ -41,6 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import StoreError, UsageError
+from ..units import format_size
 from . import layout
 from .fsutil import environment_errors, fsync_dir
 from .reader import FeatureStore, LayerSpec, open_store
@@ -87,7 +88,7 @@ class _Selection:
             if self.splits is None:
                 return sum(p.rows for p in self.parts)
             return sum(p.splits.get(s, 0) for p in self.parts for s in self.splits)
-        return sum(int(self._mask(self.store._read_rows(p, ["split", "view"])).sum()) for p in self.parts)
+        return sum(int(self._mask(self.store.read_rows(p, ["split", "view"])).sum()) for p in self.parts)
 
     def _mask(self, meta: pa.Table) -> np.ndarray:
         mask = np.ones(meta.num_rows, dtype=bool)
@@ -101,15 +102,16 @@ class _Selection:
     def chunks(self) -> Iterator[tuple[PartRecord, pa.Table, dict[str, np.ndarray]]]:
         """Per part: (part, selected row metadata, {layer key: selected rows x dims})."""
         for part in self.parts:
-            meta = self.store._read_rows(part)
+            meta = self.store.read_rows(part)
             idx = np.flatnonzero(self._mask(meta))
             if not len(idx):
                 continue
             whole = len(idx) == meta.num_rows
+            first, last = int(idx[0]), int(idx[-1]) + 1
             feats = {}
             for spec in self.specs:
-                arr = self.store._read_features(part, spec)
-                feats[spec.key] = np.asarray(arr) if whole else np.asarray(arr[idx])
+                arr = self.store.read_features(part, spec, first, last)
+                feats[spec.key] = arr if whole else arr[idx - first]
             yield part, (meta if whole else meta.take(pa.array(idx))), feats
 
 
@@ -305,7 +307,7 @@ def _write_parquet(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> 
 def _write_csv(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list[str]:
     total_dims = sum(s.dims for s in sel.specs)
     log.warning("CSV export writes %d rows x %d values as text: large (~%s) and slow; prefer npy, parquet or hdf5",
-                sel.total, total_dims, _approx(sel.total * total_dims * 12))
+                sel.total, total_dims, format_size(sel.total * total_dims * 12))
     pos = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -320,12 +322,6 @@ def _write_csv(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list
             pos += meta.num_rows
     _check_count(store, pos, sel.total)
     return [out]
-
-
-def _approx(n: int) -> str:
-    from .info import human_bytes
-
-    return human_bytes(n)
 
 
 _WRITERS: dict[str, tuple[bool, Callable[[FeatureStore, _Selection, str, str], list[str]]]] = {

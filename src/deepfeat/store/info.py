@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from ..errors import StoreError
+from ..units import format_size
 from . import layout
 from .fsutil import read_json
 from .reader import LayerSpec
@@ -295,15 +296,6 @@ def failed_inputs(path: str | os.PathLike) -> list[dict[str, Any]]:
 
 
 # ------------------------------------------------------------------------------- formatting
-def human_bytes(n: float) -> str:
-    """``1536`` -> ``'1.5 KiB'``."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"  # pragma: no cover
-
-
 def _table(header: list[str], rows: Iterable[list[Any]], indent: str = "  ", right: Iterable[int] = ()) -> list[str]:
     body = [[str(c) for c in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in body)) if body else len(str(h)) for i, h in enumerate(header)]
@@ -411,9 +403,9 @@ def format_info(info: StoreInfo, failures: bool = False, max_classes: int = 60) 
     out += ["", "Size"]
     ratio = f" ({info.feature_bytes / info.estimated_bytes:.2f}x the estimate)" if info.estimated_bytes else ""
     out += _kv([
-        ("on disk (all files)", human_bytes(info.bytes_on_disk)),
-        ("feature arrays", human_bytes(info.feature_bytes) + ratio),
-        ("estimate", human_bytes(info.estimated_bytes) + " (items x views x dims x bytes per value)"),
+        ("on disk (all files)", format_size(info.bytes_on_disk)),
+        ("feature arrays", format_size(info.feature_bytes) + ratio),
+        ("estimate", format_size(info.estimated_bytes) + " (items x views x dims x bytes per value)"),
     ])
     if info.warnings:
         out += ["", "Warnings"] + [f"  ! {w}" for w in info.warnings]

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..errors import StoreError, UsageError
@@ -25,6 +26,9 @@ from .fsutil import read_json
 from .writer import Manifest, PartRecord
 
 log = logging.getLogger(__name__)
+
+#: Bytes of feature rows :meth:`FeatureStore.batches` reads from a part at a time.
+DEFAULT_READ_BYTES = 32 << 20
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class FeatureStore:
         self.manifest = Manifest(self.path)
         self.verify = verify
         self._verified: set[str] = set()
+        self._headers: dict[tuple[str, str], tuple[str, int, np.dtype]] = {}
 
     # -- description ----------------------------------------------------------------------
     @property
@@ -107,7 +112,7 @@ class FeatureStore:
 
     def rows(self, columns: Sequence[str] | None = None) -> pa.Table:
         """Row metadata of every stored vector, in store order."""
-        tables = [self._read_rows(p, columns) for p in self.manifest.parts if p.rows]
+        tables = [self.read_rows(p, columns) for p in self.manifest.parts if p.rows]
         if not tables:
             schema = layout.ROWS_SCHEMA if columns is None else pa.schema([layout.ROWS_SCHEMA.field(c) for c in columns])
             return schema.empty_table()
@@ -156,16 +161,59 @@ class FeatureStore:
             self._verified.add(path)
         return path
 
-    def _read_rows(self, part: PartRecord, columns: Sequence[str] | None = None) -> pa.Table:
+    def read_rows(self, part: PartRecord, columns: Sequence[str] | None = None) -> pa.Table:
+        """Row metadata (``rows.parquet``) of one part, checksum-verified on first read."""
         path = self._check_file(part, layout.ROWS_FILE)
-        return pq.read_table(path, columns=list(columns) if columns else None)
+        return read_parquet(path, columns)
 
-    def _read_features(self, part: PartRecord, spec: LayerSpec) -> np.ndarray:
+    def _npy_header(self, part: PartRecord, spec: LayerSpec) -> tuple[str, int, np.dtype]:
+        """(path, data offset, dtype) of a part's feature file, its shape checked against the manifest."""
+        key = (part.name, spec.key)
+        cached = self._headers.get(key)
+        if cached is not None:
+            return cached
         path = self._check_file(part, f"{spec.key}.npy")
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-        if arr.ndim != 2 or arr.shape != (part.rows, spec.dims):
-            raise StoreError(f"part {part.name}: {spec.key}.npy has shape {arr.shape}, expected ({part.rows}, {spec.dims})")
-        return arr
+        with open(path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                if version == (1, 0):
+                    shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+                else:
+                    shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+            except ValueError as exc:
+                raise StoreError(f"part {part.name}: {spec.key}.npy is not a valid .npy file ({exc}).") from None
+            offset = f.tell()
+        if fortran or dtype.hasobject or tuple(shape) != (part.rows, spec.dims):
+            raise StoreError(f"part {part.name}: {spec.key}.npy has shape {tuple(shape)} "
+                             f"{'(Fortran order) ' if fortran else ''}of {dtype}, expected C-order "
+                             f"({part.rows}, {spec.dims}) numbers")
+        self._headers[key] = (path, offset, dtype)
+        return path, offset, dtype
+
+    def read_features(self, part: PartRecord, layer: str | LayerSpec, start: int = 0, stop: int | None = None
+                      ) -> np.ndarray:
+        """Rows ``start:stop`` of one layer of one part, read into memory (only those rows).
+
+        Reads with plain file I/O rather than a memory map, so the bytes held are exactly the
+        rows asked for: a reader's memory does not grow with the size of a part.
+
+        Example:
+            >>> part = store.parts[0]                                            # doctest: +SKIP
+            >>> store.read_features(part, "pre_logits", 0, 256).shape            # doctest: +SKIP
+            (256, 1280)
+        """
+        spec = layer if isinstance(layer, LayerSpec) else self.layer(layer)
+        path, offset, dtype = self._npy_header(part, spec)
+        stop = part.rows if stop is None else min(int(stop), part.rows)
+        start = max(0, int(start))
+        out = np.empty((max(0, stop - start), spec.dims), dtype=dtype)
+        if out.size:
+            with open(path, "rb") as f:
+                f.seek(offset + start * spec.dims * dtype.itemsize)
+                got = f.readinto(memoryview(out).cast("B"))
+            if got != out.nbytes:
+                raise StoreError(f"part {part.name}: {spec.key}.npy ended early (read {got} of {out.nbytes} bytes).")
+        return out
 
     def iter_parts(self) -> Iterator[PartRecord]:
         return iter(p for p in self.manifest.parts if p.rows)
@@ -181,11 +229,15 @@ class FeatureStore:
         seed: int = 0,
         shuffle_buffer: int = 8192,
         columns: Sequence[str] = ("id", "label", "split", "view"),
+        read_bytes: int = DEFAULT_READ_BYTES,
     ) -> Iterator[Batch]:
         """Yield batches of rows for the chosen layers, splits and views, part by part.
 
-        Memory holds at most one part's selected rows (memory-mapped) plus the shuffle buffer.
-        With ``shuffle`` the part order is permuted and rows pass through a shuffle buffer.
+        Parts are read in blocks of contiguous rows of at most ``read_bytes`` (all chosen layers
+        together), so memory holds one block plus the shuffle buffer, whatever the size of a part
+        or of the store. With ``shuffle`` the order of parts and of blocks within a part is
+        permuted, rows are permuted within a block, and batches are drawn from a buffer of
+        ``shuffle_buffer`` rows that mixes consecutive blocks.
         """
         specs = [self.layer(n) for n in ([layers] if isinstance(layers, str) else (layers or self.layer_names))]
         splits = None if split is None else ([split] if isinstance(split, str) else list(split))
@@ -200,12 +252,14 @@ class FeatureStore:
         if shuffle:
             parts = [parts[i] for i in rng.permutation(len(parts))]
         cols = list(dict.fromkeys(list(columns) + ["label", "split", "view", "id"]))
+        row_bytes = max(1, sum(s.dims for s in specs) * np.dtype(self.dtype).itemsize)
+        block_rows = max(1, int(read_bytes) // row_bytes)
 
         def chunks() -> Iterator[tuple[dict[str, np.ndarray], pa.Table]]:
             for part in parts:
                 if splits is not None and not any(part.splits.get(s) for s in splits):
                     continue
-                meta = self._read_rows(part, cols)
+                meta = self.read_rows(part, cols)
                 mask = np.ones(meta.num_rows, dtype=bool)
                 if splits is not None:
                     split_values = [v or "" for v in meta.column("split").to_pylist()]
@@ -216,12 +270,25 @@ class FeatureStore:
                 idx = np.flatnonzero(mask)
                 if not len(idx):
                     continue
+                starts = np.arange(0, part.rows, block_rows)
                 if shuffle:
-                    idx = rng.permutation(idx)
-                feats = {s.name: self._read_features(part, s) for s in specs}
-                for start in range(0, len(idx), batch_size):
-                    sel = np.sort(idx[start:start + batch_size]) if not shuffle else idx[start:start + batch_size]
-                    yield ({n: np.asarray(a[sel]) for n, a in feats.items()}, meta.take(pa.array(sel)))
+                    starts = rng.permutation(starts)
+                for start in starts.tolist():
+                    lo, hi = np.searchsorted(idx, [start, start + block_rows])
+                    sel = idx[lo:hi]
+                    if not len(sel):
+                        continue
+                    first, last = int(sel[0]), int(sel[-1]) + 1
+                    local = sel - first
+                    if shuffle:
+                        perm = rng.permutation(len(sel))
+                        local, sel = local[perm], sel[perm]
+                    whole = not shuffle and len(sel) == last - first
+                    feats = {}
+                    for s in specs:
+                        block = self.read_features(part, s, first, last)
+                        feats[s.name] = block if whole else block[local]
+                    yield feats, meta.take(pa.array(sel))
 
         source = chunks()
         if shuffle:
@@ -244,6 +311,18 @@ class FeatureStore:
         if not xs:
             raise UsageError(f"The store {self.path!r} has no rows for split={split!r}.")
         return np.concatenate(xs), np.concatenate(ys), pa.concat_tables(metas)
+
+
+def read_parquet(path: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """A small Parquet file read with the system allocator.
+
+    Arrow's default pool (mimalloc / jemalloc) keeps freed pages for reuse per thread; over the
+    many small files of a large store that retained memory grows with the store, which breaks
+    the promise that a reader's memory does not. The system pool hands memory back.
+    """
+    dataset = pads.dataset(path, format="parquet")
+    return dataset.to_table(columns=list(columns) if columns else None, use_threads=False,
+                            memory_pool=pa.system_memory_pool())
 
 
 def _concat_chunks(chunks: list[tuple[dict[str, np.ndarray], pa.Table]]):

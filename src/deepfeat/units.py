@@ -1,0 +1,55 @@
+"""Sizes in bytes: one parser for every ``memory_budget``-like argument, one formatter.
+
+Units: ``KiB``/``MiB``/``GiB``/``TiB`` and the bare ``K``/``M``/``G``/``T`` are powers of 1024;
+``KB``/``MB``/``GB``/``TB`` are powers of 1000 (SI). A plain number (``1073741824``, ``"1e9"``)
+is bytes.
+
+Example:
+    >>> parse_size("512MiB"), parse_size("2GB"), parse_size("1.5K")
+    (536870912, 2000000000, 1536)
+    >>> format_size(1536)
+    '1.5 KiB'
+"""
+from __future__ import annotations
+
+import numbers
+import re
+
+from .errors import UsageError
+
+_SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(?:([kmgt])(i?)(b?))?\s*(b?)\s*", re.IGNORECASE)
+
+
+def parse_size(value: int | float | str, what: str = "memory_budget", *, minimum: int = 1) -> int:
+    """Bytes from an int, a float or a string such as ``2GiB``, ``512MB``, ``1e9``.
+
+    Raises :class:`~deepfeat.errors.UsageError` naming ``what`` for anything else or for a
+    size below ``minimum`` bytes.
+    """
+    if isinstance(value, bool):
+        n = None
+    elif isinstance(value, numbers.Real):
+        n = int(value)
+    else:
+        m = _SIZE.fullmatch(str(value))
+        if not m or (m.group(2) is None and (m.group(3) or m.group(4))):
+            n = None
+        else:
+            unit = (m.group(2) or "").lower()
+            decimal = bool(unit) and not m.group(3) and bool(m.group(4))
+            n = int(float(m.group(1)) * (1000 if decimal else 1024) ** " kmgt".index(unit or " "))
+    if n is None:
+        raise UsageError(f"The '{what}' parameter must be a size such as 2GiB, 512MB or a number of bytes; got "
+                         f"{value!r} instead.")
+    if n < minimum:
+        raise UsageError(f"The '{what}' parameter must be >= {minimum} bytes; got {value!r} instead.")
+    return n
+
+
+def format_size(n: float) -> str:
+    """``1536`` -> ``'1.5 KiB'``; whole bytes below 1 KiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024:
+            return f"{int(n)} B" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
