@@ -3,7 +3,8 @@
 The bundled EfficientNet-Lite0 (ImageNet weights), ``--layers all --pool avg`` (every conv + pre_logits)
 at ``--input-size``; one store is extracted, then:
 
-1. ``pre_logits`` only, standardised, linear SVM (exact solver);
+1. ``pre_logits`` only, standardised, linear SVM (``--solver exact``: scikit-learn's LinearSVC;
+   ``--solver stream``: deepfeat's streaming hinge-loss head, ``--epochs`` passes);
 2. all layers concatenated, standardised, linear SVM;
 3. the full-network embedding (standardise with training statistics, ternarise -0.25/0.15, int8 store),
    linear SVM;
@@ -14,6 +15,7 @@ test images per class. The per-feature analysis report of the training split is 
 Usage::
 
     python benchmarks/fne_fashion.py --work /tmp/fne_bench                      # 5,000 train, 96x96
+    python benchmarks/fne_fashion.py --work /tmp/fne_bench --solver stream      # minutes, not hours
     python benchmarks/fne_fashion.py --per-class 100 --test-per-class 50 --input-size 64 --json r.json
 
 Needs the Fashion-MNIST idx files (Debian package ``dataset-fashion-mnist``; see ``deepfeat.datasets``).
@@ -42,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--alpha", type=float, default=1e-4, help="L2 strength of the SVM (C = 1 / (alpha n))")
+    ap.add_argument("--solver", default="exact", choices=("exact", "stream"),
+                    help="exact: LinearSVC in memory (slow on 22k dims); stream: the streaming SVM head")
+    ap.add_argument("--epochs", type=int, default=30, help="epochs of the streaming head")
     ap.add_argument("--no-analysis", action="store_true")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
@@ -55,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         write_fashion_mnist(data, per_class=args.per_class, splits=("train",))
         write_fashion_mnist(data, per_class=args.test_per_class, splits=("test",))
     results: dict[str, Any] = {"per_class": args.per_class, "test_per_class": args.test_per_class,
-                               "input_size": args.input_size, "machine": platform.platform(),
+                               "input_size": args.input_size, "solver": args.solver, "epochs": args.epochs,
+                               "machine": platform.platform(),
                                "python": sys.version.split()[0]}
     store = os.path.join(args.work, f"all_{args.per_class}_{args.input_size}")
     t0 = time.perf_counter()
@@ -77,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             "FNE ternary (all layers)": (fne, None)}
     for name, (path, layers) in runs.items():
         t0 = time.perf_counter()
-        r = deepfeat.train(path, layers=layers, head="svm", solver="exact", alpha=args.alpha, val_fraction=0.0,
+        r = deepfeat.train(path, layers=layers, head="svm", solver=args.solver, alpha=args.alpha, val_fraction=0.0,
+                           epochs=args.epochs, patience=None,
                            out=os.path.join(args.work, f"{name.split()[0]}_{layers or 'all'}.dfm".replace(" ", "_")))
         rep = deepfeat.evaluate(r.bundle_path, path, split="test")
         results[name] = {"test_accuracy": rep["accuracy"], "dims": sum(x.dims for x in r.layers),

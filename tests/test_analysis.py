@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 
 import deepfeat
-from deepfeat.analysis.fne import RunningStats, full_network_embedding, load_fne_stats, ternarize
+from deepfeat.analysis.fne import (
+    RunningStats,
+    full_network_embedding,
+    load_fne_stats,
+    ternarize,
+)
 from deepfeat.errors import ConfigMismatchError, UsageError
 
 LAYERS = "blocks.2,blocks.4,pre_logits"
@@ -133,7 +138,7 @@ def ref_auroc_mw(x: np.ndarray, pos: np.ndarray) -> tuple[float, float]:
     """Exact AUROC (ties 1/2) by average ranks, and the asymptotic Mann-Whitney p (tie + continuity corr.)."""
     import math
 
-    vals, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
+    _, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
     upper = np.cumsum(cnt)
     avg_rank = upper - (cnt - 1) / 2.0
     ranks = avg_rank[inv]
@@ -159,7 +164,7 @@ def ref_bh(p: np.ndarray) -> np.ndarray:
 
 
 def _train_view0(path: str, layers=None):
-    X, ids, labels, splits, views = _all_rows(path, layers)
+    X, _, labels, splits, views = _all_rows(path, layers)
     keep = np.asarray([s == "train" for s in splits]) & (np.asarray(views) == 0)
     return X[keep], np.asarray(labels, dtype=object)[keep]
 
@@ -186,6 +191,9 @@ def test_statistics_exact_on_discrete_store(fne_store: str) -> None:
             assert st.auroc[j, c] == pytest.approx(auc, abs=1e-12)
             assert st.pvalue[j, c] == pytest.approx(p, rel=1e-9, abs=1e-15)
     np.testing.assert_allclose(st.qvalue, benjamini_hochberg(st.pvalue))
+    # only true ties share a bin: the error bound is exactly 0 (it used to count them: ~0.1 here)
+    assert np.all(st.auroc_error_bound == 0.0)
+    assert np.all(feature_statistics(fne_store, split="train").auroc_error_bound == 0.0)  # default 64 bins
 
 
 def test_statistics_histogram_error_on_float_store(src_store: str) -> None:
@@ -209,6 +217,27 @@ def test_statistics_histogram_error_on_float_store(src_store: str) -> None:
     assert exact_p[j, 0] == pytest.approx(sp.pvalue, rel=1e-9)
     err = np.abs(st.auroc - exact_auc)
     assert np.all(err <= st.auroc_error_bound + 1e-12)
+    # the bound counts only bins that hold two different values; recompute it from the rows
+    from deepfeat.analysis.stats import bin_index
+
+    bi = bin_index(X, st.edges)
+    classes = np.asarray(st.classes, dtype=object)
+    all_bins = np.zeros_like(st.auroc_error_bound)
+    for j in range(X.shape[1]):
+        multi = [b for b in np.unique(bi[:, j]) if len(np.unique(X[bi[:, j] == b, j])) > 1]
+        for c, name in enumerate(classes):
+            pos = y == name
+            n1, n0 = pos.sum(), (~pos).sum()
+            P = np.bincount(bi[pos, j], minlength=8)
+            N = np.bincount(bi[~pos, j], minlength=8)
+            expect = 0.5 * sum(P[b] * N[b] for b in multi) / (n1 * n0)
+            assert st.auroc_error_bound[j, c] == pytest.approx(expect, abs=1e-15)
+            all_bins[j, c] = 0.5 * (P * N).sum() / (n1 * n0)
+    assert np.all(st.auroc_error_bound <= all_bins)
+    constant = st.minimum == st.maximum
+    assert constant.any() and np.all(st.auroc_error_bound[constant] == 0) and np.all(all_bins[constant] > 0)
+    print(f"AUROC error bound (8 bins): mean {st.auroc_error_bound.mean():.3f} "
+          f"(counting true ties too: {all_bins.mean():.3f})")
     # measured at 8 quantile bins from a 20-row sample of 40 rows (4 per class): mean 0.0029, max 0.22
     # (one positive sharing a bin with many negatives); the documented tolerance is mean < 0.01
     assert err.mean() < 0.01, (err.mean(), err.max())
@@ -265,3 +294,88 @@ def test_fne_bundle_predicts_from_raw_images(src_store: str, fne_store: str, fm_
     assert all(p.error is None for p in preds)
     agree = np.mean([p.label == stored[i] for p, i in zip(preds, fne.ids)])
     assert agree >= 0.9, agree  # raw images -> backbone -> FNE -> head matches the store path
+
+
+# ----------------------------------------------------------------------------- bounded batches
+def test_batch_rows_bounded_by_bytes() -> None:
+    from deepfeat.analysis.fne import BATCH_BYTES, batch_rows
+
+    assert BATCH_BYTES == 32 << 20
+    assert batch_rows(1280, 2048) == 2048                       # 1280 dims: the row cap binds
+    assert batch_rows(22_288, 4096) == 188                      # --layers all of Lite0: 188 x 22,288 x 8 B <= 32 MiB
+    assert 188 * 22_288 * 8 <= BATCH_BYTES < 189 * 22_288 * 8
+    assert batch_rows(10 ** 9, 2048) == 1                       # at least one row
+    assert batch_rows(100, 5, max_bytes=8 * 100 * 3) == 3
+    for bad in (0, -1, 1.5, True, "8"):
+        with pytest.raises(UsageError):
+            batch_rows(10, bad)  # type: ignore[arg-type]
+
+
+def test_results_do_not_depend_on_batching(src_store: str, fne_store: str, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tiny byte budgets (a few rows per batch, feature blocks everywhere) give the same statistics and FNE."""
+    import deepfeat.analysis.fne as fne_mod
+    from deepfeat.analysis.stats import feature_statistics
+
+    ref = feature_statistics(src_store, split="train", bins=8, sample_rows=20)
+    D = ref.auroc.shape[0]
+    seen: list[int] = []
+    real = fne_mod.FeatureStore.batches
+
+    def spy(self, *a, **kw):
+        seen.append(kw["batch_size"])
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(fne_mod, "BATCH_BYTES", 8 * D * 5)          # 5 rows per float64 batch
+    monkeypatch.setattr(fne_mod.FeatureStore, "batches", spy)
+    small = feature_statistics(src_store, split="train", bins=8, sample_rows=20, batch_size=4096)
+    assert seen and set(seen) == {5}
+    for k in ("auroc", "pvalue", "qvalue", "auroc_error_bound", "edges", "minimum", "maximum", "n_per_class"):
+        np.testing.assert_array_equal(getattr(small, k), getattr(ref, k), err_msg=k)
+    np.testing.assert_allclose(small.mean, ref.mean, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(small.std, ref.std, rtol=1e-10, atol=1e-15)
+    assert len(small.threshold_grid) == len(ref.threshold_grid) == 42
+    for a, b in zip(small.threshold_grid, ref.threshold_grid):
+        assert a == pytest.approx(b, rel=1e-9), (a, b)
+    seen.clear()
+    monkeypatch.setattr(fne_mod, "BATCH_BYTES", 32 << 20)
+    feature_statistics(src_store, split="train", bins=8, sample_rows=20, batch_size=3)
+    assert set(seen) == {3}
+    # fne: the statistics pass honours batch_size too, and the output is the same store
+    seen.clear()
+    out = tmp_path / "fne_small"
+    full_network_embedding(src_store, out, batch_size=7)
+    assert set(seen) == {7}
+    for name in os.listdir(Path(fne_store) / "parts"):
+        np.testing.assert_array_equal(np.load(out / "parts" / name / "fne.npy"),
+                                      np.load(Path(fne_store) / "parts" / name / "fne.npy"))
+    with pytest.raises(UsageError):
+        full_network_embedding(src_store, tmp_path / "bad", batch_size=0)
+    assert not (tmp_path / "bad").exists()
+
+
+def test_analyze_cli_sample_rows_batch_size_and_bad_values(src_store: str, tmp_path: Path,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from deepfeat.analysis.stats import feature_statistics
+    from deepfeat.cli import main
+
+    out = tmp_path / "a"
+    assert main(["analyze", src_store, "--out", str(out), "--bins", "8", "--sample-rows", "20",
+                 "--batch-size", "5"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    st = feature_statistics(src_store, bins=8, sample_rows=20)
+    assert summary["auroc_error_bound_max"] == pytest.approx(float(st.auroc_error_bound.max()))
+    capsys.readouterr()
+    for args, msg in ((["--sample-rows", "0"], "'sample_rows'"), (["--batch-size", "0"], "'batch_size'"),
+                      (["--bins", "1"], "'bins'"), (["--alpha", "1.5"], "'alpha'"), (["--top-k", "0"], "'top_k'"),
+                      (["--split", "nope"], "'split'"), (["--layers", "nope"], "'layers'")):
+        bad = tmp_path / "bad"
+        assert main(["analyze", src_store, "--out", str(bad), *args]) == 2, args
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and msg in err and "Traceback" not in err, (args, err)
+        assert not bad.exists(), args  # nothing is created on bad arguments
+    with pytest.raises(SystemExit) as exc:
+        main(["analyze", src_store, "--out", str(tmp_path / "bad"), "--sample-rows", "many"])
+    assert exc.value.code == 2 and "invalid int value" in capsys.readouterr().err
+    assert main(["fne", src_store, "--out", str(tmp_path / "f"), "--batch-size", "0"]) == 2
+    assert "'batch_size'" in capsys.readouterr().err

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 from deepfeat.cnn import train_cnn
-from deepfeat.cnn.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from deepfeat.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
 from deepfeat.cnn.data import BatchAugment
 from deepfeat.datasets import FASHION_MNIST_CLASSES
 from deepfeat.errors import UsageError

@@ -6,6 +6,11 @@ import csv
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -398,3 +403,119 @@ def test_seed_network_100352_256_16_2_trains_from_disk(fm_dir, tmp_path, monkeyp
     assert r.history[-1]["train_loss"] < r.history[0]["train_loss"] / 2
     rep = deepfeat.evaluate(tmp_path / "seed.dfm", out, split="test")
     assert rep["n"] == 8 and set(rep["per_class"]) == {"bag", "trouser"}
+
+
+_KILLABLE_TRAIN = textwrap.dedent("""
+    import os, sys, time
+    import deepfeat
+    from deepfeat.store import fsutil
+
+    store, out, marker, mode = sys.argv[1:5]
+    if mode == "during-save":
+        real = fsutil.write_bytes_durable
+        def dying(path, data):            # the 3rd checkpoint dies half written
+            if ".ckpt.tmp-" in path and deepfeat.checkpoint_epochs[0] == 2:
+                with open(path, "wb") as f:
+                    f.write(data[: len(data) // 2])
+                    f.flush()
+                os.kill(os.getpid(), 9)
+            real(path, data)
+        fsutil.write_bytes_durable = dying
+    deepfeat.checkpoint_epochs = [0]
+
+    def progress(event):
+        if event["phase"] == "checkpoint":
+            deepfeat.checkpoint_epochs[0] = event["epoch"]
+            if mode == "after-epoch" and event["epoch"] == 2:
+                open(marker, "w").close()
+                time.sleep(300)   # the test kills us here, after the checkpoint of epoch 2
+
+    deepfeat.train(store, layers="pre_logits", head="mlp", hidden=(32,), solver="stream", batch_size=32, epochs=4,
+                   patience=None, out=out, progress=progress)
+""")
+
+
+def _run_killable(store, out, marker, mode):
+    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE_TRAIN, str(store), str(out), str(marker), mode])
+    try:
+        deadline = time.monotonic() + 180
+        while proc.poll() is None and not marker.exists():
+            assert time.monotonic() < deadline, "no checkpoint within 180 s"
+            time.sleep(0.1)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.mark.parametrize("mode", ["after-epoch", "during-save"])
+def test_killed_training_resumes_to_the_uninterrupted_head(store, tmp_path, capsys, mode):
+    """RELIABILITY: training killed mid-run or while saving a checkpoint resumes from the last complete one."""
+    from deepfeat.checkpoint import load_state
+
+    out, marker = tmp_path / "resumed.dfm", tmp_path / "killed.marker"
+    _run_killable(store, out, marker, mode)
+    ckpt = Path(str(out) + ".ckpt")
+    assert ckpt.exists() and not out.exists()
+    assert load_state(str(ckpt))[1]["epoch"] == 2  # a half-written 3rd checkpoint never replaced the 2nd
+
+    assert main(["train", str(store), "--layers", "pre_logits", "--head", "mlp", "--hidden", "32", "--solver",
+                 "stream", "--batch-size", "32", "--epochs", "4", "--patience", "0", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming after epoch 2 of 4" in printed
+    assert "epoch 3/4" in printed and "epoch 1/4" not in printed and "feature statistics" not in printed
+    assert out.exists() and not ckpt.exists()
+    assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
+
+    straight = deepfeat.train(store, layers="pre_logits", head="mlp", hidden=(32,), solver="stream", batch_size=32,
+                              epochs=4, patience=None, out=tmp_path / "straight.dfm")
+    resumed = load_bundle(out)
+    for name, arr in straight.head.export_tensors().items():
+        assert np.array_equal(arr, resumed.head.export_tensors()[name]), name
+    assert [h["val_loss"] for h in resumed.metadata["history"]] == [h["val_loss"] for h in straight.history]
+
+
+def test_a_checkpoint_of_other_options_is_refused_and_no_resume_starts_over(store, tmp_path, capsys):
+    out = tmp_path / "m.dfm"
+    ckpt = Path(str(out) + ".ckpt")
+    stop = {"phase": None}
+
+    def interrupt(event):
+        if event["phase"] == "checkpoint":
+            stop["phase"] = "checkpoint"
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", epochs=3, out=out,
+                       progress=interrupt)
+    assert ckpt.exists() and stop["phase"] == "checkpoint"
+    with pytest.raises(UsageError, match="another configuration"):
+        deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", epochs=3, alpha=1e-3, out=out)
+    assert ckpt.exists()
+    assert main(["train", str(store), "--layers", "pre_logits", "--solver", "stream", "--epochs", "3",
+                 "--alpha", "1e-3", "--out", str(out), "--no-resume"]) == 0
+    printed = capsys.readouterr().out
+    assert "resuming" not in printed and "epoch 1/3" in printed and out.exists() and not ckpt.exists()
+
+
+def test_a_class_never_vanishes_into_the_hold_out(store, caplog):
+    """With a large hold-out some classes lose every training id to it; they must still be learnt."""
+    st = deepfeat.open_store(store)
+    rows = st.rows(["id", "label", "split"]).to_pylist()
+    train_rows = [r for r in rows if r["split"] == "train"]
+    held = holdout_mask([r["id"] for r in train_rows], 0.95)
+    by_class: dict[str, list[bool]] = {}
+    for r, h in zip(train_rows, held):
+        by_class.setdefault(r["label"], []).append(bool(h))
+    swallowed = sorted(c for c, hs in by_class.items() if all(hs))
+    assert swallowed, "the hold-out of this test must swallow at least one class"
+    with caplog.at_level("WARNING", logger="deepfeat.training"):
+        r = deepfeat.train(store, layers="pre_logits", solver="stream", epochs=1, val_fraction=0.95)
+    assert r.classes == sorted(by_class) and len(r.classes) == 10
+    assert r.n_train == sum(1 for hs in by_class.values() for h in hs if not h) + sum(
+        len(by_class[c]) for c in swallowed)
+    assert r.n_train + r.n_val == 300
+    assert all(c in caplog.text for c in swallowed) and "used for training instead" in caplog.text

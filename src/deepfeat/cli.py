@@ -189,6 +189,8 @@ class _TrainProgress:
                    f"{len(event['classes'])} classes; solver: {event['solver']}")
         elif self.quiet:
             return
+        elif phase == "resume":
+            _print(f"resuming after epoch {event['epoch']} of {event['epochs']} from {event['path']}")
         elif phase == "stats":
             _print(f"feature statistics: {event['rows']:,} rows in {event['seconds']:.1f} s")
         elif phase == "exact":
@@ -209,9 +211,10 @@ def cmd_train(args: argparse.Namespace) -> int:
                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha,
                   val_fraction=args.val_fraction, patience=args.patience or None, class_weight=class_weight,
                   memory_budget=args.memory_budget, seed=args.seed, device=args.device, out=args.out,
-                  progress=_TrainProgress(args.quiet))
+                  resume=not args.no_resume, progress=_TrainProgress(args.quiet))
     except KeyboardInterrupt:
-        _print_error("interrupted: no bundle was written (the bundle is written atomically at the end)")
+        _print_error("interrupted: no bundle was written (it is written atomically at the end); rerun the same "
+                     "command to resume from the last complete epoch")
         return 130
     v = r.validation
     val = (f"validation accuracy {v['accuracy']:.4f} on {v['n']:,} rows ({v['source']})" if v.get("n")
@@ -223,8 +226,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     from .analysis.report import analyze
 
-    s = analyze(args.store, args.out, split=args.split or None, layers=args.layers, bins=args.bins,
-                alpha=args.alpha, top_k=args.top_k)
+    s = analyze(args.store, args.out, split=args.split or None, layers=args.layers or None, bins=args.bins,
+                alpha=args.alpha, top_k=args.top_k, sample_rows=args.sample_rows, batch_size=args.batch_size)
     noisiest = max(s["layers"], key=lambda r: r["noise"])
     _print(f"done in {s['seconds']:.1f} s: {s['features']:,} features x {len(s['classes'])} classes on {s['rows']:,} "
            f"rows; noise {s['noise_overall']:.3f} overall (max {noisiest['noise']:.3f} in {noisiest['layer']}); "
@@ -235,8 +238,9 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 def cmd_fne(args: argparse.Namespace) -> int:
     from .analysis.fne import full_network_embedding
 
-    s = full_network_embedding(args.store, args.out, thresholds=args.thresholds, layers=args.layers,
-                               stats_split=args.stats_split or None, overwrite=args.overwrite)
+    s = full_network_embedding(args.store, args.out, thresholds=args.thresholds, layers=args.layers or None,
+                               stats_split=args.stats_split or None, overwrite=args.overwrite,
+                               batch_size=args.batch_size)
     total = max(1, sum(s.value_counts.values()))
     shares = ", ".join(f"{k:+d}: {v / total:.3f}" for k, v in s.value_counts.items()) if s.value_counts else "-"
     _print(f"done in {s.seconds:.1f} s: {s.rows:,} rows x {s.dims:,} int8 dims ({len(s.layers)} layers, "
@@ -412,7 +416,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepfeat", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"deepfeat {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    parser.add_argument("--config", default=None, help="YAML file whose keys set option defaults")
+    parser.add_argument("--config", default=None,
+                        help="YAML file of option defaults (names as the long options, '-' or '_'). A top-level "
+                             "key applies to every command with that option; a section named after a command, "
+                             "e.g. 'train: {alpha: 1e-4}' or 'analyze: {alpha: 0.01, out: analysis/}', applies to "
+                             "that command only and wins over top-level keys ('plot' sections may nest "
+                             "'embedding:' etc.). Flags on the command line win over both. A key no command "
+                             "takes is an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("models", help="list backbones and whether their weights are available offline")
@@ -490,6 +500,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bins", type=int, default=64, help="histogram bins per feature (approximation; see docs)")
     p.add_argument("--alpha", type=float, default=0.05, help="Benjamini-Hochberg false discovery rate")
     p.add_argument("--top-k", dest="top_k", type=int, default=10, help="top features listed per class")
+    p.add_argument("--sample-rows", dest="sample_rows", type=int, default=2048,
+                   help="reservoir sample the bin edges come from (rows, default 2048; memory: rows x features "
+                        "in the store's dtype)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=2048,
+                   help="most rows per batch (default 2048); a batch is also capped at 32 MiB as float64")
     p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("fne", help="full-network embedding: standardise + ternarise a store into a new int8 store")
@@ -501,6 +516,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", default=None, help="stored layers to embed (default: all)")
     p.add_argument("--stats-split", dest="stats_split", default="train",
                    help="split giving the mean/std ('' = every row)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=4096,
+                   help="most rows per batch (default 4096); a batch is also capped at 32 MiB as float64")
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_fne)
 
@@ -521,6 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", default="1GiB", help="memory for feature rows (decides --solver auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
+    p.add_argument("--no-resume", action="store_true",
+                   help="start over even if OUT.ckpt holds a checkpoint of an interrupted run")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=cmd_train)
 
@@ -621,8 +640,100 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+    """The subcommand parsers of ``parser`` (name -> parser), or {}."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    return {}
+
+
+def _config_value(action: argparse.Action, value: Any, key: str, where: str) -> Any:
+    """A YAML value checked and converted like the option's command-line value."""
+    flag = "/".join(action.option_strings)
+    bad = f"The config file's {where} key {key!r} ({flag})"
+    if action.nargs == 0:  # store_true / store_false / count
+        if isinstance(action.const, bool):
+            if not isinstance(value, bool):
+                raise UsageError(f"{bad} must be true or false; got {value!r} instead.")
+        elif isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UsageError(f"{bad} must be an integer >= 0; got {value!r} instead.")
+        return value
+    if isinstance(value, (list, tuple)) and action.type in (None, str) and action.nargs is None:
+        value = ",".join(str(v) for v in value)  # layers: [a, b] -> "a,b"
+    if isinstance(value, (dict, list, tuple)):
+        raise UsageError(f"{bad} must be a single value; got {value!r} instead.")
+    if action.type is None and isinstance(value, bool):
+        raise UsageError(f"{bad} must be a string; got {value!r} instead.")
+    if action.type is None and isinstance(value, (int, float)):
+        value = str(value)  # as on the command line: layers: -1 -> "-1", top-k: 5 -> "5"
+    if value is not None and action.type is not None:
+        try:
+            value = action.type(value if isinstance(value, str) else str(value))
+        except (TypeError, ValueError, argparse.ArgumentTypeError):
+            name = getattr(action.type, "__name__", "valid")
+            raise UsageError(f"{bad} must be a{'n' if name[:1] in 'aeiou' else ''} {name} value; "
+                             f"got {value!r} instead.") from None
+    if value is not None and action.choices is not None and value not in action.choices:
+        raise UsageError(f"{bad} must be one of {', '.join(map(str, action.choices))}; got {value!r} instead.")
+    return value
+
+
+def _configure(parser: argparse.ArgumentParser, inherited: dict[str, tuple[Any, str]], section: dict[Any, Any],
+               where: str) -> set[tuple[str, str]]:
+    """Set the config defaults of ``parser`` and its subcommands; returns the (scope, key) pairs applied."""
+    subs = _subcommands(parser)
+    own: dict[str, Any] = {}
+    nested: dict[str, dict[Any, Any]] = {}
+    for k, v in section.items():
+        name = str(k)
+        if name in subs and isinstance(v, dict):  # a section ('layers' is a command and an option too)
+            nested[name] = v
+        else:
+            own[name.replace("-", "_")] = v
+    scope = where or "top-level"
+    effective = {**inherited, **{k: (v, scope) for k, v in own.items()}}
+    options = {a.dest: a for a in parser._actions
+               if a.option_strings and a.dest not in ("help", "version", "config")}
+    applied: set[tuple[str, str]] = set()
+    defaults = {}
+    for k, (v, origin) in effective.items():
+        action = options.get(k)
+        if action is None:
+            continue
+        defaults[k] = _config_value(action, v, k, origin)
+        action.required = False  # e.g. --out: the config file gives it
+        applied.add((origin, k))
+    parser.set_defaults(**defaults)
+    seen: set[int] = set()
+    for name, sp in subs.items():
+        if id(sp) in seen:  # an alias
+            continue
+        seen.add(id(sp))
+        applied |= _configure(sp, effective, nested.get(name, {}), f"{where}.{name}" if where else name)
+    unused = sorted(k for k in own if (scope, k) not in applied)
+    for k in unused:
+        if k in subs:
+            raise UsageError(f"The config file's section {k!r} must be a mapping of option: value; "
+                             f"got {section.get(k)!r} instead.")
+    if unused:
+        what = "any command" if not where else f"'deepfeat {where.replace('.', ' ')}'"
+        raise UsageError(f"The config file sets {', '.join(map(repr, unused))} in its {scope} "
+                         f"{'keys' if not where else 'section'}, which is not an option of {what}.")
+    return applied
+
+
 def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
-    """``--config FILE`` (YAML, safe_load) sets defaults; flags on the command line override it."""
+    """``--config FILE`` (YAML, safe_load) sets option defaults; flags on the command line override it.
+
+    Top-level keys apply to every command that has an option of that name (``--top-k`` as
+    ``top_k`` or ``top-k``); a section named after a command (``train: {alpha: 1e-4}``,
+    ``analyze: {alpha: 0.01}``) applies to that command only and overrides the top-level keys;
+    sections nest for subcommands of subcommands (``plot: {embedding: {method: tsne}}``). A key
+    that names a command is a section when its value is a mapping, else an option (``layers``). Values
+    are checked like command-line values; a key that no command (or not the section's command)
+    takes is an error, as is a section that is not a mapping.
+    """
     pre = argparse.ArgumentParser(add_help=False)
     pre.add_argument("--config", default=None)
     known, _ = pre.parse_known_args(argv)
@@ -631,13 +742,14 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     import yaml
 
     with open(known.config, encoding="utf-8") as f:
-        data = yaml.safe_load(f) or {}
+        try:
+            data = yaml.safe_load(f)
+        except yaml.YAMLError as exc:
+            raise UsageError(f"The config file {known.config!r} is not valid YAML: {exc}") from None
+    data = {} if data is None else data
     if not isinstance(data, dict):
         raise UsageError(f"The config file {known.config!r} must hold a mapping of option: value.")
-    defaults = {str(k).replace("-", "_"): v for k, v in data.items()}
-    for action in parser._subparsers._group_actions if parser._subparsers else []:  # type: ignore[union-attr]
-        for sp in action.choices.values():
-            sp.set_defaults(**{k: v for k, v in defaults.items() if any(a.dest == k for a in sp._actions)})
+    _configure(parser, {}, data, "")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

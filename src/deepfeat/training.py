@@ -29,6 +29,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import math
 import numbers
@@ -44,6 +45,7 @@ import numpy as np
 
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
+from .store.fsutil import remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import parse_size
 
@@ -227,6 +229,7 @@ class _Plan:
     n_train: int
     n_val: int
     val_source: str
+    exempt: frozenset[str] = frozenset()  #: classes kept out of the hold-out (it would take all their ids)
     read_bytes: int = DEFAULT_READ_BYTES
 
 
@@ -246,6 +249,8 @@ def _scan(store: FeatureStore, val_fraction: float) -> _Plan:
     val_split = "val" if "val" in splits else None
     holdout = 0.0 if val_split else float(val_fraction)
     counts: Counter[str] = Counter()
+    before_holdout: Counter[str] = Counter()
+    held_val: Counter[str] = Counter()
     n_train = n_val = missing = 0
     for part in store.iter_parts():
         if train_split is not None and not part.splits.get(train_split) and not (val_split and part.splits.get(val_split)):
@@ -262,8 +267,21 @@ def _scan(store: FeatureStore, val_fraction: float) -> _Plan:
         missing += int((unlabelled & (is_train | is_val)).sum())
         tr = is_train & ~held & ~unlabelled
         counts.update(labels[tr].tolist())
+        before_holdout.update(labels[is_train & ~unlabelled].tolist())
+        held_val.update(labels[held & (views == 0) & ~unlabelled].tolist())
         n_train += int(tr.sum())
         n_val += int((is_val & (views == 0) & ~unlabelled).sum())
+    # a class whose every training id fell in the hash hold-out would silently vanish from the head:
+    # its rows train instead (and it has no validation rows)
+    exempt = sorted(c for c in before_holdout if not counts.get(c))
+    if exempt:
+        log.warning("%d class(es) have all their training images in the %.0f%% validation hold-out (%s); their "
+                    "images are used for training instead, without validation rows", len(exempt), holdout * 100,
+                    ", ".join(exempt[:10]) + (" ..." if len(exempt) > 10 else ""))
+        for c in exempt:
+            counts[c] = before_holdout[c]
+            n_train += before_holdout[c]
+            n_val -= held_val[c]
     where = f"split {train_split!r}" if train_split else "the store"
     if missing:
         raise UsageError(f"{missing} rows of {where} in {store.path!r} have no label; train needs labelled rows "
@@ -276,7 +294,8 @@ def _scan(store: FeatureStore, val_fraction: float) -> _Plan:
                          f"({only!r}).")
     source = (f"split {val_split!r}" if val_split else
               f"{holdout:.0%} of the training ids held out by hash" if holdout > 0 else "none")
-    return _Plan(train_split, val_split, holdout, sorted(counts), dict(counts), n_train, n_val, source)
+    return _Plan(train_split, val_split, holdout, sorted(counts), dict(counts), n_train, n_val, source,
+                 exempt=frozenset(exempt))
 
 
 def _train_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size: int, *, shuffle: bool,
@@ -284,11 +303,19 @@ def _train_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_siz
     """(X float32 concatenated, labels) of the training rows (all views), held-out ids removed."""
     for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views="all", shuffle=shuffle,
                            seed=seed, shuffle_buffer=buffer, read_bytes=plan.read_bytes):
-        keep = ~holdout_mask(b.ids, plan.holdout) if plan.holdout > 0 else np.ones(len(b), bool)
+        keep = ~_held_out(b, plan) if plan.holdout > 0 else np.ones(len(b), bool)
         if not keep.any():
             continue
         X = b.concat(names)
         yield (X if keep.all() else X[keep]), b.labels[keep]
+
+
+def _held_out(batch: Any, plan: _Plan) -> np.ndarray:
+    """Rows of the batch in the validation hold-out (never rows of an exempt class)."""
+    held = holdout_mask(batch.ids, plan.holdout)
+    if plan.exempt:
+        held &= ~np.isin(batch.labels, list(plan.exempt))
+    return held
 
 
 def _val_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size: int
@@ -299,7 +326,7 @@ def _val_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size:
     elif plan.holdout > 0:
         for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views=0,
                                read_bytes=plan.read_bytes):
-            keep = holdout_mask(b.ids, plan.holdout)
+            keep = _held_out(b, plan)
             if keep.any():
                 yield b.concat(names)[keep], b.labels[keep]
 
@@ -365,6 +392,8 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     out: str | os.PathLike | None = None,
+    checkpoint: bool = True,
+    resume: bool = True,
     progress: ProgressFn | None = None,
 ) -> TrainResult:
     """Train a head on the store's features and (with ``out``) save a model bundle.
@@ -388,6 +417,10 @@ def train(
         seed: seeds the shuffling and the initial weights.
         device: torch device for the streaming heads (``cpu``, ``cuda``, ``auto``).
         out: bundle path to write (``.dfm``); None writes nothing.
+        checkpoint: with ``out`` and the streaming solver, keep ``<out>.ckpt`` (weights, optimizer and
+            random states, scaler, history) after every epoch, deleted when the bundle is written.
+        resume: continue from ``<out>.ckpt`` when it exists (same configuration required);
+            False starts over.
         progress: callback receiving dicts with a ``phase`` key (``scan``, ``stats``, ``epoch``, ``exact``, ``done``).
 
     Returns:
@@ -433,61 +466,19 @@ def train(
                        seed=seed, device=device if solver == "stream" else "cpu")
     history: list[dict[str, Any]] = []
     best_epoch: int | None = None
+    if out is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if solver == "exact":
         if exact_bytes > budget:
             log.warning("the exact solver needs about %d MiB for %d x %d features, over the memory budget of %d MiB",
                         exact_bytes >> 20, plan.n_train, dims, budget >> 20)
         scaler, model = _fit_exact(store, names, plan, dims, head, model, alpha, weights, seed, io_batch, progress)
     else:
-        scaler = StreamingScaler()
-        t0 = time.perf_counter()
-        for X, _ in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):
-            scaler.partial_fit(X)
-        if progress:
-            progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
-        best_loss = math.inf
-        best_state = None
-        stale = 0
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            loss_sum, rows = 0.0, 0
-            # cosine decay of the step size over the planned epochs, down to 5 % of lr
-            factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
-            for X, y in _train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
-                                       buffer=buffer):
-                if hasattr(model, "classes_"):
-                    model.set_lr_scale(factor)
-                model.partial_fit(scaler.transform(X), y, classes=plan.classes)
-                loss_sum += model.loss_ * len(y)
-                rows += len(y)
-            train_seconds = time.perf_counter() - t0
-            val = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
-            record = {"epoch": epoch, "train_loss": loss_sum / max(rows, 1), "rows": rows,
-                      "seconds": train_seconds, "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
-            improved = False
-            if val:
-                # monitor the validation loss (as Keras' EarlyStopping does by default)
-                if val["loss"] < best_loss - 1e-4:
-                    best_loss, stale, improved = val["loss"], 0, True
-                else:
-                    stale += 1
-                if improved:
-                    best_epoch, best_state = epoch, model._snapshot()
-            else:
-                best_epoch = epoch
-            record["best"] = improved or not val
-            history.append(record)
-            log.info("epoch %d/%d: train loss %.4f, val loss %s, val accuracy %s (%.1f s)", epoch, epochs,
-                     record["train_loss"], record["val_loss"], record["val_accuracy"], train_seconds)
-            if progress:
-                progress({"phase": "epoch", "epochs": epochs, **record})
-            if patience is not None and val and stale >= patience:
-                log.info("early stopping after epoch %d (best epoch %d)", epoch, best_epoch)
-                break
-        if patience is not None and best_state is not None:
-            model._restore(best_state)  # early stopping keeps the best epoch; patience=None keeps the last
-        elif history:
-            best_epoch = history[-1]["epoch"]
+        ckpt = checkpoint_path(out) if out is not None and checkpoint else None
+        scaler, model, history, best_epoch = _fit_stream(
+            store, names, plan, model, epochs=epochs, batch_size=batch_size, io_batch=io_batch, buffer=buffer,
+            seed=seed, patience=patience, ckpt=ckpt, resume=resume, fingerprint=_fingerprint(config),
+            progress=progress)
     validation = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
     validation.update({"source": plan.val_source, "best_epoch": best_epoch})
     result = TrainResult(head=model, scaler=scaler, head_kind=head, solver=solver, classes=list(plan.classes),
@@ -509,9 +500,155 @@ def train(
             precision=str(meta.get("precision", "fp32")), decode_policy=meta.get("config", {}).get("decode_policy"),
             scaler=scaler, head=model, head_kind=head, classes=plan.classes, training=config, validation=validation,
             history=history, fne=fne)
+        stale_ckpt = checkpoint_path(out)
+        if os.path.exists(stale_ckpt):
+            os.unlink(stale_ckpt)
     if progress:
         progress({"phase": "done", "validation": validation, "seconds": result.seconds, "bundle": result.bundle_path})
     return result
+
+
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+def checkpoint_path(out: str | os.PathLike) -> str:
+    """Where :func:`train` keeps the checkpoint of a streaming run writing the bundle ``out``."""
+    return os.fspath(out) + CHECKPOINT_SUFFIX
+
+
+def _fingerprint(config: Mapping[str, Any]) -> str:
+    """What must not change for a run to resume from a checkpoint."""
+    keys = ("store", "store_fingerprint", "layers", "head", "hidden", "epochs", "batch_size", "lr", "alpha",
+            "val_fraction", "patience", "class_weight", "memory_budget", "seed", "device", "n_train", "n_val")
+    doc = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
+    return hashlib.sha256(doc.encode()).hexdigest()
+
+
+@dataclass
+class _RunState:
+    """Where a streaming run stands after its last complete epoch (what a checkpoint holds)."""
+
+    epoch: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_loss: float = math.inf
+    stale: int = 0
+    best_params: list[Any] | None = None
+    stopped: bool = False
+
+
+def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: _RunState) -> None:
+    import torch
+
+    from .checkpoint import save_state
+
+    tensors, head_doc = model.training_state()
+    tensors = dict(tensors)
+    tensors["scaler.mean"] = torch.from_numpy(np.asarray(scaler.mean_, dtype=np.float64))
+    tensors["scaler.scale"] = torch.from_numpy(np.asarray(scaler.scale_, dtype=np.float64))
+    for i, p in enumerate(run.best_params or []):
+        tensors[f"best.{i}"] = p
+    doc = {"kind": "deepfeat-train-checkpoint", "fingerprint": fingerprint, "epoch": run.epoch,
+           "history": run.history, "best_epoch": run.best_epoch,
+           "best_loss": None if math.isinf(run.best_loss) else run.best_loss, "stale": run.stale,
+           "stopped": run.stopped, "n_best": len(run.best_params or []), "scaler_rows": int(scaler.n_samples_seen_),
+           "head": head_doc}
+    save_state(path, tensors, doc)
+
+
+def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler, _RunState]:
+    from .checkpoint import load_state
+
+    tensors, doc = load_state(path)
+    if doc.get("kind") != "deepfeat-train-checkpoint":
+        raise UsageError(f"The file {path!r} is not a checkpoint of deepfeat train; delete it to start over.")
+    if doc.get("fingerprint") != fingerprint:
+        raise UsageError(f"{path!r} holds a checkpoint of a training run with another configuration (store, layers, "
+                         "head or training options differ); rerun with the same options to resume, or with "
+                         "--no-resume (resume=False) to start over.")
+    model.load_training_state(tensors, doc["head"])
+    scaler = StreamingScaler.from_stats(tensors["scaler.mean"].numpy(), tensors["scaler.scale"].numpy(),
+                                        int(doc["scaler_rows"]))
+    run = _RunState(epoch=int(doc["epoch"]), history=list(doc["history"]), best_epoch=doc["best_epoch"],
+                    best_loss=math.inf if doc["best_loss"] is None else float(doc["best_loss"]),
+                    stale=int(doc["stale"]), stopped=bool(doc["stopped"]),
+                    best_params=[tensors[f"best.{i}"] for i in range(int(doc["n_best"]))] or None)
+    return scaler, run
+
+
+def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, *, epochs: int, batch_size: int,
+                io_batch: int, buffer: int, seed: int, patience: int | None, ckpt: str | None, resume: bool,
+                fingerprint: str, progress: ProgressFn | None) -> tuple[StreamingScaler, Any, list[dict[str, Any]],
+                                                                       int | None]:
+    """Statistics pass, then epochs of shuffled mini-batches with validation, early stopping and checkpoints."""
+    run = _RunState()
+    scaler = StreamingScaler()
+    if ckpt is not None:
+        for name in remove_orphan_temps(ckpt):
+            log.info("removed %s, a checkpoint half written by a run that was killed", name)
+    if ckpt is not None and os.path.exists(ckpt):
+        if resume:
+            scaler, run = _load_run(ckpt, fingerprint, model)
+            log.info("resuming from %s after epoch %d of %d", ckpt, run.epoch, epochs)
+            if progress:
+                progress({"phase": "resume", "epoch": run.epoch, "epochs": epochs, "path": ckpt})
+        else:
+            os.unlink(ckpt)
+    if run.epoch == 0:
+        t0 = time.perf_counter()
+        for X, _ in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):
+            scaler.partial_fit(X)
+        if progress:
+            progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
+    for epoch in range(run.epoch + 1, epochs + 1):
+        if run.stopped:
+            break
+        t0 = time.perf_counter()
+        loss_sum, rows = 0.0, 0
+        # cosine decay of the step size over the planned epochs, down to 5 % of lr
+        factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+        for X, y in _train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
+                                   buffer=buffer):
+            if hasattr(model, "classes_"):
+                model.set_lr_scale(factor)
+            model.partial_fit(scaler.transform(X), y, classes=plan.classes)
+            loss_sum += model.loss_ * len(y)
+            rows += len(y)
+        train_seconds = time.perf_counter() - t0
+        val = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
+        record = {"epoch": epoch, "train_loss": loss_sum / max(rows, 1), "rows": rows,
+                  "seconds": train_seconds, "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
+        improved = False
+        if val:
+            # monitor the validation loss (as Keras' EarlyStopping does by default)
+            if val["loss"] < run.best_loss - 1e-4:
+                run.best_loss, run.stale, improved = val["loss"], 0, True
+            else:
+                run.stale += 1
+            if improved:
+                run.best_epoch, run.best_params = epoch, model._snapshot()
+        else:
+            run.best_epoch = epoch
+        record["best"] = improved or not val
+        run.history.append(record)
+        run.epoch = epoch
+        log.info("epoch %d/%d: train loss %.4f, val loss %s, val accuracy %s (%.1f s)", epoch, epochs,
+                 record["train_loss"], record["val_loss"], record["val_accuracy"], train_seconds)
+        if progress:
+            progress({"phase": "epoch", "epochs": epochs, **record})
+        if patience is not None and val and run.stale >= patience:
+            log.info("early stopping after epoch %d (best epoch %d)", epoch, run.best_epoch)
+            run.stopped = True
+        if ckpt is not None:
+            _save_run(ckpt, fingerprint, model, scaler, run)
+            if progress:
+                progress({"phase": "checkpoint", "epoch": epoch, "epochs": epochs, "path": ckpt})
+    best_epoch = run.best_epoch
+    if patience is not None and run.best_params is not None:
+        model._restore(run.best_params)  # early stopping keeps the best epoch; patience=None keeps the last
+    elif run.history:
+        best_epoch = run.history[-1]["epoch"]
+    return scaler, model, run.history, best_epoch
 
 
 def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, kind: str, model: Any, alpha: float,

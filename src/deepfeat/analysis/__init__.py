@@ -12,7 +12,7 @@ from typing import Any
 _NAMES = {"full_network_embedding": ".fne", "load_fne_stats": ".fne", "FNESummary": ".fne",
           "feature_statistics": ".stats", "analyze": ".report"}
 
-__all__ = sorted(_NAMES)
+__all__ = ["FNESummary", "analyze", "feature_statistics", "full_network_embedding", "load_fne_stats"]
 
 
 def __getattr__(name: str) -> Any:

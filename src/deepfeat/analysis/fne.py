@@ -10,15 +10,18 @@ ternarise to int8 {-1, 0, 1} -> a new store`` with the same parts, ids, labels, 
 * Ternarisation: ``z > hi -> 1``, ``z < lo -> -1``, else 0 (paper: lo=-0.25, hi=0.15).
 * The new store has one layer ``fne`` (int8, the source layers concatenated in order); its
   metadata records the source store's fingerprint and layers, the thresholds and the name and
-  sha256 of ``fne-stats.safetensors`` (mean/std, float64) stored beside the metadata.
+  sha256 of ``fne-stats.safetensors`` (mean, std, min, max; float64) stored beside the metadata.
+* Memory: one batch of at most ``batch_size`` rows and at most :data:`BATCH_BYTES` (32 MiB) as
+  float64 at a time, plus the int8 output of one part; it does not grow with the store.
 * Writing reuses the store's lock, part writer and manifest commit: a killed run resumes,
   committed parts are kept, a different configuration is refused unless ``overwrite``.
 
 Example:
     >>> import deepfeat
+    >>> # fm_all/: docs/ANALYSIS.md's quick start, efficientnet_lite0 --layers all --pool avg
     >>> s = deepfeat.full_network_embedding("fm_all/", "fm_fne/")       # doctest: +SKIP
     >>> s.dims, s.rows                                                  # doctest: +SKIP
-    (13840, 4000)
+    (22288, 4000)
 """
 from __future__ import annotations
 
@@ -144,18 +147,42 @@ def resolve_store_layers(store: FeatureStore, layers: str | Sequence[str] | None
     return [store.layer(n) for n in names]
 
 
+#: Upper bound on the bytes of one float64 batch that the analysis and FNE passes hold at a time.
+BATCH_BYTES = 32 << 20
+
+
+def batch_rows(dims: int, batch_size: int, max_bytes: int = BATCH_BYTES) -> int:
+    """Rows per batch so that one float64 batch of ``dims`` columns takes at most ``max_bytes``.
+
+    At least 1 row and at most ``batch_size`` rows.
+
+    Example:
+        >>> batch_rows(1280, 2048), batch_rows(22288, 2048), batch_rows(10**8, 2048)
+        (2048, 188, 1)
+    """
+    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
+        raise UsageError(f"The 'batch_size' parameter must be an int >= 1; got {batch_size!r} instead.")
+    return max(1, min(int(batch_size), int(max_bytes) // (8 * max(1, int(dims)))))
+
+
 def split_batches(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None, batch_size: int = 4096
                   ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
-    """(rows x sum(dims) float64, labels) of view 0 of ``split`` (None: every row), in store order."""
+    """(rows x sum(dims) float64, labels) of view 0 of ``split`` (None: every row), in store order.
+
+    A batch holds at most ``batch_size`` rows and at most :data:`BATCH_BYTES` bytes as float64
+    (see :func:`batch_rows`); the store is read in blocks of at most that many bytes too.
+    """
     names = [s.name for s in specs]
-    for b in store.batches(names, split=split, batch_size=batch_size, views=0):
+    rows = batch_rows(sum(s.dims for s in specs), batch_size, BATCH_BYTES)
+    for b in store.batches(names, split=split, batch_size=rows, views=0, read_bytes=BATCH_BYTES):
         yield b.concat(names, dtype=np.float64), b.labels
 
 
-def feature_stats(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None) -> RunningStats:
+def feature_stats(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None,
+                  batch_size: int = 4096) -> RunningStats:
     """Streaming per-feature statistics of the chosen layers over view 0 of ``split``."""
     rs = RunningStats(sum(s.dims for s in specs))
-    for X, _ in split_batches(store, specs, split):
+    for X, _ in split_batches(store, specs, split, batch_size):
         rs.update(X)
     if rs.n == 0:
         raise UsageError(f"The store {store.path!r} has no rows in split {split!r} to compute statistics from.")
@@ -240,12 +267,15 @@ def full_network_embedding(
         layers: source layers, concatenated in this order (default: all of them).
         stats_split: split whose view-0 rows give the mean/std (None: every row).
         overwrite: delete an ``out`` written with another configuration.
+        batch_size: most rows per float64 batch of the statistics and transform passes; a batch is
+            also capped at :data:`BATCH_BYTES` (32 MiB), so wide stores use fewer rows.
 
     Returns:
         An :class:`FNESummary`.
     """
     t0 = time.perf_counter()
     lo_hi = parse_thresholds(thresholds)
+    batch_rows(1, batch_size)  # validates batch_size
     src = store if isinstance(store, FeatureStore) else open_store(store)
     specs = resolve_store_layers(src, layers, "full_network_embedding")
     if stats_split is not None and stats_split not in src.splits:
@@ -257,6 +287,7 @@ def full_network_embedding(
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
     dims = sum(s.dims for s in specs)
+    block = batch_rows(dims, batch_size, BATCH_BYTES)  # rows transformed at a time: one float64 block <= BATCH_BYTES
     src_meta = src.metadata
     config = {
         "transform": "fne",
@@ -285,7 +316,7 @@ def full_network_embedding(
                 and os.path.isfile(stats_path)):
             log.info("fne: resuming %s with its saved statistics", out)
         else:
-            rs = feature_stats(src, specs, stats_split)
+            rs = feature_stats(src, specs, stats_split, batch_size)
         metadata = {k: v for k, v in src_meta.items()
                     if k not in ("layers", "dtype", "config", "fingerprint", "created", "format", "format_version")}
         metadata.update({"layers": [fne_spec.to_dict()], "dtype": "int8"})
@@ -329,8 +360,8 @@ def full_network_embedding(
                 rows = src.read_rows(part)
                 feats = {}
                 arr = np.empty((part.rows, dims), dtype=np.int8)
-                for start in range(0, part.rows, batch_size):
-                    stop = min(start + batch_size, part.rows)
+                for start in range(0, part.rows, block):
+                    stop = min(start + block, part.rows)
                     raw = np.concatenate([src.read_features(part, s, start, stop).astype(np.float64) for s in specs],
                                          axis=1)
                     arr[start:stop] = fne_transform(raw, mean, std, lo_hi)

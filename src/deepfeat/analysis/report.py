@@ -5,6 +5,8 @@ Written into ``out``:
 * ``layers.csv|.parquet`` -- per layer: shares of features discriminative by presence / absence /
   both / none (noise), mean number of classes per feature;
 * ``layer_class_presence.csv``, ``layer_class_absence.csv`` -- layers x classes shares;
+* ``classes.csv`` -- per class: rows, share of features discriminative for it (either direction,
+  presence, absence) and its 3 best layers;
 * ``top_features.csv`` -- per class, its ``top_k`` features (layer, feature, AUROC, q, kind);
 * ``features.parquet`` -- one row per (feature, class): AUROC, its error bound, p, q, flags;
 * ``thresholds.csv`` -- the noise-thresholding grid (retained discriminability, share of zeros);
@@ -31,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import UsageError
 from ..store.reader import FeatureStore
-from .stats import FeatureStatistics, feature_statistics
+from .stats import FeatureStatistics, check_arguments, feature_statistics
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +56,10 @@ def _write_parquet(path: str, columns: dict[str, Any]) -> None:
 
     pq.write_table(pa.table({k: (list(v) if isinstance(v, np.ndarray) and v.dtype == object else v)
                              for k, v in columns.items()}), path, compression="zstd")
+
+
+def _fmt3(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
 def _matrix_rows(st: FeatureStatistics, M: np.ndarray) -> list[dict[str, Any]]:
@@ -114,7 +121,7 @@ def _table_md(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     keys = list(rows[0])
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = _fmt3
     lines = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
     lines += ["| " + " | ".join(fmt(r[k]) for k in keys) + " |" for r in rows]
     return "\n".join(lines)
@@ -124,7 +131,7 @@ def _table_html(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
     keys = list(rows[0])
-    fmt = lambda v: f"{v:.3g}" if isinstance(v, float) else str(v)  # noqa: E731
+    fmt = _fmt3
     head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r[k]))}</td>" for k in keys) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
@@ -139,16 +146,26 @@ def analyze(
     alpha: float = 0.05,
     top_k: int = 10,
     sample_rows: int = 2048,
+    batch_size: int = 2048,
 ) -> dict[str, Any]:
     """Per-feature discriminative analysis of ``store`` written as a report into ``out``.
 
-    See :mod:`deepfeat.analysis.stats` for the statistics and their approximation.
+    ``sample_rows`` is the size of the reservoir sample the bin edges come from; ``batch_size``
+    the most rows per batch (a batch is also capped at 32 MiB as float64, so wide stores use
+    fewer rows). See :mod:`deepfeat.analysis.stats` for the statistics and their approximation.
     Returns a summary dict (paths, per-layer rows, the noise rule).
     """
     t0 = time.perf_counter()
     out = os.fspath(out)
+    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
+        raise UsageError(f"The 'top_k' parameter of analyze must be an int >= 1; got {top_k!r} instead.")
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise UsageError(f"The 'out' parameter of analyze must be a directory; {out!r} is a file.")
+    # check every argument (store, split, layers, bins, ...) before creating ``out``
+    st_obj, _ = check_arguments(store, split, layers, bins, alpha, batch_size, sample_rows)
     os.makedirs(out, exist_ok=True)
-    st = feature_statistics(store, split=split, layers=layers, bins=bins, alpha=alpha, sample_rows=sample_rows)
+    st = feature_statistics(st_obj, split=split, layers=layers, bins=bins, alpha=alpha, batch_size=batch_size,
+                            sample_rows=sample_rows)
     layer_rows = st.layer_summary()
     _write_csv(os.path.join(out, "layers.csv"), layer_rows)
     _write_parquet(os.path.join(out, "layers.parquet"), {k: [r[k] for r in layer_rows] for k in layer_rows[0]})
@@ -191,7 +208,8 @@ def analyze(
              f"its Mann-Whitney q-value (Benjamini-Hochberg over all features x classes) is below {alpha}: by presence "
              f"when AUROC > 0.5, by absence when < 0.5. Overall noise (features significant for no class): "
              f"{noise:.3f}. Histogram statistics with {bins} bins per feature; AUROC error bound mean "
-             f"{summary['auroc_error_bound_mean']:.2e}, max {summary['auroc_error_bound_max']:.2e}.")
+             f"{summary['auroc_error_bound_mean']:.2e}, max {summary['auroc_error_bound_max']:.2e} (0 where no bin "
+             f"holds two different values: there the statistics are exact).")
     md = ["# deepfeat analysis report", "", intro, "", "## Layers", "", _table_md(layer_rows), "",
           "![](layers.png)", "", "## Layer x class", "", "![](heatmap_presence.png)", "", "![](heatmap_absence.png)",
           "", "## Classes", "", _table_md(class_rows), "", "## Top features per class", "", _table_md(top), "",

@@ -10,20 +10,30 @@ For every (layer, feature, class) the feature is scored as a one-vs-rest detecto
   all analysed layers. A (feature, class) is significant when ``q < alpha``.
 * **Noise**: per layer, the share of features significant for no class.
 
-How it streams (two passes over view 0 of the split, one batch in memory at a time):
+How it streams (two passes over view 0 of the split, one bounded batch in memory at a time: at
+most ``batch_size`` rows and at most 32 MiB as float64, see :func:`deepfeat.analysis.fne.batch_rows`):
 
 1. per-feature count, mean, std (Chan merge, float64), min, max, and a uniform reservoir sample
-   of ``sample_rows`` rows; the fixed bin edges of each feature are the quantiles of its sample
-   (equal-count bins, robust to the long right tails of ReLU features), or the midpoints between
-   its distinct values when the sample has at most ``bins`` of them;
-2. per (class, feature) histograms over those edges (int64 counts, classes x features x bins).
+   of ``sample_rows`` rows (kept in the store's dtype, which holds the values exactly); the fixed
+   bin edges of each feature are the quantiles of its sample (equal-count bins, robust to the
+   long right tails of ReLU features), or the midpoints between its distinct values when the
+   sample has at most ``bins`` of them;
+2. per (class, feature) histograms over those edges (int64 counts, classes x features x bins),
+   and per (feature, bin) whether the bin holds more than one distinct value (each bin's first
+   value is kept as a reference and every later value is compared with it, exactly).
+
+The final statistics are computed in blocks of features, so no classes x features x bins
+temporary larger than 32 MiB exists besides the counts themselves.
 
 **The approximation.** The histogram statistics are the *exact* statistics of the values rounded to
-their bin: values sharing a bin count as ties. So (a) features with at most ``bins`` distinct values
-spread over distinct bins (e.g. the ternary FNE store) are analysed exactly; (b) otherwise the
-AUROC error is bounded per (feature, class) by ``0.5 * sum_b P_b N_b / (n_pos n_neg)`` (the
-share of positive/negative pairs that fall in a common bin), reported as ``auroc_error_bound``.
-The test suite measures the actual error against the exact rank computation on a real store.
+their bin: values sharing a bin count as ties. Pairs of equal values are true ties, so only bins
+that hold two *different* values can cause an error. Hence (a) a feature none of whose bins holds
+two different values (e.g. every feature of the ternary FNE store, binary and constant features)
+is analysed exactly, and its bound is exactly 0; (b) otherwise the AUROC error is bounded per
+(feature, class) by ``0.5 * sum_b P_b N_b / (n_pos n_neg)`` over the bins *b* that hold two or more
+distinct values (half the share of positive/negative pairs that fall in a common such bin),
+reported as ``auroc_error_bound``. The test suite measures the actual error against the exact rank
+computation on a real store.
 
 **Noise thresholding rule.** For thresholds (lo, hi) on the standardised value ``z`` (the FNE
 ternarisation), the *retained discriminability* is ``sum |AUROC_ternary - 0.5| / sum |AUROC - 0.5|``
@@ -50,12 +60,22 @@ import numpy as np
 
 from ..errors import UsageError
 from ..store.reader import FeatureStore, LayerSpec, open_store
-from .fne import DEFAULT_THRESHOLDS, RunningStats, resolve_store_layers, split_batches
+from . import fne as _fne
+from .fne import (
+    DEFAULT_THRESHOLDS,
+    RunningStats,
+    resolve_store_layers,
+    split_batches,
+)
 
 log = logging.getLogger(__name__)
 
 LO_GRID = (-1.0, -0.75, -0.5, -0.25, -0.1, 0.0)
 HI_GRID = (0.0, 0.1, 0.15, 0.25, 0.5, 0.75, 1.0)
+
+#: numpy >= 1.25 has a fast ``np.add.at``: histogram batches are added in place (no second
+#: classes x features x bins array per batch); older numpy uses ``np.bincount``.
+_FAST_ADD_AT = tuple(int(v) for v in np.__version__.split(".")[:2]) >= (1, 25)
 
 
 # ----------------------------------------------------------------------------- pure functions
@@ -110,26 +130,31 @@ def bin_edges(sample: np.ndarray, bins: int, minimum: np.ndarray | None = None,
     ``minimum`` and ``maximum`` over all rows (so that values the sample missed still spread out).
     Adding edges never merges two values, it can only separate them.
     """
-    sample = np.asarray(sample, dtype=np.float64)
-    D = sample.shape[1]
+    sample = np.asarray(sample)
+    S, D = sample.shape
     m = bins - 1
-    Q = np.quantile(sample, np.linspace(0, 1, bins + 1)[1:-1], axis=0).T                  # D x m
-    srt = np.sort(sample, axis=0)
-    distinct = 1 + (np.diff(srt, axis=0) > 0).sum(axis=0)
     E = np.full((D, m), np.inf)
-    for j in range(D):
-        if distinct[j] <= bins:
-            u = np.unique(srt[:, j])
-            e = (u[:-1] + u[1:]) / 2.0
-        else:
-            e = np.unique(Q[j])
-        if len(e) < m and minimum is not None and maximum is not None and maximum[j] > minimum[j]:
-            grid = np.linspace(minimum[j], maximum[j], m + 2)[1:-1]
-            grid = grid[~np.isin(grid, e)]
-            extra = grid[np.linspace(0, len(grid) - 1, min(len(grid), m - len(e))).round().astype(int)] \
-                if len(grid) else grid
-            e = np.unique(np.concatenate([e, extra]))
-        E[j, :len(e)] = np.sort(e)[:m]
+    # features in blocks: the float64 / sorted copies of the sample stay <= fne.BATCH_BYTES each
+    step = max(1, _fne.BATCH_BYTES // (8 * max(1, S)))
+    for a in range(0, D, step):
+        blk = np.asarray(sample[:, a:a + step], dtype=np.float64)
+        Q = np.quantile(blk, np.linspace(0, 1, bins + 1)[1:-1], axis=0).T                # d x m
+        srt = np.sort(blk, axis=0)
+        distinct = 1 + (np.diff(srt, axis=0) > 0).sum(axis=0)
+        for i in range(blk.shape[1]):
+            j = a + i
+            if distinct[i] <= bins:
+                u = np.unique(srt[:, i])
+                e = (u[:-1] + u[1:]) / 2.0
+            else:
+                e = np.unique(Q[i])
+            if len(e) < m and minimum is not None and maximum is not None and maximum[j] > minimum[j]:
+                grid = np.linspace(minimum[j], maximum[j], m + 2)[1:-1]
+                grid = grid[~np.isin(grid, e)]
+                extra = grid[np.linspace(0, len(grid) - 1, min(len(grid), m - len(e))).round().astype(int)] \
+                    if len(grid) else grid
+                e = np.unique(np.concatenate([e, extra]))
+            E[j, :len(e)] = np.sort(e)[:m]
     return E
 
 
@@ -137,7 +162,7 @@ def bin_index(X: np.ndarray, edges: np.ndarray) -> np.ndarray:
     """Bin of each value: the number of the feature's inner edges <= the value (vectorised binary search)."""
     X = np.asarray(X, dtype=np.float64)
     D, m = edges.shape
-    k = max(1, int(math.ceil(math.log2(m + 1))))
+    k = max(1, math.ceil(math.log2(m + 1)))
     padded = np.full((D, 2 ** k - 1), np.inf)
     padded[:, :m] = edges
     flat = padded.ravel()
@@ -152,11 +177,15 @@ def bin_index(X: np.ndarray, edges: np.ndarray) -> np.ndarray:
 
 
 class Reservoir:
-    """A uniform random sample of at most ``size`` rows of a stream (algorithm R, seeded)."""
+    """A uniform random sample of at most ``size`` rows of a stream (algorithm R, seeded).
 
-    def __init__(self, size: int, dims: int, seed: int = 0) -> None:
+    ``dtype`` is the dtype the rows are kept in: the store's dtype holds its values exactly
+    (float16 takes a quarter of the memory of float64).
+    """
+
+    def __init__(self, size: int, dims: int, seed: int = 0, dtype: Any = np.float64) -> None:
         self.size = size
-        self.rows = np.empty((size, dims), dtype=np.float64)
+        self.rows = np.empty((size, dims), dtype=dtype)
         self.seen = 0
         self.rng = np.random.default_rng(seed)
 
@@ -278,6 +307,29 @@ class FeatureStatistics:
 
 
 # ----------------------------------------------------------------------------- the streaming computation
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def check_arguments(store: str | os.PathLike | FeatureStore, split: str | None, layers: str | Sequence[str] | None,
+                    bins: int, alpha: float, batch_size: int, sample_rows: int) -> tuple[FeatureStore, list[LayerSpec]]:
+    """Validate the arguments of :func:`feature_statistics` (raises UsageError); returns (store, layers)."""
+    if not _is_int(bins) or bins < 2:
+        raise UsageError(f"The 'bins' parameter of analyze must be an int >= 2; got {bins!r} instead.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
+        raise UsageError(f"The 'alpha' parameter of analyze must be in (0, 1); got {alpha!r} instead.")
+    if not _is_int(batch_size) or batch_size < 1:
+        raise UsageError(f"The 'batch_size' parameter of analyze must be an int >= 1; got {batch_size!r} instead.")
+    if not _is_int(sample_rows) or sample_rows < 1:
+        raise UsageError(f"The 'sample_rows' parameter of analyze must be an int >= 1; got {sample_rows!r} instead.")
+    st = store if isinstance(store, FeatureStore) else open_store(store)
+    specs = resolve_store_layers(st, layers, "analyze")
+    if split is not None and split not in st.splits:
+        raise UsageError(f"The 'split' parameter of analyze must be a split of the store "
+                         f"({', '.join(st.splits) or 'none'}) or None; got {split!r} instead.")
+    return st, specs
+
+
 def feature_statistics(
     store: str | os.PathLike | FeatureStore,
     split: str | None = "train",
@@ -288,66 +340,115 @@ def feature_statistics(
     sample_rows: int = 2048,
     seed: int = 0,
 ) -> FeatureStatistics:
-    """Streaming per (feature, class) AUROC, Mann-Whitney p and BH q of view 0 of ``split``."""
-    if not isinstance(bins, int) or bins < 2:
-        raise UsageError(f"The 'bins' parameter of feature_statistics must be an int >= 2; got {bins!r} instead.")
-    if not 0 < alpha < 1:
-        raise UsageError(f"The 'alpha' parameter of feature_statistics must be in (0, 1); got {alpha!r} instead.")
-    st = store if isinstance(store, FeatureStore) else open_store(store)
-    specs = resolve_store_layers(st, layers, "analyze")
-    if split is not None and split not in st.splits:
-        raise UsageError(f"The 'split' parameter of analyze must be a split of the store "
-                         f"({', '.join(st.splits) or 'none'}) or None; got {split!r} instead.")
+    """Streaming per (feature, class) AUROC, Mann-Whitney p and BH q of view 0 of ``split``.
+
+    ``batch_size`` is the most rows per batch; a batch is also capped at 32 MiB as float64
+    (:func:`deepfeat.analysis.fne.batch_rows`). ``sample_rows`` is the size of the reservoir
+    sample the bin edges come from. The histograms, AUROC, p, q and error bound do not depend
+    on ``batch_size``; the mean and std (and through them the threshold grid) only up to
+    floating-point rounding.
+    """
+    st, specs = check_arguments(store, split, layers, bins, alpha, batch_size, sample_rows)
     D = sum(s.dims for s in specs)
-    # pass 1: moments, min, max, classes
+    # pass 1: moments, min, max, classes, reservoir sample (in the store's dtype: exact, smaller)
     rs = RunningStats(D)
-    res = Reservoir(sample_rows, D, seed)
+    res = Reservoir(sample_rows, D, seed, dtype=_exact_dtype(st.dtype))
     classes: set[str] = set()
     for X, y in split_batches(st, specs, split, batch_size):
         keep = np.asarray([v is not None for v in y], dtype=bool)
-        rs.update(X[keep])
-        res.update(X[keep])
+        Xk = X if keep.all() else X[keep]
+        rs.update(Xk)
+        res.update(Xk)
         classes.update(v for v in y if v is not None)
+        del X, Xk
     cls = sorted(classes)
     if len(cls) < 2 or rs.n == 0:
         raise UsageError(f"analyze needs labelled rows of at least 2 classes in split {split!r}; found {len(cls)}.")
-    # pass 2: per-class histograms
+    # pass 2: per-class histograms, and which (feature, bin) holds two different values
     C = len(cls)
     index = {c: i for i, c in enumerate(cls)}
     counts = np.zeros(C * D * bins, dtype=np.int64)
     edges = bin_edges(res.sample, bins, rs.min_, rs.max_)
+    del res
+    ref = np.full(D * bins, np.nan)              # the first value seen in each (feature, bin)
+    multi = np.zeros(D * bins, dtype=bool)       # the (feature, bin) holds two different values
     feat_off = (np.arange(D) * bins)[None, :]
     for X, y in split_batches(st, specs, split, batch_size):
         keep = np.asarray([v is not None for v in y], dtype=bool)
         if not keep.any():
             continue
+        Xk = X if keep.all() else X[keep]
+        del X
         ci = np.asarray([index[v] for v in y[keep]], dtype=np.int64)
-        flat = bin_index(X[keep], edges) + feat_off + (ci * D * bins)[:, None]
-        counts += np.bincount(flat.ravel(), minlength=C * D * bins)
+        fb = bin_index(Xk, edges)
+        fb += feat_off                                            # (feature, bin) index
+        r = ref[fb]
+        new = np.isnan(r)
+        if new.any():
+            ref[fb[new]] = Xk[new]
+            r = ref[fb]
+        multi[fb[Xk != r]] = True
+        del r, new
+        fb += (ci * D * bins)[:, None]                            # (class, feature, bin) index
+        if _FAST_ADD_AT:
+            np.add.at(counts, fb.ravel(), 1)
+        else:
+            counts += np.bincount(fb.ravel(), minlength=C * D * bins)
+        del fb, Xk
+    del ref
     H = counts.reshape(C, D, bins)
-    total = H.sum(axis=0)                                         # D x B
     n_c = H[:, 0, :].sum(axis=1)                                  # C
     n = int(n_c.sum())
-    P = np.transpose(H, (1, 0, 2))                                # D x C x B
-    N = total[:, None, :] - P
-    auc = auroc_from_counts(P, N)                                 # D x C
     n1 = n_c[None, :].astype(np.float64)
     n0 = n - n1
-    bound = 0.5 * (P.astype(np.float64) * N).sum(axis=-1) / np.maximum(n1 * n0, 1)
-    tie = (total.astype(np.float64) ** 3 - total).sum(axis=1)[:, None]
+    multi = multi.reshape(D, bins)
+    auc = np.empty((D, C))
+    bound = np.empty((D, C))
+    tie = np.empty((D, 1))
+    for sl in _feature_blocks(D, C * bins):
+        P = np.transpose(H[:, sl, :], (1, 0, 2))                  # d x C x B
+        total = P.sum(axis=1)                                     # d x B
+        N = total[:, None, :] - P
+        auc[sl] = auroc_from_counts(P, N)
+        shared = P.astype(np.float64) * N
+        shared *= multi[sl, None, :]                              # ties of equal values are exact
+        bound[sl] = 0.5 * shared.sum(axis=-1) / np.maximum(n1 * n0, 1)
+        tie[sl] = (total.astype(np.float64) ** 3 - total).sum(axis=1)[:, None]
+        del P, N, shared
     p = mann_whitney_p(auc, n1, n0, tie)
     q = benjamini_hochberg(p)
     result = FeatureStatistics(store=st.path, split=split, layers=specs, classes=cls, n_per_class=n_c, bins=bins,
                                alpha=alpha, auroc=auc, auroc_error_bound=bound, pvalue=p, qvalue=q, mean=rs.mean_,
                                std=rs.std, minimum=rs.min_, maximum=rs.max_, edges=edges)
-    result.threshold_grid = _threshold_grid(P, N, result)
+    result.threshold_grid = _threshold_grid(H, result)
     log.info("analyze: %d rows, %d features, %d classes, %d significant pairs", n, D, C, int(result.significant.sum()))
     return result
 
 
-def _threshold_grid(P: np.ndarray, N: np.ndarray, r: FeatureStatistics) -> list[dict[str, float]]:
-    """Retained discriminability of ternarisation thresholds (see the module docstring)."""
-    D, C, B = P.shape
+def _exact_dtype(dtype: str) -> Any:
+    """The store's dtype when float64 values read from it round-trip through it exactly, else float64."""
+    return np.dtype(dtype) if dtype in ("float16", "float32", "int8") else np.dtype(np.float64)
+
+
+def _feature_blocks(D: int, per_feature: int) -> list[slice]:
+    """Slices of features such that a float64 array of ``per_feature`` values per feature is <= fne.BATCH_BYTES."""
+    step = max(1, _fne.BATCH_BYTES // (8 * max(1, per_feature)))
+    return [slice(a, min(a + step, D)) for a in range(0, D, step)]
+
+
+def _ternary_groups(c: np.ndarray, idx_lo: np.ndarray, idx_hi: np.ndarray) -> np.ndarray:
+    """Cumulative counts (..., B + 1) -> counts of the three ternary levels (..., 3)."""
+    a = np.take_along_axis(c, idx_lo, -1)[..., 0]
+    b = np.take_along_axis(c, idx_hi, -1)[..., 0]
+    return np.stack([a, b - a, c[..., -1] - b], axis=-1)
+
+
+def _threshold_grid(H: np.ndarray, r: FeatureStatistics) -> list[dict[str, float]]:
+    """Retained discriminability of ternarisation thresholds (see the module docstring).
+
+    ``H`` is the classes x features x bins histogram; it is processed in blocks of features.
+    """
+    C, D, B = H.shape
     sig = r.significant
     full = np.abs(r.auroc - 0.5)
     denom = float(full[sig].sum())
@@ -357,26 +458,30 @@ def _threshold_grid(P: np.ndarray, N: np.ndarray, r: FeatureStatistics) -> list[
     centres = (lower + upper) / 2.0                                               # D x B
     std = np.where(r.std > 0, r.std, 1.0)
     z = np.where(r.std[:, None] > 0, (centres - r.mean[:, None]) / std[:, None], 0.0)
-    cP = np.concatenate([np.zeros((D, C, 1)), np.cumsum(P, axis=-1)], axis=-1)
-    cN = np.concatenate([np.zeros((D, C, 1)), np.cumsum(N, axis=-1)], axis=-1)
+    pairs = [(lo, hi) for lo in LO_GRID for hi in HI_GRID if lo <= hi]
+    kept: list[list[np.ndarray]] = [[] for _ in pairs]      # |AUROC_t - 0.5| of the significant pairs
+    zeros = np.zeros(len(pairs))
+    totals = np.zeros(len(pairs))
+    for sl in _feature_blocks(D, C * (B + 1)):
+        P = np.transpose(H[:, sl, :], (1, 0, 2))                                  # d x C x B
+        d = P.shape[0]
+        N = P.sum(axis=1)[:, None, :] - P
+        cP = np.concatenate([np.zeros((d, C, 1)), np.cumsum(P, axis=-1)], axis=-1)
+        cN = np.concatenate([np.zeros((d, C, 1)), np.cumsum(N, axis=-1)], axis=-1)
+        del P, N
+        zb = z[sl]
+        for i, (lo, hi) in enumerate(pairs):
+            k_lo = (zb < lo).sum(axis=1)          # bins ternarised to -1 (z increases with the bin)
+            k_hi = (zb <= hi).sum(axis=1)         # bins up to here are -1 or 0
+            idx_lo = np.broadcast_to(k_lo[:, None, None], (d, C, 1))
+            idx_hi = np.broadcast_to(k_hi[:, None, None], (d, C, 1))
+            gP = _ternary_groups(cP, idx_lo, idx_hi)
+            t = np.abs(auroc_from_counts(gP, _ternary_groups(cN, idx_lo, idx_hi)) - 0.5)
+            kept[i].append(t[sig[sl]])
+            zeros[i] += gP[..., 1].sum()        # integer-valued float64 sums: exact, order-free
+            totals[i] += gP.sum()
     out = []
-    for lo in LO_GRID:
-        for hi in HI_GRID:
-            if lo > hi:
-                continue
-            k_lo = (z < lo).sum(axis=1)          # bins ternarised to -1 (z increases with the bin)
-            k_hi = (z <= hi).sum(axis=1)         # bins up to here are -1 or 0
-            idx_lo = np.broadcast_to(k_lo[:, None, None], (D, C, 1))
-            idx_hi = np.broadcast_to(k_hi[:, None, None], (D, C, 1))
-
-            def groups(c: np.ndarray) -> np.ndarray:
-                a = np.take_along_axis(c, idx_lo, -1)[..., 0]
-                b = np.take_along_axis(c, idx_hi, -1)[..., 0]
-                return np.stack([a, b - a, c[..., -1] - b], axis=-1)
-
-            t = np.abs(auroc_from_counts(groups(cP), groups(cN)) - 0.5)
-            gP = groups(cP)
-            zero_share = float(gP[..., 1].sum() / max(gP.sum(), 1))
-            out.append({"lo": lo, "hi": hi, "retained": float(t[sig].sum() / denom) if denom > 0 else 0.0,
-                        "zero_share": zero_share})
+    for i, (lo, hi) in enumerate(pairs):
+        retained = float(np.concatenate(kept[i]).sum() / denom) if denom > 0 else 0.0
+        out.append({"lo": lo, "hi": hi, "retained": retained, "zero_share": float(zeros[i] / max(totals[i], 1))})
     return out

@@ -42,14 +42,14 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
 from ..data.decode import DecodePolicy, decode_file
 from ..data.preprocess import Preprocess
 from ..data.sources import discover
 from ..errors import InputError, UsageError
-from ..store.fsutil import atomic_write_bytes, atomic_write_json
-from .arch import arch_config, build_cnn
-from .checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
+from .arch import arch_config, build_cnn
 from .data import BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
 
 log = logging.getLogger(__name__)
@@ -488,6 +488,7 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
 
     history: list[dict[str, Any]] = []
     start_epoch = 0
+    remove_orphan_temps(ckpt_path)  # a checkpoint half written by a killed run
     if os.path.isfile(ckpt_path):
         state = read_checkpoint_state(ckpt_path)
         if not resume or state.get("fingerprint") != fingerprint:

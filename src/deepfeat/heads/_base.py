@@ -305,8 +305,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
                 raise UsageError(f"The 'classes' parameter of {type(self).__name__}.partial_fit must be given on "
                                  "the first call (every class of the whole data); got None instead.")
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
-        check_classification_targets(y)
-        if first:
+        if first:  # later batches are checked against the fixed classes by _encode
+            check_classification_targets(y)
             self._reset(X.shape[1], np.asarray(classes))
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
             raise UsageError(f"The 'classes' parameter of {type(self).__name__}.partial_fit must be the same on "
@@ -355,6 +355,50 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         with torch.no_grad():
             for p, s in zip(self._params, snap):
                 p.copy_(s)
+
+    def training_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Everything ``partial_fit`` continues from: weights, optimizer state, step counters, RNG states.
+
+        Returns (named tensors, JSON-friendly document); :meth:`load_training_state` restores
+        them so that training continues exactly as if it had not stopped.
+        """
+        from ..checkpoint import flatten_optimizer
+
+        check_is_fitted(self, "classes_")
+        tensors = {f"param.{n}": p.detach() for n, p in zip(self._tensor_names(), self._params)}
+        opt_tensors, opt_rest = flatten_optimizer(self._optimizer.state_dict())
+        tensors.update(opt_tensors)
+        kind, keys, pos, has_gauss, cached = self._rng.get_state()
+        tensors["rng.numpy"] = torch.from_numpy(np.asarray(keys, dtype=np.int64))
+        gen = getattr(self, "_dropout_gen", None)
+        if gen is not None:
+            tensors["rng.dropout"] = gen.get_state()
+        doc = {"optimizer": opt_rest, "t": int(self.t_), "n_iter": int(self.n_iter_),
+               "loss": float(getattr(self, "loss_", float("nan"))), "rng": [kind, int(pos), int(has_gauss),
+               float(cached)], "classes": self.classes_.tolist(), "n_features": int(self.n_features_in_)}
+        return tensors, doc
+
+    def load_training_state(self, tensors: Mapping[str, torch.Tensor], doc: Mapping[str, Any]) -> "TorchHead":
+        """Restore a state from :meth:`training_state` (the head's parameters must be the same)."""
+        from ..checkpoint import unflatten_optimizer
+
+        self._check_params()
+        self._reset(int(doc["n_features"]), np.asarray(doc["classes"]))
+        self.n_features_in_ = int(doc["n_features"])
+        with torch.no_grad():
+            for n, p in zip(self._tensor_names(), self._params):
+                saved = tensors[f"param.{n}"]
+                if tuple(saved.shape) != tuple(p.shape):
+                    raise UsageError(f"The saved head tensor {n!r} has shape {tuple(saved.shape)}, expected "
+                                     f"{tuple(p.shape)}.")
+                p.copy_(saved)
+        self._optimizer.load_state_dict(unflatten_optimizer(dict(tensors), doc["optimizer"]))
+        kind, pos, has_gauss, cached = doc["rng"]
+        self._rng.set_state((kind, tensors["rng.numpy"].numpy().astype(np.uint32), pos, has_gauss, cached))
+        if "rng.dropout" in tensors and getattr(self, "_dropout_gen", None) is not None:
+            self._dropout_gen.set_state(tensors["rng.dropout"])
+        self.t_, self.n_iter_, self.loss_ = int(doc["t"]), int(doc["n_iter"]), float(doc["loss"])
+        return self
 
     def export_tensors(self) -> dict[str, np.ndarray]:
         """The learned parameters as named float32 arrays (for the model bundle)."""

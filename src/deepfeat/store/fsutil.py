@@ -85,6 +85,35 @@ def atomic_write_bytes(path: str, data: bytes) -> None:
             raise
 
 
+def remove_orphan_temps(path: str) -> list[str]:
+    """Delete temp files that :func:`atomic_write_bytes` left for ``path`` in processes that died.
+
+    A temp file is named after its writer's pid; one whose process still runs is left alone.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}.tmp-"
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        pid = name[len(prefix):]
+        if not name.startswith(prefix) or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # its writer is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed.append(name)
+    return removed
+
+
 def atomic_write_json(path: str, obj: Any) -> None:
     """Atomically replace ``path`` with ``obj`` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())

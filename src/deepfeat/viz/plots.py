@@ -269,7 +269,9 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], class_names:
     """A confusion matrix (rows true, columns predicted) with class names.
 
     Colours show each row normalised (recall per class); counts are written in the cells when
-    there are at most 30 classes. The figure grows with the number of classes.
+    there are at most 30 classes. The figure grows with the number of classes up to 40 inches a
+    side; beyond what fits there, only every n-th class is named on the axes (so that the names
+    never overlap) and the axis titles say so; ``extra["label_step"]`` is that n.
     """
     cm = np.asarray(cm)
     k = len(class_names)
@@ -282,13 +284,19 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], class_names:
     ax = fig.subplots()
     im = ax.imshow(norm, cmap="Blues", vmin=0.0, vmax=1.0, interpolation="nearest")
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
-    ax.set_xticks(range(k))
-    ax.set_yticks(range(k))
-    ax.set_xticklabels(list(class_names), rotation=45 if k <= 30 else 90, ha="right" if k <= 30 else "center",
-                       fontsize=font)
-    ax.set_yticklabels(list(class_names), fontsize=font)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    # name every class while the names fit (about 1.4 x the font size per row, on ~75 % of a side
+    # for the matrix itself); past that (hundreds of classes) name every step-th one instead of
+    # drawing overlapping, unreadable names
+    step = max(1, math.ceil(k * font * 1.4 / (side * 72.0 * 0.75)))
+    ticks = list(range(0, k, step))
+    names = [str(class_names[i]) for i in ticks]
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    ax.set_xticklabels(names, rotation=45 if k <= 30 else 90, ha="right" if k <= 30 else "center", fontsize=font)
+    ax.set_yticklabels(names, fontsize=font)
+    every = f" (1 in {step} of the {k} classes named)" if step > 1 else ""
+    ax.set_xlabel("predicted" + every)
+    ax.set_ylabel("true" + every)
     total = int(cm.sum())
     title = title or f"confusion matrix ({total} images, accuracy {np.trace(cm) / max(total, 1):.3f})"
     ax.set_title(title, fontsize=10)
@@ -299,7 +307,7 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], class_names:
                     ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=font,
                             color="white" if norm[i, j] > 0.5 else "black")
     fig.tight_layout()
-    return _save(fig, out, dpi, 1, title)
+    return _save(fig, out, dpi, 1, title, label_step=step)
 
 
 # ----------------------------------------------------------------------------- history

@@ -1,5 +1,8 @@
 """Training checkpoints without pickle: one safetensors file, tensors as tensors, the rest as JSON.
 
+Used by both trainers: the CNN trainer (model + optimizer) and the streaming heads of
+:func:`deepfeat.train` (head weights, Adam state, random-generator states, scaler).
+
 An optimizer's ``state_dict()`` nests python containers around its tensors. It is split in
 two: every tensor leaf is stored under a flattened key (``optim.state.<param>.<name>``) and
 everything else (step counts that are plain numbers, ``param_groups``) goes into a JSON
@@ -15,16 +18,16 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from ..store.fsutil import atomic_write_bytes
+from .errors import UsageError
+from .store.fsutil import atomic_write_bytes
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_state", "flatten_optimizer", "unflatten_optimizer"]
+__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_state", "flatten_optimizer", "unflatten_optimizer",
+           "save_state", "load_state"]
 
 _META_KEY = "deepfeat_checkpoint"
 
@@ -65,18 +68,40 @@ def _jsonable(obj: Any) -> Any:
     raise TypeError(f"cannot store {type(obj).__name__} in a checkpoint's JSON part")
 
 
+def save_state(path: str, tensors: dict[str, torch.Tensor], document: dict[str, Any]) -> None:
+    """Atomically write named tensors plus a JSON ``document`` (in the header) as one safetensors file."""
+    from safetensors.torch import save
+
+    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+                metadata={_META_KEY: json.dumps(document, default=_jsonable)})
+    atomic_write_bytes(path, blob)
+
+
+def load_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the JSON document of a file written by :func:`save_state`."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata() or {}
+        tensors = load_file(path, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure means a bad checkpoint file
+        raise UsageError(f"The checkpoint {path!r} cannot be read ({exc}); delete it to start over.") from None
+    if _META_KEY not in meta:
+        raise UsageError(f"The file {path!r} is not a deepfeat checkpoint; delete it to start over.")
+    return tensors, json.loads(meta[_META_KEY])
+
+
 def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
                     state: dict[str, Any]) -> None:
     """Atomically write model weights, optimizer state and a JSON ``state`` into one safetensors file."""
-    from safetensors.torch import save
-
-    tensors = {f"model.{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
     rest: dict[str, Any] = {}
     if optimizer is not None:
         opt_tensors, rest = flatten_optimizer(optimizer.state_dict())
         tensors.update(opt_tensors)
-    meta = json.dumps({"state": state, "optimizer": rest}, default=_jsonable)
-    atomic_write_bytes(path, save(tensors, metadata={_META_KEY: meta}))
+    save_state(path, tensors, {"state": state, "optimizer": rest})
 
 
 def read_checkpoint_state(path: str) -> dict[str, Any]:
@@ -95,19 +120,10 @@ def read_checkpoint_state(path: str) -> dict[str, Any]:
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore ``model`` (and ``optimizer``) from a checkpoint; returns its JSON ``state``."""
-    from safetensors.torch import load_file
-    from safetensors import safe_open
-
-    with safe_open(path, framework="pt") as f:
-        meta = json.loads((f.metadata() or {})[_META_KEY])
-    tensors = load_file(path, device="cpu")
+    tensors, meta = load_state(path)
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_sd, strict=True)
     if optimizer is not None:
         sd = unflatten_optimizer(tensors, meta["optimizer"])
         optimizer.load_state_dict(sd)
     return meta["state"]
-
-
-def exists(path: str) -> bool:
-    return os.path.isfile(path)
