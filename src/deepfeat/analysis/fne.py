@@ -355,7 +355,7 @@ def full_network_embedding(
             if part.name in done:
                 summary.parts_skipped += 1
                 continue
-            ledger = pq.read_table(src._check_file(part, layout.LEDGER_FILE))
+            ledger = src.read_ledger(part)
             if part.rows:
                 rows = src.read_rows(part)
                 feats = {}

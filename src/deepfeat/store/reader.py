@@ -125,7 +125,7 @@ class FeatureStore:
 
     def ledger(self) -> pa.Table:
         """The fate of every discovered input: embedded | failed | excluded, with reasons."""
-        tables = [pq.read_table(os.path.join(self._part_dir(p), layout.LEDGER_FILE)) for p in self.manifest.parts]
+        tables = [self.read_ledger(p) for p in self.manifest.parts]
         excluded = os.path.join(self.path, layout.EXCLUDED_FILE)
         if os.path.isfile(excluded):
             tables.append(pq.read_table(excluded))
@@ -165,6 +165,10 @@ class FeatureStore:
         """Row metadata (``rows.parquet``) of one part, checksum-verified on first read."""
         path = self._check_file(part, layout.ROWS_FILE)
         return read_parquet(path, columns)
+
+    def read_ledger(self, part: PartRecord) -> pa.Table:
+        """The ledger (``ledger.parquet``: every input of the part and its fate) of one part."""
+        return read_parquet(self._check_file(part, layout.LEDGER_FILE))
 
     def _npy_header(self, part: PartRecord, spec: LayerSpec) -> tuple[str, int, np.dtype]:
         """(path, data offset, dtype) of a part's feature file, its shape checked against the manifest."""
