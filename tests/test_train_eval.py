@@ -519,3 +519,25 @@ def test_a_class_never_vanishes_into_the_hold_out(store, caplog):
         len(by_class[c]) for c in swallowed)
     assert r.n_train + r.n_val == 300
     assert all(c in caplog.text for c in swallowed) and "used for training instead" in caplog.text
+
+
+def test_cli_fashion_mnist_two_thousand_images_end_to_end(tmp_path):
+    """The issue's evidence: extract -> train (stream and exact) -> evaluate through the CLI on 2,000 images."""
+    from deepfeat.datasets import write_fashion_mnist
+
+    src, feats = tmp_path / "fm", tmp_path / "feats"
+    write_fashion_mnist(src, per_class=100)
+    assert main(["extract", str(src), "--layers", "pre_logits", "--pool", "avg", "--dtype", "float16",
+                 "--input-size", "64", "--workers", "1", "--out", str(feats), "-q"]) == 0
+    accuracy = {}
+    for solver in ("stream", "exact"):
+        bundle = tmp_path / f"{solver}.dfm"
+        assert main(["train", str(feats), "--layers", "pre_logits", "--solver", solver, "--epochs", "20",
+                     "--out", str(bundle), "-q"]) == 0
+        assert main(["evaluate", str(bundle), str(feats), "--split", "test", "--out", str(tmp_path / solver)]) == 0
+        report = json.loads((tmp_path / solver / "report.json").read_text())
+        assert report["n"] == 1000
+        accuracy[solver] = report["accuracy"]
+    print(f"\n2,000 Fashion-MNIST images via the CLI: stream {accuracy['stream']:.3f}, exact {accuracy['exact']:.3f}")
+    assert accuracy["stream"] > 0.7 and accuracy["exact"] > 0.7  # chance is 0.1
+    assert abs(accuracy["stream"] - accuracy["exact"]) < 0.03
