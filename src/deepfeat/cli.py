@@ -214,7 +214,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   resume=not args.no_resume, progress=_TrainProgress(args.quiet))
     except KeyboardInterrupt:
         _print_error("interrupted: no bundle was written (it is written atomically at the end); rerun the same "
-                     "command to resume from the last complete epoch")
+                     "command to continue (a streaming run resumes from its last complete epoch)")
         return 130
     v = r.validation
     val = (f"validation accuracy {v['accuracy']:.4f} on {v['n']:,} rows ({v['source']})" if v.get("n")
