@@ -10,18 +10,16 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from killing import kill_at_marker
 
-from deepfeat.cnn import train_cnn
 from deepfeat.checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from deepfeat.cnn import train_cnn
 from deepfeat.cnn.data import BatchAugment
 from deepfeat.datasets import FASHION_MNIST_CLASSES
 from deepfeat.errors import UsageError
@@ -117,19 +115,8 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(fm20: Path, tmp_path: P
     from deepfeat.cli import main
 
     out, marker = tmp_path / "killed", tmp_path / "epoch1.done"
-    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE, str(fm20), str(out), str(marker)])
-    try:
-        deadline = time.monotonic() + 120
-        while not marker.exists():
-            assert proc.poll() is None, "the training process ended before its first checkpoint"
-            assert time.monotonic() < deadline, "no checkpoint within 120 s"
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
+    returncode = kill_at_marker(_KILLABLE, [str(fm20), str(out), str(marker)], marker, timeout=120)
+    assert returncode == -signal.SIGKILL
     assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
     assert read_checkpoint_state(str(out / "checkpoint.safetensors"))["epoch"] == 1
 

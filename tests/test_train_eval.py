@@ -7,14 +7,12 @@ import json
 import os
 import shutil
 import signal
-import subprocess
-import sys
 import textwrap
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from killing import kill_at_marker
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
@@ -366,9 +364,8 @@ def test_feature_extractor_in_a_pipeline(fm_dir, photo_files):
     assert "_computer_obj" not in copy.deepcopy(features).__dict__  # the network is never copied
     assert clone(pipe).named_steps["features"].get_params() == fx.get_params()
 
-    from PIL import Image
-
     from conftest import photo_array
+    from PIL import Image
 
     photos = [Image.open(photo_files["cat"]), photo_array("coffee"), str(photo_files["rocket"])]
     Z = features.transform(photos)
@@ -435,29 +432,15 @@ _KILLABLE_TRAIN = textwrap.dedent("""
 """)
 
 
-def _run_killable(store, out, marker, mode):
-    proc = subprocess.Popen([sys.executable, "-c", _KILLABLE_TRAIN, str(store), str(out), str(marker), mode])
-    try:
-        deadline = time.monotonic() + 180
-        while proc.poll() is None and not marker.exists():
-            assert time.monotonic() < deadline, "no checkpoint within 180 s"
-            time.sleep(0.1)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode == -signal.SIGKILL
-
-
 @pytest.mark.parametrize("mode", ["after-epoch", "during-save"])
 def test_killed_training_resumes_to_the_uninterrupted_head(store, tmp_path, capsys, mode):
     """RELIABILITY: training killed mid-run or while saving a checkpoint resumes from the last complete one."""
     from deepfeat.checkpoint import load_state
 
     out, marker = tmp_path / "resumed.dfm", tmp_path / "killed.marker"
-    _run_killable(store, out, marker, mode)
+    returncode = kill_at_marker(_KILLABLE_TRAIN, [str(store), str(out), str(marker), mode], marker, timeout=180,
+                                may_die_first=mode == "during-save")
+    assert returncode == -signal.SIGKILL
     ckpt = Path(str(out) + ".ckpt")
     assert ckpt.exists() and not out.exists()
     assert load_state(str(ckpt))[1]["epoch"] == 2  # a half-written 3rd checkpoint never replaced the 2nd

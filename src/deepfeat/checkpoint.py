@@ -17,7 +17,9 @@ Example:
 """
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -27,7 +29,7 @@ from .errors import UsageError
 from .store.fsutil import atomic_write_bytes
 
 __all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_state", "flatten_optimizer", "unflatten_optimizer",
-           "save_state", "load_state"]
+           "save_state", "load_state", "config_fingerprint"]
 
 _META_KEY = "deepfeat_checkpoint"
 
@@ -77,20 +79,35 @@ def save_state(path: str, tensors: dict[str, torch.Tensor], document: dict[str, 
     atomic_write_bytes(path, blob)
 
 
-def load_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """The tensors and the JSON document of a file written by :func:`save_state`."""
+def _read_document(path: str) -> dict[str, Any]:
+    """The JSON document in a checkpoint's header (no tensors are read)."""
     from safetensors import safe_open
-    from safetensors.torch import load_file
 
     try:
         with safe_open(path, framework="pt") as f:
             meta = f.metadata() or {}
-        tensors = load_file(path, device="cpu")
     except Exception as exc:  # noqa: BLE001 - any failure means a bad checkpoint file
         raise UsageError(f"The checkpoint {path!r} cannot be read ({exc}); delete it to start over.") from None
     if _META_KEY not in meta:
         raise UsageError(f"The file {path!r} is not a deepfeat checkpoint; delete it to start over.")
-    return tensors, json.loads(meta[_META_KEY])
+    return json.loads(meta[_META_KEY])
+
+
+def load_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors and the JSON document of a file written by :func:`save_state`."""
+    from safetensors.torch import load_file
+
+    document = _read_document(path)
+    try:
+        tensors = load_file(path, device="cpu")
+    except Exception as exc:  # noqa: BLE001 - any failure means a bad checkpoint file
+        raise UsageError(f"The checkpoint {path!r} cannot be read ({exc}); delete it to start over.") from None
+    return tensors, document
+
+
+def config_fingerprint(config: Mapping[str, Any]) -> str:
+    """sha256 of a configuration as sorted JSON: a run resumes only from a checkpoint with the same one."""
+    return hashlib.sha256(json.dumps(dict(config), sort_keys=True, default=str).encode()).hexdigest()
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
@@ -106,16 +123,7 @@ def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimize
 
 def read_checkpoint_state(path: str) -> dict[str, Any]:
     """The JSON part of a checkpoint (no tensors are read)."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(path, framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:  # noqa: BLE001 - any failure means a bad checkpoint file
-        raise UsageError(f"The checkpoint {path!r} cannot be read ({exc}); delete it to start over.") from None
-    if _META_KEY not in meta:
-        raise UsageError(f"The file {path!r} is not a deepfeat checkpoint; delete it to start over.")
-    return json.loads(meta[_META_KEY])["state"]
+    return _read_document(path)["state"]
 
 
 def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:

@@ -29,7 +29,6 @@ Example:
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import math
 import numbers
@@ -520,8 +519,9 @@ def _fingerprint(config: Mapping[str, Any]) -> str:
     """What must not change for a run to resume from a checkpoint."""
     keys = ("store", "store_fingerprint", "layers", "head", "hidden", "epochs", "batch_size", "lr", "alpha",
             "val_fraction", "patience", "class_weight", "memory_budget", "seed", "device", "n_train", "n_val")
-    doc = json.dumps({k: config.get(k) for k in keys}, sort_keys=True, default=str)
-    return hashlib.sha256(doc.encode()).hexdigest()
+    from .checkpoint import config_fingerprint
+
+    return config_fingerprint({k: config.get(k) for k in keys})
 
 
 @dataclass
@@ -586,14 +586,13 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
     if ckpt is not None:
         for name in remove_orphan_temps(ckpt):
             log.info("removed %s, a checkpoint half written by a run that was killed", name)
-    if ckpt is not None and os.path.exists(ckpt):
-        if resume:
+        if os.path.exists(ckpt) and not resume:
+            os.unlink(ckpt)
+        elif os.path.exists(ckpt):
             scaler, run = _load_run(ckpt, fingerprint, model)
             log.info("resuming from %s after epoch %d of %d", ckpt, run.epoch, epochs)
             if progress:
                 progress({"phase": "resume", "epoch": run.epoch, "epochs": epochs, "path": ckpt})
-        else:
-            os.unlink(ckpt)
     if run.epoch == 0:
         t0 = time.perf_counter()
         for X, _ in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):

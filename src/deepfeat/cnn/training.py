@@ -42,7 +42,12 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..checkpoint import load_checkpoint, read_checkpoint_state, save_checkpoint
+from ..checkpoint import (
+    config_fingerprint,
+    load_checkpoint,
+    read_checkpoint_state,
+    save_checkpoint,
+)
 from ..data.decode import DecodePolicy, decode_file
 from ..data.preprocess import Preprocess
 from ..data.sources import discover
@@ -105,7 +110,7 @@ def _derive(*parts: int) -> int:
 
 
 def _fingerprint(d: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return config_fingerprint(d)[:32]
 
 
 def _items_digest(splits: Splits) -> str:
