@@ -68,10 +68,12 @@ def test_class_layout(tmp_path):
     d = discover(str(tmp_path))
     assert d.layout == "class"
     items = _by_rel(d)
-    assert set(items) == {"cat/1.jpg", "cat/nested/2.jpg", "dog/1.jpg"}
+    assert set(items) == {"cat/1.jpg", "cat/nested/2.jpg", "dog/1.jpg", "stray.jpg"}
     assert items["cat/nested/2.jpg"].label == "cat" and items["dog/1.jpg"].label == "dog"
     assert d.classes == ["cat", "dog"]
-    assert _reasons(d) == {"stray.jpg": "layout"}
+    # a file beside the class folders is embedded without a label, never dropped (docs/DECISIONS.md)
+    assert items["stray.jpg"].label is None and _reasons(d) == {}
+    assert len(d.notes) == 1 and "mixed layout: 1 image file" in d.notes[0]
 
 
 def test_split_class_layout(tmp_path):
@@ -82,7 +84,7 @@ def test_split_class_layout(tmp_path):
     _touch(tmp_path / "TEST" / "dog" / "3.jpg")
     _touch(tmp_path / "train" / "loose.jpg")
     _touch(tmp_path / "root.jpg")
-    d = discover(tmp_path, default_split="train")
+    d = discover(tmp_path)
     assert d.layout == "split_class"
     items = _by_rel(d)
     assert {r: (i.split, i.label) for r, i in items.items()} == {
@@ -91,9 +93,12 @@ def test_split_class_layout(tmp_path):
         "Valid/cat/2.jpg": ("val", "cat"),
         "validation/dog/2.jpg": ("val", "dog"),
         "TEST/dog/3.jpg": ("test", "dog"),
+        "train/loose.jpg": ("train", None),  # beside the class folders: embedded unlabeled
+        "root.jpg": (None, None),  # beside the split folders: no label, no split
     }
     assert d.splits == ["test", "train", "val"] and d.classes == ["cat", "dog"]
-    assert _reasons(d) == {"train/loose.jpg": "layout", "root.jpg": "layout"}
+    assert _reasons(d) == {} and len(d.notes) == 2
+    assert _by_rel(discover(tmp_path, default_split="train"))["root.jpg"].split == "train"
 
 
 def test_list_file_csv(tmp_path):

@@ -126,6 +126,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                + f"  (details: deepfeat info {args.out} --failures)")
     if s.vanished_since:
         _print(f"note: {s.vanished_since} stored inputs are no longer in the source")
+    for note in s.notes:
+        _print(f"note: {note}")
     if s.discovered and not s.embedded_total:
         _print("no input could be embedded (see the failures above)")
         return 1

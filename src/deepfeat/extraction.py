@@ -64,6 +64,10 @@ class ExtractSummary:
     seconds: float = 0.0
     failures_by_reason: dict[str, int] = field(default_factory=dict)
     resumed: bool = False
+    #: exclusions at discovery by reason (this run's source)
+    excluded_by_reason: dict[str, int] = field(default_factory=dict)
+    #: warnings about the source a user should see (e.g. a mixed layout: images embedded unlabeled)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def images_per_second(self) -> float:
@@ -190,8 +194,12 @@ def plan_extraction(
     augment: str | None = None,
     views_splits: Sequence[str] | str = ("train",),
     augment_seed: int = 0,
+    skip_dirs: Sequence[str | os.PathLike] = (),
 ) -> ExtractPlan:
-    """Discover the inputs, load the backbone and resolve layers into an :class:`ExtractPlan`."""
+    """Discover the inputs, load the backbone and resolve layers into an :class:`ExtractPlan`.
+
+    ``skip_dirs`` are never searched for inputs (``extract`` passes its output store).
+    """
     from .data.augment import DEFAULT_AUGMENT, parse_augment
 
     if not isinstance(views, int) or views < 0:
@@ -202,7 +210,7 @@ def plan_extraction(
     if isinstance(views_splits, str):
         views_splits = [s.strip() for s in views_splits.split(",") if s.strip()]
     views_splits = tuple(sorted(views_splits))
-    discovery = discover(source)
+    discovery = discover(source, skip_dirs=skip_dirs)
     bb = backbone or load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct)
     infos = describe_layers(bb)
     names = resolve_layers(layers, infos)
@@ -360,12 +368,15 @@ def extract(
     plan = plan_extraction(source, model=model, layers=layers, pool=pool, dtype=dtype, weights=weights,
                            input_size=input_size, crop_pct=crop_pct, precision=precision, part_size=part_size,
                            policy=policy, backbone=backbone, views=views, augment=augment,
-                           views_splits=views_splits, augment_seed=augment_seed)
+                           views_splits=views_splits, augment_seed=augment_seed, skip_dirs=(out,))
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
     os.makedirs(out, exist_ok=True)
-    summary = ExtractSummary(out=out, discovered=len(plan.discovery.items), excluded=len(plan.discovery.excluded))
+    summary = ExtractSummary(out=out, discovered=len(plan.discovery.items), excluded=len(plan.discovery.excluded),
+                             notes=list(plan.discovery.notes))
+    for ex in plan.discovery.excluded:
+        summary.excluded_by_reason[ex.reason] = summary.excluded_by_reason.get(ex.reason, 0) + 1
     with StoreLock(out), _sigterm_as_interrupt():
         summary.resumed = prepare_store_dir(out, plan.config, plan.metadata, overwrite)
         manifest = Manifest(out)

@@ -8,6 +8,12 @@ Supported sources (the layout is detected, see :func:`discover`):
 * ``class`` -- ``root/<class>/...``; files below a class folder at any depth get that label
   (like torchvision's ``ImageFolder``).
 * ``flat`` -- a folder of images, label ``None``.
+
+A *mixed* folder (images beside the class or split folders, e.g. ``F/*.jpg`` + ``F/thumbs/x.jpg``)
+is not an error and drops nothing: the images above the class level are embedded without a label
+(and without a split when they sit above the split folders); :attr:`Discovery.notes` says so, and
+the run prints it. ``skip_dirs`` (the store being written, when ``--out`` lies inside the source)
+are never entered and never make a folder look like a class.
 * ``list`` -- a ``.csv`` or ``.txt`` file of ``path[,label[,split]]`` rows, parsed with the
   :mod:`csv` module (quote paths that hold commas or newlines). An optional header row naming
   the columns (``path,label,split`` in any order) is recognised; blank lines and lines starting
@@ -29,7 +35,8 @@ Everything that is not used is reported as an :class:`ExcludedItem` with a reaso
 ``unreadable``             an entry that cannot be stat'ed (permission denied, name too long)
 ``missing``                a list-file entry that does not exist
 ``duplicate``              a list-file entry naming the same path as an earlier row
-``layout``                 a file at a depth that does not fit the detected layout
+``layout``                 (no longer produced: files beside class folders are embedded unlabeled;
+                           kept so that ledgers of older stores still read)
 
 Paths are ``str`` decoded with :func:`os.fsdecode` (surrogateescape), so names that are not
 valid UTF-8 survive: ``os.fsencode(item.path)`` gives back the original bytes. Items are sorted
@@ -44,7 +51,7 @@ import logging
 import os
 import stat
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Iterable, Iterator, Sequence
 
 from deepfeat.errors import EnvironmentFault, UsageError
 
@@ -116,6 +123,8 @@ class Discovery:
     layout: str  #: "split_class" | "class" | "flat" | "list"
     items: list[SourceItem] = field(default_factory=list)
     excluded: list[ExcludedItem] = field(default_factory=list)
+    #: warnings a user should see, e.g. about a mixed layout (images embedded without a label)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def classes(self) -> list[str]:
@@ -186,12 +195,14 @@ def _sort_key(relpath: str) -> bytes:
 class _Walker:
     """Collects items and exclusions for one folder source."""
 
-    def __init__(self, root: str, default_split: str | None) -> None:
+    def __init__(self, root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset()) -> None:
         self.root = root
         self.real_root = os.path.realpath(root)
         self.default_split = default_split
+        self.skip_dirs = skip_dirs  #: realpaths of folders that are never inputs (the output store)
         self.items: list[SourceItem] = []
         self.excluded: list[ExcludedItem] = []
+        self.unlabeled: dict[str, int] = {}  #: where -> files above the class level, embedded unlabeled
         self._seen_dirs: set[tuple[int, int]] = set()
 
     def exclude(self, path: str, reason: str, message: str) -> None:
@@ -217,7 +228,7 @@ class _Walker:
         return entries
 
     def classify(self, entry: os.DirEntry[str]) -> tuple[str, os.stat_result | None]:
-        """'dir', 'file' (with the stat to use) or 'excluded' (already recorded)."""
+        """'dir', 'file' (with the stat to use), 'excluded' (already recorded) or 'skipped' (a skip_dirs folder)."""
         path = entry.path
         if entry.name.startswith("."):
             self.exclude(path, "hidden", "hidden name (starts with '.')")
@@ -248,6 +259,9 @@ class _Walker:
                 if _is_image_name(entry.name):
                     self.exclude(path, "not_regular_file", "a folder named like an image file")
                     return "excluded", None
+                if self.skip_dirs and os.path.realpath(path) in self.skip_dirs:
+                    logger.info("not entering %s: it is the output being written", path)
+                    return "skipped", None
                 return "dir", None
         if not stat.S_ISREG(st.st_mode):
             self.exclude(path, "not_regular_file", f"not a regular file ({_kind(st.st_mode)})")
@@ -284,13 +298,15 @@ class _Walker:
                 self.add(entry.path, st, label, split)
 
     def walk_classes(self, folder: str, split: str | None, where: str) -> None:
-        """``folder/<class>/...``; files directly in ``folder`` do not fit the layout."""
+        """``folder/<class>/...``; files directly in ``folder`` are embedded with ``split`` and no label."""
         for entry in self.scan(folder):
             kind, st = self.classify(entry)
             if kind == "dir":
                 self.walk_labelled(entry.path, entry.name, split)
             elif kind == "file":
-                self.exclude(entry.path, "layout", f"file directly in {where}; expected {where}/<class>/<file>")
+                assert st is not None
+                self.add(entry.path, st, None, split)
+                self.unlabeled[where] = self.unlabeled.get(where, 0) + 1
 
 
 def _kind(mode: int) -> str:
@@ -306,14 +322,14 @@ def _kind(mode: int) -> str:
     return "special file"
 
 
-def _detect_layout(root: str, entries: list[os.DirEntry[str]]) -> str:
+def _detect_layout(root: str, entries: list[os.DirEntry[str]], skip_dirs: frozenset[str] = frozenset()) -> str:
     """``split_class``, ``class`` or ``flat`` from the root's own entries (never follows symlinks)."""
     class_dirs: list[str] = []
     for e in entries:
         if e.name.startswith(".") or _is_image_name(e.name):
             continue
         try:
-            if e.is_dir(follow_symlinks=False):
+            if e.is_dir(follow_symlinks=False) and os.path.realpath(e.path) not in skip_dirs:
                 class_dirs.append(e.name)
         except OSError:
             continue
@@ -324,35 +340,53 @@ def _detect_layout(root: str, entries: list[os.DirEntry[str]]) -> str:
     return "class"
 
 
-def _discover_folder(root: str, default_split: str | None) -> Discovery:
-    walker = _Walker(root, default_split)
+def _discover_folder(root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset()) -> Discovery:
+    walker = _Walker(root, default_split, skip_dirs)
     top = walker.scan(root)
-    layout = _detect_layout(root, top)
+    layout = _detect_layout(root, top, skip_dirs)
+    folders: list[str] = []
     for entry in top:
         kind, st = walker.classify(entry)
         if kind == "file":
             assert st is not None
-            if layout == "flat":
-                walker.add(entry.path, st, None, None)
-            else:
-                expected = "<split>/<class>/<file>" if layout == "split_class" else "<class>/<file>"
-                walker.exclude(entry.path, "layout", f"file directly in the source folder; expected {expected}")
+            walker.add(entry.path, st, None, None)
+            if layout != "flat":
+                walker.unlabeled["the source folder"] = walker.unlabeled.get("the source folder", 0) + 1
         elif kind == "dir":
+            folders.append(entry.name)
             if layout == "split_class":
                 walker.walk_classes(entry.path, normalize_split(entry.name), where=entry.name)
             elif layout == "class":
                 walker.walk_labelled(entry.path, entry.name, None)
             # flat: _detect_layout found no such folder
-    return _finish(root, layout, walker.items, walker.excluded)
+    notes = [_mixed_note(where, n, layout, folders) for where, n in sorted(walker.unlabeled.items())]
+    for note in notes:
+        logger.warning("%s", note)
+    return _finish(root, layout, walker.items, walker.excluded, notes)
 
 
-def _finish(root: str, layout: str, items: list[SourceItem], excluded: list[ExcludedItem]) -> Discovery:
+def _mixed_note(where: str, n: int, layout: str, folders: Sequence[str]) -> str:
+    """The warning for ``n`` images found above the class level of a mixed folder."""
+    shown = ", ".join(folders[:5]) + (", ..." if len(folders) > 5 else "")
+    beside = f"beside the {'split' if layout == 'split_class' and where == 'the source folder' else 'class'} folders"
+    if where == "the source folder":
+        beside += f" ({shown})"
+        unsplit = " or split" if layout == "split_class" else ""
+    else:
+        where, unsplit = f"the split folder {where!r}", ""
+    return (f"mixed layout: {n} image file{'s' if n != 1 else ''} directly in {where}, {beside}, "
+            f"{'were' if n != 1 else 'was'} embedded without a label{unsplit}; move "
+            f"{'them' if n != 1 else 'it'} into a class folder to label {'them' if n != 1 else 'it'}")
+
+
+def _finish(root: str, layout: str, items: list[SourceItem], excluded: list[ExcludedItem],
+            notes: list[str] | None = None) -> Discovery:
     items.sort(key=lambda i: _sort_key(i.relpath))
     excluded.sort(key=lambda x: (os.fsencode(x.path), x.reason))
     logger.info(
         "discovered %d items (%d excluded) in %s layout under %s", len(items), len(excluded), layout, os.fsdecode(root)
     )
-    return Discovery(root=root, layout=layout, items=items, excluded=excluded)
+    return Discovery(root=root, layout=layout, items=items, excluded=excluded, notes=list(notes or []))
 
 
 def _read_rows(list_path: str) -> Iterator[tuple[int, list[str]]]:
@@ -439,13 +473,15 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
     return _finish(base, "list", items, excluded)
 
 
-def discover(source: str | os.PathLike, *, default_split: str | None = None) -> Discovery:
+def discover(source: str | os.PathLike, *, default_split: str | None = None,
+             skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
     """Find every input of a folder or list file, in a deterministic order.
 
     Args:
         source: a folder (``split_class``, ``class`` or ``flat`` layout, detected) or a ``.csv`` /
             ``.txt`` list file of ``path[,label[,split]]`` rows.
         default_split: the split given to items whose layout or row names none.
+        skip_dirs: folders that are never inputs (the output store when it lies inside ``source``).
 
     Returns:
         A :class:`Discovery`; a folder without images gives one with no items (not an error).
@@ -475,7 +511,8 @@ def discover(source: str | os.PathLike, *, default_split: str | None = None) -> 
         raise UsageError(f"The source {src!r} cannot be read: {exc.strerror or exc}.") from exc
     path = os.path.abspath(src)
     if stat.S_ISDIR(st.st_mode):
-        return _discover_folder(path, default_split)
+        skip = frozenset(os.path.realpath(os.fsdecode(os.fspath(d))) for d in skip_dirs)
+        return _discover_folder(path, default_split, skip)
     if stat.S_ISREG(st.st_mode) and os.path.splitext(path)[1].lower() in LIST_EXTENSIONS:
         return _discover_list(path, default_split)
     raise UsageError(
