@@ -54,3 +54,29 @@ def test_store_inside_a_flat_source_keeps_it_flat(photo_files, tmp_path):
     assert (d.layout, len(d.items), d.excluded, d.notes) == ("flat", 2, [], [])
     s = deepfeat.extract(src, out, input_size=32, workers=0)
     assert (s.discovered, s.excluded, s.already_done, s.notes) == (2, 0, 2, [])
+
+
+# --------------------------------------------------------------------------------------------- item 5
+def test_empty_or_unusable_source_exits_1_with_a_clear_final_line(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["extract", str(empty), "--out", str(tmp_path / "f1"), *FAST]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == f"nothing embedded: {empty} holds no image files; exit status 1"
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "readme.txt").write_text("not an image")
+    (notes / ".hidden.jpg").write_bytes(b"x")
+    assert main(["extract", str(notes), "--out", str(tmp_path / "f2"), *FAST]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert "holds no usable image file (2 entries excluded at discovery: hidden=1, not_image_extension=1" in last
+
+
+def test_source_of_only_bad_images_exits_1(tmp_path, capsys):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "a.jpg").write_bytes(b"<html>not a photo</html>")
+    (bad / "b.png").write_bytes(b"")
+    assert main(["extract", str(bad), "--out", str(tmp_path / "f"), *FAST]) == 1
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    assert last == "nothing embedded: all 2 inputs failed (see the failures above); exit status 1"

@@ -128,10 +128,21 @@ def cmd_extract(args: argparse.Namespace) -> int:
         _print(f"note: {s.vanished_since} stored inputs are no longer in the source")
     for note in s.notes:
         _print(f"note: {note}")
-    if s.discovered and not s.embedded_total:
-        _print("no input could be embedded (see the failures above)")
+    if not s.embedded_total:
+        _print(_nothing_embedded(s, args.source, args.out))
         return 1
     return 0
+
+
+def _nothing_embedded(s: Any, source: str, out: str) -> str:
+    """The final line of an extract run that embedded nothing (exit status 1)."""
+    if s.discovered:
+        return f"nothing embedded: all {s.discovered:,} inputs failed (see the failures above); exit status 1"
+    if s.excluded:
+        reasons = ", ".join(f"{k}={v}" for k, v in sorted(s.excluded_by_reason.items()))
+        return (f"nothing embedded: {source} holds no usable image file ({s.excluded:,} entries excluded at "
+                f"discovery: {reasons}; details: deepfeat info {out} --failures); exit status 1")
+    return f"nothing embedded: {source} holds no image files; exit status 1"
 
 
 def cmd_info(args: argparse.Namespace) -> int:
