@@ -80,3 +80,35 @@ def test_source_of_only_bad_images_exits_1(tmp_path, capsys):
     assert main(["extract", str(bad), "--out", str(tmp_path / "f"), *FAST]) == 1
     last = capsys.readouterr().out.strip().splitlines()[-1]
     assert last == "nothing embedded: all 2 inputs failed (see the failures above); exit status 1"
+
+
+@pytest.fixture(scope="module")
+def fm_store(fm_dir, tmp_path_factory) -> Path:
+    """Real Fashion-MNIST (4 per class and split) through the bundled backbone at 32x32, no views."""
+    out = tmp_path_factory.mktemp("nu") / "fm_feats"
+    deepfeat.extract(fm_dir, out, input_size=32, workers=0)
+    return out
+
+
+# --------------------------------------------------------------------------------------------- item 6
+def test_train_refuses_an_existing_bundle_unless_overwrite(fm_store, tmp_path, capsys):
+    import os
+
+    model = tmp_path / "model.dfm"
+    args = ["train", str(fm_store), "--solver", "exact", "--out", str(model)]
+    assert main(args) == 0
+    before = model.read_bytes()
+    # written 0644 (the umask's permissions) like every other output, e.g. the store's manifest
+    assert model.stat().st_mode & 0o777 == (fm_store / "manifest.json").stat().st_mode & 0o777
+    umask = os.umask(0o022)
+    os.umask(umask)
+    assert model.stat().st_mode & 0o777 == 0o666 & ~umask
+    capsys.readouterr()
+    assert main([*args, "--alpha", "0.1"]) == 2
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and "Traceback" not in err
+    assert model.read_bytes() == before
+    with pytest.raises(deepfeat.errors.UsageError, match="already exists"):
+        deepfeat.train(fm_store, solver="exact", out=model)
+    assert main([*args, "--alpha", "0.1", "--overwrite"]) == 0
+    assert model.read_bytes() != before

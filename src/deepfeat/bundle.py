@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -243,10 +242,14 @@ def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preproc
     }
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=SUFFIX, dir=folder)
-    os.close(fd)
+    # the bundle gets the umask's permissions (0644) like every other output: a file created with
+    # mode 0o666 shows them; safetensors (and mkstemp) would leave 0600
+    tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}")
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
     try:
+        mode = os.stat(tmp).st_mode & 0o777
         save_file(tensors, tmp, metadata={META_KEY: json.dumps(doc, default=_json_default)})
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -224,7 +224,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha,
                   val_fraction=args.val_fraction, patience=args.patience or None, class_weight=class_weight,
                   memory_budget=args.memory_budget, seed=args.seed, device=args.device, out=args.out,
-                  resume=not args.no_resume, progress=_TrainProgress(args.quiet))
+                  overwrite=args.overwrite, resume=not args.no_resume, progress=_TrainProgress(args.quiet))
     except KeyboardInterrupt:
         _print_error("interrupted: no bundle was written (it is written atomically at the end); rerun the same "
                      "command to continue (a streaming run resumes from its last complete epoch)")
@@ -553,6 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUT.ckpt holds a checkpoint of an interrupted run")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bundle OUT (otherwise refused)")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
     p.set_defaults(func=cmd_train)
 

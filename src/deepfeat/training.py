@@ -391,6 +391,7 @@ def train(
     seed: int = 0,
     device: str = "cpu",
     out: str | os.PathLike | None = None,
+    overwrite: bool = False,
     checkpoint: bool = True,
     resume: bool = True,
     progress: ProgressFn | None = None,
@@ -416,6 +417,7 @@ def train(
         seed: seeds the shuffling and the initial weights.
         device: torch device for the streaming heads (``cpu``, ``cuda``, ``auto``).
         out: bundle path to write (``.dfm``); None writes nothing.
+        overwrite: replace an existing bundle ``out`` (otherwise a :class:`UsageError` before any work).
         checkpoint: with ``out`` and the streaming solver, keep ``<out>.ckpt`` (weights, optimizer and
             random states, scaler, history) after every epoch, deleted when the bundle is written.
         resume: continue from ``<out>.ckpt`` when it exists (same configuration required);
@@ -433,6 +435,9 @@ def train(
     if out is not None and os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of train must be a bundle file path (e.g. model.dfm); {os.fspath(out)!r} "
                          "is a directory.")
+    if out is not None and os.path.lexists(out) and not overwrite:
+        raise UsageError(f"The bundle {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite) to "
+                         "replace it, or choose another 'out'.")
     store = store if isinstance(store, FeatureStore) else open_store(store)
     specs = _resolve_layers(store, layers)
     names = [s.name for s in specs]
