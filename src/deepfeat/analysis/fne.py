@@ -235,7 +235,7 @@ def load_fne_stats(store: FeatureStore | str | os.PathLike) -> dict[str, Any]:
     info = store.metadata.get("fne")
     if not info:
         raise UsageError(f"The store {store.path!r} is not a full-network embedding (no 'fne' metadata).")
-    path = os.path.join(store.path, info["stats_file"])
+    path = store.member(info["stats_file"])  # a plain name checked with the metadata (store/trust.py)
     try:
         with open(path, "rb") as f:
             data = f.read()

@@ -81,6 +81,8 @@ class _Selection:
             self.views = [int(v) for v in views]
         self.parts = [p for p in store.iter_parts()
                       if self.splits is None or any(p.splits.get(s) for s in self.splits)]
+        # outputs are sized from the manifest's row counts: its sizes must hold before anything is allocated
+        store.check_sizes(self.parts, self.specs)
         self.total = self._count()
 
     def _count(self) -> int:

@@ -21,14 +21,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ..errors import StoreError
 from ..units import format_size
-from . import layout
-from .fsutil import read_json
-from .reader import LayerSpec
-from .writer import Manifest, PartRecord
+from . import layout, trust
+from .reader import FeatureStore, LayerSpec, _read_table, read_parquet
+from .writer import PartRecord
 
 log = logging.getLogger(__name__)
 
@@ -129,14 +127,9 @@ def _dir_bytes(path: str) -> int:
     return total
 
 
-def _load_metadata(path: str) -> dict[str, Any]:
-    meta_path = os.path.join(path, layout.METADATA_FILE)
-    if not os.path.isfile(meta_path):
-        raise StoreError(f"{path!r} is not a deepfeat feature store (no {layout.METADATA_FILE}).")
-    try:
-        return read_json(meta_path)
-    except ValueError as exc:
-        raise StoreError(f"{meta_path} is unreadable: {exc}") from None
+def _open(path: str) -> FeatureStore:
+    """The store opened for reading without checksums: metadata and manifest checked (store/trust.py)."""
+    return FeatureStore(path, verify=False)
 
 
 def _add_reason(table: dict[str, ReasonSummary], reason: str | None, path: str | None, max_examples: int | None) -> None:
@@ -164,7 +157,8 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
         ({'test': 9, 'train': 15}, 2)
     """
     path = os.fspath(path)
-    meta = _load_metadata(path)
+    store = _open(path)
+    meta = store.metadata
     model = meta.get("model") or {}
     config = meta.get("config") or {}
     layers = [LayerSpec.from_dict(d).to_dict() for d in meta.get("layers", [])]
@@ -184,7 +178,7 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
         views=_view_count(config.get("views", meta.get("views", 0))),
         layers=layers,
     )
-    manifest = Manifest(path)
+    manifest = store.manifest
     info.parts = len(manifest.parts)
     info.empty_parts = sum(1 for p in manifest.parts if not p.rows)
     info.rows_total = sum(p.rows for p in manifest.parts)
@@ -194,18 +188,14 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
     by_view: dict[int, int] = {}
     seen_ids: set[str] = set()
     for part in manifest.parts:
-        pdir = os.path.join(path, layout.PARTS_DIR, part.name)
         if part.rows:
             try:
-                rows = pq.read_table(os.path.join(pdir, layout.ROWS_FILE), columns=["split", "label", "view"])
-            except Exception as exc:  # noqa: BLE001 - a damaged part must not hide the rest
-                info.warnings.append(f"part {part.name}: {layout.ROWS_FILE} is unreadable ({exc}); run verify")
+                rows = store.read_rows(part, ["split", "label", "view"])
+            except StoreError as exc:  # a damaged part must not hide the rest
+                info.warnings.append(f"{exc} Run 'deepfeat info --verify'.")
                 for s, n in part.splits.items():
                     by_split[_key(s)] = by_split.get(_key(s), 0) + n
             else:
-                if rows.num_rows != part.rows:
-                    info.warnings.append(f"part {part.name}: {layout.ROWS_FILE} has {rows.num_rows} rows, "
-                                         f"the manifest says {part.rows}")
                 for s, c, v in zip(rows.column("split").to_pylist(), rows.column("label").to_pylist(),
                                    rows.column("view").to_pylist()):
                     s, c = _key(s), _key(c)
@@ -214,9 +204,9 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
                     per[c] = per.get(c, 0) + 1
                     by_view[int(v)] = by_view.get(int(v), 0) + 1
         try:
-            ledger = pq.read_table(os.path.join(pdir, layout.LEDGER_FILE), columns=["id", "path", "status", "reason"])
-        except Exception as exc:  # noqa: BLE001
-            info.warnings.append(f"part {part.name}: {layout.LEDGER_FILE} is unreadable ({exc}); run verify")
+            ledger = store.read_ledger(part, ["id", "path", "status", "reason"])
+        except StoreError as exc:
+            info.warnings.append(f"{exc} Run 'deepfeat info --verify'.")
             info.embedded += part.embedded
             info.failed += part.failed
             continue
@@ -237,10 +227,14 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
                                  f"the manifest says {part.embedded} / {part.failed}")
         info.embedded += embedded
         info.failed += failed
-    excluded_path = os.path.join(path, layout.EXCLUDED_FILE)
-    if os.path.isfile(excluded_path):
+    try:
+        excluded_path = store.member(layout.EXCLUDED_FILE)
+    except StoreError as exc:
+        info.warnings.append(str(exc))
+        excluded_path = ""
+    if excluded_path and os.path.isfile(excluded_path):
         try:
-            ex = pq.read_table(excluded_path, columns=["path", "reason"])
+            ex = read_parquet(excluded_path, columns=["path", "reason"])
         except Exception as exc:  # noqa: BLE001
             info.warnings.append(f"{layout.EXCLUDED_FILE} is unreadable ({exc})")
         else:
@@ -281,18 +275,16 @@ def failed_inputs(path: str | os.PathLike) -> list[dict[str, Any]]:
         >>> [f["reason"] for f in failed_inputs("feats/")]     # doctest: +SKIP
         ['unidentified', 'not_image_extension']
     """
-    path = os.fspath(path)
-    _load_metadata(path)
-    out: list[dict[str, Any]] = []
-    tables = [os.path.join(path, layout.PARTS_DIR, p.name, layout.LEDGER_FILE) for p in Manifest(path).parts if p.failed]
-    excluded = os.path.join(path, layout.EXCLUDED_FILE)
+    store = _open(os.fspath(path))
+    columns = ["path", "label", "split", "status", "reason", "message"]
+    tables = [store.read_ledger(p, columns) for p in store.manifest.parts if p.failed]
+    excluded = store.member(layout.EXCLUDED_FILE)
     if os.path.isfile(excluded):
-        tables.append(excluded)
-    for t in tables:
-        for r in pq.read_table(t, columns=["path", "label", "split", "status", "reason", "message"]).to_pylist():
-            if r["status"] != "embedded":
-                out.append(r)
-    return out
+        try:
+            tables.append(read_parquet(excluded, columns))
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is a store error
+            raise StoreError(f"{layout.EXCLUDED_FILE} cannot be read ({exc}).") from None
+    return [r for t in tables for r in t.to_pylist() if r["status"] != "embedded"]
 
 
 # ------------------------------------------------------------------------------- formatting
@@ -413,6 +405,23 @@ def format_info(info: StoreInfo, failures: bool = False, max_classes: int = 60) 
 
 
 # ------------------------------------------------------------------------------- verification
+#: The checks :func:`verify_store` runs; every problem it reports starts with ``[<check>]``.
+CHECKS = {
+    "metadata": "deepfeat-store.json is a JSON object with a known format, dtype and safe layer keys",
+    "manifest": "manifest.json lists each part once, with consistent counts and exactly the part's files",
+    "path": "every file read resolves inside the store to a regular file; no symbolic link leads outside",
+    "files": "every listed file exists with the size the manifest records",
+    "checksum": "every listed file has the sha256 the manifest records",
+    "parquet": "rows.parquet / ledger.parquet / excluded.parquet decode, with the manifest's row counts",
+    "ledger": "each part's ledger agrees with the manifest; no input is recorded twice",
+    "array": "each <layer key>.npy has a valid header, shape rows x dims, the store's dtype, no NaN/Inf",
+}
+
+
+def _problem(check: str, message: str) -> str:
+    return f"[{check}] {message}"
+
+
 def _sha256(path: str) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -421,64 +430,88 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _check_file(pdir: str, part: PartRecord, fname: str, problems: list[str]) -> bool:
-    """Size and sha256 of one file against the manifest; True when both match."""
+def _check_file(store: FeatureStore, part: PartRecord, fname: str, problems: list[str]) -> str | None:
+    """Size and sha256 of one file against the manifest; its path when both match, else None."""
     where = f"part {part.name}: {fname}"
     entry = part.files.get(fname)
-    fpath = os.path.join(pdir, fname)
     if entry is None:
-        problems.append(f"{where} is not listed in the manifest")
-        return False
+        problems.append(_problem("manifest", f"{where} is not listed in the manifest"))
+        return None
+    try:
+        fpath = store.part_file(part, fname)
+    except StoreError as exc:
+        problems.append(_problem("path", str(exc)))
+        return None
     try:
         size = os.path.getsize(fpath)
     except OSError as exc:
-        problems.append(f"{where} is missing ({exc.strerror or exc})")
-        return False
+        problems.append(_problem("files", f"{where} is missing ({exc.strerror or exc})"))
+        return None
     if size != int(entry.get("bytes", -1)):
-        problems.append(f"{where} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or replaced)")
-        return False
+        problems.append(_problem("files", f"{where} has {size} bytes, the manifest says {entry.get('bytes')} "
+                                          "(truncated or replaced)"))
+        return None
     try:
         digest = _sha256(fpath)
     except OSError as exc:
-        problems.append(f"{where} cannot be read ({exc.strerror or exc})")
-        return False
+        problems.append(_problem("files", f"{where} cannot be read ({exc.strerror or exc})"))
+        return None
     if digest != entry.get("sha256"):
-        problems.append(f"{where} fails its sha256 checksum (manifest {str(entry.get('sha256'))[:12]}..., "
-                        f"file {digest[:12]}...): corrupted on disk")
-        return False
-    return True
+        problems.append(_problem("checksum", f"{where} fails its sha256 checksum (manifest "
+                                             f"{str(entry.get('sha256'))[:12]}..., file {digest[:12]}...): "
+                                             "corrupted on disk"))
+        return None
+    return fpath
 
 
-def _check_array(pdir: str, part: PartRecord, spec: LayerSpec, dtype: str, problems: list[str]) -> None:
-    fname = f"{spec.key}.npy"
-    where = f"part {part.name}: {fname}"
+def _check_array(store: FeatureStore, part: PartRecord, spec: LayerSpec, problems: list[str]) -> None:
+    """Header, shape, dtype and finiteness of one feature file, scanned in blocks of a memory map."""
+    where = f"part {part.name}: {spec.key}.npy"
     try:
-        arr = np.load(os.path.join(pdir, fname), mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # noqa: BLE001 - any unreadable array is a problem to report
-        problems.append(f"{where} cannot be loaded ({exc})")
+        path, offset, dtype = store._npy_header(part, spec)
+        arr = np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=(part.rows, spec.dims))
+    except StoreError as exc:
+        problems.append(_problem("array", str(exc)))
         return
-    if arr.shape != (part.rows, spec.dims):
-        problems.append(f"{where} has shape {arr.shape}, expected ({part.rows}, {spec.dims})")
+    except (OSError, ValueError) as exc:
+        problems.append(_problem("array", f"{where} cannot be mapped ({exc})"))
         return
-    if str(arr.dtype) != dtype:
-        problems.append(f"{where} has dtype {arr.dtype}, the store's dtype is {dtype}")
     if arr.dtype.kind != "f":
         return
     bad_rows = 0
     for s in range(0, arr.shape[0], _VERIFY_BLOCK_ROWS):
         bad_rows += int((~np.isfinite(arr[s:s + _VERIFY_BLOCK_ROWS])).any(axis=1).sum())
     if bad_rows:
-        problems.append(f"{where} has NaN/Inf values in {bad_rows} row(s)")
+        problems.append(_problem("array", f"{where} has NaN/Inf values in {bad_rows} row(s)"))
+
+
+def _outside_links(path: str) -> list[str]:
+    """Symbolic links anywhere in the store that resolve outside it (links are never followed here)."""
+    root = os.path.realpath(path)
+    found = []
+    for dirpath, dirnames, filenames in os.walk(path, followlinks=False):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            if os.path.islink(full):
+                target = os.path.realpath(full)
+                if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
+                    found.append(_problem("path", f"{os.path.relpath(full, path)} is a symbolic link to "
+                                                  f"{target}, outside the store; deepfeat will not follow it"))
+    return found
 
 
 def verify_store(path: str | os.PathLike) -> list[str]:
     """Check every committed part; return the problems found (an empty list means healthy).
 
-    For each part in the manifest: every expected file exists and has the manifest's size and
-    sha256; ``rows.parquet`` and ``ledger.parquet`` have the manifest's row / item / split
-    counts; each ``<key>.npy`` has shape ``rows x dims`` and the store's dtype and holds no
-    NaN/Inf. Each problem names the part and the file. Arrays are memory-mapped and scanned
-    in blocks, so memory stays bounded.
+    Each problem starts with the check that failed (``[manifest]``, ``[path]``, ``[checksum]``...;
+    see :data:`CHECKS`) and names the part and the file. The metadata and the manifest are
+    checked first (names, types, counts: store/trust.py); a store whose manifest fails is
+    reported as such and none of its parts is opened. Then for each part: every expected file
+    resolves inside the store and has the manifest's size and sha256; ``rows.parquet`` and
+    ``ledger.parquet`` decode with the manifest's row / item / split counts; each
+    ``<key>.npy`` has a valid header, shape ``rows x dims``, the store's dtype and no NaN/Inf.
+    Last, no symbolic link in the store may lead outside it. Arrays are memory-mapped and
+    scanned in blocks, so memory stays bounded.
 
     Raises:
         StoreError: ``path`` is not a store at all (no metadata file).
@@ -487,107 +520,105 @@ def verify_store(path: str | os.PathLike) -> list[str]:
         >>> verify_store("feats/")                             # doctest: +SKIP
         []
         >>> verify_store("damaged/")                           # doctest: +SKIP
-        ['part 00000001: pre_logits.npy fails its sha256 checksum (...)']
+        ['[checksum] part 00000001: pre_logits.npy fails its sha256 checksum (...)']
     """
     path = os.fspath(path)
-    meta = _load_metadata(path)
-    problems: list[str] = []
+    if not os.path.lexists(os.path.join(path, layout.METADATA_FILE)):
+        raise StoreError(f"{path!r} is not a deepfeat feature store (no {layout.METADATA_FILE}).")
+    links = _outside_links(path)
     try:
-        specs = [LayerSpec.from_dict(d) for d in meta["layers"]]
-        dtype = str(meta["dtype"])
-    except (KeyError, TypeError, ValueError) as exc:
-        return [f"{layout.METADATA_FILE}: missing or malformed field ({exc})"]
-    try:
-        manifest = Manifest(path)
+        store = _open(path)
+    except trust.UnsafePathError as exc:
+        return [_problem("path", str(exc))] + links
     except StoreError as exc:
-        return [f"{layout.MANIFEST_FILE}: {exc}"]
-    if not os.path.isfile(manifest.path):
-        problems.append(f"{layout.MANIFEST_FILE} is missing")
-    names: set[str] = set()
+        check = "metadata" if str(exc).startswith(layout.METADATA_FILE) else "manifest"
+        return [_problem(check, str(exc))] + links
+    problems: list[str] = []
+    if not os.path.isfile(store.manifest.path):
+        problems.append(_problem("manifest", f"{layout.MANIFEST_FILE} is missing"))
     seen_ids: dict[str, str] = {}
-    for part in manifest.parts:
-        if part.name in names:
-            problems.append(f"part {part.name}: listed twice in the manifest")
-            continue
-        names.add(part.name)
-        pdir = os.path.join(path, layout.PARTS_DIR, part.name)
-        if not os.path.isdir(pdir):
-            problems.append(f"part {part.name}: the directory {pdir} is missing")
-            continue
-        expected = [layout.LEDGER_FILE] + ([layout.ROWS_FILE] + [f"{s.key}.npy" for s in specs] if part.rows else [])
-        for extra in sorted(set(part.files) - set(expected)):
-            problems.append(f"part {part.name}: {extra} is in the manifest but not expected for this store")
-        ok = {fname: _check_file(pdir, part, fname, problems) for fname in expected}
+    for part in store.manifest.parts:
+        expected = trust.part_files(part.rows, [s.key for s in store.layers])
+        ok = {fname: _check_file(store, part, fname, problems) for fname in expected}
         # Structural checks run on every file that is still readable, even after a checksum
         # mismatch, so that a report says what the damage does (wrong rows, NaN...).
-        ledger = _read_parquet(pdir, part, layout.LEDGER_FILE, ok, problems)
+        ledger = _read_part_table(store, part, layout.LEDGER_FILE, ok, problems)
         embedded_ids: set[str] = set()
         if ledger is not None:
-            if ledger.num_rows != part.items:
-                problems.append(f"part {part.name}: {layout.LEDGER_FILE} has {ledger.num_rows} items, "
-                                f"the manifest says {part.items}")
             if "status" in ledger.column_names and "id" in ledger.column_names:
                 statuses = ledger.column("status").to_pylist()
                 ids = ledger.column("id").to_pylist()
                 emb, fail = statuses.count("embedded"), statuses.count("failed")
                 if (emb, fail) != (part.embedded, part.failed):
-                    problems.append(f"part {part.name}: {layout.LEDGER_FILE} has {emb} embedded / {fail} failed, "
-                                    f"the manifest says {part.embedded} / {part.failed}")
+                    problems.append(_problem("ledger", f"part {part.name}: {layout.LEDGER_FILE} has {emb} embedded "
+                                                       f"/ {fail} failed, the manifest says {part.embedded} / "
+                                                       f"{part.failed}"))
                 for item_id, st in zip(ids, statuses):
                     if item_id in seen_ids:
-                        problems.append(f"part {part.name}: {layout.LEDGER_FILE} repeats input {item_id} "
-                                        f"(already in part {seen_ids[item_id]})")
+                        problems.append(_problem("ledger", f"part {part.name}: {layout.LEDGER_FILE} repeats input "
+                                                           f"{item_id} (already in part {seen_ids[item_id]})"))
                     seen_ids[item_id] = part.name
                     if st == "embedded":
                         embedded_ids.add(item_id)
             else:
-                problems.append(f"part {part.name}: {layout.LEDGER_FILE} lacks the id/status columns")
+                problems.append(_problem("parquet", f"part {part.name}: {layout.LEDGER_FILE} lacks the id/status "
+                                                    "columns"))
         if not part.rows:
             continue
-        rows = _read_parquet(pdir, part, layout.ROWS_FILE, ok, problems)
+        rows = _read_part_table(store, part, layout.ROWS_FILE, ok, problems)
         if rows is not None:
             missing = [c for c in layout.ROWS_SCHEMA.names if c not in rows.column_names]
             if missing:
-                problems.append(f"part {part.name}: {layout.ROWS_FILE} lacks columns {', '.join(missing)}")
-            if rows.num_rows != part.rows:
-                problems.append(f"part {part.name}: {layout.ROWS_FILE} has {rows.num_rows} rows, "
-                                f"the manifest says {part.rows}")
+                problems.append(_problem("parquet", f"part {part.name}: {layout.ROWS_FILE} lacks columns "
+                                                    f"{', '.join(missing)}"))
             if "split" in rows.column_names:
                 counts: dict[str, int] = {}
                 for s in rows.column("split").to_pylist():
                     counts[s or ""] = counts.get(s or "", 0) + 1
                 if counts != {k: v for k, v in part.splits.items() if v}:
-                    problems.append(f"part {part.name}: {layout.ROWS_FILE} splits {counts} differ from the "
-                                    f"manifest's {part.splits}")
+                    problems.append(_problem("parquet", f"part {part.name}: {layout.ROWS_FILE} splits {counts} "
+                                                        f"differ from the manifest's {part.splits}"))
             if "id" in rows.column_names and ledger is not None:
                 stray = set(rows.column("id").to_pylist()) - embedded_ids
                 if stray:
-                    problems.append(f"part {part.name}: {layout.ROWS_FILE} has {len(stray)} id(s) the ledger "
-                                    "does not record as embedded")
-        for spec in specs:
-            fname = f"{spec.key}.npy"
-            if os.path.isfile(os.path.join(pdir, fname)):
-                _check_array(pdir, part, spec, dtype, problems)
-    excluded = os.path.join(path, layout.EXCLUDED_FILE)
-    if os.path.isfile(excluded):
-        try:
-            pq.read_table(excluded)
-        except Exception as exc:  # noqa: BLE001
-            problems.append(f"{layout.EXCLUDED_FILE} is unreadable ({exc})")
+                    problems.append(_problem("ledger", f"part {part.name}: {layout.ROWS_FILE} has {len(stray)} "
+                                                       "id(s) the ledger does not record as embedded"))
+        for spec in store.layers:
+            if ok.get(f"{spec.key}.npy") is not None or _exists(store, part, f"{spec.key}.npy"):
+                _check_array(store, part, spec, problems)
+    try:
+        excluded = store.member(layout.EXCLUDED_FILE)
+        if os.path.isfile(excluded):
+            try:
+                read_parquet(excluded)
+            except Exception as exc:  # noqa: BLE001
+                problems.append(_problem("parquet", f"{layout.EXCLUDED_FILE} is unreadable ({exc})"))
+    except StoreError as exc:
+        problems.append(_problem("path", str(exc)))
+    problems += [p for p in links if p not in problems]
     if problems:
         log.warning("verify %s: %d problem(s)", path, len(problems))
     return problems
 
 
-def _read_parquet(pdir: str, part: PartRecord, fname: str, ok: Mapping[str, bool], problems: list[str]):
-    fpath = os.path.join(pdir, fname)
-    if not os.path.isfile(fpath):
-        return None
+def _exists(store: FeatureStore, part: PartRecord, fname: str) -> bool:
+    """Whether a part's file is there to be examined (a file refused by the path check is not)."""
     try:
-        return pq.read_table(fpath)
-    except Exception as exc:  # noqa: BLE001
-        if ok.get(fname, False):
-            problems.append(f"part {part.name}: {fname} cannot be read ({exc})")
-        else:
-            problems.append(f"part {part.name}: {fname} cannot be read either ({type(exc).__name__})")
+        return os.path.isfile(store.part_file(part, fname))
+    except StoreError:
+        return False
+
+
+def _read_part_table(store: FeatureStore, part: PartRecord, fname: str, ok: Mapping[str, str | None],
+                     problems: list[str]):
+    """One Parquet file of a part through the reader's checks (row count, size), or None with a problem."""
+    if not _exists(store, part, fname):
+        return None
+    expected = part.items if fname == layout.LEDGER_FILE else part.rows
+    fpath = store.part_file(part, fname)
+    try:
+        return _read_table(fpath, f"part {part.name}: {fname}", None, expected)
+    except StoreError as exc:
+        after = "" if ok.get(fname) is not None else " (after its size or checksum check failed)"
+        problems.append(_problem("parquet", f"{exc}{after}"))
         return None

@@ -21,14 +21,15 @@ import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
 from ..errors import StoreError, UsageError
-from . import layout
-from .fsutil import read_json
+from . import layout, trust
 from .writer import Manifest, PartRecord
 
 log = logging.getLogger(__name__)
 
 #: Bytes of feature rows :meth:`FeatureStore.batches` reads from a part at a time.
 DEFAULT_READ_BYTES = 32 << 20
+#: Largest uncompressed size per row a store's Parquet footer may declare (paths, messages...).
+MAX_PARQUET_ROW_BYTES = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -72,12 +73,12 @@ class FeatureStore:
 
     def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
         self.path = os.fspath(path)
-        meta_path = os.path.join(self.path, layout.METADATA_FILE)
-        if not os.path.isfile(meta_path):
+        if not os.path.lexists(os.path.join(self.path, layout.METADATA_FILE)):
             raise StoreError(f"{self.path!r} is not a deepfeat feature store (no {layout.METADATA_FILE}).")
-        self.metadata: dict[str, Any] = read_json(meta_path)
+        # Everything the store says about itself is checked before it names a file (store/trust.py).
+        self.metadata: dict[str, Any] = trust.check_metadata(trust.read_store_json(self.path, layout.METADATA_FILE))
         self.layers = [LayerSpec.from_dict(d) for d in self.metadata["layers"]]
-        self.manifest = Manifest(self.path)
+        self.manifest = Manifest(self.path, self.metadata)
         self.verify = verify
         self._verified: set[str] = set()
         self._headers: dict[tuple[str, str], tuple[str, int, np.dtype]] = {}
@@ -126,22 +127,31 @@ class FeatureStore:
     def ledger(self) -> pa.Table:
         """The fate of every discovered input: embedded | failed | excluded, with reasons."""
         tables = [self.read_ledger(p) for p in self.manifest.parts]
-        excluded = os.path.join(self.path, layout.EXCLUDED_FILE)
+        excluded = self.member(layout.EXCLUDED_FILE)
         if os.path.isfile(excluded):
-            tables.append(pq.read_table(excluded))
+            tables.append(_read_table(excluded, layout.EXCLUDED_FILE))
         if not tables:
             return layout.LEDGER_SCHEMA.empty_table()
         return pa.concat_tables([t.cast(layout.LEDGER_SCHEMA) for t in tables])
 
     # -- reading --------------------------------------------------------------------------
-    def _part_dir(self, part: PartRecord) -> str:
-        return os.path.join(self.path, layout.PARTS_DIR, part.name)
+    def member(self, *names: str) -> str:
+        """The path of a file of the store, refused unless it resolves inside the store to a regular file.
+
+        Every file a reader opens goes through here (see :func:`deepfeat.store.trust.member`);
+        names come from the checked manifest and metadata or are the format's own constants.
+        """
+        return trust.member(self.path, *names)
+
+    def part_file(self, part: PartRecord, fname: str) -> str:
+        """Path of one file of a committed part (checked like :meth:`member`)."""
+        return trust.member(self.path, layout.PARTS_DIR, part.name, fname, what=f"part {part.name}: {fname}")
 
     def _check_file(self, part: PartRecord, fname: str) -> str:
-        path = os.path.join(self._part_dir(part), fname)
         info = part.files.get(fname)
         if info is None:
             raise StoreError(f"part {part.name} has no file {fname} in the manifest")
+        path = self.part_file(part, fname)
         try:
             size = os.path.getsize(path)
         except OSError:
@@ -162,13 +172,38 @@ class FeatureStore:
         return path
 
     def read_rows(self, part: PartRecord, columns: Sequence[str] | None = None) -> pa.Table:
-        """Row metadata (``rows.parquet``) of one part, checksum-verified on first read."""
-        path = self._check_file(part, layout.ROWS_FILE)
-        return read_parquet(path, columns)
+        """Row metadata (``rows.parquet``) of one part, checksum-verified on first read.
 
-    def read_ledger(self, part: PartRecord) -> pa.Table:
+        The Parquet footer must announce the manifest's row count before any column is read.
+        """
+        path = self._check_file(part, layout.ROWS_FILE)
+        return _read_table(path, f"part {part.name}: {layout.ROWS_FILE}", columns, part.rows)
+
+    def read_ledger(self, part: PartRecord, columns: Sequence[str] | None = None) -> pa.Table:
         """The ledger (``ledger.parquet``: every input of the part and its fate) of one part."""
-        return read_parquet(self._check_file(part, layout.LEDGER_FILE))
+        path = self._check_file(part, layout.LEDGER_FILE)
+        return _read_table(path, f"part {part.name}: {layout.LEDGER_FILE}", columns, part.items)
+
+    def check_sizes(self, parts: Sequence[PartRecord] | None = None, layers: Sequence[LayerSpec] | None = None
+                    ) -> None:
+        """Check that the feature files of ``parts`` have the sizes the manifest records (no data read).
+
+        Callers that size an output from the manifest's row counts (an export) call this first, so
+        a manifest that claims more rows than its files hold fails before anything is allocated.
+        """
+        for part in self.manifest.parts if parts is None else parts:
+            if not part.rows:
+                continue
+            for spec in self.layers if layers is None else layers:
+                fname = f"{spec.key}.npy"
+                path = self.part_file(part, fname)
+                try:
+                    size = os.path.getsize(path)
+                except OSError:
+                    raise StoreError(f"part {part.name}: {fname} is missing from {self.path}") from None
+                if size != part.files[fname]["bytes"]:
+                    raise StoreError(f"part {part.name}: {fname} has {size} bytes, the manifest says "
+                                     f"{part.files[fname]['bytes']} (truncated, replaced or a false manifest).")
 
     def _npy_header(self, part: PartRecord, spec: LayerSpec) -> tuple[str, int, np.dtype]:
         """(path, data offset, dtype) of a part's feature file, its shape checked against the manifest."""
@@ -182,15 +217,22 @@ class FeatureStore:
                 version = np.lib.format.read_magic(f)
                 if version == (1, 0):
                     shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-                else:
+                elif version == (2, 0):
                     shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-            except ValueError as exc:
+                else:
+                    raise ValueError(f"unsupported .npy format version {version}")
+            except Exception as exc:  # noqa: BLE001 - numpy raises several types on a hostile header
                 raise StoreError(f"part {part.name}: {spec.key}.npy is not a valid .npy file ({exc}).") from None
             offset = f.tell()
         if fortran or dtype.hasobject or tuple(shape) != (part.rows, spec.dims):
             raise StoreError(f"part {part.name}: {spec.key}.npy has shape {tuple(shape)} "
                              f"{'(Fortran order) ' if fortran else ''}of {dtype}, expected C-order "
                              f"({part.rows}, {spec.dims}) numbers")
+        if dtype != np.dtype(self.dtype):
+            raise StoreError(f"part {part.name}: {spec.key}.npy holds {dtype} values, the store's dtype is {self.dtype}")
+        if offset + part.rows * spec.dims * dtype.itemsize != part.files[f"{spec.key}.npy"]["bytes"]:
+            raise StoreError(f"part {part.name}: {spec.key}.npy's header and size disagree "
+                             f"({offset} + {part.rows} x {spec.dims} x {dtype.itemsize} bytes).")
         self._headers[key] = (path, offset, dtype)
         return path, offset, dtype
 
@@ -315,6 +357,30 @@ class FeatureStore:
         if not xs:
             raise UsageError(f"The store {self.path!r} has no rows for split={split!r}.")
         return np.concatenate(xs), np.concatenate(ys), pa.concat_tables(metas)
+
+
+def _read_table(path: str, what: str, columns: Sequence[str] | None = None, rows: int | None = None) -> pa.Table:
+    """:func:`read_parquet` for a store's own files: any failure is a :class:`StoreError` naming ``what``.
+
+    With ``rows``, the footer's row count must equal it and the footer's uncompressed size must
+    be plausible for that many rows before a column is decoded.
+    """
+    try:
+        if rows is not None:
+            meta = pq.read_metadata(path)
+            if meta.num_rows != rows:
+                raise StoreError(f"{what} has {meta.num_rows} rows, the manifest says {rows}.")
+            declared = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
+            if declared > MAX_PARQUET_ROW_BYTES * max(rows, 1) + (1 << 20):
+                raise StoreError(f"{what} declares {declared:,} bytes for {rows} rows; refusing to decode it.")
+        table = read_parquet(path, columns)
+    except StoreError:
+        raise
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise StoreError(f"{what} cannot be read as Parquet ({exc}).") from None
+    if rows is not None and table.num_rows != rows:
+        raise StoreError(f"{what} has {table.num_rows} rows, the manifest says {rows}.")
+    return table
 
 
 def read_parquet(path: str, columns: Sequence[str] | None = None) -> pa.Table:

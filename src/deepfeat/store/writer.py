@@ -22,8 +22,8 @@ import pyarrow.parquet as pq
 
 from ..errors import StoreError
 from . import layout
-from .fsutil import (HashingWriter, atomic_write_json, environment_errors, fsync_dir, read_json,
-                     remove_tree)
+from . import trust
+from .fsutil import HashingWriter, atomic_write_json, environment_errors, fsync_dir, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -119,16 +119,24 @@ def write_part(store_dir: str, name: str, features: Mapping[str, np.ndarray], ro
 class Manifest:
     """The list of committed parts; the single source of truth for readers."""
 
-    def __init__(self, store_dir: str) -> None:
+    def __init__(self, store_dir: str, metadata: Mapping[str, Any] | None = None) -> None:
+        """Load and check the manifest (:func:`deepfeat.store.trust.check_manifest`).
+
+        ``metadata`` is the store's checked metadata document; when omitted it is read from the
+        store if there is one, so that file names and sizes are checked against its layers.
+        """
         self.store_dir = store_dir
         self.path = os.path.join(store_dir, layout.MANIFEST_FILE)
         self.parts: list[PartRecord] = []
-        if os.path.exists(self.path):
-            try:
-                data = read_json(self.path)
-                self.parts = [PartRecord.from_dict(p) for p in data["parts"]]
-            except (ValueError, KeyError, TypeError) as exc:
-                raise StoreError(f"The manifest {self.path} is unreadable: {exc}") from None
+        if metadata is None and os.path.lexists(os.path.join(store_dir, layout.METADATA_FILE)):
+            metadata = trust.check_metadata(trust.read_store_json(store_dir, layout.METADATA_FILE))
+        layers = itemsize = None
+        if metadata is not None:
+            layers = {d["key"]: int(d["dims"]) for d in metadata["layers"]}
+            itemsize = np.dtype(str(metadata["dtype"])).itemsize
+        if os.path.lexists(self.path):
+            doc = trust.read_store_json(store_dir, layout.MANIFEST_FILE)
+            self.parts = [PartRecord.from_dict(p) for p in trust.check_manifest(doc, layers, itemsize)]
 
     @property
     def names(self) -> set[str]:

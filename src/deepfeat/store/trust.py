@@ -1,0 +1,303 @@
+"""What a store (or bundle) says about itself is checked before anything is opened because of it.
+
+Stores and bundles are made to be shared, so their own files are untrusted input. This module
+is the one place where the names they contain are checked before they become paths, and where
+their JSON documents are checked for types, counts and sizes (see docs/SECURITY.md):
+
+* a part name is the writer's zero-padded number (:func:`deepfeat.store.layout.part_name`);
+* a file in a part is ``rows.parquet``, ``ledger.parquet`` or ``<layer key>.npy`` for a layer
+  key of the store's metadata, and a layer key is what :func:`~deepfeat.store.layout.layer_key`
+  makes (letters, digits, ``_ . -``; no separator, never ``.`` or ``..``);
+* every path is resolved (symbolic links included) and must lie inside the store, and must be
+  a regular file -- a FIFO or device named like a store file is refused, never opened;
+* JSON documents are read only up to a size limit; counts are non-negative integers that agree
+  with each other, and a feature file's recorded size agrees with its rows x dims x itemsize.
+
+Anything else is a :class:`~deepfeat.errors.StoreError` naming the bad entry.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import unicodedata
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import StoreError
+from . import layout
+
+#: Part names: the writer's zero-padded sequence numbers (``00000000``, ``00000001``...).
+PART_NAME_RE = re.compile(r"[0-9]{8,12}")
+#: Layer keys: what ``layout.layer_key`` produces (no path separator, no leading/trailing dot).
+LAYER_KEY_RE = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,198}[A-Za-z0-9_-])?")
+#: Other file names a store's metadata may point to (the FNE statistics), relative to the store.
+PLAIN_FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,198}")
+#: Feature dtypes a store may declare.
+STORE_DTYPES = ("float16", "float32", "int8")
+#: Largest ``deepfeat-store.json`` / ``manifest.json`` read.
+MAX_METADATA_BYTES = 16 << 20
+MAX_MANIFEST_BYTES = 512 << 20
+#: Bytes an ``.npy`` header may take before the data (numpy itself refuses headers over 10,000 bytes).
+MAX_NPY_HEADER = 1 << 16
+#: Upper bound of any count or size in a manifest (2^48: far beyond any real store).
+MAX_COUNT = 1 << 48
+#: Longest layer name, class name or label accepted from a shared file.
+MAX_NAME_CHARS = 1000
+
+
+class UnsafePathError(StoreError):
+    """A name or link of a store would make deepfeat read outside the store, or read a non-file."""
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _count(v: Any, where: str) -> int:
+    if not _is_int(v) or not 0 <= int(v) <= MAX_COUNT:
+        raise StoreError(f"{where} must be a non-negative integer; got {_show(v)}.")
+    return int(v)
+
+
+def _show(v: Any, limit: int = 80) -> str:
+    """A short, printable repr of an untrusted value (long strings are cut)."""
+    text = repr(v)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+# ------------------------------------------------------------------------------- names
+def is_part_name(name: Any) -> bool:
+    return isinstance(name, str) and PART_NAME_RE.fullmatch(name) is not None
+
+
+def is_layer_key(key: Any) -> bool:
+    return isinstance(key, str) and LAYER_KEY_RE.fullmatch(key) is not None
+
+
+def check_label(value: Any, where: str) -> str:
+    """A class name or label from a shared file: a string of at most 1000 printable characters.
+
+    Control characters (newline, tab, NUL, escape...) are refused so that a name stays one
+    cell of a CSV/TSV line and one line of a report; ``/`` and ``..`` are allowed: names are
+    data, never paths.
+    """
+    if not isinstance(value, str):
+        raise StoreError(f"{where} must be a string; got {_show(value)}.")
+    if not value or len(value) > MAX_NAME_CHARS:
+        raise StoreError(f"{where} must have 1 to {MAX_NAME_CHARS} characters; got {len(value):,}.")
+    bad = next((ch for ch in value if unicodedata.category(ch) == "Cc"), None)
+    if bad is not None:
+        raise StoreError(f"{where} contains the control character {bad!r}: {_show(value)}.")
+    return value
+
+
+# ------------------------------------------------------------------------------- paths
+def member(root: str, *names: str, what: str | None = None) -> str:
+    """``root/names...`` once it is known to stay inside ``root`` and to be a regular file (or absent).
+
+    The path is resolved with every symbolic link; a link (of the file or of a folder on the
+    way) that leads outside ``root`` is refused, as is anything that is not a regular file (a
+    FIFO would block the reader forever). A missing file is returned as is: callers say what
+    is missing in their own words.
+    """
+    path = os.path.join(root, *names)
+    label = what or "/".join(names)
+    real_root = os.path.realpath(root)
+    real = os.path.realpath(path)
+    if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
+        raise UnsafePathError(f"{label} resolves to {real}, outside the store {root!r} (a symbolic link?); "
+                         "deepfeat reads nothing outside the store.")
+    try:
+        st = os.stat(real)
+    except FileNotFoundError:
+        return path
+    except OSError as exc:
+        raise StoreError(f"{label} cannot be examined ({exc.strerror or exc}).") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafePathError(f"{label} is not a regular file; refusing to read it.")
+    return path
+
+
+def read_json_file(path: str, limit: int, what: str) -> Any:
+    """A JSON document of at most ``limit`` bytes, or a :class:`StoreError` saying what is wrong with it."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise StoreError(f"{what} cannot be read ({exc.strerror or exc}).") from None
+    if len(data) > limit:
+        raise StoreError(f"{what} is larger than {limit >> 20} MiB; refusing to parse it.")
+    try:
+        return json.loads(data.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise StoreError(f"{what} is not valid JSON ({exc}).") from None
+    except RecursionError:
+        raise StoreError(f"{what} nests too deeply to be a deepfeat document.") from None
+
+
+def read_store_json(store_dir: str, name: str) -> Any:
+    """The store's metadata or manifest document, read inside the store and within its size limit."""
+    path = member(store_dir, name)
+    limit = MAX_MANIFEST_BYTES if name == layout.MANIFEST_FILE else MAX_METADATA_BYTES
+    return read_json_file(path, limit, name)
+
+
+# ------------------------------------------------------------------------------- documents
+def check_layers(layers: Any, where: str) -> list[dict[str, Any]]:
+    """A list of layer descriptions (name, key, shape, pool, dims) with safe, unique keys."""
+    if not isinstance(layers, list) or not layers:
+        raise StoreError(f"{where} must be a non-empty list of layers; got {_show(layers)}.")
+    out: list[dict[str, Any]] = []
+    keys: set[str] = set()
+    for i, d in enumerate(layers):
+        at = f"{where}[{i}]"
+        if not isinstance(d, dict):
+            raise StoreError(f"{at} must be an object; got {_show(d)}.")
+        missing = [k for k in ("name", "key", "shape", "pool", "dims") if k not in d]
+        if missing:
+            raise StoreError(f"{at} lacks {', '.join(missing)}.")
+        name, key, shape, pool = d["name"], d["key"], d["shape"], d["pool"]
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
+            raise StoreError(f"{at}: the layer name must be a string of 1 to {MAX_NAME_CHARS} characters; "
+                             f"got {_show(name)}.")
+        if not is_layer_key(key):
+            raise UnsafePathError(f"{at}: the file key {_show(key)} of layer {_show(name)} is not a layer key "
+                             "(letters, digits, '_', '.', '-'; no path separator).")
+        if key in keys:
+            raise StoreError(f"{at}: the file key {key!r} is used by two layers.")
+        keys.add(key)
+        if not isinstance(pool, str) or len(pool) > 100:
+            raise StoreError(f"{at}: pool must be a short string; got {_show(pool)}.")
+        if not isinstance(shape, list) or len(shape) > 8 or not all(_is_int(v) and 0 < v <= MAX_COUNT for v in shape):
+            raise StoreError(f"{at}: shape must be a list of positive integers; got {_show(shape)}.")
+        dims = d["dims"]
+        if not _is_int(dims) or not 0 < dims < 1 << 40:
+            raise StoreError(f"{at}: dims must be a positive integer; got {_show(dims)}.")
+        out.append(d)
+    return out
+
+
+def check_metadata(meta: Any) -> dict[str, Any]:
+    """The store metadata document (``deepfeat-store.json``): format, layers, dtype, FNE file name."""
+    where = layout.METADATA_FILE
+    if not isinstance(meta, dict):
+        raise StoreError(f"{where} must hold a JSON object; got {type(meta).__name__}.")
+    fmt = meta.get("format", layout.FORMAT_NAME)
+    if fmt != layout.FORMAT_NAME:
+        raise StoreError(f"{where}: format {_show(fmt)} is not {layout.FORMAT_NAME!r}.")
+    version = meta.get("format_version", layout.FORMAT_VERSION)
+    if not _is_int(version) or version > layout.FORMAT_VERSION:
+        raise StoreError(f"{where}: format_version {_show(version)}; this deepfeat reads up to "
+                         f"{layout.FORMAT_VERSION}. Upgrade deepfeat.")
+    if "layers" not in meta or "dtype" not in meta:
+        raise StoreError(f"{where} lacks {' and '.join(k for k in ('layers', 'dtype') if k not in meta)}.")
+    check_layers(meta["layers"], f"{where}: layers")
+    if meta["dtype"] not in STORE_DTYPES:
+        raise StoreError(f"{where}: dtype {_show(meta['dtype'])} is not one of {', '.join(STORE_DTYPES)}.")
+    for key in ("model", "config", "preprocess"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise StoreError(f"{where}: {key} must be an object; got {_show(meta[key])}.")
+    fne = meta.get("fne")
+    if fne is not None:
+        if not isinstance(fne, dict):
+            raise StoreError(f"{where}: fne must be an object; got {_show(fne)}.")
+        name = fne.get("stats_file")
+        if not isinstance(name, str) or PLAIN_FILE_RE.fullmatch(name) is None:
+            raise UnsafePathError(f"{where}: fne.stats_file {_show(name)} is not a plain file name inside the store.")
+        if "source_layers" in fne:
+            check_layers(fne["source_layers"], f"{where}: fne.source_layers")
+    return meta
+
+
+def part_files(rows: int, layer_keys: Iterable[str]) -> list[str]:
+    """The files a part with ``rows`` rows holds: the ledger, and when it has rows the row table and one array per layer."""
+    return [layout.LEDGER_FILE] + ([layout.ROWS_FILE] + [f"{k}.npy" for k in layer_keys] if rows else [])
+
+
+def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, itemsize: int | None = None
+               ) -> dict[str, Any]:
+    """One manifest entry: a part name, consistent counts, and exactly the files such a part has.
+
+    ``layers`` ({layer key: dims}) and ``itemsize`` (bytes per value) come from the store's
+    metadata; with them every feature file's recorded size must be its rows x dims x itemsize
+    plus an ``.npy`` header, which ties the row count to the bytes checked on disk.
+    """
+    where = f"{layout.MANIFEST_FILE}: parts[{index}]"
+    if not isinstance(d, dict):
+        raise StoreError(f"{where} must be an object; got {_show(d)}.")
+    missing = [k for k in ("name", "rows", "items", "embedded", "failed", "files") if k not in d]
+    if missing:
+        raise StoreError(f"{where} lacks {', '.join(missing)}.")
+    name = d["name"]
+    if not is_part_name(name):
+        raise UnsafePathError(f"{where}: {_show(name)} is not a part name (the writer's zero-padded number, "
+                         "e.g. '00000003'); refusing to open it.")
+    where = f"{layout.MANIFEST_FILE}: part {name}"
+    rows, items = _count(d["rows"], f"{where}: rows"), _count(d["items"], f"{where}: items")
+    embedded, failed = _count(d["embedded"], f"{where}: embedded"), _count(d["failed"], f"{where}: failed")
+    if embedded + failed != items:
+        raise StoreError(f"{where}: {embedded} embedded + {failed} failed != {items} items.")
+    if (rows == 0) != (embedded == 0):
+        raise StoreError(f"{where}: {rows} rows for {embedded} embedded inputs.")
+    splits = d.get("splits", {})
+    if not isinstance(splits, dict) or not all(isinstance(k, str) for k in splits):
+        raise StoreError(f"{where}: splits must be an object of split: rows; got {_show(splits)}.")
+    if sum(_count(v, f"{where}: splits[{k!r}]") for k, v in splits.items()) != rows:
+        raise StoreError(f"{where}: the rows per split {_show(splits)} do not add up to {rows} rows.")
+    files = d["files"]
+    if not isinstance(files, dict):
+        raise StoreError(f"{where}: files must be an object; got {_show(files)}.")
+    allowed = {layout.ROWS_FILE, layout.LEDGER_FILE}
+    for fname, entry in files.items():
+        if fname not in allowed and not (fname.endswith(".npy") and is_layer_key(fname[:-4])
+                                         and (layers is None or fname[:-4] in layers)):
+            raise UnsafePathError(f"{where}: {_show(fname)} is not a file of a part of this store "
+                             f"({layout.ROWS_FILE}, {layout.LEDGER_FILE} or <layer key>.npy).")
+        if not isinstance(entry, dict):
+            raise StoreError(f"{where}: files[{fname!r}] must be an object; got {_show(entry)}.")
+        _count(entry.get("bytes"), f"{where}: {fname}: bytes")
+        digest = entry.get("sha256")
+        if not isinstance(digest, str) or re.fullmatch(r"[0-9a-f]{64}", digest) is None:
+            raise StoreError(f"{where}: {fname}: sha256 must be 64 hex digits; got {_show(digest)}.")
+    if layers is not None:
+        expected = part_files(rows, layers)
+        absent = [f for f in expected if f not in files]
+        extra = [f for f in files if f not in expected]
+        if absent or extra:
+            raise StoreError(f"{where}: the files {sorted(files)} are not those of a part with {rows} rows "
+                             f"(expected {expected}).")
+        if itemsize is not None:
+            for key, dims in layers.items():
+                fname = f"{key}.npy"
+                if fname in files:
+                    data = rows * dims * itemsize
+                    extra_bytes = int(files[fname]["bytes"]) - data
+                    if not 0 < extra_bytes <= MAX_NPY_HEADER:
+                        raise StoreError(f"{where}: {fname} is recorded as {files[fname]['bytes']:,} bytes, which "
+                                         f"does not hold {rows:,} rows x {dims:,} dims of {itemsize}-byte values.")
+    return d
+
+
+def check_manifest(doc: Any, layers: Mapping[str, int] | None = None, itemsize: int | None = None
+                   ) -> list[dict[str, Any]]:
+    """The manifest document: its format and every part (see :func:`check_part`); names are unique."""
+    where = layout.MANIFEST_FILE
+    if not isinstance(doc, dict):
+        raise StoreError(f"{where} must hold a JSON object; got {type(doc).__name__}.")
+    fmt = doc.get("format", layout.FORMAT_NAME)
+    if fmt != layout.FORMAT_NAME:
+        raise StoreError(f"{where}: format {_show(fmt)} is not {layout.FORMAT_NAME!r}.")
+    parts = doc.get("parts")
+    if not isinstance(parts, list):
+        raise StoreError(f"{where}: parts must be a list; got {_show(parts)}.")
+    seen: set[str] = set()
+    for i, d in enumerate(parts):
+        check_part(d, i, layers, itemsize)
+        if d["name"] in seen:
+            raise StoreError(f"{where}: part {d['name']} is listed twice.")
+        seen.add(d["name"])
+    return parts
