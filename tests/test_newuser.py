@@ -112,3 +112,35 @@ def test_train_refuses_an_existing_bundle_unless_overwrite(fm_store, tmp_path, c
         deepfeat.train(fm_store, solver="exact", out=model)
     assert main([*args, "--alpha", "0.1", "--overwrite"]) == 0
     assert model.read_bytes() != before
+
+
+# --------------------------------------------------------------------------------------------- item 8
+def test_a_job_larger_than_the_free_space_is_refused_up_front(photo_files, tmp_path, capsys, monkeypatch):
+    """The disk is made to look nearly full (shutil.disk_usage reports 1 KiB free on the output's
+    filesystem): the job is refused before any image is read, exit 4; --ignore-free-space runs it."""
+    import shutil as sh
+
+    real = sh.disk_usage
+    asked: list[str] = []
+
+    def nearly_full(path):
+        asked.append(str(path))
+        u = real(path)
+        return type(u)(u.total, u.total - 1024, 1024)
+
+    monkeypatch.setattr(sh, "disk_usage", nearly_full)
+    src = tmp_path / "photos"
+    _copy(photo_files, {"cat": f"{src}/cat.jpg", "coffee": f"{src}/coffee.jpg"})
+    out = tmp_path / "feats"
+    assert main(["extract", str(src), "--out", str(out), *FAST]) == 4
+    captured = capsys.readouterr()
+    assert "job: 2 rows x 1,280 dims x 4 B = 10.0 KiB" not in captured.out  # refused before the plan line
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("environment error: the job needs about 10.0 KiB (2 rows x 1,280 dims")
+    assert "has 1.0 KiB free" in err[0] and "--ignore-free-space" in err[0]
+    assert asked and asked[-1] == str(out)
+    assert deepfeat.open_store(out).num_rows() == 0
+    assert main(["extract", str(src), "--out", str(out), *FAST, "--ignore-free-space"]) == 0
+    assert deepfeat.open_store(out).num_rows() == 2
+    monkeypatch.setattr(sh, "disk_usage", real)
+    assert deepfeat.extract(src, out, input_size=32, workers=0).already_done == 2  # the real disk has room

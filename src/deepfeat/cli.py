@@ -111,6 +111,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     weights=args.weights, input_size=args.input_size, crop_pct=args.crop_pct,
                     batch_size=args.batch_size, workers=args.workers, device=args.device,
                     precision=args.precision, part_size=args.part_size, overwrite=args.overwrite,
+                    ignore_free_space=args.ignore_free_space,
                     engine=args.engine, progress=progress, views=args.views, augment=args.augment,
                     views_splits=args.views_splits, augment_seed=args.augment_seed,
                     address=args.address, ray_workers=args.ray_workers,
@@ -486,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cpus-per-worker", type=float, default=1,
                    help="CPUs of each Ray worker; torch uses that many threads (default 1)")
     p.add_argument("--overwrite", action="store_true", help="delete an existing store with another config")
+    p.add_argument("--ignore-free-space", action="store_true",
+                   help="start even when the job's estimated size exceeds the free space on the output's filesystem "
+                        "(otherwise refused with exit status 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_extract)
 

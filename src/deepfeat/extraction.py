@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import signal
 import threading
 import time
@@ -26,7 +27,7 @@ import pyarrow.parquet as pq
 from . import __version__
 from .data.decode import DecodePolicy
 from .data.sources import Discovery, SourceItem, discover
-from .errors import UsageError
+from .errors import EnvironmentFault, UsageError
 from .models.layers import PRE_LOGITS, describe_layers, resolve_layers
 from .models.pooling import normalize_pool
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
@@ -35,6 +36,7 @@ from .store.create import prepare_store_dir, write_excluded
 from .store.lock import StoreLock
 from .store.reader import LayerSpec
 from .store.writer import Manifest, clean_uncommitted
+from .units import format_size
 
 log = logging.getLogger(__name__)
 
@@ -309,6 +311,7 @@ def extract(
     channels_last: bool = True,
     part_size: int | None = None,
     overwrite: bool = False,
+    ignore_free_space: bool = False,
     policy: DecodePolicy | None = None,
     engine: str = "local",
     progress: ProgressFn | None = None,
@@ -345,6 +348,8 @@ def extract(
             view 0; ``augment`` is their spec (see :mod:`deepfeat.data.augment`), seeded per
             (``augment_seed``, image id, view) so that reruns and resumes give the same features.
         progress: callback receiving dicts with a ``phase`` key ("plan", "batch", "part").
+        ignore_free_space: start even when the job's estimated size exceeds the free space on the
+            output's filesystem (otherwise an :class:`EnvironmentFault` before any image is read).
 
     Returns:
         An :class:`ExtractSummary`.
@@ -391,6 +396,8 @@ def extract(
             log.warning("%d inputs stored earlier are no longer in the source (kept in the store)",
                         summary.vanished_since)
         est = plan.estimate(pending)
+        if not ignore_free_space:
+            check_free_space(out, est)
         if progress:
             progress({"phase": "plan", "estimate": est, "total": len(plan.discovery.items),
                       "pending": len(pending), "already_done": summary.already_done,
@@ -415,6 +422,23 @@ def extract(
     log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,
              summary.failed_total, summary.excluded, summary.seconds)
     return summary
+
+
+def check_free_space(out: str, estimate: Mapping[str, int]) -> None:
+    """Refuse a job whose estimated feature bytes exceed the free space on ``out``'s filesystem.
+
+    Raises:
+        EnvironmentFault: with the estimate, the free space and the ways out.
+    """
+    need = int(estimate["bytes"])
+    free = shutil.disk_usage(out).free
+    log.info("job estimate %d bytes, %d bytes free on the filesystem of %s", need, free, out)
+    if need > free:
+        raise EnvironmentFault(
+            f"the job needs about {format_size(need)} ({estimate['rows']:,} rows x {estimate['dims']:,} dims x "
+            f"{estimate['bytes_per_value']} B) but the filesystem of {out!r} has {format_size(free)} free; free some "
+            "space, choose another --out, make the rows smaller (--dtype float16, pooling, fewer layers), or pass "
+            "--ignore-free-space (ignore_free_space=True) to start anyway")
 
 
 def _fill_totals(summary: ExtractSummary, manifest: Manifest, out: str) -> None:
