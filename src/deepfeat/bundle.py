@@ -34,35 +34,72 @@ import numpy as np
 
 from . import __version__
 from .data.preprocess import Preprocess
-from .errors import UsageError
+from .errors import BundleError, StoreError, UsageError
 from .heads import HEADS, StreamingScaler
+from .store import trust
 from .store.reader import LayerSpec
 
 FORMAT_NAME = "deepfeat-bundle"
 FORMAT_VERSION = 1
 META_KEY = "deepfeat"
 SUFFIX = ".dfm"
-_MAX_HEADER = 100 << 20
+#: Largest safetensors JSON header a bundle may have (real ones hold a few hundred kB at most).
+_MAX_HEADER = 16 << 20
+#: A head may allocate at most this many times the parameters its own tensors hold (plus a little).
+_HEAD_ALLOCATION_RATIO = 2
+
+
+class _NotABundle(Exception):
+    """The file is not a deepfeat bundle at all (``damaged`` says whether it looked like one)."""
+
+    def __init__(self, reason: str, damaged: bool) -> None:
+        super().__init__(reason)
+        self.damaged = damaged
+
+
+def _parse_header(path: str | os.PathLike) -> dict[str, Any]:
+    """The deepfeat document in a bundle's safetensors header; :class:`_NotABundle` saying why not.
+
+    The header's length is checked against :data:`_MAX_HEADER` and against the file's size
+    before anything is read, so a hostile length allocates nothing.
+    """
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) != 8:
+                raise _NotABundle("the file is shorter than a safetensors header", False)
+            n = struct.unpack("<Q", head)[0]
+            if n > _MAX_HEADER:
+                raise _NotABundle(f"its header claims {n:,} bytes (the limit is {_MAX_HEADER >> 20} MiB)",
+                                  n <= size)
+            if not 2 <= n <= size - 8:
+                raise _NotABundle(f"its header claims {n:,} bytes of a {size:,}-byte file", False)
+            raw = f.read(n)
+    except OSError as exc:
+        raise _NotABundle(f"it cannot be read ({exc.strerror or exc})", False) from None
+    try:
+        header = json.loads(raw.decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise _NotABundle(f"its header is not valid JSON ({type(exc).__name__})", raw[:1] == b"{") from None
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get(META_KEY), str):
+        raise _NotABundle("its header has no deepfeat metadata", False)
+    try:
+        doc = json.loads(meta[META_KEY])
+    except (ValueError, RecursionError) as exc:
+        raise _NotABundle(f"its deepfeat metadata is not valid JSON ({type(exc).__name__})", True) from None
+    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
+        raise _NotABundle(f"its metadata is not a {FORMAT_NAME!r} document", False)
+    return doc
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
     """The bundle's JSON metadata, or None when ``path`` is not a deepfeat bundle (never raises on content)."""
     try:
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                return None
-            n = struct.unpack("<Q", head)[0]
-            if not 2 <= n <= _MAX_HEADER:
-                return None
-            header = json.loads(f.read(n).decode("utf-8"))
-        meta = header.get("__metadata__", {}) if isinstance(header, dict) else {}
-        doc = json.loads(meta[META_KEY]) if isinstance(meta, dict) and META_KEY in meta else None
-    except (OSError, ValueError, UnicodeDecodeError, struct.error):
+        return _parse_header(path)
+    except _NotABundle:
         return None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        return None
-    return doc
 
 
 def is_bundle(path: str | os.PathLike) -> bool:
@@ -261,30 +298,46 @@ def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preproc
 
 
 def load_bundle(path: str | os.PathLike) -> Bundle:
-    """Read a bundle (no backbone is loaded; see :meth:`Bundle.load_backbone`)."""
+    """Read a bundle (no backbone is loaded; see :meth:`Bundle.load_backbone`).
+
+    A bundle is untrusted input: its header, metadata (layer keys, class names, counts) and
+    tensor shapes are checked before anything is allocated from them (:func:`check_bundle_document`).
+    A file that is not a bundle is a :class:`UsageError`; a bundle that is damaged or
+    inconsistent is a :class:`~deepfeat.errors.BundleError` naming the bad entry.
+    """
     from safetensors import safe_open
 
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"The bundle {path!r} does not exist.")
-    doc = read_header(path)
-    if doc is None:
-        raise UsageError(f"{path!r} is not a deepfeat model bundle (a .dfm file written by 'deepfeat train').")
-    if int(doc.get("format_version", 0)) > FORMAT_VERSION:
+    try:
+        doc = _parse_header(path)
+    except _NotABundle as exc:
+        if exc.damaged:
+            raise BundleError(f"The bundle {path!r} is damaged: {exc}.") from None
+        raise UsageError(f"{path!r} is not a deepfeat model bundle (a .dfm file written by 'deepfeat train'): "
+                         f"{exc}.") from None
+    version = doc.get("format_version", 0)
+    if not isinstance(version, int) or isinstance(version, bool):
+        raise BundleError(f"The bundle {path!r} has a malformed format_version {version!r}.")
+    if version > FORMAT_VERSION:
         raise UsageError(f"The bundle {path!r} has format version {doc['format_version']}; this deepfeat reads "
                          f"up to {FORMAT_VERSION}. Upgrade deepfeat.")
-    with safe_open(path, framework="np") as f:
-        tensors = {k: f.get_tensor(k) for k in f.keys()}
-    kind = doc["head"]["kind"]
-    if kind not in HEADS:
-        raise UsageError(f"The bundle {path!r} has an unknown head kind {kind!r}.")
-    layers = [LayerSpec.from_dict(d) for d in doc["layers"]]
+    check_bundle_document(doc, path)
     n_features = int(doc["head"]["n_features"])
-    if n_features != sum(s.dims for s in layers):
-        raise UsageError(f"The bundle {path!r} is inconsistent: {n_features} head inputs for "
-                         f"{sum(s.dims for s in layers)} feature dims.")
+    try:
+        with safe_open(path, framework="np") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            _check_tensor_shapes(doc, shapes, path)
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+    except (BundleError, UsageError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types on a damaged file
+        raise BundleError(f"The bundle {path!r} is damaged: its tensors cannot be read ({exc}).") from None
+    kind = doc["head"]["kind"]
+    layers = [LayerSpec.from_dict(d) for d in doc["layers"]]
     scaler = StreamingScaler.from_stats(tensors["scaler.mean"], tensors["scaler.scale"],
-                                        int(doc.get("scaler", {}).get("n_samples_seen", 0)))
+                                        int(doc.get("scaler", {}).get("n_samples_seen", 0) or 0))
     head_tensors = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
     params = dict(doc["head"]["params"])
     if "hidden" in params and isinstance(params["hidden"], list):
@@ -292,14 +345,96 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     params["device"] = "cpu"  # inference runs on the CPU whatever the training device was
     known = HEADS[kind]().get_params()
     params = {k: v for k, v in params.items() if k in known}
-    head = HEADS[kind].from_tensors(params, head_tensors, doc["classes"], n_features)
+    try:
+        head = HEADS[kind].from_tensors(params, head_tensors, doc["classes"], n_features)
+    except (UsageError, ValueError, TypeError, KeyError, RuntimeError) as exc:
+        raise BundleError(f"The bundle {path!r} is inconsistent: its {kind} head cannot be rebuilt ({exc}).") from None
     fne = None
     if doc.get("fne"):
         fne = {"mean": tensors["fne.mean"], "std": tensors["fne.std"], "thresholds": tuple(doc["fne"]["thresholds"]),
                "source_dtype": doc["fne"].get("source_dtype"),
                "source_layers": [LayerSpec.from_dict(d) for d in doc["fne"]["source_layers"]]}
+    try:
+        preprocess = Preprocess.from_dict(doc["preprocess"])
+    except (UsageError, ValueError, TypeError, KeyError) as exc:
+        raise BundleError(f"The bundle {path!r} has malformed preprocessing ({exc}).") from None
     return Bundle(path=path, metadata=doc, scaler=scaler, head=head, classes=list(doc["classes"]), layers=layers,
-                  preprocess=Preprocess.from_dict(doc["preprocess"]), fne=fne)
+                  preprocess=preprocess, fne=fne)
+
+
+def check_bundle_document(doc: Mapping[str, Any], path: str = "") -> None:
+    """Check a bundle's metadata document: types, layer keys, class names, head kind and sizes.
+
+    Class names must be unique strings of 1 to 1000 characters without control characters (a
+    name stays one cell of predict's CSV and one line of a report); they are data, never paths.
+    Raises :class:`~deepfeat.errors.BundleError` naming the bad entry.
+    """
+    where = f"The bundle {path!r}"
+    try:
+        for key, kind in (("head", dict), ("preprocess", dict), ("backbone", dict), ("classes", list)):
+            if not isinstance(doc.get(key), kind):
+                raise StoreError(f"'{key}' must be a JSON {'object' if kind is dict else 'list'}; "
+                                 f"got {type(doc.get(key)).__name__}")
+        head = doc["head"]
+        if head.get("kind") not in HEADS:
+            raise StoreError(f"unknown head kind {str(head.get('kind'))[:80]!r}")
+        if not isinstance(head.get("params"), dict):
+            raise StoreError("head.params must be a JSON object")
+        n_features = head.get("n_features")
+        if not isinstance(n_features, int) or isinstance(n_features, bool) or n_features < 1:
+            raise StoreError(f"head.n_features must be a positive integer; got {str(n_features)[:80]!r}")
+        layers = trust.check_layers(doc.get("layers"), "layers")
+        dims = sum(int(d["dims"]) for d in layers)
+        if n_features != dims:
+            raise StoreError(f"{n_features} head inputs for {dims} feature dims of its layers")
+        classes = doc["classes"]
+        if len(classes) < 2:
+            raise StoreError(f"{len(classes)} class name(s); a head needs at least 2")
+        for i, c in enumerate(classes):
+            trust.check_label(c, f"class name #{i}")
+        if len(set(classes)) != len(classes):
+            raise StoreError("a class name is listed twice")
+        if not isinstance(doc["backbone"].get("name"), str):
+            raise StoreError("backbone.name must be a string")
+        hidden = head["params"].get("hidden", [])
+        if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool)
+                                                   and 0 < h <= 1 << 20 for h in hidden):
+            raise StoreError(f"head.params.hidden must be a list of positive integers; got {str(hidden)[:80]}")
+        fne = doc.get("fne")
+        if fne:
+            if not isinstance(fne, dict) or not isinstance(fne.get("thresholds"), list):
+                raise StoreError("fne must be an object with a list of thresholds")
+            trust.check_layers(fne.get("source_layers"), "fne.source_layers")
+    except BundleError:
+        raise
+    except StoreError as exc:
+        raise BundleError(f"{where} is inconsistent: {exc}.") from None
+
+
+def _check_tensor_shapes(doc: Mapping[str, Any], shapes: Mapping[str, tuple[int, ...]], path: str) -> None:
+    """The tensors a bundle's metadata implies exist with the right shapes, before any is read.
+
+    The head is rebuilt from its hyperparameters (hidden sizes) and class count: they may not
+    imply more than :data:`_HEAD_ALLOCATION_RATIO` times the parameters its tensors hold.
+    """
+    n_features = int(doc["head"]["n_features"])
+    expected = {"scaler.mean": (n_features,), "scaler.scale": (n_features,)}
+    if doc.get("fne"):
+        n_source = sum(int(d["dims"]) for d in doc["fne"]["source_layers"])
+        expected.update({"fne.mean": (n_source,), "fne.std": (n_source,)})
+    for name, shape in expected.items():
+        if name not in shapes:
+            raise BundleError(f"The bundle {path!r} lacks the tensor {name!r}.")
+        if shapes[name] != shape:
+            raise BundleError(f"The bundle {path!r} is inconsistent: tensor {name!r} has shape {list(shapes[name])}, "
+                              f"its metadata implies {list(shape)}.")
+    held = sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith("head."))
+    n_out = len(doc["classes"])
+    chain = [n_features, *doc["head"]["params"].get("hidden", []), n_out]
+    implied = sum(a * b + b for a, b in zip(chain[:-1], chain[1:]))
+    if implied > _HEAD_ALLOCATION_RATIO * held + 1024:
+        raise BundleError(f"The bundle {path!r} is inconsistent: its head metadata implies {implied:,} parameters "
+                          f"but its tensors hold {held:,}; refusing to allocate it.")
 
 
 def _versions() -> dict[str, str]:

@@ -90,7 +90,15 @@ def _read_document(path: str) -> dict[str, Any]:
         raise UsageError(f"The checkpoint {path!r} cannot be read ({exc}); delete it to start over.") from None
     if _META_KEY not in meta:
         raise UsageError(f"The file {path!r} is not a deepfeat checkpoint; delete it to start over.")
-    return json.loads(meta[_META_KEY])
+    try:
+        document = json.loads(meta[_META_KEY])
+    except (ValueError, RecursionError) as exc:
+        raise UsageError(f"The checkpoint {path!r} has a malformed document ({type(exc).__name__}); "
+                         "delete it to start over.") from None
+    if not isinstance(document, dict) or not isinstance(document.get("state", {}), dict):
+        raise UsageError(f"The checkpoint {path!r} has a malformed document (not a JSON object); "
+                         "delete it to start over.")
+    return document
 
 
 def load_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:

@@ -149,11 +149,15 @@ def _nothing_embedded(s: Any, source: str, out: str) -> str:
 def cmd_info(args: argparse.Namespace) -> int:
     from .store.info import format_info, store_info, verify_store
 
-    info = store_info(args.store)
-    if args.json:
-        _print(json.dumps(info.to_dict(), indent=1, default=str))
-    else:
-        _print(format_info(info, failures=args.failures))
+    try:
+        info = store_info(args.store)
+    except StoreError:
+        if not args.verify:
+            raise
+        info = None  # the store cannot be summarised; verify says which check fails
+    if info is not None:
+        _print(json.dumps(info.to_dict(), indent=1, default=str) if args.json
+               else format_info(info, failures=args.failures))
     if args.verify:
         problems = verify_store(args.store)
         for p in problems:
@@ -757,13 +761,9 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
     known, _ = pre.parse_known_args(argv)
     if not known.config:
         return
-    import yaml
+    from .configfile import load_config_file
 
-    with open(known.config, encoding="utf-8") as f:
-        try:
-            data = yaml.safe_load(f)
-        except yaml.YAMLError as exc:
-            raise UsageError(f"The config file {known.config!r} is not valid YAML: {exc}") from None
+    data = load_config_file(known.config)  # safe types, bounded size and alias expansion
     data = {} if data is None else data
     if not isinstance(data, dict):
         raise UsageError(f"The config file {known.config!r} must hold a mapping of option: value.")

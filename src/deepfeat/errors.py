@@ -47,3 +47,7 @@ class ConfigMismatchError(StoreError):
 
 class WeightsUnavailableError(UsageError):
     """Pretrained weights are not on this machine and cannot be downloaded."""
+
+
+class BundleError(StoreError):
+    """A model bundle is damaged, inconsistent or names something it must not (exit status 3)."""
