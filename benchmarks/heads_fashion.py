@@ -51,7 +51,7 @@ def main() -> None:
                 bundle = os.path.join(work, f"{head}-{solver}-{layers.replace(',', '+')}.dfm")
                 t = time.perf_counter()
                 r = deepfeat.train(feats, layers=layers, head=head, solver=solver, epochs=args.epochs,
-                                   hidden=(256,), out=bundle)
+                                   hidden=(256,) if head == "mlp" else None, out=bundle)
                 seconds = time.perf_counter() - t
                 rep = deepfeat.evaluate(bundle, feats, split="test")
                 epochs = len(r.history) or None

@@ -144,3 +144,53 @@ def test_a_job_larger_than_the_free_space_is_refused_up_front(photo_files, tmp_p
     assert deepfeat.open_store(out).num_rows() == 2
     monkeypatch.setattr(sh, "disk_usage", real)
     assert deepfeat.extract(src, out, input_size=32, workers=0).already_done == 2  # the real disk has room
+
+
+# --------------------------------------------------------------------------------------------- item 9
+@pytest.fixture(scope="module")
+def fm_bundle(fm_store, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("nu_bundle") / "fm.dfm"
+    deepfeat.train(fm_store, solver="exact", out=out)
+    return out
+
+
+def test_tta_on_a_store_without_views_is_an_error(fm_bundle, fm_store, capsys):
+    assert main(["evaluate", str(fm_bundle), str(fm_store), "--split", "test"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(fm_bundle), str(fm_store), "--split", "test", "--tta"]) == 2
+    err = capsys.readouterr().err
+    assert "--tta" in err and "holds none" in err and "--views" in err and "Traceback" not in err
+
+
+def test_predict_top_k_0_is_an_error_and_a_missing_file_is_not_found(fm_bundle, photo_files, tmp_path, capsys):
+    cat = str(photo_files["cat"])
+    for model in (str(fm_bundle), "efficientnet_lite0"):
+        assert main(["predict", model, cat, "--top-k", "0"]) == 2
+        assert "'top_k'" in capsys.readouterr().err
+    missing = str(tmp_path / "no_such_photo.jpg")
+    for model in (str(fm_bundle), "efficientnet_lite0"):
+        assert main(["predict", model, missing, cat, "--top-k", "1"]) == 0
+        lines = dict(line.split("\t", 1) for line in capsys.readouterr().out.strip().splitlines())
+        assert lines[missing] == "ERROR\tmissing: not found (no such file or folder)"
+        assert "vanished" not in lines[missing] and "ERROR" not in lines[cat]
+    assert lines[cat].startswith(("tiger cat", "tabby", "Egyptian cat"))  # the bundled model's ImageNet top-1
+    assert main(["predict", "efficientnet_lite0", missing]) == 1  # nothing could be classified
+
+
+def test_hidden_without_the_mlp_head_is_an_error(fm_store, tmp_path, capsys):
+    out = tmp_path / "m.dfm"
+    assert main(["train", str(fm_store), "--head", "logreg", "--hidden", "64", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "--hidden" in err and "'logreg' head has none" in err and not out.exists()
+    with pytest.raises(deepfeat.errors.UsageError, match="hidden"):
+        deepfeat.train(fm_store, head="svm", hidden=(32,))
+
+
+def test_a_memory_budget_without_a_unit_is_refused(fm_store, tmp_path, capsys):
+    out = tmp_path / "m.dfm"
+    for bare in ("10", "512"):
+        assert main(["train", str(fm_store), "--memory-budget", bare, "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{bare!r} has no unit" in err and f"{bare}MiB or {bare}GiB" in err and not out.exists()
+    assert main(["train", str(fm_store), "--memory-budget", "10MiB", "--solver", "exact", "--out", str(out)]) == 0
+    assert deepfeat.load_bundle(out).metadata["training"]["memory_budget"] == 10 << 20

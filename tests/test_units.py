@@ -9,7 +9,7 @@ from deepfeat.units import format_size, parse_size
 
 @pytest.mark.parametrize(("text", "expected"), [
     ("1GiB", 1 << 30), ("2G", 2 << 30), ("512MiB", 512 << 20), ("512MB", 512_000_000), ("1.5k", 1536),
-    ("1e9", 10**9), (" 3 mib ", 3 << 20), ("4096", 4096), (4096, 4096), (1e6, 10**6), ("10 B", 10),
+    ("1e9", 10**9), (" 3 mib ", 3 << 20), ("4194304", 4 << 20), (4096, 4096), (1e6, 10**6), ("10 B", 10),
 ])
 def test_sizes_parse_to_bytes(text, expected) -> None:
     assert parse_size(text) == expected
@@ -25,6 +25,12 @@ def test_minimum_is_enforced_with_the_parameter_name() -> None:
     with pytest.raises(UsageError, match=r"'cache' parameter must be >= 1 bytes; got 0"):
         parse_size(0, "cache")
     assert parse_size("0", "cache", minimum=0) == 0
+
+
+@pytest.mark.parametrize("bare", ["10", "4096", " 512 ", "1048575"])
+def test_a_small_size_without_a_unit_is_refused_as_ambiguous(bare) -> None:
+    with pytest.raises(UsageError, match=f"'{bare.strip()}' has no unit.*{bare.strip()}MiB or {bare.strip()}GiB"):
+        parse_size(bare)
 
 
 def test_format_size() -> None:

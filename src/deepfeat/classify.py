@@ -36,9 +36,10 @@ class Prediction:
 def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[str]:
     """Files as given; folders walked and .txt/.csv lists read by :func:`deepfeat.discover`.
 
-    Entries that discovery excludes are appended to ``excluded`` (as ``ExcludedItem``) when given.
+    Entries that discovery excludes, and paths that do not exist (reason ``missing``, "not found"),
+    are appended to ``excluded`` (as ``ExcludedItem``) when given.
     """
-    from .data.sources import discover
+    from .data.sources import ExcludedItem, discover
 
     out: list[str] = []
     for entry in inputs:
@@ -48,6 +49,8 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = N
             out.extend(it.path for it in found.items)
             if excluded is not None:
                 excluded.extend(found.excluded)
+        elif excluded is not None and not os.path.exists(p):
+            excluded.append(ExcludedItem(p, "missing", "not found (no such file or folder)"))
         else:
             out.append(p)
     return out
@@ -65,7 +68,8 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
     if top_k < 1:
         raise UsageError(f"The 'top_k' parameter must be >= 1; got {top_k} instead.")
     policy = policy or DecodePolicy()
-    paths = expand_inputs(inputs)
+    excluded: list = []
+    paths = expand_inputs(inputs, excluded)
     preds: list[Prediction] = []
     for start in range(0, len(paths), batch_size):
         chunk = paths[start:start + batch_size]
@@ -90,4 +94,8 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
             preds.append(pred)
     order = {p: n for n, p in enumerate(paths)}
     preds.sort(key=lambda pr: order.get(pr.path, 0))
+    # what the user named but cannot be classified (missing files, FIFOs...); hidden files and
+    # other extensions inside folders are skipped silently
+    preds += [Prediction(ex.path, error=f"{ex.reason}: {ex.message}") for ex in excluded
+              if ex.reason not in ("hidden", "not_image_extension")]
     return preds

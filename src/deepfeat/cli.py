@@ -287,7 +287,8 @@ def _is_bundle_arg(value: str) -> bool:
 def cmd_predict_bundle(args: argparse.Namespace) -> int:
     from .predict import predict_images, write_predictions
 
-    preds = predict_images(args.model, args.inputs, top_k=args.top_k or 3, batch_size=args.batch_size,
+    preds = predict_images(args.model, args.inputs, top_k=3 if args.top_k is None else args.top_k,
+                           batch_size=args.batch_size,
                            weights=args.weights, device=args.device)
     bad = sum(p.error is not None for p in preds)
     if args.out:
@@ -547,7 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="bundle file to write, e.g. model.dfm")
     p.add_argument("--layers", default=None, help="stored layers to concatenate (default: all)")
     p.add_argument("--head", default="logreg", help="logreg | svm | mlp")
-    p.add_argument("--hidden", default="256", help="MLP hidden sizes, e.g. 256,16")
+    p.add_argument("--hidden", default=None, help="MLP hidden sizes, e.g. 256,16 (default 256; --head mlp only)")
     p.add_argument("--solver", default="auto", help="auto | stream | exact (scikit-learn, in memory)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=256)
@@ -556,7 +557,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-fraction", type=float, default=0.1, help="training ids held out when there is no val split")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--class-weight", default=None, help="balanced | none")
-    p.add_argument("--memory-budget", default="1GiB", help="memory for feature rows (decides --solver auto)")
+    p.add_argument("--memory-budget", default="1GiB",
+                   help="memory for feature rows, with a unit: 512MiB, 2GiB (decides --solver auto; default 1GiB)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--no-resume", action="store_true",

@@ -85,6 +85,18 @@ def _check_labels(store: FeatureStore, split: str | None) -> int:
     return rows
 
 
+def _augmented_rows(store: FeatureStore, split: str | None) -> int:
+    """Rows of the split (``None``: all) that are augmented views (view >= 1)."""
+    n = 0
+    for part in store.iter_parts():
+        if split is not None and not part.splits.get(split):
+            continue
+        t = store.read_rows(part, ["split", "view"])
+        n += sum(1 for s, v in zip(t.column("split").to_pylist(), t.column("view").to_pylist())
+                 if (split is None or s == split) and v)
+    return n
+
+
 def evaluate(
     bundle: str | os.PathLike | Bundle,
     store: str | os.PathLike | FeatureStore,
@@ -121,6 +133,11 @@ def evaluate(
     top_scores: list[np.ndarray] = []
     names = b.layer_names
     cols = ("id", "label", "split", "view", "path")
+    if tta and not _augmented_rows(st, sel):
+        where = f"the split {sel!r} of the store" if sel else "the store"
+        raise UsageError(f"tta (--tta) averages the scores over each image's augmented views, but {where} "
+                         f"{st.path!r} holds none; extract with --views K --views-splits {sel or 'train,test'}, "
+                         "or drop --tta.")
     if tta:
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}

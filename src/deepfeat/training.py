@@ -46,7 +46,7 @@ from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .store.fsutil import remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
-from .units import parse_size
+from .units import format_size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,9 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- arguments
+DEFAULT_HIDDEN = (256,)  #: the MLP head's hidden layer sizes unless told
+
+
 def parse_hidden(hidden: int | str | Sequence[int]) -> tuple[int, ...]:
     """``256``, ``"256,16"`` or ``(256, 16)`` -> ``(256, 16)``."""
     try:
@@ -211,8 +214,9 @@ def plan_memory(budget: int, dims: int, stored_itemsize: int, batch_size: int) -
     shuffle_rows = int(max(batch_size, min(65536, (budget // 6) // stored_row)))
     io_batch = int(max(1, min(4096, (budget // 4) // max(1, dims * 24))))
     if step > budget // 2:
-        log.warning("one optimiser step of %d rows x %d dims needs about %d MiB, more than half the memory budget "
-                    "of %d MiB; lower batch_size or raise memory_budget", batch_size, dims, step >> 20, budget >> 20)
+        log.warning("one optimiser step of %d rows x %d dims needs about %s, more than half the memory budget "
+                    "of %s; lower batch_size or raise memory_budget", batch_size, dims, format_size(step),
+                    format_size(budget))
     return MemoryPlan(int(read_bytes), shuffle_rows, io_batch, step)
 
 
@@ -379,7 +383,7 @@ def train(
     head: str = "logreg",
     *,
     solver: str = "auto",
-    hidden: int | str | Sequence[int] = (256,),
+    hidden: int | str | Sequence[int] | None = None,
     epochs: int = 20,
     batch_size: int = 256,
     lr: float | None = None,
@@ -403,7 +407,8 @@ def train(
         layers: stored layers to use, concatenated in this order (default: all of them).
         head: ``"logreg"`` (multinomial logistic), ``"svm"`` (linear, hinge) or ``"mlp"``.
         solver: ``"stream"`` (mini-batches from disk), ``"exact"`` (in memory, scikit-learn) or ``"auto"``.
-        hidden: MLP hidden sizes, e.g. ``(256, 16)`` or ``"256,16"``.
+        hidden: MLP hidden sizes, e.g. ``(256, 16)`` or ``"256,16"`` (default ``(256,)``); only for
+            ``head="mlp"`` (a :class:`UsageError` with another head).
         epochs: maximum passes over the training rows (streaming).
         batch_size: rows per optimiser step.
         lr: Adam learning rate (default 1e-3), decayed by a cosine over the epochs.
@@ -428,7 +433,10 @@ def train(
         A :class:`TrainResult`.
     """
     start = time.perf_counter()
-    sizes = parse_hidden(hidden)
+    if hidden is not None and head != "mlp":
+        raise UsageError(f"The 'hidden' parameter of train (--hidden) sets the hidden layers of the MLP head; the "
+                         f"{head!r} head has none. Use head='mlp' (--head mlp) or leave 'hidden' out.")
+    sizes = parse_hidden(DEFAULT_HIDDEN if hidden is None else hidden)
     validate_train_args(head, solver, epochs, batch_size, lr, alpha, val_fraction, patience, class_weight, seed,
                         device)
     budget = parse_size(memory_budget, "memory_budget")
@@ -474,8 +482,8 @@ def train(
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if solver == "exact":
         if exact_bytes > budget:
-            log.warning("the exact solver needs about %d MiB for %d x %d features, over the memory budget of %d MiB",
-                        exact_bytes >> 20, plan.n_train, dims, budget >> 20)
+            log.warning("the exact solver needs about %s for %d x %d features, over the memory budget of %s",
+                        format_size(exact_bytes), plan.n_train, dims, format_size(budget))
         scaler, model = _fit_exact(store, names, plan, dims, head, model, alpha, weights, seed, io_batch, progress)
     else:
         ckpt = checkpoint_path(out) if out is not None and checkpoint else None

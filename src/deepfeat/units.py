@@ -2,7 +2,9 @@
 
 Units: ``KiB``/``MiB``/``GiB``/``TiB`` and the bare ``K``/``M``/``G``/``T`` are powers of 1024;
 ``KB``/``MB``/``GB``/``TB`` are powers of 1000 (SI). A plain number (``1073741824``, ``"1e9"``)
-is bytes.
+is bytes. A string without a unit between 1 and 1 MiB (``"10"``, ``"512"``: a command-line
+``--memory-budget 512``) is refused as ambiguous -- nobody means 512 bytes -- with a message
+asking for a unit; ``"0"`` and ints from Python stay bytes.
 
 Example:
     >>> parse_size("512MiB"), parse_size("2GB"), parse_size("1.5K")
@@ -17,6 +19,7 @@ import re
 
 from .errors import UsageError
 
+_AMBIGUOUS_BELOW = 1 << 20  #: unit-less size strings below this many bytes are refused
 _SIZE = re.compile(r"\s*([0-9]*\.?[0-9]+(?:e[+-]?[0-9]+)?)\s*(?:([kmgt])(i?)(b?))?\s*(b?)\s*", re.IGNORECASE)
 
 
@@ -26,6 +29,7 @@ def parse_size(value: int | float | str, what: str = "memory_budget", *, minimum
     Raises :class:`~deepfeat.errors.UsageError` naming ``what`` for anything else or for a
     size below ``minimum`` bytes.
     """
+    unitless = False
     if isinstance(value, bool):
         n = None
     elif isinstance(value, numbers.Real):
@@ -36,11 +40,17 @@ def parse_size(value: int | float | str, what: str = "memory_budget", *, minimum
             n = None
         else:
             unit = (m.group(2) or "").lower()
+            unitless = not unit and not m.group(5)
             decimal = bool(unit) and not m.group(3) and bool(m.group(4))
             n = int(float(m.group(1)) * (1000 if decimal else 1024) ** " kmgt".index(unit or " "))
     if n is None:
         raise UsageError(f"The '{what}' parameter must be a size such as 2GiB, 512MB or a number of bytes; got "
                          f"{value!r} instead.")
+    if unitless and 0 < n < _AMBIGUOUS_BELOW:
+        number = str(value).strip()
+        raise UsageError(f"The '{what}' parameter {number!r} has no unit, and a size without a unit is bytes; "
+                         f"{number} bytes is surely not meant. Write the unit: {number}MiB or {number}GiB "
+                         "(or 1MiB and more as plain bytes).")
     if n < minimum:
         raise UsageError(f"The '{what}' parameter must be >= {minimum} bytes; got {value!r} instead.")
     return n

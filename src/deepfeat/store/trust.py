@@ -43,8 +43,9 @@ MAX_METADATA_BYTES = 16 << 20
 MAX_MANIFEST_BYTES = 512 << 20
 #: Bytes an ``.npy`` header may take before the data (numpy itself refuses headers over 10,000 bytes).
 MAX_NPY_HEADER = 1 << 16
-#: Upper bound of any count or size in a manifest (2^48: far beyond any real store).
+#: Upper bound of any count in a manifest (2^48: far beyond any real store) and of a file's size.
 MAX_COUNT = 1 << 48
+MAX_BYTES = 1 << 62
 #: Longest layer name, class name or label accepted from a shared file.
 MAX_NAME_CHARS = 1000
 
@@ -57,8 +58,8 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
 
 
-def _count(v: Any, where: str) -> int:
-    if not _is_int(v) or not 0 <= int(v) <= MAX_COUNT:
+def _count(v: Any, where: str, limit: int = MAX_COUNT) -> int:
+    if not _is_int(v) or not 0 <= int(v) <= limit:
         raise StoreError(f"{where} must be a non-negative integer; got {_show(v)}.")
     return int(v)
 
@@ -126,7 +127,9 @@ def read_json_file(path: str, limit: int, what: str) -> Any:
     """A JSON document of at most ``limit`` bytes, or a :class:`StoreError` saying what is wrong with it."""
     try:
         with open(path, "rb") as f:
-            data = f.read(limit + 1)
+            size = os.fstat(f.fileno()).st_size
+            # read(n) reserves n bytes up front: ask only for what the file holds (and one byte more)
+            data = f.read(min(size, limit) + 1)
     except OSError as exc:
         raise StoreError(f"{what} cannot be read ({exc.strerror or exc}).") from None
     if len(data) > limit:
@@ -259,7 +262,7 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
                              f"({layout.ROWS_FILE}, {layout.LEDGER_FILE} or <layer key>.npy).")
         if not isinstance(entry, dict):
             raise StoreError(f"{where}: files[{fname!r}] must be an object; got {_show(entry)}.")
-        _count(entry.get("bytes"), f"{where}: {fname}: bytes")
+        _count(entry.get("bytes"), f"{where}: {fname}: bytes", MAX_BYTES)
         digest = entry.get("sha256")
         if not isinstance(digest, str) or re.fullmatch(r"[0-9a-f]{64}", digest) is None:
             raise StoreError(f"{where}: {fname}: sha256 must be 64 hex digits; got {_show(digest)}.")
