@@ -34,7 +34,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from ..errors import StoreError, UsageError
 from ..store import layout
@@ -343,9 +342,9 @@ def full_network_embedding(
         mean, std = params["mean"], params["std"]
         manifest = Manifest(out)
         clean_uncommitted(out, manifest)
-        excluded = os.path.join(src.path, layout.EXCLUDED_FILE)
-        if os.path.isfile(excluded):
-            write_excluded(out, pq.read_table(excluded))
+        excluded = src.read_excluded()
+        if excluded is not None:
+            write_excluded(out, excluded)
         summary = FNESummary(out=out, source=src.path, layers=[s.name for s in specs], dims=dims, thresholds=lo_hi,
                              stats_rows=int(fne_info["stats_rows"]), zero_variance=int(fne_info["zero_variance"]),
                              resumed=resumed)

@@ -127,12 +127,17 @@ class FeatureStore:
     def ledger(self) -> pa.Table:
         """The fate of every discovered input: embedded | failed | excluded, with reasons."""
         tables = [self.read_ledger(p) for p in self.manifest.parts]
-        excluded = self.member(layout.EXCLUDED_FILE)
-        if os.path.isfile(excluded):
-            tables.append(_read_table(excluded, layout.EXCLUDED_FILE))
+        excluded = self.read_excluded()
+        if excluded is not None:
+            tables.append(excluded)
         if not tables:
             return layout.LEDGER_SCHEMA.empty_table()
         return pa.concat_tables([t.cast(layout.LEDGER_SCHEMA) for t in tables])
+
+    def read_excluded(self) -> pa.Table | None:
+        """The inputs excluded at discovery (``excluded.parquet``), or None when the store has none."""
+        path = self.member(layout.EXCLUDED_FILE)
+        return _read_table(path, layout.EXCLUDED_FILE) if os.path.isfile(path) else None
 
     # -- reading --------------------------------------------------------------------------
     def member(self, *names: str) -> str:
