@@ -194,3 +194,29 @@ def test_a_memory_budget_without_a_unit_is_refused(fm_store, tmp_path, capsys):
         assert f"{bare!r} has no unit" in err and f"{bare}MiB or {bare}GiB" in err and not out.exists()
     assert main(["train", str(fm_store), "--memory-budget", "10MiB", "--solver", "exact", "--out", str(out)]) == 0
     assert deepfeat.load_bundle(out).metadata["training"]["memory_budget"] == 10 << 20
+
+
+# --------------------------------------------------------------------------------------------- item 10
+def test_list_files_in_utf16_or_with_nul_bytes_are_usage_errors(photo_files, tmp_path, capsys):
+    _copy(photo_files, {"cat": f"{tmp_path}/cat.jpg"})
+    lists = {"u16.txt": "cat.jpg,cat\n".encode("utf-16"),  # with a byte-order mark
+             "u16le.csv": "cat.jpg,cat\n".encode("utf-16-le"),  # without one: NUL bytes
+             "nul.csv": b"cat.jpg,cat\nco\x00ffee.jpg,cup\n"}
+    for name, data in lists.items():
+        (tmp_path / name).write_bytes(data)
+        assert main(["extract", str(tmp_path / name), "--out", str(tmp_path / f"out_{name}"), *FAST]) == 2, name
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: The list file") and "UTF-8" in err[0], err
+        assert ("is UTF-16 text" if name == "u16.txt" else "holds a NUL byte on line ") in err[0]
+    (tmp_path / "bom8.csv").write_bytes("path,label\ncat.jpg,cat\n".encode("utf-8-sig"))  # a UTF-8 BOM is fine
+    assert [(i.relpath, i.label) for i in discover(tmp_path / "bom8.csv").items] == [("cat.jpg", "cat")]
+
+
+def test_a_huge_input_size_is_a_usage_error(photo_files, tmp_path, capsys):
+    _copy(photo_files, {"cat": f"{tmp_path}/src/cat.jpg"})
+    for args in (["extract", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--input-size", "100000"],
+                 ["layers", "efficientnet_lite0", "--input-size", "100000"]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err == ["error: The 'input_size' (--input-size) must be at most 4096 pixels a side; got 100000x100000, "
+                       "whose input tensor alone is 111.8 GiB per image."]

@@ -37,6 +37,11 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+#: the largest input side: a 4096x4096 image is 192 MiB as float32 before the first layer's
+#: activations (several GiB); larger sizes are mistakes (issue 12: --input-size 100000 = 112 GiB)
+MAX_INPUT_SIZE = 4096
+
+
 @dataclass(frozen=True)
 class Preprocess:
     """Evaluation preprocessing of one backbone.
@@ -56,6 +61,11 @@ class Preprocess:
         h, w = self.input_size
         if h < 1 or w < 1:
             raise UsageError(f"The 'input_size' must be positive; got {self.input_size} instead.")
+        if max(h, w) > MAX_INPUT_SIZE:
+            from ..units import format_size
+
+            raise UsageError(f"The 'input_size' (--input-size) must be at most {MAX_INPUT_SIZE} pixels a side; got "
+                             f"{h}x{w}, whose input tensor alone is {format_size(3 * h * w * 4)} per image.")
         if not 0.05 <= self.crop_pct <= 1.0:
             raise UsageError(f"The 'crop_pct' must be in [0.05, 1]; got {self.crop_pct} instead.")
         if self.interpolation not in INTERPOLATIONS:

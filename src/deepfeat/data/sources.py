@@ -389,10 +389,30 @@ def _finish(root: str, layout: str, items: list[SourceItem], excluded: list[Excl
     return Discovery(root=root, layout=layout, items=items, excluded=excluded, notes=list(notes or []))
 
 
+_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
+               (b"\xff\xfe", "UTF-16"))
+
+
 def _read_rows(list_path: str) -> Iterator[tuple[int, list[str]]]:
-    with open(list_path, encoding="utf-8", errors="surrogateescape", newline="") as fh:
+    """``(line number, fields)`` of a UTF-8 list file (a UTF-8 BOM is skipped).
+
+    Raises:
+        UsageError: the file is UTF-16/32 (by its byte-order mark) or holds a NUL byte, which no
+            path can contain (a UTF-16 file without a BOM shows this way too).
+    """
+    with open(list_path, "rb") as raw:
+        head = raw.read(4)
+    for bom, name in _WIDE_BOMS:
+        if head.startswith(bom):
+            raise UsageError(f"The list file {list_path!r} is {name} text; deepfeat reads list files as UTF-8. Save "
+                             "it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8) and rerun.")
+    with open(list_path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
         reader = csv.reader(fh)
         for row in reader:
+            if any("\x00" in f for f in row):
+                raise UsageError(f"The list file {list_path!r} holds a NUL byte on line {reader.line_num}; a list "
+                                 "file is UTF-8 text of path[,label[,split]] rows (a UTF-16 file shows this way: "
+                                 "save it as UTF-8).")
             yield reader.line_num, row
 
 
