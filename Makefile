@@ -15,13 +15,14 @@ demo: setup
 	$(VENV)/bin/deepfeat extract $(DEMO)/fm --model efficientnet_lite0 --layers blocks.4,pre_logits --pool avg \
 		--dtype float16 --input-size 96 --out $(DEMO)/feats
 	$(VENV)/bin/deepfeat info $(DEMO)/feats
-	$(VENV)/bin/deepfeat train $(DEMO)/feats --layers blocks.4,pre_logits --head logreg --out $(DEMO)/model.dfm
+	$(VENV)/bin/deepfeat train $(DEMO)/feats --layers blocks.4,pre_logits --head logreg --solver stream \
+		--out $(DEMO)/model.dfm --overwrite
 	$(VENV)/bin/deepfeat evaluate $(DEMO)/model.dfm $(DEMO)/feats --split test --out $(DEMO)/report
 
-test:
+test: setup
 	$(PY) -m pytest -q
 
-test-slow:
+test-slow: setup
 	$(PY) -m pytest -q -m slow
 
 bench:

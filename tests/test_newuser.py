@@ -220,3 +220,37 @@ def test_a_huge_input_size_is_a_usage_error(photo_files, tmp_path, capsys):
         err = capsys.readouterr().err.strip().splitlines()
         assert err == ["error: The 'input_size' (--input-size) must be at most 4096 pixels a side; got 100000x100000, "
                        "whose input tensor alone is 111.8 GiB per image."]
+
+
+# --------------------------------------------------------------------------------------------- item 14
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_make_test_sets_up_first_and_the_demo_trains_the_streaming_head_the_readme_describes():
+    import re
+
+    makefile = (ROOT / "Makefile").read_text()
+    assert re.search(r"^test: setup$", makefile, re.M) and re.search(r"^test-slow: setup$", makefile, re.M)
+    demo = makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0].replace("\\\n", " ")
+    (train,) = [line for line in demo.splitlines() if "deepfeat train" in line]
+    readme = (ROOT / "README.md").read_text()
+    assert "trains\na streaming logistic head" in readme or "a streaming logistic head" in readme
+    assert "--head logreg" in train and "--solver stream" in train
+
+
+def test_reliability_md_cites_only_tests_that_exist():
+    import re
+
+    doc = (ROOT / "docs" / "RELIABILITY.md").read_text()
+    sources = {p.name: p.read_text() for p in (ROOT / "tests").glob("test_*.py")}
+    cited = re.findall(r"(test_\w+\.py)::(test_\w+)(\*?)", doc)
+    assert len(cited) > 30
+    for name, func, star in cited:
+        assert name in sources, name
+        pattern = rf"^def {func}\w*\(" if star else rf"^def {func}\("
+        assert re.search(pattern, sources[name], re.M), f"{name}::{func}{star}"
+    for func in set(re.findall(r"`(test_\w+)`", doc)):  # bare names in the tables
+        assert any(re.search(rf"^def {func}\(", s, re.M) for s in sources.values()), func
+    for reason in ("unidentified", "truncated", "too_large", "aspect_ratio", "unsupported_format", "vanished",
+                   "worker_crash", "nonfinite_features"):
+        assert f"`{reason}`" in doc, reason
