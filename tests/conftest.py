@@ -9,6 +9,11 @@ import pytest
 from PIL import Image
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# Exported runtimes (OpenVINO IR, ONNX) are cached per test session, never in the user's home.
+if "DEEPFEAT_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["DEEPFEAT_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfeat-test-cache-")
 
 PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket"}
 

@@ -233,7 +233,8 @@ class Bundle:
 
 def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preprocess: Mapping[str, Any],
                 layers: Sequence[LayerSpec], dtype: str, scaler: StreamingScaler, head: Any, head_kind: str,
-                classes: Sequence[str], precision: str = "fp32", decode_policy: Mapping[str, Any] | None = None,
+                classes: Sequence[str], precision: str = "fp32", runtime: Mapping[str, Any] | None = None,
+                decode_policy: Mapping[str, Any] | None = None,
                 training: Mapping[str, Any] | None = None, validation: Mapping[str, Any] | None = None,
                 history: Sequence[Mapping[str, Any]] | None = None, fne: Mapping[str, Any] | None = None) -> str:
     """Write a bundle atomically (temp file + rename) and return its path.
@@ -264,6 +265,7 @@ def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preproc
         "layers": [s.to_dict() for s in layers],
         "dtype": dtype,
         "precision": precision,
+        "runtime": dict(runtime) if runtime else {"runtime": "torch", "precision": precision},
         "decode_policy": dict(decode_policy) if decode_policy else None,
         "head": {"kind": head_kind, "class": type(head).__name__, "params": head.hyperparameters(),
                  "n_features": int(scaler.mean_.shape[0])},

@@ -15,10 +15,9 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
-from .data.decode import DecodePolicy, decode_file
-from .errors import InputError, UsageError
+from .data.decode import DecodePolicy
+from .errors import UsageError
 from .models.registry import Backbone, load_backbone
 
 
@@ -57,8 +56,17 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = N
 
 
 def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], top_k: int = 5,
-                    batch_size: int = 16, policy: DecodePolicy | None = None) -> list[Prediction]:
-    """Top-k classes of the backbone's own classifier for files/folders; bad files are reported, not raised."""
+                    batch_size: int = 16, policy: DecodePolicy | None = None, *, runtime: str = "auto",
+                    precision: str = "auto", device: str = "cpu", workers: int | None = None) -> list[Prediction]:
+    """Top-k classes of the backbone's own classifier for files/folders; bad files are reported, not raised.
+
+    Images go through the same decode pool and runtime seam as ``extract`` (``runtime``/``precision``
+    as there; ``workers=0`` decodes in this process).
+    """
+    from .embed import embed_files
+    from .models.layers import OUTPUT, describe_layers
+    from .runtimes import build_runtime, layer_specs
+
     bb = model if isinstance(model, Backbone) else load_backbone(model)
     if not bb.class_names:
         raise UsageError(
@@ -70,28 +78,24 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
     policy = policy or DecodePolicy()
     excluded: list = []
     paths = expand_inputs(inputs, excluded)
+    infos = describe_layers(bb)
+    computer = build_runtime(bb, layer_specs(bb, OUTPUT, "none", infos), infos, runtime=runtime, device=device,
+                             precision=precision)
     preds: list[Prediction] = []
-    for start in range(0, len(paths), batch_size):
-        chunk = paths[start:start + batch_size]
-        pixels, ok = [], []
-        for p in chunk:
-            try:
-                pixels.append(bb.preprocess.resize_crop(decode_file(p, policy).image))
-                ok.append(Prediction(p))
-            except InputError as exc:
-                preds.append(Prediction(p, error=f"{exc.reason}: {exc.message}"))
-        if not pixels:
+    for batch in embed_files(computer, paths, preprocess=bb.preprocess, policy=policy, batch_size=batch_size,
+                             workers=workers):
+        preds.extend(Prediction(paths[i], error=f"{reason}: {message}") for i, reason, message in batch.failed)
+        if not batch.indices:
             continue
-        x = bb.preprocess.normalize(torch.from_numpy(np.stack(pixels)))
-        with torch.inference_mode():
-            probs = bb.model(x).float().softmax(-1)
+        logits = batch.features[OUTPUT].astype(np.float64)
+        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+        probs /= probs.sum(axis=1, keepdims=True)
         k = min(top_k, probs.shape[1])
-        values, indices = probs.topk(k, dim=1)
-        for pred, v, i in zip(ok, values.tolist(), indices.tolist()):
-            pred.indices = i
-            pred.probabilities = v
-            pred.labels = [bb.class_names[j] for j in i]
-            preds.append(pred)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        for row, i in enumerate(batch.indices):
+            idx = [int(j) for j in top[row]]
+            preds.append(Prediction(paths[i], labels=[bb.class_names[j] for j in idx], indices=idx,
+                                    probabilities=[float(probs[row, j]) for j in idx]))
     order = {p: n for n, p in enumerate(paths)}
     preds.sort(key=lambda pr: order.get(pr.path, 0))
     # what the user named but cannot be classified (missing files, FIFOs...); hidden files and

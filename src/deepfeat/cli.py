@@ -86,7 +86,8 @@ class _Progress:
             layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
             _print(f"layers: {layers}")
             _print(f"job: {est['rows']:,} rows x {est['dims']:,} dims x {est['bytes_per_value']} B = "
-                   f"{format_size(est['bytes'])} on {event['device']} ({event['precision']})"
+                   f"{format_size(est['bytes'])} on {event['device']} with {event.get('runtime', 'torch')} "
+                   f"{event['precision']}"
                    f"; {event['already_done']:,} already done, {event['excluded']:,} excluded at discovery")
             if not self.quiet:
                 from tqdm import tqdm
@@ -102,6 +103,16 @@ class _Progress:
             self.bar.close()
 
 
+def _add_runtime_args(p: argparse.ArgumentParser, auto_help: str = "auto: the fastest installed runtime "
+                      "that runs the model here (on a resume: the store's own)") -> None:
+    """``--runtime`` / ``--precision``: validated by the API (deepfeat.runtimes.resolve_runtime)."""
+    p.add_argument("--runtime", default="auto",
+                   help=f"auto | openvino | onnxruntime | torch (default: auto; {auto_help})")
+    p.add_argument("--precision", default="auto",
+                   help="auto | fp32 | bf16 | fp16 (default: auto, the fastest precision that agrees with torch "
+                        "fp32; bf16 only on CPUs that compute it natively)")
+
+
 def cmd_extract(args: argparse.Namespace) -> int:
     from .extraction import extract
 
@@ -110,7 +121,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
         s = extract(args.source, args.out, model=args.model, layers=args.layers, pool=args.pool, dtype=args.dtype,
                     weights=args.weights, input_size=args.input_size, crop_pct=args.crop_pct,
                     batch_size=args.batch_size, workers=args.workers, device=args.device,
-                    precision=args.precision, part_size=args.part_size, overwrite=args.overwrite,
+                    runtime=args.runtime, precision=args.precision, part_size=args.part_size,
+                    overwrite=args.overwrite,
                     ignore_free_space=args.ignore_free_space,
                     engine=args.engine, progress=progress, views=args.views, augment=args.augment,
                     views_splits=args.views_splits, augment_seed=args.augment_seed,
@@ -181,7 +193,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from .classify import classify_images
 
-    preds = classify_images(args.model, args.inputs, top_k=args.top_k)
+    preds = classify_images(args.model, args.inputs, top_k=args.top_k, runtime=args.runtime,
+                            precision=args.precision)
     bad = 0
     for p in preds:
         if p.error:
@@ -289,7 +302,8 @@ def cmd_predict_bundle(args: argparse.Namespace) -> int:
 
     preds = predict_images(args.model, args.inputs, top_k=3 if args.top_k is None else args.top_k,
                            batch_size=args.batch_size,
-                           weights=args.weights, device=args.device)
+                           weights=args.weights, device=args.device, runtime=args.runtime,
+                           precision=args.precision)
     bad = sum(p.error is not None for p in preds)
     if args.out:
         write_predictions(preds, args.out)
@@ -313,7 +327,8 @@ def cmd_predict_any(args: argparse.Namespace) -> int:
         from .classify import classify_images
         from .predict import write_predictions
 
-        preds = classify_images(args.model, args.inputs, top_k=args.top_k)
+        preds = classify_images(args.model, args.inputs, top_k=args.top_k, runtime=args.runtime,
+                                precision=args.precision)
         write_predictions(preds, args.out)
         bad = sum(p.error is not None for p in preds)
         _print(f"wrote {len(preds):,} predictions to {args.out} ({bad:,} could not be classified)")
@@ -476,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes (default: spare cores; with --engine ray: per Ray worker, default 0)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    _add_runtime_args(p)
     p.add_argument("--part-size", type=int, default=None, help="inputs per committed part (default: ~256 MiB)")
     p.add_argument("--views", type=int, default=0, help="augmented views per image, besides the original (view 0)")
     p.add_argument("--augment", default=None,
@@ -585,6 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--weights", default=None, help="bundle only: backbone weights file if not at the recorded path")
     p.add_argument("--device", default="cpu", help="bundle only: cpu | cuda | auto")
+    _add_runtime_args(p, auto_help="auto: the bundle's own runtime and precision when they run here")
     p.set_defaults(func=cmd_predict_any)
 
     for name, helptext in (("train-cnn", "train a small ConvNet from scratch on a labelled image folder"),

@@ -28,12 +28,13 @@ from . import __version__
 from .data.decode import DecodePolicy
 from .data.sources import Discovery, SourceItem, discover
 from .errors import EnvironmentFault, UsageError
-from .models.layers import PRE_LOGITS, describe_layers, resolve_layers
-from .models.pooling import normalize_pool
+from .models.layers import PRE_LOGITS, describe_layers
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .store import layout
+from .store.fsutil import read_json
 from .store.create import prepare_store_dir, write_excluded
 from .store.lock import StoreLock
+from .runtimes import layer_specs, resolve_runtime, runtime_choices
 from .store.reader import LayerSpec
 from .store.writer import Manifest, clean_uncommitted
 from .units import format_size
@@ -101,6 +102,15 @@ class ExtractPlan:
     #: how to load the backbone again elsewhere (Ray workers): model, weights, input_size, crop_pct;
     #: None when the backbone was handed over as an object
     model_args: dict[str, Any] | None = None
+    #: the inference runtime and precision that compute the features (part of the fingerprint)
+    runtime: str = "torch"
+    precision: str = "fp32"
+
+    def use_runtime(self, described: Mapping[str, Any]) -> None:
+        """Record the runtime that actually runs (after any fallback) in the config and metadata."""
+        self.runtime, self.precision = str(described["runtime"]), str(described["precision"])
+        self.config.update(runtime=self.runtime, precision=self.precision)
+        self.metadata.update(runtime=dict(described), precision=self.precision)
 
     @property
     def row_bytes(self) -> int:
@@ -120,28 +130,6 @@ class ExtractPlan:
                 "bytes_per_value": np.dtype(self.dtype).itemsize, "bytes": rows * self.row_bytes}
 
 
-def _parse_pools(pool: str | Mapping[str, str], layers: Sequence[str]) -> dict[str, str]:
-    """``"avg"`` for all, or ``"avg,blocks.4=none"`` / a mapping for per-layer pooling."""
-    default = "avg"
-    overrides: dict[str, str] = {}
-    if isinstance(pool, Mapping):
-        overrides = {k: normalize_pool(v) for k, v in pool.items()}
-    else:
-        for part in str(pool).split(","):
-            part = part.strip()
-            if not part:
-                continue
-            if "=" in part:
-                k, v = part.rsplit("=", 1)
-                overrides[k.strip()] = normalize_pool(v)
-            else:
-                default = normalize_pool(part)
-    unknown = [k for k in overrides if k not in layers and not (k in ("pre_logits", "embedding") and PRE_LOGITS in layers)]
-    if unknown:
-        raise UsageError(f"The 'pool' parameter names layers that are not extracted: {', '.join(unknown)}.")
-    return {name: overrides.get(name, default) for name in layers}
-
-
 def validate_extract_args(dtype: str, device: str, precision: str, batch_size: int, workers: int,
                           part_size: int | None) -> None:
     """One up-front check of the arguments that do not need the model or the data."""
@@ -159,18 +147,44 @@ def validate_extract_args(dtype: str, device: str, precision: str, batch_size: i
         raise UsageError(f"The 'part_size' parameter of extract must be >= 1; got {part_size} instead.")
 
 
-def _resolve_device(device: str, precision: str) -> tuple[str, str]:
+def _resolve_device(device: str) -> str:
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
-    if precision == "auto":
-        precision = "bf16" if device == "cuda" else "fp32"
-    if device == "cpu" and precision == "fp16":
-        raise UsageError("fp16 autocast is for CUDA; on the CPU use --precision fp32 or bf16.")
-    return device, precision
+    return device
+
+
+def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple[str, str]:
+    """On a resume, ``auto`` means the runtime and precision the store was written with (when they run here).
+
+    Features of one store come from one runtime and precision: a resume that would mix them is
+    refused by the fingerprint, so ``auto`` must not pick differently on another machine or after
+    an install.
+    """
+    if runtime != "auto" and precision != "auto":
+        return runtime, precision
+    meta_path = os.path.join(out, layout.METADATA_FILE)
+    if not os.path.isfile(meta_path):
+        return runtime, precision
+    try:
+        config = read_json(meta_path).get("config", {})
+    except Exception:  # noqa: BLE001 - an unreadable store is reported by prepare_store_dir
+        return runtime, precision
+    stored_rt, stored_prec = config.get("runtime"), config.get("precision")
+    if runtime == "auto" and stored_rt in runtime_choices():
+        try:
+            resolve_runtime(str(stored_rt), device, str(stored_prec) if precision == "auto" else precision)
+        except UsageError:
+            log.warning("the store was written with %s %s, which cannot run here; auto picks again", stored_rt,
+                        stored_prec)
+            return runtime, precision
+        runtime = str(stored_rt)
+        if precision == "auto" and isinstance(stored_prec, str):
+            precision = stored_prec
+    return runtime, precision
 
 
 def default_workers() -> int:
@@ -189,6 +203,7 @@ def plan_extraction(
     input_size: int | tuple[int, int] | None = None,
     crop_pct: float | None = None,
     precision: str = "fp32",
+    runtime: str = "torch",
     part_size: int | None = None,
     policy: DecodePolicy | None = None,
     backbone: Backbone | None = None,
@@ -215,17 +230,14 @@ def plan_extraction(
     discovery = discover(source, skip_dirs=skip_dirs)
     bb = backbone or load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct)
     infos = describe_layers(bb)
-    names = resolve_layers(layers, infos)
-    pools = _parse_pools(pool, names)
-    taken: set[str] = set()
-    specs = [LayerSpec(n, layout.layer_key(n, taken), tuple(infos[n].shape), pools[n], infos[n].dims(pools[n]))
-             for n in names]
+    specs = layer_specs(bb, layers, pool, infos)
     policy = policy or DecodePolicy()
     config = {
         "model": {k: v for k, v in bb.describe().items() if k != "weights"},
         "preprocess": bb.preprocess.to_dict(),
         "layers": [s.to_dict() for s in specs],
         "dtype": dtype,
+        "runtime": runtime,
         "precision": precision,
         "decode_policy": {"max_pixels": policy.max_pixels, "max_aspect_ratio": policy.max_aspect_ratio,
                           "background": list(policy.background), "formats": sorted(policy.formats)},
@@ -240,6 +252,7 @@ def plan_extraction(
         "preprocess": bb.preprocess.to_dict(),
         "layers": [s.to_dict() for s in specs],
         "dtype": dtype,
+        "runtime": {"runtime": runtime, "precision": precision},
         "precision": precision,
         "class_names_of_backbone": None,
         "source": {"root": discovery.root, "layout": discovery.layout},
@@ -255,7 +268,7 @@ def plan_extraction(
         "input_size": input_size, "crop_pct": crop_pct}
     return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype, views=views, augment=augment_spec,
                        augment_seed=augment_seed, views_splits=views_splits, model_args=model_args,
-                       infos=infos)
+                       infos=infos, runtime=runtime, precision=precision)
 
 
 def _done_ids(store_dir: str, manifest: Manifest) -> set[str]:
@@ -307,6 +320,7 @@ def extract(
     batch_size: int = 32,
     workers: int | None = None,
     device: str = "auto",
+    runtime: str = "auto",
     precision: str = "auto",
     channels_last: bool = True,
     part_size: int | None = None,
@@ -347,6 +361,9 @@ def extract(
         views: augmented views stored per image of ``views_splits`` (and of unsplit inputs), besides
             view 0; ``augment`` is their spec (see :mod:`deepfeat.data.augment`), seeded per
             (``augment_seed``, image id, view) so that reruns and resumes give the same features.
+        runtime: ``auto`` (the fastest installed runtime that runs the model here; on a resume, the
+            store's own runtime), ``torch``, ``openvino`` or ``onnxruntime``; ``precision``: ``auto``,
+            ``fp32``, ``bf16`` or ``fp16``. Both are recorded in the store and its fingerprint.
         progress: callback receiving dicts with a ``phase`` key ("plan", "batch", "part").
         ignore_free_space: start even when the job's estimated size exceeds the free space on the
             output's filesystem (otherwise an :class:`EnvironmentFault` before any image is read).
@@ -364,19 +381,27 @@ def extract(
         import_ray()  # the install hint before any work
         if device == "auto":  # the GPUs are on the workers, not necessarily here
             device = "cuda" if gpus_per_worker > 0 else "cpu"
-        if device == "cpu" and precision == "fp16":
-            raise UsageError("fp16 autocast is for CUDA; on the CPU use --precision fp32 or bf16.")
-        precision = ("bf16" if device == "cuda" else "fp32") if precision == "auto" else precision
     else:
-        device, precision = _resolve_device(device, precision)
+        device = _resolve_device(device)
+    if not overwrite:
+        runtime, precision = _resume_choice(os.fspath(out), runtime, precision, device)
+    choice = resolve_runtime(runtime, device, precision)
     start = time.perf_counter()
     plan = plan_extraction(source, model=model, layers=layers, pool=pool, dtype=dtype, weights=weights,
-                           input_size=input_size, crop_pct=crop_pct, precision=precision, part_size=part_size,
-                           policy=policy, backbone=backbone, views=views, augment=augment,
-                           views_splits=views_splits, augment_seed=augment_seed, skip_dirs=(out,))
+                           input_size=input_size, crop_pct=crop_pct, precision=choice.precision,
+                           runtime=choice.runtime, part_size=part_size, policy=policy, backbone=backbone,
+                           views=views, augment=augment, views_splits=views_splits, augment_seed=augment_seed,
+                           skip_dirs=(out,))
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
+    computer = None
+    if engine == "local":
+        from .runtimes import build_runtime
+
+        computer = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=choice.runtime, device=device,
+                                 precision=choice.precision, dtype=dtype, channels_last=channels_last)
+        plan.use_runtime(computer.describe())
     os.makedirs(out, exist_ok=True)
     summary = ExtractSummary(out=out, discovered=len(plan.discovery.items), excluded=len(plan.discovery.excluded),
                              notes=list(plan.discovery.notes))
@@ -402,20 +427,19 @@ def extract(
             progress({"phase": "plan", "estimate": est, "total": len(plan.discovery.items),
                       "pending": len(pending), "already_done": summary.already_done,
                       "excluded": summary.excluded, "layers": plan.layers, "part_size": plan.part_size,
-                      "device": device, "precision": precision})
+                      "device": device, "runtime": plan.runtime, "precision": plan.precision})
         if engine == "ray":
             from .engines.ray_engine import run_ray
 
             stats = run_ray(plan, pending, out, manifest, batch_size=batch_size, workers=workers, device=device,
-                            precision=precision, channels_last=channels_last, policy=policy or DecodePolicy(),
+                            precision=plan.precision, channels_last=channels_last, policy=policy or DecodePolicy(),
                             progress=progress, address=address, num_workers=ray_workers,
                             gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
         else:
             from .engines.local import run_local
 
-            stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers, device=device,
-                              precision=precision, channels_last=channels_last, policy=policy or DecodePolicy(),
-                              progress=progress)
+            stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers,
+                              runtime=computer, policy=policy or DecodePolicy(), progress=progress)
         summary.embedded_now, summary.failed_now, summary.parts_committed = stats
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle, load_bundle
-from .errors import EnvironmentFault, InputError, UsageError
+from .errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,9 @@ def predict_images(
     *,
     weights: str | os.PathLike | None = None,
     device: str = "cpu",
+    runtime: str = "auto",
+    precision: str = "auto",
+    workers: int | None = None,
     policy: Any = None,
 ) -> list[BundlePrediction]:
     """Top-k predictions of a bundle for image files, folders or list files, in input order.
@@ -88,11 +91,13 @@ def predict_images(
         batch_size: images per forward pass.
         weights: where to read the backbone weights from when not at the recorded path.
         device: ``cpu``, ``cuda`` or ``auto``.
+        runtime / precision: ``auto`` uses the runtime and precision the bundle's features were
+            extracted with (when they run here), so predictions match extraction bit for bit.
+        workers: decode processes (default as for ``extract``; 0 decodes in this process).
         policy: a :class:`~deepfeat.data.decode.DecodePolicy` (default: the one the store used).
     """
-    from .data.decode import DecodePolicy, decode_file
-    from .engines.forward import FeatureComputer
-    from .models.layers import describe_layers
+    from .data.decode import DecodePolicy
+    from .embed import embed_files
 
     if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
         raise UsageError(f"The 'top_k' parameter of predict_images must be an int >= 1; got {top_k!r} instead.")
@@ -106,32 +111,19 @@ def predict_images(
     device = _device(device)
     if policy is None:
         policy = _policy_of(b, DecodePolicy)
-    bb = b.load_backbone(weights)
-    precision = "fp32" if device == "cpu" else str(b.metadata.get("precision", "fp32"))
-    computer = FeatureComputer(bb, b.compute_layers, describe_layers(bb), dtype=b.compute_dtype, device=device,
-                               precision=precision if precision in ("fp32", "bf16", "fp16") else "fp32")
+    computer = bundle_runtime(b, weights=weights, device=device, runtime=runtime, precision=precision)
     kind = "probability" if b.probabilistic else "decision"
     k = min(int(top_k), len(b.classes))
     results: dict[int, BundlePrediction] = {}
-    for start in range(0, len(paths), batch_size):
-        pixels, ok = [], []
-        for i in range(start, min(start + batch_size, len(paths))):
-            try:
-                pixels.append(b.preprocess.resize_crop(decode_file(paths[i], policy).image))
-                ok.append(i)
-            except InputError as exc:
-                results[i] = BundlePrediction(paths[i], error=f"{exc.reason}: {exc.message}", score_kind=kind)
-            except (EnvironmentFault, MemoryError):
-                raise  # the machine, not the image: stop loudly
-            except Exception as exc:  # noqa: BLE001 - one bad image must never stop the others
-                results[i] = BundlePrediction(paths[i], error=f"decode_error: {type(exc).__name__}: {exc}",
-                                              score_kind=kind)
-        if not ok:
+    for batch in embed_files(computer, paths, preprocess=b.preprocess, policy=policy, batch_size=batch_size,
+                             workers=workers):
+        for i, reason, message in batch.failed:
+            results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
+        if not batch.indices:
             continue
-        feats = computer(np.stack(pixels))
-        S = b.scores(b.features_of(feats))
+        S = b.scores(b.features_of(batch.features))
         order = np.argsort(-S, axis=1, kind="stable")[:, :k]
-        for row, i in enumerate(ok):
+        for row, i in enumerate(batch.indices):
             idx = order[row]
             if not np.all(np.isfinite(S[row])):
                 results[i] = BundlePrediction(paths[i], error="nonfinite_features: the model produced NaN/Inf "
@@ -143,6 +135,32 @@ def predict_images(
     n_bad = sum(p.error is not None for p in preds)
     log.info("predict: %d images, %d could not be classified", len(preds), n_bad)
     return preds
+
+
+def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, device: str = "cpu",
+                   runtime: str = "auto", precision: str = "auto") -> Any:
+    """The :class:`~deepfeat.runtimes.Runtime` that computes a bundle's features.
+
+    ``auto`` means the runtime and precision recorded in the bundle when they run here
+    (else the fastest available, logged), so predictions match the store it was trained on.
+    """
+    from .models.layers import describe_layers
+    from .runtimes import build_runtime, resolve_runtime
+
+    recorded = b.metadata.get("runtime")
+    rec_rt = recorded.get("runtime") if isinstance(recorded, dict) else "torch"  # bundles before runtimes: torch
+    rec_prec = str(b.metadata.get("precision", "fp32"))
+    if runtime == "auto" and isinstance(rec_rt, str):
+        try:
+            resolve_runtime(rec_rt, device, rec_prec if precision == "auto" else precision)
+            runtime = rec_rt
+            precision = rec_prec if precision == "auto" else precision
+        except UsageError as exc:
+            log.warning("the bundle's features came from %s %s, which cannot run here (%s); "
+                        "predicting with the fastest available runtime", rec_rt, rec_prec, exc)
+    bb = b.load_backbone(weights)
+    return build_runtime(bb, b.compute_layers, describe_layers(bb), runtime=runtime, device=device,
+                         precision=precision, dtype=b.compute_dtype)
 
 
 def _device(device: str) -> str:

@@ -38,6 +38,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         batch_size: images per forward pass.
         device: ``cpu``, ``cuda`` or ``auto``.
         dtype: ``float32`` or ``float16`` output.
+        runtime: ``auto``, ``torch``, ``openvino`` or ``onnxruntime`` (as for ``extract``).
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        workers: decode processes for image files (default as for ``extract``; 0 decodes in this process).
 
     ``X`` may be a list of paths / PIL images / arrays, or one array of images (N x H x W [x C]).
     An image that cannot be decoded raises :class:`~deepfeat.errors.UsageError` naming its position
@@ -46,7 +49,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
 
     def __init__(self, model: str = "efficientnet_lite0", layers: str | Sequence[str] = "pre_logits",
                  pool: str = "avg", weights: str | None = None, input_size: int | None = None,
-                 batch_size: int = 32, device: str = "cpu", dtype: str = "float32") -> None:
+                 batch_size: int = 32, device: str = "cpu", dtype: str = "float32", runtime: str = "auto",
+                 precision: str = "auto", workers: int | None = None) -> None:
         self.model = model
         self.layers = layers
         self.pool = pool
@@ -55,32 +59,28 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         self.batch_size = batch_size
         self.device = device
         self.dtype = dtype
+        self.runtime = runtime
+        self.precision = precision
+        self.workers = workers
 
     # ------------------------------------------------------------------ lazy model
     def _computer(self) -> Any:
         comp = self.__dict__.get("_computer_obj")
         if comp is None:
-            from .engines.forward import FeatureComputer
-            from .extraction import _parse_pools
-            from .models.layers import describe_layers, resolve_layers
+            from .models.layers import describe_layers
             from .models.registry import load_backbone
-            from .store import layout
-            from .store.reader import LayerSpec
+            from .runtimes import build_runtime, layer_specs
 
             bb = load_backbone(self.model, self.weights, input_size=self.input_size)
             infos = describe_layers(bb)
-            names = resolve_layers(self.layers, infos)
-            pools = _parse_pools(self.pool, names)
-            taken: set[str] = set()
-            specs = [LayerSpec(n, layout.layer_key(n, taken), tuple(infos[n].shape), pools[n], infos[n].dims(pools[n]))
-                     for n in names]
+            specs = layer_specs(bb, self.layers, self.pool, infos)
             device = self.device
             if device == "auto":
                 import torch
 
                 device = "cuda" if torch.cuda.is_available() else "cpu"
-            comp = FeatureComputer(bb, specs, infos, dtype=self.dtype, device=device,
-                                   precision="fp32", channels_last=device != "cpu")
+            comp = build_runtime(bb, specs, infos, runtime=self.runtime, device=device, precision=self.precision,
+                                 dtype=self.dtype, channels_last=device != "cpu")
             self.__dict__["_computer_obj"] = comp
         return comp
 
@@ -110,17 +110,33 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X: Any) -> np.ndarray:
-        """Features of every image in X: N x sum(dims) float array."""
+        """Features of every image in X: N x sum(dims) float array.
+
+        Image files are decoded in the decode pool (as in ``extract``); in-memory images here.
+        """
+        from .embed import embed_files
+
         check_is_fitted(self, "n_features_out_")
         items = _as_items(X)
         comp = self._computer()
         pre = comp.backbone.preprocess
         out = np.empty((len(items), self.n_features_out_), dtype=np.dtype(self.dtype))
-        for start in range(0, len(items), self.batch_size):
-            chunk = items[start:start + self.batch_size]
-            pixels = [pre.resize_crop(_decode(item, start + i)) for i, item in enumerate(chunk)]
-            feats = comp(np.stack(pixels))
-            out[start:start + len(chunk)] = np.concatenate([feats[s.name] for s in comp.specs], axis=1)
+
+        def put(indices: list[int], feats: dict[str, np.ndarray]) -> None:
+            out[indices] = np.concatenate([feats[s.name] for s in comp.specs], axis=1)
+
+        files = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
+        for batch in embed_files(comp, [items[i] for i in files], preprocess=pre, batch_size=self.batch_size,
+                                 workers=self.workers):
+            if batch.failed:
+                k, reason, message = batch.failed[0]
+                raise UsageError(f"Image {files[k]} ({os.fspath(items[files[k]])}) of the X of FeatureExtractor "
+                                 f"cannot be used: {reason}: {message}")
+            put([files[k] for k in batch.indices], batch.features)
+        in_memory = [i for i, item in enumerate(items) if not isinstance(item, (str, os.PathLike))]
+        for start in range(0, len(in_memory), self.batch_size):
+            chunk = in_memory[start:start + self.batch_size]
+            put(chunk, comp(np.stack([pre.resize_crop(_decode(items[i], i)) for i in chunk])))
         return out
 
     def get_feature_names_out(self, input_features: Any = None) -> np.ndarray:

@@ -509,7 +509,7 @@ def train(
             fne = load_fne_stats(store)
         result.bundle_path = save_bundle(
             out, backbone=meta["model"], preprocess=meta["preprocess"], layers=specs, dtype=store.dtype,
-            precision=str(meta.get("precision", "fp32")), decode_policy=meta.get("config", {}).get("decode_policy"),
+            precision=str(meta.get("precision", "fp32")), runtime=_runtime_of(meta), decode_policy=meta.get("config", {}).get("decode_policy"),
             scaler=scaler, head=model, head_kind=head, classes=plan.classes, training=config, validation=validation,
             history=history, fne=fne)
         stale_ckpt = checkpoint_path(out)
@@ -706,3 +706,11 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
         progress({"phase": "exact", "rows": plan.n_train, "seconds": time.perf_counter() - t0,
                   "solver": type(est).__name__})
     return scaler, head
+
+
+def _runtime_of(meta: dict[str, Any]) -> dict[str, Any]:
+    """The runtime a store's features came from (stores written before runtimes existed: torch)."""
+    rt = meta.get("runtime")
+    if isinstance(rt, dict) and isinstance(rt.get("runtime"), str):
+        return dict(rt)
+    return {"runtime": "torch", "precision": str(meta.get("precision", "fp32"))}

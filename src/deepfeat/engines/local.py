@@ -12,11 +12,11 @@ import pyarrow as pa
 from ..data.decode import DecodePolicy
 from ..data.sources import SourceItem
 from ..data.worker import Decoded, Failed
-from ..models.layers import describe_layers
 from ..store import layout
 from ..store.writer import Manifest, write_part
 from .decode_pool import DecodePool
-from .forward import FeatureComputer, nonfinite_rows
+from ..runtimes import Runtime
+from .forward import nonfinite_rows
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +87,7 @@ class PartBuilder:
         return write_part(store_dir, self.name, feats, rows, ledger)
 
 
-def add_batch(builder: PartBuilder, computer: FeatureComputer, results: Sequence[Decoded | Failed]) -> tuple[int, int]:
+def add_batch(builder: PartBuilder, computer: Runtime, results: Sequence[Decoded | Failed]) -> tuple[int, int]:
     """Ledger the failures of one decoded batch and add the features of the rest (every engine uses this).
 
     Returns (decoded, failed) counts.
@@ -110,14 +110,12 @@ def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> lis
 
 
 def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
-              workers: int, device: str, precision: str, channels_last: bool, policy: DecodePolicy,
+              workers: int, runtime: Runtime, policy: DecodePolicy,
               progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int, int]:
-    """Process ``pending`` inputs into committed parts. Returns (embedded, failed, parts)."""
+    """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts)."""
     if not pending:
         return 0, 0, 0
-    infos = plan.infos if plan.infos is not None else describe_layers(plan.backbone)
-    computer = FeatureComputer(plan.backbone, plan.layers, infos, dtype=plan.dtype, device=device,
-                               precision=precision, channels_last=channels_last)
+    computer = runtime
     parts = plan_parts(pending, plan.part_size, manifest.next_index())
 
     def batches() -> Iterator[tuple[int, list[tuple[str, str, int]]]]:

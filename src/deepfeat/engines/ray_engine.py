@@ -5,7 +5,7 @@ the manifest's next index), deals the parts to workers with the pure
 :func:`~deepfeat.engines.assign.assign_parts` (idle workers steal the tail of the longest
 queue), and is the only caller of :meth:`Manifest.commit`. Each worker is an actor that loads
 the backbone once, decodes a part's batches exactly as the local engine batches them, computes
-features with the same :class:`FeatureComputer`, writes the part with the same durable
+features with the same runtime (:func:`deepfeat.runtimes.build_runtime`), writes the part with the same durable
 :func:`write_part`, and returns the part's record. A Ray store therefore equals a local store,
 and either engine resumes the other's.
 
@@ -131,7 +131,7 @@ class PartWorker:
         from ..models.layers import describe_layers
         from ..models.registry import load_backbone
         from ..store.reader import LayerSpec
-        from .forward import FeatureComputer
+        from ..runtimes import build_runtime
 
         spec = self.spec
         torch.set_num_threads(max(1, int(spec["cpus"])))
@@ -151,9 +151,10 @@ class PartWorker:
             raise EnvironmentFault(f"The Ray worker on {socket.gethostname()} resolved another preprocessing "
                                    f"({backbone.preprocess.to_dict()} instead of {spec['preprocess']}).")
         self.specs = [LayerSpec.from_dict(d) for d in spec["layers"]]
-        self.computer = FeatureComputer(backbone, self.specs, describe_layers(backbone), dtype=spec["dtype"],
-                                        device=spec["device"], precision=spec["precision"],
-                                        channels_last=spec["channels_last"])
+        # The driver chose the runtime; a worker that cannot run it fails instead of silently falling back.
+        self.computer = build_runtime(backbone, self.specs, describe_layers(backbone), runtime=spec["runtime"],
+                                      device=spec["device"], precision=spec["precision"], dtype=spec["dtype"],
+                                      channels_last=spec["channels_last"], fallback=False)
 
     def ready(self) -> dict[str, Any]:
         """Raise the set-up error, if any; else say where this worker runs."""
@@ -251,7 +252,8 @@ class _Driver:
             "weights_sha256": plan.backbone.weights_sha256,
             "preprocess": plan.backbone.preprocess.to_dict(),
             "layers": [s.to_dict() for s in plan.layers],
-            "dtype": plan.dtype, "precision": precision, "device": device, "channels_last": channels_last,
+            "dtype": plan.dtype, "runtime": plan.runtime, "precision": precision, "device": device,
+            "channels_last": channels_last,
             "policy": policy, "augment": (plan.augment, plan.augment_seed) if plan.views else None,
             "decode_workers": int(decode_workers), "cpus": cpus,
             "hooks": {k: v for k, v in os.environ.items() if k.startswith("DEEPFEAT_TEST_")},

@@ -14,6 +14,7 @@ Example:
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -63,3 +64,26 @@ def pool(x: torch.Tensor, mode: str) -> torch.Tensor:
     if mode == "max":
         return flat.amax(dim)
     return torch.cat([flat.mean(dim), flat.amax(dim)], dim=1)
+
+
+def parse_pools(pool: str | Mapping[str, str], layers: Sequence[str]) -> dict[str, str]:
+    """``"avg"`` for all, or ``"avg,blocks.4=none"`` / a mapping for per-layer pooling."""
+    default = "avg"
+    overrides: dict[str, str] = {}
+    if isinstance(pool, Mapping):
+        overrides = {k: normalize_pool(v) for k, v in pool.items()}
+    else:
+        for part in str(pool).split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if "=" in part:
+                k, v = part.rsplit("=", 1)
+                overrides[k.strip()] = normalize_pool(v)
+            else:
+                default = normalize_pool(part)
+    overrides = {("pre_logits" if k == "embedding" else k): v for k, v in overrides.items()}
+    unknown = [k for k in overrides if k not in layers]
+    if unknown:
+        raise UsageError(f"The 'pool' parameter names layers that are not extracted: {', '.join(unknown)}.")
+    return {name: overrides.get(name, default) for name in layers}

@@ -193,7 +193,8 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
 
     from ..data.decode import decode_file
     from ..errors import InputError
-    from ..models.layers import FeatureTaps, describe_layers, resolve_layers
+    from ..models.layers import OUTPUT, describe_layers, resolve_layers
+    from ..runtimes import build_runtime, layer_specs
 
     bb = _backbone(model)
     infos = describe_layers(bb)
@@ -205,16 +206,18 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
         img = decode_file(image).image
     except InputError as exc:
         raise UsageError(f"Cannot read the image {os.fspath(image)!r}: {exc}") from None
-    x = bb.preprocess(img)
-    with torch.inference_mode():
-        with FeatureTaps(bb, {name: "none"}, infos) as taps:
-            act = taps.run(x)[name][0].reshape(infos[name].shape).float().cpu().numpy()
-        predicted = ""
-        if bb.class_names:
-            probs = bb.model(x).float().softmax(-1)[0]
-            k = int(probs.argmax())
-            if k < len(bb.class_names):
-                predicted = f"; predicted {bb.class_names[k]} ({float(probs[k]):.2f})"
+    taps = [name] + ([OUTPUT] if bb.class_names and OUTPUT in infos and name != OUTPUT else [])
+    computer = build_runtime(bb, layer_specs(bb, taps, "none", infos), infos, runtime="torch", precision="fp32")
+    feats = computer(bb.preprocess.resize_crop(img)[None])
+    act = feats[name][0].reshape(infos[name].shape)
+    predicted = ""
+    if bb.class_names and OUTPUT in feats:
+        logits = feats[OUTPUT][0].astype(np.float64)
+        probs = np.exp(logits - logits.max())
+        probs /= probs.sum()
+        k = int(probs.argmax())
+        if k < len(bb.class_names):
+            predicted = f"; predicted {bb.class_names[k]} ({float(probs[k]):.2f})"
     label = os.path.basename(os.fspath(image))
     shape_txt = "x".join(str(s) for s in act.shape)
     if act.ndim == 1:

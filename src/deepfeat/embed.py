@@ -1,0 +1,68 @@
+"""Image files -> features outside a store: the path ``predict``, ``classify`` and ``FeatureExtractor`` share.
+
+Files are decoded in the same decode pool as ``extract`` (a codec that kills its process
+fails one file, it does not take the caller down) and run through one
+:class:`~deepfeat.runtimes.Runtime`, so a bundle's features are computed exactly as the
+store's were when the runtime and precision are the same.
+
+Example:
+    >>> rt = build_runtime(bb, layer_specs(bb, "pre_logits"))                       # doctest: +SKIP
+    >>> for batch in embed_files(rt, ["a.jpg", "b.png"], preprocess=bb.preprocess):  # doctest: +SKIP
+    ...     batch.indices, batch.features["pre_logits"].shape, batch.failed
+"""
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .data.decode import DecodePolicy
+from .data.preprocess import Preprocess
+from .data.worker import Decoded, Failed
+from .runtimes import Runtime
+
+
+@dataclass
+class EmbeddedBatch:
+    """Features of the inputs at ``indices`` (positions in the caller's list), and the ones that failed."""
+
+    indices: list[int]
+    features: dict[str, np.ndarray]
+    failed: list[tuple[int, str, str]] = field(default_factory=list)  #: (index, reason, message)
+
+
+def decode_workers_for(n_files: int, batch_size: int, workers: int | None = None) -> int:
+    """Decode processes for ``n_files``: the extract default, but no more than there are batches (at least 1)."""
+    from .extraction import default_workers
+
+    wanted = default_workers() if workers is None else int(workers)
+    return max(1, min(wanted, math.ceil(n_files / max(1, batch_size)))) if wanted > 0 else 0
+
+
+def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike], *, preprocess: Preprocess,
+                policy: DecodePolicy | None = None, batch_size: int = 32,
+                workers: int | None = None) -> Iterator[EmbeddedBatch]:
+    """Decode ``paths`` in worker processes and embed them with ``runtime``, batch by batch, in order.
+
+    ``workers=0`` decodes in this process (no isolation from crashing codecs).
+    """
+    from .engines.decode_pool import DecodePool
+
+    paths = [os.fspath(p) for p in paths]
+    if not paths:
+        return
+    items = [(str(i), p, 0) for i, p in enumerate(paths)]
+    batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+    n_workers = decode_workers_for(len(paths), batch_size, workers)
+    with DecodePool(n_workers, preprocess.to_dict(), policy or DecodePolicy()) as pool:
+        for _, results in pool.map(batches):
+            ok = [r for r in results if isinstance(r, Decoded)]
+            failed = [(int(r.id), r.reason, r.message) for r in results if isinstance(r, Failed)]
+            feats: dict[str, Any] = {}
+            if ok:
+                feats = runtime(np.stack([d.pixels[0] for d in ok]))
+            yield EmbeddedBatch([int(d.id) for d in ok], feats, failed)

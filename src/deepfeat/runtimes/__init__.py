@@ -1,0 +1,163 @@
+"""Inference runtimes: the one seam through which images become features.
+
+``build_runtime(backbone, specs)`` returns a :class:`Runtime` (uint8 batch in, pooled
+features per layer out). Runtimes register by name; ``runtime="auto"`` picks the fastest that
+is installed for the device (OpenVINO, then ONNX Runtime, then torch on the CPU; torch on CUDA),
+and ``precision="auto"`` the fastest precision that keeps agreement with torch fp32 (bf16 only
+where the CPU computes it natively). A model that a runtime cannot export or compile falls back
+to torch with one log line.
+
+Example:
+    >>> from deepfeat.models import load_backbone
+    >>> from deepfeat.runtimes import build_runtime, layer_specs
+    >>> bb = load_backbone("efficientnet_lite0")
+    >>> rt = build_runtime(bb, layer_specs(bb, "blocks.4,pre_logits"), runtime="auto")   # doctest: +SKIP
+    >>> feats = rt(pixels)                 # {"blocks.4": N x 112, "pre_logits": N x 1280}  # doctest: +SKIP
+    >>> rt.describe()["runtime"]                                                       # doctest: +SKIP
+    'openvino'
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import UsageError
+from ..models.registry import Backbone
+from ..store.reader import LayerSpec
+from .base import Runtime, RuntimeUnavailable, cpu_has_bf16, cpu_model
+from .onnx_runtime import ONNXRuntime
+from .openvino_runtime import OpenVINORuntime
+from .torch_runtime import TorchRuntime
+
+log = logging.getLogger(__name__)
+
+#: Registered runtimes by name, in ``auto`` preference order on the CPU.
+RUNTIMES: dict[str, type[Runtime]] = {}
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+
+def register_runtime(cls: type[Runtime]) -> type[Runtime]:
+    """Add a :class:`Runtime` subclass to the registry under ``cls.name``."""
+    RUNTIMES[cls.name] = cls
+    return cls
+
+
+for _cls in (OpenVINORuntime, ONNXRuntime, TorchRuntime):
+    register_runtime(_cls)
+
+
+def runtime_choices() -> tuple[str, ...]:
+    """Valid values of ``runtime=`` / ``--runtime``."""
+    return ("auto", *RUNTIMES)
+
+
+def _device_type(device: str) -> str:
+    return "cuda" if device.startswith("cuda") else device
+
+
+@dataclass(frozen=True)
+class RuntimeChoice:
+    """A resolved (runtime, precision) pair and why it was chosen."""
+
+    runtime: str
+    precision: str
+
+
+def available_runtimes(device: str = "cpu") -> list[str]:
+    """Names of the runtimes installed here that run on ``device``, in ``auto`` preference order."""
+    dev = _device_type(device)
+    return [n for n, c in RUNTIMES.items() if dev in c.precisions and c.unavailable_reason() is None]
+
+
+def resolve_runtime(runtime: str = "auto", device: str = "cpu", precision: str = "auto") -> RuntimeChoice:
+    """Turn ``auto`` into names and check the pair; raises ``UsageError`` for an impossible request."""
+    if runtime not in runtime_choices():
+        raise UsageError(f"The 'runtime' parameter must be one of {', '.join(runtime_choices())}; "
+                         f"got {runtime!r} instead.")
+    if precision not in PRECISIONS:
+        raise UsageError(f"The 'precision' parameter must be one of {', '.join(PRECISIONS)}; got {precision!r} instead.")
+    dev = _device_type(device)
+    if runtime == "auto":
+        if dev == "cuda":
+            runtime = "torch"
+        else:
+            candidates = available_runtimes(device)
+            if precision != "auto":
+                candidates = [n for n in candidates if precision in RUNTIMES[n].precisions.get(dev, ())]
+            runtime = candidates[0] if candidates else "torch"
+    cls = RUNTIMES[runtime]
+    reason = cls.unavailable_reason()
+    if reason:
+        raise UsageError(f"The runtime {runtime!r} cannot run here: {reason}.")
+    supported = cls.precisions.get(dev)
+    if supported is None:
+        raise UsageError(f"The runtime {runtime!r} does not run on {device!r}; it runs on "
+                         f"{', '.join(cls.precisions)}.")
+    if precision == "auto":
+        precision = cls.auto_precision(device)
+    if precision not in supported:
+        raise UsageError(f"The runtime {runtime!r} on {dev} runs {', '.join(supported)}; got precision "
+                         f"{precision!r}.")
+    if precision == "bf16" and dev == "cpu" and runtime == "openvino" and not OpenVINORuntime.supports_bf16():
+        raise UsageError("This CPU has no native bf16 (OpenVINO does not list BF16 among its capabilities); "
+                         "use --precision fp32.")
+    return RuntimeChoice(runtime, precision)
+
+
+def layer_specs(backbone: Backbone, layers: str | Sequence[str], pool: str | Mapping[str, str] = "avg",
+                infos: Mapping[str, Any] | None = None) -> list[LayerSpec]:
+    """Resolve a layer selection and its pooling into :class:`LayerSpec` objects (store keys included)."""
+    from ..models.layers import describe_layers, resolve_layers
+    from ..models.pooling import parse_pools
+    from ..store import layout
+
+    infos = infos if infos is not None else describe_layers(backbone)
+    names = resolve_layers(layers, infos)  # type: ignore[arg-type]
+    pools = parse_pools(pool, names)
+    taken: set[str] = set()
+    return [LayerSpec(n, layout.layer_key(n, taken), tuple(infos[n].shape), pools[n], infos[n].dims(pools[n]))
+            for n in names]
+
+
+def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any] | None = None, *,
+                  runtime: str = "auto", device: str = "cpu", precision: str = "auto", dtype: str = "float32",
+                  channels_last: bool = True, cache_dir: str | None = None, fallback: bool = True) -> Runtime:
+    """The one factory of :class:`Runtime` objects.
+
+    Args:
+        backbone: a loaded :class:`~deepfeat.models.Backbone` (the torch runtime moves it to ``device``).
+        specs: the layers to tap and their pooling (see :func:`layer_specs`).
+        infos: ``describe_layers(backbone)`` when already computed.
+        runtime: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``.
+        device: ``cpu`` or ``cuda[:N]``.
+        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        dtype: dtype of the returned features (``float32`` or ``float16``).
+        cache_dir: where exported graphs are cached (default ``~/.cache/deepfeat/runtimes``).
+        fallback: when the chosen runtime cannot export or compile this model, use torch fp32
+            (logged) instead of raising ``UsageError``.
+    """
+    from ..models.layers import describe_layers
+
+    infos = infos if infos is not None else describe_layers(backbone)
+    choice = resolve_runtime(runtime, device, precision)
+    if choice.runtime != "torch":
+        try:
+            return RUNTIMES[choice.runtime](backbone, specs, infos, device=device, precision=choice.precision,
+                                            dtype=dtype, cache_dir=cache_dir)  # type: ignore[call-arg]
+        except RuntimeUnavailable as exc:
+            if not fallback:
+                raise UsageError(f"The runtime {choice.runtime!r} cannot run {backbone.name!r}: {exc}") from None
+            torch_precision = choice.precision if choice.precision in TorchRuntime.precisions.get(
+                _device_type(device), ()) else "fp32"
+            log.warning("%s cannot run %s (%s); falling back to torch %s", choice.runtime, backbone.name, exc,
+                        torch_precision)
+            choice = RuntimeChoice("torch", torch_precision)
+    return TorchRuntime(backbone, specs, infos, device=device, precision=choice.precision, dtype=dtype,
+                        channels_last=channels_last)
+
+
+__all__ = ["RUNTIMES", "PRECISIONS", "Runtime", "RuntimeChoice", "RuntimeUnavailable", "available_runtimes",
+           "build_runtime", "cpu_has_bf16", "cpu_model", "layer_specs", "register_runtime", "resolve_runtime",
+           "runtime_choices"]
