@@ -3,7 +3,7 @@
 
 One run prints, per data set (Fashion-MNIST PNGs and/or natural-photo JPEGs):
 
-a. forward-only img/s -- ``FeatureComputer`` on a pre-decoded uint8 NHWC batch of real images
+a. forward-only img/s -- the torch fp32 runtime on a pre-decoded uint8 NHWC batch of real images
    (normalisation, channels-last forward with taps, pooling and the float16 cast included;
    file reading, decoding, resizing and the store are not), timed in two sessions -- before
    and after the extract runs -- to average over a busy machine;
@@ -150,20 +150,15 @@ def list_images(root: str) -> list[tuple[str, str]]:
 
 # --------------------------------------------------------------------------------- measurements
 class ForwardBench:
-    """(a) FeatureComputer on one pre-decoded batch of real images, timed in sessions."""
+    """(a) The torch fp32 runtime on one pre-decoded batch of real images, timed in sessions."""
 
     def __init__(self, bb, layers: str, items: list[tuple[str, str]], batch_size: int) -> None:
         from deepfeat.data.decode import decode_file
-        from deepfeat.engines.forward import FeatureComputer
-        from deepfeat.models import describe_layers, resolve_layers
-        from deepfeat.store.reader import LayerSpec
+        from deepfeat.runtimes import build_runtime, layer_specs
 
-        infos = describe_layers(bb)
-        names = resolve_layers(layers, infos)
-        specs = [LayerSpec(n, n.replace(".", "_"), tuple(infos[n].shape), "avg", infos[n].dims("avg"))
-                 for n in names]
-        self.fc = FeatureComputer(bb, specs, infos, dtype="float16", device="cpu", precision="fp32",
-                                  channels_last=True)
+        # the torch fp32 reference; benchmarks/runtimes.py compares every runtime
+        self.fc = build_runtime(bb, layer_specs(bb, layers, "avg"), runtime="torch", precision="fp32",
+                                dtype="float16", channels_last=True)
         t = time.perf_counter()
         self.pixels = np.stack([bb.preprocess.resize_crop(decode_file(p).image) for p, _ in items[:batch_size]])
         self.decode_img_per_s = len(self.pixels) / (time.perf_counter() - t)
@@ -236,7 +231,7 @@ def measure_extract(bb, source: str, out: str, layers: str, batch_size: int, wor
     t0 = time.perf_counter()
     s = deepfeat.extract(source, out, model=MODEL, layers=layers, pool="avg", dtype="float16",
                          batch_size=batch_size, workers=workers, device="cpu", overwrite=True,
-                         progress=progress, backbone=bb)
+                         progress=progress, backbone=bb, runtime="torch", precision="fp32")
     wall = time.perf_counter() - t0
     cpu = cpu_seconds() - c0  # the decode workers are reaped when the pool closes, so they count
     n = s.embedded_now
@@ -482,7 +477,7 @@ def print_report(machine: dict[str, Any], results: list[dict[str, Any]], default
         print(f"DATA SET {res['dataset']}: {res['images']} images, input {res['input_size']}px, layers "
               f"{res['layers']}, batch {res['batch_size']}, model load {res['model_load_s']:.2f} s")
         print(f"{'measurement':<58}{'img/s':>12}{'seconds':>10}{'images':>9}{'cpu ms/img':>12}")
-        print(f"{'a. forward-only (FeatureComputer, pre-decoded uint8 batch)':<58}{fmt_rate(f['img_per_s']):>12}"
+        print(f"{'a. forward-only (torch fp32, pre-decoded uint8 batch)':<58}{fmt_rate(f['img_per_s']):>12}"
               f"{f['seconds']:>10.2f}{f['batch_size'] * f['timed_batches']:>9}{f['cpu_ms_per_img']:>12.1f}")
         sess = " / ".join(fmt_rate(v) for v in f["img_per_s_by_session"])
         print(f"{'   sessions before / after extract: ' + sess + '; median, best batch':<58}"

@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""Inference runtimes side by side: forward-only and end-to-end ``deepfeat extract`` per runtime and precision.
+
+One run, one process, on the bundled EfficientNet-Lite0 with taps on ``blocks.4`` + ``pre_logits``:
+
+* data sets: 640x480 JPEG photos made from scikit-image's samples at 224 px (batch 32), and
+  Fashion-MNIST PNGs at 96 px (batch 64);
+* configurations: every installed runtime at fp32, bf16 where the CPU computes it natively, and
+  ``auto`` (what deepfeat picks here);
+* forward-only img/s: the runtime on one pre-decoded uint8 batch of real images, configurations
+  interleaved round by round (so a busy machine slows all of them alike), median of the rounds;
+  agreement: the minimum per-row cosine against torch fp32 over that batch;
+* end-to-end img/s: ``deepfeat.extract`` into a fresh store (default decode workers), timed from the
+  plan event (runtime built, export cached) to the end: decode, forward, pooling, commit;
+* the export/compile time of each runtime on a cold cache is printed separately.
+
+Then the ratios against torch fp32 and the targets of the fast-inference work:
+``auto`` end to end >= 3x torch fp32 end to end, and >= 80 % of its own forward-only rate at 224 px.
+The ceiling: the fastest forward-only rate is what this CPU can do; decode (img/s per worker) is
+printed so the balance of decode workers against inference threads is visible.
+
+Usage:
+    python benchmarks/runtimes.py                  # ~10 min on 2 cores
+    python benchmarks/runtimes.py --quick          # smoke run (~3 min)
+    python benchmarks/runtimes.py --json out.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from extract_throughput import make_fashion_mnist, make_photos  # noqa: E402
+
+MODEL = "efficientnet_lite0"
+LAYERS = "blocks.4,pre_logits"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def machine() -> dict[str, Any]:
+    from deepfeat.runtimes import cpu_model
+    from deepfeat.runtimes.base import cpu_flags
+
+    import torch
+
+    flags = cpu_flags()
+    shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]
+    versions = {"torch": torch.__version__, "python": platform.python_version()}
+    for mod in ("openvino", "onnxruntime"):
+        try:
+            versions[mod] = __import__(mod).__version__
+        except Exception:  # noqa: BLE001
+            versions[mod] = "not installed"
+    return {"cpu": cpu_model(), "flags": shown, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "versions": versions}
+
+
+def configurations() -> list[tuple[str, str]]:
+    """(runtime, precision) pairs that run here, the torch fp32 reference first, ``auto`` last."""
+    from deepfeat.errors import UsageError
+    from deepfeat.runtimes import RUNTIMES, resolve_runtime
+
+    out = [("torch", "fp32")]
+    for name in ("torch", *[n for n in RUNTIMES if n != "torch"]):
+        for prec in ("fp32", "bf16"):
+            if (name, prec) in out:
+                continue
+            try:
+                resolve_runtime(name, "cpu", prec)
+            except UsageError:
+                continue
+            if prec == "bf16":
+                from deepfeat.runtimes import cpu_has_bf16
+
+                if not cpu_has_bf16():
+                    continue
+            out.append((name, prec))
+    return [*out, ("auto", "auto")]
+
+
+def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a.astype(np.float64), b.astype(np.float64)
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
+
+
+def forward_only(files: list[str], input_size: int, batch: int, configs: list[tuple[str, str]], rounds: int,
+                 per_round: int, cache: str) -> dict[str, dict[str, Any]]:
+    from deepfeat.data.decode import decode_file
+    from deepfeat.models import load_backbone
+    from deepfeat.runtimes import build_runtime, layer_specs
+
+    bb0 = load_backbone(MODEL, input_size=input_size)
+    t = time.perf_counter()
+    pixels = np.stack([bb0.preprocess.resize_crop(decode_file(p).image) for p in files[:batch]])
+    decode_rate = len(pixels) / (time.perf_counter() - t)
+    runtimes, res = {}, {}
+    for rt, prec in configs:
+        key = f"{rt} {prec}"
+        bb = load_backbone(MODEL, input_size=input_size)
+        t = time.perf_counter()
+        runtimes[key] = build_runtime(bb, layer_specs(bb, LAYERS), runtime=rt, precision=prec, cache_dir=cache)
+        desc = runtimes[key].describe()
+        res[key] = {"runtime": desc["runtime"], "precision": desc["precision"],
+                    "build_s": time.perf_counter() - t, "rounds": []}
+        log(f"{input_size}px {key}: {desc['runtime']} {desc['precision']} built in {res[key]['build_s']:.1f} s")
+    ref = runtimes["torch fp32"](pixels)
+    for key, r in runtimes.items():
+        out = r(pixels)
+        res[key]["min_cosine"] = min(min_cosine(out[k], ref[k]) for k in ref)
+        r(pixels)  # warm-up
+    for i in range(rounds):
+        for key, r in runtimes.items():
+            t = time.perf_counter()
+            for _ in range(per_round):
+                r(pixels)
+            res[key]["rounds"].append(per_round * len(pixels) / (time.perf_counter() - t))
+        log(f"{input_size}px forward round {i + 1}/{rounds}: "
+            + ", ".join(f"{k} {v['rounds'][-1]:.0f}" for k, v in res.items()))
+    for v in res.values():
+        v["img_per_s"] = statistics.median(v["rounds"])
+    res["_decode_img_per_s_one_core"] = {"img_per_s": decode_rate}
+    return res
+
+
+def end_to_end(source: str, input_size: int, batch: int, configs: list[tuple[str, str]], work: str,
+               cache: str) -> dict[str, dict[str, Any]]:
+    import deepfeat
+    from deepfeat.models import load_backbone
+
+    os.environ["DEEPFEAT_CACHE_DIR"] = cache
+    res = {}
+    for rt, prec in configs:
+        key = f"{rt} {prec}"
+        marks: dict[str, float] = {}
+
+        def progress(ev: dict[str, Any], marks: dict[str, float] = marks) -> None:
+            if ev.get("phase") == "plan":
+                marks["plan"] = time.perf_counter()
+                marks["runtime"] = ev.get("runtime")
+                marks["precision"] = ev.get("precision")
+
+        out = os.path.join(work, f"store-{input_size}-{rt}-{prec}")
+        shutil.rmtree(out, ignore_errors=True)
+        bb = load_backbone(MODEL, input_size=input_size)
+        s = deepfeat.extract(source, out, model=MODEL, layers=LAYERS, pool="avg", dtype="float16",
+                             batch_size=batch, device="cpu", runtime=rt, precision=prec, progress=progress,
+                             backbone=bb)
+        end = time.perf_counter()
+        n = s.embedded_now + s.failed_now
+        res[key] = {"runtime": marks.get("runtime"), "precision": marks.get("precision"), "images": n,
+                    "img_per_s": n / (end - marks["plan"]), "summary_img_per_s": s.images_per_second}
+        log(f"{input_size}px end-to-end {key}: {res[key]['img_per_s']:.1f} img/s ({n} images)")
+        shutil.rmtree(out, ignore_errors=True)
+    return res
+
+
+def report(name: str, fwd: dict[str, Any], e2e: dict[str, Any]) -> dict[str, float]:
+    base_f = fwd["torch fp32"]["img_per_s"]
+    base_e = e2e["torch fp32"]["img_per_s"]
+    print(f"\n{name}")
+    print(f"{'configuration':<24}{'ran as':<22}{'forward img/s':>14}{'x torch':>9}{'min cos':>10}"
+          f"{'e2e img/s':>11}{'x torch':>9}{'e2e/fwd':>9}{'build s':>9}")
+    for key, f in fwd.items():
+        if key.startswith("_"):
+            continue
+        e = e2e[key]
+        print(f"{key:<24}{f['runtime'] + ' ' + f['precision']:<22}{f['img_per_s']:>14,.1f}"
+              f"{f['img_per_s'] / base_f:>9.2f}{f['min_cosine']:>10.5f}{e['img_per_s']:>11,.1f}"
+              f"{e['img_per_s'] / base_e:>9.2f}{e['img_per_s'] / f['img_per_s']:>9.2f}{f['build_s']:>9.1f}")
+    best = max((v["img_per_s"] for k, v in fwd.items() if not k.startswith("_")))
+    print(f"decode + resize of one image on one core: {fwd['_decode_img_per_s_one_core']['img_per_s']:,.0f} img/s; "
+          f"ceiling (fastest forward-only here): {best:,.0f} img/s")
+    return {"auto_e2e_vs_torch_e2e": e2e["auto auto"]["img_per_s"] / base_e,
+            "auto_e2e_vs_auto_forward": e2e["auto auto"]["img_per_s"] / fwd["auto auto"]["img_per_s"]}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--photos", type=int, default=384, help="640x480 JPEG photos (224 px)")
+    p.add_argument("--fashion", type=int, default=2000, help="Fashion-MNIST images (96 px)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--quick", action="store_true", help="smoke run: fewer images and rounds")
+    p.add_argument("--json", default=None, help="also write the figures to this JSON file")
+    args = p.parse_args()
+    if args.quick:
+        args.photos, args.fashion, args.rounds = 96, 400, 2
+    info = machine()
+    print(f"CPU: {info['cpu']} ({info['cores']} cores; flags: {', '.join(info['flags']) or 'none of note'}); "
+          f"torch threads {info['torch_threads']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    configs = configurations()
+    results: dict[str, Any] = {"machine": info, "configs": configs}
+    with tempfile.TemporaryDirectory(prefix="deepfeat-bench-runtimes-") as work:
+        cache = os.path.join(work, "cache")
+        photos, _ = make_photos(work, args.photos)
+        fm, _ = make_fashion_mnist(work, args.fashion)
+        jobs = [("JPEG photos 640x480 at 224 px, batch 32", photos, 224, 32, 4),
+                ("Fashion-MNIST PNGs at 96 px, batch 64", fm, 96, 64, 4)]
+        ratios = {}
+        for title, src, size, batch, per_round in jobs:
+            files = sorted(os.path.join(r, f) for r, _, fs in os.walk(src) for f in fs
+                           if f.lower().endswith((".jpg", ".jpeg", ".png")))
+            fwd = forward_only(files, size, batch, configs, args.rounds, per_round, cache)
+            e2e = end_to_end(src, size, batch, configs, work, cache)
+            ratios[size] = report(title, fwd, e2e)
+            results[str(size)] = {"forward": fwd, "end_to_end": e2e}
+    print("\ntargets")
+    r224 = ratios[224]
+    print(f"auto end-to-end vs torch fp32 end-to-end at 224 px: {r224['auto_e2e_vs_torch_e2e']:.2f}x (target >= 3)")
+    print(f"auto end-to-end vs auto forward-only at 224 px: {r224['auto_e2e_vs_auto_forward']:.2f} (target >= 0.80)")
+    print(f"auto end-to-end vs torch fp32 end-to-end at 96 px: {ratios[96]['auto_e2e_vs_torch_e2e']:.2f}x")
+    results["ratios"] = ratios
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump(results, f, indent=1, default=str)
+
+
+if __name__ == "__main__":
+    main()
