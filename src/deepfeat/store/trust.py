@@ -17,6 +17,7 @@ Anything else is a :class:`~deepfeat.errors.StoreError` naming the bad entry.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -36,6 +37,7 @@ PART_NAME_RE = re.compile(r"[0-9]{8,12}")
 LAYER_KEY_RE = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,198}[A-Za-z0-9_-])?")
 #: Other file names a store's metadata may point to (the FNE statistics), relative to the store.
 PLAIN_FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,198}")
+_SHA256_RE = re.compile(r"[0-9a-f]{64}")
 #: Feature dtypes a store may declare.
 STORE_DTYPES = ("float16", "float32", "int8")
 #: Largest ``deepfeat-store.json`` / ``manifest.json`` read.
@@ -111,7 +113,7 @@ def member(root: str, *names: str, what: str | None = None) -> str:
     real = os.path.realpath(path)
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
         raise UnsafePathError(f"{label} resolves to {real}, outside the store {root!r} (a symbolic link?); "
-                         "deepfeat reads nothing outside the store.")
+                              "deepfeat reads nothing outside the store.")
     try:
         st = os.stat(real)
     except FileNotFoundError:
@@ -169,7 +171,7 @@ def check_layers(layers: Any, where: str) -> list[dict[str, Any]]:
                              f"got {_show(name)}.")
         if not is_layer_key(key):
             raise UnsafePathError(f"{at}: the file key {_show(key)} of layer {_show(name)} is not a layer key "
-                             "(letters, digits, '_', '.', '-'; no path separator).")
+                                  "(letters, digits, '_', '.', '-'; no path separator).")
         if key in keys:
             raise StoreError(f"{at}: the file key {key!r} is used by two layers.")
         keys.add(key)
@@ -216,6 +218,16 @@ def check_metadata(meta: Any) -> dict[str, Any]:
     return meta
 
 
+@functools.lru_cache(maxsize=8)
+def _file_names_cached(keys: tuple[str, ...]) -> frozenset[str]:
+    return frozenset([layout.ROWS_FILE, layout.LEDGER_FILE, *(f"{k}.npy" for k in keys)])
+
+
+def _file_names(layers: Mapping[str, int] | None) -> frozenset[str]:
+    """Every file name a part may hold (without layers: the two tables; .npy names are then checked one by one)."""
+    return _file_names_cached(tuple(layers) if layers is not None else ())
+
+
 def part_files(rows: int, layer_keys: Iterable[str]) -> list[str]:
     """The files a part with ``rows`` rows holds: the ledger, and when it has rows the row table and one array per layer."""
     return [layout.LEDGER_FILE] + ([layout.ROWS_FILE] + [f"{k}.npy" for k in layer_keys] if rows else [])
@@ -238,7 +250,7 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
     name = d["name"]
     if not is_part_name(name):
         raise UnsafePathError(f"{where}: {_show(name)} is not a part name (the writer's zero-padded number, "
-                         "e.g. '00000003'); refusing to open it.")
+                              "e.g. '00000003'); refusing to open it.")
     where = f"{layout.MANIFEST_FILE}: part {name}"
     rows, items = _count(d["rows"], f"{where}: rows"), _count(d["items"], f"{where}: items")
     embedded, failed = _count(d["embedded"], f"{where}: embedded"), _count(d["failed"], f"{where}: failed")
@@ -254,22 +266,25 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
     files = d["files"]
     if not isinstance(files, dict):
         raise StoreError(f"{where}: files must be an object; got {_show(files)}.")
-    allowed = {layout.ROWS_FILE, layout.LEDGER_FILE}
+    allowed = _file_names(layers)
     for fname, entry in files.items():
-        if fname not in allowed and not (fname.endswith(".npy") and is_layer_key(fname[:-4])
-                                         and (layers is None or fname[:-4] in layers)):
+        if fname not in allowed and (layers is not None or not (
+                isinstance(fname, str) and fname.endswith(".npy") and is_layer_key(fname[:-4]))):
             raise UnsafePathError(f"{where}: {_show(fname)} is not a file of a part of this store "
-                             f"({layout.ROWS_FILE}, {layout.LEDGER_FILE} or <layer key>.npy).")
-        if not isinstance(entry, dict):
+                                  f"({layout.ROWS_FILE}, {layout.LEDGER_FILE} or <layer key>.npy).")
+        # the common case is checked without building a message: manifests can list 10^5 files
+        if type(entry) is not dict:
             raise StoreError(f"{where}: files[{fname!r}] must be an object; got {_show(entry)}.")
-        _count(entry.get("bytes"), f"{where}: {fname}: bytes", MAX_BYTES)
-        digest = entry.get("sha256")
-        if not isinstance(digest, str) or re.fullmatch(r"[0-9a-f]{64}", digest) is None:
+        size, digest = entry.get("bytes"), entry.get("sha256")
+        if type(size) is not int or not 0 <= size <= MAX_BYTES:
+            _count(size, f"{where}: {fname}: bytes", MAX_BYTES)
+        if type(digest) is not str or _SHA256_RE.fullmatch(digest) is None:
             raise StoreError(f"{where}: {fname}: sha256 must be 64 hex digits; got {_show(digest)}.")
     if layers is not None:
         expected = part_files(rows, layers)
+        wanted = set(expected)
         absent = [f for f in expected if f not in files]
-        extra = [f for f in files if f not in expected]
+        extra = [f for f in files if f not in wanted]
         if absent or extra:
             raise StoreError(f"{where}: the files {sorted(files)} are not those of a part with {rows} rows "
                              f"(expected {expected}).")
