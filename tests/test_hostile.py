@@ -324,7 +324,8 @@ def test_an_npy_dtype_that_is_not_the_stores_is_refused(copy: Path, capsys) -> N
     rows = _manifest(copy)["parts"][2]["rows"]
     _rewrite_npy_header(path, (rows, 40), "<i4")  # same bytes, read as integers
     _rehash(copy, part, "blocks.2.npy")
-    with pytest.raises(StoreError, match="part 00000002: blocks.2.npy holds int32 values, the store's dtype is float32"):
+    with pytest.raises(StoreError, match="part 00000002: blocks.2.npy holds int32 values, the store's dtype is "
+                                         "float32"):
         open_store(copy).load()
     _verify_says(copy, "array", "holds int32 values", capsys)
 

@@ -229,7 +229,7 @@ def _file_names(layers: Mapping[str, int] | None) -> frozenset[str]:
 
 
 def part_files(rows: int, layer_keys: Iterable[str]) -> list[str]:
-    """The files a part with ``rows`` rows holds: the ledger, and when it has rows the row table and one array per layer."""
+    """The files of a part with ``rows`` rows: the ledger; with rows also the row table and one array per layer."""
     return [layout.LEDGER_FILE] + ([layout.ROWS_FILE] + [f"{k}.npy" for k in layer_keys] if rows else [])
 
 
