@@ -30,7 +30,7 @@ from .data.sources import Discovery, SourceItem, discover
 from .errors import EnvironmentFault, UsageError
 from .models.layers import PRE_LOGITS, describe_layers
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
-from .store import layout
+from .store import layout, trust
 from .store.fsutil import read_json
 from .store.create import prepare_store_dir, write_excluded
 from .store.lock import StoreLock
@@ -274,7 +274,7 @@ def plan_extraction(
 def _done_ids(store_dir: str, manifest: Manifest) -> set[str]:
     done: set[str] = set()
     for part in manifest.parts:
-        table = pq.read_table(os.path.join(store_dir, layout.PARTS_DIR, part.name, layout.LEDGER_FILE), columns=["id"])
+        table = pq.read_table(trust.member(store_dir, layout.PARTS_DIR, part.name, layout.LEDGER_FILE), columns=["id"])
         done.update(table.column("id").to_pylist())
     return done
 
@@ -473,7 +473,7 @@ def _fill_totals(summary: ExtractSummary, manifest: Manifest, out: str) -> None:
     reasons: dict[str, int] = {}
     for part in manifest.parts:
         if part.failed:
-            t = pq.read_table(os.path.join(out, layout.PARTS_DIR, part.name, layout.LEDGER_FILE),
+            t = pq.read_table(trust.member(out, layout.PARTS_DIR, part.name, layout.LEDGER_FILE),
                               columns=["status", "reason"])
             for status, reason in zip(t.column("status").to_pylist(), t.column("reason").to_pylist()):
                 if status == "failed":
