@@ -34,7 +34,7 @@ from . import layout
 #: Part names: the writer's zero-padded sequence numbers (``00000000``, ``00000001``...).
 PART_NAME_RE = re.compile(r"[0-9]{8,12}")
 #: Layer keys: what ``layout.layer_key`` produces (no path separator, no leading/trailing dot).
-LAYER_KEY_RE = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,198}[A-Za-z0-9_-])?")
+LAYER_KEY_RE = re.compile(r"[A-Za-z0-9_-](?:[A-Za-z0-9_.-]{0,245}[A-Za-z0-9_-])?")  # key + ".npy" <= 251 bytes
 #: Other file names a store's metadata may point to (the FNE statistics), relative to the store.
 PLAIN_FILE_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,198}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
@@ -67,7 +67,11 @@ def _count(v: Any, where: str, limit: int = MAX_COUNT) -> int:
 
 
 def _show(v: Any, limit: int = 80) -> str:
-    """A short, printable repr of an untrusted value (long strings are cut)."""
+    """A short, printable repr of an untrusted value (long strings are cut, big containers counted)."""
+    if isinstance(v, (list, dict)) and len(v) > 16:
+        return f"a {'list' if isinstance(v, list) else 'JSON object'} of {len(v):,} entries"
+    if isinstance(v, str) and len(v) > limit:
+        return f"{v[:limit]!r}... ({len(v):,} characters)"
     text = repr(v)
     return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
 
