@@ -348,6 +348,21 @@ def test_a_truncated_or_garbage_parquet_file_is_a_store_error(copy: Path, damage
     _verify_says(copy, "parquet", "part 00000001: rows.parquet cannot be read as Parquet", capsys)
 
 
+def test_extract_refuses_to_resume_into_a_hostile_store(copy: Path, images: Path) -> None:
+    args = dict(layers="blocks.2,pre_logits", pool="avg", dtype="float32", input_size=64, workers=0,
+                batch_size=16, part_size=4)
+    doc = _manifest(copy)
+    doc["parts"][0]["name"] = "../../elsewhere"
+    _write_manifest(copy, doc)
+    with pytest.raises(StoreError, match="'../../elsewhere' is not a part name"):
+        deepfeat.extract(images, copy, **args)
+    shutil.move(str(copy / layout.METADATA_FILE), copy.parent / "meta.json")
+    os.symlink(copy.parent / "meta.json", copy / layout.METADATA_FILE)
+    with pytest.raises(StoreError, match="deepfeat-store.json resolves to .* outside the store"):
+        deepfeat.extract(images, copy, **args)
+    assert (copy.parent / "meta.json").is_file()  # the outside file is neither read nor replaced
+
+
 # ------------------------------------------------------------------------------- links and special files
 def test_a_symlink_to_a_file_outside_the_store_is_not_followed(copy: Path, capsys) -> None:
     part_dir = copy / layout.PARTS_DIR / "00000000"

@@ -12,8 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ConfigMismatchError, StoreError
-from . import layout
-from .fsutil import atomic_write_json, environment_errors, read_json, remove_tree
+from . import layout, trust
+from .fsutil import atomic_write_json, environment_errors, remove_tree
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,21 @@ def prepare_store_dir(path: str, config: dict[str, Any], metadata: dict[str, Any
     """
     meta_path = os.path.join(path, layout.METADATA_FILE)
     fp = fingerprint(config)
-    if os.path.exists(meta_path):
+    if os.path.lexists(meta_path):
         try:
-            old = read_json(meta_path)
-        except ValueError as exc:
-            raise StoreError(f"{meta_path} is unreadable ({exc}); pass overwrite=True / --overwrite to start over.") from None
+            old = trust.read_store_json(path, layout.METADATA_FILE)  # inside the store, bounded
+            if not isinstance(old, dict):
+                raise StoreError(f"{layout.METADATA_FILE} is not a JSON object")
+        except StoreError as exc:
+            if not overwrite:
+                raise StoreError(f"{meta_path} is unreadable ({exc}); pass overwrite=True / --overwrite to start "
+                                 "over.") from None
+            old = {}
         if old.get("fingerprint") == fp:
             return True
         if not overwrite:
-            diff = describe_difference(old.get("config", {}), config)
+            old_config = old.get("config")
+            diff = describe_difference(old_config if isinstance(old_config, dict) else {}, config)
             raise ConfigMismatchError(
                 f"The store {path!r} was written with a different configuration ({'; '.join(diff[:6]) or 'fingerprint'}). "
                 "Use another --out, or pass --overwrite to delete it and start over."
