@@ -254,3 +254,22 @@ def test_reliability_md_cites_only_tests_that_exist():
     for reason in ("unidentified", "truncated", "too_large", "aspect_ratio", "unsupported_format", "vanished",
                    "worker_crash", "nonfinite_features"):
         assert f"`{reason}`" in doc, reason
+
+
+def test_a_script_without_a_main_guard_runs_once_and_does_not_hang(fm_dir, tmp_path) -> None:
+    """Issue 12 item 3: spawned decode workers must not re-run the user's script (README's first example)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "extract_script.py"
+    script.write_text(
+        "import deepfeat\n"
+        "print('script body ran', flush=True)\n"
+        f"s = deepfeat.extract({str(fm_dir / 'train')!r}, {str(tmp_path / 'feats')!r}, layers='pre_logits',\n"
+        "                     input_size=32, workers=2, runtime='torch')\n"
+        f"p = deepfeat.classify_images('efficientnet_lite0', [{str(fm_dir / 'test')!r}], top_k=1, workers=1)\n"
+        "print('embedded', s.embedded_total, 'classified', len(p), flush=True)\n")
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("script body ran") == 1  # the workers never ran it
+    assert "embedded 40 classified 40" in r.stdout

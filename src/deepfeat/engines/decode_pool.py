@@ -7,9 +7,11 @@ that still kills its worker is failed with reason ``worker_crash``. Nothing hang
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
-import multiprocessing as mp
+import multiprocessing.context
 import os
+import sys
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -21,6 +23,46 @@ from ..data.worker import Decoded, Failed, prepare_batch, watch_parent
 log = logging.getLogger(__name__)
 
 Item = tuple[str, str, int]  # (id, path, number of augmented views)
+
+
+@contextlib.contextmanager
+def _main_module_hidden() -> "collections.abc.Iterator[None]":
+    """Start processes without telling them about ``__main__``.
+
+    A spawned process normally re-imports the parent's main script (as ``__mp_main__``): a
+    script without an ``if __name__ == "__main__":`` guard then runs again in every worker
+    (a second extract on the same store, a lock error, a pool rebuilt forever). Decode workers
+    need nothing from ``__main__`` -- their task and arguments live in deepfeat -- so the pool
+    starts them as if the parent were interactive, which works from a plain script, a notebook
+    and ``python -c`` alike.
+    """
+    main = sys.modules.get("__main__")
+    if main is None:
+        yield
+        return
+    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    try:
+        main.__dict__.pop("__file__", None)
+        main.__dict__["__spec__"] = None
+        yield
+    finally:
+        main.__dict__.pop("__spec__", None)
+        main.__dict__.update(saved)
+
+
+class _WorkerProcess(multiprocessing.context.SpawnProcess):
+    """A spawned decode worker that does not re-run the parent's main script."""
+
+    def start(self) -> None:
+        with _main_module_hidden():
+            super().start()
+
+
+class _WorkerContext(multiprocessing.context.SpawnContext):
+    Process = _WorkerProcess  # type: ignore[assignment]
+
+
+WORKER_CONTEXT = _WorkerContext()
 
 
 class DecodePool:
@@ -39,7 +81,7 @@ class DecodePool:
     def _new_pool(self) -> ProcessPoolExecutor:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"),
+        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=WORKER_CONTEXT,
                                          initializer=watch_parent, initargs=(os.getpid(),))
         return self._pool
 

@@ -123,7 +123,8 @@ def layer_specs(backbone: Backbone, layers: str | Sequence[str], pool: str | Map
 
 def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any] | None = None, *,
                   runtime: str = "auto", device: str = "cpu", precision: str = "auto", dtype: str = "float32",
-                  channels_last: bool = True, cache_dir: str | None = None, fallback: bool = True) -> Runtime:
+                  channels_last: bool = True, cache_dir: str | None = None, fallback: bool = True,
+                  threads: int | None = None) -> Runtime:
     """The one factory of :class:`Runtime` objects.
 
     Args:
@@ -137,6 +138,7 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
         cache_dir: where exported graphs are cached (default ``~/.cache/deepfeat/runtimes``).
         fallback: when the chosen runtime cannot export or compile this model, use torch fp32
             (logged) instead of raising ``UsageError``.
+        threads: inference threads of an exported runtime (default: every core).
     """
     from ..models.layers import describe_layers
 
@@ -145,7 +147,7 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
     if choice.runtime != "torch":
         try:
             return RUNTIMES[choice.runtime](backbone, specs, infos, device=device, precision=choice.precision,
-                                            dtype=dtype, cache_dir=cache_dir)  # type: ignore[call-arg]
+                                            dtype=dtype, cache_dir=cache_dir, threads=threads)  # type: ignore[call-arg]
         except RuntimeUnavailable as exc:
             if not fallback:
                 raise UsageError(f"The runtime {choice.runtime!r} cannot run {backbone.name!r}: {exc}") from None

@@ -30,7 +30,7 @@ class ONNXRuntime(Runtime):
 
     def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
                  device: str = "cpu", precision: str = "fp32", dtype: str = "float32",
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, threads: int | None = None) -> None:
         super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
         reason = self.unavailable_reason()
         if reason:
@@ -57,7 +57,7 @@ class ONNXRuntime(Runtime):
             providers.insert(0, "CUDAExecutionProvider")
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = max(1, torch.get_num_threads())
+        opts.intra_op_num_threads = int(threads) if threads else max(1, torch.get_num_threads())
         opts.log_severity_level = 3
 
         def load(folder: str) -> Any:

@@ -38,7 +38,7 @@ class OpenVINORuntime(Runtime):
 
     def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
                  device: str = "cpu", precision: str = "fp32", dtype: str = "float32",
-                 cache_dir: str | None = None) -> None:
+                 cache_dir: str | None = None, threads: int | None = None) -> None:
         super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
         reason = self.unavailable_reason()
         if reason:
@@ -68,6 +68,8 @@ class OpenVINORuntime(Runtime):
                 raise RuntimeUnavailable(f"the converted model has {len(model.outputs)} outputs, "
                                          f"expected {len(self.specs)}")
             config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision]}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = int(threads)
             self.compiled = core.compile_model(model, "CPU", config)
         except RuntimeUnavailable:
             raise
