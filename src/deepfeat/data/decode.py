@@ -148,6 +148,9 @@ class DecodedImage:
     mode: str  #: the original Pillow mode, e.g. "CMYK", "I;16", "RGBA", "P", "1"
     n_frames: int  #: 1, or the frame count of an animated / multi-page file (frame 0 is used)
     sha256: str  #: hex sha256 of the file's bytes
+    #: (width, height) of the full-resolution image, orientation applied; ``image`` is smaller when a
+    #: JPEG was decoded at reduced scale (``draft``)
+    size: tuple[int, int] | None = None
 
 
 # --------------------------------------------------------------------------------------------
@@ -361,11 +364,13 @@ def _finish(img: Image.Image, policy: DecodePolicy) -> Image.Image:
 
 
 def decode_bytes(
-    data: bytes | bytearray | memoryview, policy: DecodePolicy = _DEFAULT_POLICY
+    data: bytes | bytearray | memoryview, policy: DecodePolicy = _DEFAULT_POLICY, draft: int | None = None
 ) -> tuple[Image.Image, str, str, int]:
     """Decode an encoded image held in memory by the policy.
 
-    Returns ``(rgb_image, format, original_mode, n_frames)``.
+    Returns ``(rgb_image, format, original_mode, n_frames)``. With ``draft``, a JPEG is decoded at
+    1/2, 1/4 or 1/8 scale when both sides stay >= ``draft`` pixels (the full image is still read and
+    checked; see :func:`decode_file` for its full-resolution size).
 
     Raises:
         InputError: the bytes are not a usable image (``reason`` in :data:`FAILURE_REASONS`).
@@ -377,6 +382,12 @@ def decode_bytes(
         >>> img.mode, fmt, mode, n, img.size
         ('RGB', 'PNG', 'L', 1, (4, 3))
     """
+    return _decode(data, policy, draft)[:4]
+
+
+def _decode(data: bytes | bytearray | memoryview, policy: DecodePolicy,
+            draft: int | None) -> tuple[Image.Image, str, str, int, tuple[int, int]]:
+    """:func:`decode_bytes` plus the (width, height) of the full-resolution image, orientation applied."""
     if len(data) == 0:
         raise InputError("unidentified", "empty file (0 bytes)")
     if len(data) > policy.max_file_bytes:
@@ -410,17 +421,21 @@ def decode_bytes(
             if n_frames > 1:
                 img.seek(0)
             mode = img.mode
+            if draft and fmt == "JPEG" and n_frames == 1:
+                # DCT-domain downscale by 1/2, 1/4 or 1/8 while decoding, keeping both sides >= draft
+                img.draft(None, (int(draft), int(draft)))
             img.load()
-            if img.size != (width, height):  # some plugins only know the size after loading
+            if img.size != (width, height) and not draft:  # some plugins only know the size after loading
                 _check_geometry(*img.size, policy)
             result = _finish(img, policy)
+            full = (height, width) if _orientation(img) in (5, 6, 7, 8) else (width, height)
         for w in caught:
             if issubclass(w.category, Image.DecompressionBombWarning):
                 continue
             if "truncated" in str(w.message).lower():  # e.g. TIFF "Truncated File Read"
                 raise InputError("truncated", f"{fmt} data is cut short ({w.message})")
             logger.debug("decode warning: %s", w.message)
-        return result, fmt, mode, n_frames
+        return result, fmt, mode, n_frames, full
     except (InputError, EnvironmentFault):
         raise
     except MemoryError as exc:
@@ -432,8 +447,9 @@ def decode_bytes(
             img.close()
 
 
-def decode_file(path: str | os.PathLike, policy: DecodePolicy = _DEFAULT_POLICY) -> DecodedImage:
-    """Read and decode one image file by the policy.
+def decode_file(path: str | os.PathLike, policy: DecodePolicy = _DEFAULT_POLICY,
+                draft: int | None = None) -> DecodedImage:
+    """Read and decode one image file by the policy (``draft``: see :func:`decode_bytes`).
 
     Example:
         >>> d = decode_file("photo.jpg")  # doctest: +SKIP
@@ -442,8 +458,8 @@ def decode_file(path: str | os.PathLike, policy: DecodePolicy = _DEFAULT_POLICY)
     """
     data = read_file_bytes(path, policy.max_file_bytes)
     digest = hashlib.sha256(data).hexdigest()
-    image, fmt, mode, n_frames = decode_bytes(data, policy)
-    return DecodedImage(image=image, format=fmt, mode=mode, n_frames=n_frames, sha256=digest)
+    image, fmt, mode, n_frames, size = _decode(data, policy, draft)
+    return DecodedImage(image=image, format=fmt, mode=mode, n_frames=n_frames, sha256=digest, size=size)
 
 
 def _array_to_image(arr: np.ndarray, policy: DecodePolicy) -> Image.Image:

@@ -56,6 +56,9 @@ class Preprocess:
     interpolation: str = "bilinear"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    #: decode JPEGs at 1/2..1/8 scale when they are at least twice the resize size (recorded in
+    #: stores and bundles; False in those written before it existed)
+    jpeg_draft: bool = True
 
     def __post_init__(self) -> None:
         h, w = self.input_size
@@ -80,6 +83,14 @@ class Preprocess:
         """Length the shorter image side is resized to before the crop."""
         return int(math.floor(min(self.input_size) / self.crop_pct))
 
+    @property
+    def draft_size(self) -> int | None:
+        """Smallest side a JPEG may be DCT-downscaled to: twice what the resize needs (as Pillow's thumbnail)."""
+        if not self.jpeg_draft:
+            return None
+        h, w = self.input_size
+        return 2 * max(self.resize_size, int(math.ceil(max(h, w) / self.crop_pct)))
+
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["input_size"] = list(self.input_size)
@@ -95,6 +106,7 @@ class Preprocess:
             interpolation=str(d["interpolation"]),
             mean=tuple(float(v) for v in d["mean"]),  # type: ignore[arg-type]
             std=tuple(float(v) for v in d["std"]),  # type: ignore[arg-type]
+            jpeg_draft=bool(d.get("jpeg_draft", False)),
         )
 
     def with_overrides(

@@ -72,14 +72,14 @@ def prepare_batch(
         if crash_on and crash_on in path:
             os._exit(70)
         try:
-            dec = decode_file(path, policy)
+            dec = decode_file(path, policy, draft=pre.draft_size)
             pixels = [pre.resize_crop(dec.image)]
             if n_views and augment is not None:
                 from .augment import get_augmenter
 
                 augmenter = get_augmenter(*augment)
                 pixels.extend(pre.resize_crop(augmenter(dec.image, item_id, v)) for v in range(1, n_views + 1))
-            w, h = dec.image.size
+            w, h = dec.size or dec.image.size
             out.append(Decoded(item_id, pixels, {"sha256": dec.sha256, "format": dec.format, "mode": dec.mode,
                                                  "n_frames": dec.n_frames, "width": w, "height": h}))
         except InputError as exc:
