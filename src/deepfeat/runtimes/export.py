@@ -29,6 +29,7 @@ from .. import __version__
 from ..models.layers import FeatureTaps
 from ..models.registry import Backbone
 from ..store.reader import LayerSpec
+from .base import Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -173,3 +174,43 @@ def example_pixels(backbone: Backbone, batch: int = 2) -> torch.Tensor:
     h, w = backbone.preprocess.input_size
     g = torch.Generator().manual_seed(0)
     return torch.randint(0, 256, (batch, h, w, 3), dtype=torch.uint8, generator=g)
+
+
+class ExportedRuntime(Runtime):
+    """A runtime that runs the backbone with its taps as an exported graph, cached on disk.
+
+    Subclasses implement :meth:`setup` (export or load the graph, compile it); any failure there
+    becomes :class:`RuntimeUnavailable`, which :func:`deepfeat.runtimes.build_runtime` turns into a
+    fallback to torch.
+    """
+
+    def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
+                 device: str = "cpu", precision: str = "fp32", dtype: str = "float32",
+                 cache_dir: str | None = None, threads: int | None = None) -> None:
+        super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
+        reason = self.unavailable_reason()
+        if reason:
+            raise RuntimeUnavailable(reason)
+        if isinstance(backbone.model, torch.jit.ScriptModule):
+            raise RuntimeUnavailable("TorchScript models run in torch only")
+        self.cache_dir = cache_dir
+        self.threads = threads
+        try:
+            self.setup()
+        except RuntimeUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001 - export/compile failures fall back to torch
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            raise RuntimeUnavailable(f"{type(exc).__name__}: {first}") from exc
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def tap_graph(self) -> TapGraph:
+        """The module exporters trace: uint8 pixels in, pooled taps out."""
+        return TapGraph(self.backbone, self.specs, self.infos).eval()
+
+    def cached(self, build: Callable[[str], None], load: Callable[[str], Any]) -> Any:
+        """The loaded artefact of this backbone + taps + runtime version, exported at most once."""
+        key = cache_key(self.backbone, self.specs, self.name, self.version())
+        return ArtifactCache(self.cache_dir).get_or_build(key, build, load)

@@ -6,19 +6,13 @@ CPU computes it natively (OpenVINO reports ``BF16`` among the CPU's capabilities
 """
 from __future__ import annotations
 
-import logging
 import os
-from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
-from ..models.registry import Backbone
-from ..store.reader import LayerSpec
-from .base import Runtime, RuntimeUnavailable
-from .export import ArtifactCache, TapGraph, cache_key, example_pixels
-
-log = logging.getLogger(__name__)
+from .base import RuntimeUnavailable
+from .export import ExportedRuntime, example_pixels
 
 _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 IR_FILE = "model.xml"
@@ -30,51 +24,34 @@ def _core() -> Any:
     return ov.Core()
 
 
-class OpenVINORuntime(Runtime):
+class OpenVINORuntime(ExportedRuntime):
     """The taps as outputs of an OpenVINO model, compiled for the CPU."""
 
     name = "openvino"
     precisions = {"cpu": ("fp32", "bf16")}
 
-    def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
-                 device: str = "cpu", precision: str = "fp32", dtype: str = "float32",
-                 cache_dir: str | None = None, threads: int | None = None) -> None:
-        super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
-        reason = self.unavailable_reason()
-        if reason:
-            raise RuntimeUnavailable(reason)
+    def setup(self) -> None:
         import openvino as ov
         import torch
 
         core = _core()
-        if isinstance(backbone.model, torch.jit.ScriptModule):
-            raise RuntimeUnavailable("TorchScript models run in torch only")
-        h, w = backbone.preprocess.input_size
+        h, w = self.backbone.preprocess.input_size
 
         def build(folder: str) -> None:
-            graph = TapGraph(backbone, specs, infos).eval()
-            with torch.inference_mode(False), torch.no_grad():
-                model = ov.convert_model(graph, example_input=example_pixels(backbone))
+            with torch.no_grad():
+                model = ov.convert_model(self.tap_graph(), example_input=example_pixels(self.backbone))
             model.reshape([-1, h, w, 3])
             ov.save_model(model, os.path.join(folder, IR_FILE), compress_to_fp16=False)
 
-        def load(folder: str) -> Any:
-            return core.read_model(os.path.join(folder, IR_FILE))
-
-        key = cache_key(backbone, specs, self.name, self.version())
-        try:
-            model = ArtifactCache(cache_dir).get_or_build(key, build, load)
-            if len(model.outputs) != len(self.specs):
-                raise RuntimeUnavailable(f"the converted model has {len(model.outputs)} outputs, "
-                                         f"expected {len(self.specs)}")
-            config = {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_PRECISION_HINT": _PRECISION_HINT[precision]}
-            if threads:
-                config["INFERENCE_NUM_THREADS"] = int(threads)
-            self.compiled = core.compile_model(model, "CPU", config)
-        except RuntimeUnavailable:
-            raise
-        except Exception as exc:  # noqa: BLE001 - conversion/compilation failures fall back to torch
-            raise RuntimeUnavailable(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+        model = self.cached(build, lambda folder: core.read_model(os.path.join(folder, IR_FILE)))
+        if len(model.outputs) != len(self.specs):
+            raise RuntimeUnavailable(f"the converted model has {len(model.outputs)} outputs, "
+                                     f"expected {len(self.specs)}")
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY",
+                                  "INFERENCE_PRECISION_HINT": _PRECISION_HINT[self.precision]}
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = int(self.threads)
+        self.compiled = core.compile_model(model, "CPU", config)
         self.request = self.compiled.create_infer_request()
 
     @classmethod
