@@ -574,3 +574,23 @@ def test_a_config_with_a_few_aliases_still_works(store: Path, tmp_path: Path, ca
     cfg.write_text("info:\n  json: &yes true\n  failures: *yes\n")
     code, out = _cli(["--config", cfg, "info", store], capsys)
     assert code == 0 and json.loads(out)["rows_total"] == 16
+
+
+def test_train_refuses_class_names_a_bundle_cannot_hold_before_training(tmp_path) -> None:
+    """A label with a newline (from a list file) is refused up front, not after training."""
+    from PIL import Image
+    from skimage import data as skdata
+
+    rows = []
+    for i, name in enumerate(("chelsea", "coffee", "astronaut", "rocket")):
+        p = tmp_path / f"{name}.png"
+        Image.fromarray(getattr(skdata, name)()[..., :3]).save(p)
+        rows.append([str(p), "cat\nnip" if i % 2 else "plain"])
+    listing = tmp_path / "list.csv"
+    with open(listing, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    out = tmp_path / "feats"
+    deepfeat.extract(listing, out, layers="pre_logits", input_size=32, workers=0, runtime="torch")
+    with pytest.raises(UsageError, match="control character"):
+        deepfeat.train(out, solver="exact", out=tmp_path / "m.dfm")
+    assert not (tmp_path / "m.dfm").exists()

@@ -452,6 +452,8 @@ def train(
     dims = sum(s.dims for s in specs)
     device = _resolve_device(device)
     plan = _scan(store, val_fraction)
+    if out is not None:
+        _check_class_names(plan.classes)
     weights = _class_weights(class_weight, plan.counts, plan.classes)
     lr = DEFAULT_LR[head] if lr is None else float(lr)
     exact_bytes = plan.n_train * dims * (4 + 8)
@@ -714,3 +716,15 @@ def _runtime_of(meta: dict[str, Any]) -> dict[str, Any]:
     if isinstance(rt, dict) and isinstance(rt.get("runtime"), str):
         return dict(rt)
     return {"runtime": "torch", "precision": str(meta.get("precision", "fp32"))}
+
+
+def _check_class_names(classes: Sequence[str]) -> None:
+    """Refuse, before any training, class names a bundle cannot hold (the loader refuses them too)."""
+    from .store import trust
+
+    for i, c in enumerate(classes):
+        try:
+            trust.check_label(c, f"class name #{i}")
+        except StoreError as exc:
+            raise UsageError(f"Cannot write a bundle for this store: {exc} Rename that label in the source "
+                             "(folder name or list file) and extract again.") from None
