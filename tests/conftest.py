@@ -11,9 +11,12 @@ from PIL import Image
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 # Exported runtimes (OpenVINO IR, ONNX) are cached per test session, never in the user's home.
 if "DEEPFEAT_CACHE_DIR" not in os.environ:
+    import atexit
+    import shutil
     import tempfile
 
     os.environ["DEEPFEAT_CACHE_DIR"] = tempfile.mkdtemp(prefix="deepfeat-test-cache-")
+    atexit.register(shutil.rmtree, os.environ["DEEPFEAT_CACHE_DIR"], ignore_errors=True)
 
 PHOTOS = {"cat": "chelsea", "coffee": "coffee", "astronaut": "astronaut", "rocket": "rocket"}
 
