@@ -239,3 +239,19 @@ def test_cli_runtime_flags(fm_dir, tmp_path) -> None:
                           "tensorrt"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "auto, openvino, onnxruntime, torch" in bad.stderr + bad.stdout
+
+
+@pytest.mark.parametrize("name", EXPORTED)
+def test_unpooled_and_mixed_pooling_taps_are_graph_outputs(name: str, fm_pixels) -> None:
+    """Any pooling, ``none`` (a whole feature map) included, comes out of the exported graph."""
+    _available(name)
+    pools = "avgmax,blocks.4=none,blocks.2=max"
+    bb = load_backbone("efficientnet_lite0", input_size=96)
+    specs = layer_specs(bb, "blocks.2,blocks.4,pre_logits", pools)
+    ref = build_runtime(bb, specs, runtime="torch", precision="fp32")(fm_pixels)
+    bb2 = load_backbone("efficientnet_lite0", input_size=96)
+    got = build_runtime(bb2, layer_specs(bb2, "blocks.2,blocks.4,pre_logits", pools), runtime=name,
+                        precision="fp32", fallback=False)(fm_pixels)
+    assert got["blocks.4"].shape == ref["blocks.4"].shape == (len(fm_pixels), 112 * 6 * 6)
+    for layer in ref:
+        assert min_cosine(got[layer], ref[layer]) >= 0.9999, layer
