@@ -67,6 +67,7 @@ class StoreInfo:
     precision: str | None
     views: int
     layers: list[dict[str, Any]]
+    runtime: str | None = None  #: the inference runtime that computed the features (torch before runtimes existed)
     rows_total: int = 0
     rows_by_split: dict[str, int] = field(default_factory=dict)
     rows_by_class: dict[str, dict[str, int]] = field(default_factory=dict)  #: split -> class -> rows
@@ -177,6 +178,7 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
         precision=meta.get("precision"),
         views=_view_count(config.get("views", meta.get("views", 0))),
         layers=layers,
+        runtime=_runtime_name(meta),
     )
     manifest = store.manifest
     info.parts = len(manifest.parts)
@@ -317,7 +319,10 @@ def _fmt_pre(pre: Mapping[str, Any]) -> str:
     for k in ("mean", "std"):
         if k in pre:
             parts.append(f"{k} ({', '.join(f'{float(v):g}' for v in pre[k])})")
-    rest = {k: v for k, v in pre.items() if k not in ("input_size", "crop_pct", "interpolation", "mean", "std")}
+    if pre.get("jpeg_draft"):
+        parts.append("JPEG draft")
+    rest = {k: v for k, v in pre.items()
+            if k not in ("input_size", "crop_pct", "interpolation", "mean", "std", "jpeg_draft")}
     if rest:
         parts.append(json.dumps(rest, sort_keys=True))
     return ", ".join(parts)
@@ -348,7 +353,7 @@ def format_info(info: StoreInfo, failures: bool = False, max_classes: int = 60) 
         ("weights sha256", info.weights_sha256 or "?"),
         ("preprocess", _fmt_pre(info.preprocess)),
         ("dtype", info.dtype),
-        ("precision", info.precision or "?"),
+        ("runtime", f"{info.runtime or 'torch'} {info.precision or '?'}"),
         ("views", f"{1 + info.views} per input" if info.views else "1 per input (no augmentation)"),
     ])
     out += ["", f"Layers ({len(info.layers)}, {sum(int(d['dims']) for d in info.layers):,} dims per row)"]
@@ -622,3 +627,10 @@ def _read_part_table(store: FeatureStore, part: PartRecord, fname: str, ok: Mapp
         after = "" if ok.get(fname) is not None else " (after its size or checksum check failed)"
         problems.append(_problem("parquet", f"{exc}{after}"))
         return None
+
+
+def _runtime_name(meta: dict[str, Any]) -> str | None:
+    rt = meta.get("runtime")
+    if isinstance(rt, dict) and isinstance(rt.get("runtime"), str):
+        return str(rt["runtime"])[:40]
+    return None
