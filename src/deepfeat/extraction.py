@@ -31,7 +31,6 @@ from .errors import EnvironmentFault, UsageError
 from .models.layers import PRE_LOGITS, describe_layers
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .store import layout, trust
-from .store.fsutil import read_json
 from .store.create import prepare_store_dir, write_excluded
 from .store.lock import StoreLock
 from .runtimes import layer_specs, resolve_runtime, runtime_choices
@@ -170,8 +169,10 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
     if not os.path.isfile(meta_path):
         return runtime, precision
     try:
-        config = read_json(meta_path).get("config", {})
-    except Exception:  # noqa: BLE001 - an unreadable store is reported by prepare_store_dir
+        from .store import trust
+
+        config = trust.read_store_json(out, layout.METADATA_FILE).get("config", {})  # inside the store, bounded
+    except Exception:  # noqa: BLE001 - an unreadable or hostile store is reported by prepare_store_dir
         return runtime, precision
     stored_rt, stored_prec = config.get("runtime"), config.get("precision")
     if runtime == "auto" and stored_rt in runtime_choices():
