@@ -1,6 +1,6 @@
 """Large JPEGs are decoded at reduced scale (DCT draft) when the model's input allows it.
 
-The draft keeps both sides >= twice the resize size, so features stay within cosine 0.999 of a
+The draft keeps both sides >= three times the resize size, so features stay within cosine 0.999 of a
 full-resolution decode; the ledger and row metadata still describe the full image; a truncated
 file still fails as truncated; stores and bundles written before the draft existed keep decoding
 at full size.
@@ -46,19 +46,19 @@ def big_photos(tmp_path_factory) -> Path:
 
 def test_draft_decodes_smaller_but_reports_the_full_size(big_photos, tmp_path) -> None:
     pre = load_backbone("efficientnet_lite0").preprocess
-    assert pre.jpeg_draft and pre.draft_size == 2 * pre.resize_size == 512
+    assert pre.jpeg_draft and pre.draft_size == 3 * pre.resize_size == 768
     d = decode_file(big_photos / "coffee.jpg", draft=pre.draft_size)
     assert d.image.size == (1200, 900) and d.size == (2400, 1800)
     assert min(d.image.size) >= pre.draft_size
     full = decode_file(big_photos / "coffee.jpg")
     assert full.image.size == (2400, 1800) and full.sha256 == d.sha256
     # EXIF orientation 6 (rotate 90): the reported size is the upright one.
-    rotated = decode_file(big_jpeg(tmp_path / "r.jpg", "coffee", exif_orientation=6), draft=512)
+    rotated = decode_file(big_jpeg(tmp_path / "r.jpg", "coffee", exif_orientation=6), draft=768)
     assert rotated.size == (1800, 2400) and rotated.image.size == (900, 1200)
     # Small JPEGs and PNGs are untouched.
     small = tmp_path / "small.jpg"
     Image.fromarray(photo_array("chelsea")[..., :3]).save(small, quality=92)
-    assert decode_file(small, draft=512).image.size == decode_file(small).image.size
+    assert decode_file(small, draft=768).image.size == decode_file(small).image.size
 
 
 def test_a_truncated_big_jpeg_still_fails_as_truncated(big_photos, tmp_path) -> None:
@@ -66,7 +66,7 @@ def test_a_truncated_big_jpeg_still_fails_as_truncated(big_photos, tmp_path) -> 
     cut = tmp_path / "cut.jpg"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError) as exc:
-        decode_file(cut, draft=512)
+        decode_file(cut, draft=768)
     assert exc.value.reason == "truncated"
 
 

@@ -112,7 +112,8 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     def transform(self, X: Any) -> np.ndarray:
         """Features of every image in X: N x sum(dims) float array.
 
-        Image files are decoded in the decode pool (as in ``extract``); in-memory images here.
+        Image files are decoded in the decode pool exactly as ``extract`` decodes them (large JPEGs
+        at reduced scale, see ``Preprocess.jpeg_draft``); in-memory images here, at full resolution.
         """
         from .embed import embed_files
 
