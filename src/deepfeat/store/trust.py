@@ -190,14 +190,19 @@ def check_layers(layers: Any, where: str) -> list[dict[str, Any]]:
     return out
 
 
+def _check_document(doc: Any, where: str) -> None:
+    """A store JSON document is an object of deepfeat's store format."""
+    if not isinstance(doc, dict):
+        raise StoreError(f"{where} must hold a JSON object; got {type(doc).__name__}.")
+    fmt = doc.get("format", layout.FORMAT_NAME)
+    if fmt != layout.FORMAT_NAME:
+        raise StoreError(f"{where}: format {_show(fmt)} is not {layout.FORMAT_NAME!r}.")
+
+
 def check_metadata(meta: Any) -> dict[str, Any]:
     """The store metadata document (``deepfeat-store.json``): format, layers, dtype, FNE file name."""
     where = layout.METADATA_FILE
-    if not isinstance(meta, dict):
-        raise StoreError(f"{where} must hold a JSON object; got {type(meta).__name__}.")
-    fmt = meta.get("format", layout.FORMAT_NAME)
-    if fmt != layout.FORMAT_NAME:
-        raise StoreError(f"{where}: format {_show(fmt)} is not {layout.FORMAT_NAME!r}.")
+    _check_document(meta, where)
     version = meta.get("format_version", layout.FORMAT_VERSION)
     if not _is_int(version) or version > layout.FORMAT_VERSION:
         raise StoreError(f"{where}: format_version {_show(version)}; this deepfeat reads up to "
@@ -308,11 +313,7 @@ def check_manifest(doc: Any, layers: Mapping[str, int] | None = None, itemsize: 
                    ) -> list[dict[str, Any]]:
     """The manifest document: its format and every part (see :func:`check_part`); names are unique."""
     where = layout.MANIFEST_FILE
-    if not isinstance(doc, dict):
-        raise StoreError(f"{where} must hold a JSON object; got {type(doc).__name__}.")
-    fmt = doc.get("format", layout.FORMAT_NAME)
-    if fmt != layout.FORMAT_NAME:
-        raise StoreError(f"{where}: format {_show(fmt)} is not {layout.FORMAT_NAME!r}.")
+    _check_document(doc, where)
     parts = doc.get("parts")
     if not isinstance(parts, list):
         raise StoreError(f"{where}: parts must be a list; got {_show(parts)}.")
