@@ -32,6 +32,13 @@ class Prediction:
     error: str | None = None
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of N x C logits, in float64."""
+    z = np.asarray(logits, dtype=np.float64)
+    e = np.exp(z - z.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
 def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[str]:
     """Files as given; folders walked and .txt/.csv lists read by :func:`deepfeat.discover`.
 
@@ -87,9 +94,7 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
         preds.extend(Prediction(paths[i], error=f"{reason}: {message}") for i, reason, message in batch.failed)
         if not batch.indices:
             continue
-        logits = batch.features[OUTPUT].astype(np.float64)
-        probs = np.exp(logits - logits.max(axis=1, keepdims=True))
-        probs /= probs.sum(axis=1, keepdims=True)
+        probs = softmax(batch.features[OUTPUT])
         k = min(top_k, probs.shape[1])
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         for row, i in enumerate(batch.indices):

@@ -33,7 +33,7 @@ from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .store import layout, trust
 from .store.create import prepare_store_dir, write_excluded
 from .store.lock import StoreLock
-from .runtimes import layer_specs, resolve_runtime, runtime_choices
+from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .store.reader import LayerSpec
 from .store.writer import Manifest, clean_uncommitted
 from .units import format_size
@@ -42,7 +42,6 @@ log = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 DEFAULT_PART_BYTES = 256 << 20
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -163,10 +162,7 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
     refused by the fingerprint, so ``auto`` must not pick differently on another machine or after
     an install.
     """
-    if runtime != "auto" and precision != "auto":
-        return runtime, precision
-    meta_path = os.path.join(out, layout.METADATA_FILE)
-    if not os.path.isfile(meta_path):
+    if runtime != "auto" or not os.path.isfile(os.path.join(out, layout.METADATA_FILE)):
         return runtime, precision
     try:
         from .store import trust
@@ -174,18 +170,7 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
         config = trust.read_store_json(out, layout.METADATA_FILE).get("config", {})  # inside the store, bounded
     except Exception:  # noqa: BLE001 - an unreadable or hostile store is reported by prepare_store_dir
         return runtime, precision
-    stored_rt, stored_prec = config.get("runtime"), config.get("precision")
-    if runtime == "auto" and stored_rt in runtime_choices():
-        try:
-            resolve_runtime(str(stored_rt), device, str(stored_prec) if precision == "auto" else precision)
-        except UsageError:
-            log.warning("the store was written with %s %s, which cannot run here; auto picks again", stored_rt,
-                        stored_prec)
-            return runtime, precision
-        runtime = str(stored_rt)
-        if precision == "auto" and isinstance(stored_prec, str):
-            precision = stored_prec
-    return runtime, precision
+    return prefer_recorded(runtime, precision, device, config.get("runtime"), config.get("precision"))
 
 
 def default_workers() -> int:

@@ -145,19 +145,12 @@ def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, devic
     (else the fastest available, logged), so predictions match the store it was trained on.
     """
     from .models.layers import describe_layers
-    from .runtimes import build_runtime, resolve_runtime
+    from .runtimes import build_runtime, prefer_recorded
 
     recorded = b.metadata.get("runtime")
     rec_rt = recorded.get("runtime") if isinstance(recorded, dict) else "torch"  # bundles before runtimes: torch
-    rec_prec = str(b.metadata.get("precision", "fp32"))
-    if runtime == "auto" and isinstance(rec_rt, str):
-        try:
-            resolve_runtime(rec_rt, device, rec_prec if precision == "auto" else precision)
-            runtime = rec_rt
-            precision = rec_prec if precision == "auto" else precision
-        except UsageError as exc:
-            log.warning("the bundle's features came from %s %s, which cannot run here (%s); "
-                        "predicting with the fastest available runtime", rec_rt, rec_prec, exc)
+    runtime, precision = prefer_recorded(runtime, precision, device, rec_rt, str(b.metadata.get("precision", "fp32")),
+                                         what=f"the bundle {b.path!r}")
     bb = b.load_backbone(weights)
     return build_runtime(bb, b.compute_layers, describe_layers(bb), runtime=runtime, device=device,
                          precision=precision, dtype=b.compute_dtype)

@@ -115,7 +115,6 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
     """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts)."""
     if not pending:
         return 0, 0, 0
-    computer = runtime
     parts = plan_parts(pending, plan.part_size, manifest.next_index())
 
     def batches() -> Iterator[tuple[int, list[tuple[str, str, int]]]]:
@@ -140,7 +139,7 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
                 current = p
                 builder = PartBuilder(parts[p][0], parts[p][1], plan.layers)
             assert builder is not None
-            n_ok, n_failed = add_batch(builder, computer, results)
+            n_ok, n_failed = add_batch(builder, runtime, results)
             embedded += n_ok
             failed += n_failed
             if progress:

@@ -106,6 +106,25 @@ def resolve_runtime(runtime: str = "auto", device: str = "cpu", precision: str =
     return RuntimeChoice(runtime, precision)
 
 
+def prefer_recorded(runtime: str, precision: str, device: str, recorded_runtime: Any,
+                    recorded_precision: Any, what: str = "the store") -> tuple[str, str]:
+    """``auto`` means the runtime (and precision) recorded in a store or bundle, when they run here.
+
+    Explicit choices are returned unchanged; a recorded pair that cannot run on ``device`` is
+    logged and ``auto`` picks again (the store's fingerprint then refuses a mixed resume).
+    """
+    if runtime != "auto" or not isinstance(recorded_runtime, str):
+        return runtime, precision
+    wanted = recorded_precision if precision == "auto" and isinstance(recorded_precision, str) else precision
+    try:
+        resolve_runtime(recorded_runtime, device, wanted)
+    except UsageError as exc:
+        log.warning("%s was written with %s %s, which cannot run here (%s); auto picks again", what,
+                    recorded_runtime, recorded_precision, exc)
+        return runtime, precision
+    return recorded_runtime, wanted
+
+
 def layer_specs(backbone: Backbone, layers: str | Sequence[str], pool: str | Mapping[str, str] = "avg",
                 infos: Mapping[str, Any] | None = None) -> list[LayerSpec]:
     """Resolve a layer selection and its pooling into :class:`LayerSpec` objects (store keys included)."""
@@ -161,5 +180,6 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
 
 
 __all__ = ["RUNTIMES", "PRECISIONS", "Runtime", "RuntimeChoice", "RuntimeUnavailable", "available_runtimes",
-           "build_runtime", "cpu_has_bf16", "cpu_model", "layer_specs", "register_runtime", "resolve_runtime",
+           "build_runtime", "cpu_has_bf16", "cpu_model", "layer_specs", "prefer_recorded", "register_runtime",
+           "resolve_runtime",
            "runtime_choices"]

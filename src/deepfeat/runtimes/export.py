@@ -121,9 +121,7 @@ class ArtifactCache:
                      load: Callable[[str], Any]) -> Any:
         """The loaded artefact for ``key``: from the cache when present and intact, else built and cached."""
         if key is None:  # weights without a stable hash: export into a temporary folder every time
-            with tempfile.TemporaryDirectory(prefix="deepfeat-export-") as tmp:
-                _quiet(build, tmp)
-                return load(tmp)
+            return _build_uncached(build, load)
         folder = self.folder(key)
         if os.path.isdir(folder):
             if self._valid(folder, key):
@@ -141,9 +139,7 @@ class ArtifactCache:
             tmp = tempfile.mkdtemp(prefix=".tmp-", dir=self.root)
         except OSError as exc:  # a read-only home: export without caching
             log.warning("cannot write the runtime cache under %s (%s); exporting without a cache", self.root, exc)
-            with tempfile.TemporaryDirectory(prefix="deepfeat-export-") as tmp:
-                _quiet(build, tmp)
-                return load(tmp)
+            return _build_uncached(build, load)
         try:
             _quiet(build, tmp)
             files = {name: _file_sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
@@ -160,6 +156,13 @@ class ArtifactCache:
             raise
         log.info("exported runtime cached in %s", folder)
         return load(folder)
+
+
+def _build_uncached(build: Callable[[str], None], load: Callable[[str], Any]) -> Any:
+    """Export into a temporary folder, load, and forget the folder."""
+    with tempfile.TemporaryDirectory(prefix="deepfeat-export-") as tmp:
+        _quiet(build, tmp)
+        return load(tmp)
 
 
 def _quiet(build: Callable[[str], None], folder: str) -> None:

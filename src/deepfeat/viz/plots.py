@@ -212,9 +212,9 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
     act = feats[name][0].reshape(infos[name].shape)
     predicted = ""
     if bb.class_names and OUTPUT in feats:
-        logits = feats[OUTPUT][0].astype(np.float64)
-        probs = np.exp(logits - logits.max())
-        probs /= probs.sum()
+        from ..classify import softmax
+
+        probs = softmax(feats[OUTPUT][0])
         k = int(probs.argmax())
         if k < len(bb.class_names):
             predicted = f"; predicted {bb.class_names[k]} ({float(probs[k]):.2f})"
