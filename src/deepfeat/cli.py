@@ -7,6 +7,8 @@ input could be embedded; 2 bad arguments; 3 store problem (locked, other config,
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import errno
 import json
 import logging
 import re
@@ -30,11 +32,13 @@ def cmd_models(args: argparse.Namespace) -> int:
     from .models.registry import list_models
 
     rows = list_models(args.pattern, include_all=args.all)
-    _print(f"{'model':<42} {'family':<12} {'weights offline':<16} where")
+    _print(f"{'model':<42} {'family':<12} {'weights':<9} where")
     for r in rows:
-        _print(f"{r.name:<42} {r.family:<12} {'yes' if r.weights_offline else 'no':<16} {r.where}")
+        _print(f"{r.name:<42} {r.family:<12} {r.status:<9} {r.where}")
     if not args.all:
-        _print("\n(--all lists every timm and torchvision architecture; they take --weights PATH)")
+        _print("\n(weights: bundled = in an installed package; cached = in the HF / torch hub cache; download = "
+               "fetched on first use (not with --offline). A PATTERN such as 'resnet*' lists every matching "
+               "timm/torchvision name; --all also those without published weights)")
     return 0
 
 
@@ -48,16 +52,23 @@ def cmd_layers(args: argparse.Namespace) -> int:
     shown = [i for i in infos.values() if args.all or i.depth <= args.depth or i.stage or i.block or i.depth == 0]
     if args.json:
         _print(json.dumps([{"name": i.name, "type": i.kind, "shape": list(i.shape), "calls": i.calls,
-                            "stage": i.stage, "dims": i.dims_by_pool()} for i in shown], indent=1))
+                            "stage": i.stage, "prefix_tokens": i.prefix_tokens, "dims": i.dims_by_pool()}
+                           for i in shown], indent=1))
         return 0
     h, w = bb.preprocess.input_size
     _print(f"{bb.name}: input 3x{h}x{w}; {len(infos)} tappable layers ({len(shown)} shown; --all for every module)")
-    header = f"{'layer':<34} {'type':<22} {'output shape':<18}" + "".join(f"{p:>10}" for p in POOLINGS)
+    prefix = max((i.prefix_tokens for i in infos.values()), default=0)
+    if prefix:
+        _print(f"token layers (N x T x D): the first {prefix} of T are class/register tokens; avg, max and avgmax "
+               "pool the patch tokens only, cls takes the class token")
+    pools = [p for p in POOLINGS if any(p in i.dims_by_pool() for i in shown if len(i.shape) > 1)] or list(POOLINGS[:4])
+    header = f"{'layer':<34} {'type':<22} {'output shape':<18}" + "".join(f"{p:>10}" for p in pools)
     _print(header)
     for i in shown:
         tag = " [stage]" if i.stage else ""
         shape = "x".join(str(s) for s in i.shape)
-        _print(f"{i.name:<34} {(i.kind + tag)[:22]:<22} {shape:<18}" + "".join(f"{i.dims(p):>10}" for p in POOLINGS))
+        dims = i.dims_by_pool()
+        _print(f"{i.name:<34} {(i.kind + tag)[:22]:<22} {shape:<18}" + "".join(f"{dims.get(p, '-'):>10}" for p in pools))
     _print("\nshortcuts: pre_logits, all-stages, all-blocks, all-conv, all, -1 (last stage), last:N")
     return 0
 
@@ -71,36 +82,112 @@ def cmd_datasets(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Progress:
-    """tqdm progress bar fed by extract()'s progress events."""
+def _reporter() -> Any:
+    """The progress reporter main() installed (a bar on a terminal, plain periodic lines otherwise)."""
+    from . import progress
 
-    def __init__(self, quiet: bool) -> None:
+    return progress.current() or progress.Reporter()
+
+
+class _Progress:
+    """The one renderer of the API's progress events (extract, train, train-cnn / finetune): plan and
+    epoch lines on stdout (stderr with --json, where stdout holds the JSON summary only), counts, rates
+    and ETAs through the progress reporter (deepfeat.progress)."""
+
+    def __init__(self, kind: str, quiet: bool = False, to_stderr: bool = False) -> None:
+        self.kind = kind  # "extract" | "train" | "cnn"
         self.quiet = quiet
-        self.bar = None
+        self.say = _print_error if to_stderr else _print
+        self.task: Any = None
         self.failed = 0
 
     def __call__(self, event: dict[str, Any]) -> None:
-        phase = event["phase"]
-        if phase == "plan":
-            est = event["estimate"]
-            layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
-            _print(f"layers: {layers}")
-            _print(f"job: {est['rows']:,} rows x {est['dims']:,} dims x {est['bytes_per_value']} B = "
-                   f"{format_size(est['bytes'])} on {event['device']} with {event.get('runtime', 'torch')} "
-                   f"{event['precision']}"
-                   f"; {event['already_done']:,} already done, {event['excluded']:,} excluded at discovery")
-            if not self.quiet:
-                from tqdm import tqdm
+        handler = getattr(self, f"_{self.kind}_{event['phase']}", None)
+        if handler is not None:
+            handler(event)
 
-                self.bar = tqdm(total=event["pending"], unit="img", dynamic_ncols=True, desc="extract")
-        elif phase == "batch" and self.bar is not None:
-            self.failed += event["failed"]
-            self.bar.update(event["done"])
-            self.bar.set_postfix(failed=self.failed, refresh=False)
+    def _start(self, desc: str, total: float | None, unit: str, transient: bool = False) -> None:
+        self.close()
+        if not self.quiet:
+            self.task = _reporter().task(desc, total, unit, transient=transient)
+
+    # extract
+    def _extract_plan(self, event: dict[str, Any]) -> None:
+        est = event["estimate"]
+        layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
+        self.say(f"layers: {layers}")
+        self.say(f"job: {est['rows']:,} rows x {est['dims']:,} dims x {est['bytes_per_value']} B = "
+                 f"{format_size(est['bytes'])} on {event['device']} with {event.get('runtime', 'torch')} "
+                 f"{event['precision']}"
+                 f"; {event['already_done']:,} already done, {event['excluded']:,} excluded at discovery")
+        self._start("extract", event["pending"], "img")
+
+    def _extract_batch(self, event: dict[str, Any]) -> None:
+        self.failed += event["failed"]
+        if self.task is not None:
+            self.task.update(event["done"], failed=self.failed)
+
+    # train
+    def _train_scan(self, event: dict[str, Any]) -> None:
+        layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
+        self.say(f"layers: {layers} ({event['dims']:,} dims)")
+        self.say(f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}); "
+                 f"{len(event['classes'])} classes; solver: {event['solver']}"
+                 + (f" ({event['solver_reason']})" if event.get("solver_reason") else ""))
+
+    def _train_resume(self, event: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.say(f"resuming after epoch {event['epoch']} of {event['epochs']} from {event['path']}")
+
+    def _train_stats(self, event: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.say(f"feature statistics: {event['rows']:,} rows in {event['seconds']:.1f} s")
+
+    def _train_exact(self, event: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.say(f"exact solver ({event['solver']}): {event['rows']:,} rows in {event['seconds']:.1f} s")
+
+    def _train_epoch(self, event: dict[str, Any]) -> None:
+        if self.quiet:
+            return
+        val = ("" if event["val_loss"] is None else
+               f", val loss {event['val_loss']:.4f}, val accuracy {event['val_accuracy']:.4f}")
+        self.say(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}{val} "
+                 f"({event['seconds']:.1f} s){' *' if event.get('best') else ''}")
+
+    def _train_early_stop(self, event: dict[str, Any]) -> None:
+        self.say(f"early stopping after epoch {event['epoch']} of {event['epochs']}: no better validation loss "
+                 f"for {event['patience']} epochs; keeping epoch {event['best_epoch']}")
+
+    # train-cnn / finetune
+    def _cnn_start(self, event: dict[str, Any]) -> None:
+        self.say(f"{event['kind']}: {event['n_train']:,} training / {event['n_val']:,} validation images "
+                 f"({event['val_source']}), {len(event['classes'])} classes, input {event['input_size']}, "
+                 f"{event['trainable']:,} of {event['params']:,} parameters trained, "
+                 f"{'cached in memory' if event['cached'] else 'streamed from disk'}, "
+                 f"{event['device']} ({event['precision']})")
+        if event["start_epoch"]:
+            self.say(f"resuming after epoch {event['start_epoch']} of {event['epochs']}")
+        self.say(f"{'epoch':>5} {'train loss':>11} {'valid loss':>11} {'train/valid':>12} {'valid acc':>10} "
+                 f"{'duration':>9}")
+
+    def _cnn_batch(self, event: dict[str, Any]) -> None:
+        if self.task is None:
+            self._start(f"epoch {event['epoch']}/{event['epochs']}", event["steps"], "batch", transient=True)
+        if self.task is not None:
+            self.task.update(1, loss=f"{event['loss']:.4f}")
+
+    def _cnn_epoch(self, event: dict[str, Any]) -> None:
+        self.close()
+        ratio = event["train_valid_ratio"]
+        self.say(f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['valid_loss']:>11.4f} "
+                 f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['valid_accuracy']:>10.4f} "
+                 f"{event['seconds']:>8.1f}s")
 
     def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        if self.task is not None:
+            self.task.close()
+            self.task = None
 
 
 def _add_runtime_args(p: argparse.ArgumentParser, auto_help: str = "auto: the fastest installed runtime "
@@ -116,9 +203,9 @@ def _add_runtime_args(p: argparse.ArgumentParser, auto_help: str = "auto: the fa
 def cmd_extract(args: argparse.Namespace) -> int:
     from .extraction import extract
 
-    progress = _Progress(args.quiet)
+    progress = _Progress("extract", args.quiet, to_stderr=args.json)
     try:
-        s = extract(args.source, args.out, model=args.model, layers=args.layers, pool=args.pool, dtype=args.dtype,
+        s = extract(_source_of(args), args.out, model=args.model, layers=args.layers, pool=args.pool, dtype=args.dtype,
                     weights=args.weights, input_size=args.input_size, crop_pct=args.crop_pct,
                     batch_size=args.batch_size, workers=args.workers, device=args.device,
                     runtime=args.runtime, precision=args.precision, part_size=args.part_size,
@@ -130,21 +217,30 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
     finally:
         progress.close()
-    _print(f"done in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s): "
-           f"{s.embedded_now:,} embedded and {s.failed_now:,} failed this run; "
-           f"store holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded; "
-           f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}")
+    say = progress.say
+    say(f"done in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s): "
+        f"{s.embedded_now:,} embedded and {s.failed_now:,} failed this run; "
+        f"store holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded; "
+        f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}")
     if s.failures_by_reason:
-        _print("failures by reason: " + ", ".join(f"{k}={v}" for k, v in s.failures_by_reason.items())
-               + f"  (details: deepfeat info {args.out} --failures)")
+        say("failures by reason: " + ", ".join(f"{k}={v}" for k, v in s.failures_by_reason.items())
+            + f"  (details: deepfeat info {args.out} --failures)")
     if s.vanished_since:
-        _print(f"note: {s.vanished_since} stored inputs are no longer in the source")
+        say(f"note: {s.vanished_since} stored inputs are no longer in the source")
     for note in s.notes:
-        _print(f"note: {note}")
-    if not s.embedded_total:
-        _print(_nothing_embedded(s, args.source, args.out))
-        return 1
-    return 0
+        say(f"note: {note}")
+    status = 0 if s.embedded_total else 1
+    if status:
+        say(_nothing_embedded(s, args.source, args.out))
+    if args.json:
+        _print_json_summary("extract", status, {**dataclasses.asdict(s), "images_per_second": s.images_per_second,
+                                                "accounted": s.accounted})
+    return status
+
+
+def _print_json_summary(command: str, status: int, summary: dict[str, Any]) -> None:
+    """``--json``: the run's summary as one JSON object on stdout (every other line went to stderr)."""
+    _print(json.dumps({"command": command, "exit_status": status, **summary}, default=str, sort_keys=True))
 
 
 def _nothing_embedded(s: Any, source: str, out: str) -> str:
@@ -205,52 +301,35 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0 if bad < len(preds) or not preds else 1
 
 
-class _TrainProgress:
-    """Prints train()'s progress events: the plan, then one line per epoch."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        phase = event["phase"]
-        if phase == "scan":
-            layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
-            _print(f"layers: {layers} ({event['dims']:,} dims)")
-            _print(f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}); "
-                   f"{len(event['classes'])} classes; solver: {event['solver']}")
-        elif self.quiet:
-            return
-        elif phase == "resume":
-            _print(f"resuming after epoch {event['epoch']} of {event['epochs']} from {event['path']}")
-        elif phase == "stats":
-            _print(f"feature statistics: {event['rows']:,} rows in {event['seconds']:.1f} s")
-        elif phase == "exact":
-            _print(f"exact solver ({event['solver']}): {event['rows']:,} rows in {event['seconds']:.1f} s")
-        elif phase == "epoch":
-            val = ("" if event["val_loss"] is None else
-                   f", val loss {event['val_loss']:.4f}, val accuracy {event['val_accuracy']:.4f}")
-            _print(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}{val} "
-                   f"({event['seconds']:.1f} s){' *' if event.get('best') else ''}")
-
-
 def cmd_train(args: argparse.Namespace) -> int:
     from .training import train
 
     class_weight = None if args.class_weight in (None, "", "none") else args.class_weight
+    progress = _Progress("train", args.quiet, to_stderr=args.json)
     try:
         r = train(args.store, layers=args.layers, head=args.head, solver=args.solver, hidden=args.hidden,
                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha,
                   val_fraction=args.val_fraction, patience=args.patience or None, class_weight=class_weight,
                   memory_budget=args.memory_budget, seed=args.seed, device=args.device, out=args.out,
-                  overwrite=args.overwrite, resume=not args.no_resume, progress=_TrainProgress(args.quiet))
+                  overwrite=args.overwrite, resume=not args.no_resume, progress=progress)
     except KeyboardInterrupt:
         _print_error("interrupted: no bundle was written (it is written atomically at the end); rerun the same "
                      "command to continue (a streaming run resumes from its last complete epoch)")
         return 130
+    finally:
+        progress.close()
     v = r.validation
     val = (f"validation accuracy {v['accuracy']:.4f} on {v['n']:,} rows ({v['source']})" if v.get("n")
            else "no validation rows")
-    _print(f"done in {r.seconds:.1f} s ({r.solver}, {r.head_kind}): {val}; saved {r.bundle_path}")
+    stopped = (f"; stopped early after epoch {r.history[-1]['epoch']} of {args.epochs}, kept epoch {r.best_epoch}"
+               if r.history and r.history[-1].get("stopped_early") else "")
+    progress.say(f"done in {r.seconds:.1f} s ({r.solver}, {r.head_kind}): {val}{stopped}; saved {r.bundle_path}")
+    if args.json:
+        _print_json_summary("train", 0, {
+            "seconds": r.seconds, "solver": r.solver, "head": r.head_kind, "classes": r.classes,
+            "layers": [s.name for s in r.layers], "n_train": r.n_train, "n_val": r.n_val,
+            "validation": r.validation, "best_epoch": r.best_epoch, "epochs_run": len(r.history),
+            "stopped_early": bool(r.history and r.history[-1].get("stopped_early")), "bundle": r.bundle_path})
     return 0
 
 
@@ -277,6 +356,51 @@ def cmd_fne(args: argparse.Namespace) -> int:
     _print(f"done in {s.seconds:.1f} s: {s.rows:,} rows x {s.dims:,} int8 dims ({len(s.layers)} layers, "
            f"{s.zero_variance} zero-variance features; statistics from {s.stats_rows:,} rows); "
            f"{s.parts_written} parts written, {s.parts_skipped} kept; values {shares}; store {s.out}")
+    return 0
+
+
+class _ProbeProgress:
+    """probe()'s events: the plan, a tqdm bar over the epochs (unless quiet)."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.bar = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        phase = event["phase"]
+        if phase == "plan":
+            _print(f"probe: {event['candidates']} candidates from {event['layers']} layers ({event['dims']:,} dims); "
+                   f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}), "
+                   f"test split: {event['test_split'] or 'none'}; memory budget {format_size(event['memory_budget'])}")
+            if not self.quiet:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=event["epochs"], unit="epoch", dynamic_ncols=True, desc="probe")
+        elif phase == "epoch" and self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(training=event["active"], best_val=f"{event['best']:.3f}", refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def cmd_probe(args: argparse.Namespace) -> int:
+    from .probe import probe
+
+    progress = _ProbeProgress(args.quiet)
+    try:
+        r = probe(args.store, args.out, layers=args.layers, groups=args.groups, head=args.head, epochs=args.epochs,
+                  batch_size=args.batch_size, lr=args.lr, alpha=args.alpha, val_fraction=args.val_fraction,
+                  patience=args.patience or None, memory_budget=args.memory_budget, test_split=args.test_split or None,
+                  thresholds=args.thresholds, seed=args.seed, progress=progress)
+    finally:
+        progress.close()
+    _print(r.table())
+    _print("\n" + r.advice)
+    wrote = f"; wrote {', '.join(r.files.values())}" if r.files else ""
+    _print(f"done in {r.seconds:.1f} s: {len(r.rows)} candidates, best {r.best['name']}{wrote}")
     return 0
 
 
@@ -336,46 +460,6 @@ def cmd_predict_any(args: argparse.Namespace) -> int:
     return cmd_predict(args)
 
 
-class _CNNProgress:
-    """The seed's per-epoch table for train_cnn()/finetune(), with a tqdm bar inside each epoch."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar = None
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        phase = event["phase"]
-        if phase == "start":
-            _print(f"{event['kind']}: {event['n_train']:,} training / {event['n_val']:,} validation images "
-                   f"({event['val_source']}), {len(event['classes'])} classes, input {event['input_size']}, "
-                   f"{event['trainable']:,} of {event['params']:,} parameters trained, "
-                   f"{'cached in memory' if event['cached'] else 'streamed from disk'}, "
-                   f"{event['device']} ({event['precision']})")
-            if event["start_epoch"]:
-                _print(f"resuming after epoch {event['start_epoch']} of {event['epochs']}")
-            _print(f"{'epoch':>5} {'train loss':>11} {'valid loss':>11} {'train/valid':>12} {'valid acc':>10} "
-                   f"{'duration':>9}")
-        elif phase == "batch" and not self.quiet:
-            if self.bar is None:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=event["steps"], unit="batch", leave=False, dynamic_ncols=True,
-                                desc=f"epoch {event['epoch']}/{event['epochs']}")
-            self.bar.update(1)
-            self.bar.set_postfix(loss=f"{event['loss']:.4f}", refresh=False)
-        elif phase == "epoch":
-            self.close()
-            ratio = event["train_valid_ratio"]
-            _print(f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['valid_loss']:>11.4f} "
-                   f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['valid_accuracy']:>10.4f} "
-                   f"{event['seconds']:>8.1f}s")
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def _print_cnn_result(r: Any) -> None:
     m = r.metrics
     test = f", test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""
@@ -397,7 +481,7 @@ def _cnn_common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_train_cnn(args: argparse.Namespace) -> int:
     from .cnn import train_cnn
 
-    progress = _CNNProgress(args.quiet)
+    progress = _Progress("cnn", args.quiet)
     try:
         r = train_cnn(args.source, args.out, arch=args.arch, channels=args.channels, progress=progress,
                       **_cnn_common_kwargs(args))
@@ -410,7 +494,7 @@ def cmd_train_cnn(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from .cnn import finetune
 
-    progress = _CNNProgress(args.quiet)
+    progress = _Progress("cnn", args.quiet)
     try:
         r = finetune(args.source, args.out, model=args.model, weights=args.weights, freeze=args.freeze,
                      body_lr_mult=args.body_lr_mult, crop_pct=args.crop_pct, progress=progress,
@@ -440,10 +524,42 @@ def cmd_plot(args: argparse.Namespace) -> int:
 
 
 # ----------------------------------------------------------------------------- parser
+def _add_source_args(p: argparse.ArgumentParser) -> None:
+    """The source positional and the source options (see :mod:`deepfeat.sources`)."""
+    p.add_argument("source", help="image folder, CSV/TXT list file, WebDataset .tar shards (path, glob or "
+                                  "'data/{00000..00099}.tar'), Parquet file(s), or hf:PATH (a saved Hugging Face "
+                                  "dataset)")
+    p.add_argument("--split", default=None,
+                   help="split of inputs that name none (hf: the one split to read; default: all)")
+    p.add_argument("--image-field", "--image-column", dest="image_field", default=None,
+                   help="shards: image member extension (default jpg/png/webp...); Parquet/hf: image column")
+    p.add_argument("--label-field", "--label-column", dest="label_field", default=None,
+                   help="shards: label member (e.g. cls, txt) or JSON key (default: the .cls member); "
+                        "Parquet/hf: label column (default: 'label')")
+    p.add_argument("--split-field", "--split-column", dest="split_field", default=None,
+                   help="shards: split member or JSON key (default: the shard's folder name when it is "
+                        "train/val/test); Parquet: split column")
+    p.add_argument("--id-field", "--id-column", dest="id_field", default=None,
+                   help="Parquet/hf: a column of unique ids (default: file and row number)")
+
+
+def _source_of(args: argparse.Namespace) -> Any:
+    from .sources import SOURCE_OPTIONS, open_source
+
+    return open_source(args.source, **{k: getattr(args, k, None) for k in SOURCE_OPTIONS})
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--weights", default=None,
-                   help="local weights file (.safetensors or state dict), or 'random'; default: offline pretrained")
+                   help="local weights file (.safetensors or state dict), or 'random'; default: the pretrained "
+                        "weights (bundled, cached, or downloaded into the HF / torch hub cache on first use)")
+    _add_offline_arg(p)
     p.add_argument("--input-size", type=int, default=None, help="override the model's input size (square)")
+
+
+def _add_offline_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--offline", action="store_true", default=None,
+                   help="never touch the network: pretrained weights must be bundled or cached (as HF_HUB_OFFLINE=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -479,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("extract", help="extract features into a crash-safe, resumable store")
-    p.add_argument("source", help="image folder or CSV/TXT list file")
+    _add_source_args(p)
     p.add_argument("--out", required=True, help="store directory")
     p.add_argument("--model", default="efficientnet_lite0")
     _add_model_args(p)
@@ -511,6 +627,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="start even when the job's estimated size exceeds the free space on the output's filesystem "
                         "(otherwise refused with exit status 4)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help="print the final summary as one JSON object on stdout (every other line goes to stderr)")
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("info", help="rows per split/class, layers, failures by reason, size on disk")
@@ -579,8 +697,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-resume", action="store_true",
                    help="start over even if OUT.ckpt holds a checkpoint of an interrupted run")
     p.add_argument("--overwrite", action="store_true", help="replace an existing bundle OUT (otherwise refused)")
-    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-epoch lines and no progress bar")
+    p.add_argument("--json", action="store_true",
+                   help="print the final summary as one JSON object on stdout (every other line goes to stderr)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("probe", help="which layer? a quick linear head per layer (and stage, all layers, FNE), "
+                                     "one pass over the store per epoch; table, CSV/JSON, plot, report.html")
+    p.add_argument("store")
+    p.add_argument("--out", default=None, help="folder for probe.csv, probe.json, probe.png, report.html")
+    p.add_argument("--layers", default=None, help="stored layers to probe (default: all)")
+    p.add_argument("--groups", default="stages,all,fne",
+                   help="extra candidates: stages, all (all layers standardised), fne; 'none' for none")
+    p.add_argument("--head", default="logreg", help="logreg | svm | mlp (the streaming head of 'train')")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 1e-3, cosine decay)")
+    p.add_argument("--alpha", type=float, default=1e-4, help="L2 penalty")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="training ids held out when there is no val split")
+    p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
+    p.add_argument("--test-split", default="test", help="split scored at the end ('' for none)")
+    p.add_argument("--thresholds", default="-0.25,0.15", help="FNE thresholds lo,hi on standardised values")
+    p._negative_number_matcher = re.compile(r"^-\d*\.?\d+(,-?\d*\.?\d+)*$")  # type: ignore[attr-defined]
+    p.add_argument("--memory-budget", default="1GiB", help="memory for feature rows, with a unit: 512MiB, 2GiB")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_probe)
 
     p = sub.add_parser("evaluate", help="accuracy, top-k, per-class report and confusion matrix of a bundle")
     p.add_argument("bundle")
@@ -599,6 +741,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write predictions to a .csv or .json file")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--weights", default=None, help="bundle only: backbone weights file if not at the recorded path")
+    _add_offline_arg(p)
     p.add_argument("--device", default="cpu", help="bundle only: cpu | cuda | auto")
     _add_runtime_args(p, auto_help="auto: the bundle's own runtime and precision when they run here")
     p.set_defaults(func=cmd_predict_any)
@@ -622,7 +765,9 @@ def build_parser() -> argparse.ArgumentParser:
             p.set_defaults(func=cmd_train_cnn)
         else:
             p.add_argument("--model", default="efficientnet_lite0", help="any backbone name 'deepfeat models' lists")
-            p.add_argument("--weights", default=None, help="local weights file (default: offline pretrained)")
+            p.add_argument("--weights", default=None,
+                           help="local weights file (default: the pretrained weights, downloaded on first use)")
+            _add_offline_arg(p)
             p.add_argument("--freeze", type=int, default=0,
                            help="freeze the first N stages (see 'deepfeat layers'); -1 freezes the whole body")
             p.add_argument("--body-lr-mult", type=float, default=0.1, help="body learning rate = lr x this")
@@ -677,7 +822,100 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("model", help="model directory")
     q.add_argument("--out", required=True, help="PNG file")
     q.set_defaults(func=cmd_plot)
+    _finish_parser(parser)
     return parser
+
+
+# ----------------------------------------------------------------------------- help and defaults
+#: the API function each command calls: its signature gives the options' defaults (deepfeat.apidefaults)
+_API_OF = {
+    "extract": ("deepfeat.extraction", "extract"), "train": ("deepfeat.training", "train"),
+    "export": ("deepfeat.store.export", "export_store"), "analyze": ("deepfeat.analysis.report", "analyze"),
+    "fne": ("deepfeat.analysis.fne", "full_network_embedding"), "evaluate": ("deepfeat.evaluation", "evaluate"),
+    "predict": ("deepfeat.predict", "predict_images"), "train-cnn": ("deepfeat.cnn.training", "train_cnn"),
+    "finetune": ("deepfeat.cnn.training", "finetune"), "layers": ("deepfeat.models.registry", "load_backbone"),
+    "datasets": ("deepfeat.datasets", "write_dataset"), "probe": ("deepfeat.probe", "probe"),
+}
+#: help of the options declared without one: (command, dest) first, then dest alone
+_OPTION_HELP = {
+    ("extract", "batch_size"): "images per forward pass",
+    ("predict", "batch_size"): "images per forward pass",
+    ("evaluate", "batch_size"): "rows scored per batch",
+    ("train", "batch_size"): "rows per optimiser step",
+    ("probe", "batch_size"): "rows per optimiser step",
+    ("train-cnn", "batch_size"): "images per optimiser step",
+    ("finetune", "batch_size"): "images per optimiser step",
+    ("train", "epochs"): "most passes over the training rows (early stopping may end sooner; --solver stream)",
+    ("probe", "epochs"): "most passes over the training rows (early stopping may end sooner)",
+    ("train-cnn", "epochs"): "passes over the training images",
+    ("finetune", "epochs"): "passes over the training images",
+    ("export", "out"): "a folder for npy (one .npy per layer + rows.parquet), else a file",
+    ("export", "overwrite"): "replace an existing OUT (otherwise refused)",
+    ("fne", "overwrite"): "replace an existing OUT store made with other settings",
+    ("datasets", "out"): "folder to write the images into (split/class/*.png)",
+    ("plot", "layer"): "layer to show (see 'deepfeat layers MODEL')",
+    ("plot", "split"): "plot only this split (default: every row)",
+    "model": "backbone: a name 'deepfeat models' lists, timm:NAME, torchvision:NAME, a TorchScript file, or a "
+             "model directory from train-cnn / finetune",
+    "json": "print JSON instead of a table",
+    "name": "dataset to write, e.g. fashion-mnist",
+    "store": "feature store directory (from 'deepfeat extract')",
+    "bundle": "model bundle from 'deepfeat train' (.dfm)",
+    "dtype": "stored feature type (float16 halves the store)",
+    "device": "cpu | cuda | auto (auto: cuda when available)",
+    "augment_seed": "seed of the views' random augmentations",
+    "format": "output format",
+    "layers": "stored layers, comma-separated (default: all)",
+    "split": "only this split (default: every row)",
+    "seed": "random seed (shuffling, initial weights, hold-out)",
+    "weight_decay": "AdamW weight decay",
+    "schedule": "learning-rate schedule over the epochs",
+    "max_filters": "most filters shown",
+    "max_maps": "most activation maps shown",
+    "method": "2-D projection",
+    "max_points": "most points plotted (a random sample beyond)",
+}
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """argparse's formatter plus ``(default: X)`` after every option whose help does not state its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == argparse.SUPPRESS or "default" in text.lower()
+                or "%(default)" in text or (not action.option_strings and action.nargs not in ("?", "*"))):
+            return text
+        shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else "%(default)s"
+        return f"{text} (default: {shown})" if text else f"default: {shown}"
+
+
+def _finish_parser(parser: argparse.ArgumentParser, command: str = "") -> None:
+    """Every (sub)parser: the defaults of the API function it calls, a help line for every option, and
+    the formatter that shows defaults."""
+    from .apidefaults import api_defaults
+
+    parser.formatter_class = _HelpFormatter
+    module_function = _API_OF.get(command)
+    api = api_defaults(*module_function) if module_function else {}
+    top = command.split(" ")[0]
+    for a in parser._actions:
+        if isinstance(a, argparse._SubParsersAction):
+            seen: set[int] = set()
+            for name, sp in a.choices.items():
+                if id(sp) not in seen:
+                    seen.add(id(sp))
+                    _finish_parser(sp, f"{command} {name}".strip())
+            continue
+        if a.dest in api and a.default is not None and a.option_strings:
+            value = api[a.dest]
+            if isinstance(value, (tuple, list)) and isinstance(a.default, str):
+                value = ",".join(map(str, value))  # --top-k 1,3 <- top_k=(1, 3)
+            if type(value) is type(a.default):  # "1GiB" (CLI) vs 1 << 30 (API) are left alone
+                a.default = value
+                parser.set_defaults(**{a.dest: value})
+        if not a.help and a.dest not in ("help", "version"):
+            a.help = _OPTION_HELP.get((top, a.dest)) or _OPTION_HELP.get(a.dest)
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -796,9 +1034,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         level = logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-        return int(args.func(args) or 0)
+        return _run(args)
     except UsageError as exc:
-        _print_error(f"error: {exc}")
+        _print_error(f"error: {_cli_message(str(exc), parser, argv)}")
         return 2
     except StoreError as exc:
         _print_error(f"store error: {exc}")
@@ -815,10 +1053,87 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
+    except OSError as exc:
+        if exc.errno not in _DISK_FULL_ERRNOS:
+            raise
+        _print_error(f"environment error: {exc}. The disk is full (or a file size limit was hit): free space and "
+                     "rerun the same command.")
+        return 4
 
 
 def _print_error(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Run the command with the one progress reporter installed (deepfeat.progress): a bar when stderr
+    is a terminal, plain periodic lines otherwise, nothing with -q."""
+    from .progress import Reporter
+
+    reporter = Reporter("off" if getattr(args, "quiet", False) else "auto")
+    from .models.hub import offline_mode
+
+    with reporter.installed(), offline_mode(getattr(args, "offline", None)):
+        return int(args.func(args) or 0)
+
+
+def _option_names(parser: argparse.ArgumentParser, argv: Sequence[str]) -> dict[str, str]:
+    """Python parameter name -> what the user types, for the (sub)command ``argv`` runs:
+    ``batch_size`` -> ``--batch-size``, a positional ``store`` -> ``STORE``."""
+    names: dict[str, str] = {}
+    current: argparse.ArgumentParser | None = parser
+    rest = [a for a in argv if not a.startswith("-")]
+    while current is not None:
+        for a in current._actions:
+            if a.dest in (argparse.SUPPRESS, "help", "func"):
+                continue
+            if a.option_strings:
+                names.setdefault(a.dest, max(a.option_strings, key=len))
+            elif not isinstance(a, argparse._SubParsersAction):
+                names.setdefault(a.dest, str(a.metavar or a.dest).upper())
+        subs = _subcommands(current)
+        current = None
+        while rest and subs:
+            word = rest.pop(0)
+            if word in subs:
+                current = subs[word]
+                break
+    return names
+
+
+def _cli_message(message: str, parser: argparse.ArgumentParser, argv: Sequence[str]) -> str:
+    """A UsageError's message with the API's parameter names replaced by the command line's options.
+
+    The API names parameters (``The 'batch_size' parameter of train``, ``overwrite=True``,
+    ``choose one with 'layer'``); on the command line those read ``the option --batch-size``,
+    ``--overwrite``, ``with --layer``, and ``None`` (not typeable) drops out of the alternatives.
+    """
+    names = _option_names(parser, argv)
+
+    def option(m: re.Match[str]) -> str:
+        flag = names.get(m.group(2))
+        if flag is None:
+            return m.group(0)
+        if not m.group(1):
+            return flag
+        return f"{m.group(1)}{'option' if flag.startswith('-') else 'argument'} {flag}"
+
+    def assignment(m: re.Match[str]) -> str:
+        flag = names.get(m.group(1))
+        if flag is None or not flag.startswith("-"):
+            return m.group(0)
+        value = m.group(2)
+        return flag if value == "True" else f"{flag} {value.strip(chr(39))}"
+
+    out = re.sub(r"\b(The |the )?'(\w+)' parameter(?: of [\w.]+)?(?: \(--[\w-]+\))?", option, message)
+    out = re.sub(r"\b([a-z_]+)=(True|'[^']*'|-?\d[\w.]*)(?: \(--[\w-]+\))?", assignment, out)
+    out = re.sub(r"\bwith '(\w+)'", lambda m: f"with {names[m.group(1)]}" if m.group(1) in names else m.group(0), out)
+    if out != message:
+        out = re.sub(r"\bNone or |,? or None\b", "", out)
+    return out
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,10 +1,24 @@
-"""Backbones, their layers, taps and pooling."""
-from .layers import FeatureTaps, LayerInfo, describe_layers, resolve_layers
-from .pooling import POOLINGS, normalize_pool, pool, pooled_dims
-from ..data.preprocess import Preprocess
-from .registry import DEFAULT_MODEL, Backbone, list_models, load_backbone
+"""Backbones, their layers, taps and pooling.
 
-__all__ = [
-    "Backbone", "DEFAULT_MODEL", "FeatureTaps", "LayerInfo", "POOLINGS", "Preprocess", "describe_layers",
-    "list_models", "load_backbone", "normalize_pool", "pool", "pooled_dims", "resolve_layers",
-]
+Names are imported lazily (``__getattr__``): ``deepfeat models`` lists the registry without
+loading torch.
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_NAMES = {
+    "FeatureTaps": ".layers", "LayerInfo": ".layers", "describe_layers": ".layers", "resolve_layers": ".layers",
+    "POOLINGS": ".pooling", "normalize_pool": ".pooling", "pool": ".pooling", "pooled_dims": ".pooling",
+    "Preprocess": "..data.preprocess",
+    "DEFAULT_MODEL": ".registry", "Backbone": ".registry", "list_models": ".registry", "load_backbone": ".registry",
+}
+
+__all__ = sorted(_NAMES)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _NAMES:
+        return getattr(importlib.import_module(_NAMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -9,10 +9,12 @@ import hashlib
 import logging
 import os
 from collections.abc import Mapping
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+
+if TYPE_CHECKING:  # torch is imported where it is used: 'deepfeat models' never loads it
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     Example:
         >>> sd = load_state_dict("resnet50.safetensors")  # doctest: +SKIP
     """
+    import torch
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise UsageError(f"The weights file {path!r} does not exist.")
@@ -68,6 +72,8 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 def _is_tensor_mapping(obj: Mapping) -> bool:
+    import torch
+
     return len(obj) > 0 and all(isinstance(v, torch.Tensor) for v in obj.values())
 
 

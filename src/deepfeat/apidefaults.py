@@ -1,0 +1,83 @@
+"""The Python API's parameter defaults, read from the source without importing it.
+
+The command line's options take their defaults from here (``deepfeat.cli``), so that ``--help``
+shows the API's own defaults and the two cannot drift apart, while ``deepfeat --help`` still never
+imports torch (importing ``deepfeat.training`` would). Only literal defaults and module-level
+constants bound to literals are resolved (``epochs: int = 20``, ``memory_budget = DEFAULT_MEMORY_BUDGET``).
+
+Example:
+    >>> api_defaults("deepfeat.training", "train")["epochs"]
+    20
+"""
+from __future__ import annotations
+
+import ast
+import functools
+import os
+from typing import Any
+
+_UNRESOLVED = object()
+
+
+def _literal(node: ast.AST, constants: dict[str, Any]) -> Any:
+    if isinstance(node, ast.Name):
+        return constants.get(node.id, _UNRESOLVED)
+    if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.LShift, ast.Mult)):  # 1 << 30, 256 * 1024
+        left, right = _literal(node.left, constants), _literal(node.right, constants)
+        if type(left) is int and type(right) is int and 0 <= right <= 64:
+            return left << right if isinstance(node.op, ast.LShift) else left * right
+        return _UNRESOLVED
+    try:
+        return ast.literal_eval(node)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return _UNRESOLVED
+
+
+@functools.lru_cache(maxsize=None)
+def _module_tree(module: str) -> ast.Module | None:
+    # the file of a deepfeat module, found without importing its packages (deepfeat.cnn imports torch)
+    parts = module.split(".")
+    if parts[0] != "deepfeat":
+        return None
+    base = os.path.join(os.path.dirname(os.path.abspath(__file__)), *parts[1:])
+    for path in (base + ".py", os.path.join(base, "__init__.py")):
+        if os.path.isfile(path):
+            with open(path, encoding="utf-8") as f:
+                return ast.parse(f.read(), path)
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def api_defaults(module: str, function: str) -> dict[str, Any]:
+    """``{parameter: default}`` of ``module.function`` for the defaults that are literals (or constants)."""
+    tree = _module_tree(module)
+    if tree is None:
+        return {}
+    constants: dict[str, Any] = {}
+    func: ast.FunctionDef | None = None
+    for node in tree.body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            value = _literal(node.value, constants)
+            if value is not _UNRESOLVED:
+                constants[node.targets[0].id] = value
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+            value = _literal(node.value, constants)
+            if value is not _UNRESOLVED:
+                constants[node.target.id] = value
+        elif isinstance(node, ast.FunctionDef) and node.name == function:
+            func = node
+    if func is None:
+        return {}
+    a = func.args
+    out: dict[str, Any] = {}
+    positional = a.posonlyargs + a.args
+    for arg, default in zip(positional[len(positional) - len(a.defaults):], a.defaults):
+        value = _literal(default, constants)
+        if value is not _UNRESOLVED:
+            out[arg.arg] = value
+    for arg, default in zip(a.kwonlyargs, a.kw_defaults):
+        if default is not None:
+            value = _literal(default, constants)
+            if value is not _UNRESOLVED:
+                out[arg.arg] = value
+    return out
