@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
-from .pooling import POOLINGS, pool, pooled_dims
+from .pooling import POOLINGS, pool, pool_applies, pooled_dims
 from .registry import Backbone
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,11 @@ SHORTCUTS = ("pre_logits", "output", "all-stages", "all-blocks", "all-conv", "al
 
 @dataclass(frozen=True)
 class LayerInfo:
-    """One tappable layer: name, module type, per-sample output shape, depth and call count."""
+    """One tappable layer: name, module type, per-sample output shape, depth and call count.
+
+    ``prefix_tokens``: for a token sequence (shape T x D), how many leading tokens are class /
+    register tokens (the model's ``num_prefix_tokens``); 0 for feature maps and vectors.
+    """
 
     name: str
     kind: str
@@ -54,12 +58,18 @@ class LayerInfo:
     stage: bool = False
     block: bool = False
     conv: bool = False
+    prefix_tokens: int = 0
 
     def dims(self, pool: str) -> int:
-        return pooled_dims(self.shape, pool)
+        """Feature size under ``pool``; ``UsageError`` when that pooling does not apply (``cls`` of a feature map)."""
+        try:
+            return pooled_dims(self.shape, pool, self.prefix_tokens)
+        except UsageError as exc:
+            raise UsageError(f"Layer {self.name!r}: {exc}") from None
 
     def dims_by_pool(self) -> dict[str, int]:
-        return {p: self.dims(p) for p in POOLINGS}
+        """{pooling: dims} for every pooling that applies to this layer."""
+        return {p: self.dims(p) for p in POOLINGS if pool_applies(self.shape, p, self.prefix_tokens)}
 
 
 class _StopForward(Exception):
@@ -74,8 +84,37 @@ def _first_tensor(out: object) -> torch.Tensor | None:
     return None
 
 
+def num_prefix_tokens(model: nn.Module) -> int:
+    """Class + register (+ distillation) tokens in front of the patch tokens: timm's ``num_prefix_tokens``,
+    1 for a torchvision ViT (its ``class_token``), else 0."""
+    n = getattr(model, "num_prefix_tokens", None)
+    if isinstance(n, int):
+        return n
+    return 1 if isinstance(getattr(model, "class_token", None), torch.Tensor) else 0
+
+
+def _num_patches(model: nn.Module) -> int | None:
+    patch_embed = getattr(model, "patch_embed", None)
+    n = getattr(patch_embed, "num_patches", None)
+    if isinstance(n, int):
+        return n
+    seq = getattr(model, "seq_length", None)  # torchvision ViT: patches + class token
+    return seq - 1 if isinstance(seq, int) else None
+
+
+def _layer_prefix(shape: tuple[int, ...], prefix: int, patches: int | None) -> int:
+    """The prefix-token count of one layer's output: the model's, for token sequences that carry them."""
+    if len(shape) != 2 or prefix <= 0 or shape[0] <= prefix:
+        return 0
+    return prefix if patches is None or shape[0] == patches + prefix else 0
+
+
 def describe_layers(backbone: Backbone) -> "OrderedDict[str, LayerInfo]":
-    """Every tappable layer of ``backbone`` in execution order, with its output shape."""
+    """Every tappable layer of ``backbone`` in execution order, with its output shape.
+
+    Token sequences (ViT blocks: N x T x D) record how many of their T tokens are class / register
+    tokens (``LayerInfo.prefix_tokens``), so ``avg`` pools the patch tokens only and ``cls`` exists.
+    """
     model = backbone.model
     h, w = backbone.preprocess.input_size
     x = torch.zeros(1, 3, h, w)
@@ -123,21 +162,27 @@ def describe_layers(backbone: Backbone) -> "OrderedDict[str, LayerInfo]":
     block_names = set(_block_names(model, stage_list, set(order)))
     fired = set(order)
     definition_order = [n for n, _ in model.named_modules() if n in fired]
+    prefix, patches = num_prefix_tokens(model), _num_patches(model)
     infos: OrderedDict[str, LayerInfo] = OrderedDict()
     for name in definition_order:
         shape = shapes[name]
         if name == backbone.classifier and pre_logits_shape:
-            infos[PRE_LOGITS] = LayerInfo(PRE_LOGITS, "classifier input", pre_logits_shape[0], 0)
+            infos[PRE_LOGITS] = _pre_logits_info(pre_logits_shape[0], prefix, patches)
         infos[name] = LayerInfo(
             name=name, kind=kinds.get(name, "?"), shape=shape, depth=name.count(".") + 1,
             calls=calls[name], stage=name in stage_names, block=name in block_names,
-            conv=isinstance(model.get_submodule(name), nn.Conv2d),
+            conv=isinstance(model.get_submodule(name), nn.Conv2d), prefix_tokens=_layer_prefix(shape, prefix, patches),
         )
     if PRE_LOGITS not in infos and pre_logits_shape:
-        infos[PRE_LOGITS] = LayerInfo(PRE_LOGITS, "classifier input", pre_logits_shape[0], 0)
+        infos[PRE_LOGITS] = _pre_logits_info(pre_logits_shape[0], prefix, patches)
     if out is not None:
-        infos[OUTPUT] = LayerInfo(OUTPUT, "model output", tuple(out.shape[1:]), 0)
+        shape = tuple(out.shape[1:])
+        infos[OUTPUT] = LayerInfo(OUTPUT, "model output", shape, 0, prefix_tokens=_layer_prefix(shape, prefix, patches))
     return infos
+
+
+def _pre_logits_info(shape: tuple[int, ...], prefix: int, patches: int | None) -> LayerInfo:
+    return LayerInfo(PRE_LOGITS, "classifier input", shape, 0, prefix_tokens=_layer_prefix(shape, prefix, patches))
 
 
 def _stage_names(model: nn.Module, order: Sequence[str], shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -278,9 +323,13 @@ class FeatureTaps:
     def _expected(self, name: str) -> int:
         return 1 if name in (PRE_LOGITS, OUTPUT) else self.infos[name].calls
 
+    def _prefix(self, name: str) -> int:
+        info = self.infos.get(name) if hasattr(self.infos, "get") else None
+        return int(getattr(info, "prefix_tokens", 0) or 0)
+
     def _record(self, name: str, t: torch.Tensor) -> None:
         mode = self.pools[name]
-        pooled = pool(t.float(), mode)
+        pooled = pool(t.float(), mode, self._prefix(name))
         if pooled.data_ptr() == t.data_ptr():
             pooled = pooled.clone()
         self._captured[name] = pooled
@@ -307,7 +356,7 @@ class FeatureTaps:
             if self._needs_output:
                 t = _first_tensor(out)
                 if t is not None:
-                    self._captured[OUTPUT] = pool(t.float(), self.pools[OUTPUT])
+                    self._captured[OUTPUT] = pool(t.float(), self.pools[OUTPUT], self._prefix(OUTPUT))
         except _StopForward:
             pass
         missing = [n for n in self.layers if n not in self._captured]

@@ -1,8 +1,19 @@
 """Pooling of one layer's activations into one fixed-size vector per image.
 
+Feature maps (N x C x H x W):
+
 * ``none`` -- flatten everything (C x H x W in channel-major order), e.g. 7x7x2048 = 100,352;
-* ``avg`` / ``max`` -- global average / max over the spatial positions (or tokens);
+* ``avg`` / ``max`` -- global average / max over the spatial positions;
 * ``avgmax`` -- both, concatenated (2 x C).
+
+Token sequences (N x T x D, e.g. a ViT block) whose first ``prefix`` tokens are the class token
+and any register / distillation tokens (the model's own ``num_prefix_tokens``):
+
+* ``cls`` -- the class token (token 0), D dims;
+* ``avg`` / ``max`` / ``avgmax`` -- over the patch tokens only, prefix tokens excluded (timm's
+  ``global_pool='avg'`` convention);
+* ``clsavg`` (``cls+avg``) -- the class token and the patch-token average, concatenated (2 x D);
+* ``none`` -- every token flattened (T x D).
 
 Vectors (N x D outputs such as ``pre_logits``) pass through unchanged whatever the pooling.
 
@@ -10,18 +21,25 @@ Example:
     >>> import torch
     >>> pool(torch.ones(2, 8, 7, 7), "avgmax").shape
     torch.Size([2, 16])
+    >>> pool(torch.ones(2, 1 + 4 + 16, 32), "clsavg", prefix=5).shape
+    torch.Size([2, 64])
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-
-import torch
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 
-POOLINGS = ("none", "avg", "max", "avgmax")
-_ALIASES = {"flatten": "none", "mean": "avg", "gap": "avg", "gmp": "max", "avg+max": "avgmax"}
+if TYPE_CHECKING:
+    import torch
+
+POOLINGS = ("none", "avg", "max", "avgmax", "cls", "clsavg")
+#: Poolings that only exist for token sequences with a class token.
+TOKEN_POOLINGS = ("cls", "clsavg")
+_ALIASES = {"flatten": "none", "mean": "avg", "gap": "avg", "gmp": "max", "avg+max": "avgmax",
+            "cls+avg": "clsavg", "cls_avg": "clsavg", "token": "cls", "class": "cls"}
 
 
 def normalize_pool(name: str) -> str:
@@ -29,36 +47,61 @@ def normalize_pool(name: str) -> str:
     key = _ALIASES.get(name.strip().lower(), name.strip().lower())
     if key not in POOLINGS:
         raise UsageError(
-            f"The 'pool' parameter must be one of {', '.join(POOLINGS)} (or flatten, avg+max); got {name!r} instead."
+            f"The 'pool' parameter must be one of {', '.join(POOLINGS)} (or flatten, avg+max, cls+avg); "
+            f"got {name!r} instead."
         )
     return key
 
 
-def pooled_dims(shape: tuple[int, ...], mode: str) -> int:
-    """Feature size of one sample with per-sample ``shape`` (no batch dim) under ``mode``."""
+def is_tokens(shape: Sequence[int]) -> bool:
+    """True for a per-sample shape of a token sequence (T x D)."""
+    return len(shape) == 2
+
+
+def pool_applies(shape: Sequence[int], mode: str, prefix: int = 0) -> bool:
+    """Whether ``mode`` can pool a per-sample ``shape`` whose first ``prefix`` tokens are class/register tokens."""
+    if len(shape) <= 1:
+        return True  # vectors pass through
+    if mode in TOKEN_POOLINGS:
+        return is_tokens(shape) and prefix >= 1
+    return True
+
+
+def pooled_dims(shape: tuple[int, ...], mode: str, prefix: int = 0) -> int:
+    """Feature size of one sample with per-sample ``shape`` (no batch dim) under ``mode``.
+
+    Raises ``UsageError`` when ``mode`` does not apply (``cls`` of a feature map).
+    """
     if len(shape) <= 1:
         return int(shape[0]) if shape else 1
+    if not pool_applies(shape, mode, prefix):
+        what = "a feature map" if not is_tokens(shape) else "a token sequence without a class token"
+        raise UsageError(
+            f"The pooling {mode!r} needs a token sequence with a class token (a ViT block's N x T x D "
+            f"output); this layer is {what} ({'x'.join(str(s) for s in shape)}). Use avg, max, avgmax or none."
+        )
     if mode == "none":
         return int(math.prod(shape))
     channels = shape[0] if len(shape) == 3 else shape[-1]
-    return int(channels) * (2 if mode == "avgmax" else 1)
+    return int(channels) * (2 if mode in ("avgmax", "clsavg") else 1)
 
 
-def pool(x: torch.Tensor, mode: str) -> torch.Tensor:
-    """Pool an N x C x H x W (or N x T x D, or N x D) tensor to N x dims."""
+def pool(x: "torch.Tensor", mode: str, prefix: int = 0) -> "torch.Tensor":
+    """Pool an N x C x H x W (or N x T x D with ``prefix`` class/register tokens, or N x D) tensor to N x dims."""
+    import torch
+
     if x.ndim == 2:
         return x
+    if mode == "none" or x.ndim not in (3, 4):
+        return x.contiguous().reshape(x.shape[0], -1)
     if x.ndim == 4:
-        if mode == "none":
-            return x.contiguous().reshape(x.shape[0], -1)
-        flat = x.flatten(2)  # N x C x HW
-        dim = 2
-    elif x.ndim == 3:  # tokens: N x T x D
-        if mode == "none":
-            return x.contiguous().reshape(x.shape[0], -1)
-        flat, dim = x, 1
-    else:
-        return x.reshape(x.shape[0], -1)
+        flat, dim = x.flatten(2), 2  # N x C x HW
+    else:  # tokens: N x T x D
+        if mode == "cls":
+            return x[:, 0]
+        flat, dim = (x[:, prefix:] if prefix and x.shape[1] > prefix else x), 1
+        if mode == "clsavg":
+            return torch.cat([x[:, 0], flat.mean(dim)], dim=1)
     if mode == "avg":
         return flat.mean(dim)
     if mode == "max":

