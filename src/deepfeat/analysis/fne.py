@@ -371,6 +371,7 @@ def full_network_embedding(
             record = write_part(out, part.name, feats, rows, ledger)
             manifest.commit(record)
             summary.parts_written += 1
+        manifest.compact()  # a finished store lists every part in manifest.json
     summary.rows = sum(p.rows for p in manifest.parts)
     summary.value_counts = {-1: int(counts[0]), 0: int(counts[1]), 1: int(counts[2])}
     summary.seconds = time.perf_counter() - t0

@@ -89,7 +89,7 @@ def prepare_store_dir(path: str, config: dict[str, Any], metadata: dict[str, Any
 
 def wipe_store(path: str) -> None:
     """Delete a store's data files (never anything that is not part of a store)."""
-    for name in (layout.METADATA_FILE, layout.MANIFEST_FILE, layout.EXCLUDED_FILE):
+    for name in (layout.METADATA_FILE, layout.MANIFEST_FILE, layout.COMMIT_LOG_FILE, layout.EXCLUDED_FILE):
         p = os.path.join(path, name)
         if os.path.exists(p):
             os.unlink(p)

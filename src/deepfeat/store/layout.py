@@ -3,7 +3,8 @@
 ```
 <store>/
   deepfeat-store.json     metadata: model, weights hash, layers, pooling, preprocessing, dtype, fingerprint
-  manifest.json           the committed parts; readers trust only this file
+  manifest.json           the committed parts (with manifest.log); readers trust only these files
+  manifest.log            commit log: parts committed since manifest.json was last rewritten
   parts/<name>/           one committed, immutable part
       rows.parquet        one row per stored vector: id, view, label, split, path, path_bytes, sha256, ...
       <layer key>.npy     rows x dims, float16/float32 (int8 for ternary embeddings); absent when rows == 0
@@ -23,6 +24,8 @@ FORMAT_NAME = "deepfeat-store"
 FORMAT_VERSION = 1
 METADATA_FILE = "deepfeat-store.json"
 MANIFEST_FILE = "manifest.json"
+#: The commit log: one checksummed line per part committed since manifest.json was last rewritten.
+COMMIT_LOG_FILE = "manifest.log"
 PARTS_DIR = "parts"
 TMP_DIR = ".tmp"
 EXCLUDED_FILE = "excluded.parquet"

@@ -18,12 +18,14 @@ Anything else is a :class:`~deepfeat.errors.StoreError` naming the bad entry.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import os
 import re
 import stat
 import unicodedata
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +45,10 @@ STORE_DTYPES = ("float16", "float32", "int8")
 #: Largest ``deepfeat-store.json`` / ``manifest.json`` read.
 MAX_METADATA_BYTES = 16 << 20
 MAX_MANIFEST_BYTES = 512 << 20
+#: Largest ``manifest.log`` (the commit log) read.
+MAX_LOG_BYTES = 512 << 20
+#: The token that ties a commit log's lines to one version of ``manifest.json``.
+LOG_TOKEN_RE = re.compile(r"[0-9a-f]{16,64}")
 #: Bytes an ``.npy`` header may take before the data (numpy itself refuses headers over 10,000 bytes).
 MAX_NPY_HEADER = 1 << 16
 #: Upper bound of any count in a manifest (2^48: far beyond any real store) and of a file's size.
@@ -242,15 +248,16 @@ def part_files(rows: int, layer_keys: Iterable[str]) -> list[str]:
     return [layout.LEDGER_FILE] + ([layout.ROWS_FILE] + [f"{k}.npy" for k in layer_keys] if rows else [])
 
 
-def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, itemsize: int | None = None
-               ) -> dict[str, Any]:
+def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, itemsize: int | None = None,
+               doc: str = layout.MANIFEST_FILE) -> dict[str, Any]:
     """One manifest entry: a part name, consistent counts, and exactly the files such a part has.
 
     ``layers`` ({layer key: dims}) and ``itemsize`` (bytes per value) come from the store's
     metadata; with them every feature file's recorded size must be its rows x dims x itemsize
-    plus an ``.npy`` header, which ties the row count to the bytes checked on disk.
+    plus an ``.npy`` header, which ties the row count to the bytes checked on disk. ``doc`` names
+    the document the entry comes from in messages (a line of the commit log names itself).
     """
-    where = f"{layout.MANIFEST_FILE}: parts[{index}]"
+    where = f"{doc}: parts[{index}]" if doc == layout.MANIFEST_FILE else doc
     if not isinstance(d, dict):
         raise StoreError(f"{where} must be an object; got {_show(d)}.")
     missing = [k for k in ("name", "rows", "items", "embedded", "failed", "files") if k not in d]
@@ -260,7 +267,7 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
     if not is_part_name(name):
         raise UnsafePathError(f"{where}: {_show(name)} is not a part name (the writer's zero-padded number, "
                               "e.g. '00000003'); refusing to open it.")
-    where = f"{layout.MANIFEST_FILE}: part {name}"
+    where = f"{doc}: part {name}"
     rows, items = _count(d["rows"], f"{where}: rows"), _count(d["items"], f"{where}: items")
     embedded, failed = _count(d["embedded"], f"{where}: embedded"), _count(d["failed"], f"{where}: failed")
     if embedded + failed != items:
@@ -317,6 +324,9 @@ def check_manifest(doc: Any, layers: Mapping[str, int] | None = None, itemsize: 
     parts = doc.get("parts")
     if not isinstance(parts, list):
         raise StoreError(f"{where}: parts must be a list; got {_show(parts)}.")
+    token = doc.get("log")
+    if token is not None and (not isinstance(token, str) or LOG_TOKEN_RE.fullmatch(token) is None):
+        raise StoreError(f"{where}: log must be the commit log's token (16 to 64 hex digits); got {_show(token)}.")
     seen: set[str] = set()
     for i, d in enumerate(parts):
         check_part(d, i, layers, itemsize)
@@ -324,3 +334,100 @@ def check_manifest(doc: Any, layers: Mapping[str, int] | None = None, itemsize: 
             raise StoreError(f"{where}: part {d['name']} is listed twice.")
         seen.add(d["name"])
     return parts
+
+
+# ------------------------------------------------------------------------------- the commit log
+_LOG_LINE_RE = re.compile(rb"([0-9a-f]{16}) (\{.*\})")
+
+
+def log_line_digest(body: bytes) -> str:
+    """The checksum that opens a commit-log line: the first 16 hex digits of the sha256 of the JSON after it."""
+    return hashlib.sha256(body).hexdigest()[:16]
+
+
+@dataclass
+class CommitLog:
+    """What :func:`check_commit_log` found in ``manifest.log``."""
+
+    parts: list[dict[str, Any]]  #: checked part entries of the manifest's generation, in commit order
+    intact_bytes: int  #: length of the prefix made of whole, checksummed lines
+    torn: str | None  #: why the last line was ignored (an append cut short by a crash), or None
+    stale: int  #: lines of an earlier manifest.json, which already holds them (ignored)
+
+
+def read_commit_log(store_dir: str) -> bytes | None:
+    """The bytes of the store's commit log (inside the store, a regular file, within its size limit), or None."""
+    path = member(store_dir, layout.COMMIT_LOG_FILE)
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            data = f.read(min(size, MAX_LOG_BYTES) + 1)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StoreError(f"{layout.COMMIT_LOG_FILE} cannot be read ({exc.strerror or exc}).") from None
+    if len(data) > MAX_LOG_BYTES:
+        raise StoreError(f"{layout.COMMIT_LOG_FILE} is larger than {MAX_LOG_BYTES >> 20} MiB; refusing to parse it.")
+    return data
+
+
+def _log_line(line: bytes) -> tuple[dict[str, Any] | None, str | None, bool]:
+    """(document, problem, whether a crash could have caused the problem) of one line of the commit log."""
+    m = _LOG_LINE_RE.fullmatch(line)
+    if m is None:
+        return None, "is not '<checksum> <JSON object>'", True
+    if log_line_digest(m.group(2)) != m.group(1).decode("ascii"):
+        return None, "fails its checksum", True
+    try:
+        doc = json.loads(m.group(2).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        return None, "is not valid JSON", False
+    if not isinstance(doc, dict) or not isinstance(doc.get("log"), str) or "part" not in doc:
+        return None, 'is not an object {"log": token, "part": {...}}', False
+    return doc, None, False
+
+
+def check_commit_log(data: bytes, token: str | None, committed: Iterable[str],
+                     layers: Mapping[str, int] | None = None, itemsize: int | None = None) -> CommitLog:
+    """The commit log: lines ``<16 hex digits> <JSON>\\n``, the JSON ``{"log": token, "part": {...}}``.
+
+    The digits are :func:`log_line_digest` of the JSON. Only the last line can be damaged by a
+    crash (an append cut short: no newline, or bytes that fail the checksum); it is reported in
+    ``torn`` and ignored. Any other damaged line -- or a whole line whose JSON is not a log entry
+    -- means the file was modified, and is a :class:`StoreError`. A line whose token is not
+    ``token`` (the one ``manifest.json`` records) was folded into an earlier manifest.json that
+    already lists its part (a crash between rewriting the manifest and removing the log) and is
+    ignored. A line of the manifest's token is a part entry checked like one of the manifest
+    (:func:`check_part`); a part committed twice (``committed``: the manifest's names) is an error.
+    """
+    where = layout.COMMIT_LOG_FILE
+    lines = data.split(b"\n")
+    tail = lines.pop()  # the bytes after the last newline: an append cut short when not empty
+    seen = set(committed)
+    parts: list[dict[str, Any]] = []
+    intact = stale = 0
+    torn: str | None = None
+    for i, line in enumerate(lines):
+        doc, problem, tearable = _log_line(line)
+        if problem is not None:
+            if tearable and i == len(lines) - 1 and not tail:
+                torn = f"line {i + 1} {problem}"
+                break
+            raise StoreError(
+                f"{where}: line {i + 1} {problem}. A crash can only damage the last line of the commit log, so "
+                "the file was modified or the disk damaged it. Restore the store from a copy, or delete "
+                f"{where} to keep the parts listed in {layout.MANIFEST_FILE} (a resume redoes the others).")
+        assert doc is not None
+        if doc["log"] != token:
+            stale += 1
+        else:
+            at = f"{where} line {i + 1}"
+            part = check_part(doc["part"], len(parts), layers, itemsize, doc=at)
+            if part["name"] in seen:
+                raise StoreError(f"{at}: part {part['name']} is committed twice.")
+            seen.add(part["name"])
+            parts.append(part)
+        intact += len(line) + 1
+    if tail and torn is None:
+        torn = f"line {len(lines) + 1} is incomplete ({len(tail)} bytes without a newline)"
+    return CommitLog(parts, intact, torn, stale)
