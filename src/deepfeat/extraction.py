@@ -427,6 +427,7 @@ def extract(
             stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers,
                               runtime=computer, policy=policy or DecodePolicy(), progress=progress)
         summary.embedded_now, summary.failed_now, summary.parts_committed = stats
+        manifest.compact()  # a finished store lists every part in manifest.json (docs/STORE_FORMAT.md)
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start
     log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,
