@@ -1,20 +1,31 @@
 """Parallel decoding with ordered results, prefetch, and recovery from dead workers.
 
-A worker that dies (segfault in a codec, OOM kill) breaks the process pool. The pool is
-rebuilt, the affected batch is retried once, then its items are tried one by one; an item
-that still kills its worker is failed with reason ``worker_crash``. Nothing hangs.
+Each decode worker is a spawned process with its own pipe; the parent sends it batches and
+reads its results, and there is no background thread. So nothing can block the parent's exit:
+:meth:`DecodePool.close` terminates the workers (SIGTERM, then SIGKILL after a grace period)
+and returns within a few seconds whatever state they were in.
+
+Ctrl-C: a terminal sends SIGINT to the whole process group. Workers ignore SIGINT from the
+moment they exist (the parent blocks SIGINT while it starts one, the worker ignores it before
+unblocking), so they never print a ``KeyboardInterrupt`` traceback; only the parent handles
+the interrupt, and its ``finally`` / ``with`` blocks close the pool.
+
+A worker that dies (segfault in a codec, OOM kill) is replaced; each batch it held is retried
+once in a fresh worker, then its items are tried one by one; an item that still kills its
+worker is failed with reason ``worker_crash``. Nothing hangs.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import logging
+import multiprocessing.connection
 import multiprocessing.context
 import os
+import signal
 import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 from ..data.decode import DecodePolicy
@@ -22,7 +33,11 @@ from ..data.worker import Decoded, Failed, prepare_batch, watch_parent
 
 log = logging.getLogger(__name__)
 
-Item = tuple[str, str, int]  # (id, path, number of augmented views)
+Item = tuple[str, Any, int]  # (id, locator: a path or a container reference, number of augmented views)
+Results = list[Decoded | Failed]
+
+#: seconds a worker gets to exit after SIGTERM before it is killed
+TERMINATE_GRACE_S = 2.0
 
 
 @contextlib.contextmanager
@@ -50,11 +65,28 @@ def _main_module_hidden() -> "collections.abc.Iterator[None]":
         main.__dict__.update(saved)
 
 
+@contextlib.contextmanager
+def _sigint_blocked() -> "collections.abc.Iterator[None]":
+    """Block SIGINT in this thread meanwhile; a Ctrl-C that arrives is delivered at the end, not lost.
+
+    A process started meanwhile inherits the blocked mask, so it cannot be interrupted before
+    it has set SIGINT to ignored (:func:`_worker_main`).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
 class _WorkerProcess(multiprocessing.context.SpawnProcess):
-    """A spawned decode worker that does not re-run the parent's main script."""
+    """A spawned decode worker that does not re-run the parent's main script and ignores SIGINT."""
 
     def start(self) -> None:
-        with _main_module_hidden():
+        with _main_module_hidden(), _sigint_blocked():
             super().start()
 
 
@@ -65,10 +97,91 @@ class _WorkerContext(multiprocessing.context.SpawnContext):
 WORKER_CONTEXT = _WorkerContext()
 
 
-class DecodePool:
-    """Decode batches of ``(id, path)`` in worker processes, yielding results in order.
+def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, args: tuple) -> None:
+    """The body of a decode worker: receive a batch, send back ``("ok", results)`` or ``("error", exc)``."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    watch_parent(parent_pid)
+    while True:
+        try:
+            batch = conn.recv()
+        except (EOFError, OSError):  # the parent closed the pool (or died)
+            return
+        if batch is None:
+            return
+        try:
+            reply: tuple[str, Any] = ("ok", prepare_batch(batch, *args))
+        except Exception as exc:  # noqa: BLE001 - e.g. EnvironmentFault: re-raised in the parent
+            reply = ("error", exc)
+        try:
+            conn.send(reply)
+        except (EOFError, OSError):
+            return
+        except Exception as exc:  # noqa: BLE001 - an exception that does not pickle
+            conn.send(("error", RuntimeError(f"{type(exc).__name__}: {exc}")))
 
-    ``workers=0`` decodes in the calling process (no parallelism, simplest to debug).
+
+class _Worker:
+    """One decode process, its end of the pipe, and the batches sent to it (in order)."""
+
+    def __init__(self, args: tuple) -> None:
+        parent_end, child_end = WORKER_CONTEXT.Pipe(duplex=True)
+        self.proc = WORKER_CONTEXT.Process(target=_worker_main, args=(child_end, os.getpid(), args),
+                                           name="deepfeat-decode", daemon=True)
+        try:
+            self.proc.start()
+        finally:
+            child_end.close()
+        self.conn = parent_end
+        self.tasks: collections.deque[int] = collections.deque()
+
+    def send(self, index: int, batch: Sequence[Item]) -> bool:
+        """Send a batch; False when the worker is gone."""
+        try:
+            self.conn.send(list(batch))
+        except (OSError, EOFError):
+            return False
+        self.tasks.append(index)
+        return True
+
+    def receive(self) -> tuple[str, Any] | None:
+        """The next reply, or None when the worker died before sending it whole."""
+        try:
+            return self.conn.recv()
+        except (EOFError, OSError):
+            return None
+
+    def stop(self) -> None:
+        """Close the pipe, terminate the process (kill it after a grace period); never blocks long."""
+        _stop_all([self])
+
+
+def _stop_all(workers: Sequence[_Worker]) -> None:
+    for w in workers:
+        with contextlib.suppress(OSError):
+            w.conn.close()
+        if w.proc.is_alive():
+            with contextlib.suppress(OSError):
+                w.proc.terminate()
+    deadline = time.monotonic() + TERMINATE_GRACE_S
+    for w in workers:
+        w.proc.join(max(0.0, deadline - time.monotonic()))
+        if w.proc.is_alive():
+            log.warning("decode worker %s did not stop on SIGTERM; killing it", w.proc.pid)
+            with contextlib.suppress(OSError):
+                w.proc.kill()
+            w.proc.join(TERMINATE_GRACE_S)
+        with contextlib.suppress(ValueError, OSError):
+            w.proc.close()
+
+
+class DecodePool:
+    """Decode batches of ``(id, locator, views)`` in worker processes, yielding results in order.
+
+    ``workers=0`` decodes in the calling process (no parallelism, simplest to debug). Use it as
+    a context manager (or call :meth:`close`): leaving it, normally or by an exception such as
+    ``KeyboardInterrupt``, ends every worker.
     """
 
     def __init__(self, workers: int, preprocess: dict[str, Any], policy: DecodePolicy,
@@ -76,22 +189,12 @@ class DecodePool:
         self.workers = max(0, int(workers))
         self.args = (preprocess, policy, augment)
         self.prefetch = prefetch or max(2, 2 * self.workers)
-        self._pool: ProcessPoolExecutor | None = None
-
-    def _new_pool(self) -> ProcessPoolExecutor:
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-        self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=WORKER_CONTEXT,
-                                         initializer=watch_parent, initargs=(os.getpid(),))
-        return self._pool
+        self._workers: list[_Worker] = []
 
     def close(self) -> None:
-        if self._pool is not None:
-            pool, self._pool = self._pool, None
-            for proc in list(getattr(pool, "_processes", {}).values()):
-                if proc.is_alive():
-                    proc.terminate()
-            pool.shutdown(wait=True, cancel_futures=True)
+        """End every worker (terminated if busy); returns within a few seconds."""
+        workers, self._workers = self._workers, []
+        _stop_all(workers)
 
     def __enter__(self) -> "DecodePool":
         return self
@@ -99,55 +202,112 @@ class DecodePool:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _submit(self, batch: Sequence[Item]) -> Future:
-        pool = self._pool or self._new_pool()
-        try:
-            return pool.submit(prepare_batch, list(batch), *self.args)
-        except BrokenProcessPool:  # pragma: no cover - submit on a pool broken meanwhile
-            return self._new_pool().submit(prepare_batch, list(batch), *self.args)
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self.close()
 
-    def _recover(self, batch: Sequence[Item]) -> list[Decoded | Failed]:
-        """The pool died on ``batch``: retry it once, then item by item."""
-        log.warning("a decode worker died; retrying a batch of %d inputs", len(batch))
-        self._new_pool()
+    # ------------------------------------------------------------------ sending and receiving
+    def _send(self, index: int, batches: dict[int, Sequence[Item]], done: dict[int, Results]) -> None:
+        """Give batch ``index`` to the least busy worker (starting one if the pool is not full)."""
+        if len(self._workers) < self.workers:
+            self._workers.append(_Worker(self.args))
+        worker = min(self._workers, key=lambda w: len(w.tasks))
+        if not worker.send(index, batches[index]):
+            worker.tasks.append(index)
+            self._died(worker, batches, done)
+
+    def _poll(self, batches: dict[int, Sequence[Item]], done: dict[int, Results]) -> None:
+        """Wait until some busy worker answers or dies; record what it sent."""
+        busy = [w for w in self._workers if w.tasks]
+        waitables: list[Any] = [w.conn for w in busy] + [w.proc.sentinel for w in busy]
+        ready = set(multiprocessing.connection.wait(waitables))
+        for w in busy:
+            if w.conn in ready:
+                reply = w.receive()
+                if reply is None:
+                    self._died(w, batches, done)
+                    continue
+                index = w.tasks.popleft()
+                kind, value = reply
+                if kind == "error":
+                    raise value
+                done[index] = value
+            elif w.proc.sentinel in ready and not w.conn.poll():
+                self._died(w, batches, done)
+
+    def _died(self, worker: _Worker, batches: dict[int, Sequence[Item]], done: dict[int, Results]) -> None:
+        """A worker died: replace it, and recover every batch it held."""
+        lost = [i for i in worker.tasks if i in batches]
+        worker.tasks.clear()
+        with contextlib.suppress(ValueError):
+            self._workers.remove(worker)
+        _stop_all([worker])
+        for index in lost:
+            done[index] = self._recover(batches[index])
+
+    def _isolated(self, batch: Sequence[Item]) -> Results | None:
+        """Decode ``batch`` in a fresh worker; None when it dies too. The worker joins the pool if it lives."""
+        worker = _Worker(self.args)
         try:
-            return self._submit(batch).result()
-        except BrokenProcessPool:
-            pass
-        results: list[Decoded | Failed] = []
+            if not worker.send(-1, batch):
+                _stop_all([worker])
+                return None
+            multiprocessing.connection.wait([worker.conn, worker.proc.sentinel])
+            reply = worker.receive() if worker.conn.poll() else None
+        except BaseException:  # e.g. KeyboardInterrupt: this worker is not in the pool yet
+            _stop_all([worker])
+            raise
+        if reply is None:
+            _stop_all([worker])
+            return None
+        worker.tasks.clear()
+        if len(self._workers) < self.workers:
+            self._workers.append(worker)
+        else:
+            _stop_all([worker])
+        kind, value = reply
+        if kind == "error":
+            raise value
+        return value
+
+    def _recover(self, batch: Sequence[Item]) -> Results:
+        """The worker died holding ``batch``: retry it once, then item by item."""
+        log.warning("a decode worker died; retrying a batch of %d inputs", len(batch))
+        results = self._isolated(batch)
+        if results is not None:
+            return results
+        results = []
         for item in batch:
-            self._new_pool()
-            try:
-                results.extend(self._submit([item]).result())
-            except BrokenProcessPool:
-                results.append(Failed(item[0], "worker_crash", "the decode worker died on this input twice"))
-        self._new_pool()
+            one = self._isolated([item])
+            results.extend(one if one is not None else
+                           [Failed(item[0], "worker_crash", "the decode worker died on this input twice")])
         return results
 
-    def map(self, batches: Iterable[Sequence[Item]]) -> Iterator[tuple[Sequence[Item], list[Decoded | Failed]]]:
+    # ------------------------------------------------------------------ the public iterator
+    def map(self, batches: Iterable[Sequence[Item]]) -> Iterator[tuple[Sequence[Item], Results]]:
         """Yield ``(batch, results)`` in input order, keeping ``prefetch`` batches in flight."""
         if self.workers == 0:
             for batch in batches:
                 yield batch, prepare_batch(list(batch), *self.args)
             return
-        queue: collections.deque[tuple[Sequence[Item], Future]] = collections.deque()
         it = iter(batches)
+        sent: dict[int, Sequence[Item]] = {}  # in flight or done, not yet yielded
+        done: dict[int, Results] = {}
+        next_send = next_yield = 0
         exhausted = False
         while True:
-            while not exhausted and len(queue) < self.prefetch:
+            while not exhausted and next_send - next_yield < self.prefetch:
                 try:
                     batch = next(it)
                 except StopIteration:
                     exhausted = True
                     break
-                queue.append((batch, self._submit(batch)))
-            if not queue:
+                sent[next_send] = batch
+                self._send(next_send, sent, done)
+                next_send += 1
+            if next_yield == next_send:
                 return
-            batch, fut = queue.popleft()
-            try:
-                results = fut.result()
-            except BrokenProcessPool:
-                results = self._recover(batch)
-                # Everything still in flight died with the pool: resubmit it.
-                queue = collections.deque((b, self._submit(b)) for b, _ in queue)
-            yield batch, results
+            while next_yield not in done:
+                self._poll(sent, done)
+            yield sent.pop(next_yield), done.pop(next_yield)
+            next_yield += 1
