@@ -32,6 +32,8 @@ _API = {
     "train": "deepfeat.training",
     "TrainResult": "deepfeat.training",
     "evaluate": "deepfeat.evaluation",
+    "probe": "deepfeat.probe",
+    "ProbeResult": "deepfeat.probe",
     "predict_images": "deepfeat.predict",
     "write_predictions": "deepfeat.predict",
     "load_bundle": "deepfeat.bundle",

@@ -12,6 +12,7 @@ import errno
 import json
 import logging
 import re
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -142,10 +143,6 @@ class _Progress:
     def _train_stats(self, event: dict[str, Any]) -> None:
         if not self.quiet:
             self.say(f"feature statistics: {event['rows']:,} rows in {event['seconds']:.1f} s")
-
-    def _train_exact(self, event: dict[str, Any]) -> None:
-        if not self.quiet:
-            self.say(f"exact solver ({event['solver']}): {event['rows']:,} rows in {event['seconds']:.1f} s")
 
     def _train_epoch(self, event: dict[str, Any]) -> None:
         if self.quiet:
@@ -797,7 +794,8 @@ def build_parser() -> argparse.ArgumentParser:
     plot_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     q = plot_sub.add_parser("filters", help="a conv layer's filters (RGB tiles for a first layer)")
     q.add_argument("model", help="model directory or backbone name")
-    q.add_argument("--layer", default="conv1", help="conv layer (or a block holding one)")
+    q.add_argument("--layer", default=None,
+                   help="conv layer (or a block holding one); default: the model's first convolution")
     q.add_argument("--out", required=True, help="PNG file")
     q.add_argument("--max-filters", type=int, default=64)
     q.add_argument("--max-channels", type=int, default=16, help="input channels shown per filter (deeper layers)")
@@ -1027,9 +1025,10 @@ def _apply_config(parser: argparse.ArgumentParser, argv: Sequence[str]) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    program = argv is None  # run as the program (not called from Python): see the finally clause
     argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
     try:
+        parser = build_parser()
         _apply_config(parser, argv)
         args = parser.parse_args(argv)
         level = logging.WARNING - 10 * min(args.verbose, 2)
@@ -1059,6 +1058,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(f"environment error: {exc}. The disk is full (or a file size limit was hit): free space and "
                      "rerun the same command.")
         return 4
+    finally:
+        if program:  # the command is over: a late Ctrl-C must not turn its exit status into a signal death
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _print_error(msg: str) -> None:

@@ -9,7 +9,10 @@ Written to ``out`` (a directory):
 * ``report.txt``  -- the same for people (a scikit-learn-style classification report);
 * ``confusion_matrix.csv`` -- rows = true class, columns = predicted class, with names;
 * ``confusion_matrix.png`` -- the matrix as an image with the class names (needs matplotlib);
-* ``predictions.csv`` -- one row per evaluated image: id, path, true label, predicted label, score.
+* ``predictions.csv`` -- one row per evaluated image: id, path, true label, predicted label, score;
+* ``report.html`` -- one self-contained page: the numbers, the confusion matrix, the most confident
+  mistakes and least confident correct answers as thumbnails of their source images (looked up by
+  the store's source paths; a missing source shows a placeholder), the calibration curve.
 
 Example:
     >>> report = evaluate("model.dfm", "feats/", split="test", out="report/")   # doctest: +SKIP
@@ -29,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import StoreError, UsageError
 from .store.reader import FeatureStore, open_store
@@ -128,11 +132,12 @@ def evaluate(
     kmax = min(max(ks), len(classes))
     ids: list[str] = []
     paths: list[str] = []
+    sources: list[str | None] = []  # exact source paths (path_bytes), for the thumbnails of report.html
     truth: list[str] = []
     top: list[np.ndarray] = []
     top_scores: list[np.ndarray] = []
     names = b.layer_names
-    cols = ("id", "label", "split", "view", "path")
+    cols = ("id", "label", "split", "view", "path", "path_bytes")
     if tta and not _augmented_rows(st, sel):
         where = f"the split {sel!r} of the store" if sel else "the store"
         raise UsageError(f"tta (--tta) averages the scores over each image's augmented views, but {where} "
@@ -141,24 +146,28 @@ def evaluate(
     if tta:
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
-        first: dict[str, tuple[str, str]] = {}
-        for batch in st.batches(names, split=sel, batch_size=batch_size, views="all", columns=cols):
+        first: dict[str, tuple[str, str, str | None]] = {}
+        for batch in progress.track(st.batches(names, split=sel, batch_size=batch_size, views="all", columns=cols),
+                                    "evaluate", unit="rows", size=len):
             S = b.scores(b.features_of(batch.features))
-            for i, (rid, lbl, path) in enumerate(zip(batch.ids, batch.labels, batch.meta.column("path").to_pylist())):
+            for i, (rid, lbl, path, src) in enumerate(zip(batch.ids, batch.labels, batch.meta.column("path").to_pylist(),
+                                                          _sources(batch.meta))):
                 if rid in sums:
                     sums[rid] += S[i]
                     counts[rid] += 1
                 else:
-                    sums[rid], counts[rid], first[rid] = S[i].astype(np.float64), 1, (lbl, path)
+                    sums[rid], counts[rid], first[rid] = S[i].astype(np.float64), 1, (lbl, path, src)
         order = sorted(sums)
         if order:
             S = np.stack([sums[r] / counts[r] for r in order])
             idx = np.argsort(-S, axis=1, kind="stable")[:, :kmax]
             ids, truth, paths = order, [first[r][0] for r in order], [first[r][1] for r in order]
+            sources = [first[r][2] for r in order]
             top, top_scores = [idx], [np.take_along_axis(S, idx, axis=1)]
         views_used = max(counts.values()) if counts else 0
     else:
-        for batch in st.batches(names, split=sel, batch_size=batch_size, views=0, columns=cols):
+        for batch in progress.track(st.batches(names, split=sel, batch_size=batch_size, views=0, columns=cols),
+                                    "evaluate", total=n_rows, unit="rows", size=len):
             S = b.scores(b.features_of(batch.features))
             idx = np.argsort(-S, axis=1, kind="stable")[:, :kmax]
             top.append(idx)
@@ -166,6 +175,7 @@ def evaluate(
             ids.extend(batch.ids)
             truth.extend(batch.labels.tolist())
             paths.extend(batch.meta.column("path").to_pylist())
+            sources.extend(_sources(batch.meta))
         views_used = 1
     topk = np.concatenate(top) if top else np.zeros((0, kmax), dtype=int)
     tops = np.concatenate(top_scores) if top_scores else np.zeros((0, kmax))
@@ -175,9 +185,18 @@ def evaluate(
         "layers": names, "tta": bool(tta), "views_averaged": int(views_used),
         "scores": "probability" if b.probabilistic else "decision",
     })
+    if b.probabilistic and len(tops):
+        from .reports.evaluation_page import calibration
+
+        truth_idx = np.asarray([classes.index(t) if t in classes else -1 for t in truth])
+        report["calibration"] = calibration(tops[:, 0], topk[:, 0] == truth_idx)
     if out is not None:
+        from .reports.evaluation_page import Examples
+
+        examples = Examples(paths=sources, truth=truth, topk=topk, scores=tops, classes=classes,
+                            probabilistic=bool(b.probabilistic))
         report["files"] = _write(report, os.fspath(out), ids, paths, truth, [classes[i] for i in topk[:, 0]],
-                                 tops[:, 0] if len(tops) else tops)
+                                 tops[:, 0] if len(tops) else tops, examples)
     log.info("evaluate: accuracy %.4f on %d rows of %s", report["accuracy"], report["n"], report["split"])
     return report
 
@@ -240,13 +259,21 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sources(meta: Any) -> list[str | None]:
+    """Each row's source path, exact: ``path_bytes`` (lossless) when the store has it, else ``path``."""
+    paths = meta.column("path").to_pylist()
+    raw = meta.column("path_bytes").to_pylist() if "path_bytes" in meta.column_names else [None] * len(paths)
+    return [os.fsdecode(r) if r else p for p, r in zip(paths, raw)]
+
+
 def _write(report: dict[str, Any], out: str, ids: list[str], paths: list[str], truth: list[str], pred: list[str],
-           score: np.ndarray) -> dict[str, str]:
+           score: np.ndarray, examples: Any = None) -> dict[str, str]:
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of evaluate must be a directory; {out!r} is a file.")
     os.makedirs(out, exist_ok=True)
     files = {name: os.path.join(out, name) for name in
-             ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv")}
+             ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
+              "report.html")}
     with open(files["report.json"], "w", encoding="utf-8") as f:
         json.dump({k: v for k, v in report.items() if k != "files"}, f, indent=1, default=_nan_to_none)
     with open(files["report.txt"], "w", encoding="utf-8") as f:
@@ -269,6 +296,13 @@ def _write(report: dict[str, Any], out: str, ids: list[str], paths: list[str], t
     except ImportError:
         log.warning("confusion_matrix.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
         del files["confusion_matrix.png"]
+    if examples is not None:
+        from .reports.evaluation_page import evaluation_html
+        from .reports.html import write
+
+        write(files["report.html"], evaluation_html(report, examples))
+    else:
+        del files["report.html"]
     return files
 
 

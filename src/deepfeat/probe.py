@@ -27,6 +27,7 @@ Example:
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -262,10 +263,55 @@ def probe(
                   "epochs": epochs, "memory_budget": budget, "read_bytes": mem.read_bytes,
                   "shuffle_rows": mem.shuffle_rows})
 
+    with _one_thread():
+        result = _sweep(st, names, plan, mem, cands, scaler_rows=mem.io_batch, epochs=epochs, batch_size=batch_size,
+                        patience=patience, lo_hi=lo_hi, seed=seed, test=test, progress=progress)
+    rows, n_test = result
+    best = max(rows, key=lambda r: (r["val_accuracy"] or 0.0, -r["dims"], -r["depth"]))
+    for r in rows:
+        r["best"] = r["name"] == best["name"]
+    res = ProbeResult(rows=rows, best=best, advice=_advice(rows, best), store=st.path, classes=list(plan.classes),
+                      n_train=plan.n_train, n_val=plan.n_val, n_test=n_test, val_source=plan.val_source,
+                      test_split=test, config=config, seconds=0.0)
+    res.seconds = time.perf_counter() - t_start
+    config["seconds"] = res.seconds
+    if out is not None:
+        res.files = write_probe(res, os.fspath(out))
+    log.info("probe: best %s (validation accuracy %.4f) in %.1f s", best["name"], best["val_accuracy"] or 0.0,
+             res.seconds)
+    if progress:
+        progress({"phase": "done", "best": best, "seconds": res.seconds, "files": res.files})
+    return res
+
+
+@contextlib.contextmanager
+def _one_thread() -> Iterator[None]:
+    """Run the sweep's torch work on one thread.
+
+    A sweep makes many small optimiser steps (one per head per batch); switching torch's thread
+    pool per step, as a lone head does for small work, cost more than it gained (a 10-layer sweep
+    took 1.96 s with the default 2 threads and 1.17 s with one). Torch's optimiser machinery is
+    imported here too (several seconds, once), so it does not count in the first head's time.
+    """
+    import torch
+
+    torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: list[Candidate], *, scaler_rows: int,
+           epochs: int, batch_size: int, patience: int | None, lo_hi: tuple[float, float], seed: int,
+           test: str | None, progress: ProgressFn | None) -> tuple[list[dict[str, Any]], int]:
+    """Statistics pass, epochs (one pass feeds every head), final validation and test scores."""
     # 1. statistics: one scaler over every probed dim (a layer's scaler is its slice of it)
     t0 = time.perf_counter()
     scaler = StreamingScaler()
-    for X, _ in _train_batches(st, names, plan, mem.io_batch, shuffle=False, seed=seed, buffer=mem.io_batch):
+    for X, _ in _train_batches(st, names, plan, scaler_rows, shuffle=False, seed=seed, buffer=scaler_rows):
         scaler.partial_fit(X)
     if progress:
         progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
@@ -322,21 +368,7 @@ def probe(
             progress({"phase": "test", "rows": n_test, "seconds": time.perf_counter() - t0})
 
     rows = [_row(c) for c in sorted(cands, key=lambda c: (c.kind not in ("layer",), c.depth, c.kind))]
-    best = max(rows, key=lambda r: (r["val_accuracy"] or 0.0, -r["dims"], -r["depth"]))
-    for r in rows:
-        r["best"] = r["name"] == best["name"]
-    result = ProbeResult(rows=rows, best=best, advice=_advice(rows, best), store=st.path, classes=list(plan.classes),
-                         n_train=plan.n_train, n_val=plan.n_val, n_test=n_test, val_source=plan.val_source,
-                         test_split=test, config=config, seconds=0.0)
-    result.seconds = time.perf_counter() - t_start
-    config["seconds"] = result.seconds
-    if out is not None:
-        result.files = write_probe(result, os.fspath(out))
-    log.info("probe: best %s (validation accuracy %.4f) in %.1f s", best["name"], best["val_accuracy"] or 0.0,
-             result.seconds)
-    if progress:
-        progress({"phase": "done", "best": best, "seconds": result.seconds, "files": result.files})
-    return result
+    return rows, n_test
 
 
 def _ternary(Z: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
