@@ -15,6 +15,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -238,3 +239,54 @@ def test_a_corrupt_cache_entry_is_removed_and_refused_offline(online, served_wei
         resolve_weights("timm", MODEL, offline=True)
     assert not os.path.exists(blob)
     assert hub.cached_file(hub.remote_files("timm", MODEL)[0]) is None
+
+
+def test_extract_downloads_on_first_use_then_runs_offline(online, served_weights, monkeypatch, photo_files, tmp_path):
+    """'deepfeat extract photos/ --model NAME' with no other step; then offline from the cache. The ViT is asked
+    for 64 px inputs, so timm's loader resamples the downloaded position embeddings (16 patches + class token)."""
+    import deepfeat
+
+    data, _ = served_weights
+    server = FakeHub({REPO: {"model.safetensors": data}})
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    src = next(iter(photo_files.values())).parent
+    common = ["--model", MODEL, "--layers", "norm,pre_logits", "--pool", "norm=cls,pre_logits=avg",
+              "--input-size", "64", "--workers", "0", "--runtime", "torch", "-q"]
+    try:
+        assert main(["extract", str(src), "--out", str(tmp_path / "a"), *common]) == 0
+        assert server.gets("model.safetensors") == 1
+    finally:
+        server.stop()
+    assert main(["extract", str(src), "--out", str(tmp_path / "b"), *common, "--offline"]) == 0
+    a, b = deepfeat.open_store(tmp_path / "a"), deepfeat.open_store(tmp_path / "b")
+    assert a.layer("norm").dims == 64 and a.layer("norm").pool == "cls"
+    assert a.metadata["model"]["weights_sha256"] == hashlib.sha256(data).hexdigest()
+    fa = np.concatenate([x.features["norm"] for x in a.batches("norm", batch_size=8)])
+    fb = np.concatenate([x.features["norm"] for x in b.batches("norm", batch_size=8)])
+    assert fa.shape == (len(photo_files), 64)
+    np.testing.assert_allclose(np.sort(fa, axis=0), np.sort(fb, axis=0), rtol=1e-5, atol=1e-5)
+
+
+def test_hf_hub_model_folder_downloads_config_and_weights(online, monkeypatch, tmp_path):
+    """'hf-hub:OWNER/REPO': a timm model repository (config.json + model.safetensors, save_pretrained's layout)."""
+    import timm
+    from timm.models import save_for_hf
+
+    torch.manual_seed(5)
+    model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, depth=1,
+                              embed_dim=24, num_heads=2)
+    save_for_hf(model, tmp_path / "repo", safe_serialization=True)
+    files = {n: (tmp_path / "repo" / n).read_bytes() for n in ("config.json", "model.safetensors")}
+    server = FakeHub({"someone/tiny-dinov2": files})
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:
+        bb = load_backbone("hf-hub:someone/tiny-dinov2")
+        assert server.gets("config.json") == 1 and server.gets("model.safetensors") == 1
+    finally:
+        server.stop()
+    assert bb.family == "hf" and bb.model.num_prefix_tokens == 5 and bb.weights_origin == "download"
+    assert bb.weights_sha256 == hashlib.sha256(files["model.safetensors"]).hexdigest()
+    for k, v in model.state_dict().items():
+        assert torch.equal(bb.model.state_dict()[k], v), k
+    again = load_backbone("hf-hub:someone/tiny-dinov2", offline=True)  # from the hub cache
+    assert again.weights_sha256 == bb.weights_sha256 and again.weights_origin == "cache"

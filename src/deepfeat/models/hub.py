@@ -82,7 +82,7 @@ class HubFile:
     revision: str | None = None
 
     def describe(self) -> str:
-        return f"{hf_endpoint()}/{self.repo_id} ({' or '.join(self.filenames)})"
+        return f"{hf_endpoint()}/{self.repo_id}"
 
 
 @dataclass(frozen=True)

@@ -401,7 +401,8 @@ _DIR_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "
                 "open_clip_pytorch_model.pth")
 
 
-def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, int] | None) -> Backbone:
+def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, int] | None,
+                   origin: str = "file") -> Backbone:
     """A timm model folder (``config.json`` + weights) through timm's ``local-dir:`` source."""
     import timm
 
@@ -414,13 +415,12 @@ def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, i
         found = next((os.path.join(path, f) for f in _DIR_WEIGHTS if os.path.isfile(os.path.join(path, f))), None)
         if found is None:
             raise UsageError(f"The model folder {path!r} holds no weights file ({', '.join(_DIR_WEIGHTS[:2])}).")
-        w = ResolvedWeights(found, file_sha256(found), "file")
+        w = ResolvedWeights(found, file_sha256(found), origin)
     else:
         w = resolve_weights("timm", arch, weights, name=name)
     kwargs: dict[str, Any] = {"img_size": size} if size is not None else {}
     try:
-        model = timm.create_model(f"local-dir:{os.path.abspath(path)}", pretrained=w.origin == "file"
-                                  and weights is None, **kwargs)
+        model = timm.create_model(f"local-dir:{os.path.abspath(path)}", pretrained=weights is None, **kwargs)
     except (RuntimeError, KeyError, ValueError, OSError, TypeError) as exc:
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"timm cannot build the model folder {path!r}: {first}") from None
@@ -435,13 +435,14 @@ def _load_hf_hub(name: str, weights: str | None, offline: bool | None, size: tup
     if repo.count("/") != 1:
         raise UsageError(f"The model {name!r} must be 'hf-hub:OWNER/REPO' (a timm model repository).")
     config = resolve_remote([HubFile(repo, ("config.json",), revision or None)], name, offline)
+    origin = "file"
     if weights is None:
-        resolve_remote([HubFile(repo, ("model.safetensors", "pytorch_model.bin"), revision or None)], name, offline)
+        origin = resolve_remote([HubFile(repo, ("model.safetensors", "pytorch_model.bin"), revision or None)],
+                                name, offline).origin
     folder = os.path.dirname(config.path)  # the snapshot folder now holds both files
     if not _is_timm_dir(folder):
         raise UsageError(f"{name!r} is not a timm model repository (its config.json names no 'architecture').")
-    bb = _load_timm_dir(folder, name, weights, size)
-    return bb
+    return _load_timm_dir(folder, name, weights, size, origin)
 
 
 def _load_torchvision(arch: str, weights: str | None, seed: int, name: str, offline: bool | None = None) -> Backbone:
