@@ -384,7 +384,7 @@ class _ProbeProgress:
 
 
 def cmd_probe(args: argparse.Namespace) -> int:
-    from .probe import probe
+    from .probing import probe
 
     progress = _ProbeProgress(args.quiet)
     try:
@@ -735,7 +735,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="a bundle from 'deepfeat train' (model.dfm), or a backbone name (ImageNet top-k)")
     p.add_argument("inputs", nargs="+", help="image files, folders or list files")
     p.add_argument("--top-k", type=int, default=None, help="classes per image (default: 3 for a bundle, 5 for a backbone)")
-    p.add_argument("--out", default=None, help="write predictions to a .csv or .json file")
+    p.add_argument("--out", default=None,
+                   help="write predictions to a .csv or .json file, or an .html gallery (thumbnails + top-k)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--weights", default=None, help="bundle only: backbone weights file if not at the recorded path")
     _add_offline_arg(p)

@@ -26,7 +26,8 @@ import pyarrow.parquet as pq
 
 from . import __version__
 from .data.decode import DecodePolicy
-from .data.sources import Discovery, SourceItem, discover
+from .data.sources import Discovery, SourceItem
+from .sources import Source, open_source
 from .errors import EnvironmentFault, UsageError
 from .models.layers import PRE_LOGITS, describe_layers
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
@@ -179,7 +180,7 @@ def default_workers() -> int:
 
 
 def plan_extraction(
-    source: str | os.PathLike,
+    source: str | os.PathLike | Source,
     *,
     model: str = DEFAULT_MODEL,
     layers: str | Sequence[str] = PRE_LOGITS,
@@ -213,7 +214,7 @@ def plan_extraction(
     if isinstance(views_splits, str):
         views_splits = [s.strip() for s in views_splits.split(",") if s.strip()]
     views_splits = tuple(sorted(views_splits))
-    discovery = discover(source, skip_dirs=skip_dirs)
+    discovery = open_source(source).discover(skip_dirs=skip_dirs)
     bb = backbone or load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct)
     infos = describe_layers(bb)
     specs = layer_specs(bb, layers, pool, infos)
@@ -293,7 +294,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
 
 
 def extract(
-    source: str | os.PathLike,
+    source: str | os.PathLike | Source,
     out: str | os.PathLike,
     *,
     model: str = DEFAULT_MODEL,
@@ -331,7 +332,10 @@ def extract(
     processed. A different configuration on the same ``out`` is refused unless ``overwrite``.
 
     Args:
-        source: image folder (``split/class/*``, ``class/*`` or flat) or a CSV/TXT list file.
+        source: image folder (``split/class/*``, ``class/*`` or flat), a CSV/TXT list file,
+            WebDataset ``.tar`` shards (a path, glob or ``{000..099}`` braces), Parquet files,
+            ``hf:PATH`` (a saved Hugging Face dataset), or a :class:`deepfeat.sources.Source`
+            built with options, e.g. ``ParquetSource("lake/*.parquet", image_field="jpg")``.
         out: store directory (created if needed).
         model: backbone name (see :func:`deepfeat.list_models`); ``weights`` a local file or "random".
         layers: names as ``deepfeat layers`` prints them, comma-separated, or shortcuts.

@@ -49,6 +49,7 @@ __all__ = [
     "read_file_bytes",
     "decode_bytes",
     "decode_file",
+    "decode_data",
     "decode_image",
     "to_rgb",
 ]
@@ -456,7 +457,21 @@ def decode_file(path: str | os.PathLike, policy: DecodePolicy = _DEFAULT_POLICY,
         >>> d.image.mode, d.format, d.sha256[:8]  # doctest: +SKIP
         ('RGB', 'JPEG', '3f0c9a1b')
     """
-    data = read_file_bytes(path, policy.max_file_bytes)
+    return decode_data(read_file_bytes(path, policy.max_file_bytes), policy, draft)
+
+
+def decode_data(data: bytes | bytearray | memoryview, policy: DecodePolicy = _DEFAULT_POLICY,
+                draft: int | None = None) -> DecodedImage:
+    """Decode an encoded image held in memory (a file's bytes, a tar member, a Parquet cell).
+
+    The same checks, hash and result as :func:`decode_file`, so an image gives the same features
+    whichever source holds it.
+
+    Example:
+        >>> buf = io.BytesIO(); Image.new("RGB", (5, 4)).save(buf, "PNG")
+        >>> decode_data(buf.getvalue()).size
+        (5, 4)
+    """
     digest = hashlib.sha256(data).hexdigest()
     image, fmt, mode, n_frames, size = _decode(data, policy, draft)
     return DecodedImage(image=image, format=fmt, mode=mode, n_frames=n_frames, sha256=digest, size=size)

@@ -35,6 +35,9 @@ Everything that is not used is reported as an :class:`ExcludedItem` with a reaso
 ``unreadable``             an entry that cannot be stat'ed (permission denied, name too long)
 ``missing``                a list-file entry that does not exist
 ``duplicate``              a list-file entry naming the same path as an earlier row
+``no_image``               a WebDataset sample or a table row without an image (see :mod:`deepfeat.sources`)
+``truncated_shard``        a sample of a tar shard that ends before the sample does
+``unreadable_shard``       a shard or table file that cannot be opened or is not a tar / Parquet file
 ``layout``                 (no longer produced: files beside class folders are embedded unlabeled;
                            kept so that ledgers of older stores still read)
 
@@ -89,6 +92,9 @@ EXCLUSION_REASONS: tuple[str, ...] = (
     "missing",
     "duplicate",
     "layout",
+    "no_image",
+    "truncated_shard",
+    "unreadable_shard",
 )
 LIST_EXTENSIONS = (".csv", ".txt")
 _LIST_COLUMNS = ("path", "label", "split")
@@ -96,14 +102,23 @@ _LIST_COLUMNS = ("path", "label", "split")
 
 @dataclass(frozen=True)
 class SourceItem:
-    """One discovered input file."""
+    """One discovered input: a file, or a sample inside a shard, a Parquet file or a dataset."""
 
     id: str  #: blake2b(os.fsencode(relpath), digest_size=10).hexdigest()
-    path: str  #: path that opens exactly this file (os.fsdecode-style str)
+    path: str  #: the file that holds exactly this image, or a locator such as ``shard.tar#key.jpg``
     relpath: str  #: path relative to the root ('/'-separated), as written for list files
     label: str | None
     split: str | None
-    size: int  #: bytes, from stat at discovery
+    size: int  #: bytes, from stat at discovery (0 when unknown before reading)
+    #: where the bytes are when ``path`` is not a file of its own (see :mod:`deepfeat.sources.read`)
+    ref: tuple | None = None
+    #: the container the item lives in (a shard, a Parquet file); parts keep containers whole
+    group: str | None = None
+
+    @property
+    def locator(self) -> str | tuple:
+        """What a decode worker reads: the file path, or the container reference."""
+        return self.path if self.ref is None else self.ref
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .decode import DecodePolicy, decode_file
+from ..sources.read import read_locator
+from .decode import DecodePolicy, decode_data
 from .preprocess import Preprocess
 
 
@@ -54,12 +55,14 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
 
 
 def prepare_batch(
-    items: Sequence[tuple[str, str, int]],
+    items: Sequence[tuple[str, str | tuple, int]],
     preprocess: dict[str, Any],
     policy: DecodePolicy,
     augment: tuple[str, int] | None = None,
 ) -> list[Decoded | Failed]:
-    """Decode and preprocess ``(id, path, n_augmented_views)`` triples; bad inputs become :class:`Failed`.
+    """Decode and preprocess ``(id, locator, n_augmented_views)`` triples; bad inputs become :class:`Failed`.
+
+    A locator is a file path or a place in a container (see :mod:`deepfeat.sources.read`).
 
     ``augment`` is ``(spec, seed)``; an item with ``n`` augmented views gets pixels for view 0
     (plain preprocessing) and views 1..n, each seeded by (seed, id, view).
@@ -67,12 +70,9 @@ def prepare_batch(
     """
     pre = Preprocess.from_dict(preprocess)
     out: list[Decoded | Failed] = []
-    crash_on = os.environ.get("DEEPFEAT_TEST_CRASH_ON")  # test hook: simulate a codec killing the worker
     for item_id, path, n_views in items:
-        if crash_on and crash_on in path:
-            os._exit(70)
         try:
-            dec = decode_file(path, policy, draft=pre.draft_size)
+            dec = decode_data(read_locator(path, policy.max_file_bytes), policy, draft=pre.draft_size)
             pixels = [pre.resize_crop(dec.image)]
             if n_views and augment is not None:
                 from .augment import get_augmenter

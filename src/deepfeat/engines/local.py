@@ -22,9 +22,36 @@ log = logging.getLogger(__name__)
 
 
 def plan_parts(pending: Sequence[SourceItem], part_size: int, first_index: int) -> list[tuple[str, list[SourceItem]]]:
-    """Split pending inputs (in discovery order) into named parts of ``part_size`` inputs."""
-    return [(layout.part_name(first_index + k), list(pending[s:s + part_size]))
-            for k, s in enumerate(range(0, len(pending), part_size))]
+    """Split pending inputs (in discovery order) into named parts of at most ``part_size`` inputs.
+
+    Inputs of one container (a shard, a Parquet file: ``SourceItem.group``) stay in one part
+    unless the container alone holds more than ``part_size`` inputs, so a worker reads each
+    shard sequentially and no shard is split between two workers.
+    """
+    chunks: list[list[SourceItem]] = []
+    current: list[SourceItem] = []
+    k = 0
+    while k < len(pending):
+        group = pending[k].group
+        end = k + 1
+        if group is not None:
+            while end < len(pending) and pending[end].group == group:
+                end += 1
+        run = list(pending[k:end])
+        if current and len(current) + len(run) > part_size:
+            chunks.append(current)
+            current = []
+        while len(run) > part_size:  # a container larger than a part: cut it into full parts
+            chunks.append(run[:part_size])
+            run = run[part_size:]
+        current.extend(run)
+        if len(current) >= part_size:
+            chunks.append(current)
+            current = []
+        k = end
+    if current:
+        chunks.append(current)
+    return [(layout.part_name(first_index + i), chunk) for i, chunk in enumerate(chunks)]
 
 
 class PartBuilder:
@@ -103,9 +130,9 @@ def add_batch(builder: PartBuilder, computer: Runtime, results: Sequence[Decoded
     return len(ok), len(results) - len(ok)
 
 
-def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> list[list[tuple[str, str, int]]]:
-    """The decode batches of one part: ``(id, path, augmented views)`` triples, in part order."""
-    return [[(it.id, it.path, plan.views_for(it)) for it in items[s:s + batch_size]]
+def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> list[list[tuple[str, Any, int]]]:
+    """The decode batches of one part: ``(id, locator, augmented views)`` triples, in part order."""
+    return [[(it.id, it.locator, plan.views_for(it)) for it in items[s:s + batch_size]]
             for s in range(0, len(items), batch_size)]
 
 
@@ -117,7 +144,7 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
         return 0, 0, 0
     parts = plan_parts(pending, plan.part_size, manifest.next_index())
 
-    def batches() -> Iterator[tuple[int, list[tuple[str, str, int]]]]:
+    def batches() -> Iterator[tuple[int, list[tuple[str, Any, int]]]]:
         for p, (_, items) in enumerate(parts):
             for batch in part_batches(items, batch_size, plan):
                 yield p, batch

@@ -17,11 +17,6 @@ part is committed once: it is only resubmitted after its worker is known dead, a
 
 Requirements: deepfeat (same version) on every node, and ``out`` plus every input path
 visible at the same absolute path on every node (NFS or another shared file system).
-
-Test hook (tiny, for tests/test_ray.py): ``DEEPFEAT_TEST_RAY_DIE=<part name>[:written],...`` in
-the driver's environment makes the worker ``os._exit`` on each named part's first attempt, after
-its first batch (or after the part was written but before it was returned, with ``:written``).
-Every ``DEEPFEAT_TEST_*`` variable of the driver is passed on to the workers.
 """
 from __future__ import annotations
 
@@ -125,7 +120,6 @@ class PartWorker:
             self.error = exc
 
     def _setup(self, backbone: Any) -> None:
-        os.environ.update(self.spec["hooks"])
         import torch
 
         from ..models.layers import describe_layers
@@ -162,27 +156,20 @@ class PartWorker:
             raise self.error
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def process(self, out: str, name: str, items: list[SourceItem], batches: list[list[tuple[str, str, int]]],
+    def process(self, out: str, name: str, items: list[SourceItem], batches: list[list[tuple[str, Any, int]]],
                 attempt: int) -> dict[str, Any]:
         """Decode, embed and write one part; returns its :class:`PartRecord` as a dict (not committed)."""
         from .decode_pool import DecodePool
         from .local import PartBuilder, add_batch
 
         spec = self.spec
-        hook = dict(d.partition(":")[::2] for d in os.environ.get("DEEPFEAT_TEST_RAY_DIE", "").split(","))
-        die_now, die_stage = attempt == 0 and name in hook, hook.get(name)  # test hook: see the module docstring
         # A retry decodes in a child process: a codec that kills its process fails one image, not the worker.
         decode_workers = spec["decode_workers"] if attempt == 0 else max(1, spec["decode_workers"])
         builder = PartBuilder(name, items, self.specs)
         with DecodePool(decode_workers, spec["preprocess"], spec["policy"], augment=spec["augment"]) as pool:
             for _, results in pool.map(batches):
                 add_batch(builder, self.computer, results)
-                if die_now and die_stage != "written":
-                    os._exit(77)
-        record = builder.write(out)
-        if die_now and die_stage == "written":
-            os._exit(77)
-        return record.to_dict()
+        return builder.write(out).to_dict()
 
 
 class _Slot:
@@ -256,7 +243,6 @@ class _Driver:
             "channels_last": channels_last,
             "policy": policy, "augment": (plan.augment, plan.augment_seed) if plan.views else None,
             "decode_workers": int(decode_workers), "cpus": cpus,
-            "hooks": {k: v for k, v in os.environ.items() if k.startswith("DEEPFEAT_TEST_")},
         }
         # A backbone handed over as an object (extract(backbone=...)) travels pickled; else it is loaded by name.
         self.backbone_ref = ray.put(plan.backbone) if self.spec["load"] is None else None

@@ -66,8 +66,9 @@ class TapGraph(nn.Module):
 
 def cache_root() -> str:
     """Where exported runtimes are cached: ``$DEEPFEAT_CACHE_DIR`` or ``~/.cache/deepfeat``, then ``runtimes/``."""
-    base = os.environ.get("DEEPFEAT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "deepfeat")
-    return os.path.join(base, "runtimes")
+    from ..cachedir import cache_dir
+
+    return cache_dir("runtimes")
 
 
 def cache_key(backbone: Backbone, specs: Sequence[LayerSpec], runtime: str, runtime_version: str,

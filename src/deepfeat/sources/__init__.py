@@ -1,0 +1,125 @@
+"""Sources: where the images of a job come from, behind one interface.
+
+A :class:`Source` turns what the user named into a :class:`~deepfeat.data.sources.Discovery`:
+every input as a :class:`~deepfeat.data.sources.SourceItem` (stable id, label, split, and a
+locator a decode worker can read) and everything not used as an exclusion with its reason.
+The rest of the chain (planning, decoding, the runtimes, the store) never asks which source
+it was.
+
+=============  ==================================================  ===========================
+kind           what                                                options
+=============  ==================================================  ===========================
+``folder``     ``root/<split>/<class>/*``, ``root/<class>/*``,     ``split``
+               a flat folder (see :mod:`deepfeat.data.sources`)
+``list``       a ``.csv``/``.txt`` list of ``path[,label[,split]]``  ``split``
+``webdataset`` ``.tar`` shards: a path, a glob, brace notation     ``label_field``,
+               ``data/{00000..00099}.tar``, or a folder of shards  ``split_field``, ``split``,
+                                                                   ``image_field``
+``parquet``    Parquet files with an image-bytes (or path) column  ``image_field``, ``id_field``,
+               (a file, a glob, or a folder of ``*.parquet``)      ``label_field``,
+                                                                   ``split_field``, ``split``
+``hf``         ``hf:PATH``: a Hugging Face dataset saved with      ``split``, ``image_field``,
+               ``save_to_disk`` (needs the ``datasets`` extra)      ``label_field``, ``id_field``
+=============  ==================================================  ===========================
+
+Adding a source: a class with ``kind``, ``OPTIONS``, ``claims(spec)`` and ``discover()``,
+decorated with :func:`register_source`; if its items need a new kind of locator, one reader in
+:mod:`deepfeat.sources.read`.
+
+Example:
+    >>> from deepfeat.sources import open_source
+    >>> src = open_source("shards/{000..009}.tar", label_field="cls")      # doctest: +SKIP
+    >>> d = src.discover(); d.layout, len(d.items)                           # doctest: +SKIP
+    ('webdataset', 10000)
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from typing import Any, ClassVar, Protocol, runtime_checkable
+
+from ..data.sources import Discovery
+from ..errors import UsageError
+
+__all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "register_source", "open_source"]
+
+#: Every option a source may take, with the CLI flag that sets it.
+SOURCE_OPTIONS: dict[str, str] = {
+    "split": "--split",
+    "image_field": "--image-field/--image-column",
+    "id_field": "--id-field/--id-column",
+    "label_field": "--label-field/--label-column",
+    "split_field": "--split-field/--split-column",
+}
+
+
+@runtime_checkable
+class Source(Protocol):
+    """What every source does: discover its inputs, deterministically."""
+
+    kind: ClassVar[str]
+
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+        """Every input (sorted, stable ids) and every exclusion with its reason."""
+        ...  # pragma: no cover - protocol
+
+
+#: kind -> source class, in the order :func:`open_source` asks them to claim a spec.
+SOURCES: dict[str, type] = {}
+
+
+def register_source(cls: type) -> type:
+    """Class decorator: make a source available to :func:`open_source` under ``cls.kind``."""
+    SOURCES[cls.kind] = cls
+    return cls
+
+
+def _check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    given = {k: v for k, v in options.items() if v is not None}
+    unknown = sorted(set(given) - set(SOURCE_OPTIONS))
+    if unknown:
+        raise UsageError(f"Unknown source option(s) {', '.join(unknown)}; known: {', '.join(SOURCE_OPTIONS)}.")
+    wrong = sorted(set(given) - set(cls.OPTIONS))
+    if wrong:
+        flags = ", ".join(SOURCE_OPTIONS[k] for k in wrong)
+        raise UsageError(f"{flags} do{'es' if len(wrong) == 1 else ''} not apply to a {cls.kind} source "
+                         f"(it takes: {', '.join(SOURCE_OPTIONS[k] for k in cls.OPTIONS) or 'no options'}).")
+    return given
+
+
+def open_source(spec: str | os.PathLike | Source, kind: str | None = None, **options: Any) -> Source:
+    """The :class:`Source` for ``spec`` (a path, glob, brace pattern or ``hf:PATH``).
+
+    ``kind`` forces a source kind; by default each registered source is asked in turn whether it
+    claims ``spec`` (``hf:`` prefix, ``.tar`` shards, Parquet files, a list file, else a folder).
+    ``options`` are the source options (:data:`SOURCE_OPTIONS`); one that does not apply to the
+    chosen source is an error, never silently ignored.
+
+    Raises:
+        UsageError: an unknown kind, an option the source does not take, or a spec nothing claims.
+
+    Example:
+        >>> open_source("photos/").kind                                         # doctest: +SKIP
+        'folder'
+    """
+    if isinstance(spec, Source) and not isinstance(spec, (str, os.PathLike)):
+        if any(v is not None for v in options.values()):
+            raise UsageError("Source options go to the source's constructor when a Source object is given.")
+        return spec
+    text = os.fsdecode(os.fspath(spec))
+    if kind is not None:
+        if kind not in SOURCES:
+            raise UsageError(f"Unknown source kind {kind!r}; known: {', '.join(SOURCES)}.")
+        cls = SOURCES[kind]
+    else:
+        cls = next((c for c in SOURCES.values() if c.claims(text)), None)
+        if cls is None:  # pragma: no cover - the folder source claims everything else
+            raise UsageError(f"No source reads {text!r}.")
+    return cls(text, **_check_options(cls, options))
+
+
+# registration order = the order in which sources claim a spec
+from . import hf as _hf  # noqa: E402,F401
+from . import webdataset as _webdataset  # noqa: E402,F401
+from . import parquet as _parquet  # noqa: E402,F401
+from . import files as _files  # noqa: E402,F401

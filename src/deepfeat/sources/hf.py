@@ -1,0 +1,148 @@
+"""Hugging Face datasets: ``hf:PATH`` (a folder written by ``save_to_disk``) or ``hf:NAME`` (a dataset
+already in the local Hugging Face cache, loaded offline).
+
+Needs the optional ``datasets`` library (``pip install 'deepfeat[hf]'``). The image column is
+``image_field`` or the dataset's ``Image`` feature; the label ``label_field`` or the ``label``
+column (``ClassLabel`` ids become their names); ids ``<split>/<row>`` or ``id_field``. A
+``DatasetDict`` gives every split (recorded as the rows' split) unless ``split`` picks one.
+Images are read as their encoded bytes (never re-encoded), so features equal those of the
+same files on disk.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from ..data.sources import Discovery, ExcludedItem, SourceItem, item_id, normalize_split
+from ..errors import UsageError
+from . import register_source
+
+log = logging.getLogger(__name__)
+
+__all__ = ["HFSource", "open_split"]
+
+PREFIX = "hf:"
+_WHOLE = ""  # the split name used for a plain Dataset (not a DatasetDict)
+
+
+def _datasets() -> Any:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise UsageError("Reading a Hugging Face dataset needs the 'datasets' library: "
+                         "pip install 'deepfeat[hf]' (or pip install datasets).") from exc
+    return datasets
+
+
+def _load(path: str) -> Any:
+    """A Dataset or DatasetDict from a ``save_to_disk`` folder, or from the local cache, offline."""
+    datasets = _datasets()
+    if os.path.isdir(path):
+        try:
+            return datasets.load_from_disk(path)
+        except FileNotFoundError as exc:
+            raise UsageError(f"{path!r} is not a dataset written by save_to_disk ({exc}).") from exc
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        return datasets.load_dataset(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to find it offline is one message
+        raise UsageError(f"No Hugging Face dataset {path!r}: not a save_to_disk folder, and not in the local "
+                         f"cache ({type(exc).__name__}: {exc}). Save it with Dataset.save_to_disk and pass "
+                         "hf:FOLDER.") from exc
+
+
+def _splits(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "keys") and not hasattr(obj, "features"):
+        return {str(k): obj[k] for k in obj.keys()}
+    return {_WHOLE: obj}
+
+
+def _image_column(ds: Any, wanted: str | None, where: str) -> str:
+    datasets = _datasets()
+    if wanted is not None:
+        if wanted not in ds.features:
+            raise UsageError(f"{where} has no column {wanted!r} (--image-column); columns: {', '.join(ds.features)}.")
+        return wanted
+    found = [n for n, f in ds.features.items() if isinstance(f, datasets.Image)]
+    if not found:
+        raise UsageError(f"{where} has no Image column (columns: {', '.join(ds.features)}); name it with "
+                         "--image-column.")
+    return found[0]
+
+
+def open_split(path: str, split: str, column: str) -> Any:
+    """One split of the dataset, its image column giving encoded bytes (used by decode workers)."""
+    datasets = _datasets()
+    ds = _splits(_load(path))[split]
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    return ds
+
+
+@register_source
+class HFSource:
+    """A Hugging Face dataset: ``hf:PATH`` (``save_to_disk`` folder) or ``hf:NAME`` (cached, offline).
+
+    Example:
+        >>> d = HFSource("hf:fm_saved", split="train").discover()  # doctest: +SKIP
+    """
+
+    kind: ClassVar[str] = "hf"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("split", "image_field", "label_field", "id_field")
+
+    def __init__(self, spec: str, split: str | None = None, image_field: str | None = None,
+                 label_field: str | None = None, id_field: str | None = None) -> None:
+        self.path = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+        if not self.path:
+            raise UsageError("hf: needs a dataset folder or name after the prefix, e.g. hf:data/fm_saved.")
+        if os.path.isdir(self.path):
+            self.path = os.path.abspath(self.path)
+        self.split, self.image_field, self.label_field, self.id_field = split, image_field, label_field, id_field
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        return spec.startswith(PREFIX)
+
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+        datasets = _datasets()
+        splits = _splits(_load(self.path))
+        if self.split is not None:
+            if self.split not in splits and not (list(splits) == [_WHOLE]):
+                raise UsageError(f"The dataset {self.path!r} has no split {self.split!r}; it has "
+                                 f"{', '.join(s for s in splits)}.")
+            if list(splits) != [_WHOLE]:
+                splits = {self.split: splits[self.split]}
+        items: list[SourceItem] = []
+        excluded: list[ExcludedItem] = []
+        seen: set[str] = set()
+        for name, ds in splits.items():
+            where = f"{self.path}[{name}]" if name else self.path
+            column = _image_column(ds, self.image_field, where)
+            label_col = self.label_field or ("label" if "label" in ds.features else None)
+            for col, flag in ((label_col, "--label-column"), (self.id_field, "--id-column")):
+                if col is not None and col not in ds.features:
+                    raise UsageError(f"{where} has no column {col!r} ({flag}); columns: {', '.join(ds.features)}.")
+            labels: list[Any] = ds.data.column(label_col).to_pylist() if label_col else [None] * len(ds)
+            feature = ds.features[label_col] if label_col else None
+            if isinstance(feature, datasets.ClassLabel):
+                labels = [feature.int2str(v) if v is not None and v >= 0 else None for v in labels]
+            ids = ds.data.column(self.id_field).to_pylist() if self.id_field else None
+            recorded = normalize_split(name) if name else normalize_split(self.split)
+            for row, label in enumerate(labels):
+                relpath = str(ids[row]) if ids is not None else f"{name or 'data'}/{row}"
+                locator = f"{where}#{relpath if ids is not None else row}"
+                if relpath in seen:
+                    excluded.append(ExcludedItem(locator, "duplicate", f"the id {relpath!r} appears twice"))
+                    continue
+                seen.add(relpath)
+                items.append(SourceItem(id=item_id(relpath), path=locator, relpath=relpath,
+                                        label=None if label is None else str(label), split=recorded, size=0,
+                                        ref=("hf", self.path, name, row, column), group=f"{self.path}[{name}]"))
+        log.info("discovered %d rows of %s (%d excluded)", len(items), self.path, len(excluded))
+        return Discovery(root=self.path, layout=self.kind, items=items, excluded=excluded)
+
+    def __repr__(self) -> str:
+        return f"HFSource({self.path!r})"

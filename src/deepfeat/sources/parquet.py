@@ -1,0 +1,185 @@
+"""Parquet files with a column of image bytes (or of image paths).
+
+The image column (``image_field``; default: the one binary column, or a struct column with a
+``bytes`` field such as Hugging Face's ``Image``) holds encoded images; a string column holds
+paths instead (relative to the Parquet file's folder), which are then read as files. ``id_field``
+names a column of unique ids (default: ``<file>#<row number>``), ``label_field`` a label column
+(default: a column named ``label`` when there is one), ``split_field`` a split column.
+
+Discovery reads only the id, label and split columns, one row group at a time, never an image
+and never a whole file; workers read an image column one row group at a time (see
+:mod:`deepfeat.sources.read`). A file that is not Parquet is an ``unreadable_shard`` exclusion;
+a repeated id a ``duplicate`` one; an empty image cell fails its row in the ledger.
+"""
+from __future__ import annotations
+
+import glob
+import logging
+import os
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+from ..data.sources import IMAGE_EXTENSIONS, Discovery, ExcludedItem, SourceItem, item_id, normalize_split
+from ..errors import UsageError
+from . import register_source
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ParquetSource"]
+
+_EXTENSIONS = (".parquet", ".pq")
+
+
+def _folder_files(folder: str) -> list[str] | None:
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return None
+    files = [e.path for e in entries if e.name.lower().endswith(_EXTENSIONS) and not e.name.startswith(".")]
+    if not files or any(os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS for e in entries):
+        return None
+    return sorted(files, key=os.fsencode)
+
+
+def _image_column(schema: Any, wanted: str | None, path: str) -> tuple[str, str | None, bool]:
+    """(column, struct field or None, holds paths) of the image column."""
+    import pyarrow as pa
+
+    def kind(t: Any) -> tuple[str | None, bool] | None:
+        if pa.types.is_binary(t) or pa.types.is_large_binary(t):
+            return None, False
+        if pa.types.is_struct(t) and t.get_field_index("bytes") >= 0:
+            return "bytes", False
+        if pa.types.is_string(t) or pa.types.is_large_string(t):
+            return None, True
+        return None
+
+    if wanted is not None:
+        if wanted not in schema.names:
+            raise UsageError(f"{path!r} has no column {wanted!r} (--image-column); its columns: "
+                             f"{', '.join(schema.names)}.")
+        found = kind(schema.field(wanted).type)
+        if found is None:
+            raise UsageError(f"The column {wanted!r} of {path!r} holds {schema.field(wanted).type}, not image bytes "
+                             "(binary, a struct with a 'bytes' field) or paths (string).")
+        return wanted, found[0], found[1]
+    candidates = [(n, kind(schema.field(n).type)) for n in schema.names]
+    binary = [(n, k) for n, k in candidates if k is not None and not k[1]]
+    if len(binary) == 1:
+        return binary[0][0], binary[0][1][0], False
+    named = [n for n in ("image", "img", "jpg", "path", "file") if n in schema.names and kind(schema.field(n).type)]
+    if named:
+        k = kind(schema.field(named[0]).type)
+        assert k is not None
+        return named[0], k[0], k[1]
+    raise UsageError(f"Cannot tell which column of {path!r} holds the images (columns: {', '.join(schema.names)}); "
+                     "name it with --image-column.")
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    s = str(value).strip()
+    return s or None
+
+
+@register_source
+class ParquetSource:
+    """Parquet files: a path, a glob, or a folder of ``*.parquet`` files.
+
+    Example:
+        >>> d = ParquetSource("lake/*.parquet", image_field="jpg", label_field="label").discover()  # doctest: +SKIP
+    """
+
+    kind: ClassVar[str] = "parquet"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("image_field", "id_field", "label_field", "split_field", "split")
+
+    def __init__(self, spec: str, image_field: str | None = None, id_field: str | None = None,
+                 label_field: str | None = None, split_field: str | None = None, split: str | None = None) -> None:
+        self.spec = spec
+        self.image_field, self.id_field = image_field, id_field
+        self.label_field, self.split_field = label_field, split_field
+        self.split = normalize_split(split)
+
+    @classmethod
+    def claims(cls, spec: str) -> bool:
+        if spec.lower().endswith(_EXTENSIONS):
+            return True
+        return os.path.isdir(spec) and _folder_files(spec) is not None
+
+    def files(self) -> list[str]:
+        if os.path.isdir(self.spec):
+            return _folder_files(self.spec) or []
+        if glob.has_magic(self.spec):
+            return [os.path.abspath(p) for p in sorted(glob.glob(self.spec), key=os.fsencode)]
+        if not os.path.exists(self.spec):
+            raise UsageError(f"The source {self.spec!r} does not exist.")
+        return [os.path.abspath(self.spec)]
+
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+        import pyarrow.parquet as pq
+
+        files = self.files()
+        if not files:
+            raise UsageError(f"No Parquet file matches {self.spec!r}.")
+        root = os.path.commonpath([os.path.dirname(f) for f in files])
+        items: list[SourceItem] = []
+        excluded: list[ExcludedItem] = []
+        seen: dict[str, str] = {}
+        for path in files:
+            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            try:
+                pf = pq.ParquetFile(path)
+            except Exception as exc:  # noqa: BLE001 - not Parquet, cut, unreadable: this file only
+                excluded.append(ExcludedItem(path, "unreadable_shard", f"not a readable Parquet file: {exc}"))
+                continue
+            schema = pf.schema_arrow
+            column, field, holds_paths = _image_column(schema, self.image_field, path)
+            label_col = self.label_field or ("label" if "label" in schema.names else None)
+            for name, flag in ((self.id_field, "--id-column"), (label_col, "--label-column"),
+                               (self.split_field, "--split-column")):
+                if name is not None and name not in schema.names:
+                    raise UsageError(f"{path!r} has no column {name!r} ({flag}); its columns: {', '.join(schema.names)}.")
+            wanted = [c for c in dict.fromkeys([self.id_field, label_col, self.split_field,
+                                                column if holds_paths else None]) if c]
+            row_base = 0
+            for rg in range(pf.num_row_groups):
+                n = pf.metadata.row_group(rg).num_rows
+                cols = pf.read_row_group(rg, columns=wanted).to_pydict() if wanted else {}
+                for r in range(n):
+                    row = row_base + r
+                    ident = _text(cols[self.id_field][r]) if self.id_field else None
+                    where = f"{path}#{ident if ident is not None else row}"
+                    relpath = ident if ident is not None else f"{rel}#{row}"
+                    if self.id_field and ident is None:
+                        excluded.append(ExcludedItem(where, "missing", f"row {row} has no id in {self.id_field!r}"))
+                        continue
+                    if relpath in seen:
+                        excluded.append(ExcludedItem(where, "duplicate", f"the id {ident!r} was already used by "
+                                                                         f"{seen[relpath]}"))
+                        continue
+                    seen[relpath] = where
+                    label = _text(cols[label_col][r]) if label_col else None
+                    split = normalize_split(_text(cols[self.split_field][r])) if self.split_field else None
+                    if holds_paths:
+                        rel_image = cols[column][r]
+                        if not rel_image:
+                            excluded.append(ExcludedItem(where, "no_image", f"row {row} has an empty {column!r}"))
+                            continue
+                        full = os.path.normpath(os.path.join(os.path.dirname(path), rel_image))
+                        if not os.path.isfile(full):
+                            excluded.append(ExcludedItem(full, "missing", f"row {row}: no such image file"))
+                            continue
+                        items.append(SourceItem(id=item_id(relpath), path=full, relpath=relpath, label=label,
+                                                split=split or self.split, size=os.path.getsize(full)))
+                        continue
+                    items.append(SourceItem(id=item_id(relpath), path=where, relpath=relpath, label=label,
+                                            split=split or self.split, size=0,
+                                            ref=("parquet", path, rg, r, column, field), group=path))
+                row_base += n
+        log.info("discovered %d rows in %d Parquet files (%d excluded) under %s", len(items), len(files),
+                 len(excluded), root)
+        return Discovery(root=root, layout=self.kind, items=items, excluded=excluded)
+
+    def __repr__(self) -> str:
+        return f"ParquetSource({self.spec!r})"

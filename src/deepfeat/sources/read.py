@@ -1,0 +1,142 @@
+"""Reading one input's bytes in a decode worker, whatever source holds it.
+
+A locator is what :attr:`deepfeat.data.sources.SourceItem.locator` gives: a file path (``str``)
+or a tuple naming a container and a place in it:
+
+* ``("tar", shard_path, offset, size)`` -- a WebDataset sample's image member, read with one
+  ``pread`` on the shard that stays open in this worker (no per-image open or stat);
+* ``("parquet", file_path, row_group, row, column, field)`` -- a cell of an image-bytes column
+  (``field`` is ``"bytes"`` for struct columns such as Hugging Face's ``Image``, else ``None``);
+  the row group's column is read once and kept while the worker stays in that row group;
+* ``("hf", dataset_path, split, row, column)`` -- a row of a Hugging Face dataset saved with
+  ``save_to_disk`` (memory-mapped Arrow, opened once per worker).
+
+Every failure that belongs to the one input is an :class:`~deepfeat.errors.InputError` (a ledger
+entry), never a crash. This module imports no torch.
+"""
+from __future__ import annotations
+
+import errno
+import os
+from typing import Any
+
+from ..data.decode import read_file_bytes
+from ..errors import EnvironmentFault, InputError
+
+__all__ = ["read_locator", "close_all"]
+
+_open_shard: list[Any] = [None, -1]  # [path, fd]: the shard this worker reads now
+_row_group: list[Any] = [None, None]  # [(file, row_group, column), column values]
+_datasets: dict[tuple[str, str], Any] = {}
+
+
+def close_all() -> None:
+    """Forget every open shard, cached row group and dataset of this process."""
+    if _open_shard[1] >= 0:
+        os.close(_open_shard[1])
+    _open_shard[:] = [None, -1]
+    _row_group[:] = [None, None]
+    _datasets.clear()
+
+
+def _shard_fd(path: str) -> int:
+    if _open_shard[0] != path:
+        if _open_shard[1] >= 0:
+            os.close(_open_shard[1])
+        _open_shard[:] = [None, -1]
+        try:
+            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError as exc:
+            raise InputError("vanished", f"the shard {path!r} no longer exists") from exc
+        except PermissionError as exc:
+            raise InputError("unreadable", f"cannot open the shard {path!r}: {exc.strerror}") from exc
+        _open_shard[:] = [path, fd]
+    return int(_open_shard[1])
+
+
+def _read_tar(path: str, offset: int, size: int, max_bytes: int) -> bytes:
+    if size > max_bytes:
+        raise InputError("too_large", f"{size} bytes, more than the limit of {max_bytes}")
+    fd = _shard_fd(path)
+    try:
+        data = os.pread(fd, size, offset)
+    except OSError as exc:
+        if exc.errno == errno.EIO:
+            raise EnvironmentFault(f"I/O error reading the shard {path!r}: {exc.strerror}") from exc
+        raise InputError("unreadable", f"cannot read the shard {path!r}: {exc.strerror or exc}") from exc
+    if len(data) < size:
+        raise InputError("truncated", f"the shard {path!r} ends inside this member ({len(data)} of {size} bytes)")
+    return data
+
+
+def _cell_bytes(value: Any, field: str | None, where: str) -> bytes:
+    if field is not None and isinstance(value, dict):
+        value = value.get(field)
+    if value is None:
+        raise InputError("unidentified", f"{where}: the image cell is empty")
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return bytes(value)
+    raise InputError("unidentified", f"{where}: the image cell holds {type(value).__name__}, not image bytes")
+
+
+def _read_parquet(path: str, row_group: int, row: int, column: str, field: str | None, max_bytes: int) -> bytes:
+    key = (path, row_group, column)
+    if _row_group[0] != key:
+        import pyarrow.parquet as pq
+
+        _row_group[:] = [None, None]
+        try:
+            table = pq.ParquetFile(path).read_row_group(row_group, columns=[column])
+        except FileNotFoundError as exc:
+            raise InputError("vanished", f"the Parquet file {path!r} no longer exists") from exc
+        except OSError as exc:
+            raise InputError("unreadable", f"cannot read row group {row_group} of {path!r}: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 - a corrupt row group fails its rows, not the run
+            raise InputError("decode_error", f"row group {row_group} of {path!r} cannot be read: {exc}") from exc
+        _row_group[:] = [key, table.column(column)]
+    values = _row_group[1]
+    if row >= len(values):
+        raise InputError("vanished", f"{path!r} row group {row_group} has no row {row} any more")
+    data = _cell_bytes(values[row].as_py(), field, f"{path!r} row group {row_group} row {row}")
+    if len(data) > max_bytes:
+        raise InputError("too_large", f"{len(data)} bytes, more than the limit of {max_bytes}")
+    return data
+
+
+def _read_hf(path: str, split: str, row: int, column: str, max_bytes: int) -> bytes:
+    key = (path, split)
+    if key not in _datasets:
+        from .hf import open_split
+
+        _datasets.clear()
+        _datasets[key] = open_split(path, split, column)
+    ds = _datasets[key]
+    if row >= len(ds):
+        raise InputError("vanished", f"the dataset {path!r} split {split!r} has no row {row} any more")
+    data = _cell_bytes(ds[row][column], "bytes", f"{path!r} split {split!r} row {row}")
+    if len(data) > max_bytes:
+        raise InputError("too_large", f"{len(data)} bytes, more than the limit of {max_bytes}")
+    return data
+
+
+def read_locator(locator: str | tuple, max_bytes: int) -> bytes:
+    """The encoded image bytes of one input (see the module docstring for locators).
+
+    Raises:
+        InputError: the input cannot be read (vanished, unreadable, truncated, too large, empty).
+        EnvironmentFault: the machine, not the input, is at fault (I/O error, out of memory).
+
+    Example:
+        >>> read_locator(("tar", "data/000000.tar", 1536, 2210), 1 << 30)  # doctest: +SKIP
+        b'\\xff\\xd8\\xff...'
+    """
+    if isinstance(locator, str):
+        return read_file_bytes(locator, max_bytes)
+    kind = locator[0]
+    if kind == "tar":
+        return _read_tar(locator[1], int(locator[2]), int(locator[3]), max_bytes)
+    if kind == "parquet":
+        return _read_parquet(locator[1], int(locator[2]), int(locator[3]), locator[4], locator[5], max_bytes)
+    if kind == "hf":
+        return _read_hf(locator[1], locator[2], int(locator[3]), locator[4], max_bytes)
+    raise ValueError(f"unknown input locator {locator!r}")
