@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -30,13 +29,6 @@ from . import trust
 from .fsutil import HashingWriter, atomic_write_json, environment_errors, fsync_dir, remove_tree
 
 log = logging.getLogger(__name__)
-
-
-def _test_pause(stage: str) -> None:
-    """Test hook: ``DEEPFEAT_TEST_PAUSE=stage:seconds`` sleeps at that commit stage."""
-    spec = os.environ.get("DEEPFEAT_TEST_PAUSE")
-    if spec and spec.split(":")[0] == stage:
-        time.sleep(float(spec.split(":")[1]))
 
 
 @dataclass
@@ -104,7 +96,6 @@ def write_part(store_dir: str, name: str, features: Mapping[str, np.ndarray], ro
                 files[layout.ROWS_FILE] = _save_table(os.path.join(tmp, layout.ROWS_FILE), rows)
             files[layout.LEDGER_FILE] = _save_table(os.path.join(tmp, layout.LEDGER_FILE), ledger)
             fsync_dir(tmp)
-            _test_pause("before_rename")
             if os.path.exists(final):  # an orphan of a crashed run that never reached the manifest
                 remove_tree(final)
             os.rename(tmp, final)
@@ -196,8 +187,8 @@ class Manifest:
         self._logged = len(found.parts)
         self._log_dirty = bool(found.torn or found.stale)
         if found.torn:
-            log.warning("%s: ignoring the last line of %s, cut short by a crash (%s); that part is redone",
-                        store_dir, layout.COMMIT_LOG_FILE, found.torn)
+            log.warning("%s: ignoring the last line of %s, cut short by a crash or still being written (%s); "
+                        "a resume redoes its part", store_dir, layout.COMMIT_LOG_FILE, found.torn)
 
     @property
     def names(self) -> set[str]:
@@ -212,7 +203,6 @@ class Manifest:
             self._names = self.names
         if record.name in self._names:
             raise StoreError(f"part {record.name} is already committed")
-        _test_pause("before_manifest")
         self.parts.append(record)
         try:
             if (self._token is None or self._log_dirty or self.compact_ratio <= 0
