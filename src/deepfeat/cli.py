@@ -96,7 +96,7 @@ class _Progress:
     and ETAs through the progress reporter (deepfeat.progress)."""
 
     def __init__(self, kind: str, quiet: bool = False, to_stderr: bool = False) -> None:
-        self.kind = kind  # "extract" | "train" | "cnn"
+        self.kind = kind  # "extract" | "train" | "probe" | "cnn"
         self.quiet = quiet
         self.say = _print_error if to_stderr else _print
         self.task: Any = None
@@ -155,6 +155,17 @@ class _Progress:
     def _train_early_stop(self, event: dict[str, Any]) -> None:
         self.say(f"early stopping after epoch {event['epoch']} of {event['epochs']}: no better validation loss "
                  f"for {event['patience']} epochs; keeping epoch {event['best_epoch']}")
+
+    # probe
+    def _probe_plan(self, event: dict[str, Any]) -> None:
+        self.say(f"probe: {event['candidates']} candidates from {event['layers']} layers ({event['dims']:,} dims); "
+                 f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}), "
+                 f"test split: {event['test_split'] or 'none'}; memory budget {format_size(event['memory_budget'])}")
+        self._start("probe", event["epochs"], "epochs")
+
+    def _probe_epoch(self, event: dict[str, Any]) -> None:
+        if self.task is not None:
+            self.task.update(1, training=event["active"], best_val=f"{event['best']:.3f}")
 
     # train-cnn / finetune
     def _cnn_start(self, event: dict[str, Any]) -> None:
@@ -356,37 +367,10 @@ def cmd_fne(args: argparse.Namespace) -> int:
     return 0
 
 
-class _ProbeProgress:
-    """probe()'s events: the plan, a tqdm bar over the epochs (unless quiet)."""
-
-    def __init__(self, quiet: bool) -> None:
-        self.quiet = quiet
-        self.bar = None
-
-    def __call__(self, event: dict[str, Any]) -> None:
-        phase = event["phase"]
-        if phase == "plan":
-            _print(f"probe: {event['candidates']} candidates from {event['layers']} layers ({event['dims']:,} dims); "
-                   f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}), "
-                   f"test split: {event['test_split'] or 'none'}; memory budget {format_size(event['memory_budget'])}")
-            if not self.quiet:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=event["epochs"], unit="epoch", dynamic_ncols=True, desc="probe")
-        elif phase == "epoch" and self.bar is not None:
-            self.bar.update(1)
-            self.bar.set_postfix(training=event["active"], best_val=f"{event['best']:.3f}", refresh=False)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-            self.bar = None
-
-
 def cmd_probe(args: argparse.Namespace) -> int:
     from .probing import probe
 
-    progress = _ProbeProgress(args.quiet)
+    progress = _Progress("probe", args.quiet)
     try:
         r = probe(args.store, args.out, layers=args.layers, groups=args.groups, head=args.head, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, alpha=args.alpha, val_fraction=args.val_fraction,

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import UsageError
 
@@ -115,8 +116,9 @@ def predict_images(
     kind = "probability" if b.probabilistic else "decision"
     k = min(int(top_k), len(b.classes))
     results: dict[int, BundlePrediction] = {}
-    for batch in embed_files(computer, paths, preprocess=b.preprocess, policy=policy, batch_size=batch_size,
-                             workers=workers):
+    for batch in progress.track(embed_files(computer, paths, preprocess=b.preprocess, policy=policy,
+                                            batch_size=batch_size, workers=workers),
+                                "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
         for i, reason, message in batch.failed:
             results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
         if not batch.indices:
@@ -181,14 +183,19 @@ def _policy_of(b: Bundle, cls: Any) -> Any:
 
 
 def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
-    """Write predictions as CSV (``.csv``: path, label_1, score_1, ..., error) or JSON (``.json``).
+    """Write predictions as CSV (``.csv``: path, label_1, score_1, ..., error), JSON (``.json``) or an
+    HTML gallery (``.html``: thumbnails with their top-k, one self-contained page).
 
     Works for :class:`BundlePrediction` and for :class:`deepfeat.classify.Prediction`.
     """
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
-    if ext not in (".csv", ".json"):
-        raise UsageError(f"The 'out' parameter of predict must end in .csv or .json; got {path!r} instead.")
+    if ext not in (".csv", ".json", ".html"):
+        raise UsageError(f"The 'out' parameter of predict must end in .csv, .json or .html; got {path!r} instead.")
+    if ext == ".html":
+        from .reports.gallery import write_gallery
+
+        return write_gallery(preds, path)
     rows = []
     for p in preds:
         scores = list(getattr(p, "scores", None) or getattr(p, "probabilities", None) or [])

@@ -21,9 +21,7 @@ Example:
 """
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import logging
 import os
@@ -34,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..store.fsutil import staged_directory
 from ..store.reader import FeatureStore
 from .stats import FeatureStatistics, check_arguments, feature_statistics
 
@@ -127,16 +126,6 @@ def _table_md(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _table_html(rows: list[dict[str, Any]]) -> str:
-    if not rows:
-        return ""
-    keys = list(rows[0])
-    fmt = _fmt3
-    head = "".join(f"<th>{html.escape(k)}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(fmt(r[k]))}</td>" for k in keys) + "</tr>" for r in rows)
-    return f"<table><tr>{head}</tr>{body}</table>"
-
-
 def analyze(
     store: str | os.PathLike | FeatureStore,
     out: str | os.PathLike,
@@ -166,6 +155,18 @@ def analyze(
     os.makedirs(out, exist_ok=True)
     st = feature_statistics(st_obj, split=split, layers=layers, bins=bins, alpha=alpha, batch_size=batch_size,
                             sample_rows=sample_rows)
+    # every file is written into a staging folder and published at the end: a failure (disk full) leaves
+    # no partial report (EnvironmentFault, exit status 4)
+    with staged_directory(out, f"Writing the report into {out}") as stage:
+        summary = _write_report(st, stage, out, split, bins, alpha, top_k, t0)
+    summary["seconds"] = time.perf_counter() - t0
+    log.info("analyze: report in %s (%.1f s)", summary["report"], summary["seconds"])
+    return summary
+
+
+def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | None, bins: int, alpha: float,
+                  top_k: int, t0: float) -> dict[str, Any]:
+    """Write the report's files into ``out`` (links and paths in it name ``final_out``)."""
     layer_rows = st.layer_summary()
     _write_csv(os.path.join(out, "layers.csv"), layer_rows)
     _write_parquet(os.path.join(out, "layers.parquet"), {k: [r[k] for r in layer_rows] for k in layer_rows[0]})
@@ -218,26 +219,27 @@ def analyze(
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
 
-    def img(key: str) -> str:
-        with open(figs[key], "rb") as fh:
-            return f'<img src="data:image/png;base64,{base64.b64encode(fh.read()).decode()}" alt="{key}">'
+    from ..reports import html as H
 
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>deepfeat analysis</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:auto}} table{{border-collapse:collapse;font-size:12px}}
-td,th{{border:1px solid #ccc;padding:2px 6px}} img{{max-width:100%}}</style></head><body>
-<h1>deepfeat analysis report</h1><p>{html.escape(intro)}</p>
-<h2>Layers</h2>{_table_html(layer_rows)}{img("layers")}
-<h2>Layer &times; class</h2>{img("heatmap_presence")}{img("heatmap_absence")}
-<h2>Classes</h2>{_table_html(class_rows)}
-<h2>Top features per class</h2>{_table_html(top)}
-<h2>AUROC distributions</h2>{img("auroc_hist")}
-<h2>Noise thresholds</h2><p>{html.escape(rule_text)}</p>{_table_html(st.threshold_grid)}
-</body></html>"""
-    with open(os.path.join(out, "report.html"), "w", encoding="utf-8") as f:
-        f.write(page)
-    summary["report"] = os.path.join(out, "report.html")
+    def img(key: str) -> str:
+        return H.img_file(figs[key], key)
+
+    def tab(rows: list[dict[str, Any]]) -> str:
+        return H.table(rows, digits=3)
+
+    body = "".join([
+        H.paragraph(intro),
+        H.section("Layers", tab(layer_rows), img("layers")),
+        H.section("Layer \u00d7 class", img("heatmap_presence"), img("heatmap_absence")),
+        H.section("Classes", tab(class_rows)),
+        H.section("Top features per class", tab(top)),
+        H.section("AUROC distributions", img("auroc_hist")),
+        H.section("Noise thresholds", H.paragraph(rule_text), tab(st.threshold_grid)),
+    ])
+    H.write(os.path.join(out, "report.html"), H.page("deepfeat analysis report", body,
+                                                     subtitle=f"store {st.store} | split {split}"))
+    summary["report"] = os.path.join(final_out, "report.html")
     summary["seconds"] = time.perf_counter() - t0
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:
         json.dump(summary, f, indent=1, default=str)
-    log.info("analyze: report in %s (%.1f s)", summary["report"], summary["seconds"])
     return summary
