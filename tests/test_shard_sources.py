@@ -252,3 +252,29 @@ def test_killed_run_over_shards_resumes_to_the_same_store(fm_dir: Path, tmp_path
     assert sorted(ia) == sorted(ib)
     order = [ib.index(i) for i in ia]
     np.testing.assert_array_equal(xa, xb[order])
+
+
+def test_ray_engine_reads_shards_whole(fm_dir: Path, tmp_path: Path) -> None:
+    """The Ray engine takes the same source: the same store as a local run, one shard per part."""
+    ray = pytest.importorskip("ray")
+    import torch
+
+    _write_shards(fm_dir, tmp_path / "shards", per_shard=20)
+    kw = dict(layers="pre_logits", input_size=32, batch_size=4, part_size=24, device="cpu", runtime="torch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)  # bitwise equality needs the Ray workers' thread count (1 CPU each)
+    try:
+        deepfeat.extract(str(tmp_path / "shards"), tmp_path / "local", workers=0, **kw)
+    finally:
+        torch.set_num_threads(before)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        s = deepfeat.extract(str(tmp_path / "shards"), tmp_path / "ray", engine="ray", ray_workers=2, **kw)
+    finally:
+        ray.shutdown()
+    assert (s.embedded_total, s.parts_committed) == (80, 4), "four 20-sample shards, never two in a 24-input part"
+    store = open_store(str(tmp_path / "ray"))
+    for part in store.parts:
+        shards = {p.split("#")[0] for p in store.read_rows(part, ["path"]).column("path").to_pylist()}
+        assert len(shards) == 1, f"part {part.name} mixes shards {shards}"
+    assert (tmp_path / "ray" / "manifest.json").read_text() == (tmp_path / "local" / "manifest.json").read_text()
