@@ -18,17 +18,18 @@ Sizes: 100 k, 1 M, 10 M and 100 M inputs = 25, 245, 2,442 and 24,415 parts of 4,
   the whole manifest at every commit) and with the commit log (append one fsync'd line; rewrite
   when the log holds 1/16 of the parts): per commit and for the whole job's commits.
 * **resume**: ``_done_ids`` (read the ``id`` column of every part's ledger into a Python set)
-  over real, synthetic ledger files, beside a compact alternative (one sorted numpy array of the
-  10-byte ids) that the figures argue for.
+  over real, synthetic ledger files, beside a compact alternative that the figures argue for (one
+  sorted numpy array of the ids, and the pending filter of all discovered ids with ``np.isin``).
 * **Ray driver**: the memory it holds for the job: discovery list + part plan + decode batches
   + the manifest's part records.
 
-Sizes above ``--max-inputs`` (default 1 M) are not run for the planning / resume columns: they are
+Planning and resume run in a fresh child process per size (clean RSS figures). Sizes above
+``--max-inputs`` (default 1 M) are not run for the planning / resume columns: they are
 extrapolated linearly from the largest size run (per input, or per part) and marked ``*``. The
 manifest and commit columns are always measured (they need no per-input objects).
 
-    python benchmarks/scale_sim.py                      # ~2-4 min on 2 cores
-    python benchmarks/scale_sim.py --max-inputs 10000000   # runs 10 M too (~6 GiB RAM, ~+5 min)
+    python benchmarks/scale_sim.py                      # ~4 min on 2 cores
+    python benchmarks/scale_sim.py --max-inputs 10000000   # runs 10 M too (~6 GiB RAM, ~15 min)
     python benchmarks/scale_sim.py --json figures.json
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ import os
 import platform
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -255,16 +257,17 @@ def resume(n: int, work: str) -> dict[str, float]:
         return ids
 
     arr, t_arr, m_arr = timed(compact_ids)
-    probe = np.array([hashlib.blake2b(f"train/class_0001/img_{i:09d}.jpg".encode(), digest_size=10).hexdigest()
-                      for i in range(0, 20_000)], dtype="S20")
+    # the pending filter of a resume: every discovered id against the done ids (here all are done)
+    discovered = arr.copy()
+    np.random.default_rng(0).shuffle(discovered)
     t = time.perf_counter()
-    hits = np.isin(probe, arr, assume_unique=False)
-    t_probe = time.perf_counter() - t
-    assert hits.any()
-    del arr
+    pending = ~np.isin(discovered, arr, assume_unique=True)
+    t_filter = time.perf_counter() - t
+    assert not pending.any()
+    del arr, discovered
     shutil.rmtree(store)
     return {"parts": len(records), "t_build": t_build, "ledger_bytes": ledger_bytes, "t_done": t_done,
-            "m_done": m_done, "t_compact": t_arr, "m_compact": m_arr, "t_probe_20k": t_probe}
+            "m_done": m_done, "t_compact": t_arr, "m_compact": m_arr, "t_filter": t_filter}
 
 
 # ------------------------------------------------------------------------------- report
@@ -289,13 +292,24 @@ def parts_for(n: int) -> int:
     return -(-n // PART_SIZE)
 
 
+def child(what: str, n: int, work: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, __file__, "--child", what, "--n", str(n), "--work", work],
+                         check=True, capture_output=True, text=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--child", choices=("planning", "resume"), help=argparse.SUPPRESS)
+    ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--max-inputs", type=int, default=1_000_000,
                     help="largest size run for planning and resume (larger ones are extrapolated, marked *)")
     ap.add_argument("--work", default=None, help="directory for the synthetic stores (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON to this file")
     args = ap.parse_args()
+    if args.child:
+        print(json.dumps(planning(args.n) if args.child == "planning" else resume(args.n, args.work)))
+        return
     mach = machine()
     work = tempfile.mkdtemp(prefix="deepfeat-scale-", dir=args.work)
     log(f"work dir {work}")
@@ -304,11 +318,11 @@ def main() -> None:
         res: dict[int, dict] = {}
         man: dict[int, dict] = {}
         for n in SIZES:
-            if n <= args.max_inputs:
+            if n <= args.max_inputs:  # each in a fresh process: RSS growth without reused arenas
                 log(f"planning {n:,} inputs")
-                plan[n] = planning(n)
+                plan[n] = child("planning", n, work)
                 log(f"resume {n:,} inputs")
-                res[n] = resume(n, work)
+                res[n] = child("resume", n, work)
             p = parts_for(n)
             log(f"manifest of {p:,} parts")
             man[n] = manifest_figures(p, work, commits_old=3 if p > 10_000 else 5 if p > 1000 else 20,
@@ -325,11 +339,10 @@ def main() -> None:
         base = ref["parts"] if by_parts else ran[-1]
         return ref[key] * ((parts_for(n) if by_parts else n) / base), True
 
-    # rewrite cost as a function of the manifest's parts: least squares on the measured rewrites
+    # rewrite cost of a manifest of k parts: interpolated between the measured rewrites
     xs = np.array([man[n]["parts"] for n in SIZES], dtype=float)
     ys = np.array([man[n]["old_ms"] / 1e3 for n in SIZES])
-    slope, intercept = np.polyfit(xs, ys, 1)
-    rewrite = lambda k: max(intercept, 0.0) + slope * k  # noqa: E731
+    rewrite = lambda k: float(np.interp(k, xs, ys))  # noqa: E731
 
     rows = []
     for n in SIZES:
@@ -363,6 +376,8 @@ def main() -> None:
         t_done, e1 = scaled(res, ref_res, n, "t_done", by_parts=True)
         m_done, e2 = scaled(res, ref_res, n, "m_done")
         t_arr, _ = scaled(res, ref_res, n, "t_compact", by_parts=True)
+        t_filter, _ = scaled(res, ref_res, n, "t_filter")
+        t_arr += t_filter
         m_arr, _ = scaled(res, ref_res, n, "m_compact")
         star = "*" if e1 or e2 else ""
         cells["resume: done ids (set)"] = f"{fmt_s(t_done)}, {fmt_b(m_done)}{star}"
@@ -383,8 +398,8 @@ def main() -> None:
     print("commit old = one commit rewriting manifest.json (the protocol before the commit log; median of "
           "3-20); commit new = one commit appending to manifest.log (median of 50; the rewrite every ~P/16 "
           "commits costs as much as 'commit old' and is counted in 'all commits new').")
-    print(f"rewrite cost fit: {intercept * 1e3:.1f} ms + {slope * 1e6:.1f} us x parts; "
-          f"whole-job totals follow Manifest.commit's rule (plus the end-of-run compaction).")
+    print("all commits: every commit of the job, following Manifest.commit's rule (plus the end-of-run "
+          "compaction), a rewrite of k parts costing the measured 'commit old' interpolated in k.")
     for n in SIZES:
         mf = man[n]
         print(f"  {mf['parts']:>6,} parts: commit old {mf['old_ms']:8.1f} ms, new median {mf['new_ms']:5.1f} ms "
@@ -399,7 +414,7 @@ def main() -> None:
               f"part_batches {fmt_s(pl['t_batches'])} / {fmt_b(pl['m_batches'])}; ledgers "
               f"{fmt_b(rs['ledger_bytes'])}; _done_ids {fmt_s(rs['t_done'])} / {fmt_b(rs['m_done'])} "
               f"({rs['m_done'] / n:.0f} B per id); sorted array {fmt_s(rs['t_compact'])} / "
-              f"{fmt_b(rs['m_compact'])}, 20k lookups {fmt_s(rs['t_probe_20k'])}")
+              f"{fmt_b(rs['m_compact'])}, pending filter of all ids (np.isin) {fmt_s(rs['t_filter'])}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": mach, "planning": plan, "resume": res, "manifest": man, "table": rows}, f,
