@@ -7,6 +7,7 @@ CPU computes it natively (OpenVINO reports ``BF16`` among the CPU's capabilities
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any
 
 import numpy as np
@@ -18,10 +19,22 @@ _PRECISION_HINT = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}
 IR_FILE = "model.xml"
 
 
-def _core() -> Any:
-    import openvino as ov
+def _openvino() -> Any:
+    """``import openvino``, without OpenVINO's usage telemetry.
 
-    return ov.Core()
+    OpenVINO's model converter reports usage to Google Analytics from a forked child process
+    (which also receives a terminal's Ctrl-C and prints a ``KeyboardInterrupt`` traceback).
+    deepfeat sends no usage data: ``openvino_telemetry`` is hidden, so OpenVINO uses its no-op stub.
+    """
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    import openvino
+
+    return openvino
+
+
+def _core() -> Any:
+    return _openvino().Core()
 
 
 class OpenVINORuntime(ExportedRuntime):
@@ -31,8 +44,9 @@ class OpenVINORuntime(ExportedRuntime):
     precisions = {"cpu": ("fp32", "bf16")}
 
     def setup(self) -> None:
-        import openvino as ov
         import torch
+
+        ov = _openvino()
 
         core = _core()
         h, w = self.backbone.preprocess.input_size
@@ -57,7 +71,7 @@ class OpenVINORuntime(ExportedRuntime):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         try:
-            import openvino  # noqa: F401
+            _openvino()
         except ImportError:
             return "OpenVINO is not installed: pip install openvino"
         return None
@@ -75,9 +89,7 @@ class OpenVINORuntime(ExportedRuntime):
 
     @classmethod
     def version(cls) -> str:
-        import openvino as ov
-
-        return ov.get_version()
+        return _openvino().get_version()
 
     def forward(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         results = self.request.infer([pixels])
