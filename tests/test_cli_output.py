@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -62,3 +63,209 @@ def test_models_help_and_info_never_import_torch(fm_store, tmp_path):
     assert r.returncode == 0, r.stderr
     loaded = r.stdout.strip().splitlines()[-1]
     assert "torch" not in loaded and "timm" not in loaded, loaded
+
+
+@pytest.fixture(scope="module")
+def bundle(fm_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli_output_bundle") / "m.dfm"
+    deepfeat.train(fm_store, solver="exact", out=out)
+    return out
+
+
+def _walk(parser, path=()):
+    import argparse
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _walk(sub, (*path, name))
+        else:
+            yield path, parser, action
+
+
+# --------------------------------------------------------------------------------------------- item 11
+def test_every_option_has_help_and_shows_its_default():
+    """Every option of every command has a help line, and --help shows every default that is not None /
+    off (train --head/--solver/--epochs/--alpha, extract --model/--dtype, export ...); the defaults are
+    the API's own (read from its signatures)."""
+    from deepfeat.apidefaults import api_defaults
+
+    missing = [f"{' '.join(p)} {a.option_strings or a.dest}" for p, _, a in _walk(build_parser())
+               if not a.help and a.dest not in ("help", "version")]
+    assert missing == [], missing
+    parser = build_parser()
+    for path, sub, action in _walk(parser):
+        if not action.option_strings or action.default in (None, False) or action.dest in ("help", "version"):
+            continue
+        text = sub.format_help()
+        options = text[text.index("\noptions:"):]
+        m = re.search(rf"\n  (?:-\w, )?{re.escape(max(action.option_strings, key=len))}\b", options)
+        assert m, (path, action.option_strings)
+        entry = options[m.start() + 1:].split("\n  -")[0]
+        assert "default" in entry.lower(), (path, action.option_strings, entry)
+    subs = {p: s for p, s, _ in _walk(parser)}
+    train_help = " ".join(subs[("train",)].format_help().split())
+    api = api_defaults("deepfeat.training", "train")
+    for flag, dest in (("--epochs", "epochs"), ("--head", "head"), ("--solver", "solver"), ("--alpha", "alpha")):
+        entry = train_help[train_help.index(f"{flag} {dest.upper()} "):]
+        assert f"(default: {api[dest]})" in entry[:200], entry[:200]
+    args = parser.parse_args(["train", "s", "--out", "m.dfm"])
+    assert (args.epochs, args.alpha, args.batch_size, args.head) == (api["epochs"], api["alpha"], api["batch_size"],
+                                                                    api["head"])
+
+
+def test_usage_errors_name_command_line_flags(fm_store, tmp_path, capsys):
+    """Errors raised through the CLI name --batch-size, --layer, ... not 'batch_size' or 'None'."""
+    cases = [
+        (["train", str(fm_store), "--out", str(tmp_path / "a.dfm"), "--batch-size", "0"], "--batch-size"),
+        (["train", str(fm_store), "--out", str(tmp_path / "b.dfm"), "--patience", "-2"], "--patience"),
+        (["train", str(fm_store), "--out", str(tmp_path / "c.dfm"), "--head", "mlp", "--solver", "exact"],
+         "--solver exact with --head mlp"),
+        (["analyze", str(fm_store), "--out", str(tmp_path / "r"), "--top-k", "0"], "--top-k"),
+    ]
+    for argv, flag in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert flag in err, err
+        assert "Traceback" not in err and "parameter" not in err and "None" not in err, err
+        assert not re.search(r"'[a-z]+_[a-z_]+'", err), err  # no Python parameter name such as 'batch_size'
+
+
+def test_lock_message_gives_a_readable_time_and_age(fm_store):
+    from deepfeat.errors import StoreLockedError
+    from deepfeat.store.lock import StoreLock
+
+    with StoreLock(str(fm_store)):
+        with pytest.raises(StoreLockedError) as info:
+            StoreLock(str(fm_store)).acquire()
+    msg = str(info.value)
+    assert f"pid {os.getpid()}" in msg and " UTC (" in msg and " ago)" in msg, msg
+    assert not re.search(r"\d{10}\.\d", msg), msg  # no raw epoch float
+    assert '"since"' not in msg, msg
+
+
+# --------------------------------------------------------------------------------------------- item 12
+def test_progress_is_plain_lines_off_a_terminal_with_rate_and_eta(fm_dir, fm_store, bundle, tmp_path, capsys,
+                                                                   monkeypatch):
+    """stderr is not a terminal here: every long command prints plain progress lines (count, rate, ETA)
+    and a final line, never '\\r' updates; the exact solver says it runs, its estimate and its time."""
+    monkeypatch.setenv("DEEPFEAT_PROGRESS_INTERVAL", "0")  # a line per update: the test need not wait 10 s
+    runs = {
+        "extract": ["extract", str(fm_dir), "--out", str(tmp_path / "s"), *FAST],
+        "evaluate": ["evaluate", str(bundle), str(fm_store)],
+        "analyze": ["analyze", str(fm_store), "--out", str(tmp_path / "rep")],
+        "fne": ["fne", str(fm_store), "--out", str(tmp_path / "fne")],
+        "export": ["export", str(fm_store), "--format", "parquet", "--out", str(tmp_path / "e.parquet")],
+        "predict": ["predict", str(bundle), str(fm_dir / "test")],
+        "exact solver": ["train", str(fm_store), "--out", str(tmp_path / "x.dfm"), "--solver", "exact"],
+    }
+    for what, argv in runs.items():
+        assert main(argv) == 0, what
+        err = capsys.readouterr().err
+        assert "\r" not in err, (what, err)
+        if what == "exact solver":
+            assert re.search(r"exact solver \(LogisticRegression, [\d,]+ x 1,280\): running \(estimated [\d.]+ s\)",
+                             err), err
+            assert re.search(r"exact solver .*: done in [\d.]+ s", err), err
+            continue
+        lines = [ln for ln in err.splitlines() if ln.startswith(what + ":") or ln.startswith(what + " ")]
+        assert any(re.search(r"\d+/\d+ (img|rows) \(\d+%\), [\d,.]+ (img|rows)/s, .* ETA ", ln) for ln in lines) \
+            or what == "analyze" and any("ETA" in ln for ln in lines), (what, err)
+        assert re.search(rf"^{what}.*: [\d,]+ (img|rows) in [\d.]+ s \([\d,.]+ (img|rows)/s\)", err, re.M), (what, err)
+
+
+def test_cli_has_one_progress_renderer():
+    import inspect
+
+    import deepfeat.cli as cli
+
+    source = inspect.getsource(cli)
+    assert "tqdm" not in source  # bars come from deepfeat.progress only
+    assert "_TrainProgress" not in source and "_CNNProgress" not in source
+
+
+def test_early_stopping_is_announced_and_json_summaries(fm_store, fm_dir, tmp_path, capsys):
+    out = tmp_path / "m.dfm"
+    assert main(["train", str(fm_store), "--out", str(out), "--solver", "stream", "--patience", "1", "--val-fraction",
+                 "0.5", "--json"]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)  # stdout is exactly one JSON document
+    assert doc["command"] == "train" and doc["exit_status"] == 0 and doc["bundle"] == str(out)
+    assert doc["stopped_early"] is True and doc["best_epoch"] < doc["epochs_run"] < 20
+    assert re.search(rf"early stopping after epoch {doc['epochs_run']} of 20: no better validation loss for 1 "
+                     rf"epochs; keeping epoch {doc['best_epoch']}", cap.err), cap.err
+    assert "done in" in cap.err and "stopped early" in cap.err
+
+    assert main(["extract", str(fm_dir), "--out", str(tmp_path / "s"), *FAST, "--json"]) == 0
+    cap = capsys.readouterr()
+    doc = json.loads(cap.out)
+    assert doc["command"] == "extract" and doc["embedded_total"] == 80 and doc["accounted"] is True
+    assert "done in" in cap.err
+
+
+# --------------------------------------------------------------------------------------------- item 7
+def test_auto_solver_respects_the_memory_budget_and_a_time_estimate(fm_store, tmp_path, capsys):
+    """LinearSVC (liblinear) holds ~28 bytes per value: at a 1 MiB budget auto streams (it used to count
+    12 and pick the exact solver); the issue's 3,603 x 22,288 x 10-class job is estimated at ~13 min,
+    so auto streams it too."""
+    from deepfeat.training import _choose_solver, exact_cost
+
+    r = deepfeat.train(fm_store, head="svm", memory_budget="1MiB", epochs=2)
+    assert r.solver == "stream"
+    need, _ = exact_cost("svm", r.n_train, 1280, 10)
+    assert 1 << 20 < need <= 28 * r.n_train * 1280
+    assert main(["train", str(fm_store), "--out", str(tmp_path / "auto.dfm"), "--head", "svm", "--memory-budget",
+                 "1MiB", "--epochs", "1"]) == 0
+    assert "solver: stream (auto: the exact solver needs about" in capsys.readouterr().out
+    b, t = exact_cost("logreg", 3603, 22288, 10)
+    solver, why = _choose_solver("auto", "logreg", b, t, 1 << 30)
+    assert solver == "stream" and t > 600 and "--solver exact forces it" in why
+    assert _choose_solver("auto", "logreg", *exact_cost("logreg", 3603, 1280, 10), 1 << 30)[0] == "exact"
+
+
+# --------------------------------------------------------------------------------------------- item 10
+def _limited(argv: list[str], limit: int, cwd: Path) -> subprocess.CompletedProcess:
+    """The CLI in a subprocess whose files cannot grow past ``limit`` bytes (RLIMIT_FSIZE: EFBIG, as on a
+    full disk); Python ignores SIGXFSZ, so writes fail with an error instead of killing the process."""
+    import resource
+
+    def limit_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "deepfeat.cli", *argv], capture_output=True, text=True,
+                          timeout=300, preexec_fn=limit_files, cwd=cwd,
+                          env={**os.environ, "MPLCONFIGDIR": str(cwd / "mpl")})
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics")
+def test_disk_full_while_writing_a_bundle_or_a_report_exits_4_and_leaves_nothing(fm_store, tmp_path):
+    models = tmp_path / "models"
+    models.mkdir()
+    r = _limited(["train", str(fm_store), "--out", str(models / "m.dfm"), "--solver", "exact"], 16 << 10, tmp_path)
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr and "disk is full" in r.stderr, r.stderr
+    assert os.listdir(models) == []  # neither the bundle nor a temporary file
+
+    report = tmp_path / "report"
+    r = _limited(["analyze", str(fm_store), "--out", str(report)], 16 << 10, tmp_path)
+    assert r.returncode == 4, r.stderr
+    assert "Traceback" not in r.stderr and "disk is full" in r.stderr, r.stderr
+    assert not report.exists() or os.listdir(report) == [], os.listdir(report)
+    # with room, the same commands write everything
+    assert main(["analyze", str(fm_store), "--out", str(report)]) == 0
+    assert {"report.html", "features.parquet", "summary.json"} <= set(os.listdir(report))
+    assert not [n for n in os.listdir(report) if n.startswith(".")]
+
+
+# --------------------------------------------------------------------------------------------- item 9
+def test_plot_filters_defaults_to_the_models_first_convolution(tmp_path, capsys):
+    out = tmp_path / "f.png"
+    assert main(["plot", "filters", "efficientnet_lite0", "--out", str(out)]) == 0
+    assert "conv_stem: 32 filters (32x3x3x3), RGB" in capsys.readouterr().out
+    assert out.stat().st_size > 1000
+
+
+def test_predict_on_a_missing_file_says_missing(bundle, tmp_path, capsys):
+    assert main(["predict", str(bundle), str(tmp_path / "nope.jpg")]) == 1
+    out = capsys.readouterr().out
+    assert "missing" in out and "vanished" not in out

@@ -37,6 +37,7 @@ from .data.preprocess import Preprocess
 from .errors import BundleError, StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .store import trust
+from .store.fsutil import as_os_error, environment_errors
 from .store.reader import LayerSpec
 
 FORMAT_NAME = "deepfeat-bundle"
@@ -284,18 +285,26 @@ def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preproc
     # the bundle gets the umask's permissions (0644) like every other output: a file created with
     # mode 0o666 shows them; safetensors (and mkstemp) would leave 0600
     tmp = os.path.join(folder, f".tmp-{os.getpid()}-{os.urandom(4).hex()}{SUFFIX}")
-    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
-    try:
-        mode = os.stat(tmp).st_mode & 0o777
-        save_file(tensors, tmp, metadata={META_KEY: json.dumps(doc, default=_json_default)})
-        os.chmod(tmp, mode)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    # disk full / file too large: an EnvironmentFault (exit status 4), and no partial bundle anywhere
+    with environment_errors(f"Writing the bundle {path}"):
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        try:
+            mode = os.stat(tmp).st_mode & 0o777
+            try:
+                save_file(tensors, tmp, metadata={META_KEY: json.dumps(doc, default=_json_default)})
+            except Exception as exc:  # safetensors' SafetensorError wraps the OS error: "... (os error 28)"
+                err = as_os_error(exc)
+                if err is exc:
+                    raise
+                raise err from exc
+            os.chmod(tmp, mode)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
     return path
 
 

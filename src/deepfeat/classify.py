@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from . import progress
 from .data.decode import DecodePolicy
 from .errors import UsageError
 from .models.registry import Backbone, load_backbone
@@ -89,8 +90,9 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
     computer = build_runtime(bb, layer_specs(bb, OUTPUT, "none", infos), infos, runtime=runtime, device=device,
                              precision=precision)
     preds: list[Prediction] = []
-    for batch in embed_files(computer, paths, preprocess=bb.preprocess, policy=policy, batch_size=batch_size,
-                             workers=workers):
+    for batch in progress.track(embed_files(computer, paths, preprocess=bb.preprocess, policy=policy,
+                                            batch_size=batch_size, workers=workers),
+                                "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
         preds.extend(Prediction(paths[i], error=f"{reason}: {message}") for i, reason, message in batch.failed)
         if not batch.indices:
             continue

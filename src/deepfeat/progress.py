@@ -14,8 +14,9 @@ installs a :class:`Reporter` (``with reporter.installed(): ...``) that renders t
 
 * stderr is a terminal: a tqdm bar per task (count, rate, ETA), notes printed above the bars;
 * otherwise (a log file, a pipe, CI): plain lines, at most one every ``interval`` seconds
-  (10 s by default) and one per 10 % step at most once a second, each with the count, the rate
-  and the ETA, and one final line per task -- never hundreds of ``\\r`` updates.
+  (10 s by default, ``DEEPFEAT_PROGRESS_INTERVAL``) and one per 10 % step at most once a second,
+  each with the count, the rate and the ETA, and one final line per task that took a while --
+  never hundreds of ``\\r`` updates.
 
 :func:`timer` covers calls that report nothing while they run (scikit-learn's exact solvers): it
 says what is running and its estimated duration, prints the elapsed time periodically and how
@@ -26,19 +27,21 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import logging
+import os
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from typing import Any, TextIO
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, TextIO, TypeVar
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
 DEFAULT_INTERVAL = 10.0  #: seconds between two plain progress lines (at most)
 
 
 def format_duration(seconds: float) -> str:
-    """``4.2 s``, ``3 min 05 s``, ``2 h 07 min``.
+    """``4.2 s``, ``3 min 05 s``, ``2 h 07 min``, ``3 d 04 h``.
 
     Example:
         >>> format_duration(185)
@@ -51,8 +54,11 @@ def format_duration(seconds: float) -> str:
     if seconds < 3600:
         m, s = divmod(int(round(seconds)), 60)
         return f"{m} min {s:02d} s"
-    h, rest = divmod(int(round(seconds)), 3600)
-    return f"{h} h {rest // 60:02d} min"
+    if seconds < 2 * 86400:
+        h, rest = divmod(int(round(seconds)), 3600)
+        return f"{h} h {rest // 60:02d} min"
+    d, rest = divmod(int(round(seconds)), 86400)
+    return f"{d} d {rest // 3600:02d} h"
 
 
 def _count(n: float) -> str:
@@ -147,10 +153,12 @@ class _PlainTask(Task):
         self.reporter = reporter
         self._last = self.start
         self._next = 0.1
+        self._printed = False
 
     def _render(self, final: bool) -> None:
         if final:
-            if not self.transient:
+            # a task over in a blink (one image to predict) leaves no line; a long one always ends with one
+            if not self.transient and (self._printed or self.elapsed() >= min(2.0, self.reporter.interval)):
                 self.reporter.write(self.status(final=True))
             return
         now = time.monotonic()
@@ -159,6 +167,7 @@ class _PlainTask(Task):
             self._last = now
             if self.total:
                 self._next = (int(self.n / self.total * 10) + 1) / 10
+            self._printed = True
             self.reporter.write(self.status())
 
 
@@ -199,7 +208,7 @@ class Reporter:
     ``"plain"`` or ``"off"`` (``-q``: no progress, notes still printed).
     """
 
-    def __init__(self, mode: str = "auto", stream: TextIO | None = None, interval: float = DEFAULT_INTERVAL) -> None:
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, interval: float | None = None) -> None:
         self.stream = stream if stream is not None else sys.stderr
         if mode == "auto":
             isatty = getattr(self.stream, "isatty", None)
@@ -207,6 +216,8 @@ class Reporter:
         if mode not in ("bar", "plain", "off"):
             raise ValueError(f"unknown progress mode {mode!r}")
         self.mode = mode
+        if interval is None:
+            interval = float(os.environ.get("DEEPFEAT_PROGRESS_INTERVAL", DEFAULT_INTERVAL))
         self.interval = float(interval)
         self._lock = threading.Lock()
 
@@ -255,6 +266,20 @@ def task(desc: str, total: float | None = None, unit: str = "it", transient: boo
     """
     r = _current.get()
     return r.task(desc, total, unit, transient) if r is not None else _LogTask(desc, total, unit, transient)
+
+
+def track(items: Iterable[T], desc: str, total: float | None = None, unit: str = "it",
+          size: Callable[[T], float] | None = None, transient: bool = False) -> Iterator[T]:
+    """Yield ``items`` while advancing a :func:`task` by ``size(item)`` (1 by default) per item.
+
+    Example:
+        >>> sum(len(b) for b in track([[1, 2], [3]], "demo", total=3, size=len))
+        3
+    """
+    with task(desc, total, unit, transient) as t:
+        for item in items:
+            yield item
+            t.update(size(item) if size is not None else 1)
 
 
 def note(message: str) -> None:

@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from . import progress as progress_mod
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .store.fsutil import remove_orphan_temps
@@ -54,6 +55,18 @@ SOLVERS = ("auto", "stream", "exact")
 CLASS_WEIGHTS = (None, "balanced")
 DEFAULT_LR = {"logreg": 1e-3, "svm": 1e-3, "mlp": 1e-3}
 DEFAULT_MEMORY_BUDGET = 1 << 30
+#: bytes per (row x dim) value the exact solvers hold at their peak: the float32 matrix (4) plus what
+#: scikit-learn adds. Measured with scikit-learn 1.9 (tests/test_cli_output.py keeps them honest):
+#: LinearSVC (liblinear) adds ~24 (a float64 copy + liblinear's 16-byte index/value nodes);
+#: LogisticRegression (lbfgs) adds ~4, budgeted as 8 for versions that copy to float64.
+EXACT_BYTES_PER_VALUE = {"logreg": 4 + 8, "svm": 4 + 24}
+#: seconds per (row x dim x class) of an exact fit, a pessimistic rate: the issue's 3,603 x 22,288
+#: Fashion-MNIST features (10 classes) took 764 s with lbfgs (0.95 us); separable features need
+#: hundreds of iterations.
+EXACT_SECONDS_PER_VALUE_CLASS = 1e-6
+EXACT_OVERHEAD_SECONDS = 2.0  #: scikit-learn's fixed cost (input checks, label encoding)
+#: ``solver="auto"`` uses the exact solver only when its time estimate is below this
+EXACT_AUTO_MAX_SECONDS = 60.0
 ProgressFn = Callable[[dict[str, Any]], None]
 _HOLDOUT_KEY = b"deepfeat-val"
 
@@ -377,6 +390,36 @@ def _class_weights(class_weight: Any, counts: Mapping[str, int], classes: Sequen
     return {c: float(class_weight.get(c, 1.0)) for c in classes}
 
 
+def exact_cost(head: str, rows: int, dims: int, classes: int) -> tuple[int, float]:
+    """(peak bytes, pessimistic seconds) of the exact solver on ``rows`` x ``dims`` with ``classes``.
+
+    Example:
+        >>> b, t = exact_cost("logreg", 3603, 22288, 10)
+        >>> round(b / 2**20), round(t)
+        (919, 805)
+    """
+    per_value = EXACT_BYTES_PER_VALUE.get(head, EXACT_BYTES_PER_VALUE["logreg"])
+    work = rows * dims * max(1, classes if classes > 2 else 1)
+    return rows * dims * per_value, EXACT_OVERHEAD_SECONDS + work * EXACT_SECONDS_PER_VALUE_CLASS
+
+
+def _choose_solver(solver: str, head: str, exact_bytes: int, exact_seconds: float, budget: int) -> tuple[str, str]:
+    """``solver="auto"``: the exact solver when it fits the memory budget and its time estimate is short."""
+    from .progress import format_duration
+
+    need = f"the exact solver needs about {format_size(exact_bytes)} and {format_duration(exact_seconds)}"
+    if solver != "auto":
+        return solver, ""
+    if head == "mlp":
+        return "stream", "auto: the mlp head always streams"
+    if exact_bytes > budget:
+        return "stream", f"auto: {need}, over the memory budget of {format_size(budget)}"
+    if exact_seconds > EXACT_AUTO_MAX_SECONDS:
+        return "stream", (f"auto: {need}, longer than {format_duration(EXACT_AUTO_MAX_SECONDS)}; --solver exact "
+                          "forces it")
+    return "exact", f"auto: {need}, within the memory budget of {format_size(budget)}"
+
+
 def train(
     store: str | os.PathLike | FeatureStore,
     layers: str | Sequence[str] | None = None,
@@ -456,9 +499,8 @@ def train(
         _check_class_names(plan.classes)
     weights = _class_weights(class_weight, plan.counts, plan.classes)
     lr = DEFAULT_LR[head] if lr is None else float(lr)
-    exact_bytes = plan.n_train * dims * (4 + 8)
-    if solver == "auto":
-        solver = "exact" if head != "mlp" and exact_bytes <= budget else "stream"
+    exact_bytes, exact_seconds = exact_cost(head, plan.n_train, dims, len(plan.classes))
+    solver, solver_reason = _choose_solver(solver, head, exact_bytes, exact_seconds, budget)
     mem = plan_memory(budget, dims, np.dtype(store.dtype).itemsize, batch_size)
     buffer, io_batch = mem.shuffle_rows, mem.io_batch
     plan.read_bytes = mem.read_bytes
@@ -467,7 +509,8 @@ def train(
     if progress:
         progress({"phase": "scan", "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source,
                   "classes": list(plan.classes), "dims": dims, "solver": solver, "layers": specs,
-                  "exact_bytes": exact_bytes, "memory_budget": budget})
+                  "exact_bytes": exact_bytes, "exact_seconds": exact_seconds, "solver_reason": solver_reason,
+                  "memory_budget": budget})
     config = {"store": os.path.abspath(store.path), "store_fingerprint": store.metadata.get("fingerprint"),
               "layers": names, "head": head, "solver": solver, "hidden": list(sizes) if head == "mlp" else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
@@ -486,7 +529,8 @@ def train(
         if exact_bytes > budget:
             log.warning("the exact solver needs about %s for %d x %d features, over the memory budget of %s",
                         format_size(exact_bytes), plan.n_train, dims, format_size(budget))
-        scaler, model = _fit_exact(store, names, plan, dims, head, model, alpha, weights, seed, io_batch, progress)
+        scaler, model = _fit_exact(store, names, plan, dims, head, model, alpha, weights, seed, io_batch, progress,
+                                   exact_seconds)
     else:
         ckpt = checkpoint_path(out) if out is not None and checkpoint else None
         scaler, model, history, best_epoch = _fit_stream(
@@ -610,8 +654,10 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
                 progress({"phase": "resume", "epoch": run.epoch, "epochs": epochs, "path": ckpt})
     if run.epoch == 0:
         t0 = time.perf_counter()
-        for X, _ in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):
-            scaler.partial_fit(X)
+        with progress_mod.task("feature statistics", total=plan.n_train, unit="rows", transient=True) as task:
+            for X, _ in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):
+                scaler.partial_fit(X)
+                task.update(len(X))
         if progress:
             progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
     for epoch in range(run.epoch + 1, epochs + 1):
@@ -621,13 +667,15 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
         loss_sum, rows = 0.0, 0
         # cosine decay of the step size over the planned epochs, down to 5 % of lr
         factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
-        for X, y in _train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
-                                   buffer=buffer):
-            if hasattr(model, "classes_"):
-                model.set_lr_scale(factor)
-            model.partial_fit(scaler.transform(X), y, classes=plan.classes)
-            loss_sum += model.loss_ * len(y)
-            rows += len(y)
+        with progress_mod.task(f"epoch {epoch}/{epochs}", total=plan.n_train, unit="rows", transient=True) as task:
+            for X, y in _train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
+                                       buffer=buffer):
+                if hasattr(model, "classes_"):
+                    model.set_lr_scale(factor)
+                model.partial_fit(scaler.transform(X), y, classes=plan.classes)
+                loss_sum += model.loss_ * len(y)
+                rows += len(y)
+                task.update(len(y))
         train_seconds = time.perf_counter() - t0
         val = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
         record = {"epoch": epoch, "train_loss": loss_sum / max(rows, 1), "rows": rows,
@@ -653,6 +701,10 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
         if patience is not None and val and run.stale >= patience:
             log.info("early stopping after epoch %d (best epoch %d)", epoch, run.best_epoch)
             run.stopped = True
+            record["stopped_early"] = True
+            if progress:
+                progress({"phase": "early_stop", "epoch": epoch, "epochs": epochs, "patience": patience,
+                          "best_epoch": run.best_epoch})
         if ckpt is not None:
             _save_run(ckpt, fingerprint, model, scaler, run)
             if progress:
@@ -666,8 +718,8 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
 
 
 def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, kind: str, model: Any, alpha: float,
-               weights: dict[str, float] | None, seed: int, io_batch: int, progress: ProgressFn | None
-               ) -> tuple[StreamingScaler, Any]:
+               weights: dict[str, float] | None, seed: int, io_batch: int, progress: ProgressFn | None,
+               estimate: float | None = None) -> tuple[StreamingScaler, Any]:
     """Load the training rows, standardise them in place and fit scikit-learn's solver."""
     from sklearn.exceptions import ConvergenceWarning
 
@@ -675,13 +727,17 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
     X = np.empty((plan.n_train, dims), dtype=np.float32)
     y = np.empty(plan.n_train, dtype=object)
     pos = 0
-    for Xb, yb in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=io_batch):
-        X[pos:pos + len(yb)] = Xb
-        y[pos:pos + len(yb)] = yb
-        pos += len(yb)
+    scaler = StreamingScaler()
+    with progress_mod.task("load training rows", total=plan.n_train, unit="rows") as task:
+        for Xb, yb in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=io_batch):
+            X[pos:pos + len(yb)] = Xb
+            y[pos:pos + len(yb)] = yb
+            pos += len(yb)
+            # statistics batch by batch: fitting the whole matrix at once made two float64 copies of it
+            scaler.partial_fit(Xb)
+            task.update(len(yb))
     if pos != plan.n_train:
         raise StoreError(f"The store {store.path!r} changed while training ({pos} rows read, {plan.n_train} expected).")
-    scaler = StreamingScaler().fit(X)
     X -= scaler.mean_.astype(np.float32)
     X /= scaler.scale_.astype(np.float32)
     C = 1.0 / (alpha * plan.n_train) if alpha > 0 else None
@@ -697,7 +753,8 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
         est = LinearSVC(C=C if C is not None else 1e6, loss=params["loss"], multi_class=params["multi_class"],
                         class_weight=weights, max_iter=5000, random_state=seed, dual="auto" if params["loss"] ==
                         "squared_hinge" else True)
-    with warnings.catch_warnings(record=True) as caught:
+    with warnings.catch_warnings(record=True) as caught, \
+            progress_mod.timer(f"exact solver ({type(est).__name__}, {plan.n_train:,} x {dims:,})", estimate):
         warnings.simplefilter("always", ConvergenceWarning)
         est.fit(X, y.astype(str))
     for w in caught:

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import progress
 from ..errors import StoreError, UsageError
 from ..store import layout
 from ..store.create import prepare_store_dir, write_excluded
@@ -181,7 +182,8 @@ def feature_stats(store: FeatureStore, specs: Sequence[LayerSpec], split: str | 
                   batch_size: int = 4096) -> RunningStats:
     """Streaming per-feature statistics of the chosen layers over view 0 of ``split``."""
     rs = RunningStats(sum(s.dims for s in specs))
-    for X, _ in split_batches(store, specs, split, batch_size):
+    for X, _ in progress.track(split_batches(store, specs, split, batch_size), "fne: statistics", unit="rows",
+                               size=lambda b: len(b[0])):
         rs.update(X)
     if rs.n == 0:
         raise UsageError(f"The store {store.path!r} has no rows in split {split!r} to compute statistics from.")
@@ -350,7 +352,7 @@ def full_network_embedding(
                              resumed=resumed)
         counts = np.zeros(3, dtype=np.int64)
         done = manifest.names
-        for part in src.parts:
+        for part in progress.track(src.parts, "fne", total=src.num_rows(), unit="rows", size=lambda p: p.rows):
             if part.name in done:
                 summary.parts_skipped += 1
                 continue

@@ -58,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import progress
 from ..errors import UsageError
 from ..store.reader import FeatureStore, LayerSpec, open_store
 from . import fne as _fne
@@ -354,7 +355,10 @@ def feature_statistics(
     rs = RunningStats(D)
     res = Reservoir(sample_rows, D, seed, dtype=_exact_dtype(st.dtype))
     classes: set[str] = set()
-    for X, y in split_batches(st, specs, split, batch_size):
+    seen = 0
+    for X, y in progress.track(split_batches(st, specs, split, batch_size), "analyze: pass 1 of 2", unit="rows",
+                               size=lambda b: len(b[1])):
+        seen += len(y)
         keep = np.asarray([v is not None for v in y], dtype=bool)
         Xk = X if keep.all() else X[keep]
         rs.update(Xk)
@@ -373,7 +377,8 @@ def feature_statistics(
     ref = np.full(D * bins, np.nan)              # the first value seen in each (feature, bin)
     multi = np.zeros(D * bins, dtype=bool)       # the (feature, bin) holds two different values
     feat_off = (np.arange(D) * bins)[None, :]
-    for X, y in split_batches(st, specs, split, batch_size):
+    for X, y in progress.track(split_batches(st, specs, split, batch_size), "analyze: pass 2 of 2", total=seen,
+                               unit="rows", size=lambda b: len(b[1])):
         keep = np.asarray([v is not None for v in y], dtype=bool)
         if not keep.any():
             continue

@@ -40,6 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import progress
 from ..errors import StoreError, UsageError
 from ..units import format_size
 from . import layout
@@ -102,7 +103,10 @@ class _Selection:
         return mask
 
     def chunks(self) -> Iterator[tuple[PartRecord, pa.Table, dict[str, np.ndarray]]]:
-        """Per part: (part, selected row metadata, {layer key: selected rows x dims})."""
+        """Per part: (part, selected row metadata, {layer key: selected rows x dims}), with progress."""
+        return progress.track(self._chunks(), "export", total=self.total, unit="rows", size=lambda c: c[1].num_rows)
+
+    def _chunks(self) -> Iterator[tuple[PartRecord, pa.Table, dict[str, np.ndarray]]]:
         for part in self.parts:
             meta = self.store.read_rows(part)
             idx = np.flatnonzero(self._mask(meta))

@@ -26,6 +26,10 @@ def fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+#: errors that mean "no room for this write": disk full, a file size limit (RLIMIT_FSIZE), a quota
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+
+
 @contextlib.contextmanager
 def environment_errors(what: str) -> Iterator[None]:
     """Turn ``OSError`` into ``EnvironmentFault`` with a message naming ``what``."""
@@ -34,8 +38,23 @@ def environment_errors(what: str) -> Iterator[None]:
     except EnvironmentFault:
         raise
     except OSError as exc:
-        hint = " The disk is full: free space and rerun the same command to resume." if exc.errno == errno.ENOSPC else ""
+        hint = (" The disk is full (or a file size limit or quota was hit): free space and rerun the same command "
+                "to resume." if exc.errno in DISK_FULL_ERRNOS else "")
         raise EnvironmentFault(f"{what} failed: {exc}.{hint}") from exc
+
+
+def as_os_error(exc: BaseException) -> BaseException:
+    """A library's wrapped OS error (safetensors: ``I/O error: File too large (os error 27)``; pyarrow:
+    ``[Errno 28] No space left on device``) as an ``OSError`` with its errno; other errors unchanged."""
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    import re
+
+    m = re.search(r"\(os error (\d+)\)|\[Errno (\d+)\]", str(exc))
+    if m is None:
+        return exc
+    code = int(m.group(1) or m.group(2))
+    return OSError(code, f"{os.strerror(code)} ({type(exc).__name__}: {exc})")
 
 
 class HashingWriter:
@@ -114,6 +133,46 @@ def remove_orphan_temps(path: str) -> list[str]:
     return removed
 
 
+STAGING_PREFIX = ".tmp-staging-"
+
+
+@contextlib.contextmanager
+def staged_directory(final: str, what: str) -> Iterator[str]:
+    """Write a set of files into a hidden staging folder inside ``final``; publish them only when all succeeded.
+
+    On success every file is renamed into ``final`` (replacing older ones of the same name); on any
+    error the staging folder is deleted, so no partial file is ever visible in ``final``, and an
+    ``OSError`` becomes an :class:`EnvironmentFault` (exit status 4; disk full says so). Staging
+    folders of writers that died are removed at the next start.
+    """
+    os.makedirs(final, exist_ok=True)
+    for name in os.listdir(final):
+        pid = name[len(STAGING_PREFIX):].split("-")[0]
+        if name.startswith(STAGING_PREFIX) and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(os.path.join(final, name), ignore_errors=True)
+    stage = os.path.join(final, f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")
+    try:
+        with environment_errors(what):
+            os.mkdir(stage)
+            yield stage
+            for name in sorted(os.listdir(stage)):
+                os.replace(os.path.join(stage, name), os.path.join(final, name))
+            os.rmdir(stage)
+    finally:
+        if os.path.isdir(stage):
+            shutil.rmtree(stage, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def atomic_write_json(path: str, obj: Any) -> None:
     """Atomically replace ``path`` with ``obj`` as indented JSON."""
     atomic_write_bytes(path, (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode())
@@ -124,7 +183,8 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def sha256_file(path: str, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in chunks (the one implementation: stores, weights, runtime cache)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):

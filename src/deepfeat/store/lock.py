@@ -5,8 +5,10 @@ stale lock behind. The lock file records the holder's pid and host for the error
 """
 from __future__ import annotations
 
+import datetime
 import fcntl
 import json
+import math
 import os
 import socket
 import time
@@ -14,6 +16,35 @@ import time
 from ..errors import EnvironmentFault, StoreLockedError
 
 LOCK_NAME = ".lock"
+
+
+def describe_holder(text: str, now: float | None = None) -> str:
+    """The lock file's record for people: ``pid 4242 on host1, since 2026-11-30 18:52:21 UTC (3 min 05 s ago)``.
+
+    Example:
+        >>> describe_holder('{"pid": 7, "host": "h", "since": 0}', now=65)
+        'pid 7 on h, since 1970-01-01 00:00:00 UTC (1 min 05 s ago)'
+    """
+    from ..progress import format_duration
+
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        doc = None
+    if not isinstance(doc, dict):
+        return text[:200] or "unknown"
+    parts = []
+    if doc.get("pid") is not None:
+        parts.append(f"pid {doc['pid']}")
+    if doc.get("host"):
+        parts.append(f"on {doc['host']}")
+    since = doc.get("since")
+    if isinstance(since, (int, float)) and not isinstance(since, bool) and math.isfinite(since):
+        when = datetime.datetime.fromtimestamp(since, datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        age = (time.time() if now is None else now) - since
+        parts[-1:] = [f"{parts[-1]}, since {when}" if parts else f"since {when}"]
+        parts.append(f"({format_duration(age)} ago)" if age >= 0 else "(clock skew: in the future)")
+    return " ".join(parts) or "unknown"
 
 
 class StoreLock:
@@ -42,7 +73,7 @@ class StoreLock:
             finally:
                 os.close(fd)
             raise StoreLockedError(
-                f"The store {os.path.dirname(self.path)!r} is locked by another writer ({holder or 'unknown'}). "
+                f"The store {os.path.dirname(self.path)!r} is locked by another writer ({describe_holder(holder)}). "
                 "Wait for it to finish, or stop it; a killed writer releases the lock by itself."
             ) from None
         except OSError as exc:

@@ -97,9 +97,16 @@ def _unit(a: np.ndarray) -> np.ndarray:
     return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
 
 
-def _conv_module(bb: "Backbone", layer: str):
+def _conv_module(bb: "Backbone", layer: str | None):
+    """(name, Conv2d) of ``layer`` or of the first convolution inside it; ``None``: the model's first convolution."""
     from torch import nn
 
+    if layer is None:
+        for name, sub in bb.model.named_modules():
+            if isinstance(sub, nn.Conv2d):
+                return name, sub
+        raise UsageError(f"The model {bb.name!r} holds no convolution layer; 'plot filters' shows convolution "
+                         "filters.")
     try:
         module = bb.model.get_submodule(layer)
     except AttributeError:
@@ -119,14 +126,15 @@ def _conv_module(bb: "Backbone", layer: str):
 
 
 # ----------------------------------------------------------------------------- filters
-def plot_filters(model: "str | os.PathLike | Backbone", layer: str, out: str | os.PathLike, *,
+def plot_filters(model: "str | os.PathLike | Backbone", layer: str | None, out: str | os.PathLike, *,
                  max_filters: int = 64, max_channels: int = 16, dpi: int = DEFAULT_DPI) -> PlotResult:
     """The learnt filters of a convolution layer.
 
     Filters with 3 input channels (a first layer) are shown as RGB tiles, filters with one
     input channel (a grayscale first layer, depthwise convolutions) as gray tiles, one per
     filter; deeper filters as a grid of one gray tile per (filter, input channel). Each tile is
-    scaled to its own range. ``layer`` may name a block holding a convolution (e.g. ``conv1``).
+    scaled to its own range. ``layer`` may name a block holding a convolution (e.g. ``conv1``);
+    ``None`` shows the model's first convolution (``conv_stem`` for EfficientNet, ``conv1`` for a ResNet).
     """
     bb = _backbone(model)
     name, conv = _conv_module(bb, layer)
