@@ -9,6 +9,8 @@ the start of that process and of every decode worker it spawns, which monkeypatc
   part written and fsync'd under ``.tmp/`` but not yet renamed into ``parts/``; or renamed into
   ``parts/`` but not yet in the manifest -- it creates ``marker`` and sleeps ``s`` seconds, so
   the test can kill it exactly there, with exactly k parts committed.
+- ``started=path``: creates ``path`` when ``deepfeat.extract`` is entered (past Python's start-up
+  and the imports of the command line).
 - ``crash_on="name"``: a decode worker that is handed an input whose locator contains
   ``name`` dies at once (``os._exit(70)``), as when a codec segfaults.
 """
@@ -37,6 +39,8 @@ def install_from_env() -> None:
         crash_on(spec["crash_on"])
     if "pause" in spec and not _spawned_child():
         pause(**spec["pause"])
+    if "started" in spec and not _spawned_child():
+        started(spec["started"])
 
 
 def _spawned_child() -> bool:
@@ -64,6 +68,19 @@ def crash_on(needle: str) -> None:
     pool = sys.modules.get("deepfeat.engines.decode_pool")
     if pool is not None:  # already imported: it holds its own reference
         pool.prepare_batch = prepare_batch  # type: ignore[attr-defined]
+
+
+def started(marker: str) -> None:
+    """Create ``marker`` when ``deepfeat.extraction.extract`` is called."""
+    from deepfeat import extraction
+
+    original = extraction.extract
+
+    def extract(*args, **kwargs):  # type: ignore[no-untyped-def]
+        Path(marker).touch()
+        return original(*args, **kwargs)
+
+    extraction.extract = extract
 
 
 def pause(stage: str, seconds: float, marker: str, after: int = 0) -> None:

@@ -1,6 +1,7 @@
 """Run a child Python process and SIGKILL it once it reaches a point it marks with a file."""
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -31,3 +32,27 @@ def kill_at_marker(script: str, args: list[str], marker: Path, timeout: float, *
         if proc.poll() is None:
             proc.kill()
     return proc.returncode
+
+
+def group_processes(pgid: int) -> list[int]:
+    """Live (not zombie) processes of process group ``pgid``, from /proc."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:  # ended meanwhile
+            continue
+        if int(fields[2]) == pgid and fields[0] not in ("Z", "X"):
+            pids.append(int(entry))
+    return pids
+
+
+def wait_group_empty(pgid: int, timeout: float) -> list[int]:
+    """Wait until process group ``pgid`` has no live process; return the ones still there at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (left := group_processes(pgid)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return left

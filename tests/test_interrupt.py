@@ -1,0 +1,130 @@
+"""Ctrl-C during ``extract`` as a terminal sends it: SIGINT to the whole process group.
+
+Each try starts ``deepfeat extract`` in its own process group (its decode workers are in it
+too), interrupts it at a random point -- during start-up, mid-run, or inside the commit of a
+part -- and requires: exit 130 within a few seconds, no traceback (from the command or its
+workers), a last line saying how to resume, no process of the group left, the store's lock
+free. After all tries, one uninterrupted run completes the store, which must equal a clean
+run bit for bit (that run uses other part boundaries and another worker count, so this also
+shows that a feature does not depend on them).
+
+The seed of the random points is printed on failure; ``DFT_SEED=<n>`` replays it.
+"""
+from __future__ import annotations
+
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import faults
+from killing import group_processes, wait_group_empty
+from test_crash import assert_kept, assert_same, committed, committed_parts, listing, snapshot, wait_for
+
+ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "4", "--part-size", "4",
+        "--workers", "2", "-q"]
+N_PARTS = 20  # 80 images / --part-size 4
+RESUME_HINT = "rerun the same command to resume"
+EXIT_WITHIN_S = 10.0  # "a few seconds", with room for a loaded test machine
+
+
+def start(src: Path, out: Path, env: dict) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(src), "--out", str(out), *ARGS]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+
+
+@pytest.fixture(scope="module")
+def reference(fm_dir, tmp_path_factory):
+    """One clean run with other part boundaries (8 inputs) and one decode worker."""
+    out = tmp_path_factory.mktemp("reference") / "feats"
+    cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(fm_dir), "--out", str(out), *ARGS,
+           "--part-size", "8", "--workers", "1"]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    return snapshot(out)
+
+
+def interrupt_once(src: Path, out: Path, tmp: Path, point: str, rng: random.Random, why: str) -> None:
+    """Start an extract, SIGINT its process group at ``point``, check how it ended."""
+    marker = tmp / f"marker-{rng.random()}"
+    before = committed_parts(out)
+    if point == "startup":
+        env = faults.env(started=str(marker))
+    elif point == "commit":  # inside the commit of this run's first or second part
+        stage = rng.choice(["before_rename", "before_manifest"])
+        why += f" ({stage})"
+        env = faults.env(pause={"stage": stage, "after": rng.randrange(2), "seconds": 60, "marker": str(marker)})
+    else:
+        env = dict(os.environ)
+    p = start(src, out, env)
+    try:
+        if point == "startup":  # model loading, runtime set-up, opening the store
+            wait_for(lambda: marker.exists() or p.poll() is not None, timeout=180)
+            time.sleep(rng.uniform(0, 1.5))
+        elif point == "commit":
+            wait_for(lambda: marker.exists() or p.poll() is not None, timeout=180)
+            time.sleep(rng.uniform(0, 0.3))
+        else:  # decoding and computing, workers busy
+            wait_for(lambda: committed_parts(out) > before or p.poll() is not None, timeout=180)
+            time.sleep(rng.uniform(0, 0.6))
+        assert p.poll() is None, f"{why}: the run ended before the interrupt: {p.communicate()[1].decode()}"
+        if point != "startup":
+            assert len(group_processes(p.pid)) >= 3, f"{why}: expected the decode workers in the process group"
+        t = time.monotonic()
+        os.killpg(p.pid, signal.SIGINT)
+        try:
+            _, err_b = p.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"{why}: no exit 60 s after Ctrl-C (a hang)") from None
+        took = time.monotonic() - t
+        err = err_b.decode(errors="replace")
+        lines = err.strip().splitlines()
+        assert p.returncode == 130, f"{why}: exit status {p.returncode}\n{err}"
+        assert took < EXIT_WITHIN_S, f"{why}: took {took:.1f} s to exit after Ctrl-C"
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, f"{why}: a traceback\n{err}"
+        assert "decode worker died" not in err, f"{why}: a worker died of the Ctrl-C\n{err}"
+        assert lines and lines[-1].startswith("interrupted:") and RESUME_HINT in lines[-1], f"{why}:\n{err}"
+        assert sum("interrupted" in line for line in lines) == 1, f"{why}:\n{err}"
+        left = wait_group_empty(p.pid, timeout=5)
+        assert not left, f"{why}: processes of the group still running: {left}"
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    if out.exists():
+        from deepfeat.store.lock import StoreLock
+
+        with StoreLock(str(out)):  # released
+            pass
+        assert listing(out / ".tmp") == [], f"{why}: the part in progress was not rolled back"
+
+
+def interrupt_and_resume(src: Path, tmp: Path, reference: dict, tries: int) -> None:
+    seed = int(os.environ.get("DFT_SEED", time.time_ns() % 2**31))
+    rng = random.Random(seed)
+    out = tmp / "feats"
+    points = ["startup", "mid-run", "commit"] * (tries // 3) + rng.sample(["startup", "mid-run", "commit"], tries % 3)
+    rng.shuffle(points)
+    for i, point in enumerate(points):
+        interrupt_once(src, out, tmp, point, rng, why=f"try {i + 1}/{tries} ({point}, DFT_SEED={seed})")
+    before = committed(out)
+    assert 0 < len(before) < N_PARTS, f"DFT_SEED={seed}: {len(before)} parts committed by the interrupted runs"
+    p = start(src, out, dict(os.environ))
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err.decode()
+    assert_same(snapshot(out), reference)
+    assert_kept(before, out)
+
+
+def test_ctrl_c_to_the_process_group_at_random_points(fm_dir, tmp_path, reference):
+    interrupt_and_resume(fm_dir, tmp_path, reference, tries=6)
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_process_group_many_times(fm_dir, tmp_path, reference):
+    interrupt_and_resume(fm_dir, tmp_path, reference, tries=18)
