@@ -65,7 +65,7 @@ def test_bad_inputs_land_in_the_ledger(tmp_path, monkeypatch):
     # "vanished": a file deleted between discovery and read.
     Image.new("RGB", (40, 30), (10, 200, 30)).save(root / "vanishing.png")
     expected["vanishing.png"] = "failed:vanished"
-    from deepfeat import extraction as extract_mod
+    from deepfeat.sources import files as extract_mod  # the folder source's walker
 
     real_discover = extract_mod.discover
 

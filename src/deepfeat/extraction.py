@@ -22,7 +22,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from . import __version__
 from .data.decode import DecodePolicy
@@ -35,7 +34,7 @@ from .store import layout, trust
 from .store.create import prepare_store_dir, write_excluded
 from .store.lock import StoreLock
 from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
-from .store.reader import LayerSpec
+from .store.reader import FeatureStore, LayerSpec
 from .store.writer import Manifest, clean_uncommitted
 from .units import format_size
 
@@ -226,8 +225,7 @@ def plan_extraction(
         "dtype": dtype,
         "runtime": runtime,
         "precision": precision,
-        "decode_policy": {"max_pixels": policy.max_pixels, "max_aspect_ratio": policy.max_aspect_ratio,
-                          "background": list(policy.background), "formats": sorted(policy.formats)},
+        "decode_policy": policy.to_dict(),
         "views": {"count": views, "augment": augment_spec, "splits": list(views_splits), "seed": augment_seed}
         if views else 0,
     }
@@ -256,14 +254,6 @@ def plan_extraction(
     return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype, views=views, augment=augment_spec,
                        augment_seed=augment_seed, views_splits=views_splits, model_args=model_args,
                        infos=infos, runtime=runtime, precision=precision)
-
-
-def _done_ids(store_dir: str, manifest: Manifest) -> set[str]:
-    done: set[str] = set()
-    for part in manifest.parts:
-        table = pq.read_table(trust.member(store_dir, layout.PARTS_DIR, part.name, layout.LEDGER_FILE), columns=["id"])
-        done.update(table.column("id").to_pylist())
-    return done
 
 
 def _excluded_table(discovery: Discovery) -> pa.Table:
@@ -402,7 +392,7 @@ def extract(
         manifest = Manifest(out)
         clean_uncommitted(out, manifest)
         write_excluded(out, _excluded_table(plan.discovery))
-        done = _done_ids(out, manifest)
+        done = FeatureStore(out, verify=False).done_ids()
         current = {it.id for it in plan.discovery.items}
         pending = [it for it in plan.discovery.items if it.id not in done]
         summary.already_done = len(plan.discovery.items) - len(pending)
@@ -461,13 +451,5 @@ def _fill_totals(summary: ExtractSummary, manifest: Manifest, out: str) -> None:
     summary.failed_total = sum(p.failed for p in manifest.parts)
     summary.rows_total = sum(p.rows for p in manifest.parts)
     summary.bytes_on_disk = sum(f["bytes"] for p in manifest.parts for f in p.files.values())
-    reasons: dict[str, int] = {}
-    for part in manifest.parts:
-        if part.failed:
-            t = pq.read_table(trust.member(out, layout.PARTS_DIR, part.name, layout.LEDGER_FILE),
-                              columns=["status", "reason"])
-            for status, reason in zip(t.column("status").to_pylist(), t.column("reason").to_pylist()):
-                if status == "failed":
-                    reasons[reason] = reasons.get(reason, 0) + 1
-    summary.failures_by_reason = dict(sorted(reasons.items()))
+    summary.failures_by_reason = FeatureStore(out, verify=False).failures_by_reason()
 

@@ -111,7 +111,7 @@ def predict_images(
     paths, errors = expand_with_errors(inputs)
     device = _device(device)
     if policy is None:
-        policy = _policy_of(b, DecodePolicy)
+        policy = DecodePolicy.from_dict(b.metadata.get("decode_policy"))
     computer = bundle_runtime(b, weights=weights, device=device, runtime=runtime, precision=precision)
     kind = "probability" if b.probabilistic else "decision"
     k = min(int(top_k), len(b.classes))
@@ -169,17 +169,6 @@ def _device(device: str) -> str:
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("The 'device' parameter of predict_images asks for CUDA but no CUDA device is available.")
     return device
-
-
-def _policy_of(b: Bundle, cls: Any) -> Any:
-    d = b.metadata.get("decode_policy") or {}
-    try:
-        return cls(max_pixels=int(d.get("max_pixels", cls.max_pixels)),
-                   max_aspect_ratio=float(d.get("max_aspect_ratio", cls.max_aspect_ratio)),
-                   background=tuple(int(v) for v in d.get("background", cls.background)),
-                   formats=frozenset(d["formats"]) if d.get("formats") else cls().formats)
-    except (TypeError, ValueError):
-        return cls()
 
 
 def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:

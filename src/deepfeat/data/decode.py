@@ -33,7 +33,8 @@ import os
 import stat
 import warnings
 from dataclasses import dataclass, field
-from typing import Union
+from collections.abc import Mapping
+from typing import Any, Union
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -135,6 +136,35 @@ class DecodePolicy:
                 f"The 'max_file_bytes' parameter of DecodePolicy must be > 0; got {self.max_file_bytes!r} instead."
             )
         object.__setattr__(self, "formats", frozenset(f.upper() for f in self.formats))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The policy as JSON-able data (store config and fingerprint, bundles).
+
+        ``max_file_bytes`` is written only when it differs from the default, so stores written
+        before it was recorded keep their fingerprint.
+
+        Example:
+            >>> DecodePolicy(max_file_bytes=1000).to_dict()["max_file_bytes"]
+            1000
+        """
+        d: dict[str, Any] = {"max_pixels": self.max_pixels, "max_aspect_ratio": self.max_aspect_ratio,
+                             "background": list(self.background), "formats": sorted(self.formats)}
+        if self.max_file_bytes != type(self).max_file_bytes:
+            d["max_file_bytes"] = self.max_file_bytes
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any] | None) -> "DecodePolicy":
+        """The policy :meth:`to_dict` wrote; missing keys take the defaults, a malformed one gives the default policy."""
+        d = d or {}
+        try:
+            return cls(max_pixels=int(d.get("max_pixels", cls.max_pixels)),
+                       max_aspect_ratio=float(d.get("max_aspect_ratio", cls.max_aspect_ratio)),
+                       background=tuple(int(v) for v in d.get("background", cls.background)),  # type: ignore[arg-type]
+                       formats=frozenset(str(f) for f in d["formats"]) if d.get("formats") else cls().formats,
+                       max_file_bytes=int(d.get("max_file_bytes", cls.max_file_bytes)))
+        except (TypeError, ValueError, UsageError):
+            return cls()
 
 
 _DEFAULT_POLICY = DecodePolicy()

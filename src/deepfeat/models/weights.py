@@ -5,7 +5,6 @@ Nothing a user hands over is ever unpickled: ``torch.load`` is always called wit
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping
@@ -21,13 +20,11 @@ log = logging.getLogger(__name__)
 _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "weights")
 
 
-def file_sha256(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in chunks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a weights file (:func:`deepfeat.store.fsutil.sha256_file`)."""
+    from ..store.fsutil import sha256_file
+
+    return sha256_file(path)
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -87,11 +87,9 @@ def _digest(key: Mapping[str, Any]) -> str:
 
 
 def _file_sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    from ..store.fsutil import sha256_file
+
+    return sha256_file(path)
 
 
 class ArtifactCache:

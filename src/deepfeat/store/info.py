@@ -12,7 +12,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -22,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from .fsutil import sha256_file
 from ..errors import StoreError
 from ..units import format_size
 from . import layout, trust
@@ -427,12 +427,6 @@ def _problem(check: str, message: str) -> str:
     return f"[{check}] {message}"
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _check_file(store: FeatureStore, part: PartRecord, fname: str, problems: list[str]) -> str | None:
@@ -457,7 +451,7 @@ def _check_file(store: FeatureStore, part: PartRecord, fname: str, problems: lis
                                           "(truncated or replaced)"))
         return None
     try:
-        digest = _sha256(fpath)
+        digest = sha256_file(fpath)
     except OSError as exc:
         problems.append(_problem("files", f"{where} cannot be read ({exc.strerror or exc})"))
         return None

@@ -7,7 +7,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -20,6 +19,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
+from .fsutil import sha256_file
 from ..errors import StoreError, UsageError
 from . import layout, trust
 from .writer import Manifest, PartRecord
@@ -134,6 +134,24 @@ class FeatureStore:
             return layout.LEDGER_SCHEMA.empty_table()
         return pa.concat_tables([t.cast(layout.LEDGER_SCHEMA) for t in tables])
 
+    def done_ids(self) -> set[str]:
+        """Ids of every input a committed part records (embedded or failed): what a resume skips."""
+        done: set[str] = set()
+        for part in self.manifest.parts:
+            done.update(self.read_ledger(part, ["id"]).column("id").to_pylist())
+        return done
+
+    def failures_by_reason(self) -> dict[str, int]:
+        """Failed inputs of the committed parts, counted by reason (sorted by reason)."""
+        reasons: dict[str, int] = {}
+        for part in self.manifest.parts:
+            if part.failed:
+                t = self.read_ledger(part, ["status", "reason"])
+                for status, reason in zip(t.column("status").to_pylist(), t.column("reason").to_pylist()):
+                    if status == "failed":
+                        reasons[reason] = reasons.get(reason, 0) + 1
+        return dict(sorted(reasons.items()))
+
     def read_excluded(self) -> pa.Table | None:
         """The inputs excluded at discovery (``excluded.parquet``), or None when the store has none."""
         path = self.member(layout.EXCLUDED_FILE)
@@ -167,11 +185,7 @@ class FeatureStore:
                 "replaced). Re-extract that part (delete it from manifest.json and rerun extract) or restore it."
             )
         if self.verify and path not in self._verified:
-            h = hashlib.sha256()
-            with open(path, "rb") as f:
-                while block := f.read(1 << 22):
-                    h.update(block)
-            if h.hexdigest() != info["sha256"]:
+            if sha256_file(path) != info["sha256"]:
                 raise StoreError(f"part {part.name}: {fname} fails its sha256 checksum (corrupted on disk).")
             self._verified.add(path)
         return path
