@@ -170,3 +170,21 @@ def test_layers_cli_shows_token_poolings(folders, capsys):
     assert main(["layers", str(folders["dinov2"])]) == 0
     out = capsys.readouterr().out
     assert "class/register tokens" in out and "clsavg" in out
+
+
+def test_channels_last_models_pool_like_feature_maps():
+    """timm's NHWC models (Swin): stage outputs are N x H x W x C; deepfeat records C x H x W and permutes in the tap."""
+    bb = load_backbone("timm:swin_tiny_patch4_window7_224", "random", input_size=112)
+    infos = describe_layers(bb)
+    assert infos["norm"].channels_last and infos["norm"].shape[0] == 768
+    assert not infos["patch_embed.proj"].channels_last  # a convolution is channels-first
+    pixels = _pixels(bb)
+    x = _reference_input(bb, pixels)
+    with torch.no_grad():
+        ff = bb.model.forward_features(x)  # N x H x W x C
+        ref_pre = bb.model.forward_head(ff, pre_logits=True)
+    feats = _features(bb, "norm,pre_logits", "norm=avg,pre_logits=avg", pixels)
+    _close(feats["norm"], ff.mean((1, 2)))
+    _close(feats["pre_logits"], ref_pre)
+    flat = _features(bb, "norm", "none", pixels)["norm"]
+    _close(flat, ff.permute(0, 3, 1, 2).reshape(len(ff), -1))  # channel-major, as for any feature map

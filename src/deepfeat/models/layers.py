@@ -48,6 +48,9 @@ class LayerInfo:
 
     ``prefix_tokens``: for a token sequence (shape T x D), how many leading tokens are class /
     register tokens (the model's ``num_prefix_tokens``); 0 for feature maps and vectors.
+    ``channels_last``: the module outputs N x H x W x C (timm's NHWC models: Swin, a ViT's patch
+    embedding); ``shape`` is still C x H x W, and the taps permute before pooling, so pooling and the
+    flattened (``none``) order are the same as for any feature map.
     """
 
     name: str
@@ -59,6 +62,7 @@ class LayerInfo:
     block: bool = False
     conv: bool = False
     prefix_tokens: int = 0
+    channels_last: bool = False
 
     def dims(self, pool: str) -> int:
         """Feature size under ``pool``; ``UsageError`` when that pooling does not apply (``cls`` of a feature map)."""
@@ -100,6 +104,19 @@ def _num_patches(model: nn.Module) -> int | None:
         return n
     seq = getattr(model, "seq_length", None)  # torchvision ViT: patches + class token
     return seq - 1 if isinstance(seq, int) else None
+
+
+def _is_nhwc(model: nn.Module, module: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether a module's 3-D per-sample output is H x W x C: its own timm ``output_fmt``, else the model's
+    (convolutions and 2-D batch norms are always channels-first)."""
+    if len(shape) != 3:
+        return False
+    fmt = getattr(module, "output_fmt", None)
+    if fmt is None:
+        if isinstance(module, (nn.Conv2d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d)):
+            return False
+        fmt = getattr(model, "output_fmt", None)
+    return str(getattr(fmt, "value", fmt)).upper() == "NHWC"
 
 
 def _layer_prefix(shape: tuple[int, ...], prefix: int, patches: int | None) -> int:
@@ -166,12 +183,17 @@ def describe_layers(backbone: Backbone) -> "OrderedDict[str, LayerInfo]":
     infos: OrderedDict[str, LayerInfo] = OrderedDict()
     for name in definition_order:
         shape = shapes[name]
+        module = model.get_submodule(name)
+        nhwc = _is_nhwc(model, module, shape)
+        if nhwc:
+            shape = (shape[2], shape[0], shape[1])
         if name == backbone.classifier and pre_logits_shape:
             infos[PRE_LOGITS] = _pre_logits_info(pre_logits_shape[0], prefix, patches)
         infos[name] = LayerInfo(
             name=name, kind=kinds.get(name, "?"), shape=shape, depth=name.count(".") + 1,
             calls=calls[name], stage=name in stage_names, block=name in block_names,
-            conv=isinstance(model.get_submodule(name), nn.Conv2d), prefix_tokens=_layer_prefix(shape, prefix, patches),
+            conv=isinstance(module, nn.Conv2d), prefix_tokens=_layer_prefix(shape, prefix, patches),
+            channels_last=nhwc,
         )
     if PRE_LOGITS not in infos and pre_logits_shape:
         infos[PRE_LOGITS] = _pre_logits_info(pre_logits_shape[0], prefix, patches)
@@ -329,6 +351,9 @@ class FeatureTaps:
 
     def _record(self, name: str, t: torch.Tensor) -> None:
         mode = self.pools[name]
+        info = self.infos.get(name) if hasattr(self.infos, "get") else None
+        if t.ndim == 4 and getattr(info, "channels_last", False):
+            t = t.permute(0, 3, 1, 2)  # N x H x W x C -> N x C x H x W
         pooled = pool(t.float(), mode, self._prefix(name))
         if pooled.data_ptr() == t.data_ptr():
             pooled = pooled.clone()
