@@ -438,12 +438,13 @@ def _advice(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
     text = [f"Use {best['name']} ({best['dims']:,} dims; {acc(best)})."]
     near = [r for r in rows if r is not best and (r["val_accuracy"] or 0) >= (best["val_accuracy"] or 0) - 0.01]
     cheaper = [r for r in near if r["dims"] < best["dims"]]
-    if cheaper:
-        c = min(cheaper, key=lambda r: r["dims"])
-        text.append(f"{c['name']} is within a point with {c['dims']:,} dims ({acc(c)}).")
-    if singles:
-        best_single = max(singles, key=lambda r: (r["val_accuracy"] or 0.0, -r["dims"]))
-        if best_single is not best:
+    best_single = max(singles, key=lambda r: (r["val_accuracy"] or 0.0, -r["dims"])) if singles else None
+    cheap = min(cheaper, key=lambda r: r["dims"]) if cheaper else None
+    if cheap is not None:
+        name = f"The best single layer, {cheap['name']}," if cheap is best_single else cheap["name"]
+        text.append(f"{name} is within a point with {cheap['dims']:,} dims ({acc(cheap)}).")
+    if best_single is not None:
+        if best_single is not best and best_single is not cheap:
             text.append(f"The best single layer is {best_single['name']} ({acc(best_single)}).")
         last = singles[-1]
         if last is not best_single:
