@@ -33,9 +33,11 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class FakeHub:
     """A threaded HTTP server that serves {repo_id: {filename: bytes}} like the hub's resolve URLs."""
 
-    def __init__(self, files: dict[str, dict[str, bytes]], corrupt: bool = False) -> None:
+    def __init__(self, files: dict[str, dict[str, bytes]], corrupt: bool = False,
+                 urls: dict[str, bytes] | None = None) -> None:
         self.files = files
         self.corrupt = corrupt
+        self.urls = urls or {}  # plain files by path (torch.hub URLs)
         self.requests: list[tuple[str, str]] = []
         hub_ = self
 
@@ -45,6 +47,13 @@ class FakeHub:
 
             def _answer(self, body: bool) -> None:
                 hub_.requests.append((self.command, self.path))
+                if self.path in hub_.urls:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(len(hub_.urls[self.path])))
+                    self.end_headers()
+                    if body:
+                        self.wfile.write(hub_.urls[self.path])
+                    return
                 repo, sep, rest = self.path.lstrip("/").partition("/resolve/")
                 revision, _, filename = rest.partition("/")
                 data = hub_.files.get(repo, {}).get(filename) if sep else None
@@ -290,3 +299,21 @@ def test_hf_hub_model_folder_downloads_config_and_weights(online, monkeypatch, t
         assert torch.equal(bb.model.state_dict()[k], v), k
     again = load_backbone("hf-hub:someone/tiny-dinov2", offline=True)  # from the hub cache
     assert again.weights_sha256 == bb.weights_sha256 and again.weights_origin == "cache"
+
+
+def test_torch_hub_url_weights_download_with_the_hash_in_the_file_name(online):
+    """torchvision's weights (and timm's URL weights): torch.hub's cache, checked against the sha256 prefix in the name."""
+    data = os.urandom(50_000)
+    good = f"tiny-{hashlib.sha256(data).hexdigest()[:8]}.pth"
+    server = FakeHub({}, urls={f"/models/{good}": data, "/models/bad-00000000.pth": data})
+    checkpoints = online / "torch" / "hub" / "checkpoints"
+    try:
+        r = hub.resolve_remote([hub.UrlFile(f"{server.url}/models/{good}")], "tiny")
+        assert (r.origin, Path(r.path)) == ("download", checkpoints / good)
+        assert r.sha256 == hashlib.sha256(data).hexdigest()
+        with pytest.raises(WeightsCorruptError, match="corrupt"):
+            hub.resolve_remote([hub.UrlFile(f"{server.url}/models/bad-00000000.pth")], "bad")
+    finally:
+        server.stop()
+    assert sorted(p.name for p in checkpoints.iterdir()) == [good]  # nothing partial or bad was kept
+    assert hub.resolve_remote([hub.UrlFile(f"{server.url}/models/{good}")], "tiny", offline=True).origin == "cache"
