@@ -135,7 +135,7 @@ class PartWorker:
         if backbone is None:
             load = spec["load"]
             backbone = load_backbone(load["model"], load["weights"], input_size=load["input_size"],
-                                     crop_pct=load["crop_pct"])
+                                     crop_pct=load["crop_pct"], offline=load.get("offline"))  # --offline holds on workers
         if backbone.weights_sha256 != spec["weights_sha256"]:
             raise EnvironmentFault(
                 f"The Ray worker on {socket.gethostname()} loaded other weights for {backbone.name!r} "
