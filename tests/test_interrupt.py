@@ -128,3 +128,58 @@ def test_ctrl_c_to_the_process_group_at_random_points(fm_dir, tmp_path, referenc
 @pytest.mark.slow
 def test_ctrl_c_to_the_process_group_many_times(fm_dir, tmp_path, reference):
     interrupt_and_resume(fm_dir, tmp_path, reference, tries=18)
+
+
+# ------------------------------------------------------------------ parts closed by time (issue 12, item 2)
+# torch on the CPU gives an image computed alone (a batch of 1) other low bits than in a batch of 3,
+# so these stores are only equal if every image is computed in the same batch whatever the part boundaries.
+KW = dict(layers="blocks.2,pre_logits", input_size=32, batch_size=3, part_size=7, workers=0, device="cpu",
+          runtime="torch", precision="fp32")
+
+
+@pytest.fixture(scope="module")
+def by_size(fm_dir, tmp_path_factory):
+    """Parts of 7 inputs (batches of 3, 3, 1), never closed by time."""
+    import deepfeat
+
+    out = tmp_path_factory.mktemp("by-size") / "feats"
+    s = deepfeat.extract(fm_dir, out, part_seconds=None, **KW)
+    assert s.parts_committed == 12  # 80 inputs / 7
+    return snapshot(out)
+
+
+def test_parts_close_by_time_at_batch_boundaries(fm_dir, tmp_path, by_size):
+    import deepfeat
+
+    out = tmp_path / "feats"
+    s = deepfeat.extract(fm_dir, out, part_seconds=1e-6, **KW)  # every batch is a part
+    assert s.parts_committed == 11 * 3 + 1  # 11 planned parts of 7 (batches of 3, 3, 1), the last of 3
+    assert [p.items for p in committed(out)][:6] == [3, 3, 1, 3, 3, 1]
+    assert_same(snapshot(out), by_size)
+
+
+def test_resume_after_a_part_closed_by_time_is_bit_identical(fm_dir, tmp_path, by_size):
+    """Interrupted after a part closed by time (mid-way through a planned part), then resumed by size."""
+    import deepfeat
+
+    out = tmp_path / "feats"
+
+    def stop_after_first_part(event):
+        if event["phase"] == "part":
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        deepfeat.extract(fm_dir, out, part_seconds=1e-6, progress=stop_after_first_part, **KW)
+    assert [p.items for p in committed(out)] == [3]
+    # The resume computes input 6 alone again (the planned batch [6]), not in a batch [6, 7, 8].
+    s = deepfeat.extract(fm_dir, out, part_seconds=None, **KW)
+    assert s.already_done == 3 and s.parts_committed == 12
+    assert_same(snapshot(out), by_size)
+
+
+def test_part_seconds_must_be_positive(fm_dir, tmp_path):
+    import deepfeat
+    from deepfeat.errors import UsageError
+
+    with pytest.raises(UsageError, match="part_seconds"):
+        deepfeat.extract(fm_dir, tmp_path / "feats", part_seconds=0, **KW)

@@ -217,6 +217,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     weights=args.weights, input_size=args.input_size, crop_pct=args.crop_pct,
                     batch_size=args.batch_size, workers=args.workers, device=args.device,
                     runtime=args.runtime, precision=args.precision, part_size=args.part_size,
+                    part_seconds=args.part_seconds or None,
                     overwrite=args.overwrite,
                     ignore_free_space=args.ignore_free_space,
                     engine=args.engine, progress=progress, views=args.views, augment=args.augment,
@@ -590,6 +591,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     _add_runtime_args(p)
     p.add_argument("--part-size", type=int, default=None, help="inputs per committed part (default: ~256 MiB)")
+    p.add_argument("--part-seconds", type=float, default=30.0,
+                   help="also commit a part once it has been open this long, so Ctrl-C loses at most about that "
+                        "much work (default: 30; 0: by size only; the Ray engine commits by size)")
     p.add_argument("--views", type=int, default=0, help="augmented views per image, besides the original (view 0)")
     p.add_argument("--augment", default=None,
                    help="augmentation spec for the views, e.g. 'flip,crop=0.8,rotate=15,color=0.2' (default flip,crop=0.8)")

@@ -40,6 +40,8 @@ from .units import format_size
 
 log = logging.getLogger(__name__)
 
+#: a part is also committed once it has been open this long (local engine): an interrupt loses at most about this much
+DEFAULT_PART_SECONDS = 30.0
 DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_PART_BYTES = 256 << 20
@@ -282,6 +284,7 @@ def _sigterm_as_interrupt() -> Iterator[None]:
     finally:
         signal.signal(signal.SIGTERM, previous)
 
+    part_seconds: float | None = DEFAULT_PART_SECONDS,
 
 def extract(
     source: str | os.PathLike | Source,
@@ -326,6 +329,10 @@ def extract(
             WebDataset ``.tar`` shards (a path, glob or ``{000..099}`` braces), Parquet files,
             ``hf:PATH`` (a saved Hugging Face dataset), or a :class:`deepfeat.sources.Source`
             built with options, e.g. ``ParquetSource("lake/*.parquet", image_field="jpg")``.
+        part_size: inputs per part (default: about 256 MiB of features, 16 to 4096 inputs);
+            ``part_seconds``: the local engine also commits a part once it has been open that long
+            (default 30; None: by size only), so an interrupt loses at most about that much work.
+            The Ray engine keeps parts of ``part_size`` inputs.
         out: store directory (created if needed).
         model: backbone name (see :func:`deepfeat.list_models`); ``weights`` a local file or "random".
         layers: names as ``deepfeat layers`` prints them, comma-separated, or shortcuts.
@@ -336,6 +343,8 @@ def extract(
         engine: ``local`` (this machine) or ``ray`` (Ray actors write the parts; see docs/RAY.md).
             The store is the same, and either engine resumes the other's store.
         address: Ray cluster to use (``auto``, ``host:port``, ``ray://host:port``); default: a new
+    if part_seconds is not None and not part_seconds > 0:
+        raise UsageError(f"The 'part_seconds' parameter of extract must be > 0; got {part_seconds} instead.")
             local Ray instance (or ``RAY_ADDRESS``). ``ray_workers``: Ray workers (default: as many
             as fit); ``gpus_per_worker`` / ``cpus_per_worker``: Ray resources of each worker.
         views: augmented views stored per image of ``views_splits`` (and of unsplit inputs), besides
@@ -419,7 +428,8 @@ def extract(
             from .engines.local import run_local
 
             stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers,
-                              runtime=computer, policy=policy or DecodePolicy(), progress=progress)
+                              runtime=computer, policy=policy or DecodePolicy(), progress=progress,
+                              part_seconds=part_seconds)
         summary.embedded_now, summary.failed_now, summary.parts_committed = stats
         manifest.compact()  # a finished store lists every part in manifest.json (docs/STORE_FORMAT.md)
     _fill_totals(summary, manifest, out)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable
 
@@ -138,45 +139,50 @@ def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> lis
 
 def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
               workers: int, runtime: Runtime, policy: DecodePolicy,
-              progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[int, int, int]:
-    """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts)."""
+              progress: Callable[[dict[str, Any]], None] | None = None,
+              part_seconds: float | None = None) -> tuple[int, int, int]:
+    """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts).
+
+    A part is committed when its planned inputs (:func:`plan_parts`) are done, or earlier, at a
+    batch boundary, once it has been open ``part_seconds`` (so an interrupt loses at most about
+    that much work); the rest of its inputs then start the next part. Batches are cut from the
+    parts planned over *all* discovered inputs and keep only the pending ones, so an image is
+    always computed in the same batch -- features do not depend on where a run was interrupted
+    or where time closed a part (runtimes need not be batch-size independent).
+    """
     if not pending:
         return 0, 0, 0
-    parts = plan_parts(pending, plan.part_size, manifest.next_index())
-
-    def batches() -> Iterator[tuple[int, list[tuple[str, Any, int]]]]:
-        for p, (_, items) in enumerate(parts):
-            for batch in part_batches(items, batch_size, plan):
-                yield p, batch
-
-    embedded = failed = committed = 0
-    tagged = list(batches())
+    todo = {it.id for it in pending}
+    tagged: list[tuple[bool, list[SourceItem], list[tuple[str, Any, int]]]] = []  # (ends its chunk, items, batch)
+    for _, chunk in plan_parts(plan.discovery.items, plan.part_size, 0):
+        cut = []
+        for s in range(0, len(chunk), batch_size):
+            items = [it for it in chunk[s:s + batch_size] if it.id in todo]
+            if items:
+                cut.append((items, [(it.id, it.locator, plan.views_for(it)) for it in items]))
+        tagged.extend((k == len(cut) - 1, items, batch) for k, (items, batch) in enumerate(cut))
+    first = manifest.next_index()
+    names: list[str] = []
     builder: PartBuilder | None = None
-    current = -1
+    opened = 0.0
     augment = (plan.augment, plan.augment_seed) if plan.views else None
     with DecodePool(workers, plan.backbone.preprocess.to_dict(), policy, augment=augment) as pool:
-        stream = pool.map(b for _, b in tagged)
-        for (p, _), (batch, results) in zip(tagged, stream):
-            if p != current:
-                if builder is not None:
-                    manifest.commit(builder.write(out))
-                    committed += 1
-                    if progress:
-                        progress({"phase": "part", "name": builder.name})
-                current = p
-                builder = PartBuilder(parts[p][0], parts[p][1], plan.layers)
-            assert builder is not None
+        stream = pool.map(batch for _, _, batch in tagged)
+        for (last, items, _), (_, results) in zip(tagged, stream):
+            if builder is None:
+                names.append(layout.part_name(first + len(names)))
+                builder = PartBuilder(names[-1], [], plan.layers)
+                opened = time.monotonic()
+            builder.items.update((it.id, it) for it in items)
             n_ok, n_failed = add_batch(builder, runtime, results)
-            embedded += n_ok
-            failed += n_failed
             if progress:
                 progress({"phase": "batch", "done": len(results), "failed": n_failed})
-        if builder is not None:
-            manifest.commit(builder.write(out))
-            committed += 1
-            if progress:
-                progress({"phase": "part", "name": builder.name})
-    return _count_new(manifest, parts)
+            if last or (part_seconds is not None and time.monotonic() - opened >= part_seconds):
+                manifest.commit(builder.write(out))
+                if progress:
+                    progress({"phase": "part", "name": builder.name})
+                builder = None
+    return _count_new(manifest, [(name, []) for name in names])
 
 
 def _count_new(manifest: Manifest, parts: Sequence[tuple[str, list[SourceItem]]]) -> tuple[int, int, int]:
