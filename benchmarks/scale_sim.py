@@ -5,7 +5,7 @@ No images and no model: synthetic inputs (real :class:`deepfeat.data.sources.Sou
 with realistic ids and paths) and synthetic part records (sha256 digests, counts and sizes of a
 4,096-input part of EfficientNet-Lite0 ``pre_logits`` in float16), fed to the store's own code:
 ``plan_parts`` / ``part_batches`` (what the local and Ray engines plan), :class:`Manifest`
-(load, commit, compaction) and ``extraction._done_ids`` (what a resume reads).
+(load, commit, compaction) and ``FeatureStore.done_ids`` (what a resume reads).
 
 Sizes: 100 k, 1 M, 10 M and 100 M inputs = 25, 245, 2,442 and 24,415 parts of 4,096 inputs
 (the default part size: 256 MiB of features, at most 4,096 inputs).
@@ -17,7 +17,7 @@ Sizes: 100 k, 1 M, 10 M and 100 M inputs = 25, 245, 2,442 and 24,415 parts of 4,
   the cost of one commit with the protocol of earlier versions (``compact_ratio = 0``: rewrite
   the whole manifest at every commit) and with the commit log (append one fsync'd line; rewrite
   when the log holds 1/16 of the parts): per commit and for the whole job's commits.
-* **resume**: ``_done_ids`` (read the ``id`` column of every part's ledger into a Python set)
+* **resume**: ``done_ids()`` (read the ``id`` column of every part's ledger into a Python set)
   over real, synthetic ledger files, beside a compact alternative that the figures argue for (one
   sorted numpy array of the ids, and the pending filter of all discovered ids with ``np.isin``).
 * **Ray driver**: the memory it holds for the job: discovery list + part plan + decode batches
@@ -218,14 +218,20 @@ def whole_job(parts: int, rewrite: Callable[[int], float], append_s: float, rati
 
 # ------------------------------------------------------------------------------- resume
 def resume(n: int, work: str) -> dict[str, float]:
-    """A store of n inputs' ledgers: ``_done_ids`` (the code resume runs) vs a sorted array of ids."""
-    from deepfeat.extraction import _done_ids
+    """A store of n inputs' ledgers: ``done_ids()`` (what a resume runs) vs a sorted array of ids.
+
+    The parts hold ledgers only (every input recorded as failed, so no feature files are needed):
+    ``FeatureStore.done_ids`` reads the same ledgers, with the same checks, as for embedded inputs.
+    """
     from deepfeat.store import layout
-    from deepfeat.store.writer import Manifest
+    from deepfeat.store.fsutil import atomic_write_json, sha256_file
+    from deepfeat.store.reader import FeatureStore
+    from deepfeat.store.writer import Manifest, PartRecord
 
     store = os.path.join(work, f"r{n}")
-    m = Manifest(store)
     os.makedirs(os.path.join(store, layout.PARTS_DIR))
+    atomic_write_json(os.path.join(store, layout.METADATA_FILE), METADATA)
+    m = Manifest(store)
     t = time.perf_counter()
     records = []
     for p, start in enumerate(range(0, n, PART_SIZE)):
@@ -235,17 +241,21 @@ def resume(n: int, work: str) -> dict[str, float]:
         table = pa.table({"id": [hashlib.blake2b(r.encode(), digest_size=10).hexdigest() for r in rels],
                           "path": paths, "path_bytes": [s.encode() for s in paths],
                           "label": [r.split("/")[1] for r in rels], "split": ["train"] * k,
-                          "status": ["embedded"] * k, "reason": [None] * k, "message": [None] * k},
+                          "status": ["failed"] * k, "reason": ["decode_error"] * k, "message": [None] * k},
                          schema=layout.LEDGER_SCHEMA)
         d = os.path.join(store, layout.PARTS_DIR, layout.part_name(p))
         os.makedirs(d)
-        pq.write_table(table, os.path.join(d, layout.LEDGER_FILE), compression="zstd")
-        records.append(dataclasses.replace(record(p, k), files={}))
+        path = os.path.join(d, layout.LEDGER_FILE)
+        pq.write_table(table, path, compression="zstd")
+        records.append(PartRecord(layout.part_name(p), 0, k, 0, k,
+                                  {layout.LEDGER_FILE: {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}}))
     m.parts = records
+    m.save()
+    reader = FeatureStore(store, verify=False)
     t_build = time.perf_counter() - t
     ledger_bytes = sum(os.path.getsize(os.path.join(store, layout.PARTS_DIR, r.name, layout.LEDGER_FILE))
                        for r in records)
-    done, t_done, m_done = timed(lambda: _done_ids(store, m))
+    done, t_done, m_done = timed(reader.done_ids)
     assert len(done) == n
     del done
 
@@ -294,7 +304,7 @@ def parts_for(n: int) -> int:
 
 def child(what: str, n: int, work: str) -> dict[str, float]:
     out = subprocess.run([sys.executable, __file__, "--child", what, "--n", str(n), "--work", work],
-                         check=True, capture_output=True, text=True)
+                         check=True, stdout=subprocess.PIPE, text=True)  # its stderr goes to ours
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -412,7 +422,7 @@ def main() -> None:
               f"({pl['m_items'] / n:.0f} B per input); pending+current {fmt_s(pl['t_pending'])} / "
               f"{fmt_b(pl['m_pending'])}; plan_parts {fmt_s(pl['t_plan'])} / {fmt_b(pl['m_plan'])}; "
               f"part_batches {fmt_s(pl['t_batches'])} / {fmt_b(pl['m_batches'])}; ledgers "
-              f"{fmt_b(rs['ledger_bytes'])}; _done_ids {fmt_s(rs['t_done'])} / {fmt_b(rs['m_done'])} "
+              f"{fmt_b(rs['ledger_bytes'])}; done_ids() {fmt_s(rs['t_done'])} / {fmt_b(rs['m_done'])} "
               f"({rs['m_done'] / n:.0f} B per id); sorted array {fmt_s(rs['t_compact'])} / "
               f"{fmt_b(rs['m_compact'])}, pending filter of all ids (np.isin) {fmt_s(rs['t_filter'])}")
     if args.json:
