@@ -9,12 +9,9 @@ Example:
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import shutil
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -29,22 +26,22 @@ from .data.sources import Discovery, SourceItem
 from .sources import Source, open_source
 from .errors import EnvironmentFault, UsageError
 from .models.layers import PRE_LOGITS, describe_layers
+from .models.hub import is_offline
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .store import layout, trust
-from .store.create import prepare_store_dir, write_excluded
-from .store.lock import StoreLock
+from .store.session import StoreWriter
 from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .store.reader import FeatureStore, LayerSpec
-from .store.writer import Manifest, clean_uncommitted
+from .store.writer import Manifest
 from .units import format_size
 
 log = logging.getLogger(__name__)
 
-#: a part is also committed once it has been open this long (local engine): an interrupt loses at most about this much
-DEFAULT_PART_SECONDS = 30.0
 DTYPES = ("float16", "float32")
 DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_PART_BYTES = 256 << 20
+#: a part is also committed once it has been open this long (local engine): an interrupt loses at most about this much
+DEFAULT_PART_SECONDS = 30.0
 ProgressFn = Callable[[dict[str, Any]], None]
 
 
@@ -252,7 +249,8 @@ def plan_extraction(
     metadata["views"] = config["views"]
     model_args = None if backbone is not None else {
         "model": model, "weights": os.fspath(weights) if weights is not None else None,
-        "input_size": input_size, "crop_pct": crop_pct}
+        "input_size": input_size, "crop_pct": crop_pct,
+        "offline": True if is_offline() else None}  # Ray workers keep --offline
     return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype, views=views, augment=augment_spec,
                        augment_seed=augment_seed, views_splits=views_splits, model_args=model_args,
                        infos=infos, runtime=runtime, precision=precision)
@@ -267,24 +265,6 @@ def _excluded_table(discovery: Discovery) -> pa.Table:
             cols[k].append(v)
     return pa.table(cols, schema=layout.LEDGER_SCHEMA)
 
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM behaves like Ctrl-C: the part in progress is discarded, the lock released."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt(f"signal {signum}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-    part_seconds: float | None = DEFAULT_PART_SECONDS,
 
 def extract(
     source: str | os.PathLike | Source,
@@ -304,6 +284,7 @@ def extract(
     precision: str = "auto",
     channels_last: bool = True,
     part_size: int | None = None,
+    part_seconds: float | None = DEFAULT_PART_SECONDS,
     overwrite: bool = False,
     ignore_free_space: bool = False,
     policy: DecodePolicy | None = None,
@@ -329,10 +310,6 @@ def extract(
             WebDataset ``.tar`` shards (a path, glob or ``{000..099}`` braces), Parquet files,
             ``hf:PATH`` (a saved Hugging Face dataset), or a :class:`deepfeat.sources.Source`
             built with options, e.g. ``ParquetSource("lake/*.parquet", image_field="jpg")``.
-        part_size: inputs per part (default: about 256 MiB of features, 16 to 4096 inputs);
-            ``part_seconds``: the local engine also commits a part once it has been open that long
-            (default 30; None: by size only), so an interrupt loses at most about that much work.
-            The Ray engine keeps parts of ``part_size`` inputs.
         out: store directory (created if needed).
         model: backbone name (see :func:`deepfeat.list_models`); ``weights`` a local file or "random".
         layers: names as ``deepfeat layers`` prints them, comma-separated, or shortcuts.
@@ -343,8 +320,6 @@ def extract(
         engine: ``local`` (this machine) or ``ray`` (Ray actors write the parts; see docs/RAY.md).
             The store is the same, and either engine resumes the other's store.
         address: Ray cluster to use (``auto``, ``host:port``, ``ray://host:port``); default: a new
-    if part_seconds is not None and not part_seconds > 0:
-        raise UsageError(f"The 'part_seconds' parameter of extract must be > 0; got {part_seconds} instead.")
             local Ray instance (or ``RAY_ADDRESS``). ``ray_workers``: Ray workers (default: as many
             as fit); ``gpus_per_worker`` / ``cpus_per_worker``: Ray resources of each worker.
         views: augmented views stored per image of ``views_splits`` (and of unsplit inputs), besides
@@ -354,6 +329,10 @@ def extract(
             store's own runtime), ``torch``, ``openvino`` or ``onnxruntime``; ``precision``: ``auto``,
             ``fp32``, ``bf16`` or ``fp16``. Both are recorded in the store and its fingerprint.
         progress: callback receiving dicts with a ``phase`` key ("plan", "batch", "part").
+        part_size: inputs per part (default: about 256 MiB of features, 16 to 4096 inputs);
+            ``part_seconds``: the local engine also commits a part once it has been open that long
+            (default 30; None: by size only), so an interrupt loses at most about that much work.
+            The Ray engine keeps parts of ``part_size`` inputs.
         ignore_free_space: start even when the job's estimated size exceeds the free space on the
             output's filesystem (otherwise an :class:`EnvironmentFault` before any image is read).
 
@@ -364,6 +343,8 @@ def extract(
         raise UsageError(f"The 'engine' parameter must be 'local' or 'ray'; got {engine!r} instead.")
     workers = (0 if engine == "ray" else default_workers()) if workers is None else int(workers)
     validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
+    if part_seconds is not None and not part_seconds > 0:
+        raise UsageError(f"The 'part_seconds' parameter of extract must be > 0; got {part_seconds} instead.")
     if engine == "ray":
         from .engines.ray_engine import import_ray
 
@@ -396,12 +377,11 @@ def extract(
                              notes=list(plan.discovery.notes))
     for ex in plan.discovery.excluded:
         summary.excluded_by_reason[ex.reason] = summary.excluded_by_reason.get(ex.reason, 0) + 1
-    with StoreLock(out), _sigterm_as_interrupt():
-        summary.resumed = prepare_store_dir(out, plan.config, plan.metadata, overwrite)
-        manifest = Manifest(out)
-        clean_uncommitted(out, manifest)
-        write_excluded(out, _excluded_table(plan.discovery))
-        done = FeatureStore(out, verify=False).done_ids()
+    with StoreWriter(out) as writer:
+        summary.resumed = writer.open(plan.config, plan.metadata, overwrite)
+        manifest = writer.manifest
+        writer.write_excluded(_excluded_table(plan.discovery))
+        done = writer.done_ids()
         current = {it.id for it in plan.discovery.items}
         pending = [it for it in plan.discovery.items if it.id not in done]
         summary.already_done = len(plan.discovery.items) - len(pending)
@@ -431,7 +411,6 @@ def extract(
                               runtime=computer, policy=policy or DecodePolicy(), progress=progress,
                               part_seconds=part_seconds)
         summary.embedded_now, summary.failed_now, summary.parts_committed = stats
-        manifest.compact()  # a finished store lists every part in manifest.json (docs/STORE_FORMAT.md)
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start
     log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,

@@ -38,11 +38,10 @@ import numpy as np
 from .. import progress
 from ..errors import StoreError, UsageError
 from ..store import layout
-from ..store.create import prepare_store_dir, write_excluded
 from ..store.fsutil import atomic_write_bytes, read_json
-from ..store.lock import StoreLock
+from ..store.session import StoreWriter
 from ..store.reader import FeatureStore, LayerSpec, open_store
-from ..store.writer import Manifest, clean_uncommitted, write_part
+from ..store.writer import write_part
 
 log = logging.getLogger(__name__)
 
@@ -302,8 +301,7 @@ def full_network_embedding(
         "decode_policy": src_meta.get("config", {}).get("decode_policy"),
     }
     fne_spec = LayerSpec(FNE_LAYER, FNE_LAYER, (dims,), "fne", dims)
-    os.makedirs(out, exist_ok=True)
-    with StoreLock(out):
+    with StoreWriter(out) as writer:
         meta_path = os.path.join(out, layout.METADATA_FILE)
         old = None
         if os.path.exists(meta_path) and not overwrite:
@@ -330,23 +328,18 @@ def full_network_embedding(
                         "stats_file": STATS_FILE}
         else:
             fne_info = dict(old["fne"])  # type: ignore[index]
-        resumed = prepare_store_dir(out, config, {**metadata, "fne": {**fne_info, "stats_sha256": ""}}, overwrite)
+        resumed = writer.open(config, {**metadata, "fne": {**fne_info, "stats_sha256": ""}}, overwrite)
         if rs is not None:
             sha = _save_stats(stats_path, rs.mean_, rs.std, rs.min_, rs.max_)
-            # record the checksum of the statistics in the metadata (atomic replace; same config)
-            from ..store.fsutil import atomic_write_json
-
-            full = read_json(meta_path)
-            full["fne"] = {**fne_info, "stats_sha256": sha}
-            atomic_write_json(meta_path, full)
+            writer.update_metadata(fne={**fne_info, "stats_sha256": sha})  # the statistics' checksum
         dst = open_store(out)
         params = load_fne_stats(dst)
         mean, std = params["mean"], params["std"]
-        manifest = Manifest(out)
-        clean_uncommitted(out, manifest)
+        manifest = writer.manifest
+        assert manifest is not None
         excluded = src.read_excluded()
         if excluded is not None:
-            write_excluded(out, excluded)
+            writer.write_excluded(excluded)
         summary = FNESummary(out=out, source=src.path, layers=[s.name for s in specs], dims=dims, thresholds=lo_hi,
                              stats_rows=int(fne_info["stats_rows"]), zero_variance=int(fne_info["zero_variance"]),
                              resumed=resumed)
@@ -370,10 +363,8 @@ def full_network_embedding(
                 counts += np.bincount(arr.ravel().astype(np.int64) + 1, minlength=3)
             else:
                 rows, feats = layout.ROWS_SCHEMA.empty_table(), {}
-            record = write_part(out, part.name, feats, rows, ledger)
-            manifest.commit(record)
+            writer.commit(write_part(out, part.name, feats, rows, ledger))
             summary.parts_written += 1
-        manifest.compact()  # a finished store lists every part in manifest.json
     summary.rows = sum(p.rows for p in manifest.parts)
     summary.value_counts = {-1: int(counts[0]), 0: int(counts[1]), 1: int(counts[2])}
     summary.seconds = time.perf_counter() - t0
