@@ -65,8 +65,9 @@ def log(msg: str) -> None:
 
 
 def rss() -> int:
-    """Resident bytes of this process now."""
+    """Resident bytes of this process now (after a collection, and Arrow's pool returning what it keeps)."""
     gc.collect()
+    pa.default_memory_pool().release_unused()
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
 
@@ -83,6 +84,10 @@ def machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- synthetic inputs
+_HEX = np.zeros(256, dtype=np.uint8)
+_HEX[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
 def make_items(n: int) -> list:
     """N SourceItems shaped like a class-folder data set (ids as deepfeat makes them: blake2b-80 of relpath)."""
     from deepfeat.data.sources import SourceItem
@@ -260,11 +265,22 @@ def resume(n: int, work: str) -> dict[str, float]:
     del done
 
     def compact_ids() -> np.ndarray:
-        cols = [pq.read_table(os.path.join(store, layout.PARTS_DIR, r.name, layout.LEDGER_FILE),
-                              columns=["id"]).column("id") for r in records]
-        ids = np.concatenate([np.array(c.to_numpy(zero_copy_only=False), dtype="S20") for c in cols])
-        ids.sort()
-        return ids
+        """Every done id as 10 bytes (the blake2b-80 digest, not its 20 hex digits), sorted; no Python objects."""
+        out = np.empty(n, dtype="S10")
+        pos = 0
+        for r in records:
+            column = pq.read_table(os.path.join(store, layout.PARTS_DIR, r.name, layout.LEDGER_FILE),
+                                   columns=["id"]).column("id")
+            for chunk in column.chunks:
+                k = len(chunk)
+                offsets = np.frombuffer(chunk.buffers()[1], dtype=np.int32, count=k + 1, offset=4 * chunk.offset)
+                assert (np.diff(offsets) == 20).all(), "ids are 20 hex digits"
+                hexd = np.frombuffer(chunk.buffers()[2], dtype=np.uint8, count=20 * k, offset=int(offsets[0]))
+                nib = _HEX[hexd].reshape(k, 10, 2)
+                out[pos:pos + k] = (nib[:, :, 0] << 4 | nib[:, :, 1]).astype(np.uint8).view("S10").ravel()
+                pos += k
+        out.sort()
+        return out
 
     arr, t_arr, m_arr = timed(compact_ids)
     # the pending filter of a resume: every discovered id against the done ids (here all are done)
@@ -316,9 +332,16 @@ def main() -> None:
                     help="largest size run for planning and resume (larger ones are extrapolated, marked *)")
     ap.add_argument("--work", default=None, help="directory for the synthetic stores (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON to this file")
+    ap.add_argument("--from-json", default=None, help="print the table of figures saved by --json (no run)")
     args = ap.parse_args()
     if args.child:
         print(json.dumps(planning(args.n) if args.child == "planning" else resume(args.n, args.work)))
+        return
+    if args.from_json:
+        with open(args.from_json) as f:
+            saved = json.load(f)
+        report(saved["machine"], *({int(k): v for k, v in saved[key].items()}
+                                   for key in ("planning", "resume", "manifest")))
         return
     mach = machine()
     work = tempfile.mkdtemp(prefix="deepfeat-scale-", dir=args.work)
@@ -339,7 +362,16 @@ def main() -> None:
                                       commits_new=50)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    rows = report(mach, plan, res, man)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"machine": mach, "planning": plan, "resume": res, "manifest": man, "table": rows}, f,
+                      indent=1)
 
+
+def report(mach: dict[str, Any], plan: dict[int, dict], res: dict[int, dict], man: dict[int, dict]
+           ) -> list[dict[str, str]]:
+    """Print the table and the details; returns the table's rows."""
     ran = [n for n in SIZES if n in plan]
     ref_plan, ref_res = plan[ran[-1]], res[ran[-1]]
 
@@ -368,7 +400,7 @@ def main() -> None:
             t_plan += v if key_t != "t_items" else 0.0
             ext |= e
             mv, _ = scaled(plan, ref_plan, n, key_m)
-            m_driver += mv if key_m != "m_pending" else 0.0
+            m_driver += mv  # extract keeps the pending list and the id set alive during the run
         v_items, _ = scaled(plan, ref_plan, n, "m_items")
         m_driver += mf["m_records"]
         star = "*" if ext else ""
@@ -425,10 +457,7 @@ def main() -> None:
               f"{fmt_b(rs['ledger_bytes'])}; done_ids() {fmt_s(rs['t_done'])} / {fmt_b(rs['m_done'])} "
               f"({rs['m_done'] / n:.0f} B per id); sorted array {fmt_s(rs['t_compact'])} / "
               f"{fmt_b(rs['m_compact'])}, pending filter of all ids (np.isin) {fmt_s(rs['t_filter'])}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"machine": mach, "planning": plan, "resume": res, "manifest": man, "table": rows}, f,
-                      indent=1)
+    return rows
 
 
 if __name__ == "__main__":
