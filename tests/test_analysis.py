@@ -366,9 +366,10 @@ def test_analyze_cli_sample_rows_batch_size_and_bad_values(src_store: str, tmp_p
     st = feature_statistics(src_store, bins=8, sample_rows=20)
     assert summary["auroc_error_bound_max"] == pytest.approx(float(st.auroc_error_bound.max()))
     capsys.readouterr()
-    for args, msg in ((["--sample-rows", "0"], "'sample_rows'"), (["--batch-size", "0"], "'batch_size'"),
-                      (["--bins", "1"], "'bins'"), (["--alpha", "1.5"], "'alpha'"), (["--top-k", "0"], "'top_k'"),
-                      (["--split", "nope"], "'split'"), (["--layers", "nope"], "'layers'")):
+    # the CLI names its options (--top-k), not the API's parameters ('top_k')
+    for args, msg in ((["--sample-rows", "0"], "--sample-rows"), (["--batch-size", "0"], "--batch-size"),
+                      (["--bins", "1"], "--bins"), (["--alpha", "1.5"], "--alpha"), (["--top-k", "0"], "--top-k"),
+                      (["--split", "nope"], "--split"), (["--layers", "nope"], "--layers")):
         bad = tmp_path / "bad"
         assert main(["analyze", src_store, "--out", str(bad), *args]) == 2, args
         err = capsys.readouterr().err
@@ -378,4 +379,4 @@ def test_analyze_cli_sample_rows_batch_size_and_bad_values(src_store: str, tmp_p
         main(["analyze", src_store, "--out", str(tmp_path / "bad"), "--sample-rows", "many"])
     assert exc.value.code == 2 and "invalid int value" in capsys.readouterr().err
     assert main(["fne", src_store, "--out", str(tmp_path / "f"), "--batch-size", "0"]) == 2
-    assert "'batch_size'" in capsys.readouterr().err
+    assert "--batch-size" in capsys.readouterr().err

@@ -21,15 +21,27 @@ import pytest
 import deepfeat
 from deepfeat.cli import build_parser, main
 
-FAST = ["--input-size", "32", "--workers", "0"]
+# torch runtime: no OpenVINO / ONNX export to wait for (these tests are about output, not speed)
+FAST = ["--input-size", "32", "--workers", "0", "--runtime", "torch"]
 
 
 @pytest.fixture(scope="module")
 def fm_store(fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Fashion-MNIST (4 per class and split) through Lite0 at 32 px, pre_logits (1280 dims)."""
     out = tmp_path_factory.mktemp("cli_output") / "fm_store"
-    deepfeat.extract(fm_dir, out, input_size=32, workers=0)
+    deepfeat.extract(fm_dir, out, input_size=32, workers=0, runtime="torch")
     return out
+
+
+@pytest.fixture(scope="module")
+def small_src(fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """8 real Fashion-MNIST images: train/<2 classes>/*.png."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("cli_output_small") / "src"
+    for cls in sorted(p.name for p in (fm_dir / "train").iterdir())[:2]:
+        shutil.copytree(fm_dir / "train" / cls, root / "train" / cls)
+    return root
 
 
 def _python(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -145,18 +157,18 @@ def test_lock_message_gives_a_readable_time_and_age(fm_store):
 
 
 # --------------------------------------------------------------------------------------------- item 12
-def test_progress_is_plain_lines_off_a_terminal_with_rate_and_eta(fm_dir, fm_store, bundle, tmp_path, capsys,
+def test_progress_is_plain_lines_off_a_terminal_with_rate_and_eta(small_src, fm_store, bundle, tmp_path, capsys,
                                                                    monkeypatch):
     """stderr is not a terminal here: every long command prints plain progress lines (count, rate, ETA)
     and a final line, never '\\r' updates; the exact solver says it runs, its estimate and its time."""
     monkeypatch.setenv("DEEPFEAT_PROGRESS_INTERVAL", "0")  # a line per update: the test need not wait 10 s
     runs = {
-        "extract": ["extract", str(fm_dir), "--out", str(tmp_path / "s"), *FAST],
+        "extract": ["extract", str(small_src), "--out", str(tmp_path / "s"), *FAST],
         "evaluate": ["evaluate", str(bundle), str(fm_store)],
         "analyze": ["analyze", str(fm_store), "--out", str(tmp_path / "rep")],
         "fne": ["fne", str(fm_store), "--out", str(tmp_path / "fne")],
         "export": ["export", str(fm_store), "--format", "parquet", "--out", str(tmp_path / "e.parquet")],
-        "predict": ["predict", str(bundle), str(fm_dir / "test")],
+        "predict": ["predict", str(bundle), str(small_src)],
         "exact solver": ["train", str(fm_store), "--out", str(tmp_path / "x.dfm"), "--solver", "exact"],
     }
     for what, argv in runs.items():
@@ -184,7 +196,7 @@ def test_cli_has_one_progress_renderer():
     assert "_TrainProgress" not in source and "_CNNProgress" not in source
 
 
-def test_early_stopping_is_announced_and_json_summaries(fm_store, fm_dir, tmp_path, capsys):
+def test_early_stopping_is_announced_and_json_summaries(fm_store, small_src, tmp_path, capsys):
     out = tmp_path / "m.dfm"
     assert main(["train", str(fm_store), "--out", str(out), "--solver", "stream", "--patience", "1", "--val-fraction",
                  "0.5", "--json"]) == 0
@@ -196,10 +208,10 @@ def test_early_stopping_is_announced_and_json_summaries(fm_store, fm_dir, tmp_pa
                      rf"epochs; keeping epoch {doc['best_epoch']}", cap.err), cap.err
     assert "done in" in cap.err and "stopped early" in cap.err
 
-    assert main(["extract", str(fm_dir), "--out", str(tmp_path / "s"), *FAST, "--json"]) == 0
+    assert main(["extract", str(small_src), "--out", str(tmp_path / "s"), *FAST, "--json"]) == 0
     cap = capsys.readouterr()
     doc = json.loads(cap.out)
-    assert doc["command"] == "extract" and doc["embedded_total"] == 80 and doc["accounted"] is True
+    assert doc["command"] == "extract" and doc["embedded_total"] == 8 and doc["accounted"] is True
     assert "done in" in cap.err
 
 
@@ -208,10 +220,10 @@ def test_auto_solver_respects_the_memory_budget_and_a_time_estimate(fm_store, tm
     """LinearSVC (liblinear) holds ~28 bytes per value: at a 1 MiB budget auto streams (it used to count
     12 and pick the exact solver); the issue's 3,603 x 22,288 x 10-class job is estimated at ~13 min,
     so auto streams it too."""
-    from deepfeat.training import _choose_solver, exact_cost
-
     r = deepfeat.train(fm_store, head="svm", memory_budget="1MiB", epochs=2)
     assert r.solver == "stream"
+    from deepfeat.training import _choose_solver, exact_cost
+
     need, _ = exact_cost("svm", r.n_train, 1280, 10)
     assert 1 << 20 < need <= 28 * r.n_train * 1280
     assert main(["train", str(fm_store), "--out", str(tmp_path / "auto.dfm"), "--head", "svm", "--memory-budget",
@@ -245,6 +257,10 @@ def test_disk_full_while_writing_a_bundle_or_a_report_exits_4_and_leaves_nothing
     assert r.returncode == 4, r.stderr
     assert "Traceback" not in r.stderr and "disk is full" in r.stderr, r.stderr
     assert os.listdir(models) == []  # neither the bundle nor a temporary file
+    # the streaming solver's checkpoint after epoch 1 hits the limit first
+    r = _limited(["train", str(fm_store), "--out", str(models / "s.dfm"), "--solver", "stream"], 16 << 10, tmp_path)
+    assert r.returncode == 4 and "Traceback" not in r.stderr and "disk is full" in r.stderr, r.stderr
+    assert os.listdir(models) == []
 
     report = tmp_path / "report"
     r = _limited(["analyze", str(fm_store), "--out", str(report)], 16 << 10, tmp_path)

@@ -125,7 +125,8 @@ class Task:
             eta = (self.total - self.n) / rate if rate > 0 else float("nan")
             return (f"{self.desc}: {_count(self.n)}/{_count(self.total)} {self.unit} ({self.n / self.total:.0%}), "
                     f"{rate:,.1f} {self.unit}/s, {format_duration(elapsed)} elapsed, ETA {format_duration(eta)}{extra}")
-        return f"{self.desc}: {_count(self.n)} {self.unit}, {rate:,.1f} {self.unit}/s, {format_duration(elapsed)}{extra}"
+        return (f"{self.desc}: {_count(self.n)} {self.unit}, {rate:,.1f} {self.unit}/s, "
+                f"{format_duration(elapsed)}{extra}")
 
 
 class _LogTask(Task):

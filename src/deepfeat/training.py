@@ -733,7 +733,7 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
             X[pos:pos + len(yb)] = Xb
             y[pos:pos + len(yb)] = yb
             pos += len(yb)
-            # statistics batch by batch: fitting the whole matrix at once made two float64 copies of it
+            # statistics batch by batch: fitting the whole matrix at once made a float64 copy of it (8 B per value)
             scaler.partial_fit(Xb)
             task.update(len(yb))
     if pos != plan.n_train:
