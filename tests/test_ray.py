@@ -17,7 +17,8 @@ import pytest
 import deepfeat
 from deepfeat.engines.assign import assign_parts, steal, workers_for
 from deepfeat.errors import EnvironmentFault, UsageError
-from test_crash import assert_same, committed_parts, snapshot, wait_for
+import faults
+from test_crash import assert_kept, assert_same, committed, committed_parts, snapshot, wait_for
 
 KW = dict(layers="blocks.2,pre_logits", input_size=32, batch_size=4, part_size=12, device="cpu")
 CLI_ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "4", "--part-size", "12", "-q"]
@@ -103,6 +104,53 @@ def ray_extract(src, out, **kw):
     return deepfeat.extract(src, out, engine="ray", ray_workers=2, **{**KW, **kw})
 
 
+def dying_worker(die: dict[str, str] | None = None, crash_on: str | None = None) -> type:
+    """A PartWorker that dies where the test says; defined here, so Ray pickles it by value into its workers.
+
+    ``die``: part name -> ``batch`` (the worker dies computing the part's 2nd batch, its 1st one done) or
+    ``written`` (after writing the part, before returning its record), on the part's first attempt only.
+    ``crash_on``: the process decoding an input whose path contains it dies, as with a codec that segfaults
+    (in the worker itself, and in the decode processes it spawns for a retry: tests/faults.py).
+    """
+    from deepfeat.engines.ray_engine import PartWorker
+
+    die = dict(die or {})
+    child_env = {k: v for k, v in faults.env(crash_on=crash_on).items() if k in (faults.ENV, "PYTHONPATH")}
+
+    class DyingPartWorker(PartWorker):
+        def process(self, out, name, items, batches, attempt):  # type: ignore[no-untyped-def]
+            if crash_on:
+                import sys
+
+                os.environ.update(child_env)  # decode processes spawned from now on crash on it too
+                sys.path[:0] = [p for p in child_env["PYTHONPATH"].split(os.pathsep) if p not in sys.path]
+                import faults as injected
+
+                injected.crash_on(crash_on)  # and so does this process, decoding in place (decode_workers=0)
+            stage = die.get(name) if attempt == 0 else None
+            computer = self.computer
+            if stage == "batch":
+                calls = []
+
+                def dies_on_the_second_batch(pixels):  # type: ignore[no-untyped-def]
+                    calls.append(len(pixels))
+                    if len(calls) == 2:
+                        os._exit(77)
+                    return computer(pixels)
+
+                self.computer = dies_on_the_second_batch
+            try:
+                record = super().process(out, name, items, batches, attempt)
+            finally:
+                self.computer = computer
+            if stage == "written":
+                assert os.path.isdir(os.path.join(out, "parts", name))
+                os._exit(77)
+            return record
+
+    return DyingPartWorker
+
+
 # ------------------------------------------------------------------ the store
 def test_ray_store_equals_local_store(ray_cluster, src, local_ref, tmp_path):
     out = tmp_path / "feats"
@@ -122,7 +170,9 @@ def test_worker_killed_mid_part_is_retried_without_duplicates(ray_cluster, src, 
     out = tmp_path / "feats"
     # Part 1: the worker dies after its first batch; part 4: after writing the part, before returning it
     # (an uncommitted directory in parts/ that the retry replaces).
-    monkeypatch.setenv("DEEPFEAT_TEST_RAY_DIE", "00000001,00000004:written")
+    from deepfeat.engines import ray_engine
+
+    monkeypatch.setattr(ray_engine, "PartWorker", dying_worker({"00000001": "batch", "00000004": "written"}))
     s = ray_extract(src, out)
     assert (s.embedded_total, s.failed_total, s.parts_committed) == (80, 2, 7)
     assert "part 00000001 died" in caplog.text and "part 00000004 died" in caplog.text
@@ -152,18 +202,33 @@ def test_ray_driver_killed_is_finished_by_local(ray_cluster, src, local_ref, tmp
     address = ray_cluster.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(src), "--out", str(out), *CLI_ARGS,
            "--engine", "ray", "--address", address, "--ray-workers", "2", "--cpus-per-worker", "1"]
-    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    wait_for(lambda: committed_parts(out) >= 2 or p.poll() is not None)
+    # The driver is killed while committing its 3rd part: exactly 2 parts are committed.
+    marker = tmp_path / "committing"
+    env = faults.env(pause={"stage": "before_manifest", "after": 2, "seconds": 120, "marker": str(marker)})
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    wait_for(lambda: marker.exists() or p.poll() is not None)
+    assert p.poll() is None, p.stderr.read().decode()
     p.send_signal(signal.SIGKILL)
     p.wait()
-    done = committed_parts(out)
-    assert 2 <= done < 7, p.stderr.read().decode()
-    # Ray kills the actors of a dead driver; wait until their CPUs are back before resuming.
+    before = committed(out)
+    assert len(before) == 2
+    # Ray kills the actors of a dead driver. Resume only once every one of them is gone: an actor still
+    # running could write a part directory after the resume cleaned the store.
+    from ray._private import state
+
+    def actors_gone() -> bool:
+        mine = [a for a in state.actors().values() if "PartWorker" in a["ActorClassName"]]
+        return all(a["State"] == "DEAD" for a in mine) and not any(
+            a["Pid"] and os.path.exists(f"/proc/{a['Pid']}") and "zombie" not in
+            open(f"/proc/{a['Pid']}/status").read().lower() for a in mine)
+
+    wait_for(actors_gone, timeout=60)
     wait_for(lambda: ray_cluster.available_resources().get("CPU", 0) >= 2, timeout=30)
     with torch_threads(1):
         s = deepfeat.extract(src, out, workers=0, **KW)
-    assert s.already_done == sum(p["items"] for p in manifest(out)["parts"][:done])
+    assert s.already_done == sum(p.items for p in before)
     assert_same(snapshot(out), local_ref["snap"])
+    assert_kept(before, out)
 
 
 # ------------------------------------------------------------------ errors
@@ -188,10 +253,12 @@ def test_without_ray_the_error_says_how_to_install(src, tmp_path, monkeypatch, c
 
 @pytest.mark.slow
 def test_codec_crash_in_a_worker_fails_one_image_like_a_local_run(ray_cluster, src, tmp_path, monkeypatch):
-    """The decoder kills the worker (DEEPFEAT_TEST_CRASH_ON): the retry isolates decoding in a child
+    """The decoder kills the worker (tests/faults.py crash_on): the retry isolates decoding in a child
     process, and the image is failed with worker_crash, as the local engine does (~45 s here)."""
+    from deepfeat.engines import ray_engine
+
     victim = sorted((src / "train" / "coat").iterdir())[1].name
-    monkeypatch.setenv("DEEPFEAT_TEST_CRASH_ON", victim)
+    monkeypatch.setattr(ray_engine, "PartWorker", dying_worker(crash_on=victim))
     s = ray_extract(src, tmp_path / "feats")
     assert s.failures_by_reason == {"truncated": 1, "unidentified": 1, "worker_crash": 1}
     ledger = deepfeat.open_store(tmp_path / "feats").ledger().to_pylist()
