@@ -33,6 +33,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
+from .. import progress
 from ..errors import EnvironmentFault, UsageError, WeightsUnavailableError
 from .weights import file_sha256
 
@@ -330,6 +331,33 @@ class _NotThere(Exception):
     """This source cannot provide the file right now (the message says why)."""
 
 
+_MIB = float(1 << 20)
+
+
+class _DownloadProgress:
+    """huggingface_hub's ``tqdm_class``: a download shown by deepfeat's progress reporter (a bar on a
+    terminal, plain periodic lines in logs, INFO log lines from the API), counted in MiB."""
+
+    def __init__(self, *_args: object, total: float | None = None, initial: float = 0, desc: str | None = None,
+                 **_kwargs: object) -> None:
+        self._task = progress.task(f"download {desc or 'weights'}", total=total / _MIB if total else None,
+                                   unit="MiB")
+        if initial:
+            self._task.update(initial / _MIB)
+
+    def update(self, n: float = 1) -> None:
+        self._task.update(n / _MIB)
+
+    def close(self) -> None:
+        self._task.close()
+
+    def __enter__(self) -> "_DownloadProgress":
+        return self
+
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self._task.__exit__(exc_type, *exc)
+
+
 def _published_sha(remote: Remote, path: str) -> str | None:
     """The sha256 (or sha256 prefix) the source published for ``path``, when it did."""
     if isinstance(remote, HubFile):
@@ -406,10 +434,11 @@ def _download_hub(remote: HubFile, name: str) -> tuple[str, str | None]:
         except Exception as exc:  # noqa: BLE001 - connection errors and timeouts of the HTTP client
             raise _NotThere(f"{endpoint} did not answer within {timeout:g} s ({_first_line(exc)})") from None
         published = meta.etag if meta.etag and _SHA256.match(meta.etag) else None
-        log.info("downloading the weights of %s: %s (%s bytes)", name, url, meta.size)
+        size = f" ({meta.size / _MIB:,.1f} MiB)" if meta.size else ""
+        progress.note(f"downloading {filename} of {name} from {endpoint}/{remote.repo_id}{size} into {hf_cache_dir()}")
         try:
             path = hf_hub_download(remote.repo_id, filename, revision=remote.revision, cache_dir=hf_cache_dir(),
-                                   endpoint=endpoint, etag_timeout=timeout)
+                                   endpoint=endpoint, etag_timeout=timeout, tqdm_class=_DownloadProgress)
         except HfHubHTTPError as exc:
             raise _NotThere(f"{endpoint} refused {remote.repo_id}/{filename} ({_first_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - size mismatch, disk full, connection lost mid-file
@@ -425,7 +454,7 @@ def _download_url(remote: UrlFile, name: str) -> str:
     dst = remote.cache_path
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     m = _TORCH_HASH.search(os.path.basename(dst))
-    log.info("downloading the weights of %s: %s", name, remote.url)
+    progress.note(f"downloading the weights of {name} from {remote.url} into {os.path.dirname(dst)}")
     try:
         with _default_socket_timeout(http_timeout()):
             torch.hub.download_url_to_file(remote.url, dst, hash_prefix=m.group(1) if m else None, progress=True)
