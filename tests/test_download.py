@@ -250,7 +250,8 @@ def test_a_corrupt_cache_entry_is_removed_and_refused_offline(online, served_wei
     assert hub.cached_file(hub.remote_files("timm", MODEL)[0]) is None
 
 
-def test_extract_downloads_on_first_use_then_runs_offline(online, served_weights, monkeypatch, photo_files, tmp_path):
+def test_extract_downloads_on_first_use_then_runs_offline(online, served_weights, monkeypatch, photo_files, tmp_path,
+                                                          capsys):
     """'deepfeat extract photos/ --model NAME' with no other step; then offline from the cache. The ViT is asked
     for 64 px inputs, so timm's loader resamples the downloaded position embeddings (16 patches + class token)."""
     import deepfeat
@@ -264,6 +265,7 @@ def test_extract_downloads_on_first_use_then_runs_offline(online, served_weights
     try:
         assert main(["extract", str(src), "--out", str(tmp_path / "a"), *common]) == 0
         assert server.gets("model.safetensors") == 1
+        assert f"downloading model.safetensors of {MODEL} from {server.url}/{REPO}" in capsys.readouterr().err
     finally:
         server.stop()
     assert main(["extract", str(src), "--out", str(tmp_path / "b"), *common, "--offline"]) == 0
