@@ -557,7 +557,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "takes is an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("models", help="list backbones and whether their weights are available offline")
+    p = sub.add_parser("models", help="list backbones and where their weights are: bundled, cached or download")
     p.add_argument("pattern", nargs="?", default=None, help="glob filter, e.g. 'resnet*'")
     p.add_argument("--all", action="store_true", help="every timm/torchvision architecture too")
     p.set_defaults(func=cmd_models)
@@ -583,7 +583,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("--crop-pct", type=float, default=None, help="override the centre-crop fraction")
     p.add_argument("--layers", default="pre_logits", help="comma-separated names or shortcuts (see 'layers')")
-    p.add_argument("--pool", default="avg", help="none|avg|max|avgmax, per layer as 'avg,blocks.4=none'")
+    p.add_argument("--pool", default="avg", help="none|avg|max|avgmax; ViT token layers also cls|cls+avg (avg then "
+                                                 "leaves out class/register tokens); per layer as 'avg,blocks.4=none'")
     p.add_argument("--dtype", default="float32", choices=["float16", "float32"])
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None,
