@@ -22,6 +22,7 @@ _API = {
     "FeatureStore": "deepfeat.store.reader",
     "load_backbone": "deepfeat.models.registry",
     "list_models": "deepfeat.models.registry",
+    "offline_mode": "deepfeat.models.hub",
     "describe_layers": "deepfeat.models.layers",
     "resolve_layers": "deepfeat.models.layers",
     "discover": "deepfeat.data.sources",
