@@ -188,3 +188,18 @@ def test_channels_last_models_pool_like_feature_maps():
     _close(feats["pre_logits"], ref_pre)
     flat = _features(bb, "norm", "none", pixels)["norm"]
     _close(flat, ff.permute(0, 3, 1, 2).reshape(len(ff), -1))  # channel-major, as for any feature map
+
+
+def test_model_folders_take_an_input_size_like_names(folders, tmp_path):
+    """A bundle reloads its backbone with its recorded input size: a ViT folder is rebuilt for it (timm resamples
+    the position embeddings), a CNN folder just runs at it."""
+    import timm
+    from timm.models import save_for_hf
+
+    vit = load_backbone(str(folders["dinov2"]), input_size=28)
+    assert describe_layers(vit)["norm"].shape == (5 + 4, 48)  # 2x2 patches of 14 px + 5 prefix tokens
+    save_for_hf(timm.create_model("test_resnet", pretrained=False), tmp_path / "cnn", safe_serialization=True)
+    for size in (None, 96):
+        cnn = load_backbone(str(tmp_path / "cnn"), input_size=size)
+        assert cnn.family == "hf" and cnn.weights.endswith("model.safetensors")
+        assert cnn.preprocess.input_size == ((96, 96) if size else (160, 160))

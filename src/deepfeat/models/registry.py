@@ -342,18 +342,21 @@ def _preprocess_from_timm_cfg(cfg: dict[str, Any]) -> Preprocess:
     )
 
 
-def _size_kwargs(arch: str, size: tuple[int, int] | None) -> dict[str, Any]:
-    """``img_size`` for a fixed-input-size timm model (a ViT) asked to run at another size."""
+def _size_kwargs(arch: str, size: tuple[int, int] | None, cfg: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``img_size`` for a fixed-input-size timm model (a ViT) asked to run at another size; nothing otherwise
+    (a CNN takes any size and its constructor has no ``img_size``). ``cfg``: a model folder's pretrained_cfg."""
     if size is None:
         return {}
-    import timm
+    if cfg is None:
+        import timm
 
-    try:
-        cfg = timm.models.get_pretrained_cfg(arch)
-    except Exception:  # noqa: BLE001
-        cfg = None
-    default = tuple(cfg.input_size[1:]) if cfg is not None else None
-    if cfg is not None and getattr(cfg, "fixed_input_size", False) and default != tuple(size):
+        try:
+            found = timm.models.get_pretrained_cfg(arch)
+        except Exception:  # noqa: BLE001
+            found = None
+        cfg = found.to_dict() if found is not None else {}
+    default = tuple(cfg.get("input_size") or (3, 0, 0))[1:]
+    if cfg.get("fixed_input_size") and default != tuple(size):
         return {"img_size": tuple(size)}
     return {}
 
@@ -407,7 +410,8 @@ def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, i
     import timm
 
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        arch = str(json.load(f)["architecture"])
+        config = json.load(f)
+    arch = str(config["architecture"])
     if not timm.is_model(arch):
         raise UsageError(f"The model folder {path!r} names the architecture {arch!r}, which this timm "
                          f"({timm.__version__}) does not have; upgrade timm.")
@@ -418,7 +422,8 @@ def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, i
         w = ResolvedWeights(found, file_sha256(found), origin)
     else:
         w = resolve_weights("timm", arch, weights, name=name)
-    kwargs: dict[str, Any] = {"img_size": size} if size is not None else {}
+    pretrained_cfg = config.get("pretrained_cfg")
+    kwargs = _size_kwargs(arch, size, pretrained_cfg if isinstance(pretrained_cfg, dict) else {})
     try:
         model = timm.create_model(f"local-dir:{os.path.abspath(path)}", pretrained=weights is None, **kwargs)
     except (RuntimeError, KeyError, ValueError, OSError, TypeError) as exc:
