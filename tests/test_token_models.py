@@ -203,3 +203,20 @@ def test_model_folders_take_an_input_size_like_names(folders, tmp_path):
         cnn = load_backbone(str(tmp_path / "cnn"), input_size=size)
         assert cnn.family == "hf" and cnn.weights.endswith("model.safetensors")
         assert cnn.preprocess.input_size == ((96, 96) if size else (160, 160))
+
+
+def test_a_weights_file_loads_at_another_input_size_and_a_wrong_one_is_a_usage_error(tmp_path):
+    """--weights PATH with --input-size on a ViT: timm's checkpoint filter resamples the position embeddings
+    (what a bundle does when it reloads a downloaded ViT); another architecture's file is a clear error."""
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(2)
+    model = timm.create_model("test_vit", pretrained=False)
+    path = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    bb = load_backbone("test_vit", str(path), input_size=64)
+    assert bb.model.pos_embed.shape == (1, 1 + 16, 64) and bb.weights_origin == "file"
+    assert torch.equal(bb.model.blocks[0].attn.qkv.weight, model.blocks[0].attn.qkv.weight)
+    with pytest.raises(UsageError, match="do not fit the model: missing keys"):
+        load_backbone("timm:test_resnet", str(path))

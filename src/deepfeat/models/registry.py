@@ -305,20 +305,25 @@ def _create_timm(arch: str, w: ResolvedWeights, seed: int, **kwargs: Any) -> nn.
     import torch
 
     torch.manual_seed(seed)
+    first_error: UsageError | None = None
     if w.origin not in ("cache", "download"):
         model = timm.create_model(arch, pretrained=False, **kwargs)
         try:
             _load_weights_file(model, w)
             return model
-        except UsageError:
-            if w.origin != "file" or kwargs:
+        except UsageError as exc:
+            if w.origin != "file":
                 raise
-            log.info("the weights in %s do not fit by name; trying timm's checkpoint filter", w.path)
+            first_error = exc
+            log.info("the weights in %s do not fit as they are; trying timm's checkpoint filter", w.path)
     try:
         return timm.create_model(arch, pretrained=True, pretrained_cfg_overlay={"file": w.path}, **kwargs)
-    except (RuntimeError, KeyError, ValueError, OSError) as exc:
-        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise UsageError(f"The weights in {w.path} do not fit the timm model {arch!r}: {first}") from None
+    except (RuntimeError, KeyError, ValueError, OSError, TypeError, AttributeError) as exc:
+        if first_error is not None:
+            raise first_error from None
+        lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+        raise UsageError(f"The weights in {w.path} do not fit the timm model {arch!r}: "
+                         f"{' '.join(lines[:3])[:400] or type(exc).__name__}") from None
 
 
 def _load_bundled(spec: BundledSpec, weights: str | None, seed: int) -> Backbone:

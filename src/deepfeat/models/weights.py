@@ -78,6 +78,10 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], so
     """Load ``state_dict`` strictly, or by position when names differ but shapes match in order."""
     target = model.state_dict()
     if set(state_dict) == set(target):
+        wrong = [f"{k} {tuple(v.shape)} (the model has {tuple(target[k].shape)})" for k, v in state_dict.items()
+                 if tuple(v.shape) != tuple(target[k].shape)]
+        if wrong:
+            raise UsageError(f"The weights in {source} do not fit the model: {'; '.join(wrong[:3])}.")
         model.load_state_dict(state_dict, strict=True)
         return
     if len(state_dict) == len(target) and all(
