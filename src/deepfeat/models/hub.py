@@ -380,7 +380,7 @@ def _remove_cached(remote: Remote, path: str) -> None:
             os.remove(p)
 
 
-def probe(url: str, timeout: float = PROBE_TIMEOUT) -> None:
+def _probe(url: str, timeout: float = PROBE_TIMEOUT) -> None:
     """Open (and close) a TCP connection to ``url``'s host; raise ``_NotThere`` when that fails."""
     parts = urlsplit(url)
     host = parts.hostname or ""
@@ -419,7 +419,7 @@ def _download_hub(remote: HubFile, name: str) -> tuple[str, str | None]:
     except ImportError:
         raise _NotThere("huggingface_hub is not installed (pip install huggingface_hub)") from None
     endpoint = hf_endpoint()
-    probe(endpoint)
+    _probe(endpoint)
     timeout = http_timeout()
     missing: list[str] = []
     for filename in remote.filenames:
@@ -450,7 +450,7 @@ def _download_hub(remote: HubFile, name: str) -> tuple[str, str | None]:
 def _download_url(remote: UrlFile, name: str) -> str:
     import torch
 
-    probe(remote.url)
+    _probe(remote.url)
     dst = remote.cache_path
     os.makedirs(os.path.dirname(dst), exist_ok=True)
     m = _TORCH_HASH.search(os.path.basename(dst))

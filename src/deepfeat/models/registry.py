@@ -34,10 +34,10 @@ import os
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..errors import UsageError, WeightsUnavailableError
+from ..errors import UsageError
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .hub import RANDOM, HubFile, ResolvedWeights, hf_cache_dir, resolve_remote, resolve_weights, torch_hub_dir, \
-    weights_status
+from .hub import RANDOM  # noqa: F401 - re-exported: bundles and callers import it from here
+from .hub import HubFile, ResolvedWeights, hf_cache_dir, resolve_remote, resolve_weights, torch_hub_dir, weights_status
 from .weights import file_sha256, load_into, load_state_dict
 
 if TYPE_CHECKING:  # torch is imported where it is used: 'deepfeat models' never loads it
