@@ -55,7 +55,7 @@ def run(src: str, out: str, part_size: int, **kw: Any) -> dict[str, Any]:
     n = s.embedded_now + s.failed_now
     # Ray reports one "batch" event per committed part; the local engine one per batch: group by part size.
     steady = None
-    if kw.get("engine") == "ray" and len(commits) >= 3:
+    if getattr(kw.get("engine"), "name", kw.get("engine")) == "ray" and len(commits) >= 3:
         first, last = commits[0][0], commits[-1][0]
         steady = sum(d for _, d in commits[1:]) / (last - first) if last > first else None
     elif len(commits) >= 3:
@@ -86,6 +86,8 @@ def main() -> int:
     try:
         src = os.path.join(tmp, "fm")
         write_fashion_mnist(src, per_class=args.per_class)
+        from deepfeat.engines.ray_engine import RayEngine
+
         common = dict(batch_size=args.batch_size)
         results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                                                "torch": torch.__version__, "ray": ray.__version__,
@@ -108,8 +110,8 @@ def main() -> int:
                     continue
                 name = f"ray {workers}w x {cpus}cpu"
                 log(name)
-                results[name] = run(src, os.path.join(tmp, name.replace(" ", "_")), args.part_size, engine="ray",
-                                    ray_workers=workers, cpus_per_worker=cpus, **common)
+                results[name] = run(src, os.path.join(tmp, name.replace(" ", "_")), args.part_size,
+                                    engine=RayEngine(workers=workers, cpus_per_worker=cpus), **common)
         finally:
             ray.shutdown()
     finally:

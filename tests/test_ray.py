@@ -100,8 +100,10 @@ def local_ref(src, tmp_path_factory):
     return {"out": out, "manifest": manifest(out), "snap": snapshot(out), "reasons": s.failures_by_reason}
 
 
-def ray_extract(src, out, **kw):
-    return deepfeat.extract(src, out, engine="ray", ray_workers=2, **{**KW, **kw})
+def ray_extract(src, out, address=None, **kw):
+    from deepfeat.engines.ray_engine import RayEngine
+
+    return deepfeat.extract(src, out, engine=RayEngine(address=address, workers=2), **{**KW, **kw})
 
 
 def dying_worker(die: dict[str, str] | None = None, crash_on: str | None = None) -> type:

@@ -269,7 +269,9 @@ def test_ray_engine_reads_shards_whole(fm_dir: Path, tmp_path: Path) -> None:
         torch.set_num_threads(before)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        s = deepfeat.extract(str(tmp_path / "shards"), tmp_path / "ray", engine="ray", ray_workers=2, **kw)
+        from deepfeat.engines.ray_engine import RayEngine
+
+        s = deepfeat.extract(str(tmp_path / "shards"), tmp_path / "ray", engine=RayEngine(workers=2), **kw)
     finally:
         ray.shutdown()
     assert (s.embedded_total, s.parts_committed) == (80, 4), "four 20-sample shards, never two in a 24-input part"

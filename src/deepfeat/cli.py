@@ -17,6 +17,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from .engines import add_engine_arguments
 from . import __version__
 from .errors import EnvironmentFault, StoreError, UsageError
 from .units import format_size
@@ -209,6 +210,7 @@ def _add_runtime_args(p: argparse.ArgumentParser, auto_help: str = "auto: the fa
 
 
 def cmd_extract(args: argparse.Namespace) -> int:
+    from .engines import engine_from_arguments
     from .extraction import extract
 
     progress = _Progress("extract", args.quiet, to_stderr=args.json)
@@ -220,10 +222,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                     part_seconds=args.part_seconds or None,
                     overwrite=args.overwrite,
                     ignore_free_space=args.ignore_free_space,
-                    engine=args.engine, progress=progress, views=args.views, augment=args.augment,
-                    views_splits=args.views_splits, augment_seed=args.augment_seed,
-                    address=args.address, ray_workers=args.ray_workers,
-                    gpus_per_worker=args.gpus_per_worker, cpus_per_worker=args.cpus_per_worker)
+                    engine=engine_from_arguments(args), progress=progress, views=args.views, augment=args.augment,
+                    views_splits=args.views_splits, augment_seed=args.augment_seed)
     finally:
         progress.close()
     say = progress.say
@@ -600,14 +600,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="augmentation spec for the views, e.g. 'flip,crop=0.8,rotate=15,color=0.2' (default flip,crop=0.8)")
     p.add_argument("--views-splits", default="train", help="splits that get augmented views (default: train)")
     p.add_argument("--augment-seed", type=int, default=0)
-    p.add_argument("--engine", default="local", choices=["local", "ray"],
-                   help="local, or ray: Ray workers write the parts (pip install \"deepfeat[ray]\"; docs/RAY.md)")
-    p.add_argument("--address", default=None,
-                   help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a new local Ray instance)")
-    p.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: as many as fit)")
-    p.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs of each Ray worker (default 0)")
-    p.add_argument("--cpus-per-worker", type=float, default=1,
-                   help="CPUs of each Ray worker; torch uses that many threads (default 1)")
+    add_engine_arguments(p)  # --engine and each engine's own flags (--address, --ray-workers, ...)
     p.add_argument("--overwrite", action="store_true", help="delete an existing store with another config")
     p.add_argument("--ignore-free-space", action="store_true",
                    help="start even when the job's estimated size exceeds the free space on the output's filesystem "

@@ -23,6 +23,7 @@ import pyarrow as pa
 from . import __version__
 from .data.decode import DecodePolicy
 from .data.sources import Discovery, SourceItem
+from .engines import Engine, RunSettings, get_engine
 from .sources import Source, open_source
 from .errors import EnvironmentFault, UsageError
 from .models.layers import PRE_LOGITS, describe_layers
@@ -144,16 +145,6 @@ def validate_extract_args(dtype: str, device: str, precision: str, batch_size: i
         raise UsageError(f"The 'part_size' parameter of extract must be >= 1; got {part_size} instead.")
 
 
-def _resolve_device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
-    return device
-
-
 def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple[str, str]:
     """On a resume, ``auto`` means the runtime and precision the store was written with (when they run here).
 
@@ -174,7 +165,9 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
 
 def default_workers() -> int:
     """Decode workers by default: one per spare core (at least one), at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    from .engines.local import LocalEngine
+
+    return LocalEngine().default_workers()
 
 
 def plan_extraction(
@@ -288,17 +281,13 @@ def extract(
     overwrite: bool = False,
     ignore_free_space: bool = False,
     policy: DecodePolicy | None = None,
-    engine: str = "local",
+    engine: str | Engine = "local",
     progress: ProgressFn | None = None,
     backbone: Backbone | None = None,
     views: int = 0,
     augment: str | None = None,
     views_splits: Sequence[str] | str = ("train",),
     augment_seed: int = 0,
-    address: str | None = None,
-    ray_workers: int | None = None,
-    gpus_per_worker: float = 0,
-    cpus_per_worker: float = 1,
 ) -> ExtractSummary:
     """Extract features of ``layers`` for every image under ``source`` into the store ``out``.
 
@@ -317,11 +306,9 @@ def extract(
         dtype: ``float16`` or ``float32`` storage.
         workers: decode processes (default: spare cores; 0 = decode in this process). With
             ``engine="ray"``: decode processes inside each Ray worker (default 0: the worker decodes).
-        engine: ``local`` (this machine) or ``ray`` (Ray actors write the parts; see docs/RAY.md).
+        engine: ``"local"`` (this machine), ``"ray"``, or an engine object with its own options,
+            e.g. ``RayEngine(address="auto", workers=8)`` (see :mod:`deepfeat.engines`, docs/RAY.md).
             The store is the same, and either engine resumes the other's store.
-        address: Ray cluster to use (``auto``, ``host:port``, ``ray://host:port``); default: a new
-            local Ray instance (or ``RAY_ADDRESS``). ``ray_workers``: Ray workers (default: as many
-            as fit); ``gpus_per_worker`` / ``cpus_per_worker``: Ray resources of each worker.
         views: augmented views stored per image of ``views_splits`` (and of unsplit inputs), besides
             view 0; ``augment`` is their spec (see :mod:`deepfeat.data.augment`), seeded per
             (``augment_seed``, image id, view) so that reruns and resumes give the same features.
@@ -339,20 +326,13 @@ def extract(
     Returns:
         An :class:`ExtractSummary`.
     """
-    if engine not in ("local", "ray"):
-        raise UsageError(f"The 'engine' parameter must be 'local' or 'ray'; got {engine!r} instead.")
-    workers = (0 if engine == "ray" else default_workers()) if workers is None else int(workers)
+    eng = get_engine(engine)
+    eng.check()
+    workers = eng.default_workers() if workers is None else int(workers)
     validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
     if part_seconds is not None and not part_seconds > 0:
         raise UsageError(f"The 'part_seconds' parameter of extract must be > 0; got {part_seconds} instead.")
-    if engine == "ray":
-        from .engines.ray_engine import import_ray
-
-        import_ray()  # the install hint before any work
-        if device == "auto":  # the GPUs are on the workers, not necessarily here
-            device = "cuda" if gpus_per_worker > 0 else "cpu"
-    else:
-        device = _resolve_device(device)
+    device = eng.resolve_device(device)
     if not overwrite:
         runtime, precision = _resume_choice(os.fspath(out), runtime, precision, device)
     choice = resolve_runtime(runtime, device, precision)
@@ -365,14 +345,9 @@ def extract(
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
-    computer = None
-    if engine == "local":
-        from .runtimes import build_runtime
-
-        computer = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=choice.runtime, device=device,
-                                 precision=choice.precision, dtype=dtype, channels_last=channels_last)
-        plan.use_runtime(computer.describe())
-    os.makedirs(out, exist_ok=True)
+    settings = RunSettings(batch_size=batch_size, workers=workers, device=device, channels_last=channels_last,
+                           policy=policy or DecodePolicy(), progress=progress, part_seconds=part_seconds)
+    eng.prepare(plan, settings)  # e.g. the local runtime is built (and any fallback recorded) before the store opens
     summary = ExtractSummary(out=out, discovered=len(plan.discovery.items), excluded=len(plan.discovery.excluded),
                              notes=list(plan.discovery.notes))
     for ex in plan.discovery.excluded:
@@ -397,20 +372,7 @@ def extract(
                       "pending": len(pending), "already_done": summary.already_done,
                       "excluded": summary.excluded, "layers": plan.layers, "part_size": plan.part_size,
                       "device": device, "runtime": plan.runtime, "precision": plan.precision})
-        if engine == "ray":
-            from .engines.ray_engine import run_ray
-
-            stats = run_ray(plan, pending, out, manifest, batch_size=batch_size, workers=workers, device=device,
-                            precision=plan.precision, channels_last=channels_last, policy=policy or DecodePolicy(),
-                            progress=progress, address=address, num_workers=ray_workers,
-                            gpus_per_worker=gpus_per_worker, cpus_per_worker=cpus_per_worker)
-        else:
-            from .engines.local import run_local
-
-            stats = run_local(plan, pending, out, manifest, batch_size=batch_size, workers=workers,
-                              runtime=computer, policy=policy or DecodePolicy(), progress=progress,
-                              part_seconds=part_seconds)
-        summary.embedded_now, summary.failed_now, summary.parts_committed = stats
+        summary.embedded_now, summary.failed_now, summary.parts_committed = eng.run(plan, pending, writer, settings)
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start
     log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,

@@ -5,7 +5,7 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 import pyarrow as pa
@@ -15,9 +15,13 @@ from ..data.sources import SourceItem
 from ..data.worker import Decoded, Failed
 from ..store import layout
 from ..store.writer import Manifest, write_part
+from . import RunSettings
 from .decode_pool import DecodePool
-from ..runtimes import Runtime
 from .forward import nonfinite_rows
+
+if TYPE_CHECKING:  # pragma: no cover
+    from ..runtimes import Runtime
+    from ..store.session import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ class PartBuilder:
         return write_part(store_dir, self.name, feats, rows, ledger)
 
 
-def add_batch(builder: PartBuilder, computer: Runtime, results: Sequence[Decoded | Failed]) -> tuple[int, int]:
+def add_batch(builder: PartBuilder, computer: "Runtime", results: Sequence[Decoded | Failed]) -> tuple[int, int]:
     """Ledger the failures of one decoded batch and add the features of the rest (every engine uses this).
 
     Returns (decoded, failed) counts.
@@ -138,7 +142,7 @@ def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> lis
 
 
 def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
-              workers: int, runtime: Runtime, policy: DecodePolicy,
+              workers: int, runtime: "Runtime", policy: DecodePolicy,
               progress: Callable[[dict[str, Any]], None] | None = None,
               part_seconds: float | None = None) -> tuple[int, int, int]:
     """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts).
@@ -189,3 +193,61 @@ def _count_new(manifest: Manifest, parts: Sequence[tuple[str, list[SourceItem]]]
     names = {n for n, _ in parts}
     new = [p for p in manifest.parts if p.name in names]
     return sum(p.embedded for p in new), sum(p.failed for p in new), len(new)
+
+
+def resolve_local_device(device: str) -> str:
+    """``auto`` -> ``cuda`` when a CUDA device is visible here, else ``cpu``; ``cuda`` must exist."""
+    import torch
+
+    from ..errors import UsageError
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
+    return device
+
+
+class LocalEngine:
+    """This machine: decode worker processes feed one runtime in this process; parts are committed
+    by size or, at a batch boundary, after ``part_seconds``.
+
+    Example:
+        >>> deepfeat.extract("data/", "feats/", engine=LocalEngine())   # doctest: +SKIP
+    """
+
+    name = "local"
+
+    def __init__(self) -> None:
+        self.runtime: Any = None
+
+    def check(self) -> None:
+        """The local engine runs wherever deepfeat is installed."""
+
+    def default_workers(self) -> int:
+        """One decode process per spare core (at least one), at most 8."""
+        return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+    def resolve_device(self, device: str) -> str:
+        return resolve_local_device(device)
+
+    def prepare(self, plan: Any, settings: RunSettings) -> None:
+        """Build the runtime here (falling back to torch when an export fails) and record what runs."""
+        from ..runtimes import build_runtime
+
+        self.runtime = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=plan.runtime,
+                                     device=settings.device, precision=plan.precision, dtype=plan.dtype,
+                                     channels_last=settings.channels_last)
+        plan.use_runtime(self.runtime.describe())
+
+    def run(self, plan: Any, pending: Sequence[SourceItem], writer: "StoreWriter",
+            settings: RunSettings) -> tuple[int, int, int]:
+        if self.runtime is None:
+            self.prepare(plan, settings)
+        assert writer.manifest is not None
+        return run_local(plan, pending, writer.path, writer.manifest, batch_size=settings.batch_size,
+                         workers=settings.workers, runtime=self.runtime, policy=settings.policy,
+                         progress=settings.progress, part_seconds=settings.part_seconds)
+
+    def __repr__(self) -> str:
+        return "LocalEngine()"

@@ -187,9 +187,9 @@ def run_ray(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manife
             progress: Callable[[dict[str, Any]], None] | None = None, address: str | None = None,
             num_workers: int | None = None, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
             max_retries: int = 3) -> tuple[int, int, int]:
-    """Process ``pending`` inputs into committed parts on Ray. Returns (embedded, failed, parts).
+    """Process ``pending`` inputs into committed parts on Ray (what :class:`RayEngine` runs).
 
-    Args:
+    Returns (embedded, failed, parts). Args:
         workers: decode processes inside each Ray worker (0 = decode in the worker itself).
         address: a running cluster (``auto``, ``host:port``, ``ray://host:port``); default: the
             ``RAY_ADDRESS`` variable, an already initialised Ray, or a new local instance.
@@ -197,15 +197,8 @@ def run_ray(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manife
         gpus_per_worker / cpus_per_worker: Ray resources of each worker (torch uses that many threads).
         max_retries: times one part is resubmitted after its worker died.
 
-    Example:
-        >>> deepfeat.extract("data/", out="feats/", engine="ray", address="auto")   # doctest: +SKIP
     """
-    ray = import_ray()
-    if gpus_per_worker < 0 or cpus_per_worker < 0 or (cpus_per_worker == 0 and gpus_per_worker == 0):
-        raise UsageError("Each Ray worker needs CPUs or GPUs: --cpus-per-worker and --gpus-per-worker must be >= 0 "
-                         "and not both 0.")
-    if max_retries < 0:
-        raise UsageError(f"The 'max_retries' parameter must be >= 0; got {max_retries} instead.")
+    ray = import_ray()  # options were checked by RayEngine
     if not pending:
         return 0, 0, 0
     out = os.path.abspath(out)
@@ -347,3 +340,77 @@ class _Driver:
         if [r.name for r in ordered] != [r.name for r in self.manifest.parts]:
             self.manifest.parts[:] = ordered
             self.manifest.save()
+
+
+class RayEngine:
+    """Ray actors on a cluster compute and write whole parts; the driver (this process) commits them.
+
+    Args:
+        address: a running cluster (``auto``, ``host:port``, ``ray://host:port``); default: the
+            ``RAY_ADDRESS`` variable, an already initialised Ray, or a new local instance.
+        workers: Ray workers (actors); default: as many as the cluster holds, at most one per part.
+        gpus_per_worker / cpus_per_worker: Ray resources of each worker (torch uses that many threads).
+        max_retries: times one part is resubmitted after its worker died.
+
+    Parts are planned by size only (``part_seconds`` does not apply): a worker writes a whole part.
+
+    Example:
+        >>> deepfeat.extract("data/", "feats/", engine=RayEngine(address="auto", workers=8))  # doctest: +SKIP
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0,
+                 cpus_per_worker: float = 1, max_retries: int = 3) -> None:
+        if gpus_per_worker < 0 or cpus_per_worker < 0 or (cpus_per_worker == 0 and gpus_per_worker == 0):
+            raise UsageError("Each Ray worker needs CPUs or GPUs: --cpus-per-worker and --gpus-per-worker must be "
+                             ">= 0 and not both 0.")
+        if workers is not None and workers < 1:
+            raise UsageError(f"--ray-workers must be >= 1; got {workers} instead.")
+        if max_retries < 0:
+            raise UsageError(f"The 'max_retries' parameter must be >= 0; got {max_retries} instead.")
+        self.address, self.workers = address, workers
+        self.gpus_per_worker, self.cpus_per_worker, self.max_retries = gpus_per_worker, cpus_per_worker, max_retries
+
+    @classmethod
+    def add_arguments(cls, parser: Any) -> None:
+        """The CLI flags of this engine (used with ``--engine ray``)."""
+        parser.add_argument("--address", default=None,
+                            help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a new local Ray instance)")
+        parser.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: as many as fit)")
+        parser.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs of each Ray worker")
+        parser.add_argument("--cpus-per-worker", type=float, default=1,
+                            help="CPUs of each Ray worker; torch uses that many threads")
+
+    @classmethod
+    def from_arguments(cls, args: Any) -> "RayEngine":
+        return cls(address=args.address, workers=args.ray_workers, gpus_per_worker=args.gpus_per_worker,
+                   cpus_per_worker=args.cpus_per_worker)
+
+    def default_workers(self) -> int:
+        """Decode processes inside each Ray worker: none (the worker decodes; a retry uses one)."""
+        return 0
+
+    def resolve_device(self, device: str) -> str:
+        if device == "auto":  # the GPUs are on the workers, not necessarily here
+            return "cuda" if self.gpus_per_worker > 0 else "cpu"
+        return device
+
+    def check(self) -> None:
+        """Ray must be installed: the install hint comes before any work."""
+        import_ray()
+
+    def prepare(self, plan: Any, settings: Any) -> None:
+        """Nothing to build here: the workers build ``plan.runtime`` strictly (no fallback)."""
+
+    def run(self, plan: Any, pending: Sequence[SourceItem], writer: Any, settings: Any) -> tuple[int, int, int]:
+        assert writer.manifest is not None
+        return run_ray(plan, pending, writer.path, writer.manifest, batch_size=settings.batch_size,
+                       workers=settings.workers, device=settings.device, precision=plan.precision,
+                       channels_last=settings.channels_last, policy=settings.policy, progress=settings.progress,
+                       address=self.address, num_workers=self.workers, gpus_per_worker=self.gpus_per_worker,
+                       cpus_per_worker=self.cpus_per_worker, max_retries=self.max_retries)
+
+    def __repr__(self) -> str:
+        return (f"RayEngine(address={self.address!r}, workers={self.workers!r}, "
+                f"gpus_per_worker={self.gpus_per_worker}, cpus_per_worker={self.cpus_per_worker})")
