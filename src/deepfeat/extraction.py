@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from .devices import DEVICES
 from . import __version__
 from .data.decode import DecodePolicy
 from .data.sources import Discovery, SourceItem
@@ -39,7 +40,6 @@ from .units import format_size
 log = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
-DEVICES = ("auto", "cpu", "cuda")
 DEFAULT_PART_BYTES = 256 << 20
 #: a part is also committed once it has been open this long (local engine): an interrupt loses at most about this much
 DEFAULT_PART_SECONDS = 30.0

@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from .devices import resolve_device
 from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import UsageError
@@ -109,7 +110,7 @@ def predict_images(
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     paths, errors = expand_with_errors(inputs)
-    device = _device(device)
+    device = resolve_device(device)
     if policy is None:
         policy = DecodePolicy.from_dict(b.metadata.get("decode_policy"))
     computer = bundle_runtime(b, weights=weights, device=device, runtime=runtime, precision=precision)
@@ -156,19 +157,6 @@ def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, devic
     bb = b.load_backbone(weights)
     return build_runtime(bb, b.compute_layers, describe_layers(bb), runtime=runtime, device=device,
                          precision=precision, dtype=b.compute_dtype)
-
-
-def _device(device: str) -> str:
-    import torch
-
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"The 'device' parameter of predict_images must be one of 'auto', 'cpu', 'cuda'; got "
-                         f"{device!r} instead.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("The 'device' parameter of predict_images asks for CUDA but no CUDA device is available.")
-    return device
 
 
 def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:

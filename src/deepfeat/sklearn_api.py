@@ -74,11 +74,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             bb = load_backbone(self.model, self.weights, input_size=self.input_size)
             infos = describe_layers(bb)
             specs = layer_specs(bb, self.layers, self.pool, infos)
-            device = self.device
-            if device == "auto":
-                import torch
+            from .devices import resolve_device
 
-                device = "cuda" if torch.cuda.is_available() else "cpu"
+            device = resolve_device(self.device)
             comp = build_runtime(bb, specs, infos, runtime=self.runtime, device=device, precision=self.precision,
                                  dtype=self.dtype, channels_last=device != "cpu")
             self.__dict__["_computer_obj"] = comp

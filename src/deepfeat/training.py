@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .devices import resolve_device
 from . import progress as progress_mod
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
@@ -174,21 +175,6 @@ def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> 
     return [store.layer(n) for n in names]
 
 
-def _resolve_device(device: str) -> str:
-    if device == "auto":
-        import torch
-
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda"):
-        import torch
-
-        if not torch.cuda.is_available():
-            raise UsageError("The 'device' parameter of train asks for CUDA but no CUDA device is available; "
-                             "use device='cpu'.")
-    return device
-
-
-# ----------------------------------------------------------------------------- row selection
 def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
     """Deterministic held-out selection by a hash of each row's id (stable across runs and views)."""
     if fraction <= 0:
@@ -493,7 +479,7 @@ def train(
     specs = _resolve_layers(store, layers)
     names = [s.name for s in specs]
     dims = sum(s.dims for s in specs)
-    device = _resolve_device(device)
+    device = resolve_device(device)
     plan = _scan(store, val_fraction)
     if out is not None:
         _check_class_names(plan.classes)

@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..devices import resolve_device
 from .. import __version__
 from ..checkpoint import (
     config_fingerprint,
@@ -94,16 +95,6 @@ class CNNTrainResult:
 
 
 # ----------------------------------------------------------------------------- helpers
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device not in ("cpu", "cuda") and not device.startswith("cuda:"):
-        raise UsageError(f"The 'device' parameter must be auto, cpu or cuda; got {device!r} instead.")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("The 'device' parameter is 'cuda' but no CUDA GPU is available; use --device cpu.")
-    return torch.device(device)
-
-
 def _derive(*parts: int) -> int:
     digest = hashlib.blake2b(":".join(str(p) for p in parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big") & ((1 << 63) - 1)
@@ -455,7 +446,7 @@ def _evaluate(model: nn.Module, ds: ImageSet, preprocess: Preprocess, device: to
 def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device: str, amp: bool, resume: bool,
          overwrite: bool, keep_checkpoint: bool, progress: ProgressFn | None) -> CNNTrainResult:
     start_time = time.perf_counter()
-    dev = _resolve_device(device)
+    dev = torch.device(resolve_device(device))
     hyper = job.hyper
     fp_dict = {"kind": job.kind, "model": job.model_config, "preprocess": job.preprocess.to_dict(),
                "classes": job.splits.classes, "items": _items_digest(job.splits), "hyper": hyper}

@@ -195,19 +195,6 @@ def _count_new(manifest: Manifest, parts: Sequence[tuple[str, list[SourceItem]]]
     return sum(p.embedded for p in new), sum(p.failed for p in new), len(new)
 
 
-def resolve_local_device(device: str) -> str:
-    """``auto`` -> ``cuda`` when a CUDA device is visible here, else ``cpu``; ``cuda`` must exist."""
-    import torch
-
-    from ..errors import UsageError
-
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but no CUDA device is available; use --device cpu.")
-    return device
-
-
 class LocalEngine:
     """This machine: decode worker processes feed one runtime in this process; parts are committed
     by size or, at a batch boundary, after ``part_seconds``.
@@ -229,7 +216,9 @@ class LocalEngine:
         return max(1, min(8, (os.cpu_count() or 2) - 1))
 
     def resolve_device(self, device: str) -> str:
-        return resolve_local_device(device)
+        from ..devices import resolve_device
+
+        return resolve_device(device)
 
     def prepare(self, plan: Any, settings: RunSettings) -> None:
         """Build the runtime here (falling back to torch when an export fails) and record what runs."""
