@@ -38,7 +38,7 @@ from .errors import BundleError, StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .store import trust
 from .store.fsutil import as_os_error, environment_errors
-from .store.reader import LayerSpec
+from .store.layerspec import LayerSpec
 
 FORMAT_NAME = "deepfeat-bundle"
 FORMAT_VERSION = 1

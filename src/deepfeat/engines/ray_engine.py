@@ -124,7 +124,7 @@ class PartWorker:
 
         from ..models.layers import describe_layers
         from ..models.registry import load_backbone
-        from ..store.reader import LayerSpec
+        from ..store.layerspec import LayerSpec
         from ..runtimes import build_runtime
 
         spec = self.spec

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models.registry import Backbone
-from ..store.reader import LayerSpec
+from ..store.layerspec import LayerSpec
 from .base import Runtime, RuntimeUnavailable, cpu_has_bf16, cpu_model
 from .onnx_runtime import ONNXRuntime
 from .openvino_runtime import OpenVINORuntime

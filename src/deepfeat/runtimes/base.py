@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ..models.registry import Backbone
-from ..store.reader import LayerSpec
+from ..store.layerspec import LayerSpec
 
 log = logging.getLogger(__name__)
 

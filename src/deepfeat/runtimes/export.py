@@ -28,7 +28,7 @@ from torch import nn
 from .. import __version__
 from ..models.layers import FeatureTaps
 from ..models.registry import Backbone
-from ..store.reader import LayerSpec
+from ..store.layerspec import LayerSpec
 from .base import Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)

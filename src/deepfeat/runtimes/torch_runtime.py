@@ -10,7 +10,7 @@ import torch
 
 from ..models.layers import FeatureTaps
 from ..models.registry import Backbone
-from ..store.reader import LayerSpec
+from ..store.layerspec import LayerSpec
 from .base import Runtime, cpu_has_bf16
 
 

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from .fsutil import sha256_file
 from ..errors import StoreError, UsageError
 from . import layout, trust
+from .layerspec import LayerSpec
 from .writer import Manifest, PartRecord
 
 log = logging.getLogger(__name__)
@@ -30,24 +31,6 @@ log = logging.getLogger(__name__)
 DEFAULT_READ_BYTES = 32 << 20
 #: Largest uncompressed size per row a store's Parquet footer may declare (paths, messages...).
 MAX_PARQUET_ROW_BYTES = 64 << 10
-
-
-@dataclass(frozen=True)
-class LayerSpec:
-    """One stored feature set: layer name, file key, per-sample shape, pooling and dims."""
-
-    name: str
-    key: str
-    shape: tuple[int, ...]
-    pool: str
-    dims: int
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "key": self.key, "shape": list(self.shape), "pool": self.pool, "dims": self.dims}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "LayerSpec":
-        return cls(d["name"], d["key"], tuple(d["shape"]), d["pool"], int(d["dims"]))
 
 
 @dataclass
