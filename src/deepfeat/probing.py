@@ -16,7 +16,8 @@ optimiser, schedule and early-stopping rule, as ``deepfeat train --solver stream
 probe accuracy is what ``train`` + ``evaluate`` give on that layer.
 
 Written to ``out``: ``probe.csv``, ``probe.json``, ``probe.png`` (accuracy against depth, the
-best layer marked) and ``report.html``.
+best layer marked) and ``report.html``. A row's ``seconds`` is that candidate's own training and
+scoring time; reading and standardising the store is shared by all of them.
 
 Example:
     >>> import deepfeat
@@ -546,7 +547,8 @@ def probe_html(result: ProbeResult, png: str | None) -> str:
                                             highlight=lambda r: r["layer"] == best["name"]),
                   H.paragraph("Sorted by depth; stages, all layers and the full-network embedding follow the "
                               "single layers. The best candidate (highlighted) has the best validation accuracy; "
-                              "the test split was not used to choose it.", note=True)),
+                              "the test split was not used to choose it. Seconds: the candidate's own training and "
+                              "scoring; reading and standardising the store is shared by all.", note=True)),
         H.section("How this was measured", H.paragraph(
             f"A streaming {cfg['head']} head per candidate (Adam, lr {cfg['lr']:g} with cosine decay, alpha "
             f"{cfg['alpha']:g}, batch {cfg['batch_size']}, up to {cfg['epochs']} epochs, early stopping on the "
