@@ -384,6 +384,8 @@ deepfeat.extract(sys.argv[1], sys.argv[2], layers="pre_logits", pool="avg", dtyp
 """
 
 
+@pytest.mark.slow  # ~15 s on an idle machine, a minute on the loaded 2-core VM; the log's kill -9 test
+# above (a real process committing with Manifest, killed 4 times) runs in the default suite
 def test_kill9_during_a_logged_extraction_then_resume_equals_a_clean_run(images: Path, clean: Path,
                                                                           tmp_path: Path) -> None:
     out = tmp_path / "feats"
