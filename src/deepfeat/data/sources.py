@@ -110,7 +110,7 @@ class SourceItem:
     label: str | None
     split: str | None
     size: int  #: bytes, from stat at discovery (0 when unknown before reading)
-    #: where the bytes are when ``path`` is not a file of its own (see :mod:`deepfeat.sources.read`)
+    #: where the bytes are when ``path`` is not a file of its own (see :mod:`deepfeat.data.read`)
     ref: tuple | None = None
     #: the container the item lives in (a shard, a Parquet file); parts keep containers whole
     group: str | None = None

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..sources.read import read_locator
+from .read import read_locator
 from .decode import DecodePolicy, decode_data
 from .preprocess import Preprocess
 
@@ -62,7 +62,7 @@ def prepare_batch(
 ) -> list[Decoded | Failed]:
     """Decode and preprocess ``(id, locator, n_augmented_views)`` triples; bad inputs become :class:`Failed`.
 
-    A locator is a file path or a place in a container (see :mod:`deepfeat.sources.read`).
+    A locator is a file path or a place in a container (see :mod:`deepfeat.data.read`).
 
     ``augment`` is ``(spec, seed)``; an item with ``n`` augmented views gets pixels for view 0
     (plain preprocessing) and views 1..n, each seeded by (seed, id, view).

@@ -24,7 +24,7 @@ kind           what                                                options
 
 Adding a source: a class with ``kind``, ``OPTIONS``, ``claims(spec)`` and ``discover()``,
 decorated with :func:`register_source`; if its items need a new kind of locator, one reader in
-:mod:`deepfeat.sources.read`.
+:mod:`deepfeat.data.read`.
 
 Example:
     >>> from deepfeat.sources import open_source
@@ -35,44 +35,12 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
-from typing import Any, ClassVar, Protocol, runtime_checkable
+from typing import Any
 
-from ..data.sources import Discovery
 from ..errors import UsageError
+from .base import SOURCE_OPTIONS, SOURCES, Source, register_source
 
 __all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "register_source", "open_source"]
-
-#: Every option a source may take, with the CLI flag that sets it.
-SOURCE_OPTIONS: dict[str, str] = {
-    "split": "--split",
-    "image_field": "--image-field/--image-column",
-    "id_field": "--id-field/--id-column",
-    "label_field": "--label-field/--label-column",
-    "split_field": "--split-field/--split-column",
-}
-
-
-@runtime_checkable
-class Source(Protocol):
-    """What every source does: discover its inputs, deterministically."""
-
-    kind: ClassVar[str]
-
-    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
-        """Every input (sorted, stable ids) and every exclusion with its reason."""
-        ...  # pragma: no cover - protocol
-
-
-#: kind -> source class, in the order :func:`open_source` asks them to claim a spec.
-SOURCES: dict[str, type] = {}
-
-
-def register_source(cls: type) -> type:
-    """Class decorator: make a source available to :func:`open_source` under ``cls.kind``."""
-    SOURCES[cls.kind] = cls
-    return cls
-
 
 def _check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in options.items() if v is not None}

@@ -10,7 +10,7 @@ from collections.abc import Iterable
 from typing import ClassVar
 
 from ..data.sources import LIST_EXTENSIONS, Discovery, discover
-from . import register_source
+from .base import register_source
 
 
 class _FileSource:

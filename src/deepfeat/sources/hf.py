@@ -16,47 +16,15 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..data.sources import Discovery, ExcludedItem, SourceItem, item_id, normalize_split
+from ..data.read import WHOLE as _WHOLE, hf_library as _datasets, load_hf as _load, hf_splits as _splits
 from ..errors import UsageError
-from . import register_source
+from .base import register_source
 
 log = logging.getLogger(__name__)
 
-__all__ = ["HFSource", "open_split"]
+__all__ = ["HFSource"]
 
 PREFIX = "hf:"
-_WHOLE = ""  # the split name used for a plain Dataset (not a DatasetDict)
-
-
-def _datasets() -> Any:
-    try:
-        import datasets
-    except ImportError as exc:
-        raise UsageError("Reading a Hugging Face dataset needs the 'datasets' library: "
-                         "pip install 'deepfeat[hf]' (or pip install datasets).") from exc
-    return datasets
-
-
-def _load(path: str) -> Any:
-    """A Dataset or DatasetDict from a ``save_to_disk`` folder, or from the local cache, offline."""
-    datasets = _datasets()
-    if os.path.isdir(path):
-        try:
-            return datasets.load_from_disk(path)
-        except FileNotFoundError as exc:
-            raise UsageError(f"{path!r} is not a dataset written by save_to_disk ({exc}).") from exc
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    try:
-        return datasets.load_dataset(path)
-    except Exception as exc:  # noqa: BLE001 - any failure to find it offline is one message
-        raise UsageError(f"No Hugging Face dataset {path!r}: not a save_to_disk folder, and not in the local "
-                         f"cache ({type(exc).__name__}: {exc}). Save it with Dataset.save_to_disk and pass "
-                         "hf:FOLDER.") from exc
-
-
-def _splits(obj: Any) -> dict[str, Any]:
-    if hasattr(obj, "keys") and not hasattr(obj, "features"):
-        return {str(k): obj[k] for k in obj.keys()}
-    return {_WHOLE: obj}
 
 
 def _image_column(ds: Any, wanted: str | None, where: str) -> str:
@@ -70,16 +38,6 @@ def _image_column(ds: Any, wanted: str | None, where: str) -> str:
         raise UsageError(f"{where} has no Image column (columns: {', '.join(ds.features)}); name it with "
                          "--image-column.")
     return found[0]
-
-
-def open_split(path: str, split: str, column: str) -> Any:
-    """One split of the dataset, its image column giving encoded bytes (used by decode workers)."""
-    datasets = _datasets()
-    ds = _splits(_load(path))[split]
-    feature = ds.features[column]
-    if isinstance(feature, datasets.Image):
-        ds = ds.cast_column(column, datasets.Image(decode=False))
-    return ds
 
 
 @register_source

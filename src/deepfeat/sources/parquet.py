@@ -8,7 +8,7 @@ names a column of unique ids (default: ``<file>#<row number>``), ``label_field``
 
 Discovery reads only the id, label and split columns, one row group at a time, never an image
 and never a whole file; workers read an image column one row group at a time (see
-:mod:`deepfeat.sources.read`). A file that is not Parquet is an ``unreadable_shard`` exclusion;
+:mod:`deepfeat.data.read`). A file that is not Parquet is an ``unreadable_shard`` exclusion;
 a repeated id a ``duplicate`` one; an empty image cell fails its row in the ledger.
 """
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 
 from ..data.sources import IMAGE_EXTENSIONS, Discovery, ExcludedItem, SourceItem, item_id, normalize_split
 from ..errors import UsageError
-from . import register_source
+from .base import register_source
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ else ``split``.
 Discovery reads only tar headers and the small label members, never an image; the result is
 cached per shard (path, size, mtime and options) under ``~/.cache/deepfeat/shard-index``, so a
 resume does not read finished shards again. Workers then read each image with one ``pread`` at
-its offset (see :mod:`deepfeat.sources.read`).
+its offset (see :mod:`deepfeat.data.read`).
 
 A shard that is not a tar, a sample without an image, a key repeated in one shard and the samples
 of a truncated shard beyond the cut are exclusions with reasons (``unreadable_shard``,
@@ -43,7 +43,7 @@ from ..data.sources import (
 )
 from ..errors import UsageError
 from ..store.fsutil import atomic_write_json
-from . import register_source
+from .base import register_source
 
 log = logging.getLogger(__name__)
 

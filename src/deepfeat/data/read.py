@@ -20,10 +20,12 @@ import errno
 import os
 from typing import Any
 
-from ..data.decode import read_file_bytes
-from ..errors import EnvironmentFault, InputError
+from .decode import read_file_bytes
+from ..errors import EnvironmentFault, InputError, UsageError
 
-__all__ = ["read_locator", "close_all"]
+__all__ = ["read_locator", "close_all", "hf_library", "load_hf", "hf_splits", "open_split"]
+
+WHOLE = ""  # the split name of a plain Hugging Face Dataset (not a DatasetDict)
 
 _open_shard: list[Any] = [None, -1]  # [path, fd]: the shard this worker reads now
 _row_group: list[Any] = [None, None]  # [(file, row_group, column), column values]
@@ -106,8 +108,6 @@ def _read_parquet(path: str, row_group: int, row: int, column: str, field: str |
 def _read_hf(path: str, split: str, row: int, column: str, max_bytes: int) -> bytes:
     key = (path, split)
     if key not in _datasets:
-        from .hf import open_split
-
         _datasets.clear()
         _datasets[key] = open_split(path, split, column)
     ds = _datasets[key]
@@ -140,3 +140,46 @@ def read_locator(locator: str | tuple, max_bytes: int) -> bytes:
     if kind == "hf":
         return _read_hf(locator[1], locator[2], int(locator[3]), locator[4], max_bytes)
     raise ValueError(f"unknown input locator {locator!r}")
+
+
+# ---------------------------------------------------------------- Hugging Face datasets
+def hf_library() -> Any:
+    try:
+        import datasets
+    except ImportError as exc:
+        raise UsageError("Reading a Hugging Face dataset needs the 'datasets' library: "
+                         "pip install 'deepfeat[hf]' (or pip install datasets).") from exc
+    return datasets
+
+
+def load_hf(path: str) -> Any:
+    """A Dataset or DatasetDict from a ``save_to_disk`` folder, or from the local cache, offline."""
+    datasets = hf_library()
+    if os.path.isdir(path):
+        try:
+            return datasets.load_from_disk(path)
+        except FileNotFoundError as exc:
+            raise UsageError(f"{path!r} is not a dataset written by save_to_disk ({exc}).") from exc
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    try:
+        return datasets.load_dataset(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to find it offline is one message
+        raise UsageError(f"No Hugging Face dataset {path!r}: not a save_to_disk folder, and not in the local "
+                         f"cache ({type(exc).__name__}: {exc}). Save it with Dataset.save_to_disk and pass "
+                         "hf:FOLDER.") from exc
+
+
+def hf_splits(obj: Any) -> dict[str, Any]:
+    if hasattr(obj, "keys") and not hasattr(obj, "features"):
+        return {str(k): obj[k] for k in obj.keys()}
+    return {WHOLE: obj}
+
+
+def open_split(path: str, split: str, column: str) -> Any:
+    """One split of the dataset, its image column giving encoded bytes (used by decode workers)."""
+    datasets = hf_library()
+    ds = hf_splits(load_hf(path))[split]
+    feature = ds.features[column]
+    if isinstance(feature, datasets.Image):
+        ds = ds.cast_column(column, datasets.Image(decode=False))
+    return ds
