@@ -57,7 +57,7 @@ CLASS_WEIGHTS = (None, "balanced")
 DEFAULT_LR = {"logreg": 1e-3, "svm": 1e-3, "mlp": 1e-3}
 DEFAULT_MEMORY_BUDGET = 1 << 30
 #: bytes per (row x dim) value the exact solvers hold at their peak: the float32 matrix (4) plus what
-#: scikit-learn adds. Measured with scikit-learn 1.9 (tests/test_cli_output.py keeps them honest):
+#: scikit-learn adds, measured (peak RSS around fit) with scikit-learn 1.9 on 1,000 x 4,000 x 10 classes:
 #: LinearSVC (liblinear) adds ~24 (a float64 copy + liblinear's 16-byte index/value nodes);
 #: LogisticRegression (lbfgs) adds ~4, budgeted as 8 for versions that copy to float64.
 EXACT_BYTES_PER_VALUE = {"logreg": 4 + 8, "svm": 4 + 24}
