@@ -285,3 +285,22 @@ def test_predict_on_a_missing_file_says_missing(bundle, tmp_path, capsys):
     assert main(["predict", str(bundle), str(tmp_path / "nope.jpg")]) == 1
     out = capsys.readouterr().out
     assert "missing" in out and "vanished" not in out
+
+
+def test_progress_reporter_modes(caplog):
+    """A terminal gets a tqdm bar; the Python API (no reporter installed) gets INFO log lines every 10 %."""
+    import io
+    import logging
+
+    from deepfeat import progress
+
+    buf = io.StringIO()
+    with progress.Reporter("bar", stream=buf).installed():
+        assert list(progress.track(range(5), "demo", total=5, unit="rows")) == [0, 1, 2, 3, 4]
+        progress.note("early stopping after epoch 3")
+    out = buf.getvalue()
+    assert "\rdemo: 100%" in out and "5/5" in out and "early stopping after epoch 3\n" in out
+    with caplog.at_level(logging.INFO, logger="deepfeat.progress"):
+        assert sum(progress.track(range(20), "api", total=20, unit="rows")) == 190
+    lines = [r.getMessage() for r in caplog.records if r.name == "deepfeat.progress"]
+    assert len(lines) == 11 and lines[0].startswith("api: 2/20 rows (10%)") and lines[-1].startswith("api: 20 rows in")
