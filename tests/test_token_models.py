@@ -46,9 +46,11 @@ def _pixels(bb, n: int = 2) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def _features(bb, layers: str, pool_: str, pixels: np.ndarray, runtime: str = "torch") -> dict[str, np.ndarray]:
-    specs = layer_specs(bb, layers, pool_)
-    return build_runtime(bb, specs, runtime=runtime)(pixels)
+def _features(bb, layers: str, pool_: str, pixels: np.ndarray, runtime: str = "torch",
+              infos=None) -> dict[str, np.ndarray]:
+    infos = infos if infos is not None else describe_layers(bb)
+    specs = layer_specs(bb, layers, pool_, infos=infos)
+    return build_runtime(bb, specs, infos, runtime=runtime)(pixels)
 
 
 def _reference_input(bb, pixels: np.ndarray) -> torch.Tensor:
@@ -78,12 +80,12 @@ def test_vit_family_poolings_match_timm(which, folders):
         ff = model.forward_features(x)
         ref_pre = model.forward_head(ff, pre_logits=True)
         ref_out = model(x)
-    cls = _features(bb, "norm,pre_logits,output", "cls", pixels)
+    cls = _features(bb, "norm,pre_logits,output", "cls", pixels, infos=infos)
     _close(cls["norm"], ff[:, 0])
     _close(cls["norm"], model.pool(ff, pool_type="token"))
     _close(cls["pre_logits"], ref_pre)  # what timm's head sees
     _close(cls["output"], ref_out)
-    feats = {p: _features(bb, "norm", p, pixels)["norm"] for p in ("avg", "max", "clsavg", "none")}
+    feats = {p: _features(bb, "norm", p, pixels, infos=infos)["norm"] for p in ("avg", "max", "clsavg", "none")}
     _close(feats["avg"], ff[:, prefix:].mean(1))
     _close(feats["avg"], model.pool(ff, pool_type="avg"))  # timm's avg also leaves out class/register tokens
     _close(feats["max"], model.pool(ff, pool_type="max"))
@@ -115,7 +117,7 @@ def test_cnn_layers_refuse_cls_and_keep_their_dims():
     x = _reference_input(bb, pixels)
     with torch.no_grad():
         ref_pre = bb.model.forward_head(bb.model.forward_features(x), pre_logits=True)
-    feats = _features(bb, f"{last},pre_logits", "avg", pixels)
+    feats = _features(bb, f"{last},pre_logits", "avg", pixels, infos=infos)
     _close(feats["pre_logits"], ref_pre)
     assert feats[last].shape == (2, infos[last].shape[0])
 
@@ -130,7 +132,7 @@ def test_resnet50_layer4_dims_and_pre_logits():
     with torch.no_grad():
         ff = bb.model.forward_features(x)
         ref_pre = bb.model.forward_head(ff, pre_logits=True)
-    feats = _features(bb, "layer4,pre_logits", "layer4=none,pre_logits=avg", pixels)
+    feats = _features(bb, "layer4,pre_logits", "layer4=none,pre_logits=avg", pixels, infos=infos)
     _close(feats["layer4"], ff.reshape(1, -1))
     _close(feats["pre_logits"], ref_pre)
 
@@ -183,10 +185,10 @@ def test_channels_last_models_pool_like_feature_maps():
     with torch.no_grad():
         ff = bb.model.forward_features(x)  # N x H x W x C
         ref_pre = bb.model.forward_head(ff, pre_logits=True)
-    feats = _features(bb, "norm,pre_logits", "norm=avg,pre_logits=avg", pixels)
+    feats = _features(bb, "norm,pre_logits", "norm=avg,pre_logits=avg", pixels, infos=infos)
     _close(feats["norm"], ff.mean((1, 2)))
     _close(feats["pre_logits"], ref_pre)
-    flat = _features(bb, "norm", "none", pixels)["norm"]
+    flat = _features(bb, "norm", "none", pixels, infos=infos)["norm"]
     _close(flat, ff.permute(0, 3, 1, 2).reshape(len(ff), -1))  # channel-major, as for any feature map
 
 
