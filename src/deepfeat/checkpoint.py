@@ -17,7 +17,6 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -114,8 +113,11 @@ def load_state(path: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 def config_fingerprint(config: Mapping[str, Any]) -> str:
-    """sha256 of a configuration as sorted JSON: a run resumes only from a checkpoint with the same one."""
-    return hashlib.sha256(json.dumps(dict(config), sort_keys=True, default=str).encode()).hexdigest()
+    """sha256 of a configuration as canonical JSON (values JSON cannot hold as their ``str``): a run resumes
+    only from a checkpoint with the same one. The same digest as a store's fingerprint."""
+    from .store.create import fingerprint
+
+    return fingerprint(json.loads(json.dumps(dict(config), default=str)))
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,

@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from ..moments import merge_moments
 from .. import progress
 from ..errors import StoreError, UsageError
 from ..store import layout
@@ -70,16 +71,9 @@ class RunningStats:
 
     def update(self, X: np.ndarray) -> None:
         X = np.asarray(X, dtype=np.float64)
-        nb = X.shape[0]
-        if nb == 0:
+        if X.shape[0] == 0:
             return
-        mb = X.mean(axis=0)
-        m2b = ((X - mb) ** 2).sum(axis=0)
-        n = self.n + nb
-        delta = mb - self.mean_
-        self.mean_ = self.mean_ + delta * (nb / n)
-        self.m2 = self.m2 + m2b + delta ** 2 * (self.n * nb / n)
-        self.n = n
+        self.n, self.mean_, self.m2 = merge_moments(self.n, self.mean_, self.m2, X)
         np.minimum(self.min_, X.min(axis=0), out=self.min_)
         np.maximum(self.max_, X.max(axis=0), out=self.max_)
 

@@ -20,6 +20,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, OneToOneFeatureMixin, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from ..moments import merge_moments
 from ._base import validate_data
 
 
@@ -44,20 +45,8 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
     def partial_fit(self, X: Any, y: Any = None) -> "StreamingScaler":
         first = not hasattr(self, "n_samples_seen_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=first)
-        n_b = X.shape[0]
-        mean_b = X.mean(axis=0, dtype=np.float64)
-        m2_b = ((X - mean_b) ** 2).sum(axis=0, dtype=np.float64)
-        if first:
-            self.n_samples_seen_ = int(n_b)
-            self.mean_ = mean_b
-            self._m2 = m2_b
-        else:
-            n_a = self.n_samples_seen_
-            n = n_a + n_b
-            delta = mean_b - self.mean_
-            self.mean_ = self.mean_ + delta * (n_b / n)
-            self._m2 = self._m2 + m2_b + delta * delta * (n_a * n_b / n)
-            self.n_samples_seen_ = int(n)
+        self.n_samples_seen_, self.mean_, self._m2 = merge_moments(
+            0 if first else self.n_samples_seen_, None if first else self.mean_, None if first else self._m2, X)
         self._finish()
         return self
 
