@@ -425,7 +425,7 @@ def _download_hub(remote: HubFile, name: str) -> tuple[str, str | None]:
     for filename in remote.filenames:
         url = hf_hub_url(remote.repo_id, filename, revision=remote.revision, endpoint=endpoint)
         try:
-            meta = get_hf_file_metadata(url, timeout=timeout, endpoint=endpoint)
+            meta = get_hf_file_metadata(url, timeout=timeout, **_supported(get_hf_file_metadata, endpoint=endpoint))
         except EntryNotFoundError:
             missing.append(filename)
             continue
@@ -438,7 +438,8 @@ def _download_hub(remote: HubFile, name: str) -> tuple[str, str | None]:
         progress.note(f"downloading {filename} of {name} from {endpoint}/{remote.repo_id}{size} into {hf_cache_dir()}")
         try:
             path = hf_hub_download(remote.repo_id, filename, revision=remote.revision, cache_dir=hf_cache_dir(),
-                                   endpoint=endpoint, etag_timeout=timeout, tqdm_class=_DownloadProgress)
+                                   endpoint=endpoint, etag_timeout=timeout,
+                                   **_supported(hf_hub_download, tqdm_class=_DownloadProgress))
         except HfHubHTTPError as exc:
             raise _NotThere(f"{endpoint} refused {remote.repo_id}/{filename} ({_first_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - size mismatch, disk full, connection lost mid-file
@@ -464,6 +465,17 @@ def _download_url(remote: UrlFile, name: str) -> str:
     except OSError as exc:
         raise _NotThere(f"the download of {remote.url} failed ({_first_line(exc)})") from None
     return dst
+
+
+def _supported(func: object, **kwargs: object) -> dict[str, object]:
+    """The keyword arguments ``func`` accepts (newer huggingface_hub options, skipped on older releases)."""
+    import inspect
+
+    try:
+        params = inspect.signature(func).parameters  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return {}
+    return {k: v for k, v in kwargs.items() if k in params}
 
 
 def _first_line(exc: BaseException) -> str:
