@@ -13,6 +13,7 @@ _NAMES = {
     "POOLINGS": ".pooling", "normalize_pool": ".pooling", "pool": ".pooling", "pooled_dims": ".pooling",
     "Preprocess": "..data.preprocess",
     "DEFAULT_MODEL": ".registry", "Backbone": ".registry", "list_models": ".registry", "load_backbone": ".registry",
+    "offline_mode": ".hub", "resolve_weights": ".hub",
 }
 
 __all__ = sorted(_NAMES)
