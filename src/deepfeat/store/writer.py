@@ -138,9 +138,9 @@ class Manifest:
     file checksums, so equal manifests are equal files) and every log line the token of the
     manifest it extends; lines with another token were folded into the manifest already (a crash
     between the rename and the removal of the log: the new manifest lists more parts, so its
-    token differs) and are ignored,
-    as is a torn last line (a crash during an append). A manifest without a token (a store of an
-    earlier deepfeat) has no log. Only this class reads or writes these two files.
+    token differs) and are ignored, as is a torn last line (a crash during an append). A
+    manifest without a token (a store of an earlier deepfeat) has no log. Only this class reads
+    or writes these two files.
     """
 
     #: The log may hold up to 1/compact_ratio as many parts as manifest.json; 0 rewrites
