@@ -26,9 +26,9 @@ import faults
 from killing import group_processes, wait_group_empty
 from test_crash import assert_kept, assert_same, committed, committed_parts, listing, snapshot, wait_for
 
-ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "4", "--part-size", "4",
+ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "2", "--part-size", "2",
         "--workers", "2", "-q"]
-N_PARTS = 20  # 80 images / --part-size 4
+N_PARTS = 40  # 80 images / --part-size 2: room for many interrupts before the store is complete
 RESUME_HINT = "rerun the same command to resume"
 EXIT_WITHIN_S = 10.0  # "a few seconds", with room for a loaded test machine
 
@@ -47,6 +47,19 @@ def reference(fm_dir, tmp_path_factory):
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return snapshot(out)
+
+
+def decode_workers(pgid: int) -> list[int]:
+    """The spawned decode workers in process group ``pgid``."""
+    found = []
+    for pid in group_processes(pgid):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"spawn_main" in f.read():
+                    found.append(pid)
+        except OSError:
+            continue
+    return found
 
 
 def interrupt_once(src: Path, out: Path, tmp: Path, point: str, rng: random.Random, why: str) -> None:
@@ -74,7 +87,7 @@ def interrupt_once(src: Path, out: Path, tmp: Path, point: str, rng: random.Rand
             time.sleep(rng.uniform(0, 0.6))
         assert p.poll() is None, f"{why}: the run ended before the interrupt: {p.communicate()[1].decode()}"
         if point != "startup":
-            assert len(group_processes(p.pid)) >= 3, f"{why}: expected the decode workers in the process group"
+            assert decode_workers(p.pid), f"{why}: expected decode workers in the process group"
         t = time.monotonic()
         os.killpg(p.pid, signal.SIGINT)
         try:
@@ -127,7 +140,7 @@ def test_ctrl_c_to_the_process_group_at_random_points(fm_dir, tmp_path, referenc
 
 @pytest.mark.slow
 def test_ctrl_c_to_the_process_group_many_times(fm_dir, tmp_path, reference):
-    interrupt_and_resume(fm_dir, tmp_path, reference, tries=18)
+    interrupt_and_resume(fm_dir, tmp_path, reference, tries=12)
 
 
 # ------------------------------------------------------------------ parts closed by time (issue 12, item 2)
