@@ -304,7 +304,7 @@ def fmt_s(s: float) -> str:
         return f"{s / 60:.0f} min"
     if s >= 1:
         return f"{s:.1f} s"
-    return f"{s * 1e3:.0f} ms"
+    return f"{s * 1e3:.0f} ms" if s >= 0.01 else f"{s * 1e3:.1f} ms"
 
 
 def fmt_b(b: float) -> str:
