@@ -45,7 +45,7 @@ import numpy as np
 from .errors import UsageError
 from .heads import HEADS, StreamingScaler
 from .store.reader import FeatureStore, LayerSpec, open_store
-from .training import (DEFAULT_LR, DEFAULT_MEMORY_BUDGET, _make_head, _Plan, _resolve_layers, _RunState, _scan,
+from .training import (DEFAULT_MEMORY_BUDGET, _make_head, _Plan, _resolve_layers, _RunState, _scan,
                        _train_batches, _val_batches, plan_memory, validate_train_args)
 from .units import format_size, parse_size
 
@@ -248,7 +248,7 @@ def probe(
     dims = sum(s.dims for s in specs)
     mem = plan_memory(budget, dims, np.dtype(st.dtype).itemsize, batch_size)
     plan.read_bytes = mem.read_bytes
-    lr = DEFAULT_LR[head] if lr is None else float(lr)
+    lr = HEADS[head].default_learning_rate if lr is None else float(lr)
     for c in cands:
         c.head = _make_head(head, hidden=(256,), lr=lr, alpha=alpha, batch_size=batch_size, class_weight=None,
                             seed=seed, device="cpu")

@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 
 SOLVERS = ("auto", "stream", "exact")
 CLASS_WEIGHTS = (None, "balanced")
-DEFAULT_LR = {"logreg": 1e-3, "svm": 1e-3, "mlp": 1e-3}
 DEFAULT_MEMORY_BUDGET = 1 << 30
 #: bytes per (row x dim) value the exact solvers hold at their peak: the float32 matrix (4) plus what
 #: scikit-learn adds, measured (peak RSS around fit) with scikit-learn 1.9 on 1,000 x 4,000 x 10 classes:
@@ -137,9 +136,10 @@ def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr
         raise _param("head", "one of " + ", ".join(repr(h) for h in HEADS), head)
     if solver not in SOLVERS:
         raise _param("solver", "one of " + ", ".join(repr(s) for s in SOLVERS), solver)
-    if solver == "exact" and head == "mlp":
-        raise UsageError("The 'solver' parameter of train can be 'exact' only for head 'logreg' or 'svm' "
-                         "(scikit-learn's LogisticRegression / LinearSVC); got solver='exact' with head='mlp'.")
+    if solver == "exact" and not HEADS[head].has_exact_solver():
+        exact = " or ".join(repr(h) for h, cls in HEADS.items() if cls.has_exact_solver())
+        raise UsageError(f"The 'solver' parameter of train can be 'exact' only for head {exact} (scikit-learn in "
+                         f"memory); got solver='exact' with head={head!r}.")
 
     def is_int(v: Any) -> bool:
         return isinstance(v, numbers.Integral) and not isinstance(v, bool)
@@ -358,9 +358,8 @@ def _make_head(kind: str, *, hidden: tuple[int, ...], lr: float, alpha: float, b
                class_weight: Any, seed: int, device: str) -> Any:
     common = dict(alpha=float(alpha), learning_rate=float(lr), batch_size=int(batch_size), class_weight=class_weight,
                   random_state=int(seed), device=device)
-    if kind == "mlp":
-        return HEADS[kind](hidden=tuple(hidden), **common)
-    return HEADS[kind](**common)
+    extra = {"hidden": tuple(hidden)}
+    return HEADS[kind](**common, **{k: v for k, v in extra.items() if k in HEADS[kind].train_params})
 
 
 def _class_weights(class_weight: Any, counts: Mapping[str, int], classes: Sequence[str]) -> dict[str, float] | None:
@@ -396,8 +395,8 @@ def _choose_solver(solver: str, head: str, exact_bytes: int, exact_seconds: floa
     need = f"the exact solver needs about {format_size(exact_bytes)} and {format_duration(exact_seconds)}"
     if solver != "auto":
         return solver, ""
-    if head == "mlp":
-        return "stream", "auto: the mlp head always streams"
+    if not HEADS[head].has_exact_solver():
+        return "stream", f"auto: the {head} head always streams"
     if exact_bytes > budget:
         return "stream", f"auto: {need}, over the memory budget of {format_size(budget)}"
     if exact_seconds > EXACT_AUTO_MAX_SECONDS:
@@ -462,7 +461,7 @@ def train(
         A :class:`TrainResult`.
     """
     start = time.perf_counter()
-    if hidden is not None and head != "mlp":
+    if hidden is not None and head in HEADS and "hidden" not in HEADS[head].train_params:
         raise UsageError(f"The 'hidden' parameter of train (--hidden) sets the hidden layers of the MLP head; the "
                          f"{head!r} head has none. Use head='mlp' (--head mlp) or leave 'hidden' out.")
     sizes = parse_hidden(DEFAULT_HIDDEN if hidden is None else hidden)
@@ -484,7 +483,7 @@ def train(
     if out is not None:
         _check_class_names(plan.classes)
     weights = _class_weights(class_weight, plan.counts, plan.classes)
-    lr = DEFAULT_LR[head] if lr is None else float(lr)
+    lr = HEADS[head].default_learning_rate if lr is None else float(lr)
     exact_bytes, exact_seconds = exact_cost(head, plan.n_train, dims, len(plan.classes))
     solver, solver_reason = _choose_solver(solver, head, exact_bytes, exact_seconds, budget)
     mem = plan_memory(budget, dims, np.dtype(store.dtype).itemsize, batch_size)
@@ -498,7 +497,7 @@ def train(
                   "exact_bytes": exact_bytes, "exact_seconds": exact_seconds, "solver_reason": solver_reason,
                   "memory_budget": budget})
     config = {"store": os.path.abspath(store.path), "store_fingerprint": store.metadata.get("fingerprint"),
-              "layers": names, "head": head, "solver": solver, "hidden": list(sizes) if head == "mlp" else None,
+              "layers": names, "head": head, "solver": solver, "hidden": list(sizes) if "hidden" in HEADS[head].train_params else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
               "patience": patience, "class_weight": class_weight if not isinstance(class_weight, Mapping)
               else {str(k): float(v) for k, v in class_weight.items()}, "memory_budget": budget, "seed": seed,
@@ -728,17 +727,7 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
     X /= scaler.scale_.astype(np.float32)
     C = 1.0 / (alpha * plan.n_train) if alpha > 0 else None
     params = model.get_params()
-    if kind == "logreg":
-        from sklearn.linear_model import LogisticRegression
-
-        est: Any = (LogisticRegression(C=C, max_iter=2000, class_weight=weights) if C is not None else
-                    LogisticRegression(C=np.inf, max_iter=2000, class_weight=weights))
-    else:
-        from sklearn.svm import LinearSVC
-
-        est = LinearSVC(C=C if C is not None else 1e6, loss=params["loss"], multi_class=params["multi_class"],
-                        class_weight=weights, max_iter=5000, random_state=seed, dual="auto" if params["loss"] ==
-                        "squared_hinge" else True)
+    est = type(model).exact_estimator(C, weights, seed, params)
     with warnings.catch_warnings(record=True) as caught, \
             progress_mod.timer(f"exact solver ({type(est).__name__}, {plan.n_train:,} x {dims:,})", estimate):
         warnings.simplefilter("always", ConvergenceWarning)

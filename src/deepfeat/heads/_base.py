@@ -99,6 +99,22 @@ class TorchHead(ClassifierMixin, BaseEstimator):
 
     #: whether the head exposes ``predict_proba`` (softmax / sigmoid outputs)
     _probabilistic = True
+    #: what ``train`` needs to know about a head kind (no per-name tables elsewhere):
+    #: the learning rate ``train`` uses unless told, and the extra ``train`` parameters it takes
+    default_learning_rate: float = 1e-3
+    train_params: tuple[str, ...] = ()
+
+    @classmethod
+    def exact_estimator(cls, C: float | None, class_weight: Any, seed: int, params: dict[str, Any]) -> Any:
+        """The scikit-learn estimator that fits this head in memory (``solver="exact"``); None when there is none.
+
+        ``C`` is ``1 / (alpha * n_train)`` (None: no penalty); ``params`` the head's own parameters.
+        """
+        return None
+
+    @classmethod
+    def has_exact_solver(cls) -> bool:
+        return cls.exact_estimator.__func__ is not TorchHead.exact_estimator.__func__  # type: ignore[attr-defined]
 
     # ----------------------------------------------------------------- subclass hooks
     def _n_outputs(self, n_classes: int) -> int:

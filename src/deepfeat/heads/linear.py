@@ -80,6 +80,8 @@ class _LinearHead(TorchHead):
 class LogisticHead(_LinearHead):
     """Multinomial logistic regression (binary: sigmoid) trained by mini-batch Adam.
 
+    ``solver="exact"``: scikit-learn's ``LogisticRegression`` on the same objective.
+
     Parameters:
         alpha: L2 penalty on the weights (objective: mean log-loss + alpha/2 ||W||^2; the same
             model as scikit-learn's ``LogisticRegression(C=1 / (alpha * n_samples))``).
@@ -90,6 +92,12 @@ class LogisticHead(_LinearHead):
         random_state: seeds the shuffling (and nothing else: the start is zero).
         device: torch device used for training.
     """
+
+    @classmethod
+    def exact_estimator(cls, C: float | None, class_weight: Any, seed: int, params: dict[str, Any]) -> Any:
+        from sklearn.linear_model import LogisticRegression
+
+        return LogisticRegression(C=np.inf if C is None else C, max_iter=2000, class_weight=class_weight)
 
     def __init__(self, *, alpha: float = 1e-4, learning_rate: float = 1e-2, batch_size: int = 256,
                  max_iter: int = 100, tol: float | None = 1e-4, n_iter_no_change: int = 5,
@@ -141,6 +149,14 @@ class LinearSVMHead(_LinearHead):
     """
 
     _probabilistic = False
+
+    @classmethod
+    def exact_estimator(cls, C: float | None, class_weight: Any, seed: int, params: dict[str, Any]) -> Any:
+        from sklearn.svm import LinearSVC
+
+        return LinearSVC(C=1e6 if C is None else C, loss=params["loss"], multi_class=params["multi_class"],
+                         class_weight=class_weight, max_iter=5000, random_state=seed,
+                         dual="auto" if params["loss"] == "squared_hinge" else True)
 
     def __init__(self, *, alpha: float = 1e-4, learning_rate: float = 1e-2, batch_size: int = 256,
                  max_iter: int = 100, tol: float | None = 1e-4, n_iter_no_change: int = 5,

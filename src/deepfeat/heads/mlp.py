@@ -43,6 +43,8 @@ class MLPHead(TorchHead):
             the shuffling and the dropout masks.
     """
 
+    train_params = ("hidden",)
+
     def __init__(self, *, hidden: tuple[int, ...] = (256,), activation: str = "relu", dropout: float = 0.0,
                  alpha: float = 1e-4, learning_rate: float = 1e-3, batch_size: int = 256, max_iter: int = 200,
                  tol: float | None = 1e-4, n_iter_no_change: int = 10, class_weight: Any = None,
