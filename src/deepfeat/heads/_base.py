@@ -114,7 +114,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
 
     @classmethod
     def has_exact_solver(cls) -> bool:
-        return cls.exact_estimator.__func__ is not TorchHead.exact_estimator.__func__  # type: ignore[attr-defined]
+        """Whether ``solver="exact"`` can fit this head (its :meth:`exact_estimator` gives an estimator)."""
+        return cls.exact_estimator(1.0, None, 0, cls().get_params()) is not None
 
     # ----------------------------------------------------------------- subclass hooks
     def _n_outputs(self, n_classes: int) -> int:
