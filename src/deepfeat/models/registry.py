@@ -32,6 +32,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
@@ -226,45 +227,81 @@ def load_backbone(
         raise UsageError(f"The 'model' parameter must be a non-empty string; got {name!r} instead.")
     weights = os.fspath(weights) if weights is not None else None
     size = (input_size, input_size) if isinstance(input_size, int) else (tuple(input_size) if input_size else None)
-    if os.path.isdir(name) and _is_timm_dir(name):
-        bb = _load_timm_dir(name, name, weights, size)
-    elif os.path.isdir(name):
-        from .trained import load_trained_model  # a model directory written by train-cnn/finetune
-
-        bb = load_trained_model(name)
-        if bb.extra.get("kind") == "cnn" and size is not None and tuple(size) != bb.preprocess.input_size:
-            raise UsageError(f"The ConvNet in {name!r} was trained on {bb.preprocess.input_size} inputs and its dense "
-                             "layer fixes that size; leave out the input size override.")
-    elif name in BUNDLED:
-        bb = _load_bundled(BUNDLED[name], weights, seed)
-    elif name.startswith(("torchvision:", "tv:")):
-        bb = _load_torchvision(name.split(":", 1)[1], weights, seed, name, offline)
-    elif name.startswith("timm:"):
-        bb = _load_timm(name.split(":", 1)[1], weights, seed, name, offline, size)
-    elif name.startswith(HF_HUB_PREFIX):
-        bb = _load_hf_hub(name, weights, offline, size)
-    elif name.endswith(TORCHSCRIPT_SUFFIXES) and os.path.isfile(name):
-        bb = _load_torchscript(name)
-    elif ":" in name and not os.path.exists(name):
-        bb = _load_factory(name, weights, seed)
-    else:
-        import timm
-
-        if timm.is_model(name):
-            bb = _load_timm(name, weights, seed, name, offline, size)
-        else:
-            import torchvision.models as tvm
-
-            if name in tvm.list_models(module=tvm):
-                bb = _load_torchvision(name, weights, seed, name, offline)
-            else:
-                raise UsageError(_unknown_model_message(name))
+    source = next(src for src in BACKBONE_SOURCES if src.claims(name))
+    log.debug("model %r: %s source", name, source.kind)
+    bb = source.load(name, weights, seed, offline, size)
     if input_size is not None or crop_pct is not None:
         bb.preprocess = bb.preprocess.with_overrides(input_size=input_size, crop_pct=crop_pct)
     bb.model.eval()
     for p in bb.model.parameters():
         p.requires_grad_(False)
     return bb
+
+
+# ----------------------------------------------------------------------------- backbone sources
+@dataclass(frozen=True)
+class BackboneSource:
+    """Where a backbone named ``name`` comes from: the first source in :data:`BACKBONE_SOURCES` that
+    claims the name loads it. ``load(name, weights, seed, offline, size)`` returns the :class:`Backbone`."""
+
+    kind: str
+    claims: Callable[[str], bool]
+    load: Callable[[str, str | None, int, bool | None, tuple[int, int] | None], "Backbone"]
+    #: how a user names it explicitly (for docs and ``deepfeat models``)
+    syntax: str = ""
+
+
+def _load_model_dir(name: str, weights: str | None, seed: int, offline: bool | None,
+                    size: tuple[int, int] | None) -> "Backbone":
+    from .trained import load_trained_model  # a model directory written by train-cnn/finetune
+
+    bb = load_trained_model(name)
+    if bb.extra.get("kind") == "cnn" and size is not None and tuple(size) != bb.preprocess.input_size:
+        raise UsageError(f"The ConvNet in {name!r} was trained on {bb.preprocess.input_size} inputs and its dense "
+                         "layer fixes that size; leave out the input size override.")
+    return bb
+
+
+def _load_by_name(name: str, weights: str | None, seed: int, offline: bool | None,
+                  size: tuple[int, int] | None) -> "Backbone":
+    import timm
+
+    if timm.is_model(name):
+        return _load_timm(name, weights, seed, name, offline, size)
+    import torchvision.models as tvm
+
+    if name in tvm.list_models(module=tvm):
+        return _load_torchvision(name, weights, seed, name, offline)
+    raise UsageError(_unknown_model_message(name))
+
+
+#: In order: the first source whose ``claims`` accepts a name loads it. Add one with
+#: :func:`register_backbone_source`.
+BACKBONE_SOURCES: list[BackboneSource] = [
+    BackboneSource("timm-folder", lambda n: os.path.isdir(n) and _is_timm_dir(n),
+                   lambda n, w, seed, off, size: _load_timm_dir(n, n, w, size), "DIR (config.json + weights)"),
+    BackboneSource("model-dir", os.path.isdir, _load_model_dir, "DIR (train-cnn / finetune output)"),
+    BackboneSource("bundled", lambda n: n in BUNDLED, lambda n, w, seed, off, size: _load_bundled(BUNDLED[n], w, seed),
+                   "efficientnet_lite0"),
+    BackboneSource("torchvision", lambda n: n.startswith(("torchvision:", "tv:")),
+                   lambda n, w, seed, off, size: _load_torchvision(n.split(":", 1)[1], w, seed, n, off),
+                   "torchvision:NAME"),
+    BackboneSource("timm", lambda n: n.startswith("timm:"),
+                   lambda n, w, seed, off, size: _load_timm(n.split(":", 1)[1], w, seed, n, off, size), "timm:NAME"),
+    BackboneSource("hf-hub", lambda n: n.startswith(HF_HUB_PREFIX),
+                   lambda n, w, seed, off, size: _load_hf_hub(n, w, off, size), f"{HF_HUB_PREFIX}OWNER/REPO"),
+    BackboneSource("torchscript", lambda n: n.endswith(TORCHSCRIPT_SUFFIXES) and os.path.isfile(n),
+                   lambda n, w, seed, off, size: _load_torchscript(n), "FILE.pt (TorchScript)"),
+    BackboneSource("factory", lambda n: ":" in n and not os.path.exists(n),
+                   lambda n, w, seed, off, size: _load_factory(n, w, seed), "package.module:function"),
+    BackboneSource("name", lambda n: True, _load_by_name, "NAME (timm, then torchvision)"),
+]
+
+
+def register_backbone_source(source: BackboneSource, before: str = "name") -> None:
+    """Add a backbone source, asked before the source of kind ``before`` (default: before plain names)."""
+    at = next((i for i, s in enumerate(BACKBONE_SOURCES) if s.kind == before), len(BACKBONE_SOURCES))
+    BACKBONE_SOURCES.insert(at, source)
 
 
 def _unknown_model_message(name: str) -> str:
