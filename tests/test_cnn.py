@@ -66,8 +66,8 @@ def test_one_epoch_writes_a_model_directory(trained) -> None:
     assert cfg["preprocess"]["input_size"] == [28, 28]
     assert trained.n_train == 200 and trained.n_val == 200 and trained.val_source == "test"
     (row,) = json.loads((out / "history.json").read_text())
-    assert set(row) == {"epoch", "train_loss", "valid_loss", "train_valid_ratio", "valid_accuracy", "seconds"}
-    assert row["train_valid_ratio"] == pytest.approx(row["train_loss"] / row["valid_loss"], rel=1e-4)
+    assert set(row) == {"epoch", "train_loss", "val_loss", "train_val_ratio", "val_accuracy", "seconds"}
+    assert row["train_val_ratio"] == pytest.approx(row["train_loss"] / row["val_loss"], rel=1e-4)
     # One epoch on 200 real images already beats chance (0.1) clearly.
     assert trained.metrics["test_accuracy"] > 0.25
     assert np.asarray(cfg["metrics"]["confusion_matrix"]).sum() == 200
@@ -129,7 +129,7 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(fm20: Path, tmp_path: P
     straight = train_cnn(fm20, tmp_path / "straight", epochs=2, **FAST)
     assert _same(_weights(out), _weights(Path(straight.out)))
     resumed_hist = json.loads((out / "history.json").read_text())
-    assert [r["valid_accuracy"] for r in resumed_hist] == [r["valid_accuracy"] for r in straight.history]
+    assert [r["val_accuracy"] for r in resumed_hist] == [r["val_accuracy"] for r in straight.history]
 
 
 def test_checkpoint_keeps_optimizer_state_without_pickle(tmp_path: Path) -> None:

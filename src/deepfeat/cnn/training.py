@@ -6,7 +6,8 @@ Both write a *model directory* that is a backbone like any other (``load_backbon
     out/
       model.safetensors   the weights (safetensors, no pickle)
       config.json         architecture or base model, classes, preprocessing, metrics, history
-      history.json        one row per epoch (epoch, train/valid loss, ratio, valid accuracy, seconds)
+      history.json        one row per epoch in the schema of :mod:`deepfeat.history` (epoch, train_loss,
+                          val_loss, train_val_ratio, val_accuracy, seconds; older directories: ``valid_*``)
       confusion_matrix.png  validation confusion matrix (when matplotlib is installed)
 
 While training, ``out/checkpoint.safetensors`` holds the state after the last complete epoch
@@ -53,6 +54,7 @@ from ..data.decode import DecodePolicy, decode_file
 from ..data.preprocess import Preprocess
 from ..data.sources import discover
 from ..errors import InputError, UsageError
+from ..history import legacy_aliases, normalize as normalize_history
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
 from .arch import arch_config, build_cnn
@@ -469,7 +471,8 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
         if (resume and same and done.get("complete") and not os.path.isfile(ckpt_path)
                 and os.path.isfile(os.path.join(out, MODEL_FILE))):
             log.info("%s already holds this finished run", out)
-            return CNNTrainResult(out, job.kind, job.splits.classes, done.get("history", []), done.get("metrics", {}),
+            return CNNTrainResult(out, job.kind, job.splits.classes, normalize_history(done.get("history", [])),
+                                  done.get("metrics", {}),
                                   0.0, str(dev), cached, n_train, n_val, job.splits.val_source,
                                   resumed_from=len(done.get("history", [])), already_complete=True, skipped=skipped)
         if not same and not overwrite:
@@ -496,7 +499,7 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
         else:
             state = load_checkpoint(ckpt_path, model, optimizer)
             start_epoch = int(state["epoch"])
-            history = list(state["history"])
+            history = normalize_history(state["history"])
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
             log.info("resuming %s after epoch %d", out, start_epoch)
@@ -559,20 +562,21 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
                     progress({"phase": "batch", "epoch": epoch + 1, "epochs": epochs, "step": step + 1,
                               "steps": steps_per_epoch, "loss": float(loss.item()), "lr": optimizer.param_groups[0]["lr"]})
             train_loss = float(loss_sum.item() / max(seen, 1))
-            valid_loss, valid_acc, cm = _evaluate(model, sets["val"], job.preprocess, dev, autocast, batch_size * 4,
+            val_loss, val_acc, cm = _evaluate(model, sets["val"], job.preprocess, dev, autocast, batch_size * 4,
                                                   num_classes)
-            row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "valid_loss": round(valid_loss, 6),
-                   "train_valid_ratio": round(train_loss / valid_loss, 6) if valid_loss > 0 else None,
-                   "valid_accuracy": round(valid_acc, 6), "seconds": round(time.perf_counter() - t0, 3)}
+            row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
+                   "train_val_ratio": round(train_loss / val_loss, 6) if val_loss > 0 else None,
+                   "val_accuracy": round(val_acc, 6), "seconds": round(time.perf_counter() - t0, 3)}
             history.append(row)
             state = {"epoch": epoch + 1, "history": history, "fingerprint": fingerprint,
                      "scaler": scaler.state_dict() if scaler is not None else None}
             save_checkpoint(ckpt_path, model, optimizer, state)
             atomic_write_json(os.path.join(out, HISTORY_FILE), history)
             log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, valid accuracy %.4f (%.1f s)", epoch + 1,
-                     epochs, train_loss, valid_loss, valid_acc, row["seconds"])
+                     epochs, train_loss, val_loss, val_acc, row["seconds"])
             if progress:
-                progress({"phase": "epoch", "epochs": epochs, **row})
+                # the event also carries the old valid_* names (callbacks written before the history schema)
+                progress({"phase": "epoch", "epochs": epochs, **legacy_aliases(row)})
                 progress({"phase": "checkpoint", "epoch": epoch + 1, "path": ckpt_path})
 
         if start_epoch >= epochs or not history or cm.sum() == 0:
@@ -597,7 +601,7 @@ def _final_metrics(history: list[dict[str, Any]], cm: np.ndarray, job: _Job, set
         "epochs": len(history),
         "valid_source": job.splits.val_source,
         "n_valid": int(cm.sum()),
-        "valid_loss": last.get("valid_loss"),
+        "valid_loss": last.get("val_loss"),
         "valid_accuracy": float(np.trace(cm) / max(cm.sum(), 1)),
         "confusion_matrix": cm.tolist(),
     }

@@ -14,7 +14,6 @@ Example:
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -322,38 +321,34 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], class_names:
 
 
 # ----------------------------------------------------------------------------- history
-def _read_history(model_dir: str) -> list[dict[str, Any]]:
-    for fname, key in (("history.json", None), ("config.json", "history")):
-        path = os.path.join(model_dir, fname)
-        if os.path.isfile(path):
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-            rows = data.get(key) if key else data
-            if isinstance(rows, list) and rows:
-                return rows
-    raise UsageError(f"{model_dir!r} holds no training history (history.json); train a model with "
-                     "'deepfeat train-cnn' or 'deepfeat finetune' first.")
-
-
 def plot_history(model_dir: str | os.PathLike, out: str | os.PathLike, *, dpi: int = DEFAULT_DPI) -> PlotResult:
-    """Training curves of a model directory: train/valid loss and valid accuracy per epoch."""
+    """Training curves of a model directory or a head bundle (``.dfm``): loss and validation accuracy per epoch.
+
+    Reads the one history schema (:mod:`deepfeat.history`), and the ``valid_*`` keys of model
+    directories written before it. Epochs without validation (a bundle trained without validation
+    rows) leave gaps.
+    """
+    from ..history import read_history
+
     model_dir = os.fspath(model_dir)
-    rows = _read_history(model_dir)
+    rows = read_history(model_dir)
     epochs = [r["epoch"] for r in rows]
     fig = _figure(11, 4.2)
     ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [r["train_loss"] for r in rows], "o-", label="train loss")
-    ax_loss.plot(epochs, [r["valid_loss"] for r in rows], "s-", label="valid loss")
+    ax_loss.plot(epochs, [_nan(r["val_loss"]) for r in rows], "s-", label="valid loss")
     ax_loss.set_xlabel("epoch")
     ax_loss.set_ylabel("cross-entropy loss")
     ax_loss.set_title("loss")
     ax_loss.legend()
     ax_loss.grid(alpha=0.3)
-    acc = [r["valid_accuracy"] for r in rows]
+    acc = [_nan(r["val_accuracy"]) for r in rows]
     ax_acc.plot(epochs, acc, "o-", color="tab:green", label="valid accuracy")
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
-    ax_acc.set_title(f"validation accuracy (last {acc[-1]:.4f}, best {max(acc):.4f})")
+    known = [a for a in acc if a == a]
+    ax_acc.set_title(f"validation accuracy (last {known[-1]:.4f}, best {max(known):.4f})" if known
+                     else "validation accuracy (no validation rows)")
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc):
@@ -362,6 +357,10 @@ def plot_history(model_dir: str | os.PathLike, out: str | os.PathLike, *, dpi: i
     fig.suptitle(title, fontsize=11)
     fig.tight_layout()
     return _save(fig, out, dpi, 2, title, epochs=len(rows))
+
+
+def _nan(v: Any) -> float:
+    return float("nan") if v is None else float(v)
 
 
 # ----------------------------------------------------------------------------- embedding
