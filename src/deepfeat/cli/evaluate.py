@@ -1,0 +1,35 @@
+"""``deepfeat evaluate``: accuracy, top-k, per-class report and confusion matrix of a bundle."""
+from __future__ import annotations
+
+import argparse
+
+from .common import _print
+
+#: the API function each command calls: its signature gives the options' defaults
+API = {"evaluate": ("deepfeat.evaluation", "evaluate")}
+#: help of the options declared without one
+OPTION_HELP: dict[str, dict[str, str]] = {"evaluate": {"batch_size": "rows scored per batch"}}
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+    p = sub.add_parser("evaluate", help="accuracy, top-k, per-class report and confusion matrix of a bundle")
+    p.add_argument("bundle")
+    p.add_argument("store")
+    p.add_argument("--split", default="test", help="split to evaluate, or 'all'")
+    p.add_argument("--out", default=None, help="directory for report.txt/json, confusion_matrix.csv/png")
+    p.add_argument("--top-k", default="1,3", help="top-k accuracies to report, e.g. 1,3,5")
+    p.add_argument("--tta", action="store_true", help="average the scores over each image's stored views")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..evaluation import evaluate, format_report
+
+    report = evaluate(args.bundle, args.store, split=args.split, out=args.out, top_k=args.top_k, tta=args.tta,
+                      batch_size=args.batch_size)
+    _print(format_report(report).rstrip())
+    if report.get("files"):
+        _print("\nwrote " + ", ".join(report["files"].values()))
+    return 0
+
