@@ -32,7 +32,6 @@ import contextlib
 import csv
 import json
 import logging
-import math
 import os
 import re
 import time
@@ -45,7 +44,8 @@ import numpy as np
 from .errors import UsageError
 from .heads import HEADS, StreamingScaler
 from .store.reader import FeatureStore, LayerSpec, open_store
-from .training import (DEFAULT_MEMORY_BUDGET, _make_head, _Plan, _resolve_layers, _RunState, _scan,
+from .loop import RunState, cosine_factor
+from .training import (DEFAULT_MEMORY_BUDGET, LR_FLOOR, _make_head, _Plan, _resolve_layers, _scan,
                        _train_batches, _val_batches, plan_memory, validate_train_args)
 from .units import format_size, parse_size
 
@@ -68,7 +68,7 @@ class Candidate:
     depth: float  #: position in the network (layers: index in the store; groups: mean of their layers)
     cols: list[slice]  #: columns of the concatenation of all probed layers
     head: Any = None
-    run: _RunState = field(default_factory=_RunState)
+    run: RunState = field(default_factory=RunState)
     seconds: float = 0.0
     loss_sum: float = 0.0
     rows: int = 0
@@ -328,7 +328,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
         if not active:
             break
         t0 = time.perf_counter()
-        factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))  # train's cosine decay
+        factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)  # train's cosine decay
         for c in active:
             c.loss_sum, c.rows = 0.0, 0
         for X, y in _train_batches(st, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
@@ -350,10 +350,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
                       "stopped": sum(c.run.stopped for c in cands), "seconds": time.perf_counter() - t0,
                       "best": max((c.run.history[-1]["val_accuracy"] or 0.0 for c in active), default=0.0)})
     for c in cands:  # early stopping keeps the best epoch's weights (as train does)
-        if patience is not None and c.run.best_params is not None:
-            c.head._restore(c.run.best_params)
-        elif c.run.history:
-            c.run.best_epoch = c.run.history[-1]["epoch"]
+        c.run.best_epoch = c.run.keep_best(patience, c.head._restore)
     # 3. final scores of the kept weights: validation, then the test split
     for c, val in zip(cands, _score(cands, _val_batches(st, names, plan, mem.io_batch), standardised)):
         c.val = val
@@ -410,15 +407,11 @@ def _score(cands: Sequence[Candidate], batches: Iterator[tuple[np.ndarray, np.nd
 def _early_stopping(c: Candidate, epoch: int, val: dict[str, Any], patience: int | None) -> None:
     """train's rule: keep the epoch with the best validation loss; stop after ``patience`` without one."""
     run = c.run
-    improved = val["loss"] < run.best_loss - 1e-4
-    if improved:
-        run.best_loss, run.stale, run.best_epoch, run.best_params = val["loss"], 0, epoch, c.head._snapshot()
-    else:
-        run.stale += 1
+    improved = run.observe(epoch, val["loss"], c.head._snapshot)
     run.history.append({"epoch": epoch, "train_loss": c.loss_sum / max(c.rows, 1), "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "best": improved})
     run.epoch = epoch
-    if patience is not None and run.stale >= patience:
+    if run.should_stop(patience):
         run.stopped = True
 
 

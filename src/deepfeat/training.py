@@ -46,6 +46,7 @@ from .devices import resolve_device
 from . import progress as progress_mod
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
+from .loop import RunState, cosine_factor
 from .store.fsutil import remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
@@ -568,20 +569,11 @@ def _fingerprint(config: Mapping[str, Any]) -> str:
     return config_fingerprint({k: config.get(k) for k in keys})
 
 
-@dataclass
-class _RunState:
-    """Where a streaming run stands after its last complete epoch (what a checkpoint holds)."""
-
-    epoch: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
-    best_epoch: int | None = None
-    best_loss: float = math.inf
-    stale: int = 0
-    best_params: list[Any] | None = None
-    stopped: bool = False
+#: the Adam step size follows a cosine over the planned epochs down to this fraction of lr
+LR_FLOOR = 0.05
 
 
-def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: _RunState) -> None:
+def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: RunState) -> None:
     import torch
 
     from .checkpoint import save_state
@@ -600,7 +592,7 @@ def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, 
     save_state(path, tensors, doc)
 
 
-def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler, _RunState]:
+def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler, RunState]:
     from .checkpoint import load_state
 
     tensors, doc = load_state(path)
@@ -613,7 +605,7 @@ def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler,
     model.load_training_state(tensors, doc["head"])
     scaler = StreamingScaler.from_stats(tensors["scaler.mean"].numpy(), tensors["scaler.scale"].numpy(),
                                         int(doc["scaler_rows"]))
-    run = _RunState(epoch=int(doc["epoch"]), history=list(doc["history"]), best_epoch=doc["best_epoch"],
+    run = RunState(epoch=int(doc["epoch"]), history=list(doc["history"]), best_epoch=doc["best_epoch"],
                     best_loss=math.inf if doc["best_loss"] is None else float(doc["best_loss"]),
                     stale=int(doc["stale"]), stopped=bool(doc["stopped"]),
                     best_params=[tensors[f"best.{i}"] for i in range(int(doc["n_best"]))] or None)
@@ -625,7 +617,7 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
                 fingerprint: str, progress: ProgressFn | None) -> tuple[StreamingScaler, Any, list[dict[str, Any]],
                                                                        int | None]:
     """Statistics pass, then epochs of shuffled mini-batches with validation, early stopping and checkpoints."""
-    run = _RunState()
+    run = RunState()
     scaler = StreamingScaler()
     if ckpt is not None:
         for name in remove_orphan_temps(ckpt):
@@ -650,8 +642,7 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
             break
         t0 = time.perf_counter()
         loss_sum, rows = 0.0, 0
-        # cosine decay of the step size over the planned epochs, down to 5 % of lr
-        factor = 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * (epoch - 1) / epochs))
+        factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)
         with progress_mod.task(f"epoch {epoch}/{epochs}", total=plan.n_train, unit="rows", transient=True) as task:
             for X, y in _train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
                                        buffer=buffer):
@@ -665,25 +656,14 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
         val = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
         record = {"epoch": epoch, "train_loss": loss_sum / max(rows, 1), "rows": rows,
                   "seconds": train_seconds, "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
-        improved = False
-        if val:
-            # monitor the validation loss (as Keras' EarlyStopping does by default)
-            if val["loss"] < run.best_loss - 1e-4:
-                run.best_loss, run.stale, improved = val["loss"], 0, True
-            else:
-                run.stale += 1
-            if improved:
-                run.best_epoch, run.best_params = epoch, model._snapshot()
-        else:
-            run.best_epoch = epoch
-        record["best"] = improved or not val
+        record["best"] = run.observe(epoch, val["loss"] if val else None, model._snapshot)
         run.history.append(record)
         run.epoch = epoch
         log.info("epoch %d/%d: train loss %.4f, val loss %s, val accuracy %s (%.1f s)", epoch, epochs,
                  record["train_loss"], record["val_loss"], record["val_accuracy"], train_seconds)
         if progress:
             progress({"phase": "epoch", "epochs": epochs, **record})
-        if patience is not None and val and run.stale >= patience:
+        if run.should_stop(patience):
             log.info("early stopping after epoch %d (best epoch %d)", epoch, run.best_epoch)
             run.stopped = True
             record["stopped_early"] = True
@@ -694,12 +674,8 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
             _save_run(ckpt, fingerprint, model, scaler, run)
             if progress:
                 progress({"phase": "checkpoint", "epoch": epoch, "epochs": epochs, "path": ckpt})
-    best_epoch = run.best_epoch
-    if patience is not None and run.best_params is not None:
-        model._restore(run.best_params)  # early stopping keeps the best epoch; patience=None keeps the last
-    elif run.history:
-        best_epoch = run.history[-1]["epoch"]
-    return scaler, model, run.history, best_epoch
+    # early stopping keeps the best epoch; patience=None keeps the last
+    return scaler, model, run.history, run.keep_best(patience, model._restore)
 
 
 def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, kind: str, model: Any, alpha: float,

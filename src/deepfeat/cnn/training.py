@@ -55,6 +55,7 @@ from ..data.preprocess import Preprocess
 from ..data.sources import discover
 from ..errors import InputError, UsageError
 from ..history import legacy_aliases, normalize as normalize_history
+from ..loop import cosine_factor
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
 from .arch import arch_config, build_cnn
@@ -413,7 +414,7 @@ def _image_sets(splits: Splits, preprocess: Preprocess, policy: DecodePolicy, wo
 def _lr_factor(schedule: str, step: int, total: int) -> float:
     if schedule == "constant" or total <= 0:
         return 1.0
-    return 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    return cosine_factor(step, total)  # per optimiser step, down to 0
 
 
 def _autocast(device: torch.device, amp: bool) -> tuple[Callable[[], Any], torch.amp.GradScaler | None, str]:
