@@ -8,7 +8,7 @@ import pytest
 
 import deepfeat
 from deepfeat.errors import UsageError
-from deepfeat.history import KEYS, legacy_aliases, normalize, read_history
+from deepfeat.history import KEYS, normalize, read_history
 
 pytest.importorskip("matplotlib")
 
@@ -38,7 +38,6 @@ def test_old_valid_keys_are_read_as_the_schema() -> None:
     assert row == {"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "train_val_ratio": 1.125, "val_accuracy": 0.5,
                    "seconds": 1.0}
     assert normalize([{"epoch": 2}])[0] == dict.fromkeys(KEYS) | {"epoch": 2}
-    assert legacy_aliases(row)["valid_accuracy"] == 0.5 and legacy_aliases(row)["val_accuracy"] == 0.5
 
 
 def test_both_loops_write_the_schema_and_plot_history_reads_both(cnn_dir: Path, bundle: Path,

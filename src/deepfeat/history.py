@@ -23,7 +23,7 @@ from typing import Any
 
 from .errors import UsageError
 
-__all__ = ["KEYS", "LEGACY_KEYS", "HISTORY_FILE", "normalize", "legacy_aliases", "read_history"]
+__all__ = ["KEYS", "LEGACY_KEYS", "HISTORY_FILE", "normalize", "read_history"]
 
 #: the keys every record has
 KEYS = ("epoch", "train_loss", "val_loss", "val_accuracy", "seconds")
@@ -43,12 +43,6 @@ def normalize_record(row: Mapping[str, Any]) -> dict[str, Any]:
 def normalize(rows: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """A history in the schema, whatever version of deepfeat wrote it."""
     return [normalize_record(r) for r in rows]
-
-
-def legacy_aliases(row: Mapping[str, Any]) -> dict[str, Any]:
-    """``row`` plus the old ``valid_*`` names of its keys (progress events, for callbacks written before)."""
-    back = {new: old for old, new in LEGACY_KEYS.items()}
-    return {**row, **{back[k]: v for k, v in row.items() if k in back}}
 
 
 def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:

@@ -129,9 +129,9 @@ class _Progress:
 
     def _cnn_epoch(self, event: dict[str, Any]) -> None:
         self.close()
-        ratio = event["train_valid_ratio"]
-        self.say(f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['valid_loss']:>11.4f} "
-                 f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['valid_accuracy']:>10.4f} "
+        ratio = event.get("train_val_ratio")
+        self.say(f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['val_loss']:>11.4f} "
+                 f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['val_accuracy']:>10.4f} "
                  f"{event['seconds']:>8.1f}s")
 
     def close(self) -> None:

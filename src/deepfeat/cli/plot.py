@@ -43,7 +43,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--out", required=True, help="PNG file")
     q.set_defaults(func=run)
-    q = plot_sub.add_parser("history", help="loss and accuracy curves of a trained model directory")
+    q = plot_sub.add_parser("history", help="loss and accuracy curves of a trained model directory or a .dfm bundle")
     q.add_argument("model", help="model directory")
     q.add_argument("--out", required=True, help="PNG file")
     q.set_defaults(func=run)

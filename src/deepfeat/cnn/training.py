@@ -54,7 +54,7 @@ from ..data.decode import DecodePolicy, decode_file
 from ..data.preprocess import Preprocess
 from ..data.sources import discover
 from ..errors import InputError, UsageError
-from ..history import legacy_aliases, normalize as normalize_history
+from ..history import normalize as normalize_history
 from ..loop import cosine_factor
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
@@ -577,7 +577,7 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
                      epochs, train_loss, val_loss, val_acc, row["seconds"])
             if progress:
                 # the event also carries the old valid_* names (callbacks written before the history schema)
-                progress({"phase": "epoch", "epochs": epochs, **legacy_aliases(row)})
+                progress({"phase": "epoch", "epochs": epochs, **row})
                 progress({"phase": "checkpoint", "epoch": epoch + 1, "path": ckpt_path})
 
         if start_epoch >= epochs or not history or cm.sum() == 0:
