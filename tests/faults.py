@@ -11,6 +11,7 @@ the start of that process and of every decode worker it spawns, which monkeypatc
   the test can kill it exactly there, with exactly k parts committed.
 - ``started=path``: creates ``path`` when ``deepfeat.extract`` is entered (past Python's start-up
   and the imports of the command line).
+- ``slow_decode=s``: every decode batch takes ``s`` seconds longer (a run long enough to interrupt).
 - ``crash_on="name"``: a decode worker that is handed an input whose locator contains
   ``name`` dies at once (``os._exit(70)``), as when a codec segfaults.
 """
@@ -37,6 +38,8 @@ def install_from_env() -> None:
     spec = json.loads(os.environ.get(ENV) or "{}")
     if "crash_on" in spec:
         crash_on(spec["crash_on"])
+    if "slow_decode" in spec:
+        slow_decode(spec["slow_decode"])
     if "pause" in spec and not _spawned_child():
         pause(**spec["pause"])
     if "started" in spec and not _spawned_child():
@@ -67,6 +70,24 @@ def crash_on(needle: str) -> None:
     worker.prepare_batch = prepare_batch
     pool = sys.modules.get("deepfeat.engines.decode_pool")
     if pool is not None:  # already imported: it holds its own reference
+        pool.prepare_batch = prepare_batch  # type: ignore[attr-defined]
+
+
+def slow_decode(seconds: float) -> None:
+    """Each decode batch takes ``seconds`` longer, so a run lasts long enough to be interrupted mid-way."""
+    import sys
+
+    from deepfeat.data import worker
+
+    original = worker.prepare_batch
+
+    def prepare_batch(items, *args, **kwargs):  # type: ignore[no-untyped-def]
+        time.sleep(seconds)
+        return original(items, *args, **kwargs)
+
+    worker.prepare_batch = prepare_batch
+    pool = sys.modules.get("deepfeat.engines.decode_pool")
+    if pool is not None:
         pool.prepare_batch = prepare_batch  # type: ignore[attr-defined]
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import pytest
 
 import faults
+from deepfeat.store import layout
+from deepfeat.store.writer import Manifest
 from killing import group_processes, wait_group_empty
 from test_crash import assert_kept, assert_same, committed, committed_parts, listing, snapshot, wait_for
 
@@ -30,6 +32,7 @@ ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size",
         "--workers", "2", "-q"]
 N_PARTS = 40  # 80 images / --part-size 2: room for many interrupts before the store is complete
 RESUME_HINT = "rerun the same command to resume"
+SLOW_DECODE_S = 0.15  # added to each decode batch of an interrupted run (tests/faults.py)
 EXIT_WITHIN_S = 10.0  # "a few seconds", with room for a loaded test machine
 
 
@@ -65,15 +68,18 @@ def decode_workers(pgid: int) -> list[int]:
 def interrupt_once(src: Path, out: Path, tmp: Path, point: str, rng: random.Random, why: str) -> None:
     """Start an extract, SIGINT its process group at ``point``, check how it ended."""
     marker = tmp / f"marker-{rng.random()}"
-    before = committed_parts(out)
+    # No run is going on: a store left by an interrupted run must read (or not exist yet).
+    before = len(Manifest(str(out)).parts) if (out / layout.METADATA_FILE).exists() else 0
+    slow = {"slow_decode": SLOW_DECODE_S}  # 40 batches: a run lasts long enough to interrupt it mid-way
     if point == "startup":
-        env = faults.env(started=str(marker))
+        env = faults.env(started=str(marker), **slow)
     elif point == "commit":  # inside the commit of this run's first or second part
         stage = rng.choice(["before_rename", "before_manifest"])
         why += f" ({stage})"
-        env = faults.env(pause={"stage": stage, "after": rng.randrange(2), "seconds": 60, "marker": str(marker)})
+        env = faults.env(pause={"stage": stage, "after": rng.randrange(2), "seconds": 60, "marker": str(marker)},
+                         **slow)
     else:
-        env = dict(os.environ)
+        env = faults.env(**slow)
     p = start(src, out, env)
     try:
         if point == "startup":  # model loading, runtime set-up, opening the store
@@ -83,7 +89,8 @@ def interrupt_once(src: Path, out: Path, tmp: Path, point: str, rng: random.Rand
             wait_for(lambda: marker.exists() or p.poll() is not None, timeout=180)
             time.sleep(rng.uniform(0, 0.3))
         else:  # decoding and computing, workers busy
-            wait_for(lambda: committed_parts(out) > before or p.poll() is not None, timeout=180)
+            wait_for(lambda: (committed_parts(out) > before and decode_workers(p.pid)) or p.poll() is not None,
+                     timeout=180)
             time.sleep(rng.uniform(0, 0.6))
         assert p.poll() is None, f"{why}: the run ended before the interrupt: {p.communicate()[1].decode()}"
         if point != "startup":
