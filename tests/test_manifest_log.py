@@ -123,7 +123,7 @@ def test_a_torn_last_line_is_ignored_and_rewritten_away(store: Path, caplog: pyt
                  full[:-len(second)] + b"\0" * len(second),  # the size grew, the data never landed
                  full[:-9] + b"00000000\n"):  # a whole line whose bytes are not those written
         (store / LOG).write_bytes(torn)
-        with caplog.at_level(logging.WARNING, logger="deepfeat.store.writer"):
+        with caplog.at_level(logging.WARNING, logger="deepfeat.store.manifest"):
             caplog.clear()
             again = Manifest(str(store))
         assert [p.name for p in again.parts] == [layout.part_name(i) for i in range(33)]

@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,8 +155,6 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
     if runtime != "auto" or not os.path.isfile(os.path.join(out, layout.METADATA_FILE)):
         return runtime, precision
     try:
-        from .store import trust
-
         config = trust.read_store_json(out, layout.METADATA_FILE).get("config", {})  # inside the store, bounded
     except Exception:  # noqa: BLE001 - an unreadable or hostile store is reported by prepare_store_dir
         return runtime, precision

@@ -79,7 +79,7 @@ def prepare_store_dir(path: str, config: dict[str, Any], metadata: dict[str, Any
         meta.update({"format": layout.FORMAT_NAME, "format_version": layout.FORMAT_VERSION, "config": config,
                      "fingerprint": fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         atomic_write_json(meta_path, meta)
-        from .writer import Manifest
+        from .manifest import Manifest
 
         manifest = Manifest(path)
         if not os.path.exists(manifest.path):

@@ -46,7 +46,7 @@ from ..units import format_size
 from . import layout
 from .fsutil import environment_errors, fsync_dir
 from .reader import FeatureStore, LayerSpec, open_store
-from .writer import PartRecord
+from .manifest import PartRecord
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from ..errors import StoreError
 from ..units import format_size
 from . import layout, trust
 from .reader import FeatureStore, LayerSpec, _read_table, read_parquet
-from .writer import PartRecord
+from .manifest import PartRecord
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from .fsutil import sha256_file
 from ..errors import StoreError, UsageError
 from . import layout, trust
 from .layerspec import LayerSpec
-from .writer import Manifest, PartRecord
+from .manifest import Manifest, PartRecord
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +134,15 @@ class FeatureStore:
                     if status == "failed":
                         reasons[reason] = reasons.get(reason, 0) + 1
         return dict(sorted(reasons.items()))
+
+    def verify(self) -> list[str]:
+        """Re-check every committed file (sizes, checksums, row counts, ledgers); the problems found.
+
+        An empty list means healthy (what ``deepfeat info --verify`` runs).
+        """
+        from .info import verify_store
+
+        return verify_store(self.path)
 
     def read_excluded(self) -> pa.Table | None:
         """The inputs excluded at discovery (``excluded.parquet``), or None when the store has none."""
