@@ -101,7 +101,8 @@ def test_kill9_at_random_moments_then_resume_equals_clean_run(fm_dir, tmp_path, 
     out = tmp_path / "feats"
     rng = np.random.default_rng(7)
     for round_ in range(3):
-        p = cli(fm_dir, out)
+        # each decode batch 0.15 s slower: even on a fast machine the run is still going when the kill lands
+        p = cli(fm_dir, out, env=faults.env(slow_decode=0.15))
         target = round_ + 1
         wait_for(lambda: committed_parts(out) >= target or p.poll() is not None)
         time.sleep(float(rng.uniform(0, 0.4)))
