@@ -36,9 +36,20 @@ SLOW_DECODE_S = 0.15  # added to each decode batch of an interrupted run (tests/
 EXIT_WITHIN_S = 10.0  # "a few seconds", with room for a loaded test machine
 
 
+def _as_in_a_terminal() -> None:
+    """The child starts with Ctrl-C at its default, as a command typed in a terminal does.
+
+    A test run started in the background (``cmd &`` in a script, nohup) ignores SIGINT and its
+    children inherit that; Python then never installs its KeyboardInterrupt handler and the
+    Ctrl-C this test sends would (rightly) be ignored.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(src: Path, out: Path, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(src), "--out", str(out), *ARGS]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                            preexec_fn=_as_in_a_terminal)
 
 
 @pytest.fixture(scope="module")
