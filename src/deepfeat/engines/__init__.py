@@ -13,8 +13,8 @@ ray    Ray actors on a cluster, each writing whole parts       ``--address``, ``
                                                                ``--cpus-per-worker``
 ====== ====================================================== ==============================
 
-Adding an engine: a class with the :class:`Engine` methods in a new module, and one line in
-:data:`ENGINES` (or :func:`register_engine` from outside the package).
+Adding an engine: a class with the :class:`Engine` methods in a new module that imports its work
+lazily, and one line in :data:`ENGINES` (or :func:`register_engine` from outside the package).
 
 Example:
     >>> from deepfeat.engines import get_engine
@@ -83,10 +83,11 @@ class Engine(Protocol):
         ...  # pragma: no cover - protocol
 
 
-#: name -> "module:Class" (imported on first use, so ``--help`` never imports Ray or torch).
+#: name -> "module:Class", imported on first use. The CLI imports every engine class to add its flags,
+#: so an engine class's module imports only the standard library and defers its work to ``run``.
 ENGINES: dict[str, str | type] = {
-    "local": "deepfeat.engines.local:LocalEngine",
-    "ray": "deepfeat.engines.ray_engine:RayEngine",
+    "local": "deepfeat.engines.builtin:LocalEngine",
+    "ray": "deepfeat.engines.builtin:RayEngine",
 }
 
 

@@ -15,13 +15,11 @@ from ..data.sources import SourceItem
 from ..data.worker import Decoded, Failed
 from ..store import layout
 from ..store.writer import Manifest, write_part
-from . import RunSettings
 from .decode_pool import DecodePool
 from .forward import nonfinite_rows
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runtimes import Runtime
-    from ..store.session import StoreWriter
 
 log = logging.getLogger(__name__)
 
@@ -195,48 +193,4 @@ def _count_new(manifest: Manifest, parts: Sequence[tuple[str, list[SourceItem]]]
     return sum(p.embedded for p in new), sum(p.failed for p in new), len(new)
 
 
-class LocalEngine:
-    """This machine: decode worker processes feed one runtime in this process; parts are committed
-    by size or, at a batch boundary, after ``part_seconds``.
-
-    Example:
-        >>> deepfeat.extract("data/", "feats/", engine=LocalEngine())   # doctest: +SKIP
-    """
-
-    name = "local"
-
-    def __init__(self) -> None:
-        self.runtime: Any = None
-
-    def check(self) -> None:
-        """The local engine runs wherever deepfeat is installed."""
-
-    def default_workers(self) -> int:
-        """One decode process per spare core (at least one), at most 8."""
-        return max(1, min(8, (os.cpu_count() or 2) - 1))
-
-    def resolve_device(self, device: str) -> str:
-        from ..devices import resolve_device
-
-        return resolve_device(device)
-
-    def prepare(self, plan: Any, settings: RunSettings) -> None:
-        """Build the runtime here (falling back to torch when an export fails) and record what runs."""
-        from ..runtimes import build_runtime
-
-        self.runtime = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=plan.runtime,
-                                     device=settings.device, precision=plan.precision, dtype=plan.dtype,
-                                     channels_last=settings.channels_last)
-        plan.use_runtime(self.runtime.describe())
-
-    def run(self, plan: Any, pending: Sequence[SourceItem], writer: "StoreWriter",
-            settings: RunSettings) -> tuple[int, int, int]:
-        if self.runtime is None:
-            self.prepare(plan, settings)
-        assert writer.manifest is not None
-        return run_local(plan, pending, writer.path, writer.manifest, batch_size=settings.batch_size,
-                         workers=settings.workers, runtime=self.runtime, policy=settings.policy,
-                         progress=settings.progress, part_seconds=settings.part_seconds)
-
-    def __repr__(self) -> str:
-        return "LocalEngine()"
+from .builtin import LocalEngine  # noqa: E402,F401 - re-exported: the engine object of this module's work
