@@ -23,22 +23,13 @@ from typing import Any
 from .decode import read_file_bytes
 from ..errors import EnvironmentFault, InputError, UsageError
 
-__all__ = ["read_locator", "close_all", "hf_library", "load_hf", "hf_splits", "open_split"]
+__all__ = ["read_locator", "hf_library", "load_hf", "hf_splits", "open_split"]
 
 WHOLE = ""  # the split name of a plain Hugging Face Dataset (not a DatasetDict)
 
 _open_shard: list[Any] = [None, -1]  # [path, fd]: the shard this worker reads now
 _row_group: list[Any] = [None, None]  # [(file, row_group, column), column values]
 _datasets: dict[tuple[str, str], Any] = {}
-
-
-def close_all() -> None:
-    """Forget every open shard, cached row group and dataset of this process."""
-    if _open_shard[1] >= 0:
-        os.close(_open_shard[1])
-    _open_shard[:] = [None, -1]
-    _row_group[:] = [None, None]
-    _datasets.clear()
 
 
 def _shard_fd(path: str) -> int:

@@ -70,7 +70,7 @@ def open_source(spec: str | os.PathLike | Source, kind: str | None = None, **opt
         >>> open_source("photos/").kind                                         # doctest: +SKIP
         'folder'
     """
-    if isinstance(spec, Source) and not isinstance(spec, (str, os.PathLike)):
+    if isinstance(spec, Source):
         if any(v is not None for v in options.values()):
             raise UsageError("Source options go to the source's constructor when a Source object is given.")
         return spec

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..data.sources import Discovery, ExcludedItem, SourceItem, item_id, normalize_split
-from ..data.read import WHOLE as _WHOLE, hf_library as _datasets, load_hf as _load, hf_splits as _splits
+from ..data.read import WHOLE, hf_library, hf_splits, load_hf
 from ..errors import UsageError
 from .base import register_source
 
@@ -28,7 +28,7 @@ PREFIX = "hf:"
 
 
 def _image_column(ds: Any, wanted: str | None, where: str) -> str:
-    datasets = _datasets()
+    datasets = hf_library()
     if wanted is not None:
         if wanted not in ds.features:
             raise UsageError(f"{where} has no column {wanted!r} (--image-column); columns: {', '.join(ds.features)}.")
@@ -65,13 +65,13 @@ class HFSource:
         return spec.startswith(PREFIX)
 
     def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
-        datasets = _datasets()
-        splits = _splits(_load(self.path))
+        datasets = hf_library()
+        splits = hf_splits(load_hf(self.path))
         if self.split is not None:
-            if self.split not in splits and not (list(splits) == [_WHOLE]):
+            if self.split not in splits and not (list(splits) == [WHOLE]):
                 raise UsageError(f"The dataset {self.path!r} has no split {self.split!r}; it has "
                                  f"{', '.join(s for s in splits)}.")
-            if list(splits) != [_WHOLE]:
+            if list(splits) != [WHOLE]:
                 splits = {self.split: splits[self.split]}
         items: list[SourceItem] = []
         excluded: list[ExcludedItem] = []

@@ -35,6 +35,7 @@ from typing import Any, ClassVar
 from ..cachedir import cache_dir
 from ..data.sources import (
     IMAGE_EXTENSIONS,
+    SPLIT_NAMES,
     Discovery,
     ExcludedItem,
     SourceItem,
@@ -300,9 +301,7 @@ class WebDatasetSource:
 
     def _shard_split(self, shard: str) -> str | None:
         parent = os.path.basename(os.path.dirname(shard))
-        folder_split = normalize_split(parent) if parent.lower() in ("train", "val", "valid", "validation",
-                                                                     "test") else None
-        return folder_split or self.split
+        return normalize_split(parent) if parent.lower() in SPLIT_NAMES else self.split
 
     def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
         shards, missing = resolve_shards(self.spec)
