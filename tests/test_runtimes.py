@@ -238,7 +238,7 @@ def test_cli_runtime_flags(fm_dir, tmp_path) -> None:
     bad = subprocess.run([*exe, "extract", str(fm_dir / "test"), "--out", str(tmp_path / "x"), "--runtime",
                           "tensorrt"], capture_output=True, text=True, timeout=300)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
-    assert "auto, openvino, onnxruntime, torch" in bad.stderr + bad.stdout
+    assert "--runtime must be one of 'auto', 'openvino', 'onnxruntime', 'torch'" in bad.stderr + bad.stdout
 
 
 @pytest.mark.parametrize("name", EXPORTED)

@@ -20,6 +20,7 @@ from . import progress
 from .data.decode import DecodePolicy
 from .errors import UsageError
 from .models.registry import Backbone, load_backbone
+from .params import check_int
 
 
 @dataclass
@@ -75,14 +76,14 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
     from .models.layers import OUTPUT, describe_layers
     from .runtimes import build_runtime, layer_specs
 
+    check_int(top_k, "top_k", minimum=1, where="classify_images")
+    check_int(batch_size, "batch_size", minimum=1, where="classify_images")
     bb = model if isinstance(model, Backbone) else load_backbone(model)
     if not bb.class_names:
         raise UsageError(
             f"The model {bb.name!r} has no class names for its outputs (random or headless weights); "
             "train a head with 'deepfeat train' and predict with the bundle instead."
         )
-    if top_k < 1:
-        raise UsageError(f"The 'top_k' parameter must be >= 1; got {top_k} instead.")
     policy = policy or DecodePolicy()
     excluded: list = []
     paths = expand_inputs(inputs, excluded)

@@ -27,6 +27,7 @@ from .data.sources import Discovery, SourceItem
 from .engines import Engine, RunSettings, get_engine
 from .sources import Source, open_source
 from .errors import EnvironmentFault, UsageError
+from .params import check_choice, check_int, check_number
 from .models.layers import PRE_LOGITS, describe_layers
 from .models.hub import is_offline
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
@@ -131,18 +132,12 @@ class ExtractPlan:
 def validate_extract_args(dtype: str, device: str, precision: str, batch_size: int, workers: int,
                           part_size: int | None) -> None:
     """One up-front check of the arguments that do not need the model or the data."""
-    if dtype not in DTYPES:
-        raise UsageError(f"The 'dtype' parameter of extract must be one of {', '.join(DTYPES)}; got {dtype!r} instead.")
-    if device not in DEVICES:
-        raise UsageError(f"The 'device' parameter of extract must be one of {', '.join(DEVICES)}; got {device!r} instead.")
-    if precision not in PRECISIONS:
-        raise UsageError(f"The 'precision' parameter must be one of {', '.join(PRECISIONS)}; got {precision!r} instead.")
-    if batch_size < 1:
-        raise UsageError(f"The 'batch_size' parameter of extract must be >= 1; got {batch_size} instead.")
-    if workers < 0:
-        raise UsageError(f"The 'workers' parameter of extract must be >= 0; got {workers} instead.")
-    if part_size is not None and part_size < 1:
-        raise UsageError(f"The 'part_size' parameter of extract must be >= 1; got {part_size} instead.")
+    check_choice(dtype, "dtype", DTYPES, where="extract")
+    check_choice(device, "device", DEVICES, where="extract")
+    check_choice(precision, "precision", PRECISIONS, where="extract")
+    check_int(batch_size, "batch_size", minimum=1, where="extract")
+    check_int(workers, "workers", minimum=0, where="extract")
+    check_int(part_size, "part_size", minimum=1, where="extract", optional=True)
 
 
 def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple[str, str]:
@@ -195,8 +190,7 @@ def plan_extraction(
     """
     from .data.augment import DEFAULT_AUGMENT, parse_augment
 
-    if not isinstance(views, int) or views < 0:
-        raise UsageError(f"The 'views' parameter of extract must be an integer >= 0; got {views!r} instead.")
+    check_int(views, "views", minimum=0, where="extract")
     if augment is not None and not views:
         raise UsageError("The 'augment' parameter needs 'views' >= 1 (augmented views per image).")
     augment_spec = parse_augment(augment or DEFAULT_AUGMENT) if views else ""
@@ -326,10 +320,10 @@ def extract(
     """
     eng = get_engine(engine)
     eng.check()
-    workers = eng.default_workers() if workers is None else int(workers)
+    workers = eng.default_workers() if workers is None else check_int(workers, "workers", minimum=0, where="extract")
     validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
-    if part_seconds is not None and not part_seconds > 0:
-        raise UsageError(f"The 'part_seconds' parameter of extract must be > 0; got {part_seconds} instead.")
+    check_number(part_seconds, "part_seconds", minimum=0, min_open=True, where="extract", optional=True)
+    check_int(views, "views", minimum=0, where="extract")
     device = eng.resolve_device(device)
     if not overwrite:
         runtime, precision = _resume_choice(os.fspath(out), runtime, precision, device)

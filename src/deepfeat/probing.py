@@ -42,6 +42,7 @@ from typing import Any
 import numpy as np
 
 from .errors import UsageError
+from .params import param_error
 from .heads import HEADS, StreamingScaler
 from .store.reader import FeatureStore, LayerSpec, open_store
 from .loop import RunState, cosine_factor
@@ -124,8 +125,7 @@ def parse_groups(groups: str | Sequence[str] | None) -> tuple[str, ...]:
     names = [g for g in names if g and g != "none"]
     bad = [g for g in names if g not in GROUPS]
     if bad:
-        raise UsageError("The 'groups' parameter of probe must be a comma-separated subset of "
-                         f"{', '.join(GROUPS)} (or 'none'); got {groups!r} instead.")
+        raise param_error("groups", f"a comma-separated subset of {', '.join(GROUPS)} (or 'none')", groups, "probe")
     return tuple(dict.fromkeys(names))
 
 
@@ -231,7 +231,7 @@ def probe(
     budget = parse_size(memory_budget, "memory_budget")
     from .analysis.fne import parse_thresholds
 
-    lo_hi = parse_thresholds(thresholds)
+    lo_hi = parse_thresholds(thresholds, "probe")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of probe must be a directory; {os.fspath(out)!r} is a file.")
     st = store if isinstance(store, FeatureStore) else open_store(store)

@@ -38,6 +38,7 @@ import numpy as np
 from ..moments import merge_moments
 from .. import progress
 from ..errors import StoreError, UsageError
+from ..params import check_int, param_error
 from ..store import layout
 from ..store.fsutil import atomic_write_bytes, read_json
 from ..store.session import StoreWriter
@@ -116,15 +117,14 @@ def fne_transform(features: np.ndarray, mean: np.ndarray, std: np.ndarray,
     return ternarize(standardize(features, mean, std), thresholds)
 
 
-def parse_thresholds(thresholds: str | Sequence[float]) -> tuple[float, float]:
-    """``"-0.25,0.15"`` or ``(-0.25, 0.15)`` -> (lo, hi), checked: lo <= hi."""
+def parse_thresholds(thresholds: str | Sequence[float], where: str | None = None) -> tuple[float, float]:
+    """``"-0.25,0.15"`` or ``(-0.25, 0.15)`` -> (lo, hi), checked: lo <= hi (``where``: the calling function)."""
     try:
         vals = [float(v) for v in thresholds.split(",")] if isinstance(thresholds, str) else [float(v) for v in thresholds]
     except (TypeError, ValueError):
         vals = []
     if len(vals) != 2 or not all(np.isfinite(vals)) or vals[0] > vals[1]:
-        raise UsageError(f"The 'thresholds' parameter must be two numbers lo,hi with lo <= hi (e.g. -0.25,0.15); "
-                         f"got {thresholds!r} instead.")
+        raise param_error("thresholds", "two numbers lo,hi with lo <= hi (e.g. -0.25,0.15)", thresholds, where)
     return vals[0], vals[1]
 
 
@@ -135,8 +135,7 @@ def resolve_store_layers(store: FeatureStore, layers: str | Sequence[str] | None
     names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
     unknown = [n for n in names if n not in store.layer_names]
     if not names or unknown:
-        raise UsageError(f"The 'layers' parameter of {what} must name layers of the store "
-                         f"({', '.join(store.layer_names)}); got {layers!r} instead.")
+        raise param_error("layers", f"layers of the store ({', '.join(store.layer_names)})", layers, what)
     return [store.layer(n) for n in names]
 
 
@@ -153,9 +152,8 @@ def batch_rows(dims: int, batch_size: int, max_bytes: int = BATCH_BYTES) -> int:
         >>> batch_rows(1280, 2048), batch_rows(22288, 2048), batch_rows(10**8, 2048)
         (2048, 188, 1)
     """
-    if not isinstance(batch_size, (int, np.integer)) or isinstance(batch_size, bool) or batch_size < 1:
-        raise UsageError(f"The 'batch_size' parameter must be an int >= 1; got {batch_size!r} instead.")
-    return max(1, min(int(batch_size), int(max_bytes) // (8 * max(1, int(dims)))))
+    batch_size = check_int(batch_size, "batch_size", minimum=1)
+    return max(1, min(batch_size, int(max_bytes) // (8 * max(1, int(dims)))))
 
 
 def split_batches(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None, batch_size: int = 4096
@@ -268,13 +266,13 @@ def full_network_embedding(
         An :class:`FNESummary`.
     """
     t0 = time.perf_counter()
-    lo_hi = parse_thresholds(thresholds)
-    batch_rows(1, batch_size)  # validates batch_size
+    lo_hi = parse_thresholds(thresholds, "full_network_embedding")
+    check_int(batch_size, "batch_size", minimum=1, where="full_network_embedding")
     src = store if isinstance(store, FeatureStore) else open_store(store)
     specs = resolve_store_layers(src, layers, "full_network_embedding")
     if stats_split is not None and stats_split not in src.splits:
-        raise UsageError(f"The 'stats_split' parameter of full_network_embedding must be a split of the store "
-                         f"({', '.join(src.splits) or 'none'}) or None; got {stats_split!r} instead.")
+        raise param_error("stats_split", f"a split of the store ({', '.join(src.splits) or 'none'}) or None",
+                          stats_split, "full_network_embedding")
     out = os.fspath(out)
     if os.path.abspath(out) == os.path.abspath(src.path):
         raise UsageError("The 'out' parameter of full_network_embedding must differ from the source store.")

@@ -60,6 +60,7 @@ import numpy as np
 
 from .. import progress
 from ..errors import UsageError
+from ..params import check_int, check_number, param_error
 from ..store.reader import FeatureStore, LayerSpec, open_store
 from . import fne as _fne
 from .fne import (
@@ -308,26 +309,17 @@ class FeatureStatistics:
 
 
 # ----------------------------------------------------------------------------- the streaming computation
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def check_arguments(store: str | os.PathLike | FeatureStore, split: str | None, layers: str | Sequence[str] | None,
                     bins: int, alpha: float, batch_size: int, sample_rows: int) -> tuple[FeatureStore, list[LayerSpec]]:
     """Validate the arguments of :func:`feature_statistics` (raises UsageError); returns (store, layers)."""
-    if not _is_int(bins) or bins < 2:
-        raise UsageError(f"The 'bins' parameter of analyze must be an int >= 2; got {bins!r} instead.")
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 < alpha < 1:
-        raise UsageError(f"The 'alpha' parameter of analyze must be in (0, 1); got {alpha!r} instead.")
-    if not _is_int(batch_size) or batch_size < 1:
-        raise UsageError(f"The 'batch_size' parameter of analyze must be an int >= 1; got {batch_size!r} instead.")
-    if not _is_int(sample_rows) or sample_rows < 1:
-        raise UsageError(f"The 'sample_rows' parameter of analyze must be an int >= 1; got {sample_rows!r} instead.")
+    check_int(bins, "bins", minimum=2, where="analyze")
+    check_number(alpha, "alpha", minimum=0, maximum=1, min_open=True, max_open=True, where="analyze")
+    check_int(batch_size, "batch_size", minimum=1, where="analyze")
+    check_int(sample_rows, "sample_rows", minimum=1, where="analyze")
     st = store if isinstance(store, FeatureStore) else open_store(store)
     specs = resolve_store_layers(st, layers, "analyze")
     if split is not None and split not in st.splits:
-        raise UsageError(f"The 'split' parameter of analyze must be a split of the store "
-                         f"({', '.join(st.splits) or 'none'}) or None; got {split!r} instead.")
+        raise param_error("split", f"a split of the store ({', '.join(st.splits) or 'none'}) or None", split, "analyze")
     return st, specs
 
 

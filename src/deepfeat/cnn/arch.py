@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from ..errors import UsageError
+from ..params import param_error
 
 __all__ = ["ARCHS", "SmallConvNet", "arch_config", "build_cnn"]
 
@@ -54,14 +55,14 @@ def arch_config(arch: str | dict[str, Any], *, num_classes: int, in_channels: in
     elif arch in ARCHS:
         base, name = copy.deepcopy(ARCHS[arch]), arch
     else:
-        raise UsageError(f"The 'arch' parameter must be one of {', '.join(ARCHS)} or a dict; got {arch!r} instead.")
+        raise param_error("arch", f"one of {', '.join(repr(a) for a in ARCHS)} or a dict", arch, "arch_config")
     unknown = set(overrides) - set(ARCHS["small"])
     if unknown:
         raise UsageError(f"Unknown architecture options {sorted(unknown)}; valid: {', '.join(ARCHS['small'])}.")
     base.update(overrides)
     size = (int(input_size), int(input_size)) if isinstance(input_size, int) else tuple(int(s) for s in input_size)
     if in_channels not in (1, 3):
-        raise UsageError(f"The 'in_channels' must be 1 (grayscale) or 3 (RGB); got {in_channels!r} instead.")
+        raise param_error("in_channels", "1 (grayscale) or 3 (RGB)", in_channels, "arch_config")
     if num_classes < 2:
         raise UsageError(f"Training needs at least 2 classes; got {num_classes}.")
     cfg = {"name": name, **base, "num_classes": int(num_classes), "in_channels": int(in_channels),

@@ -22,6 +22,7 @@ from ..data.decode import DecodePolicy
 from ..data.preprocess import Preprocess
 from ..data.sources import Discovery
 from ..errors import UsageError
+from ..params import param_error
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +99,8 @@ def make_splits(discovery: Discovery, val_fraction: float, seed: int) -> Splits:
         val, source = by_split["test"], "test"
     else:
         if not 0.0 < val_fraction < 1.0:
-            raise UsageError(f"The 'val_fraction' parameter must be in (0, 1) when the source has no val/test split; "
-                             f"got {val_fraction!r} instead.")
+            raise param_error("val_fraction", "a number in (0, 1) when the source has no val/test split",
+                              val_fraction)
         rng = np.random.default_rng([seed, 7919])
         labels = np.asarray(train.labels)
         held: list[int] = []

@@ -31,6 +31,7 @@ from typing import Any
 from PIL import Image
 
 from ..errors import UsageError
+from ..params import param_error
 
 DEFAULT_AUGMENT = "flip,crop=0.8"
 VOCABULARY: dict[str, tuple[float, float, float]] = {
@@ -53,7 +54,7 @@ def _fmt(v: float) -> str:
 def parse_augment(spec: str) -> str:
     """Validate a spec and return its canonical form (defaults filled in, order kept)."""
     if not isinstance(spec, str) or not spec.strip():
-        raise UsageError(f"The 'augment' parameter must be a non-empty spec like {DEFAULT_AUGMENT!r}; got {spec!r}.")
+        raise param_error("augment", f"a non-empty spec like {DEFAULT_AUGMENT!r}", spec)
     out: list[str] = []
     seen: set[str] = set()
     for token in spec.split(","):

@@ -40,6 +40,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from deepfeat.errors import EnvironmentFault, InputError, UsageError
+from deepfeat.params import check_number, param_error
 
 logger = logging.getLogger(__name__)
 
@@ -120,21 +121,12 @@ class DecodePolicy:
     max_file_bytes: int = 1 << 30
 
     def __post_init__(self) -> None:
-        if self.max_pixels <= 0:
-            raise UsageError(f"The 'max_pixels' parameter of DecodePolicy must be > 0; got {self.max_pixels!r} instead.")
-        if not self.max_aspect_ratio >= 1:
-            raise UsageError(
-                f"The 'max_aspect_ratio' parameter of DecodePolicy must be >= 1; got {self.max_aspect_ratio!r} instead."
-            )
+        # numbers, not only ints: a limit such as max_pixels=1e8 is accepted as before
+        check_number(self.max_pixels, "max_pixels", minimum=0, min_open=True, where="DecodePolicy")
+        check_number(self.max_aspect_ratio, "max_aspect_ratio", minimum=1, where="DecodePolicy")
         if len(self.background) != 3 or not all(isinstance(c, int) and 0 <= c <= 255 for c in self.background):
-            raise UsageError(
-                "The 'background' parameter of DecodePolicy must be three ints in 0..255; "
-                f"got {self.background!r} instead."
-            )
-        if self.max_file_bytes <= 0:
-            raise UsageError(
-                f"The 'max_file_bytes' parameter of DecodePolicy must be > 0; got {self.max_file_bytes!r} instead."
-            )
+            raise param_error("background", "three ints in 0..255", self.background, "DecodePolicy")
+        check_number(self.max_file_bytes, "max_file_bytes", minimum=0, min_open=True, where="DecodePolicy")
         object.__setattr__(self, "formats", frozenset(f.upper() for f in self.formats))
 
     def to_dict(self) -> dict[str, Any]:

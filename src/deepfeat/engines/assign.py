@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from ..errors import UsageError
+from ..params import check_int
 
 
 def assign_parts(n_parts: int, n_workers: int) -> list[list[int]]:
@@ -26,10 +27,8 @@ def assign_parts(n_parts: int, n_workers: int) -> list[list[int]]:
     Raises:
         UsageError: ``n_parts < 0`` or ``n_workers < 1``.
     """
-    if n_parts < 0:
-        raise UsageError(f"The number of parts must be >= 0; got {n_parts} instead.")
-    if n_workers < 1:
-        raise UsageError(f"The number of workers must be >= 1; got {n_workers} instead.")
+    check_int(n_parts, "n_parts", minimum=0, where="assign_parts")
+    check_int(n_workers, "n_workers", minimum=1, where="assign_parts")
     return [list(range(w, n_parts, n_workers)) for w in range(n_workers)]
 
 
@@ -59,8 +58,7 @@ def workers_for(n_parts: int, capacity: int, requested: int | None = None) -> in
         raise UsageError("The Ray cluster has no room for a single worker with the requested CPUs/GPUs per "
                          "worker; check 'ray status' or ask for fewer resources per worker.")
     if requested is not None:
-        if requested < 1:
-            raise UsageError(f"The 'ray_workers' parameter must be >= 1; got {requested} instead.")
+        check_int(requested, "ray_workers", minimum=1)
         if requested > capacity:
             raise UsageError(
                 f"{requested} Ray workers were asked for but the cluster has room for {capacity} with the "

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..params import check_int, is_int
 from . import RunSettings
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -91,10 +92,11 @@ class RayEngine:
         if gpus_per_worker < 0 or cpus_per_worker < 0 or (cpus_per_worker == 0 and gpus_per_worker == 0):
             raise UsageError("Each Ray worker needs CPUs or GPUs: --cpus-per-worker and --gpus-per-worker must be "
                              ">= 0 and not both 0.")
-        if workers is not None and workers < 1:
-            raise UsageError(f"--ray-workers must be >= 1; got {workers} instead.")
-        if max_retries < 0:
-            raise UsageError(f"The 'max_retries' parameter must be >= 0; got {max_retries} instead.")
+        if workers is not None and (not is_int(workers) or workers < 1):
+            # named by its flag: on the command line 'workers' would read as extract's --workers
+            raise UsageError(f"--ray-workers (the 'workers' of RayEngine) must be an int >= 1; "
+                             f"got {workers!r} instead.")
+        check_int(max_retries, "max_retries", minimum=0, where="RayEngine")
         self.address, self.workers = address, workers
         self.gpus_per_worker, self.cpus_per_worker, self.max_retries = gpus_per_worker, cpus_per_worker, max_retries
 

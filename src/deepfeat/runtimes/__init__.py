@@ -25,6 +25,7 @@ from typing import Any
 
 from ..errors import UsageError
 from ..models.registry import Backbone
+from ..params import check_choice
 from ..store.layerspec import LayerSpec
 from .base import Runtime, RuntimeUnavailable, cpu_has_bf16, cpu_model
 from .onnx_runtime import ONNXRuntime
@@ -73,11 +74,8 @@ def available_runtimes(device: str = "cpu") -> list[str]:
 
 def resolve_runtime(runtime: str = "auto", device: str = "cpu", precision: str = "auto") -> RuntimeChoice:
     """Turn ``auto`` into names and check the pair; raises ``UsageError`` for an impossible request."""
-    if runtime not in runtime_choices():
-        raise UsageError(f"The 'runtime' parameter must be one of {', '.join(runtime_choices())}; "
-                         f"got {runtime!r} instead.")
-    if precision not in PRECISIONS:
-        raise UsageError(f"The 'precision' parameter must be one of {', '.join(PRECISIONS)}; got {precision!r} instead.")
+    check_choice(runtime, "runtime", runtime_choices())
+    check_choice(precision, "precision", PRECISIONS)
     dev = _device_type(device)
     if runtime == "auto":
         if dev == "cuda":

@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 
 from .. import progress
 from ..errors import StoreError, UsageError
+from ..params import check_choice, param_error
 from ..units import format_size
 from . import layout
 from .fsutil import environment_errors, fsync_dir
@@ -74,7 +75,7 @@ class _Selection:
                 raise UsageError(f"The store has no split {unknown[0]!r}; it has: {', '.join(store.splits) or 'none'}.")
         if isinstance(views, str):
             if views != "all":
-                raise UsageError(f"The 'views' parameter must be 'all', an int or a list of ints; got {views!r} instead.")
+                raise param_error("views", "'all', an int or a list of ints", views, "export_store")
             self.views: list[int] | None = None
         elif isinstance(views, (int, np.integer)):
             self.views = [int(views)]
@@ -373,8 +374,7 @@ def export_store(
         >>> export_store("feats/", "out_npy", "npy", layers="pre_logits")   # doctest: +SKIP
         ['out_npy/pre_logits.npy', 'out_npy/rows.parquet']
     """
-    if format not in _WRITERS:
-        raise UsageError(f"Unknown export format {format!r}; valid formats: {', '.join(FORMATS)}.")
+    check_choice(format, "format", FORMATS, where="export_store")
     is_dir, write = _WRITERS[format]
     path, out = os.fspath(path), os.fspath(out)
     if not out:

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from .fsutil import sha256_file
 from ..errors import StoreError, UsageError
+from ..params import check_int
 from . import layout, trust
 from .layerspec import LayerSpec
 from .manifest import Manifest, PartRecord
@@ -302,8 +303,7 @@ class FeatureStore:
             unknown = [s for s in splits if s not in self.splits and s != ""]
             if unknown:
                 raise UsageError(f"The store has no split {unknown[0]!r}; it has: {', '.join(self.splits) or 'none'}.")
-        if batch_size < 1:
-            raise UsageError(f"The 'batch_size' must be >= 1; got {batch_size} instead.")
+        batch_size = check_int(batch_size, "batch_size", minimum=1, where="FeatureStore.batches")
         rng = np.random.default_rng(seed)
         parts = list(self.iter_parts())
         if shuffle:

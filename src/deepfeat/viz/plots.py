@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import UsageError
+from ..params import check_choice, check_int, param_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -63,7 +64,7 @@ def _figure(width_in: float, height_in: float) -> "Figure":
 def _save(fig: "Figure", out: str | os.PathLike, dpi: int, panels: int, title: str, **extra: Any) -> PlotResult:
     out = os.fspath(out)
     if not out.lower().endswith(".png"):
-        raise UsageError(f"The 'out' parameter must be a .png file; got {out!r} instead.")
+        raise param_error("out", "a .png file", out)
     parent = os.path.dirname(os.path.abspath(out))
     os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}.png")
@@ -374,10 +375,8 @@ def plot_embedding(store: "str | os.PathLike | FeatureStore", layer: str | None,
     from ..store.reader import FeatureStore, open_store
 
     method = str(method).lower().replace("-", "")
-    if method not in EMBEDDING_METHODS:
-        raise UsageError(f"The 'method' parameter must be one of {', '.join(EMBEDDING_METHODS)}; got {method!r}.")
-    if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 3:
-        raise UsageError(f"The 'max_points' parameter must be an integer >= 3; got {max_points!r} instead.")
+    check_choice(method, "method", EMBEDDING_METHODS, where="plot_embedding")
+    max_points = check_int(max_points, "max_points", minimum=3, where="plot_embedding")
     st = store if isinstance(store, FeatureStore) else open_store(os.fspath(store))
     if layer is None:
         if len(st.layer_names) != 1:
