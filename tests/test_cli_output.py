@@ -126,6 +126,41 @@ def test_every_option_has_help_and_shows_its_default():
                                                                     api["head"])
 
 
+def test_every_command_takes_its_defaults_from_the_api_it_calls():
+    """Each command names an API function that exists, and every option that is one of its parameters
+    defaults to the API's value, sizes written with their unit (--memory-budget 1GiB <- 1 << 30). Catches a
+    command pointing at a module that does not exist (its options then silently keep hand-typed defaults)."""
+    import ast
+
+    from deepfeat.apidefaults import _module_tree, api_defaults
+    from deepfeat.cli import COMMANDS
+    from deepfeat.units import parse_size
+
+    apis = {name: target for module in COMMANDS for name, target in module.API.items()}
+    for name, (module, function) in apis.items():
+        tree = _module_tree(module)
+        assert tree is not None and any(isinstance(n, ast.FunctionDef) and n.name == function for n in tree.body), \
+            (name, module, function)
+    checked = 0
+    for path, _sub, action in _walk(build_parser()):
+        target = apis.get(" ".join(path))
+        if target is None or not action.option_strings or action.dest not in api_defaults(*target):
+            continue
+        api = api_defaults(*target)[action.dest]
+        if api is None or action.default is None or isinstance(action.default, bool):
+            continue
+        if action.metavar == "SIZE":
+            assert parse_size(action.default) == parse_size(api), (path, action.dest)
+        elif isinstance(api, (tuple, list)):
+            assert action.default == ",".join(map(str, api)), (path, action.dest)
+        else:
+            assert action.default == api, (path, action.dest, action.default, api)
+        checked += 1
+    assert checked > 40
+    sizes = {p: a.default for p, _, a in _walk(build_parser()) if a.dest == "memory_budget"}
+    assert sizes == {("train",): "1GiB", ("probe",): "1GiB", ("train-cnn",): "2GiB", ("finetune",): "2GiB"}
+
+
 def test_usage_errors_name_command_line_flags(fm_store, tmp_path, capsys):
     """Errors raised through the CLI name --batch-size, --layer, ... not 'batch_size' or 'None'."""
     cases = [

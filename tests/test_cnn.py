@@ -66,7 +66,7 @@ def test_one_epoch_writes_a_model_directory(trained) -> None:
     assert cfg["preprocess"]["input_size"] == [28, 28]
     assert trained.n_train == 200 and trained.n_val == 200 and trained.val_source == "test"
     (row,) = json.loads((out / "history.json").read_text())
-    assert set(row) == {"epoch", "train_loss", "val_loss", "train_val_ratio", "val_accuracy", "seconds"}
+    assert set(row) == {"epoch", "train_loss", "val_loss", "train_val_ratio", "val_accuracy", "seconds", "best"}
     assert row["train_val_ratio"] == pytest.approx(row["train_loss"] / row["val_loss"], rel=1e-4)
     # One epoch on 200 real images already beats chance (0.1) clearly.
     assert trained.metrics["test_accuracy"] > 0.25
@@ -130,6 +130,57 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(fm20: Path, tmp_path: P
     assert _same(_weights(out), _weights(Path(straight.out)))
     resumed_hist = json.loads((out / "history.json").read_text())
     assert [r["val_accuracy"] for r in resumed_hist] == [r["val_accuracy"] for r in straight.history]
+
+
+_EARLY = dict(epochs=7, schedule="constant", augment="none", patience=1)  # on fm20: val loss rises at epoch 6
+
+
+def test_early_stopping_keeps_the_best_epoch_and_resumes_from_a_stopped_checkpoint(fm20: Path, tmp_path: Path,
+                                                                                    capsys) -> None:
+    """train-cnn --patience: the run stops after `patience` epochs without a better validation loss and the
+    model directory holds the best epoch's weights, not the last epoch's; a run interrupted after the stop
+    resumes from its checkpoint (which holds the best weights) to the same directory."""
+    from safetensors.torch import load_file
+
+    from deepfeat.cli import main
+
+    out = tmp_path / "early"
+    assert main(["train-cnn", str(fm20), "--out", str(out), "--epochs", "7", "--schedule", "constant",
+                 "--augment", "none", "--patience", "1", "--keep-checkpoint", "--batch-size", "32", "--workers", "0",
+                 "--device", "cpu", "-q"]) == 0
+    printed = capsys.readouterr().out
+    history = json.loads((out / "history.json").read_text())
+    losses = [r["val_loss"] for r in history]
+    stop = len(history)
+    assert stop < 7 and history[-1].get("stopped_early") is True
+    best = min(range(stop), key=lambda i: losses[i]) + 1
+    assert best == stop - 1 and losses[-1] > losses[best - 1]  # patience 1: one epoch without a better loss
+    assert f"early stopping after epoch {stop} of 7" in printed and f"keeping epoch {best}" in printed
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["metrics"]["best_epoch"] == best and cfg["metrics"]["valid_loss"] == losses[best - 1]
+    assert cfg["metrics"]["valid_accuracy"] == pytest.approx(history[best - 1]["val_accuracy"])
+    # the kept checkpoint holds the last epoch's weights (model.*) and the best epoch's (extra.best.*):
+    # the model directory holds the best
+    ckpt = load_file(str(out / "checkpoint.safetensors"))
+    kept = _weights(out)
+    from deepfeat.cnn.arch import build_cnn
+
+    names = list(build_cnn(cfg["arch"]).state_dict())  # best.<i> is the i-th entry of the state dict
+    assert len(names) == len(kept) == sum(k.startswith("extra.best.") for k in ckpt)
+    assert all(torch.equal(kept[name], ckpt[f"extra.best.{i}"]) for i, name in enumerate(names))
+    assert not all(torch.equal(kept[k], ckpt[f"model.{k}"]) for k in kept)
+
+    def interrupt_after_the_stop(event: dict) -> None:
+        if event["phase"] == "checkpoint" and event["epoch"] == stop:
+            raise KeyboardInterrupt
+
+    again = tmp_path / "again"
+    with pytest.raises(KeyboardInterrupt):
+        train_cnn(fm20, again, progress=interrupt_after_the_stop, **_EARLY, **FAST)
+    assert read_checkpoint_state(str(again / "checkpoint.safetensors"))["stopped"] is True
+    resumed = train_cnn(fm20, again, **_EARLY, **FAST)
+    assert resumed.resumed_from == stop and resumed.best_epoch == best
+    assert _same(_weights(again), kept)
 
 
 def test_checkpoint_keeps_optimizer_state_without_pickle(tmp_path: Path) -> None:

@@ -48,15 +48,22 @@ def _module_tree(module: str) -> ast.Module | None:
 
 
 @functools.lru_cache(maxsize=None)
-def api_defaults(module: str, function: str) -> dict[str, Any]:
-    """``{parameter: default}`` of ``module.function`` for the defaults that are literals (or constants)."""
+def _constants(module: str) -> dict[str, Any]:
+    """The module's names bound to literals, its own and those it imports from other deepfeat modules
+    (``from .training import DEFAULT_MEMORY_BUDGET``)."""
     tree = _module_tree(module)
-    if tree is None:
-        return {}
     constants: dict[str, Any] = {}
-    func: ast.FunctionDef | None = None
-    for node in tree.body:
-        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+    for node in tree.body if tree is not None else ():
+        if isinstance(node, ast.ImportFrom) and node.level and module != "deepfeat":
+            package = module.split(".")[:-node.level] if not _is_package(module) else \
+                module.split(".")[:len(module.split(".")) - node.level + 1]
+            source = ".".join(package + ([node.module] if node.module else []))
+            if source != module:
+                imported = _constants(source)
+                for alias in node.names:
+                    if alias.name in imported:
+                        constants[alias.asname or alias.name] = imported[alias.name]
+        elif isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
             value = _literal(node.value, constants)
             if value is not _UNRESOLVED:
                 constants[node.targets[0].id] = value
@@ -64,8 +71,22 @@ def api_defaults(module: str, function: str) -> dict[str, Any]:
             value = _literal(node.value, constants)
             if value is not _UNRESOLVED:
                 constants[node.target.id] = value
-        elif isinstance(node, ast.FunctionDef) and node.name == function:
-            func = node
+    return constants
+
+
+def _is_package(module: str) -> bool:
+    base = os.path.join(os.path.dirname(os.path.abspath(__file__)), *module.split(".")[1:])
+    return os.path.isfile(os.path.join(base, "__init__.py"))
+
+
+@functools.lru_cache(maxsize=None)
+def api_defaults(module: str, function: str) -> dict[str, Any]:
+    """``{parameter: default}`` of ``module.function`` for the defaults that are literals (or constants)."""
+    tree = _module_tree(module)
+    if tree is None:
+        return {}
+    constants = _constants(module)
+    func = next((n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == function), None)
     if func is None:
         return {}
     a = func.args

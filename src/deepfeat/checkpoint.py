@@ -121,9 +121,11 @@ def config_fingerprint(config: Mapping[str, Any]) -> str:
 
 
 def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict[str, Any]) -> None:
-    """Atomically write model weights, optimizer state and a JSON ``state`` into one safetensors file."""
-    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+                    state: dict[str, Any], extra: Mapping[str, torch.Tensor] | None = None) -> None:
+    """Atomically write model weights, optimizer state, ``extra`` named tensors (e.g. the best epoch's
+    weights) and a JSON ``state`` into one safetensors file."""
+    tensors = {f"extra.{k}": v for k, v in (extra or {}).items()}
+    tensors.update({f"model.{k}": v for k, v in model.state_dict().items()})
     rest: dict[str, Any] = {}
     if optimizer is not None:
         opt_tensors, rest = flatten_optimizer(optimizer.state_dict())
@@ -136,9 +138,15 @@ def read_checkpoint_state(path: str) -> dict[str, Any]:
     return _read_document(path)["state"]
 
 
-def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
-    """Restore ``model`` (and ``optimizer``) from a checkpoint; returns its JSON ``state``."""
+def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    extra: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+    """Restore ``model`` (and ``optimizer``) from a checkpoint; returns its JSON ``state``.
+
+    ``extra``, when given, receives the checkpoint's extra tensors (see :func:`save_checkpoint`).
+    """
     tensors, meta = load_state(path)
+    if extra is not None:
+        extra.update({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
     model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_sd, strict=True)
     if optimizer is not None:

@@ -2,9 +2,17 @@
 from __future__ import annotations
 
 from .errors import UsageError
+from .params import param_error
 
 #: what ``device=`` / ``--device`` accept (plus ``cuda:N``)
 DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device(device: str, what: str = "device", where: str | None = None) -> str:
+    """``device`` when it is a name :func:`resolve_device` takes (checked without importing torch)."""
+    if device not in DEVICES and not (isinstance(device, str) and device.startswith("cuda:")):
+        raise param_error(what, f"one of {', '.join(DEVICES)} (or cuda:N)", device, where)
+    return device
 
 
 def resolve_device(device: str, what: str = "device") -> str:
@@ -17,9 +25,7 @@ def resolve_device(device: str, what: str = "device") -> str:
         >>> resolve_device("cpu")
         'cpu'
     """
-    if device not in DEVICES and not (isinstance(device, str) and device.startswith("cuda:")):
-        raise UsageError(f"The '{what}' parameter must be one of {', '.join(DEVICES)} (or cuda:N); "
-                         f"got {device!r} instead.")
+    check_device(device, what)
     if device == "cpu":
         return device
     import torch

@@ -3,8 +3,9 @@
 A history is a list of records, one per completed epoch, with these keys (``None`` when unknown):
 
 ``epoch`` (1-based), ``train_loss``, ``val_loss``, ``val_accuracy``, ``seconds`` (training time of the
-epoch) -- and, depending on the loop, ``train_val_ratio`` (train-cnn / finetune), ``rows``, ``best`` and
-``stopped_early`` (train on stored features).
+epoch), ``best`` (a new best validation loss), ``stopped_early`` (the last epoch of a run early stopping
+ended) -- and, depending on the loop, ``train_val_ratio`` (train-cnn / finetune) or ``rows`` (train on
+stored features). :func:`deepfeat.loop.run_epochs` writes them for both loops.
 
 Model directories written before this schema used ``valid_loss``, ``valid_accuracy`` and
 ``train_valid_ratio``; :func:`normalize` maps them (and :func:`read_history` applies it), so old

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import numbers
 import os
 import time
@@ -42,11 +41,12 @@ from typing import Any
 
 import numpy as np
 
-from .devices import resolve_device
+from .devices import check_device, resolve_device
 from . import progress as progress_mod
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
-from .loop import RunState, cosine_factor
+from .loop import RunState, cosine_factor, run_epochs
+from .params import check_choice, check_int, check_number, param_error
 from .store.fsutil import remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
@@ -125,44 +125,26 @@ def parse_hidden(hidden: int | str | Sequence[int]) -> tuple[int, ...]:
     return sizes
 
 
-def _param(name: str, expected: str, got: Any) -> UsageError:
-    return UsageError(f"The {name!r} parameter of train must be {expected}; got {got!r} instead.")
-
-
 def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr: float | None, alpha: float,
                         val_fraction: float, patience: int | None, class_weight: Any, seed: int,
                         device: str) -> None:
     """One up-front check of every argument that needs neither the store nor the model."""
-    if head not in HEADS:
-        raise _param("head", "one of " + ", ".join(repr(h) for h in HEADS), head)
-    if solver not in SOLVERS:
-        raise _param("solver", "one of " + ", ".join(repr(s) for s in SOLVERS), solver)
+    check_choice(head, "head", HEADS, where="train")
+    check_choice(solver, "solver", SOLVERS, where="train")
     if solver == "exact" and not HEADS[head].has_exact_solver():
         exact = " or ".join(repr(h) for h, cls in HEADS.items() if cls.has_exact_solver())
         raise UsageError(f"The 'solver' parameter of train can be 'exact' only for head {exact} (scikit-learn in "
                          f"memory); got solver='exact' with head={head!r}.")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-    if not is_int(epochs) or epochs < 1:
-        raise _param("epochs", "an int >= 1", epochs)
-    if not is_int(batch_size) or batch_size < 1:
-        raise _param("batch_size", "an int >= 1", batch_size)
-    if lr is not None and (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not lr > 0):
-        raise _param("lr", "None or a float > 0", lr)
-    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not alpha >= 0:
-        raise _param("alpha", "a float >= 0", alpha)
-    if not isinstance(val_fraction, numbers.Real) or isinstance(val_fraction, bool) or not 0 <= val_fraction < 1:
-        raise _param("val_fraction", "a float in [0, 1)", val_fraction)
-    if patience is not None and (not is_int(patience) or patience < 1):
-        raise _param("patience", "None or an int >= 1", patience)
+    check_int(epochs, "epochs", minimum=1, where="train")
+    check_int(batch_size, "batch_size", minimum=1, where="train")
+    check_number(lr, "lr", minimum=0, min_open=True, optional=True, where="train")
+    check_number(alpha, "alpha", minimum=0, where="train")
+    check_number(val_fraction, "val_fraction", minimum=0, maximum=1, max_open=True, where="train")
+    check_int(patience, "patience", minimum=1, optional=True, where="train")
     if not (class_weight in CLASS_WEIGHTS or isinstance(class_weight, Mapping)):
-        raise _param("class_weight", "None, 'balanced' or a dict {class: weight}", class_weight)
-    if not is_int(seed):
-        raise _param("seed", "an int", seed)
-    if device not in ("auto", "cpu", "cuda") and not str(device).startswith("cuda:"):
-        raise _param("device", "one of 'auto', 'cpu', 'cuda'", device)
+        raise param_error("class_weight", "None, 'balanced' or a dict {class: weight}", class_weight, "train")
+    check_int(seed, "seed", where="train")
+    check_device(device, where="train")
 
 
 def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:
@@ -170,9 +152,9 @@ def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> 
         return list(store.layers)
     names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
     if not names:
-        raise _param("layers", "layer names of the store (" + ", ".join(store.layer_names) + ")", layers)
+        raise param_error("layers", "layer names of the store (" + ", ".join(store.layer_names) + ")", layers, "train")
     if len(set(names)) != len(names):
-        raise _param("layers", "distinct layer names", layers)
+        raise param_error("layers", "distinct layer names", layers, "train")
     return [store.layer(n) for n in names]
 
 
@@ -573,23 +555,19 @@ def _fingerprint(config: Mapping[str, Any]) -> str:
 LR_FLOOR = 0.05
 
 
-def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: RunState) -> None:
+def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: RunState) -> str:
     import torch
 
     from .checkpoint import save_state
 
     tensors, head_doc = model.training_state()
-    tensors = dict(tensors)
-    tensors["scaler.mean"] = torch.from_numpy(np.asarray(scaler.mean_, dtype=np.float64))
-    tensors["scaler.scale"] = torch.from_numpy(np.asarray(scaler.scale_, dtype=np.float64))
-    for i, p in enumerate(run.best_params or []):
-        tensors[f"best.{i}"] = p
-    doc = {"kind": "deepfeat-train-checkpoint", "fingerprint": fingerprint, "epoch": run.epoch,
-           "history": run.history, "best_epoch": run.best_epoch,
-           "best_loss": None if math.isinf(run.best_loss) else run.best_loss, "stale": run.stale,
-           "stopped": run.stopped, "n_best": len(run.best_params or []), "scaler_rows": int(scaler.n_samples_seen_),
-           "head": head_doc}
+    tensors = {**tensors, **run.best_tensors(),
+               "scaler.mean": torch.from_numpy(np.asarray(scaler.mean_, dtype=np.float64)),
+               "scaler.scale": torch.from_numpy(np.asarray(scaler.scale_, dtype=np.float64))}
+    doc = {"kind": "deepfeat-train-checkpoint", "fingerprint": fingerprint, **run.to_document(),
+           "scaler_rows": int(scaler.n_samples_seen_), "head": head_doc}
     save_state(path, tensors, doc)
+    return path
 
 
 def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler, RunState]:
@@ -605,18 +583,15 @@ def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler,
     model.load_training_state(tensors, doc["head"])
     scaler = StreamingScaler.from_stats(tensors["scaler.mean"].numpy(), tensors["scaler.scale"].numpy(),
                                         int(doc["scaler_rows"]))
-    run = RunState(epoch=int(doc["epoch"]), history=list(doc["history"]), best_epoch=doc["best_epoch"],
-                    best_loss=math.inf if doc["best_loss"] is None else float(doc["best_loss"]),
-                    stale=int(doc["stale"]), stopped=bool(doc["stopped"]),
-                    best_params=[tensors[f"best.{i}"] for i in range(int(doc["n_best"]))] or None)
-    return scaler, run
+    return scaler, RunState.from_document(doc, tensors)
 
 
 def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, *, epochs: int, batch_size: int,
                 io_batch: int, buffer: int, seed: int, patience: int | None, ckpt: str | None, resume: bool,
                 fingerprint: str, progress: ProgressFn | None) -> tuple[StreamingScaler, Any, list[dict[str, Any]],
                                                                        int | None]:
-    """Statistics pass, then epochs of shuffled mini-batches with validation, early stopping and checkpoints."""
+    """Statistics pass, then the epoch loop (:func:`deepfeat.loop.run_epochs`): shuffled mini-batches,
+    validation, early stopping and checkpoints."""
     run = RunState()
     scaler = StreamingScaler()
     if ckpt is not None:
@@ -637,10 +612,8 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
                 task.update(len(X))
         if progress:
             progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
-    for epoch in range(run.epoch + 1, epochs + 1):
-        if run.stopped:
-            break
-        t0 = time.perf_counter()
+
+    def train_epoch(epoch: int) -> dict[str, Any]:
         loss_sum, rows = 0.0, 0
         factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)
         with progress_mod.task(f"epoch {epoch}/{epochs}", total=plan.n_train, unit="rows", transient=True) as task:
@@ -652,28 +625,15 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
                 loss_sum += model.loss_ * len(y)
                 rows += len(y)
                 task.update(len(y))
-        train_seconds = time.perf_counter() - t0
+        return {"train_loss": loss_sum / max(rows, 1), "rows": rows}
+
+    def validate(row: dict[str, Any]) -> dict[str, Any]:
         val = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
-        record = {"epoch": epoch, "train_loss": loss_sum / max(rows, 1), "rows": rows,
-                  "seconds": train_seconds, "val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
-        record["best"] = run.observe(epoch, val["loss"] if val else None, model._snapshot)
-        run.history.append(record)
-        run.epoch = epoch
-        log.info("epoch %d/%d: train loss %.4f, val loss %s, val accuracy %s (%.1f s)", epoch, epochs,
-                 record["train_loss"], record["val_loss"], record["val_accuracy"], train_seconds)
-        if progress:
-            progress({"phase": "epoch", "epochs": epochs, **record})
-        if run.should_stop(patience):
-            log.info("early stopping after epoch %d (best epoch %d)", epoch, run.best_epoch)
-            run.stopped = True
-            record["stopped_early"] = True
-            if progress:
-                progress({"phase": "early_stop", "epoch": epoch, "epochs": epochs, "patience": patience,
-                          "best_epoch": run.best_epoch})
-        if ckpt is not None:
-            _save_run(ckpt, fingerprint, model, scaler, run)
-            if progress:
-                progress({"phase": "checkpoint", "epoch": epoch, "epochs": epochs, "path": ckpt})
+        return {"val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
+
+    save = None if ckpt is None else (lambda state: _save_run(ckpt, fingerprint, model, scaler, state))
+    run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, snapshot=model._snapshot, patience=patience,
+               save=save, progress=progress)
     # early stopping keeps the best epoch; patience=None keeps the last
     return scaler, model, run.history, run.keep_best(patience, model._restore)
 

@@ -56,6 +56,19 @@ def parse_size(value: int | float | str, what: str = "memory_budget", *, minimum
     return n
 
 
+def size_text(n: int) -> str:
+    """A size as :func:`parse_size` reads it back exactly, in the largest binary unit that divides it.
+
+    Example:
+        >>> size_text(1 << 30), size_text(3 << 19), size_text(1000)
+        ('1GiB', '1536KiB', '1000')
+    """
+    for unit, shift in (("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if n and n % (1 << shift) == 0:
+            return f"{n >> shift}{unit}"
+    return str(n)
+
+
 def format_size(n: float) -> str:
     """``1536`` -> ``'1.5 KiB'``; whole bytes below 1 KiB."""
     for unit in ("B", "KiB", "MiB", "GiB"):

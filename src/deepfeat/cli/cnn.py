@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from .common import _Progress, _add_offline_arg, _print
+from .common import SIZE, _Progress, _add_offline_arg, _print
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"train-cnn": ("deepfeat.cnn.training", "train_cnn"), "finetune": ("deepfeat.cnn.training", "finetune")}
@@ -57,13 +57,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             p.set_defaults(func=run)
         p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (of the new head when fine-tuning)")
         p.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
+        p.add_argument("--patience", type=int, default=0,
+                       help="stop after N epochs without a better validation loss and keep the best epoch (0: off)")
         p.add_argument("--val-fraction", type=float, default=0.1,
                        help="training images held out for validation when the source has no val/test split")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
         p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
         p.add_argument("--workers", type=int, default=None, help="decode processes (default: spare cores)")
-        p.add_argument("--memory-budget", default="2GiB", help="decoded images are cached in memory below this")
+        p.add_argument("--memory-budget", metavar=SIZE, help="decoded images are cached in memory below this")
         p.add_argument("--no-resume", action="store_true", help="start over even if a checkpoint exists")
         p.add_argument("--overwrite", action="store_true", help="replace a model trained with another configuration")
         p.add_argument("--keep-checkpoint", action="store_true", help="keep the last checkpoint after training")
@@ -82,7 +84,7 @@ def _print_cnn_result(r: Any) -> None:
 
 def _cnn_common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
-                schedule=args.schedule, augment=args.augment, input_size=args.input_size,
+                schedule=args.schedule, patience=args.patience or None, augment=args.augment, input_size=args.input_size,
                 val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp,
                 workers=args.workers, memory_budget=args.memory_budget, resume=not args.no_resume,
                 overwrite=args.overwrite, keep_checkpoint=args.keep_checkpoint)

@@ -9,7 +9,10 @@ import json
 import sys
 from typing import Any
 
-from ..units import format_size
+from ..units import format_size, size_text
+
+#: the metavar of a size option (``--memory-budget 2GiB``): its default is the API's, written with a unit
+SIZE = "SIZE"
 
 
 def _print(*args: Any) -> None:
@@ -132,7 +135,9 @@ class _Progress:
         ratio = event.get("train_val_ratio")
         self.say(f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['val_loss']:>11.4f} "
                  f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['val_accuracy']:>10.4f} "
-                 f"{event['seconds']:>8.1f}s")
+                 f"{event['seconds']:>8.1f}s{' *' if event.get('best') else ''}")
+
+    _cnn_early_stop = _train_early_stop
 
     def close(self) -> None:
         if self.task is not None:
@@ -282,11 +287,13 @@ def finish_parser(parser: CommandParser, command: str, api_of: dict[str, tuple[s
             seen.add(id(sp))
             finish_parser(sp, f"{command} {name}".strip(), api_of, option_help)
     for a in parser.arguments:
-        if a.dest in api and a.default is not None and a.option_strings:
+        if a.dest in api and (a.default is not None or a.metavar == SIZE) and a.option_strings:
             value = api[a.dest]
             if isinstance(value, (tuple, list)) and isinstance(a.default, str):
                 value = ",".join(map(str, value))  # --top-k 1,3 <- top_k=(1, 3)
-            if type(value) is type(a.default):  # "1GiB" (CLI) vs 1 << 30 (API) are left alone
+            if a.metavar == SIZE and type(value) is int:
+                value = size_text(value)  # --memory-budget 1GiB <- memory_budget=1 << 30
+            if a.default is None or type(value) is type(a.default):
                 a.default = value
                 parser.set_defaults(**{a.dest: value})
         if not a.help and a.dest not in ("help", "version"):

@@ -4,10 +4,10 @@ from __future__ import annotations
 import argparse
 import re
 
-from .common import _Progress, _print, NEGATIVE_NUMBERS
+from .common import SIZE, _Progress, _print, NEGATIVE_NUMBERS
 
 #: the API function each command calls: its signature gives the options' defaults
-API = {"probe": ("deepfeat.probe", "probe")}
+API = {"probe": ("deepfeat.probing", "probe")}
 #: help of the options declared without one
 OPTION_HELP: dict[str, dict[str, str]] = {
     "probe": {
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--test-split", default="test", help="split scored at the end ('' for none)")
     p.add_argument("--thresholds", default="-0.25,0.15", help="FNE thresholds lo,hi on standardised values")
     p._negative_number_matcher = re.compile(NEGATIVE_NUMBERS)  # type: ignore[attr-defined]
-    p.add_argument("--memory-budget", default="1GiB", help="memory for feature rows, with a unit: 512MiB, 2GiB")
+    p.add_argument("--memory-budget", metavar=SIZE, help="memory for feature rows, with a unit: 512MiB, 2GiB")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)

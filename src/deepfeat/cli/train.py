@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import _Progress, _print_error, _print_json_summary
+from .common import SIZE, _Progress, _print_error, _print_json_summary
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"train": ("deepfeat.training", "train")}
@@ -31,8 +31,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--val-fraction", type=float, default=0.1, help="training ids held out when there is no val split")
     p.add_argument("--patience", type=int, default=5, help="early-stopping patience in epochs (0: off)")
     p.add_argument("--class-weight", default=None, help="balanced | none")
-    p.add_argument("--memory-budget", default="1GiB",
-                   help="memory for feature rows, with a unit: 512MiB, 2GiB (decides --solver auto; default 1GiB)")
+    p.add_argument("--memory-budget", metavar=SIZE,
+                   help="memory for feature rows, with a unit: 512MiB, 2GiB (decides --solver auto)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu | cuda | auto")
     p.add_argument("--no-resume", action="store_true",

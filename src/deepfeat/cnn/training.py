@@ -55,7 +55,8 @@ from ..data.preprocess import Preprocess
 from ..data.sources import discover
 from ..errors import InputError, UsageError
 from ..history import normalize as normalize_history
-from ..loop import cosine_factor
+from ..loop import RunState, cosine_factor, run_epochs
+from ..params import check_choice, check_int, check_number
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
 from .arch import arch_config, build_cnn
@@ -95,6 +96,7 @@ class CNNTrainResult:
     resumed_from: int = 0  #: epochs already done in the checkpoint resumed from (0: a fresh run)
     already_complete: bool = False  #: the directory already held this exact, finished run
     skipped: dict[str, str] = field(default_factory=dict)  #: images that could not be decoded -> reason
+    best_epoch: int | None = None  #: the epoch whose weights the directory holds (the best under ``patience``)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -118,20 +120,20 @@ def _items_digest(splits: Splits) -> str:
 
 
 def _validate_common(epochs: int, batch_size: int, lr: float, weight_decay: float, schedule: str,
-                     val_fraction: float, seed: int) -> None:
-    for name, value in (("epochs", epochs), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise UsageError(f"The '{name}' parameter must be an integer >= 1; got {value!r} instead.")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise UsageError(f"The 'lr' parameter must be > 0; got {lr!r} instead.")
-    if not (isinstance(weight_decay, (int, float)) and weight_decay >= 0):
-        raise UsageError(f"The 'weight_decay' parameter must be >= 0; got {weight_decay!r} instead.")
-    if schedule not in SCHEDULES:
-        raise UsageError(f"The 'schedule' parameter must be one of {', '.join(SCHEDULES)}; got {schedule!r} instead.")
-    if not 0.0 < float(val_fraction) < 1.0:
-        raise UsageError(f"The 'val_fraction' parameter must be in (0, 1); got {val_fraction!r} instead.")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise UsageError(f"The 'seed' parameter must be an integer; got {seed!r} instead.")
+                     patience: int | None, val_fraction: float, seed: int) -> None:
+    check_int(epochs, "epochs", minimum=1)
+    check_int(batch_size, "batch_size", minimum=1)
+    check_number(lr, "lr", minimum=0, min_open=True)
+    check_number(weight_decay, "weight_decay", minimum=0)
+    check_choice(schedule, "schedule", SCHEDULES)
+    check_int(patience, "patience", minimum=1, optional=True)
+    check_number(val_fraction, "val_fraction", minimum=0, maximum=1, min_open=True, max_open=True)
+    check_int(seed, "seed")
+
+
+def _patience(patience: int | None) -> dict[str, int]:
+    """The configuration entry of early stopping: none without it, so runs without it keep their fingerprint."""
+    return {} if patience is None else {"patience": patience}
 
 
 def _first_image_size(paths: list[str], policy: DecodePolicy) -> tuple[int, int]:
@@ -184,6 +186,7 @@ def train_cnn(
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     schedule: str = "cosine",
+    patience: int | None = None,
     augment: str | None = DEFAULT_AUGMENT,
     input_size: int | None = None,
     channels: int | None = None,
@@ -207,6 +210,8 @@ def train_cnn(
             (see :data:`deepfeat.cnn.arch.ARCHS`).
         epochs, batch_size, lr, weight_decay: AdamW training; ``schedule`` ``cosine`` decays
             the learning rate to 0 over the run, ``constant`` keeps it.
+        patience: stop after this many epochs without a better validation loss and keep the best
+            epoch's weights (as :func:`deepfeat.train` does); None trains all ``epochs`` and keeps the last.
         augment: spec like ``"flip,crop=0.9,rotate=10"`` (``"none"`` to turn it off); see
             :class:`deepfeat.cnn.data.BatchAugment`.
         input_size: square side the images are resized to (default: the first image's shorter
@@ -227,11 +232,9 @@ def train_cnn(
     Returns:
         A :class:`CNNTrainResult`.
     """
-    _validate_common(epochs, batch_size, lr, weight_decay, schedule, val_fraction, seed)
-    if channels not in (None, 1, 3):
-        raise UsageError(f"The 'channels' parameter must be 1, 3 or None; got {channels!r} instead.")
-    if input_size is not None and (isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 4):
-        raise UsageError(f"The 'input_size' parameter must be an integer >= 4; got {input_size!r} instead.")
+    _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed)
+    check_choice(channels, "channels", (None, 1, 3))
+    check_int(input_size, "input_size", minimum=4, optional=True)
     aug = BatchAugment(augment)
     policy = DecodePolicy()
     splits = make_splits(discover(source), val_fraction, seed)
@@ -251,7 +254,8 @@ def train_cnn(
         param_groups=[{"name": "all", "params": list(model.parameters()), "lr_mult": 1.0}],
         frozen_bn=[], model_config={"arch": cfg, "base": None, "classifier": "classifier"},
         hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction, "seed": seed},
+               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction, "seed": seed,
+               **_patience(patience)},
     )
     return _fit(job, os.fspath(out), sets, cached, device=device, amp=amp, resume=resume, overwrite=overwrite,
                 keep_checkpoint=keep_checkpoint, progress=progress)
@@ -270,6 +274,7 @@ def finetune(
     lr: float = 1e-3,
     weight_decay: float = 1e-4,
     schedule: str = "cosine",
+    patience: int | None = None,
     augment: str | None = "flip,crop=0.8",
     input_size: int | None = None,
     crop_pct: float | None = None,
@@ -299,11 +304,10 @@ def finetune(
     from ..models.layers import describe_layers
     from ..models.registry import load_backbone
 
-    _validate_common(epochs, batch_size, lr, weight_decay, schedule, val_fraction, seed)
+    _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed)
     if isinstance(freeze, bool) or not isinstance(freeze, int) or freeze < -1:
         raise UsageError(f"The 'freeze' parameter must be -1 (whole body), 0 or a number of stages; got {freeze!r}.")
-    if not (isinstance(body_lr_mult, (int, float)) and body_lr_mult >= 0):
-        raise UsageError(f"The 'body_lr_mult' parameter must be >= 0; got {body_lr_mult!r} instead.")
+    check_number(body_lr_mult, "body_lr_mult", minimum=0)
     aug = BatchAugment(augment)
     policy = DecodePolicy()
     splits = make_splits(discover(source), val_fraction, seed)
@@ -341,7 +345,7 @@ def finetune(
         hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
                "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction, "seed": seed,
                "freeze": freeze, "frozen_stages": stages[:freeze] if freeze > 0 else ("all" if freeze < 0 else []),
-               "body_lr_mult": body_lr_mult},
+               "body_lr_mult": body_lr_mult, **_patience(patience)},
         frozen_params=sum(p.numel() for n, p in net.named_parameters() if n in frozen),
     )
     return _fit(job, os.fspath(out), sets, cached, device=device, amp=amp, resume=resume, overwrite=overwrite,
@@ -387,8 +391,7 @@ def _image_sets(splits: Splits, preprocess: Preprocess, policy: DecodePolicy, wo
         from ..extraction import default_workers
 
         workers = default_workers()
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
-        raise UsageError(f"The 'workers' parameter must be an integer >= 0; got {workers!r} instead.")
+    check_int(workers, "workers", minimum=0)
     budget = parse_size(memory_budget, "memory_budget", minimum=0)
     sets = {"train": ImageSet(splits.train, preprocess, policy, workers),
             "val": ImageSet(splits.val, preprocess, policy, workers)}
@@ -486,8 +489,7 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
     base_lrs = [g["lr"] for g in optimizer.param_groups]
     autocast, scaler, precision = _autocast(dev, amp)
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
+    run = RunState()
     remove_orphan_temps(ckpt_path)  # a checkpoint half written by a killed run
     if os.path.isfile(ckpt_path):
         state = read_checkpoint_state(ckpt_path)
@@ -498,17 +500,19 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
                                  "or choose another output directory.")
             os.unlink(ckpt_path)
         else:
-            state = load_checkpoint(ckpt_path, model, optimizer)
-            start_epoch = int(state["epoch"])
-            history = normalize_history(state["history"])
+            extra: dict[str, torch.Tensor] = {}
+            state = load_checkpoint(ckpt_path, model, optimizer, extra)
+            state["history"] = normalize_history(state["history"])
+            run = RunState.from_document(state, extra)
             if scaler is not None and state.get("scaler"):
                 scaler.load_state_dict(state["scaler"])
-            log.info("resuming %s after epoch %d", out, start_epoch)
+            log.info("resuming %s after epoch %d", out, run.epoch)
+    start_epoch = run.epoch
 
     for s in sets.values():
         if dev.type == "cuda" and s.cached:
             s.to(dev)
-    epochs, batch_size = hyper["epochs"], hyper["batch_size"]
+    epochs, batch_size, patience = hyper["epochs"], hyper["batch_size"], hyper.get("patience")
     steps_per_epoch = max(1, math.ceil(n_train / batch_size))
     total_steps = epochs * steps_per_epoch
     aug = BatchAugment(hyper["augment"] or None)
@@ -525,64 +529,73 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
              job.kind, n_train, n_val, job.splits.val_source, num_classes, "cached" if cached else "streamed",
              dev, precision, n_trainable, n_params)
 
-    cm = np.zeros((num_classes, num_classes), dtype=np.int64)
-    with _deterministic(dev.type == "cpu"):
-        for epoch in range(start_epoch, epochs):
-            t0 = time.perf_counter()
-            torch.manual_seed(_derive(hyper["seed"], epoch, 1))
-            gen = torch.Generator().manual_seed(_derive(hyper["seed"], epoch, 2))
-            order = np.random.default_rng([hyper["seed"], epoch]).permutation(n_train)
-            if len(order) % batch_size == 1 and len(order) > 1:
-                order = order[:-1]  # a batch of one breaks batch norm
-            model.train()
-            for m in job.frozen_bn:
-                m.eval()
-            loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-            seen = 0
-            for step, (xb, yb) in enumerate(sets["train"].batches(order, batch_size)):
-                factor = _lr_factor(hyper["schedule"], epoch * steps_per_epoch + step, total_steps)
-                for g, base in zip(optimizer.param_groups, base_lrs):
-                    g["lr"] = base * factor
-                x = to_unit_float(xb.to(dev, non_blocking=True))
-                x = normalize(aug(x, gen), job.preprocess)
-                y = yb.to(dev, non_blocking=True)
-                with autocast():
-                    logits = model(x)
-                loss = nn.functional.cross_entropy(logits.float(), y)
-                optimizer.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    loss.backward()
-                    optimizer.step()
-                loss_sum += loss.detach().double() * len(y)
-                seen += len(y)
-                if progress:
-                    progress({"phase": "batch", "epoch": epoch + 1, "epochs": epochs, "step": step + 1,
-                              "steps": steps_per_epoch, "loss": float(loss.item()), "lr": optimizer.param_groups[0]["lr"]})
-            train_loss = float(loss_sum.item() / max(seen, 1))
-            val_loss, val_acc, cm = _evaluate(model, sets["val"], job.preprocess, dev, autocast, batch_size * 4,
-                                                  num_classes)
-            row = {"epoch": epoch + 1, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6),
-                   "train_val_ratio": round(train_loss / val_loss, 6) if val_loss > 0 else None,
-                   "val_accuracy": round(val_acc, 6), "seconds": round(time.perf_counter() - t0, 3)}
-            history.append(row)
-            state = {"epoch": epoch + 1, "history": history, "fingerprint": fingerprint,
-                     "scaler": scaler.state_dict() if scaler is not None else None}
-            save_checkpoint(ckpt_path, model, optimizer, state)
-            atomic_write_json(os.path.join(out, HISTORY_FILE), history)
-            log.info("epoch %d/%d: train loss %.4f, valid loss %.4f, valid accuracy %.4f (%.1f s)", epoch + 1,
-                     epochs, train_loss, val_loss, val_acc, row["seconds"])
+    def train_epoch(number: int) -> dict[str, Any]:
+        epoch = number - 1  # the seeds and the schedule count from 0
+        torch.manual_seed(_derive(hyper["seed"], epoch, 1))
+        gen = torch.Generator().manual_seed(_derive(hyper["seed"], epoch, 2))
+        order = np.random.default_rng([hyper["seed"], epoch]).permutation(n_train)
+        if len(order) % batch_size == 1 and len(order) > 1:
+            order = order[:-1]  # a batch of one breaks batch norm
+        model.train()
+        for m in job.frozen_bn:
+            m.eval()
+        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
+        seen = 0
+        for step, (xb, yb) in enumerate(sets["train"].batches(order, batch_size)):
+            factor = _lr_factor(hyper["schedule"], epoch * steps_per_epoch + step, total_steps)
+            for g, base in zip(optimizer.param_groups, base_lrs):
+                g["lr"] = base * factor
+            x = to_unit_float(xb.to(dev, non_blocking=True))
+            x = normalize(aug(x, gen), job.preprocess)
+            y = yb.to(dev, non_blocking=True)
+            with autocast():
+                logits = model(x)
+            loss = nn.functional.cross_entropy(logits.float(), y)
+            optimizer.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+            else:
+                loss.backward()
+                optimizer.step()
+            loss_sum += loss.detach().double() * len(y)
+            seen += len(y)
             if progress:
-                # the event also carries the old valid_* names (callbacks written before the history schema)
-                progress({"phase": "epoch", "epochs": epochs, **row})
-                progress({"phase": "checkpoint", "epoch": epoch + 1, "path": ckpt_path})
+                progress({"phase": "batch", "epoch": number, "epochs": epochs, "step": step + 1,
+                          "steps": steps_per_epoch, "loss": float(loss.item()), "lr": optimizer.param_groups[0]["lr"]})
+        return {"train_loss": round(float(loss_sum.item() / max(seen, 1)), 6)}
 
-        if start_epoch >= epochs or not history or cm.sum() == 0:
+    last_cm: dict[int, np.ndarray] = {}  # the confusion matrix of the last epoch validated in this process
+
+    def validate(row: dict[str, Any]) -> dict[str, Any]:
+        val_loss, val_acc, cm = _evaluate(model, sets["val"], job.preprocess, dev, autocast, batch_size * 4,
+                                          num_classes)
+        last_cm.clear()
+        last_cm[row["epoch"]] = cm
+        return {"val_loss": round(val_loss, 6),
+                "train_val_ratio": round(row["train_loss"] / val_loss, 6) if val_loss > 0 else None,
+                "val_accuracy": round(val_acc, 6)}
+
+    def save(state: RunState) -> str:
+        document = {**state.to_document(), "fingerprint": fingerprint,
+                    "scaler": scaler.state_dict() if scaler is not None else None}
+        save_checkpoint(ckpt_path, model, optimizer, document, extra=state.best_tensors())
+        atomic_write_json(os.path.join(out, HISTORY_FILE), state.history)
+        return ckpt_path
+
+    def restore(params: list[torch.Tensor]) -> None:
+        model.load_state_dict(dict(zip(model.state_dict(), params)))
+
+    with _deterministic(dev.type == "cpu"):
+        run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, patience=patience, save=save,
+                   snapshot=lambda: [t.detach().clone() for t in model.state_dict().values()], progress=progress)
+        kept = run.keep_best(patience, restore)
+        cm = last_cm.get(kept) if kept is not None else None
+        if cm is None:  # the kept epoch was validated by an earlier process (a resumed or finished run)
             _, _, cm = _evaluate(model, sets["val"], job.preprocess, dev, autocast, batch_size * 4, num_classes)
-        metrics = _final_metrics(history, cm, job, sets, dev, autocast, batch_size, num_classes)
+        metrics = _final_metrics(run.history, kept, cm, job, sets, dev, autocast, batch_size, num_classes)
+    history = run.history
     metrics["train_seconds"] = round(sum(r["seconds"] for r in history), 3)
     _write_model_dir(out, job, model, history, metrics, fingerprint, cached, n_train, n_val, skipped)
     if not keep_checkpoint and os.path.isfile(ckpt_path):
@@ -592,14 +605,17 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
         progress({"phase": "done", "metrics": metrics, "seconds": seconds, "out": out})
     model.eval()
     return CNNTrainResult(out, job.kind, job.splits.classes, history, metrics, seconds, str(dev), cached, n_train,
-                          n_val, job.splits.val_source, resumed_from=start_epoch, skipped=skipped)
+                          n_val, job.splits.val_source, resumed_from=start_epoch, skipped=skipped, best_epoch=kept)
 
 
-def _final_metrics(history: list[dict[str, Any]], cm: np.ndarray, job: _Job, sets: dict[str, ImageSet],
-                   dev: torch.device, autocast: Any, batch_size: int, num_classes: int) -> dict[str, Any]:
-    last = history[-1] if history else {}
+def _final_metrics(history: list[dict[str, Any]], kept: int | None, cm: np.ndarray, job: _Job,
+                   sets: dict[str, ImageSet], dev: torch.device, autocast: Any, batch_size: int,
+                   num_classes: int) -> dict[str, Any]:
+    """Validation (and test) figures of the weights the model directory keeps: epoch ``kept``."""
+    last = next((r for r in history if r["epoch"] == kept), history[-1] if history else {})
     metrics: dict[str, Any] = {
         "epochs": len(history),
+        "best_epoch": kept,
         "valid_source": job.splits.val_source,
         "n_valid": int(cm.sum()),
         "valid_loss": last.get("val_loss"),
