@@ -23,7 +23,7 @@ def test_message_shape():
         "The 'head' parameter must be one of 'a', 'b'; got 'c' instead."
     with pytest.raises(UsageError) as exc:
         check_number(1.5, "alpha", minimum=0, maximum=1, min_open=True, max_open=True, where="analyze")
-    assert str(exc.value) == "The 'alpha' parameter of analyze must be a number in (0, 1); got 1.5 instead."
+    assert str(exc.value) == "The 'alpha' parameter of analyze must be a float in (0, 1); got 1.5 instead."
     with pytest.raises(UsageError) as exc:
         check_int(-1, "views", minimum=0, where="extract", optional=True)
     assert str(exc.value) == "The 'views' parameter of extract must be None or an int >= 0; got -1 instead."
@@ -38,12 +38,12 @@ def test_int_bounds_are_closed():
 
 def test_number_bounds_open_and_closed():
     assert check_number(0, "x", minimum=0) == 0.0
-    with pytest.raises(UsageError, match="must be a number > 0;"):
+    with pytest.raises(UsageError, match="must be a float > 0;"):
         check_number(0, "x", minimum=0, min_open=True)
     assert check_number(1, "x", maximum=1) == 1.0
-    with pytest.raises(UsageError, match="must be a number < 1;"):
+    with pytest.raises(UsageError, match="must be a float < 1;"):
         check_number(1, "x", maximum=1, max_open=True)
-    with pytest.raises(UsageError, match=re.escape("must be a number in [0, 1);")):
+    with pytest.raises(UsageError, match=re.escape("must be a float in [0, 1);")):
         check_number(1.0, "x", minimum=0, maximum=1, max_open=True)
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__
 from .data.preprocess import Preprocess
 from .errors import BundleError, StoreError, UsageError
+from .params import check_choice
 from .heads import HEADS, StreamingScaler
 from .store import trust
 from .store.fsutil import as_os_error, environment_errors
@@ -245,9 +246,7 @@ def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preproc
     """
     from safetensors.numpy import save_file
 
-    if head_kind not in HEADS:
-        raise UsageError(f"The 'head_kind' parameter of save_bundle must be one of {', '.join(HEADS)}; "
-                         f"got {head_kind!r} instead.")
+    check_choice(head_kind, "head_kind", HEADS, where="save_bundle")
     path = os.fspath(path)
     tensors: dict[str, np.ndarray] = {
         "scaler.mean": np.ascontiguousarray(scaler.mean_, dtype=np.float64),

@@ -35,6 +35,7 @@ import numpy as np
 from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import StoreError, UsageError
+from .params import check_int
 from .store.reader import FeatureStore, open_store
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,7 @@ def evaluate(
     Returns the report as a dict (see the module docstring); with ``out`` the files are written too.
     """
     ks = _parse_top_k(top_k)
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise UsageError(f"The 'batch_size' parameter of evaluate must be an int >= 1; got {batch_size!r} instead.")
+    check_int(batch_size, "batch_size", minimum=1, where="evaluate")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     st = store if isinstance(store, FeatureStore) else open_store(store)
     if st.num_rows() == 0:

@@ -63,7 +63,7 @@ def check_number(value: Any, name: str, *, minimum: float | None = None, maximum
     if ok and maximum is not None:
         ok = value < maximum if max_open else value <= maximum
     if not ok:
-        raise param_error(name, _described("a number", minimum, maximum, min_open, max_open, optional), value, where)
+        raise param_error(name, _described("a float", minimum, maximum, min_open, max_open, optional), value, where)
     return float(value)
 
 

@@ -18,7 +18,6 @@ import csv
 import json
 import logging
 import os
-import numbers
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -29,6 +28,7 @@ from .devices import resolve_device
 from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import UsageError
+from .params import check_int
 
 log = logging.getLogger(__name__)
 
@@ -101,11 +101,8 @@ def predict_images(
     from .data.decode import DecodePolicy
     from .embed import embed_files
 
-    if not isinstance(top_k, numbers.Integral) or isinstance(top_k, bool) or top_k < 1:
-        raise UsageError(f"The 'top_k' parameter of predict_images must be an int >= 1; got {top_k!r} instead.")
-    if not isinstance(batch_size, numbers.Integral) or isinstance(batch_size, bool) or batch_size < 1:
-        raise UsageError(f"The 'batch_size' parameter of predict_images must be an int >= 1; got {batch_size!r} "
-                         "instead.")
+    check_int(top_k, "top_k", minimum=1, where="predict_images")
+    check_int(batch_size, "batch_size", minimum=1, where="predict_images")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]

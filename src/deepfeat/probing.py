@@ -226,7 +226,8 @@ def probe(
         'use blocks.4 (validation accuracy 0.874, test 0.861) ...'
     """
     t_start = time.perf_counter()
-    validate_train_args(head, "stream", epochs, batch_size, lr, alpha, val_fraction, patience, None, seed, "cpu")
+    validate_train_args(head, "stream", epochs, batch_size, lr, alpha, val_fraction, patience, None, seed, "cpu",
+                        where="probe")
     group_names = parse_groups(groups)
     budget = parse_size(memory_budget, "memory_budget")
     from .analysis.fne import parse_thresholds

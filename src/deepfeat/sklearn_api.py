@@ -24,6 +24,8 @@ from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
 from .errors import InputError, UsageError
+from .params import check_choice, check_int
+from .devices import check_device
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
@@ -88,15 +90,9 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
         return state
 
     def _check_params(self) -> None:
-        if self.dtype not in ("float32", "float16"):
-            raise UsageError(f"The 'dtype' parameter of FeatureExtractor must be one of 'float32', 'float16'; "
-                             f"got {self.dtype!r} instead.")
-        if not isinstance(self.batch_size, int) or isinstance(self.batch_size, bool) or self.batch_size < 1:
-            raise UsageError(f"The 'batch_size' parameter of FeatureExtractor must be an int >= 1; "
-                             f"got {self.batch_size!r} instead.")
-        if self.device not in ("auto", "cpu", "cuda") and not str(self.device).startswith("cuda:"):
-            raise UsageError(f"The 'device' parameter of FeatureExtractor must be one of 'auto', 'cpu', 'cuda'; "
-                             f"got {self.device!r} instead.")
+        check_choice(self.dtype, "dtype", ("float32", "float16"), where="FeatureExtractor")
+        check_int(self.batch_size, "batch_size", minimum=1, where="FeatureExtractor")
+        check_device(self.device, where="FeatureExtractor")
 
     # ------------------------------------------------------------------ sklearn API
     def fit(self, X: Any = None, y: Any = None) -> "FeatureExtractor":

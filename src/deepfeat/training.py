@@ -127,24 +127,25 @@ def parse_hidden(hidden: int | str | Sequence[int]) -> tuple[int, ...]:
 
 def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr: float | None, alpha: float,
                         val_fraction: float, patience: int | None, class_weight: Any, seed: int,
-                        device: str) -> None:
-    """One up-front check of every argument that needs neither the store nor the model."""
-    check_choice(head, "head", HEADS, where="train")
-    check_choice(solver, "solver", SOLVERS, where="train")
+                        device: str, where: str = "train") -> None:
+    """One up-front check of every argument that needs neither the store nor the model (of ``where``:
+    ``train``, or ``probe``, which trains the same heads)."""
+    check_choice(head, "head", HEADS, where=where)
+    check_choice(solver, "solver", SOLVERS, where=where)
     if solver == "exact" and not HEADS[head].has_exact_solver():
         exact = " or ".join(repr(h) for h, cls in HEADS.items() if cls.has_exact_solver())
-        raise UsageError(f"The 'solver' parameter of train can be 'exact' only for head {exact} (scikit-learn in "
+        raise UsageError(f"The 'solver' parameter of {where} can be 'exact' only for head {exact} (scikit-learn in "
                          f"memory); got solver='exact' with head={head!r}.")
-    check_int(epochs, "epochs", minimum=1, where="train")
-    check_int(batch_size, "batch_size", minimum=1, where="train")
-    check_number(lr, "lr", minimum=0, min_open=True, optional=True, where="train")
-    check_number(alpha, "alpha", minimum=0, where="train")
-    check_number(val_fraction, "val_fraction", minimum=0, maximum=1, max_open=True, where="train")
-    check_int(patience, "patience", minimum=1, optional=True, where="train")
+    check_int(epochs, "epochs", minimum=1, where=where)
+    check_int(batch_size, "batch_size", minimum=1, where=where)
+    check_number(lr, "lr", minimum=0, min_open=True, optional=True, where=where)
+    check_number(alpha, "alpha", minimum=0, where=where)
+    check_number(val_fraction, "val_fraction", minimum=0, maximum=1, max_open=True, where=where)
+    check_int(patience, "patience", minimum=1, optional=True, where=where)
     if not (class_weight in CLASS_WEIGHTS or isinstance(class_weight, Mapping)):
-        raise param_error("class_weight", "None, 'balanced' or a dict {class: weight}", class_weight, "train")
-    check_int(seed, "seed", where="train")
-    check_device(device, where="train")
+        raise param_error("class_weight", "None, 'balanced' or a dict {class: weight}", class_weight, where)
+    check_int(seed, "seed", where=where)
+    check_device(device, where=where)
 
 
 def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:

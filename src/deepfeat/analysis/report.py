@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import UsageError
+from ..params import check_int
 from ..store.fsutil import staged_directory
 from ..store.reader import FeatureStore
 from .stats import FeatureStatistics, check_arguments, feature_statistics
@@ -146,8 +147,7 @@ def analyze(
     """
     t0 = time.perf_counter()
     out = os.fspath(out)
-    if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1:
-        raise UsageError(f"The 'top_k' parameter of analyze must be an int >= 1; got {top_k!r} instead.")
+    check_int(top_k, "top_k", minimum=1, where="analyze")
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of analyze must be a directory; {out!r} is a file.")
     # check every argument (store, split, layers, bins, ...) before creating ``out``

@@ -56,7 +56,7 @@ from ..data.sources import discover
 from ..errors import InputError, UsageError
 from ..history import normalize as normalize_history
 from ..loop import RunState, cosine_factor, run_epochs
-from ..params import check_choice, check_int, check_number
+from ..params import check_choice, check_int, check_number, is_int, param_error
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
 from .arch import arch_config, build_cnn
@@ -305,8 +305,8 @@ def finetune(
     from ..models.registry import load_backbone
 
     _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed)
-    if isinstance(freeze, bool) or not isinstance(freeze, int) or freeze < -1:
-        raise UsageError(f"The 'freeze' parameter must be -1 (whole body), 0 or a number of stages; got {freeze!r}.")
+    if not is_int(freeze) or freeze < -1:
+        raise param_error("freeze", "-1 (the whole body), 0 or a number of stages", freeze, "finetune")
     check_number(body_lr_mult, "body_lr_mult", minimum=0)
     aug = BatchAugment(augment)
     policy = DecodePolicy()

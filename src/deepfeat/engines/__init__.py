@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..errors import UsageError
+from ..params import check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.decode import DecodePolicy
@@ -103,8 +104,7 @@ def engine_names() -> list[str]:
 
 def engine_class(name: str) -> type:
     """The engine class registered as ``name``."""
-    if name not in ENGINES:
-        raise UsageError(f"The 'engine' parameter must be one of {', '.join(ENGINES)}; got {name!r} instead.")
+    check_choice(name, "engine", ENGINES)
     ref = ENGINES[name]
     if isinstance(ref, str):
         module, _, cls_name = ref.partition(":")

@@ -21,7 +21,6 @@ not depend on the other rows in the batch.
 from __future__ import annotations
 
 import contextlib
-import numbers
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -34,6 +33,7 @@ from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
 from ..errors import UsageError
+from ..params import check_int, check_number, param_error
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -65,33 +65,6 @@ def threads_for(work: int) -> Iterator[None]:
         yield
     finally:
         torch.set_num_threads(n)
-
-
-def param_error(owner: str, name: str, expected: str, got: Any) -> UsageError:
-    """The one error format for a bad argument."""
-    return UsageError(f"The {name!r} parameter of {owner} must be {expected}; got {got!r} instead.")
-
-
-def check_number(owner: str, name: str, value: Any, *, low: float | None = None, high: float | None = None,
-                 integer: bool = False, low_open: bool = False) -> None:
-    kind = "an int" if integer else "a float"
-    ok = isinstance(value, numbers.Integral if integer else numbers.Real) and not isinstance(value, bool)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
-    if not ok:
-        rng = []
-        if low is not None:
-            rng.append(f"{'>' if low_open else '>='} {low:g}")
-        if high is not None:
-            rng.append(f"<= {high:g}")
-        raise param_error(owner, name, f"{kind}{' ' + ' and '.join(rng) if rng else ''}", value)
-
-
-def check_choice(owner: str, name: str, value: Any, choices: Sequence[Any]) -> None:
-    if value not in choices:
-        raise param_error(owner, name, "one of " + ", ".join(repr(c) for c in choices), value)
 
 
 class TorchHead(ClassifierMixin, BaseEstimator):
@@ -148,18 +121,17 @@ class TorchHead(ClassifierMixin, BaseEstimator):
     # ----------------------------------------------------------------- validation
     def _check_params(self) -> None:
         owner = type(self).__name__
-        check_number(owner, "alpha", self.alpha, low=0.0)
-        check_number(owner, "learning_rate", self.learning_rate, low=0.0, low_open=True)
-        check_number(owner, "batch_size", self.batch_size, low=1, integer=True)
-        check_number(owner, "max_iter", self.max_iter, low=1, integer=True)
-        if self.tol is not None:
-            check_number(owner, "tol", self.tol, low=0.0)
-        check_number(owner, "n_iter_no_change", self.n_iter_no_change, low=1, integer=True)
+        check_number(self.alpha, "alpha", minimum=0, where=owner)
+        check_number(self.learning_rate, "learning_rate", minimum=0, min_open=True, where=owner)
+        check_int(self.batch_size, "batch_size", minimum=1, where=owner)
+        check_int(self.max_iter, "max_iter", minimum=1, where=owner)
+        check_number(self.tol, "tol", minimum=0, optional=True, where=owner)
+        check_int(self.n_iter_no_change, "n_iter_no_change", minimum=1, where=owner)
         cw = self.class_weight
         if not (cw is None or cw == "balanced" or isinstance(cw, Mapping)):
-            raise param_error(owner, "class_weight", "None, 'balanced' or a dict {class: weight}", cw)
+            raise param_error("class_weight", "None, 'balanced' or a dict {class: weight}", cw, owner)
         if not isinstance(self.device, str):
-            raise param_error(owner, "device", "a torch device name such as 'cpu' or 'cuda'", self.device)
+            raise param_error("device", "a torch device name such as 'cpu' or 'cuda'", self.device, owner)
         self._check_extra_params()
 
     # ----------------------------------------------------------------- state

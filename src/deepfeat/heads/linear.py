@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import TorchHead, check_choice
+from ..params import check_choice
+from ._base import TorchHead
 
 
 class _LinearHead(TorchHead):
@@ -176,8 +177,8 @@ class LinearSVMHead(_LinearHead):
         self.device = device
 
     def _check_extra_params(self) -> None:
-        check_choice(type(self).__name__, "loss", self.loss, ("hinge", "squared_hinge"))
-        check_choice(type(self).__name__, "multi_class", self.multi_class, ("ovr", "crammer_singer"))
+        check_choice(self.loss, "loss", ("hinge", "squared_hinge"), where=type(self).__name__)
+        check_choice(self.multi_class, "multi_class", ("ovr", "crammer_singer"), where=type(self).__name__)
 
     def _loss(self, z: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if z.shape[1] == 1:

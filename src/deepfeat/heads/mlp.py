@@ -23,7 +23,8 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.validation import check_is_fitted
 
-from ._base import TorchHead, check_choice, check_number, param_error, threads_for
+from ..params import check_choice, check_number, param_error
+from ._base import TorchHead, threads_for
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}
 #: Above this many first-layer weights, inference runs in float32 (a float64 copy would be too big).
@@ -69,11 +70,9 @@ class MLPHead(TorchHead):
             h = (h,)
         if not isinstance(h, (tuple, list)) or not all(
                 isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in h):
-            raise param_error(owner, "hidden", "a tuple of positive ints such as (256,) or (256, 16)", self.hidden)
-        check_choice(owner, "activation", self.activation, tuple(_ACTIVATIONS))
-        check_number(owner, "dropout", self.dropout, low=0.0)
-        if self.dropout >= 1:
-            raise param_error(owner, "dropout", "a float in [0, 1)", self.dropout)
+            raise param_error("hidden", "a tuple of positive ints such as (256,) or (256, 16)", self.hidden, owner)
+        check_choice(self.activation, "activation", _ACTIVATIONS, where=owner)
+        check_number(self.dropout, "dropout", minimum=0, maximum=1, max_open=True, where=owner)
 
     def _sizes(self) -> list[int]:
         h = self.hidden

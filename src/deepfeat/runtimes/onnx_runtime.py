@@ -5,7 +5,6 @@ CPU by default; ``device="cuda"`` uses the CUDA execution provider when the inst
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import numpy as np
 

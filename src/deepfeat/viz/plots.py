@@ -197,8 +197,6 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
 
     The title names the image and, when the model has class names, its predicted class.
     """
-    import torch
-
     from ..data.decode import decode_file
     from ..errors import InputError
     from ..models.layers import OUTPUT, describe_layers, resolve_layers
