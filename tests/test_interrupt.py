@@ -214,3 +214,40 @@ def test_part_seconds_must_be_positive(fm_dir, tmp_path):
 
     with pytest.raises(UsageError, match="part_seconds"):
         deepfeat.extract(fm_dir, tmp_path / "feats", part_seconds=0, **KW)
+
+
+_INTERRUPTED_IMPORT = """
+import sys
+
+MARKER = sys.argv[1]
+
+
+class CtrlCDuringImport:
+    # the key lands while Python imports one of the command modules, the start-up window
+    def find_spec(self, name, path=None, target=None):
+        if name == "deepfeat.cli.train":
+            open(MARKER, "w").close()
+            raise KeyboardInterrupt
+        return None
+
+sys.meta_path.insert(0, CtrlCDuringImport())
+from deepfeat._console import main
+sys.argv = ["deepfeat", "--help"]
+sys.exit(main())
+"""
+
+
+def test_ctrl_c_while_the_program_starts_is_one_line_and_exit_130(tmp_path):
+    """A Ctrl-C while Python still imports the command line (before any command code runs) ends as an
+    interrupted command does: one line, exit 130, no traceback. The `deepfeat` program is that entry
+    point."""
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "deepfeat"]
+    assert script.value == "deepfeat._console:main"
+    marker = tmp_path / "interrupted"
+    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, str(marker)], capture_output=True, text=True,
+                          timeout=60, preexec_fn=_as_in_a_terminal)
+    assert marker.exists()  # the interrupt landed inside the import of the command line
+    assert (done.returncode, done.stdout) == (130, "")
+    assert done.stderr == "interrupted while starting: nothing was done\n"
