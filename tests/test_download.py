@@ -319,3 +319,64 @@ def test_torch_hub_url_weights_download_with_the_hash_in_the_file_name(online):
         server.stop()
     assert sorted(p.name for p in checkpoints.iterdir()) == [good]  # nothing partial or bad was kept
     assert hub.resolve_remote([hub.UrlFile(f"{server.url}/models/{good}")], "tiny", offline=True).origin == "cache"
+
+
+def _bundle_naming(path: Path, weights_sha256: str) -> Path:
+    """A bundle as a colleague would share it: trained on MODEL's weights with this sha256 (a real head and
+    scaler, fitted on a few feature rows; what matters here is the backbone it names)."""
+    from deepfeat.bundle import save_bundle
+    from deepfeat.heads import LogisticHead, StreamingScaler
+    from deepfeat.store.layerspec import LayerSpec
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(20, 64)).astype(np.float32), np.array(["shirt", "shoe"] * 10)
+    scaler = StreamingScaler()
+    scaler.partial_fit(X)
+    head = LogisticHead(max_iter=2).fit(scaler.transform(X), y)
+    preprocess = load_backbone(MODEL, "random").preprocess.to_dict()
+    return Path(save_bundle(path, backbone={"name": MODEL, "family": "timm", "weights": None,
+                                            "weights_sha256": weights_sha256},
+                            preprocess=preprocess, layers=[LayerSpec("pre_logits", "pre_logits", (64,), "avg", 64)],
+                            dtype="float32", scaler=scaler, head=head, head_kind="logreg", classes=["shirt", "shoe"]))
+
+
+def test_a_shared_bundle_downloads_only_the_weights_it_was_trained_on(online, served_weights, monkeypatch, tmp_path,
+                                                                     photo_files, capsys):
+    """A bundle records the sha256 of its backbone's weights. On a machine without them, loading it compares
+    the hub's published sha256 (the ETag) before downloading: a name that resolves to other weights is refused
+    with nothing fetched (a HEAD, no GET); its own weights download and load. torch.hub URLs: the hash prefix
+    in the file name is compared the same way."""
+    from deepfeat.bundle import load_bundle
+    from deepfeat.models.hub import WeightsMismatchError, expecting_weights
+
+    data, _ = served_weights
+    own, other = hashlib.sha256(data).hexdigest(), hashlib.sha256(b"other weights").hexdigest()
+    server = FakeHub({REPO: {"model.safetensors": data}})
+    monkeypatch.setenv("HF_ENDPOINT", server.url)
+    try:
+        foreign = _bundle_naming(tmp_path / "foreign.dfm", other)
+        with pytest.raises(WeightsMismatchError, match="nothing was downloaded"):
+            load_bundle(foreign).load_backbone()
+        src = next(iter(photo_files.values())).parent
+        assert main(["predict", str(foreign), str(src), "--out", str(tmp_path / "p.csv")]) == 2
+        err = capsys.readouterr().err
+        assert f"sha256 {own}" in err and f"sha256 {other}" in err and "Traceback" not in err
+        assert server.gets("model.safetensors") == 0 and ("HEAD", f"/{REPO}/resolve/main/model.safetensors") in \
+            server.requests
+        assert not (tmp_path / "p.csv").exists()
+        bb = load_bundle(_bundle_naming(tmp_path / "own.dfm", own)).load_backbone()
+        assert server.gets("model.safetensors") == 1 and bb.weights_sha256 == own and bb.weights_origin == "download"
+    finally:
+        server.stop()
+
+    blob = os.urandom(50_000)
+    name = f"tiny-{hashlib.sha256(blob).hexdigest()[:8]}.pth"
+    server = FakeHub({}, urls={f"/models/{name}": blob})
+    try:
+        with expecting_weights(other), pytest.raises(WeightsMismatchError, match="nothing was downloaded"):
+            hub.resolve_remote([hub.UrlFile(f"{server.url}/models/{name}")], "tiny")
+        assert server.requests == []
+        with expecting_weights(hashlib.sha256(blob).hexdigest()):
+            assert hub.resolve_remote([hub.UrlFile(f"{server.url}/models/{name}")], "tiny").origin == "download"
+    finally:
+        server.stop()

@@ -221,10 +221,13 @@ class Bundle:
                 weights = RANDOM
             elif recorded and os.path.isfile(str(recorded)):
                 weights = str(recorded)
-        bb = load_backbone(str(info["name"]), weights, input_size=tuple(self.preprocess.input_size),
-                           crop_pct=self.preprocess.crop_pct)
-        bb.preprocess = self.preprocess
+        from .models.hub import expecting_weights
+
         expected = info.get("weights_sha256")
+        with expecting_weights(expected if weights is None else None):  # a download must be these weights
+            bb = load_backbone(str(info["name"]), weights, input_size=tuple(self.preprocess.input_size),
+                               crop_pct=self.preprocess.crop_pct)
+        bb.preprocess = self.preprocess
         if expected and bb.weights_sha256 != expected:
             raise UsageError(
                 f"The backbone weights do not match the bundle {self.path!r}: it was trained on {info['name']!r} "

@@ -118,6 +118,55 @@ def is_offline(offline: bool | None = None) -> bool:
                for k in ("DEEPFEAT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
+_EXPECTED: list[str | None] = []  # the stack of expecting_weights() blocks
+
+
+@contextlib.contextmanager
+def expecting_weights(sha256: str | None) -> Iterator[None]:
+    """Within the block, weights are downloaded only when their source publishes ``sha256``.
+
+    A bundle records the sha256 of the weights its head was trained on; loading its backbone on a
+    machine without them in the cache would otherwise download whatever the name resolves to and
+    compare only afterwards. Here the published checksum (the hub's ETag, torchvision's file-name
+    prefix) is compared first, and a source that publishes another one -- or none -- is refused
+    before any weights are fetched. Cached files and local paths are unaffected (their sha256 is
+    compared after loading, as before). ``None`` (or a random init's ``random:<seed>``): no change.
+
+    Example:
+        >>> with expecting_weights("ab" * 32):
+        ...     _EXPECTED[-1][:4]
+        'abab'
+    """
+    if not sha256 or not _SHA256.match(sha256):
+        yield
+        return
+    _EXPECTED.append(sha256)
+    try:
+        yield
+    finally:
+        _EXPECTED.pop()
+
+
+class WeightsMismatchError(UsageError):
+    """The weights a name would download are not the ones a bundle was trained on (nothing was downloaded)."""
+
+
+def _check_expected(published: str | None, name: str, source: str) -> None:
+    """Refuse a download whose published checksum is not the one :func:`expecting_weights` asks for."""
+    expected = _EXPECTED[-1] if _EXPECTED else None
+    if expected is None:
+        return
+    if published is None:
+        raise WeightsMismatchError(
+            f"The weights of {name!r} are not on this machine, and {source} publishes no sha256 to compare with the "
+            f"{expected} the bundle was trained on; nothing was downloaded. Pass the original weights file "
+            "(--weights PATH).")
+    if not expected.startswith(published.lower()):
+        raise WeightsMismatchError(
+            f"The weights {source} publishes for {name!r} (sha256 {published}) are not the ones the bundle was "
+            f"trained on (sha256 {expected}); nothing was downloaded. Pass the original weights file (--weights PATH).")
+
+
 @contextlib.contextmanager
 def offline_mode(offline: bool | None = True) -> Iterator[None]:
     """Within the block, backbones load without touching the network (``None``: no change).
@@ -282,8 +331,12 @@ def resolve_weights(family: str, arch: str, weights: str | os.PathLike | None = 
     return resolve_remote(remotes, name, offline)
 
 
-def resolve_remote(remotes: list[Remote], name: str, offline: bool | None = None) -> ResolvedWeights:
+def resolve_remote(remotes: list[Remote], name: str, offline: bool | None = None, *,
+                   weights: bool = True) -> ResolvedWeights:
     """The first of ``remotes`` found in its cache (checksum checked), else downloaded unless offline.
+
+    ``weights=False`` for a file that is not the weights (a repository's ``config.json``):
+    :func:`expecting_weights` does not apply to it.
 
     Example:
         >>> resolve_remote([HubFile("timm/resnet18.a1_in1k", ("model.safetensors",))], "resnet18")  # doctest: +SKIP
@@ -308,7 +361,7 @@ def resolve_remote(remotes: list[Remote], name: str, offline: bool | None = None
     errors: list[str] = []
     for remote in remotes:
         try:
-            path, published = _download(remote, name)
+            path, published = _download(remote, name, weights)
         except _NotThere as exc:
             errors.append(str(exc))
             continue
@@ -402,15 +455,18 @@ def _default_socket_timeout(seconds: float) -> Iterator[None]:
         socket.setdefaulttimeout(old)
 
 
-def _download(remote: Remote, name: str) -> tuple[str, str | None]:
+def _download(remote: Remote, name: str, weights: bool = True) -> tuple[str, str | None]:
     """Download ``remote`` into its cache with the owning library: (local path, published sha256 or prefix)."""
     if isinstance(remote, HubFile):
-        return _download_hub(remote, name)
+        return _download_hub(remote, name, weights)
+    m = _TORCH_HASH.search(os.path.basename(remote.cache_path))
+    if weights:
+        _check_expected(m.group(1) if m else None, name, remote.url)
     path = _download_url(remote, name)
     return path, _published_sha(remote, path)
 
 
-def _download_hub(remote: HubFile, name: str) -> tuple[str, str | None]:
+def _download_hub(remote: HubFile, name: str, weights: bool = True) -> tuple[str, str | None]:
     """(local path, published sha256 or None): a metadata request first (short timeout, no retries), then
     ``hf_hub_download`` into the hub cache with its progress bar."""
     try:
@@ -434,6 +490,8 @@ def _download_hub(remote: HubFile, name: str) -> tuple[str, str | None]:
         except Exception as exc:  # noqa: BLE001 - connection errors and timeouts of the HTTP client
             raise _NotThere(f"{endpoint} did not answer within {timeout:g} s ({_first_line(exc)})") from None
         published = meta.etag if meta.etag and _SHA256.match(meta.etag) else None
+        if weights:
+            _check_expected(published, name, f"{endpoint}/{remote.repo_id}/{filename}")
         size = f" ({meta.size / _MIB:,.1f} MiB)" if meta.size else ""
         progress.note(f"downloading {filename} of {name} from {endpoint}/{remote.repo_id}{size} into {hf_cache_dir()}")
         try:

@@ -481,7 +481,7 @@ def _load_hf_hub(name: str, weights: str | None, offline: bool | None, size: tup
     repo, _, revision = name[len(HF_HUB_PREFIX):].partition("@")
     if repo.count("/") != 1:
         raise UsageError(f"The model {name!r} must be 'hf-hub:OWNER/REPO' (a timm model repository).")
-    config = resolve_remote([HubFile(repo, ("config.json",), revision or None)], name, offline)
+    config = resolve_remote([HubFile(repo, ("config.json",), revision or None)], name, offline, weights=False)
     origin = "file"
     if weights is None:
         origin = resolve_remote([HubFile(repo, ("model.safetensors", "pytorch_model.bin"), revision or None)],
