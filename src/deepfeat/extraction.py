@@ -348,11 +348,8 @@ def extract(
         summary.resumed = writer.open(plan.config, plan.metadata, overwrite)
         manifest = writer.manifest
         writer.write_excluded(_excluded_table(plan.discovery))
-        done = writer.done_ids()
-        current = {it.id for it in plan.discovery.items}
-        pending = [it for it in plan.discovery.items if it.id not in done]
+        pending, summary.vanished_since = resume_filter(plan.discovery.items, writer.done_id_array())
         summary.already_done = len(plan.discovery.items) - len(pending)
-        summary.vanished_since = len(done - current)
         if summary.vanished_since:
             log.warning("%d inputs stored earlier are no longer in the source (kept in the store)",
                         summary.vanished_since)
@@ -370,6 +367,33 @@ def extract(
     log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,
              summary.failed_total, summary.excluded, summary.seconds)
     return summary
+
+
+def resume_filter(items: Sequence[SourceItem], done: pa.Array) -> tuple[list[SourceItem], int]:
+    """The inputs of ``items`` whose id is not in ``done`` (what a run still has to do), and how many of
+    the ``done`` ids the source no longer lists.
+
+    Both sides are Arrow string arrays compared in Arrow's hash tables: no Python set of ids (~109 bytes
+    per id for the done set and another set of the current ids; docs/SCALE.md, wall 3).
+
+    Example:
+        >>> import pyarrow as pa
+        >>> from deepfeat.data.sources import SourceItem
+        >>> items = [SourceItem(i, i, i, None, None, 0) for i in ("a", "b", "c")]
+        >>> todo, vanished = resume_filter(items, pa.array(["b", "z"]))
+        >>> [it.id for it in todo], vanished
+        (['a', 'c'], 1)
+    """
+    import pyarrow.compute as pc
+
+    if len(done) == 0:
+        return list(items), 0
+    current = pa.array([it.id for it in items], type=pa.string())
+    is_done = pc.is_in(current, value_set=done).to_numpy(zero_copy_only=False)
+    pending = [it for it, d in zip(items, is_done) if not d]
+    gone = pc.invert(pc.is_in(done, value_set=current))
+    vanished = pc.count_distinct(pc.filter(done, gone)).as_py() if pc.any(gone).as_py() else 0
+    return pending, vanished
 
 
 def check_free_space(out: str, estimate: Mapping[str, int]) -> None:
