@@ -120,15 +120,15 @@ def _items_digest(splits: Splits) -> str:
 
 
 def _validate_common(epochs: int, batch_size: int, lr: float, weight_decay: float, schedule: str,
-                     patience: int | None, val_fraction: float, seed: int) -> None:
-    check_int(epochs, "epochs", minimum=1)
-    check_int(batch_size, "batch_size", minimum=1)
-    check_number(lr, "lr", minimum=0, min_open=True)
-    check_number(weight_decay, "weight_decay", minimum=0)
-    check_choice(schedule, "schedule", SCHEDULES)
-    check_int(patience, "patience", minimum=1, optional=True)
-    check_number(val_fraction, "val_fraction", minimum=0, maximum=1, min_open=True, max_open=True)
-    check_int(seed, "seed")
+                     patience: int | None, val_fraction: float, seed: int, where: str) -> None:
+    check_int(epochs, "epochs", minimum=1, where=where)
+    check_int(batch_size, "batch_size", minimum=1, where=where)
+    check_number(lr, "lr", minimum=0, min_open=True, where=where)
+    check_number(weight_decay, "weight_decay", minimum=0, where=where)
+    check_choice(schedule, "schedule", SCHEDULES, where=where)
+    check_int(patience, "patience", minimum=1, optional=True, where=where)
+    check_number(val_fraction, "val_fraction", minimum=0, maximum=1, min_open=True, max_open=True, where=where)
+    check_int(seed, "seed", where=where)
 
 
 def _patience(patience: int | None) -> dict[str, int]:
@@ -232,9 +232,9 @@ def train_cnn(
     Returns:
         A :class:`CNNTrainResult`.
     """
-    _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed)
-    check_choice(channels, "channels", (None, 1, 3))
-    check_int(input_size, "input_size", minimum=4, optional=True)
+    _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "train_cnn")
+    check_choice(channels, "channels", (None, 1, 3), where="train_cnn")
+    check_int(input_size, "input_size", minimum=4, optional=True, where="train_cnn")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
     splits = make_splits(discover(source), val_fraction, seed)
@@ -304,10 +304,10 @@ def finetune(
     from ..models.layers import describe_layers
     from ..models.registry import load_backbone
 
-    _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed)
+    _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "finetune")
     if not is_int(freeze) or freeze < -1:
         raise param_error("freeze", "-1 (the whole body), 0 or a number of stages", freeze, "finetune")
-    check_number(body_lr_mult, "body_lr_mult", minimum=0)
+    check_number(body_lr_mult, "body_lr_mult", minimum=0, where="finetune")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
     splits = make_splits(discover(source), val_fraction, seed)
