@@ -346,3 +346,46 @@ def test_progress_reporter_modes(caplog):
         assert sum(progress.track(range(20), "api", total=20, unit="rows")) == 190
     lines = [r.getMessage() for r in caplog.records if r.name == "deepfeat.progress"]
     assert len(lines) == 11 and lines[0].startswith("api: 2/20 rows (10%)") and lines[-1].startswith("api: 20 rows in")
+
+
+def test_predict_reads_shards_and_parquet_as_it_reads_files(bundle, fm_dir, tmp_path, capsys):
+    """predict (and classify) take WebDataset shards -- here a brace pattern -- and Parquet files as extract
+    does: every sample is classified, named by its place in the container, with the very scores of the same
+    image given as a file; a sample without an image is an error line, not a silent gap."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import webdataset as wds
+
+    from deepfeat.predict import predict_images
+    from test_shard_sources import _fm_images, _write_shards
+
+    images = _fm_images(fm_dir)
+    _write_shards(fm_dir, tmp_path / "shards", per_shard=len(images) // 2)
+    with wds.TarWriter(str(tmp_path / "shards" / "00002.tar")) as sink:
+        sink.write({"__key__": "no_image", "cls": "Bag", "json": {"split": "train"}})
+    pq.write_table(pa.table({"jpg": [data for *_, data in images]}), tmp_path / "fm.parquet", row_group_size=16)
+
+    def key(name: str) -> str:  # the image a prediction is about, as _write_shards keys it
+        if "#" in name:  # shard.tar#<key>.png
+            return name.rsplit("#", 1)[1].rsplit(".", 1)[0]
+        path = Path(name)
+        return f"{path.parent.parent.name}_{path.parent.name}_{path.stem}"
+
+    files = {key(p.path): p for p in predict_images(bundle, [fm_dir], workers=0)}
+    assert len(files) == len(images) and all(p.error is None for p in files.values())
+    spec = str(tmp_path / "shards" / "{00000..00002}.tar")
+    assert main(["predict", str(bundle), spec, "--out", str(tmp_path / "shards.json"), "--workers", "0"]) == 0
+    printed = capsys.readouterr()
+    shards = json.loads((tmp_path / "shards.json").read_text())
+    shards = shards["predictions"] if isinstance(shards, dict) else shards
+    bad = [p for p in shards if p.get("error")]
+    assert len(bad) == 1 and "no_image" in bad[0]["error"] and "Traceback" not in printed.err
+    good = [p for p in shards if not p.get("error")]
+    assert len(good) == len(images) and all("#" in p["path"] for p in good)
+    for p in good:
+        f = files[key(p["path"])]
+        assert (p["labels"], p["scores"]) == (f.labels, f.scores), p["path"]
+    rows = predict_images(bundle, [tmp_path / "fm.parquet"], workers=0)
+    assert len(rows) == len(images) and all(r.error is None for r in rows)
+    by_scores = sorted(tuple(r.scores) for r in rows)
+    assert by_scores == sorted(tuple(f.scores) for f in files.values())

@@ -204,3 +204,31 @@ def test_odd_filenames_round_trip(tmp_path):
         with open(r["path_bytes"], "rb") as f:
             assert hashlib.sha256(f.read()).hexdigest() == r["sha256"]
     assert {os.path.basename(r["path_bytes"]) for r in rows} == set(names)
+
+
+def test_resume_filter_compares_digests_exactly():
+    """The resume's pending filter works on the ids' digest bytes (10 per id, no Python set): it must give
+    what a set of strings gives -- including ids whose first 8 bytes agree -- and fall back to strings for
+    ids of another shape."""
+    import random
+
+    import pyarrow as pa
+
+    from deepfeat.data.sources import SourceItem, item_id
+    from deepfeat.extraction import resume_filter
+
+    rng = random.Random(7)
+    names = [f"train/c{i % 7}/img_{i}.png" for i in range(5000)]
+    twins = ["0123456789abcdef" + t for t in ("0000", "0001", "ffff")]  # same first 8 bytes, 3 ids
+    ids = [item_id(n) for n in names] + twins
+    items = [SourceItem(i, i, i, None, None, 0) for i in ids]
+    done = [i for i in rng.sample(ids, 3000) if i not in twins] + [twins[1]] + [item_id(f"gone/{k}.png")
+                                                                                 for k in range(17)]
+    done = list(dict.fromkeys(done))
+    pending, vanished = resume_filter(items, lambda: [pa.array(done[:1000]), pa.array(done[1000:])])
+    expected = [it for it in items if it.id not in set(done)]
+    assert [it.id for it in pending] == [it.id for it in expected] and vanished == 17
+    assert twins[1] not in {it.id for it in pending} and {twins[0], twins[2]} <= {it.id for it in pending}
+    custom = [SourceItem(i, i, i, None, None, 0) for i in ("a", "b", "c")]  # a custom source's ids
+    pending, vanished = resume_filter(custom, lambda: [pa.array(["b", "zz"])])
+    assert [it.id for it in pending] == ["a", "c"] and vanished == 1

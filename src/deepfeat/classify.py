@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -41,26 +42,37 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[str]:
-    """Files as given; folders walked and .txt/.csv lists read by :func:`deepfeat.discover`.
+def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[tuple[str, Any]]:
+    """The images that ``inputs`` name, as ``(name, locator)`` pairs in order.
 
-    Entries that discovery excludes, and paths that do not exist (reason ``missing``, "not found"),
-    are appended to ``excluded`` (as ``ExcludedItem``) when given.
+    An image file is itself; a folder is walked and a ``.txt``/``.csv`` list read by their sources, and
+    WebDataset shards (a ``.tar``, a brace pattern or glob, a folder of shards), Parquet files and
+    ``hf:`` datasets are enumerated by theirs (:func:`deepfeat.sources.open_source`): the name is then
+    the item's place (``shard.tar#key.jpg``) and the locator where a decode worker reads it. Entries that
+    discovery excludes, and paths that do not exist (reason ``missing``), are appended to ``excluded``
+    (as ``ExcludedItem``) when given.
+
+    Example:
+        >>> expand_inputs(["cat.jpg", "shards/{000..009}.tar"])[:1]          # doctest: +SKIP
+        [('cat.jpg', 'cat.jpg')]
     """
-    from .data.sources import ExcludedItem, discover
+    from .data.sources import ExcludedItem
+    from .sources import SOURCES, open_source
 
-    out: list[str] = []
+    out: list[tuple[str, Any]] = []
     for entry in inputs:
         p = os.fspath(entry)
-        if os.path.isdir(p) or (os.path.isfile(p) and p.lower().endswith((".txt", ".csv"))):
-            found = discover(p)
-            out.extend(it.path for it in found.items)
-            if excluded is not None:
-                excluded.extend(found.excluded)
-        elif excluded is not None and not os.path.exists(p):
-            excluded.append(ExcludedItem(p, "missing", "not found (no such file or folder)"))
-        else:
-            out.append(p)
+        kind = next(c.kind for c in SOURCES.values() if c.claims(p))
+        if kind == "folder" and not os.path.isdir(p):  # an image file (the folder source is the last resort)
+            if os.path.exists(p) or excluded is None:
+                out.append((p, p))
+            else:
+                excluded.append(ExcludedItem(p, "missing", "not found (no such file or folder)"))
+            continue
+        found = open_source(p).discover()
+        out.extend((it.path, it.locator) for it in found.items)
+        if excluded is not None:
+            excluded.extend(found.excluded)
     return out
 
 
@@ -86,12 +98,14 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
         )
     policy = policy or DecodePolicy()
     excluded: list = []
-    paths = expand_inputs(inputs, excluded)
+    named = expand_inputs(inputs, excluded)
+    paths = [name for name, _ in named]
     infos = describe_layers(bb)
     computer = build_runtime(bb, layer_specs(bb, OUTPUT, "none", infos), infos, runtime=runtime, device=device,
                              precision=precision)
     preds: list[Prediction] = []
-    for batch in progress.track(embed_files(computer, paths, preprocess=bb.preprocess, policy=policy,
+    for batch in progress.track(embed_files(computer, [loc for _, loc in named], preprocess=bb.preprocess,
+                                            policy=policy,
                                             batch_size=batch_size, workers=workers),
                                 "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
         preds.extend(Prediction(paths[i], error=f"{reason}: {message}") for i, reason, message in batch.failed)

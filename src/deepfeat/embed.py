@@ -43,16 +43,18 @@ def decode_workers_for(n_files: int, batch_size: int, workers: int | None = None
     return max(1, min(wanted, math.ceil(n_files / max(1, batch_size)))) if wanted > 0 else 0
 
 
-def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike], *, preprocess: Preprocess,
+def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *, preprocess: Preprocess,
                 policy: DecodePolicy | None = None, batch_size: int = 32,
                 workers: int | None = None) -> Iterator[EmbeddedBatch]:
     """Decode ``paths`` in worker processes and embed them with ``runtime``, batch by batch, in order.
 
-    ``workers=0`` decodes in this process (no isolation from crashing codecs).
+    A path may also be a container locator (a sample of a shard or a Parquet file, as
+    :func:`deepfeat.classify.expand_inputs` gives them). ``workers=0`` decodes in this process (no
+    isolation from crashing codecs).
     """
     from .engines.decode_pool import DecodePool
 
-    paths = [os.fspath(p) for p in paths]
+    paths = [p if isinstance(p, tuple) else os.fspath(p) for p in paths]
     if not paths:
         return
     items = [(str(i), p, 0) for i, p in enumerate(paths)]

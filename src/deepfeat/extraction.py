@@ -13,7 +13,7 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,7 +348,7 @@ def extract(
         summary.resumed = writer.open(plan.config, plan.metadata, overwrite)
         manifest = writer.manifest
         writer.write_excluded(_excluded_table(plan.discovery))
-        pending, summary.vanished_since = resume_filter(plan.discovery.items, writer.done_id_array())
+        pending, summary.vanished_since = resume_filter(plan.discovery.items, writer.done_id_chunks)
         summary.already_done = len(plan.discovery.items) - len(pending)
         if summary.vanished_since:
             log.warning("%d inputs stored earlier are no longer in the source (kept in the store)",
@@ -369,31 +369,86 @@ def extract(
     return summary
 
 
-def resume_filter(items: Sequence[SourceItem], done: pa.Array) -> tuple[list[SourceItem], int]:
+def resume_filter(items: Sequence[SourceItem],
+                  done: Callable[[], Iterable[pa.Array]]) -> tuple[list[SourceItem], int]:
     """The inputs of ``items`` whose id is not in ``done`` (what a run still has to do), and how many of
     the ``done`` ids the source no longer lists.
 
-    Both sides are Arrow string arrays compared in Arrow's hash tables: no Python set of ids (~109 bytes
-    per id for the done set and another set of the current ids; docs/SCALE.md, wall 3).
+    ``done()``: the ids a store's committed parts record, as Arrow string arrays read one ledger at a
+    time (:meth:`~deepfeat.store.reader.FeatureStore.done_id_chunks`); called again only for ids that
+    are not deepfeat's. deepfeat's ids are 20 hex digits
+    (:func:`~deepfeat.data.sources.item_id`, a blake2b-80 digest), so both sides are compared as their
+    10 digest bytes -- a sorted uint64 of the first 8 and a uint16 of the last 2 -- decoded chunk by
+    chunk: ~10 bytes per done id held, instead of a Python set of strings (~200 bytes per id at its
+    peak; docs/SCALE.md, wall 3). Ids of another shape (a custom :class:`~deepfeat.sources.Source`)
+    are compared as strings.
 
     Example:
         >>> import pyarrow as pa
-        >>> from deepfeat.data.sources import SourceItem
-        >>> items = [SourceItem(i, i, i, None, None, 0) for i in ("a", "b", "c")]
-        >>> todo, vanished = resume_filter(items, pa.array(["b", "z"]))
-        >>> [it.id for it in todo], vanished
-        (['a', 'c'], 1)
+        >>> from deepfeat.data.sources import SourceItem, item_id
+        >>> items = [SourceItem(item_id(n), n, n, None, None, 0) for n in ("a.jpg", "b.jpg", "c.jpg")]
+        >>> todo, vanished = resume_filter(items, lambda: [pa.array([item_id("b.jpg"), item_id("gone.jpg")])])
+        >>> [it.relpath for it in todo], vanished
+        (['a.jpg', 'c.jpg'], 1)
     """
-    import pyarrow.compute as pc
-
-    if len(done) == 0:
+    done_keys = _keys_of(done())
+    if done_keys is not None and len(done_keys[0]) == 0:
         return list(items), 0
-    current = pa.array([it.id for it in items], type=pa.string())
-    is_done = pc.is_in(current, value_set=done).to_numpy(zero_copy_only=False)
-    pending = [it for it, d in zip(items, is_done) if not d]
-    gone = pc.invert(pc.is_in(done, value_set=current))
-    vanished = pc.count_distinct(pc.filter(done, gone)).as_py() if pc.any(gone).as_py() else 0
-    return pending, vanished
+    current_keys = _keys_of(pa.array([it.id for it in items[s:s + _CHUNK]], type=pa.string())
+                            for s in range(0, len(items), _CHUNK))
+    if done_keys is None or current_keys is None:  # ids that are not deepfeat's digests: compare the strings
+        done_set = {i for d in done() for i in d.to_pylist()}
+        return [it for it in items if it.id not in done_set], len(done_set - {it.id for it in items})
+    is_done = _members(current_keys, done_keys)
+    vanished = int(len(done_keys[0]) - _members(done_keys, current_keys).sum())  # a store records an id once
+    return [it for it, d in zip(items, is_done) if not d], vanished
+
+
+_CHUNK = 1 << 16  #: ids decoded at a time (bounds the temporary arrays of the decoding)
+_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
+_HEX_VALUE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
+
+
+def _keys_of(arrays: Iterable[pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
+    """(first 8 digest bytes as uint64, last 2 as uint16) of 20-hex-digit ids, chunk by chunk; None if any
+    id is not one."""
+    his, los = [], []
+    for array in arrays:
+        for s in range(0, len(array), _CHUNK):
+            ids = array.slice(s, _CHUNK)
+            if ids.null_count:
+                return None
+            offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1, offset=4 * ids.offset)
+            if not (np.diff(offsets) == 20).all():
+                return None
+            nibbles = _HEX_VALUE[np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=20 * len(ids),
+                                               offset=int(offsets[0]))]
+            if (nibbles == 255).any():
+                return None
+            digest = (nibbles[0::2] << 4 | nibbles[1::2]).reshape(len(ids), 10)
+            his.append(np.ascontiguousarray(digest[:, :8]).view(">u8").ravel().astype(np.uint64))
+            los.append(digest[:, 8].astype(np.uint16) << 8 | digest[:, 9])
+    if not his:
+        return np.empty(0, np.uint64), np.empty(0, np.uint16)
+    return np.concatenate(his), np.concatenate(los)
+
+
+def _members(keys: tuple[np.ndarray, np.ndarray], of: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """For each key, whether it is one of ``of`` (both as :func:`_keys_of` gives them)."""
+    hi, lo = keys
+    order = np.argsort(of[0], kind="stable")
+    of_hi, of_lo = of[0][order], of[1][order]
+    del order
+    found = np.zeros(len(hi), dtype=bool)
+    for s in range(0, len(hi), _CHUNK):
+        h, low = hi[s:s + _CHUNK], lo[s:s + _CHUNK]
+        left = np.searchsorted(of_hi, h, side="left")
+        right = np.searchsorted(of_hi, h, side="right")
+        single = np.flatnonzero(right - left == 1)
+        found[s + single] = of_lo[left[single]] == low[single]
+        for i in np.flatnonzero(right - left > 1):  # the same first 8 bytes: rare (a few pairs in 10^9 ids)
+            found[s + i] = bool((of_lo[left[i]:right[i]] == low[i]).any())
+    return found
 
 
 def check_free_space(out: str, estimate: Mapping[str, int]) -> None:

@@ -56,19 +56,20 @@ class BundlePrediction:
         return self.scores
 
 
-def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[str], list[BundlePrediction]]:
-    """Files as given; folders walked and list files read by :func:`deepfeat.discover`.
+def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[str, Any]], list[BundlePrediction]]:
+    """The ``(name, locator)`` pairs of :func:`deepfeat.classify.expand_inputs`, and error predictions.
 
-    Entries that discovery refuses (missing list entries, broken symlinks, FIFOs...) come back
-    as error predictions; hidden files and files with non-image extensions are skipped silently.
+    Entries that discovery refuses (missing list entries, broken symlinks, FIFOs, a shard's sample
+    without an image...) come back as error predictions; hidden files and files with non-image
+    extensions are skipped silently.
     """
     from .classify import expand_inputs
 
     excluded: list = []
-    paths = expand_inputs(inputs, excluded)
+    named = expand_inputs(inputs, excluded)
     errors = [BundlePrediction(ex.path, error=f"{ex.reason}: {ex.message}")
               for ex in excluded if ex.reason not in _SILENT_EXCLUSIONS]
-    return paths, errors
+    return named, errors
 
 
 def predict_images(
@@ -88,7 +89,8 @@ def predict_images(
 
     Args:
         bundle: a ``.dfm`` path or a loaded :class:`~deepfeat.bundle.Bundle`.
-        inputs: one or more image files, folders (walked) or ``.txt``/``.csv`` list files.
+        inputs: one or more image files, folders (walked), ``.txt``/``.csv`` list files, WebDataset
+            shards (``.tar``, ``{000..009}`` patterns, globs), Parquet files or ``hf:`` datasets.
         top_k: classes per image.
         batch_size: images per forward pass.
         weights: where to read the backbone weights from when not at the recorded path.
@@ -106,7 +108,8 @@ def predict_images(
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    paths, errors = expand_with_errors(inputs)
+    named, errors = expand_with_errors(inputs)
+    paths = [name for name, _ in named]
     device = resolve_device(device)
     if policy is None:
         policy = DecodePolicy.from_dict(b.metadata.get("decode_policy"))
@@ -114,7 +117,8 @@ def predict_images(
     kind = "probability" if b.probabilistic else "decision"
     k = min(int(top_k), len(b.classes))
     results: dict[int, BundlePrediction] = {}
-    for batch in progress.track(embed_files(computer, paths, preprocess=b.preprocess, policy=policy,
+    for batch in progress.track(embed_files(computer, [loc for _, loc in named], preprocess=b.preprocess,
+                                            policy=policy,
                                             batch_size=batch_size, workers=workers),
                                 "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
         for i, reason, message in batch.failed:

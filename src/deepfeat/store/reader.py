@@ -120,14 +120,14 @@ class FeatureStore:
 
     def done_ids(self) -> set[str]:
         """Ids of every input a committed part records (embedded or failed): what a resume skips."""
-        return set(self.done_id_array().to_pylist())
+        return {i for chunk in self.done_id_chunks() for i in chunk.to_pylist()}
 
-    def done_id_array(self) -> pa.Array:
-        """The ids of :meth:`done_ids` as one Arrow string array (no Python object per id: what a resume of
-        millions of inputs holds in memory, see :func:`deepfeat.extraction.resume_filter`)."""
-        columns = [self.read_ledger(part, ["id"]).column("id") for part in self.manifest.parts]
-        chunks = [chunk.cast(pa.string()) for column in columns for chunk in column.chunks]
-        return pa.concat_arrays(chunks) if chunks else pa.array([], type=pa.string())
+    def done_id_chunks(self) -> Iterator[pa.Array]:
+        """The ids of :meth:`done_ids` as Arrow string arrays, one ledger at a time (no Python object per
+        id: what a resume of millions of inputs reads, see :func:`deepfeat.extraction.resume_filter`)."""
+        for part in self.manifest.parts:
+            for chunk in self.read_ledger(part, ["id"]).column("id").chunks:
+                yield chunk.cast(pa.string())
 
     def failures_by_reason(self) -> dict[str, int]:
         """Failed inputs of the committed parts, counted by reason (sorted by reason)."""

@@ -123,14 +123,14 @@ class StoreWriter:
 
     def done_ids(self) -> set[str]:
         """Ids of every input the committed parts record: what this run skips."""
-        return set(self.done_id_array().to_pylist())
+        return {i for chunk in self.done_id_chunks() for i in chunk.to_pylist()}
 
-    def done_id_array(self) -> pa.Array:
-        """The ids of :meth:`done_ids` as one Arrow string array (compact: no Python object per id)."""
+    def done_id_chunks(self) -> Iterator[pa.Array]:
+        """The ids of :meth:`done_ids` as Arrow string arrays, one ledger at a time (no Python object per id)."""
         from .reader import FeatureStore
 
         self._manifest()
-        return FeatureStore(self.path, verify=False).done_id_array()
+        return FeatureStore(self.path, verify=False).done_id_chunks()
 
     @property
     def part_names(self) -> set[str]:
