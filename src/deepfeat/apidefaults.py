@@ -79,6 +79,20 @@ def _is_package(module: str) -> bool:
     return os.path.isfile(os.path.join(base, "__init__.py"))
 
 
+def api_constant(module: str, name: str) -> Any:
+    """A module-level constant of ``module`` bound to a literal (choices such as ``SCHEDULES``), read
+    without importing it.
+
+    Example:
+        >>> api_constant("deepfeat.cnn.training", "SCHEDULES")
+        ('cosine', 'constant')
+    """
+    constants = _constants(module)
+    if name not in constants:
+        raise KeyError(f"{module} has no literal constant {name!r}")
+    return constants[name]
+
+
 @functools.lru_cache(maxsize=None)
 def api_defaults(module: str, function: str) -> dict[str, Any]:
     """``{parameter: default}`` of ``module.function`` for the defaults that are literals (or constants)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..apidefaults import api_constant
 from .common import SIZE, _Progress, _add_offline_arg, _print
 
 #: the API function each command calls: its signature gives the options' defaults
@@ -56,13 +57,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
             p.add_argument("--crop-pct", type=float, default=None, help="override the centre-crop fraction")
             p.set_defaults(func=run)
         p.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (of the new head when fine-tuning)")
-        p.add_argument("--schedule", default="cosine", choices=["cosine", "constant"])
+        p.add_argument("--schedule", default="cosine", choices=api_constant("deepfeat.cnn.training", "SCHEDULES"))
         p.add_argument("--patience", type=int, default=0,
                        help="stop after N epochs without a better validation loss and keep the best epoch (0: off)")
         p.add_argument("--val-fraction", type=float, default=0.1,
                        help="training images held out for validation when the source has no val/test split")
         p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+        p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
         p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
         p.add_argument("--workers", type=int, default=None, help="decode processes (default: spare cores)")
         p.add_argument("--memory-budget", metavar=SIZE, help="decoded images are cached in memory below this")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..apidefaults import api_constant
 from .common import _print
 
 #: the API function each command calls: its signature gives the options' defaults
@@ -19,7 +20,7 @@ OPTION_HELP: dict[str, dict[str, str]] = {
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("export", help="export a store to npy, hdf5, parquet or csv")
     p.add_argument("store")
-    p.add_argument("--format", required=True, choices=["npy", "hdf5", "parquet", "csv"])
+    p.add_argument("--format", required=True, choices=api_constant("deepfeat.store.export", "FORMATS"))
     p.add_argument("--out", required=True)
     p.add_argument("--layers", default=None)
     p.add_argument("--split", default=None)

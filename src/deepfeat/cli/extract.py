@@ -5,6 +5,7 @@ import argparse
 import dataclasses
 from typing import Any
 
+from ..apidefaults import api_constant
 from ..engines import add_engine_arguments
 from ..units import format_size
 from .common import _Progress, _add_model_args, _add_runtime_args, _add_source_args, _print_json_summary, _source_of
@@ -25,11 +26,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--layers", default="pre_logits", help="comma-separated names or shortcuts (see 'layers')")
     p.add_argument("--pool", default="avg", help="none|avg|max|avgmax; ViT token layers also cls|cls+avg (avg then "
                                                  "leaves out class/register tokens); per layer as 'avg,blocks.4=none'")
-    p.add_argument("--dtype", default="float32", choices=["float16", "float32"])
+    p.add_argument("--dtype", default="float32", choices=api_constant("deepfeat.extraction", "DTYPES"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes (default: spare cores; with --engine ray: per Ray worker, default 0)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_runtime_args(p)
     p.add_argument("--part-size", type=int, default=None, help="inputs per committed part (default: ~256 MiB)")
     p.add_argument("--part-seconds", type=float, default=30.0,

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..apidefaults import api_constant
 from .common import _print
 
 #: the API function each command calls: its signature gives the options' defaults
@@ -37,7 +38,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     q = plot_sub.add_parser("embedding", help="2-D PCA or t-SNE of a stored layer, coloured by class")
     q.add_argument("store", help="feature store directory")
     q.add_argument("--layer", default=None, help="stored layer (default: the only one)")
-    q.add_argument("--method", default="pca", choices=["pca", "tsne"])
+    q.add_argument("--method", default="pca", choices=api_constant("deepfeat.viz.plots", "EMBEDDING_METHODS"))
     q.add_argument("--split", default=None)
     q.add_argument("--max-points", type=int, default=5000)
     q.add_argument("--seed", type=int, default=0)
