@@ -181,6 +181,8 @@ def test_early_stopping_keeps_the_best_epoch_and_resumes_from_a_stopped_checkpoi
     resumed = train_cnn(fm20, again, **_EARLY, **FAST)
     assert resumed.resumed_from == stop and resumed.best_epoch == best
     assert _same(_weights(again), kept)
+    finished = train_cnn(fm20, again, **_EARLY, **FAST)  # nothing left to do: the same kept epoch
+    assert finished.already_complete and finished.best_epoch == best
 
 
 def test_checkpoint_keeps_optimizer_state_without_pickle(tmp_path: Path) -> None:

@@ -478,7 +478,8 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
             return CNNTrainResult(out, job.kind, job.splits.classes, normalize_history(done.get("history", [])),
                                   done.get("metrics", {}),
                                   0.0, str(dev), cached, n_train, n_val, job.splits.val_source,
-                                  resumed_from=len(done.get("history", [])), already_complete=True, skipped=skipped)
+                                  resumed_from=len(done.get("history", [])), already_complete=True, skipped=skipped,
+                                  best_epoch=done.get("metrics", {}).get("best_epoch"))
         if not same and not overwrite:
             raise UsageError(f"{out!r} holds a model trained with another configuration; pass overwrite=True "
                              "(--overwrite) to replace it, or choose another output directory.")
