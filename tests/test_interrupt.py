@@ -251,3 +251,30 @@ def test_ctrl_c_while_the_program_starts_is_one_line_and_exit_130(tmp_path):
     assert marker.exists()  # the interrupt landed inside the import of the command line
     assert (done.returncode, done.stdout) == (130, "")
     assert done.stderr == "interrupted while starting: nothing was done\n"
+
+
+_HELD = """
+import os, signal, sys
+from deepfeat.interrupts import held_interrupts
+
+try:
+    with held_interrupts():
+        os.kill(os.getpid(), signal.SIGINT)   # a Ctrl-C in the middle of a heavy import
+        for _ in range(1000):                 # Python code keeps running: nothing is raised in here
+            pass
+        print("the block finished", flush=True)
+    print("not reached", flush=True)
+except KeyboardInterrupt:
+    print("KeyboardInterrupt after the block", flush=True)
+print(signal.getsignal(signal.SIGINT) is signal.default_int_handler)
+"""
+
+
+def test_a_ctrl_c_during_heavy_imports_is_held_then_raised():
+    """A Ctrl-C that lands while torch / timm / OpenVINO import (their native start-up, where a
+    KeyboardInterrupt was measured to vanish or abort the process) is kept until the import is over and
+    then raised: the command still stops, at a safe point, and Ctrl-C is back to Python's handler."""
+    done = subprocess.run([sys.executable, "-c", _HELD], capture_output=True, text=True, timeout=60,
+                          preexec_fn=_as_in_a_terminal)
+    assert done.stdout.splitlines() == ["the block finished", "KeyboardInterrupt after the block", "True"], done
+    assert done.returncode == 0 and "Traceback" not in done.stderr

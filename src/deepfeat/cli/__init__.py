@@ -118,8 +118,12 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.E
 def _run(args: argparse.Namespace) -> int:
     """Run the command with the one progress reporter installed (deepfeat.progress): a bar when stderr
     is a terminal, plain periodic lines otherwise, nothing with -q."""
+    from ..interrupts import import_held
     from ..progress import Reporter
 
+    api = next((m.API[args.command] for m in COMMANDS if args.command in m.API), None)
+    if api is not None:  # the command's library module (torch and friends) with Ctrl-C held while it loads
+        import_held(api[0])
     reporter = Reporter("off" if getattr(args, "quiet", False) else "auto")
     from ..models.hub import offline_mode
 

@@ -30,6 +30,7 @@ from typing import Any
 
 from ..data.decode import DecodePolicy
 from ..data.worker import Decoded, Failed, prepare_batch, watch_parent
+from ..interrupts import sigint_blocked
 
 log = logging.getLogger(__name__)
 
@@ -65,28 +66,11 @@ def _main_module_hidden() -> "collections.abc.Iterator[None]":
         main.__dict__.update(saved)
 
 
-@contextlib.contextmanager
-def _sigint_blocked() -> "collections.abc.Iterator[None]":
-    """Block SIGINT in this thread meanwhile; a Ctrl-C that arrives is delivered at the end, not lost.
-
-    A process started meanwhile inherits the blocked mask, so it cannot be interrupted before
-    it has set SIGINT to ignored (:func:`_worker_main`).
-    """
-    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
-        yield
-        return
-    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
 class _WorkerProcess(multiprocessing.context.SpawnProcess):
     """A spawned decode worker that does not re-run the parent's main script and ignores SIGINT."""
 
     def start(self) -> None:
-        with _main_module_hidden(), _sigint_blocked():
+        with _main_module_hidden(), sigint_blocked():
             super().start()
 
 

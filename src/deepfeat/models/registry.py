@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..errors import UsageError
+from ..interrupts import import_held
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .hub import RANDOM  # noqa: F401 - re-exported: bundles and callers import it from here
 from .hub import HubFile, ResolvedWeights, hf_cache_dir, resolve_remote, resolve_weights, torch_hub_dir, weights_status
@@ -157,7 +158,7 @@ def list_models(pattern: str | None = None, include_all: bool = False) -> list[M
     if not pattern and not include_all and not _weight_caches_hold_files():
         # nothing cached: no timm/torchvision weights to find, so torch is never imported
         return rows
-    import timm
+    timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
     import torchvision.models as tvm
 
     names = [("timm", n) for n in timm.list_models()] + [("torchvision", n) for n in tvm.list_models(module=tvm)]
@@ -264,7 +265,7 @@ def _load_model_dir(name: str, weights: str | None, seed: int, offline: bool | N
 
 def _load_by_name(name: str, weights: str | None, seed: int, offline: bool | None,
                   size: tuple[int, int] | None) -> "Backbone":
-    import timm
+    timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
 
     if timm.is_model(name):
         return _load_timm(name, weights, seed, name, offline, size)
@@ -307,7 +308,7 @@ def register_backbone_source(source: BackboneSource, before: str = "name") -> No
 def _unknown_model_message(name: str) -> str:
     import difflib
 
-    import timm
+    timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
     import torchvision.models as tvm
 
     candidates = list(dict.fromkeys(list(BUNDLED) + timm.list_models() + tvm.list_models(module=tvm)))
@@ -338,7 +339,7 @@ def _create_timm(arch: str, w: ResolvedWeights, seed: int, **kwargs: Any) -> nn.
     """A timm model with weights ``w``: published files go through timm's own loader (its checkpoint
     filters convert original-format files and resample position embeddings); other files through
     :func:`_load_weights_file`, falling back to timm's loader when the names do not fit."""
-    import timm
+    timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
     import torch
 
     torch.manual_seed(seed)
@@ -390,7 +391,7 @@ def _size_kwargs(arch: str, size: tuple[int, int] | None, cfg: dict[str, Any] | 
     if size is None:
         return {}
     if cfg is None:
-        import timm
+        timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
 
         try:
             found = timm.models.get_pretrained_cfg(arch)
@@ -421,7 +422,7 @@ def _timm_backbone(name: str, family: str, model: nn.Module, w: ResolvedWeights,
 
 def _load_timm(arch: str, weights: str | None, seed: int, name: str, offline: bool | None = None,
                size: tuple[int, int] | None = None) -> Backbone:
-    import timm
+    timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
 
     if not timm.is_model(arch):
         raise UsageError(_unknown_model_message(arch))
@@ -449,7 +450,7 @@ _DIR_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "
 def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, int] | None,
                    origin: str = "file") -> Backbone:
     """A timm model folder (``config.json`` + weights) through timm's ``local-dir:`` source."""
-    import timm
+    timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
 
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
         config = json.load(f)

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+from ..interrupts import import_held
 from .base import RuntimeUnavailable
 from .export import ExportedRuntime, example_pixels
 
@@ -50,11 +51,11 @@ class ONNXRuntime(ExportedRuntime):
     @classmethod
     def unavailable_reason(cls) -> str | None:
         try:
-            import onnxruntime  # noqa: F401
+            import_held("onnxruntime")  # a Ctrl-C in the middle of its native start-up can crash or vanish
         except ImportError:
             return "ONNX Runtime is not installed: pip install 'deepfeat[onnx]' (onnxruntime and onnx)"
         try:
-            import onnx  # noqa: F401  (torch's exporter writes ONNX through it)
+            import_held("onnx")  # torch's exporter writes ONNX through it
         except ImportError:
             return "the onnx package is not installed: pip install 'deepfeat[onnx]' (onnxruntime and onnx)"
         return None

@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from ..interrupts import import_held
 from .base import RuntimeUnavailable
 from .export import ExportedRuntime, example_pixels
 
@@ -28,9 +29,7 @@ def _openvino() -> Any:
     """
     if "openvino_telemetry" not in sys.modules:
         sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
-    import openvino
-
-    return openvino
+    return import_held("openvino")  # a Ctrl-C in the middle of its native start-up can crash or vanish
 
 
 def _core() -> Any:

@@ -1,0 +1,76 @@
+"""Ctrl-C held back where a ``KeyboardInterrupt`` would do harm: third-party imports and native set-up.
+
+A ``KeyboardInterrupt`` raised while Python imports torch, timm, OpenVINO or ONNX Runtime lands in the
+middle of their C++ initialisation. Measured here with ``python -c "import torch, timm, openvino"``
+and SIGINT at 60 points in its first 1.2 s: most runs end with the interrupt, but some end as if
+nothing happened (exit 0: the interrupt is swallowed) or abort (SIGABRT, SIGSEGV). In ``deepfeat
+extract`` that window is the start of the run: an interrupted start then ran the whole job.
+
+:func:`held_interrupts` keeps the Ctrl-C until the block is over and then raises it, so the command
+stops as it does anywhere else (one line, exit 130), a moment later. :func:`import_held` imports
+modules that way.
+
+Example:
+    >>> with held_interrupts():
+    ...     import json
+    >>> import_held("json").__name__
+    'json'
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import signal
+import threading
+from collections.abc import Iterator
+from types import ModuleType
+
+__all__ = ["held_interrupts", "import_held", "sigint_blocked"]
+
+
+@contextlib.contextmanager
+def held_interrupts() -> Iterator[None]:
+    """Within the block a Ctrl-C is recorded, not raised; it is raised as ``KeyboardInterrupt`` when the block ends.
+
+    Only in the main thread with Python's own Ctrl-C handler in place (elsewhere, or when SIGINT is
+    ignored as in a background job, nothing changes).
+    """
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield
+        return
+    caught: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def import_held(*names: str) -> ModuleType:
+    """Import ``names`` (the heavy ones: torch, timm, openvino...) with Ctrl-C held; returns the last."""
+    module: ModuleType | None = None
+    with held_interrupts():
+        for name in names:
+            module = importlib.import_module(name)
+    assert module is not None
+    return module
+
+
+@contextlib.contextmanager
+def sigint_blocked() -> Iterator[None]:
+    """Block SIGINT in this thread meanwhile; a Ctrl-C that arrives is delivered at the end, not lost.
+
+    A process started meanwhile inherits the blocked mask, so it cannot be interrupted before it
+    has set SIGINT to ignored (the decode workers, :mod:`deepfeat.engines.decode_pool`).
+    """
+    if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
