@@ -72,11 +72,11 @@ def rss() -> int:
     """Resident bytes of this process now (after a collection, and Arrow's pool returning what it keeps)."""
     gc.collect()
     pa.default_memory_pool().release_unused()
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * PAGE
+    return _resident()
 
 
 def _resident() -> int:
+    """Resident bytes now, as they are (no collection: the sampler of :func:`timed_peak`)."""
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * PAGE
 

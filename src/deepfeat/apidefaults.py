@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import ast
+import importlib.util
 import functools
 import os
 from typing import Any
@@ -55,9 +56,8 @@ def _constants(module: str) -> dict[str, Any]:
     constants: dict[str, Any] = {}
     for node in tree.body if tree is not None else ():
         if isinstance(node, ast.ImportFrom) and node.level and module != "deepfeat":
-            package = module.split(".")[:-node.level] if not _is_package(module) else \
-                module.split(".")[:len(module.split(".")) - node.level + 1]
-            source = ".".join(package + ([node.module] if node.module else []))
+            package = module if _is_package(module) else module.rpartition(".")[0]
+            source = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
             if source != module:
                 imported = _constants(source)
                 for alias in node.names:

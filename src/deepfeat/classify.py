@@ -57,19 +57,19 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = N
         [('cat.jpg', 'cat.jpg')]
     """
     from .data.sources import ExcludedItem
-    from .sources import SOURCES, open_source
+    from .sources import open_source
 
     out: list[tuple[str, Any]] = []
     for entry in inputs:
         p = os.fspath(entry)
-        kind = next(c.kind for c in SOURCES.values() if c.claims(p))
-        if kind == "folder" and not os.path.isdir(p):  # an image file (the folder source is the last resort)
+        source = open_source(p)
+        if source.kind == "folder" and not os.path.isdir(p):  # an image file (the folder source is the last resort)
             if os.path.exists(p) or excluded is None:
                 out.append((p, p))
             else:
                 excluded.append(ExcludedItem(p, "missing", "not found (no such file or folder)"))
             continue
-        found = open_source(p).discover()
+        found = source.discover()
         out.extend((it.path, it.locator) for it in found.items)
         if excluded is not None:
             excluded.extend(found.excluded)

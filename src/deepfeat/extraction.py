@@ -37,6 +37,7 @@ from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .store.reader import FeatureStore, LayerSpec
 from .store.writer import Manifest
 from .units import format_size
+from .progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +45,6 @@ DTYPES = ("float16", "float32")
 DEFAULT_PART_BYTES = 256 << 20
 #: a part is also committed once it has been open this long (local engine): an interrupt loses at most about this much
 DEFAULT_PART_SECONDS = 30.0
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass

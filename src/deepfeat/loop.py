@@ -26,10 +26,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from .progress import ProgressFn
+
 __all__ = ["cosine_factor", "RunState", "MIN_DELTA", "run_epochs"]
 
 log = logging.getLogger(__name__)
-ProgressFn = Callable[[dict[str, Any]], None]
 
 #: an epoch improves on the best when its validation loss is lower by more than this
 MIN_DELTA = 1e-4

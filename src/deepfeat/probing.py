@@ -49,12 +49,12 @@ from .loop import RunState, cosine_factor
 from .training import (DEFAULT_MEMORY_BUDGET, LR_FLOOR, _make_head, _Plan, _resolve_layers, _scan,
                        _train_batches, _val_batches, plan_memory, validate_train_args)
 from .units import format_size, parse_size
+from .progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
 GROUPS = ("stages", "all", "fne")
 DEFAULT_GROUPS = GROUPS
-ProgressFn = Callable[[dict[str, Any]], None]
 _FNE_STORE_POOL = "fne"
 
 

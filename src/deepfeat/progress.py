@@ -37,6 +37,9 @@ from typing import Any, TextIO, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+#: the ``progress=`` callback of the library's long operations (extract, train, probe, train-cnn): it
+#: receives one dict per event, with a ``phase`` key
+ProgressFn = Callable[[dict[str, Any]], None]
 DEFAULT_INTERVAL = 10.0  #: seconds between two plain progress lines (at most)
 
 

@@ -30,12 +30,11 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import numbers
 import os
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,10 +45,11 @@ from . import progress as progress_mod
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .loop import RunState, cosine_factor, run_epochs
-from .params import check_choice, check_int, check_number, param_error
+from .params import check_choice, check_int, check_number, is_int, param_error
 from .store.fsutil import remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
+from .progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,6 @@ EXACT_SECONDS_PER_VALUE_CLASS = 1e-6
 EXACT_OVERHEAD_SECONDS = 2.0  #: scikit-learn's fixed cost (input checks, label encoding)
 #: ``solver="auto"`` uses the exact solver only when its time estimate is below this
 EXACT_AUTO_MAX_SECONDS = 60.0
-ProgressFn = Callable[[dict[str, Any]], None]
 _HOLDOUT_KEY = b"deepfeat-val"
 
 
@@ -113,7 +112,7 @@ def parse_hidden(hidden: int | str | Sequence[int]) -> tuple[int, ...]:
     try:
         if isinstance(hidden, str):
             sizes = tuple(int(v) for v in hidden.replace(" ", "").split(",") if v)
-        elif isinstance(hidden, numbers.Integral) and not isinstance(hidden, bool):
+        elif is_int(hidden):
             sizes = (int(hidden),)
         else:
             sizes = tuple(int(v) for v in hidden)

@@ -61,6 +61,7 @@ from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_
 from ..units import parse_size
 from .arch import arch_config, build_cnn
 from .data import BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
+from ..progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +76,6 @@ FORMAT = "deepfeat-model"
 FORMAT_VERSION = 1
 DEFAULT_AUGMENT = "flip,crop=0.9,rotate=10"
 SCHEDULES = ("cosine", "constant")
-ProgressFn = Callable[[dict[str, Any]], None]
 
 
 @dataclass

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.utils.validation import check_is_fitted
 
-from ..params import check_choice, check_number, param_error
+from ..params import check_choice, check_number, is_int, param_error
 from ._base import TorchHead, threads_for
 
 _ACTIVATIONS = {"relu": torch.relu, "tanh": torch.tanh, "gelu": F.gelu}
@@ -66,10 +66,9 @@ class MLPHead(TorchHead):
     def _check_extra_params(self) -> None:
         owner = type(self).__name__
         h = self.hidden
-        if isinstance(h, numbers.Integral) and not isinstance(h, bool):
+        if is_int(h):
             h = (h,)
-        if not isinstance(h, (tuple, list)) or not all(
-                isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= 1 for v in h):
+        if not isinstance(h, (tuple, list)) or not all(is_int(v) and v >= 1 for v in h):
             raise param_error("hidden", "a tuple of positive ints such as (256,) or (256, 16)", self.hidden, owner)
         check_choice(self.activation, "activation", _ACTIVATIONS, where=owner)
         check_number(self.dropout, "dropout", minimum=0, maximum=1, max_open=True, where=owner)

@@ -459,9 +459,8 @@ def _download(remote: Remote, name: str, weights: bool = True) -> tuple[str, str
     """Download ``remote`` into its cache with the owning library: (local path, published sha256 or prefix)."""
     if isinstance(remote, HubFile):
         return _download_hub(remote, name, weights)
-    m = _TORCH_HASH.search(os.path.basename(remote.cache_path))
     if weights:
-        _check_expected(m.group(1) if m else None, name, remote.url)
+        _check_expected(_published_sha(remote, remote.cache_path), name, remote.url)
     path = _download_url(remote, name)
     return path, _published_sha(remote, path)
 
