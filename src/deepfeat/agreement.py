@@ -18,6 +18,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 
+#: the precision guard's default threshold on each tap's minimum row cosine (docs/DECISIONS.md: how it was chosen)
+DEFAULT_MIN_AGREEMENT = 0.98
+
+
 def median_floor(threshold: float) -> float:
     """The floor on each tap's median cosine that goes with ``threshold`` on its minimum."""
     return 1.0 - (1.0 - threshold) / 4.0
@@ -92,4 +96,4 @@ def store_precision(metadata: Mapping[str, Any]) -> str:
     return precision if isinstance(precision, str) and precision else "fp32"
 
 
-__all__ = ["Agreement", "describe_agreement", "median_floor", "reduced_precision_note", "store_precision"]
+__all__ = ["Agreement", "DEFAULT_MIN_AGREEMENT", "describe_agreement", "median_floor", "reduced_precision_note", "store_precision"]

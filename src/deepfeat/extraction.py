@@ -33,8 +33,8 @@ from .models.hub import is_offline
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .store import layout, trust
 from .store.session import StoreWriter
-from .runtimes import PRECISIONS, build_runtime, layer_specs, prefer_recorded, resolve_runtime
-from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_precision, sample_indices
+from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
+from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
 from .store.reader import FeatureStore, LayerSpec
 from .store.writer import Manifest
 from .units import format_size
@@ -173,31 +173,20 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
 def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreement: float) -> None:
     """Run the precision guard (:mod:`deepfeat.runtimes.guard`) on a seeded sample of the job's inputs and
     settle ``plan.runtime`` / ``plan.precision``; the measurement goes into the store metadata."""
-    from .data.worker import Decoded, prepare_batch
+    from .embed import decode_pixels
 
     if plan.precision == "fp32":
         return
     items = plan.discovery.items
-    sample = [items[i] for i in sample_indices(len(items))]
-    decoded = prepare_batch([(it.id, it.locator, 0) for it in sample], plan.backbone.preprocess.to_dict(),
-                            settings.policy)
-    pixels = np.stack([d.pixels[0] for d in decoded if isinstance(d, Decoded)]) if any(
-        isinstance(d, Decoded) for d in decoded) else np.zeros((0, 1, 1, 3), np.uint8)
-
-    def build(runtime: str, precision: str) -> Any:
-        return build_runtime(plan.backbone, plan.layers, plan.infos, runtime=runtime, device=settings.device,
-                             precision=precision, channels_last=settings.channels_last)
-
-    def reference() -> dict[str, np.ndarray]:
-        ref = build("torch", "fp32")
-        batches = [ref(pixels[s:s + settings.batch_size]) for s in range(0, len(pixels), settings.batch_size)]
-        return {sp.name: np.concatenate([b[sp.name] for b in batches]) for sp in plan.layers}
+    pixels = decode_pixels([items[i].locator for i in sample_indices(len(items))], preprocess=plan.backbone.preprocess,
+                           policy=settings.policy, workers=settings.workers)
 
     if settings.progress:
         settings.progress({"phase": "guard", "images": len(pixels), "precision": plan.precision})
-    runtime, precision, agreement = guard_precision(
-        build, reference, pixels, runtime=plan.runtime, precision=plan.precision, auto=requested == "auto",
-        device=settings.device, min_agreement=min_agreement, batch_size=settings.batch_size)
+    runtime, precision, agreement = guard_backbone(
+        plan.backbone, plan.layers, plan.infos, pixels, runtime=plan.runtime, precision=plan.precision,
+        auto=requested == "auto", device=settings.device, min_agreement=min_agreement,
+        channels_last=settings.channels_last, batch_size=settings.batch_size)
     plan.runtime, plan.precision = runtime, precision
     plan.config.update(runtime=runtime, precision=precision)
     plan.agreement = agreement.to_dict() if agreement else None

@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes (default: spare cores; 0 decodes in this process)")
     _add_runtime_args(p, auto_help="auto: the bundle's own runtime and precision when they run here")
+    p.add_argument("--min-agreement", type=float, default=0.98,
+                   help="backbone only: the precision guard's threshold for a reduced precision, measured on the "
+                        "first 64 images (a bundle uses the precision its features were stored at). In (0, 1]")
     p.set_defaults(func=run)
 
 
@@ -47,7 +50,8 @@ def run(args: argparse.Namespace) -> int:
     else:
         from ..classify import classify_images
 
-        preds = classify_images(args.model, args.inputs, top_k=5 if args.top_k is None else args.top_k, **common)
+        preds = classify_images(args.model, args.inputs, top_k=5 if args.top_k is None else args.top_k,
+                                min_agreement=args.min_agreement, **common)
     bad = sum(p.error is not None for p in preds)
     if args.out:
         from ..predict import write_predictions

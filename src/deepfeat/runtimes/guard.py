@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ..agreement import Agreement
+from ..agreement import DEFAULT_MIN_AGREEMENT, Agreement
 from ..errors import UsageError
 from ..params import check_number
 
@@ -33,8 +33,6 @@ log = logging.getLogger(__name__)
 
 #: reduced precisions, in the order ``auto`` tries them after the runtime's own choice (fp32 comes last)
 REDUCED: tuple[str, ...] = ("int8", "bf16", "fp16")
-#: the default ``min_agreement`` (see docs/DECISIONS.md: measured effect on head accuracy)
-DEFAULT_MIN_AGREEMENT = 0.98
 #: images of the job measured by the guard (a seeded sample; all of them when fewer)
 GUARD_IMAGES = 64
 GUARD_SEED = 0
@@ -137,5 +135,33 @@ def guard_precision(build: Callable[[str, str], Any], reference: Callable[[], Ma
     return runtime, "fp32", None
 
 
-__all__ = ["DEFAULT_MIN_AGREEMENT", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "guard_precision", "ladder",
+def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any] | None, pixels: np.ndarray, *,
+                   runtime: str, precision: str, auto: bool, device: str = "cpu",
+                   min_agreement: float = DEFAULT_MIN_AGREEMENT, channels_last: bool = True,
+                   batch_size: int = 32) -> tuple[str, str, Agreement | None]:
+    """:func:`guard_precision` for a backbone and its taps: candidates and the torch fp32 reference are
+    built with :func:`~deepfeat.runtimes.build_runtime` (exports come from its cache).
+
+    Example:
+        >>> rt, prec, ag = guard_backbone(bb, specs, None, pixels, runtime="openvino", precision="bf16",
+        ...                               auto=True)   # doctest: +SKIP
+        >>> prec, ag.passed                            # doctest: +SKIP
+        ('bf16', True)
+    """
+    from . import build_runtime
+
+    def build(name: str, p: str) -> Any:
+        return build_runtime(backbone, specs, infos, runtime=name, device=device, precision=p,
+                             channels_last=channels_last)
+
+    def reference() -> dict[str, np.ndarray]:
+        ref = build("torch", "fp32")
+        batches = [ref(pixels[s:s + batch_size]) for s in range(0, len(pixels), batch_size)]
+        return {sp.name: np.concatenate([b[sp.name] for b in batches]) for sp in specs}
+
+    return guard_precision(build, reference, pixels, runtime=runtime, precision=precision, auto=auto, device=device,
+                           min_agreement=min_agreement, batch_size=batch_size)
+
+
+__all__ = ["DEFAULT_MIN_AGREEMENT", "guard_backbone", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "guard_precision", "ladder",
            "measure", "row_cosines", "sample_indices"]
