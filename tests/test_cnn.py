@@ -163,7 +163,7 @@ def test_early_stopping_keeps_the_best_epoch_and_resumes_from_a_stopped_checkpoi
     # the model directory holds the best
     ckpt = load_file(str(out / "checkpoint.safetensors"))
     kept = _weights(out)
-    from deepfeat.cnn.arch import build_cnn
+    from deepfeat.models.arch import build_cnn
 
     names = list(build_cnn(cfg["arch"]).state_dict())  # best.<i> is the i-th entry of the state dict
     assert len(names) == len(kept) == sum(k.startswith("extra.best.") for k in ckpt)

@@ -101,7 +101,7 @@ def local_ref(src, tmp_path_factory):
 
 
 def ray_extract(src, out, address=None, **kw):
-    from deepfeat.engines.ray_engine import RayEngine
+    from deepfeat.engines.builtin import RayEngine
 
     return deepfeat.extract(src, out, engine=RayEngine(address=address, workers=2), **{**KW, **kw})
 

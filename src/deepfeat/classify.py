@@ -23,6 +23,8 @@ from .data.decode import DecodePolicy
 from .errors import UsageError
 from .models.registry import Backbone, load_backbone
 from .params import check_int
+from .data.sources import ExcludedItem
+from .sources import open_source
 
 
 @dataclass
@@ -57,8 +59,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = N
         >>> expand_inputs(["cat.jpg", "shards/{000..009}.tar"])[:1]          # doctest: +SKIP
         [('cat.jpg', 'cat.jpg')]
     """
-    from .data.sources import ExcludedItem
-    from .sources import open_source
 
     out: list[tuple[str, Any]] = []
     for entry in inputs:

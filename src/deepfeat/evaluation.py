@@ -37,6 +37,11 @@ from .bundle import Bundle, load_bundle
 from .errors import StoreError, UsageError
 from .params import check_int
 from .store.reader import FeatureStore, open_store
+from .viz.plots import plot_confusion_matrix as plot
+from .reports.evaluation_page import calibration
+from .reports.evaluation_page import Examples
+from .reports.evaluation_page import evaluation_html
+from .reports.html import write
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +191,10 @@ def evaluate(
         "scores": "probability" if b.probabilistic else "decision",
     })
     if b.probabilistic and len(tops):
-        from .reports.evaluation_page import calibration
 
         truth_idx = np.asarray([classes.index(t) if t in classes else -1 for t in truth])
         report["calibration"] = calibration(tops[:, 0], topk[:, 0] == truth_idx)
     if out is not None:
-        from .reports.evaluation_page import Examples
 
         examples = Examples(paths=sources, truth=truth, topk=topk, scores=tops, classes=classes,
                             probabilistic=bool(b.probabilistic))
@@ -297,8 +300,6 @@ def _write(report: dict[str, Any], out: str, ids: list[str], paths: list[str], t
         log.warning("confusion_matrix.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
         del files["confusion_matrix.png"]
     if examples is not None:
-        from .reports.evaluation_page import evaluation_html
-        from .reports.html import write
 
         write(files["report.html"], evaluation_html(report, examples))
     else:
@@ -316,6 +317,5 @@ def _nan_to_none(obj: Any) -> Any:
 
 def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: str, title: str = "") -> str:
     """Save a confusion matrix as a PNG with readable class names (see :mod:`deepfeat.viz.plots`)."""
-    from .viz.plots import plot_confusion_matrix as plot
 
     return plot(cm, labels, path, title).path

@@ -21,10 +21,11 @@ import numpy as np
 import pyarrow as pa
 
 from .devices import DEVICES
-from . import __version__
+from ._version import __version__
 from .data.decode import DecodePolicy
 from .data.sources import Discovery, SourceItem
 from .engines import Engine, RunSettings, get_engine
+from .engines.builtin import default_workers  # noqa: F401 - part of this module's API (benchmarks, users)
 from .sources import Source, open_source
 from .errors import EnvironmentFault, UsageError
 from .params import check_choice, check_int, check_number
@@ -39,6 +40,8 @@ from .store.reader import FeatureStore, LayerSpec
 from .store.writer import Manifest
 from .units import format_size
 from .progress import ProgressFn
+from .embed import decode_pixels
+from .data.augment import DEFAULT_AUGMENT, parse_augment
 
 log = logging.getLogger(__name__)
 
@@ -173,7 +176,6 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
 def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreement: float) -> None:
     """Run the precision guard (:mod:`deepfeat.runtimes.guard`) on a seeded sample of the job's inputs and
     settle ``plan.runtime`` / ``plan.precision``; the measurement goes into the store metadata."""
-    from .embed import decode_pixels
 
     if plan.precision == "fp32":
         return
@@ -190,13 +192,6 @@ def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreeme
     plan.runtime, plan.precision = runtime, precision
     plan.config.update(runtime=runtime, precision=precision)
     plan.agreement = agreement.to_dict() if agreement else None
-
-
-def default_workers() -> int:
-    """Decode workers by default: one per spare core (at least one), at most 8."""
-    from .engines.local import LocalEngine
-
-    return LocalEngine().default_workers()
 
 
 def plan_extraction(
@@ -224,7 +219,6 @@ def plan_extraction(
 
     ``skip_dirs`` are never searched for inputs (``extract`` passes its output store).
     """
-    from .data.augment import DEFAULT_AUGMENT, parse_augment
 
     check_int(views, "views", minimum=0, where="extract")
     if augment is not None and not views:

@@ -29,6 +29,12 @@ from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import UsageError
 from .params import check_int
+from .classify import expand_inputs
+from .data.decode import DecodePolicy
+from .embed import embed_files
+from .models.layers import describe_layers
+from .runtimes import build_runtime, prefer_recorded
+from .reports.gallery import write_gallery
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +69,6 @@ def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[
     without an image...) come back as error predictions; hidden files and files with non-image
     extensions are skipped silently.
     """
-    from .classify import expand_inputs
 
     excluded: list = []
     named = expand_inputs(inputs, excluded)
@@ -100,8 +105,6 @@ def predict_images(
         workers: decode processes (default as for ``extract``; 0 decodes in this process).
         policy: a :class:`~deepfeat.data.decode.DecodePolicy` (default: the one the store used).
     """
-    from .data.decode import DecodePolicy
-    from .embed import embed_files
 
     check_int(top_k, "top_k", minimum=1, where="predict_images")
     check_int(batch_size, "batch_size", minimum=1, where="predict_images")
@@ -148,8 +151,6 @@ def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, devic
     ``auto`` means the runtime and precision recorded in the bundle when they run here
     (else the fastest available, logged), so predictions match the store it was trained on.
     """
-    from .models.layers import describe_layers
-    from .runtimes import build_runtime, prefer_recorded
 
     recorded = b.metadata.get("runtime")
     rec_rt = recorded.get("runtime") if isinstance(recorded, dict) else "torch"  # bundles before runtimes: torch
@@ -171,7 +172,6 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
     if ext not in (".csv", ".json", ".html"):
         raise UsageError(f"The 'out' parameter of predict must end in .csv, .json or .html; got {path!r} instead.")
     if ext == ".html":
-        from .reports.gallery import write_gallery
 
         return write_gallery(preds, path)
     rows = []

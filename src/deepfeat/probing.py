@@ -51,6 +51,10 @@ from .training import (DEFAULT_MEMORY_BUDGET, LR_FLOOR, _make_head, _Plan, _reso
                        _train_batches, _val_batches, plan_memory, validate_train_args)
 from .units import format_size, parse_size
 from .progress import ProgressFn
+from .analysis.fne import parse_thresholds
+from .analysis.fne import ternarize
+from .reports.html import write
+from .reports import html as H
 
 log = logging.getLogger(__name__)
 
@@ -231,7 +235,6 @@ def probe(
                         where="probe")
     group_names = parse_groups(groups)
     budget = parse_size(memory_budget, "memory_budget")
-    from .analysis.fne import parse_thresholds
 
     lo_hi = parse_thresholds(thresholds, "probe")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
@@ -376,7 +379,6 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
 
 def _ternary(Z: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
     """The full-network embedding of standardised features, as float32 {-1, 0, 1}."""
-    from .analysis.fne import ternarize
 
     return ternarize(Z, lo_hi).astype(np.float32)
 
@@ -480,7 +482,6 @@ def write_probe(result: ProbeResult, out: str) -> dict[str, str]:
     except ImportError:
         log.warning("probe.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
         del files["probe.png"]
-    from .reports.html import write
 
     write(files["report.html"], probe_html(result, files.get("probe.png")))
     return files
@@ -525,7 +526,6 @@ def _figure(result: ProbeResult) -> Any:
 
 def probe_html(result: ProbeResult, png: str | None) -> str:
     """The sweep as one self-contained page, in the look of the other reports."""
-    from .reports import html as H
 
     cfg = result.config
     table_rows = [{"layer": r["name"], "kind": r["kind"], "dims": r["dims"], "val accuracy": r["val_accuracy"],

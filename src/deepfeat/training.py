@@ -50,6 +50,12 @@ from .store.fsutil import remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
 from .progress import ProgressFn
+from .progress import format_duration
+from .checkpoint import config_fingerprint
+from .checkpoint import save_state
+from .checkpoint import load_state
+from .store import trust
+from .analysis.fne import load_fne_stats
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +379,6 @@ def exact_cost(head: str, rows: int, dims: int, classes: int) -> tuple[int, floa
 
 def _choose_solver(solver: str, head: str, exact_bytes: int, exact_seconds: float, budget: int) -> tuple[str, str]:
     """``solver="auto"``: the exact solver when it fits the memory budget and its time estimate is short."""
-    from .progress import format_duration
 
     need = f"the exact solver needs about {format_size(exact_bytes)} and {format_duration(exact_seconds)}"
     if solver != "auto":
@@ -518,7 +523,6 @@ def train(
         meta = store.metadata
         fne = None
         if meta.get("fne"):  # a full-network-embedding store: the bundle re-applies the transform
-            from .analysis.fne import load_fne_stats
 
             fne = load_fne_stats(store)
         result.bundle_path = save_bundle(
@@ -546,7 +550,6 @@ def _fingerprint(config: Mapping[str, Any]) -> str:
     """What must not change for a run to resume from a checkpoint."""
     keys = ("store", "store_fingerprint", "layers", "head", "hidden", "epochs", "batch_size", "lr", "alpha",
             "val_fraction", "patience", "class_weight", "memory_budget", "seed", "device", "n_train", "n_val")
-    from .checkpoint import config_fingerprint
 
     return config_fingerprint({k: config.get(k) for k in keys})
 
@@ -558,7 +561,6 @@ LR_FLOOR = 0.05
 def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: RunState) -> str:
     import torch
 
-    from .checkpoint import save_state
 
     tensors, head_doc = model.training_state()
     tensors = {**tensors, **run.best_tensors(),
@@ -571,7 +573,6 @@ def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, 
 
 
 def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler, RunState]:
-    from .checkpoint import load_state
 
     tensors, doc = load_state(path)
     if doc.get("kind") != "deepfeat-train-checkpoint":
@@ -688,7 +689,6 @@ def _runtime_of(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _check_class_names(classes: Sequence[str]) -> None:
     """Refuse, before any training, class names a bundle cannot hold (the loader refuses them too)."""
-    from .store import trust
 
     for i, c in enumerate(classes):
         try:

@@ -37,6 +37,7 @@ from ..params import check_int
 from ..store.fsutil import staged_directory
 from ..store.reader import FeatureStore
 from .stats import FeatureStatistics, check_arguments, feature_statistics
+from ..reports import html as H
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +224,6 @@ def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | 
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
 
-    from ..reports import html as H
 
     def img(key: str) -> str:
         return H.img_file(figs[key], key)

@@ -22,7 +22,7 @@ import signal
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EnvironmentFault, StoreError, UsageError
 from . import analyze, cnn, datasets, evaluate, export, extract, info, layers, models, plot, predict, probe, train
 from .common import CommandParser, _print_error, finish_parser

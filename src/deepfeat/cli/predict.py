@@ -33,7 +33,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _is_bundle_arg(value: str) -> bool:
-    from ..bundle import SUFFIX, is_bundle
+    from ..bundle_header import SUFFIX, is_bundle
 
     return value.lower().endswith(SUFFIX) or is_bundle(value)
 

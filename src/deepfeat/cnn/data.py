@@ -23,6 +23,7 @@ from ..data.preprocess import Preprocess
 from ..data.sources import Discovery
 from ..errors import UsageError
 from ..params import param_error
+from ..engines.decode_pool import DecodePool
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +152,6 @@ class ImageSet:
         return len(self.split) * h * w * 3
 
     def _pool(self):
-        from ..engines.decode_pool import DecodePool
 
         return DecodePool(self.workers, self.preprocess.to_dict(), self.policy)
 

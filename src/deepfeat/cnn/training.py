@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from ..devices import resolve_device
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import (
     config_fingerprint,
     load_checkpoint,
@@ -51,6 +51,7 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data.decode import DecodePolicy, decode_file
+from ..engines.builtin import default_workers
 from ..data.preprocess import Preprocess
 from ..data.sources import discover
 from ..errors import InputError, UsageError
@@ -59,20 +60,22 @@ from ..loop import RunState, cosine_factor, run_epochs
 from ..params import check_choice, check_int, check_number, is_int, param_error
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
-from .arch import arch_config, build_cnn
+from ..models.arch import arch_config, build_cnn
+from ..models.surgery import replace_head
+from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE
 from .data import BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
 from ..progress import ProgressFn
+from ..models.layers import describe_layers
+from ..models.registry import load_backbone
+from ..viz.plots import plot_confusion_matrix
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CNNTrainResult", "train_cnn", "finetune", "MODEL_FILE", "CONFIG_FILE", "HISTORY_FILE",
            "CHECKPOINT_FILE", "FORMAT"]
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-FORMAT = "deepfeat-model"
 FORMAT_VERSION = 1
 DEFAULT_AUGMENT = "flip,crop=0.9,rotate=10"
 SCHEDULES = ("cosine", "constant")
@@ -207,7 +210,7 @@ def train_cnn(
         source: image folder (``split/class/*`` or ``class/*``) or list file with labels.
         out: model directory to write (see the module docstring).
         arch: ``small`` (the seed's layout), ``small_bn``, ``medium``, or a dict of options
-            (see :data:`deepfeat.cnn.arch.ARCHS`).
+            (see :data:`deepfeat.models.arch.ARCHS`).
         epochs, batch_size, lr, weight_decay: AdamW training; ``schedule`` ``cosine`` decays
             the learning rate to 0 over the run, ``constant`` keeps it.
         patience: stop after this many epochs without a better validation loss and keep the best
@@ -301,8 +304,6 @@ def finetune(
     Example:
         >>> r = finetune("data/fm", "tuned/", freeze=4, epochs=3, input_size=112)   # doctest: +SKIP
     """
-    from ..models.layers import describe_layers
-    from ..models.registry import load_backbone
 
     _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "finetune")
     if not is_int(freeze) or freeze < -1:
@@ -352,21 +353,6 @@ def finetune(
                 keep_checkpoint=keep_checkpoint, progress=progress)
 
 
-def replace_head(model: nn.Module, classifier: str, num_classes: int) -> None:
-    """Replace the module named ``classifier`` by a new linear layer with ``num_classes`` outputs."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if hasattr(model, "reset_classifier") and isinstance(cfg, dict) and cfg.get("classifier") == classifier:
-        model.reset_classifier(num_classes)  # timm models (the bundled ones too)
-        return
-    old = model.get_submodule(classifier)
-    if not isinstance(old, nn.Linear):
-        raise UsageError(f"The classifier {classifier!r} is a {type(old).__name__}, not a Linear layer; "
-                         "deepfeat can only replace a linear head.")
-    parent_name, _, attr = classifier.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
-
-
 def _frozen_names(model: nn.Module, classifier: str, stages: list[str], freeze: int) -> set[str]:
     params = [n for n, _ in model.named_parameters()]
     head = classifier + "."
@@ -388,8 +374,6 @@ def _frozen_names(model: nn.Module, classifier: str, stages: list[str], freeze: 
 def _image_sets(splits: Splits, preprocess: Preprocess, policy: DecodePolicy, workers: int | None,
                 memory_budget: int | str) -> tuple[dict[str, ImageSet], bool]:
     if workers is None:
-        from ..extraction import default_workers
-
         workers = default_workers()
     check_int(workers, "workers", minimum=0)
     budget = parse_size(memory_budget, "memory_budget", minimum=0)
@@ -670,7 +654,6 @@ def _write_model_dir(out: str, job: _Job, model: nn.Module, history: list[dict[s
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
-        from ..viz.plots import plot_confusion_matrix
 
         plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), job.splits.classes,
                               os.path.join(out, "confusion_matrix.png"),

@@ -34,6 +34,8 @@ from sklearn.utils.validation import check_is_fitted
 
 from ..errors import UsageError
 from ..params import check_int, check_number, param_error
+from ..checkpoint import flatten_optimizer
+from ..checkpoint import unflatten_optimizer
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data
@@ -351,7 +353,6 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         Returns (named tensors, JSON-friendly document); :meth:`load_training_state` restores
         them so that training continues exactly as if it had not stopped.
         """
-        from ..checkpoint import flatten_optimizer
 
         check_is_fitted(self, "classes_")
         tensors = {f"param.{n}": p.detach() for n, p in zip(self._tensor_names(), self._params)}
@@ -369,7 +370,6 @@ class TorchHead(ClassifierMixin, BaseEstimator):
 
     def load_training_state(self, tensors: Mapping[str, torch.Tensor], doc: Mapping[str, Any]) -> "TorchHead":
         """Restore a state from :meth:`training_state` (the head's parameters must be the same)."""
-        from ..checkpoint import unflatten_optimizer
 
         self._check_params()
         self._reset(int(doc["n_features"]), np.asarray(doc["classes"]))

@@ -21,6 +21,7 @@ import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+from .._version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,6 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def page(title: str, body: str, *, subtitle: str = "") -> str:
     """The whole document: header, ``body`` (already HTML) and the footer."""
-    from .. import __version__
 
     sub = f'<div class="sub">{esc(subtitle)}</div>' if subtitle else ""
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigMismatchError, StoreError
 from . import layout, trust
 from .fsutil import atomic_write_json, environment_errors, remove_tree
+from .manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +80,6 @@ def prepare_store_dir(path: str, config: dict[str, Any], metadata: dict[str, Any
         meta.update({"format": layout.FORMAT_NAME, "format_version": layout.FORMAT_VERSION, "config": config,
                      "fingerprint": fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         atomic_write_json(meta_path, meta)
-        from .manifest import Manifest
 
         manifest = Manifest(path)
         if not os.path.exists(manifest.path):

@@ -140,15 +140,6 @@ class FeatureStore:
                         reasons[reason] = reasons.get(reason, 0) + 1
         return dict(sorted(reasons.items()))
 
-    def verify(self) -> list[str]:
-        """Re-check every committed file (sizes, checksums, row counts, ledgers); the problems found.
-
-        An empty list means healthy (what ``deepfeat info --verify`` runs).
-        """
-        from .info import verify_store
-
-        return verify_store(self.path)
-
     def read_excluded(self) -> pa.Table | None:
         """The inputs excluded at discovery (``excluded.parquet``), or None when the store has none."""
         path = self.member(layout.EXCLUDED_FILE)

@@ -23,6 +23,7 @@ from ..errors import StoreError
 from . import layout
 from .fsutil import HashingWriter, environment_errors, fsync_dir, remove_tree
 from .manifest import Manifest, PartRecord  # noqa: F401 - re-exported: writers commit through the manifest
+from .fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,6 @@ def _save_table(path: str, table: pa.Table) -> dict[str, Any]:
     pq.write_table(table, path, compression="zstd")
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-    from .fsutil import sha256_file
 
     return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 

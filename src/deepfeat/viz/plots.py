@@ -24,6 +24,8 @@ import numpy as np
 
 from ..errors import UsageError
 from ..params import check_choice, check_int, param_error
+from ..errors import InputError
+from ..history import read_history
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -198,7 +200,6 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
     The title names the image and, when the model has class names, its predicted class.
     """
     from ..data.decode import decode_file
-    from ..errors import InputError
     from ..models.layers import OUTPUT, describe_layers, resolve_layers
     from ..runtimes import build_runtime, layer_specs
 
@@ -327,7 +328,6 @@ def plot_history(model_dir: str | os.PathLike, out: str | os.PathLike, *, dpi: i
     directories written before it. Epochs without validation (a bundle trained without validation
     rows) leave gaps.
     """
-    from ..history import read_history
 
     model_dir = os.fspath(model_dir)
     rows = read_history(model_dir)
