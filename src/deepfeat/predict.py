@@ -100,8 +100,9 @@ def predict_images(
         batch_size: images per forward pass.
         weights: where to read the backbone weights from when not at the recorded path.
         device: ``cpu``, ``cuda`` or ``auto``.
-        runtime / precision: ``auto`` uses the runtime and precision the bundle's features were
-            extracted with (when they run here), so predictions match extraction bit for bit.
+        runtime: ``auto`` uses the runtime and precision (``precision="auto"``) the bundle's features
+            were extracted with (when they run here): at fp32 predictions match extraction bit for
+            bit, at a reduced precision within the agreement the precision guard recorded.
         workers: decode processes (default as for ``extract``; 0 decodes in this process).
         policy: a :class:`~deepfeat.data.decode.DecodePolicy` (default: the one the store used).
     """

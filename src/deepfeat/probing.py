@@ -215,8 +215,8 @@ def probe(
         groups: extra candidates, a subset of ``stages`` (layers sharing a ``name.N`` prefix),
             ``all`` (all probed layers concatenated, standardised) and ``fne`` (the full-network
             embedding: standardised then ternarised with ``thresholds``); ``"none"`` for none.
-        head, epochs, batch_size, lr, alpha, val_fraction, patience, seed: as :func:`deepfeat.train`
-            with ``solver="stream"`` (the same defaults), for every candidate.
+        head: as :func:`deepfeat.train` with ``solver="stream"`` (the same default), for every candidate;
+            so are ``epochs``, ``batch_size``, ``lr``, ``alpha``, ``val_fraction``, ``patience`` and ``seed``.
         memory_budget: bytes (or ``"2GiB"``) of feature rows in flight, split as ``train`` splits it.
         test_split: split scored at the end (skipped when the store has none); None: no test score.
         progress: callback receiving dicts with a ``phase`` key (``plan``, ``stats``, ``epoch``,

@@ -211,8 +211,9 @@ def train_cnn(
         out: model directory to write (see the module docstring).
         arch: ``small`` (the seed's layout), ``small_bn``, ``medium``, or a dict of options
             (see :data:`deepfeat.models.arch.ARCHS`).
-        epochs, batch_size, lr, weight_decay: AdamW training; ``schedule`` ``cosine`` decays
-            the learning rate to 0 over the run, ``constant`` keeps it.
+        epochs: AdamW training over ``epochs`` of ``batch_size`` images, learning rate ``lr`` and
+            ``weight_decay``; ``schedule`` ``cosine`` decays the learning rate to 0 over the run,
+            ``constant`` keeps it.
         patience: stop after this many epochs without a better validation loss and keep the best
             epoch's weights (as :func:`deepfeat.train` does); None trains all ``epochs`` and keeps the last.
         augment: spec like ``"flip,crop=0.9,rotate=10"`` (``"none"`` to turn it off); see

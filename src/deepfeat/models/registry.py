@@ -106,8 +106,8 @@ def list_models(pattern: str | None = None, include_all: bool = False) -> list[M
     architecture that has published weights; ``include_all`` adds architectures without any.
 
     Example:
-        >>> [(m.name, m.status) for m in list_models() if m.family == "bundled"][:1]
-        [('efficientnet_lite0', 'bundled')]
+        >>> next((m.name, m.status) for m in list_models() if m.family == "bundled")
+        ('efficientnet_lite0', 'bundled')
         >>> sorted({m.status for m in list_models("resnet5*")}) <= ["cached", "download"]   # doctest: +SKIP
         True
     """

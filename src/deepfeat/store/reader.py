@@ -2,7 +2,7 @@
 
 Example:
     >>> store = open_store("feats/")                                   # doctest: +SKIP
-    >>> for batch in store.batches(layers=["pre_logits"], split="train", batch_size=512):
+    >>> for batch in store.batches(layers=["pre_logits"], split="train", batch_size=512):  # doctest: +SKIP
     ...     X, y = batch.features["pre_logits"], batch.labels          # numpy arrays
 """
 from __future__ import annotations
