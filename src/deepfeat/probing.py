@@ -358,7 +358,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
                       "stopped": sum(c.run.stopped for c in cands), "seconds": time.perf_counter() - t0,
                       "best": max((c.run.history[-1]["val_accuracy"] or 0.0 for c in active), default=0.0)})
     for c in cands:  # early stopping keeps the best epoch's weights (as train does)
-        c.run.best_epoch = c.run.keep_best(patience, c.head._restore)
+        c.run.best_epoch = c.run.keep_best(patience, c.head.restore)
     # 3. final scores of the kept weights: validation, then the test split
     for c, val in zip(cands, _score(cands, _val_batches(st, names, plan, mem.io_batch), standardised)):
         c.val = val
@@ -414,7 +414,7 @@ def _score(cands: Sequence[Candidate], batches: Iterator[tuple[np.ndarray, np.nd
 def _early_stopping(c: Candidate, epoch: int, val: dict[str, Any], patience: int | None) -> None:
     """train's rule: keep the epoch with the best validation loss; stop after ``patience`` without one."""
     run = c.run
-    improved = run.observe(epoch, val["loss"], c.head._snapshot)
+    improved = run.observe(epoch, val["loss"], c.head.snapshot)
     run.history.append({"epoch": epoch, "train_loss": c.loss_sum / max(c.rows, 1), "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "best": improved})
     run.epoch = epoch

@@ -633,10 +633,10 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
         return {"val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
 
     save = None if ckpt is None else (lambda state: _save_run(ckpt, fingerprint, model, scaler, state))
-    run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, snapshot=model._snapshot, patience=patience,
+    run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, snapshot=model.snapshot, patience=patience,
                save=save, progress=progress)
     # early stopping keeps the best epoch; patience=None keeps the last
-    return scaler, model, run.history, run.keep_best(patience, model._restore)
+    return scaler, model, run.history, run.keep_best(patience, model.restore)
 
 
 def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, kind: str, model: Any, alpha: float,

@@ -338,11 +338,17 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             group["lr"] = float(self.learning_rate) * float(factor)
 
     # ----------------------------------------------------------------- snapshots and export
-    def _snapshot(self) -> list[torch.Tensor]:
-        """A copy of the learned parameters (for early stopping)."""
+    def snapshot(self) -> list[torch.Tensor]:
+        """A copy of the learned parameters: early stopping keeps the best epoch's (part of the head contract).
+
+        Example:
+            >>> best = head.snapshot()      # doctest: +SKIP
+            >>> head.restore(best)          # doctest: +SKIP
+        """
         return [p.detach().clone() for p in self._params]
 
-    def _restore(self, snap: list[torch.Tensor]) -> None:
+    def restore(self, snap: list[torch.Tensor]) -> None:
+        """Put back the parameters of a :meth:`snapshot`."""
         with torch.no_grad():
             for p, s in zip(self._params, snap):
                 p.copy_(s)
