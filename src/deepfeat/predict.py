@@ -88,7 +88,9 @@ def predict_images(
     """Top-k predictions of a bundle for image files, folders or list files, in input order.
 
     Args:
-        bundle: a ``.dfm`` path or a loaded :class:`~deepfeat.bundle.Bundle`.
+        bundle: a ``.dfm`` path or a loaded :class:`~deepfeat.bundle.Bundle`; or a classifier written
+            by ``deepfeat export-model`` (``.onnx``, OpenVINO ``.xml``), run by
+            :func:`deepfeat.shipping.predict_exported` (``weights`` and ``device`` do not apply).
         inputs: one or more image files, folders (walked), ``.txt``/``.csv`` list files, WebDataset
             shards (``.tar``, ``{000..009}`` patterns, globs), Parquet files or ``hf:`` datasets.
         top_k: classes per image.
@@ -103,6 +105,11 @@ def predict_images(
     from .data.decode import DecodePolicy
     from .embed import embed_files
 
+    from .shipping import is_exported_model, predict_exported
+
+    if not isinstance(bundle, Bundle) and is_exported_model(bundle):
+        return predict_exported(bundle, inputs, top_k, batch_size, runtime=runtime, precision=precision,
+                                workers=workers, policy=policy)
     check_int(top_k, "top_k", minimum=1, where="predict_images")
     check_int(batch_size, "batch_size", minimum=1, where="predict_images")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
