@@ -220,6 +220,29 @@ def test_a_model_directory_exports_its_own_classifier(fm_dir, images, work, tmp_
     _agree(_standalone(_snippet("onnxruntime"), out, images, tmp_path), want, FP32_TOL)
 
 
+def test_a_vit_token_bundle(fm_dir, images, work, tmp_path) -> None:
+    """A tiny DINOv2 with 4 registers (random weights, a timm model folder): class token + patch average of
+    a block and the pre_logits tokens; bicubic resize, crop_pct 1.0."""
+    import timm
+    import torch
+    from timm.models import save_for_hf
+
+    folder = work / "dinov2"
+    torch.manual_seed(1)
+    vit = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, depth=2, embed_dim=48,
+                            num_heads=2)
+    save_for_hf(vit, folder, safe_serialization=True)
+    store = work / "vit_store"
+    deepfeat.extract(fm_dir, store, model=str(folder), layers="blocks.1,pre_logits",
+                     pool={"blocks.1": "clsavg", "pre_logits": "none"}, workers=0, runtime="torch", precision="fp32")
+    bundle = work / "vit.dfm"
+    deepfeat.train(store, head="logreg", solver="stream", batch_size=32, epochs=5, patience=None, out=bundle)
+    r = export_model(bundle, work / "vit.onnx")
+    assert r.metadata["interpolation"] == "bicubic" and r.metadata["resize_size"] == "56"
+    want, _ = _reference(bundle, images)
+    _agree(_standalone(_snippet("onnxruntime"), Path(r.path), images, tmp_path), want, FP32_TOL)
+
+
 def test_bad_inputs_exit_with_the_documented_status(bundles, work, tmp_path, capsys) -> None:
     """A damaged bundle exits 3; a TorchScript backbone exits 2 naming why; an existing --out needs --overwrite."""
     import torch
