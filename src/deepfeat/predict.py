@@ -108,6 +108,8 @@ def predict_images(
     from .shipping import is_exported_model, predict_exported
 
     if not isinstance(bundle, Bundle) and is_exported_model(bundle):
+        if device not in ("cpu", "auto"):
+            log.warning("an exported model runs on the CPU here; device=%r applies to bundles", device)
         return predict_exported(bundle, inputs, top_k, batch_size, runtime=runtime, precision=precision,
                                 workers=workers, policy=policy)
     check_int(top_k, "top_k", minimum=1, where="predict_images")

@@ -75,6 +75,7 @@ METADATA_KEYS: dict[str, str] = {
                  "chooses otherwise)",
     "source": "file name of the bundle or model directory it was exported from",
     "source_sha256": "sha256 of the bundle file (of model.safetensors for a model directory)",
+    "decode_policy": "JSON: deepfeat's decode policy of the bundle (alpha background, limits), or null",
     "deepfeat_version": "the deepfeat version that exported it",
     "created": "ISO 8601 time of the export",
 }
@@ -107,7 +108,7 @@ class ExportResult:
 
 
 # ---------------------------------------------------------------------------------------------- the graph
-def _head_module(kind: str, head: Any, n_classes: int) -> Any:
+def _head_module(kind: str, head: Any) -> Any:
     """The head's inference as torch ops: features (scaled, float32) -> N x C scores, as predict computes them."""
     import torch
     from torch import nn
@@ -205,6 +206,7 @@ class _Source:
     feature_dtype: str
     path: str
     sha256: str
+    decode_policy: dict[str, Any] | None = None
 
 
 def _load_source(model: str | os.PathLike) -> _Source:
@@ -242,12 +244,12 @@ def _load_source(model: str | os.PathLike) -> _Source:
                          "bundle whose backbone is a Python model (bundled, timm, torchvision, hf-hub, factory).")
     infos = describe_layers(bb)
     taps = TapGraph(bb, b.compute_layers, infos).eval()
-    head = _head_module(b.head_kind, b.head, len(b.classes))
+    head = _head_module(b.head_kind, b.head)
     module = _classifier_graph(taps, mean=b.scaler.mean_, scale=b.scaler.scale_, head=head,
                                feature_dtype=b.compute_dtype)
     return _Source(module, bb, list(b.classes), b.head_kind, "probability" if b.probabilistic else "decision",
                    [{"name": s.name, "pool": s.pool, "dims": s.dims} for s in b.layers], b.compute_dtype, path,
-                   sha256_file(path))
+                   sha256_file(path), b.metadata.get("decode_policy"))
 
 
 def _metadata(src: _Source, precision: str) -> dict[str, str]:
@@ -276,6 +278,7 @@ def _metadata(src: _Source, precision: str) -> dict[str, str]:
         "precision": precision,
         "source": os.path.basename(os.path.normpath(src.path)),
         "source_sha256": src.sha256,
+        "decode_policy": src.decode_policy,
         "deepfeat_version": __version__,
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -486,13 +489,15 @@ def is_exported_model(path: str | os.PathLike) -> bool:
     ext = os.path.splitext(p)[1].lower()
     if ext == ".onnx":
         return True
-    if ext == ".xml":
+    if ext == ".xml":  # an OpenVINO IR: <net ...> first, its rt_info (with our metadata) last
         try:
             with open(p, "rb") as f:
-                head = f.read(1 << 20)
+                head = f.read(4096)
+                f.seek(max(0, os.path.getsize(p) - (1 << 20)))
+                tail = f.read()
         except OSError:
             return False
-        return b"<net " in head and b"deepfeat" in head
+        return b"<net " in head and b"<deepfeat>" in tail
     return False
 
 
@@ -544,6 +549,7 @@ class ExportedClassifier:
             self.classes = [str(c) for c in json.loads(meta["classes"])]
             self.preprocess = Preprocess.from_dict(json.loads(meta["preprocess"]))
             self.score_kind = str(meta.get("score_kind", "probability"))
+            self.decode_policy = json.loads(meta.get("decode_policy") or "null")
         except (KeyError, ValueError, TypeError) as exc:
             raise BundleError(f"The exported model {self.path!r} has malformed deepfeat metadata ({exc}).") from None
 
@@ -569,11 +575,9 @@ class ExportedClassifier:
         model = core.read_model(self.path)
         meta: dict[str, str] = {}
         if model.has_rt_info(["deepfeat"]):
-            info = model.get_rt_info(["deepfeat"])
             for k in METADATA_KEYS:
                 if model.has_rt_info(["deepfeat", k]):
                     meta[k] = str(model.get_rt_info(["deepfeat", k]).astype(str))
-            del info
         elif self.path.lower().endswith(".onnx"):  # OpenVINO reading an exported .onnx: metadata_props
             meta = _onnx_metadata(self.path)
         config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
@@ -643,7 +647,8 @@ def predict_exported(model: str | os.PathLike | ExportedClassifier,
     k = min(int(top_k), len(clf.classes))
     results: dict[int, BundlePrediction] = {}
     for batch in progress.track(embed_files(clf, [loc for _, loc in named], preprocess=clf.preprocess,
-                                            policy=policy or DecodePolicy(), batch_size=batch_size, workers=workers),
+                                            policy=policy or DecodePolicy.from_dict(clf.decode_policy),
+                                            batch_size=batch_size, workers=workers),
                                 "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
         for i, reason, message in batch.failed:
             results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
