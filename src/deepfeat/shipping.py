@@ -91,7 +91,7 @@ class ExportResult:
     classes: list[str]
     head: str
     input_size: tuple[int, int]
-    #: largest |exported - torch| over the check batch (probabilities or decision values)
+    #: largest |exported - torch| over the check batch of random pixels (probabilities or decision values)
     max_abs_diff: float
     bytes: int
     metadata: dict[str, str] = field(default_factory=dict)
@@ -104,7 +104,7 @@ class ExportResult:
 
         return (f"exported {self.head} classifier ({len(self.classes)} classes, {h}x{w} uint8 NHWC in, "
                 f"{OUTPUT_NAME} out) as {self.format} {self.precision} to {self.path} "
-                f"({format_size(self.bytes)}; max |diff| vs torch {self.max_abs_diff:.1e})")
+                f"({format_size(self.bytes)}; max |diff| vs torch on random pixels {self.max_abs_diff:.1e})")
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -209,7 +209,7 @@ class _Source:
     decode_policy: dict[str, Any] | None = None
 
 
-def _load_source(model: str | os.PathLike) -> _Source:
+def _load_source(model: str | os.PathLike, weights: str | os.PathLike | None = None) -> _Source:
     """A bundle (.dfm) or a model directory as a :class:`_Source`; refuses what cannot be exported."""
     import torch
 
@@ -222,6 +222,9 @@ def _load_source(model: str | os.PathLike) -> _Source:
 
     path = os.fspath(model)
     if os.path.isdir(path):
+        if weights is not None:
+            raise UsageError("The 'weights' parameter of export_model applies to bundles; a model directory holds "
+                             "its own weights.")
         if not is_model_dir(path):
             raise UsageError(f"The directory {path!r} is neither a bundle nor a model directory from 'deepfeat "
                              "train-cnn' / 'deepfeat finetune' (no config.json + model.safetensors).")
@@ -237,7 +240,7 @@ def _load_source(model: str | os.PathLike) -> _Source:
     if b.fne is not None:
         raise UsageError(f"The bundle {path!r} was trained on a full-network embedding store; exporting its "
                          "standardise-and-ternarise step is not supported yet. Train on a plain store to export.")
-    bb = b.load_backbone()
+    bb = b.load_backbone(weights)
     if isinstance(bb.model, torch.jit.ScriptModule):
         raise UsageError(f"The bundle {path!r} uses the TorchScript backbone {bb.name!r}, which cannot be exported: "
                          "a TorchScript module cannot be re-traced with taps into ONNX or OpenVINO. Export from a "
@@ -373,7 +376,7 @@ def _write_openvino(module: Any, example: Any, tmp_xml: str, meta: Mapping[str, 
 
 def _check_out(out: str, fmt: str, overwrite: bool) -> str:
     suffix = SUFFIXES[fmt]
-    root, ext = os.path.splitext(out)
+    ext = os.path.splitext(out)[1]
     if not ext:
         out = out + suffix
     elif ext.lower() != suffix:
@@ -389,7 +392,7 @@ def _check_out(out: str, fmt: str, overwrite: bool) -> str:
 
 
 def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str = "onnx", precision: str = "fp32",
-                 overwrite: bool = False) -> ExportResult:
+                 overwrite: bool = False, weights: str | os.PathLike | None = None) -> ExportResult:
     """Export a bundle (``.dfm``) or a ``train-cnn``/``finetune`` model directory as one classifier graph.
 
     The graph takes ``pixels`` (uint8 ``N x H x W x 3`` RGB at the recorded input size, already
@@ -405,6 +408,8 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str =
         format: ``onnx`` or ``openvino``.
         precision: ``fp32``, or ``fp16`` (weights stored as float16: half the file).
         overwrite: replace an existing ``out`` (otherwise refused).
+        weights: the backbone weights file when it is not at the path the bundle recorded (its
+            sha256 must match, as for ``predict``).
 
     Example:
         >>> export_model("model.dfm", "clf.onnx").summary()     # doctest: +SKIP
@@ -418,7 +423,7 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str =
     check_choice(format, "format", FORMATS, where="export_model")
     check_choice(precision, "precision", PRECISIONS, where="export_model")
     out = _check_out(os.fspath(out), format, overwrite)
-    src = _load_source(model)
+    src = _load_source(model, weights)
     if len(src.classes) < 2:
         raise UsageError(f"The model {os.fspath(model)!r} has no class names for its outputs; nothing to export.")
     if format == "onnx" and _missing("onnx"):

@@ -28,6 +28,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--format", default="onnx", choices=api_constant("deepfeat.shipping", "FORMATS"))
     p.add_argument("--precision", default="fp32", choices=api_constant("deepfeat.shipping", "PRECISIONS"))
     p.add_argument("--overwrite", action="store_true")
+    p.add_argument("--weights", default=None, help="bundle only: backbone weights file if not at the recorded path")
     p.set_defaults(func=run)
 
 
@@ -35,6 +36,6 @@ def run(args: argparse.Namespace) -> int:
     from ..shipping import export_model
 
     result = export_model(args.model, args.out, format=args.format, precision=args.precision,
-                          overwrite=args.overwrite)
+                          overwrite=args.overwrite, weights=args.weights)
     _print(result.summary())
     return 0
