@@ -284,6 +284,22 @@ def test_bad_inputs_exit_with_the_documented_status(bundles, work, tmp_path, cap
     assert "--overwrite" in capsys.readouterr().err and existing.read_bytes() == b"keep me"
     assert main(["export-model", str(bundles["logreg"]), "--out", str(tmp_path / "x.xml")]) == 2  # onnx needs .onnx
     assert ".onnx" in capsys.readouterr().err
+    # predict on ONNX files that are not deepfeat classifiers: a foreign graph exits 2, garbage exits 3
+    import onnx
+    from onnx import TensorProto, helper
+
+    foreign = tmp_path / "foreign.onnx"
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    onnx.save(helper.make_model(graph), str(foreign))
+    assert main(["predict", str(foreign), str(tmp_path), "--workers", "0"]) == 2
+    assert "not a classifier exported by 'deepfeat export-model'" in capsys.readouterr().err
+    garbage = tmp_path / "garbage.onnx"
+    garbage.write_bytes(b"\x08\x07garbage" * 10)
+    assert main(["predict", str(garbage), str(tmp_path), "--workers", "0"]) == 3
+    assert "cannot be loaded" in capsys.readouterr().err
+
     not_a_model = tmp_path / "notes.txt"
     not_a_model.write_text("hello")
     assert main(["export-model", str(not_a_model), "--out", str(tmp_path / "n.onnx")]) == 2

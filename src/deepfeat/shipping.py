@@ -426,8 +426,8 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str =
     src = _load_source(model, weights)
     if len(src.classes) < 2:
         raise UsageError(f"The model {os.fspath(model)!r} has no class names for its outputs; nothing to export.")
-    if format == "onnx" and _missing("onnx"):
-        raise UsageError("Exporting to ONNX needs the onnx package: pip install 'deepfeat[onnx]'.")
+    if format == "onnx" and (_missing("onnx") or _missing("onnxruntime")):  # onnxruntime runs the check
+        raise UsageError("Exporting to ONNX needs the onnx and onnxruntime packages: pip install 'deepfeat[onnx]'.")
     meta = _metadata(src, precision)
     example = example_pixels(src.backbone)
     with torch.no_grad():
@@ -536,6 +536,10 @@ class ExportedClassifier:
             raise UsageError("The 'precision' parameter of predict must be auto or fp32 with ONNX Runtime; "
                              "got 'bf16' instead.")
         self.runtime = runtime
+        if _missing(runtime):
+            raise UsageError(f"Running {self.path!r} needs {'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'}"
+                             f": pip install {'onnxruntime' if runtime == 'onnxruntime' else 'openvino'}"
+                             f"{' (or --runtime openvino)' if runtime == 'onnxruntime' else ''}.")
         try:
             if runtime == "onnxruntime":
                 meta = self._load_onnxruntime(threads)
