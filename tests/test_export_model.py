@@ -244,6 +244,32 @@ def test_a_vit_token_bundle(fm_dir, images, work, tmp_path) -> None:
     _agree(_standalone(_snippet("onnxruntime"), Path(r.path), images, tmp_path), want, FP32_TOL)
 
 
+@pytest.mark.parametrize("n_classes", [2, 3])
+@pytest.mark.parametrize("kind, params", [("logreg", {}), ("svm", {}), ("svm", {"fit_intercept": False}),
+                                          ("mlp", {"hidden": (8,), "activation": "tanh"}),
+                                          ("mlp", {"hidden": (8, 4), "activation": "gelu"})])
+def test_head_ops_match_the_heads(kind, params, n_classes) -> None:
+    """The torch ops of every head (binary: sigmoid / [-d, d]) give the scores Bundle.scores gives."""
+    import torch
+
+    from deepfeat.heads import HEADS
+    from deepfeat.shipping import _head_module
+
+    rng = np.random.default_rng(n_classes)
+    X = rng.normal(size=(60, 5)).astype(np.float32)
+    y = np.arange(60) % n_classes
+    head = HEADS[kind](random_state=0, max_iter=5, **params).fit(X, y)
+    if kind == "svm":
+        d = head.decision_function(X)
+        want = np.column_stack([-d, d]) if d.ndim == 1 else d
+    else:
+        want = head.predict_proba(X)
+    with torch.no_grad():
+        got = _head_module(kind, head)(torch.from_numpy(X)).numpy()
+    assert got.shape == (60, n_classes)
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
 def test_bad_inputs_exit_with_the_documented_status(bundles, work, tmp_path, capsys) -> None:
     """A damaged bundle exits 3; a TorchScript backbone exits 2 naming why; an existing --out needs --overwrite."""
     import torch
