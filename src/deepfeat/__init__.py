@@ -37,6 +37,7 @@ _API = {
     "predict_images": "deepfeat.predict",
     "write_predictions": "deepfeat.predict",
     "load_bundle": "deepfeat.bundle",
+    "export_model": "deepfeat.shipping",
     "FeatureExtractor": "deepfeat.sklearn_api",
     "train_cnn": "deepfeat.cnn.training",
     "finetune": "deepfeat.cnn.training",

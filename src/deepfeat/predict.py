@@ -35,6 +35,7 @@ from .embed import embed_files
 from .models.layers import describe_layers
 from .runtimes import build_runtime, prefer_recorded
 from .reports.gallery import write_gallery
+from .shipping import OUTPUT_NAME, ExportedClassifier, is_exported_model
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,9 @@ def predict_images(
     """Top-k predictions of a bundle for image files, folders or list files, in input order.
 
     Args:
-        bundle: a ``.dfm`` path or a loaded :class:`~deepfeat.bundle.Bundle`.
+        bundle: a ``.dfm`` path or a loaded :class:`~deepfeat.bundle.Bundle`; or a classifier written
+            by ``deepfeat export-model`` (``.onnx``, OpenVINO ``.xml``), run by
+            :func:`predict_exported` (``weights`` and ``device`` do not apply).
         inputs: one or more image files, folders (walked), ``.txt``/``.csv`` list files, WebDataset
             shards (``.tar``, ``{000..009}`` patterns, globs), Parquet files or ``hf:`` datasets.
         top_k: classes per image.
@@ -107,6 +110,11 @@ def predict_images(
         policy: a :class:`~deepfeat.data.decode.DecodePolicy` (default: the one the store used).
     """
 
+    if not isinstance(bundle, Bundle) and is_exported_model(bundle):
+        if device not in ("cpu", "auto"):
+            log.warning("an exported model runs on the CPU here; device=%r applies to bundles", device)
+        return predict_exported(bundle, inputs, top_k, batch_size, runtime=runtime, precision=precision,
+                                workers=workers, policy=policy)
     check_int(top_k, "top_k", minimum=1, where="predict_images")
     check_int(batch_size, "batch_size", minimum=1, where="predict_images")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
@@ -204,3 +212,51 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
 def prediction_dicts(preds: Sequence[BundlePrediction]) -> list[dict[str, Any]]:
     """Predictions as plain dicts (for JSON)."""
     return [asdict(p) for p in preds]
+
+
+def predict_exported(model: str | os.PathLike | ExportedClassifier,
+                     inputs: str | os.PathLike | Sequence[str | os.PathLike], top_k: int = 3, batch_size: int = 32,
+                     *, runtime: str = "auto", precision: str = "auto", workers: int | None = None,
+                     policy: Any = None) -> list[Any]:
+    """Top-k predictions of an exported classifier (``.onnx`` / OpenVINO ``.xml``) for images, in input order.
+
+    Images are decoded and resized by deepfeat's decode pool with the preprocessing recorded in
+    the file, exactly as ``predict`` does for the bundle; the result is a list of
+    :class:`~deepfeat.predict.BundlePrediction` (errors as predictions, never exceptions).
+
+    Example:
+        >>> predict_exported("clf.onnx", ["images/"], top_k=1)[0].label    # doctest: +SKIP
+        'sneaker'
+    """
+    check_int(top_k, "top_k", minimum=1, where="predict_images")
+    check_int(batch_size, "batch_size", minimum=1, where="predict_images")
+    clf = model if isinstance(model, ExportedClassifier) else ExportedClassifier(model, runtime, precision)
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    named, errors = expand_with_errors(inputs)
+    paths = [name for name, _ in named]
+    kind = clf.score_kind
+    k = min(int(top_k), len(clf.classes))
+    results: dict[int, BundlePrediction] = {}
+    for batch in progress.track(embed_files(clf, [loc for _, loc in named], preprocess=clf.preprocess,
+                                            policy=policy or DecodePolicy.from_dict(clf.decode_policy),
+                                            batch_size=batch_size, workers=workers),
+                                "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
+        for i, reason, message in batch.failed:
+            results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
+        if not batch.indices:
+            continue
+        S = batch.features[OUTPUT_NAME]
+        order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+        for row, i in enumerate(batch.indices):
+            if not np.all(np.isfinite(S[row])):
+                results[i] = BundlePrediction(paths[i], error="nonfinite_features: the model produced NaN/Inf "
+                                              "for this input", score_kind=kind)
+                continue
+            idx = order[row]
+            results[i] = BundlePrediction(paths[i], [clf.classes[j] for j in idx], [float(S[row, j]) for j in idx],
+                                          score_kind=kind)
+    preds = [results[i] for i in range(len(paths))] + errors
+    log.info("predict: %d images with %s, %d could not be classified", len(preds), clf.path,
+             sum(p.error is not None for p in preds))
+    return preds
