@@ -273,3 +273,30 @@ def test_a_script_without_a_main_guard_runs_once_and_does_not_hang(fm_dir, tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("script body ran") == 1  # the workers never ran it
     assert "embedded 40 classified 40" in r.stdout
+
+
+# ===================================================================================== issue 28 (new-user pass 3)
+# --------------------------------------------------------------------------------------------- item 1
+def test_a_tree_of_symlinks_embeds_every_image_and_keeps_the_link_paths(fm_dir, tmp_path, capsys):
+    """A split built with `ln -s` (links to files outside the folder) embeds every image; each row keeps
+    the link's path and the target's sha256. --symlinks-inside-root refuses such links (nothing embedded)."""
+    import hashlib
+    import os
+
+    targets = sorted((fm_dir / "train" / "bag").glob("*.png"))[:3] + sorted((fm_dir / "train" / "coat").glob("*.png"))[:2]
+    tree = tmp_path / "t"
+    for target in targets:
+        link = tree / "train" / target.parent.name / target.name
+        link.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, link)
+    out = tmp_path / "o"
+    assert main(["extract", str(tree), "--out", str(out), *FAST]) == 0
+    assert f"{len(targets)} embedded" in capsys.readouterr().out
+    rows = deepfeat.open_store(out).rows(["path", "label", "split", "sha256"]).to_pylist()
+    want = {str(tree / "train" / t.parent.name / t.name): (t.parent.name, hashlib.sha256(t.read_bytes()).hexdigest())
+            for t in targets}
+    assert {r["path"]: (r["label"], r["sha256"]) for r in rows} == want
+    assert {r["split"] for r in rows} == {"train"}
+    refused = tmp_path / "o2"
+    assert main(["extract", str(tree), "--out", str(refused), "--symlinks-inside-root", *FAST]) == 1
+    assert f"symlink_outside_root={len(targets)}" in capsys.readouterr().out

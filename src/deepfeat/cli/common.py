@@ -182,6 +182,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                         "train/val/test); Parquet: split column")
     p.add_argument("--id-field", "--id-column", dest="id_field", default=None,
                    help="Parquet/hf: a column of unique ids (default: file and row number)")
+    p.add_argument("--symlinks-inside-root", action="store_true", default=None,
+                   help="folders: refuse symlinks to files that resolve outside the source folder (excluded as "
+                        "symlink_outside_root); by default they are followed wherever they point, as find -L does")
 
 
 def _source_of(args: argparse.Namespace) -> Any:
