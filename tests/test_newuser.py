@@ -300,3 +300,90 @@ def test_a_tree_of_symlinks_embeds_every_image_and_keeps_the_link_paths(fm_dir, 
     refused = tmp_path / "o2"
     assert main(["extract", str(tree), "--out", str(refused), "--symlinks-inside-root", *FAST]) == 1
     assert f"symlink_outside_root={len(targets)}" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------- items 2 and 3
+def _mount(args: list[str]) -> bool:
+    import subprocess
+
+    return subprocess.run(["mount", *args], capture_output=True).returncode == 0
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A read-only bind mount (permissions do not stop root; a read-only filesystem does)."""
+    import subprocess
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    (ro / "existing").mkdir()
+    if not (_mount(["--bind", str(ro), str(ro)]) and _mount(["-o", "remount,bind,ro", str(ro)])):
+        subprocess.run(["umount", str(ro)], capture_output=True)
+        pytest.skip("needs mount --bind (root in a mount namespace)")
+    yield ro
+    subprocess.run(["umount", str(ro)], check=True)
+
+
+@pytest.fixture
+def small_tmpfs():
+    """small_tmpfs(path, "64k"): a tmpfs of that size mounted on a new folder, unmounted after the test."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def make(path: Path, size: str) -> Path:
+        path.mkdir()
+        if not _mount(["-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)]):
+            pytest.skip("needs mount -t tmpfs (root)")
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
+
+
+def _listing(folder: Path) -> list[str]:
+    import os
+
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, dirs, files in os.walk(folder)
+                  for n in dirs + files)
+
+
+def test_every_writing_verb_checks_its_output_up_front_and_exits_4(fm_store, fm_bundle, photo_files, read_only_dir,
+                                                                   capsys):
+    """evaluate, probe, analyze, predict --out, plot, train and export into a read-only mount: exit 4 with one
+    'cannot be written' line before any work (train does not fit first), no traceback, nothing written."""
+    ro = read_only_dir
+    verbs = {
+        "evaluate": ["evaluate", str(fm_bundle), str(fm_store), "--out", f"{ro}/ev"],
+        "probe": ["probe", str(fm_store), "--out", f"{ro}/existing/pr", "--epochs", "1"],
+        "analyze": ["analyze", str(fm_store), "--out", f"{ro}/an"],
+        "predict": ["predict", str(fm_bundle), str(photo_files["cat"]), "--out", f"{ro}/p.html", "--workers", "0"],
+        "plot": ["plot", "embedding", str(fm_store), "--out", f"{ro}/e.png"],
+        "train": ["train", str(fm_store), "--out", f"{ro}/m.dfm", "--epochs", "1"],
+        "export": ["export", str(fm_store), "--out", f"{ro}/x.h5", "--format", "hdf5"],
+    }
+    for verb, args in verbs.items():
+        assert main(args) == 4, verb
+        out, err = capsys.readouterr()
+        lines = [ln for ln in err.splitlines() if ln.startswith("environment error")]
+        assert len(lines) == 1 and "cannot be written" in lines[0] and "Read-only file system" in lines[0], (verb, err)
+        assert "Traceback" not in err + out and "epoch" not in err, verb
+    assert _listing(ro) == ["existing"]
+
+
+def test_disk_full_while_writing_reports_exits_4_and_leaves_nothing(fm_store, fm_bundle, photo_files, tmp_path, capsys,
+                                                                    small_tmpfs):
+    """The up-front check passes (the folder is writable) but the disk fills while the files are written:
+    exit 4 with one line, and no partial report nor temporary file (evaluate's files are staged, predict's
+    page is written to a temporary file that is removed)."""
+    full = small_tmpfs(tmp_path / "full", "48k")
+    assert main(["evaluate", str(fm_bundle), str(fm_store), "--out", f"{full}/ev"]) == 4
+    tiny = small_tmpfs(tmp_path / "tiny", "8k")
+    assert main(["predict", str(fm_bundle), *[str(p) for p in photo_files.values()], "--out", f"{tiny}/p.html",
+                 "--workers", "0"]) == 4
+    err = capsys.readouterr().err
+    assert err.count("No space left on device") == 2 and "Traceback" not in err, err
+    assert "rerun the same command." in err and "resume" not in err
+    assert _listing(full) in ([], ["ev"]) and _listing(tiny) == []

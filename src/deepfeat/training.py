@@ -46,7 +46,7 @@ from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .loop import RunState, cosine_factor, run_epochs
 from .params import check_choice, check_int, check_number, is_int, param_error
-from .store.fsutil import remove_orphan_temps
+from .store.fsutil import check_writable, remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
 from .progress import ProgressFn
@@ -457,6 +457,8 @@ def train(
     if out is not None and os.path.lexists(out) and not overwrite:
         raise UsageError(f"The bundle {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite) to "
                          "replace it, or choose another 'out'.")
+    if out is not None:  # before the fit: an unwritable folder must not cost the whole training
+        check_writable(out, "train's bundle")
     store = store if isinstance(store, FeatureStore) else open_store(store)
     specs = _resolve_layers(store, layers)
     names = [s.name for s in specs]

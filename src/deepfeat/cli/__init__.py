@@ -15,7 +15,6 @@ here imports torch at import time (``deepfeat --help``, ``models`` and ``info`` 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import re
 import signal
@@ -27,6 +26,7 @@ from ..errors import EnvironmentFault, StoreError, UsageError
 from . import analyze, cnn, datasets, evaluate, export, extract, info, layers, models, plot, predict, probe, train
 from .common import CommandParser, _print_error, finish_parser
 from .config import _apply_config
+from ..store.fsutil import WRITE_ERRNOS, write_error_hint
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -84,11 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
-    except OSError as exc:
-        if exc.errno not in _DISK_FULL_ERRNOS:
+    except OSError as exc:  # a write the environment refused that no library seam turned into an EnvironmentFault
+        if exc.errno not in WRITE_ERRNOS:
             raise
-        _print_error(f"environment error: {exc}. The disk is full (or a file size limit was hit): free space and "
-                     "rerun the same command.")
+        _print_error(f"environment error: {exc}.{write_error_hint(exc)}")
         return 4
     finally:
         if program:  # the command is over: a late Ctrl-C must not turn its exit status into a signal death
@@ -110,9 +109,6 @@ def _forget_interrupt() -> None:
         ctypes.pythonapi.PyRun_SimpleString(b"pass")
     except Exception:  # noqa: BLE001 - not CPython: nothing to clear
         pass
-
-
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -22,6 +22,8 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from ..store.fsutil import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 #: Largest source file a thumbnail is made from (bytes); bigger ones show the placeholder.
@@ -188,8 +190,5 @@ def thumb_card(path: str | None, title: str, lines: Sequence[str], *, thumb: str
 def write(path: str | os.PathLike, document: str) -> str:
     """Write a page (temp file + rename, so a reader never sees half a page); returns the path."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(document)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, document.encode("utf-8"))  # a failed write leaves no temporary file (EnvironmentFault)
     return path
