@@ -387,3 +387,27 @@ def test_disk_full_while_writing_reports_exits_4_and_leaves_nothing(fm_store, fm
     assert err.count("No space left on device") == 2 and "Traceback" not in err, err
     assert "rerun the same command." in err and "resume" not in err
     assert _listing(full) in ([], ["ev"]) and _listing(tiny) == []
+@pytest.mark.parametrize("fmt", ["hdf5", "npy"])
+def test_export_on_a_nearly_full_disk_exits_4_and_leaves_nothing(fm_store, tmp_path, fmt, small_tmpfs):
+    """export into a small tmpfs, in a process of its own (HDF5 used to die of SIGSEGV, npy of SIGBUS):
+    refused up front with exit 4; and with the up-front check disabled, the preallocation fails with exit
+    4 before any feature is written. No temporary file is left; the same export fits a larger disk."""
+    import os
+    import subprocess
+    import sys
+
+    full = small_tmpfs(tmp_path / "full", "256k")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    skip_check = ("import deepfeat.store.export as ex; real = ex.check_writable; "
+                  "ex.check_writable = lambda out, what, directory=False, need=0: real(out, what, directory=directory); ")
+    for prelude in ("", skip_check):
+        code = prelude + f"import sys; from deepfeat.cli import main; sys.exit(main(sys.argv[1:]))"
+        r = subprocess.run([sys.executable, "-c", code, "export", str(fm_store), "--out", f"{full}/x.{fmt}",
+                            "--format", fmt], capture_output=True, text=True, env=env, timeout=300)
+        assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
+        assert "No space left on device" in r.stderr or "free space" in r.stderr or "free;" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr
+        assert _listing(full) == []
+    big = small_tmpfs(tmp_path / "big", "64m")
+    assert main(["export", str(fm_store), "--out", f"{big}/x.{fmt}", "--format", fmt]) == 0
