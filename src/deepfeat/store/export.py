@@ -24,8 +24,9 @@ Formats:
 ``parquet``  one file: the row metadata columns plus one ``fixed_size_list<float32>`` column per
              layer (named after the layer), one row group per part; the store's metadata JSON in
              the schema metadata under ``deepfeat``.
-``csv``      one file: header ``id,label,split,view,<layer>_0,<layer>_1,...``, one row per vector,
-             values with 9 significant digits (exact for float32 and float16). Large and slow.
+``csv``      one file: header ``id,label,split,view,path,sha256,<layer>_0,<layer>_1,...``, one row
+             per vector (the row metadata of the other formats: which image each row is), values
+             with 9 significant digits (exact for float32 and float16). Large and slow.
 
 Example:
     >>> export_store("feats/", "feats.parquet", "parquet", layers=["pre_logits"], split="train")  # doctest: +SKIP
@@ -59,8 +60,8 @@ from .manifest import PartRecord
 log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("npy", "hdf5", "parquet", "csv")
-#: Metadata columns of the CSV prefix.
-CSV_META_COLUMNS = ("id", "label", "split", "view")
+#: Metadata columns of the CSV prefix (those of Parquet's row metadata that say which image a row is).
+CSV_META_COLUMNS = ("id", "label", "split", "view", "path", "sha256")
 #: Text columns of the HDF5 ``meta/`` group (besides ``view``).
 HDF5_META_COLUMNS = ("id", "label", "split", "path")
 #: Bytes per value of a CSV export (up to 9 significant digits, sign, exponent and the comma).
