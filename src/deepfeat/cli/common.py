@@ -11,6 +11,9 @@ from typing import Any
 
 from ..units import format_size, size_text
 
+#: how the output names where train-cnn / finetune validate
+VALIDATION_SOURCES = {"val": "the val split", "held-out": "held out of train by id hash, not the test split",
+                      "test": "the test split, as asked: early stopping tunes on it"}
 #: the metavar of a size option (``--memory-budget 2GiB``): its default is the API's, written with a unit
 SIZE = "SIZE"
 
@@ -124,7 +127,8 @@ class _Progress:
     # train-cnn / finetune
     def _cnn_start(self, event: dict[str, Any]) -> None:
         self.say(f"{event['kind']}: {event['n_train']:,} training / {event['n_val']:,} validation images "
-                 f"({event['val_source']}), {len(event['classes'])} classes, input {event['input_size']}, "
+                 f"({VALIDATION_SOURCES.get(event['val_source'], event['val_source'])}), "
+                 f"{len(event['classes'])} classes, input {event['input_size']}, "
                  f"{event['trainable']:,} of {event['params']:,} parameters trained, "
                  f"{'cached in memory' if event['cached'] else 'streamed from disk'}, "
                  f"{event['device']} ({event['precision']})")
