@@ -411,3 +411,21 @@ def test_export_on_a_nearly_full_disk_exits_4_and_leaves_nothing(fm_store, tmp_p
         assert _listing(full) == []
     big = small_tmpfs(tmp_path / "big", "64m")
     assert main(["export", str(fm_store), "--out", f"{big}/x.{fmt}", "--format", fmt]) == 0
+
+
+# --------------------------------------------------------------------------------------------- item 6
+def test_an_interrupt_says_whether_the_command_resumes_or_starts_over(fm_store, tmp_path, capsys, monkeypatch):
+    """Ctrl-C in probe (which does not resume) no longer says extract's 'rerun the same command to resume'."""
+    import deepfeat.probing
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(deepfeat.probing, "probe", interrupted)
+    assert main(["probe", str(fm_store), "--out", str(tmp_path / "p")]) == 130
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == "interrupted: nothing partial was left; rerun the same command to start over (it does not resume)"
+    assert not (tmp_path / "p").exists()
+    from deepfeat.cli import interrupt_message
+
+    assert "resume" in interrupt_message("extract") and "last complete epoch" in interrupt_message("train-cnn")

@@ -59,10 +59,12 @@ def build_parser() -> CommandParser:
 def main(argv: Sequence[str] | None = None) -> int:
     program = argv is None  # run as the program (not called from Python): see the finally clause
     argv = list(sys.argv[1:] if argv is None else argv)
+    command: str | None = None
     try:
         parser = build_parser()
         _apply_config(parser, argv)
         args = parser.parse_args(argv)
+        command = args.command
         level = logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         return _run(args)
@@ -76,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(f"environment error: {exc}")
         return 4
     except KeyboardInterrupt:
-        _print_error("interrupted: the part in progress was discarded; rerun the same command to resume")
+        _print_error(f"interrupted: {interrupt_message(command)}")
         return 130
     except FileNotFoundError as exc:
         _print_error(f"error: {exc}")
@@ -93,6 +95,29 @@ def main(argv: Sequence[str] | None = None) -> int:
         if program:  # the command is over: a late Ctrl-C must not turn its exit status into a signal death
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             _forget_interrupt()
+            pool = sys.modules.get("deepfeat.engines.decode_pool")
+            if pool is not None:  # exit after every helper process of the decode workers, not before
+                pool.stop_resource_tracker()
+
+
+#: what an interrupted command left and what a rerun does, by command (the others start over)
+_INTERRUPTED = {
+    "extract": "the part in progress was discarded; rerun the same command to resume",
+    "fne": "the part in progress was discarded; rerun the same command to resume",
+    "train": "nothing was written; rerunning the same command continues from the last complete epoch when it "
+             "kept a checkpoint (--out with the streaming solver), otherwise it starts over",
+    "train-cnn": "rerun the same command to continue from the last complete epoch (its checkpoint in --out)",
+    "finetune": "rerun the same command to continue from the last complete epoch (its checkpoint in --out)",
+    "models": "nothing was changed", "layers": "nothing was changed", "info": "nothing was changed",
+}
+
+
+def interrupt_message(command: str | None) -> str:
+    """The line after ``interrupted:`` for ``command``: whether a rerun resumes or starts over."""
+    if command is None:
+        return "nothing was done"
+    return _INTERRUPTED.get(command, "nothing partial was left; rerun the same command to start over (it does "
+                                     "not resume)")
 
 
 def _forget_interrupt() -> None:
