@@ -429,3 +429,66 @@ def test_an_interrupt_says_whether_the_command_resumes_or_starts_over(fm_store, 
     from deepfeat.cli import interrupt_message
 
     assert "resume" in interrupt_message("extract") and "last complete epoch" in interrupt_message("train-cnn")
+
+
+# --------------------------------------------------------------------------------------------- item 7
+def test_pool_cls_on_a_cnn_vector_is_refused(photo_files, tmp_path, capsys):
+    """--pool cls on EfficientNet's pre_logits (a vector: no class token) was accepted and recorded."""
+    src = tmp_path / "photos"
+    _copy(photo_files, {"cat": f"{src}/cat.jpg"})
+    assert main(["extract", str(src), "--out", str(tmp_path / "o"), "--layers", "pre_logits", "--pool", "cls",
+                 *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "pre_logits" in err and "needs a token sequence with a class token" in err and "a vector" in err
+    assert not (tmp_path / "o").exists()
+
+
+def test_fne_of_an_fne_store_is_refused(fm_store, tmp_path, capsys):
+    assert main(["fne", str(fm_store), "--out", str(tmp_path / "f1")]) == 0
+    capsys.readouterr()
+    assert main(["fne", str(tmp_path / "f1"), "--out", str(tmp_path / "f2")]) == 2
+    assert "already a full-network embedding" in capsys.readouterr().err
+    assert not (tmp_path / "f2").exists()
+
+
+def test_train_layers_all_is_every_stored_layer(fm_store, tmp_path):
+    store = deepfeat.open_store(fm_store)
+    r = deepfeat.train(fm_store, layers="all", solver="exact")
+    assert [s.name for s in r.layers] == store.layer_names
+    with pytest.raises(deepfeat.errors.UsageError, match="has no layer 'nope'.*'all' names every one"):
+        deepfeat.train(fm_store, layers="nope", solver="exact")
+
+
+def test_a_shard_cut_inside_a_member_header_is_a_ledger_entry(fm_dir, tmp_path):
+    """A tar cut inside the header of a sample's second member: that sample (whose label is lost) and the
+    shard's cut are in the ledger as truncated_shard; before, tarfile ended quietly and the sample was
+    embedded without its label (or, cut in its first member's header, was in no ledger at all)."""
+    import io
+    import tarfile
+
+    images = sorted((fm_dir / "train" / "bag").glob("*.png"))[:3]
+    full = tmp_path / "full.tar"
+    with tarfile.open(full, "w", format=tarfile.USTAR_FORMAT) as tf:
+        for i, p in enumerate(images):
+            for name, data in ((f"{i:06d}.png", p.read_bytes()), (f"{i:06d}.cls", b"bag")):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    with tarfile.open(full) as tf:
+        header_at = {m.name: m.offset for m in tf.getmembers()}
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    raw = full.read_bytes()
+    (shards / "a.tar").write_bytes(raw[:header_at["000001.cls"] + 200])  # inside sample 1's label header
+    (shards / "b.tar").write_bytes(raw[:header_at["000002.png"] + 60])  # inside sample 2's first header
+    out = tmp_path / "o"
+    s = deepfeat.extract(f"{shards}/{{a,b}}.tar", out, input_size=32, workers=0)
+    ledger = {(r["path"].rsplit("/", 1)[-1], r["status"], r["reason"]) for r in
+              deepfeat.open_store(out).ledger().to_pylist()}
+    assert ("a.tar#000001", "excluded", "truncated_shard") in ledger
+    assert ("b.tar#000002", "excluded", "truncated_shard") in ledger
+    embedded = sorted(k for k, status, _ in ledger if status == "embedded")
+    assert embedded == ["a.tar#000000.png", "b.tar#000000.png", "b.tar#000001.png"], ledger
+    assert s.embedded_total == 3 and s.accounted
+    labels = deepfeat.open_store(out).rows(["label"]).column("label").to_pylist()
+    assert labels == ["bag"] * 3

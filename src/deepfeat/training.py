@@ -148,14 +148,7 @@ def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr
 
 
 def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:
-    if layers is None:
-        return list(store.layers)
-    names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise param_error("layers", "layer names of the store (" + ", ".join(store.layer_names) + ")", layers, "train")
-    if len(set(names)) != len(names):
-        raise param_error("layers", "distinct layer names", layers, "train")
-    return [store.layer(n) for n in names]
+    return store.select_layers(layers, "train")
 
 
 def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:

@@ -130,14 +130,8 @@ def parse_thresholds(thresholds: str | Sequence[float], where: str | None = None
 
 
 def resolve_store_layers(store: FeatureStore, layers: str | Sequence[str] | None, what: str) -> list[LayerSpec]:
-    """The chosen layers of a store (default: all), with a helpful error for unknown names."""
-    if layers is None:
-        return list(store.layers)
-    names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
-    unknown = [n for n in names if n not in store.layer_names]
-    if not names or unknown:
-        raise param_error("layers", f"layers of the store ({', '.join(store.layer_names)})", layers, what)
-    return [store.layer(n) for n in names]
+    """The chosen layers of a store (default or ``"all"``: all), with a helpful error for unknown names."""
+    return store.select_layers(layers, what)
 
 
 #: Upper bound on the bytes of one float64 batch that the analysis and FNE passes hold at a time.
@@ -270,6 +264,11 @@ def full_network_embedding(
     lo_hi = parse_thresholds(thresholds, "full_network_embedding")
     check_int(batch_size, "batch_size", minimum=1, where="full_network_embedding")
     src = store if isinstance(store, FeatureStore) else open_store(store)
+    made_by = src.metadata.get("fne")
+    if made_by:  # its values are already -1/0/1: standardising and ternarising them again is noise
+        origin = made_by.get("source_store") if isinstance(made_by, dict) else None
+        raise UsageError(f"The store {src.path!r} is already a full-network embedding (written by fne from "
+                         f"{origin or 'another store'!r}); run fne on the store of extracted features instead.")
     specs = resolve_store_layers(src, layers, "full_network_embedding")
     note = reduced_precision_note(store_precision(src.metadata), f"The store {src.path!r}")
     if note:

@@ -147,21 +147,10 @@ class _Selection:
 
 
 def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:
-    if layers is None:
-        names: list[str] = store.layer_names
-    elif isinstance(layers, str):
-        names = [n.strip() for n in layers.split(",") if n.strip()]
-    else:
-        names = list(layers)
-    if not names:
-        raise UsageError("The 'layers' parameter names no layer.")
-    by_key = {s.key: s for s in store.layers}
-    specs: list[LayerSpec] = []
-    for n in dict.fromkeys(names):
-        spec = by_key.get(n) if n not in store.layer_names and n in by_key else store.layer(n)
+    specs = store.select_layers(layers, "export_store")
+    for spec in specs:
         if layout.layer_key(spec.key) != spec.key or spec.key in (".", ".."):
             raise StoreError(f"The store's metadata has an unsafe file key {spec.key!r} for layer {spec.name!r}.")
-        specs.append(spec)
     return specs
 
 
