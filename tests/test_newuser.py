@@ -5,6 +5,7 @@ backbone (EfficientNet-Lite0) wherever the behaviour depends on them.
 """
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -492,3 +493,40 @@ def test_a_shard_cut_inside_a_member_header_is_a_ledger_entry(fm_dir, tmp_path):
     assert s.embedded_total == 3 and s.accounted
     labels = deepfeat.open_store(out).rows(["label"]).column("label").to_pylist()
     assert labels == ["bag"] * 3
+
+
+# --------------------------------------------------------------------------------------------- item 8
+def test_part_size_takes_a_size_with_a_unit(photo_files, tmp_path, capsys):
+    """--part-size 8MiB was an argparse error although help and README speak of ~256 MiB parts."""
+    src = tmp_path / "photos"
+    _copy(photo_files, {k: f"{src}/{k}.jpg" for k in photo_files})
+    out = tmp_path / "o"
+    # pre_logits of EfficientNet-Lite0 in float16: 1280 x 2 B a row, so 6KiB is 2 inputs a part
+    assert main(["extract", str(src), "--out", str(out), "--layers", "pre_logits", "--dtype", "float16",
+                 "--part-size", "6KiB", *FAST]) == 0
+    assert [p.rows for p in deepfeat.open_store(out).parts] == [2, 2]
+    # the final line says where the time went: "27.1 s (73.9 img/s)" against the loop's 149.7 img/s hid it
+    done = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("done in"))
+    assert re.search(r"img/s; \d+\.\d s loading the model and runtime, then \d+\.\d img/s\)", done), done
+    with pytest.raises(SystemExit) as exited:  # an argparse error: usage and one line, exit 2
+        main(["extract", str(src), "--out", str(tmp_path / "o2"), "--part-size", "8x", *FAST])
+    assert exited.value.code == 2
+    assert "--part-size must be a number of inputs (e.g. 512) or a size with a unit" in capsys.readouterr().err
+
+
+def test_plot_activations_prints_no_pytorch_warning(photo_files, tmp_path):
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "deepfeat", "plot", "activations", "efficientnet_lite0",
+                        str(photo_files["cat"]), "--layer", "blocks.2", "--out", str(tmp_path / "a.png")],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "Warning" not in r.stderr, r.stderr
+
+
+def test_the_analysis_page_has_no_markdown_backticks_and_wide_tables_scroll(fm_store, tmp_path):
+    assert main(["analyze", str(fm_store), "--out", str(tmp_path / "a")]) == 0
+    page = (tmp_path / "a" / "report.html").read_text()
+    assert "`" not in page
+    assert page.count("<table>") == page.count('<div class="tablewrap"><table>') > 0

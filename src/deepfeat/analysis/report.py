@@ -232,7 +232,7 @@ def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | 
         return H.table(rows, digits=3)
 
     body = "".join([
-        H.paragraph(intro),
+        H.paragraph(intro.replace("`", "")),  # the Markdown's code quotes read as literal backticks in HTML
         H.section("Layers", tab(layer_rows), img("layers")),
         H.section("Layer \u00d7 class", img("heatmap_presence"), img("heatmap_absence")),
         H.section("Classes", tab(class_rows)),

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from ..units import format_size, size_text
@@ -49,6 +50,8 @@ class _Progress:
         self.say = _print_error if to_stderr else _print
         self.task: Any = None
         self.failed = 0
+        self.started = time.monotonic()
+        self.planned: float | None = None  #: when the plan event came: the model and runtime are ready
 
     def __call__(self, event: dict[str, Any]) -> None:
         handler = getattr(self, f"_{self.kind}_{event['phase']}", None)
@@ -62,6 +65,7 @@ class _Progress:
 
     # extract
     def _extract_plan(self, event: dict[str, Any]) -> None:
+        self.planned = time.monotonic()
         est = event["estimate"]
         layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
         self.say(f"layers: {layers}")
@@ -84,6 +88,10 @@ class _Progress:
         self.failed += event["failed"]
         if self.task is not None:
             self.task.update(event["done"], failed=self.failed)
+
+    def setup_seconds(self) -> float | None:
+        """Seconds from the start to the plan (loading the model, building or converting the runtime)."""
+        return None if self.planned is None else self.planned - self.started
 
     # train
     def _train_scan(self, event: dict[str, Any]) -> None:

@@ -43,6 +43,7 @@ header .sub{color:var(--muted);font-size:13px;margin-top:4px;word-break:break-al
 h2{font-size:19px;margin:28px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
 h3{font-size:15px;margin:16px 0 6px}
 p.note{color:var(--muted);font-size:13px}
+.tablewrap{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0 10px}
 td,th{border:1px solid var(--line);padding:3px 8px;text-align:right}
 th{background:var(--panel);font-weight:600}
@@ -126,7 +127,7 @@ def table(rows: Sequence[Mapping[str, Any]], *, digits: int = 4, left: Sequence[
     for r in rows:
         tr = '<tr class="best">' if highlight is not None and highlight(r) else "<tr>"
         body.append(tr + "".join(f"<td{cls(k)}>{esc(fmt(r.get(k), digits))}</td>" for k in keys) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class=\"tablewrap\"><table><tr>{head}</tr>{''.join(body)}</table></div>"  # wide: scrolls
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:

@@ -225,7 +225,8 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
         raise UsageError(f"Cannot read the image {os.fspath(image)!r}: {exc}") from None
     taps = [name] + ([OUTPUT] if bb.class_names and OUTPUT in infos and name != OUTPUT else [])
     computer = build_runtime(bb, layer_specs(bb, taps, "none", infos), infos, runtime="torch", precision="fp32")
-    feats = computer(bb.preprocess.resize_crop(img)[None])
+    # a writable copy: resize_crop may return a read-only view, which torch.from_numpy warns about
+    feats = computer(np.array(bb.preprocess.resize_crop(img)[None]))
     act = feats[name][0].reshape(infos[name].shape)
     predicted = ""
     if bb.class_names and OUTPUT in feats:
