@@ -530,3 +530,63 @@ def test_the_analysis_page_has_no_markdown_backticks_and_wide_tables_scroll(fm_s
     page = (tmp_path / "a" / "report.html").read_text()
     assert "`" not in page
     assert page.count("<table>") == page.count('<div class="tablewrap"><table>') > 0
+
+
+# --------------------------------------------------------------------------------------------- item 9
+def _run_in_a_terminal(code: str, timeout: float = 300) -> tuple[int, str]:
+    """``python -c code`` with stdout and stderr on a pseudo-terminal, as in a terminal; (status, output)."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    import fcntl
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # 120 columns, as a terminal
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
+    os.close(slave)
+    chunks = []
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(master)
+    return p.wait(timeout=timeout), b"".join(chunks).decode(errors="replace")
+
+
+def test_the_python_api_shows_progress_and_a_summary_by_default(fm_dir, fm_store, tmp_path):
+    """deepfeat.extract(...) in a terminal: a progress bar and a summary line, from the CLI's reporter;
+    progress=False prints nothing. (Before, the API was silent for jobs that may run for hours.)"""
+    src = fm_dir / "train"
+    code = (f"import deepfeat; deepfeat.extract({str(src)!r}, {str(tmp_path / 'a')!r}, input_size=32, workers=0, "
+            f"batch_size=4); deepfeat.evaluate is not None")
+    status, out = _run_in_a_terminal(code)
+    assert status == 0, out
+    assert "img/s" in out and "100%" in out, out  # a tqdm bar
+    assert re.search(r"extract: 40 embedded and 0 failed this run in \d+\.\d s; .* holds 40 embedded", out), out
+    status, out = _run_in_a_terminal(code.replace("batch_size=4", "batch_size=4, progress=False")
+                                     .replace("'a'", "'b'").replace("/a'", "/b'"))
+    assert status == 0 and out.strip() == "", out
+    # off a terminal (a log, a pipe): plain lines; the summary line too
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stderr(buf):
+        report = deepfeat.evaluate(_bundle(fm_store, tmp_path), fm_store)
+    assert f"evaluate: accuracy {report['accuracy']:.4f}" in buf.getvalue()
+
+
+def _bundle(store: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "m.dfm"
+    deepfeat.train(store, solver="exact", out=out, progress=False)
+    return out
