@@ -590,3 +590,50 @@ def _bundle(store: Path, tmp_path: Path) -> Path:
     out = tmp_path / "m.dfm"
     deepfeat.train(store, solver="exact", out=out, progress=False)
     return out
+
+
+# --------------------------------------------------------------------------------------------- item 0
+def test_ctrl_c_during_an_exact_solve_exits_130_within_seconds(fm_store, tmp_path):
+    """train --head svm --solver exact, with liblinear told to run (practically) forever on the real store:
+    Ctrl-C to the process group ends the command within seconds (exit 130, one line, no bundle). Before,
+    the interrupt waited for the native solver to return (285 s after Ctrl-C in the issue)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = ("import sys\n"
+            "from sklearn.svm import LinearSVC\n"
+            "from deepfeat.heads.linear import LinearSVMHead\n"
+            "LinearSVMHead.exact_estimator = classmethod(lambda cls, C, w, seed, p: LinearSVC(C=1e6, tol=1e-15, "
+            "max_iter=10**9, dual=True))\n"
+            "from deepfeat.cli import main\n"
+            f"sys.argv = ['deepfeat', 'train', {str(fm_store)!r}, '--head', 'svm', '--solver', 'exact', "
+            f"'--out', {str(tmp_path / 'm.dfm')!r}]\n"
+            "sys.exit(main())\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]),
+                                                         os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        err = b""
+        deadline = time.monotonic() + 240
+        while b"exact solver (LinearSVC" not in err:  # the solver has started
+            assert p.poll() is None and time.monotonic() < deadline, err.decode()
+            err += os.read(p.stderr.fileno(), 4096)
+        time.sleep(2.0)
+        assert p.poll() is None, "the solve ended by itself"
+        t = time.monotonic()
+        os.killpg(p.pid, signal.SIGINT)
+        out, rest = p.communicate(timeout=60)
+        took = time.monotonic() - t
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+    text = (err + rest).decode(errors="replace")
+    print(f"exit {took:.2f} s after Ctrl-C")
+    assert p.returncode == 130 and took < 10, (p.returncode, took, text)
+    assert "Traceback" not in text and text.strip().splitlines()[-1].startswith("interrupted:"), text
+    assert not (tmp_path / "m.dfm").exists()

@@ -46,6 +46,7 @@ from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .loop import RunState, cosine_factor, run_epochs
 from .params import check_choice, check_int, check_number, is_int, param_error
+from .interrupts import interruptible
 from .store.fsutil import check_writable, remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
@@ -662,7 +663,7 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
     with warnings.catch_warnings(record=True) as caught, \
             progress_mod.timer(f"exact solver ({type(est).__name__}, {plan.n_train:,} x {dims:,})", estimate):
         warnings.simplefilter("always", ConvergenceWarning)
-        est.fit(X, y.astype(str))
+        interruptible(est.fit, X, y.astype(str))  # a Ctrl-C ends the command now, not when liblinear returns
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             log.warning("exact solver: %s", w.message)
