@@ -364,6 +364,7 @@ def test_every_writing_verb_checks_its_output_up_front_and_exits_4(fm_store, fm_
         "plot": ["plot", "embedding", str(fm_store), "--out", f"{ro}/e.png"],
         "train": ["train", str(fm_store), "--out", f"{ro}/m.dfm", "--epochs", "1"],
         "export": ["export", str(fm_store), "--out", f"{ro}/x.h5", "--format", "hdf5"],
+        "fne": ["fne", str(fm_store), "--out", f"{ro}/fne"],
     }
     for verb, args in verbs.items():
         assert main(args) == 4, verb

@@ -40,7 +40,7 @@ from .. import progress
 from ..errors import StoreError, UsageError
 from ..params import check_int, param_error
 from ..store import layout
-from ..store.fsutil import atomic_write_bytes, read_json
+from ..store.fsutil import atomic_write_bytes, check_writable, read_json
 from ..store.session import StoreWriter
 from ..agreement import reduced_precision_note, store_precision
 from ..store.reader import FeatureStore, LayerSpec, open_store
@@ -282,6 +282,7 @@ def full_network_embedding(
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
     dims = sum(s.dims for s in specs)
+    check_writable(out, "fne's output store", directory=True)
     block = batch_rows(dims, batch_size, BATCH_BYTES)  # rows transformed at a time: one float64 block <= BATCH_BYTES
     src_meta = src.metadata
     config = {

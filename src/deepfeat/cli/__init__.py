@@ -23,10 +23,10 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..errors import EnvironmentFault, StoreError, UsageError
+from ..store.fsutil import WRITE_ERRNOS, write_error_hint
 from . import analyze, cnn, datasets, evaluate, export, extract, info, layers, models, plot, predict, probe, train
 from .common import CommandParser, _print_error, finish_parser
 from .config import _apply_config
-from ..store.fsutil import WRITE_ERRNOS, write_error_hint
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 

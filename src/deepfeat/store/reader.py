@@ -97,8 +97,8 @@ class FeatureStore:
         by_name = {spec.name: spec for spec in self.layers}
         unknown = [n for n in names if n not in by_name and n not in by_key]
         if unknown:
-            raise UsageError(f"The store has no layer {unknown[0]!r}; it has: {', '.join(self.layer_names)} "
-                             "('all' names every one).")
+            raise UsageError(f"The store has no layer {unknown[0]!r} (the 'layers' parameter of {where}); it has: "
+                             f"{', '.join(self.layer_names)} ('all' names every one).")
         return [by_name[n] if n in by_name else by_key[n] for n in names]
 
     @property
