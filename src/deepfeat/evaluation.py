@@ -36,6 +36,7 @@ from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import StoreError, UsageError
 from .params import check_int
+from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, open_store
 from .viz.plots import plot_confusion_matrix as plot
 from .reports.evaluation_page import calibration
@@ -123,6 +124,10 @@ def evaluate(
     """
     ks = _parse_top_k(top_k)
     check_int(batch_size, "batch_size", minimum=1, where="evaluate")
+    if out is not None:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"The 'out' parameter of evaluate must be a directory; {os.fspath(out)!r} is a file.")
+        check_writable(out, "evaluate's output folder", directory=True)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     st = store if isinstance(store, FeatureStore) else open_store(store)
     if st.num_rows() == 0:
@@ -271,12 +276,16 @@ def _sources(meta: Any) -> list[str | None]:
 
 def _write(report: dict[str, Any], out: str, ids: list[str], paths: list[str], truth: list[str], pred: list[str],
            score: np.ndarray, examples: Any = None) -> dict[str, str]:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"The 'out' parameter of evaluate must be a directory; {out!r} is a file.")
-    os.makedirs(out, exist_ok=True)
-    files = {name: os.path.join(out, name) for name in
-             ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
-              "report.html")}
+    names = ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
+             "report.html")
+    with staged_directory(out, f"writing the evaluation report into {out}") as stage:  # all files or none
+        staged = _write_files(report, stage, names, ids, paths, truth, pred, score, examples)
+    return {name: os.path.join(out, name) for name in staged}
+
+
+def _write_files(report: dict[str, Any], out: str, names: Sequence[str], ids: list[str], paths: list[str],
+                 truth: list[str], pred: list[str], score: np.ndarray, examples: Any) -> dict[str, str]:
+    files = {name: os.path.join(out, name) for name in names}
     with open(files["report.json"], "w", encoding="utf-8") as f:
         json.dump({k: v for k, v in report.items() if k != "files"}, f, indent=1, default=_nan_to_none)
     with open(files["report.txt"], "w", encoding="utf-8") as f:

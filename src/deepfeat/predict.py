@@ -15,6 +15,7 @@ Example:
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ from .models.layers import describe_layers
 from .runtimes import build_runtime, prefer_recorded
 from .reports.gallery import write_gallery
 from .shipping import OUTPUT_NAME, ExportedClassifier, is_exported_model
+from .store.fsutil import atomic_write_bytes, check_writable, environment_errors
 
 log = logging.getLogger(__name__)
 
@@ -170,16 +172,25 @@ def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, devic
                          precision=precision, dtype=b.compute_dtype)
 
 
-def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
-    """Write predictions as CSV (``.csv``: path, label_1, score_1, ..., error), JSON (``.json``) or an
-    HTML gallery (``.html``: thumbnails with their top-k, one self-contained page).
-
-    Works for :class:`BundlePrediction` and for :class:`deepfeat.classify.Prediction`.
-    """
+def check_predictions_out(path: str | os.PathLike) -> str:
+    """Up front: ``path`` ends in .csv, .json or .html and its folder can be written (else an error before any work)."""
     path = os.fspath(path)
     ext = os.path.splitext(path)[1].lower()
     if ext not in (".csv", ".json", ".html"):
         raise UsageError(f"The 'out' parameter of predict must end in .csv, .json or .html; got {path!r} instead.")
+    check_writable(path, "predict's output file")
+    return ext
+
+
+def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
+    """Write predictions as CSV (``.csv``: path, label_1, score_1, ..., error), JSON (``.json``) or an
+    HTML gallery (``.html``: thumbnails with their top-k, one self-contained page).
+
+    Works for :class:`BundlePrediction` and for :class:`deepfeat.classify.Prediction`. The file is
+    replaced atomically: a failed write (disk full) leaves neither a partial file nor a temporary one.
+    """
+    path = os.fspath(path)
+    ext = check_predictions_out(path)
     if ext == ".html":
 
         return write_gallery(preds, path)
@@ -188,15 +199,12 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
         scores = list(getattr(p, "scores", None) or getattr(p, "probabilities", None) or [])
         rows.append({"path": p.path, "labels": list(p.labels), "scores": [float(s) for s in scores],
                      "score_kind": getattr(p, "score_kind", "probability"), "error": p.error})
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
     if ext == ".json":
-        with open(path, "w", encoding="utf-8") as f:
-            json.dump(rows, f, indent=1)
-        return path
-    k = max((len(r["labels"]) for r in rows), default=0)
-    with open(path, "w", encoding="utf-8", newline="") as f:
-        w = csv.writer(f)
+        text = json.dumps(rows, indent=1)
+    else:
+        buf = io.StringIO(newline="")
+        k = max((len(r["labels"]) for r in rows), default=0)
+        w = csv.writer(buf)
         w.writerow(["path", *[c for i in range(1, k + 1) for c in (f"label_{i}", f"score_{i}")], "error"])
         for r in rows:
             cells: list[Any] = []
@@ -206,6 +214,10 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
                 else:
                     cells += ["", ""]
             w.writerow([r["path"], *cells, r["error"] or ""])
+        text = buf.getvalue()
+    with environment_errors(f"writing {path}"):
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_bytes(path, text.encode("utf-8", "surrogateescape"))
     return path
 
 

@@ -45,6 +45,7 @@ from .agreement import reduced_precision_note, store_precision
 from .errors import UsageError
 from .params import param_error
 from .heads import HEADS, StreamingScaler
+from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, LayerSpec, open_store
 from .loop import RunState, cosine_factor
 from .training import (DEFAULT_MEMORY_BUDGET, LR_FLOOR, _make_head, _Plan, _resolve_layers, _scan,
@@ -239,6 +240,8 @@ def probe(
     lo_hi = parse_thresholds(thresholds, "probe")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of probe must be a directory; {os.fspath(out)!r} is a file.")
+    if out is not None:
+        check_writable(out, "probe's output folder", directory=True)
     st = store if isinstance(store, FeatureStore) else open_store(store)
     specs = _resolve_layers(st, layers)
     names = [s.name for s in specs]
@@ -456,8 +459,13 @@ def _advice(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- outputs
 def write_probe(result: ProbeResult, out: str) -> dict[str, str]:
-    """``probe.csv``, ``probe.json``, ``probe.png`` and ``report.html`` into ``out``."""
-    os.makedirs(out, exist_ok=True)
+    """``probe.csv``, ``probe.json``, ``probe.png`` and ``report.html`` into ``out`` (all of them or none)."""
+    with staged_directory(out, f"writing the probe report into {out}") as stage:
+        staged = _write_probe_files(result, stage)
+    return {name: os.path.join(out, name) for name in staged}
+
+
+def _write_probe_files(result: ProbeResult, out: str) -> dict[str, str]:
     files = {k: os.path.join(out, k) for k in ("probe.csv", "probe.json", "probe.png", "report.html")}
     keys = ["name", "kind", "dims", "val_accuracy", "test_accuracy", "val_loss", "best_epoch", "epochs", "seconds",
             "best", "layers"]

@@ -46,7 +46,8 @@ from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
 from .loop import RunState, cosine_factor, run_epochs
 from .params import check_choice, check_int, check_number, is_int, param_error
-from .store.fsutil import remove_orphan_temps
+from .interrupts import interruptible
+from .store.fsutil import check_writable, remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
 from .progress import ProgressFn
@@ -154,14 +155,7 @@ def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr
 
 
 def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:
-    if layers is None:
-        return list(store.layers)
-    names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise param_error("layers", "layer names of the store (" + ", ".join(store.layer_names) + ")", layers, "train")
-    if len(set(names)) != len(names):
-        raise param_error("layers", "distinct layer names", layers, "train")
-    return [store.layer(n) for n in names]
+    return store.select_layers(layers, "train")
 
 
 def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
@@ -462,6 +456,8 @@ def train(
     if out is not None and os.path.lexists(out) and not overwrite:
         raise UsageError(f"The bundle {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite) to "
                          "replace it, or choose another 'out'.")
+    if out is not None:  # before the fit: an unwritable folder must not cost the whole training
+        check_writable(out, "train's bundle")
     store = store if isinstance(store, FeatureStore) else open_store(store)
     specs = _resolve_layers(store, layers)
     names = [s.name for s in specs]
@@ -668,7 +664,7 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
     with warnings.catch_warnings(record=True) as caught, \
             progress_mod.timer(f"exact solver ({type(est).__name__}, {plan.n_train:,} x {dims:,})", estimate):
         warnings.simplefilter("always", ConvergenceWarning)
-        est.fit(X, y.astype(str))
+        interruptible(est.fit, X, y.astype(str))  # a Ctrl-C ends the command now, not when liblinear returns
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             log.warning("exact solver: %s", w.message)

@@ -45,6 +45,10 @@ def run(args: argparse.Namespace) -> int:
     the backbone's own classifier."""
     common = dict(batch_size=args.batch_size, device=args.device, runtime=args.runtime, precision=args.precision,
                   workers=args.workers)
+    if args.out:  # before any image is read: a bad extension, an unwritable folder
+        from ..predict import check_predictions_out
+
+        check_predictions_out(args.out)
     if _is_bundle_arg(args.model):
         from ..predict import predict_images
 

@@ -63,7 +63,7 @@ from ..units import parse_size
 from ..models.arch import arch_config, build_cnn
 from ..models.surgery import replace_head
 from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE
-from .data import BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
+from .data import VALIDATION_CHOICES, BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
 from ..progress import ProgressFn
 from ..models.layers import describe_layers
 from ..models.registry import load_backbone
@@ -194,6 +194,7 @@ def train_cnn(
     input_size: int | None = None,
     channels: int | None = None,
     val_fraction: float = 0.1,
+    validation: str = "auto",
     seed: int = 0,
     device: str = "auto",
     amp: bool = True,
@@ -222,7 +223,11 @@ def train_cnn(
             side, clipped to 16..64; the ``small`` layout flattens its last maps, so large inputs
             make a large dense layer).
         channels: 1 (grayscale) or 3 (RGB); default: 1 when every image is gray.
-        val_fraction: share of the training images held out when the source has no val/test split.
+        val_fraction: share of the training images held out (hashed by id, per class) when validating
+            on a hold-out (the source has no ``val`` split, or ``validation="held-out"``).
+        validation: ``auto`` (the ``val`` split if present, else the hold-out), ``val``, ``held-out``, or
+            ``test`` -- only by name: early stopping then picks the epoch on the test images, so the
+            test accuracy is optimistic. The result's ``val_source`` and the metrics say which.
         seed: seeds initialisation, data order, augmentation and dropout.
         device: ``auto``, ``cpu`` or ``cuda``; ``amp`` uses mixed precision on a GPU.
         workers: decode processes (default: spare cores; 0 decodes in this process).
@@ -237,11 +242,12 @@ def train_cnn(
         A :class:`CNNTrainResult`.
     """
     _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "train_cnn")
+    check_choice(validation, "validation", VALIDATION_CHOICES, where="train_cnn")
     check_choice(channels, "channels", (None, 1, 3), where="train_cnn")
     check_int(input_size, "input_size", minimum=4, optional=True, where="train_cnn")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
-    splits = make_splits(discover(source), val_fraction, seed)
+    splits = make_splits(discover(source), val_fraction, seed, validation)
     if input_size is None:
         h, w = _first_image_size(splits.train.paths, policy)
         input_size = int(min(64, max(16, min(h, w))))
@@ -258,7 +264,8 @@ def train_cnn(
         param_groups=[{"name": "all", "params": list(model.parameters()), "lr_mult": 1.0}],
         frozen_bn=[], model_config={"arch": cfg, "base": None, "classifier": "classifier"},
         hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction, "seed": seed,
+               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction,
+               "validation": validation, "seed": seed,
                **_patience(patience)},
     )
     return _fit(job, os.fspath(out), sets, cached, device=device, amp=amp, resume=resume, overwrite=overwrite,
@@ -283,6 +290,7 @@ def finetune(
     input_size: int | None = None,
     crop_pct: float | None = None,
     val_fraction: float = 0.1,
+    validation: str = "auto",
     seed: int = 0,
     device: str = "auto",
     amp: bool = True,
@@ -307,12 +315,13 @@ def finetune(
     """
 
     _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "finetune")
+    check_choice(validation, "validation", VALIDATION_CHOICES, where="finetune")
     if not is_int(freeze) or freeze < -1:
         raise param_error("freeze", "-1 (the whole body), 0 or a number of stages", freeze, "finetune")
     check_number(body_lr_mult, "body_lr_mult", minimum=0, where="finetune")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
-    splits = make_splits(discover(source), val_fraction, seed)
+    splits = make_splits(discover(source), val_fraction, seed, validation)
     bb = load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct, seed=seed)
     if isinstance(bb.model, torch.jit.ScriptModule) or not bb.classifier:
         raise UsageError(f"The model {model!r} has no classifier module to replace; fine-tuning needs a timm, "
@@ -345,7 +354,8 @@ def finetune(
         kind="finetune", model=net, preprocess=bb.preprocess, splits=splits, param_groups=groups,
         frozen_bn=frozen_bn, model_config={"arch": None, "base": base, "classifier": bb.classifier},
         hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction, "seed": seed,
+               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction,
+               "validation": validation, "seed": seed,
                "freeze": freeze, "frozen_stages": stages[:freeze] if freeze > 0 else ("all" if freeze < 0 else []),
                "body_lr_mult": body_lr_mult, **_patience(patience)},
         frozen_params=sum(p.numel() for n, p in net.named_parameters() if n in frozen),

@@ -9,8 +9,8 @@ it was.
 =============  ==================================================  ===========================
 kind           what                                                options
 =============  ==================================================  ===========================
-``folder``     ``root/<split>/<class>/*``, ``root/<class>/*``,     ``split``
-               a flat folder (see :mod:`deepfeat.data.sources`)
+``folder``     ``root/<split>/<class>/*``, ``root/<class>/*``,     ``split``,
+               a flat folder (see :mod:`deepfeat.data.sources`)    ``symlinks_inside_root``
 ``list``       a ``.csv``/``.txt`` list of ``path[,label[,split]]``  ``split``
 ``webdataset`` ``.tar`` shards: a path, a glob, brace notation     ``label_field``,
                ``data/{00000..00099}.tar``, or a folder of shards  ``split_field``, ``split``,

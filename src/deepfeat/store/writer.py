@@ -60,7 +60,7 @@ def write_part(store_dir: str, name: str, features: Mapping[str, np.ndarray], ro
     tmp_root = os.path.join(store_dir, layout.TMP_DIR)
     tmp = os.path.join(tmp_root, f"{name}-{uuid.uuid4().hex[:8]}")
     final = os.path.join(store_dir, layout.PARTS_DIR, name)
-    with environment_errors(f"writing part {name} of {store_dir}"):
+    with environment_errors(f"writing part {name} of {store_dir}", resumable=True):
         try:
             os.makedirs(tmp)
             files: dict[str, dict[str, Any]] = {}
