@@ -12,9 +12,23 @@ Example:
 """
 from __future__ import annotations
 
+import sys as _sys
+import types as _types
+
 from .duplicates import DEFAULT_THRESHOLD, DuplicatesSummary, duplicates
 from .index import KINDS, Neighbor, SearchIndex, build_index, open_index
 from .query import QueryResult, search
 
 __all__ = ["DEFAULT_THRESHOLD", "DuplicatesSummary", "KINDS", "Neighbor", "QueryResult", "SearchIndex",
            "build_index", "duplicates", "open_index", "search"]
+
+
+class _SearchModule(_types.ModuleType):
+    """``deepfeat.search`` is this package once it is imported (Python sets the attribute on import),
+    and the function :func:`search` by the public API's name: calling the package calls the function."""
+
+    def __call__(self, *args: object, **kwargs: object) -> list[QueryResult]:
+        return search(*args, **kwargs)  # type: ignore[arg-type]
+
+
+_sys.modules[__name__].__class__ = _SearchModule
