@@ -55,7 +55,7 @@ def plant(root: str, n: int, seed: int) -> dict[str, tuple[str, str]]:
     from PIL import Image
 
     rng = random.Random(seed)
-    originals = sorted(glob.glob(f"{root}/*/*/*.png"))
+    originals = sorted(p for p in glob.glob(f"{root}/*/*/*.png") if not os.path.basename(p).startswith("planted_"))
     out = {}
     for kind in KINDS:
         for src in rng.sample(originals, n):
@@ -87,17 +87,19 @@ def thresholds(args: argparse.Namespace) -> None:
     from deepfeat.search.duplicates import all_pairs
     from deepfeat.search.index import build_index
 
-    work = tempfile.mkdtemp(prefix="deepfeat-thresholds-")
+    work = args.work or tempfile.mkdtemp(prefix="deepfeat-thresholds-")
     try:
         root = os.path.join(work, "fm")
-        write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
+        if not os.path.isdir(os.path.join(work, "st")):
+            write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
         planted = plant(root, args.planted, args.seed)
         t = time.perf_counter()
         deepfeat.extract(root, os.path.join(work, "st"), model="efficientnet_lite0", input_size=args.input_size,
-                         precision="fp32", dtype="float16")
+                         layers=args.layers, precision="fp32", dtype="float16")
         print(f"extracted {len(glob.glob(f'{root}/*/*/*'))} images at input size {args.input_size or 'default'} "
               f"in {time.perf_counter() - t:.1f} s")
-        idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), kind="exact")
+        idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), layer=args.layer, kind="exact",
+                          overwrite=True)
         paths = idx._cols["path"]
         # truth: a group per original (its planted copies join it); byte-identical files join too
         group: dict[str, str] = {}
@@ -119,6 +121,7 @@ def thresholds(args: argparse.Namespace) -> None:
         print(f"{len(paths)} rows, {len(planted)} planted ({args.planted} per kind), {n_natural} byte-identical "
               f"Fashion-MNIST files; {len(ii)} pairs at cosine >= {args.low}")
         header = "| threshold | " + " | ".join(f"recall {k}" for k in KINDS) + " | recall all | pairs | precision |"
+        print(f"layer {args.layer}, input size {args.input_size or 'default (224)'}")
         print(header)
         print("|" + "---|" * (len(KINDS) + 4))
         for thr in args.thresholds:
@@ -134,7 +137,8 @@ def thresholds(args: argparse.Namespace) -> None:
             print(f"| {thr:.2f} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {hit_all:.3f} | {int(sel.sum())} | "
                   f"{prec:.3f} |")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- index
@@ -240,10 +244,13 @@ def main() -> None:
     t.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST images per class and split")
     t.add_argument("--planted", type=int, default=80, help="planted duplicates per kind")
     t.add_argument("--input-size", type=int, default=None, help="model input size (default: the model's, 224)")
+    t.add_argument("--layers", default="pre_logits", help="layers extracted")
+    t.add_argument("--layer", default="pre_logits", help="the layer compared")
     t.add_argument("--low", type=float, default=0.5, help="lowest similarity collected")
     t.add_argument("--thresholds", type=float, nargs="+",
                    default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--work", default=None, help="keep the images and the store here (a rerun reuses them)")
     i = sub.add_parser("index")
     i.add_argument("--rows", type=int, default=200_000)
     i.add_argument("--dims", type=int, default=1280)
