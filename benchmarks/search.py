@@ -79,6 +79,28 @@ def plant(root: str, n: int, seed: int) -> dict[str, tuple[str, str]]:
     return out
 
 
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text", "hubble_deep_field",
+          "immunohistochemistry", "retina", "brick", "grass", "gravel", "colorwheel", "clock", "cell")
+
+
+def write_photos(root: str) -> None:
+    """scikit-image's sample photos and the four quadrants of each (distinct, look-alike originals) as PNGs."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    for i, name in enumerate(PHOTOS):
+        a = getattr(data, name)()
+        a = np.stack([a] * 3, axis=-1) if a.ndim == 2 else a[..., :3]
+        split = "train" if i % 2 == 0 else "test"
+        os.makedirs(os.path.join(root, split, name), exist_ok=True)
+        h, w = a.shape[:2]
+        crops = {"full": a, "q1": a[:h // 2, :w // 2], "q2": a[:h // 2, w // 2:], "q3": a[h // 2:, :w // 2],
+                 "q4": a[h // 2:, w // 2:]}
+        for key, c in crops.items():
+            Image.fromarray(np.ascontiguousarray(c)).save(os.path.join(root, split, name, f"{name}_{key}.png"))
+
+
 def thresholds(args: argparse.Namespace) -> None:
     import numpy as np
 
@@ -91,7 +113,10 @@ def thresholds(args: argparse.Namespace) -> None:
     try:
         root = os.path.join(work, "fm")
         if not os.path.isdir(os.path.join(work, "st")):
-            write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
+            if args.mode == "photos":
+                write_photos(root)
+            else:
+                write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
         planted = plant(root, args.planted, args.seed)
         t = time.perf_counter()
         deepfeat.extract(root, os.path.join(work, "st"), model="efficientnet_lite0", input_size=args.input_size,
@@ -251,6 +276,16 @@ def main() -> None:
                    default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--work", default=None, help="keep the images and the store here (a rerun reuses them)")
+    ph = sub.add_parser("photos", help="as thresholds, on scikit-image's sample photos and their quadrants")
+    ph.add_argument("--planted", type=int, default=40, help="planted duplicates per kind")
+    ph.add_argument("--input-size", type=int, default=None)
+    ph.add_argument("--layers", default="pre_logits")
+    ph.add_argument("--layer", default="pre_logits")
+    ph.add_argument("--low", type=float, default=0.3)
+    ph.add_argument("--thresholds", type=float, nargs="+",
+                    default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--work", default=None)
     i = sub.add_parser("index")
     i.add_argument("--rows", type=int, default=200_000)
     i.add_argument("--dims", type=int, default=1280)
@@ -263,7 +298,7 @@ def main() -> None:
     i.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     print(cpu_line())
-    thresholds(args) if args.mode == "thresholds" else index_bench(args)
+    index_bench(args) if args.mode == "index" else thresholds(args)
 
 
 if __name__ == "__main__":

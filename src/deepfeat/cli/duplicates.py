@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for pairs.csv, groups.csv and report.html")
     p.add_argument("--layer", default="pre_logits")
-    p.add_argument("--threshold", type=float, default=0.9)
+    p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--splits", default=None)
     p.add_argument("--memory-budget", metavar=SIZE)
     p.add_argument("--no-report", action="store_true", help="skip report.html (thumbnails of every group)")

@@ -20,7 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--top-k", default="1,3", help="top-k accuracies to report, e.g. 1,3,5")
     p.add_argument("--tta", action="store_true", help="average the scores over each image's stored views")
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--leakage-threshold", type=float, default=0.9,
+    p.add_argument("--leakage-threshold", type=float, default=0.95,
                    help="count the rows with a near-duplicate in train (cosine >= this on pre_logits) and report the "
                         "accuracy without them")
     p.add_argument("--no-leakage-check", action="store_true", help="skip the near-duplicates-in-train check")

@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 
 #: cosine similarity from which two rows are near-duplicates (measured in docs/SEARCH.md: recall of
 #: planted byte copies, JPEG re-encodes and downscales of Fashion-MNIST against the pairs it also reports)
-DEFAULT_THRESHOLD = 0.90
+DEFAULT_THRESHOLD = 0.95
 #: the split that the others may leak into
 TRAIN_SPLIT = "train"
 #: most groups drawn as thumbnails in report.html (the CSV files hold them all)
