@@ -178,7 +178,7 @@ def test_numpy_and_faiss_paths_agree(index, tmp_path):
 def _synthetic(path: Path, rows: int, dims: int, seed: int = 0, part: int = 2000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(rows, dims)).astype(np.float16)
-    X[rows // 2: rows // 2 + 10] = X[:10]  # ten exact duplicates, across parts
+    X[rows // 2: rows // 2 + 10] = X[:10]  # ten exact duplicates, in other parts and blocks
     write_synthetic_store(path, (X[s:s + part] for s in range(0, rows, part)))
     return X
 
@@ -195,10 +195,10 @@ def test_a_stale_index_is_refused(tmp_path):
 
 
 def test_the_memory_budget_is_honoured(tmp_path):
-    rows, dims, budget = 12_000, 256, 1 << 20
+    rows, dims, budget = 2_000, 512, 1 << 20
     store = tmp_path / "store"
-    _synthetic(store, rows, dims)
-    assert rows * dims * 4 > 10 * budget  # the store's vectors as float32: 12 MiB, the budget 1 MiB
+    _synthetic(store, rows, dims, part=500)
+    assert rows * dims * 4 > 3 * budget  # the store's vectors as float32: 3.9 MiB, the budget 1 MiB
     idx = build_index(store, tmp_path / "index", kind="exact", memory_budget=budget)
     block = pair_block_rows(dims, budget)
     tracemalloc.start()
@@ -212,6 +212,7 @@ def test_the_memory_budget_is_honoured(tmp_path):
         tracemalloc.stop()
     assert len(ii) == 10  # the planted duplicates, found across blocks
     assert peak_pairs < budget and peak_knn < budget, (peak_pairs, peak_knn)
+    assert block * 10 < rows  # the scan really went block by block
     s = deepfeat.duplicates(store, tmp_path / "dups", threshold=0.99, memory_budget=budget, report=False)
     assert s.pairs == 10 and s.block_rows == block < rows
 

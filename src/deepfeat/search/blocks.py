@@ -49,8 +49,9 @@ def pair_block_rows(dims: int, budget: int) -> int:
 
 def query_block_rows(dims: int, n_queries: int, budget: int, top_k: int) -> int:
     """Rows of stored vectors per block when ``n_queries`` queries are searched at once."""
-    # the block (float32) + the n_queries x B similarities + merge scratch, in half the budget
-    per_row = 4 * dims + 8 * n_queries
+    # the block (float32, and as much again for the conversion out of the store's dtype and the
+    # matrix product's scratch) + the n_queries x B similarities and their sort keys, in half the budget
+    per_row = 8 * dims + 24 * n_queries
     fixed = n_queries * (4 * dims + 24 * top_k)
     return max(16, int((budget / 2 - fixed) // per_row))
 
