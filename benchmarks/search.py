@@ -8,6 +8,16 @@ rows are copies of one original, or byte-identical files of Fashion-MNIST itself
 
     python benchmarks/search.py thresholds [--per-class 100] [--planted 80] [--input-size 224]
 
+``photos``: the same on scikit-image's sample photos and their quadrants (distinct look-alike originals).
+
+    python benchmarks/search.py photos
+
+``ood``: the far-from-training threshold of ``predict --neighbors``: the nearest-training similarity
+of Fashion-MNIST test images (in domain) and of photos (out of domain) against an index of
+Fashion-MNIST train.
+
+    python benchmarks/search.py ood [--per-class 100]
+
 ``index``: a synthetic store of N rows x D dims (float16, written through the store's own writer,
 clustered vectors with planted near-duplicates): index build time and peak memory, recall@10 of
 the index against exact search, queries/s of both, and the duplicates scan on it.
@@ -166,6 +176,43 @@ def thresholds(args: argparse.Namespace) -> None:
             shutil.rmtree(work, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- ood
+def ood(args: argparse.Namespace) -> None:
+    """Nearest-training similarity of in-domain (Fashion-MNIST test) and out-of-domain (photos) images."""
+    import numpy as np
+
+    import deepfeat
+    from deepfeat.datasets import write_fashion_mnist
+    from deepfeat.search.index import build_index
+
+    work = args.work or tempfile.mkdtemp(prefix="deepfeat-ood-")
+    try:
+        root, photos = os.path.join(work, "fm"), os.path.join(work, "photos")
+        if not os.path.isdir(os.path.join(work, "st")):
+            write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
+            write_photos(photos)
+        deepfeat.extract(root, os.path.join(work, "st"), model="efficientnet_lite0", input_size=args.input_size,
+                         precision="fp32", dtype="float16")
+        idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), splits=["train"], kind="exact",
+                          overwrite=True)
+        tests = sorted(glob.glob(f"{root}/test/*/*.png"))
+        photo_files = sorted(glob.glob(f"{photos}/*/*/*.png"))
+        near = {}
+        for name, files in (("Fashion-MNIST test", tests), ("photos", photo_files)):
+            res = deepfeat.search(idx, files, top_k=1, precision="fp32")
+            near[name] = np.array([r.neighbors[0].similarity for r in res if r.neighbors])
+            q = np.quantile(near[name], [0.0, 0.01, 0.05, 0.5, 0.95, 1.0])
+            print(f"{name}: {len(near[name])} images, nearest-training similarity min {q[0]:.3f}, 1 % {q[1]:.3f}, "
+                  f"5 % {q[2]:.3f}, median {q[3]:.3f}, 95 % {q[4]:.3f}, max {q[5]:.3f}")
+        print("| far threshold | Fashion-MNIST test flagged | photos flagged |")
+        print("|---|---|---|")
+        for t in args.thresholds:
+            print(f"| {t:.2f} | {np.mean(near['Fashion-MNIST test'] < t):.3f} | {np.mean(near['photos'] < t):.3f} |")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
 # ----------------------------------------------------------------------------- index
 CHILD = r"""
 import json, resource, sys, time, numpy as np
@@ -286,6 +333,12 @@ def main() -> None:
                     default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--work", default=None)
+    o = sub.add_parser("ood", help="nearest-training similarity of Fashion-MNIST test images and of photos")
+    o.add_argument("--per-class", type=int, default=100)
+    o.add_argument("--input-size", type=int, default=None)
+    o.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7])
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--work", default=None)
     i = sub.add_parser("index")
     i.add_argument("--rows", type=int, default=200_000)
     i.add_argument("--dims", type=int, default=1280)
@@ -298,7 +351,7 @@ def main() -> None:
     i.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     print(cpu_line())
-    index_bench(args) if args.mode == "index" else thresholds(args)
+    {"index": index_bench, "ood": ood}.get(args.mode, thresholds)(args)
 
 
 if __name__ == "__main__":

@@ -253,10 +253,15 @@ def test_cli_index_search_json_and_html(planted, tmp_path, capsys):
     assert "near-duplicate pairs" in said and "pairs.csv" in said
 
 
-def test_evaluate_reports_the_accuracy_without_train_near_duplicates(planted, tmp_path):
+@pytest.fixture(scope="module")
+def bundle(planted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bundle") / "m.dfm"
+    deepfeat.train(planted[1], layers="pre_logits", head="logreg", solver="stream", epochs=3, out=path)
+    return path
+
+
+def test_evaluate_reports_the_accuracy_without_train_near_duplicates(planted, bundle, tmp_path):
     store = planted[1]
-    bundle = tmp_path / "m.dfm"
-    deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", epochs=3, out=bundle)
     report = deepfeat.evaluate(bundle, store, split="test", out=tmp_path / "ev")
     leak = report["leakage"]
     assert leak["rows"] == 2 and leak["n_without"] == report["n"] - 2
@@ -287,3 +292,28 @@ def test_reports_render_in_chromium(dup_run, planted, index, tmp_path):
             assert not blank(r["screenshot"])
     finally:
         browser.close()
+
+
+def test_predict_with_neighbors(planted, bundle, index, tmp_path, capsys):
+    from skimage import data
+
+    stored = sorted((planted[0] / "test").glob("*/*.png"))[0]
+    unseen = tmp_path / "camera.png"
+    Image.fromarray(data.camera()).save(unseen)
+    preds = deepfeat.predict_images(bundle, [stored, unseen], neighbors=index.path, neighbors_k=2, far_threshold=0.999,
+                                    precision="fp32")
+    near = {Path(p.path).name: p for p in preds}
+    assert near[stored.name].neighbors[0]["path"] == str(stored)  # itself: the index holds every split
+    assert near[stored.name].neighbors[0]["similarity"] == pytest.approx(1.0, abs=2e-3)
+    assert near[stored.name].far_from_training is False
+    assert len(near["camera.png"].neighbors) == 2 and near["camera.png"].far_from_training is True
+    from deepfeat.predict import write_predictions
+
+    rows = _read_csv(Path(write_predictions(preds, tmp_path / "p.csv")))
+    assert rows[0]["nearest_path"] == str(stored) and [r["far_from_training"] for r in rows] == ["false", "true"]
+    written = json.loads(Path(write_predictions(preds, tmp_path / "p.json")).read_text())
+    assert written[1]["far_from_training"] is True and written[1]["neighbors"][0]["similarity"] < 0.999
+    assert "far from the training images" in Path(write_predictions(preds, tmp_path / "p.html")).read_text()
+    assert main(["predict", str(bundle), str(unseen), "--neighbors", index.path, "--far-threshold", "0.999",
+                 "--precision", "fp32"]) == 0
+    assert "FAR FROM TRAINING" in capsys.readouterr().out

@@ -28,9 +28,13 @@ from .devices import resolve_device
 from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import UsageError
-from .params import check_int
+from .params import check_int, check_number
 
 log = logging.getLogger(__name__)
+
+#: cosine similarity to the nearest training row below which ``predict --neighbors`` flags an image as far
+#: from everything the head was trained on (measured in docs/SEARCH.md)
+FAR_THRESHOLD = 0.5
 
 # Discovery exclusions that are not images a user asked about (hidden files, other extensions).
 _SILENT_EXCLUSIONS = {"hidden", "not_image_extension"}
@@ -45,6 +49,10 @@ class BundlePrediction:
     scores: list[float] = field(default_factory=list)
     error: str | None = None
     score_kind: str = "probability"  #: "probability" (logreg, mlp) or "decision" (svm)
+    #: with ``neighbors=INDEX``: the nearest training rows ({path, id, split, label, similarity}), best first
+    neighbors: list[dict[str, Any]] | None = None
+    #: with ``neighbors=INDEX``: the nearest training row is less similar than ``far_threshold``
+    far_from_training: bool | None = None
 
     @property
     def label(self) -> str | None:
@@ -84,6 +92,9 @@ def predict_images(
     precision: str = "auto",
     workers: int | None = None,
     policy: Any = None,
+    neighbors: str | os.PathLike | None = None,
+    neighbors_k: int = 3,
+    far_threshold: float = FAR_THRESHOLD,
 ) -> list[BundlePrediction]:
     """Top-k predictions of a bundle for image files, folders or list files, in input order.
 
@@ -99,13 +110,24 @@ def predict_images(
             extracted with (when they run here), so predictions match extraction bit for bit.
         workers: decode processes (default as for ``extract``; 0 decodes in this process).
         policy: a :class:`~deepfeat.data.decode.DecodePolicy` (default: the one the store used).
+        neighbors: an index of the training store (``deepfeat index``): each prediction also gets its
+            ``neighbors_k`` nearest training rows, and ``far_from_training`` when the nearest one's
+            cosine similarity is below ``far_threshold`` (an image unlike anything the head was trained on:
+            its class is a guess; the threshold is measured in docs/SEARCH.md).
     """
     from .data.decode import DecodePolicy
     from .embed import embed_files
 
     check_int(top_k, "top_k", minimum=1, where="predict_images")
     check_int(batch_size, "batch_size", minimum=1, where="predict_images")
+    check_int(neighbors_k, "neighbors_k", minimum=1, where="predict_images")
+    check_number(far_threshold, "far_threshold", minimum=-1, maximum=1, where="predict_images")
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
+    index = None
+    if neighbors is not None:
+        from .search.index import open_index
+
+        index = open_index(neighbors)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     named, errors = expand_with_errors(inputs)
@@ -135,6 +157,16 @@ def predict_images(
                 continue
             results[i] = BundlePrediction(paths[i], [b.classes[j] for j in idx], [float(S[row, j]) for j in idx],
                                           score_kind=kind)
+    if index is not None:
+        from .search.query import neighbors_of_files
+
+        near = neighbors_of_files(index, [loc for _, loc in named], neighbors_k, batch_size=batch_size,
+                                  workers=workers, weights=weights, device=device, runtime=runtime,
+                                  precision=precision)
+        for i, found in near.items():
+            if results[i].error is None:
+                results[i].neighbors = [asdict(n) for n in found]
+                results[i].far_from_training = bool(not found or found[0].similarity < far_threshold)
     preds = [results[i] for i in range(len(paths))] + errors
     n_bad = sum(p.error is not None for p in preds)
     log.info("predict: %d images, %d could not be classified", len(preds), n_bad)
@@ -177,8 +209,12 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
     rows = []
     for p in preds:
         scores = list(getattr(p, "scores", None) or getattr(p, "probabilities", None) or [])
-        rows.append({"path": p.path, "labels": list(p.labels), "scores": [float(s) for s in scores],
-                     "score_kind": getattr(p, "score_kind", "probability"), "error": p.error})
+        row = {"path": p.path, "labels": list(p.labels), "scores": [float(s) for s in scores],
+               "score_kind": getattr(p, "score_kind", "probability"), "error": p.error}
+        if getattr(p, "neighbors", None) is not None:
+            row["neighbors"] = p.neighbors
+            row["far_from_training"] = p.far_from_training
+        rows.append(row)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     if ext == ".json":
@@ -186,9 +222,12 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
             json.dump(rows, f, indent=1)
         return path
     k = max((len(r["labels"]) for r in rows), default=0)
+    near = any("neighbors" in r for r in rows)
+    near_cols = ["nearest_similarity", "nearest_label", "nearest_split", "nearest_path", "far_from_training"]
     with open(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path", *[c for i in range(1, k + 1) for c in (f"label_{i}", f"score_{i}")], "error"])
+        w.writerow(["path", *[c for i in range(1, k + 1) for c in (f"label_{i}", f"score_{i}")],
+                    *(near_cols if near else []), "error"])
         for r in rows:
             cells: list[Any] = []
             for i in range(k):
@@ -196,6 +235,12 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
                     cells += [r["labels"][i], f"{r['scores'][i]:.6g}"]
                 else:
                     cells += ["", ""]
+            if near:
+                n0 = (r.get("neighbors") or [None])[0]
+                cells += ([f"{n0['similarity']:.6g}", n0["label"] or "", n0["split"] or "", n0["path"] or ""]
+                          if n0 else ["", "", "", ""])
+                far = r.get("far_from_training")
+                cells.append("" if far is None else str(bool(far)).lower())
             w.writerow([r["path"], *cells, r["error"] or ""])
     return path
 

@@ -263,7 +263,7 @@ class SearchIndex:
     def neighbor(self, row: int, similarity: float) -> Neighbor:
         c = self._cols
         return Neighbor(path=c["path"][row], id=c["id"][row], split=c["split"][row], label=c["label"][row],
-                        similarity=float(similarity))
+                        similarity=round(min(1.0, max(-1.0, float(similarity))), 6))
 
     def row_of_id(self, row_id: str) -> int | None:
         if self._row_of_id is None:

@@ -108,6 +108,31 @@ def embed_queries(index: SearchIndex, paths: Sequence[str | os.PathLike], *, bat
     return names, Q, errors, [(p.path, p.error or "") for p in refused]
 
 
+def neighbors_of_files(index: SearchIndex, locators: Sequence[Any], top_k: int, *, batch_size: int = 32,
+                       workers: int | None = None, memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+                       **runtime_args: Any) -> dict[int, list[Neighbor]]:
+    """{position: nearest rows} of already-expanded inputs (``predict --neighbors``); failed inputs are left out."""
+    from ..embed import embed_files
+
+    if not locators:
+        return {}
+    computer, pre, policy = index_runtime(index, **runtime_args)
+    out: dict[int, list[Neighbor]] = {}
+    for batch in progress.track(embed_files(computer, list(locators), preprocess=pre, policy=policy,
+                                            batch_size=batch_size, workers=workers),
+                                "neighbors", total=len(locators), unit="img",
+                                size=lambda e: len(e.indices) + len(e.failed)):
+        if not batch.indices:
+            continue
+        F = np.asarray(batch.features[index.layer], dtype=np.float32)
+        ok = np.isfinite(F).all(axis=1)
+        sims, rows = index.knn(normalize(F), top_k, memory_budget=memory_budget)
+        for j, i in enumerate(batch.indices):
+            if ok[j]:
+                out[i] = [index.neighbor(int(r), float(s)) for r, s in zip(rows[j], sims[j]) if r >= 0]
+    return out
+
+
 def search(index: str | os.PathLike | SearchIndex, queries: Sequence[str | os.PathLike] | str = (),
            top_k: int = 10, *, ids: Sequence[str] = (), memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
            weights: str | os.PathLike | None = None, device: str = "cpu", runtime: str = "auto",
