@@ -24,7 +24,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                                       "('deepfeat index')")
     p.add_argument("index", help="an index folder from 'deepfeat index'")
     p.add_argument("queries", nargs="*", help="image files, folders or list files (embedded exactly as the store was)")
-    p.add_argument("--id", dest="ids", action="append", default=[], metavar="ID",
+    p.add_argument("--id", dest="ids", action="append", default=None, metavar="ID",
                    help="query with a stored row (its id, as in pairs.csv or rows.parquet); repeatable")
     p.add_argument("--top-k", type=int, default=10)
     p.add_argument("--json", action="store_true",
@@ -46,7 +46,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..search.query import search
 
-    results = search(args.index, args.queries, top_k=args.top_k, ids=args.ids, memory_budget=args.memory_budget,
+    results = search(args.index, args.queries, top_k=args.top_k, ids=args.ids or (), memory_budget=args.memory_budget,
                      weights=args.weights, device=args.device, runtime=args.runtime, precision=args.precision,
                      batch_size=args.batch_size, workers=args.workers, nprobe=args.nprobe)
     bad = sum(r.error is not None for r in results)
