@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 
 #: cosine similarity to the nearest training row below which ``predict --neighbors`` flags an image as far
 #: from everything the head was trained on (measured in docs/SEARCH.md)
-FAR_THRESHOLD = 0.5
+FAR_THRESHOLD = 0.55
 
 # Discovery exclusions that are not images a user asked about (hidden files, other extensions).
 _SILENT_EXCLUSIONS = {"hidden", "not_image_extension"}

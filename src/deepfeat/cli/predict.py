@@ -30,7 +30,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="bundle only: an index of the training store ('deepfeat index'): add each image's nearest "
                         "training rows and flag images far from all of them")
     p.add_argument("--neighbors-k", type=int, default=3, help="with --neighbors: training rows per image")
-    p.add_argument("--far-threshold", type=float, default=0.5,
+    p.add_argument("--far-threshold", type=float, default=0.55,
                    help="with --neighbors: flag an image whose nearest training row is less similar (cosine)")
     p.set_defaults(func=run)
 
