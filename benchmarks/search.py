@@ -135,7 +135,7 @@ def thresholds(args: argparse.Namespace) -> None:
               f"in {time.perf_counter() - t:.1f} s")
         idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), layer=args.layer, kind="exact",
                           overwrite=True)
-        paths = idx._cols["path"]
+        paths = idx.columns()["path"]
         # truth: a group per original (its planted copies join it); byte-identical files join too
         group: dict[str, str] = {}
         by_hash: dict[str, str] = {}

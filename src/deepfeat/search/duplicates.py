@@ -164,7 +164,7 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
         log.info("duplicates: %d rows of %s in blocks of %d rows (%s budget)", n, layer, block, format_size(budget))
         with progress.task("duplicates", total=n * (n + 1) / 2, unit="pair") as task:
             ii, jj, ss = all_pairs(idx.vectors, threshold, block, task)
-        meta = {c: idx._cols[c] for c in ("id", "path", "split", "label")}
+        meta = idx.columns()
         del idx
     finally:
         shutil.rmtree(scratch, ignore_errors=True)

@@ -260,6 +260,10 @@ class SearchIndex:
                     "--overwrite")
 
     # -- rows ------------------------------------------------------------------------------
+    def columns(self) -> dict[str, list[Any]]:
+        """{column: values} of the row metadata (id, path, split, label), aligned with the vectors."""
+        return dict(self._cols)
+
     def neighbor(self, row: int, similarity: float) -> Neighbor:
         c = self._cols
         return Neighbor(path=c["path"][row], id=c["id"][row], split=c["split"][row], label=c["label"][row],
