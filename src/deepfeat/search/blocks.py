@@ -32,8 +32,11 @@ DEFAULT_MEMORY_BUDGET = 1 << 30
 def normalize(X: np.ndarray) -> np.ndarray:
     """Rows of ``X`` as float32 with unit L2 norm (all-zero and non-finite rows become zero)."""
     X = np.array(X, dtype=np.float32, copy=True)
-    X[~np.isfinite(X).all(axis=1)] = 0
-    norms = np.linalg.norm(X, axis=1, keepdims=True)
+    sq = np.einsum("ij,ij->i", X, X)  # no temporary of X's size (np.linalg.norm squares a copy)
+    bad = ~np.isfinite(sq)
+    X[bad] = 0
+    sq[bad] = 0
+    norms = np.sqrt(sq)[:, None]
     np.divide(X, norms, out=X, where=norms > 0)
     return X
 
@@ -45,15 +48,6 @@ def pair_block_rows(dims: int, budget: int) -> int:
     a, b, c = 9.0, 8.0 * dims, -budget / 2
     rows = int((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a))
     return max(16, rows)
-
-
-def query_block_rows(dims: int, n_queries: int, budget: int, top_k: int) -> int:
-    """Rows of stored vectors per block when ``n_queries`` queries are searched at once."""
-    # the block (float32, and as much again for the conversion out of the store's dtype and the
-    # matrix product's scratch) + the n_queries x B similarities and their sort keys, in half the budget
-    per_row = 8 * dims + 24 * n_queries
-    fixed = n_queries * (4 * dims + 24 * top_k)
-    return max(16, int((budget / 2 - fixed) // per_row))
 
 
 def store_blocks(store: FeatureStore, layer: str, splits: Sequence[str] | None = None, *,

@@ -39,7 +39,7 @@ from ..errors import StoreError, UsageError
 from ..params import check_choice, check_int
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
-from .blocks import DEFAULT_MEMORY_BUDGET, ROW_COLUMNS, query_block_rows, store_blocks, store_digest
+from .blocks import DEFAULT_MEMORY_BUDGET, ROW_COLUMNS, store_blocks, store_digest
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,8 @@ def build_index(store: str | os.PathLike | FeatureStore, out: str | os.PathLike,
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)
     dtype = np.dtype("float16" if st.dtype == "float16" else "float32")
-    block_rows = max(16, int(budget // 4 // max(1, spec.dims * 4)))
+    # a block is held as read (store dtype), re-batched, and as float32: an eighth of the budget each
+    block_rows = max(16, int(budget // 8 // max(1, spec.dims * 4)))
     rows = 0
     writer: pq.ParquetWriter | None = None
     try:
@@ -310,17 +311,25 @@ class SearchIndex:
         cand = min(self.rows, k * IVF_RERANK)
         sims = np.full((m, k), -np.inf, dtype=np.float32)
         rows = np.full((m, k), -1, dtype=np.int64)
-        step = max(1, int(budget // 2 // max(1, cand * self.dims * 4)))
+        # queries in groups whose candidates' vectors (float32) fit a quarter of the budget
+        step = max(1, min(m, int(budget // 4 // max(1, cand * self.dims * 8))))
         for s in range(0, m, step):
-            _, I = self._faiss.search(Q[s:s + step], cand)
-            for j, cands in enumerate(I):
-                cands = np.unique(cands[cands >= 0])
-                if not len(cands):
-                    continue
-                exact = self.vectors_of(cands) @ Q[s + j]
-                order = np.argsort(-exact, kind="stable")[:k]
-                sims[s + j, :len(order)] = exact[order]
-                rows[s + j, :len(order)] = cands[order]
+            Qg = Q[s:s + step]
+            _, C = self._faiss.search(Qg, cand)
+            C = C.astype(np.int64)
+            valid = C >= 0
+            uniq, inv = np.unique(np.where(valid, C, 0), return_inverse=True)
+            S = Qg @ self.vectors_of(uniq).T  # exact similarities to every candidate of the group
+            exact = np.take_along_axis(S, inv.reshape(C.shape), axis=1)
+            exact[~valid] = -np.inf
+            C = np.where(valid, C, -1)
+            if exact.shape[1] < k:  # fewer rows than k
+                pad = ((0, 0), (0, k - exact.shape[1]))
+                exact, C = np.pad(exact, pad, constant_values=-np.inf), np.pad(C, pad, constant_values=-1)
+            order = _top_order(exact, C, k)
+            sims[s:s + step] = np.take_along_axis(exact, order, axis=1)
+            rows[s:s + step] = np.take_along_axis(C, order, axis=1)
+        rows[~np.isfinite(sims)] = -1
         return sims, rows
 
 
@@ -337,11 +346,13 @@ def exact_knn(vectors: np.ndarray, Q: np.ndarray, k: int, budget: int, *, use_fa
     best_i = np.full((m, k), -1, dtype=np.int64)
     if not m or not n:
         return best_s, best_i
-    # queries in groups so that one group's similarities to a block fit the budget
-    q_step = max(1, min(m, int(budget // 8 // (4 * (1024 + vectors.shape[1])))))
+    # a quarter of the budget for a block of stored rows (float32 + its conversion from the store's dtype),
+    # a quarter for a group of queries' similarities to it (and their sort keys): each block is read
+    # once per group, and a group is as many queries as fit
+    rows_per_block = min(n, max(16, budget // 4 // (8 * vectors.shape[1])))
+    q_step = max(1, min(m, budget // 4 // (rows_per_block * 16 + vectors.shape[1] * 4 + k * 24)))
     for qs in range(0, m, q_step):
         Qg = Q[qs:qs + q_step]
-        rows_per_block = query_block_rows(vectors.shape[1], len(Qg), budget, k)
         gs, gi = best_s[qs:qs + q_step], best_i[qs:qs + q_step]
         for bs in range(0, n, rows_per_block):
             block = np.asarray(vectors[bs:bs + rows_per_block], dtype=np.float32)
