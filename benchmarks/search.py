@@ -223,6 +223,7 @@ if args["step"] == "index":
     from deepfeat.search.index import build_index
     idx = build_index(args["store"], args["index"], kind=args["kind"], memory_budget=args["budget"], overwrite=True)
     out["seconds"] = time.perf_counter() - t
+    out["ivf"] = idx.doc.get("ivf")
 elif args["step"] == "query":
     from deepfeat.search.index import open_index
     idx = open_index(args["index"])
@@ -295,7 +296,8 @@ def index_bench(args: argparse.Namespace) -> None:
         truth = np.load(os.path.join(work, "exact.npy"))
         for kind in args.kinds:
             built = child(step="index", store=store, index=os.path.join(work, kind), kind=kind, budget=budget)
-            print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB)")
+            print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB)"
+                  + (f", {built['ivf']}" if built.get("ivf") else ""))
             for nprobe in (args.nprobe if kind == "ivf" else [None]):
                 q = child(step="query", index=os.path.join(work, kind), kind=kind, budget=budget,
                           queries=args.queries, result=os.path.join(work, f"{kind}.npy"), nprobe=nprobe)

@@ -188,7 +188,7 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
             index.add(np.ascontiguousarray(vectors[s:s + block], dtype=np.float32))
             task.update(min(block, rows - s))
     faiss.write_index(index, os.path.join(folder, FAISS_FILE))
-    return {"nlist": nlist, "nprobe": max(1, min(nlist, int(round(nlist / 16)))), "train_rows": sample_rows,
+    return {"nlist": nlist, "nprobe": min(nlist, max(8, nlist // 128)), "train_rows": sample_rows,
             "quantizer": "SQ8"}
 
 
@@ -319,8 +319,8 @@ class SearchIndex:
             C = C.astype(np.int64)
             valid = C >= 0
             uniq, inv = np.unique(np.where(valid, C, 0), return_inverse=True)
-            S = Qg @ self.vectors_of(uniq).T  # exact similarities to every candidate of the group
-            exact = np.take_along_axis(S, inv.reshape(C.shape), axis=1)
+            V = self.vectors_of(uniq)  # each candidate read once per group (float32)
+            exact = np.einsum("qd,qcd->qc", Qg, V[inv.reshape(C.shape)])  # each query against its own candidates
             exact[~valid] = -np.inf
             C = np.where(valid, C, -1)
             if exact.shape[1] < k:  # fewer rows than k
