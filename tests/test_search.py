@@ -300,8 +300,14 @@ def test_predict_with_neighbors(planted, bundle, index, tmp_path, capsys):
     stored = sorted((planted[0] / "test").glob("*/*.png"))[0]
     unseen = tmp_path / "camera.png"
     Image.fromarray(data.camera()).save(unseen)
-    preds = deepfeat.predict_images(bundle, [stored, unseen], neighbors=index.path, neighbors_k=2, far_threshold=0.999,
-                                    precision="fp32")
+    from unittest import mock
+
+    import deepfeat.search.query as query
+
+    # the bundle computes pre_logits as the store did: its features are reused, not embedded again
+    with mock.patch.object(query, "neighbors_of_files", side_effect=AssertionError("embedded twice")):
+        preds = deepfeat.predict_images(bundle, [stored, unseen], neighbors=index.path, neighbors_k=2,
+                                        far_threshold=0.999, precision="fp32")
     near = {Path(p.path).name: p for p in preds}
     assert near[stored.name].neighbors[0]["path"] == str(stored)  # itself: the index holds every split
     assert near[stored.name].neighbors[0]["similarity"] == pytest.approx(1.0, abs=2e-3)

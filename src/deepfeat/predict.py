@@ -136,6 +136,8 @@ def predict_images(
     if policy is None:
         policy = DecodePolicy.from_dict(b.metadata.get("decode_policy"))
     computer = bundle_runtime(b, weights=weights, device=device, runtime=runtime, precision=precision)
+    shared_layer = index is not None and _computes_index_layer(b, index, computer)
+    near_rows: dict[int, list[Any]] = {}
     kind = "probability" if b.probabilistic else "decision"
     k = min(int(top_k), len(b.classes))
     results: dict[int, BundlePrediction] = {}
@@ -147,6 +149,15 @@ def predict_images(
             results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
         if not batch.indices:
             continue
+        if shared_layer:
+            from .search.blocks import normalize
+
+            F = np.asarray(batch.features[index.layer], dtype=np.float32)
+            ok = np.isfinite(F).all(axis=1)
+            sims, rows = index.knn(normalize(F), neighbors_k)
+            for row, i in enumerate(batch.indices):
+                if ok[row]:
+                    near_rows[i] = [index.neighbor(int(r), float(v)) for r, v in zip(rows[row], sims[row]) if r >= 0]
         S = b.scores(b.features_of(batch.features))
         order = np.argsort(-S, axis=1, kind="stable")[:, :k]
         for row, i in enumerate(batch.indices):
@@ -160,9 +171,9 @@ def predict_images(
     if index is not None:
         from .search.query import neighbors_of_files
 
-        near = neighbors_of_files(index, [loc for _, loc in named], neighbors_k, batch_size=batch_size,
-                                  workers=workers, weights=weights, device=device, runtime=runtime,
-                                  precision=precision)
+        near = near_rows if shared_layer else neighbors_of_files(
+            index, [loc for _, loc in named], neighbors_k, batch_size=batch_size, workers=workers, weights=weights,
+            device=device, runtime=runtime, precision=precision)
         for i, found in near.items():
             if results[i].error is None:
                 results[i].neighbors = [asdict(n) for n in found]
@@ -171,6 +182,29 @@ def predict_images(
     n_bad = sum(p.error is not None for p in preds)
     log.info("predict: %d images, %d could not be classified", len(preds), n_bad)
     return preds
+
+
+def _computes_index_layer(b: Bundle, index: Any, computer: Any) -> bool:
+    """Whether the bundle's forward pass already computes the index's layer exactly as its store did
+    (same weights, preprocessing, layer and pooling, dtype, runtime and precision): then ``--neighbors``
+    reuses those features instead of embedding the images a second time."""
+    meta = index.doc.get("store_metadata") or {}
+    spec = next((s for s in b.compute_layers if s.name == index.layer), None)
+    stored = next((d for d in meta.get("layers") or [] if d.get("name") == index.layer), None)
+    return bool(
+        spec is not None and stored is not None and spec.pool == stored.get("pool") and spec.dims == stored.get("dims")
+        and not meta.get("fne") and (meta.get("model") or {}).get("weights_sha256") == b.backbone_info.get("weights_sha256")
+        and meta.get("preprocess") == b.preprocess.to_dict() and str(meta.get("dtype")) == b.compute_dtype
+        and _same_runtime(computer, meta.get("runtime")))
+
+
+def _same_runtime(computer: Any, recorded: Any) -> bool:
+    try:
+        here = computer.describe()
+    except Exception:  # noqa: BLE001 - a runtime that cannot describe itself: embed again to be safe
+        return False
+    return isinstance(recorded, dict) and (here.get("runtime"), here.get("precision")) == (
+        recorded.get("runtime"), recorded.get("precision"))
 
 
 def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, device: str = "cpu",
