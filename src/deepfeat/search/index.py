@@ -103,6 +103,7 @@ def build_index(store: str | os.PathLike | FeatureStore, out: str | os.PathLike,
         (70000, 'flat')
     """
     budget = parse_size(memory_budget, "memory_budget")
+    check_choice(kind, "kind", KINDS, where="build_index")
     st = store if isinstance(store, FeatureStore) else open_store(store)
     spec = st.layer(layer)
     if isinstance(splits, str):
