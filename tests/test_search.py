@@ -203,10 +203,10 @@ def test_the_memory_budget_is_honoured(tmp_path):
     block = pair_block_rows(dims, budget)
     tracemalloc.start()
     try:
-        ii, jj, ss = all_pairs(idx.vectors, 0.99, block)
+        ii, jj, ss = all_pairs(idx.blocks, 0.99, block)
         _, peak_pairs = tracemalloc.get_traced_memory()
         tracemalloc.reset_peak()
-        exact_knn(idx.vectors, idx.vectors_of(range(64)), 10, budget)
+        exact_knn(idx.blocks, idx.vectors_of(range(64)), 10, budget)
         _, peak_knn = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()

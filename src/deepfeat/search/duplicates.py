@@ -163,7 +163,7 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
         block = min(n, pair_block_rows(spec.dims, budget))
         log.info("duplicates: %d rows of %s in blocks of %d rows (%s budget)", n, layer, block, format_size(budget))
         with progress.task("duplicates", total=n * (n + 1) / 2, unit="pair") as task:
-            ii, jj, ss = all_pairs(idx.vectors, threshold, block, task)
+            ii, jj, ss = all_pairs(idx.blocks, threshold, block, task)
         meta = idx.columns()
         del idx
     finally:

@@ -193,6 +193,29 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
             "quantizer": "SQ8"}
 
 
+class RowFile:
+    """Rows of a raw C-order matrix file, read slice by slice (``rows[a:b]``) with plain file I/O."""
+
+    def __init__(self, path: str, dtype: np.dtype, rows: int, dims: int) -> None:
+        self.path, self.dtype, self.shape = path, np.dtype(dtype), (rows, dims)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        start, stop, step = key.indices(self.shape[0])
+        if step != 1:
+            raise IndexError("RowFile reads contiguous rows only")
+        n = max(0, stop - start)
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            f.seek(start * row_bytes)
+            out = np.fromfile(f, dtype=self.dtype, count=n * self.shape[1])
+        if out.size != n * self.shape[1]:
+            raise StoreError(f"{self.path} ended early (rows {start}:{stop}).")
+        return out.reshape(n, self.shape[1])
+
+
 @dataclass
 class Neighbor:
     """One stored row near a query."""
@@ -233,6 +256,9 @@ class SearchIndex:
         if not os.path.isfile(vec_path) or os.path.getsize(vec_path) != self.rows * self.dims * dtype.itemsize:
             raise StoreError(f"{vec_path} is missing or does not hold {self.rows} x {self.dims} {dtype} values.")
         self.vectors = np.memmap(vec_path, dtype=dtype, mode="r", shape=(self.rows, self.dims))
+        #: the same rows read with plain file I/O, for the scans: the bytes held are the block's only
+        #: (a memory map keeps every page it touched resident until the kernel needs them back)
+        self.blocks = RowFile(vec_path, dtype, self.rows, self.dims)
         self.meta = pq.read_table(os.path.join(self.path, ROWS_FILE))
         if self.meta.num_rows != self.rows:
             raise StoreError(f"{self.path}: {ROWS_FILE} has {self.meta.num_rows} rows, the index {self.rows}.")
@@ -296,7 +322,7 @@ class SearchIndex:
             return self._knn_ivf(Q, k, budget, nprobe)
         if kind == "flat" and not faiss_available():
             kind = "exact"
-        return exact_knn(self.vectors, Q, k, budget, use_faiss=(kind == "flat"))
+        return exact_knn(self.blocks, Q, k, budget, use_faiss=(kind == "flat"))
 
     def _knn_ivf(self, Q: np.ndarray, k: int, budget: int, nprobe: int | None) -> tuple[np.ndarray, np.ndarray]:
         import faiss
