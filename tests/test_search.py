@@ -323,3 +323,19 @@ def test_predict_with_neighbors(planted, bundle, index, tmp_path, capsys):
     assert main(["predict", str(bundle), str(unseen), "--neighbors", index.path, "--far-threshold", "0.999",
                  "--precision", "fp32"]) == 0
     assert "FAR FROM TRAINING" in capsys.readouterr().out
+
+
+def test_an_ivf_index_larger_than_the_budget_uses_product_codes(tmp_path):
+    if not faiss_available():
+        pytest.skip("faiss is not installed (pip install 'deepfeat[search]')")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 64))
+    X = (centres[rng.integers(0, 30, 3000)] + rng.normal(0, 0.5, (3000, 64))).astype(np.float16)
+    write_synthetic_store(tmp_path / "store", [X[:1500], X[1500:]])
+    idx = build_index(tmp_path / "store", tmp_path / "ivfpq", kind="ivf", memory_budget=64 << 10)
+    assert idx.doc["ivf"]["quantizer"].startswith("PQ")  # 3000 x 64 one-byte codes would not fit 64 KiB
+    Q = idx.vectors_of(range(0, 3000, 30))
+    _, exact = idx.knn(Q, 10, kind="exact")
+    _, approx = idx.knn(Q, 10, nprobe=idx.doc["ivf"]["nlist"])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
+    assert recall >= 0.9, recall

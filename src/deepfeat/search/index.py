@@ -53,8 +53,9 @@ FORMAT_VERSION = 1
 KINDS = ("auto", "exact", "flat", "ivf")
 #: stores with more rows than this get an IVF index when faiss is installed (kind="auto")
 IVF_MIN_ROWS = 200_000
-#: candidates per requested neighbour that an IVF search re-ranks exactly
+#: candidates per requested neighbour that an IVF search re-ranks exactly (8-bit codes; product codes)
 IVF_RERANK = 4
+IVF_RERANK_PQ = 10
 
 
 def faiss_available() -> bool:
@@ -173,16 +174,20 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
     """Train and fill a faiss IVF (8-bit scalar quantiser) index over ``vectors.bin``, block by block."""
     import faiss
 
-    vectors = np.memmap(os.path.join(folder, VECTORS_FILE), dtype=dtype, mode="r", shape=(rows, dims))
+    vectors = RowFile(os.path.join(folder, VECTORS_FILE), dtype, rows, dims)  # read, not mapped: RSS stays bounded
     nlist = int(min(max(16, 4 * math.sqrt(rows)), rows // 39 or 1))
     sample_rows = min(rows, max(39 * nlist, 1), max(1000, int(budget // 4 // (dims * 4))))
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(rows, size=sample_rows, replace=False))
     quantizer = faiss.IndexFlatIP(dims)
-    index = faiss.IndexIVFScalarQuantizer(quantizer, dims, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                          faiss.METRIC_INNER_PRODUCT)
+    if rows * dims <= budget:  # 8-bit scalar quantiser: one byte per value, fits the budget
+        codes, index = "SQ8", faiss.IndexIVFScalarQuantizer(quantizer, dims, nlist, faiss.ScalarQuantizer.QT_8bit,
+                                                            faiss.METRIC_INNER_PRODUCT)
+    else:  # product quantiser: about dims/10 bytes per vector (1,280 dims: 128 bytes)
+        m = max(d for d in range(1, max(1, dims // 10) + 1) if dims % d == 0)
+        codes, index = f"PQ{m}", faiss.IndexIVFPQ(quantizer, dims, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     with progress.timer(f"training the IVF quantiser ({nlist} lists) on {sample_rows:,} rows"):
-        index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
+        index.train(vectors.take(sample))
     block = max(1024, int(budget // 4 // (dims * 4)))
     with progress.task("index (ivf)", total=rows, unit="row") as task:
         for s in range(0, rows, block):
@@ -190,7 +195,7 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
             task.update(min(block, rows - s))
     faiss.write_index(index, os.path.join(folder, FAISS_FILE))
     return {"nlist": nlist, "nprobe": min(nlist, max(8, nlist // 128)), "train_rows": sample_rows,
-            "quantizer": "SQ8"}
+            "quantizer": codes, "rerank": IVF_RERANK if codes == "SQ8" else IVF_RERANK_PQ}
 
 
 class RowFile:
@@ -201,6 +206,16 @@ class RowFile:
 
     def __len__(self) -> int:
         return self.shape[0]
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        """Sorted ``rows`` as float32, read in runs of contiguous rows."""
+        out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
+        row_bytes = self.shape[1] * self.dtype.itemsize
+        with open(self.path, "rb") as f:
+            for i, r in enumerate(np.asarray(rows, dtype=np.int64).tolist()):
+                f.seek(r * row_bytes)
+                out[i] = np.fromfile(f, dtype=self.dtype, count=self.shape[1])
+        return out
 
     def __getitem__(self, key: slice) -> np.ndarray:
         start, stop, step = key.indices(self.shape[0])
@@ -335,7 +350,7 @@ class SearchIndex:
                 self._faiss = faiss.read_index(path)
         self._faiss.nprobe = int(nprobe or self.doc.get("ivf", {}).get("nprobe", 8))
         m = len(Q)
-        cand = min(self.rows, k * IVF_RERANK)
+        cand = min(self.rows, k * int(self.doc.get("ivf", {}).get("rerank", IVF_RERANK)))
         sims = np.full((m, k), -np.inf, dtype=np.float32)
         rows = np.full((m, k), -1, dtype=np.int64)
         # queries in groups whose candidates' vectors (float32) fit a quarter of the budget
