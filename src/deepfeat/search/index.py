@@ -180,7 +180,7 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
     rng = np.random.default_rng(0)
     sample = np.sort(rng.choice(rows, size=sample_rows, replace=False))
     quantizer = faiss.IndexFlatIP(dims)
-    if rows * dims <= budget:  # 8-bit scalar quantiser: one byte per value, fits the budget
+    if 2 * rows * dims <= budget:  # 8-bit scalar quantiser: one byte per value (twice: the lists grow by doubling)
         codes, index = "SQ8", faiss.IndexIVFScalarQuantizer(quantizer, dims, nlist, faiss.ScalarQuantizer.QT_8bit,
                                                             faiss.METRIC_INNER_PRODUCT)
     else:  # product quantiser: about dims/10 bytes per vector (1,280 dims: 128 bytes)
