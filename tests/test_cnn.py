@@ -263,7 +263,7 @@ def test_model_directory_round_trips_through_layers_and_extract(fm20: Path, trai
     assert rows["dense"]["shape"] == [256]
 
     store = tmp_path / "feats"
-    s = deepfeat.extract(fm20, store, model=trained.out, layers="dense", workers=0, device="cpu")
+    s = deepfeat.extract(fm20, store, model=trained.out, layers="dense", workers=0, device="cpu", precision="fp32")
     assert s.embedded_total == 400 and s.failed_total == 0
     x, _labels, meta = deepfeat.open_store(store).load("dense")
     assert x.shape == (400, 256)

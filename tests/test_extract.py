@@ -34,7 +34,7 @@ def store_map(path: Path, layer: str) -> dict[tuple[str, int], np.ndarray]:
 def test_stored_features_equal_direct_forward(fm_dir, tmp_path, lite0):
     out = tmp_path / "feats"
     s = deepfeat.extract(fm_dir, out, layers="blocks.4,pre_logits", pool="avg,blocks.4=max", dtype="float32",
-                         input_size=64, workers=1, batch_size=16, part_size=30)
+                         input_size=64, workers=1, batch_size=16, part_size=30, precision="fp32")
     assert s.embedded_total == 80 and s.failed_total == 0 and s.parts_committed == 3 and s.accounted
     store = deepfeat.open_store(out)
     assert store.splits == ["test", "train"] and len(store.classes) == 10

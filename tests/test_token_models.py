@@ -48,9 +48,10 @@ def _pixels(bb, n: int = 2) -> np.ndarray:
 
 def _features(bb, layers: str, pool_: str, pixels: np.ndarray, runtime: str = "torch",
               infos=None) -> dict[str, np.ndarray]:
+    """Features at fp32: these tests compare with timm's own forward, not a precision's agreement."""
     infos = infos if infos is not None else describe_layers(bb)
     specs = layer_specs(bb, layers, pool_, infos=infos)
-    return build_runtime(bb, specs, infos, runtime=runtime)(pixels)
+    return build_runtime(bb, specs, infos, runtime=runtime, precision="fp32")(pixels)
 
 
 def _reference_input(bb, pixels: np.ndarray) -> torch.Tensor:
@@ -156,7 +157,8 @@ def test_token_models_run_in_the_exported_runtimes(folders):
     exported = [r for r in available_runtimes() if r != "torch"]
     assert exported, "no exported runtime installed"
     for name in exported:
-        rt = build_runtime(bb, layer_specs(bb, "norm,blocks.1,pre_logits", pools), runtime=name, fallback=False)
+        rt = build_runtime(bb, layer_specs(bb, "norm,blocks.1,pre_logits", pools), runtime=name, precision="fp32",
+                           fallback=False)
         assert rt.describe()["runtime"] == name
         got = rt(pixels)
         for k in ref:

@@ -48,8 +48,10 @@ def fm30(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def store(fm30, bb64, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "fm"
+    # fp32: predict's recomputation of the stored features is bit for bit at fp32 (test_cli_train_evaluate_predict);
+    # reduced precisions promise the guard's agreement instead (test_predict_at_bf16_agrees_within_the_guard)
     s = deepfeat.extract(fm30, out, layers=LAYERS, pool="avg", dtype="float16", input_size=64, workers=1,
-                         backbone=bb64)
+                         backbone=bb64, precision="fp32")
     assert s.embedded_total == 600 and s.failed_total == 0
     return out
 
@@ -525,3 +527,35 @@ def test_cli_fashion_mnist_two_thousand_images_end_to_end(tmp_path):
     print(f"\n2,000 Fashion-MNIST images via the CLI: stream {accuracy['stream']:.3f}, exact {accuracy['exact']:.3f}")
     assert accuracy["stream"] > 0.7 and accuracy["exact"] > 0.7  # chance is 0.1
     assert abs(accuracy["stream"] - accuracy["exact"]) < 0.03
+
+
+def test_predict_at_bf16_agrees_within_the_guard(fm30, tmp_path):
+    """At bf16, predict recomputes a bundle's features with other batches than extract did, and bf16 results
+    depend on the batch: the promise is the precision guard's agreement, not bit identity (docs/DECISIONS.md)."""
+    from deepfeat.agreement import Agreement
+    from deepfeat.embed import embed_files
+    from deepfeat.predict import bundle_runtime
+    from deepfeat.runtimes import cpu_has_bf16, resolve_runtime
+    from deepfeat.runtimes.guard import row_cosines
+
+    if not cpu_has_bf16():
+        pytest.skip("this CPU has no native bf16: auto never picks it here (the guard's logic is tested with a "
+                    "stand-in runtime in test_precision_guard.py)")
+    resolve_runtime("auto", "cpu", "bf16")
+    out = tmp_path / "bf16"
+    deepfeat.extract(fm30, out, layers="pre_logits", input_size=64, workers=1, precision="bf16")
+    store = deepfeat.open_store(out)
+    recorded = Agreement.from_dict(store.metadata["runtime"]["agreement"])
+    assert recorded.precision == "bf16" and recorded.passed
+    model = tmp_path / "m.dfm"
+    deepfeat.train(out, layers="pre_logits", head="logreg", solver="stream", epochs=3, out=model)
+    b = load_bundle(model)
+    rows = store.rows()
+    paths = [os.fsdecode(v) for v in rows.column("path_bytes").to_pylist()][:100]
+    rt = bundle_runtime(b)
+    assert rt.describe()["precision"] == "bf16"
+    got = np.concatenate([e.features["pre_logits"] for e in embed_files(rt, paths, preprocess=b.preprocess,
+                                                                           batch_size=7, workers=0)])
+    stored = store.load("pre_logits", views=0)[0][:100]
+    cos = row_cosines(got, stored)
+    assert cos.min() >= recorded.threshold and np.median(cos) >= 0.995, (cos.min(), np.median(cos))

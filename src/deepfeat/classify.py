@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .agreement import DEFAULT_MIN_AGREEMENT
 from . import progress
 from .data.decode import DecodePolicy
 from .errors import UsageError
@@ -78,18 +79,22 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = N
 
 def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], top_k: int = 5,
                     batch_size: int = 16, policy: DecodePolicy | None = None, *, runtime: str = "auto",
-                    precision: str = "auto", device: str = "cpu", workers: int | None = None) -> list[Prediction]:
+                    precision: str = "auto", device: str = "cpu", workers: int | None = None,
+                    min_agreement: float = DEFAULT_MIN_AGREEMENT) -> list[Prediction]:
     """Top-k classes of the backbone's own classifier for files/folders; bad files are reported, not raised.
 
     Images go through the same decode pool and runtime seam as ``extract`` (``runtime``/``precision``
-    as there; ``workers=0`` decodes in this process).
+    as there, a reduced precision through the precision guard on the first 64 images with
+    ``min_agreement``; ``workers=0`` decodes in this process).
     """
-    from .embed import embed_files
+    from .embed import decode_pixels, embed_files
     from .models.layers import OUTPUT, describe_layers
-    from .runtimes import build_runtime, layer_specs
+    from .runtimes import build_runtime, layer_specs, resolve_runtime
+    from .runtimes.guard import GUARD_IMAGES, check_min_agreement, guard_backbone
 
     check_int(top_k, "top_k", minimum=1, where="classify_images")
     check_int(batch_size, "batch_size", minimum=1, where="classify_images")
+    check_min_agreement(min_agreement, where="classify_images")
     bb = model if isinstance(model, Backbone) else load_backbone(model)
     if not bb.class_names:
         raise UsageError(
@@ -101,8 +106,15 @@ def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], 
     named = expand_inputs(inputs, excluded)
     paths = [name for name, _ in named]
     infos = describe_layers(bb)
-    computer = build_runtime(bb, layer_specs(bb, OUTPUT, "none", infos), infos, runtime=runtime, device=device,
-                             precision=precision)
+    specs = layer_specs(bb, OUTPUT, "none", infos)
+    choice = resolve_runtime(runtime, device, precision)
+    if choice.precision != "fp32":  # the precision guard, on the first images of this call
+        sample = decode_pixels([loc for _, loc in named[:GUARD_IMAGES]], preprocess=bb.preprocess, policy=policy,
+                               workers=1 if workers is None else workers)
+        runtime, precision, _ = guard_backbone(bb, specs, infos, sample, runtime=choice.runtime,
+                                               precision=choice.precision, auto=precision == "auto", device=device,
+                                               min_agreement=min_agreement, batch_size=batch_size)
+    computer = build_runtime(bb, specs, infos, runtime=runtime, device=device, precision=precision)
     preds: list[Prediction] = []
     for batch in progress.track(embed_files(computer, [loc for _, loc in named], preprocess=bb.preprocess,
                                             policy=policy,

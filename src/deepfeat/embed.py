@@ -68,3 +68,21 @@ def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *,
             if ok:
                 feats = runtime(np.stack([d.pixels[0] for d in ok]))
             yield EmbeddedBatch([int(d.id) for d in ok], feats, failed)
+
+
+def decode_pixels(locators: Sequence[str | os.PathLike | tuple], *, preprocess: Preprocess,
+                  policy: DecodePolicy | None = None, workers: int = 1) -> np.ndarray:
+    """The view-0 pixels (N x H x W x 3 uint8) of the inputs that decode, in order; failures are left out.
+
+    Decoded in a worker process as ``extract`` decodes (``workers=0``: in this process), e.g. the
+    sample the precision guard measures (:mod:`deepfeat.runtimes.guard`).
+    """
+    from .engines.decode_pool import DecodePool
+
+    items = [(str(i), loc if isinstance(loc, tuple) else os.fspath(loc), 0) for i, loc in enumerate(locators)]
+    h, w = preprocess.input_size
+    if not items:
+        return np.zeros((0, h, w, 3), np.uint8)
+    with DecodePool(min(1, max(0, workers)), preprocess.to_dict(), policy or DecodePolicy()) as pool:
+        ok = [r.pixels[0] for _, results in pool.map([items]) for r in results if isinstance(r, Decoded)]
+    return np.stack(ok) if ok else np.zeros((0, h, w, 3), np.uint8)

@@ -34,6 +34,7 @@ from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .store import layout, trust
 from .store.session import StoreWriter
 from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
+from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
 from .store.reader import FeatureStore, LayerSpec
 from .store.writer import Manifest
 from .units import format_size
@@ -104,12 +105,17 @@ class ExtractPlan:
     #: the inference runtime and precision that compute the features (part of the fingerprint)
     runtime: str = "torch"
     precision: str = "fp32"
+    #: the precision guard's measurement (:class:`deepfeat.runtimes.guard.Agreement` as a dict) or None
+    agreement: dict[str, Any] | None = None
 
     def use_runtime(self, described: Mapping[str, Any]) -> None:
         """Record the runtime that actually runs (after any fallback) in the config and metadata."""
         self.runtime, self.precision = str(described["runtime"]), str(described["precision"])
         self.config.update(runtime=self.runtime, precision=self.precision)
-        self.metadata.update(runtime=dict(described), precision=self.precision)
+        runtime = dict(described)
+        if self.agreement and self.agreement.get("precision") == self.precision:
+            runtime["agreement"] = self.agreement
+        self.metadata.update(runtime=runtime, precision=self.precision)
 
     @property
     def row_bytes(self) -> int:
@@ -140,6 +146,17 @@ def validate_extract_args(dtype: str, device: str, precision: str, batch_size: i
     check_int(part_size, "part_size", minimum=1, where="extract", optional=True)
 
 
+def _recorded_choice(out: str) -> tuple[Any, Any] | None:
+    """The (runtime, precision) a store at ``out`` records in its config; None when there is no readable store."""
+    if not os.path.isfile(os.path.join(out, layout.METADATA_FILE)):
+        return None
+    try:
+        config = trust.read_store_json(out, layout.METADATA_FILE).get("config", {})  # inside the store, bounded
+    except Exception:  # noqa: BLE001 - an unreadable or hostile store is reported by prepare_store_dir
+        return None
+    return (config.get("runtime"), config.get("precision")) if isinstance(config, dict) else None
+
+
 def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple[str, str]:
     """On a resume, ``auto`` means the runtime and precision the store was written with (when they run here).
 
@@ -147,13 +164,32 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
     refused by the fingerprint, so ``auto`` must not pick differently on another machine or after
     an install.
     """
-    if runtime != "auto" or not os.path.isfile(os.path.join(out, layout.METADATA_FILE)):
+    recorded = _recorded_choice(out) if runtime == "auto" else None
+    if recorded is None:
         return runtime, precision
-    try:
-        config = trust.read_store_json(out, layout.METADATA_FILE).get("config", {})  # inside the store, bounded
-    except Exception:  # noqa: BLE001 - an unreadable or hostile store is reported by prepare_store_dir
-        return runtime, precision
-    return prefer_recorded(runtime, precision, device, config.get("runtime"), config.get("precision"))
+    return prefer_recorded(runtime, precision, device, *recorded)
+
+
+def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreement: float) -> None:
+    """Run the precision guard (:mod:`deepfeat.runtimes.guard`) on a seeded sample of the job's inputs and
+    settle ``plan.runtime`` / ``plan.precision``; the measurement goes into the store metadata."""
+    from .embed import decode_pixels
+
+    if plan.precision == "fp32":
+        return
+    items = plan.discovery.items
+    pixels = decode_pixels([items[i].locator for i in sample_indices(len(items))], preprocess=plan.backbone.preprocess,
+                           policy=settings.policy, workers=settings.workers)
+
+    if settings.progress:
+        settings.progress({"phase": "guard", "images": len(pixels), "precision": plan.precision})
+    runtime, precision, agreement = guard_backbone(
+        plan.backbone, plan.layers, plan.infos, pixels, runtime=plan.runtime, precision=plan.precision,
+        auto=requested == "auto", device=settings.device, min_agreement=min_agreement,
+        channels_last=settings.channels_last, batch_size=settings.batch_size)
+    plan.runtime, plan.precision = runtime, precision
+    plan.config.update(runtime=runtime, precision=precision)
+    plan.agreement = agreement.to_dict() if agreement else None
 
 
 def default_workers() -> int:
@@ -267,6 +303,7 @@ def extract(
     device: str = "auto",
     runtime: str = "auto",
     precision: str = "auto",
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
     channels_last: bool = True,
     part_size: int | None = None,
     part_seconds: float | None = DEFAULT_PART_SECONDS,
@@ -307,6 +344,12 @@ def extract(
         runtime: ``auto`` (the fastest installed runtime that runs the model here; on a resume, the
             store's own runtime), ``torch``, ``openvino`` or ``onnxruntime``; ``precision``: ``auto``,
             ``fp32``, ``bf16`` or ``fp16``. Both are recorded in the store and its fingerprint.
+        min_agreement: the precision guard's threshold. A reduced precision (bf16, fp16) is first
+            measured against torch fp32 on a seeded sample of 64 of the job's images; it is used only
+            when every tap's minimum per-row cosine is >= ``min_agreement`` and its median >=
+            ``1 - (1 - min_agreement) / 4``. Below it ``precision="auto"`` falls back (to fp32) and an
+            explicit precision is refused. The measurement is recorded in the store
+            (``deepfeat info``); a resume keeps the store's precision without measuring again.
         progress: callback receiving dicts with a ``phase`` key ("plan", "batch", "part").
         part_size: inputs per part (default: about 256 MiB of features, 16 to 4096 inputs);
             ``part_seconds``: the local engine also commits a part once it has been open that long
@@ -322,9 +365,12 @@ def extract(
     eng.check()
     workers = eng.default_workers() if workers is None else check_int(workers, "workers", minimum=0, where="extract")
     validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
+    check_min_agreement(min_agreement, where="extract")
     check_number(part_seconds, "part_seconds", minimum=0, min_open=True, where="extract", optional=True)
     check_int(views, "views", minimum=0, where="extract")
     device = eng.resolve_device(device)
+    requested = precision
+    recorded = None if overwrite else _recorded_choice(os.fspath(out))
     if not overwrite:
         runtime, precision = _resume_choice(os.fspath(out), runtime, precision, device)
     choice = resolve_runtime(runtime, device, precision)
@@ -339,6 +385,8 @@ def extract(
         raise UsageError(f"The output {out!r} exists and is not a directory.")
     settings = RunSettings(batch_size=batch_size, workers=workers, device=device, channels_last=channels_last,
                            policy=policy or DecodePolicy(), progress=progress, part_seconds=part_seconds)
+    if recorded != (choice.runtime, choice.precision):  # a resume keeps the store's precision unmeasured
+        _guard(plan, settings, requested, min_agreement)
     eng.prepare(plan, settings)  # e.g. the local runtime is built (and any fallback recorded) before the store opens
     summary = ExtractSummary(out=out, discovered=len(plan.discovery.items), excluded=len(plan.discovery.excluded),
                              notes=list(plan.discovery.notes))
@@ -360,7 +408,8 @@ def extract(
             progress({"phase": "plan", "estimate": est, "total": len(plan.discovery.items),
                       "pending": len(pending), "already_done": summary.already_done,
                       "excluded": summary.excluded, "layers": plan.layers, "part_size": plan.part_size,
-                      "device": device, "runtime": plan.runtime, "precision": plan.precision})
+                      "device": device, "runtime": plan.runtime, "precision": plan.precision,
+                      "agreement": plan.metadata.get("runtime", {}).get("agreement")})
         summary.embedded_now, summary.failed_now, summary.parts_committed = eng.run(plan, pending, writer, settings)
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start

@@ -41,6 +41,7 @@ from typing import Any
 
 import numpy as np
 
+from .agreement import reduced_precision_note, store_precision
 from .errors import UsageError
 from .params import param_error
 from .heads import HEADS, StreamingScaler
@@ -246,6 +247,9 @@ def probe(
                                                                                        plan.val_split) else None
     fne_store = bool(st.metadata.get("fne")) or any(s.pool == _FNE_STORE_POOL for s in specs)
     cands = _candidates(specs, group_names, fne_store)
+    note = reduced_precision_note(store_precision(st.metadata), f"The store {st.path!r}")
+    if note and any(c.kind == "fne" for c in cands):
+        log.warning("%s (the full-network embedding candidate ternarises single features)", note)
     dims = sum(s.dims for s in specs)
     mem = plan_memory(budget, dims, np.dtype(st.dtype).itemsize, batch_size)
     plan.read_bytes = mem.read_bytes

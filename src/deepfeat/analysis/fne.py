@@ -42,6 +42,7 @@ from ..params import check_int, param_error
 from ..store import layout
 from ..store.fsutil import atomic_write_bytes, read_json
 from ..store.session import StoreWriter
+from ..agreement import reduced_precision_note, store_precision
 from ..store.reader import FeatureStore, LayerSpec, open_store
 from ..store.writer import write_part
 
@@ -270,6 +271,9 @@ def full_network_embedding(
     check_int(batch_size, "batch_size", minimum=1, where="full_network_embedding")
     src = store if isinstance(store, FeatureStore) else open_store(store)
     specs = resolve_store_layers(src, layers, "full_network_embedding")
+    note = reduced_precision_note(store_precision(src.metadata), f"The store {src.path!r}")
+    if note:
+        log.warning(note)
     if stats_split is not None and stats_split not in src.splits:
         raise param_error("stats_split", f"a split of the store ({', '.join(src.splits) or 'none'}) or None",
                           stats_split, "full_network_embedding")

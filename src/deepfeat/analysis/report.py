@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from ..agreement import reduced_precision_note, store_precision
 from ..errors import UsageError
 from ..params import check_int
 from ..store.fsutil import staged_directory
@@ -152,6 +153,9 @@ def analyze(
         raise UsageError(f"The 'out' parameter of analyze must be a directory; {out!r} is a file.")
     # check every argument (store, split, layers, bins, ...) before creating ``out``
     st_obj, _ = check_arguments(store, split, layers, bins, alpha, batch_size, sample_rows)
+    note = reduced_precision_note(store_precision(st_obj.metadata), f"The store {st_obj.path!r}")
+    if note:
+        log.warning(note)
     os.makedirs(out, exist_ok=True)
     st = feature_statistics(st_obj, split=split, layers=layers, bins=bins, alpha=alpha, batch_size=batch_size,
                             sample_rows=sample_rows)

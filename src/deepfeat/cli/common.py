@@ -66,7 +66,16 @@ class _Progress:
                  f"{format_size(est['bytes'])} on {event['device']} with {event.get('runtime', 'torch')} "
                  f"{event['precision']}"
                  f"; {event['already_done']:,} already done, {event['excluded']:,} excluded at discovery")
+        if event.get("agreement"):
+            from ..agreement import describe_agreement
+
+            self.say(f"precision guard: {describe_agreement({'agreement': event['agreement']})}")
         self._start("extract", event["pending"], "img")
+
+    def _extract_guard(self, event: dict[str, Any]) -> None:
+        if not self.quiet:
+            self.say(f"precision guard: measuring {event['precision']} against torch fp32 on {event['images']} "
+                     "of the job's images")
 
     def _extract_batch(self, event: dict[str, Any]) -> None:
         self.failed += event["failed"]
@@ -152,7 +161,8 @@ def _add_runtime_args(p: argparse.ArgumentParser, auto_help: str = "auto: the fa
                    help=f"auto | openvino | onnxruntime | torch (default: auto; {auto_help})")
     p.add_argument("--precision", default="auto",
                    help="auto | fp32 | bf16 | fp16 (default: auto, the fastest precision that agrees with torch "
-                        "fp32; bf16 only on CPUs that compute it natively)")
+                        "fp32; bf16 only on CPUs that compute it natively, and in extract only after the precision "
+                        "guard measured it on the job's images)")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:

@@ -32,6 +32,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                    help="decode processes (default: spare cores; with --engine ray: per Ray worker, default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_runtime_args(p)
+    p.add_argument("--min-agreement", type=float, default=0.98,
+                   help="the precision guard: a reduced precision (bf16, fp16) is used only when, on a seeded sample "
+                        "of 64 of the job's images, every layer's minimum per-row cosine with torch fp32 is at "
+                        "least this (and its median at least 1 - (1 - this) / 4); below it --precision auto falls "
+                        "back to fp32 and an explicit --precision is refused. In (0, 1]")
     p.add_argument("--part-size", type=int, default=None, help="inputs per committed part (default: ~256 MiB)")
     p.add_argument("--part-seconds", type=float, default=30.0,
                    help="also commit a part once it has been open this long, so Ctrl-C loses at most about that "
@@ -61,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         s = extract(_source_of(args), args.out, model=args.model, layers=args.layers, pool=args.pool, dtype=args.dtype,
                     weights=args.weights, input_size=args.input_size, crop_pct=args.crop_pct,
                     batch_size=args.batch_size, workers=args.workers, device=args.device,
-                    runtime=args.runtime, precision=args.precision, part_size=args.part_size,
+                    runtime=args.runtime, precision=args.precision, min_agreement=args.min_agreement,
+                    part_size=args.part_size,
                     part_seconds=args.part_seconds or None,
                     overwrite=args.overwrite,
                     ignore_free_space=args.ignore_free_space,

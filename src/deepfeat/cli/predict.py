@@ -32,6 +32,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--neighbors-k", type=int, default=3, help="with --neighbors: training rows per image")
     p.add_argument("--far-threshold", type=float, default=0.55,
                    help="with --neighbors: flag an image whose nearest training row is less similar (cosine)")
+    p.add_argument("--min-agreement", type=float, default=0.98,
+                   help="backbone only: the precision guard's threshold for a reduced precision, measured on the "
+                        "first 64 images (a bundle uses the precision its features were stored at). In (0, 1]")
     p.set_defaults(func=run)
 
 
@@ -58,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
             from ..errors import UsageError
 
             raise UsageError("--neighbors needs a bundle (.dfm) trained on the indexed store, not a backbone name.")
-        preds = classify_images(args.model, args.inputs, top_k=5 if args.top_k is None else args.top_k, **common)
+        preds = classify_images(args.model, args.inputs, top_k=5 if args.top_k is None else args.top_k,
+                                min_agreement=args.min_agreement, **common)
     bad = sum(p.error is not None for p in preds)
     if args.out:
         from ..predict import write_predictions

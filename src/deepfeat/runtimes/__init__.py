@@ -153,8 +153,9 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
         precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
         dtype: dtype of the returned features (``float32`` or ``float16``).
         cache_dir: where exported graphs are cached (default ``~/.cache/deepfeat/runtimes``).
-        fallback: when the chosen runtime cannot export or compile this model, use torch fp32
-            (logged) instead of raising ``UsageError``.
+        fallback: when the chosen runtime cannot export or compile this model, use torch (logged)
+            instead of raising ``UsageError``: at fp32 when ``precision="auto"``, else at the
+            precision asked for (where torch runs it).
         threads: inference threads of an exported runtime (default: every core).
     """
     from ..models.layers import describe_layers
@@ -168,8 +169,9 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
         except RuntimeUnavailable as exc:
             if not fallback:
                 raise UsageError(f"The runtime {choice.runtime!r} cannot run {backbone.name!r}: {exc}") from None
-            torch_precision = choice.precision if choice.precision in TorchRuntime.precisions.get(
-                _device_type(device), ()) else "fp32"
+            # auto falls back to the reference precision; an explicit precision is kept where torch runs it
+            torch_precision = choice.precision if precision != "auto" and choice.precision in \
+                TorchRuntime.precisions.get(_device_type(device), ()) else "fp32"
             log.warning("%s cannot run %s (%s); falling back to torch %s", choice.runtime, backbone.name, exc,
                         torch_precision)
             choice = RuntimeChoice("torch", torch_precision)

@@ -68,6 +68,8 @@ class StoreInfo:
     views: int
     layers: list[dict[str, Any]]
     runtime: str | None = None  #: the inference runtime that computed the features (torch before runtimes existed)
+    #: the precision guard's measurement (runtime.agreement of the metadata), when a reduced precision was measured
+    agreement: dict[str, Any] | None = None
     rows_total: int = 0
     rows_by_split: dict[str, int] = field(default_factory=dict)
     rows_by_class: dict[str, dict[str, int]] = field(default_factory=dict)  #: split -> class -> rows
@@ -179,6 +181,7 @@ def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreIn
         views=_view_count(config.get("views", meta.get("views", 0))),
         layers=layers,
         runtime=_runtime_name(meta),
+        agreement=_agreement(meta),
     )
     manifest = store.manifest
     info.parts = len(manifest.parts)
@@ -354,6 +357,7 @@ def format_info(info: StoreInfo, failures: bool = False, max_classes: int = 60) 
         ("preprocess", _fmt_pre(info.preprocess)),
         ("dtype", info.dtype),
         ("runtime", f"{info.runtime or 'torch'} {info.precision or '?'}"),
+        ("agreement", format_agreement(info.precision, info.agreement)),
         ("views", f"{1 + info.views} per input" if info.views else "1 per input (no augmentation)"),
     ])
     out += ["", f"Layers ({len(info.layers)}, {sum(int(d['dims']) for d in info.layers):,} dims per row)"]
@@ -621,6 +625,23 @@ def _read_part_table(store: FeatureStore, part: PartRecord, fname: str, ok: Mapp
         after = "" if ok.get(fname) is not None else " (after its size or checksum check failed)"
         problems.append(_problem("parquet", f"{exc}{after}"))
         return None
+
+
+def _agreement(meta: dict[str, Any]) -> dict[str, Any] | None:
+    rt = meta.get("runtime")
+    rec = rt.get("agreement") if isinstance(rt, dict) else None
+    return dict(rec) if isinstance(rec, dict) else None
+
+
+def format_agreement(precision: str | None, agreement: dict[str, Any] | None) -> str:
+    """The ``agreement`` line of ``deepfeat info``: what the precision guard measured."""
+    from ..agreement import describe_agreement
+
+    if agreement:
+        return describe_agreement({"agreement": agreement}) or "?"
+    if precision in (None, "fp32"):
+        return "fp32 (the reference precision)"
+    return f"{precision}, not measured (written before the precision guard, or by a custom engine)"
 
 
 def _runtime_name(meta: dict[str, Any]) -> str | None:
