@@ -277,8 +277,7 @@ class SearchIndex:
         self.meta = pq.read_table(os.path.join(self.path, ROWS_FILE))
         if self.meta.num_rows != self.rows:
             raise StoreError(f"{self.path}: {ROWS_FILE} has {self.meta.num_rows} rows, the index {self.rows}.")
-        self._cols = {c: self.meta.column(c).to_pylist() for c in ROW_COLUMNS}
-        self._row_of_id: dict[str, int] | None = None
+        self._cols: dict[str, list[Any]] | None = None  # Python lists of the row metadata, made on demand
         self._faiss: Any = None
         if check_store:
             self.check_fresh()
@@ -305,17 +304,22 @@ class SearchIndex:
     # -- rows ------------------------------------------------------------------------------
     def columns(self) -> dict[str, list[Any]]:
         """{column: values} of the row metadata (id, path, split, label), aligned with the vectors."""
+        if self._cols is None:
+            self._cols = {c: self.meta.column(c).to_pylist() for c in ROW_COLUMNS}
         return dict(self._cols)
 
     def neighbor(self, row: int, similarity: float) -> Neighbor:
-        c = self._cols
-        return Neighbor(path=c["path"][row], id=c["id"][row], split=c["split"][row], label=c["label"][row],
+        """The row's metadata (read from the Arrow table: no Python object per indexed row) and a similarity."""
+        c = {name: self.meta.column(name)[row].as_py() for name in ROW_COLUMNS}
+        return Neighbor(path=c["path"], id=c["id"], split=c["split"], label=c["label"],
                         similarity=round(min(1.0, max(-1.0, float(similarity))), 6))
 
     def row_of_id(self, row_id: str) -> int | None:
-        if self._row_of_id is None:
-            self._row_of_id = {v: i for i, v in enumerate(self._cols["id"])}
-        return self._row_of_id.get(row_id)
+        """The row of a stored id (a scan of the id column), or None."""
+        import pyarrow.compute as pc
+
+        pos = pc.index(self.meta.column("id"), pa.scalar(str(row_id), pa.string())).as_py()
+        return None if pos is None or pos < 0 else int(pos)
 
     def vectors_of(self, rows: Sequence[int]) -> np.ndarray:
         """The normalised vectors of ``rows`` as float32."""
