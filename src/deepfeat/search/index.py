@@ -183,8 +183,9 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
     if 2 * rows * dims <= budget:  # 8-bit scalar quantiser: one byte per value (twice: the lists grow by doubling)
         codes, index = "SQ8", faiss.IndexIVFScalarQuantizer(quantizer, dims, nlist, faiss.ScalarQuantizer.QT_8bit,
                                                             faiss.METRIC_INNER_PRODUCT)
-    else:  # product quantiser: about dims/10 bytes per vector (1,280 dims: 128 bytes)
-        m = max(d for d in range(1, max(1, dims // 10) + 1) if dims % d == 0)
+    else:  # product quantiser: m one-byte codes per vector, as many as a quarter of the budget holds (at most dims/4)
+        m_max = max(1, min(dims // 4, int(budget // 4 // rows)))
+        m = max(d for d in range(1, m_max + 1) if dims % d == 0)
         codes, index = f"PQ{m}", faiss.IndexIVFPQ(quantizer, dims, nlist, m, 8, faiss.METRIC_INNER_PRODUCT)
     with progress.timer(f"training the IVF quantiser ({nlist} lists) on {sample_rows:,} rows"):
         index.train(vectors.take(sample))
