@@ -158,7 +158,8 @@ def test_every_command_takes_its_defaults_from_the_api_it_calls():
         checked += 1
     assert checked > 40
     sizes = {p: a.default for p, _, a in _walk(build_parser()) if a.dest == "memory_budget"}
-    assert sizes == {("train",): "1GiB", ("probe",): "1GiB", ("train-cnn",): "2GiB", ("finetune",): "2GiB"}
+    assert sizes == {("train",): "1GiB", ("probe",): "1GiB", ("train-cnn",): "2GiB", ("finetune",): "2GiB",
+                     ("duplicates",): "1GiB", ("index",): "1GiB", ("search",): "1GiB"}
 
 
 def test_usage_errors_name_command_line_flags(fm_store, tmp_path, capsys):

@@ -46,6 +46,10 @@ _API = {
     "CNNTrainResult": "deepfeat.cnn.training",
     "analyze": "deepfeat.analysis.report",
     "full_network_embedding": "deepfeat.analysis.fne",
+    "duplicates": "deepfeat.search.duplicates",
+    "build_index": "deepfeat.search.index",
+    "open_index": "deepfeat.search.index",
+    "search": "deepfeat.search.query",
 }
 
 __all__ = sorted(_API) + ["__version__"]

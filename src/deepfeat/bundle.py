@@ -43,6 +43,8 @@ from .store.fsutil import as_os_error, environment_errors
 from .store.layerspec import LayerSpec
 from .models.registry import RANDOM, load_backbone
 from .models.hub import expecting_weights
+from .models.layers import describe_layers
+from .runtimes import build_runtime, prefer_recorded
 from .analysis.fne import fne_transform
 
 #: A head may allocate at most this many times the parameters its own tensors hold (plus a little).
@@ -171,6 +173,22 @@ class Bundle:
                 f"weights with sha256 {expected}, but {bb.weights!r} has sha256 {bb.weights_sha256}. Pass the "
                 "original weights file (--weights PATH); features of other weights would be wrong.")
         return bb
+
+
+def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, device: str = "cpu",
+                   runtime: str = "auto", precision: str = "auto") -> Any:
+    """The :class:`~deepfeat.runtimes.Runtime` that computes a bundle's features.
+
+    ``auto`` means the runtime and precision recorded in the bundle when they run here
+    (else the fastest available, logged), so predictions match the store it was trained on.
+    """
+    recorded = b.metadata.get("runtime")
+    rec_rt = recorded.get("runtime") if isinstance(recorded, dict) else "torch"  # bundles before runtimes: torch
+    runtime, precision = prefer_recorded(runtime, precision, device, rec_rt, str(b.metadata.get("precision", "fp32")),
+                                         what=f"the bundle {b.path!r}")
+    bb = b.load_backbone(weights)
+    return build_runtime(bb, b.compute_layers, describe_layers(bb), runtime=runtime, device=device,
+                         precision=precision, dtype=b.compute_dtype)
 
 
 def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preprocess: Mapping[str, Any],

@@ -35,7 +35,8 @@ import numpy as np
 from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import StoreError, UsageError
-from .params import check_int
+from .params import check_int, check_number
+from .search.duplicates import DEFAULT_THRESHOLD
 from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, open_store
 from .viz.plots import plot_confusion_matrix as plot
@@ -43,6 +44,7 @@ from .reports.evaluation_page import calibration
 from .reports.evaluation_page import Examples
 from .reports.evaluation_page import evaluation_html
 from .reports.html import write
+from .search.leakage import train_near_duplicates
 
 log = logging.getLogger(__name__)
 
@@ -117,13 +119,19 @@ def evaluate(
     top_k: int | str | Sequence[int] = (1, 3),
     tta: bool = False,
     batch_size: int = 1024,
+    leakage_threshold: float | None = DEFAULT_THRESHOLD,
 ) -> dict[str, Any]:
     """Score a bundle on the stored features of ``split`` (``None`` or ``"all"``: every row).
 
     Returns the report as a dict (see the module docstring); with ``out`` the files are written too.
+    When ``split`` is not ``train`` and the store has a train split, rows with a near-duplicate in
+    train (cosine >= ``leakage_threshold`` on ``pre_logits``, or the bundle's first layer) are counted
+    and the accuracy without them is reported beside the headline (``report["leakage"]``; None: no check).
     """
     ks = _parse_top_k(top_k)
     check_int(batch_size, "batch_size", minimum=1, where="evaluate")
+    check_number(leakage_threshold, "leakage_threshold", minimum=0, maximum=1, min_open=True, where="evaluate",
+                 optional=True)
     if out is not None:
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"The 'out' parameter of evaluate must be a directory; {os.fspath(out)!r} is a file.")
@@ -195,6 +203,9 @@ def evaluate(
         "layers": names, "tta": bool(tta), "views_averaged": int(views_used),
         "scores": "probability" if b.probabilistic else "decision",
     })
+    leaks = _leakage(st, sel, b, leakage_threshold, ids, sources, truth, topk, classes)
+    if leaks is not None:
+        report["leakage"] = leaks
     if b.probabilistic and len(tops):
 
         truth_idx = np.asarray([classes.index(t) if t in classes else -1 for t in truth])
@@ -253,6 +264,7 @@ def format_report(report: dict[str, Any]) -> str:
         "",
         f"accuracy: {report['accuracy']:.4f}   " + "   ".join(f"{k.replace('_', '-')}: {v:.4f}"
                                                       for k, v in report["top_k"].items()),
+        *_leakage_lines(report),
         "",
         f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}",
     ]
@@ -265,6 +277,41 @@ def format_report(report: dict[str, Any]) -> str:
     if report.get("unknown_labels"):
         lines += ["", "labels the bundle does not know (always wrong): " + ", ".join(report["unknown_labels"])]
     return "\n".join(lines) + "\n"
+
+
+def _leakage(st: FeatureStore, sel: str | None, b: Bundle, threshold: float | None, ids: list[str],
+             sources: list[str | None], truth: list[str], topk: np.ndarray, classes: list[str]
+             ) -> dict[str, Any] | None:
+    """Rows of the evaluated split with a near-duplicate in train, and the accuracy without them."""
+
+    if threshold is None or sel in (None, "train") or "train" not in st.splits or not len(topk):
+        return None
+    layer = "pre_logits" if "pre_logits" in st.layer_names else b.layer_names[0]
+    found = train_near_duplicates(st, sel, layer=layer, threshold=float(threshold))
+    correct = np.asarray([t in classes and classes.index(t) == p for t, p in zip(truth, topk[:, 0].tolist())])
+    leaked = np.asarray([i in found for i in ids], dtype=bool)
+    clean = ~leaked
+    examples = sorted(({"id": i, "path": p, "train_id": found[i].train_id, "train_path": found[i].train_path,
+                        "similarity": found[i].similarity} for i, p in zip(ids, sources) if i in found),
+                      key=lambda e: -e["similarity"])
+    return {"threshold": float(threshold), "layer": layer, "reference_split": "train", "rows": int(leaked.sum()),
+            "accuracy_leaked": float(correct[leaked].mean()) if leaked.any() else None,
+            "n_without": int(clean.sum()),
+            "accuracy_without": float(correct[clean].mean()) if clean.any() else None,
+            "examples": examples[:48]}
+
+
+def _leakage_lines(report: dict[str, Any]) -> list[str]:
+    leak = report.get("leakage")
+    if not leak:
+        return []
+    if not leak["rows"]:
+        return [f"near-duplicates in train: none (cosine >= {leak['threshold']:g} on {leak['layer']})"]
+    without = leak["accuracy_without"]
+    return [f"near-duplicates in train: {leak['rows']:,} of {report['n']:,} rows (cosine >= {leak['threshold']:g} on "
+            f"{leak['layer']}); accuracy without them: "
+            + (f"{without:.4f} on {leak['n_without']:,} rows" if without is not None else "- (no rows left)")
+            + f" (headline {report['accuracy']:.4f})"]
 
 
 def _sources(meta: Any) -> list[str | None]:

@@ -24,16 +24,16 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..errors import EnvironmentFault, StoreError, UsageError
 from ..store.fsutil import WRITE_ERRNOS, write_error_hint
-from . import (analyze, cnn, datasets, evaluate, export, export_model, extract, info, layers, models, plot, predict,
-               probe, train)
+from . import (analyze, cnn, datasets, duplicates, evaluate, export, export_model, extract, index, info, layers, models,
+               plot, predict, probe, search, train)
 from .common import CommandParser, _print_error, finish_parser
 from .config import _apply_config
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: the command modules, in the order ``deepfeat --help`` lists their commands
-COMMANDS = (models, layers, datasets, extract, info, export, analyze, train, probe, evaluate, predict, export_model, cnn,
-            plot)
+COMMANDS = (models, layers, datasets, extract, info, export, analyze, train, probe, evaluate, predict, export_model,
+            duplicates, index, search, cnn, plot)
 
 
 def build_parser() -> CommandParser:

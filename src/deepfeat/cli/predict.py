@@ -27,6 +27,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--workers", type=int, default=None,
                    help="decode processes (default: spare cores; 0 decodes in this process)")
     _add_runtime_args(p, auto_help="auto: the bundle's own runtime and precision when they run here")
+    p.add_argument("--neighbors", default=None, metavar="INDEX",
+                   help="bundle only: an index of the training store ('deepfeat index'): add each image's nearest "
+                        "training rows and flag images far from all of them")
+    p.add_argument("--neighbors-k", type=int, default=3, help="with --neighbors: training rows per image")
+    p.add_argument("--far-threshold", type=float, default=0.55,
+                   help="with --neighbors: flag an image whose nearest training row is less similar (cosine)")
     p.add_argument("--min-agreement", type=float, default=0.98,
                    help="backbone only: the precision guard's threshold for a reduced precision, measured on the "
                         "first 64 images (a bundle uses the precision its features were stored at). In (0, 1]")
@@ -53,10 +59,15 @@ def run(args: argparse.Namespace) -> int:
         from ..predict import predict_images
 
         preds = predict_images(args.model, args.inputs, top_k=3 if args.top_k is None else args.top_k,
-                               weights=args.weights, **common)
+                               weights=args.weights, neighbors=args.neighbors, neighbors_k=args.neighbors_k,
+                               far_threshold=args.far_threshold, **common)
     else:
         from ..classify import classify_images
 
+        if args.neighbors:
+            from ..errors import UsageError
+
+            raise UsageError("--neighbors needs a bundle (.dfm) trained on the indexed store, not a backbone name.")
         preds = classify_images(args.model, args.inputs, top_k=5 if args.top_k is None else args.top_k,
                                 min_agreement=args.min_agreement, **common)
     bad = sum(p.error is not None for p in preds)
@@ -70,7 +81,15 @@ def run(args: argparse.Namespace) -> int:
             if p.error:
                 _print(f"{p.path}\tERROR\t{p.error}")
             else:
-                _print(f"{p.path}\t" + "\t".join(f"{lbl} ({s:.3f})" for lbl, s in zip(p.labels, p.probabilities)))
+                near = getattr(p, "neighbors", None)
+                extra = ""
+                if near is not None:
+                    n0 = near[0] if near else None
+                    extra = (f"\tnearest training: {n0['label'] or '-'} ({n0['similarity']:.3f}) {n0['path']}"
+                             if n0 else "\tnearest training: none")
+                    extra += "\tFAR FROM TRAINING" if p.far_from_training else ""
+                _print(f"{p.path}\t" + "\t".join(f"{lbl} ({s:.3f})" for lbl, s in zip(p.labels, p.probabilities))
+                       + extra)
         # the summary goes to stderr: stdout is one line per image, for pipes
         _print_error(f"{len(preds):,} predictions ({bad:,} could not be classified)")
     return 0 if bad < len(preds) or not preds else 1

@@ -138,6 +138,25 @@ def _gallery(ex: Examples, order: Sequence[int], empty: str) -> str:
     return '<div class="grid">' + "".join(_card(ex, int(i)) for i in order) + "</div>"
 
 
+def _leakage_section(report: dict[str, Any], leak: dict[str, Any]) -> str:
+    """Evaluated rows with a near-duplicate in train: counts, accuracies, and the pairs as thumbnails."""
+    shown = leak["examples"][:GALLERY_SIZE]
+    pairs = []
+    for e in shown:
+        pairs.append(H.thumb_card(e["path"], f'<span class="no">{H.esc(report["split"])}</span>',
+                                  [f"<div>similarity {e['similarity']:.4f}</div>"]))
+        pairs.append(H.thumb_card(e["train_path"], '<span class="ok">train</span>', [f"<div>{H.esc(e['train_id'])}</div>"]))
+    table = H.table([{"rows": "all", "n": report["n"], "accuracy": report["accuracy"]},
+                     {"rows": "with a near-duplicate in train", "n": leak["rows"], "accuracy": leak["accuracy_leaked"]},
+                     {"rows": "without them", "n": leak["n_without"], "accuracy": leak["accuracy_without"]}])
+    return H.section(
+        f"Near-duplicates in train ({leak['rows']:,} of {report['n']:,} rows)",
+        H.paragraph(f"Evaluated rows whose cosine similarity to a training row is at least {leak['threshold']:g} on "
+                    f"{leak['layer']}: their accuracy measures memory, not generalisation. Each pair: the evaluated "
+                    "image, then its nearest training image.", note=True),
+        table, '<div class="grid">' + "".join(pairs) + "</div>")
+
+
 def evaluation_html(report: dict[str, Any], ex: Examples) -> str:
     """The whole evaluation page (see the module docstring)."""
     n = report["n"]
@@ -153,6 +172,9 @@ def evaluation_html(report: dict[str, Any], ex: Examples) -> str:
     score_word = "probability" if ex.probabilistic else "decision value"
 
     cards = [("accuracy", f"{report['accuracy']:.4f}")]
+    leak = report.get("leakage")
+    if leak and leak["rows"] and leak["accuracy_without"] is not None:
+        cards.append((f"accuracy without the {leak['rows']:,} near-duplicates of train", f"{leak['accuracy_without']:.4f}"))
     cards += [(k.replace("_", "-") + " accuracy", f"{v:.4f}") for k, v in report["top_k"].items() if k != "top_1"]
     cards += [("macro F1", f"{report['macro_avg']['f1']:.4f}"), ("images", f"{n:,}")]
     cal = report.get("calibration")
@@ -176,6 +198,8 @@ def evaluation_html(report: dict[str, Any], ex: Examples) -> str:
                   H.paragraph(f"Right answers with the lowest top-1 {score_word}: the borderline cases.", note=True),
                   _gallery(ex, unsure_right, "No correct answers.")),
     ]
+    if leak and leak["rows"]:
+        parts.insert(1, _leakage_section(report, leak))
     if cal:
         try:
             fig = _calibration_figure(cal)

@@ -30,7 +30,15 @@ def gallery_html(preds: Sequence[Any], title: str = "deepfeat predictions") -> s
         scores = list(getattr(p, "scores", None) or getattr(p, "probabilities", None) or [])
         items = "".join(f"<li>{H.esc(lbl)} ({s:.3f})</li>" for lbl, s in zip(p.labels, scores))
         top = H.esc(p.labels[0]) if p.labels else "-"
-        cards.append(H.thumb_card(p.path, top, [f"<ol>{items}</ol>"]))
+        lines = [f"<ol>{items}</ol>"]
+        near = getattr(p, "neighbors", None)
+        if near is not None:
+            n0 = near[0] if near else None
+            lines.append(f"<div>nearest training: {H.esc(str(n0['label'] or '-'))} ({n0['similarity']:.3f})</div>"
+                         if n0 else "<div>no training rows</div>")
+            if getattr(p, "far_from_training", False):
+                lines.append('<div class="no">far from the training images</div>')
+        cards.append(H.thumb_card(p.path, top, lines))
     summary = H.cards([("images", f"{len(preds):,}"), ("classified", f"{len(ok):,}"), ("not classified", f"{bad:,}")])
     per_class = H.table([{"top-1 class": c, "images": n} for c, n in counts.most_common()])
     body = (summary + H.section("Images", H.paragraph(f"Top-k classes with their {kind} scores.", note=True),

@@ -1,0 +1,364 @@
+"""Search benchmarks: the near-duplicate threshold on planted duplicates, and the index on a synthetic store.
+
+``thresholds``: real Fashion-MNIST images plus planted duplicates of some of them (byte copies, JPEG
+re-encodes at quality 75 and 40, downscales to 3/4 and 1/2 of the side), placed in train or test;
+extracts them with the bundled efficientnet_lite0 (fp32) and prints, per cosine threshold, the recall
+of each kind of planted pair and the precision of every reported pair (a pair is true when both
+rows are copies of one original, or byte-identical files of Fashion-MNIST itself).
+
+    python benchmarks/search.py thresholds [--per-class 100] [--planted 80] [--input-size 224]
+
+``photos``: the same on scikit-image's sample photos and their quadrants (distinct look-alike originals).
+
+    python benchmarks/search.py photos
+
+``ood``: the far-from-training threshold of ``predict --neighbors``: the nearest-training similarity
+of Fashion-MNIST test images (in domain) and of photos (out of domain) against an index of
+Fashion-MNIST train.
+
+    python benchmarks/search.py ood [--per-class 100]
+
+``index``: a synthetic store of N rows x D dims (float16, written through the store's own writer,
+clustered vectors with planted near-duplicates): index build time and peak memory, recall@10 of
+the index against exact search, queries/s of both, and the duplicates scan on it.
+
+    python benchmarks/search.py index [--rows 200000] [--dims 1280] [--queries 1000] [--budget 1GiB]
+
+Both print the CPU model and flags first. Each measurement runs in a fresh subprocess (peak RSS =
+ru_maxrss of that process).
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import hashlib
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+KINDS = ("copy", "jpeg75", "jpeg40", "down75", "down50")
+
+
+def cpu_line() -> str:
+    model, flags = "?", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name") and model == "?":
+                model = line.split(":", 1)[1].strip()
+            if line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile") if f in flags]
+    return f"CPU: {model}, {os.cpu_count()} cores visible, flags: {' '.join(simd) or 'none of avx2/avx512'}"
+
+
+# ----------------------------------------------------------------------------- thresholds
+def plant(root: str, n: int, seed: int) -> dict[str, tuple[str, str]]:
+    """Planted copies: {planted path: (kind, original path)}."""
+    from PIL import Image
+
+    rng = random.Random(seed)
+    originals = sorted(p for p in glob.glob(f"{root}/*/*/*.png") if not os.path.basename(p).startswith("planted_"))
+    out = {}
+    for kind in KINDS:
+        for src in rng.sample(originals, n):
+            split = rng.choice(["train", "test"])
+            cls = os.path.basename(os.path.dirname(src))
+            stem = os.path.splitext(os.path.basename(src))[0]
+            folder = os.path.join(root, split, cls)
+            os.makedirs(folder, exist_ok=True)
+            im = Image.open(src)
+            if kind == "copy":
+                dst = os.path.join(folder, f"planted_{kind}_{stem}.png")
+                shutil.copyfile(src, dst)
+            elif kind.startswith("jpeg"):
+                dst = os.path.join(folder, f"planted_{kind}_{stem}.jpg")
+                im.save(dst, quality=int(kind[4:]))
+            else:
+                side = max(1, round(im.width * int(kind[4:]) / 100))
+                dst = os.path.join(folder, f"planted_{kind}_{stem}.png")
+                im.resize((side, side), Image.BILINEAR).save(dst)
+            out[dst] = (kind, src)
+    return out
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text", "hubble_deep_field",
+          "immunohistochemistry", "retina", "brick", "grass", "gravel", "colorwheel", "clock", "cell")
+
+
+def write_photos(root: str) -> None:
+    """scikit-image's sample photos and the four quadrants of each (distinct, look-alike originals) as PNGs."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    for i, name in enumerate(PHOTOS):
+        a = getattr(data, name)()
+        a = np.stack([a] * 3, axis=-1) if a.ndim == 2 else a[..., :3]
+        split = "train" if i % 2 == 0 else "test"
+        os.makedirs(os.path.join(root, split, name), exist_ok=True)
+        h, w = a.shape[:2]
+        crops = {"full": a, "q1": a[:h // 2, :w // 2], "q2": a[:h // 2, w // 2:], "q3": a[h // 2:, :w // 2],
+                 "q4": a[h // 2:, w // 2:]}
+        for key, c in crops.items():
+            Image.fromarray(np.ascontiguousarray(c)).save(os.path.join(root, split, name, f"{name}_{key}.png"))
+
+
+def thresholds(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    import deepfeat
+    from deepfeat.datasets import write_fashion_mnist
+    from deepfeat.search.duplicates import all_pairs
+    from deepfeat.search.index import build_index
+
+    work = args.work or tempfile.mkdtemp(prefix="deepfeat-thresholds-")
+    try:
+        root = os.path.join(work, "fm")
+        if not os.path.isdir(os.path.join(work, "st")):
+            if args.mode == "photos":
+                write_photos(root)
+            else:
+                write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
+        planted = plant(root, args.planted, args.seed)
+        t = time.perf_counter()
+        deepfeat.extract(root, os.path.join(work, "st"), model="efficientnet_lite0", input_size=args.input_size,
+                         layers=args.layers, precision="fp32", dtype="float16")
+        print(f"extracted {len(glob.glob(f'{root}/*/*/*'))} images at input size {args.input_size or 'default'} "
+              f"in {time.perf_counter() - t:.1f} s")
+        idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), layer=args.layer, kind="exact",
+                          overwrite=True)
+        paths = idx.columns()["path"]
+        # truth: a group per original (its planted copies join it); byte-identical files join too
+        group: dict[str, str] = {}
+        by_hash: dict[str, str] = {}
+        for p in paths:
+            if p in planted:
+                continue
+            h = hashlib.sha256(open(p, "rb").read()).hexdigest()
+            group[p] = by_hash.setdefault(h, p)
+        for p, (_, src) in planted.items():
+            group[p] = group[src]
+        ii, jj, ss = all_pairs(idx.vectors, args.low, 4096)
+        row = {p: i for i, p in enumerate(paths)}
+        sim_of = {}
+        for a, b, s in zip(ii.tolist(), jj.tolist(), ss.tolist()):
+            sim_of[(min(a, b), max(a, b))] = s
+        true = np.array([group[paths[a]] == group[paths[b]] for a, b in zip(ii.tolist(), jj.tolist())], dtype=bool)
+        n_natural = sum(1 for p in paths if p not in planted and group[p] != p)
+        print(f"{len(paths)} rows, {len(planted)} planted ({args.planted} per kind), {n_natural} byte-identical "
+              f"Fashion-MNIST files; {len(ii)} pairs at cosine >= {args.low}")
+        header = "| threshold | " + " | ".join(f"recall {k}" for k in KINDS) + " | recall all | pairs | precision |"
+        print(f"layer {args.layer}, input size {args.input_size or 'default (224)'}")
+        print(header)
+        print("|" + "---|" * (len(KINDS) + 4))
+        for thr in args.thresholds:
+            rec = []
+            for kind in KINDS:
+                pairs = [(row[p], row[src]) for p, (k, src) in planted.items() if k == kind]
+                hit = sum(sim_of.get((min(a, b), max(a, b)), -1) >= thr for a, b in pairs)
+                rec.append(hit / len(pairs))
+            pairs = [(row[p], row[src]) for p, (k, src) in planted.items()]
+            hit_all = sum(sim_of.get((min(a, b), max(a, b)), -1) >= thr for a, b in pairs) / len(pairs)
+            sel = ss >= thr
+            prec = float(true[sel].mean()) if sel.any() else float("nan")
+            print(f"| {thr:.2f} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {hit_all:.3f} | {int(sel.sum())} | "
+                  f"{prec:.3f} |")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- ood
+def ood(args: argparse.Namespace) -> None:
+    """Nearest-training similarity of in-domain (Fashion-MNIST test) and out-of-domain (photos) images."""
+    import numpy as np
+
+    import deepfeat
+    from deepfeat.datasets import write_fashion_mnist
+    from deepfeat.search.index import build_index
+
+    work = args.work or tempfile.mkdtemp(prefix="deepfeat-ood-")
+    try:
+        root, photos = os.path.join(work, "fm"), os.path.join(work, "photos")
+        if not os.path.isdir(os.path.join(work, "st")):
+            write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
+            write_photos(photos)
+        deepfeat.extract(root, os.path.join(work, "st"), model="efficientnet_lite0", input_size=args.input_size,
+                         precision="fp32", dtype="float16")
+        idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), splits=["train"], kind="exact",
+                          overwrite=True)
+        tests = sorted(glob.glob(f"{root}/test/*/*.png"))
+        photo_files = sorted(glob.glob(f"{photos}/*/*/*.png"))
+        near = {}
+        for name, files in (("Fashion-MNIST test", tests), ("photos", photo_files)):
+            res = deepfeat.search(idx, files, top_k=1, precision="fp32")
+            near[name] = np.array([r.neighbors[0].similarity for r in res if r.neighbors])
+            q = np.quantile(near[name], [0.0, 0.01, 0.05, 0.5, 0.95, 1.0])
+            print(f"{name}: {len(near[name])} images, nearest-training similarity min {q[0]:.3f}, 1 % {q[1]:.3f}, "
+                  f"5 % {q[2]:.3f}, median {q[3]:.3f}, 95 % {q[4]:.3f}, max {q[5]:.3f}")
+        print("| far threshold | Fashion-MNIST test flagged | photos flagged |")
+        print("|---|---|---|")
+        for t in args.thresholds:
+            print(f"| {t:.2f} | {np.mean(near['Fashion-MNIST test'] < t):.3f} | {np.mean(near['photos'] < t):.3f} |")
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- index
+CHILD = r"""
+import json, resource, sys, time, numpy as np
+args = json.loads(sys.argv[1])
+t = time.perf_counter()
+out = {}
+if args["step"] == "index":
+    from deepfeat.search.index import build_index
+    idx = build_index(args["store"], args["index"], kind=args["kind"], memory_budget=args["budget"], overwrite=True)
+    out["seconds"] = time.perf_counter() - t
+    out["ivf"] = idx.doc.get("ivf")
+elif args["step"] == "query":
+    from deepfeat.search.index import open_index
+    idx = open_index(args["index"])
+    rng = np.random.default_rng(1)
+    rows = np.sort(rng.choice(idx.rows, size=args["queries"], replace=False))
+    # a stored row moved by noise of about its own length: its neighbours are its cluster's rows, not itself
+    Q = idx.vectors_of(rows) + rng.normal(0, 1 / np.sqrt(idx.dims), (len(rows), idx.dims)).astype(np.float32)
+    Q /= np.linalg.norm(Q, axis=1, keepdims=True)
+    t = time.perf_counter()
+    sims, found = idx.knn(Q, 10, memory_budget=args["budget"], kind=args["kind"], nprobe=args.get("nprobe"))
+    out["seconds"] = time.perf_counter() - t
+    np.save(args["result"], found)
+elif args["step"] == "duplicates":
+    from deepfeat.search.duplicates import duplicates
+    s = duplicates(args["store"], args["out"], threshold=0.95, memory_budget=args["budget"], report=False)
+    out["seconds"] = time.perf_counter() - t
+    out["pairs"], out["groups"] = s.pairs, s.groups
+out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps(out))
+"""
+
+
+def child(**kw: object) -> dict:
+    res = subprocess.run([sys.executable, "-c", CHILD, json.dumps(kw)], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(res.stderr)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def synthetic_store(path: str, rows: int, dims: int, part_rows: int, seed: int) -> None:
+    """A store of clustered float16 vectors (1 % of rows near-duplicates of another), through StoreWriter."""
+    import numpy as np
+
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    from searchstore import write_synthetic_store  # the tests' helper: StoreWriter + write_part
+
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(256, dims)).astype(np.float32)
+
+    def blocks():
+        for s in range(0, rows, part_rows):
+            n = min(part_rows, rows - s)
+            X = centres[rng.integers(0, 256, n)] + rng.normal(0, 1.0, (n, dims)).astype(np.float32)
+            dup = rng.random(n) < 0.01
+            src = rng.integers(0, n, n)
+            X[dup] = X[src[dup]] + rng.normal(0, 0.05, (int(dup.sum()), dims)).astype(np.float32)
+            yield X.astype(np.float16)
+
+    write_synthetic_store(path, blocks())
+
+
+def index_bench(args: argparse.Namespace) -> None:
+    import numpy as np
+
+    from deepfeat.units import parse_size
+
+    work = tempfile.mkdtemp(prefix="deepfeat-searchbench-", dir=args.tmp)
+    try:
+        store = os.path.join(work, "st")
+        t = time.perf_counter()
+        synthetic_store(store, args.rows, args.dims, args.part_rows, args.seed)
+        print(f"synthetic store: {args.rows:,} rows x {args.dims} dims float16 in {time.perf_counter() - t:.1f} s")
+        budget = parse_size(args.budget)
+        exact = child(step="index", store=store, index=os.path.join(work, "exact"), kind="exact", budget=budget)
+        print(f"index exact: {exact['seconds']:.1f} s, peak RSS {exact['maxrss_mib']:.0f} MiB")
+        q_exact = child(step="query", index=os.path.join(work, "exact"), kind="exact", budget=budget,
+                        queries=args.queries, result=os.path.join(work, "exact.npy"))
+        print(f"search exact (numpy): {args.queries / q_exact['seconds']:.0f} queries/s, peak RSS "
+              f"{q_exact['maxrss_mib']:.0f} MiB")
+        truth = np.load(os.path.join(work, "exact.npy"))
+        for kind in args.kinds:
+            built = child(step="index", store=store, index=os.path.join(work, kind), kind=kind, budget=budget)
+            print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB)"
+                  + (f", {built['ivf']}" if built.get("ivf") else ""))
+            for nprobe in (args.nprobe if kind == "ivf" else [None]):
+                q = child(step="query", index=os.path.join(work, kind), kind=kind, budget=budget,
+                          queries=args.queries, result=os.path.join(work, f"{kind}.npy"), nprobe=nprobe)
+                found = np.load(os.path.join(work, f"{kind}.npy"))
+                recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
+                print(f"  search {kind}{f' nprobe {nprobe}' if nprobe else ''}: {args.queries / q['seconds']:.0f} "
+                      f"queries/s (peak RSS {q['maxrss_mib']:.0f} MiB), recall@10 vs exact {recall:.3f}, "
+                      f"speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy")
+        if args.duplicates:
+            d = child(step="duplicates", store=store, out=os.path.join(work, "dups"), budget=budget)
+            print(f"duplicates (exact blockwise, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
+                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="mode", required=True)
+    t = sub.add_parser("thresholds")
+    t.add_argument("--per-class", type=int, default=100, help="Fashion-MNIST images per class and split")
+    t.add_argument("--planted", type=int, default=80, help="planted duplicates per kind")
+    t.add_argument("--input-size", type=int, default=None, help="model input size (default: the model's, 224)")
+    t.add_argument("--layers", default="pre_logits", help="layers extracted")
+    t.add_argument("--layer", default="pre_logits", help="the layer compared")
+    t.add_argument("--low", type=float, default=0.5, help="lowest similarity collected")
+    t.add_argument("--thresholds", type=float, nargs="+",
+                   default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--work", default=None, help="keep the images and the store here (a rerun reuses them)")
+    ph = sub.add_parser("photos", help="as thresholds, on scikit-image's sample photos and their quadrants")
+    ph.add_argument("--planted", type=int, default=40, help="planted duplicates per kind")
+    ph.add_argument("--input-size", type=int, default=None)
+    ph.add_argument("--layers", default="pre_logits")
+    ph.add_argument("--layer", default="pre_logits")
+    ph.add_argument("--low", type=float, default=0.3)
+    ph.add_argument("--thresholds", type=float, nargs="+",
+                    default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--work", default=None)
+    o = sub.add_parser("ood", help="nearest-training similarity of Fashion-MNIST test images and of photos")
+    o.add_argument("--per-class", type=int, default=100)
+    o.add_argument("--input-size", type=int, default=None)
+    o.add_argument("--thresholds", type=float, nargs="+", default=[0.3, 0.4, 0.5, 0.55, 0.6, 0.65, 0.7])
+    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--work", default=None)
+    i = sub.add_parser("index")
+    i.add_argument("--rows", type=int, default=200_000)
+    i.add_argument("--dims", type=int, default=1280)
+    i.add_argument("--part-rows", type=int, default=4096)
+    i.add_argument("--queries", type=int, default=1000)
+    i.add_argument("--budget", default="1GiB")
+    i.add_argument("--kinds", nargs="+", default=["flat", "ivf"])
+    i.add_argument("--nprobe", type=int, nargs="+", default=[None], help="IVF lists visited (default: the index's)")
+    i.add_argument("--duplicates", action="store_true", help="also time the duplicates scan")
+    i.add_argument("--tmp", default=None, help="where the synthetic store goes (default: the temp dir)")
+    i.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    print(cpu_line())
+    {"index": index_bench, "ood": ood}.get(args.mode, thresholds)(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Vectors of one layer of a store, L2-normalised, in blocks sized by a memory budget.
+
+Cosine similarity is the dot product of L2-normalised vectors, so everything in
+:mod:`deepfeat.search` normalises once (rows of zeros stay zero) and then multiplies.
+
+Example:
+    >>> store = open_store("feats/")                                              # doctest: +SKIP
+    >>> for start, X, meta in store_blocks(store, "pre_logits", block_rows=4096):  # doctest: +SKIP
+    ...     X.shape, meta.column("path")[0]
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ..store.reader import FeatureStore
+
+log = logging.getLogger(__name__)
+
+#: the row columns an index and a duplicates run keep for every vector
+ROW_COLUMNS = ("id", "path", "split", "label")
+#: default memory budget of the search commands (bytes)
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+def normalize(X: np.ndarray) -> np.ndarray:
+    """Rows of ``X`` as float32 with unit L2 norm (all-zero and non-finite rows become zero)."""
+    X = np.array(X, dtype=np.float32, copy=True)
+    sq = np.einsum("ij,ij->i", X, X)  # no temporary of X's size (np.linalg.norm squares a copy)
+    bad = ~np.isfinite(sq)
+    X[bad] = 0
+    sq[bad] = 0
+    norms = np.sqrt(sq)[:, None]
+    np.divide(X, norms, out=X, where=norms > 0)
+    return X
+
+
+def pair_block_rows(dims: int, budget: int) -> int:
+    """Rows per block for an all-pairs scan: two float32 blocks and their B x B similarities (with
+    the comparison mask and the index arrays) in half the budget."""
+    # 2 * B * dims * 4 (two blocks) + B * B * (4 similarities + 1 mask + 4 scratch) <= budget / 2
+    a, b, c = 9.0, 8.0 * dims, -budget / 2
+    rows = int((-b + math.sqrt(b * b - 4 * a * c)) / (2 * a))
+    return max(16, rows)
+
+
+def store_blocks(store: FeatureStore, layer: str, splits: Sequence[str] | None = None, *,
+                 block_rows: int = 4096) -> Iterator[tuple[int, np.ndarray, pa.Table]]:
+    """``(first row, normalised float32 block, row metadata)`` over view 0 of the chosen splits.
+
+    Reads through :meth:`FeatureStore.batches` (each part in blocks of contiguous rows), so memory
+    holds one block of the store's dtype and its float32 copy.
+    """
+    spec = store.layer(layer)
+    read_bytes = max(1 << 16, block_rows * spec.dims * np.dtype(store.dtype).itemsize)
+    start = 0
+    for batch in store.batches([layer], split=list(splits) if splits else None, batch_size=block_rows, views=0,
+                               columns=ROW_COLUMNS, read_bytes=read_bytes):
+        X = normalize(batch.features[layer])
+        yield start, X, batch.meta.select(list(ROW_COLUMNS))
+        start += len(X)
+
+
+def store_digest(store: FeatureStore) -> dict[str, Any]:
+    """What a search index records of its store: the config fingerprint and a digest of the committed
+    parts (names and file checksums, in order), so an index of a store that has grown or changed is stale."""
+    h = hashlib.sha256()
+    for part in store.parts:
+        h.update(part.name.encode())
+        for fname in sorted(part.files):
+            h.update(fname.encode())
+            h.update(str(part.files[fname].get("sha256")).encode())
+    return {"fingerprint": store.metadata.get("fingerprint"), "parts_digest": h.hexdigest()[:32],
+            "rows": store.num_rows()}

@@ -1,0 +1,248 @@
+"""Near-duplicates in a store, and the ones that leak across splits.
+
+Every pair of rows (view 0) whose cosine similarity reaches ``threshold`` is found by an exact
+blockwise scan: the normalised vectors are streamed once out of the store into a scratch file
+(in the store's dtype), then scanned in pairs of blocks sized by the memory budget, so memory
+never holds more than two blocks and their similarities. Pairs become groups (connected
+components, union-find). A val/test row with a near-duplicate in train is a *leak*: its accuracy
+measures memory, not generalisation.
+
+Written to ``out``:
+
+* ``pairs.csv`` -- ``path_a, path_b, id_a, id_b, split_a, split_b, similarity``: cross-split pairs
+  first, then by similarity;
+* ``groups.csv`` -- ``group, size, splits, id, path, split, label``: one line per member of each group;
+* ``report.html`` -- the groups as thumbnails side by side, cross-split leaks first.
+
+Example:
+    >>> s = duplicates("feats/", "dups/")                 # doctest: +SKIP
+    >>> s.pairs, s.groups, s.leaks                         # doctest: +SKIP
+    (412, 377, {'test': 31})
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .. import progress
+from ..params import check_number
+from ..store.reader import FeatureStore, open_store
+from ..units import format_size, parse_size
+from .blocks import DEFAULT_MEMORY_BUDGET, pair_block_rows
+from .index import build_index
+from ..reports.duplicates_page import write_duplicates_page
+
+log = logging.getLogger(__name__)
+
+#: cosine similarity from which two rows are near-duplicates (measured in docs/SEARCH.md: recall of
+#: planted byte copies, JPEG re-encodes and downscales of Fashion-MNIST against the pairs it also reports)
+DEFAULT_THRESHOLD = 0.95
+#: the split that the others may leak into
+TRAIN_SPLIT = "train"
+#: most groups drawn as thumbnails in report.html (the CSV files hold them all)
+REPORT_GROUPS = 200
+
+
+@dataclass
+class DuplicatesSummary:
+    """What :func:`duplicates` found and wrote."""
+
+    rows: int
+    pairs: int
+    groups: int
+    threshold: float
+    layer: str
+    cross_split_pairs: int = 0
+    leaks: dict[str, int] = field(default_factory=dict)  #: split -> rows with a near-duplicate in train
+    leaked_ids: dict[str, list[str]] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    block_rows: int = 0
+
+    def line(self) -> str:
+        leaks = ", ".join(f"{n:,} {s}" for s, n in self.leaks.items()) or "none"
+        return (f"{self.pairs:,} near-duplicate pairs (cosine >= {self.threshold:g}) in {self.groups:,} groups "
+                f"among {self.rows:,} rows; {self.cross_split_pairs:,} pairs cross splits; inputs with a "
+                f"near-duplicate in {TRAIN_SPLIT}: {leaks} ({self.seconds:.1f} s)")
+
+
+class UnionFind:
+    """Disjoint sets over 0..n-1 (path halving, union by size)."""
+
+    def __init__(self, n: int) -> None:
+        self.parent = np.arange(n, dtype=np.int64)
+        self.size = np.ones(n, dtype=np.int64)
+
+    def find(self, a: int) -> int:
+        parent = self.parent
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = int(parent[a])
+        return a
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra == rb:
+            return
+        if self.size[ra] < self.size[rb]:
+            ra, rb = rb, ra
+        self.parent[rb] = ra
+        self.size[ra] += self.size[rb]
+
+
+def all_pairs(vectors: np.ndarray, threshold: float, block_rows: int, task: Any = None
+              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of rows of ``vectors`` (normalised; an array or a memory map) with inner
+    product >= ``threshold``: (i, j, similarity) arrays. Two blocks of ``block_rows`` rows at a time."""
+    n = len(vectors)
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    for a in range(0, n, block_rows):
+        A = np.asarray(vectors[a:a + block_rows], dtype=np.float32)
+        for b in range(a, n, block_rows):
+            B = A if b == a else np.asarray(vectors[b:b + block_rows], dtype=np.float32)
+            S = A @ B.T
+            ii, jj = np.nonzero(S >= threshold)
+            if b == a:  # each pair once, no self-pairs
+                keep = jj > ii
+                ii, jj = ii[keep], jj[keep]
+            if len(ii):
+                found_s.append(S[ii, jj].astype(np.float32))
+                found_i.append(ii.astype(np.int64) + a)
+                found_j.append(jj.astype(np.int64) + b)
+            del S, B
+            if task is not None:
+                task.update(len(A) * min(block_rows, n - b))
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+
+
+def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, layer: str = "pre_logits",
+               threshold: float = DEFAULT_THRESHOLD, splits: Sequence[str] | str | None = None,
+               memory_budget: int | str = DEFAULT_MEMORY_BUDGET, report: bool = True) -> DuplicatesSummary:
+    """Find near-duplicate rows of a store (cosine similarity >= ``threshold`` on ``layer``).
+
+    Args:
+        store: a store directory or an open :class:`~deepfeat.store.reader.FeatureStore`.
+        out: directory for ``pairs.csv``, ``groups.csv`` and ``report.html`` (created; files replaced).
+        layer: the stored layer compared (view 0 of every row).
+        threshold: cosine similarity in (0, 1] from which two rows are near-duplicates.
+        splits: only rows of these splits (a list or ``"train,test"``; default: every row).
+        memory_budget: bytes (or ``"1GiB"``) of vectors and similarities held at a time.
+        report: write ``report.html`` (thumbnails of each group's source images).
+
+    Example:
+        >>> s = duplicates("feats/", "dups/", threshold=0.95)   # doctest: +SKIP
+        >>> print(s.line())                                      # doctest: +SKIP
+    """
+    threshold = check_number(threshold, "threshold", minimum=0, maximum=1, min_open=True, where="duplicates")
+    budget = parse_size(memory_budget, "memory_budget")
+    if isinstance(splits, str):
+        splits = [s.strip() for s in splits.split(",") if s.strip()]
+    st = store if isinstance(store, FeatureStore) else open_store(store)
+    spec = st.layer(layer)
+    out = os.fspath(out)
+    os.makedirs(out, exist_ok=True)
+    t0 = time.perf_counter()
+    scratch = os.path.join(out, f".vectors-{os.getpid()}")
+
+    try:
+        idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget,
+                          overwrite=True)
+        n = idx.rows
+        block = min(n, pair_block_rows(spec.dims, budget))
+        log.info("duplicates: %d rows of %s in blocks of %d rows (%s budget)", n, layer, block, format_size(budget))
+        with progress.task("duplicates", total=n * (n + 1) / 2, unit="pair") as task:
+            ii, jj, ss = all_pairs(idx.blocks, threshold, block, task)
+        meta = idx.columns()
+        del idx
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    summary = _summarise(meta, ii, jj, ss, threshold, layer, n)
+    summary.block_rows = block
+    summary.files = _write(out, meta, ii, jj, ss, summary, report, store_path=st.path)
+    summary.seconds = time.perf_counter() - t0
+    log.info("duplicates: %s", summary.line())
+    return summary
+
+
+def _groups(n: int, ii: np.ndarray, jj: np.ndarray) -> list[list[int]]:
+    uf = UnionFind(n)
+    for a, b in zip(ii.tolist(), jj.tolist()):
+        uf.union(a, b)
+    members: dict[int, list[int]] = {}
+    for r in sorted(set(ii.tolist()) | set(jj.tolist())):
+        members.setdefault(uf.find(r), []).append(r)
+    return list(members.values())
+
+
+def _summarise(meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray, threshold: float,
+               layer: str, n: int) -> DuplicatesSummary:
+    split = meta["split"]
+    cross = sum(split[a] != split[b] for a, b in zip(ii.tolist(), jj.tolist()))
+    leaked: dict[str, set[int]] = {}
+    for a, b in zip(ii.tolist(), jj.tolist()):
+        for x, y in ((a, b), (b, a)):
+            if split[y] == TRAIN_SPLIT and split[x] not in (TRAIN_SPLIT, None, ""):
+                leaked.setdefault(split[x], set()).add(x)
+    return DuplicatesSummary(
+        rows=n, pairs=len(ii), groups=len(_groups(n, ii, jj)), threshold=threshold, layer=layer,
+        cross_split_pairs=int(cross), leaks={s: len(v) for s, v in sorted(leaked.items())},
+        leaked_ids={s: sorted(meta["id"][r] for r in v) for s, v in sorted(leaked.items())})
+
+
+def _write(out: str, meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray,
+           summary: DuplicatesSummary, report: bool, store_path: str) -> dict[str, str]:
+    split = meta["split"]
+    cross = np.array([split[a] != split[b] for a, b in zip(ii.tolist(), jj.tolist())], dtype=bool)
+    order = np.lexsort((jj, ii, -ss, ~cross)) if len(ii) else np.zeros(0, np.int64)
+    files = {"pairs.csv": os.path.join(out, "pairs.csv"), "groups.csv": os.path.join(out, "groups.csv")}
+    with open(files["pairs.csv"] + ".tmp", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity"])
+        for k in order.tolist():
+            a, b = int(ii[k]), int(jj[k])
+            w.writerow([meta["path"][a], meta["path"][b], meta["id"][a], meta["id"][b], split[a] or "",
+                        split[b] or "", f"{float(ss[k]):.6f}"])
+    os.replace(files["pairs.csv"] + ".tmp", files["pairs.csv"])
+    groups = _ordered_groups(meta, ii, jj, ss, summary.rows)
+    with open(files["groups.csv"] + ".tmp", "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["group", "size", "splits", "id", "path", "split", "label"])
+        for g, (members, _best) in enumerate(groups, 1):
+            splits_text = ",".join(sorted({split[r] or "" for r in members}))
+            for r in members:
+                w.writerow([g, len(members), splits_text, meta["id"][r], meta["path"][r], split[r] or "",
+                            meta["label"][r] or ""])
+    os.replace(files["groups.csv"] + ".tmp", files["groups.csv"])
+    if report:
+
+        files["report.html"] = write_duplicates_page(os.path.join(out, "report.html"), meta, groups, summary,
+                                                     store_path)
+    return files
+
+
+def _ordered_groups(meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray, n: int
+                    ) -> list[tuple[list[int], float]]:
+    """Groups as (members, best similarity): groups that cross splits first, then larger, then closer."""
+    best: dict[int, float] = {}
+    for a, b, s in zip(ii.tolist(), jj.tolist(), ss.tolist()):
+        best[a] = max(best.get(a, -1.0), s)
+        best[b] = max(best.get(b, -1.0), s)
+    split = meta["split"]
+    out = []
+    for members in _groups(n, ii, jj):
+        members = sorted(members, key=lambda r: (split[r] != TRAIN_SPLIT, split[r] or "", meta["path"][r] or ""))
+        out.append((members, max(best[r] for r in members)))
+    out.sort(key=lambda g: (len({split[r] for r in g[0]}) == 1, -len(g[0]), -g[1]))
+    return out

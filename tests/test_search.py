@@ -1,0 +1,341 @@
+"""Search over a store: near-duplicates and leaks (real Fashion-MNIST and photos with planted duplicates),
+the index (exact / faiss, stale refused), query by example, the memory budget, and the command line."""
+from __future__ import annotations
+
+import csv
+import json
+import re
+import shutil
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import deepfeat
+from deepfeat.cli import main
+from deepfeat.errors import StoreError
+from deepfeat.search.duplicates import DEFAULT_THRESHOLD, all_pairs, pair_block_rows
+from deepfeat.search.index import build_index, exact_knn, faiss_available, open_index
+from searchstore import write_synthetic_store
+
+SIZE = 64  #: model input size: small and fast
+
+
+@pytest.fixture(scope="module")
+def planted(fm_dir, photo_files, tmp_path_factory):
+    """Fashion-MNIST (4 per class and split) and four photos, with planted duplicates; extracted at 64 px fp32.
+
+    Returns (image root, store, {name: (planted path, original path)}).
+    """
+    root = tmp_path_factory.mktemp("search") / "images"
+    shutil.copytree(fm_dir, root, ignore=shutil.ignore_patterns("classes.txt"))
+    (root / "train" / "photo").mkdir()
+    for key, p in photo_files.items():
+        shutil.copyfile(p, root / "train" / "photo" / f"{key}.jpg")
+    train = sorted((root / "train").glob("*/*.png"))
+    a, b = train[3], train[17]
+    dups = {
+        "copy_train_to_test": (root / "test" / a.parent.name / "leak_copy.png", a),
+        "copy_within_train": (root / "train" / b.parent.name / "twin_copy.png", b),
+        "photo_copy_to_test": (root / "test" / "photo_leak" / "coffee_copy.jpg", root / "train" / "photo" / "coffee.jpg"),
+    }
+    for dst, src in dups.values():
+        dst.parent.mkdir(exist_ok=True)
+        shutil.copyfile(src, dst)
+    store = root.parent / "store"
+    s = deepfeat.extract(root, store, input_size=SIZE, precision="fp32", dtype="float16", workers=1)
+    assert s.failed_total == 0
+    return root, store, dups
+
+
+@pytest.fixture(scope="module")
+def dup_run(planted, tmp_path_factory):
+    root, store, dups = planted
+    out = tmp_path_factory.mktemp("dups")
+    return deepfeat.duplicates(store, out), out
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return list(csv.DictReader(f))
+
+
+def test_planted_duplicates_are_found_at_the_default_threshold(planted, dup_run):
+    root, store, dups = planted
+    summary, out = dup_run
+    pairs = _read_csv(out / "pairs.csv")
+    found = {frozenset((r["path_a"], r["path_b"])): float(r["similarity"]) for r in pairs}
+    for name, (dst, src) in dups.items():
+        key = frozenset((str(dst), str(src)))
+        assert key in found, f"{name} not found"
+        assert found[key] >= DEFAULT_THRESHOLD
+    # the two copies into test leak from train; the copy within train does not count
+    assert summary.leaks == {"test": 2}
+    assert summary.pairs == len(pairs) and summary.pairs >= 3
+    assert "near-duplicate pairs" in summary.line() and "2 test" in summary.line()
+
+
+def test_pairs_and_groups_files(planted, dup_run):
+    root, store, dups = planted
+    summary, out = dup_run
+    pairs = _read_csv(out / "pairs.csv")
+    assert list(pairs[0]) == ["path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity"]
+    cross = [r["split_a"] != r["split_b"] for r in pairs]
+    assert cross == sorted(cross, reverse=True)  # cross-split pairs first
+    store_ids = set(deepfeat.open_store(store).rows(["id"]).column("id").to_pylist())
+    assert all(r["id_a"] in store_ids and r["id_b"] in store_ids for r in pairs)
+    groups = _read_csv(out / "groups.csv")
+    assert list(groups[0]) == ["group", "size", "splits", "id", "path", "split", "label"]
+    by_group: dict[str, list[dict[str, str]]] = {}
+    for r in groups:
+        by_group.setdefault(r["group"], []).append(r)
+    assert len(by_group) == summary.groups
+    assert all(len(m) == int(m[0]["size"]) >= 2 for m in by_group.values())
+    # every pair's two rows are in one group (connected components)
+    group_of = {r["id"]: r["group"] for r in groups}
+    assert all(group_of[r["id_a"]] == group_of[r["id_b"]] for r in pairs)
+    first = by_group[groups[0]["group"]]
+    assert {"test", "train"} <= {m["split"] for m in first}  # groups across splits come first
+
+
+def test_duplicates_report_page(dup_run):
+    summary, out = dup_run
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert page.startswith("<!doctype html>") and "deepfeat duplicates" in page
+    assert "across splits" in page and "with a near-duplicate in train" in page
+    srcs = re.findall(r'<img[^>]*\ssrc="([^"]*)"', page)
+    assert len(srcs) >= 6 and all(s.startswith("data:image/jpeg") for s in srcs)
+    assert not re.search(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I)
+
+
+@pytest.fixture(scope="module")
+def index(planted, tmp_path_factory):
+    return build_index(planted[1], tmp_path_factory.mktemp("idx") / "index")
+
+
+def test_search_finds_the_original_of_a_reencoded_query(planted, index, photo_files, tmp_path):
+    root = planted[0]
+    query = tmp_path / "cat_small.jpg"
+    im = Image.open(photo_files["cat"])
+    im.resize((im.width * 3 // 4, im.height * 3 // 4)).save(query, quality=60)
+    fm = sorted((root / "train").glob("*/*.png"))[5]
+    fm_query = tmp_path / "fm_reencoded.jpg"
+    Image.open(fm).save(fm_query, quality=90)
+    results = deepfeat.search(index.path, [query, fm_query], top_k=3, precision="fp32")
+    assert [r.error for r in results] == [None, None]
+    assert results[0].neighbors[0].path == str(root / "train" / "photo" / "cat.jpg")
+    assert results[0].neighbors[0].split == "train" and results[0].neighbors[0].label == "photo"
+    assert results[1].neighbors[0].path == str(fm)
+    sims = [n.similarity for n in results[0].neighbors]
+    assert sims == sorted(sims, reverse=True)
+
+
+def test_a_stored_file_queried_finds_itself_at_similarity_one(planted, index):
+    path = sorted((planted[0] / "test").glob("*/*.png"))[0]
+    [r] = deepfeat.search(index, [path], top_k=2, precision="fp32", workers=0)
+    assert r.neighbors[0].path == str(path) and r.neighbors[0].similarity == pytest.approx(1.0, abs=2e-3)
+
+
+def test_search_by_id_leaves_the_row_itself_out(planted, index):
+    dst, src = planted[2]["copy_within_train"]
+    rows = deepfeat.open_store(planted[1]).rows(["id", "path"])
+    row_id = rows.column("id").to_pylist()[rows.column("path").to_pylist().index(str(src))]
+    [r, bad] = deepfeat.search(index, ids=[row_id, "nope"], top_k=2)
+    assert r.query == f"id:{row_id}" and r.neighbors[0].path == str(dst) and row_id not in [n.id for n in r.neighbors]
+    assert bad.error.startswith("unknown_id")
+
+
+def test_undecodable_queries_become_error_rows(planted, index, tmp_path):
+    text = tmp_path / "not_an_image.jpg"
+    text.write_text("hello")
+    truncated = tmp_path / "truncated.png"
+    good = sorted((planted[0] / "train").glob("*/*.png"))[0]
+    truncated.write_bytes(good.read_bytes()[:60])
+    results = deepfeat.search(index, [text, good, truncated, tmp_path / "missing.png"], top_k=2, precision="fp32")
+    by = {Path(r.query).name: r for r in results}
+    assert by[good.name].error is None and by[good.name].neighbors
+    for name in ("not_an_image.jpg", "truncated.png", "missing.png"):
+        assert by[name].error and not by[name].neighbors
+
+
+def test_numpy_and_faiss_paths_agree(index, tmp_path):
+    if not faiss_available():
+        pytest.skip("faiss is not installed (pip install 'deepfeat[search]')")
+    Q = index.vectors_of(range(0, index.rows, 7))
+    s_np, r_np = index.knn(Q, 5, kind="exact")
+    s_ff, r_ff = index.knn(Q, 5, kind="flat")
+    np.testing.assert_allclose(s_np, s_ff, atol=1e-5)
+    assert (r_np[:, 0] == r_ff[:, 0]).all()
+    ivf = build_index(index.store_path, tmp_path / "ivf", kind="ivf")
+    assert ivf.kind == "ivf" and (tmp_path / "ivf" / "faiss.index").is_file()
+    s_iv, r_iv = ivf.knn(Q, 5, nprobe=ivf.doc["ivf"]["nlist"])  # every list visited: exact
+    np.testing.assert_allclose(s_np, s_iv, atol=1e-5)
+    assert (r_np[:, 0] == r_iv[:, 0]).all()
+
+
+def _synthetic(path: Path, rows: int, dims: int, seed: int = 0, part: int = 2000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(rows, dims)).astype(np.float16)
+    X[rows // 2: rows // 2 + 10] = X[:10]  # ten exact duplicates, in other parts and blocks
+    write_synthetic_store(path, (X[s:s + part] for s in range(0, rows, part)))
+    return X
+
+
+def test_a_stale_index_is_refused(tmp_path):
+    store = tmp_path / "store"
+    _synthetic(store, 300, 16, part=100)
+    build_index(store, tmp_path / "index")
+    assert open_index(tmp_path / "index").rows == 300
+    _synthetic(store, 400, 16, seed=1, part=100)  # the store is rewritten: other parts
+    with pytest.raises(StoreError, match="stale"):
+        open_index(tmp_path / "index")
+    assert main(["search", str(tmp_path / "index"), "--id", "row-1"]) == 3
+
+
+def test_the_memory_budget_is_honoured(tmp_path):
+    rows, dims, budget = 2_000, 512, 1 << 20
+    store = tmp_path / "store"
+    _synthetic(store, rows, dims, part=500)
+    assert rows * dims * 4 > 3 * budget  # the store's vectors as float32: 3.9 MiB, the budget 1 MiB
+    idx = build_index(store, tmp_path / "index", kind="exact", memory_budget=budget)
+    block = pair_block_rows(dims, budget)
+    tracemalloc.start()
+    try:
+        ii, jj, ss = all_pairs(idx.blocks, 0.99, block)
+        _, peak_pairs = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        exact_knn(idx.blocks, idx.vectors_of(range(64)), 10, budget)
+        _, peak_knn = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(ii) == 10  # the planted duplicates, found across blocks
+    assert peak_pairs < budget and peak_knn < budget, (peak_pairs, peak_knn)
+    assert block * 10 < rows  # the scan really went block by block
+    s = deepfeat.duplicates(store, tmp_path / "dups", threshold=0.99, memory_budget=budget, report=False)
+    assert s.pairs == 10 and s.block_rows == block < rows
+
+
+def test_bad_threshold_and_top_k_exit_2(planted, index, tmp_path, capsys):
+    store = str(planted[1])
+    for value in ("1.5", "0", "-0.2", "nan"):
+        assert main(["duplicates", store, "--out", str(tmp_path / "d"), "--threshold", value]) == 2
+        assert "--threshold" in capsys.readouterr().err
+    for value in ("0", "-3"):
+        assert main(["search", index.path, "--id", "x", "--top-k", value]) == 2
+        assert "--top-k" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["search", index.path, "--id", "x", "--top-k", "many"])
+    assert exc.value.code == 2
+
+
+def test_cli_index_search_json_and_html(planted, tmp_path, capsys):
+    root, store, dups = planted
+    assert main(["index", str(store), "--out", str(tmp_path / "ix"), "-q"]) == 0
+    assert "indexed" in capsys.readouterr().out
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not a png")
+    dst, src = dups["copy_train_to_test"]
+    assert main(["search", str(tmp_path / "ix"), str(dst), str(bad), "--top-k", "2", "--json", "--precision", "fp32",
+                 "-q"]) == 0
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [x["query"] for x in lines] == [str(dst), str(bad)]
+    assert {n["path"] for n in lines[0]["neighbors"]} == {str(dst), str(src)}
+    assert set(lines[0]["neighbors"][0]) == {"path", "id", "split", "label", "similarity"}
+    assert lines[1]["neighbors"] == [] and lines[1]["error"]
+    out = tmp_path / "results.html"
+    assert main(["search", str(tmp_path / "ix"), str(dst), "--out", str(out), "--precision", "fp32", "-q"]) == 0
+    page = out.read_text(encoding="utf-8")
+    assert "deepfeat search" in page and page.count("data:image/jpeg") >= 3
+    assert main(["duplicates", str(store), "--out", str(tmp_path / "d"), "-q"]) == 0
+    said = capsys.readouterr().out
+    assert "near-duplicate pairs" in said and "pairs.csv" in said
+
+
+@pytest.fixture(scope="module")
+def bundle(planted, tmp_path_factory):
+    path = tmp_path_factory.mktemp("bundle") / "m.dfm"
+    deepfeat.train(planted[1], layers="pre_logits", head="logreg", solver="stream", epochs=3, out=path)
+    return path
+
+
+def test_evaluate_reports_the_accuracy_without_train_near_duplicates(planted, bundle, tmp_path):
+    store = planted[1]
+    report = deepfeat.evaluate(bundle, store, split="test", out=tmp_path / "ev")
+    leak = report["leakage"]
+    assert leak["rows"] == 2 and leak["n_without"] == report["n"] - 2
+    assert leak["accuracy_without"] is not None
+    assert {Path(e["path"]).name for e in leak["examples"]} == {"leak_copy.png", "coffee_copy.jpg"}
+    text = (tmp_path / "ev" / "report.txt").read_text()
+    assert "near-duplicates in train: 2 of" in text and "accuracy without them" in text
+    page = (tmp_path / "ev" / "report.html").read_text()
+    assert "near-duplicates of train" in page and "Near-duplicates in train" in page
+    assert "leakage" not in deepfeat.evaluate(bundle, store, split="test", leakage_threshold=None)
+
+
+def test_reports_render_in_chromium(dup_run, planted, index, tmp_path):
+    from test_html_reports import CHROMIUM, Chromium, blank
+
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed")
+    results = deepfeat.search(index, [planted[2]["copy_train_to_test"][0]], top_k=3, precision="fp32")
+    from deepfeat.search.report import write_results
+
+    page = Path(write_results(results, tmp_path / "results.html"))
+    browser = Chromium(CHROMIUM)
+    try:
+        for path in (dup_run[1] / "report.html", page):
+            r = browser.load(path.resolve().as_uri())
+            assert r["loaded"] and r["errors"] == [], r["errors"]
+            assert {u.split(":", 1)[0] for u in r["requests"]} <= {"file", "data"}
+            assert not blank(r["screenshot"])
+    finally:
+        browser.close()
+
+
+def test_predict_with_neighbors(planted, bundle, index, tmp_path, capsys):
+    from skimage import data
+
+    stored = sorted((planted[0] / "test").glob("*/*.png"))[0]
+    unseen = tmp_path / "camera.png"
+    Image.fromarray(data.camera()).save(unseen)
+    from unittest import mock
+
+    import deepfeat.search.query as query
+
+    # the bundle computes pre_logits as the store did: its features are reused, not embedded again
+    with mock.patch.object(query, "neighbors_of_files", side_effect=AssertionError("embedded twice")):
+        preds = deepfeat.predict_images(bundle, [stored, unseen], neighbors=index.path, neighbors_k=2,
+                                        far_threshold=0.999, precision="fp32")
+    near = {Path(p.path).name: p for p in preds}
+    assert near[stored.name].neighbors[0]["path"] == str(stored)  # itself: the index holds every split
+    assert near[stored.name].neighbors[0]["similarity"] == pytest.approx(1.0, abs=2e-3)
+    assert near[stored.name].far_from_training is False
+    assert len(near["camera.png"].neighbors) == 2 and near["camera.png"].far_from_training is True
+    from deepfeat.predict import write_predictions
+
+    rows = _read_csv(Path(write_predictions(preds, tmp_path / "p.csv")))
+    assert rows[0]["nearest_path"] == str(stored) and [r["far_from_training"] for r in rows] == ["false", "true"]
+    written = json.loads(Path(write_predictions(preds, tmp_path / "p.json")).read_text())
+    assert written[1]["far_from_training"] is True and written[1]["neighbors"][0]["similarity"] < 0.999
+    assert "far from the training images" in Path(write_predictions(preds, tmp_path / "p.html")).read_text()
+    assert main(["predict", str(bundle), str(unseen), "--neighbors", index.path, "--far-threshold", "0.999",
+                 "--precision", "fp32"]) == 0
+    assert "FAR FROM TRAINING" in capsys.readouterr().out
+
+
+def test_an_ivf_index_larger_than_the_budget_uses_product_codes(tmp_path):
+    if not faiss_available():
+        pytest.skip("faiss is not installed (pip install 'deepfeat[search]')")
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(30, 64))
+    X = (centres[rng.integers(0, 30, 3000)] + rng.normal(0, 0.5, (3000, 64))).astype(np.float16)
+    write_synthetic_store(tmp_path / "store", [X[:1500], X[1500:]])
+    idx = build_index(tmp_path / "store", tmp_path / "ivfpq", kind="ivf", memory_budget=64 << 10)
+    assert idx.doc["ivf"]["quantizer"].startswith("PQ")  # 3000 x 64 one-byte codes would not fit 64 KiB
+    Q = idx.vectors_of(range(0, 3000, 30))
+    _, exact = idx.knn(Q, 10, kind="exact")
+    _, approx = idx.knn(Q, 10, nprobe=idx.doc["ivf"]["nlist"])
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(exact, approx)])
+    assert recall >= 0.9, recall
