@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import faults
-from deepfeat.store import layout
-from deepfeat.store.writer import Manifest
+import pytest
 from killing import group_processes, wait_group_empty
 from test_crash import assert_kept, assert_same, committed, committed_parts, listing, snapshot, wait_for
+
+from deepfeat.store import layout
+from deepfeat.store.writer import Manifest
 
 ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "2", "--part-size", "2",
         "--workers", "2", "-q"]

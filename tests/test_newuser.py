@@ -404,7 +404,7 @@ def test_export_on_a_nearly_full_disk_exits_4_and_leaves_nothing(fm_store, tmp_p
     skip_check = ("import deepfeat.store.export as ex; real = ex.check_writable; "
                   "ex.check_writable = lambda out, what, directory=False, need=0: real(out, what, directory=directory); ")
     for prelude in ("", skip_check):
-        code = prelude + f"import sys; from deepfeat.cli import main; sys.exit(main(sys.argv[1:]))"
+        code = prelude + "import sys; from deepfeat.cli import main; sys.exit(main(sys.argv[1:]))"
         r = subprocess.run([sys.executable, "-c", code, "export", str(fm_store), "--out", f"{full}/x.{fmt}",
                             "--format", fmt], capture_output=True, text=True, env=env, timeout=300)
         assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
@@ -536,13 +536,12 @@ def test_the_analysis_page_has_no_markdown_backticks_and_wide_tables_scroll(fm_s
 # --------------------------------------------------------------------------------------------- item 9
 def _run_in_a_terminal(code: str, timeout: float = 300) -> tuple[int, str]:
     """``python -c code`` with stdout and stderr on a pseudo-terminal, as in a terminal; (status, output)."""
+    import fcntl
     import os
     import pty
+    import struct
     import subprocess
     import sys
-
-    import fcntl
-    import struct
     import termios
 
     master, slave = pty.openpty()

@@ -32,20 +32,28 @@ from typing import Any
 import numpy as np
 
 from ._version import __version__
+from .analysis.fne import fne_transform
+from .bundle_header import (  # noqa: F401 - the bundle API: deepfeat.bundle.is_bundle
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    META_KEY,
+    SUFFIX,
+    _NotABundle,
+    _parse_header,
+    is_bundle,
+    read_header,
+)
 from .data.preprocess import Preprocess
 from .errors import BundleError, StoreError, UsageError
-from .params import check_choice
 from .heads import HEADS, StreamingScaler
-from .bundle_header import FORMAT_NAME, FORMAT_VERSION, META_KEY, SUFFIX, _NotABundle, _parse_header
-from .bundle_header import is_bundle, read_header  # noqa: F401 - the bundle API: deepfeat.bundle.is_bundle
+from .models.hub import expecting_weights
+from .models.layers import describe_layers
+from .models.registry import RANDOM, load_backbone
+from .params import check_choice
+from .runtimes import build_runtime, prefer_recorded
 from .store import trust
 from .store.fsutil import as_os_error, environment_errors
 from .store.layerspec import LayerSpec
-from .models.registry import RANDOM, load_backbone
-from .models.hub import expecting_weights
-from .models.layers import describe_layers
-from .runtimes import build_runtime, prefer_recorded
-from .analysis.fne import fne_transform
 
 #: A head may allocate at most this many times the parameters its own tensors hold (plus a little).
 _HEAD_ALLOCATION_RATIO = 2

@@ -17,13 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from .agreement import DEFAULT_MIN_AGREEMENT
 from . import progress
+from .agreement import DEFAULT_MIN_AGREEMENT
 from .data.decode import DecodePolicy
+from .data.sources import ExcludedItem
 from .errors import UsageError
 from .models.registry import Backbone, load_backbone
 from .params import check_int
-from .data.sources import ExcludedItem
 from .sources import open_source
 
 

@@ -21,11 +21,11 @@ from typing import Any
 import numpy as np
 
 from .data.decode import DecodePolicy
-from .engines.builtin import default_workers
 from .data.preprocess import Preprocess
 from .data.worker import Decoded, Failed
-from .runtimes import Runtime
+from .engines.builtin import default_workers
 from .engines.decode_pool import DecodePool
+from .runtimes import Runtime
 
 
 @dataclass

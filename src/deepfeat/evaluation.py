@@ -25,8 +25,8 @@ import csv
 import json
 import logging
 import math
-import os
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,15 +36,13 @@ from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import StoreError, UsageError
 from .params import check_int, check_number
+from .reports.evaluation_page import Examples, calibration, evaluation_html
+from .reports.html import write
 from .search.duplicates import DEFAULT_THRESHOLD
+from .search.leakage import train_near_duplicates
 from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, open_store
 from .viz.plots import plot_confusion_matrix as plot
-from .reports.evaluation_page import calibration
-from .reports.evaluation_page import Examples
-from .reports.evaluation_page import evaluation_html
-from .reports.html import write
-from .search.leakage import train_near_duplicates
 
 log = logging.getLogger(__name__)
 

@@ -20,28 +20,28 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .devices import DEVICES
 from ._version import __version__
+from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
 from .data.sources import Discovery, SourceItem
+from .devices import DEVICES
+from .embed import decode_pixels
 from .engines import Engine, RunSettings, get_engine
 from .engines.builtin import default_workers  # noqa: F401 - part of this module's API (benchmarks, users)
-from .sources import Source, open_source
 from .errors import EnvironmentFault, UsageError
-from .params import check_choice, check_int, check_number
-from .models.layers import PRE_LOGITS, describe_layers
 from .models.hub import is_offline
+from .models.layers import PRE_LOGITS, describe_layers
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
-from .store import layout, trust
-from .store.session import StoreWriter
+from .params import check_choice, check_int, check_number
+from .progress import ProgressFn
 from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
+from .sources import Source, open_source
+from .store import layout, trust
 from .store.reader import FeatureStore, LayerSpec
+from .store.session import StoreWriter
 from .store.writer import Manifest
 from .units import count_or_size, format_size, parse_size
-from .progress import ProgressFn
-from .embed import decode_pixels
-from .data.augment import DEFAULT_AUGMENT, parse_augment
 
 log = logging.getLogger(__name__)
 

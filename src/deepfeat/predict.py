@@ -25,20 +25,20 @@ from typing import Any
 
 import numpy as np
 
-from .devices import resolve_device
 from . import progress
 from .bundle import Bundle, bundle_runtime, load_bundle
+from .data.decode import DecodePolicy
+from .devices import resolve_device
+from .embed import embed_files
 from .errors import UsageError
 from .params import check_int, check_number
-from .data.decode import DecodePolicy
-from .embed import embed_files
+from .prediction import BundlePrediction, expand_with_errors  # noqa: F401 - predict's result type
 from .reports.gallery import write_gallery
+from .search.blocks import normalize
+from .search.index import open_index
+from .search.query import neighbors_of_files
 from .shipping import OUTPUT_NAME, ExportedClassifier, is_exported_model
 from .store.fsutil import atomic_write_bytes, check_writable, environment_errors
-from .search.index import open_index
-from .prediction import BundlePrediction, expand_with_errors  # noqa: F401 - predict's result type
-from .search.query import neighbors_of_files
-from .search.blocks import normalize
 
 log = logging.getLogger(__name__)
 

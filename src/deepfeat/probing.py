@@ -42,20 +42,29 @@ from typing import Any
 import numpy as np
 
 from .agreement import reduced_precision_note, store_precision
+from .analysis.fne import parse_thresholds, ternarize
 from .errors import UsageError
-from .params import param_error
 from .heads import HEADS, StreamingScaler
+from .loop import RunState, cosine_factor
+from .params import param_error
+from .progress import ProgressFn
+from .reports import html as H
+from .reports.html import write
 from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, LayerSpec, open_store
-from .loop import RunState, cosine_factor
-from .training import (DEFAULT_MEMORY_BUDGET, LR_FLOOR, _make_head, _Plan, _resolve_layers, _scan,
-                       _train_batches, _val_batches, plan_memory, validate_train_args)
+from .training import (
+    DEFAULT_MEMORY_BUDGET,
+    LR_FLOOR,
+    _make_head,
+    _Plan,
+    _resolve_layers,
+    _scan,
+    _train_batches,
+    _val_batches,
+    plan_memory,
+    validate_train_args,
+)
 from .units import format_size, parse_size
-from .progress import ProgressFn
-from .analysis.fne import parse_thresholds
-from .analysis.fne import ternarize
-from .reports.html import write
-from .reports import html as H
 
 log = logging.getLogger(__name__)
 

@@ -34,10 +34,10 @@ import numpy as np
 
 from ._version import __version__
 from .errors import BundleError, UsageError
+from .interrupts import import_held
 from .params import check_choice
 from .store.fsutil import environment_errors, sha256_file
 from .units import format_size
-from .interrupts import import_held
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,8 @@ class ExportResult:
 def _head_module(kind: str, head: Any) -> Any:
     """The head's inference as torch ops: features (scaled, float32) -> N x C scores, as predict computes them."""
     import torch
-    from torch import nn
     import torch.nn.functional as F
+    from torch import nn
 
     class Linear(nn.Module):
         def __init__(self, coef: np.ndarray, intercept: np.ndarray | None, mode: str) -> None:

@@ -23,10 +23,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .devices import check_device, resolve_device
 from .errors import InputError, UsageError
 from .params import check_choice, check_int
-from .devices import check_device
-from .devices import resolve_device
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):

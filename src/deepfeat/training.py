@@ -40,23 +40,20 @@ from typing import Any
 
 import numpy as np
 
-from .devices import check_device, resolve_device
 from . import progress as progress_mod
+from .analysis.fne import load_fne_stats
+from .checkpoint import config_fingerprint, load_state, save_state
+from .devices import check_device, resolve_device
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
+from .interrupts import interruptible
 from .loop import RunState, cosine_factor, run_epochs
 from .params import check_choice, check_int, check_number, is_int, param_error
-from .interrupts import interruptible
+from .progress import ProgressFn, format_duration
+from .store import trust
 from .store.fsutil import check_writable, remove_orphan_temps
 from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
 from .units import format_size, parse_size
-from .progress import ProgressFn
-from .progress import format_duration
-from .checkpoint import config_fingerprint
-from .checkpoint import save_state
-from .checkpoint import load_state
-from .store import trust
-from .analysis.fne import load_fne_stats
 
 log = logging.getLogger(__name__)
 
@@ -481,7 +478,8 @@ def train(
                   "exact_bytes": exact_bytes, "exact_seconds": exact_seconds, "solver_reason": solver_reason,
                   "memory_budget": budget})
     config = {"store": os.path.abspath(store.path), "store_fingerprint": store.metadata.get("fingerprint"),
-              "layers": names, "head": head, "solver": solver, "hidden": list(sizes) if "hidden" in HEADS[head].train_params else None,
+              "layers": names, "head": head, "solver": solver,
+              "hidden": list(sizes) if "hidden" in HEADS[head].train_params else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
               "patience": patience, "class_weight": class_weight if not isinstance(class_weight, Mapping)
               else {str(k): float(v) for k, v in class_weight.items()}, "memory_budget": budget, "seed": seed,
@@ -523,7 +521,8 @@ def train(
             fne = load_fne_stats(store)
         result.bundle_path = save_bundle(
             out, backbone=meta["model"], preprocess=meta["preprocess"], layers=specs, dtype=store.dtype,
-            precision=str(meta.get("precision", "fp32")), runtime=_runtime_of(meta), decode_policy=meta.get("config", {}).get("decode_policy"),
+            precision=str(meta.get("precision", "fp32")), runtime=_runtime_of(meta),
+            decode_policy=meta.get("config", {}).get("decode_policy"),
             scaler=scaler, head=model, head_kind=head, classes=plan.classes, training=config, validation=validation,
             history=history, fne=fne)
         stale_ckpt = checkpoint_path(out)

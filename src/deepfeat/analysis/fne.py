@@ -35,15 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from ..moments import merge_moments
 from .. import progress
+from ..agreement import reduced_precision_note, store_precision
 from ..errors import StoreError, UsageError
+from ..moments import merge_moments
 from ..params import check_int, param_error
 from ..store import layout
 from ..store.fsutil import atomic_write_bytes, check_writable, read_json
-from ..store.session import StoreWriter
-from ..agreement import reduced_precision_note, store_precision
 from ..store.reader import FeatureStore, LayerSpec, open_store
+from ..store.session import StoreWriter
 from ..store.writer import write_part
 
 log = logging.getLogger(__name__)

@@ -34,10 +34,10 @@ import numpy as np
 from ..agreement import reduced_precision_note, store_precision
 from ..errors import UsageError
 from ..params import check_int
+from ..reports import html as H
 from ..store.fsutil import check_writable, staged_directory
 from ..store.reader import FeatureStore
 from .stats import FeatureStatistics, check_arguments, feature_statistics
-from ..reports import html as H
 
 log = logging.getLogger(__name__)
 

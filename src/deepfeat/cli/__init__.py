@@ -24,8 +24,25 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..errors import EnvironmentFault, StoreError, UsageError
 from ..store.fsutil import WRITE_ERRNOS, write_error_hint
-from . import (analyze, cnn, datasets, duplicates, evaluate, export, export_model, extract, index, info, layers, models,
-               plot, predict, probe, search, train)
+from . import (
+    analyze,
+    cnn,
+    datasets,
+    duplicates,
+    evaluate,
+    export,
+    export_model,
+    extract,
+    index,
+    info,
+    layers,
+    models,
+    plot,
+    predict,
+    probe,
+    search,
+    train,
+)
 from .common import CommandParser, _print_error, finish_parser
 from .config import _apply_config
 

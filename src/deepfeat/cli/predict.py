@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import _print_error, _add_offline_arg, _add_runtime_args, _print
+from .common import _add_offline_arg, _add_runtime_args, _print, _print_error
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"predict": ("deepfeat.predict", "predict_images")}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .common import SIZE, EventRenderer, _print, NEGATIVE_NUMBERS
+from .common import NEGATIVE_NUMBERS, SIZE, EventRenderer, _print
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"probe": ("deepfeat.probing", "probe")}

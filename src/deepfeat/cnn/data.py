@@ -22,9 +22,9 @@ from ..data.augment import parse_augment
 from ..data.decode import DecodePolicy
 from ..data.preprocess import Preprocess
 from ..data.sources import Discovery
+from ..engines.decode_pool import DecodePool
 from ..errors import UsageError
 from ..params import check_choice, param_error
-from ..engines.decode_pool import DecodePool
 
 log = logging.getLogger(__name__)
 

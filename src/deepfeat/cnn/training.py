@@ -42,7 +42,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import resolve_device
 from .._version import __version__
 from ..checkpoint import (
     config_fingerprint,
@@ -51,23 +50,24 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data.decode import DecodePolicy, decode_file
-from ..engines.builtin import default_workers
 from ..data.preprocess import Preprocess
 from ..data.sources import discover
+from ..devices import resolve_device
+from ..engines.builtin import default_workers
 from ..errors import InputError, UsageError
 from ..history import normalize as normalize_history
 from ..loop import RunState, cosine_factor, run_epochs
-from ..params import check_choice, check_int, check_number, is_int, param_error
-from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
-from ..units import parse_size
 from ..models.arch import arch_config, build_cnn
-from ..models.surgery import replace_head
-from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE
-from .data import VALIDATION_CHOICES, BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
-from ..progress import ProgressFn
 from ..models.layers import describe_layers
 from ..models.registry import load_backbone
+from ..models.surgery import replace_head
+from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE
+from ..params import check_choice, check_int, check_number, is_int, param_error
+from ..progress import ProgressFn
+from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
+from ..units import parse_size
 from ..viz.plots import plot_confusion_matrix
+from .data import VALIDATION_CHOICES, BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
 
 log = logging.getLogger(__name__)
 

@@ -503,7 +503,8 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
                 excluded.append(ExcludedItem(full, reason, f"line {line_no}: {message}"))
                 continue
         if not stat.S_ISREG(st.st_mode):
-            excluded.append(ExcludedItem(full, "not_regular_file", f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
+            excluded.append(ExcludedItem(full, "not_regular_file",
+                                         f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
             continue
         items.append(
             SourceItem(

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .read import read_locator
+from .augment import get_augmenter
 from .decode import DecodePolicy, decode_data
 from .preprocess import Preprocess
-from .augment import get_augmenter
+from .read import read_locator
 
 
 @dataclass

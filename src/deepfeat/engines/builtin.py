@@ -9,10 +9,10 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..devices import resolve_device
 from ..errors import UsageError
 from ..params import check_int, is_int
 from . import RunSettings
-from ..devices import resolve_device
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.sources import SourceItem

@@ -32,10 +32,9 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from ..checkpoint import flatten_optimizer, unflatten_optimizer
 from ..errors import UsageError
 from ..params import check_int, check_number, param_error
-from ..checkpoint import flatten_optimizer
-from ..checkpoint import unflatten_optimizer
 
 try:  # scikit-learn >= 1.6
     from sklearn.utils.validation import validate_data as _sk_validate_data

@@ -31,16 +31,24 @@ import importlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..errors import UsageError
 from ..interrupts import import_held
-from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from .backbone import Backbone
-from .hub import RANDOM  # noqa: F401 - re-exported: bundles and callers import it from here
-from .hub import HubFile, ResolvedWeights, hf_cache_dir, resolve_remote, resolve_weights, torch_hub_dir, weights_status
+from .hub import (
+    RANDOM,  # noqa: F401 - re-exported: bundles and callers import it from here
+    HubFile,
+    ResolvedWeights,
+    hf_cache_dir,
+    resolve_remote,
+    resolve_weights,
+    torch_hub_dir,
+    weights_status,
+)
 from .trained import load_trained_model
 from .weights import file_sha256, load_into, load_state_dict
 

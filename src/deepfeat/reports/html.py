@@ -21,8 +21,8 @@ import os
 import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
-from .._version import __version__
 
+from .._version import __version__
 from ..store.fsutil import atomic_write_bytes
 
 log = logging.getLogger(__name__)

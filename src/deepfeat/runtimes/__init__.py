@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
+from ..models.layers import describe_layers, resolve_layers
+from ..models.pooling import parse_pools
 from ..models.registry import Backbone
 from ..params import check_choice
 from ..store.layerspec import LayerSpec
@@ -31,8 +33,6 @@ from .base import Runtime, RuntimeUnavailable, cpu_has_bf16, cpu_model
 from .onnx_runtime import ONNXRuntime
 from .openvino_runtime import OpenVINORuntime
 from .torch_runtime import TorchRuntime
-from ..models.layers import describe_layers, resolve_layers
-from ..models.pooling import parse_pools
 
 log = logging.getLogger(__name__)
 

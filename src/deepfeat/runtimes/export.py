@@ -26,12 +26,12 @@ import torch
 from torch import nn
 
 from .._version import __version__
+from ..cachedir import cache_dir
 from ..models.layers import FeatureTaps
 from ..models.registry import Backbone
+from ..store.fsutil import sha256_file
 from ..store.layerspec import LayerSpec
 from .base import Runtime, RuntimeUnavailable
-from ..cachedir import cache_dir
-from ..store.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -28,8 +28,7 @@ import numpy as np
 from ..agreement import DEFAULT_MIN_AGREEMENT, Agreement
 from ..errors import UsageError
 from ..params import check_number
-from . import RUNTIMES, resolve_runtime
-from . import build_runtime
+from . import RUNTIMES, build_runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -163,5 +162,5 @@ def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any]
                            min_agreement=min_agreement, batch_size=batch_size)
 
 
-__all__ = ["DEFAULT_MIN_AGREEMENT", "guard_backbone", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "guard_precision", "ladder",
-           "measure", "row_cosines", "sample_indices"]
+__all__ = ["DEFAULT_MIN_AGREEMENT", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "guard_backbone",
+           "guard_precision", "ladder", "measure", "row_cosines", "sample_indices"]

@@ -34,11 +34,11 @@ import numpy as np
 
 from .. import progress
 from ..params import check_number
+from ..reports.duplicates_page import write_duplicates_page
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
 from .blocks import DEFAULT_MEMORY_BUDGET, pair_block_rows
 from .index import build_index
-from ..reports.duplicates_page import write_duplicates_page
 
 log = logging.getLogger(__name__)
 

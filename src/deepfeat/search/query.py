@@ -24,10 +24,10 @@ import numpy as np
 from .. import progress
 from ..errors import UsageError
 from ..params import check_int
+from ..store.layerspec import LayerSpec
 from ..units import parse_size
 from .blocks import DEFAULT_MEMORY_BUDGET, normalize
 from .index import Neighbor, SearchIndex, open_index
-from ..store.layerspec import LayerSpec
 
 log = logging.getLogger(__name__)
 

@@ -10,8 +10,8 @@ import os
 from collections.abc import Sequence
 
 from ..errors import UsageError
-from .query import QueryResult
 from ..reports.search_page import write_search_page
+from .query import QueryResult
 
 
 def write_results(results: Sequence[QueryResult], out: str | os.PathLike, index: str | os.PathLike = "") -> str:

@@ -86,8 +86,10 @@ def open_source(spec: str | os.PathLike | Source, kind: str | None = None, **opt
     return cls(text, **_check_options(cls, options))
 
 
-# registration order = the order in which sources claim a spec
+# registration order = the order in which sources claim a spec (not alphabetical: kept as written)
+# isort: off
 from . import hf as _hf  # noqa: E402,F401
 from . import webdataset as _webdataset  # noqa: E402,F401
 from . import parquet as _parquet  # noqa: E402,F401
 from . import files as _files  # noqa: E402,F401
+# isort: on

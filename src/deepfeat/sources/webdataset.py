@@ -232,8 +232,8 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
             ext = next((e for e in exts if e in members), None)
             if ext is None:
                 have = ", ".join(sorted(members)) or "none"
-                excluded.append([where, "no_image", f"no image member ({'.' + image_field if image_field else 'jpg, png, webp, ...'}); "
-                                                    f"members: {have}"])
+                wanted = "." + image_field if image_field else "jpg, png, webp, ..."
+                excluded.append([where, "no_image", f"no image member ({wanted}); members: {have}"])
                 continue
             cache: dict[str, Any] = {}
             label = _field(members, fd, label_field or ("cls" if "cls" in members else None), cache)

@@ -54,8 +54,8 @@ from ..params import check_choice, param_error
 from ..units import format_size
 from . import layout
 from .fsutil import check_writable, environment_errors, fsync_dir, reserve_space
-from .reader import FeatureStore, LayerSpec, open_store
 from .manifest import PartRecord
+from .reader import FeatureStore, LayerSpec, open_store
 
 log = logging.getLogger(__name__)
 
@@ -298,7 +298,8 @@ def _write_hdf5(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> lis
             ds.attrs["shape"] = list(s.shape)
             datasets[s.key] = ds
         meta_group = f.create_group("meta")
-        meta_ds = {c: meta_group.create_dataset(c, shape=(n,), maxshape=(None,), dtype=text, chunks=(max(1, min(max(n, 1), 65536)),))
+        chunk = (max(1, min(max(n, 1), 65536)),)
+        meta_ds = {c: meta_group.create_dataset(c, shape=(n,), maxshape=(None,), dtype=text, chunks=chunk)
                    for c in HDF5_META_COLUMNS}
         view_ds = meta_group.create_dataset("view", shape=(n,), maxshape=(None,), dtype=np.int16,
                                             chunks=(max(1, min(max(n, 1), 65536)),))

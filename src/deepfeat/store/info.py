@@ -21,13 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .fsutil import sha256_file
+from ..agreement import describe_agreement
 from ..errors import StoreError
 from ..units import format_size
 from . import layout, trust
-from .reader import FeatureStore, LayerSpec, _read_table, read_parquet
+from .fsutil import sha256_file
 from .manifest import PartRecord
-from ..agreement import describe_agreement
+from .reader import FeatureStore, LayerSpec, _read_table, read_parquet
 
 log = logging.getLogger(__name__)
 

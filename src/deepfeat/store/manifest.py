@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from . import layout
-from . import trust
+from . import layout, trust
 from .fsutil import atomic_write_json, environment_errors, fsync_dir
 
 log = logging.getLogger(__name__)

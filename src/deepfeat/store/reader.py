@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .fsutil import sha256_file
 from ..errors import StoreError, UsageError
 from ..params import check_int, param_error
 from . import layout, trust
+from .fsutil import sha256_file
 from .layerspec import LayerSpec
 from .manifest import Manifest, PartRecord
 

@@ -27,8 +27,8 @@ from . import layout, trust
 from .create import prepare_store_dir, write_excluded
 from .fsutil import atomic_write_json
 from .lock import StoreLock
-from .writer import Manifest, PartRecord, clean_uncommitted
 from .reader import FeatureStore
+from .writer import Manifest, PartRecord, clean_uncommitted
 
 log = logging.getLogger(__name__)
 

@@ -21,9 +21,8 @@ import pyarrow.parquet as pq
 
 from ..errors import StoreError
 from . import layout
-from .fsutil import HashingWriter, environment_errors, fsync_dir, remove_tree
+from .fsutil import HashingWriter, environment_errors, fsync_dir, remove_tree, sha256_file
 from .manifest import Manifest, PartRecord  # noqa: F401 - re-exported: writers commit through the manifest
-from .fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 

@@ -22,10 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import UsageError
-from ..params import check_choice, check_int, param_error
-from ..errors import InputError
+from ..errors import InputError, UsageError
 from ..history import read_history
+from ..params import check_choice, check_int, param_error
 from ..store.fsutil import check_writable, environment_errors
 
 if TYPE_CHECKING:  # pragma: no cover
