@@ -17,6 +17,8 @@ SECTIONS = {
                              "FeatureExtractor"],
     "Train, probe, evaluate, predict": ["train", "TrainResult", "probe", "ProbeResult", "evaluate", "load_bundle",
                                         "predict_images", "write_predictions", "classify_images"],
+    "Ship a classifier": ["export_model"],
+    "Search, near-duplicates, leakage": ["duplicates", "build_index", "open_index", "search"],
     "Your own CNN": ["train_cnn", "finetune", "CNNTrainResult"],
     "Analysis": ["analyze", "full_network_embedding"],
     "Data sets": ["write_dataset"],
