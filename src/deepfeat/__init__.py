@@ -26,7 +26,7 @@ _API = {
     "offline_mode": "deepfeat.models.hub",
     "describe_layers": "deepfeat.models.layers",
     "resolve_layers": "deepfeat.models.layers",
-    "discover": "deepfeat.data.sources",
+    "discover": "deepfeat.sources",
     "export_store": "deepfeat.store.export",
     "store_info": "deepfeat.store.info",
     "classify_images": "deepfeat.classify",
