@@ -34,7 +34,7 @@ LAYERS: list[tuple[str, ...]] = [
      "deepfeat.bundle_header", "deepfeat.configfile"),
     ("deepfeat.data", "deepfeat.store"),
     ("deepfeat.sources", "deepfeat.models", "deepfeat.heads", "deepfeat.moments", "deepfeat.history",
-     "deepfeat.checkpoint", "deepfeat.loop"),
+     "deepfeat.checkpoint", "deepfeat.loop", "deepfeat.trainrows"),
     ("deepfeat.runtimes",),
     ("deepfeat.engines",),
 ]

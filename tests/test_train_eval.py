@@ -22,7 +22,7 @@ import deepfeat
 from deepfeat.bundle import META_KEY, is_bundle, load_bundle
 from deepfeat.cli import main
 from deepfeat.errors import StoreError, UsageError
-from deepfeat.training import holdout_mask
+from deepfeat.trainrows import holdout_mask
 
 LAYERS = "blocks.4,pre_logits"
 CHANCE = 0.1

@@ -52,18 +52,8 @@ from .reports import html as H
 from .reports.html import write
 from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, LayerSpec, open_store
-from .training import (
-    DEFAULT_MEMORY_BUDGET,
-    LR_FLOOR,
-    _make_head,
-    _Plan,
-    _resolve_layers,
-    _scan,
-    _train_batches,
-    _val_batches,
-    plan_memory,
-    validate_train_args,
-)
+from .training import DEFAULT_MEMORY_BUDGET, LR_FLOOR, validate_train_args
+from .trainrows import RowPlan, make_head, plan_memory, scan_rows, train_batches, val_batches
 from .units import format_size, parse_size
 
 log = logging.getLogger(__name__)
@@ -252,9 +242,9 @@ def probe(
     if out is not None:
         check_writable(out, "probe's output folder", directory=True)
     st = store if isinstance(store, FeatureStore) else open_store(store)
-    specs = _resolve_layers(st, layers)
+    specs = st.select_layers(layers, "train")
     names = [s.name for s in specs]
-    plan = _scan(st, val_fraction)
+    plan = scan_rows(st, val_fraction)
     if plan.n_val == 0:
         raise UsageError(f"probe needs validation rows to compare layers: the store {st.path!r} has no 'val' split "
                          "and val_fraction is 0; pass val_fraction > 0 (--val-fraction 0.1).")
@@ -270,7 +260,7 @@ def probe(
     plan.read_bytes = mem.read_bytes
     lr = HEADS[head].default_learning_rate if lr is None else float(lr)
     for c in cands:
-        c.head = _make_head(head, hidden=(256,), lr=lr, alpha=alpha, batch_size=batch_size, class_weight=None,
+        c.head = make_head(head, hidden=(256,), lr=lr, alpha=alpha, batch_size=batch_size, class_weight=None,
                             seed=seed, device="cpu")
     config = {"store": os.path.abspath(st.path), "layers": names, "groups": list(group_names), "head": head,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
@@ -325,14 +315,14 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: list[Candidate], *, scaler_rows: int,
+def _sweep(st: FeatureStore, names: list[str], plan: RowPlan, mem: Any, cands: list[Candidate], *, scaler_rows: int,
            epochs: int, batch_size: int, patience: int | None, lo_hi: tuple[float, float], seed: int,
            test: str | None, progress: ProgressFn | None) -> tuple[list[dict[str, Any]], int]:
     """Statistics pass, epochs (one pass feeds every head), final validation and test scores."""
     # 1. statistics: one scaler over every probed dim (a layer's scaler is its slice of it)
     t0 = time.perf_counter()
     scaler = StreamingScaler()
-    for X, _ in _train_batches(st, names, plan, scaler_rows, shuffle=False, seed=seed, buffer=scaler_rows):
+    for X, _ in train_batches(st, names, plan, scaler_rows, shuffle=False, seed=seed, buffer=scaler_rows):
         scaler.partial_fit(X)
     if progress:
         progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
@@ -351,7 +341,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
         factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)  # train's cosine decay
         for c in active:
             c.loss_sum, c.rows = 0.0, 0
-        for X, y in _train_batches(st, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
+        for X, y in train_batches(st, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
                                    buffer=mem.shuffle_rows):
             Z, T = standardised(X)
             for c in active:
@@ -362,7 +352,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
                 c.loss_sum += c.head.loss_ * len(y)
                 c.rows += len(y)
                 c.seconds += time.perf_counter() - t1
-        scores = _score(active, _val_batches(st, names, plan, mem.io_batch), standardised)
+        scores = _score(active, val_batches(st, names, plan, mem.io_batch), standardised)
         for c, val in zip(active, scores):
             _early_stopping(c, epoch, val, patience)
         if progress:
@@ -372,7 +362,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
     for c in cands:  # early stopping keeps the best epoch's weights (as train does)
         c.run.best_epoch = c.run.keep_best(patience, c.head.restore)
     # 3. final scores of the kept weights: validation, then the test split
-    for c, val in zip(cands, _score(cands, _val_batches(st, names, plan, mem.io_batch), standardised)):
+    for c, val in zip(cands, _score(cands, val_batches(st, names, plan, mem.io_batch), standardised)):
         c.val = val
     n_test = 0
     if test is not None:
