@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 
 from .data.decode import DecodePolicy
+from .data.decode_pool import DecodePool
 from .data.preprocess import Preprocess
 from .data.worker import Decoded, Failed
 from .engines.builtin import default_workers
-from .engines.decode_pool import DecodePool
 from .runtimes import Runtime
 
 

@@ -68,7 +68,7 @@ def sigint_blocked() -> Iterator[None]:
     """Block SIGINT in this thread meanwhile; a Ctrl-C that arrives is delivered at the end, not lost.
 
     A process started meanwhile inherits the blocked mask, so it cannot be interrupted before it
-    has set SIGINT to ignored (the decode workers, :mod:`deepfeat.engines.decode_pool`).
+    has set SIGINT to ignored (the decode workers, :mod:`deepfeat.data.decode_pool`).
     """
     if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
         yield

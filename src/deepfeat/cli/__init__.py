@@ -114,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if program:  # the command is over: a late Ctrl-C must not turn its exit status into a signal death
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             _forget_interrupt()
-            pool = sys.modules.get("deepfeat.engines.decode_pool")
+            pool = sys.modules.get("deepfeat.data.decode_pool")
             if pool is not None:  # exit after every helper process of the decode workers, not before
                 pool.stop_resource_tracker()
 

@@ -20,9 +20,9 @@ import torch
 
 from ..data.augment import parse_augment
 from ..data.decode import DecodePolicy
+from ..data.decode_pool import DecodePool
 from ..data.preprocess import Preprocess
 from ..data.sources import Discovery
-from ..engines.decode_pool import DecodePool
 from ..errors import UsageError
 from ..params import check_choice, param_error
 

@@ -7,10 +7,10 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..data.decode import DecodePolicy
+from ..data.decode_pool import DecodePool
 from ..data.sources import SourceItem
 from ..store import layout
 from ..store.writer import Manifest
-from .decode_pool import DecodePool
 from .parts import PartBuilder, add_batch, count_new, plan_parts
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -30,13 +30,13 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..data.decode import DecodePolicy
+from ..data.decode_pool import DecodePool
 from ..data.sources import SourceItem
 from ..errors import DeepfeatError, EnvironmentFault, UsageError
 from ..models.registry import load_backbone
 from ..store.layerspec import LayerSpec
 from ..store.writer import Manifest, PartRecord
 from .assign import assign_parts, steal, workers_for
-from .decode_pool import DecodePool
 from .parts import PartBuilder, add_batch, count_new, part_batches, plan_parts
 
 log = logging.getLogger(__name__)

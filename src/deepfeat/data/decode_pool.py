@@ -28,9 +28,9 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
-from ..data.decode import DecodePolicy
-from ..data.worker import Decoded, Failed, prepare_batch, watch_parent
 from ..interrupts import sigint_blocked
+from .decode import DecodePolicy
+from .worker import Decoded, Failed, prepare_batch, watch_parent
 
 log = logging.getLogger(__name__)
 
