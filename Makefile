@@ -25,9 +25,10 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
-# ruff (pyflakes, pycodestyle, bugbear, import order) and the layer contract (docs/ARCHITECTURE.md)
+# ruff (pyflakes, pycodestyle, bugbear, import order), mypy on the contract packages, the layer contract
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/mypy
 	$(PY) scripts/check_layers.py
 
 # the docs site (mkdocs-material + mkdocstrings; the CLI and API references are generated) into build/site

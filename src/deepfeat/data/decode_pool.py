@@ -56,7 +56,7 @@ def _main_module_hidden() -> "collections.abc.Iterator[None]":
     if main is None:
         yield
         return
-    saved = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
+    saved: dict[str, Any] = {k: main.__dict__[k] for k in ("__file__", "__spec__") if k in main.__dict__}
     try:
         main.__dict__.pop("__file__", None)
         main.__dict__["__spec__"] = None
@@ -75,7 +75,7 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
 
 
 class _WorkerContext(multiprocessing.context.SpawnContext):
-    Process = _WorkerProcess  # type: ignore[assignment]
+    Process = _WorkerProcess
 
 
 WORKER_CONTEXT = _WorkerContext()

@@ -86,13 +86,13 @@ class Engine(Protocol):
 
 #: name -> "module:Class", imported on first use. The CLI imports every engine class to add its flags,
 #: so an engine class's module imports only the standard library and defers its work to ``run``.
-ENGINES: dict[str, str | type] = {
+ENGINES: dict[str, str | type[Any]] = {
     "local": "deepfeat.engines.builtin:LocalEngine",
     "ray": "deepfeat.engines.builtin:RayEngine",
 }
 
 
-def register_engine(cls: type) -> type:
+def register_engine(cls: type[Any]) -> type[Any]:
     """Class decorator: make an engine available by ``cls.name`` (``extract(engine=name)``, ``--engine``)."""
     ENGINES[cls.name] = cls
     return cls

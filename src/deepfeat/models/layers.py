@@ -311,7 +311,7 @@ class FeatureTaps:
         ...     feats = taps.run(x)   # {"blocks.4": N x 112, "pre_logits": N x 1280}
     """
 
-    def __init__(self, backbone: Backbone, pools: Mapping[str, str], infos: "OrderedDict[str, LayerInfo]") -> None:
+    def __init__(self, backbone: Backbone, pools: Mapping[str, str], infos: Mapping[str, LayerInfo]) -> None:
         self.backbone = backbone
         self.pools = dict(pools)
         self.layers = list(self.pools)

@@ -42,10 +42,15 @@ CACHE_FORMAT = 1
 class TapGraph(nn.Module):
     """uint8 N x H x W x 3 pixels -> tuple of pooled taps (float32), one per spec.
 
+    ``scale`` and ``shift`` (buffers) fold the preprocessing's ``/255``, mean and std into one multiply-add.
+
     Example:
         >>> g = TapGraph(bb, specs, infos)                              # doctest: +SKIP
         >>> outs = g(torch.zeros(2, 224, 224, 3, dtype=torch.uint8))   # doctest: +SKIP
     """
+
+    scale: torch.Tensor
+    shift: torch.Tensor
 
     def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any]) -> None:
         super().__init__()

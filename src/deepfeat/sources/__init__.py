@@ -42,7 +42,7 @@ from .base import SOURCE_OPTIONS, SOURCES, Source, register_source
 
 __all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "discover", "register_source", "open_source"]
 
-def _check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+def _check_options(cls: type[Any], options: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - set(SOURCE_OPTIONS))
     if unknown:
@@ -80,9 +80,10 @@ def open_source(spec: str | os.PathLike | Source, kind: str | None = None, **opt
             raise UsageError(f"Unknown source kind {kind!r}; known: {', '.join(SOURCES)}.")
         cls = SOURCES[kind]
     else:
-        cls = next((c for c in SOURCES.values() if c.claims(text)), None)
-        if cls is None:  # pragma: no cover - the folder source claims everything else
+        claimed = next((c for c in SOURCES.values() if c.claims(text)), None)
+        if claimed is None:  # pragma: no cover - the folder source claims everything else
             raise UsageError(f"No source reads {text!r}.")
+        cls = claimed
     return cls(text, **_check_options(cls, options))
 
 

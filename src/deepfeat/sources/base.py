@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import ClassVar, Protocol, runtime_checkable
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..data.sources import Discovery
 
@@ -30,10 +30,10 @@ class Source(Protocol):
 
 
 #: kind -> source class, in the order :func:`open_source` asks them to claim a spec.
-SOURCES: dict[str, type] = {}
+SOURCES: dict[str, type[Any]] = {}  # classes with kind, OPTIONS and claims() (see files.py)
 
 
-def register_source(cls: type) -> type:
+def register_source(cls: type[Any]) -> type[Any]:
     """Class decorator: make a source available to :func:`open_source` under ``cls.kind``."""
     SOURCES[cls.kind] = cls
     return cls

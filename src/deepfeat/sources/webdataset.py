@@ -229,8 +229,8 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
                 continue
             seen.add(key)
             exts = [image_field.lower()] if image_field else _IMAGE_EXTS
-            ext = next((e for e in exts if e in members), None)
-            if ext is None:
+            found = next((e for e in exts if e in members), None)
+            if found is None:
                 have = ", ".join(sorted(members)) or "none"
                 wanted = "." + image_field if image_field else "jpg, png, webp, ..."
                 excluded.append([where, "no_image", f"no image member ({wanted}); members: {have}"])
@@ -238,8 +238,8 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
             cache: dict[str, Any] = {}
             label = _field(members, fd, label_field or ("cls" if "cls" in members else None), cache)
             split = normalize_split(_field(members, fd, split_field, cache))
-            offset, nbytes = members[ext]
-            samples.append([key, names[ext], offset, nbytes, label, split])
+            offset, nbytes = members[found]
+            samples.append([key, names[found], offset, nbytes, label, split])
     finally:
         os.close(fd)
     if cut and not any(e[1] == "truncated_shard" for e in excluded):

@@ -243,7 +243,7 @@ def _write_npy(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list
             if pos + n > sel.total:
                 raise StoreError(f"{store.path}: more rows than the manifest announces ({pos + n} > {sel.total})")
             for key, arr in feats.items():
-                files[key].write(memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B"))
+                files[key].write(np.ascontiguousarray(arr, dtype=dtype).data.cast("B"))
             writer.write_table(meta.cast(schema))
             pos += n
         if pos == 0:

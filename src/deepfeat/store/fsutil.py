@@ -176,7 +176,7 @@ def remove_orphan_temps(path: str) -> list[str]:
     """
     directory = os.path.dirname(os.path.abspath(path))
     prefix = f".{os.path.basename(path)}.tmp-"
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except OSError:

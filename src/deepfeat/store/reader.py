@@ -286,7 +286,7 @@ class FeatureStore:
         if out.size:
             with open(path, "rb") as f:
                 f.seek(offset + start * spec.dims * dtype.itemsize)
-                got = f.readinto(memoryview(out).cast("B"))
+                got = f.readinto(out.data.cast("B"))
             if got != out.nbytes:
                 raise StoreError(f"part {part.name}: {spec.key}.npy ended early (read {got} of {out.nbytes} bytes).")
         return out
@@ -340,7 +340,7 @@ class FeatureStore:
                     split_values = [v or "" for v in meta.column("split").to_pylist()]
                     mask &= np.isin(np.asarray(split_values, dtype=object), splits)
                 if views != "all":
-                    wanted = [views] if isinstance(views, int) else list(views)  # type: ignore[arg-type]
+                    wanted = np.asarray([views] if isinstance(views, int) else list(views), dtype=np.int64)
                     mask &= np.isin(meta.column("view").to_numpy(), wanted)
                 idx = np.flatnonzero(mask)
                 if not len(idx):

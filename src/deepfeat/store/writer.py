@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 def _save_npy(path: str, array: np.ndarray) -> dict[str, Any]:
     with open(path, "wb") as f:
         hw = HashingWriter(f)
-        np.lib.format.write_array(hw, np.ascontiguousarray(array), allow_pickle=False)  # type: ignore[arg-type]
+        np.lib.format.write_array(hw, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
     return {"sha256": hw.sha256.hexdigest(), "bytes": hw.size, "shape": list(array.shape),
