@@ -1,4 +1,4 @@
-"""A nearest-neighbour index of one layer of a store, on disk, memory-mapped for search.
+"""A nearest-neighbour index of one layer of a store, on disk, read block by block (never loaded whole).
 
 Layout of an index directory (numpy and pyarrow read it without deepfeat)::
 
@@ -8,11 +8,12 @@ Layout of an index directory (numpy and pyarrow read it without deepfeat)::
       vectors.bin    rows x dims L2-normalised vectors, C order, in the store's dtype (float16 |
                      float32): np.memmap(path, dtype, mode="r", shape=(rows, dims))
       rows.parquet   id, path, split, label of every row, aligned with vectors.bin
-      faiss.index    kind "ivf" only: a faiss IVF index (8-bit scalar quantiser) over the vectors
+      faiss.index    kind "ivf" only: a faiss IVF index (8-bit scalar or product codes), memory-mapped
 
 ``kind`` is ``exact`` (numpy, blockwise), ``flat`` (faiss's exact kernels, blockwise) or ``ivf``
 (faiss inverted lists; its candidates are re-ranked exactly from ``vectors.bin``). Search never
-holds more than the memory budget of vectors: blocks are copied out of the memory map one at a time.
+holds more than the memory budget of vectors: blocks and rows are read from ``vectors.bin`` with
+plain file I/O (:class:`RowFile`), not faulted in through a memory map.
 
 Example:
     >>> idx = build_index("feats/", "feats.index")          # doctest: +SKIP
