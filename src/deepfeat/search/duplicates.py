@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 
 from .. import progress
-from ..errors import UsageError
 from ..params import check_number
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
@@ -154,7 +153,7 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     scratch = os.path.join(out, f".vectors-{os.getpid()}")
-    from .index import VECTORS_FILE, build_index
+    from .index import build_index
 
     try:
         idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget,
