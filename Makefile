@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo test test-slow lint docs bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -25,8 +25,17 @@ test: setup
 test-slow: setup
 	$(PY) -m pytest -q -m slow
 
+# ruff (pyflakes, pycodestyle, bugbear, import order) and the layer contract (docs/ARCHITECTURE.md)
+lint: setup
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(PY) scripts/check_layers.py
+
+# the docs site (mkdocs-material + mkdocstrings; the CLI and API references are generated) into build/site
+docs: setup
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
+
 bench:
 	$(PY) benchmarks/extract_throughput.py
 
 clean:
-	rm -rf $(DEMO) .pytest_cache
+	rm -rf $(DEMO) .pytest_cache build/site

@@ -103,8 +103,8 @@ def make_fashion_mnist(root: str, n: int) -> tuple[str, int]:
 
 def make_photos(root: str, n: int, seed: int = 0, size: tuple[int, int] = (640, 480)) -> tuple[str, int]:
     """``n`` JPEGs (quality 90) of ``size`` from scikit-image photos: random crops, resizes, flips."""
-    from PIL import Image
     import skimage.data as skd
+    from PIL import Image
 
     sources = {}
     for name in ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry",
@@ -489,7 +489,9 @@ def print_report(machine: dict[str, Any], results: list[dict[str, Any]], default
             print(f"{'b. deepfeat.extract workers=' + str(e['workers']) + tag + ': embedded/summary.seconds':<58}"
                   f"{fmt_rate(e['img_per_s']):>12}{e['summary_seconds']:>10.2f}{e['embedded']:>9}"
                   f"{e['cpu_ms_per_img']:>12.1f}")
-            print(f"{'     wall ' + format(e['wall_s'], '.2f') + ' s (+ model load ' + format(res['model_load_s'], '.2f') + ' s); setup ' + format(e['setup_s'], '.2f') + ' s, 1st batch ' + format(e['first_batch_s'], '.2f') + ' s; steady':<58}"
+            wall = (f"     wall {e['wall_s']:.2f} s (+ model load {res['model_load_s']:.2f} s); setup "
+                    f"{e['setup_s']:.2f} s, 1st batch {e['first_batch_s']:.2f} s; steady")
+            print(f"{wall:<58}"
                   f"{fmt_rate(e.get('img_per_s_steady')):>12}")
         nv = res["naive"]
         diff = nv.get("max_rel_diff_vs_store")

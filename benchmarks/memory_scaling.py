@@ -1,7 +1,8 @@
 """Peak RSS of `deepfeat extract` at N and k*N images: memory must not grow with the input count.
 
 Each extraction runs in a fresh subprocess (`deepfeat extract` via the CLI) on real
-Fashion-MNIST PNGs and reports its peak RSS (ru_maxrss of the extracting process). Prints both figures and their ratio (target: within 10 %).
+Fashion-MNIST PNGs and reports its peak RSS (ru_maxrss of the extracting process). Prints both figures and
+their ratio (target: within 10 %).
 
     python benchmarks/memory_scaling.py [--small 1000] [--factor 6] [--input-size 64]
 """
@@ -53,7 +54,7 @@ def main() -> None:
         # (A decode worker's own RSS is ~40 MiB; RUSAGE_CHILDREN's maxrss is not used because
         # Linux carries the parent's high-water mark across fork+exec.)
         print(f"{'images':>8} {'peak RSS main process':>22} {'img/s':>8}")
-        for n, r in results.items():
+        for r in results.values():
             print(f"{r['embedded']:>8} {r['maxrss_kib'] / 1024:>18.0f} MiB {r['embedded'] / r['seconds']:>8.1f}")
         small, large = results[args.small], results[args.small * args.factor]
         ratio = large["maxrss_kib"] / small["maxrss_kib"]

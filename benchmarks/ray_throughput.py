@@ -86,7 +86,7 @@ def main() -> int:
     try:
         src = os.path.join(tmp, "fm")
         write_fashion_mnist(src, per_class=args.per_class)
-        from deepfeat.engines.ray_engine import RayEngine
+        from deepfeat.engines.builtin import RayEngine
 
         common = dict(batch_size=args.batch_size)
         results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),

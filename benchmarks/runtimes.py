@@ -53,10 +53,10 @@ def log(msg: str) -> None:
 
 
 def machine() -> dict[str, Any]:
+    import torch
+
     from deepfeat.runtimes import cpu_model
     from deepfeat.runtimes.base import cpu_flags
-
-    import torch
 
     flags = cpu_flags()
     shown = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_bf16", "amx_int8") if f in flags]

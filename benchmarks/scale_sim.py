@@ -156,7 +156,7 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float, int]:
 
 
 def planning(n: int) -> dict[str, float]:
-    from deepfeat.engines.local import part_batches, plan_parts
+    from deepfeat.engines.parts import part_batches, plan_parts
 
     items, t_items, m_items = timed(lambda: make_items(n))
     done: set[str] = set()

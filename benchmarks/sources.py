@@ -86,8 +86,8 @@ def discovery_seconds(spec: str, kind: str) -> tuple[float, float, int]:
 
 def decode_rate(spec: str, kind: str, workers: int) -> float:
     from deepfeat.data.decode import DecodePolicy
+    from deepfeat.data.decode_pool import DecodePool
     from deepfeat.data.preprocess import Preprocess
-    from deepfeat.engines.decode_pool import DecodePool
     from deepfeat.sources import open_source
 
     items = open_source(spec, **options(kind)).discover().items
@@ -118,7 +118,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", type=int, default=10_000, help="images (default 10,000)")
     args = ap.parse_args()
-    from deepfeat.engines.decode_pool import DecodePool  # noqa: F401 - import cost out of the timings
+    from deepfeat.data.decode_pool import DecodePool  # noqa: F401 - import cost out of the timings
     from deepfeat.extraction import default_workers
     from deepfeat.runtimes import cpu_model
     from deepfeat.runtimes.base import cpu_flags

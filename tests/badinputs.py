@@ -229,7 +229,7 @@ def make_bad_inputs(root: Path) -> dict[str, str]:
     outside.mkdir(exist_ok=True)
     (outside / "target.jpg").write_bytes(jpeg)
     os.symlink(outside / "target.jpg", root / "outside_link.jpg")
-    out["outside_link.jpg"] = "excluded:symlink_outside_root"
+    out["outside_link.jpg"] = "embedded"  # followed wherever it points (excluded with symlinks_inside_root)
     os.symlink("plain.jpg", root / "inside_link.jpg")
     out["inside_link.jpg"] = "embedded"
     return out

@@ -68,7 +68,7 @@ def crash_on(needle: str) -> None:
         return original(items, *args, **kwargs)
 
     worker.prepare_batch = prepare_batch
-    pool = sys.modules.get("deepfeat.engines.decode_pool")
+    pool = sys.modules.get("deepfeat.data.decode_pool")
     if pool is not None:  # already imported: it holds its own reference
         pool.prepare_batch = prepare_batch  # type: ignore[attr-defined]
 
@@ -86,7 +86,7 @@ def slow_decode(seconds: float) -> None:
         return original(items, *args, **kwargs)
 
     worker.prepare_batch = prepare_batch
-    pool = sys.modules.get("deepfeat.engines.decode_pool")
+    pool = sys.modules.get("deepfeat.data.decode_pool")
     if pool is not None:
         pool.prepare_batch = prepare_batch  # type: ignore[attr-defined]
 

@@ -356,9 +356,9 @@ def test_predict_reads_shards_and_parquet_as_it_reads_files(bundle, fm_dir, tmp_
     import pyarrow as pa
     import pyarrow.parquet as pq
     import webdataset as wds
+    from test_shard_sources import _fm_images, _write_shards
 
     from deepfeat.predict import predict_images
-    from test_shard_sources import _fm_images, _write_shards
 
     images = _fm_images(fm_dir)
     _write_shards(fm_dir, tmp_path / "shards", per_shard=len(images) // 2)

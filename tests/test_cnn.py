@@ -64,13 +64,15 @@ def test_one_epoch_writes_a_model_directory(trained) -> None:
     assert cfg["arch"]["blocks"] == [[32, 64]] and cfg["arch"]["dense"] == 256
     assert cfg["classes"] == sorted(FASHION_MNIST_CLASSES)
     assert cfg["preprocess"]["input_size"] == [28, 28]
-    assert trained.n_train == 200 and trained.n_val == 200 and trained.val_source == "test"
+    # validation is held out of train (2 of 20 per class), never the test split, which is scored apart
+    assert trained.n_train == 180 and trained.n_val == 20 and trained.val_source == "held-out"
+    assert cfg["metrics"]["valid_source"] == "held-out" and cfg["metrics"]["n_test"] == 200
     (row,) = json.loads((out / "history.json").read_text())
     assert set(row) == {"epoch", "train_loss", "val_loss", "train_val_ratio", "val_accuracy", "seconds", "best"}
     assert row["train_val_ratio"] == pytest.approx(row["train_loss"] / row["val_loss"], rel=1e-4)
     # One epoch on 200 real images already beats chance (0.1) clearly.
     assert trained.metrics["test_accuracy"] > 0.25
-    assert np.asarray(cfg["metrics"]["confusion_matrix"]).sum() == 200
+    assert np.asarray(cfg["metrics"]["confusion_matrix"]).sum() == 20
 
 
 def test_fixed_seed_reproduces_the_weights_on_cpu(fm20: Path, trained, tmp_path: Path) -> None:
@@ -163,7 +165,7 @@ def test_early_stopping_keeps_the_best_epoch_and_resumes_from_a_stopped_checkpoi
     # the model directory holds the best
     ckpt = load_file(str(out / "checkpoint.safetensors"))
     kept = _weights(out)
-    from deepfeat.cnn.arch import build_cnn
+    from deepfeat.models.arch import build_cnn
 
     names = list(build_cnn(cfg["arch"]).state_dict())  # best.<i> is the i-th entry of the state dict
     assert len(names) == len(kept) == sum(k.startswith("extra.best.") for k in ckpt)
@@ -240,6 +242,40 @@ def test_held_out_validation_for_a_class_folder(fm20: Path, tmp_path: Path) -> N
 
 
 # ----------------------------------------------------------------------------- the model directory as a backbone
+def test_validation_is_val_or_a_hashed_holdout_of_train_never_test_unless_asked(fm20: Path, tmp_path: Path) -> None:
+    """Issue 28: with train + test only, validation rows come from train (a stratified hashed hold-out) and
+    test stays apart; a val split is used when present; test only with validation='test'."""
+    from deepfeat.cnn.data import make_splits
+    from deepfeat.data.sources import discover
+
+    d = discover(fm20)
+    train_ids = {it.id for it in d.items if it.split == "train"}
+    test_ids = {it.id for it in d.items if it.split == "test"}
+    s = make_splits(d, 0.1, 0)
+    assert s.val_source == "held-out" and set(s.val.ids) <= train_ids and not set(s.val.ids) & set(s.train.ids)
+    assert np.bincount(s.val.labels).tolist() == [2] * 10 and set(s.test.ids) == test_ids
+    assert make_splits(d, 0.1, 0).val.ids == s.val.ids  # deterministic; another seed holds out others
+    assert make_splits(d, 0.1, 1).val.ids != s.val.ids
+    # adding images to a class moves no held-out id of the other classes (a hash, not a permutation)
+    src = tmp_path / "more"
+    shutil.copytree(fm20, src)
+    for i in range(5):
+        shutil.copyfile(next((fm20 / "train" / "bag").iterdir()), src / "train" / "bag" / f"extra_{i}.png")
+    more = make_splits(discover(src), 0.1, 0)
+    bag = s.classes.index("bag")
+    rel = {it.id: it.relpath for it in d.items}
+    rel_more = {it.id: it.relpath for it in discover(src).items}
+    kept = {rel[i] for i, y in zip(s.val.ids, s.val.labels) if y != bag}
+    assert kept == {rel_more[i] for i, y in zip(more.val.ids, more.val.labels) if y != bag}
+    asked = make_splits(d, 0.1, 0, validation="test")
+    assert asked.val_source == "test" and set(asked.val.ids) == test_ids and asked.test is None
+    with pytest.raises(UsageError, match="no val split"):
+        make_splits(d, 0.1, 0, validation="val")
+    shutil.move(str(src / "test"), str(src / "val"))
+    with_val = make_splits(discover(src), 0.1, 0)
+    assert with_val.val_source == "val" and len(with_val.val) == 200 and with_val.test is None
+
+
 def test_model_directory_round_trips_through_layers_and_extract(fm20: Path, trained, tmp_path: Path, capsys) -> None:
     import deepfeat
     from deepfeat.cli import main
@@ -295,7 +331,8 @@ def test_finetune_lite0_freezes_the_first_stages(fm_dir: Path, lite0, tmp_path: 
     cfg = json.loads((out / "config.json").read_text())
     assert cfg["kind"] == "finetune" and cfg["base"]["model"] == "efficientnet_lite0"
     assert cfg["training"]["frozen_stages"] == ["blocks.0", "blocks.1", "blocks.2", "blocks.4"]
-    assert cfg["preprocess"]["input_size"] == [48, 48] and len(r.history) == 1 and r.n_train == 12
+    assert cfg["preprocess"]["input_size"] == [48, 48] and len(r.history) == 1
+    assert (r.n_train, r.n_val, r.val_source) == (9, 3, "held-out")  # 1 of 4 per class held out; test apart
     tuned = _weights(out)
     before = lite0.model.state_dict()
     # frozen: the stem and blocks 0-4, batch-norm statistics included; trained: block 6 and the new head

@@ -14,11 +14,11 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import numpy as np
 import pytest
 
 import deepfeat
-import faults
 from deepfeat.store.writer import Manifest
 
 ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "4", "--part-size", "8",

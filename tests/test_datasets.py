@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from deepfeat import datasets
+from deepfeat.data.sources import discover
 from deepfeat.datasets import (
     DATASETS,
     FASHION_MNIST_CLASSES,
@@ -78,7 +79,9 @@ def test_write_counts_pixels_and_labels(
     assert summary.out_dir == out and summary.source == DEBIAN
     assert summary.counts == {s: {c: 5 for c in FASHION_MNIST_CLASSES} for s in ("train", "test")}
     assert summary.total == 100 and summary.split_total("test") == 50
-    assert (out / "classes.txt").read_text().splitlines() == list(FASHION_MNIST_CLASSES)
+    # nothing but the images: extract of the folder excludes nothing (a classes.txt was "1 excluded")
+    assert sorted(p.name for p in out.iterdir()) == ["test", "train"]
+    assert discover(out).excluded == []
 
     files = _pngs(out)
     assert len(files) == 100

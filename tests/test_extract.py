@@ -10,15 +10,13 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
+from badinputs import make_bad_inputs
 from PIL import Image
 
 import deepfeat
 from deepfeat.data.decode import decode_file
 from deepfeat.errors import ConfigMismatchError, EnvironmentFault, StoreLockedError
-from deepfeat.models import describe_layers
 from deepfeat.store.lock import StoreLock
-
-from badinputs import make_bad_inputs
 
 
 def store_map(path: Path, layer: str) -> dict[tuple[str, int], np.ndarray]:

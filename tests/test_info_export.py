@@ -209,8 +209,9 @@ def _read_export(fmt: str, out: str, layers: list[str]):
         with open(out, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
         header, body = rows[0], rows[1:]
-        assert header[:4] == ["id", "label", "split", "view"]
-        feats, col = {}, 4
+        assert header[:6] == ["id", "label", "split", "view", "path", "sha256"]  # CSV rows say which image they are
+        assert all(len(r[5]) == 64 for r in body)
+        feats, col = {}, 6
         for n in layers:
             names = [h for h in header if h.rsplit("_", 1)[0] == n]
             assert header[col:col + len(names)] == [f"{n}_{i}" for i in range(len(names))]
@@ -218,7 +219,7 @@ def _read_export(fmt: str, out: str, layers: list[str]):
             col += len(names)
         assert col == len(header)
         meta = {"id": [r[0] for r in body], "label": [r[1] for r in body], "split": [r[2] for r in body],
-                "view": [int(r[3]) for r in body]}
+                "view": [int(r[3]) for r in body], "path": [r[4] for r in body]}
     return feats, meta
 
 

@@ -20,13 +20,13 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 import faults
-from deepfeat.store import layout
-from deepfeat.store.writer import Manifest
+import pytest
 from killing import group_processes, wait_group_empty
 from test_crash import assert_kept, assert_same, committed, committed_parts, listing, snapshot, wait_for
+
+from deepfeat.store import layout
+from deepfeat.store.writer import Manifest
 
 ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "2", "--part-size", "2",
         "--workers", "2", "-q"]
@@ -278,3 +278,22 @@ def test_a_ctrl_c_during_heavy_imports_is_held_then_raised():
                           preexec_fn=_as_in_a_terminal)
     assert done.stdout.splitlines() == ["the block finished", "KeyboardInterrupt after the block", "True"], done
     assert done.returncode == 0 and "Traceback" not in done.stderr
+
+
+def test_the_command_exits_after_every_process_of_its_group(fm_dir, tmp_path):
+    """Issue 28: right when an interrupted extract has exited, no process of its group is left -- not even
+    multiprocessing's resource tracker, which used to exit only after the command (3 of 8 tries left it)."""
+    for i in range(4):
+        p = start(fm_dir, tmp_path / f"feats{i}", faults.env(slow_decode=SLOW_DECODE_S))
+        try:
+            wait_for(lambda: decode_workers(p.pid) or p.poll() is not None, timeout=180)
+            time.sleep(0.3 * i)
+            assert p.poll() is None, p.communicate()[1].decode()
+            os.killpg(p.pid, signal.SIGINT)
+            _, err = p.communicate(timeout=60)
+            left = group_processes(p.pid)  # at once: the command waited for its helpers
+            assert p.returncode == 130 and not left, (i, p.returncode, left, err.decode()[-2000:])
+        finally:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()

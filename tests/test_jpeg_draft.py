@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import photo_array
 from PIL import Image
 
 import deepfeat
@@ -20,8 +21,6 @@ from deepfeat.data.preprocess import Preprocess
 from deepfeat.errors import InputError
 from deepfeat.models import load_backbone
 from deepfeat.runtimes import build_runtime, layer_specs
-
-from conftest import photo_array
 
 
 def big_jpeg(path: Path, name: str, size=(2400, 1800), exif_orientation: int | None = None) -> Path:

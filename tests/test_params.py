@@ -195,7 +195,7 @@ def test_decode_policy_and_augment():
 
 
 def test_cnn_arch():
-    from deepfeat.cnn.arch import arch_config
+    from deepfeat.models.arch import arch_config
 
     _refused(lambda: arch_config("huge", num_classes=2, in_channels=3, input_size=32), "arch", "arch_config")
     _refused(lambda: arch_config("small", num_classes=2, in_channels=2, input_size=32), "in_channels", "arch_config")

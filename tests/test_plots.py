@@ -10,8 +10,7 @@ import pytest
 from PIL import Image
 
 from deepfeat.errors import UsageError
-from deepfeat.viz import (plot_activations, plot_confusion_matrix, plot_embedding, plot_filters,
-                          plot_history)
+from deepfeat.viz import plot_activations, plot_confusion_matrix, plot_embedding, plot_filters, plot_history
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

@@ -17,7 +17,6 @@ from deepfeat.probing import stage_of
 from deepfeat.store.reader import FeatureStore
 
 
-
 @pytest.fixture(scope="module")
 def store(tmp_path_factory) -> Path:
     return shared_store(tmp_path_factory)[1]

@@ -12,13 +12,13 @@ import sys
 import time
 from pathlib import Path
 
+import faults
 import pytest
+from test_crash import assert_kept, assert_same, committed, committed_parts, snapshot, wait_for
 
 import deepfeat
 from deepfeat.engines.assign import assign_parts, steal, workers_for
 from deepfeat.errors import EnvironmentFault, UsageError
-import faults
-from test_crash import assert_kept, assert_same, committed, committed_parts, snapshot, wait_for
 
 KW = dict(layers="blocks.2,pre_logits", input_size=32, batch_size=4, part_size=12, device="cpu")
 CLI_ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "4", "--part-size", "12", "-q"]
@@ -101,7 +101,7 @@ def local_ref(src, tmp_path_factory):
 
 
 def ray_extract(src, out, address=None, **kw):
-    from deepfeat.engines.ray_engine import RayEngine
+    from deepfeat.engines.builtin import RayEngine
 
     return deepfeat.extract(src, out, engine=RayEngine(address=address, workers=2), **{**KW, **kw})
 

@@ -9,7 +9,7 @@ import pytest
 
 import deepfeat
 from deepfeat.errors import StoreError
-from deepfeat.training import plan_memory
+from deepfeat.trainrows import plan_memory
 
 
 @pytest.fixture(scope="module")

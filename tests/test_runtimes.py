@@ -17,17 +17,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import PHOTOS, photo_array
 from PIL import Image
 
 import deepfeat
+from deepfeat.agreement import Agreement
 from deepfeat.errors import ConfigMismatchError, UsageError
 from deepfeat.models import load_backbone
 from deepfeat.runtimes import RUNTIMES, build_runtime, layer_specs, resolve_runtime
-from deepfeat.agreement import Agreement
 from deepfeat.runtimes.export import DONE_FILE
 from deepfeat.runtimes.guard import DEFAULT_MIN_AGREEMENT, measure
-
-from conftest import PHOTOS, photo_array
 
 EXPORTED = [n for n in RUNTIMES if n != "torch"]
 LAYERS = "blocks.2,blocks.4,pre_logits"

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from searchstore import write_synthetic_store
 
 import deepfeat
 from deepfeat.cli import main
 from deepfeat.errors import StoreError
 from deepfeat.search.duplicates import DEFAULT_THRESHOLD, all_pairs, pair_block_rows
 from deepfeat.search.index import build_index, exact_knn, faiss_available, open_index
-from searchstore import write_synthetic_store
 
 SIZE = 64  #: model input size: small and fast
 

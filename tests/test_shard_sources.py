@@ -112,7 +112,7 @@ def test_webdataset_equals_folder(fm_dir: Path, lite0, folder_store: dict, tmp_p
 
 
 def test_parts_never_split_a_shard(fm_dir: Path) -> None:
-    from deepfeat.engines.local import plan_parts
+    from deepfeat.engines.parts import plan_parts
 
     src = open_source(str(fm_dir))  # files: no groups -> fixed-size parts
     items = src.discover().items
@@ -269,7 +269,7 @@ def test_ray_engine_reads_shards_whole(fm_dir: Path, tmp_path: Path) -> None:
         torch.set_num_threads(before)
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        from deepfeat.engines.ray_engine import RayEngine
+        from deepfeat.engines.builtin import RayEngine
 
         s = deepfeat.extract(str(tmp_path / "shards"), tmp_path / "ray", engine=RayEngine(workers=2), **kw)
     finally:

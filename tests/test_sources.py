@@ -179,6 +179,9 @@ def test_bad_inputs_folder_exclusions(tmp_path):
     link = _by_rel(d)["inside_link.jpg"]
     assert link.path == str(root / "inside_link.jpg")
     assert open(link.path, "rb").read() == (root / "plain.jpg").read_bytes()
+    inside = discover(root, symlinks_inside_root=True)  # the opt-in refusal of links leaving the folder
+    assert _reasons(inside)["outside_link.jpg"] == "symlink_outside_root"
+    assert "outside_link.jpg" not in _by_rel(inside) and "inside_link.jpg" in _by_rel(inside)
 
 
 def test_symlinks_and_hidden(tmp_path):

@@ -22,7 +22,7 @@ import deepfeat
 from deepfeat.bundle import META_KEY, is_bundle, load_bundle
 from deepfeat.cli import main
 from deepfeat.errors import StoreError, UsageError
-from deepfeat.training import holdout_mask
+from deepfeat.trainrows import holdout_mask
 
 LAYERS = "blocks.4,pre_logits"
 CHANCE = 0.1
@@ -533,8 +533,8 @@ def test_predict_at_bf16_agrees_within_the_guard(fm30, tmp_path):
     """At bf16, predict recomputes a bundle's features with other batches than extract did, and bf16 results
     depend on the batch: the promise is the precision guard's agreement, not bit identity (docs/DECISIONS.md)."""
     from deepfeat.agreement import Agreement
+    from deepfeat.bundle import bundle_runtime
     from deepfeat.embed import embed_files
-    from deepfeat.predict import bundle_runtime
     from deepfeat.runtimes import cpu_has_bf16, resolve_runtime
     from deepfeat.runtimes.guard import row_cosines
 

@@ -5,10 +5,10 @@ import signal
 
 import numpy as np
 import pytest
+from test_crash import cli, committed_parts, snapshot, wait_for
 
 import deepfeat
 from deepfeat.errors import UsageError
-from test_crash import cli, committed_parts, snapshot, wait_for
 
 COMMON = {"layers": "pre_logits", "input_size": 32, "workers": 1, "batch_size": 8, "part_size": 16}
 
@@ -32,7 +32,7 @@ def plain_and_views(fm_dir, tmp_path_factory):
 def test_view0_equals_plain_extraction_and_test_rows_untouched(plain_and_views):
     plain, views, summary, root = plain_and_views
     assert summary.rows_total == 40 * 3 + 40  # 40 train images x 3 rows, 40 test images x 1 row
-    for (item, view), row in plain.items():
+    for (item, _view), row in plain.items():
         np.testing.assert_array_equal(views[(item, 0)], row)
     store = deepfeat.open_store(root / "views")
     meta = store.rows(["split", "view"]).to_pylist()

@@ -1,6 +1,8 @@
 """deepfeat: transfer learning by CNN feature extraction, out of core.
 
-The public API is imported lazily so that ``import deepfeat`` (and decode workers) stay fast.
+The public API is imported lazily so that ``import deepfeat`` (and decode workers) stay fast. Its
+long verbs show progress and end with a summary line (``progress=False`` silences them; see
+:mod:`deepfeat.apiprogress`).
 
 Example:
     >>> import deepfeat
@@ -11,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 _API = {
     "extract": "deepfeat.extraction",
@@ -24,7 +26,7 @@ _API = {
     "offline_mode": "deepfeat.models.hub",
     "describe_layers": "deepfeat.models.layers",
     "resolve_layers": "deepfeat.models.layers",
-    "discover": "deepfeat.data.sources",
+    "discover": "deepfeat.sources",
     "export_store": "deepfeat.store.export",
     "store_info": "deepfeat.store.info",
     "classify_images": "deepfeat.classify",
@@ -37,6 +39,7 @@ _API = {
     "predict_images": "deepfeat.predict",
     "write_predictions": "deepfeat.predict",
     "load_bundle": "deepfeat.bundle",
+    "export_model": "deepfeat.shipping",
     "FeatureExtractor": "deepfeat.sklearn_api",
     "train_cnn": "deepfeat.cnn.training",
     "finetune": "deepfeat.cnn.training",
@@ -52,7 +55,16 @@ _API = {
 __all__ = sorted(_API) + ["__version__"]
 
 
+#: the verbs that show progress and a summary line by default (``progress=False`` silences them)
+_REPORTED = ("extract", "train", "probe", "evaluate", "analyze", "full_network_embedding", "export_store",
+             "predict_images", "train_cnn", "finetune")
+
+
 def __getattr__(name: str) -> object:
     if name in _API:
-        return getattr(importlib.import_module(_API[name]), name)
+        value = getattr(importlib.import_module(_API[name]), name)
+        if name in _REPORTED:
+            value = importlib.import_module("deepfeat.apiprogress").reported(value)
+        globals()[name] = value  # once: later lookups find it without __getattr__
+        return value
     raise AttributeError(f"module 'deepfeat' has no attribute {name!r}")

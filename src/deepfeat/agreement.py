@@ -8,15 +8,15 @@ Example:
     ...                taps={"pre_logits": {"min": 0.991, "median": 0.9993}})
     >>> ag.passed
     True
-    >>> ag.summary()
-    'bf16 (openvino) vs torch fp32 on 64 images: min cosine 0.9910 (pre_logits), median >= 0.9993; threshold 0.98 (median 0.995): passed'
+    >>> print(ag.summary())  # doctest: +NORMALIZE_WHITESPACE
+    bf16 (openvino) vs torch fp32 on 64 images: min cosine 0.9910 (pre_logits), median >= 0.9993;
+    threshold 0.98 (median 0.995): passed
 """
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
-
 
 #: the precision guard's default threshold on each tap's minimum row cosine (docs/DECISIONS.md: how it was chosen)
 DEFAULT_MIN_AGREEMENT = 0.98
@@ -96,4 +96,5 @@ def store_precision(metadata: Mapping[str, Any]) -> str:
     return precision if isinstance(precision, str) and precision else "fp32"
 
 
-__all__ = ["Agreement", "DEFAULT_MIN_AGREEMENT", "describe_agreement", "median_floor", "reduced_precision_note", "store_precision"]
+__all__ = ["Agreement", "DEFAULT_MIN_AGREEMENT", "describe_agreement", "median_floor", "reduced_precision_note",
+           "store_precision"]

@@ -12,8 +12,8 @@ Example:
 from __future__ import annotations
 
 import ast
-import importlib.util
 import functools
+import importlib.util
 import os
 from typing import Any
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import struct
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,81 +31,32 @@ from typing import Any
 
 import numpy as np
 
-from . import __version__
+from ._version import __version__
+from .analysis.fne import fne_transform
+from .bundle_header import (  # noqa: F401 - the bundle API: deepfeat.bundle.is_bundle
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    META_KEY,
+    SUFFIX,
+    _NotABundle,
+    _parse_header,
+    is_bundle,
+    read_header,
+)
 from .data.preprocess import Preprocess
 from .errors import BundleError, StoreError, UsageError
-from .params import check_choice
 from .heads import HEADS, StreamingScaler
+from .models.hub import expecting_weights
+from .models.layers import describe_layers
+from .models.registry import RANDOM, load_backbone
+from .params import check_choice
+from .runtimes import build_runtime, prefer_recorded
 from .store import trust
 from .store.fsutil import as_os_error, environment_errors
 from .store.layerspec import LayerSpec
 
-FORMAT_NAME = "deepfeat-bundle"
-FORMAT_VERSION = 1
-META_KEY = "deepfeat"
-SUFFIX = ".dfm"
-#: Largest safetensors JSON header a bundle may have (real ones hold a few hundred kB at most).
-_MAX_HEADER = 16 << 20
 #: A head may allocate at most this many times the parameters its own tensors hold (plus a little).
 _HEAD_ALLOCATION_RATIO = 2
-
-
-class _NotABundle(Exception):
-    """The file is not a deepfeat bundle at all (``damaged`` says whether it looked like one)."""
-
-    def __init__(self, reason: str, damaged: bool) -> None:
-        super().__init__(reason)
-        self.damaged = damaged
-
-
-def _parse_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The deepfeat document in a bundle's safetensors header; :class:`_NotABundle` saying why not.
-
-    The header's length is checked against :data:`_MAX_HEADER` and against the file's size
-    before anything is read, so a hostile length allocates nothing.
-    """
-    try:
-        size = os.path.getsize(path)
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) != 8:
-                raise _NotABundle("the file is shorter than a safetensors header", False)
-            n = struct.unpack("<Q", head)[0]
-            if n > _MAX_HEADER:
-                raise _NotABundle(f"its header claims {n:,} bytes (the limit is {_MAX_HEADER >> 20} MiB)",
-                                  n <= size)
-            if not 2 <= n <= size - 8:
-                raise _NotABundle(f"its header claims {n:,} bytes of a {size:,}-byte file", False)
-            raw = f.read(n)
-    except OSError as exc:
-        raise _NotABundle(f"it cannot be read ({exc.strerror or exc})", False) from None
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise _NotABundle(f"its header is not valid JSON ({type(exc).__name__})", raw[:1] == b"{") from None
-    meta = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get(META_KEY), str):
-        raise _NotABundle("its header has no deepfeat metadata", False)
-    try:
-        doc = json.loads(meta[META_KEY])
-    except (ValueError, RecursionError) as exc:
-        raise _NotABundle(f"its deepfeat metadata is not valid JSON ({type(exc).__name__})", True) from None
-    if not isinstance(doc, dict) or doc.get("format") != FORMAT_NAME:
-        raise _NotABundle(f"its metadata is not a {FORMAT_NAME!r} document", False)
-    return doc
-
-
-def read_header(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The bundle's JSON metadata, or None when ``path`` is not a deepfeat bundle (never raises on content)."""
-    try:
-        return _parse_header(path)
-    except _NotABundle:
-        return None
-
-
-def is_bundle(path: str | os.PathLike) -> bool:
-    """True when ``path`` is a file whose safetensors header says it is a deepfeat bundle."""
-    return os.path.isfile(path) and read_header(path) is not None
 
 
 @dataclass
@@ -174,7 +124,6 @@ class Bundle:
         images): they are standardised with the saved statistics and ternarised first.
         """
         if self.fne is not None and not all(s.name in features for s in self.layers):
-            from .analysis.fne import fne_transform
 
             raw = np.concatenate([np.asarray(features[s.name], dtype=np.float64) for s in self.fne["source_layers"]],
                                  axis=1)
@@ -212,7 +161,6 @@ class Bundle:
         machine); by default the recorded path is used when it exists, else the model's own
         offline lookup (the bundled package, the timm / torch hub cache).
         """
-        from .models.registry import RANDOM, load_backbone
 
         info = self.backbone_info
         recorded = info.get("weights")
@@ -221,7 +169,6 @@ class Bundle:
                 weights = RANDOM
             elif recorded and os.path.isfile(str(recorded)):
                 weights = str(recorded)
-        from .models.hub import expecting_weights
 
         expected = info.get("weights_sha256")
         with expecting_weights(expected if weights is None else None):  # a download must be these weights
@@ -234,6 +181,22 @@ class Bundle:
                 f"weights with sha256 {expected}, but {bb.weights!r} has sha256 {bb.weights_sha256}. Pass the "
                 "original weights file (--weights PATH); features of other weights would be wrong.")
         return bb
+
+
+def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, device: str = "cpu",
+                   runtime: str = "auto", precision: str = "auto") -> Any:
+    """The :class:`~deepfeat.runtimes.Runtime` that computes a bundle's features.
+
+    ``auto`` means the runtime and precision recorded in the bundle when they run here
+    (else the fastest available, logged), so predictions match the store it was trained on.
+    """
+    recorded = b.metadata.get("runtime")
+    rec_rt = recorded.get("runtime") if isinstance(recorded, dict) else "torch"  # bundles before runtimes: torch
+    runtime, precision = prefer_recorded(runtime, precision, device, rec_rt, str(b.metadata.get("precision", "fp32")),
+                                         what=f"the bundle {b.path!r}")
+    bb = b.load_backbone(weights)
+    return build_runtime(bb, b.compute_layers, describe_layers(bb), runtime=runtime, device=device,
+                         precision=precision, dtype=b.compute_dtype)
 
 
 def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preprocess: Mapping[str, Any],

@@ -17,12 +17,14 @@ from typing import Any
 
 import numpy as np
 
-from .agreement import DEFAULT_MIN_AGREEMENT
 from . import progress
+from .agreement import DEFAULT_MIN_AGREEMENT
 from .data.decode import DecodePolicy
+from .data.sources import ExcludedItem
 from .errors import UsageError
 from .models.registry import Backbone, load_backbone
 from .params import check_int
+from .sources import open_source
 
 
 @dataclass
@@ -57,8 +59,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = N
         >>> expand_inputs(["cat.jpg", "shards/{000..009}.tar"])[:1]          # doctest: +SKIP
         [('cat.jpg', 'cat.jpg')]
     """
-    from .data.sources import ExcludedItem
-    from .sources import open_source
 
     out: list[tuple[str, Any]] = []
     for entry in inputs:

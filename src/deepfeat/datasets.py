@@ -295,8 +295,8 @@ def write_fashion_mnist(
     """Write Fashion-MNIST as grayscale 28x28 PNG files (mode ``L``).
 
     Layout: ``out_dir/<split>/<class>/<split>_<index:05d>.png``, where ``index`` is the image's
-    position in the split's idx file, plus ``out_dir/classes.txt`` (one class name per line,
-    label order; see :data:`FASHION_MNIST_CLASSES`).
+    position in the split's idx file; nothing else, so that the folder is a clean image source
+    (``deepfeat extract`` excludes nothing). The label order is :data:`FASHION_MNIST_CLASSES`.
 
     ``per_class=N`` keeps the first N images of each class in file order (deterministic);
     ``None`` keeps all. With ``shuffle=True`` the N are instead drawn at random using ``seed``
@@ -331,8 +331,6 @@ def write_fashion_mnist(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise EnvironmentFault(f"cannot create {out}: {exc}") from exc
-    _atomic_write(out / "classes.txt",
-                  lambda p: p.write_text("".join(c + "\n" for c in FASHION_MNIST_CLASSES)))
 
     counts: dict[str, dict[str, int]] = {}
     for split in splits:

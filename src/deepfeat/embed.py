@@ -21,8 +21,10 @@ from typing import Any
 import numpy as np
 
 from .data.decode import DecodePolicy
+from .data.decode_pool import DecodePool
 from .data.preprocess import Preprocess
 from .data.worker import Decoded, Failed
+from .engines.builtin import default_workers
 from .runtimes import Runtime
 
 
@@ -37,8 +39,6 @@ class EmbeddedBatch:
 
 def decode_workers_for(n_files: int, batch_size: int, workers: int | None = None) -> int:
     """Decode processes for ``n_files``: the extract default, but no more than there are batches (at least 1)."""
-    from .extraction import default_workers
-
     wanted = default_workers() if workers is None else int(workers)
     return max(1, min(wanted, math.ceil(n_files / max(1, batch_size)))) if wanted > 0 else 0
 
@@ -52,7 +52,6 @@ def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *,
     :func:`deepfeat.classify.expand_inputs` gives them). ``workers=0`` decodes in this process (no
     isolation from crashing codecs).
     """
-    from .engines.decode_pool import DecodePool
 
     paths = [p if isinstance(p, tuple) else os.fspath(p) for p in paths]
     if not paths:
@@ -77,7 +76,6 @@ def decode_pixels(locators: Sequence[str | os.PathLike | tuple], *, preprocess: 
     Decoded in a worker process as ``extract`` decodes (``workers=0``: in this process), e.g. the
     sample the precision guard measures (:mod:`deepfeat.runtimes.guard`).
     """
-    from .engines.decode_pool import DecodePool
 
     items = [(str(i), loc if isinstance(loc, tuple) else os.fspath(loc), 0) for i, loc in enumerate(locators)]
     h, w = preprocess.input_size

@@ -25,8 +25,8 @@ import csv
 import json
 import logging
 import math
-import os
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -36,8 +36,13 @@ from . import progress
 from .bundle import Bundle, load_bundle
 from .errors import StoreError, UsageError
 from .params import check_int, check_number
+from .reports.evaluation_page import Examples, calibration, evaluation_html
+from .reports.html import write
 from .search.duplicates import DEFAULT_THRESHOLD
+from .search.leakage import train_near_duplicates
+from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, open_store
+from .viz.plots import plot_confusion_matrix as plot
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +130,10 @@ def evaluate(
     check_int(batch_size, "batch_size", minimum=1, where="evaluate")
     check_number(leakage_threshold, "leakage_threshold", minimum=0, maximum=1, min_open=True, where="evaluate",
                  optional=True)
+    if out is not None:
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"The 'out' parameter of evaluate must be a directory; {os.fspath(out)!r} is a file.")
+        check_writable(out, "evaluate's output folder", directory=True)
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     st = store if isinstance(store, FeatureStore) else open_store(store)
     if st.num_rows() == 0:
@@ -196,12 +205,10 @@ def evaluate(
     if leaks is not None:
         report["leakage"] = leaks
     if b.probabilistic and len(tops):
-        from .reports.evaluation_page import calibration
 
         truth_idx = np.asarray([classes.index(t) if t in classes else -1 for t in truth])
         report["calibration"] = calibration(tops[:, 0], topk[:, 0] == truth_idx)
     if out is not None:
-        from .reports.evaluation_page import Examples
 
         examples = Examples(paths=sources, truth=truth, topk=topk, scores=tops, classes=classes,
                             probabilistic=bool(b.probabilistic))
@@ -274,7 +281,6 @@ def _leakage(st: FeatureStore, sel: str | None, b: Bundle, threshold: float | No
              sources: list[str | None], truth: list[str], topk: np.ndarray, classes: list[str]
              ) -> dict[str, Any] | None:
     """Rows of the evaluated split with a near-duplicate in train, and the accuracy without them."""
-    from .search.leakage import train_near_duplicates
 
     if threshold is None or sel in (None, "train") or "train" not in st.splits or not len(topk):
         return None
@@ -315,12 +321,16 @@ def _sources(meta: Any) -> list[str | None]:
 
 def _write(report: dict[str, Any], out: str, ids: list[str], paths: list[str], truth: list[str], pred: list[str],
            score: np.ndarray, examples: Any = None) -> dict[str, str]:
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"The 'out' parameter of evaluate must be a directory; {out!r} is a file.")
-    os.makedirs(out, exist_ok=True)
-    files = {name: os.path.join(out, name) for name in
-             ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
-              "report.html")}
+    names = ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
+             "report.html")
+    with staged_directory(out, f"writing the evaluation report into {out}") as stage:  # all files or none
+        staged = _write_files(report, stage, names, ids, paths, truth, pred, score, examples)
+    return {name: os.path.join(out, name) for name in staged}
+
+
+def _write_files(report: dict[str, Any], out: str, names: Sequence[str], ids: list[str], paths: list[str],
+                 truth: list[str], pred: list[str], score: np.ndarray, examples: Any) -> dict[str, str]:
+    files = {name: os.path.join(out, name) for name in names}
     with open(files["report.json"], "w", encoding="utf-8") as f:
         json.dump({k: v for k, v in report.items() if k != "files"}, f, indent=1, default=_nan_to_none)
     with open(files["report.txt"], "w", encoding="utf-8") as f:
@@ -344,8 +354,6 @@ def _write(report: dict[str, Any], out: str, ids: list[str], paths: list[str], t
         log.warning("confusion_matrix.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
         del files["confusion_matrix.png"]
     if examples is not None:
-        from .reports.evaluation_page import evaluation_html
-        from .reports.html import write
 
         write(files["report.html"], evaluation_html(report, examples))
     else:
@@ -363,6 +371,5 @@ def _nan_to_none(obj: Any) -> Any:
 
 def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: str, title: str = "") -> str:
     """Save a confusion matrix as a PNG with readable class names (see :mod:`deepfeat.viz.plots`)."""
-    from .viz.plots import plot_confusion_matrix as plot
 
     return plot(cm, labels, path, title).path

@@ -20,25 +20,28 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from .devices import DEVICES
-from . import __version__
+from ._version import __version__
+from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
 from .data.sources import Discovery, SourceItem
+from .devices import DEVICES
+from .embed import decode_pixels
 from .engines import Engine, RunSettings, get_engine
-from .sources import Source, open_source
+from .engines.builtin import default_workers  # noqa: F401 - part of this module's API (benchmarks, users)
 from .errors import EnvironmentFault, UsageError
-from .params import check_choice, check_int, check_number
-from .models.layers import PRE_LOGITS, describe_layers
 from .models.hub import is_offline
+from .models.layers import PRE_LOGITS, describe_layers
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
-from .store import layout, trust
-from .store.session import StoreWriter
+from .params import check_choice, check_int, check_number
+from .progress import ProgressFn
 from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
+from .sources import Source, open_source
+from .store import layout, trust
 from .store.reader import FeatureStore, LayerSpec
+from .store.session import StoreWriter
 from .store.writer import Manifest
-from .units import format_size
-from .progress import ProgressFn
+from .units import count_or_size, format_size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -136,14 +139,15 @@ class ExtractPlan:
 
 
 def validate_extract_args(dtype: str, device: str, precision: str, batch_size: int, workers: int,
-                          part_size: int | None) -> None:
+                          part_size: int | str | None) -> None:
     """One up-front check of the arguments that do not need the model or the data."""
     check_choice(dtype, "dtype", DTYPES, where="extract")
     check_choice(device, "device", DEVICES, where="extract")
     check_choice(precision, "precision", PRECISIONS, where="extract")
     check_int(batch_size, "batch_size", minimum=1, where="extract")
     check_int(workers, "workers", minimum=0, where="extract")
-    check_int(part_size, "part_size", minimum=1, where="extract", optional=True)
+    if part_size is not None:
+        count_or_size(part_size, "part_size")
 
 
 def _recorded_choice(out: str) -> tuple[Any, Any] | None:
@@ -173,7 +177,6 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
 def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreement: float) -> None:
     """Run the precision guard (:mod:`deepfeat.runtimes.guard`) on a seeded sample of the job's inputs and
     settle ``plan.runtime`` / ``plan.precision``; the measurement goes into the store metadata."""
-    from .embed import decode_pixels
 
     if plan.precision == "fp32":
         return
@@ -192,13 +195,6 @@ def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreeme
     plan.agreement = agreement.to_dict() if agreement else None
 
 
-def default_workers() -> int:
-    """Decode workers by default: one per spare core (at least one), at most 8."""
-    from .engines.local import LocalEngine
-
-    return LocalEngine().default_workers()
-
-
 def plan_extraction(
     source: str | os.PathLike | Source,
     *,
@@ -211,7 +207,7 @@ def plan_extraction(
     crop_pct: float | None = None,
     precision: str = "fp32",
     runtime: str = "torch",
-    part_size: int | None = None,
+    part_size: int | str | None = None,
     policy: DecodePolicy | None = None,
     backbone: Backbone | None = None,
     views: int = 0,
@@ -224,7 +220,6 @@ def plan_extraction(
 
     ``skip_dirs`` are never searched for inputs (``extract`` passes its output store).
     """
-    from .data.augment import DEFAULT_AUGMENT, parse_augment
 
     check_int(views, "views", minimum=0, where="extract")
     if augment is not None and not views:
@@ -267,6 +262,8 @@ def plan_extraction(
     row_bytes = sum(s.dims for s in specs) * np.dtype(dtype).itemsize * (1 + views)
     if part_size is None:
         part_size = int(max(16, min(4096, DEFAULT_PART_BYTES // max(1, row_bytes))))
+    elif isinstance(count_or_size(part_size, "part_size"), str):  # "64MiB": that many bytes of features a part
+        part_size = int(max(1, parse_size(part_size, "part_size") // max(1, row_bytes)))
     metadata["views"] = config["views"]
     model_args = None if backbone is not None else {
         "model": model, "weights": os.fspath(weights) if weights is not None else None,
@@ -305,7 +302,7 @@ def extract(
     precision: str = "auto",
     min_agreement: float = DEFAULT_MIN_AGREEMENT,
     channels_last: bool = True,
-    part_size: int | None = None,
+    part_size: int | str | None = None,
     part_seconds: float | None = DEFAULT_PART_SECONDS,
     overwrite: bool = False,
     ignore_free_space: bool = False,
@@ -351,7 +348,8 @@ def extract(
             explicit precision is refused. The measurement is recorded in the store
             (``deepfeat info``); a resume keeps the store's precision without measuring again.
         progress: callback receiving dicts with a ``phase`` key ("plan", "batch", "part").
-        part_size: inputs per part (default: about 256 MiB of features, 16 to 4096 inputs);
+        part_size: inputs per part, or a size of features per part such as ``"64MiB"`` (default: about
+            256 MiB of features, 16 to 4096 inputs);
             ``part_seconds``: the local engine also commits a part once it has been open that long
             (default 30; None: by size only), so an interrupt loses at most about that much work.
             The Ray engine keeps parts of ``part_size`` inputs.

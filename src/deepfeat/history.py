@@ -22,6 +22,7 @@ import os
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from .bundle_header import read_header
 from .errors import UsageError
 
 __all__ = ["KEYS", "LEGACY_KEYS", "HISTORY_FILE", "normalize", "read_history"]
@@ -66,8 +67,6 @@ def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
                 if isinstance(rows, list) and rows:
                     break
     elif os.path.isfile(path):
-        from .bundle import read_header
-
         doc = read_header(path)
         rows = doc.get("history") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, Mapping) for r in rows):

@@ -8,7 +8,8 @@ extract`` that window is the start of the run: an interrupted start then ran the
 
 :func:`held_interrupts` keeps the Ctrl-C until the block is over and then raises it, so the command
 stops as it does anywhere else (one line, exit 130), a moment later. :func:`import_held` imports
-modules that way.
+modules that way. :func:`interruptible` is the opposite case: a long native call (scikit-learn's
+exact solvers) that would hold a Ctrl-C back for minutes runs where the interrupt can leave it behind.
 
 Example:
     >>> with held_interrupts():
@@ -22,10 +23,13 @@ import contextlib
 import importlib
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import ModuleType
+from typing import Any, TypeVar
 
-__all__ = ["held_interrupts", "import_held", "sigint_blocked"]
+__all__ = ["held_interrupts", "import_held", "interruptible", "sigint_blocked"]
+
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -64,7 +68,7 @@ def sigint_blocked() -> Iterator[None]:
     """Block SIGINT in this thread meanwhile; a Ctrl-C that arrives is delivered at the end, not lost.
 
     A process started meanwhile inherits the blocked mask, so it cannot be interrupted before it
-    has set SIGINT to ignored (the decode workers, :mod:`deepfeat.engines.decode_pool`).
+    has set SIGINT to ignored (the decode workers, :mod:`deepfeat.data.decode_pool`).
     """
     if not hasattr(signal, "pthread_sigmask"):  # pragma: no cover - not POSIX
         yield
@@ -74,3 +78,30 @@ def sigint_blocked() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def interruptible(fn: Callable[..., T], *args: Any, poll: float = 0.2, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` in a daemon thread, waited for in short joins that Ctrl-C interrupts.
+
+    A native solver (liblinear, LAPACK) returns to Python only when it is done, and Python runs its
+    Ctrl-C handler only then: ``train --head svm --solver exact`` went on for 285 s after a Ctrl-C.
+    Here the main thread waits instead, so the ``KeyboardInterrupt`` is raised within ``poll``
+    seconds; the call is left running in its daemon thread (it releases the GIL inside the native
+    code) and ends with the process, which does not wait for it. Its exception, if any, is raised
+    here; its warnings go through the process-wide filters as before.
+    """
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = fn(*args, **kwargs)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=run, name="deepfeat-native-call", daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(poll)
+    if "error" in outcome:
+        raise outcome["error"]
+    return outcome["value"]

@@ -42,15 +42,19 @@ from typing import Any
 import numpy as np
 
 from .agreement import reduced_precision_note, store_precision
+from .analysis.fne import parse_thresholds, ternarize
 from .errors import UsageError
-from .params import param_error
 from .heads import HEADS, StreamingScaler
-from .store.reader import FeatureStore, LayerSpec, open_store
 from .loop import RunState, cosine_factor
-from .training import (DEFAULT_MEMORY_BUDGET, LR_FLOOR, _make_head, _Plan, _resolve_layers, _scan,
-                       _train_batches, _val_batches, plan_memory, validate_train_args)
-from .units import format_size, parse_size
+from .params import param_error
 from .progress import ProgressFn
+from .reports import html as H
+from .reports.html import write
+from .store.fsutil import check_writable, staged_directory
+from .store.reader import FeatureStore, LayerSpec, open_store
+from .training import DEFAULT_MEMORY_BUDGET, LR_FLOOR, validate_train_args
+from .trainrows import RowPlan, make_head, plan_memory, scan_rows, train_batches, val_batches
+from .units import format_size, parse_size
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +215,8 @@ def probe(
         groups: extra candidates, a subset of ``stages`` (layers sharing a ``name.N`` prefix),
             ``all`` (all probed layers concatenated, standardised) and ``fne`` (the full-network
             embedding: standardised then ternarised with ``thresholds``); ``"none"`` for none.
-        head, epochs, batch_size, lr, alpha, val_fraction, patience, seed: as :func:`deepfeat.train`
-            with ``solver="stream"`` (the same defaults), for every candidate.
+        head: as :func:`deepfeat.train` with ``solver="stream"`` (the same default), for every candidate;
+            so are ``epochs``, ``batch_size``, ``lr``, ``alpha``, ``val_fraction``, ``patience`` and ``seed``.
         memory_budget: bytes (or ``"2GiB"``) of feature rows in flight, split as ``train`` splits it.
         test_split: split scored at the end (skipped when the store has none); None: no test score.
         progress: callback receiving dicts with a ``phase`` key (``plan``, ``stats``, ``epoch``,
@@ -231,15 +235,16 @@ def probe(
                         where="probe")
     group_names = parse_groups(groups)
     budget = parse_size(memory_budget, "memory_budget")
-    from .analysis.fne import parse_thresholds
 
     lo_hi = parse_thresholds(thresholds, "probe")
     if out is not None and os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of probe must be a directory; {os.fspath(out)!r} is a file.")
+    if out is not None:
+        check_writable(out, "probe's output folder", directory=True)
     st = store if isinstance(store, FeatureStore) else open_store(store)
-    specs = _resolve_layers(st, layers)
+    specs = st.select_layers(layers, "train")
     names = [s.name for s in specs]
-    plan = _scan(st, val_fraction)
+    plan = scan_rows(st, val_fraction)
     if plan.n_val == 0:
         raise UsageError(f"probe needs validation rows to compare layers: the store {st.path!r} has no 'val' split "
                          "and val_fraction is 0; pass val_fraction > 0 (--val-fraction 0.1).")
@@ -255,7 +260,7 @@ def probe(
     plan.read_bytes = mem.read_bytes
     lr = HEADS[head].default_learning_rate if lr is None else float(lr)
     for c in cands:
-        c.head = _make_head(head, hidden=(256,), lr=lr, alpha=alpha, batch_size=batch_size, class_weight=None,
+        c.head = make_head(head, hidden=(256,), lr=lr, alpha=alpha, batch_size=batch_size, class_weight=None,
                             seed=seed, device="cpu")
     config = {"store": os.path.abspath(st.path), "layers": names, "groups": list(group_names), "head": head,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
@@ -310,14 +315,14 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: list[Candidate], *, scaler_rows: int,
+def _sweep(st: FeatureStore, names: list[str], plan: RowPlan, mem: Any, cands: list[Candidate], *, scaler_rows: int,
            epochs: int, batch_size: int, patience: int | None, lo_hi: tuple[float, float], seed: int,
            test: str | None, progress: ProgressFn | None) -> tuple[list[dict[str, Any]], int]:
     """Statistics pass, epochs (one pass feeds every head), final validation and test scores."""
     # 1. statistics: one scaler over every probed dim (a layer's scaler is its slice of it)
     t0 = time.perf_counter()
     scaler = StreamingScaler()
-    for X, _ in _train_batches(st, names, plan, scaler_rows, shuffle=False, seed=seed, buffer=scaler_rows):
+    for X, _ in train_batches(st, names, plan, scaler_rows, shuffle=False, seed=seed, buffer=scaler_rows):
         scaler.partial_fit(X)
     if progress:
         progress({"phase": "stats", "rows": scaler.n_samples_seen_, "seconds": time.perf_counter() - t0})
@@ -336,7 +341,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
         factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)  # train's cosine decay
         for c in active:
             c.loss_sum, c.rows = 0.0, 0
-        for X, y in _train_batches(st, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
+        for X, y in train_batches(st, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
                                    buffer=mem.shuffle_rows):
             Z, T = standardised(X)
             for c in active:
@@ -347,7 +352,7 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
                 c.loss_sum += c.head.loss_ * len(y)
                 c.rows += len(y)
                 c.seconds += time.perf_counter() - t1
-        scores = _score(active, _val_batches(st, names, plan, mem.io_batch), standardised)
+        scores = _score(active, val_batches(st, names, plan, mem.io_batch), standardised)
         for c, val in zip(active, scores):
             _early_stopping(c, epoch, val, patience)
         if progress:
@@ -355,9 +360,9 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
                       "stopped": sum(c.run.stopped for c in cands), "seconds": time.perf_counter() - t0,
                       "best": max((c.run.history[-1]["val_accuracy"] or 0.0 for c in active), default=0.0)})
     for c in cands:  # early stopping keeps the best epoch's weights (as train does)
-        c.run.best_epoch = c.run.keep_best(patience, c.head._restore)
+        c.run.best_epoch = c.run.keep_best(patience, c.head.restore)
     # 3. final scores of the kept weights: validation, then the test split
-    for c, val in zip(cands, _score(cands, _val_batches(st, names, plan, mem.io_batch), standardised)):
+    for c, val in zip(cands, _score(cands, val_batches(st, names, plan, mem.io_batch), standardised)):
         c.val = val
     n_test = 0
     if test is not None:
@@ -376,7 +381,6 @@ def _sweep(st: FeatureStore, names: list[str], plan: _Plan, mem: Any, cands: lis
 
 def _ternary(Z: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
     """The full-network embedding of standardised features, as float32 {-1, 0, 1}."""
-    from .analysis.fne import ternarize
 
     return ternarize(Z, lo_hi).astype(np.float32)
 
@@ -412,7 +416,7 @@ def _score(cands: Sequence[Candidate], batches: Iterator[tuple[np.ndarray, np.nd
 def _early_stopping(c: Candidate, epoch: int, val: dict[str, Any], patience: int | None) -> None:
     """train's rule: keep the epoch with the best validation loss; stop after ``patience`` without one."""
     run = c.run
-    improved = run.observe(epoch, val["loss"], c.head._snapshot)
+    improved = run.observe(epoch, val["loss"], c.head.snapshot)
     run.history.append({"epoch": epoch, "train_loss": c.loss_sum / max(c.rows, 1), "val_loss": val["loss"],
                         "val_accuracy": val["accuracy"], "best": improved})
     run.epoch = epoch
@@ -454,8 +458,13 @@ def _advice(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
 
 # ----------------------------------------------------------------------------- outputs
 def write_probe(result: ProbeResult, out: str) -> dict[str, str]:
-    """``probe.csv``, ``probe.json``, ``probe.png`` and ``report.html`` into ``out``."""
-    os.makedirs(out, exist_ok=True)
+    """``probe.csv``, ``probe.json``, ``probe.png`` and ``report.html`` into ``out`` (all of them or none)."""
+    with staged_directory(out, f"writing the probe report into {out}") as stage:
+        staged = _write_probe_files(result, stage)
+    return {name: os.path.join(out, name) for name in staged}
+
+
+def _write_probe_files(result: ProbeResult, out: str) -> dict[str, str]:
     files = {k: os.path.join(out, k) for k in ("probe.csv", "probe.json", "probe.png", "report.html")}
     keys = ["name", "kind", "dims", "val_accuracy", "test_accuracy", "val_loss", "best_epoch", "epochs", "seconds",
             "best", "layers"]
@@ -480,7 +489,6 @@ def write_probe(result: ProbeResult, out: str) -> dict[str, str]:
     except ImportError:
         log.warning("probe.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
         del files["probe.png"]
-    from .reports.html import write
 
     write(files["report.html"], probe_html(result, files.get("probe.png")))
     return files
@@ -525,7 +533,6 @@ def _figure(result: ProbeResult) -> Any:
 
 def probe_html(result: ProbeResult, png: str | None) -> str:
     """The sweep as one self-contained page, in the look of the other reports."""
-    from .reports import html as H
 
     cfg = result.config
     table_rows = [{"layer": r["name"], "kind": r["kind"], "dims": r["dims"], "val accuracy": r["val_accuracy"],

@@ -1,6 +1,7 @@
 """One progress reporter for every long command: library code reports, the command line renders.
 
-Library code (extraction, training, evaluation, analysis, export, prediction) never prints. It
+Library code (extraction, training, evaluation, analysis, export, prediction) never prints (the
+package's exported verbs install a reporter by default: :mod:`deepfeat.apiprogress`). It
 opens a :func:`task` for each long loop and advances it::
 
     with progress.task("evaluate", total=n_rows, unit="row") as t:
@@ -181,7 +182,10 @@ class _BarTask(Task):
     def __init__(self, reporter: "Reporter", desc: str, total: float | None, unit: str,
                  transient: bool = False) -> None:
         super().__init__(desc, total, unit, transient)
-        from tqdm import tqdm
+        if reporter.notebook:
+            from tqdm.auto import tqdm
+        else:
+            from tqdm import tqdm
 
         self.bar = tqdm(total=self.total, unit=unit, desc=desc, dynamic_ncols=True, file=reporter.stream,
                         leave=not transient)
@@ -208,15 +212,17 @@ class _QuietTask(Task):
 class Reporter:
     """Renders tasks and notes for the command line (see the module docstring).
 
-    ``mode``: ``"auto"`` (a bar when ``stream`` is a terminal, plain lines otherwise), ``"bar"``,
-    ``"plain"`` or ``"off"`` (``-q``: no progress, notes still printed).
+    ``mode``: ``"auto"`` (a bar when ``stream`` is a terminal or ``notebook``, plain lines otherwise),
+    ``"bar"``, ``"plain"`` or ``"off"`` (``-q``: no progress, notes still printed).
     """
 
-    def __init__(self, mode: str = "auto", stream: TextIO | None = None, interval: float | None = None) -> None:
+    def __init__(self, mode: str = "auto", stream: TextIO | None = None, interval: float | None = None,
+                 notebook: bool = False) -> None:
         self.stream = stream if stream is not None else sys.stderr
+        self.notebook = notebook  #: a Jupyter kernel: bars are tqdm.auto's widgets
         if mode == "auto":
             isatty = getattr(self.stream, "isatty", None)
-            mode = "bar" if isatty is not None and isatty() else "plain"
+            mode = "bar" if notebook or (isatty is not None and isatty()) else "plain"
         if mode not in ("bar", "plain", "off"):
             raise ValueError(f"unknown progress mode {mode!r}")
         self.mode = mode

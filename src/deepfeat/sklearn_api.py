@@ -23,9 +23,9 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .devices import check_device, resolve_device
 from .errors import InputError, UsageError
 from .params import check_choice, check_int
-from .devices import check_device
 
 
 class FeatureExtractor(TransformerMixin, BaseEstimator):
@@ -76,7 +76,6 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             bb = load_backbone(self.model, self.weights, input_size=self.input_size)
             infos = describe_layers(bb)
             specs = layer_specs(bb, self.layers, self.pool, infos)
-            from .devices import resolve_device
 
             device = resolve_device(self.device)
             comp = build_runtime(bb, specs, infos, runtime=self.runtime, device=device, precision=self.precision,

@@ -28,28 +28,38 @@ Example:
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import time
 import warnings
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from .devices import check_device, resolve_device
 from . import progress as progress_mod
+from .analysis.fne import load_fne_stats
+from .checkpoint import config_fingerprint, load_state, save_state
+from .devices import check_device, resolve_device
 from .errors import StoreError, UsageError
 from .heads import HEADS, StreamingScaler
+from .interrupts import interruptible
 from .loop import RunState, cosine_factor, run_epochs
 from .params import check_choice, check_int, check_number, is_int, param_error
-from .store.fsutil import remove_orphan_temps
-from .store.reader import DEFAULT_READ_BYTES, FeatureStore, LayerSpec, open_store
+from .progress import ProgressFn, format_duration
+from .store import trust
+from .store.fsutil import check_writable, remove_orphan_temps
+from .store.reader import FeatureStore, LayerSpec, open_store
+from .trainrows import (
+    RowPlan,
+    make_head,
+    plan_memory,
+    scan_rows,
+    train_batches,
+    val_batches,
+)
 from .units import format_size, parse_size
-from .progress import ProgressFn
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +78,6 @@ EXACT_SECONDS_PER_VALUE_CLASS = 1e-6
 EXACT_OVERHEAD_SECONDS = 2.0  #: scikit-learn's fixed cost (input checks, label encoding)
 #: ``solver="auto"`` uses the exact solver only when its time estimate is below this
 EXACT_AUTO_MAX_SECONDS = 60.0
-_HOLDOUT_KEY = b"deepfeat-val"
 
 
 @dataclass
@@ -147,175 +156,6 @@ def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr
     check_device(device, where=where)
 
 
-def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:
-    if layers is None:
-        return list(store.layers)
-    names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
-    if not names:
-        raise param_error("layers", "layer names of the store (" + ", ".join(store.layer_names) + ")", layers, "train")
-    if len(set(names)) != len(names):
-        raise param_error("layers", "distinct layer names", layers, "train")
-    return [store.layer(n) for n in names]
-
-
-def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
-    """Deterministic held-out selection by a hash of each row's id (stable across runs and views)."""
-    if fraction <= 0:
-        return np.zeros(len(ids), dtype=bool)
-    threshold = int(fraction * 2**64)
-    return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8, key=_HOLDOUT_KEY).digest(), "little")
-         < threshold for i in ids), dtype=bool, count=len(ids))
-
-
-@dataclass(frozen=True)
-class MemoryPlan:
-    """How streaming training splits its memory budget (bytes of feature rows in flight)."""
-
-    read_bytes: int  #: rows read from a part at a time
-    shuffle_rows: int  #: rows in the shuffle buffer
-    io_batch: int  #: rows per batch of the statistics, validation and exact-loading passes
-    step_bytes: int  #: working set of one optimiser step (float32 batch and its copies)
-
-
-def plan_memory(budget: int, dims: int, stored_itemsize: int, batch_size: int) -> MemoryPlan:
-    """Split ``budget`` between the reader's blocks, the shuffle buffer and the batches.
-
-    The shuffle buffer holds about two copies of itself plus one read block while it deals out
-    batches; an I/O batch is about 24 bytes per value at its peak (stored -> float32 ->
-    float64 temporaries of the statistics pass). A budget smaller than one optimiser step
-    (``batch_size`` rows in float32, ~4 copies) cannot be honoured: that is logged.
-
-    Example:
-        >>> plan_memory(64 << 20, 1280, 2, 256).shuffle_rows
-        4369
-    """
-    stored_row = max(1, dims * stored_itemsize)
-    step = batch_size * dims * 4 * 4
-    read_bytes = max(stored_row, budget // 16)
-    shuffle_rows = int(max(batch_size, min(65536, (budget // 6) // stored_row)))
-    io_batch = int(max(1, min(4096, (budget // 4) // max(1, dims * 24))))
-    if step > budget // 2:
-        log.warning("one optimiser step of %d rows x %d dims needs about %s, more than half the memory budget "
-                    "of %s; lower batch_size or raise memory_budget", batch_size, dims, format_size(step),
-                    format_size(budget))
-    return MemoryPlan(int(read_bytes), shuffle_rows, io_batch, step)
-
-
-@dataclass
-class _Plan:
-    """Which rows train and which validate, from the scan pass."""
-
-    train_split: str | None
-    val_split: str | None
-    holdout: float
-    classes: list[str]
-    counts: dict[str, int]
-    n_train: int
-    n_val: int
-    val_source: str
-    exempt: frozenset[str] = frozenset()  #: classes kept out of the hold-out (it would take all their ids)
-    read_bytes: int = DEFAULT_READ_BYTES
-
-
-def _scan(store: FeatureStore, val_fraction: float) -> _Plan:
-    """Read row metadata only (never features) to decide the training and validation rows."""
-    if store.num_rows() == 0:
-        raise StoreError(f"The store {store.path!r} holds no rows (nothing was embedded); check "
-                         f"'deepfeat info {store.path} --failures'.")
-    splits = store.splits
-    if "train" in splits:
-        train_split: str | None = "train"
-    elif not splits:
-        train_split = None
-    else:
-        raise UsageError(f"The store {store.path!r} has no 'train' split (it has: {', '.join(splits)}); train "
-                         "needs training rows.")
-    val_split = "val" if "val" in splits else None
-    holdout = 0.0 if val_split else float(val_fraction)
-    counts: Counter[str] = Counter()
-    before_holdout: Counter[str] = Counter()
-    held_val: Counter[str] = Counter()
-    n_train = n_val = missing = 0
-    for part in store.iter_parts():
-        if train_split is not None and not part.splits.get(train_split) and not (val_split and part.splits.get(val_split)):
-            continue
-        t = store.read_rows(part, ["id", "label", "split", "view"])
-        split_col = np.asarray([s or "" for s in t.column("split").to_pylist()], dtype=object)
-        labels = np.asarray(t.column("label").to_pylist(), dtype=object)
-        views = t.column("view").to_numpy()
-        ids = t.column("id").to_pylist()
-        is_train = np.ones(len(ids), bool) if train_split is None else split_col == train_split
-        held = holdout_mask(ids, holdout) & is_train
-        is_val = (split_col == val_split) if val_split else held
-        unlabelled = np.asarray([v is None for v in labels], dtype=bool)
-        missing += int((unlabelled & (is_train | is_val)).sum())
-        tr = is_train & ~held & ~unlabelled
-        counts.update(labels[tr].tolist())
-        before_holdout.update(labels[is_train & ~unlabelled].tolist())
-        held_val.update(labels[held & (views == 0) & ~unlabelled].tolist())
-        n_train += int(tr.sum())
-        n_val += int((is_val & (views == 0) & ~unlabelled).sum())
-    # a class whose every training id fell in the hash hold-out would silently vanish from the head:
-    # its rows train instead (and it has no validation rows)
-    exempt = sorted(c for c in before_holdout if not counts.get(c))
-    if exempt:
-        log.warning("%d class(es) have all their training images in the %.0f%% validation hold-out (%s); their "
-                    "images are used for training instead, without validation rows", len(exempt), holdout * 100,
-                    ", ".join(exempt[:10]) + (" ..." if len(exempt) > 10 else ""))
-        for c in exempt:
-            counts[c] = before_holdout[c]
-            n_train += before_holdout[c]
-            n_val -= held_val[c]
-    where = f"split {train_split!r}" if train_split else "the store"
-    if missing:
-        raise UsageError(f"{missing} rows of {where} in {store.path!r} have no label; train needs labelled rows "
-                         "(extract from a class folder, split/class folders, or a list file with a label column).")
-    if n_train == 0:
-        raise UsageError(f"The store {store.path!r} has no training rows in {where}.")
-    if len(counts) < 2:
-        only = next(iter(counts))
-        raise UsageError(f"train needs at least 2 classes; the training rows of {store.path!r} have 1 class "
-                         f"({only!r}).")
-    source = (f"split {val_split!r}" if val_split else
-              f"{holdout:.0%} of the training ids held out by hash" if holdout > 0 else "none")
-    return _Plan(train_split, val_split, holdout, sorted(counts), dict(counts), n_train, n_val, source,
-                 exempt=frozenset(exempt))
-
-
-def _train_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size: int, *, shuffle: bool,
-                   seed: int, buffer: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(X float32 concatenated, labels) of the training rows (all views), held-out ids removed."""
-    for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views="all", shuffle=shuffle,
-                           seed=seed, shuffle_buffer=buffer, read_bytes=plan.read_bytes):
-        keep = ~_held_out(b, plan) if plan.holdout > 0 else np.ones(len(b), bool)
-        if not keep.any():
-            continue
-        X = b.concat(names)
-        yield (X if keep.all() else X[keep]), b.labels[keep]
-
-
-def _held_out(batch: Any, plan: _Plan) -> np.ndarray:
-    """Rows of the batch in the validation hold-out (never rows of an exempt class)."""
-    held = holdout_mask(batch.ids, plan.holdout)
-    if plan.exempt:
-        held &= ~np.isin(batch.labels, list(plan.exempt))
-    return held
-
-
-def _val_batches(store: FeatureStore, names: list[str], plan: _Plan, batch_size: int
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    if plan.val_split:
-        for b in store.batches(names, split=plan.val_split, batch_size=batch_size, views=0, read_bytes=plan.read_bytes):
-            yield b.concat(names), b.labels
-    elif plan.holdout > 0:
-        for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views=0,
-                               read_bytes=plan.read_bytes):
-            keep = _held_out(b, plan)
-            if keep.any():
-                yield b.concat(names)[keep], b.labels[keep]
-
-
 def _validate(head: Any, scaler: StreamingScaler, batches: Iterator[tuple[np.ndarray, np.ndarray]],
               classes: Sequence[str]) -> dict[str, Any]:
     """Accuracy and mean loss of the head on the validation rows (streamed)."""
@@ -337,14 +177,6 @@ def _validate(head: Any, scaler: StreamingScaler, batches: Iterator[tuple[np.nda
 
 
 # ----------------------------------------------------------------------------- the runner
-def _make_head(kind: str, *, hidden: tuple[int, ...], lr: float, alpha: float, batch_size: int,
-               class_weight: Any, seed: int, device: str) -> Any:
-    common = dict(alpha=float(alpha), learning_rate=float(lr), batch_size=int(batch_size), class_weight=class_weight,
-                  random_state=int(seed), device=device)
-    extra = {"hidden": tuple(hidden)}
-    return HEADS[kind](**common, **{k: v for k, v in extra.items() if k in HEADS[kind].train_params})
-
-
 def _class_weights(class_weight: Any, counts: Mapping[str, int], classes: Sequence[str]) -> dict[str, float] | None:
     if class_weight is None:
         return None
@@ -373,7 +205,6 @@ def exact_cost(head: str, rows: int, dims: int, classes: int) -> tuple[int, floa
 
 def _choose_solver(solver: str, head: str, exact_bytes: int, exact_seconds: float, budget: int) -> tuple[str, str]:
     """``solver="auto"``: the exact solver when it fits the memory budget and its time estimate is short."""
-    from .progress import format_duration
 
     need = f"the exact solver needs about {format_size(exact_bytes)} and {format_duration(exact_seconds)}"
     if solver != "auto":
@@ -457,12 +288,14 @@ def train(
     if out is not None and os.path.lexists(out) and not overwrite:
         raise UsageError(f"The bundle {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite) to "
                          "replace it, or choose another 'out'.")
+    if out is not None:  # before the fit: an unwritable folder must not cost the whole training
+        check_writable(out, "train's bundle")
     store = store if isinstance(store, FeatureStore) else open_store(store)
-    specs = _resolve_layers(store, layers)
+    specs = store.select_layers(layers, "train")
     names = [s.name for s in specs]
     dims = sum(s.dims for s in specs)
     device = resolve_device(device)
-    plan = _scan(store, val_fraction)
+    plan = scan_rows(store, val_fraction)
     if out is not None:
         _check_class_names(plan.classes)
     weights = _class_weights(class_weight, plan.counts, plan.classes)
@@ -480,14 +313,15 @@ def train(
                   "exact_bytes": exact_bytes, "exact_seconds": exact_seconds, "solver_reason": solver_reason,
                   "memory_budget": budget})
     config = {"store": os.path.abspath(store.path), "store_fingerprint": store.metadata.get("fingerprint"),
-              "layers": names, "head": head, "solver": solver, "hidden": list(sizes) if "hidden" in HEADS[head].train_params else None,
+              "layers": names, "head": head, "solver": solver,
+              "hidden": list(sizes) if "hidden" in HEADS[head].train_params else None,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
               "patience": patience, "class_weight": class_weight if not isinstance(class_weight, Mapping)
               else {str(k): float(v) for k, v in class_weight.items()}, "memory_budget": budget, "seed": seed,
               "device": device, "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source,
               "class_counts": plan.counts}
 
-    model = _make_head(head, hidden=sizes, lr=lr, alpha=alpha, batch_size=batch_size, class_weight=weights,
+    model = make_head(head, hidden=sizes, lr=lr, alpha=alpha, batch_size=batch_size, class_weight=weights,
                        seed=seed, device=device if solver == "stream" else "cpu")
     history: list[dict[str, Any]] = []
     best_epoch: int | None = None
@@ -505,7 +339,7 @@ def train(
             store, names, plan, model, epochs=epochs, batch_size=batch_size, io_batch=io_batch, buffer=buffer,
             seed=seed, patience=patience, ckpt=ckpt, resume=resume, fingerprint=_fingerprint(config),
             progress=progress)
-    validation = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
+    validation = _validate(model, scaler, val_batches(store, names, plan, io_batch), plan.classes)
     validation.update({"source": plan.val_source, "best_epoch": best_epoch})
     result = TrainResult(head=model, scaler=scaler, head_kind=head, solver=solver, classes=list(plan.classes),
                          layers=specs, n_train=plan.n_train, n_val=plan.n_val, validation=validation,
@@ -518,12 +352,12 @@ def train(
         meta = store.metadata
         fne = None
         if meta.get("fne"):  # a full-network-embedding store: the bundle re-applies the transform
-            from .analysis.fne import load_fne_stats
 
             fne = load_fne_stats(store)
         result.bundle_path = save_bundle(
             out, backbone=meta["model"], preprocess=meta["preprocess"], layers=specs, dtype=store.dtype,
-            precision=str(meta.get("precision", "fp32")), runtime=_runtime_of(meta), decode_policy=meta.get("config", {}).get("decode_policy"),
+            precision=str(meta.get("precision", "fp32")), runtime=_runtime_of(meta),
+            decode_policy=meta.get("config", {}).get("decode_policy"),
             scaler=scaler, head=model, head_kind=head, classes=plan.classes, training=config, validation=validation,
             history=history, fne=fne)
         stale_ckpt = checkpoint_path(out)
@@ -546,7 +380,6 @@ def _fingerprint(config: Mapping[str, Any]) -> str:
     """What must not change for a run to resume from a checkpoint."""
     keys = ("store", "store_fingerprint", "layers", "head", "hidden", "epochs", "batch_size", "lr", "alpha",
             "val_fraction", "patience", "class_weight", "memory_budget", "seed", "device", "n_train", "n_val")
-    from .checkpoint import config_fingerprint
 
     return config_fingerprint({k: config.get(k) for k in keys})
 
@@ -558,7 +391,6 @@ LR_FLOOR = 0.05
 def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: RunState) -> str:
     import torch
 
-    from .checkpoint import save_state
 
     tensors, head_doc = model.training_state()
     tensors = {**tensors, **run.best_tensors(),
@@ -571,7 +403,6 @@ def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, 
 
 
 def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler, RunState]:
-    from .checkpoint import load_state
 
     tensors, doc = load_state(path)
     if doc.get("kind") != "deepfeat-train-checkpoint":
@@ -586,7 +417,7 @@ def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler,
     return scaler, RunState.from_document(doc, tensors)
 
 
-def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, *, epochs: int, batch_size: int,
+def _fit_stream(store: FeatureStore, names: list[str], plan: RowPlan, model: Any, *, epochs: int, batch_size: int,
                 io_batch: int, buffer: int, seed: int, patience: int | None, ckpt: str | None, resume: bool,
                 fingerprint: str, progress: ProgressFn | None) -> tuple[StreamingScaler, Any, list[dict[str, Any]],
                                                                        int | None]:
@@ -607,7 +438,7 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
     if run.epoch == 0:
         t0 = time.perf_counter()
         with progress_mod.task("feature statistics", total=plan.n_train, unit="rows", transient=True) as task:
-            for X, _ in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):
+            for X, _ in train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=buffer):
                 scaler.partial_fit(X)
                 task.update(len(X))
         if progress:
@@ -617,7 +448,7 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
         loss_sum, rows = 0.0, 0
         factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)
         with progress_mod.task(f"epoch {epoch}/{epochs}", total=plan.n_train, unit="rows", transient=True) as task:
-            for X, y in _train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
+            for X, y in train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
                                        buffer=buffer):
                 if hasattr(model, "classes_"):
                     model.set_lr_scale(factor)
@@ -628,17 +459,17 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: _Plan, model: Any, 
         return {"train_loss": loss_sum / max(rows, 1), "rows": rows}
 
     def validate(row: dict[str, Any]) -> dict[str, Any]:
-        val = _validate(model, scaler, _val_batches(store, names, plan, io_batch), plan.classes)
+        val = _validate(model, scaler, val_batches(store, names, plan, io_batch), plan.classes)
         return {"val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
 
     save = None if ckpt is None else (lambda state: _save_run(ckpt, fingerprint, model, scaler, state))
-    run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, snapshot=model._snapshot, patience=patience,
+    run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, snapshot=model.snapshot, patience=patience,
                save=save, progress=progress)
     # early stopping keeps the best epoch; patience=None keeps the last
-    return scaler, model, run.history, run.keep_best(patience, model._restore)
+    return scaler, model, run.history, run.keep_best(patience, model.restore)
 
 
-def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, kind: str, model: Any, alpha: float,
+def _fit_exact(store: FeatureStore, names: list[str], plan: RowPlan, dims: int, kind: str, model: Any, alpha: float,
                weights: dict[str, float] | None, seed: int, io_batch: int, progress: ProgressFn | None,
                estimate: float | None = None) -> tuple[StreamingScaler, Any]:
     """Load the training rows, standardise them in place and fit scikit-learn's solver."""
@@ -650,7 +481,7 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
     pos = 0
     scaler = StreamingScaler()
     with progress_mod.task("load training rows", total=plan.n_train, unit="rows") as task:
-        for Xb, yb in _train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=io_batch):
+        for Xb, yb in train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=io_batch):
             X[pos:pos + len(yb)] = Xb
             y[pos:pos + len(yb)] = yb
             pos += len(yb)
@@ -667,7 +498,7 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: _Plan, dims: int, ki
     with warnings.catch_warnings(record=True) as caught, \
             progress_mod.timer(f"exact solver ({type(est).__name__}, {plan.n_train:,} x {dims:,})", estimate):
         warnings.simplefilter("always", ConvergenceWarning)
-        est.fit(X, y.astype(str))
+        interruptible(est.fit, X, y.astype(str))  # a Ctrl-C ends the command now, not when liblinear returns
     for w in caught:
         if issubclass(w.category, ConvergenceWarning):
             log.warning("exact solver: %s", w.message)
@@ -688,7 +519,6 @@ def _runtime_of(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _check_class_names(classes: Sequence[str]) -> None:
     """Refuse, before any training, class names a bundle cannot hold (the loader refuses them too)."""
-    from .store import trust
 
     for i, c in enumerate(classes):
         try:

@@ -56,6 +56,31 @@ def parse_size(value: int | float | str, what: str = "memory_budget", *, minimum
     return n
 
 
+def count_or_size(value: int | str, what: str) -> int | str:
+    """A count (an int, or a string of digits) or a size with a unit (``"8MiB"``, returned as given after
+    checking it): options such as ``part_size`` that take "how many inputs" or "how many bytes of them".
+
+    Raises :class:`~deepfeat.errors.UsageError` naming ``what`` for anything else.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        count = int(value)
+    elif isinstance(value, str) and value.strip().isdigit():
+        count = int(value.strip())
+    elif isinstance(value, str):
+        m = _SIZE.fullmatch(value)
+        if not m or not m.group(2):
+            raise UsageError(f"The '{what}' parameter must be a number of inputs (e.g. 512) or a size with a unit "
+                             f"(e.g. 64MiB); got {value!r} instead.")
+        parse_size(value, what)
+        return value.strip()
+    else:
+        raise UsageError(f"The '{what}' parameter must be a number of inputs (e.g. 512) or a size with a unit "
+                         f"(e.g. 64MiB); got {value!r} instead.")
+    if count < 1:
+        raise UsageError(f"The '{what}' parameter must be >= 1; got {value!r} instead.")
+    return count
+
+
 def size_text(n: int) -> str:
     """A size as :func:`parse_size` reads it back exactly, in the largest binary unit that divides it.
 

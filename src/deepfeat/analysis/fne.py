@@ -35,15 +35,15 @@ from typing import Any
 
 import numpy as np
 
-from ..moments import merge_moments
 from .. import progress
+from ..agreement import reduced_precision_note, store_precision
 from ..errors import StoreError, UsageError
+from ..moments import merge_moments
 from ..params import check_int, param_error
 from ..store import layout
-from ..store.fsutil import atomic_write_bytes, read_json
-from ..store.session import StoreWriter
-from ..agreement import reduced_precision_note, store_precision
+from ..store.fsutil import atomic_write_bytes, check_writable, read_json
 from ..store.reader import FeatureStore, LayerSpec, open_store
+from ..store.session import StoreWriter
 from ..store.writer import write_part
 
 log = logging.getLogger(__name__)
@@ -130,14 +130,8 @@ def parse_thresholds(thresholds: str | Sequence[float], where: str | None = None
 
 
 def resolve_store_layers(store: FeatureStore, layers: str | Sequence[str] | None, what: str) -> list[LayerSpec]:
-    """The chosen layers of a store (default: all), with a helpful error for unknown names."""
-    if layers is None:
-        return list(store.layers)
-    names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
-    unknown = [n for n in names if n not in store.layer_names]
-    if not names or unknown:
-        raise param_error("layers", f"layers of the store ({', '.join(store.layer_names)})", layers, what)
-    return [store.layer(n) for n in names]
+    """The chosen layers of a store (default or ``"all"``: all), with a helpful error for unknown names."""
+    return store.select_layers(layers, what)
 
 
 #: Upper bound on the bytes of one float64 batch that the analysis and FNE passes hold at a time.
@@ -270,6 +264,11 @@ def full_network_embedding(
     lo_hi = parse_thresholds(thresholds, "full_network_embedding")
     check_int(batch_size, "batch_size", minimum=1, where="full_network_embedding")
     src = store if isinstance(store, FeatureStore) else open_store(store)
+    made_by = src.metadata.get("fne")
+    if made_by:  # its values are already -1/0/1: standardising and ternarising them again is noise
+        origin = made_by.get("source_store") if isinstance(made_by, dict) else None
+        raise UsageError(f"The store {src.path!r} is already a full-network embedding (written by fne from "
+                         f"{origin or 'another store'!r}); run fne on the store of extracted features instead.")
     specs = resolve_store_layers(src, layers, "full_network_embedding")
     note = reduced_precision_note(store_precision(src.metadata), f"The store {src.path!r}")
     if note:
@@ -283,6 +282,7 @@ def full_network_embedding(
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
     dims = sum(s.dims for s in specs)
+    check_writable(out, "fne's output store", directory=True)
     block = batch_rows(dims, batch_size, BATCH_BYTES)  # rows transformed at a time: one float64 block <= BATCH_BYTES
     src_meta = src.metadata
     config = {

@@ -34,7 +34,8 @@ import numpy as np
 from ..agreement import reduced_precision_note, store_precision
 from ..errors import UsageError
 from ..params import check_int
-from ..store.fsutil import staged_directory
+from ..reports import html as H
+from ..store.fsutil import check_writable, staged_directory
 from ..store.reader import FeatureStore
 from .stats import FeatureStatistics, check_arguments, feature_statistics
 
@@ -156,7 +157,7 @@ def analyze(
     note = reduced_precision_note(store_precision(st_obj.metadata), f"The store {st_obj.path!r}")
     if note:
         log.warning(note)
-    os.makedirs(out, exist_ok=True)
+    check_writable(out, "analyze's output folder", directory=True)
     st = feature_statistics(st_obj, split=split, layers=layers, bins=bins, alpha=alpha, batch_size=batch_size,
                             sample_rows=sample_rows)
     # every file is written into a staging folder and published at the end: a failure (disk full) leaves
@@ -223,7 +224,6 @@ def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | 
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
 
-    from ..reports import html as H
 
     def img(key: str) -> str:
         return H.img_file(figs[key], key)
@@ -232,7 +232,7 @@ def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | 
         return H.table(rows, digits=3)
 
     body = "".join([
-        H.paragraph(intro),
+        H.paragraph(intro.replace("`", "")),  # the Markdown's code quotes read as literal backticks in HTML
         H.section("Layers", tab(layer_rows), img("layers")),
         H.section("Layer \u00d7 class", img("heatmap_presence"), img("heatmap_absence")),
         H.section("Classes", tab(class_rows)),

@@ -15,25 +15,42 @@ here imports torch at import time (``deepfeat --help``, ``models`` and ``info`` 
 from __future__ import annotations
 
 import argparse
-import errno
 import logging
 import re
 import signal
 import sys
 from collections.abc import Sequence
 
-from .. import __version__
+from .._version import __version__
 from ..errors import EnvironmentFault, StoreError, UsageError
-from . import (analyze, cnn, datasets, duplicates, evaluate, export, extract, index, info, layers, models, plot, predict,
-               probe, search, train)
+from ..store.fsutil import WRITE_ERRNOS, write_error_hint
+from . import (
+    analyze,
+    cnn,
+    datasets,
+    duplicates,
+    evaluate,
+    export,
+    export_model,
+    extract,
+    index,
+    info,
+    layers,
+    models,
+    plot,
+    predict,
+    probe,
+    search,
+    train,
+)
 from .common import CommandParser, _print_error, finish_parser
 from .config import _apply_config
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: the command modules, in the order ``deepfeat --help`` lists their commands
-COMMANDS = (models, layers, datasets, extract, info, export, analyze, train, probe, evaluate, predict, duplicates, index,
-            search, cnn, plot)
+COMMANDS = (models, layers, datasets, extract, info, export, analyze, train, probe, evaluate, predict, export_model,
+            duplicates, index, search, cnn, plot)
 
 
 def build_parser() -> CommandParser:
@@ -61,10 +78,12 @@ def build_parser() -> CommandParser:
 def main(argv: Sequence[str] | None = None) -> int:
     program = argv is None  # run as the program (not called from Python): see the finally clause
     argv = list(sys.argv[1:] if argv is None else argv)
+    command: str | None = None
     try:
         parser = build_parser()
         _apply_config(parser, argv)
         args = parser.parse_args(argv)
+        command = args.command
         level = logging.WARNING - 10 * min(args.verbose, 2)
         logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
         return _run(args)
@@ -78,7 +97,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(f"environment error: {exc}")
         return 4
     except KeyboardInterrupt:
-        _print_error("interrupted: the part in progress was discarded; rerun the same command to resume")
+        _print_error(f"interrupted: {interrupt_message(command)}")
         return 130
     except FileNotFoundError as exc:
         _print_error(f"error: {exc}")
@@ -86,16 +105,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # output piped into `head` and closed early: not an error
         sys.stderr.close()
         return 0
-    except OSError as exc:
-        if exc.errno not in _DISK_FULL_ERRNOS:
+    except OSError as exc:  # a write the environment refused that no library seam turned into an EnvironmentFault
+        if exc.errno not in WRITE_ERRNOS:
             raise
-        _print_error(f"environment error: {exc}. The disk is full (or a file size limit was hit): free space and "
-                     "rerun the same command.")
+        _print_error(f"environment error: {exc}.{write_error_hint(exc)}")
         return 4
     finally:
         if program:  # the command is over: a late Ctrl-C must not turn its exit status into a signal death
             signal.signal(signal.SIGINT, signal.SIG_IGN)
             _forget_interrupt()
+            pool = sys.modules.get("deepfeat.data.decode_pool")
+            if pool is not None:  # exit after every helper process of the decode workers, not before
+                pool.stop_resource_tracker()
+
+
+#: what an interrupted command left and what a rerun does, by command (the others start over)
+_INTERRUPTED = {
+    "extract": "the part in progress was discarded; rerun the same command to resume",
+    "fne": "the part in progress was discarded; rerun the same command to resume",
+    "train": "nothing was written; rerunning the same command continues from the last complete epoch when it "
+             "kept a checkpoint (--out with the streaming solver), otherwise it starts over",
+    "train-cnn": "rerun the same command to continue from the last complete epoch (its checkpoint in --out)",
+    "finetune": "rerun the same command to continue from the last complete epoch (its checkpoint in --out)",
+    "models": "nothing was changed", "layers": "nothing was changed", "info": "nothing was changed",
+}
+
+
+def interrupt_message(command: str | None) -> str:
+    """The line after ``interrupted:`` for ``command``: whether a rerun resumes or starts over."""
+    if command is None:
+        return "nothing was done"
+    return _INTERRUPTED.get(command, "nothing partial was left; rerun the same command to start over (it does "
+                                     "not resume)")
 
 
 def _forget_interrupt() -> None:
@@ -112,9 +153,6 @@ def _forget_interrupt() -> None:
         ctypes.pythonapi.PyRun_SimpleString(b"pass")
     except Exception:  # noqa: BLE001 - not CPython: nothing to clear
         pass
-
-
-_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC))
 
 
 def _run(args: argparse.Namespace) -> int:

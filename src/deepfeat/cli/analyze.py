@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .common import _print, NEGATIVE_NUMBERS
+from .common import NEGATIVE_NUMBERS, _print
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"analyze": ("deepfeat.analysis.report", "analyze"), "fne": ("deepfeat.analysis.fne", "full_network_embedding")}

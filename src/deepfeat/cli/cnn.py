@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from ..apidefaults import api_constant
-from .common import SIZE, _Progress, _add_offline_arg, _print
+from .common import SIZE, VALIDATION_SOURCES, EventRenderer, _add_offline_arg, _print
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"train-cnn": ("deepfeat.cnn.training", "train_cnn"), "finetune": ("deepfeat.cnn.training", "finetune")}
@@ -61,7 +61,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         p.add_argument("--patience", type=int, default=0,
                        help="stop after N epochs without a better validation loss and keep the best epoch (0: off)")
         p.add_argument("--val-fraction", type=float, default=0.1,
-                       help="training images held out for validation when the source has no val/test split")
+                       help="share of the training images held out for validation (by id hash, per class) when "
+                            "the source has no val split")
+        p.add_argument("--validation", default="auto", choices=api_constant("deepfeat.cnn.data", "VALIDATION_CHOICES"),
+                       help="validate on: auto (the val split if present, else a hold-out of train; never test), "
+                            "val, held-out, or test (only when asked: early stopping then tunes on the test images)")
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
         p.add_argument("--no-amp", action="store_true", help="no mixed precision on the GPU")
@@ -77,7 +81,8 @@ def _print_cnn_result(r: Any) -> None:
     m = r.metrics
     test = f", test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""
     note = " (already trained: nothing to do)" if r.already_complete else ""
-    _print(f"done in {r.seconds:.1f} s{note}: valid accuracy {m['valid_accuracy']:.4f} ({m['valid_source']}){test}; "
+    source = VALIDATION_SOURCES.get(m["valid_source"], m["valid_source"])
+    _print(f"done in {r.seconds:.1f} s{note}: valid accuracy {m['valid_accuracy']:.4f} ({source}){test}; "
            f"model directory {r.out} (use it as --model {r.out})")
     if r.skipped:
         _print(f"{len(r.skipped):,} images could not be decoded and were left out")
@@ -86,15 +91,15 @@ def _print_cnn_result(r: Any) -> None:
 def _cnn_common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
                 schedule=args.schedule, patience=args.patience or None, augment=args.augment, input_size=args.input_size,
-                val_fraction=args.val_fraction, seed=args.seed, device=args.device, amp=not args.no_amp,
-                workers=args.workers, memory_budget=args.memory_budget, resume=not args.no_resume,
+                val_fraction=args.val_fraction, validation=args.validation, seed=args.seed, device=args.device,
+                amp=not args.no_amp, workers=args.workers, memory_budget=args.memory_budget, resume=not args.no_resume,
                 overwrite=args.overwrite, keep_checkpoint=args.keep_checkpoint)
 
 
 def cmd_train_cnn(args: argparse.Namespace) -> int:
     from ..cnn import train_cnn
 
-    progress = _Progress("cnn", args.quiet)
+    progress = EventRenderer("cnn", args.quiet)
     try:
         r = train_cnn(args.source, args.out, arch=args.arch, channels=args.channels, progress=progress,
                       **_cnn_common_kwargs(args))
@@ -107,7 +112,7 @@ def cmd_train_cnn(args: argparse.Namespace) -> int:
 def cmd_finetune(args: argparse.Namespace) -> int:
     from ..cnn import finetune
 
-    progress = _Progress("cnn", args.quiet)
+    progress = EventRenderer("cnn", args.quiet)
     try:
         r = finetune(args.source, args.out, model=args.model, weights=args.weights, freeze=args.freeze,
                      body_lr_mult=args.body_lr_mult, crop_pct=args.crop_pct, progress=progress,

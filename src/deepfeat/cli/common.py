@@ -7,10 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from ..units import format_size, size_text
 
+#: how the output names where train-cnn / finetune validate
+VALIDATION_SOURCES = {"val": "the val split", "held-out": "held out of train by id hash, not the test split",
+                      "test": "the test split, as asked: early stopping tunes on it"}
 #: the metavar of a size option (``--memory-budget 2GiB``): its default is the API's, written with a unit
 SIZE = "SIZE"
 
@@ -35,7 +39,7 @@ def _reporter() -> Any:
     return progress.current() or progress.Reporter()
 
 
-class _Progress:
+class EventRenderer:
     """The one renderer of the API's progress events (extract, train, train-cnn / finetune): plan and
     epoch lines on stdout (stderr with --json, where stdout holds the JSON summary only), counts, rates
     and ETAs through the progress reporter (deepfeat.progress)."""
@@ -46,6 +50,8 @@ class _Progress:
         self.say = _print_error if to_stderr else _print
         self.task: Any = None
         self.failed = 0
+        self.started = time.monotonic()
+        self.planned: float | None = None  #: when the plan event came: the model and runtime are ready
 
     def __call__(self, event: dict[str, Any]) -> None:
         handler = getattr(self, f"_{self.kind}_{event['phase']}", None)
@@ -59,6 +65,7 @@ class _Progress:
 
     # extract
     def _extract_plan(self, event: dict[str, Any]) -> None:
+        self.planned = time.monotonic()
         est = event["estimate"]
         layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
         self.say(f"layers: {layers}")
@@ -81,6 +88,10 @@ class _Progress:
         self.failed += event["failed"]
         if self.task is not None:
             self.task.update(event["done"], failed=self.failed)
+
+    def setup_seconds(self) -> float | None:
+        """Seconds from the start to the plan (loading the model, building or converting the runtime)."""
+        return None if self.planned is None else self.planned - self.started
 
     # train
     def _train_scan(self, event: dict[str, Any]) -> None:
@@ -124,7 +135,8 @@ class _Progress:
     # train-cnn / finetune
     def _cnn_start(self, event: dict[str, Any]) -> None:
         self.say(f"{event['kind']}: {event['n_train']:,} training / {event['n_val']:,} validation images "
-                 f"({event['val_source']}), {len(event['classes'])} classes, input {event['input_size']}, "
+                 f"({VALIDATION_SOURCES.get(event['val_source'], event['val_source'])}), "
+                 f"{len(event['classes'])} classes, input {event['input_size']}, "
                  f"{event['trainable']:,} of {event['params']:,} parameters trained, "
                  f"{'cached in memory' if event['cached'] else 'streamed from disk'}, "
                  f"{event['device']} ({event['precision']})")
@@ -182,6 +194,9 @@ def _add_source_args(p: argparse.ArgumentParser) -> None:
                         "train/val/test); Parquet: split column")
     p.add_argument("--id-field", "--id-column", dest="id_field", default=None,
                    help="Parquet/hf: a column of unique ids (default: file and row number)")
+    p.add_argument("--symlinks-inside-root", action="store_true", default=None,
+                   help="folders: refuse symlinks to files that resolve outside the source folder (excluded as "
+                        "symlink_outside_root); by default they are followed wherever they point, as find -L does")
 
 
 def _source_of(args: argparse.Namespace) -> Any:

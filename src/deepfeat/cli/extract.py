@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from typing import Any
 
 from ..apidefaults import api_constant
 from ..engines import add_engine_arguments
 from ..units import format_size
-from .common import _Progress, _add_model_args, _add_runtime_args, _add_source_args, _print_json_summary, _source_of
+from .common import EventRenderer, _add_model_args, _add_runtime_args, _add_source_args, _print_json_summary, _source_of
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"extract": ("deepfeat.extraction", "extract")}
@@ -37,7 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
                         "of 64 of the job's images, every layer's minimum per-row cosine with torch fp32 is at "
                         "least this (and its median at least 1 - (1 - this) / 4); below it --precision auto falls "
                         "back to fp32 and an explicit --precision is refused. In (0, 1]")
-    p.add_argument("--part-size", type=int, default=None, help="inputs per committed part (default: ~256 MiB)")
+    p.add_argument("--part-size", type=_part_size, default=None,
+                   help="inputs per committed part (e.g. 512), or features per part as a size (e.g. 64MiB); "
+                        "default: ~256 MiB, 16 to 4096 inputs")
     p.add_argument("--part-seconds", type=float, default=30.0,
                    help="also commit a part once it has been open this long, so Ctrl-C loses at most about that "
                         "much work (default: 30; 0: by size only; the Ray engine commits by size)")
@@ -57,11 +60,22 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
+def _part_size(value: str) -> int | str:
+    """argparse type of --part-size: a count of inputs or a size with a unit (deepfeat.units)."""
+    from ..errors import UsageError
+    from ..units import count_or_size
+
+    try:
+        return count_or_size(value, "part_size")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc).replace("The 'part_size' parameter", "--part-size")) from None
+
+
 def run(args: argparse.Namespace) -> int:
     from ..engines import engine_from_arguments
     from ..extraction import extract
 
-    progress = _Progress("extract", args.quiet, to_stderr=args.json)
+    progress = EventRenderer("extract", args.quiet, to_stderr=args.json)
     try:
         s = extract(_source_of(args), args.out, model=args.model, layers=args.layers, pool=args.pool, dtype=args.dtype,
                     weights=args.weights, input_size=args.input_size, crop_pct=args.crop_pct,
@@ -76,7 +90,12 @@ def run(args: argparse.Namespace) -> int:
     finally:
         progress.close()
     say = progress.say
-    say(f"done in {s.seconds:.1f} s ({s.images_per_second:.1f} img/s): "
+    n = s.embedded_now + s.failed_now
+    total = time.monotonic() - progress.started  # the command's time, start-up included
+    setup = progress.setup_seconds()
+    split = (f"; {setup:.1f} s loading the model and runtime, then {n / (total - setup):.1f} img/s"
+             if setup is not None and total > setup else "")
+    say(f"done in {total:.1f} s ({n / total if total > 0 else 0.0:.1f} img/s{split}): "
         f"{s.embedded_now:,} embedded and {s.failed_now:,} failed this run; "
         f"store holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded; "
         f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}")

@@ -1,4 +1,4 @@
-"""``deepfeat index``: a nearest-neighbour index of one layer of a store, for ``deepfeat search`` and ``predict --neighbors``."""
+"""``deepfeat index``: a nearest-neighbour index of one layer of a store (for ``search`` and ``predict --neighbors``)."""
 from __future__ import annotations
 
 import argparse

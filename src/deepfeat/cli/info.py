@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import _print
 from ..errors import StoreError
+from .common import _print
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {}

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import _print_error, _add_offline_arg, _add_runtime_args, _print
+from .common import _add_offline_arg, _add_runtime_args, _print, _print_error
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"predict": ("deepfeat.predict", "predict_images")}
@@ -13,7 +13,8 @@ OPTION_HELP: dict[str, dict[str, str]] = {"predict": {"batch_size": "images per 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     p = sub.add_parser("predict", help="classify images with a trained bundle (.dfm) or a backbone's own classifier")
-    p.add_argument("model", help="a bundle from 'deepfeat train' (model.dfm), or a backbone name (ImageNet top-k)")
+    p.add_argument("model", help="a bundle from 'deepfeat train' (model.dfm), a classifier from 'deepfeat "
+                                 "export-model' (.onnx, OpenVINO .xml), or a backbone name (ImageNet top-k)")
     p.add_argument("inputs", nargs="+", help="image files, folders, list files, WebDataset shards (.tar, "
                                              "{000..009} patterns), Parquet files or hf: datasets")
     p.add_argument("--top-k", type=int, default=None, help="classes per image (default: 3 for a bundle, 5 for a backbone)")
@@ -39,15 +40,21 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 
 
 def _is_bundle_arg(value: str) -> bool:
-    from ..bundle import SUFFIX, is_bundle
+    from ..bundle_header import SUFFIX, is_bundle
+    from ..shipping import is_exported_model
 
-    return value.lower().endswith(SUFFIX) or is_bundle(value)
+    return value.lower().endswith(SUFFIX) or is_bundle(value) or is_exported_model(value)
 
 
 def run(args: argparse.Namespace) -> int:
-    """``predict BUNDLE.dfm ...`` uses a trained bundle; ``predict MODEL ...`` the backbone's own classifier."""
+    """``predict BUNDLE.dfm ...`` (or an exported ``.onnx``/``.xml``) uses a trained classifier; ``predict MODEL ...``
+    the backbone's own classifier."""
     common = dict(batch_size=args.batch_size, device=args.device, runtime=args.runtime, precision=args.precision,
                   workers=args.workers)
+    if args.out:  # before any image is read: a bad extension, an unwritable folder
+        from ..predict import check_predictions_out
+
+        check_predictions_out(args.out)
     if _is_bundle_arg(args.model):
         from ..predict import predict_images
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import re
 
-from .common import SIZE, _Progress, _print, NEGATIVE_NUMBERS
+from .common import NEGATIVE_NUMBERS, SIZE, EventRenderer, _print
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"probe": ("deepfeat.probing", "probe")}
@@ -44,7 +44,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..probing import probe
 
-    progress = _Progress("probe", args.quiet)
+    progress = EventRenderer("probe", args.quiet)
     try:
         r = probe(args.store, args.out, layers=args.layers, groups=args.groups, head=args.head, epochs=args.epochs,
                   batch_size=args.batch_size, lr=args.lr, alpha=args.alpha, val_fraction=args.val_fraction,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import SIZE, _Progress, _print_error, _print_json_summary
+from .common import SIZE, EventRenderer, _print_error, _print_json_summary
 
 #: the API function each command calls: its signature gives the options' defaults
 API = {"train": ("deepfeat.training", "train")}
@@ -48,7 +48,7 @@ def run(args: argparse.Namespace) -> int:
     from ..training import train
 
     class_weight = None if args.class_weight in (None, "", "none") else args.class_weight
-    progress = _Progress("train", args.quiet, to_stderr=args.json)
+    progress = EventRenderer("train", args.quiet, to_stderr=args.json)
     try:
         r = train(args.store, layers=args.layers, head=args.head, solver=args.solver, hidden=args.hidden,
                   epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, alpha=args.alpha,

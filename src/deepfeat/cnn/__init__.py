@@ -8,7 +8,7 @@ Example:
 """
 from __future__ import annotations
 
-from .arch import ARCHS, SmallConvNet, arch_config, build_cnn
+from ..models.arch import ARCHS, SmallConvNet, arch_config, build_cnn
 from .training import CNNTrainResult, finetune, train_cnn
 
 __all__ = ["ARCHS", "CNNTrainResult", "SmallConvNet", "arch_config", "build_cnn", "finetune", "train_cnn"]

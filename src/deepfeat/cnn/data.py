@@ -9,6 +9,7 @@ reproducible and a resumed run sees the same batches as an uninterrupted one.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -19,10 +20,11 @@ import torch
 
 from ..data.augment import parse_augment
 from ..data.decode import DecodePolicy
+from ..data.decode_pool import DecodePool
 from ..data.preprocess import Preprocess
 from ..data.sources import Discovery
 from ..errors import UsageError
-from ..params import param_error
+from ..params import check_choice, param_error
 
 log = logging.getLogger(__name__)
 
@@ -52,17 +54,26 @@ class Splits:
     train: Split
     val: Split
     test: Split | None
-    val_source: str  #: "val", "test" or "held-out"
+    val_source: str  #: "val", "held-out" or (asked for) "test"
     unlabelled: int = 0
 
 
-def make_splits(discovery: Discovery, val_fraction: float, seed: int) -> Splits:
+#: where train-cnn / finetune validate: ``auto`` = the ``val`` split when the source has one, else a
+#: hashed hold-out of the training images; ``test`` only when asked for by name
+VALIDATION_CHOICES: tuple[str, ...] = ("auto", "val", "held-out", "test")
+
+
+def make_splits(discovery: Discovery, val_fraction: float, seed: int, validation: str = "auto") -> Splits:
     """Training / validation (/ test) items of a discovered source.
 
-    Validation is the source's ``val`` split, else its ``test`` split, else a stratified,
-    seeded ``val_fraction`` of the training items. ``test`` is kept apart only when ``val``
-    exists too. Items without a label are left out.
+    ``validation``: ``auto`` validates on the source's ``val`` split, else on a ``val_fraction``
+    hold-out of the training items; never on ``test`` (which early stopping would then tune on:
+    an optimistic test accuracy) unless ``validation="test"`` asks for it. ``val`` and ``held-out``
+    force one of the two. The hold-out is stratified and hashed: per class, the items whose keyed
+    hash of their id (keyed by ``seed``) is smallest, so adding images moves few others. ``test``
+    is kept apart whenever it is not the validation set. Items without a label are left out.
     """
+    check_choice(validation, "validation", VALIDATION_CHOICES, where="make_splits")
     labelled = [it for it in discovery.items if it.label is not None]
     unlabelled = len(discovery.items) - len(labelled)
     classes = sorted({it.label for it in labelled})  # type: ignore[type-var]
@@ -91,27 +102,21 @@ def make_splits(discovery: Discovery, val_fraction: float, seed: int) -> Splits:
         log.warning("items of the splits %s are not used for training", ", ".join(ignored))
     if not len(train):
         raise UsageError(f"The source {discovery.root!r} has no training images (split 'train' or no split).")
-    test = None
-    if "val" in by_split:
+    test = by_split.get("test")
+    if validation == "test":
+        if test is None:
+            raise UsageError(f"validation='test' (--validation test) but the source {discovery.root!r} has no test "
+                             "split.")
+        val, source, test = test, "test", None
+    elif validation == "val" or (validation == "auto" and "val" in by_split):
+        if "val" not in by_split:
+            raise UsageError(f"validation='val' (--validation val) but the source {discovery.root!r} has no val "
+                             "split; use 'auto' to hold out part of train.")
         val, source = by_split["val"], "val"
-        test = by_split.get("test")
-    elif "test" in by_split:
-        val, source = by_split["test"], "test"
     else:
         if not 0.0 < val_fraction < 1.0:
-            raise param_error("val_fraction", "a number in (0, 1) when the source has no val/test split",
-                              val_fraction)
-        rng = np.random.default_rng([seed, 7919])
-        labels = np.asarray(train.labels)
-        held: list[int] = []
-        for c in range(len(classes)):
-            idx = np.flatnonzero(labels == c)
-            k = int(round(val_fraction * len(idx)))
-            if len(idx) >= 2:
-                k = min(max(k, 1), len(idx) - 1)
-            else:
-                k = 0
-            held.extend(rng.permutation(idx)[:k].tolist())
+            raise param_error("val_fraction", "a number in (0, 1)", val_fraction)
+        held = _hashed_holdout(train.ids, train.labels, len(classes), val_fraction, seed)
         held_set = set(held)
         keep = np.asarray([i for i in range(len(train)) if i not in held_set], dtype=np.int64)
         val = train.subset("val", np.asarray(sorted(held), dtype=np.int64))
@@ -124,6 +129,21 @@ def make_splits(discovery: Discovery, val_fraction: float, seed: int) -> Splits:
     if missing:
         log.warning("classes without training images: %s", ", ".join(classes[i] for i in missing))
     return Splits(classes, train, val, test, source, unlabelled)
+
+
+def _hashed_holdout(ids: list[str], labels: list[int], num_classes: int, fraction: float, seed: int) -> list[int]:
+    """Per class, the ``round(fraction * n)`` items (at least 1, at most n - 1; none of a class of one)
+    with the smallest keyed hash of their id."""
+    key = f"deepfeat-holdout-{seed}".encode()[:64]
+    rank = [hashlib.blake2b(i.encode("utf-8", "surrogateescape"), digest_size=8, key=key).digest() for i in ids]
+    by_class: list[list[int]] = [[] for _ in range(num_classes)]
+    for i, y in enumerate(labels):
+        by_class[y].append(i)
+    held: list[int] = []
+    for idx in by_class:
+        k = min(max(int(round(fraction * len(idx))), 1), len(idx) - 1) if len(idx) >= 2 else 0
+        held.extend(sorted(idx, key=rank.__getitem__)[:k])
+    return held
 
 
 class ImageSet:
@@ -151,7 +171,6 @@ class ImageSet:
         return len(self.split) * h * w * 3
 
     def _pool(self):
-        from ..engines.decode_pool import DecodePool
 
         return DecodePool(self.workers, self.preprocess.to_dict(), self.policy)
 

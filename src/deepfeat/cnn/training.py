@@ -42,8 +42,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..devices import resolve_device
-from .. import __version__
+from .._version import __version__
 from ..checkpoint import (
     config_fingerprint,
     load_checkpoint,
@@ -53,26 +52,30 @@ from ..checkpoint import (
 from ..data.decode import DecodePolicy, decode_file
 from ..data.preprocess import Preprocess
 from ..data.sources import discover
+from ..devices import resolve_device
+from ..engines.builtin import default_workers
 from ..errors import InputError, UsageError
 from ..history import normalize as normalize_history
 from ..loop import RunState, cosine_factor, run_epochs
+from ..models.arch import arch_config, build_cnn
+from ..models.layers import describe_layers
+from ..models.registry import load_backbone
+from ..models.surgery import replace_head
+from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE
 from ..params import check_choice, check_int, check_number, is_int, param_error
+from ..progress import ProgressFn
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
-from .arch import arch_config, build_cnn
-from .data import BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
-from ..progress import ProgressFn
+from ..viz.plots import plot_confusion_matrix
+from .data import VALIDATION_CHOICES, BatchAugment, ImageSet, Splits, make_splits, normalize, to_unit_float
 
 log = logging.getLogger(__name__)
 
 __all__ = ["CNNTrainResult", "train_cnn", "finetune", "MODEL_FILE", "CONFIG_FILE", "HISTORY_FILE",
            "CHECKPOINT_FILE", "FORMAT"]
 
-MODEL_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
-FORMAT = "deepfeat-model"
 FORMAT_VERSION = 1
 DEFAULT_AUGMENT = "flip,crop=0.9,rotate=10"
 SCHEDULES = ("cosine", "constant")
@@ -191,6 +194,7 @@ def train_cnn(
     input_size: int | None = None,
     channels: int | None = None,
     val_fraction: float = 0.1,
+    validation: str = "auto",
     seed: int = 0,
     device: str = "auto",
     amp: bool = True,
@@ -207,9 +211,10 @@ def train_cnn(
         source: image folder (``split/class/*`` or ``class/*``) or list file with labels.
         out: model directory to write (see the module docstring).
         arch: ``small`` (the seed's layout), ``small_bn``, ``medium``, or a dict of options
-            (see :data:`deepfeat.cnn.arch.ARCHS`).
-        epochs, batch_size, lr, weight_decay: AdamW training; ``schedule`` ``cosine`` decays
-            the learning rate to 0 over the run, ``constant`` keeps it.
+            (see :data:`deepfeat.models.arch.ARCHS`).
+        epochs: AdamW training over ``epochs`` of ``batch_size`` images, learning rate ``lr`` and
+            ``weight_decay``; ``schedule`` ``cosine`` decays the learning rate to 0 over the run,
+            ``constant`` keeps it.
         patience: stop after this many epochs without a better validation loss and keep the best
             epoch's weights (as :func:`deepfeat.train` does); None trains all ``epochs`` and keeps the last.
         augment: spec like ``"flip,crop=0.9,rotate=10"`` (``"none"`` to turn it off); see
@@ -218,7 +223,11 @@ def train_cnn(
             side, clipped to 16..64; the ``small`` layout flattens its last maps, so large inputs
             make a large dense layer).
         channels: 1 (grayscale) or 3 (RGB); default: 1 when every image is gray.
-        val_fraction: share of the training images held out when the source has no val/test split.
+        val_fraction: share of the training images held out (hashed by id, per class) when validating
+            on a hold-out (the source has no ``val`` split, or ``validation="held-out"``).
+        validation: ``auto`` (the ``val`` split if present, else the hold-out), ``val``, ``held-out``, or
+            ``test`` -- only by name: early stopping then picks the epoch on the test images, so the
+            test accuracy is optimistic. The result's ``val_source`` and the metrics say which.
         seed: seeds initialisation, data order, augmentation and dropout.
         device: ``auto``, ``cpu`` or ``cuda``; ``amp`` uses mixed precision on a GPU.
         workers: decode processes (default: spare cores; 0 decodes in this process).
@@ -233,11 +242,12 @@ def train_cnn(
         A :class:`CNNTrainResult`.
     """
     _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "train_cnn")
+    check_choice(validation, "validation", VALIDATION_CHOICES, where="train_cnn")
     check_choice(channels, "channels", (None, 1, 3), where="train_cnn")
     check_int(input_size, "input_size", minimum=4, optional=True, where="train_cnn")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
-    splits = make_splits(discover(source), val_fraction, seed)
+    splits = make_splits(discover(source), val_fraction, seed, validation)
     if input_size is None:
         h, w = _first_image_size(splits.train.paths, policy)
         input_size = int(min(64, max(16, min(h, w))))
@@ -254,7 +264,8 @@ def train_cnn(
         param_groups=[{"name": "all", "params": list(model.parameters()), "lr_mult": 1.0}],
         frozen_bn=[], model_config={"arch": cfg, "base": None, "classifier": "classifier"},
         hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction, "seed": seed,
+               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction,
+               "validation": validation, "seed": seed,
                **_patience(patience)},
     )
     return _fit(job, os.fspath(out), sets, cached, device=device, amp=amp, resume=resume, overwrite=overwrite,
@@ -279,6 +290,7 @@ def finetune(
     input_size: int | None = None,
     crop_pct: float | None = None,
     val_fraction: float = 0.1,
+    validation: str = "auto",
     seed: int = 0,
     device: str = "auto",
     amp: bool = True,
@@ -301,16 +313,15 @@ def finetune(
     Example:
         >>> r = finetune("data/fm", "tuned/", freeze=4, epochs=3, input_size=112)   # doctest: +SKIP
     """
-    from ..models.layers import describe_layers
-    from ..models.registry import load_backbone
 
     _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "finetune")
+    check_choice(validation, "validation", VALIDATION_CHOICES, where="finetune")
     if not is_int(freeze) or freeze < -1:
         raise param_error("freeze", "-1 (the whole body), 0 or a number of stages", freeze, "finetune")
     check_number(body_lr_mult, "body_lr_mult", minimum=0, where="finetune")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
-    splits = make_splits(discover(source), val_fraction, seed)
+    splits = make_splits(discover(source), val_fraction, seed, validation)
     bb = load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct, seed=seed)
     if isinstance(bb.model, torch.jit.ScriptModule) or not bb.classifier:
         raise UsageError(f"The model {model!r} has no classifier module to replace; fine-tuning needs a timm, "
@@ -343,28 +354,14 @@ def finetune(
         kind="finetune", model=net, preprocess=bb.preprocess, splits=splits, param_groups=groups,
         frozen_bn=frozen_bn, model_config={"arch": None, "base": base, "classifier": bb.classifier},
         hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction, "seed": seed,
+               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction,
+               "validation": validation, "seed": seed,
                "freeze": freeze, "frozen_stages": stages[:freeze] if freeze > 0 else ("all" if freeze < 0 else []),
                "body_lr_mult": body_lr_mult, **_patience(patience)},
         frozen_params=sum(p.numel() for n, p in net.named_parameters() if n in frozen),
     )
     return _fit(job, os.fspath(out), sets, cached, device=device, amp=amp, resume=resume, overwrite=overwrite,
                 keep_checkpoint=keep_checkpoint, progress=progress)
-
-
-def replace_head(model: nn.Module, classifier: str, num_classes: int) -> None:
-    """Replace the module named ``classifier`` by a new linear layer with ``num_classes`` outputs."""
-    cfg = getattr(model, "pretrained_cfg", None)
-    if hasattr(model, "reset_classifier") and isinstance(cfg, dict) and cfg.get("classifier") == classifier:
-        model.reset_classifier(num_classes)  # timm models (the bundled ones too)
-        return
-    old = model.get_submodule(classifier)
-    if not isinstance(old, nn.Linear):
-        raise UsageError(f"The classifier {classifier!r} is a {type(old).__name__}, not a Linear layer; "
-                         "deepfeat can only replace a linear head.")
-    parent_name, _, attr = classifier.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, attr, nn.Linear(old.in_features, num_classes))
 
 
 def _frozen_names(model: nn.Module, classifier: str, stages: list[str], freeze: int) -> set[str]:
@@ -388,8 +385,6 @@ def _frozen_names(model: nn.Module, classifier: str, stages: list[str], freeze: 
 def _image_sets(splits: Splits, preprocess: Preprocess, policy: DecodePolicy, workers: int | None,
                 memory_budget: int | str) -> tuple[dict[str, ImageSet], bool]:
     if workers is None:
-        from ..extraction import default_workers
-
         workers = default_workers()
     check_int(workers, "workers", minimum=0)
     budget = parse_size(memory_budget, "memory_budget", minimum=0)
@@ -670,7 +665,6 @@ def _write_model_dir(out: str, job: _Job, model: nn.Module, history: list[dict[s
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
-        from ..viz.plots import plot_confusion_matrix
 
         plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), job.splits.classes,
                               os.path.join(out, "confusion_matrix.png"),

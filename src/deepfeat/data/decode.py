@@ -32,8 +32,8 @@ import logging
 import os
 import stat
 import warnings
-from dataclasses import dataclass, field
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Union
 
 import numpy as np
@@ -314,7 +314,8 @@ def _check_geometry(width: int, height: int, policy: DecodePolicy) -> None:
     ratio = max(width, height) / min(width, height)
     if ratio > policy.max_aspect_ratio:
         raise InputError(
-            "aspect_ratio", f"image is {width}x{height}, aspect ratio {ratio:.1f} over the limit of {policy.max_aspect_ratio:g}"
+            "aspect_ratio",
+            f"image is {width}x{height}, aspect ratio {ratio:.1f} over the limit of {policy.max_aspect_ratio:g}"
         )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import UsageError
+from ..units import format_size
 
 if TYPE_CHECKING:  # torch is imported lazily: decode workers only need PIL + numpy
     import torch
@@ -65,7 +66,6 @@ class Preprocess:
         if h < 1 or w < 1:
             raise UsageError(f"The 'input_size' must be positive; got {self.input_size} instead.")
         if max(h, w) > MAX_INPUT_SIZE:
-            from ..units import format_size
 
             raise UsageError(f"The 'input_size' (--input-size) must be at most {MAX_INPUT_SIZE} pixels a side; got "
                              f"{h}x{w}, whose input tensor alone is {format_size(3 * h * w * 4)} per image.")

@@ -20,8 +20,8 @@ import errno
 import os
 from typing import Any
 
-from .decode import read_file_bytes
 from ..errors import EnvironmentFault, InputError, UsageError
+from .decode import read_file_bytes
 
 __all__ = ["read_locator", "hf_library", "load_hf", "hf_splits", "open_split"]
 

@@ -20,7 +20,11 @@ are never entered and never make a folder look like a class.
   with ``#`` are skipped; relative paths are resolved against the list file's folder.
 
 Discovery never opens a file: it only uses ``scandir``/``lstat``/``stat``, so a FIFO can never
-block it, and it never follows a symlink to a directory (so symlink loops cannot trap it).
+block it, and it never follows a symlink to a directory (so symlink loops cannot trap it). A symlink
+to a file is followed wherever it points (as torchvision's ``ImageFolder`` and ``find -L`` do: a
+split built with ``ln -s`` embeds every image); the item keeps the link's path (its id and relpath)
+and is read, so hashed, through the link. ``symlinks_inside_root=True`` refuses links that resolve
+outside the source folder (``symlink_outside_root``).
 Everything that is not used is reported as an :class:`ExcludedItem` with a reason:
 
 ``hidden``                 name starts with ``.`` (hidden folders are not entered)
@@ -28,7 +32,8 @@ Everything that is not used is reported as an :class:`ExcludedItem` with a reaso
                            to a directory (never followed)
 ``broken_symlink``         the symlink's target does not exist
 ``symlink_loop``           resolving the symlink loops (ELOOP)
-``symlink_outside_root``   the symlink resolves outside the source folder (folders only)
+``symlink_outside_root``   the symlink resolves outside the source folder (folders, and only
+                           with ``symlinks_inside_root=True``)
 ``not_image_extension``    a regular file whose extension is not in :data:`IMAGE_EXTENSIONS`
                            (folders only: list files are explicit, their entries are kept)
 ``unreadable_dir``         a folder that cannot be listed
@@ -210,8 +215,10 @@ def _sort_key(relpath: str) -> bytes:
 class _Walker:
     """Collects items and exclusions for one folder source."""
 
-    def __init__(self, root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset()) -> None:
+    def __init__(self, root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset(),
+                 symlinks_inside_root: bool = False) -> None:
         self.root = root
+        self.symlinks_inside_root = symlinks_inside_root  #: refuse file links that resolve outside the root
         self.real_root = os.path.realpath(root)
         self.default_split = default_split
         self.skip_dirs = skip_dirs  #: realpaths of folders that are never inputs (the output store)
@@ -261,10 +268,12 @@ class _Walker:
                 reason, message = _stat_error(path, exc, via_symlink=True)
                 self.exclude(path, reason, message)
                 return "excluded", None
-            target = os.path.realpath(path)
-            if not _inside(target, self.real_root):
-                self.exclude(path, "symlink_outside_root", f"symlink resolves outside the source folder: {target!r}")
-                return "excluded", None
+            if self.symlinks_inside_root:
+                target = os.path.realpath(path)
+                if not _inside(target, self.real_root):
+                    self.exclude(path, "symlink_outside_root", f"symlink resolves outside the source folder: "
+                                 f"{target!r} (refused by symlinks_inside_root)")
+                    return "excluded", None
             if stat.S_ISDIR(st.st_mode):
                 self.exclude(path, "not_regular_file", "symlink to a folder (folder symlinks are not followed)")
                 return "excluded", None
@@ -355,8 +364,9 @@ def _detect_layout(root: str, entries: list[os.DirEntry[str]], skip_dirs: frozen
     return "class"
 
 
-def _discover_folder(root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset()) -> Discovery:
-    walker = _Walker(root, default_split, skip_dirs)
+def _discover_folder(root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset(),
+                     symlinks_inside_root: bool = False) -> Discovery:
+    walker = _Walker(root, default_split, skip_dirs, symlinks_inside_root)
     top = walker.scan(root)
     layout = _detect_layout(root, top, skip_dirs)
     folders: list[str] = []
@@ -493,7 +503,8 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
                 excluded.append(ExcludedItem(full, reason, f"line {line_no}: {message}"))
                 continue
         if not stat.S_ISREG(st.st_mode):
-            excluded.append(ExcludedItem(full, "not_regular_file", f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
+            excluded.append(ExcludedItem(full, "not_regular_file",
+                                         f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
             continue
         items.append(
             SourceItem(
@@ -509,7 +520,7 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
 
 
 def discover(source: str | os.PathLike, *, default_split: str | None = None,
-             skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+             skip_dirs: Iterable[str | os.PathLike] = (), symlinks_inside_root: bool = False) -> Discovery:
     """Find every input of a folder or list file, in a deterministic order.
 
     Args:
@@ -517,6 +528,8 @@ def discover(source: str | os.PathLike, *, default_split: str | None = None,
             ``.txt`` list file of ``path[,label[,split]]`` rows.
         default_split: the split given to items whose layout or row names none.
         skip_dirs: folders that are never inputs (the output store when it lies inside ``source``).
+        symlinks_inside_root: refuse symlinks to files outside ``source`` (``symlink_outside_root``);
+            by default they are followed wherever they point. Folders only (list entries are explicit).
 
     Returns:
         A :class:`Discovery`; a folder without images gives one with no items (not an error).
@@ -547,7 +560,7 @@ def discover(source: str | os.PathLike, *, default_split: str | None = None,
     path = os.path.abspath(src)
     if stat.S_ISDIR(st.st_mode):
         skip = frozenset(os.path.realpath(os.fsdecode(os.fspath(d))) for d in skip_dirs)
-        return _discover_folder(path, default_split, skip)
+        return _discover_folder(path, default_split, skip, bool(symlinks_inside_root))
     if stat.S_ISREG(st.st_mode) and os.path.splitext(path)[1].lower() in LIST_EXTENSIONS:
         return _discover_list(path, default_split)
     raise UsageError(

@@ -13,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from .read import read_locator
+from .augment import get_augmenter
 from .decode import DecodePolicy, decode_data
 from .preprocess import Preprocess
+from .read import read_locator
 
 
 @dataclass
@@ -75,7 +76,6 @@ def prepare_batch(
             dec = decode_data(read_locator(path, policy.max_file_bytes), policy, draft=pre.draft_size)
             pixels = [pre.resize_crop(dec.image)]
             if n_views and augment is not None:
-                from .augment import get_augmenter
 
                 augmenter = get_augmenter(*augment)
                 pixels.extend(pre.resize_crop(augmenter(dec.image, item_id, v)) for v in range(1, n_views + 1))

@@ -9,6 +9,7 @@ import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..devices import resolve_device
 from ..errors import UsageError
 from ..params import check_int, is_int
 from . import RunSettings
@@ -17,7 +18,12 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..data.sources import SourceItem
     from ..store.session import StoreWriter
 
-__all__ = ["LocalEngine", "RayEngine"]
+__all__ = ["LocalEngine", "RayEngine", "default_workers"]
+
+
+def default_workers() -> int:
+    """Decode processes by default on this machine: one per spare core (at least one), at most 8."""
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
 
 
 class LocalEngine:
@@ -38,10 +44,9 @@ class LocalEngine:
 
     def default_workers(self) -> int:
         """One decode process per spare core (at least one), at most 8."""
-        return max(1, min(8, (os.cpu_count() or 2) - 1))
+        return default_workers()
 
     def resolve_device(self, device: str) -> str:
-        from ..devices import resolve_device
 
         return resolve_device(device)
 

@@ -2,141 +2,21 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Callable
 
-import numpy as np
-import pyarrow as pa
-
 from ..data.decode import DecodePolicy
+from ..data.decode_pool import DecodePool
 from ..data.sources import SourceItem
-from ..data.worker import Decoded, Failed
 from ..store import layout
-from ..store.writer import Manifest, write_part
-from .decode_pool import DecodePool
-from .forward import nonfinite_rows
+from ..store.writer import Manifest
+from .parts import PartBuilder, add_batch, count_new, plan_parts
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runtimes import Runtime
 
 log = logging.getLogger(__name__)
-
-
-def plan_parts(pending: Sequence[SourceItem], part_size: int, first_index: int) -> list[tuple[str, list[SourceItem]]]:
-    """Split pending inputs (in discovery order) into named parts of at most ``part_size`` inputs.
-
-    Inputs of one container (a shard, a Parquet file: ``SourceItem.group``) stay in one part
-    unless the container alone holds more than ``part_size`` inputs, so a worker reads each
-    shard sequentially and no shard is split between two workers.
-    """
-    chunks: list[list[SourceItem]] = []
-    current: list[SourceItem] = []
-    k = 0
-    while k < len(pending):
-        group = pending[k].group
-        end = k + 1
-        if group is not None:
-            while end < len(pending) and pending[end].group == group:
-                end += 1
-        run = list(pending[k:end])
-        if current and len(current) + len(run) > part_size:
-            chunks.append(current)
-            current = []
-        while len(run) > part_size:  # a container larger than a part: cut it into full parts
-            chunks.append(run[:part_size])
-            run = run[part_size:]
-        current.extend(run)
-        if len(current) >= part_size:
-            chunks.append(current)
-            current = []
-        k = end
-    if current:
-        chunks.append(current)
-    return [(layout.part_name(first_index + i), chunk) for i, chunk in enumerate(chunks)]
-
-
-class PartBuilder:
-    """Accumulates one part's rows, features and ledger, then writes it."""
-
-    def __init__(self, name: str, items: Sequence[SourceItem], specs: Sequence[Any]) -> None:
-        self.name = name
-        self.items = {it.id: it for it in items}
-        self.specs = specs
-        self.features: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
-        self.rows: dict[str, list] = {f.name: [] for f in layout.ROWS_SCHEMA}
-        self.failed: dict[str, tuple[str, str]] = {}
-        self.embedded: set[str] = set()
-
-    def add_failed(self, item_id: str, reason: str, message: str) -> None:
-        self.failed[item_id] = (reason, message)
-
-    def add_rows(self, decoded: Sequence[Decoded], feats: dict[str, np.ndarray]) -> None:
-        """Add the rows of ``decoded`` items; ``feats`` rows are their views, flattened in order."""
-        bad = nonfinite_rows(feats)
-        keep = np.ones(len(bad), dtype=bool)
-        start = 0
-        for d in decoded:
-            n = len(d.pixels)
-            sl = slice(start, start + n)
-            start += n
-            if bad[sl].any():
-                keep[sl] = False
-                self.add_failed(d.id, "nonfinite_features", "the model produced NaN/Inf for this input")
-                continue
-            it = self.items[d.id]
-            pb = os.fsencode(it.path)
-            self.embedded.add(d.id)
-            for view in range(n):
-                for key, value in (("id", d.id), ("view", view), ("label", it.label), ("split", it.split),
-                                   ("path", layout.display_path(pb)), ("path_bytes", pb),
-                                   ("sha256", d.meta["sha256"]), ("format", d.meta["format"]),
-                                   ("mode", d.meta["mode"]), ("n_frames", d.meta["n_frames"]),
-                                   ("width", d.meta["width"]), ("height", d.meta["height"])):
-                    self.rows[key].append(value)
-        for name, arr in feats.items():
-            self.features[name].append(arr[keep])
-
-    def write(self, store_dir: str):
-        rows = pa.table(self.rows, schema=layout.ROWS_SCHEMA)
-        ledger_cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
-        for it in self.items.values():
-            if it.id not in self.failed and it.id not in self.embedded:
-                raise RuntimeError(f"input {it.path!r} of part {self.name} was neither embedded nor failed")
-            pb = os.fsencode(it.path)
-            reason, message = self.failed.get(it.id, (None, None))
-            for key, value in (("id", it.id), ("path", layout.display_path(pb)), ("path_bytes", pb),
-                               ("label", it.label), ("split", it.split),
-                               ("status", "failed" if it.id in self.failed else "embedded"),
-                               ("reason", reason), ("message", message)):
-                ledger_cols[key].append(value)
-        ledger = pa.table(ledger_cols, schema=layout.LEDGER_SCHEMA)
-        feats = {s.key: (np.concatenate(self.features[s.name]) if self.features[s.name]
-                         else np.zeros((0, s.dims), np.float32)) for s in self.specs}
-        return write_part(store_dir, self.name, feats, rows, ledger)
-
-
-def add_batch(builder: PartBuilder, computer: "Runtime", results: Sequence[Decoded | Failed]) -> tuple[int, int]:
-    """Ledger the failures of one decoded batch and add the features of the rest (every engine uses this).
-
-    Returns (decoded, failed) counts.
-    """
-    ok = [r for r in results if isinstance(r, Decoded)]
-    for r in results:
-        if isinstance(r, Failed):
-            builder.add_failed(r.id, r.reason, r.message)
-            log.debug("failed %s: %s", r.id, r.message)
-    if ok:
-        pixels = np.stack([px for d in ok for px in d.pixels])
-        builder.add_rows(ok, computer(pixels))
-    return len(ok), len(results) - len(ok)
-
-
-def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> list[list[tuple[str, Any, int]]]:
-    """The decode batches of one part: ``(id, locator, augmented views)`` triples, in part order."""
-    return [[(it.id, it.locator, plan.views_for(it)) for it in items[s:s + batch_size]]
-            for s in range(0, len(items), batch_size)]
 
 
 def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
@@ -184,13 +64,4 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
                 if progress:
                     progress({"phase": "part", "name": builder.name})
                 builder = None
-    return _count_new(manifest, [(name, []) for name in names])
-
-
-def _count_new(manifest: Manifest, parts: Sequence[tuple[str, list[SourceItem]]]) -> tuple[int, int, int]:
-    names = {n for n, _ in parts}
-    new = [p for p in manifest.parts if p.name in names]
-    return sum(p.embedded for p in new), sum(p.failed for p in new), len(new)
-
-
-from .builtin import LocalEngine  # noqa: E402,F401 - re-exported: the engine object of this module's work
+    return count_new(manifest, [(name, []) for name in names])

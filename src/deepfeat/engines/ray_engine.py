@@ -30,11 +30,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from ..data.decode import DecodePolicy
+from ..data.decode_pool import DecodePool
 from ..data.sources import SourceItem
 from ..errors import DeepfeatError, EnvironmentFault, UsageError
+from ..models.registry import load_backbone
+from ..store.layerspec import LayerSpec
 from ..store.writer import Manifest, PartRecord
 from .assign import assign_parts, steal, workers_for
-from .local import _count_new, part_batches, plan_parts
+from .parts import PartBuilder, add_batch, count_new, part_batches, plan_parts
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +126,6 @@ class PartWorker:
         import torch
 
         from ..models.layers import describe_layers
-        from ..models.registry import load_backbone
-        from ..store.layerspec import LayerSpec
         from ..runtimes import build_runtime
 
         spec = self.spec
@@ -159,8 +160,6 @@ class PartWorker:
     def process(self, out: str, name: str, items: list[SourceItem], batches: list[list[tuple[str, Any, int]]],
                 attempt: int) -> dict[str, Any]:
         """Decode, embed and write one part; returns its :class:`PartRecord` as a dict (not committed)."""
-        from .decode_pool import DecodePool
-        from .local import PartBuilder, add_batch
 
         spec = self.spec
         # A retry decodes in a child process: a codec that kills its process fails one image, not the worker.
@@ -213,7 +212,7 @@ def run_ray(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manife
     finally:
         if started:
             ray.shutdown()
-    return _count_new(manifest, parts)
+    return count_new(manifest, parts)
 
 
 class _Driver:
@@ -341,5 +340,3 @@ class _Driver:
             self.manifest.parts[:] = ordered
             self.manifest.save()
 
-
-from .builtin import RayEngine  # noqa: E402,F401 - re-exported: the engine object of this module's work

@@ -32,6 +32,7 @@ from sklearn.utils.class_weight import compute_class_weight
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted
 
+from ..checkpoint import flatten_optimizer, unflatten_optimizer
 from ..errors import UsageError
 from ..params import check_int, check_number, param_error
 
@@ -336,11 +337,17 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             group["lr"] = float(self.learning_rate) * float(factor)
 
     # ----------------------------------------------------------------- snapshots and export
-    def _snapshot(self) -> list[torch.Tensor]:
-        """A copy of the learned parameters (for early stopping)."""
+    def snapshot(self) -> list[torch.Tensor]:
+        """A copy of the learned parameters: early stopping keeps the best epoch's (part of the head contract).
+
+        Example:
+            >>> best = head.snapshot()      # doctest: +SKIP
+            >>> head.restore(best)          # doctest: +SKIP
+        """
         return [p.detach().clone() for p in self._params]
 
-    def _restore(self, snap: list[torch.Tensor]) -> None:
+    def restore(self, snap: list[torch.Tensor]) -> None:
+        """Put back the parameters of a :meth:`snapshot`."""
         with torch.no_grad():
             for p, s in zip(self._params, snap):
                 p.copy_(s)
@@ -351,7 +358,6 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         Returns (named tensors, JSON-friendly document); :meth:`load_training_state` restores
         them so that training continues exactly as if it had not stopped.
         """
-        from ..checkpoint import flatten_optimizer
 
         check_is_fitted(self, "classes_")
         tensors = {f"param.{n}": p.detach() for n, p in zip(self._tensor_names(), self._params)}
@@ -369,7 +375,6 @@ class TorchHead(ClassifierMixin, BaseEstimator):
 
     def load_training_state(self, tensors: Mapping[str, torch.Tensor], doc: Mapping[str, Any]) -> "TorchHead":
         """Restore a state from :meth:`training_state` (the head's parameters must be the same)."""
-        from ..checkpoint import unflatten_optimizer
 
         self._check_params()
         self._reset(int(doc["n_features"]), np.asarray(doc["classes"]))

@@ -12,7 +12,7 @@ _NAMES = {
     "FeatureTaps": ".layers", "LayerInfo": ".layers", "describe_layers": ".layers", "resolve_layers": ".layers",
     "POOLINGS": ".pooling", "normalize_pool": ".pooling", "pool": ".pooling", "pooled_dims": ".pooling",
     "Preprocess": "..data.preprocess",
-    "DEFAULT_MODEL": ".registry", "Backbone": ".registry", "list_models": ".registry", "load_backbone": ".registry",
+    "DEFAULT_MODEL": ".registry", "Backbone": ".backbone", "list_models": ".registry", "load_backbone": ".registry",
     "offline_mode": ".hub", "resolve_weights": ".hub",
 }
 

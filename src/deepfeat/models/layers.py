@@ -47,7 +47,8 @@ class LayerInfo:
     """One tappable layer: name, module type, per-sample output shape, depth and call count.
 
     ``prefix_tokens``: for a token sequence (shape T x D), how many leading tokens are class /
-    register tokens (the model's ``num_prefix_tokens``); 0 for feature maps and vectors.
+    register tokens (the model's ``num_prefix_tokens``); for a vector, the model's own count (so a
+    global ``cls`` passes a ViT's pre_logits through and is refused on a CNN's); 0 for feature maps.
     ``channels_last``: the module outputs N x H x W x C (timm's NHWC models: Swin, a ViT's patch
     embedding); ``shape`` is still C x H x W, and the taps permute before pooling, so pooling and the
     flattened (``none``) order are the same as for any feature map.
@@ -120,7 +121,10 @@ def _is_nhwc(model: nn.Module, module: nn.Module, shape: tuple[int, ...]) -> boo
 
 
 def _layer_prefix(shape: tuple[int, ...], prefix: int, patches: int | None) -> int:
-    """The prefix-token count of one layer's output: the model's, for token sequences that carry them."""
+    """The prefix-token count of one layer's output: the model's, for token sequences that carry them and
+    for vectors (a token model's pre_logits / output may take ``cls``, passed through; a CNN's may not)."""
+    if len(shape) == 1:
+        return max(prefix, 0)
     if len(shape) != 2 or prefix <= 0 or shape[0] <= prefix:
         return 0
     return prefix if patches is None or shape[0] == patches + prefix else 0

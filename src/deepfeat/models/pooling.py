@@ -61,7 +61,8 @@ def is_tokens(shape: Sequence[int]) -> bool:
 def pool_applies(shape: Sequence[int], mode: str, prefix: int = 0) -> bool:
     """Whether ``mode`` can pool a per-sample ``shape`` whose first ``prefix`` tokens are class/register tokens."""
     if len(shape) <= 1:
-        return True  # vectors pass through
+        # vectors pass through; a token pooling only where the model has a class token (a ViT's pre_logits)
+        return mode not in TOKEN_POOLINGS or prefix >= 1
     if mode in TOKEN_POOLINGS:
         return is_tokens(shape) and prefix >= 1
     return True
@@ -72,14 +73,16 @@ def pooled_dims(shape: tuple[int, ...], mode: str, prefix: int = 0) -> int:
 
     Raises ``UsageError`` when ``mode`` does not apply (``cls`` of a feature map).
     """
-    if len(shape) <= 1:
-        return int(shape[0]) if shape else 1
     if not pool_applies(shape, mode, prefix):
-        what = "a feature map" if not is_tokens(shape) else "a token sequence without a class token"
+        what = ("a vector, stored as it is (e.g. a CNN's pre_logits)" if len(shape) <= 1 else
+                "a feature map" if not is_tokens(shape) else "a token sequence without a class token")
         raise UsageError(
             f"The pooling {mode!r} needs a token sequence with a class token (a ViT block's N x T x D "
-            f"output); this layer is {what} ({'x'.join(str(s) for s in shape)}). Use avg, max, avgmax or none."
+            f"output); this layer is {what} ({'x'.join(str(s) for s in shape) or 1}). Use avg, max, avgmax or "
+            "none (or name the token layers only, e.g. --pool avg,blocks.11=cls)."
         )
+    if len(shape) <= 1:
+        return int(shape[0]) if shape else 1
     if mode == "none":
         return int(math.prod(shape))
     channels = shape[0] if len(shape) == 3 else shape[-1]

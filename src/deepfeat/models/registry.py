@@ -31,15 +31,25 @@ import importlib
 import json
 import logging
 import os
-from dataclasses import dataclass, field
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..errors import UsageError
 from ..interrupts import import_held
-from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
-from .hub import RANDOM  # noqa: F401 - re-exported: bundles and callers import it from here
-from .hub import HubFile, ResolvedWeights, hf_cache_dir, resolve_remote, resolve_weights, torch_hub_dir, weights_status
+from .backbone import Backbone
+from .hub import (
+    RANDOM,  # noqa: F401 - re-exported: bundles and callers import it from here
+    HubFile,
+    ResolvedWeights,
+    hf_cache_dir,
+    resolve_remote,
+    resolve_weights,
+    torch_hub_dir,
+    weights_status,
+)
+from .trained import load_trained_model
 from .weights import file_sha256, load_into, load_state_dict
 
 if TYPE_CHECKING:  # torch is imported where it is used: 'deepfeat models' never loads it
@@ -79,46 +89,6 @@ BUNDLED: dict[str, BundledSpec] = {
 DEFAULT_MODEL = "efficientnet_lite0"
 
 
-@dataclass
-class Backbone:
-    """A loaded network plus everything needed to reproduce its features.
-
-    Attributes:
-        name: the name the user asked for (recorded in stores and bundles).
-        family: ``bundled`` | ``timm`` | ``torchvision`` | ``hf`` | ``torchscript`` | ``factory`` | ``deepfeat``.
-        model: the ``nn.Module`` in eval mode on CPU.
-        preprocess: evaluation preprocessing from the pretrained config (plus overrides).
-        weights: where the weights came from (a path, ``random``, or a cache path).
-        weights_sha256: sha256 of the weights file (``random:<seed>`` for random init).
-        classifier: module name of the final classifier (its input is ``pre_logits``), if any.
-        class_names: output class names when the weights are an ImageNet classifier.
-        weights_origin: ``random`` | ``file`` | ``bundled`` | ``cache`` | ``download`` (this run only;
-            not part of :meth:`describe`, so a resume from the cache matches a first run that downloaded).
-    """
-
-    name: str
-    family: str
-    model: nn.Module
-    preprocess: Preprocess
-    weights: str
-    weights_sha256: str
-    classifier: str | None = None
-    class_names: list[str] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-    weights_origin: str = ""
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-friendly description recorded in stores and bundles."""
-        return {
-            "name": self.name,
-            "family": self.family,
-            "weights": self.weights,
-            "weights_sha256": self.weights_sha256,
-            "classifier": self.classifier,
-            **self.extra,
-        }
-
-
 @dataclass(frozen=True)
 class ModelEntry:
     """One row of :func:`list_models`.
@@ -144,8 +114,8 @@ def list_models(pattern: str | None = None, include_all: bool = False) -> list[M
     architecture that has published weights; ``include_all`` adds architectures without any.
 
     Example:
-        >>> [(m.name, m.status) for m in list_models() if m.family == "bundled"][:1]
-        [('efficientnet_lite0', 'bundled')]
+        >>> next((m.name, m.status) for m in list_models() if m.family == "bundled")
+        ('efficientnet_lite0', 'bundled')
         >>> sorted({m.status for m in list_models("resnet5*")}) <= ["cached", "download"]   # doctest: +SKIP
         True
     """
@@ -254,9 +224,7 @@ class BackboneSource:
 
 def _load_model_dir(name: str, weights: str | None, seed: int, offline: bool | None,
                     size: tuple[int, int] | None) -> "Backbone":
-    from .trained import load_trained_model  # a model directory written by train-cnn/finetune
-
-    bb = load_trained_model(name)
+    bb = load_trained_model(name, load_base=load_backbone)  # a model directory written by train-cnn/finetune
     if bb.extra.get("kind") == "cnn" and size is not None and tuple(size) != bb.preprocess.input_size:
         raise UsageError(f"The ConvNet in {name!r} was trained on {bb.preprocess.input_size} inputs and its dense "
                          "layer fixes that size; leave out the input size override.")

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from typing import Any
 
 from ..data.preprocess import Preprocess
 from ..errors import UsageError
-from .registry import Backbone
+from .backbone import Backbone
 from .weights import file_sha256, load_state_dict
 
 MODEL_FILE = "model.safetensors"
@@ -52,8 +53,13 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def load_trained_model(path: str | os.PathLike) -> Backbone:
-    """A :class:`Backbone` for a trained model directory (family ``deepfeat``), on the CPU, in eval mode."""
+def load_trained_model(path: str | os.PathLike,
+                       load_base: Callable[[str, str | None], Backbone] | None = None) -> Backbone:
+    """A :class:`Backbone` for a trained model directory (family ``deepfeat``), on the CPU, in eval mode.
+
+    ``load_base(name, weights)`` builds a fine-tuned directory's base network (the registry passes
+    :func:`~deepfeat.models.registry.load_backbone`; ``load_backbone(dir)`` is the usual way in).
+    """
     import torch
 
     path = os.fspath(path)
@@ -62,19 +68,20 @@ def load_trained_model(path: str | os.PathLike) -> Backbone:
     classes = [str(c) for c in cfg["classes"]]
     kind = cfg.get("kind")
     if kind == "cnn":
-        from ..cnn.arch import build_cnn
+        from .arch import build_cnn
 
         model = build_cnn(cfg["arch"])
         architecture = f"deepfeat-cnn:{cfg['arch'].get('name', 'custom')}"
         extra = {"architecture": architecture, "kind": kind}
     elif kind == "finetune":
-        from ..cnn.training import replace_head
-        from .registry import load_backbone
+        from .surgery import replace_head
 
         base = cfg["base"]
         if os.path.abspath(str(base["model"])) == os.path.abspath(path):
             raise UsageError(f"The model directory {path!r} names itself as its base model.")
-        model = load_backbone(str(base["model"]), "random").model
+        if load_base is None:
+            raise UsageError(f"{path!r} is a fine-tuned model directory: load it with load_backbone({path!r}).")
+        model = load_base(str(base["model"]), "random").model
         replace_head(model, cfg["classifier"], len(classes))
         extra = {"architecture": base.get("architecture"), "kind": kind, "base_model": base["model"]}
     else:

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..store.fsutil import sha256_file
 
 if TYPE_CHECKING:  # torch is imported where it is used: 'deepfeat models' never loads it
     import torch
@@ -22,7 +23,6 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "wei
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a weights file (:func:`deepfeat.store.fsutil.sha256_file`)."""
-    from ..store.fsutil import sha256_file
 
     return sha256_file(path)
 

@@ -6,7 +6,7 @@ classes, else the most confused pairs), the most confident mistakes and the leas
 correct answers as thumbnails of their source images with their top-k, and the calibration curve.
 
 Example:
-    >>> page = evaluation_html(report, examples)   # doctest: +SKIP  (evaluate(..., out=) calls this)
+    >>> page = evaluation_html(report, examples)   # doctest: +SKIP
 """
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
     """Reliability of the top-1 probability: per equal-width bin, mean confidence, accuracy, count; and ECE.
 
     Example:
-        >>> c = calibration(np.array([0.95, 0.9, 0.55, 0.6]), np.array([True, True, False, True]), bins=2)
+        >>> c = calibration(np.array([0.95, 0.9, 0.55, 0.6]), np.array([True, False, False, True]), bins=2)
         >>> [b["count"] for b in c["bins"]], round(c["ece"], 4)
         ([0, 4], 0.25)
     """

@@ -22,6 +22,9 @@ import stat
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from .._version import __version__
+from ..store.fsutil import atomic_write_bytes
+
 log = logging.getLogger(__name__)
 
 #: Largest source file a thumbnail is made from (bytes); bigger ones show the placeholder.
@@ -41,6 +44,7 @@ header .sub{color:var(--muted);font-size:13px;margin-top:4px;word-break:break-al
 h2{font-size:19px;margin:28px 0 8px;border-bottom:1px solid var(--line);padding-bottom:4px}
 h3{font-size:15px;margin:16px 0 6px}
 p.note{color:var(--muted);font-size:13px}
+.tablewrap{max-width:100%;overflow-x:auto}
 table{border-collapse:collapse;font-size:12.5px;margin:6px 0 10px}
 td,th{border:1px solid var(--line);padding:3px 8px;text-align:right}
 th{background:var(--panel);font-weight:600}
@@ -82,7 +86,6 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def page(title: str, body: str, *, subtitle: str = "") -> str:
     """The whole document: header, ``body`` (already HTML) and the footer."""
-    from .. import __version__
 
     sub = f'<div class="sub">{esc(subtitle)}</div>' if subtitle else ""
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
@@ -124,7 +127,7 @@ def table(rows: Sequence[Mapping[str, Any]], *, digits: int = 4, left: Sequence[
     for r in rows:
         tr = '<tr class="best">' if highlight is not None and highlight(r) else "<tr>"
         body.append(tr + "".join(f"<td{cls(k)}>{esc(fmt(r.get(k), digits))}</td>" for k in keys) + "</tr>")
-    return f"<table><tr>{head}</tr>{''.join(body)}</table>"
+    return f"<div class=\"tablewrap\"><table><tr>{head}</tr>{''.join(body)}</table></div>"  # wide: scrolls
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -188,8 +191,5 @@ def thumb_card(path: str | None, title: str, lines: Sequence[str], *, thumb: str
 def write(path: str | os.PathLike, document: str) -> str:
     """Write a page (temp file + rename, so a reader never sees half a page); returns the path."""
     path = os.fspath(path)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write(document)
-    os.replace(tmp, path)
+    atomic_write_bytes(path, document.encode("utf-8"))  # a failed write leaves no temporary file (EnvironmentFault)
     return path

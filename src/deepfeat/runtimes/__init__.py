@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
+from ..models.layers import describe_layers, resolve_layers
+from ..models.pooling import parse_pools
 from ..models.registry import Backbone
 from ..params import check_choice
 from ..store.layerspec import LayerSpec
@@ -126,8 +128,6 @@ def prefer_recorded(runtime: str, precision: str, device: str, recorded_runtime:
 def layer_specs(backbone: Backbone, layers: str | Sequence[str], pool: str | Mapping[str, str] = "avg",
                 infos: Mapping[str, Any] | None = None) -> list[LayerSpec]:
     """Resolve a layer selection and its pooling into :class:`LayerSpec` objects (store keys included)."""
-    from ..models.layers import describe_layers, resolve_layers
-    from ..models.pooling import parse_pools
     from ..store import layout
 
     infos = infos if infos is not None else describe_layers(backbone)
@@ -158,7 +158,6 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
             precision asked for (where torch runs it).
         threads: inference threads of an exported runtime (default: every core).
     """
-    from ..models.layers import describe_layers
 
     infos = infos if infos is not None else describe_layers(backbone)
     choice = resolve_runtime(runtime, device, precision)

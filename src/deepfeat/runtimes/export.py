@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .. import __version__
+from .._version import __version__
+from ..cachedir import cache_dir
 from ..models.layers import FeatureTaps
 from ..models.registry import Backbone
+from ..store.fsutil import sha256_file
 from ..store.layerspec import LayerSpec
 from .base import Runtime, RuntimeUnavailable
 
@@ -66,7 +68,6 @@ class TapGraph(nn.Module):
 
 def cache_root() -> str:
     """Where exported runtimes are cached: ``$DEEPFEAT_CACHE_DIR`` or ``~/.cache/deepfeat``, then ``runtimes/``."""
-    from ..cachedir import cache_dir
 
     return cache_dir("runtimes")
 
@@ -87,7 +88,6 @@ def _digest(key: Mapping[str, Any]) -> str:
 
 
 def _file_sha256(path: str) -> str:
-    from ..store.fsutil import sha256_file
 
     return sha256_file(path)
 

@@ -28,6 +28,7 @@ import numpy as np
 from ..agreement import DEFAULT_MIN_AGREEMENT, Agreement
 from ..errors import UsageError
 from ..params import check_number
+from . import RUNTIMES, build_runtime, resolve_runtime
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +103,6 @@ def guard_precision(build: Callable[[str, str], Any], reference: Callable[[], Ma
     Raises:
         UsageError: an explicit reduced precision below ``min_agreement``.
     """
-    from . import RUNTIMES, resolve_runtime
 
     check_min_agreement(min_agreement)
     if precision == "fp32" or len(pixels) == 0:
@@ -148,7 +148,6 @@ def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any]
         >>> prec, ag.passed                            # doctest: +SKIP
         ('bf16', True)
     """
-    from . import build_runtime
 
     def build(name: str, p: str) -> Any:
         return build_runtime(backbone, specs, infos, runtime=name, device=device, precision=p,
@@ -163,5 +162,5 @@ def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any]
                            min_agreement=min_agreement, batch_size=batch_size)
 
 
-__all__ = ["DEFAULT_MIN_AGREEMENT", "guard_backbone", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "guard_precision", "ladder",
-           "measure", "row_cosines", "sample_indices"]
+__all__ = ["DEFAULT_MIN_AGREEMENT", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "guard_backbone",
+           "guard_precision", "ladder", "measure", "row_cosines", "sample_indices"]

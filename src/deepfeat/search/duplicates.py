@@ -34,9 +34,11 @@ import numpy as np
 
 from .. import progress
 from ..params import check_number
+from ..reports.duplicates_page import write_duplicates_page
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
 from .blocks import DEFAULT_MEMORY_BUDGET, pair_block_rows
+from .index import build_index
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +155,6 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     scratch = os.path.join(out, f".vectors-{os.getpid()}")
-    from .index import build_index
 
     try:
         idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget,
@@ -225,7 +226,6 @@ def _write(out: str, meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: 
                             meta["label"][r] or ""])
     os.replace(files["groups.csv"] + ".tmp", files["groups.csv"])
     if report:
-        from ..reports.duplicates_page import write_duplicates_page
 
         files["report.html"] = write_duplicates_page(os.path.join(out, "report.html"), meta, groups, summary,
                                                      store_path)

@@ -24,6 +24,7 @@ import numpy as np
 from .. import progress
 from ..errors import UsageError
 from ..params import check_int
+from ..store.layerspec import LayerSpec
 from ..units import parse_size
 from .blocks import DEFAULT_MEMORY_BUDGET, normalize
 from .index import Neighbor, SearchIndex, open_index
@@ -53,11 +54,9 @@ def index_runtime(index: SearchIndex, *, weights: str | os.PathLike | None = Non
     The store's description is wrapped in a :class:`~deepfeat.bundle.Bundle` without a head, so the
     backbone is loaded, checked and run exactly as ``predict`` does for a bundle of that store.
     """
-    from ..bundle import Bundle
+    from ..bundle import Bundle, bundle_runtime
     from ..data.decode import DecodePolicy
     from ..data.preprocess import Preprocess
-    from ..predict import bundle_runtime
-    from ..store.layerspec import LayerSpec
 
     meta = index.doc.get("store_metadata") or {}
     if meta.get("fne"):
@@ -85,7 +84,7 @@ def embed_queries(index: SearchIndex, paths: Sequence[str | os.PathLike], *, bat
     """Embed query files for ``index``: (names, normalised vectors (one per name, zero where
     failed), {position: error} of the failed, [(name, error)] of inputs discovery refused)."""
     from ..embed import embed_files
-    from ..predict import expand_with_errors
+    from ..prediction import expand_with_errors
 
     named, refused = expand_with_errors(list(paths))
     names = [n for n, _ in named]

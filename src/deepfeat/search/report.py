@@ -10,6 +10,7 @@ import os
 from collections.abc import Sequence
 
 from ..errors import UsageError
+from ..reports.search_page import write_search_page
 from .query import QueryResult
 
 
@@ -18,7 +19,6 @@ def write_results(results: Sequence[QueryResult], out: str | os.PathLike, index:
     out = os.fspath(out)
     ext = os.path.splitext(out)[1].lower()
     if ext == ".html":
-        from ..reports.search_page import write_search_page
 
         return write_search_page(results, out, subtitle=f"index {os.fspath(index)}" if index else "")
     if ext == ".json":

@@ -9,8 +9,8 @@ it was.
 =============  ==================================================  ===========================
 kind           what                                                options
 =============  ==================================================  ===========================
-``folder``     ``root/<split>/<class>/*``, ``root/<class>/*``,     ``split``
-               a flat folder (see :mod:`deepfeat.data.sources`)
+``folder``     ``root/<split>/<class>/*``, ``root/<class>/*``,     ``split``,
+               a flat folder (see :mod:`deepfeat.data.sources`)    ``symlinks_inside_root``
 ``list``       a ``.csv``/``.txt`` list of ``path[,label[,split]]``  ``split``
 ``webdataset`` ``.tar`` shards: a path, a glob, brace notation     ``label_field``,
                ``data/{00000..00099}.tar``, or a folder of shards  ``split_field``, ``split``,
@@ -40,7 +40,7 @@ from typing import Any
 from ..errors import UsageError
 from .base import SOURCE_OPTIONS, SOURCES, Source, register_source
 
-__all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "register_source", "open_source"]
+__all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "discover", "register_source", "open_source"]
 
 def _check_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in options.items() if v is not None}
@@ -86,8 +86,25 @@ def open_source(spec: str | os.PathLike | Source, kind: str | None = None, **opt
     return cls(text, **_check_options(cls, options))
 
 
-# registration order = the order in which sources claim a spec
+def discover(spec: str | os.PathLike | Source, kind: str | None = None, **options: Any) -> Any:
+    """Every input ``spec`` names, as extract sees them: ``open_source(spec, kind, **options).discover()``.
+
+    Folders and list files, WebDataset shards, Parquet files and ``hf:`` datasets alike (the folder
+    walker alone is :func:`deepfeat.data.sources.discover`). Returns a
+    :class:`~deepfeat.data.sources.Discovery`.
+
+    Example:
+        >>> d = discover("shards/{000..009}.tar", label_field="cls")   # doctest: +SKIP
+        >>> d.layout, len(d.items)                                     # doctest: +SKIP
+        ('webdataset', 10000)
+    """
+    return open_source(spec, kind, **options).discover()
+
+
+# registration order = the order in which sources claim a spec (not alphabetical: kept as written)
+# isort: off
 from . import hf as _hf  # noqa: E402,F401
 from . import webdataset as _webdataset  # noqa: E402,F401
 from . import parquet as _parquet  # noqa: E402,F401
 from . import files as _files  # noqa: E402,F401
+# isort: on

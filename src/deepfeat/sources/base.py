@@ -12,6 +12,7 @@ SOURCE_OPTIONS: dict[str, str] = {
     "split": "--split",
     "image_field": "--image-field/--image-column",
     "id_field": "--id-field/--id-column",
+    "symlinks_inside_root": "--symlinks-inside-root",
     "label_field": "--label-field/--label-column",
     "split_field": "--split-field/--split-column",
 }

@@ -17,12 +17,14 @@ class _FileSource:
     kind: ClassVar[str] = ""
     OPTIONS: ClassVar[tuple[str, ...]] = ("split",)
 
-    def __init__(self, path: str, split: str | None = None) -> None:
+    def __init__(self, path: str, split: str | None = None, symlinks_inside_root: bool = False) -> None:
         self.path = path
         self.split = split
+        self.symlinks_inside_root = bool(symlinks_inside_root)
 
     def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
-        return discover(self.path, default_split=self.split, skip_dirs=skip_dirs)
+        return discover(self.path, default_split=self.split, skip_dirs=skip_dirs,
+                        symlinks_inside_root=self.symlinks_inside_root)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"
@@ -41,9 +43,14 @@ class ListSource(_FileSource):
 
 @register_source
 class FolderSource(_FileSource):
-    """A folder of images: ``split/class/*``, ``class/*`` or flat (the layout is detected)."""
+    """A folder of images: ``split/class/*``, ``class/*`` or flat (the layout is detected).
+
+    Symlinks to files are followed wherever they point; ``symlinks_inside_root=True`` refuses those
+    that resolve outside the folder (e.g. ``FolderSource("t", symlinks_inside_root=True)``).
+    """
 
     kind: ClassVar[str] = "folder"
+    OPTIONS: ClassVar[tuple[str, ...]] = ("split", "symlinks_inside_root")
 
     @classmethod
     def claims(cls, spec: str) -> bool:

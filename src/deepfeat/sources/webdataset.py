@@ -50,7 +50,7 @@ log = logging.getLogger(__name__)
 
 __all__ = ["WebDatasetSource", "expand_braces", "scan_shard"]
 
-_INDEX_VERSION = 1
+_INDEX_VERSION = 2  # 2: a header cut short is a truncated_shard exclusion
 _IMAGE_EXTS = ("jpg", "jpeg", "png", "webp") + tuple(sorted(e[1:] for e in IMAGE_EXTENSIONS
                                                            if e[1:] not in ("jpg", "jpeg", "png", "webp")))
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -204,15 +204,21 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
             key, ext = _split_key(member.name)
             if member.offset_data + member.size > size:
                 cut = f"the shard ends inside member {member.name!r}"
-                runs.append((key, {}, {"__cut__": member.name}))
+                _mark_cut(runs, key, member.name)
                 break
             if not runs or runs[-1][0] != key:
                 runs.append((key, {}, {}))
             runs[-1][1][ext] = (member.offset_data, member.size)
             runs[-1][2][ext] = member.name
+        end = tf.offset  # where tarfile stopped: the end-of-archive blocks, or a header it could not read
     seen: set[str] = set()
     fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
     try:
+        if not cut:  # tarfile ends quietly at a header cut short (or garbled): what follows must be zeros
+            name = _unread_header(fd, end, size)
+            if name is not None:
+                cut = f"the shard ends inside the header of member {name or '(name cut)'!r} at byte {end}"
+                _mark_cut(runs, _split_key(name or "(name cut)")[0], name or "(name cut)")
         for key, members, names in runs:
             where = f"{path}#{key}"
             if "__cut__" in names:
@@ -226,8 +232,8 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
             ext = next((e for e in exts if e in members), None)
             if ext is None:
                 have = ", ".join(sorted(members)) or "none"
-                excluded.append([where, "no_image", f"no image member ({'.' + image_field if image_field else 'jpg, png, webp, ...'}); "
-                                                    f"members: {have}"])
+                wanted = "." + image_field if image_field else "jpg, png, webp, ..."
+                excluded.append([where, "no_image", f"no image member ({wanted}); members: {have}"])
                 continue
             cache: dict[str, Any] = {}
             label = _field(members, fd, label_field or ("cls" if "cls" in members else None), cache)
@@ -239,6 +245,29 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
     if cut and not any(e[1] == "truncated_shard" for e in excluded):
         excluded.append([f"{path}#<after {runs[-1][0] if runs else 'start'}>", "truncated_shard", cut])
     return {"samples": samples, "excluded": excluded}
+
+
+def _mark_cut(runs: list[tuple[str, dict[str, tuple[int, int]], dict[str, str]]], key: str, name: str) -> None:
+    """The sample of the member ``name`` that the shard's end cuts is a ``truncated_shard`` exclusion, with
+    the members it had before the cut (never embedded without them: a lost ``.cls`` is a lost label)."""
+    if runs and runs[-1][0] == key:
+        runs[-1][2]["__cut__"] = name
+    else:
+        runs.append((key, {}, {"__cut__": name}))
+
+
+def _unread_header(fd: int, offset: int, size: int) -> str | None:
+    """None when the shard holds only zero blocks after ``offset`` (a proper end); else the name the
+    header cut there begins with ("" when even the name is cut or unreadable)."""
+    rest = os.pread(fd, min(max(size - offset, 0), 1 << 16), offset)
+    if not rest.strip(b"\0"):
+        return None
+    raw = rest[:100]
+    if b"\0" not in raw and len(rest) < 100:
+        return ""
+    name = raw.split(b"\0", 1)[0].decode("utf-8", errors="replace")
+    prefix = rest[345:500].split(b"\0", 1)[0].decode("utf-8", errors="replace") if len(rest) >= 500 else ""
+    return f"{prefix}/{name}" if prefix and name else name
 
 
 def _index_path(path: str, st: os.stat_result, options: tuple[Any, ...]) -> str:

@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 from ..errors import ConfigMismatchError, StoreError
 from . import layout, trust
 from .fsutil import atomic_write_json, environment_errors, remove_tree
+from .manifest import Manifest
 
 log = logging.getLogger(__name__)
 
@@ -72,14 +73,13 @@ def prepare_store_dir(path: str, config: dict[str, Any], metadata: dict[str, Any
         wipe_store(path)
     elif overwrite:
         wipe_store(path)
-    with environment_errors(f"creating the store {path}"):
+    with environment_errors(f"creating the store {path}", resumable=True):
         os.makedirs(os.path.join(path, layout.PARTS_DIR), exist_ok=True)
         os.makedirs(os.path.join(path, layout.TMP_DIR), exist_ok=True)
         meta = dict(metadata)
         meta.update({"format": layout.FORMAT_NAME, "format_version": layout.FORMAT_VERSION, "config": config,
                      "fingerprint": fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         atomic_write_json(meta_path, meta)
-        from .manifest import Manifest
 
         manifest = Manifest(path)
         if not os.path.exists(manifest.path):
@@ -101,7 +101,7 @@ def write_excluded(path: str, table: pa.Table) -> None:
     """Atomically replace the store's list of inputs excluded at discovery."""
     final = os.path.join(path, layout.EXCLUDED_FILE)
     tmp = os.path.join(path, layout.TMP_DIR, f"excluded-{os.getpid()}.parquet")
-    with environment_errors("writing the excluded-inputs list"):
+    with environment_errors("writing the excluded-inputs list", resumable=True):
         pq.write_table(table.cast(layout.LEDGER_SCHEMA), tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())

@@ -6,10 +6,17 @@ name next to ``out`` and moved into place with :func:`os.replace` only when comp
 failed export leaves nothing that looks finished. Layer and file names come from the store's
 metadata; labels and ids are data only, never parts of a path.
 
+Before anything is written, the output's folder must be writable and its filesystem must have room
+for the export's estimated size (:func:`estimate_export_bytes`); the ``npy`` and ``hdf5`` files are
+then preallocated (``posix_fallocate``), so a full disk is an :class:`EnvironmentFault` (exit
+status 4), never a signal: writing into a sparse memory map or letting HDF5 hit ``ENOSPC`` in its
+cache ended the process with SIGBUS / SIGSEGV.
+
 Formats:
 
 ``npy``      ``out/`` is a directory: ``<layer key>.npy`` (rows x dims, the store's dtype) per
-             layer plus ``rows.parquet`` (the row metadata, aligned row by row).
+             layer plus ``rows.parquet`` (the row metadata, aligned row by row), written with
+             ordinary file I/O.
 ``hdf5``     one file: ``features/<layer key>`` (rows x dims, chunked) and ``meta/id``,
              ``meta/label``, ``meta/split``, ``meta/path`` (UTF-8 strings, ``""`` when missing),
              ``meta/view`` (int16); the store's metadata JSON in the ``deepfeat_metadata``
@@ -17,8 +24,9 @@ Formats:
 ``parquet``  one file: the row metadata columns plus one ``fixed_size_list<float32>`` column per
              layer (named after the layer), one row group per part; the store's metadata JSON in
              the schema metadata under ``deepfeat``.
-``csv``      one file: header ``id,label,split,view,<layer>_0,<layer>_1,...``, one row per vector,
-             values with 9 significant digits (exact for float32 and float16). Large and slow.
+``csv``      one file: header ``id,label,split,view,path,sha256,<layer>_0,<layer>_1,...``, one row
+             per vector (the row metadata of the other formats: which image each row is), values
+             with 9 significant digits (exact for float32 and float16). Large and slow.
 
 Example:
     >>> export_store("feats/", "feats.parquet", "parquet", layers=["pre_logits"], split="train")  # doctest: +SKIP
@@ -45,15 +53,19 @@ from ..errors import StoreError, UsageError
 from ..params import check_choice, param_error
 from ..units import format_size
 from . import layout
-from .fsutil import environment_errors, fsync_dir
-from .reader import FeatureStore, LayerSpec, open_store
+from .fsutil import check_writable, environment_errors, fsync_dir, reserve_space
 from .manifest import PartRecord
+from .reader import FeatureStore, LayerSpec, open_store
 
 log = logging.getLogger(__name__)
 
 FORMATS: tuple[str, ...] = ("npy", "hdf5", "parquet", "csv")
-#: Metadata columns of the HDF5 ``meta/`` group and the CSV prefix.
-CSV_META_COLUMNS = ("id", "label", "split", "view")
+#: Metadata columns of the CSV prefix (those of Parquet's row metadata that say which image a row is).
+CSV_META_COLUMNS = ("id", "label", "split", "view", "path", "sha256")
+#: Text columns of the HDF5 ``meta/`` group (besides ``view``).
+HDF5_META_COLUMNS = ("id", "label", "split", "path")
+#: Bytes per value of a CSV export (up to 9 significant digits, sign, exponent and the comma).
+CSV_BYTES_PER_VALUE = 12
 HDF5_INSTALL_HINT = "pip install h5py"
 _NPY_EXPORT_FILES = (layout.ROWS_FILE,)
 
@@ -86,6 +98,7 @@ class _Selection:
         # outputs are sized from the manifest's row counts: its sizes must hold before anything is allocated
         store.check_sizes(self.parts, self.specs)
         self.total = self._count()
+        self._meta_bytes: int | None = None
 
     def _count(self) -> int:
         if self.views is None:
@@ -102,6 +115,17 @@ class _Selection:
         if self.views is not None:
             mask &= np.isin(meta.column("view").to_numpy(zero_copy_only=False), self.views)
         return mask
+
+    def meta_bytes(self) -> int:
+        """In-memory size of the selected rows' metadata (an upper bound of what it takes on disk)."""
+        if self._meta_bytes is None:
+            total = 0
+            for part in self.parts:
+                meta = self.store.read_rows(part)
+                if meta.num_rows:
+                    total += int(meta.nbytes * int(self._mask(meta).sum()) / meta.num_rows)
+            self._meta_bytes = total
+        return self._meta_bytes
 
     def chunks(self) -> Iterator[tuple[PartRecord, pa.Table, dict[str, np.ndarray]]]:
         """Per part: (part, selected row metadata, {layer key: selected rows x dims}), with progress."""
@@ -123,21 +147,10 @@ class _Selection:
 
 
 def _resolve_layers(store: FeatureStore, layers: str | Sequence[str] | None) -> list[LayerSpec]:
-    if layers is None:
-        names: list[str] = store.layer_names
-    elif isinstance(layers, str):
-        names = [n.strip() for n in layers.split(",") if n.strip()]
-    else:
-        names = list(layers)
-    if not names:
-        raise UsageError("The 'layers' parameter names no layer.")
-    by_key = {s.key: s for s in store.layers}
-    specs: list[LayerSpec] = []
-    for n in dict.fromkeys(names):
-        spec = by_key.get(n) if n not in store.layer_names and n in by_key else store.layer(n)
+    specs = store.select_layers(layers, "export_store")
+    for spec in specs:
         if layout.layer_key(spec.key) != spec.key or spec.key in (".", ".."):
             raise StoreError(f"The store's metadata has an unsafe file key {spec.key!r} for layer {spec.name!r}.")
-        specs.append(spec)
     return specs
 
 
@@ -207,26 +220,37 @@ def _strings(meta: pa.Table, column: str) -> list[str]:
 
 # ------------------------------------------------------------------------------- writers
 def _write_npy(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list[str]:
+    """One ``.npy`` per layer, header then rows appended part by part (no memory map: a full disk is an
+    ``OSError``, not a SIGBUS); each file is preallocated to its final size first."""
     os.makedirs(tmp)
     dtype = np.dtype(store.dtype)
-    arrays = {s.key: np.lib.format.open_memmap(os.path.join(tmp, f"{s.key}.npy"), mode="w+", dtype=dtype,
-                                               shape=(sel.total, s.dims)) for s in sel.specs}
     schema = _row_schema(store, sel)
     pos = 0
-    with pq.ParquetWriter(os.path.join(tmp, layout.ROWS_FILE), schema, compression="zstd") as writer:
+    with contextlib.ExitStack() as stack:
+        files = {}
+        for s in sel.specs:
+            f = stack.enter_context(open(os.path.join(tmp, f"{s.key}.npy"), "wb"))
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
+                      "shape": (sel.total, s.dims)}
+            np.lib.format.write_array_header_1_0(f, header)
+            f.flush()
+            reserve_space(f.fileno(), f.tell() + sel.total * s.dims * dtype.itemsize)
+            files[s.key] = f
+        writer = stack.enter_context(pq.ParquetWriter(os.path.join(tmp, layout.ROWS_FILE), schema,
+                                                      compression="zstd"))
         for _part, meta, feats in sel.chunks():
             n = meta.num_rows
             if pos + n > sel.total:
                 raise StoreError(f"{store.path}: more rows than the manifest announces ({pos + n} > {sel.total})")
             for key, arr in feats.items():
-                arrays[key][pos:pos + n] = arr
+                files[key].write(memoryview(np.ascontiguousarray(arr, dtype=dtype)).cast("B"))
             writer.write_table(meta.cast(schema))
             pos += n
         if pos == 0:
             writer.write_table(schema.empty_table())
-    for arr in arrays.values():
-        arr.flush()
-    del arrays
+        for f in files.values():
+            f.flush()
+            os.fsync(f.fileno())
     _check_count(store, pos, sel.total)
     return [os.path.join(out, f"{s.key}.npy") for s in sel.specs] + [os.path.join(out, layout.ROWS_FILE)]
 
@@ -250,7 +274,16 @@ def _write_hdf5(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> lis
     dtype = np.dtype(store.dtype)
     text = h5py.string_dtype("utf-8")
     n = sel.total
-    with h5py.File(tmp, "w") as f:
+    # HDF5 that meets ENOSPC while flushing its cache can end the process with SIGSEGV: the file is
+    # created, preallocated to the estimated size, then filled in place (HDF5 truncates it at close)
+    with h5py.File(tmp, "w"):
+        pass
+    fd = os.open(tmp, os.O_RDWR)
+    try:
+        reserve_space(fd, estimate_export_bytes(store, sel, "hdf5"))
+    finally:
+        os.close(fd)
+    with h5py.File(tmp, "r+") as f:
         f.attrs["format"] = "deepfeat-export"
         f.attrs["deepfeat_metadata"] = _metadata_json(store, sel)
         f.attrs["rows"] = n
@@ -265,8 +298,9 @@ def _write_hdf5(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> lis
             ds.attrs["shape"] = list(s.shape)
             datasets[s.key] = ds
         meta_group = f.create_group("meta")
-        meta_ds = {c: meta_group.create_dataset(c, shape=(n,), maxshape=(None,), dtype=text, chunks=(max(1, min(max(n, 1), 65536)),))
-                   for c in ("id", "label", "split", "path")}
+        chunk = (max(1, min(max(n, 1), 65536)),)
+        meta_ds = {c: meta_group.create_dataset(c, shape=(n,), maxshape=(None,), dtype=text, chunks=chunk)
+                   for c in HDF5_META_COLUMNS}
         view_ds = meta_group.create_dataset("view", shape=(n,), maxshape=(None,), dtype=np.int16,
                                             chunks=(max(1, min(max(n, 1), 65536)),))
         pos = 0
@@ -314,7 +348,7 @@ def _write_parquet(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> 
 def _write_csv(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list[str]:
     total_dims = sum(s.dims for s in sel.specs)
     log.warning("CSV export writes %d rows x %d values as text: large (~%s) and slow; prefer npy, parquet or hdf5",
-                sel.total, total_dims, format_size(sel.total * total_dims * 12))
+                sel.total, total_dims, format_size(sel.total * total_dims * CSV_BYTES_PER_VALUE))
     pos = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -322,10 +356,10 @@ def _write_csv(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list
         for _part, meta, feats in sel.chunks():
             values = np.concatenate([feats[s.key].astype(np.float32, copy=False) for s in sel.specs], axis=1)
             text = np.char.mod("%.9g", values)
-            prefix = zip(_strings(meta, "id"), _strings(meta, "label"), _strings(meta, "split"),
-                         meta.column("view").to_pylist())
-            for (i, lab, spl, view), row in zip(prefix, text):
-                writer.writerow([i, lab, spl, view, *row.tolist()])
+            prefix = zip(*(meta.column(c).to_pylist() if c == "view" else _strings(meta, c)
+                           for c in CSV_META_COLUMNS))
+            for cells, row in zip(prefix, text):
+                writer.writerow([*cells, *row.tolist()])
             pos += meta.num_rows
     _check_count(store, pos, sel.total)
     return [out]
@@ -384,6 +418,7 @@ def export_store(
     store = open_store(path, verify=verify)
     sel = _Selection(store, layers, split, views)
     _check_out(path, out, is_dir, overwrite)
+    check_writable(out, "the export", directory=is_dir, need=estimate_export_bytes(store, sel, format))
     parent = os.path.dirname(os.path.abspath(out))
     with environment_errors(f"exporting {path} to {out}"):
         os.makedirs(parent, exist_ok=True)
@@ -396,6 +431,19 @@ def export_store(
             raise
     log.info("exported %d rows x %d layer(s) of %s to %s (%s)", sel.total, len(sel.specs), path, out, format)
     return written
+
+
+def estimate_export_bytes(store: FeatureStore, sel: _Selection, format: str) -> int:
+    """About how many bytes the export will occupy (a little more, never much less): the feature values
+    in the format's encoding plus the row metadata, with room for HDF5's own structures."""
+    dims = sum(s.dims for s in sel.specs)
+    per_value = {"npy": np.dtype(store.dtype).itemsize, "hdf5": np.dtype(store.dtype).itemsize, "parquet": 4,
+                 "csv": CSV_BYTES_PER_VALUE}[format]
+    values = sel.total * dims * per_value
+    meta = sel.meta_bytes()
+    if format == "hdf5":  # variable-length strings live in a global heap (~16 B per string), chunk B-trees
+        return int(values * 1.02 + meta + sel.total * 16 * len(HDF5_META_COLUMNS) + (1 << 20))
+    return int(values + meta + (64 << 10))
 
 
 def read_export_metadata(out: str | os.PathLike) -> dict[str, Any]:

@@ -14,7 +14,8 @@ import shutil
 from collections.abc import Iterator
 from typing import Any, BinaryIO
 
-from ..errors import EnvironmentFault
+from ..errors import EnvironmentFault, UsageError
+from ..units import format_size
 
 
 def fsync_dir(path: str) -> None:
@@ -28,19 +29,83 @@ def fsync_dir(path: str) -> None:
 
 #: errors that mean "no room for this write": disk full, a file size limit (RLIMIT_FSIZE), a quota
 DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC)})
+#: errors that mean "this place cannot be written": a read-only filesystem, no permission
+NOT_WRITABLE_ERRNOS = frozenset({errno.EROFS, errno.EACCES, errno.EPERM})
+#: every OS error of a write that is the environment's fault, never the user's request: exit status 4
+WRITE_ERRNOS = DISK_FULL_ERRNOS | NOT_WRITABLE_ERRNOS | {errno.EIO}
+
+
+def write_error_hint(exc: OSError, resumable: bool = False) -> str:
+    """What to do about a failed write, by its errno ("" when there is nothing specific to say);
+    ``resumable``: the command resumes where it stopped (extract), otherwise it starts over."""
+    if exc.errno in DISK_FULL_ERRNOS:
+        return (" The disk is full (or a file size limit or quota was hit): free space and rerun the same "
+                f"command{' to resume' if resumable else ''}.")
+    if exc.errno in NOT_WRITABLE_ERRNOS:
+        return " The location is not writable (read-only filesystem or no permission): choose another output."
+    return ""
 
 
 @contextlib.contextmanager
-def environment_errors(what: str) -> Iterator[None]:
-    """Turn ``OSError`` into ``EnvironmentFault`` with a message naming ``what``."""
+def environment_errors(what: str, *, resumable: bool = False) -> Iterator[None]:
+    """Turn ``OSError`` into ``EnvironmentFault`` with a message naming ``what`` and what to do
+    (``resumable``: a rerun resumes, as extract's store writes do)."""
     try:
         yield
     except EnvironmentFault:
         raise
     except OSError as exc:
-        hint = (" The disk is full (or a file size limit or quota was hit): free space and rerun the same command "
-                "to resume." if exc.errno in DISK_FULL_ERRNOS else "")
-        raise EnvironmentFault(f"{what} failed: {exc}.{hint}") from exc
+        raise EnvironmentFault(f"{what} failed: {exc}.{write_error_hint(exc, resumable)}") from exc
+
+
+def check_writable(path: str | os.PathLike, what: str, *, directory: bool = False, need: int = 0) -> None:
+    """Up front, before any work: can ``path`` be written, with room for about ``need`` bytes?
+
+    The one check of every command that writes (``evaluate``, ``probe``, ``analyze``, ``predict``,
+    ``plot``, ``train``, ``export``). ``path`` is a file (its folder is checked) or, with
+    ``directory``, a folder; a folder that does not exist yet is checked at its nearest existing
+    ancestor, and nothing is created. A probe file is created and removed there (so a read-only
+    mount is caught also for root, whom permissions do not stop).
+
+    Raises:
+        EnvironmentFault: not writable (read-only filesystem, no permission) or less than ``need``
+            bytes free; the message names ``what`` and the path.
+        UsageError: an ancestor of ``path`` is a file.
+    """
+    full = os.path.abspath(os.fspath(path))
+    place = full if directory else os.path.dirname(full)
+    while not os.path.lexists(place) and os.path.dirname(place) != place:
+        place = os.path.dirname(place)
+    if not os.path.isdir(place):
+        raise UsageError(f"{what} {os.fspath(path)!r} cannot be written: {place!r} is a file, not a folder.")
+    try:
+        fd, probe = _probe_file(place)
+        os.close(fd)
+        os.unlink(probe)
+        free = shutil.disk_usage(place).free
+    except OSError as exc:
+        raise EnvironmentFault(f"{what} {os.fspath(path)!r} cannot be written: {exc}.{write_error_hint(exc)}") from exc
+    if need > free:
+        raise EnvironmentFault(f"{what} {os.fspath(path)!r} needs about {format_size(need)} but its filesystem has "
+                               f"{format_size(free)} free; free some space or choose another output.")
+
+
+def reserve_space(fd: int, size: int) -> None:
+    """Allocate ``size`` bytes of the open file ``fd`` now (``posix_fallocate``), so that a full disk is an
+    ``OSError`` here rather than a signal when a memory map or a library writes into a sparse file later.
+    Filesystems without fallocate (and systems without it) are left as they are."""
+    if size <= 0 or not hasattr(os, "posix_fallocate"):
+        return
+    try:
+        os.posix_fallocate(fd, 0, size)
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS):
+            raise
+
+
+def _probe_file(folder: str) -> tuple[int, str]:
+    path = os.path.join(folder, f".deepfeat-write-check-{os.getpid()}-{os.urandom(4).hex()}")
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), path
 
 
 def as_os_error(exc: BaseException) -> BaseException:
@@ -145,8 +210,10 @@ def staged_directory(final: str, what: str) -> Iterator[str]:
     ``OSError`` becomes an :class:`EnvironmentFault` (exit status 4; disk full says so). Staging
     folders of writers that died are removed at the next start.
     """
-    os.makedirs(final, exist_ok=True)
-    for name in os.listdir(final):
+    with environment_errors(what):
+        os.makedirs(final, exist_ok=True)
+        names = os.listdir(final)
+    for name in names:
         pid = name[len(STAGING_PREFIX):].split("-")[0]
         if name.startswith(STAGING_PREFIX) and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(os.path.join(final, name), ignore_errors=True)

@@ -21,12 +21,13 @@ from typing import Any
 
 import numpy as np
 
-from .fsutil import sha256_file
+from ..agreement import describe_agreement
 from ..errors import StoreError
 from ..units import format_size
 from . import layout, trust
-from .reader import FeatureStore, LayerSpec, _read_table, read_parquet
+from .fsutil import sha256_file
 from .manifest import PartRecord
+from .reader import FeatureStore, LayerSpec, _read_table, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -635,7 +636,6 @@ def _agreement(meta: dict[str, Any]) -> dict[str, Any] | None:
 
 def format_agreement(precision: str | None, agreement: dict[str, Any] | None) -> str:
     """The ``agreement`` line of ``deepfeat info``: what the precision guard measured."""
-    from ..agreement import describe_agreement
 
     if agreement:
         return describe_agreement({"agreement": agreement}) or "?"

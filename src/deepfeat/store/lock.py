@@ -14,6 +14,7 @@ import socket
 import time
 
 from ..errors import EnvironmentFault, StoreLockedError
+from ..progress import format_duration
 
 LOCK_NAME = ".lock"
 
@@ -25,7 +26,6 @@ def describe_holder(text: str, now: float | None = None) -> str:
         >>> describe_holder('{"pid": 7, "host": "h", "since": 0}', now=65)
         'pid 7 on h, since 1970-01-01 00:00:00 UTC (1 min 05 s ago)'
     """
-    from ..progress import format_duration
 
     try:
         doc = json.loads(text)

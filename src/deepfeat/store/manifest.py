@@ -15,8 +15,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import StoreError
-from . import layout
-from . import trust
+from . import layout, trust
 from .fsutil import atomic_write_json, environment_errors, fsync_dir
 
 log = logging.getLogger(__name__)
@@ -175,7 +174,7 @@ class Manifest:
         """Append the record's line to the log and fsync it (the commit point of this commit)."""
         body = json.dumps({"log": self._token, "part": record.to_dict()}, separators=(",", ":")).encode()
         line = f"{trust.log_line_digest(body)} ".encode() + body + b"\n"
-        with environment_errors(f"appending to {self.log_path}"):
+        with environment_errors(f"appending to {self.log_path}", resumable=True):
             fd = os.open(self.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             try:
                 size = os.fstat(fd).st_size

@@ -2,7 +2,7 @@
 
 Example:
     >>> store = open_store("feats/")                                   # doctest: +SKIP
-    >>> for batch in store.batches(layers=["pre_logits"], split="train", batch_size=512):
+    >>> for batch in store.batches(layers=["pre_logits"], split="train", batch_size=512):  # doctest: +SKIP
     ...     X, y = batch.features["pre_logits"], batch.labels          # numpy arrays
 """
 from __future__ import annotations
@@ -19,10 +19,10 @@ import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from .fsutil import sha256_file
 from ..errors import StoreError, UsageError
-from ..params import check_int
+from ..params import check_int, param_error
 from . import layout, trust
+from .fsutil import sha256_file
 from .layerspec import LayerSpec
 from .manifest import Manifest, PartRecord
 
@@ -77,6 +77,29 @@ class FeatureStore:
             if spec.name == name:
                 return spec
         raise UsageError(f"The store has no layer {name!r}; it has: {', '.join(self.layer_names)}.")
+
+    def select_layers(self, layers: str | Sequence[str] | None, where: str) -> list[LayerSpec]:
+        """The stored layers a verb uses, in the order given: None or ``"all"`` (the documented shortcut)
+        is every layer; a comma-separated string or a list names layers (or their file keys).
+
+        Raises:
+            UsageError: no name, a name given twice, or a layer the store does not have (listing them).
+        """
+        if layers is None or (isinstance(layers, str) and layers.strip().lower() == "all"):
+            return list(self.layers)
+        names = [n.strip() for n in layers.split(",") if n.strip()] if isinstance(layers, str) else list(layers)
+        expected = f"'all' or layers of the store ({', '.join(self.layer_names)})"
+        if not names:
+            raise param_error("layers", expected, layers, where)
+        if len(set(names)) != len(names):
+            raise param_error("layers", "distinct layer names", layers, where)
+        by_key = {spec.key: spec for spec in self.layers}
+        by_name = {spec.name: spec for spec in self.layers}
+        unknown = [n for n in names if n not in by_name and n not in by_key]
+        if unknown:
+            raise UsageError(f"The store has no layer {unknown[0]!r} (the 'layers' parameter of {where}); it has: "
+                             f"{', '.join(self.layer_names)} ('all' names every one).")
+        return [by_name[n] if n in by_name else by_key[n] for n in names]
 
     @property
     def parts(self) -> list[PartRecord]:
@@ -139,15 +162,6 @@ class FeatureStore:
                     if status == "failed":
                         reasons[reason] = reasons.get(reason, 0) + 1
         return dict(sorted(reasons.items()))
-
-    def verify(self) -> list[str]:
-        """Re-check every committed file (sizes, checksums, row counts, ledgers); the problems found.
-
-        An empty list means healthy (what ``deepfeat info --verify`` runs).
-        """
-        from .info import verify_store
-
-        return verify_store(self.path)
 
     def read_excluded(self) -> pa.Table | None:
         """The inputs excluded at discovery (``excluded.parquet``), or None when the store has none."""

@@ -27,6 +27,7 @@ from . import layout, trust
 from .create import prepare_store_dir, write_excluded
 from .fsutil import atomic_write_json
 from .lock import StoreLock
+from .reader import FeatureStore
 from .writer import Manifest, PartRecord, clean_uncommitted
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,6 @@ class StoreWriter:
 
     def done_id_chunks(self) -> Iterator[pa.Array]:
         """The ids of :meth:`done_ids` as Arrow string arrays, one ledger at a time (no Python object per id)."""
-        from .reader import FeatureStore
 
         self._manifest()
         return FeatureStore(self.path, verify=False).done_id_chunks()

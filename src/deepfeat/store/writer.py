@@ -21,7 +21,7 @@ import pyarrow.parquet as pq
 
 from ..errors import StoreError
 from . import layout
-from .fsutil import HashingWriter, environment_errors, fsync_dir, remove_tree
+from .fsutil import HashingWriter, environment_errors, fsync_dir, remove_tree, sha256_file
 from .manifest import Manifest, PartRecord  # noqa: F401 - re-exported: writers commit through the manifest
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,6 @@ def _save_table(path: str, table: pa.Table) -> dict[str, Any]:
     pq.write_table(table, path, compression="zstd")
     with open(path, "rb+") as f:
         os.fsync(f.fileno())
-    from .fsutil import sha256_file
 
     return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
@@ -60,7 +59,7 @@ def write_part(store_dir: str, name: str, features: Mapping[str, np.ndarray], ro
     tmp_root = os.path.join(store_dir, layout.TMP_DIR)
     tmp = os.path.join(tmp_root, f"{name}-{uuid.uuid4().hex[:8]}")
     final = os.path.join(store_dir, layout.PARTS_DIR, name)
-    with environment_errors(f"writing part {name} of {store_dir}"):
+    with environment_errors(f"writing part {name} of {store_dir}", resumable=True):
         try:
             os.makedirs(tmp)
             files: dict[str, dict[str, Any]] = {}

@@ -22,8 +22,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import InputError, UsageError
+from ..history import read_history
 from ..params import check_choice, check_int, param_error
+from ..store.fsutil import check_writable, environment_errors
 
 if TYPE_CHECKING:  # pragma: no cover
     from matplotlib.figure import Figure
@@ -61,19 +63,27 @@ def _figure(width_in: float, height_in: float) -> "Figure":
     return fig
 
 
-def _save(fig: "Figure", out: str | os.PathLike, dpi: int, panels: int, title: str, **extra: Any) -> PlotResult:
+def _check_out(out: str | os.PathLike) -> str:
+    """Up front, before the model or the store is read: ``out`` is a .png file in a writable folder."""
     out = os.fspath(out)
     if not out.lower().endswith(".png"):
         raise param_error("out", "a .png file", out)
+    check_writable(out, "the plot")
+    return out
+
+
+def _save(fig: "Figure", out: str | os.PathLike, dpi: int, panels: int, title: str, **extra: Any) -> PlotResult:
+    out = _check_out(out)
     parent = os.path.dirname(os.path.abspath(out))
-    os.makedirs(parent, exist_ok=True)
     tmp = os.path.join(parent, f".{os.path.basename(out)}.tmp-{os.getpid()}.png")
-    try:
-        fig.savefig(tmp, dpi=dpi, format="png")
-        os.replace(tmp, out)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with environment_errors(f"writing the plot {out}"):  # a full or read-only disk: exit 4, no temporary file
+        try:
+            os.makedirs(parent, exist_ok=True)
+            fig.savefig(tmp, dpi=dpi, format="png")
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
     from PIL import Image
 
     with Image.open(out) as im:
@@ -136,6 +146,7 @@ def plot_filters(model: "str | os.PathLike | Backbone", layer: str | None, out: 
     scaled to its own range. ``layer`` may name a block holding a convolution (e.g. ``conv1``);
     ``None`` shows the model's first convolution (``conv_stem`` for EfficientNet, ``conv1`` for a ResNet).
     """
+    _check_out(out)
     bb = _backbone(model)
     name, conv = _conv_module(bb, layer)
     w = conv.weight.detach().float().cpu().numpy()  # out x in x kh x kw
@@ -198,10 +209,10 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
     The title names the image and, when the model has class names, its predicted class.
     """
     from ..data.decode import decode_file
-    from ..errors import InputError
     from ..models.layers import OUTPUT, describe_layers, resolve_layers
     from ..runtimes import build_runtime, layer_specs
 
+    _check_out(out)
     bb = _backbone(model)
     infos = describe_layers(bb)
     names = resolve_layers(layer, infos)
@@ -214,7 +225,8 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
         raise UsageError(f"Cannot read the image {os.fspath(image)!r}: {exc}") from None
     taps = [name] + ([OUTPUT] if bb.class_names and OUTPUT in infos and name != OUTPUT else [])
     computer = build_runtime(bb, layer_specs(bb, taps, "none", infos), infos, runtime="torch", precision="fp32")
-    feats = computer(bb.preprocess.resize_crop(img)[None])
+    # a writable copy: resize_crop may return a read-only view, which torch.from_numpy warns about
+    feats = computer(np.array(bb.preprocess.resize_crop(img)[None]))
     act = feats[name][0].reshape(infos[name].shape)
     predicted = ""
     if bb.class_names and OUTPUT in feats:
@@ -327,8 +339,8 @@ def plot_history(model_dir: str | os.PathLike, out: str | os.PathLike, *, dpi: i
     directories written before it. Epochs without validation (a bundle trained without validation
     rows) leave gaps.
     """
-    from ..history import read_history
 
+    _check_out(out)
     model_dir = os.fspath(model_dir)
     rows = read_history(model_dir)
     epochs = [r["epoch"] for r in rows]
@@ -372,6 +384,7 @@ def plot_embedding(store: "str | os.PathLike | FeatureStore", layer: str | None,
     """
     from ..store.reader import FeatureStore, open_store
 
+    _check_out(out)
     method = str(method).lower().replace("-", "")
     check_choice(method, "method", EMBEDDING_METHODS, where="plot_embedding")
     max_points = check_int(max_points, "max_points", minimum=3, where="plot_embedding")
