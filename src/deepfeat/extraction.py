@@ -147,7 +147,7 @@ def validate_extract_args(dtype: str, device: str, precision: str, batch_size: i
     check_int(batch_size, "batch_size", minimum=1, where="extract")
     check_int(workers, "workers", minimum=0, where="extract")
     if part_size is not None:
-        count_or_size(part_size, "part_size")
+        count_or_size(part_size, "part_size", where="extract")
 
 
 def _recorded_choice(out: str) -> tuple[Any, Any] | None:
@@ -262,7 +262,7 @@ def plan_extraction(
     row_bytes = sum(s.dims for s in specs) * np.dtype(dtype).itemsize * (1 + views)
     if part_size is None:
         part_size = int(max(16, min(4096, DEFAULT_PART_BYTES // max(1, row_bytes))))
-    elif isinstance(count_or_size(part_size, "part_size"), str):  # "64MiB": that many bytes of features a part
+    elif isinstance(count_or_size(part_size, "part_size", where="extract"), str):  # "64MiB": that many bytes of features a part
         part_size = int(max(1, parse_size(part_size, "part_size") // max(1, row_bytes)))
     metadata["views"] = config["views"]
     model_args = None if backbone is not None else {

@@ -56,12 +56,13 @@ def parse_size(value: int | float | str, what: str = "memory_budget", *, minimum
     return n
 
 
-def count_or_size(value: int | str, what: str) -> int | str:
+def count_or_size(value: int | str, what: str, where: str | None = None) -> int | str:
     """A count (an int, or a string of digits) or a size with a unit (``"8MiB"``, returned as given after
     checking it): options such as ``part_size`` that take "how many inputs" or "how many bytes of them".
 
-    Raises :class:`~deepfeat.errors.UsageError` naming ``what`` for anything else.
+    Raises :class:`~deepfeat.errors.UsageError` naming ``what`` (and the function ``where``) for anything else.
     """
+    name = f"'{what}' parameter" + (f" of {where}" if where else "")
     if isinstance(value, numbers.Integral) and not isinstance(value, bool):
         count = int(value)
     elif isinstance(value, str) and value.strip().isdigit():
@@ -69,15 +70,15 @@ def count_or_size(value: int | str, what: str) -> int | str:
     elif isinstance(value, str):
         m = _SIZE.fullmatch(value)
         if not m or not m.group(2):
-            raise UsageError(f"The '{what}' parameter must be a number of inputs (e.g. 512) or a size with a unit "
+            raise UsageError(f"The {name} must be a number of inputs (e.g. 512) or a size with a unit "
                              f"(e.g. 64MiB); got {value!r} instead.")
         parse_size(value, what)
         return value.strip()
     else:
-        raise UsageError(f"The '{what}' parameter must be a number of inputs (e.g. 512) or a size with a unit "
+        raise UsageError(f"The {name} must be a number of inputs (e.g. 512) or a size with a unit "
                          f"(e.g. 64MiB); got {value!r} instead.")
     if count < 1:
-        raise UsageError(f"The '{what}' parameter must be >= 1; got {value!r} instead.")
+        raise UsageError(f"The {name} must be >= 1; got {value!r} instead.")
     return count
 
 
