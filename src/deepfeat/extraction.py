@@ -262,7 +262,7 @@ def plan_extraction(
     row_bytes = sum(s.dims for s in specs) * np.dtype(dtype).itemsize * (1 + views)
     if part_size is None:
         part_size = int(max(16, min(4096, DEFAULT_PART_BYTES // max(1, row_bytes))))
-    elif isinstance(count_or_size(part_size, "part_size", where="extract"), str):  # "64MiB": that many bytes of features a part
+    elif isinstance(count_or_size(part_size, "part_size", where="extract"), str):  # "64MiB": bytes of features a part
         part_size = int(max(1, parse_size(part_size, "part_size") // max(1, row_bytes)))
     metadata["views"] = config["views"]
     model_args = None if backbone is not None else {

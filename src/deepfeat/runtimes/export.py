@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .. import progress
 from .._version import __version__
 from ..cachedir import cache_dir
 from ..models.layers import FeatureTaps
@@ -144,6 +145,8 @@ class ArtifactCache:
         except OSError as exc:  # a read-only home: export without caching
             log.warning("cannot write the runtime cache under %s (%s); exporting without a cache", self.root, exc)
             return _build_uncached(build, load)
+        progress.note(f"exporting the model for {key.get('runtime', 'the runtime')} (once: later runs load it from "
+                      f"{self.root})")
         try:
             _quiet(build, tmp)
             files = {name: _file_sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
