@@ -124,7 +124,6 @@ class Bundle:
         images): they are standardised with the saved statistics and ternarised first.
         """
         if self.fne is not None and not all(s.name in features for s in self.layers):
-
             raw = np.concatenate([np.asarray(features[s.name], dtype=np.float64) for s in self.fne["source_layers"]],
                                  axis=1)
             return fne_transform(raw, self.fne["mean"], self.fne["std"], self.fne["thresholds"]).astype(np.float32)

@@ -205,11 +205,9 @@ def evaluate(
     if leaks is not None:
         report["leakage"] = leaks
     if b.probabilistic and len(tops):
-
         truth_idx = np.asarray([classes.index(t) if t in classes else -1 for t in truth])
         report["calibration"] = calibration(tops[:, 0], topk[:, 0] == truth_idx)
     if out is not None:
-
         examples = Examples(paths=sources, truth=truth, topk=topk, scores=tops, classes=classes,
                             probabilistic=bool(b.probabilistic))
         report["files"] = _write(report, os.fspath(out), ids, paths, truth, [classes[i] for i in topk[:, 0]],
@@ -354,7 +352,6 @@ def _write_files(report: dict[str, Any], out: str, names: Sequence[str], ids: li
         log.warning("confusion_matrix.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
         del files["confusion_matrix.png"]
     if examples is not None:
-
         write(files["report.html"], evaluation_html(report, examples))
     else:
         del files["report.html"]

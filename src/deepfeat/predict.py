@@ -19,7 +19,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from typing import Any
 
@@ -97,7 +97,6 @@ def predict_images(
     b = bundle if isinstance(bundle, Bundle) else load_bundle(bundle)
     index = None
     if neighbors is not None:
-
         index = open_index(neighbors)
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -110,36 +109,19 @@ def predict_images(
     shared_layer = index is not None and _computes_index_layer(b, index, computer)
     near_rows: dict[int, list[Any]] = {}
     kind = "probability" if b.probabilistic else "decision"
-    k = min(int(top_k), len(b.classes))
-    results: dict[int, BundlePrediction] = {}
-    for batch in progress.track(embed_files(computer, [loc for _, loc in named], preprocess=b.preprocess,
-                                            policy=policy,
-                                            batch_size=batch_size, workers=workers),
-                                "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
-        for i, reason, message in batch.failed:
-            results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
-        if not batch.indices:
-            continue
-        if shared_layer:
 
-            F = np.asarray(batch.features[index.layer], dtype=np.float32)
-            ok = np.isfinite(F).all(axis=1)
-            sims, rows = index.knn(normalize(F), neighbors_k)
-            for row, i in enumerate(batch.indices):
-                if ok[row]:
-                    near_rows[i] = [index.neighbor(int(r), float(v)) for r, v in zip(rows[row], sims[row]) if r >= 0]
-        S = b.scores(b.features_of(batch.features))
-        order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+    def near_of(batch: Any) -> None:  # the bundle computes the index's layer: its neighbours come for free
+        F = np.asarray(batch.features[index.layer], dtype=np.float32)
+        ok = np.isfinite(F).all(axis=1)
+        sims, rows = index.knn(normalize(F), neighbors_k)
         for row, i in enumerate(batch.indices):
-            idx = order[row]
-            if not np.all(np.isfinite(S[row])):
-                results[i] = BundlePrediction(paths[i], error="nonfinite_features: the model produced NaN/Inf "
-                                              "for this input", score_kind=kind)
-                continue
-            results[i] = BundlePrediction(paths[i], [b.classes[j] for j in idx], [float(S[row, j]) for j in idx],
-                                          score_kind=kind)
-    if index is not None:
+            if ok[row]:
+                near_rows[i] = [index.neighbor(int(r), float(v)) for r, v in zip(rows[row], sims[row]) if r >= 0]
 
+    results = _top_k(computer, named, b.classes, lambda f: b.scores(b.features_of(f)), top_k, kind,
+                     preprocess=b.preprocess, policy=policy, batch_size=batch_size, workers=workers,
+                     each_batch=near_of if shared_layer else None)
+    if index is not None:
         near = near_rows if shared_layer else neighbors_of_files(
             index, [loc for _, loc in named], neighbors_k, batch_size=batch_size, workers=workers, weights=weights,
             device=device, runtime=runtime, precision=precision)
@@ -151,6 +133,38 @@ def predict_images(
     n_bad = sum(p.error is not None for p in preds)
     log.info("predict: %d images, %d could not be classified", len(preds), n_bad)
     return preds
+
+
+def _top_k(computer: Any, named: Sequence[tuple[str, Any]], classes: Sequence[str],
+           scores_of: Callable[[dict[str, np.ndarray]], np.ndarray], top_k: int, kind: str, *, preprocess: Any,
+           policy: Any, batch_size: int, workers: int | None,
+           each_batch: Callable[[Any], None] | None = None) -> dict[int, BundlePrediction]:
+    """{position: prediction} of the ``(name, locator)`` inputs: decoded and embedded by ``computer`` batch by
+    batch (:func:`~deepfeat.embed.embed_files`), scored by ``scores_of(features)``, the ``top_k`` classes kept;
+    a failed decode or a non-finite score is an error prediction. ``each_batch`` sees every embedded batch."""
+    paths = [name for name, _ in named]
+    k = min(int(top_k), len(classes))
+    results: dict[int, BundlePrediction] = {}
+    for batch in progress.track(embed_files(computer, [loc for _, loc in named], preprocess=preprocess, policy=policy,
+                                            batch_size=batch_size, workers=workers),
+                                "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
+        for i, reason, message in batch.failed:
+            results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
+        if not batch.indices:
+            continue
+        if each_batch is not None:
+            each_batch(batch)
+        S = scores_of(batch.features)
+        order = np.argsort(-S, axis=1, kind="stable")[:, :k]
+        for row, i in enumerate(batch.indices):
+            if not np.all(np.isfinite(S[row])):
+                results[i] = BundlePrediction(paths[i], error="nonfinite_features: the model produced NaN/Inf "
+                                              "for this input", score_kind=kind)
+                continue
+            idx = order[row]
+            results[i] = BundlePrediction(paths[i], [classes[j] for j in idx], [float(S[row, j]) for j in idx],
+                                          score_kind=kind)
+    return results
 
 
 def _computes_index_layer(b: Bundle, index: Any, computer: Any) -> bool:
@@ -196,7 +210,6 @@ def write_predictions(preds: Sequence[Any], path: str | os.PathLike) -> str:
     path = os.fspath(path)
     ext = check_predictions_out(path)
     if ext == ".html":
-
         return write_gallery(preds, path)
     rows = []
     for p in preds:
@@ -264,27 +277,9 @@ def predict_exported(model: str | os.PathLike | ExportedClassifier,
         inputs = [inputs]
     named, errors = expand_with_errors(inputs)
     paths = [name for name, _ in named]
-    kind = clf.score_kind
-    k = min(int(top_k), len(clf.classes))
-    results: dict[int, BundlePrediction] = {}
-    for batch in progress.track(embed_files(clf, [loc for _, loc in named], preprocess=clf.preprocess,
-                                            policy=policy or DecodePolicy.from_dict(clf.decode_policy),
-                                            batch_size=batch_size, workers=workers),
-                                "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
-        for i, reason, message in batch.failed:
-            results[i] = BundlePrediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
-        if not batch.indices:
-            continue
-        S = batch.features[OUTPUT_NAME]
-        order = np.argsort(-S, axis=1, kind="stable")[:, :k]
-        for row, i in enumerate(batch.indices):
-            if not np.all(np.isfinite(S[row])):
-                results[i] = BundlePrediction(paths[i], error="nonfinite_features: the model produced NaN/Inf "
-                                              "for this input", score_kind=kind)
-                continue
-            idx = order[row]
-            results[i] = BundlePrediction(paths[i], [clf.classes[j] for j in idx], [float(S[row, j]) for j in idx],
-                                          score_kind=kind)
+    results = _top_k(clf, named, clf.classes, lambda f: f[OUTPUT_NAME], top_k, clf.score_kind,
+                     preprocess=clf.preprocess, policy=policy or DecodePolicy.from_dict(clf.decode_policy),
+                     batch_size=batch_size, workers=workers)
     preds = [results[i] for i in range(len(paths))] + errors
     log.info("predict: %d images with %s, %d could not be classified", len(preds), clf.path,
              sum(p.error is not None for p in preds))

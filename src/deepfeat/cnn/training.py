@@ -665,7 +665,6 @@ def _write_model_dir(out: str, job: _Job, model: nn.Module, history: list[dict[s
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
-
         plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), job.splits.classes,
                               os.path.join(out, "confusion_matrix.png"),
                               title=f"{job.kind} -- {job.splits.val_source} set "

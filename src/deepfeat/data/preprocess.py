@@ -66,7 +66,6 @@ class Preprocess:
         if h < 1 or w < 1:
             raise UsageError(f"The 'input_size' must be positive; got {self.input_size} instead.")
         if max(h, w) > MAX_INPUT_SIZE:
-
             raise UsageError(f"The 'input_size' (--input-size) must be at most {MAX_INPUT_SIZE} pixels a side; got "
                              f"{h}x{w}, whose input tensor alone is {format_size(3 * h * w * 4)} per image.")
         if not 0.05 <= self.crop_pct <= 1.0:

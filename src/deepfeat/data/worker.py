@@ -76,7 +76,6 @@ def prepare_batch(
             dec = decode_data(read_locator(path, policy.max_file_bytes), policy, draft=pre.draft_size)
             pixels = [pre.resize_crop(dec.image)]
             if n_views and augment is not None:
-
                 augmenter = get_augmenter(*augment)
                 pixels.extend(pre.resize_crop(augmenter(dec.image, item_id, v)) for v in range(1, n_views + 1))
             w, h = dec.size or dec.image.size

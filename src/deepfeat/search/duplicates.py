@@ -226,7 +226,6 @@ def _write(out: str, meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: 
                             meta["label"][r] or ""])
     os.replace(files["groups.csv"] + ".tmp", files["groups.csv"])
     if report:
-
         files["report.html"] = write_duplicates_page(os.path.join(out, "report.html"), meta, groups, summary,
                                                      store_path)
     return files

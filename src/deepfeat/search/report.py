@@ -19,7 +19,6 @@ def write_results(results: Sequence[QueryResult], out: str | os.PathLike, index:
     out = os.fspath(out)
     ext = os.path.splitext(out)[1].lower()
     if ext == ".html":
-
         return write_search_page(results, out, subtitle=f"index {os.fspath(index)}" if index else "")
     if ext == ".json":
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
