@@ -161,15 +161,15 @@ def _recorded_choice(out: str) -> tuple[Any, Any] | None:
     return (config.get("runtime"), config.get("precision")) if isinstance(config, dict) else None
 
 
-def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple[str, str]:
-    """On a resume, ``auto`` means the runtime and precision the store was written with (when they run here).
+def _resume_choice(recorded: tuple[Any, Any] | None, runtime: str, precision: str, device: str) -> tuple[str, str]:
+    """On a resume, ``auto`` means the runtime and precision the store was written with (``recorded``, from
+    :func:`_recorded_choice`; when they run here).
 
     Features of one store come from one runtime and precision: a resume that would mix them is
     refused by the fingerprint, so ``auto`` must not pick differently on another machine or after
     an install.
     """
-    recorded = _recorded_choice(out) if runtime == "auto" else None
-    if recorded is None:
+    if runtime != "auto" or recorded is None:
         return runtime, precision
     return prefer_recorded(runtime, precision, device, *recorded)
 
@@ -177,7 +177,6 @@ def _resume_choice(out: str, runtime: str, precision: str, device: str) -> tuple
 def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreement: float) -> None:
     """Run the precision guard (:mod:`deepfeat.runtimes.guard`) on a seeded sample of the job's inputs and
     settle ``plan.runtime`` / ``plan.precision``; the measurement goes into the store metadata."""
-
     if plan.precision == "fp32":
         return
     items = plan.discovery.items
@@ -369,8 +368,7 @@ def extract(
     device = eng.resolve_device(device)
     requested = precision
     recorded = None if overwrite else _recorded_choice(os.fspath(out))
-    if not overwrite:
-        runtime, precision = _resume_choice(os.fspath(out), runtime, precision, device)
+    runtime, precision = _resume_choice(recorded, runtime, precision, device)
     choice = resolve_runtime(runtime, device, precision)
     start = time.perf_counter()
     plan = plan_extraction(source, model=model, layers=layers, pool=pool, dtype=dtype, weights=weights,
