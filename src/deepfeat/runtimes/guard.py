@@ -56,16 +56,23 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.nan_to_num(cos, nan=0.0)
 
 
+def features_of(runtime: Callable[[np.ndarray], Mapping[str, np.ndarray]], pixels: np.ndarray,
+                batch_size: int = 32) -> dict[str, np.ndarray]:
+    """``runtime``'s float32 features of ``pixels``, computed ``batch_size`` images at a time."""
+    got: dict[str, list[np.ndarray]] = {}
+    for s in range(0, len(pixels), batch_size):
+        for name, arr in runtime(pixels[s:s + batch_size]).items():
+            got.setdefault(name, []).append(np.asarray(arr, dtype=np.float32))
+    return {name: np.concatenate(parts) for name, parts in got.items()}
+
+
 def measure(candidate: Callable[[np.ndarray], Mapping[str, np.ndarray]], reference: Mapping[str, np.ndarray],
             pixels: np.ndarray, batch_size: int = 32) -> dict[str, dict[str, float]]:
     """Per tap min and median row cosine of ``candidate(pixels)`` against the ``reference`` features."""
-    got: dict[str, list[np.ndarray]] = {}
-    for s in range(0, len(pixels), batch_size):
-        for name, arr in candidate(pixels[s:s + batch_size]).items():
-            got.setdefault(name, []).append(np.asarray(arr, dtype=np.float32))
+    got = features_of(candidate, pixels, batch_size)
     out = {}
     for name, ref in reference.items():
-        cos = row_cosines(np.concatenate(got[name]), ref)
+        cos = row_cosines(got[name], ref)
         out[name] = {"min": float(cos.min()), "median": float(np.median(cos))}
     return out
 
@@ -103,7 +110,6 @@ def guard_precision(build: Callable[[str, str], Any], reference: Callable[[], Ma
     Raises:
         UsageError: an explicit reduced precision below ``min_agreement``.
     """
-
     check_min_agreement(min_agreement)
     if precision == "fp32" or len(pixels) == 0:
         return runtime, precision, None
@@ -154,13 +160,11 @@ def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any]
                              channels_last=channels_last)
 
     def reference() -> dict[str, np.ndarray]:
-        ref = build("torch", "fp32")
-        batches = [ref(pixels[s:s + batch_size]) for s in range(0, len(pixels), batch_size)]
-        return {sp.name: np.concatenate([b[sp.name] for b in batches]) for sp in specs}
+        return features_of(build("torch", "fp32"), pixels, batch_size)
 
     return guard_precision(build, reference, pixels, runtime=runtime, precision=precision, auto=auto, device=device,
                            min_agreement=min_agreement, batch_size=batch_size)
 
 
-__all__ = ["DEFAULT_MIN_AGREEMENT", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "guard_backbone",
-           "guard_precision", "ladder", "measure", "row_cosines", "sample_indices"]
+__all__ = ["DEFAULT_MIN_AGREEMENT", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "features_of",
+           "guard_backbone", "guard_precision", "ladder", "measure", "row_cosines", "sample_indices"]
