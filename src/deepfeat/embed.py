@@ -43,6 +43,16 @@ def decode_workers_for(n_files: int, batch_size: int, workers: int | None = None
     return max(1, min(wanted, math.ceil(n_files / max(1, batch_size)))) if wanted > 0 else 0
 
 
+def _decoded_batches(paths: Sequence[str | os.PathLike | tuple], preprocess: Preprocess, policy: DecodePolicy | None,
+                     batch_size: int, workers: int) -> Iterator[tuple[list[Decoded], list[Failed]]]:
+    """``(decoded, failed)`` per batch of ``paths`` (positions as ids), decoded by ``workers`` processes, in order."""
+    items = [(str(i), p if isinstance(p, tuple) else os.fspath(p), 0) for i, p in enumerate(paths)]
+    batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+    with DecodePool(workers, preprocess.to_dict(), policy or DecodePolicy()) as pool:
+        for _, results in pool.map(batches):
+            yield ([r for r in results if isinstance(r, Decoded)], [r for r in results if isinstance(r, Failed)])
+
+
 def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *, preprocess: Preprocess,
                 policy: DecodePolicy | None = None, batch_size: int = 32,
                 workers: int | None = None) -> Iterator[EmbeddedBatch]:
@@ -52,21 +62,12 @@ def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *,
     :func:`deepfeat.classify.expand_inputs` gives them). ``workers=0`` decodes in this process (no
     isolation from crashing codecs).
     """
-
-    paths = [p if isinstance(p, tuple) else os.fspath(p) for p in paths]
     if not paths:
         return
-    items = [(str(i), p, 0) for i, p in enumerate(paths)]
-    batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
     n_workers = decode_workers_for(len(paths), batch_size, workers)
-    with DecodePool(n_workers, preprocess.to_dict(), policy or DecodePolicy()) as pool:
-        for _, results in pool.map(batches):
-            ok = [r for r in results if isinstance(r, Decoded)]
-            failed = [(int(r.id), r.reason, r.message) for r in results if isinstance(r, Failed)]
-            feats: dict[str, Any] = {}
-            if ok:
-                feats = runtime(np.stack([d.pixels[0] for d in ok]))
-            yield EmbeddedBatch([int(d.id) for d in ok], feats, failed)
+    for ok, failed in _decoded_batches(paths, preprocess, policy, batch_size, n_workers):
+        feats: dict[str, Any] = runtime(np.stack([d.pixels[0] for d in ok])) if ok else {}
+        yield EmbeddedBatch([int(d.id) for d in ok], feats, [(int(r.id), r.reason, r.message) for r in failed])
 
 
 def decode_pixels(locators: Sequence[str | os.PathLike | tuple], *, preprocess: Preprocess,
@@ -76,11 +77,7 @@ def decode_pixels(locators: Sequence[str | os.PathLike | tuple], *, preprocess: 
     Decoded in a worker process as ``extract`` decodes (``workers=0``: in this process), e.g. the
     sample the precision guard measures (:mod:`deepfeat.runtimes.guard`).
     """
-
-    items = [(str(i), loc if isinstance(loc, tuple) else os.fspath(loc), 0) for i, loc in enumerate(locators)]
+    ok = [d.pixels[0] for batch, _ in _decoded_batches(locators, preprocess, policy, max(1, len(locators)),
+                                                      min(1, max(0, workers))) for d in batch]
     h, w = preprocess.input_size
-    if not items:
-        return np.zeros((0, h, w, 3), np.uint8)
-    with DecodePool(min(1, max(0, workers)), preprocess.to_dict(), policy or DecodePolicy()) as pool:
-        ok = [r.pixels[0] for _, results in pool.map([items]) for r in results if isinstance(r, Decoded)]
     return np.stack(ok) if ok else np.zeros((0, h, w, 3), np.uint8)
