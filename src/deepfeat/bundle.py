@@ -160,7 +160,6 @@ class Bundle:
         machine); by default the recorded path is used when it exists, else the model's own
         offline lookup (the bundled package, the timm / torch hub cache).
         """
-
         info = self.backbone_info
         recorded = info.get("weights")
         if weights is None:

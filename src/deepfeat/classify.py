@@ -59,7 +59,6 @@ def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = N
         >>> expand_inputs(["cat.jpg", "shards/{000..009}.tar"])[:1]          # doctest: +SKIP
         [('cat.jpg', 'cat.jpg')]
     """
-
     out: list[tuple[str, Any]] = []
     for entry in inputs:
         p = os.fspath(entry)

@@ -279,7 +279,6 @@ def _leakage(st: FeatureStore, sel: str | None, b: Bundle, threshold: float | No
              sources: list[str | None], truth: list[str], topk: np.ndarray, classes: list[str]
              ) -> dict[str, Any] | None:
     """Rows of the evaluated split with a near-duplicate in train, and the accuracy without them."""
-
     if threshold is None or sel in (None, "train") or "train" not in st.splits or not len(topk):
         return None
     layer = "pre_logits" if "pre_logits" in st.layer_names else b.layer_names[0]
@@ -368,5 +367,4 @@ def _nan_to_none(obj: Any) -> Any:
 
 def plot_confusion_matrix(cm: np.ndarray, labels: Sequence[str], path: str, title: str = "") -> str:
     """Save a confusion matrix as a PNG with readable class names (see :mod:`deepfeat.viz.plots`)."""
-
     return plot(cm, labels, path, title).path

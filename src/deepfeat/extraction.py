@@ -219,7 +219,6 @@ def plan_extraction(
 
     ``skip_dirs`` are never searched for inputs (``extract`` passes its output store).
     """
-
     check_int(views, "views", minimum=0, where="extract")
     if augment is not None and not views:
         raise UsageError("The 'augment' parameter needs 'views' >= 1 (augmented views per image).")

@@ -84,7 +84,6 @@ def predict_images(
             cosine similarity is below ``far_threshold`` (an image unlike anything the head was trained on:
             its class is a guess; the threshold is measured in docs/SEARCH.md).
     """
-
     if not isinstance(bundle, Bundle) and is_exported_model(bundle):
         if device not in ("cpu", "auto"):
             log.warning("an exported model runs on the CPU here; device=%r applies to bundles", device)

@@ -381,7 +381,6 @@ def _sweep(st: FeatureStore, names: list[str], plan: RowPlan, mem: Any, cands: l
 
 def _ternary(Z: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
     """The full-network embedding of standardised features, as float32 {-1, 0, 1}."""
-
     return ternarize(Z, lo_hi).astype(np.float32)
 
 
@@ -533,7 +532,6 @@ def _figure(result: ProbeResult) -> Any:
 
 def probe_html(result: ProbeResult, png: str | None) -> str:
     """The sweep as one self-contained page, in the look of the other reports."""
-
     cfg = result.config
     table_rows = [{"layer": r["name"], "kind": r["kind"], "dims": r["dims"], "val accuracy": r["val_accuracy"],
                    "test accuracy": r["test_accuracy"], "best epoch": r["best_epoch"], "seconds": r["seconds"]}

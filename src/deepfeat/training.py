@@ -205,7 +205,6 @@ def exact_cost(head: str, rows: int, dims: int, classes: int) -> tuple[int, floa
 
 def _choose_solver(solver: str, head: str, exact_bytes: int, exact_seconds: float, budget: int) -> tuple[str, str]:
     """``solver="auto"``: the exact solver when it fits the memory budget and its time estimate is short."""
-
     need = f"the exact solver needs about {format_size(exact_bytes)} and {format_duration(exact_seconds)}"
     if solver != "auto":
         return solver, ""
@@ -519,7 +518,6 @@ def _runtime_of(meta: dict[str, Any]) -> dict[str, Any]:
 
 def _check_class_names(classes: Sequence[str]) -> None:
     """Refuse, before any training, class names a bundle cannot hold (the loader refuses them too)."""
-
     for i, c in enumerate(classes):
         try:
             trust.check_label(c, f"class name #{i}")

@@ -313,7 +313,6 @@ def finetune(
     Example:
         >>> r = finetune("data/fm", "tuned/", freeze=4, epochs=3, input_size=112)   # doctest: +SKIP
     """
-
     _validate_common(epochs, batch_size, lr, weight_decay, schedule, patience, val_fraction, seed, "finetune")
     check_choice(validation, "validation", VALIDATION_CHOICES, where="finetune")
     if not is_int(freeze) or freeze < -1:

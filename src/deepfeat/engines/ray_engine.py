@@ -160,7 +160,6 @@ class PartWorker:
     def process(self, out: str, name: str, items: list[SourceItem], batches: list[list[tuple[str, Any, int]]],
                 attempt: int) -> dict[str, Any]:
         """Decode, embed and write one part; returns its :class:`PartRecord` as a dict (not committed)."""
-
         spec = self.spec
         # A retry decodes in a child process: a codec that kills its process fails one image, not the worker.
         decode_workers = spec["decode_workers"] if attempt == 0 else max(1, spec["decode_workers"])

@@ -358,7 +358,6 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         Returns (named tensors, JSON-friendly document); :meth:`load_training_state` restores
         them so that training continues exactly as if it had not stopped.
         """
-
         check_is_fitted(self, "classes_")
         tensors = {f"param.{n}": p.detach() for n, p in zip(self._tensor_names(), self._params)}
         opt_tensors, opt_rest = flatten_optimizer(self._optimizer.state_dict())
@@ -375,7 +374,6 @@ class TorchHead(ClassifierMixin, BaseEstimator):
 
     def load_training_state(self, tensors: Mapping[str, torch.Tensor], doc: Mapping[str, Any]) -> "TorchHead":
         """Restore a state from :meth:`training_state` (the head's parameters must be the same)."""
-
         self._check_params()
         self._reset(int(doc["n_features"]), np.asarray(doc["classes"]))
         self.n_features_in_ = int(doc["n_features"])

@@ -23,7 +23,6 @@ _NESTED_KEYS = ("state_dict", "model_state_dict", "model", "module", "net", "wei
 
 def file_sha256(path: str | os.PathLike) -> str:
     """Hex sha256 of a weights file (:func:`deepfeat.store.fsutil.sha256_file`)."""
-
     return sha256_file(path)
 
 

@@ -86,7 +86,6 @@ def fmt(value: Any, digits: int = 4) -> str:
 
 def page(title: str, body: str, *, subtitle: str = "") -> str:
     """The whole document: header, ``body`` (already HTML) and the footer."""
-
     sub = f'<div class="sub">{esc(subtitle)}</div>' if subtitle else ""
     return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
             f'<meta name="viewport" content="width=device-width, initial-scale=1">'

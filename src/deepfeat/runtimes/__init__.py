@@ -158,7 +158,6 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
             precision asked for (where torch runs it).
         threads: inference threads of an exported runtime (default: every core).
     """
-
     infos = infos if infos is not None else describe_layers(backbone)
     choice = resolve_runtime(runtime, device, precision)
     if choice.runtime != "torch":

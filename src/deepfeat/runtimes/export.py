@@ -74,7 +74,6 @@ class TapGraph(nn.Module):
 
 def cache_root() -> str:
     """Where exported runtimes are cached: ``$DEEPFEAT_CACHE_DIR`` or ``~/.cache/deepfeat``, then ``runtimes/``."""
-
     return cache_dir("runtimes")
 
 

@@ -636,7 +636,6 @@ def _agreement(meta: dict[str, Any]) -> dict[str, Any] | None:
 
 def format_agreement(precision: str | None, agreement: dict[str, Any] | None) -> str:
     """The ``agreement`` line of ``deepfeat info``: what the precision guard measured."""
-
     if agreement:
         return describe_agreement({"agreement": agreement}) or "?"
     if precision in (None, "fp32"):

@@ -26,7 +26,6 @@ def describe_holder(text: str, now: float | None = None) -> str:
         >>> describe_holder('{"pid": 7, "host": "h", "since": 0}', now=65)
         'pid 7 on h, since 1970-01-01 00:00:00 UTC (1 min 05 s ago)'
     """
-
     try:
         doc = json.loads(text)
     except ValueError:

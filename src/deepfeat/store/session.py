@@ -128,7 +128,6 @@ class StoreWriter:
 
     def done_id_chunks(self) -> Iterator[pa.Array]:
         """The ids of :meth:`done_ids` as Arrow string arrays, one ledger at a time (no Python object per id)."""
-
         self._manifest()
         return FeatureStore(self.path, verify=False).done_id_chunks()
 

@@ -339,7 +339,6 @@ def plot_history(model_dir: str | os.PathLike, out: str | os.PathLike, *, dpi: i
     directories written before it. Epochs without validation (a bundle trained without validation
     rows) leave gaps.
     """
-
     _check_out(out)
     model_dir = os.fspath(model_dir)
     rows = read_history(model_dir)
