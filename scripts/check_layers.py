@@ -80,10 +80,19 @@ def _imports(mod: str, path: Path, mods: dict[str, Path]) -> list[tuple[ast.stmt
     return out
 
 
-def lazy_without_reason(root: Path) -> list[str]:
-    """``module:line`` of lazy deepfeat imports that defer no :data:`HEAVY` package (rule 3)."""
+Imports = dict[str, list[tuple[ast.stmt, list[str], bool]]]
+
+
+def parse_imports(root: Path) -> Imports:
+    """{module: its imports (see :func:`_imports`)} for the package at ``root``: every file parsed once."""
     mods = _modules(root)
-    found = {m: _imports(m, p, mods) for m, p in mods.items()}
+    return {m: _imports(m, p, mods) for m, p in sorted(mods.items())}
+
+
+def lazy_without_reason(root: Path, found: Imports | None = None) -> list[str]:
+    """``module:line`` of lazy deepfeat imports that defer no :data:`HEAVY` package (rule 3)."""
+    found = parse_imports(root) if found is None else found
+    mods = set(found)
     top_deps = {m: {n for _, names, top in imps if top for n in names if n in mods} for m, imps in found.items()}
     top_heavy = {m: {n.split(".")[0] for _, names, top in imps if top for n in names
                      if n.split(".")[0] in HEAVY} for m, imps in found.items()}
@@ -108,15 +117,15 @@ def lazy_without_reason(root: Path) -> list[str]:
     return bad
 
 
-def module_graph(root: Path) -> dict[str, dict[str, int]]:
+def module_graph(root: Path, found: Imports | None = None) -> dict[str, dict[str, int]]:
     """{module: {imported module: first line}} for the package at ``root`` (lazy imports included)."""
-    mods = _modules(root)
+    found = parse_imports(root) if found is None else found
     graph: dict[str, dict[str, int]] = {}
-    for mod, path in sorted(mods.items()):
+    for mod, imports in found.items():
         deps: dict[str, int] = {}
-        for node, names, _ in _imports(mod, path, mods):
+        for node, names, _ in imports:
             for n in names:
-                if n in mods and n != mod:
+                if n in found and n != mod:
                     deps[n] = min(deps.get(n, node.lineno), node.lineno)
         graph[mod] = deps
     return graph
@@ -179,12 +188,13 @@ def layer_violations(graph: dict[str, dict[str, int]], layers: Sequence[Sequence
 
 def check(root: Path, layers: Sequence[Sequence[str]] = LAYERS) -> list[str]:
     """Every problem found in the package at ``root`` (an empty list: the contract holds)."""
-    graph = module_graph(root)
+    found = parse_imports(root)
+    graph = module_graph(root, found)
     problems = []
     for comp in find_cycles(graph):
         edges = [f"{m} -> {d} (line {graph[m][d]})" for m in comp for d in graph[m] if d in comp]
         problems.append(f"import cycle of {len(comp)} modules: " + "; ".join(edges))
-    return problems + layer_violations(graph, layers) + lazy_without_reason(root)
+    return problems + layer_violations(graph, layers) + lazy_without_reason(root, found)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -199,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     problems = check(root)
     for p in problems:
         print(p)
-    n = len(module_graph(root))
+    n = len(_modules(root))
     print(f"layers: {n} modules, {len(problems)} problem(s)" if problems else f"layers: {n} modules, no cycle, no "
           "layer violation (lazy imports counted)")
     return 1 if problems else 0
