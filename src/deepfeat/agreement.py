@@ -80,21 +80,15 @@ def describe_agreement(runtime_meta: Mapping[str, Any] | None) -> str | None:
         return "unreadable agreement record"
 
 
-def reduced_precision_note(precision: Any, what: str) -> str | None:
-    """The warning analysis commands give for a store computed below fp32 (None at fp32)."""
+def reduced_precision_note(metadata: Mapping[str, Any], path: str) -> str | None:
+    """The warning analysis commands give for the store at ``path`` (its ``metadata``) when its features were
+    computed below fp32; None at fp32 (and for stores older than runtimes, which are fp32)."""
+    precision = metadata.get("precision")
     if not isinstance(precision, str) or precision in ("fp32", ""):
         return None
-    return (f"{what} was computed at {precision}, not fp32: per-feature statistics (analyze, fne, the probe's "
-            f"FNE candidate) read single features, where {precision} rounding moves values near thresholds and "
-            "ranks; for analysis-grade numbers extract with --precision fp32")
+    return (f"The store {path!r} was computed at {precision}, not fp32: per-feature statistics (analyze, fne, the "
+            f"probe's FNE candidate) read single features, where {precision} rounding moves values near thresholds "
+            "and ranks; for analysis-grade numbers extract with --precision fp32")
 
 
-
-def store_precision(metadata: Mapping[str, Any]) -> str:
-    """The precision a store's features were computed at (``fp32`` for stores older than runtimes)."""
-    precision = metadata.get("precision")
-    return precision if isinstance(precision, str) and precision else "fp32"
-
-
-__all__ = ["Agreement", "DEFAULT_MIN_AGREEMENT", "describe_agreement", "median_floor", "reduced_precision_note",
-           "store_precision"]
+__all__ = ["Agreement", "DEFAULT_MIN_AGREEMENT", "describe_agreement", "median_floor", "reduced_precision_note"]

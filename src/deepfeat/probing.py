@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from .agreement import reduced_precision_note, store_precision
+from .agreement import reduced_precision_note
 from .analysis.fne import parse_thresholds, ternarize
 from .errors import UsageError
 from .heads import HEADS, StreamingScaler
@@ -252,7 +252,7 @@ def probe(
                                                                                        plan.val_split) else None
     fne_store = bool(st.metadata.get("fne")) or any(s.pool == _FNE_STORE_POOL for s in specs)
     cands = _candidates(specs, group_names, fne_store)
-    note = reduced_precision_note(store_precision(st.metadata), f"The store {st.path!r}")
+    note = reduced_precision_note(st.metadata, st.path)
     if note and any(c.kind == "fne" for c in cands):
         log.warning("%s (the full-network embedding candidate ternarises single features)", note)
     dims = sum(s.dims for s in specs)

@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 from .. import progress
-from ..agreement import reduced_precision_note, store_precision
+from ..agreement import reduced_precision_note
 from ..errors import StoreError, UsageError
 from ..moments import merge_moments
 from ..params import check_int, param_error
@@ -270,7 +270,7 @@ def full_network_embedding(
         raise UsageError(f"The store {src.path!r} is already a full-network embedding (written by fne from "
                          f"{origin or 'another store'!r}); run fne on the store of extracted features instead.")
     specs = resolve_store_layers(src, layers, "full_network_embedding")
-    note = reduced_precision_note(store_precision(src.metadata), f"The store {src.path!r}")
+    note = reduced_precision_note(src.metadata, src.path)
     if note:
         log.warning(note)
     if stats_split is not None and stats_split not in src.splits:

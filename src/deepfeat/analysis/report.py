@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from ..agreement import reduced_precision_note, store_precision
+from ..agreement import reduced_precision_note
 from ..errors import UsageError
 from ..params import check_int
 from ..reports import html as H
@@ -154,7 +154,7 @@ def analyze(
         raise UsageError(f"The 'out' parameter of analyze must be a directory; {out!r} is a file.")
     # check every argument (store, split, layers, bins, ...) before creating ``out``
     st_obj, _ = check_arguments(store, split, layers, bins, alpha, batch_size, sample_rows)
-    note = reduced_precision_note(store_precision(st_obj.metadata), f"The store {st_obj.path!r}")
+    note = reduced_precision_note(st_obj.metadata, st_obj.path)
     if note:
         log.warning(note)
     check_writable(out, "analyze's output folder", directory=True)
