@@ -83,7 +83,7 @@ def _full(preds, classes: list[str]) -> np.ndarray:
     rows = []
     for p in preds:
         assert p.error is None, p.error
-        got = dict(zip(p.labels, p.probabilities))
+        got = dict(zip(p.labels, p.scores))
         rows.append([got[c] for c in classes])
     return np.asarray(rows)
 
@@ -206,14 +206,14 @@ def test_fp16_weights_agree_within_a_stated_tolerance(bundles, images, work, tmp
 
 def test_a_model_directory_exports_its_own_classifier(fm_dir, images, work, tmp_path) -> None:
     """A train-cnn model directory: its classifier + softmax, as `deepfeat predict DIR` computes it."""
-    from deepfeat.classify import classify_images
     from deepfeat.cnn.training import train_cnn
+    from deepfeat.predict import predict_images
 
     model_dir = work / "cnn"
     train_cnn(fm_dir, model_dir, epochs=1, workers=0, device="cpu", batch_size=32)
     out = work / "cnn.onnx"
     assert main(["export-model", str(model_dir), "--out", str(out)]) == 0
-    preds = classify_images(str(model_dir), images, top_k=10, workers=0, runtime="torch", precision="fp32")
+    preds = predict_images(str(model_dir), images, top_k=10, workers=0, runtime="torch", precision="fp32")
     from deepfeat.models.trained import read_model_config
 
     classes = read_model_config(model_dir)["classes"]

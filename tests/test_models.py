@@ -22,9 +22,9 @@ GOLDEN_LOGITS = {281: 8.3749, 282: 9.1785, 285: 9.1281}
 
 
 def test_bundled_top5_on_real_photos(photo_files):
-    from deepfeat.classify import classify_images
+    from deepfeat.predict import predict_images
 
-    preds = {p.path: p for p in classify_images("efficientnet_lite0", [str(p) for p in photo_files.values()])}
+    preds = {p.path: p for p in predict_images("efficientnet_lite0", [str(p) for p in photo_files.values()])}
     cat = preds[str(photo_files["cat"])]
     assert cat.labels[0] in CAT_CLASSES and sum(pr for lb, pr in zip(cat.labels, cat.probabilities)
                                                 if lb in CAT_CLASSES) > 0.8

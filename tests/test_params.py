@@ -115,10 +115,11 @@ def test_extract(tmp_path, kw, name):
     _refused(lambda: deepfeat.extract(tmp_path / "no-images", out, **kw), name, "extract", out)
 
 
-def test_classify_images(tmp_path):
-    _refused(lambda: deepfeat.classify_images("no-such-model", [tmp_path], top_k=0), "top_k", "classify_images")
-    _refused(lambda: deepfeat.classify_images("no-such-model", [tmp_path], batch_size=0), "batch_size",
-             "classify_images")
+def test_predict_images_with_a_backbone(tmp_path):
+    _refused(lambda: deepfeat.predict_images("no-such-model", [tmp_path], top_k=0), "top_k", "predict_images")
+    _refused(lambda: deepfeat.predict_images("no-such-model", [tmp_path], batch_size=0), "batch_size",
+             "predict_images")
+    _refused(lambda: deepfeat.classify_images("no-such-model", [tmp_path], top_k=0), "top_k", "predict_images")
 
 
 @pytest.mark.parametrize("kw, name", [

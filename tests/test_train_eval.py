@@ -339,10 +339,10 @@ def test_cli_train_evaluate_predict(store, fm30, tmp_path, capsys):
         diffs.append(abs(float(p["score_1"]) - float(ref["score"])))
     assert agree >= 39 and np.median(diffs) < 1e-3
 
-    from deepfeat.predict import BundlePrediction
+    from deepfeat.prediction import Prediction
 
-    js = deepfeat.write_predictions([BundlePrediction(p["path"], [p["label_1"]], [float(p["score_1"])])
-                                     if not p["error"] else BundlePrediction(p["path"], error=p["error"])
+    js = deepfeat.write_predictions([Prediction(p["path"], [p["label_1"]], [float(p["score_1"])])
+                                     if not p["error"] else Prediction(p["path"], error=p["error"])
                                      for p in preds], tmp_path / "preds.json")
     data = json.loads(Path(js).read_text())
     assert len(data) == 43 and data[0]["labels"] and data[30]["error"] and data[30]["labels"] == []

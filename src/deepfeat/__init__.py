@@ -29,7 +29,7 @@ _API = {
     "discover": "deepfeat.sources",
     "export_store": "deepfeat.store.export",
     "store_info": "deepfeat.store.info",
-    "classify_images": "deepfeat.classify",
+    "classify_images": "deepfeat.predict",
     "write_dataset": "deepfeat.datasets",
     "train": "deepfeat.training",
     "TrainResult": "deepfeat.training",

@@ -1,6 +1,7 @@
-"""What a prediction is: :class:`BundlePrediction` (top-k of one image, or why it could not be classified)
-and :func:`expand_with_errors` (inputs to ``(name, locator)`` pairs plus error predictions), shared by
-``predict`` (bundles, exported graphs, ``--neighbors``) and ``search`` (query images)."""
+"""What a prediction is: :class:`Prediction` (top-k of one image, or why it could not be classified),
+the one result type of :func:`deepfeat.predict_images` whatever classifies (a bundle, an exported graph,
+a backbone's own classifier), and :func:`expand_with_errors` (inputs to ``(name, locator)`` pairs plus
+error predictions), shared by ``predict`` and ``search`` (query images)."""
 from __future__ import annotations
 
 import os
@@ -15,14 +16,24 @@ _SILENT_EXCLUSIONS = {"hidden", "not_image_extension"}
 
 
 @dataclass
-class BundlePrediction:
-    """Top-k classes of one image, or why it could not be classified."""
+class Prediction:
+    """Top-k classes of one image, best first, or why it could not be classified (``error``).
+
+    Example:
+        >>> p = Prediction("cat.jpg", labels=["tabby", "tiger cat"], scores=[0.61, 0.22], indices=[281, 282])
+        >>> p.label, p.ok
+        ('tabby', True)
+        >>> Prediction("broken.jpg", error="truncated: image file is truncated").ok
+        False
+    """
 
     path: str
     labels: list[str] = field(default_factory=list)
     scores: list[float] = field(default_factory=list)
     error: str | None = None
-    score_kind: str = "probability"  #: "probability" (logreg, mlp) or "decision" (svm)
+    score_kind: str = "probability"  #: "probability" (softmax, logreg, mlp) or "decision" (svm)
+    #: the classes' positions in the classifier's outputs, parallel to ``labels``
+    indices: list[int] = field(default_factory=list)
     #: with ``neighbors=INDEX``: the nearest training rows ({path, id, split, label, similarity}), best first
     neighbors: list[dict[str, Any]] | None = None
     #: with ``neighbors=INDEX``: the nearest training row is less similar than ``far_threshold``
@@ -30,15 +41,25 @@ class BundlePrediction:
 
     @property
     def label(self) -> str | None:
+        """The best class, or None for an error."""
         return self.labels[0] if self.labels else None
 
     @property
+    def ok(self) -> bool:
+        """Whether the image was classified."""
+        return self.error is None
+
+    @property
     def probabilities(self) -> list[float]:
-        """Alias of ``scores`` (same name as :class:`deepfeat.classify.Prediction`)."""
-        return self.scores
+        """``scores`` where they are probabilities (``score_kind == "probability"``), else empty."""
+        return self.scores if self.score_kind == "probability" else []
 
 
-def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[str, Any]], list[BundlePrediction]]:
+#: the name of :class:`Prediction` before the bundle and backbone predictions became one type
+BundlePrediction = Prediction
+
+
+def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[str, Any]], list[Prediction]]:
     """The ``(name, locator)`` pairs of :func:`deepfeat.classify.expand_inputs`, and error predictions.
 
     Entries that discovery refuses (missing list entries, broken symlinks, FIFOs, a shard's sample
@@ -47,9 +68,9 @@ def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[
     """
     excluded: list = []
     named = expand_inputs(inputs, excluded)
-    errors = [BundlePrediction(ex.path, error=f"{ex.reason}: {ex.message}")
+    errors = [Prediction(ex.path, error=f"{ex.reason}: {ex.message}")
               for ex in excluded if ex.reason not in _SILENT_EXCLUSIONS]
     return named, errors
 
 
-__all__ = ["BundlePrediction", "expand_with_errors"]
+__all__ = ["BundlePrediction", "Prediction", "expand_with_errors"]

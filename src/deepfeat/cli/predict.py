@@ -39,37 +39,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.set_defaults(func=run)
 
 
-def _is_bundle_arg(value: str) -> bool:
-    from ..bundle_header import SUFFIX, is_bundle
-    from ..shipping import is_exported_model
-
-    return value.lower().endswith(SUFFIX) or is_bundle(value) or is_exported_model(value)
-
-
 def run(args: argparse.Namespace) -> int:
-    """``predict BUNDLE.dfm ...`` (or an exported ``.onnx``/``.xml``) uses a trained classifier; ``predict MODEL ...``
-    the backbone's own classifier."""
-    common = dict(batch_size=args.batch_size, device=args.device, runtime=args.runtime, precision=args.precision,
-                  workers=args.workers)
+    """``predict MODEL IMAGES...``: a bundle, an exported ``.onnx``/``.xml`` or a backbone's own classifier."""
     if args.out:  # before any image is read: a bad extension, an unwritable folder
         from ..predict import check_predictions_out
 
         check_predictions_out(args.out)
-    if _is_bundle_arg(args.model):
-        from ..predict import predict_images
+    from ..predict import predict_images
 
-        preds = predict_images(args.model, args.inputs, top_k=3 if args.top_k is None else args.top_k,
-                               weights=args.weights, neighbors=args.neighbors, neighbors_k=args.neighbors_k,
-                               far_threshold=args.far_threshold, **common)
-    else:
-        from ..classify import classify_images
-
-        if args.neighbors:
-            from ..errors import UsageError
-
-            raise UsageError("--neighbors needs a bundle (.dfm) trained on the indexed store, not a backbone name.")
-        preds = classify_images(args.model, args.inputs, top_k=5 if args.top_k is None else args.top_k,
-                                min_agreement=args.min_agreement, **common)
+    preds = predict_images(args.model, args.inputs, top_k=args.top_k, batch_size=args.batch_size, weights=args.weights,
+                           device=args.device, runtime=args.runtime, precision=args.precision, workers=args.workers,
+                           neighbors=args.neighbors, neighbors_k=args.neighbors_k, far_threshold=args.far_threshold,
+                           min_agreement=args.min_agreement)
     bad = sum(p.error is not None for p in preds)
     if args.out:
         from ..predict import write_predictions
@@ -88,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
                     extra = (f"\tnearest training: {n0['label'] or '-'} ({n0['similarity']:.3f}) {n0['path']}"
                              if n0 else "\tnearest training: none")
                     extra += "\tFAR FROM TRAINING" if p.far_from_training else ""
-                _print(f"{p.path}\t" + "\t".join(f"{lbl} ({s:.3f})" for lbl, s in zip(p.labels, p.probabilities))
+                _print(f"{p.path}\t" + "\t".join(f"{lbl} ({s:.3f})" for lbl, s in zip(p.labels, p.scores))
                        + extra)
         # the summary goes to stderr: stdout is one line per image, for pipes
         _print_error(f"{len(preds):,} predictions ({bad:,} could not be classified)")
