@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 DEMO ?= demo
 
-.PHONY: setup demo test test-slow lint docs bench clean
+.PHONY: setup demo test test-slow test-unit test-integration test-e2e lint docs bench clean
 
 setup:
 	bash scripts/setup.sh
@@ -24,6 +24,10 @@ test: setup
 
 test-slow: setup
 	$(PY) -m pytest -q -m slow
+
+# the tiers of the default run (tests/conftest.py marks every test): seconds, minutes, the child-process tests
+test-unit test-integration test-e2e: setup
+	$(PY) -m pytest -q -m "$(@:test-%=%) and not slow"
 
 # ruff (pyflakes, pycodestyle, bugbear, import order), mypy on the contract packages, the layer contract
 lint: setup

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 import deepfeat
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "check_layers.py"
@@ -63,3 +65,12 @@ def test_a_lazy_import_that_defers_nothing_fails(tmp_path: Path) -> None:
     problems = check_layers.check(root)
     # params already loads torch: units defers nothing there; in heads the import of params defers torch
     assert len(problems) == 1 and problems[0].startswith("deepfeat.params:3 imports deepfeat.units inside a function")
+
+
+def test_the_unit_tier_builds_no_backbone(request) -> None:
+    """This module is in the ``unit`` tier (tests/conftest.py): building the bundled backbone fails there."""
+    from deepfeat.models import load_backbone
+
+    assert request.node.get_closest_marker("unit") is not None
+    with pytest.raises(AssertionError, match="a unit test built the backbone 'efficientnet_lite0'"):
+        load_backbone("efficientnet_lite0")
