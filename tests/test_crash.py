@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 import deepfeat
-from deepfeat.store.writer import Manifest
+from deepfeat.store.manifest import Manifest
 
 ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "4", "--part-size", "8",
         "--workers", "1", "-q"]

@@ -26,7 +26,7 @@ from killing import group_processes, wait_group_empty
 from test_crash import assert_kept, assert_same, committed, committed_parts, listing, snapshot, wait_for
 
 from deepfeat.store import layout
-from deepfeat.store.writer import Manifest
+from deepfeat.store.manifest import Manifest
 
 ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "2", "--part-size", "2",
         "--workers", "2", "-q"]

@@ -23,8 +23,8 @@ import deepfeat
 from deepfeat.errors import EnvironmentFault, StoreError
 from deepfeat.store import layout, trust
 from deepfeat.store.info import verify_store
+from deepfeat.store.manifest import Manifest, PartRecord
 from deepfeat.store.reader import open_store
-from deepfeat.store.writer import Manifest, PartRecord
 
 LOG = layout.COMMIT_LOG_FILE
 
@@ -178,7 +178,7 @@ def test_a_failed_append_leaves_the_store_as_before(store: Path, monkeypatch) ->
 
 COMMITTER = r"""
 import sys
-from deepfeat.store.writer import Manifest
+from deepfeat.store.manifest import Manifest
 sys.path.insert(0, sys.argv[2])
 from test_manifest_log import record
 m = Manifest(sys.argv[1])
@@ -377,7 +377,7 @@ def test_readers_see_the_logged_parts_of_a_real_store(clean: Path, tmp_path: Pat
 
 CHILD = r"""
 import sys, deepfeat
-from deepfeat.store.writer import Manifest
+from deepfeat.store.manifest import Manifest
 Manifest.compact_ratio = 2  # the log holds up to half as many parts as manifest.json: most kills land beside one
 deepfeat.extract(sys.argv[1], sys.argv[2], layers="pre_logits", pool="avg", dtype="float16", input_size=32,
                  workers=0, batch_size=8, part_size=2, runtime="torch")

@@ -38,9 +38,9 @@ from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
 from .sources import Source, open_source
 from .store import layout, trust
+from .store.manifest import Manifest
 from .store.reader import FeatureStore, LayerSpec
 from .store.session import StoreWriter
-from .store.writer import Manifest
 from .units import count_or_size, format_size, parse_size
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ from ..data.decode import DecodePolicy
 from ..data.decode_pool import DecodePool
 from ..data.sources import SourceItem
 from ..store import layout
-from ..store.writer import Manifest
+from ..store.manifest import Manifest
 from .parts import PartBuilder, add_batch, count_new, plan_parts
 
 if TYPE_CHECKING:  # pragma: no cover

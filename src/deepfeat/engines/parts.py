@@ -16,7 +16,8 @@ import pyarrow as pa
 from ..data.sources import SourceItem
 from ..data.worker import Decoded, Failed
 from ..store import layout
-from ..store.writer import Manifest, write_part
+from ..store.manifest import Manifest
+from ..store.writer import write_part
 from .forward import nonfinite_rows
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -35,7 +35,7 @@ from ..data.sources import SourceItem
 from ..errors import DeepfeatError, EnvironmentFault, UsageError
 from ..models.registry import load_backbone
 from ..store.layerspec import LayerSpec
-from ..store.writer import Manifest, PartRecord
+from ..store.manifest import Manifest, PartRecord
 from .assign import assign_parts, steal, workers_for
 from .parts import PartBuilder, add_batch, count_new, part_batches, plan_parts
 

@@ -30,7 +30,9 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if key == "layers" and isinstance(a, list) and isinstance(b, list):
-            fmt = lambda ls: ",".join(f"{d.get('name')}[{d.get('pool')}]" for d in ls if isinstance(d, dict))  # noqa: E731
+            def fmt(ls: list[Any]) -> str:
+                return ",".join(f"{d.get('name')}[{d.get('pool')}]" for d in ls if isinstance(d, dict))
+
             if fmt(a) != fmt(b):
                 diffs.append(f"{prefix}layers: {fmt(a)} -> {fmt(b)}")
             elif a != b:

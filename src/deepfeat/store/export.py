@@ -54,8 +54,9 @@ from ..params import check_choice, param_error
 from ..units import format_size
 from . import layout
 from .fsutil import check_writable, environment_errors, fsync_dir, reserve_space
+from .layerspec import LayerSpec
 from .manifest import PartRecord
-from .reader import FeatureStore, LayerSpec, open_store
+from .reader import FeatureStore, open_store
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +262,7 @@ def _check_count(store: FeatureStore, written: int, expected: int) -> None:
                          "run 'deepfeat info --verify' on the store.")
 
 
-def _import_h5py():
+def _import_h5py() -> Any:
     try:
         import h5py
     except ImportError:
@@ -375,8 +376,8 @@ _WRITERS: dict[str, tuple[bool, Callable[[FeatureStore, _Selection, str, str], l
 
 # ------------------------------------------------------------------------------- public API
 def export_store(
-    path: str | os.PathLike,
-    out: str | os.PathLike,
+    path: str | os.PathLike[str],
+    out: str | os.PathLike[str],
     format: str,
     layers: str | Sequence[str] | None = None,
     split: str | Sequence[str] | None = None,
@@ -446,7 +447,7 @@ def estimate_export_bytes(store: FeatureStore, sel: _Selection, format: str) -> 
     return int(values + meta + (64 << 10))
 
 
-def read_export_metadata(out: str | os.PathLike) -> dict[str, Any]:
+def read_export_metadata(out: str | os.PathLike[str]) -> dict[str, Any]:
     """The store metadata embedded in an npy (``rows.parquet``), parquet or hdf5 export.
 
     Example:
@@ -459,11 +460,13 @@ def read_export_metadata(out: str | os.PathLike) -> dict[str, Any]:
     if out.endswith((".h5", ".hdf5", ".hdf")) or (os.path.isfile(out) and _is_hdf5(out)):
         h5py = _import_h5py()
         with h5py.File(out, "r") as f:
-            return json.loads(f.attrs["deepfeat_metadata"])
+            meta: dict[str, Any] = json.loads(f.attrs["deepfeat_metadata"])
+            return meta
     md = pq.read_schema(out).metadata or {}
     if b"deepfeat" not in md:
         raise UsageError(f"{out!r} carries no deepfeat metadata (not an npy/parquet/hdf5 export).")
-    return json.loads(md[b"deepfeat"])
+    found: dict[str, Any] = json.loads(md[b"deepfeat"])
+    return found
 
 
 def _is_hdf5(path: str) -> bool:

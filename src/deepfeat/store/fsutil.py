@@ -58,7 +58,7 @@ def environment_errors(what: str, *, resumable: bool = False) -> Iterator[None]:
         raise EnvironmentFault(f"{what} failed: {exc}.{write_error_hint(exc, resumable)}") from exc
 
 
-def check_writable(path: str | os.PathLike, what: str, *, directory: bool = False, need: int = 0) -> None:
+def check_writable(path: str | os.PathLike[str], what: str, *, directory: bool = False, need: int = 0) -> None:
     """Up front, before any work: can ``path`` be written, with room for about ``need`` bytes?
 
     The one check of every command that writes (``evaluate``, ``probe``, ``analyze``, ``predict``,
@@ -250,7 +250,7 @@ def read_json(path: str) -> Any:
         return json.load(f)
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 22) -> str:
     """Hex sha256 of a file, read in chunks (the one implementation: stores, weights, runtime cache)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:

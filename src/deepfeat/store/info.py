@@ -26,8 +26,9 @@ from ..errors import StoreError
 from ..units import format_size
 from . import layout, trust
 from .fsutil import sha256_file
+from .layerspec import LayerSpec
 from .manifest import PartRecord
-from .reader import FeatureStore, LayerSpec, _read_table, read_parquet
+from .reader import FeatureStore, _read_table, read_parquet
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +145,7 @@ def _add_reason(table: dict[str, ReasonSummary], reason: str | None, path: str |
         entry.examples.append(path)
 
 
-def store_info(path: str | os.PathLike, max_examples: int | None = 3) -> StoreInfo:
+def store_info(path: str | os.PathLike[str], max_examples: int | None = 3) -> StoreInfo:
     """Summarise the store at ``path``: model, layers, rows per split/class/view, ledger, sizes.
 
     Reads the metadata, the manifest, each part's ``rows.parquet`` (split/label/view columns
@@ -274,7 +275,7 @@ def _view_count(views: Any) -> int:
     return int(views or 0)
 
 
-def failed_inputs(path: str | os.PathLike) -> list[dict[str, Any]]:
+def failed_inputs(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Every failed and excluded input of the store: dicts with path, status, reason, message.
 
     Example:
@@ -504,7 +505,7 @@ def _outside_links(path: str) -> list[str]:
     return found
 
 
-def verify_store(path: str | os.PathLike) -> list[str]:
+def verify_store(path: str | os.PathLike[str]) -> list[str]:
     """Check every committed part; return the problems found (an empty list means healthy).
 
     Each problem starts with the check that failed (``[manifest]``, ``[path]``, ``[checksum]``...;
@@ -614,7 +615,7 @@ def _exists(store: FeatureStore, part: PartRecord, fname: str) -> bool:
 
 
 def _read_part_table(store: FeatureStore, part: PartRecord, fname: str, ok: Mapping[str, str | None],
-                     problems: list[str]):
+                     problems: list[str]) -> Any:
     """One Parquet file of a part through the reader's checks (row count, size), or None with a problem."""
     if not _exists(store, part, fname):
         return None

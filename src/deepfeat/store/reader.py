@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,9 @@ from . import layout, trust
 from .fsutil import sha256_file
 from .layerspec import LayerSpec
 from .manifest import Manifest, PartRecord
+
+#: batches of (features by layer, metadata rows)
+Batches = Iterator[tuple[dict[str, np.ndarray], pa.Table]]
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ class Batch:
     ids: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
-        return self.meta.num_rows
+        return int(self.meta.num_rows)
 
     def concat(self, layers: Sequence[str] | None = None, dtype: Any = np.float32) -> np.ndarray:
         """The chosen layers' features side by side as one rows x sum(dims) array."""
@@ -55,7 +58,7 @@ class Batch:
 class FeatureStore:
     """Read-only view of a committed store (see docs/STORE_FORMAT.md)."""
 
-    def __init__(self, path: str | os.PathLike, verify: bool = True) -> None:
+    def __init__(self, path: str | os.PathLike[str], verify: bool = True) -> None:
         self.path = os.fspath(path)
         if not os.path.lexists(os.path.join(self.path, layout.METADATA_FILE)):
             raise StoreError(f"{self.path!r} is not a deepfeat feature store (no {layout.METADATA_FILE}).")
@@ -424,13 +427,13 @@ def read_parquet(path: str, columns: Sequence[str] | None = None) -> pa.Table:
                             memory_pool=pa.system_memory_pool())
 
 
-def _concat_chunks(chunks: list[tuple[dict[str, np.ndarray], pa.Table]]):
+def _concat_chunks(chunks: list[tuple[dict[str, np.ndarray], pa.Table]]) -> tuple[dict[str, np.ndarray], pa.Table]:
     feats = {k: np.concatenate([c[0][k] for c in chunks]) for k in chunks[0][0]}
     return feats, pa.concat_tables([c[1] for c in chunks])
 
 
-def _rebatch(source, batch_size: int):
-    pending: list = []
+def _rebatch(source: Iterable[tuple[dict[str, np.ndarray], pa.Table]], batch_size: int) -> Batches:
+    pending: list[tuple[dict[str, np.ndarray], pa.Table]] = []
     count = 0
     for feats, meta in source:
         pending.append((feats, meta))
@@ -445,9 +448,10 @@ def _rebatch(source, batch_size: int):
         yield _concat_chunks(pending)
 
 
-def _shuffle_buffer(source, buffer_rows: int, batch_size: int, rng: np.random.Generator):
+def _shuffle_buffer(source: Iterable[tuple[dict[str, np.ndarray], pa.Table]], buffer_rows: int, batch_size: int,
+                    rng: np.random.Generator) -> Batches:
     """Mix rows of consecutive chunks in a bounded buffer and emit shuffled batches."""
-    buf: list = []
+    buf: list[tuple[dict[str, np.ndarray], pa.Table]] = []
     count = 0
     for feats, meta in source:
         buf.append((feats, meta))
@@ -470,7 +474,7 @@ def _shuffle_buffer(source, buffer_rows: int, batch_size: int, rng: np.random.Ge
             yield {k: v[sel] for k, v in feats_all.items()}, meta_all.take(pa.array(sel))
 
 
-def open_store(path: str | os.PathLike, verify: bool = True) -> FeatureStore:
+def open_store(path: str | os.PathLike[str], verify: bool = True) -> FeatureStore:
     """Open a feature store for reading (checksums are verified as parts are first read).
 
     Example:

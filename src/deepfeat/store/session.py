@@ -27,8 +27,9 @@ from . import layout, trust
 from .create import prepare_store_dir, write_excluded
 from .fsutil import atomic_write_json
 from .lock import StoreLock
+from .manifest import Manifest, PartRecord
 from .reader import FeatureStore
-from .writer import Manifest, PartRecord, clean_uncommitted
+from .writer import clean_uncommitted
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ class StoreWriter:
     clean ``__exit__`` folds the commit log into ``manifest.json``; every exit releases the lock.
     """
 
-    def __init__(self, path: str | os.PathLike) -> None:
+    def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = os.fspath(path)
         self.manifest: Manifest | None = None
         self._stack: contextlib.ExitStack | None = None

@@ -230,7 +230,8 @@ def check_metadata(meta: Any) -> dict[str, Any]:
             raise UnsafePathError(f"{where}: fne.stats_file {_show(name)} is not a plain file name inside the store.")
         if "source_layers" in fne:
             check_layers(fne["source_layers"], f"{where}: fne.source_layers")
-    return meta
+    checked: dict[str, Any] = meta
+    return checked
 
 
 @functools.lru_cache(maxsize=8)
