@@ -29,8 +29,8 @@ from pathlib import Path
 #: Bottom first. A module belongs to the first layer with a prefix of its name (``deepfeat.x`` matches
 #: ``deepfeat.x`` and ``deepfeat.x.*``); the rest of the package is the top layer (``cli``, the API).
 LAYERS: list[tuple[str, ...]] = [
-    ("deepfeat._version", "deepfeat.errors", "deepfeat.units", "deepfeat.params", "deepfeat.interrupts", "deepfeat.progress",
-     "deepfeat.cachedir", "deepfeat.apidefaults", "deepfeat.agreement", "deepfeat.devices",
+    ("deepfeat._version", "deepfeat.errors", "deepfeat.registry", "deepfeat.units", "deepfeat.params", "deepfeat.interrupts",
+     "deepfeat.progress", "deepfeat.cachedir", "deepfeat.apidefaults", "deepfeat.agreement", "deepfeat.devices",
      "deepfeat.bundle_header", "deepfeat.configfile"),
     ("deepfeat.data", "deepfeat.store"),
     ("deepfeat.sources", "deepfeat.models", "deepfeat.heads", "deepfeat.moments", "deepfeat.history",

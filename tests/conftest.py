@@ -113,4 +113,7 @@ def _unit_tests_build_no_backbone(request: pytest.FixtureRequest, monkeypatch: p
     def refuse(name: str, *args: object) -> None:
         raise AssertionError(f"a unit test built the backbone {name!r}: mark its module integration")
 
-    monkeypatch.setattr(registry, "BACKBONE_SOURCES", [BackboneSource("unit-tier", lambda name: True, refuse)])
+    from deepfeat.registry import Registry
+
+    refusing = Registry("backbone source", key="kind", entries=[BackboneSource("unit-tier", lambda name: True, refuse)])
+    monkeypatch.setattr(registry, "BACKBONE_SOURCES", refusing)

@@ -136,7 +136,7 @@ def test_every_command_takes_its_defaults_from_the_api_it_calls():
     from deepfeat.cli import COMMANDS
     from deepfeat.units import parse_size
 
-    apis = {name: target for module in COMMANDS for name, target in module.API.items()}
+    apis = {name: target for module in COMMANDS.values() for name, target in module.API.items()}
     for name, (module, function) in apis.items():
         tree = _module_tree(module)
         assert tree is not None and any(isinstance(n, ast.FunctionDef) and n.name == function for n in tree.body), \

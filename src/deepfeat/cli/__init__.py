@@ -20,9 +20,11 @@ import re
 import signal
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 
 from .._version import __version__
 from ..errors import EnvironmentFault, StoreError, UsageError
+from ..registry import Registry
 from ..store.fsutil import WRITE_ERRNOS, write_error_hint
 from . import (
     analyze,
@@ -46,11 +48,15 @@ from . import (
 from .common import CommandParser, _print_error, finish_parser
 from .config import _apply_config
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "build_parser", "main", "register_command"]
 
 #: the command modules, in the order ``deepfeat --help`` lists their commands
-COMMANDS = (models, layers, datasets, extract, info, export, analyze, train, probe, evaluate, predict, export_model,
-            duplicates, index, search, cnn, plot)
+COMMANDS: Registry[ModuleType] = Registry("command")
+for _module in (models, layers, datasets, extract, info, export, analyze, train, probe, evaluate, predict, export_model,
+                duplicates, index, search, cnn, plot):
+    COMMANDS.register(_module, name=_module.__name__.rpartition(".")[2])
+#: add a command module (``add_parser``, ``run``, ``API``, ``OPTION_HELP``): ``register_command(module, name=...)``
+register_command = COMMANDS.register
 
 
 def build_parser() -> CommandParser:
@@ -67,7 +73,7 @@ def build_parser() -> CommandParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     api_of: dict[str, tuple[str, str]] = {}
     option_help: dict[str, dict[str, str]] = {}
-    for command in COMMANDS:
+    for command in COMMANDS.values():
         command.add_parser(sub)
         api_of.update(command.API)
         option_help.update(command.OPTION_HELP)
@@ -161,7 +167,7 @@ def _run(args: argparse.Namespace) -> int:
     from ..interrupts import import_held
     from ..progress import Reporter
 
-    api = next((m.API[args.command] for m in COMMANDS if args.command in m.API), None)
+    api = next((m.API[args.command] for m in COMMANDS.values() if args.command in m.API), None)
     if api is not None:  # the command's library module (torch and friends) with Ctrl-C held while it loads
         import_held(api[0])
     reporter = Reporter("off" if getattr(args, "quiet", False) else "auto")

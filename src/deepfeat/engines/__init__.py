@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from ..errors import UsageError
 from ..params import check_choice
+from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.decode import DecodePolicy
@@ -86,16 +87,11 @@ class Engine(Protocol):
 
 #: name -> "module:Class", imported on first use. The CLI imports every engine class to add its flags,
 #: so an engine class's module imports only the standard library and defers its work to ``run``.
-ENGINES: dict[str, str | type[Any]] = {
-    "local": "deepfeat.engines.builtin:LocalEngine",
-    "ray": "deepfeat.engines.builtin:RayEngine",
-}
-
-
-def register_engine(cls: type[Any]) -> type[Any]:
-    """Class decorator: make an engine available by ``cls.name`` (``extract(engine=name)``, ``--engine``)."""
-    ENGINES[cls.name] = cls
-    return cls
+ENGINES: Registry[str | type[Any]] = Registry("engine")
+ENGINES.register("deepfeat.engines.builtin:LocalEngine", name="local")
+ENGINES.register("deepfeat.engines.builtin:RayEngine", name="ray")
+#: class decorator: make an engine available by ``cls.name`` (``extract(engine=name)``, ``--engine``)
+register_engine = ENGINES.register
 
 
 def engine_names() -> list[str]:

@@ -12,12 +12,18 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..registry import Registry
 from .linear import LinearSVMHead, LogisticHead
 from .mlp import MLPHead
 from .scaler import StreamingScaler
 
 #: ``head=`` names of :func:`deepfeat.train` and the bundle format -> head class
-HEADS: dict[str, type] = {"logreg": LogisticHead, "svm": LinearSVMHead, "mlp": MLPHead}
+HEADS: Registry[type[Any]] = Registry("head")
+HEADS.register(LogisticHead, name="logreg")
+HEADS.register(LinearSVMHead, name="svm")
+HEADS.register(MLPHead, name="mlp")
+#: add a head class: ``register_head(MyHead, name="mine")``
+register_head = HEADS.register
 
 
 def expected_failed_checks(estimator: Any) -> dict[str, str]:
@@ -34,4 +40,4 @@ def expected_failed_checks(estimator: Any) -> dict[str, str]:
     return {}
 
 
-__all__ = ["HEADS", "LinearSVMHead", "LogisticHead", "MLPHead", "StreamingScaler", "expected_failed_checks"]
+__all__ = ["HEADS", "register_head", "LinearSVMHead", "LogisticHead", "MLPHead", "StreamingScaler", "expected_failed_checks"]

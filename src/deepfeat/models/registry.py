@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 from ..data.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from ..errors import UsageError
 from ..interrupts import import_held
+from ..registry import Registry
 from .backbone import Backbone
 from .hub import (
     RANDOM,  # noqa: F401 - re-exported: bundles and callers import it from here
@@ -198,7 +199,7 @@ def load_backbone(
         raise UsageError(f"The 'model' parameter must be a non-empty string; got {name!r} instead.")
     weights = os.fspath(weights) if weights is not None else None
     size = (input_size, input_size) if isinstance(input_size, int) else (tuple(input_size) if input_size else None)
-    source = next(src for src in BACKBONE_SOURCES if src.claims(name))
+    source = next(src for src in BACKBONE_SOURCES.values() if src.claims(name))
     log.debug("model %r: %s source", name, source.kind)
     bb = source.load(name, weights, seed, offline, size)
     if input_size is not None or crop_pct is not None:
@@ -246,7 +247,7 @@ def _load_by_name(name: str, weights: str | None, seed: int, offline: bool | Non
 
 #: In order: the first source whose ``claims`` accepts a name loads it. Add one with
 #: :func:`register_backbone_source`.
-BACKBONE_SOURCES: list[BackboneSource] = [
+BACKBONE_SOURCES: Registry[BackboneSource] = Registry("backbone source", key="kind", entries=[
     BackboneSource("timm-folder", lambda n: os.path.isdir(n) and _is_timm_dir(n),
                    lambda n, w, seed, off, size: _load_timm_dir(n, n, w, size), "DIR (config.json + weights)"),
     BackboneSource("model-dir", os.path.isdir, _load_model_dir, "DIR (train-cnn / finetune output)"),
@@ -264,13 +265,12 @@ BACKBONE_SOURCES: list[BackboneSource] = [
     BackboneSource("factory", lambda n: ":" in n and not os.path.exists(n),
                    lambda n, w, seed, off, size: _load_factory(n, w, seed), "package.module:function"),
     BackboneSource("name", lambda n: True, _load_by_name, "NAME (timm, then torchvision)"),
-]
+])
 
 
 def register_backbone_source(source: BackboneSource, before: str = "name") -> None:
     """Add a backbone source, asked before the source of kind ``before`` (default: before plain names)."""
-    at = next((i for i, s in enumerate(BACKBONE_SOURCES) if s.kind == before), len(BACKBONE_SOURCES))
-    BACKBONE_SOURCES.insert(at, source)
+    BACKBONE_SOURCES.register(source, before=before)
 
 
 def _unknown_model_message(name: str) -> str:

@@ -28,6 +28,7 @@ from ..models.layers import describe_layers, resolve_layers
 from ..models.pooling import parse_pools
 from ..models.registry import Backbone
 from ..params import check_choice
+from ..registry import Registry
 from ..store.layerspec import LayerSpec
 from .base import Runtime, RuntimeUnavailable, cpu_has_bf16, cpu_model
 from .onnx_runtime import ONNXRuntime
@@ -37,18 +38,11 @@ from .torch_runtime import TorchRuntime
 log = logging.getLogger(__name__)
 
 #: Registered runtimes by name, in ``auto`` preference order on the CPU.
-RUNTIMES: dict[str, type[Runtime]] = {}
+RUNTIMES: Registry[type[Runtime]] = Registry("runtime", entries=(OpenVINORuntime, ONNXRuntime, TorchRuntime))
+#: class decorator: add a :class:`Runtime` subclass under ``cls.name`` (last in ``auto``'s order)
+register_runtime = RUNTIMES.register
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 
-
-def register_runtime(cls: type[Runtime]) -> type[Runtime]:
-    """Add a :class:`Runtime` subclass to the registry under ``cls.name``."""
-    RUNTIMES[cls.name] = cls
-    return cls
-
-
-for _cls in (OpenVINORuntime, ONNXRuntime, TorchRuntime):
-    register_runtime(_cls)
 
 
 def runtime_choices() -> tuple[str, ...]:

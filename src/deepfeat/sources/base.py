@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
 from ..data.sources import Discovery
+from ..registry import Registry
 
 #: Every option a source may take, with the CLI flag that sets it.
 SOURCE_OPTIONS: dict[str, str] = {
@@ -30,10 +31,6 @@ class Source(Protocol):
 
 
 #: kind -> source class, in the order :func:`open_source` asks them to claim a spec.
-SOURCES: dict[str, type[Any]] = {}  # classes with kind, OPTIONS and claims() (see files.py)
-
-
-def register_source(cls: type[Any]) -> type[Any]:
-    """Class decorator: make a source available to :func:`open_source` under ``cls.kind``."""
-    SOURCES[cls.kind] = cls
-    return cls
+SOURCES: Registry[type[Any]] = Registry("source", key="kind")  # classes with kind, OPTIONS, claims() (files.py)
+#: class decorator: make a source available to :func:`open_source` under ``cls.kind``
+register_source = SOURCES.register
