@@ -40,8 +40,8 @@ from ..agreement import reduced_precision_note
 from ..errors import StoreError, UsageError
 from ..moments import merge_moments
 from ..params import check_int, param_error
-from ..store import layout
-from ..store.fsutil import atomic_write_bytes, check_writable, read_json
+from ..store import layout, trust
+from ..store.fsutil import atomic_write_bytes, check_writable
 from ..store.reader import FeatureStore, LayerSpec, open_store
 from ..store.session import StoreWriter
 from ..store.writer import write_part
@@ -302,9 +302,10 @@ def full_network_embedding(
         old = None
         if os.path.exists(meta_path) and not overwrite:
             try:
-                old = read_json(meta_path)
-            except ValueError:
+                old = trust.read_store_json(out, layout.METADATA_FILE)  # the store's reader of its own documents
+            except StoreError:
                 old = None
+            old = old if isinstance(old, dict) else None
         stats_path = os.path.join(out, STATS_FILE)
         rs = None
         if (old is not None and old.get("config") == config and old.get("fne", {}).get("stats_sha256")

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import math
 import os
@@ -61,7 +60,7 @@ from ..models.arch import arch_config, build_cnn
 from ..models.layers import describe_layers
 from ..models.registry import load_backbone
 from ..models.surgery import replace_head
-from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE
+from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE, model_config_document
 from ..params import check_choice, check_int, check_number, is_int, param_error
 from ..progress import ProgressFn
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
@@ -461,7 +460,7 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
 
     # An earlier run in the same directory: finished with this configuration (nothing to do), or another one.
     if os.path.isfile(config_path):
-        done = _read_config(config_path)
+        done = model_config_document(out)
         if done.get("format") != FORMAT and not overwrite:
             raise UsageError(f"{out!r} holds a {CONFIG_FILE} that deepfeat did not write; choose another output "
                              "directory (or pass overwrite=True / --overwrite to replace it).")
@@ -625,15 +624,6 @@ def _final_metrics(history: list[dict[str, Any]], kept: int | None, cm: np.ndarr
         metrics["test_accuracy"] = acc
         metrics["n_test"] = int(tcm.sum())
     return metrics
-
-
-def _read_config(path: str) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def _write_model_dir(out: str, job: _Job, model: nn.Module, history: list[dict[str, Any]], metrics: dict[str, Any],

@@ -31,6 +31,17 @@ def is_model_dir(path: str | os.PathLike) -> bool:
     return os.path.isfile(os.path.join(path, CONFIG_FILE)) and os.path.isfile(os.path.join(path, MODEL_FILE))
 
 
+def model_config_document(path: str | os.PathLike) -> dict[str, Any]:
+    """The ``config.json`` document of a model directory as it is, ``{}`` when missing or unreadable (not checked:
+    ``train-cnn`` reads its own output directory with it before deciding to resume, refuse or overwrite)."""
+    try:
+        with open(os.path.join(os.fspath(path), CONFIG_FILE), encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     """The ``config.json`` of a model directory, checked."""
     path = os.fspath(path)
