@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Plan for 100 M inputs by simulation: planning, the manifest, commits, resume and the Ray driver.
 
-No images and no model: synthetic inputs (real :class:`deepfeat.data.sources.SourceItem` objects
+No images and no model: synthetic inputs (real :class:`deepfeat.sources.items.SourceItem` objects
 with realistic ids and paths) and synthetic part records (sha256 digests, counts and sizes of a
 4,096-input part of EfficientNet-Lite0 ``pre_logits`` in float16), fed to the store's own code:
 ``plan_parts`` / ``part_batches`` (what the local and Ray engines plan), :class:`Manifest`
@@ -124,7 +124,7 @@ def machine() -> dict[str, Any]:
 
 def make_items(n: int) -> list:
     """N SourceItems shaped like a class-folder data set (ids as deepfeat makes them: blake2b-80 of relpath)."""
-    from deepfeat.data.sources import SourceItem
+    from deepfeat.sources.items import SourceItem
 
     names = {f.name for f in dataclasses.fields(SourceItem)}
     root = "/data/imagenet-like"
@@ -300,8 +300,8 @@ def resume(n: int, work: str) -> dict[str, float]:
     gc.collect()
 
     # what a resume does with them: the pending filter of the discovered inputs (all n done, plus n/10 new)
-    from deepfeat.data.sources import SourceItem
     from deepfeat.extraction import resume_filter
+    from deepfeat.sources.items import SourceItem
 
     rels = [f"train/class_{i % 1000:04d}/img_{i:09d}.jpg" for i in range(n + n // 10)]
     items = [SourceItem(hashlib.blake2b(r.encode(), digest_size=10).hexdigest(), f"/data/imagenet-like/{r}", r,

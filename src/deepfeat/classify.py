@@ -11,20 +11,18 @@ Example:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from . import progress
 from .agreement import DEFAULT_MIN_AGREEMENT
 from .data.decode import DecodePolicy
-from .data.sources import ExcludedItem
 from .errors import UsageError
 from .models.registry import Backbone, load_backbone
 from .params import check_int
-from .sources import open_source
+from .sources import expand_inputs
 
 
 @dataclass
@@ -43,37 +41,6 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = np.asarray(logits, dtype=np.float64)
     e = np.exp(z - z.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
-
-
-def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[tuple[str, Any]]:
-    """The images that ``inputs`` name, as ``(name, locator)`` pairs in order.
-
-    An image file is itself; a folder is walked and a ``.txt``/``.csv`` list read by their sources, and
-    WebDataset shards (a ``.tar``, a brace pattern or glob, a folder of shards), Parquet files and
-    ``hf:`` datasets are enumerated by theirs (:func:`deepfeat.sources.open_source`): the name is then
-    the item's place (``shard.tar#key.jpg``) and the locator where a decode worker reads it. Entries that
-    discovery excludes, and paths that do not exist (reason ``missing``), are appended to ``excluded``
-    (as ``ExcludedItem``) when given.
-
-    Example:
-        >>> expand_inputs(["cat.jpg", "shards/{000..009}.tar"])[:1]          # doctest: +SKIP
-        [('cat.jpg', 'cat.jpg')]
-    """
-    out: list[tuple[str, Any]] = []
-    for entry in inputs:
-        p = os.fspath(entry)
-        source = open_source(p)
-        if source.kind == "folder" and not os.path.isdir(p):  # an image file (the folder source is the last resort)
-            if os.path.exists(p) or excluded is None:
-                out.append((p, p))
-            else:
-                excluded.append(ExcludedItem(p, "missing", "not found (no such file or folder)"))
-            continue
-        found = source.discover()
-        out.extend((it.path, it.locator) for it in found.items)
-        if excluded is not None:
-            excluded.extend(found.excluded)
-    return out
 
 
 def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], top_k: int = 5,

@@ -23,7 +23,6 @@ import pyarrow as pa
 from ._version import __version__
 from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
-from .data.sources import Discovery, SourceItem
 from .devices import DEVICES
 from .embed import decode_pixels
 from .engines import Engine, RunSettings, get_engine
@@ -37,6 +36,7 @@ from .progress import ProgressFn
 from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
 from .sources import Source, open_source
+from .sources.items import Discovery, SourceItem
 from .store import layout, trust
 from .store.reader import FeatureStore, LayerSpec
 from .store.session import StoreWriter
@@ -421,7 +421,7 @@ def resume_filter(items: Sequence[SourceItem],
     ``done()``: the ids a store's committed parts record, as Arrow string arrays read one ledger at a
     time (:meth:`~deepfeat.store.reader.FeatureStore.done_id_chunks`); called again only for ids that
     are not deepfeat's. deepfeat's ids are 20 hex digits
-    (:func:`~deepfeat.data.sources.item_id`, a blake2b-80 digest), so both sides are compared as their
+    (:func:`~deepfeat.sources.items.item_id`, a blake2b-80 digest), so both sides are compared as their
     10 digest bytes -- a sorted uint64 of the first 8 and a uint16 of the last 2 -- decoded chunk by
     chunk: ~10 bytes per done id held, instead of a Python set of strings (~200 bytes per id at its
     peak; docs/SCALE.md, wall 3). Ids of another shape (a custom :class:`~deepfeat.sources.Source`)
@@ -429,7 +429,7 @@ def resume_filter(items: Sequence[SourceItem],
 
     Example:
         >>> import pyarrow as pa
-        >>> from deepfeat.data.sources import SourceItem, item_id
+        >>> from deepfeat.sources.items import SourceItem, item_id
         >>> items = [SourceItem(item_id(n), n, n, None, None, 0) for n in ("a.jpg", "b.jpg", "c.jpg")]
         >>> todo, vanished = resume_filter(items, lambda: [pa.array([item_id("b.jpg"), item_id("gone.jpg")])])
         >>> [it.relpath for it in todo], vanished

@@ -35,7 +35,7 @@ from ..params import check_choice
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.decode import DecodePolicy
-    from ..data.sources import SourceItem
+    from ..sources.items import SourceItem
     from ..store.session import StoreWriter
 
 __all__ = ["Engine", "RunSettings", "ENGINES", "register_engine", "get_engine", "engine_names"]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..data.decode import DecodePolicy
 from ..data.decode_pool import DecodePool
-from ..data.sources import SourceItem
+from ..sources.items import SourceItem
 from ..store import layout
 from ..store.writer import Manifest
 from .parts import PartBuilder, add_batch, count_new, plan_parts

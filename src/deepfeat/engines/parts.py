@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
-from ..data.sources import SourceItem
 from ..data.worker import Decoded, Failed
+from ..sources.items import SourceItem
 from ..store import layout
 from ..store.writer import Manifest, write_part
 from .forward import nonfinite_rows

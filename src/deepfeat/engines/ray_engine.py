@@ -31,9 +31,9 @@ from typing import Any
 
 from ..data.decode import DecodePolicy
 from ..data.decode_pool import DecodePool
-from ..data.sources import SourceItem
 from ..errors import DeepfeatError, EnvironmentFault, UsageError
 from ..models.registry import load_backbone
+from ..sources.items import SourceItem
 from ..store.layerspec import LayerSpec
 from ..store.writer import Manifest, PartRecord
 from .assign import assign_parts, steal, workers_for

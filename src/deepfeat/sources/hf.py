@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..data.read import WHOLE, hf_library, hf_splits, load_hf
-from ..data.sources import Discovery, ExcludedItem, SourceItem, item_id, normalize_split
 from ..errors import UsageError
 from .base import register_source
+from .items import Discovery, ExcludedItem, SourceItem, item_id, normalize_split
 
 log = logging.getLogger(__name__)
 

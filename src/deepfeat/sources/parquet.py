@@ -19,9 +19,9 @@ import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..data.sources import IMAGE_EXTENSIONS, Discovery, ExcludedItem, SourceItem, item_id, normalize_split
 from ..errors import UsageError
 from .base import register_source
+from .items import IMAGE_EXTENSIONS, Discovery, ExcludedItem, SourceItem, item_id, normalize_split
 
 log = logging.getLogger(__name__)
 

@@ -33,7 +33,10 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..cachedir import cache_dir
-from ..data.sources import (
+from ..errors import UsageError
+from ..store.fsutil import atomic_write_json
+from .base import register_source
+from .items import (
     IMAGE_EXTENSIONS,
     SPLIT_NAMES,
     Discovery,
@@ -42,9 +45,6 @@ from ..data.sources import (
     item_id,
     normalize_split,
 )
-from ..errors import UsageError
-from ..store.fsutil import atomic_write_json
-from .base import register_source
 
 log = logging.getLogger(__name__)
 
