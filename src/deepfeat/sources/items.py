@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "ExcludedItem",
     "Discovery",
     "item_id",
+    "id_digest",
     "normalize_split",
 ]
 
@@ -108,7 +110,9 @@ class Discovery:
 
     root: str  #: absolute folder that relpaths are relative to (the list file's folder for lists)
     layout: str  #: "split_class" | "class" | "flat" | "list"
-    items: list[SourceItem] = field(default_factory=list)
+    #: every input: a :class:`~deepfeat.sources.table.ItemTable` from the built-in sources (columns, not
+    #: objects), or a list from a custom source; either is a sequence of :class:`SourceItem`
+    items: Sequence[SourceItem] = field(default_factory=list)
     excluded: list[ExcludedItem] = field(default_factory=list)
     #: warnings a user should see, e.g. about a mixed layout (images embedded without a label)
     notes: list[str] = field(default_factory=list)
@@ -116,12 +120,19 @@ class Discovery:
     @property
     def classes(self) -> list[str]:
         """Sorted distinct labels of the items (``None`` left out)."""
-        return sorted({i.label for i in self.items if i.label is not None})
+        used = getattr(self.items, "used_labels", None)
+        return used() if used is not None else sorted({i.label for i in self.items if i.label is not None})
 
     @property
     def splits(self) -> list[str]:
         """Sorted distinct splits of the items (``None`` left out)."""
-        return sorted({i.split for i in self.items if i.split is not None})
+        used = getattr(self.items, "used_splits", None)
+        return used() if used is not None else sorted({i.split for i in self.items if i.split is not None})
+
+
+def id_digest(relpath: str) -> bytes:
+    """The 10 bytes whose hex is :func:`item_id` (what an :class:`~deepfeat.sources.table.ItemTable` stores)."""
+    return hashlib.blake2b(os.fsencode(relpath), digest_size=10).digest()
 
 
 def item_id(relpath: str) -> str:

@@ -42,16 +42,8 @@ import stat
 from typing import Iterable, Iterator, Sequence
 
 from ..errors import EnvironmentFault, UsageError
-from .items import (
-    IMAGE_EXTENSIONS,
-    LIST_EXTENSIONS,
-    SPLIT_NAMES,
-    Discovery,
-    ExcludedItem,
-    SourceItem,
-    item_id,
-    normalize_split,
-)
+from .items import IMAGE_EXTENSIONS, LIST_EXTENSIONS, SPLIT_NAMES, Discovery, ExcludedItem, normalize_split
+from .table import FileRows, TableBuilder
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +73,6 @@ def _stat_error(path: str, exc: OSError, *, via_symlink: bool) -> tuple[str, str
     raise EnvironmentFault(f"cannot stat {path!r}: {what} (errno {code})") from exc
 
 
-def _sort_key(relpath: str) -> bytes:
-    return os.fsencode(relpath)
-
-
 class _Walker:
     """Collects items and exclusions for one folder source."""
 
@@ -95,7 +83,8 @@ class _Walker:
         self.real_root = os.path.realpath(root)
         self.default_split = default_split
         self.skip_dirs = skip_dirs  #: realpaths of folders that are never inputs (the output store)
-        self.items: list[SourceItem] = []
+        self.items = TableBuilder()
+        self.files = self.items.container(FileRows(root))
         self.excluded: list[ExcludedItem] = []
         self.unlabeled: dict[str, int] = {}  #: where -> files above the class level, embedded unlabeled
         self._seen_dirs: set[tuple[int, int]] = set()
@@ -173,16 +162,8 @@ class _Walker:
         relpath = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self.root)
         if os.sep != "/":
             relpath = relpath.replace(os.sep, "/")
-        self.items.append(
-            SourceItem(
-                id=item_id(relpath),
-                path=path,
-                relpath=relpath,
-                label=label,
-                split=split if split is not None else self.default_split,
-                size=st.st_size,
-            )
-        )
+        self.items.add(self.files, relpath, label=label, split=split if split is not None else self.default_split,
+                       size=st.st_size, text=relpath)
 
     def walk_labelled(self, folder: str, label: str | None, split: str | None) -> None:
         """Every image below ``folder`` (recursively) gets ``label`` and ``split``."""
@@ -277,14 +258,14 @@ def _mixed_note(where: str, n: int, layout: str, folders: Sequence[str]) -> str:
             f"{'them' if n != 1 else 'it'} into a class folder to label {'them' if n != 1 else 'it'}")
 
 
-def _finish(root: str, layout: str, items: list[SourceItem], excluded: list[ExcludedItem],
+def _finish(root: str, layout: str, items: TableBuilder, excluded: list[ExcludedItem],
             notes: list[str] | None = None) -> Discovery:
-    items.sort(key=lambda i: _sort_key(i.relpath))
+    table = items.build().sorted_by_text()  # by the bytes of the relative path
     excluded.sort(key=lambda x: (os.fsencode(x.path), x.reason))
     logger.info(
-        "discovered %d items (%d excluded) in %s layout under %s", len(items), len(excluded), layout, os.fsdecode(root)
+        "discovered %d items (%d excluded) in %s layout under %s", len(table), len(excluded), layout, os.fsdecode(root)
     )
-    return Discovery(root=root, layout=layout, items=items, excluded=excluded, notes=list(notes or []))
+    return Discovery(root=root, layout=layout, items=table, excluded=excluded, notes=list(notes or []))
 
 
 _WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
@@ -316,7 +297,8 @@ def _read_rows(list_path: str) -> Iterator[tuple[int, list[str]]]:
 
 def _discover_list(list_path: str, default_split: str | None) -> Discovery:
     base = os.path.dirname(list_path)
-    items: list[SourceItem] = []
+    items = TableBuilder()
+    files = items.container(FileRows(base))
     excluded: list[ExcludedItem] = []
     seen: dict[str, int] = {}
     columns: tuple[str, ...] = _LIST_COLUMNS
@@ -379,16 +361,8 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
             excluded.append(ExcludedItem(full, "not_regular_file",
                                          f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
             continue
-        items.append(
-            SourceItem(
-                id=item_id(relpath),
-                path=full,
-                relpath=relpath,
-                label=label,
-                split=split if split is not None else default_split,
-                size=st.st_size,
-            )
-        )
+        items.add(files, relpath, label=label, split=split if split is not None else default_split,
+                  size=st.st_size, text=relpath)
     return _finish(base, "list", items, excluded)
 
 
