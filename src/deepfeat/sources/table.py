@@ -20,7 +20,10 @@ Example:
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
+from array import array
 from collections.abc import Iterator, Sequence
 from typing import Any, overload
 
@@ -81,6 +84,35 @@ class ObjectRows(Container):
     def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
              text: str | None, text2: str | None) -> SourceItem:
         return self.items[a]
+
+
+def _binary(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray | None) -> pa.Array:
+    """A large_binary array over numpy buffers (zero copy: Arrow's pool, which keeps what it frees, is not used)."""
+    mask = None if valid is None or valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(offsets) - 1,
+                                            [mask, pa.py_buffer(offsets), pa.py_buffer(data)])
+
+
+def _take_text(array: pa.Array | None, idx: np.ndarray) -> pa.Array | None:
+    """The strings of ``array`` at ``idx``, gathered with numpy, ``_FLUSH`` rows at a time."""
+    if array is None:
+        return None
+    bufs = array.buffers()
+    offsets = np.frombuffer(bufs[1], dtype=np.int64, count=len(array) + 1, offset=8 * array.offset)
+    data = np.frombuffer(bufs[2], dtype=np.uint8) if bufs[2] is not None else np.empty(0, np.uint8)
+    valid = None if array.null_count == 0 else ~np.asarray(array.is_null().to_numpy(zero_copy_only=False))
+    starts, lengths = offsets[:-1][idx], np.diff(offsets)[idx]
+    out_offsets = np.zeros(len(idx) + 1, np.int64)
+    np.cumsum(lengths, out=out_offsets[1:])
+    out = np.empty(int(out_offsets[-1]), np.uint8)
+    for s in range(0, len(idx), _FLUSH):
+        st, ln = starts[s:s + _FLUSH], lengths[s:s + _FLUSH]
+        if not len(st) or not ln.sum():
+            continue
+        base = out_offsets[s:s + len(st)]
+        gather = np.repeat(st - base, ln) + np.arange(base[0], base[0] + ln.sum())
+        out[base[0]:base[0] + ln.sum()] = data[gather]
+    return _binary(out, out_offsets, None if valid is None else valid[idx])
 
 
 def _text(array: pa.Array | None, i: int) -> str | None:
@@ -145,19 +177,26 @@ class ItemTable(Sequence[SourceItem]):
     def take(self, indices: np.ndarray) -> "ItemTable":
         """The rows at ``indices`` (in that order), sharing the containers."""
         idx = np.asarray(indices, dtype=np.int64)
-        pick = pa.array(idx, type=pa.int64())
         return ItemTable(self.containers, self.cont[idx], self.hi[idx], self.lo[idx], self.label[idx],
                          self.split[idx], self.labels, self.splits, self.size[idx], self.a[idx], self.b[idx],
-                         None if self.text is None else self.text.take(pick),
-                         None if self.text2 is None else self.text2.take(pick), self.hex_ids)
+                         _take_text(self.text, idx), _take_text(self.text2, idx), self.hex_ids)
 
     def sorted_by_text(self) -> "ItemTable":
-        """The rows in the byte order of ``text`` (the folder walker's order: relative path bytes)."""
+        """The rows in the byte order of ``text`` (the folder walker's order: relative path bytes).
+
+        The keys are sorted as Python bytes for the moment of the sort (Arrow's own sort keeps ~130 B
+        per input in its allocator afterwards; these are freed).
+        """
         if self.text is None or len(self) < 2:
             return self
-        import pyarrow.compute as pc
-
-        return self.take(pc.sort_indices(self.text).to_numpy())
+        keys = np.empty(len(self), dtype=object)
+        keys[:] = self.text.to_pylist()
+        order = np.argsort(keys, kind="stable")
+        del keys
+        table = self.take(order)
+        del order
+        _release_freed_memory()
+        return table
 
     # -- what planning reads, without an object per input ------------------------------------------
     def groups(self) -> np.ndarray:
@@ -200,6 +239,26 @@ class ItemTable(Sequence[SourceItem]):
         return sum(x.nbytes for x in arrays) + sum(t.nbytes for t in (self.text, self.text2) if t is not None)
 
 
+def _release_freed_memory() -> None:
+    """Give the heap pages freed by the packing back to the system (glibc's ``malloc_trim``; elsewhere nothing).
+
+    The builder frees its packed chunks once the columns are concatenated; glibc keeps such pages in
+    the process unless asked, which would count them in the driver's resident memory for the whole run.
+    """
+    trim = _MALLOC_TRIM[0]
+    if trim is None:
+        try:
+            trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        except (OSError, AttributeError):
+            trim = False
+        _MALLOC_TRIM[0] = trim
+    if trim:
+        trim(0)
+
+
+_MALLOC_TRIM: list[Any] = [None]
+
+
 class TableBuilder:
     """Collects inputs row by row (packing every 65,536 rows into arrays) and builds the :class:`ItemTable`."""
 
@@ -211,12 +270,14 @@ class TableBuilder:
         self._reset()
 
     def _reset(self) -> None:
+        # compact buffers (array.array, bytearray): no Python object per row survives the row
         self._digests = bytearray()
-        self._rows: dict[str, list[Any]] = {k: [] for k in ("cont", "label", "split", "size", "a", "b", "text",
-                                                            "text2")}
+        self._ints = {"cont": array("i"), "label": array("i"), "split": array("h"), "size": array("q"),
+                      "a": array("q"), "b": array("q")}
+        self._texts = {k: (bytearray(), array("q", [0]), array("b")) for k in ("text", "text2")}  # data, ends, null
 
     def __len__(self) -> int:
-        return sum(len(c["cont"]) for c in self._chunks) + len(self._rows["cont"])
+        return sum(len(c["cont"]) for c in self._chunks) + len(self._ints["cont"])
 
     def container(self, c: Container) -> int:
         """Register a container; returns its index for :meth:`add`."""
@@ -227,55 +288,80 @@ class TableBuilder:
             a: int = 0, b: int = 0, text: str | None = None, text2: str | None = None) -> None:
         """One input of container ``cont``; its id is :func:`~deepfeat.sources.items.item_id` of ``relpath``."""
         self._digests += id_digest(relpath)
-        rows = self._rows
-        rows["cont"].append(cont)
-        rows["label"].append(-1 if label is None else self._labels.setdefault(label, len(self._labels)))
-        rows["split"].append(-1 if split is None else self._splits.setdefault(split, len(self._splits)))
-        rows["size"].append(size)
-        rows["a"].append(a)
-        rows["b"].append(b)
-        rows["text"].append(None if text is None else os.fsencode(text))
-        rows["text2"].append(None if text2 is None else os.fsencode(text2))
-        if len(rows["cont"]) >= _FLUSH:
+        ints = self._ints
+        ints["cont"].append(cont)
+        ints["label"].append(-1 if label is None else self._labels.setdefault(label, len(self._labels)))
+        ints["split"].append(-1 if split is None else self._splits.setdefault(split, len(self._splits)))
+        ints["size"].append(size)
+        ints["a"].append(a)
+        ints["b"].append(b)
+        for key, value in (("text", text), ("text2", text2)):
+            data, ends, null = self._texts[key]
+            if value is not None:
+                data += os.fsencode(value)
+            ends.append(len(data))
+            null.append(value is None)
+        if len(ints["cont"]) >= _FLUSH:
             self._flush()
 
     def _flush(self) -> None:
-        rows = self._rows
-        if not rows["cont"]:
+        ints = self._ints
+        if not ints["cont"]:
             return
         digest = np.frombuffer(bytes(self._digests), dtype=np.uint8).reshape(-1, 10)
-        self._chunks.append({
-            "cont": np.array(rows["cont"], dtype=np.int32),
-            "hi": np.ascontiguousarray(digest[:, :8]).view(">u8").ravel().astype(np.uint64),
-            "lo": (digest[:, 8].astype(np.uint16) << 8) | digest[:, 9],
-            "label": np.array(rows["label"], dtype=np.int32),
-            "split": np.array(rows["split"], dtype=np.int16),
-            "size": np.array(rows["size"], dtype=np.int64),
-            "a": np.array(rows["a"], dtype=np.int64),
-            "b": np.array(rows["b"], dtype=np.int64),
-            "text": None if all(t is None for t in rows["text"]) else pa.array(rows["text"], type=pa.large_binary()),
-            "text2": None if all(t is None for t in rows["text2"]) else pa.array(rows["text2"],
-                                                                                 type=pa.large_binary()),
-        })
+        chunk: dict[str, Any] = {k: np.array(v, dtype=v.typecode) for k, v in ints.items()}
+        chunk["hi"] = np.ascontiguousarray(digest[:, :8]).view(">u8").ravel().astype(np.uint64)
+        chunk["lo"] = (digest[:, 8].astype(np.uint16) << 8) | digest[:, 9]
+        for key, (data, ends, null) in self._texts.items():
+            chunk[key] = None if all(null) else (np.frombuffer(bytes(data), dtype=np.uint8),
+                                                 np.array(ends, dtype=np.int64), np.array(null, dtype=bool))
+        self._chunks.append(chunk)
         self._reset()
 
-    def build(self) -> ItemTable:
-        """The table of every input added (in the order added)."""
+    def build(self, sort_by_text: bool = False) -> ItemTable:
+        """The table of every input added: in the order added, or in the byte order of ``text``."""
         self._flush()
         chunks, self._chunks = self._chunks, []
+        sizes = [len(c["cont"]) for c in chunks]
+        n = sum(sizes)
 
         def cat(key: str, dtype: Any) -> np.ndarray:
-            return np.concatenate([c[key] for c in chunks]) if chunks else np.empty(0, dtype)
+            out = np.empty(n, dtype)
+            at = 0
+            for c in chunks:
+                part = c.pop(key)
+                out[at:at + len(part)] = part
+                at += len(part)
+            return out
 
         def text(key: str) -> pa.Array | None:
-            if all(c[key] is None for c in chunks):
+            pieces = [c.pop(key) for c in chunks]
+            if all(p is None for p in pieces):
                 return None
-            return pa.concat_arrays([c[key] if c[key] is not None else pa.nulls(len(c["cont"]), pa.large_binary())
-                                     for c in chunks])
+            data = np.concatenate([p[0] for p in pieces if p is not None]) if any(p is not None for p in pieces) \
+                else np.empty(0, np.uint8)
+            offsets = np.empty(n + 1, np.int64)
+            offsets[0] = 0
+            valid = np.empty(n, bool)
+            at, base = 0, 0
+            for p, k in zip(pieces, sizes):
+                if p is None:
+                    offsets[at + 1:at + k + 1] = base
+                    valid[at:at + k] = False
+                else:
+                    offsets[at + 1:at + k + 1] = base + p[1][1:]
+                    valid[at:at + k] = ~p[2]
+                    base += int(p[1][-1])
+                at += k
+            return _binary(data, offsets, valid)
 
         table = ItemTable(self.containers, cat("cont", np.int32), cat("hi", np.uint64), cat("lo", np.uint16),
                           cat("label", np.int32), cat("split", np.int16), list(self._labels), list(self._splits),
                           cat("size", np.int64), cat("a", np.int64), cat("b", np.int64), text("text"), text("text2"))
+        chunks.clear()
+        if sort_by_text:
+            table = table.sorted_by_text()  # the unsorted columns are freed here
+        _release_freed_memory()
         return table
 
 
@@ -314,9 +400,9 @@ def hex_keys(arrays: Any) -> tuple[np.ndarray, np.ndarray] | None:
     """(first 8 digest bytes as uint64, last 2 as uint16) of 20-hex-digit ids given as Arrow string arrays,
     chunk by chunk; None if any id is not one."""
     his, los = [], []
-    for array in arrays:
-        for s in range(0, len(array), _FLUSH):
-            ids = array.slice(s, _FLUSH)
+    for chunk in arrays:
+        for s in range(0, len(chunk), _FLUSH):
+            ids = chunk.slice(s, _FLUSH)
             if ids.null_count:
                 return None
             offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1, offset=4 * ids.offset)

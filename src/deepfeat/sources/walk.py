@@ -260,7 +260,7 @@ def _mixed_note(where: str, n: int, layout: str, folders: Sequence[str]) -> str:
 
 def _finish(root: str, layout: str, items: TableBuilder, excluded: list[ExcludedItem],
             notes: list[str] | None = None) -> Discovery:
-    table = items.build().sorted_by_text()  # by the bytes of the relative path
+    table = items.build(sort_by_text=True)  # by the bytes of the relative path
     excluded.sort(key=lambda x: (os.fsencode(x.path), x.reason))
     logger.info(
         "discovered %d items (%d excluded) in %s layout under %s", len(table), len(excluded), layout, os.fsdecode(root)
