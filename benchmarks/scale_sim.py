@@ -480,7 +480,8 @@ def report(mach: dict[str, Any], plan: dict[int, dict], res: dict[int, dict], ma
         before = f"{fmt_b(plan[n]['per_item']['m_held'])}" if n in plan and "per_item" in plan[n] else "-"
         t_res, er = per_input(res, n, lambda r: r["t_filter"])
         m_res, _ = per_input(res, n, lambda r: r["m_filter"])
-        rows.append({"inputs": f"{n:,}", "parts": f"{parts_for(n):,}",
+        parts = f"{plan[n]['parts']:,}" if n in plan else f"{parts_for(n):,}*"
+        rows.append({"inputs": f"{n:,}", "parts": parts,
                      "planner held": f"{fmt_b(held)}{e} ({held / n:.0f} B/input)",
                      "planner peak": f"{fmt_b(peak)}{e} ({peak / n:.0f} B/input)",
                      "plan (s)": f"{fmt_s(t_plan)}{e}",

@@ -239,6 +239,21 @@ class ItemTable(Sequence[SourceItem]):
         return sum(x.nbytes for x in arrays) + sum(t.nbytes for t in (self.text, self.text2) if t is not None)
 
 
+_NARROW = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64)
+
+
+def _narrow(a: np.ndarray) -> np.ndarray:
+    """``a`` in the smallest integer type that holds its values (row groups fit a byte, rows 4 bytes...)."""
+    if not len(a):
+        return a.astype(np.int8)
+    lo, hi = int(a.min()), int(a.max())
+    for t in _NARROW:
+        info = np.iinfo(t)
+        if info.min <= lo and hi <= info.max:
+            return a.astype(t)
+    return a
+
+
 def _release_freed_memory() -> None:
     """Give the heap pages freed by the packing back to the system (glibc's ``malloc_trim``; elsewhere nothing).
 
@@ -309,7 +324,7 @@ class TableBuilder:
         if not ints["cont"]:
             return
         digest = np.frombuffer(bytes(self._digests), dtype=np.uint8).reshape(-1, 10)
-        chunk: dict[str, Any] = {k: np.array(v, dtype=v.typecode) for k, v in ints.items()}
+        chunk: dict[str, Any] = {k: _narrow(np.array(v, dtype=v.typecode)) for k, v in ints.items()}
         chunk["hi"] = np.ascontiguousarray(digest[:, :8]).view(">u8").ravel().astype(np.uint64)
         chunk["lo"] = (digest[:, 8].astype(np.uint16) << 8) | digest[:, 9]
         for key, (data, ends, null) in self._texts.items():
@@ -326,6 +341,9 @@ class TableBuilder:
         n = sum(sizes)
 
         def cat(key: str, dtype: Any) -> np.ndarray:
+            """The column of every chunk, in the narrowest integer type that holds them all."""
+            if chunks and key not in ("hi", "lo"):
+                dtype = np.result_type(*(c[key].dtype for c in chunks))
             out = np.empty(n, dtype)
             at = 0
             for c in chunks:
