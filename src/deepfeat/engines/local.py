@@ -46,7 +46,8 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
         """The decode batches, cut part by part as the pool asks for them (never the whole job at once)."""
         for start, stop in part_bounds(items.groups(), plan.part_size):
             cut = [idx for s in range(start, stop, batch_size)
-                   if len(idx := s + np.flatnonzero(todo[s:min(stop, s + batch_size)]))]
+                   if len(idx := np.arange(s, min(stop, s + batch_size)) if todo is None
+                          else s + np.flatnonzero(todo[s:min(stop, s + batch_size)]))]
             for k, idx in enumerate(cut):
                 chosen = [items[int(i)] for i in idx]
                 tagged.append((k == len(cut) - 1, chosen))

@@ -86,11 +86,11 @@ def plan_parts(pending: Sequence[SourceItem], part_size: int, first_index: int) 
             for k, (s, e) in enumerate(part_bounds(table.groups(), part_size))]
 
 
-def pending_mask(items: ItemTable, pending: Sequence[SourceItem]) -> np.ndarray:
+def pending_mask(items: ItemTable, pending: Sequence[SourceItem]) -> np.ndarray | None:
     """For each input of ``items``, whether it is one of ``pending`` (compared as id digests: ~12 bytes
-    per input, no Python object per input)."""
+    per input, no Python object per input); None when ``pending`` is ``items`` itself (a fresh run)."""
     if pending is items:
-        return np.ones(len(items), dtype=bool)
+        return None
     todo = as_table(pending)
     keys, of = items.keys(), todo.keys()
     if keys is None or of is None:

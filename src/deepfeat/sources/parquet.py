@@ -85,8 +85,8 @@ def _text(value: Any) -> str | None:
 
 
 class ParquetRows(Container):
-    """The rows of one Parquet file with an image-bytes column: ``a`` is the row group, ``b`` the row of
-    the file, ``text`` the id of ``id_field`` (None: the id is ``<file>#<row>``)."""
+    """The rows of one Parquet file with an image-bytes column: ``a`` is the row group, ``b`` the row in
+    it, ``text`` the id of ``id_field`` (None: the id is ``<file>#<row of the file>``)."""
 
     def __init__(self, path: str, rel: str, column: str, field: str | None, starts: list[int]) -> None:
         self.path, self.rel, self.column, self.field, self.starts = path, rel, column, field, starts
@@ -94,10 +94,11 @@ class ParquetRows(Container):
 
     def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
              text: str | None, text2: str | None) -> SourceItem:
-        name = text if text is not None else str(b)
-        return SourceItem(id=iid, path=f"{self.path}#{name}", relpath=text if text is not None else f"{self.rel}#{b}",
+        row = self.starts[a] + b
+        name = text if text is not None else str(row)
+        return SourceItem(id=iid, path=f"{self.path}#{name}", relpath=text if text is not None else f"{self.rel}#{row}",
                           label=label, split=split, size=0,
-                          ref=("parquet", self.path, a, b - self.starts[a], self.column, self.field), group=self.path)
+                          ref=("parquet", self.path, a, b, self.column, self.field), group=self.path)
 
 
 @register_source
@@ -197,7 +198,7 @@ class ParquetSource:
                         items.add(paths, relpath, label=label, split=split or self.split, size=os.path.getsize(full),
                                   text=relpath, text2=full)
                         continue
-                    items.add(cells, relpath, label=label, split=split or self.split, a=rg, b=row, text=ident)
+                    items.add(cells, relpath, label=label, split=split or self.split, a=rg, b=r, text=ident)
         table = items.build()
         log.info("discovered %d rows in %d Parquet files (%d excluded) under %s", len(table), len(files),
                  len(excluded), root)
