@@ -1,45 +1,40 @@
 #!/usr/bin/env python
-"""Plan for 100 M inputs by simulation: planning, the manifest, commits, resume and the Ray driver.
+"""Plan for 100 M inputs by measurement: the real planner, the manifest, commits and resume.
 
-No images and no model: synthetic inputs (real :class:`deepfeat.data.sources.SourceItem` objects
-with realistic ids and paths) and synthetic part records (sha256 digests, counts and sizes of a
-4,096-input part of EfficientNet-Lite0 ``pre_logits`` in float16), fed to the store's own code:
-``plan_parts`` / ``part_batches`` (what the local and Ray engines plan), :class:`Manifest`
-(load, commit, compaction) and ``FeatureStore.done_ids`` (what a resume reads).
+No images and no model forward: synthetic inputs fed to deepfeat's own code.
 
-Sizes: 100 k, 1 M, 10 M and 100 M inputs = 25, 245, 2,442 and 24,415 parts of 4,096 inputs
-(the default part size: 256 MiB of features, at most 4,096 inputs).
-
-* **planning**: the discovery list (N SourceItems), the pending filter of a fresh run, the part
-  plan (``plan_parts``) and the Ray driver's decode batches (``part_batches``, batch 32): seconds
-  and resident memory (RSS growth of this process, allocator overhead included).
-* **manifest**: bytes of ``manifest.json``, seconds to load and check it (``Manifest(...)``), and
-  the cost of one commit with the protocol of earlier versions (``compact_ratio = 0``: rewrite
-  the whole manifest at every commit) and with the commit log (append one fsync'd line; rewrite
-  when the log holds 1/16 of the parts): per commit and for the whole job's commits.
-* **resume**: ``done_ids()`` (read the ``id`` column of every part's ledger into a Python set)
-  over real, synthetic ledger files; then the pending filter of a resume over those ledgers and
-  the discovered inputs (all done, plus 10 % new) side by side: with Python sets of the done and
-  current ids (earlier versions) and with ``extraction.resume_filter`` (the ids' 10 digest bytes
-  decoded from the ledgers' Arrow buffers, sorted and searched with numpy: what ``extract`` runs
-  now). Memory is the peak RSS growth while each runs (sampled every millisecond): what a resume
-  needs on top of the discovery list.
-* **Ray driver**: the memory it holds for the job: discovery list + part plan + decode batches
-  + the manifest's part records.
+* **planning** (the real planner, as a user runs it): Parquet files of N rows (an image-bytes column of
+  one byte and a label column; 100 files, row groups of 10,000) are discovered by the real
+  ``ParquetSource``, inside ``deepfeat.plan_extraction`` (EfficientNet-Lite0, ``pre_logits``; the
+  backbone is loaded once before the measurement, so its memory is not counted), then what ``extract``
+  does before the first image is read: the resume filter of a fresh store, the job estimate, and the
+  part plan (``part_bounds``) with the local engine's pending mask. Reported: seconds and the driver's
+  resident memory (RSS growth of a fresh process, allocator overhead included): held afterwards and
+  at the peak (sampled every millisecond).
+* **folder table**: the same for the folder walker's table (synthetic ``class/img.jpg`` relative paths
+  through the walker's ``TableBuilder``; walking 10^7 real files is the file system's cost, not the
+  planner's).
+* **per-item (before)**: the list of N ``SourceItem`` objects the planner held before container
+  planning, for the same Parquet rows (up to 1 M: the comparison).
+* **manifest**: bytes of ``manifest.json``, seconds to load and check it (``Manifest(...)``), and the
+  cost of one commit with the protocol of earlier versions (``compact_ratio = 0``: rewrite the whole
+  manifest at every commit) and with the commit log: per commit and for the whole job's commits.
+* **resume**: a store of N inputs' ledgers (real Parquet ledgers of 4,096 ids each), and the pending
+  filter of a resume over them and the discovered inputs (all done, plus 10 % new), as ``extract``
+  runs it (``extraction.resume_filter``: the ledgers' ids decoded to digests, compared with the
+  table's): seconds and peak memory.
 
 Planning and resume run in a fresh child process per size (clean RSS figures). Sizes above
-``--max-inputs`` (default 1 M) are not run for the planning / resume columns: they are
-extrapolated linearly from the largest size run (per input, or per part) and marked ``*``. The
-manifest and commit columns are always measured (they need no per-input objects).
+``--max-inputs`` (default 1 M) are not run: they are extrapolated linearly from the largest size run
+(per input, or per part) and marked ``*``. The manifest and commit columns are always measured.
 
-    python benchmarks/scale_sim.py                      # ~4 min on 2 cores
-    python benchmarks/scale_sim.py --max-inputs 10000000   # runs 10 M too (~6 GiB RAM, ~15 min)
+    python benchmarks/scale_sim.py                          # 100 k and 1 M
+    python benchmarks/scale_sim.py --max-inputs 10000000    # 10 M too
     python benchmarks/scale_sim.py --json figures.json
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import gc
 import hashlib
 import json
@@ -108,6 +103,15 @@ def timed_peak(fn: Callable[[], Any]) -> tuple[Any, float, int]:
     return result, seconds, max(peak[0], _resident()) - before
 
 
+def timed(fn: Callable[[], Any]) -> tuple[Any, float, int]:
+    """(result, seconds, RSS growth in bytes) of fn()."""
+    before = rss()
+    t = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - t
+    return result, seconds, rss() - before
+
+
 def machine() -> dict[str, Any]:
     from deepfeat.runtimes.base import cpu_flags, cpu_model
 
@@ -120,57 +124,104 @@ def machine() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------- synthetic inputs
+FILES = 100  # Parquet files of a planning run (containers)
+ROW_GROUP = 10_000
 
 
-def make_items(n: int) -> list:
-    """N SourceItems shaped like a class-folder data set (ids as deepfeat makes them: blake2b-80 of relpath)."""
-    from deepfeat.data.sources import SourceItem
-
-    names = {f.name for f in dataclasses.fields(SourceItem)}
-    root = "/data/imagenet-like"
-    out = []
-    for i in range(n):
-        split = "train" if i % 10 else "val"
-        rel = f"{split}/class_{i % 1000:04d}/img_{i:09d}.jpg"
-        kw: dict[str, Any] = {"id": hashlib.blake2b(rel.encode(), digest_size=10).hexdigest(),
-                              "path": f"{root}/{rel}", "relpath": rel, "label": f"class_{i % 1000:04d}",
-                              "split": split, "size": 110_000 + i % 9973}
-        out.append(SourceItem(**{k: v for k, v in kw.items() if k in names}))
-    return out
-
-
-class _Plan:
-    """What ``part_batches`` asks of an ExtractPlan: the augmented views of an input (none here)."""
-
-    def views_for(self, item: Any) -> int:
-        return 0
+def write_parquet(n: int, work: str) -> str:
+    """A folder of FILES Parquet files holding n rows: a one-byte image column and a label column."""
+    folder = os.path.join(work, f"lake{n}")
+    os.makedirs(folder)
+    per = -(-n // FILES)
+    for f in range(FILES):
+        k = min(per, n - f * per)
+        if k <= 0:
+            break
+        labels = pa.DictionaryArray.from_arrays(pa.array(np.arange(f * per, f * per + k) % 1000, pa.int32()),
+                                                pa.array([f"class_{c:04d}" for c in range(1000)])).cast(pa.string())
+        table = pa.table({"jpg": pa.array([b"x"] * k, pa.binary()), "label": labels})
+        pq.write_table(table, os.path.join(folder, f"{f:05d}.parquet"), row_group_size=ROW_GROUP)
+    return folder
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float, int]:
-    """(result, seconds, RSS growth in bytes) of fn()."""
+def planning(n: int, folder: str) -> dict[str, float]:
+    """The real planner over the Parquet rows of ``folder``: plan_extraction, resume filter, estimate, parts."""
+    import deepfeat
+    from deepfeat.engines.parts import part_bounds, pending_mask
+    from deepfeat.extraction import resume_filter
+    from deepfeat.models.registry import load_backbone
+
+    backbone = load_backbone("efficientnet_lite0")
+    small = write_parquet(1000, os.path.dirname(folder) + f"/warm{os.getpid()}")
+    deepfeat.plan_extraction(small, backbone=backbone, layers="pre_logits", dtype="float16")  # warm every path
+
+    def plan() -> Any:
+        return deepfeat.plan_extraction(folder, backbone=backbone, layers="pre_logits", dtype="float16")
+
     before = rss()
-    t = time.perf_counter()
-    result = fn()
-    seconds = time.perf_counter() - t
-    return result, seconds, rss() - before
+    p, t_disc, peak_disc = timed_peak(plan)
+    held_disc = rss() - before
+    assert len(p.discovery.items) == n, len(p.discovery.items)
 
+    def rest() -> tuple[Any, list, dict]:
+        pending, _ = resume_filter(p.discovery.items, lambda: iter(()))  # a fresh store: nothing done
+        est = p.estimate(pending)
+        bounds = part_bounds(pending.groups(), p.part_size)
+        mask = pending_mask(p.discovery.items, pending)
+        return (pending, mask), bounds, est
 
-def planning(n: int) -> dict[str, float]:
-    from deepfeat.engines.parts import part_batches, plan_parts
-
-    items, t_items, m_items = timed(lambda: make_items(n))
-    done: set[str] = set()
-    (pending, current), t_pending, m_pending = timed(
-        lambda: ([it for it in items if it.id not in done], {it.id for it in items}))
-    parts, t_parts, m_parts = timed(lambda: plan_parts(pending, PART_SIZE, 0))
-    plan = _Plan()
-    batches, t_batches, m_batches = timed(lambda: [part_batches(its, BATCH, plan) for _, its in parts])
-    res = {"parts": len(parts), "t_items": t_items, "m_items": m_items, "t_pending": t_pending,
-           "m_pending": m_pending, "t_plan": t_parts, "m_plan": m_parts, "t_batches": t_batches,
-           "m_batches": m_batches}
-    del items, pending, current, parts, batches
+    (kept, bounds, est), t_rest, peak_rest = timed_peak(rest)
+    held_all = rss() - before
+    res = {"parts": len(bounds), "part_size": p.part_size, "t_discover": t_disc, "m_discover_peak": peak_disc,
+           "m_discover": held_disc, "t_rest": t_rest, "m_rest_peak": held_disc + peak_rest, "m_held": held_all,
+           "table_bytes": p.discovery.items.nbytes(), "rows": est["rows"]}
+    del p, kept, bounds
     gc.collect()
     return res
+
+
+def folder_table(n: int) -> dict[str, float]:
+    """The walker's table for n files of a class-folder data set (what a folder source holds per input)."""
+    from deepfeat.sources.table import FileRows, TableBuilder
+
+    def build() -> Any:
+        b = TableBuilder()
+        c = b.container(FileRows("/data/imagenet-like"))
+        for i in range(n):
+            split = "train" if i % 10 else "val"
+            rel = f"{split}/class_{i % 1000:04d}/img_{i:09d}.jpg"
+            b.add(c, rel, label=f"class_{i % 1000:04d}", split=split, size=110_000 + i % 9973, text=rel)
+        return b.build(sort_by_text=True)
+
+    before = rss()
+    table, t, peak = timed_peak(build)
+    held = rss() - before
+    return {"t": t, "m_peak": peak, "m_held": held, "table_bytes": table.nbytes()}
+
+
+def per_item(n: int, folder: str) -> dict[str, float]:
+    """Before container planning: one SourceItem per Parquet row (as ParquetSource built them)."""
+    from deepfeat.sources.items import SourceItem, item_id
+
+    files = sorted(os.listdir(folder))
+    per = -(-n // len(files))
+
+    def build() -> list:
+        out = []
+        for i in range(n):
+            f, row = divmod(i, per)
+            path = os.path.join(folder, files[f])
+            rel = f"{files[f]}#{row}"
+            out.append(SourceItem(id=item_id(rel), path=f"{path}#{row}", relpath=rel, label=f"class_{i % 1000:04d}",
+                                  split=None, size=0, ref=("parquet", path, row // ROW_GROUP, row % ROW_GROUP, "jpg",
+                                                           None), group=path))
+        return out
+
+    before = rss()
+    items, t, peak = timed_peak(build)
+    held = rss() - before
+    del items
+    return {"t": t, "m_peak": peak, "m_held": held}
 
 
 # ------------------------------------------------------------------------------- the manifest
@@ -257,7 +308,7 @@ def whole_job(parts: int, rewrite: Callable[[int], float], append_s: float, rati
 
 # ------------------------------------------------------------------------------- resume
 def resume(n: int, work: str) -> dict[str, float]:
-    """A store of n inputs' ledgers: ``done_ids()`` (what a resume runs) vs a sorted array of ids.
+    """A store of n inputs' ledgers, and the pending filter of a resume over them (what extract runs).
 
     The parts hold ledgers only (every input recorded as failed, so no feature files are needed):
     ``FeatureStore.done_ids`` reads the same ledgers, with the same checks, as for embedded inputs.
@@ -294,37 +345,25 @@ def resume(n: int, work: str) -> dict[str, float]:
     t_build = time.perf_counter() - t
     ledger_bytes = sum(os.path.getsize(os.path.join(store, layout.PARTS_DIR, r.name, layout.LEDGER_FILE))
                        for r in records)
-    done, t_done, m_done = timed(reader.done_ids)
-    assert len(done) == n
-    del done
-    gc.collect()
 
-    # what a resume does with them: the pending filter of the discovered inputs (all n done, plus n/10 new)
-    from deepfeat.data.sources import SourceItem
+    # the discovered inputs (all n done, plus n/10 new) as the folder walker's table, then extract's filter
     from deepfeat.extraction import resume_filter
+    from deepfeat.sources.table import FileRows, TableBuilder
 
-    rels = [f"train/class_{i % 1000:04d}/img_{i:09d}.jpg" for i in range(n + n // 10)]
-    items = [SourceItem(hashlib.blake2b(r.encode(), digest_size=10).hexdigest(), f"/data/imagenet-like/{r}", r,
-                        r.split("/")[1], "train", 110_000) for r in rels]
-    del rels
+    b = TableBuilder()
+    c = b.container(FileRows("/data/imagenet-like"))
+    for i in range(n + n // 10):
+        rel = f"train/class_{i % 1000:04d}/img_{i:09d}.jpg"
+        b.add(c, rel, label=rel.split("/")[1], split="train", size=110_000, text=rel)
+    items = b.build()
+    del b
     gc.collect()
-
-    def with_sets() -> tuple[list, int]:
-        """The resume of earlier versions: the done ids and the current ids as Python sets."""
-        done = reader.done_ids()
-        current = {it.id for it in items}
-        return [it for it in items if it.id not in done], len(done - current)
-
-    (pending, vanished), t_sets, m_sets = timed_peak(with_sets)
-    assert (len(pending), vanished) == (n // 10, 0)
-    del pending
-    gc.collect()
-    (pending, vanished), t_arrow, m_arrow = timed_peak(lambda: resume_filter(items, reader.done_id_chunks))
+    (pending, vanished), t_filter, m_filter = timed_peak(lambda: resume_filter(items, reader.done_id_chunks))
     assert (len(pending), vanished) == (n // 10, 0)
     del pending, items
     shutil.rmtree(store)
-    return {"parts": len(records), "t_build": t_build, "ledger_bytes": ledger_bytes, "t_done": t_done,
-            "m_done": m_done, "t_sets": t_sets, "m_sets": m_sets, "t_arrow": t_arrow, "m_arrow": m_arrow}
+    return {"parts": len(records), "t_build": t_build, "ledger_bytes": ledger_bytes, "t_filter": t_filter,
+            "m_filter": m_filter}
 
 
 # ------------------------------------------------------------------------------- report
@@ -357,16 +396,19 @@ def child(what: str, n: int, work: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--child", choices=("planning", "resume"), help=argparse.SUPPRESS)
+    ap.add_argument("--child", choices=("planning", "folder", "per_item", "resume"), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--max-inputs", type=int, default=1_000_000,
                     help="largest size run for planning and resume (larger ones are extrapolated, marked *)")
-    ap.add_argument("--work", default=None, help="directory for the synthetic stores (default: a temp dir)")
+    ap.add_argument("--work", default=None, help="directory for the synthetic files (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON to this file")
     ap.add_argument("--from-json", default=None, help="print the table of figures saved by --json (no run)")
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(planning(args.n) if args.child == "planning" else resume(args.n, args.work)))
+        n, lake = args.n, os.path.join(args.work, f"lake{args.n}")
+        result = {"planning": lambda: planning(n, lake), "folder": lambda: folder_table(n),
+                  "per_item": lambda: per_item(n, lake), "resume": lambda: resume(n, args.work)}[args.child]()
+        print(json.dumps(result))
         return
     if args.from_json:
         with open(args.from_json) as f:
@@ -383,8 +425,14 @@ def main() -> None:
         man: dict[int, dict] = {}
         for n in SIZES:
             if n <= args.max_inputs:  # each in a fresh process: RSS growth without reused arenas
+                log(f"writing {n:,} Parquet rows")
+                write_parquet(n, work)
                 log(f"planning {n:,} inputs")
                 plan[n] = child("planning", n, work)
+                plan[n]["folder"] = child("folder", n, work)
+                if n <= 1_000_000:
+                    plan[n]["per_item"] = child("per_item", n, work)
+                shutil.rmtree(os.path.join(work, f"lake{n}"))
                 log(f"resume {n:,} inputs")
                 res[n] = child("resume", n, work)
             p = parts_for(n)
@@ -402,95 +450,85 @@ def main() -> None:
 
 def report(mach: dict[str, Any], plan: dict[int, dict], res: dict[int, dict], man: dict[int, dict]
            ) -> list[dict[str, str]]:
-    """Print the table and the details; returns the table's rows."""
+    """Print the tables and the details; returns the rows of the planning table."""
     ran = [n for n in SIZES if n in plan]
-    ref_plan, ref_res = plan[ran[-1]], res[ran[-1]]
+    big = ran[-1]
 
-    def scaled(table: dict[int, dict], ref: dict, n: int, key: str, by_parts: bool = False) -> tuple[float, bool]:
+    def per_input(table: dict[int, dict], n: int, get: Callable[[dict], float]) -> tuple[float, str]:
+        """(value at n, "*" when extrapolated linearly per input from the largest size run)."""
         if n in table:
-            return table[n][key], False
-        base = ref["parts"] if by_parts else ran[-1]
-        return ref[key] * ((parts_for(n) if by_parts else n) / base), True
+            return get(table[n]), ""
+        return get(table[big]) * n / big, "*"
 
     # rewrite cost of a manifest of k parts: interpolated between the measured rewrites
     xs = np.array([man[n]["parts"] for n in SIZES], dtype=float)
     ys = np.array([man[n]["old_ms"] / 1e3 for n in SIZES])
     rewrite = lambda k: float(np.interp(k, xs, ys))  # noqa: E731
 
+    print(f"\nCPU: {mach['cpu']} ({mach['cores']} cores; flags {' '.join(mach['flags']) or '-'}); "
+          f"Python {mach['python']}, pyarrow {mach['pyarrow']}; files on {mach['tmp']}; "
+          f"load average at start {mach['load_average'][0]:.1f}")
+    print(f"Parquet: {FILES} files, row groups of {ROW_GROUP:,}; part size {PART_SIZE:,} inputs; "
+          f"* = extrapolated linearly from {big:,} inputs (not run; --max-inputs)\n")
     rows = []
     for n in SIZES:
-        p = parts_for(n)
         mf = man[n]
-        cells: dict[str, str] = {"inputs": f"{n:,}", "parts": f"{p:,}"}
-        ext = False
-        t_plan = 0.0
-        m_driver = 0.0
-        for key_t, key_m in (("t_items", "m_items"), ("t_pending", "m_pending"), ("t_plan", "m_plan"),
-                             ("t_batches", "m_batches")):
-            v, e = scaled(plan, ref_plan, n, key_t)
-            t_plan += v if key_t != "t_items" else 0.0
-            ext |= e
-            mv, _ = scaled(plan, ref_plan, n, key_m)
-            m_driver += mv  # extract keeps the pending list and the id set alive during the run
-        v_items, _ = scaled(plan, ref_plan, n, "m_items")
-        m_driver += mf["m_records"]
-        star = "*" if ext else ""
-        cells["discovery list"] = fmt_b(v_items) + star
-        cells["plan (s)"] = fmt_s(t_plan) + star
-        cells["Ray driver"] = fmt_b(m_driver) + star
-        cells["manifest.json"] = fmt_b(mf["bytes"])
-        cells["load"] = fmt_s(mf["t_load"])
-        job_old, _ = whole_job(p, rewrite, 0.0, 0)
-        job_new, rw = whole_job(p, rewrite, mf["new_ms"] / 1e3, 16)
-        cells["commit old"] = fmt_s(mf["old_ms"] / 1e3)
-        cells["commit new"] = f"{fmt_s(mf['new_ms'] / 1e3)}"
-        cells["all commits old"] = fmt_s(job_old)
-        cells["all commits new"] = f"{fmt_s(job_new)} ({rw} rewrites)"
-        t_done, e1 = scaled(res, ref_res, n, "t_done", by_parts=True)
-        m_done, e2 = scaled(res, ref_res, n, "m_done")
-        t_sets, _ = scaled(res, ref_res, n, "t_sets")
-        m_sets, _ = scaled(res, ref_res, n, "m_sets")
-        t_arrow, _ = scaled(res, ref_res, n, "t_arrow")
-        m_arrow, _ = scaled(res, ref_res, n, "m_arrow")
-        star = "*" if e1 or e2 else ""
-        cells["resume before (sets)"] = f"{fmt_s(t_sets)}, {fmt_b(m_sets)}{star}"
-        cells["resume now (digests)"] = f"{fmt_s(t_arrow)}, {fmt_b(m_arrow)}{star}"
-        rows.append(cells)
-
-    print(f"\nCPU: {mach['cpu']} ({mach['cores']} cores; flags {' '.join(mach['flags']) or '-'}); "
-          f"Python {mach['python']}, pyarrow {mach['pyarrow']}; store on {mach['tmp']}; "
-          f"load average at start {mach['load_average'][0]:.1f}")
-    print(f"part size {PART_SIZE:,} inputs (Lite0 pre_logits, float16); Ray decode batches of {BATCH}; "
-          f"* = extrapolated linearly from {ran[-1]:,} inputs (not run; --max-inputs)\n")
+        held, e = per_input(plan, n, lambda r: r["m_held"])
+        peak, _ = per_input(plan, n, lambda r: max(r["m_discover_peak"], r["m_rest_peak"]))
+        t_plan, _ = per_input(plan, n, lambda r: r["t_discover"] + r["t_rest"])
+        folder, _ = per_input(plan, n, lambda r: r["folder"]["m_held"])
+        before = f"{fmt_b(plan[n]['per_item']['m_held'])}" if n in plan and "per_item" in plan[n] else "-"
+        t_res, er = per_input(res, n, lambda r: r["t_filter"])
+        m_res, _ = per_input(res, n, lambda r: r["m_filter"])
+        parts = f"{plan[n]['parts']:,}" if n in plan else f"{parts_for(n):,}*"
+        rows.append({"inputs": f"{n:,}", "parts": parts,
+                     "planner held": f"{fmt_b(held)}{e} ({held / n:.0f} B/input)",
+                     "planner peak": f"{fmt_b(peak)}{e} ({peak / n:.0f} B/input)",
+                     "plan (s)": f"{fmt_s(t_plan)}{e}",
+                     "folder table held": f"{fmt_b(folder)}{e}",
+                     "per-item list (before)": before,
+                     "Ray driver": f"{fmt_b(held + mf['m_records'])}{e}",
+                     "resume filter": f"{fmt_s(t_res)}, {fmt_b(m_res)}{er}"})
     heads = list(rows[0])
     print("| " + " | ".join(heads) + " |")
     print("|" + "|".join("---" for _ in heads) + "|")
     for r in rows:
         print("| " + " | ".join(r[h] for h in heads) + " |")
     print()
-    print("commit old = one commit rewriting manifest.json (the protocol before the commit log; median of "
-          "3-20); commit new = one commit appending to manifest.log (median of 50; the rewrite every ~P/16 "
-          "commits costs as much as 'commit old' and is counted in 'all commits new').")
-    print("all commits: every commit of the job, following Manifest.commit's rule (plus the end-of-run "
-          "compaction), a rewrite of k parts costing the measured 'commit old' interpolated in k.")
+    heads2 = ["inputs", "parts", "manifest.json", "load", "commit old", "commit new", "all commits old",
+              "all commits new"]
+    print("| " + " | ".join(heads2) + " |")
+    print("|" + "|".join("---" for _ in heads2) + "|")
+    for n in SIZES:
+        mf, p = man[n], parts_for(n)
+        job_old, _ = whole_job(p, rewrite, 0.0, 0)
+        job_new, rw = whole_job(p, rewrite, mf["new_ms"] / 1e3, 16)
+        print(f"| {n:,} | {p:,} | {fmt_b(mf['bytes'])} | {fmt_s(mf['t_load'])} | {fmt_s(mf['old_ms'] / 1e3)} | "
+              f"{fmt_s(mf['new_ms'] / 1e3)} | {fmt_s(job_old)} | {fmt_s(job_new)} ({rw} rewrites) |")
+    print()
+    for n in ran:
+        pl, rs = plan[n], res[n]
+        fo = pl["folder"]
+        line = (f"  {n:>11,} inputs: plan_extraction {fmt_s(pl['t_discover'])}, held {fmt_b(pl['m_discover'])} "
+                f"({pl['m_discover'] / n:.0f} B/input; the table's columns {pl['table_bytes'] / n:.0f} B/input), "
+                f"peak {fmt_b(pl['m_discover_peak'])}; resume filter + estimate + parts + pending mask "
+                f"{fmt_s(pl['t_rest'])}, peak {fmt_b(pl['m_rest_peak'])}, all held {fmt_b(pl['m_held'])} "
+                f"({pl['m_held'] / n:.0f} B/input); {pl['parts']:,} parts of {pl['part_size']:,}; folder table "
+                f"{fmt_s(fo['t'])}, held {fmt_b(fo['m_held'])} ({fo['m_held'] / n:.0f} B/input), peak "
+                f"{fmt_b(fo['m_peak'])}")
+        if "per_item" in pl:
+            pi = pl["per_item"]
+            line += (f"; per-item list (before) {fmt_s(pi['t'])}, held {fmt_b(pi['m_held'])} "
+                     f"({pi['m_held'] / n:.0f} B/input)")
+        line += (f"; resume: ledgers {fmt_b(rs['ledger_bytes'])}, filter {fmt_s(rs['t_filter'])}, peak "
+                 f"{fmt_b(rs['m_filter'])} ({rs['m_filter'] / n:.0f} B per done id)")
+        print(line)
     for n in SIZES:
         mf = man[n]
         print(f"  {mf['parts']:>6,} parts: commit old {mf['old_ms']:8.1f} ms, new median {mf['new_ms']:5.1f} ms "
               f"(max {mf['new_max_ms']:6.1f}), log line {mf['log_line_bytes']:.0f} B, load with "
               f"{mf['commits_in_log']} logged parts {fmt_s(mf['t_load_with_log'])}, part records in memory "
               f"{fmt_b(mf['m_records'])}")
-    for n in ran:
-        pl, rs = plan[n], res[n]
-        print(f"  {n:>11,} inputs: items {fmt_s(pl['t_items'])} / {fmt_b(pl['m_items'])} "
-              f"({pl['m_items'] / n:.0f} B per input); pending+current {fmt_s(pl['t_pending'])} / "
-              f"{fmt_b(pl['m_pending'])}; plan_parts {fmt_s(pl['t_plan'])} / {fmt_b(pl['m_plan'])}; "
-              f"part_batches {fmt_s(pl['t_batches'])} / {fmt_b(pl['m_batches'])}; ledgers "
-              f"{fmt_b(rs['ledger_bytes'])}; done_ids() {fmt_s(rs['t_done'])} / {fmt_b(rs['m_done'])} "
-              f"({rs['m_done'] / n:.0f} B per id); resume filter with sets {fmt_s(rs['t_sets'])} / "
-              f"{fmt_b(rs['m_sets'])} peak ({rs['m_sets'] / n:.0f} B per done id), with digests (extract's "
-              f"resume_filter) {fmt_s(rs['t_arrow'])} / {fmt_b(rs['m_arrow'])} peak ({rs['m_arrow'] / n:.0f} B per "
-              f"done id): {rs['m_sets'] / max(rs['m_arrow'], 1):.1f}x less memory, "
-              f"{rs['t_sets'] / max(rs['t_arrow'], 1e-9):.2f}x the speed")
     return rows
 
 

@@ -227,18 +227,18 @@ def test_batch_augment_is_seeded_and_flip_is_exact() -> None:
 
 def test_held_out_validation_for_a_class_folder(fm20: Path, tmp_path: Path) -> None:
     from deepfeat.cnn.data import make_splits
-    from deepfeat.data.sources import discover
+    from deepfeat.sources.walk import walk
 
     src = tmp_path / "classes"
     for cls in ("bag", "trouser", "sandal"):
         shutil.copytree(fm20 / "train" / cls, src / cls)
-    splits = make_splits(discover(src), val_fraction=0.25, seed=0)
+    splits = make_splits(walk(src), val_fraction=0.25, seed=0)
     assert splits.val_source == "held-out" and splits.classes == ["bag", "sandal", "trouser"]
     assert len(splits.val) == 15 and len(splits.train) == 45
     assert sorted(np.bincount(splits.val.labels).tolist()) == [5, 5, 5]
     assert not set(splits.val.ids) & set(splits.train.ids)
     with pytest.raises(UsageError, match="at least 2 classes"):
-        make_splits(discover(fm20 / "train" / "bag"), 0.1, 0)
+        make_splits(walk(fm20 / "train" / "bag"), 0.1, 0)
 
 
 # ----------------------------------------------------------------------------- the model directory as a backbone
@@ -246,9 +246,9 @@ def test_validation_is_val_or_a_hashed_holdout_of_train_never_test_unless_asked(
     """Issue 28: with train + test only, validation rows come from train (a stratified hashed hold-out) and
     test stays apart; a val split is used when present; test only with validation='test'."""
     from deepfeat.cnn.data import make_splits
-    from deepfeat.data.sources import discover
+    from deepfeat.sources.walk import walk
 
-    d = discover(fm20)
+    d = walk(fm20)
     train_ids = {it.id for it in d.items if it.split == "train"}
     test_ids = {it.id for it in d.items if it.split == "test"}
     s = make_splits(d, 0.1, 0)
@@ -261,10 +261,10 @@ def test_validation_is_val_or_a_hashed_holdout_of_train_never_test_unless_asked(
     shutil.copytree(fm20, src)
     for i in range(5):
         shutil.copyfile(next((fm20 / "train" / "bag").iterdir()), src / "train" / "bag" / f"extra_{i}.png")
-    more = make_splits(discover(src), 0.1, 0)
+    more = make_splits(walk(src), 0.1, 0)
     bag = s.classes.index("bag")
     rel = {it.id: it.relpath for it in d.items}
-    rel_more = {it.id: it.relpath for it in discover(src).items}
+    rel_more = {it.id: it.relpath for it in walk(src).items}
     kept = {rel[i] for i, y in zip(s.val.ids, s.val.labels) if y != bag}
     assert kept == {rel_more[i] for i, y in zip(more.val.ids, more.val.labels) if y != bag}
     asked = make_splits(d, 0.1, 0, validation="test")
@@ -272,7 +272,7 @@ def test_validation_is_val_or_a_hashed_holdout_of_train_never_test_unless_asked(
     with pytest.raises(UsageError, match="no val split"):
         make_splits(d, 0.1, 0, validation="val")
     shutil.move(str(src / "test"), str(src / "val"))
-    with_val = make_splits(discover(src), 0.1, 0)
+    with_val = make_splits(walk(src), 0.1, 0)
     assert with_val.val_source == "val" and len(with_val.val) == 200 and with_val.test is None
 
 
@@ -280,9 +280,9 @@ def test_model_directory_round_trips_through_layers_and_extract(fm20: Path, trai
     import deepfeat
     from deepfeat.cli import main
     from deepfeat.data.decode import decode_file
-    from deepfeat.data.sources import discover
     from deepfeat.models import describe_layers, load_backbone
     from deepfeat.models.weights import file_sha256
+    from deepfeat.sources.walk import walk
 
     bb = load_backbone(trained.out)
     assert bb.family == "deepfeat" and bb.classifier == "classifier"
@@ -303,7 +303,7 @@ def test_model_directory_round_trips_through_layers_and_extract(fm20: Path, trai
     assert s.embedded_total == 400 and s.failed_total == 0
     x, _labels, meta = deepfeat.open_store(store).load("dense")
     assert x.shape == (400, 256)
-    paths = {it.id: it.path for it in discover(fm20).items}
+    paths = {it.id: it.path for it in walk(fm20).items}
     ids = meta.column("id").to_pylist()
     pick = [0, 57, 199, 200, 399]
     batch = torch.cat([bb.preprocess(decode_file(paths[ids[i]]).image) for i in pick])

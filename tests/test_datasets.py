@@ -11,7 +11,6 @@ import pytest
 from PIL import Image
 
 from deepfeat import datasets
-from deepfeat.data.sources import discover
 from deepfeat.datasets import (
     DATASETS,
     FASHION_MNIST_CLASSES,
@@ -20,6 +19,7 @@ from deepfeat.datasets import (
     write_fashion_mnist,
 )
 from deepfeat.errors import UsageError
+from deepfeat.sources.walk import walk
 
 DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FILES = (
@@ -81,7 +81,7 @@ def test_write_counts_pixels_and_labels(
     assert summary.total == 100 and summary.split_total("test") == 50
     # nothing but the images: extract of the folder excludes nothing (a classes.txt was "1 excluded")
     assert sorted(p.name for p in out.iterdir()) == ["test", "train"]
-    assert discover(out).excluded == []
+    assert walk(out).excluded == []
 
     files = _pngs(out)
     assert len(files) == 100

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 import deepfeat
-from deepfeat.data.sources import Discovery, SourceItem, item_id
+from deepfeat.sources.items import Discovery, SourceItem, item_id
 
 KW = dict(model="efficientnet_lite0", layers="pre_logits", input_size=32, workers=0, batch_size=16, part_size=40,
           precision="fp32")

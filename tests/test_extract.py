@@ -65,14 +65,14 @@ def test_bad_inputs_land_in_the_ledger(tmp_path, monkeypatch):
     expected["vanishing.png"] = "failed:vanished"
     from deepfeat.sources import files as extract_mod  # the folder source's walker
 
-    real_discover = extract_mod.discover
+    real_discover = extract_mod.walk
 
     def discover_then_delete(src, **kw):
         d = real_discover(src, **kw)
         os.unlink(root / "vanishing.png")
         return d
 
-    monkeypatch.setattr(extract_mod, "discover", discover_then_delete)
+    monkeypatch.setattr(extract_mod, "walk", discover_then_delete)
     out = tmp_path / "feats"
     s = deepfeat.extract(root, out, layers="pre_logits", input_size=32, workers=1, batch_size=8, part_size=10)
     ledger = deepfeat.open_store(out).ledger().to_pylist()
@@ -212,8 +212,8 @@ def test_resume_filter_compares_digests_exactly():
 
     import pyarrow as pa
 
-    from deepfeat.data.sources import SourceItem, item_id
     from deepfeat.extraction import resume_filter
+    from deepfeat.sources.items import SourceItem, item_id
 
     rng = random.Random(7)
     names = [f"train/c{i % 7}/img_{i}.png" for i in range(5000)]

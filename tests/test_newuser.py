@@ -13,7 +13,7 @@ import pytest
 
 import deepfeat
 from deepfeat.cli import main
-from deepfeat.data.sources import discover
+from deepfeat.sources.walk import walk
 
 FAST = ["--input-size", "32", "--workers", "0", "-q"]
 
@@ -50,8 +50,8 @@ def test_store_inside_a_flat_source_keeps_it_flat(photo_files, tmp_path):
     _copy(photo_files, {"cat": f"{src}/cat.jpg", "coffee": f"{src}/coffee.jpg"})
     out = src / "feats"
     deepfeat.extract(src, out, input_size=32, workers=0)
-    assert discover(src).layout == "class"  # without skip_dirs the store looks like a class folder
-    d = discover(src, skip_dirs=[out])
+    assert walk(src).layout == "class"  # without skip_dirs the store looks like a class folder
+    d = walk(src, skip_dirs=[out])
     assert (d.layout, len(d.items), d.excluded, d.notes) == ("flat", 2, [], [])
     s = deepfeat.extract(src, out, input_size=32, workers=0)
     assert (s.discovered, s.excluded, s.already_done, s.notes) == (2, 0, 2, [])
@@ -210,7 +210,7 @@ def test_list_files_in_utf16_or_with_nul_bytes_are_usage_errors(photo_files, tmp
         assert len(err) == 1 and err[0].startswith("error: The list file") and "UTF-8" in err[0], err
         assert ("is UTF-16 text" if name == "u16.txt" else "holds a NUL byte on line ") in err[0]
     (tmp_path / "bom8.csv").write_bytes("path,label\ncat.jpg,cat\n".encode("utf-8-sig"))  # a UTF-8 BOM is fine
-    assert [(i.relpath, i.label) for i in discover(tmp_path / "bom8.csv").items] == [("cat.jpg", "cat")]
+    assert [(i.relpath, i.label) for i in walk(tmp_path / "bom8.csv").items] == [("cat.jpg", "cat")]
 
 
 def test_a_huge_input_size_is_a_usage_error(photo_files, tmp_path, capsys):

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from deepfeat.data import sources
-from deepfeat.data.sources import EXCLUSION_REASONS, Discovery, discover, item_id
+import deepfeat.sources.walk as walker
 from deepfeat.errors import UsageError
+from deepfeat.sources.items import EXCLUSION_REASONS, Discovery, SourceItem, item_id
+from deepfeat.sources.walk import walk
 
 try:
     import badinputs as bi
@@ -25,7 +26,7 @@ def _touch(path: Path, data: bytes | None = None) -> bytes:
     return data
 
 
-def _by_rel(d: Discovery) -> dict[str, sources.SourceItem]:
+def _by_rel(d: Discovery) -> dict[str, SourceItem]:
     return {i.relpath: i for i in d.items}
 
 
@@ -35,7 +36,7 @@ def _reasons(d: Discovery) -> dict[str, str]:
 
 def _discover_with_timeout(path, **kw) -> Discovery:
     result: list[Discovery] = []
-    worker = threading.Thread(target=lambda: result.append(discover(path, **kw)), daemon=True)
+    worker = threading.Thread(target=lambda: result.append(walk(path, **kw)), daemon=True)
     worker.start()
     worker.join(timeout=10)
     assert not worker.is_alive(), "discover blocked"
@@ -50,13 +51,13 @@ def _discover_with_timeout(path, **kw) -> Discovery:
 def test_flat_layout(tmp_path):
     for name in ("b.jpg", "a.PNG", "c.jpeg"):
         _touch(tmp_path / name)
-    d = discover(tmp_path)
+    d = walk(tmp_path)
     assert d.layout == "flat" and d.root == str(tmp_path)
     assert [i.relpath for i in d.items] == ["a.PNG", "b.jpg", "c.jpeg"]
     assert all(i.label is None and i.split is None for i in d.items)
     assert d.classes == [] and d.splits == []
     assert d.items[0].size == len(b"a.PNG-payload")
-    assert discover(tmp_path, default_split="Validation").splits == ["val"]
+    assert walk(tmp_path, default_split="Validation").splits == ["val"]
 
 
 def test_class_layout(tmp_path):
@@ -65,7 +66,7 @@ def test_class_layout(tmp_path):
     _touch(tmp_path / "dog" / "1.jpg")
     _touch(tmp_path / "stray.jpg")
     (tmp_path / "empty_class").mkdir()
-    d = discover(str(tmp_path))
+    d = walk(str(tmp_path))
     assert d.layout == "class"
     items = _by_rel(d)
     assert set(items) == {"cat/1.jpg", "cat/nested/2.jpg", "dog/1.jpg", "stray.jpg"}
@@ -84,7 +85,7 @@ def test_split_class_layout(tmp_path):
     _touch(tmp_path / "TEST" / "dog" / "3.jpg")
     _touch(tmp_path / "train" / "loose.jpg")
     _touch(tmp_path / "root.jpg")
-    d = discover(tmp_path)
+    d = walk(tmp_path)
     assert d.layout == "split_class"
     items = _by_rel(d)
     assert {r: (i.split, i.label) for r, i in items.items()} == {
@@ -98,7 +99,7 @@ def test_split_class_layout(tmp_path):
     }
     assert d.splits == ["test", "train", "val"] and d.classes == ["cat", "dog"]
     assert _reasons(d) == {} and len(d.notes) == 2
-    assert _by_rel(discover(tmp_path, default_split="train"))["root.jpg"].split == "train"
+    assert _by_rel(walk(tmp_path, default_split="train"))["root.jpg"].split == "train"
 
 
 def test_list_file_csv(tmp_path):
@@ -120,7 +121,7 @@ def test_list_file_csv(tmp_path):
         "./a.jpg,cat,train\n",
         encoding="utf-8",
     )
-    d = discover(lst, default_split="test")
+    d = walk(lst, default_split="test")
     assert d.layout == "list" and d.root == str(data)
     items = _by_rel(d)
     assert items["a.jpg"].label == "cat" and items["a.jpg"].split == "train"
@@ -138,26 +139,26 @@ def test_list_file_txt_without_header_and_column_order(tmp_path):
     _touch(tmp_path / "img" / "y.bin")  # list files are explicit: no extension filter
     (tmp_path / "img" / "sub").mkdir()
     (tmp_path / "list.txt").write_text("img/x.jpg\nimg/y.bin,dog\nimg/sub\n")
-    d = discover(tmp_path / "list.txt")
+    d = walk(tmp_path / "list.txt")
     assert [(i.relpath, i.label) for i in d.items] == [("img/x.jpg", None), ("img/y.bin", "dog")]
     assert _reasons(d) == {"img/sub": "not_regular_file"}
     (tmp_path / "l2.csv").write_text("split,path\nvalid,img/x.jpg\n")
-    (item,) = discover(tmp_path / "l2.csv").items
+    (item,) = walk(tmp_path / "l2.csv").items
     assert (item.relpath, item.split, item.label) == ("img/x.jpg", "val", None)
 
 
 def test_bad_sources_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="does not exist"):
-        discover(tmp_path / "nope")
+        walk(tmp_path / "nope")
     with pytest.raises(UsageError, match="empty"):
-        discover("")
+        walk("")
     _touch(tmp_path / "x.jpg")
     with pytest.raises(UsageError, match="list file"):
-        discover(tmp_path / "x.jpg")
+        walk(tmp_path / "x.jpg")
 
 
 def test_empty_folder_is_not_an_error(tmp_path):
-    d = discover(tmp_path)
+    d = walk(tmp_path)
     assert d.items == [] and d.excluded == [] and d.layout == "flat"
 
 
@@ -179,7 +180,7 @@ def test_bad_inputs_folder_exclusions(tmp_path):
     link = _by_rel(d)["inside_link.jpg"]
     assert link.path == str(root / "inside_link.jpg")
     assert open(link.path, "rb").read() == (root / "plain.jpg").read_bytes()
-    inside = discover(root, symlinks_inside_root=True)  # the opt-in refusal of links leaving the folder
+    inside = walk(root, symlinks_inside_root=True)  # the opt-in refusal of links leaving the folder
     assert _reasons(inside)["outside_link.jpg"] == "symlink_outside_root"
     assert "outside_link.jpg" not in _by_rel(inside) and "inside_link.jpg" in _by_rel(inside)
 
@@ -216,8 +217,8 @@ def test_unreadable_dir_is_excluded(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied")
         return real(path)
 
-    monkeypatch.setattr(sources.os, "scandir", scandir)
-    d = discover(tmp_path)
+    monkeypatch.setattr(walker.os, "scandir", scandir)
+    d = walk(tmp_path)
     assert [i.relpath for i in d.items] == ["cat/1.jpg"]
     assert _reasons(d) == {"dog": "unreadable_dir"}
 
@@ -251,7 +252,7 @@ def test_odd_filenames_round_trip(tmp_path):
         except OSError:  # file system refuses the name
             continue
         written[name] = payload
-    d = discover(tmp_path)
+    d = walk(tmp_path)
     assert len(d.items) == len(written) and len({i.id for i in d.items}) == len(written)
     for item in d.items:
         assert open(item.path, "rb").read() == written[os.fsencode(item.relpath)]
@@ -263,13 +264,13 @@ def test_order_and_ids_are_deterministic_and_stable(tmp_path):
     for name in ("b.jpg", "B.jpg", "a.jpg", "\u00e9.jpg", "e\u0301.jpg", "1.jpg"):
         _touch(tmp_path / "cls" / name)
     _touch(tmp_path / "other" / "0.png")
-    first = discover(tmp_path)
-    second = discover(tmp_path)
+    first = walk(tmp_path)
+    second = walk(tmp_path)
     assert first == second
     keys = [os.fsencode(i.relpath) for i in first.items]
     assert keys == sorted(keys)
     _touch(tmp_path / "cls" / "0.jpg")  # adding a file changes no existing id
-    third = discover(tmp_path)
+    third = walk(tmp_path)
     old = {i.relpath: i.id for i in first.items}
     new = {i.relpath: i.id for i in third.items}
     assert set(new) - set(old) == {"cls/0.jpg"}

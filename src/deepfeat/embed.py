@@ -59,7 +59,7 @@ def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *,
     """Decode ``paths`` in worker processes and embed them with ``runtime``, batch by batch, in order.
 
     A path may also be a container locator (a sample of a shard or a Parquet file, as
-    :func:`deepfeat.classify.expand_inputs` gives them). ``workers=0`` decodes in this process (no
+    :func:`deepfeat.sources.expand_inputs` gives them). ``workers=0`` decodes in this process (no
     isolation from crashing codecs).
     """
     if not paths:

@@ -23,7 +23,6 @@ import pyarrow as pa
 from ._version import __version__
 from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
-from .data.sources import Discovery, SourceItem
 from .devices import DEVICES
 from .embed import decode_pixels
 from .engines import Engine, RunSettings, get_engine
@@ -37,6 +36,8 @@ from .progress import ProgressFn
 from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
 from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
 from .sources import Source, open_source
+from .sources.items import Discovery, SourceItem
+from .sources.table import ItemTable, as_table, hex_keys, members
 from .store import layout, trust
 from .store.manifest import Manifest
 from .store.reader import FeatureStore, LayerSpec
@@ -131,9 +132,11 @@ class ExtractPlan:
         return self.views if item.split is None or item.split in self.views_splits else 0
 
     def estimate(self, items: Sequence[SourceItem] | None = None) -> dict[str, int]:
-        """rows x dims x bytes of the job (augmented views included)."""
-        chosen = self.discovery.items if items is None else items
-        rows = sum(1 + self.views_for(it) for it in chosen)
+        """rows x dims x bytes of the job (augmented views included), from the counts per split."""
+        chosen = as_table(self.discovery.items if items is None else items)
+        viewed = sum(n for split, n in chosen.split_counts().items()
+                     if split is None or split in self.views_splits) if self.views else 0
+        rows = len(chosen) + self.views * viewed
         return {"items": len(chosen), "rows": rows, "dims": sum(s.dims for s in self.layers),
                 "bytes_per_value": np.dtype(self.dtype).itemsize, "bytes": rows * self.row_bytes}
 
@@ -227,6 +230,7 @@ def plan_extraction(
         views_splits = [s.strip() for s in views_splits.split(",") if s.strip()]
     views_splits = tuple(sorted(views_splits))
     discovery = open_source(source).discover(skip_dirs=skip_dirs)
+    discovery.items = as_table(discovery.items)  # a custom source's list too: planning reads columns
     bb = backbone or load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct)
     infos = describe_layers(bb)
     specs = layer_specs(bb, layers, pool, infos)
@@ -414,85 +418,41 @@ def extract(
 
 
 def resume_filter(items: Sequence[SourceItem],
-                  done: Callable[[], Iterable[pa.Array]]) -> tuple[list[SourceItem], int]:
-    """The inputs of ``items`` whose id is not in ``done`` (what a run still has to do), and how many of
-    the ``done`` ids the source no longer lists.
+                  done: Callable[[], Iterable[pa.Array]]) -> tuple[ItemTable, int]:
+    """The inputs of ``items`` whose id is not in ``done`` (what a run still has to do, as an
+    :class:`~deepfeat.sources.table.ItemTable`), and how many of the ``done`` ids the source no longer lists.
 
     ``done()``: the ids a store's committed parts record, as Arrow string arrays read one ledger at a
     time (:meth:`~deepfeat.store.reader.FeatureStore.done_id_chunks`); called again only for ids that
     are not deepfeat's. deepfeat's ids are 20 hex digits
-    (:func:`~deepfeat.data.sources.item_id`, a blake2b-80 digest), so both sides are compared as their
-    10 digest bytes -- a sorted uint64 of the first 8 and a uint16 of the last 2 -- decoded chunk by
-    chunk: ~10 bytes per done id held, instead of a Python set of strings (~200 bytes per id at its
-    peak; docs/SCALE.md, wall 3). Ids of another shape (a custom :class:`~deepfeat.sources.Source`)
-    are compared as strings.
+    (:func:`~deepfeat.sources.items.item_id`, a blake2b-80 digest), so both sides are compared as their
+    10 digest bytes -- a sorted uint64 of the first 8 and a uint16 of the last 2; the discovered ones
+    are already held that way (:meth:`ItemTable.keys`): ~10 bytes per done id held, instead of a
+    Python set of strings (~200 bytes per id at its peak; docs/SCALE.md). Ids of another shape (a
+    custom :class:`~deepfeat.sources.Source`) are compared as strings. A fresh store (nothing done)
+    returns ``items`` itself.
 
     Example:
         >>> import pyarrow as pa
-        >>> from deepfeat.data.sources import SourceItem, item_id
+        >>> from deepfeat.sources.items import SourceItem, item_id
         >>> items = [SourceItem(item_id(n), n, n, None, None, 0) for n in ("a.jpg", "b.jpg", "c.jpg")]
         >>> todo, vanished = resume_filter(items, lambda: [pa.array([item_id("b.jpg"), item_id("gone.jpg")])])
         >>> [it.relpath for it in todo], vanished
         (['a.jpg', 'c.jpg'], 1)
     """
-    done_keys = _keys_of(done())
+    table = as_table(items)
+    done_keys = hex_keys(done())
     if done_keys is not None and len(done_keys[0]) == 0:
-        return list(items), 0
-    current_keys = _keys_of(pa.array([it.id for it in items[s:s + _CHUNK]], type=pa.string())
-                            for s in range(0, len(items), _CHUNK))
+        return table, 0
+    current_keys = table.keys()
     if done_keys is None or current_keys is None:  # ids that are not deepfeat's digests: compare the strings
         done_set = {i for d in done() for i in d.to_pylist()}
-        return [it for it in items if it.id not in done_set], len(done_set - {it.id for it in items})
-    is_done = _members(current_keys, done_keys)
-    vanished = int(len(done_keys[0]) - _members(done_keys, current_keys).sum())  # a store records an id once
-    return [it for it, d in zip(items, is_done) if not d], vanished
-
-
-_CHUNK = 1 << 16  #: ids decoded at a time (bounds the temporary arrays of the decoding)
-_HEX_VALUE = np.full(256, 255, dtype=np.uint8)
-_HEX_VALUE[np.frombuffer(b"0123456789abcdef", dtype=np.uint8)] = np.arange(16, dtype=np.uint8)
-
-
-def _keys_of(arrays: Iterable[pa.Array]) -> tuple[np.ndarray, np.ndarray] | None:
-    """(first 8 digest bytes as uint64, last 2 as uint16) of 20-hex-digit ids, chunk by chunk; None if any
-    id is not one."""
-    his, los = [], []
-    for array in arrays:
-        for s in range(0, len(array), _CHUNK):
-            ids = array.slice(s, _CHUNK)
-            if ids.null_count:
-                return None
-            offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1, offset=4 * ids.offset)
-            if not (np.diff(offsets) == 20).all():
-                return None
-            nibbles = _HEX_VALUE[np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=20 * len(ids),
-                                               offset=int(offsets[0]))]
-            if (nibbles == 255).any():
-                return None
-            digest = (nibbles[0::2] << 4 | nibbles[1::2]).reshape(len(ids), 10)
-            his.append(np.ascontiguousarray(digest[:, :8]).view(">u8").ravel().astype(np.uint64))
-            los.append(digest[:, 8].astype(np.uint16) << 8 | digest[:, 9])
-    if not his:
-        return np.empty(0, np.uint64), np.empty(0, np.uint16)
-    return np.concatenate(his), np.concatenate(los)
-
-
-def _members(keys: tuple[np.ndarray, np.ndarray], of: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-    """For each key, whether it is one of ``of`` (both as :func:`_keys_of` gives them)."""
-    hi, lo = keys
-    order = np.argsort(of[0], kind="stable")
-    of_hi, of_lo = of[0][order], of[1][order]
-    del order
-    found = np.zeros(len(hi), dtype=bool)
-    for s in range(0, len(hi), _CHUNK):
-        h, low = hi[s:s + _CHUNK], lo[s:s + _CHUNK]
-        left = np.searchsorted(of_hi, h, side="left")
-        right = np.searchsorted(of_hi, h, side="right")
-        single = np.flatnonzero(right - left == 1)
-        found[s + single] = of_lo[left[single]] == low[single]
-        for i in np.flatnonzero(right - left > 1):  # the same first 8 bytes: rare (a few pairs in 10^9 ids)
-            found[s + i] = bool((of_lo[left[i]:right[i]] == low[i]).any())
-    return found
+        current = {i for chunk in table.id_chunks() for i in chunk.to_pylist()}
+        keep = np.fromiter((it.id not in done_set for it in table), dtype=bool, count=len(table))
+        return table.take(np.flatnonzero(keep)), len(done_set - current)
+    is_done = members(current_keys, done_keys)
+    vanished = int(len(done_keys[0]) - members(done_keys, current_keys).sum())  # a store records an id once
+    return table.take(np.flatnonzero(~is_done)), vanished
 
 
 def check_free_space(out: str, estimate: Mapping[str, int]) -> None:

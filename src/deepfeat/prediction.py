@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .classify import expand_inputs
+from .sources import expand_inputs
 
 # Discovery exclusions that are not images a user asked about (hidden files, other extensions).
 _SILENT_EXCLUSIONS = {"hidden", "not_image_extension"}
@@ -60,7 +60,7 @@ BundlePrediction = Prediction
 
 
 def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[str, Any]], list[Prediction]]:
-    """The ``(name, locator)`` pairs of :func:`deepfeat.classify.expand_inputs`, and error predictions.
+    """The ``(name, locator)`` pairs of :func:`deepfeat.sources.expand_inputs`, and error predictions.
 
     Entries that discovery refuses (missing list entries, broken symlinks, FIFOs, a shard's sample
     without an image...) come back as error predictions; hidden files and files with non-image

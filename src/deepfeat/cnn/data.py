@@ -22,9 +22,9 @@ from ..data.augment import parse_augment
 from ..data.decode import DecodePolicy
 from ..data.decode_pool import DecodePool
 from ..data.preprocess import Preprocess
-from ..data.sources import Discovery
 from ..errors import UsageError
 from ..params import check_choice, param_error
+from ..sources.items import Discovery
 
 log = logging.getLogger(__name__)
 

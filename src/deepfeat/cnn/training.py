@@ -50,7 +50,6 @@ from ..checkpoint import (
 )
 from ..data.decode import DecodePolicy, decode_file
 from ..data.preprocess import Preprocess
-from ..data.sources import discover
 from ..devices import resolve_device
 from ..engines.builtin import default_workers
 from ..errors import InputError, UsageError
@@ -63,6 +62,7 @@ from ..models.surgery import replace_head
 from ..models.trained import CONFIG_FILE, FORMAT, MODEL_FILE, model_config_document
 from ..params import check_choice, check_int, check_number, is_int, param_error
 from ..progress import ProgressFn
+from ..sources.walk import walk
 from ..store.fsutil import atomic_write_bytes, atomic_write_json, remove_orphan_temps
 from ..units import parse_size
 from ..viz.plots import plot_confusion_matrix
@@ -246,7 +246,7 @@ def train_cnn(
     check_int(input_size, "input_size", minimum=4, optional=True, where="train_cnn")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
-    splits = make_splits(discover(source), val_fraction, seed, validation)
+    splits = make_splits(walk(source), val_fraction, seed, validation)
     if input_size is None:
         h, w = _first_image_size(splits.train.paths, policy)
         input_size = int(min(64, max(16, min(h, w))))
@@ -319,7 +319,7 @@ def finetune(
     check_number(body_lr_mult, "body_lr_mult", minimum=0, where="finetune")
     aug = BatchAugment(augment)
     policy = DecodePolicy()
-    splits = make_splits(discover(source), val_fraction, seed, validation)
+    splits = make_splits(walk(source), val_fraction, seed, validation)
     bb = load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct, seed=seed)
     if isinstance(bb.model, torch.jit.ScriptModule) or not bb.classifier:
         raise UsageError(f"The model {model!r} has no classifier module to replace; fine-tuning needs a timm, "

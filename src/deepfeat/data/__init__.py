@@ -1,4 +1,4 @@
-"""Input side of deepfeat: discovery of sources and the one decode policy."""
+"""Input side of deepfeat: one input's bytes and pixels (read, decode, preprocess, augment, the decode pool)."""
 from deepfeat.data.decode import (
     FAILURE_REASONS,
     DecodedImage,
@@ -7,15 +7,6 @@ from deepfeat.data.decode import (
     decode_file,
     decode_image,
     read_file_bytes,
-)
-from deepfeat.data.sources import (
-    EXCLUSION_REASONS,
-    IMAGE_EXTENSIONS,
-    SPLIT_NAMES,
-    Discovery,
-    ExcludedItem,
-    SourceItem,
-    discover,
 )
 
 __all__ = [
@@ -26,11 +17,4 @@ __all__ = [
     "decode_file",
     "decode_image",
     "read_file_bytes",
-    "EXCLUSION_REASONS",
-    "IMAGE_EXTENSIONS",
-    "SPLIT_NAMES",
-    "Discovery",
-    "ExcludedItem",
-    "SourceItem",
-    "discover",
 ]

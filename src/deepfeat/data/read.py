@@ -1,6 +1,6 @@
 """Reading one input's bytes in a decode worker, whatever source holds it.
 
-A locator is what :attr:`deepfeat.data.sources.SourceItem.locator` gives: a file path (``str``)
+A locator is what :attr:`deepfeat.sources.items.SourceItem.locator` gives: a file path (``str``)
 or a tuple naming a container and a place in it:
 
 * ``("tar", shard_path, offset, size)`` -- a WebDataset sample's image member, read with one

@@ -36,7 +36,7 @@ from ..registry import Registry
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..data.decode import DecodePolicy
-    from ..data.sources import SourceItem
+    from ..sources.items import SourceItem
     from ..store.session import StoreWriter
 
 __all__ = ["Engine", "RunSettings", "ENGINES", "register_engine", "get_engine", "engine_names"]

@@ -15,7 +15,7 @@ from ..params import check_int, is_int
 from . import RunSettings
 
 if TYPE_CHECKING:  # pragma: no cover
-    from ..data.sources import SourceItem
+    from ..sources.items import SourceItem
     from ..store.session import StoreWriter
 
 __all__ = ["LocalEngine", "RayEngine", "default_workers"]

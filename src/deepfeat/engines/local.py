@@ -1,17 +1,21 @@
 """The local engine: decode in worker processes, forward in this process, commit part by part."""
 from __future__ import annotations
 
+import collections
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from ..data.decode import DecodePolicy
 from ..data.decode_pool import DecodePool
-from ..data.sources import SourceItem
+from ..sources.items import SourceItem
+from ..sources.table import as_table
 from ..store import layout
 from ..store.manifest import Manifest
-from .parts import PartBuilder, add_batch, count_new, plan_parts
+from .parts import PartBuilder, add_batch, count_new, part_bounds, pending_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runtimes import Runtime
@@ -25,7 +29,7 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
               part_seconds: float | None = None) -> tuple[int, int, int]:
     """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts).
 
-    A part is committed when its planned inputs (:func:`plan_parts`) are done, or earlier, at a
+    A part is committed when its planned inputs (:func:`~deepfeat.engines.parts.part_bounds`) are done, or earlier, at a
     batch boundary, once it has been open ``part_seconds`` (so an interrupt loses at most about
     that much work); the rest of its inputs then start the next part. Batches are cut from the
     parts planned over *all* discovered inputs and keep only the pending ones, so an image is
@@ -34,28 +38,34 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
     """
     if not pending:
         return 0, 0, 0
-    todo = {it.id for it in pending}
-    tagged: list[tuple[bool, list[SourceItem], list[tuple[str, Any, int]]]] = []  # (ends its chunk, items, batch)
-    for _, chunk in plan_parts(plan.discovery.items, plan.part_size, 0):
-        cut = []
-        for s in range(0, len(chunk), batch_size):
-            items = [it for it in chunk[s:s + batch_size] if it.id in todo]
-            if items:
-                cut.append((items, [(it.id, it.locator, plan.views_for(it)) for it in items]))
-        tagged.extend((k == len(cut) - 1, items, batch) for k, (items, batch) in enumerate(cut))
+    items = as_table(plan.discovery.items)
+    todo = pending_mask(items, pending)
+    tagged: collections.deque[tuple[bool, list[SourceItem]]] = collections.deque()  # (ends its chunk, items)
+
+    def batches() -> Iterator[list[tuple[str, Any, int]]]:
+        """The decode batches, cut part by part as the pool asks for them (never the whole job at once)."""
+        for start, stop in part_bounds(items.groups(), plan.part_size):
+            cut = [idx for s in range(start, stop, batch_size)
+                   if len(idx := np.arange(s, min(stop, s + batch_size)) if todo is None
+                          else s + np.flatnonzero(todo[s:min(stop, s + batch_size)]))]
+            for k, idx in enumerate(cut):
+                chosen = [items[int(i)] for i in idx]
+                tagged.append((k == len(cut) - 1, chosen))
+                yield [(it.id, it.locator, plan.views_for(it)) for it in chosen]
+
     first = manifest.next_index()
     names: list[str] = []
     builder: PartBuilder | None = None
     opened = 0.0
     augment = (plan.augment, plan.augment_seed) if plan.views else None
     with DecodePool(workers, plan.backbone.preprocess.to_dict(), policy, augment=augment) as pool:
-        stream = pool.map(batch for _, _, batch in tagged)
-        for (last, items, _), (_, results) in zip(tagged, stream):
+        for _, results in pool.map(batches()):
+            last, chosen = tagged.popleft()
             if builder is None:
                 names.append(layout.part_name(first + len(names)))
                 builder = PartBuilder(names[-1], [], plan.layers)
                 opened = time.monotonic()
-            builder.items.update((it.id, it) for it in items)
+            builder.items.update((it.id, it) for it in chosen)
             n_ok, n_failed = add_batch(builder, runtime, results)
             if progress:
                 progress({"phase": "batch", "done": len(results), "failed": n_failed})
@@ -64,4 +74,4 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
                 if progress:
                     progress({"phase": "part", "name": builder.name})
                 builder = None
-    return count_new(manifest, [(name, []) for name in names])
+    return count_new(manifest, names)

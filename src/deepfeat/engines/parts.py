@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 
-from ..data.sources import SourceItem
 from ..data.worker import Decoded, Failed
+from ..sources.items import SourceItem
+from ..sources.table import ItemTable, as_table, members
 from ..store import layout
 from ..store.manifest import Manifest
 from ..store.writer import write_part
@@ -26,37 +27,77 @@ if TYPE_CHECKING:  # pragma: no cover
 log = logging.getLogger(__name__)
 
 
-def plan_parts(pending: Sequence[SourceItem], part_size: int, first_index: int) -> list[tuple[str, list[SourceItem]]]:
-    """Split pending inputs (in discovery order) into named parts of at most ``part_size`` inputs.
+def part_bounds(groups: np.ndarray, part_size: int) -> list[tuple[int, int]]:
+    """Cut inputs (in discovery order) into parts of at most ``part_size``: ``(start, stop)`` ranges.
 
-    Inputs of one container (a shard, a Parquet file: ``SourceItem.group``) stay in one part
-    unless the container alone holds more than ``part_size`` inputs, so a worker reads each
-    shard sequentially and no shard is split between two workers.
+    ``groups[i]`` is the container of input ``i`` when its container must stay whole (a shard, a
+    Parquet file), else -1. A container's inputs stay in one part unless the container alone holds
+    more than ``part_size`` inputs (it is then cut into full parts), so a worker reads each shard
+    sequentially and no shard is split between two workers; other inputs fill parts in order. The
+    loop runs once per container (or run of loose files), never once per input.
+
+    Example:
+        >>> part_bounds(np.array([-1, -1, 0, 0, 0, 1]), 4)
+        [(0, 2), (2, 6)]
     """
-    chunks: list[list[SourceItem]] = []
-    current: list[SourceItem] = []
-    k = 0
-    while k < len(pending):
-        group = pending[k].group
-        end = k + 1
-        if group is not None:
-            while end < len(pending) and pending[end].group == group:
-                end += 1
-        run = list(pending[k:end])
-        if current and len(current) + len(run) > part_size:
-            chunks.append(current)
-            current = []
-        while len(run) > part_size:  # a container larger than a part: cut it into full parts
-            chunks.append(run[:part_size])
-            run = run[part_size:]
-        current.extend(run)
-        if len(current) >= part_size:
-            chunks.append(current)
-            current = []
-        k = end
-    if current:
-        chunks.append(current)
-    return [(layout.part_name(first_index + i), chunk) for i, chunk in enumerate(chunks)]
+    n = len(groups)
+    if n == 0:
+        return []
+    g = np.asarray(groups)
+    change = np.flatnonzero(g[1:] != g[:-1]) + 1
+    starts = np.concatenate(([0], change)).tolist()
+    stops = starts[1:] + [n]
+    bounds: list[tuple[int, int]] = []
+    first, length = 0, 0  # the part being filled: inputs first .. first + length
+    for s, e in zip(starts, stops):
+        if g[s] < 0:  # loose inputs: fill parts in order
+            i = s
+            while i < e:
+                if length == 0:
+                    first = i
+                take = min(part_size - length, e - i)
+                length += take
+                i += take
+                if length >= part_size:
+                    bounds.append((first, first + length))
+                    length = 0
+            continue
+        if length and length + (e - s) > part_size:
+            bounds.append((first, first + length))
+            length = 0
+        while e - s > part_size:  # a container larger than a part: cut it into full parts
+            bounds.append((s, s + part_size))
+            s += part_size
+        if length == 0:
+            first = s
+        length += e - s
+        if length >= part_size:
+            bounds.append((first, first + length))
+            length = 0
+    if length:
+        bounds.append((first, first + length))
+    return bounds
+
+
+def plan_parts(pending: Sequence[SourceItem], part_size: int, first_index: int) -> list[tuple[str, Sequence[SourceItem]]]:
+    """Split pending inputs (in discovery order) into named parts of at most ``part_size`` inputs
+    (:func:`part_bounds`; ``SourceItem.group`` names the containers kept whole)."""
+    table = as_table(pending)
+    return [(layout.part_name(first_index + k), table[s:e])
+            for k, (s, e) in enumerate(part_bounds(table.groups(), part_size))]
+
+
+def pending_mask(items: ItemTable, pending: Sequence[SourceItem]) -> np.ndarray | None:
+    """For each input of ``items``, whether it is one of ``pending`` (compared as id digests: ~12 bytes
+    per input, no Python object per input); None when ``pending`` is ``items`` itself (a fresh run)."""
+    if pending is items:
+        return None
+    todo = as_table(pending)
+    keys, of = items.keys(), todo.keys()
+    if keys is None or of is None:
+        ids = {it.id for it in todo}
+        return np.fromiter((it.id in ids for it in items), dtype=bool, count=len(items))
+    return members(keys, of)
 
 
 class PartBuilder:
@@ -141,8 +182,8 @@ def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> lis
             for s in range(0, len(items), batch_size)]
 
 
-def count_new(manifest: Manifest, parts: Sequence[tuple[str, list[SourceItem]]]) -> tuple[int, int, int]:
-    """(embedded, failed, parts) of the parts named in ``parts`` that the manifest holds (what a run committed)."""
-    names = {n for n, _ in parts}
-    new = [p for p in manifest.parts if p.name in names]
+def count_new(manifest: Manifest, names: Iterable[str]) -> tuple[int, int, int]:
+    """(embedded, failed, parts) of the parts named in ``names`` that the manifest holds (what a run committed)."""
+    wanted = set(names)
+    new = [p for p in manifest.parts if p.name in wanted]
     return sum(p.embedded for p in new), sum(p.failed for p in new), len(new)

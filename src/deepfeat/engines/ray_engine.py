@@ -1,7 +1,8 @@
 """The Ray engine: whole parts are extracted by Ray actors, committed by this process.
 
-The driver names every part before dispatch (:func:`~deepfeat.engines.local.plan_parts` from
-the manifest's next index), deals the parts to workers with the pure
+The driver names every part before dispatch (:func:`~deepfeat.engines.parts.part_bounds` over the
+pending inputs' columns, from the manifest's next index; a part's items and decode batches are made
+when it is dispatched), deals the parts to workers with the pure
 :func:`~deepfeat.engines.assign.assign_parts` (idle workers steal the tail of the longest
 queue), and is the only caller of :meth:`Manifest.commit`. Each worker is an actor that loads
 the backbone once, decodes a part's batches exactly as the local engine batches them, computes
@@ -31,13 +32,15 @@ from typing import Any
 
 from ..data.decode import DecodePolicy
 from ..data.decode_pool import DecodePool
-from ..data.sources import SourceItem
 from ..errors import DeepfeatError, EnvironmentFault, UsageError
 from ..models.registry import load_backbone
+from ..sources.items import SourceItem
+from ..sources.table import ItemTable, as_table
+from ..store import layout
 from ..store.layerspec import LayerSpec
 from ..store.manifest import Manifest, PartRecord
 from .assign import assign_parts, steal, workers_for
-from .parts import PartBuilder, add_batch, count_new, part_batches, plan_parts
+from .parts import PartBuilder, add_batch, count_new, part_batches, part_bounds
 
 log = logging.getLogger(__name__)
 
@@ -200,31 +203,33 @@ def run_ray(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manife
     if not pending:
         return 0, 0, 0
     out = os.path.abspath(out)
-    parts = plan_parts(pending, plan.part_size, manifest.next_index())
+    table = as_table(pending)
+    first = manifest.next_index()
+    parts = [(layout.part_name(first + k), s, e) for k, (s, e) in enumerate(part_bounds(table.groups(), plan.part_size))]
     started = connect(ray, address)
     try:
         capacity = node_capacity(ray.nodes(), cpus_per_worker, gpus_per_worker)
         n = workers_for(len(parts), capacity, num_workers)
-        _Driver(ray, plan, parts, out, manifest, n, batch_size=batch_size, decode_workers=workers,
+        _Driver(ray, plan, table, parts, out, manifest, n, batch_size=batch_size, decode_workers=workers,
                 device=device, precision=precision, channels_last=channels_last, policy=policy,
                 progress=progress, gpus=gpus_per_worker, cpus=cpus_per_worker, max_retries=max_retries).run()
     finally:
         if started:
             ray.shutdown()
-    return count_new(manifest, parts)
+    return count_new(manifest, [name for name, _, _ in parts])
 
 
 class _Driver:
     """Dispatches parts to actors, commits their records, replaces dead actors."""
 
-    def __init__(self, ray: Any, plan: Any, parts: list[tuple[str, list[SourceItem]]], out: str,
+    def __init__(self, ray: Any, plan: Any, table: ItemTable, parts: list[tuple[str, int, int]], out: str,
                  manifest: Manifest, n_workers: int, *, batch_size: int, decode_workers: int, device: str,
                  precision: str, channels_last: bool, policy: DecodePolicy,
                  progress: Callable[[dict[str, Any]], None] | None, gpus: float, cpus: float,
                  max_retries: int) -> None:
         self.ray, self.plan, self.parts, self.out, self.manifest = ray, plan, parts, out, manifest
+        self.table, self.batch_size = table, batch_size  # a part's items and batches are made at its dispatch
         self.n_workers, self.progress, self.max_retries = n_workers, progress, max_retries
-        self.batches = [part_batches(items, batch_size, plan) for _, items in parts]
         self.spec = {
             "load": getattr(plan, "model_args", None),
             "weights_sha256": plan.backbone.weights_sha256,
@@ -259,8 +264,10 @@ class _Driver:
                 self.slots[taken[0]].queue.pop()
                 slot.queue.append(taken[1])
             p = slot.queue.popleft()
-            name, items = self.parts[p]
-            ref = slot.actor.process.remote(self.out, name, items, self.batches[p], self.attempts[p])
+            name, start, stop = self.parts[p]
+            items = [self.table[i] for i in range(start, stop)]
+            batches = part_batches(items, self.batch_size, self.plan)
+            ref = slot.actor.process.remote(self.out, name, items, batches, self.attempts[p])
             self.inflight[ref] = (i, "part", p)
             slot.busy = p
 

@@ -1,7 +1,7 @@
 """Sources: where the images of a job come from, behind one interface.
 
-A :class:`Source` turns what the user named into a :class:`~deepfeat.data.sources.Discovery`:
-every input as a :class:`~deepfeat.data.sources.SourceItem` (stable id, label, split, and a
+A :class:`Source` turns what the user named into a :class:`~deepfeat.sources.items.Discovery`:
+every input as a :class:`~deepfeat.sources.items.SourceItem` (stable id, label, split, and a
 locator a decode worker can read) and everything not used as an exclusion with its reason.
 The rest of the chain (planning, decoding, the runtimes, the store) never asks which source
 it was.
@@ -10,7 +10,7 @@ it was.
 kind           what                                                options
 =============  ==================================================  ===========================
 ``folder``     ``root/<split>/<class>/*``, ``root/<class>/*``,     ``split``,
-               a flat folder (see :mod:`deepfeat.data.sources`)    ``symlinks_inside_root``
+               a flat folder (see :mod:`deepfeat.sources.walk`)     ``symlinks_inside_root``
 ``list``       a ``.csv``/``.txt`` list of ``path[,label[,split]]``  ``split``
 ``webdataset`` ``.tar`` shards: a path, a glob, brace notation     ``label_field``,
                ``data/{00000..00099}.tar``, or a folder of shards  ``split_field``, ``split``,
@@ -35,12 +35,14 @@ Example:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from typing import Any
 
 from ..errors import UsageError
 from .base import SOURCE_OPTIONS, SOURCES, Source, register_source
+from .items import ExcludedItem
 
-__all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "discover", "register_source", "open_source"]
+__all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "discover", "expand_inputs", "register_source", "open_source"]
 
 def _check_options(cls: type[Any], options: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in options.items() if v is not None}
@@ -91,8 +93,8 @@ def discover(spec: str | os.PathLike | Source, kind: str | None = None, **option
     """Every input ``spec`` names, as extract sees them: ``open_source(spec, kind, **options).discover()``.
 
     Folders and list files, WebDataset shards, Parquet files and ``hf:`` datasets alike (the folder
-    walker alone is :func:`deepfeat.data.sources.discover`). Returns a
-    :class:`~deepfeat.data.sources.Discovery`.
+    walker alone is :func:`deepfeat.sources.walk.walk`). Returns a
+    :class:`~deepfeat.sources.items.Discovery`.
 
     Example:
         >>> d = discover("shards/{000..009}.tar", label_field="cls")   # doctest: +SKIP
@@ -100,6 +102,37 @@ def discover(spec: str | os.PathLike | Source, kind: str | None = None, **option
         ('webdataset', 10000)
     """
     return open_source(spec, kind, **options).discover()
+
+
+def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[tuple[str, Any]]:
+    """The images that ``inputs`` name, as ``(name, locator)`` pairs in order.
+
+    An image file is itself; a folder is walked and a ``.txt``/``.csv`` list read by their sources, and
+    WebDataset shards (a ``.tar``, a brace pattern or glob, a folder of shards), Parquet files and
+    ``hf:`` datasets are enumerated by theirs (:func:`deepfeat.sources.open_source`): the name is then
+    the item's place (``shard.tar#key.jpg``) and the locator where a decode worker reads it. Entries that
+    discovery excludes, and paths that do not exist (reason ``missing``), are appended to ``excluded``
+    (as ``ExcludedItem``) when given.
+
+    Example:
+        >>> expand_inputs(["cat.jpg", "shards/{000..009}.tar"])[:1]          # doctest: +SKIP
+        [('cat.jpg', 'cat.jpg')]
+    """
+    out: list[tuple[str, Any]] = []
+    for entry in inputs:
+        p = os.fspath(entry)
+        source = open_source(p)
+        if source.kind == "folder" and not os.path.isdir(p):  # an image file (the folder source is the last resort)
+            if os.path.exists(p) or excluded is None:
+                out.append((p, p))
+            else:
+                excluded.append(ExcludedItem(p, "missing", "not found (no such file or folder)"))
+            continue
+        found = source.discover()
+        out.extend((it.path, it.locator) for it in found.items)
+        if excluded is not None:
+            excluded.extend(found.excluded)
+    return out
 
 
 # registration order = the order in which sources claim a spec (not alphabetical: kept as written)

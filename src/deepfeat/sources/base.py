@@ -5,8 +5,8 @@ import os
 from collections.abc import Iterable
 from typing import Any, ClassVar, Protocol, runtime_checkable
 
-from ..data.sources import Discovery
 from ..registry import Registry
+from .items import Discovery
 
 #: Every option a source may take, with the CLI flag that sets it.
 SOURCE_OPTIONS: dict[str, str] = {

@@ -1,6 +1,6 @@
 """Image files: a folder (class / split layouts) or a CSV/TXT list of paths.
 
-Both walk the file system with :func:`deepfeat.data.sources.discover`; each item's locator is its
+Both walk the file system with :func:`deepfeat.sources.walk.walk`; each item's locator is its
 path.
 """
 from __future__ import annotations
@@ -9,8 +9,9 @@ import os
 from collections.abc import Iterable
 from typing import ClassVar
 
-from ..data.sources import LIST_EXTENSIONS, Discovery, discover
 from .base import register_source
+from .items import LIST_EXTENSIONS, Discovery
+from .walk import walk
 
 
 class _FileSource:
@@ -23,7 +24,7 @@ class _FileSource:
         self.symlinks_inside_root = bool(symlinks_inside_root)
 
     def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
-        return discover(self.path, default_split=self.split, skip_dirs=skip_dirs,
+        return walk(self.path, default_split=self.split, skip_dirs=skip_dirs,
                         symlinks_inside_root=self.symlinks_inside_root)
 
     def __repr__(self) -> str:

@@ -16,9 +16,10 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..data.read import WHOLE, hf_library, hf_splits, load_hf
-from ..data.sources import Discovery, ExcludedItem, SourceItem, item_id, normalize_split
 from ..errors import UsageError
 from .base import register_source
+from .items import Discovery, ExcludedItem, SourceItem, normalize_split
+from .table import Container, TableBuilder
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,21 @@ def _image_column(ds: Any, wanted: str | None, where: str) -> str:
         raise UsageError(f"{where} has no Image column (columns: {', '.join(ds.features)}); name it with "
                          "--image-column.")
     return found[0]
+
+
+class HFRows(Container):
+    """The rows of one split of a dataset: ``b`` is the row, ``text`` the id of ``id_field`` (None: ``<split>/<row>``)."""
+
+    def __init__(self, path: str, name: str, column: str, where: str, has_ids: bool) -> None:
+        self.path, self.name, self.column, self.where, self.has_ids = path, name, column, where, has_ids
+        self.group = f"{path}[{name}]"
+
+    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
+             text: str | None, text2: str | None) -> SourceItem:
+        relpath = text if text is not None else f"{self.name or 'data'}/{b}"
+        return SourceItem(id=iid, path=f"{self.where}#{relpath if self.has_ids else b}", relpath=relpath,
+                          label=label, split=split, size=0, ref=("hf", self.path, self.name, b, self.column),
+                          group=self.group)
 
 
 @register_source
@@ -73,7 +89,7 @@ class HFSource:
                                  f"{', '.join(s for s in splits)}.")
             if list(splits) != [WHOLE]:
                 splits = {self.split: splits[self.split]}
-        items: list[SourceItem] = []
+        items = TableBuilder()
         excluded: list[ExcludedItem] = []
         seen: set[str] = set()
         for name, ds in splits.items():
@@ -89,6 +105,7 @@ class HFSource:
                 labels = [feature.int2str(v) if v is not None and v >= 0 else None for v in labels]
             ids = ds.data.column(self.id_field).to_pylist() if self.id_field else None
             recorded = normalize_split(name) if name else normalize_split(self.split)
+            c = items.container(HFRows(self.path, name, column, where, ids is not None))
             for row, label in enumerate(labels):
                 relpath = str(ids[row]) if ids is not None else f"{name or 'data'}/{row}"
                 locator = f"{where}#{relpath if ids is not None else row}"
@@ -96,11 +113,11 @@ class HFSource:
                     excluded.append(ExcludedItem(locator, "duplicate", f"the id {relpath!r} appears twice"))
                     continue
                 seen.add(relpath)
-                items.append(SourceItem(id=item_id(relpath), path=locator, relpath=relpath,
-                                        label=None if label is None else str(label), split=recorded, size=0,
-                                        ref=("hf", self.path, name, row, column), group=f"{self.path}[{name}]"))
-        log.info("discovered %d rows of %s (%d excluded)", len(items), self.path, len(excluded))
-        return Discovery(root=self.path, layout=self.kind, items=items, excluded=excluded)
+                items.add(c, relpath, label=None if label is None else str(label), split=recorded, b=row,
+                          text=relpath if ids is not None else None)
+        table = items.build()
+        log.info("discovered %d rows of %s (%d excluded)", len(table), self.path, len(excluded))
+        return Discovery(root=self.path, layout=self.kind, items=table, excluded=excluded)
 
     def __repr__(self) -> str:
         return f"HFSource({self.path!r})"

@@ -19,9 +19,10 @@ import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..data.sources import IMAGE_EXTENSIONS, Discovery, ExcludedItem, SourceItem, item_id, normalize_split
 from ..errors import UsageError
 from .base import register_source
+from .items import IMAGE_EXTENSIONS, Discovery, ExcludedItem, SourceItem, id_digest, normalize_split
+from .table import Container, PathRows, TableBuilder
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,23 @@ def _text(value: Any) -> str | None:
     return s or None
 
 
+class ParquetRows(Container):
+    """The rows of one Parquet file with an image-bytes column: ``a`` is the row group, ``b`` the row in
+    it, ``text`` the id of ``id_field`` (None: the id is ``<file>#<row of the file>``)."""
+
+    def __init__(self, path: str, rel: str, column: str, field: str | None, starts: list[int]) -> None:
+        self.path, self.rel, self.column, self.field, self.starts = path, rel, column, field, starts
+        self.group = path
+
+    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
+             text: str | None, text2: str | None) -> SourceItem:
+        row = self.starts[a] + b
+        name = text if text is not None else str(row)
+        return SourceItem(id=iid, path=f"{self.path}#{name}", relpath=text if text is not None else f"{self.rel}#{row}",
+                          label=label, split=split, size=0,
+                          ref=("parquet", self.path, a, b, self.column, self.field), group=self.path)
+
+
 @register_source
 class ParquetSource:
     """Parquet files: a path, a glob, or a folder of ``*.parquet`` files.
@@ -123,10 +141,11 @@ class ParquetSource:
         if not files:
             raise UsageError(f"No Parquet file matches {self.spec!r}.")
         root = os.path.commonpath([os.path.dirname(f) for f in files])
-        items: list[SourceItem] = []
+        items = TableBuilder()
+        paths = items.container(PathRows())  # rows whose column names image files
         excluded: list[ExcludedItem] = []
-        seen: dict[str, str] = {}
-        for path in files:
+        seen: dict[bytes, int] = {}  # id digest -> file index: only with id_field (else ids are unique by construction)
+        for index, path in enumerate(files):
             rel = os.path.relpath(path, root).replace(os.sep, "/")
             try:
                 pf = pq.ParquetFile(path)
@@ -142,9 +161,12 @@ class ParquetSource:
                     raise UsageError(f"{path!r} has no column {name!r} ({flag}); its columns: {', '.join(schema.names)}.")
             wanted = [c for c in dict.fromkeys([self.id_field, label_col, self.split_field,
                                                 column if holds_paths else None]) if c]
-            row_base = 0
+            starts = [0]
             for rg in range(pf.num_row_groups):
-                n = pf.metadata.row_group(rg).num_rows
+                starts.append(starts[-1] + pf.metadata.row_group(rg).num_rows)
+            cells = items.container(ParquetRows(path, rel, column, field, starts[:-1]))
+            for rg in range(pf.num_row_groups):
+                row_base, n = starts[rg], starts[rg + 1] - starts[rg]
                 cols = pf.read_row_group(rg, columns=wanted).to_pydict() if wanted else {}
                 for r in range(n):
                     row = row_base + r
@@ -154,11 +176,14 @@ class ParquetSource:
                     if self.id_field and ident is None:
                         excluded.append(ExcludedItem(where, "missing", f"row {row} has no id in {self.id_field!r}"))
                         continue
-                    if relpath in seen:
-                        excluded.append(ExcludedItem(where, "duplicate", f"the id {ident!r} was already used by "
-                                                                         f"{seen[relpath]}"))
-                        continue
-                    seen[relpath] = where
+                    if self.id_field:
+                        digest = id_digest(relpath)
+                        first = seen.get(digest)
+                        if first is not None:
+                            excluded.append(ExcludedItem(where, "duplicate", f"the id {ident!r} was already used by "
+                                                                             f"{files[first]}#{ident}"))
+                            continue
+                        seen[digest] = index
                     label = _text(cols[label_col][r]) if label_col else None
                     split = normalize_split(_text(cols[self.split_field][r])) if self.split_field else None
                     if holds_paths:
@@ -170,16 +195,14 @@ class ParquetSource:
                         if not os.path.isfile(full):
                             excluded.append(ExcludedItem(full, "missing", f"row {row}: no such image file"))
                             continue
-                        items.append(SourceItem(id=item_id(relpath), path=full, relpath=relpath, label=label,
-                                                split=split or self.split, size=os.path.getsize(full)))
+                        items.add(paths, relpath, label=label, split=split or self.split, size=os.path.getsize(full),
+                                  text=relpath, text2=full)
                         continue
-                    items.append(SourceItem(id=item_id(relpath), path=where, relpath=relpath, label=label,
-                                            split=split or self.split, size=0,
-                                            ref=("parquet", path, rg, r, column, field), group=path))
-                row_base += n
-        log.info("discovered %d rows in %d Parquet files (%d excluded) under %s", len(items), len(files),
+                    items.add(cells, relpath, label=label, split=split or self.split, a=rg, b=r, text=ident)
+        table = items.build()
+        log.info("discovered %d rows in %d Parquet files (%d excluded) under %s", len(table), len(files),
                  len(excluded), root)
-        return Discovery(root=root, layout=self.kind, items=items, excluded=excluded)
+        return Discovery(root=root, layout=self.kind, items=table, excluded=excluded)
 
     def __repr__(self) -> str:
         return f"ParquetSource({self.spec!r})"

@@ -33,18 +33,11 @@ from collections.abc import Iterable
 from typing import Any, ClassVar
 
 from ..cachedir import cache_dir
-from ..data.sources import (
-    IMAGE_EXTENSIONS,
-    SPLIT_NAMES,
-    Discovery,
-    ExcludedItem,
-    SourceItem,
-    item_id,
-    normalize_split,
-)
 from ..errors import UsageError
 from ..store.fsutil import atomic_write_json
 from .base import register_source
+from .items import IMAGE_EXTENSIONS, SPLIT_NAMES, Discovery, ExcludedItem, SourceItem, normalize_split
+from .table import Container, TableBuilder
 
 log = logging.getLogger(__name__)
 
@@ -299,6 +292,19 @@ def cached_scan(path: str, **options: str | None) -> dict[str, Any]:
     return doc
 
 
+class TarRows(Container):
+    """The samples of one shard: ``text`` is the image member, ``a``/``b`` its offset and size."""
+
+    def __init__(self, shard: str, rel: str) -> None:
+        self.shard, self.rel, self.group = shard, rel, shard
+
+    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
+             text: str | None, text2: str | None) -> SourceItem:
+        assert text is not None
+        return SourceItem(id=iid, path=f"{self.shard}#{text}", relpath=f"{self.rel}/{_split_key(text)[0]}",
+                          label=label, split=split, size=size, ref=("tar", self.shard, a, b), group=self.shard)
+
+
 @register_source
 class WebDatasetSource:
     """WebDataset shards: a ``.tar`` path, a glob, ``{000..099}`` brace notation, or a folder of shards.
@@ -338,21 +344,21 @@ class WebDatasetSource:
             raise UsageError(f"No .tar shard matches {self.spec!r}.")
         root = os.path.commonpath([os.path.dirname(s) for s in shards]) if shards else os.path.dirname(
             os.path.abspath(missing[0]))
-        items: list[SourceItem] = []
+        items = TableBuilder()
         excluded = [ExcludedItem(m, "missing", "no such shard") for m in missing]
         for shard in shards:
             rel = os.path.relpath(shard, root).replace(os.sep, "/")
             doc = cached_scan(shard, **self.options)
             default_split = self._shard_split(shard)
+            c = items.container(TarRows(shard, rel))
             for key, member, offset, size, label, split in doc["samples"]:
-                relpath = f"{rel}/{key}"
-                items.append(SourceItem(id=item_id(relpath), path=f"{shard}#{member}", relpath=relpath,
-                                        label=label, split=split or default_split, size=int(size),
-                                        ref=("tar", shard, int(offset), int(size)), group=shard))
+                items.add(c, f"{rel}/{key}", label=label, split=split or default_split, size=int(size),
+                          a=int(offset), b=int(size), text=member)
             excluded.extend(ExcludedItem(where, reason, message) for where, reason, message in doc["excluded"])
-        log.info("discovered %d samples in %d shards (%d excluded) under %s", len(items), len(shards),
+        table = items.build()
+        log.info("discovered %d samples in %d shards (%d excluded) under %s", len(table), len(shards),
                  len(excluded), root)
-        return Discovery(root=root, layout=self.kind, items=items, excluded=excluded)
+        return Discovery(root=root, layout=self.kind, items=table, excluded=excluded)
 
     def __repr__(self) -> str:
         return f"WebDatasetSource({self.spec!r})"

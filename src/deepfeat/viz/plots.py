@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..classify import softmax
 from ..errors import InputError, UsageError
 from ..history import read_history
 from ..params import check_choice, check_int, param_error
@@ -230,8 +231,6 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
     act = feats[name][0].reshape(infos[name].shape)
     predicted = ""
     if bb.class_names and OUTPUT in feats:
-        from ..classify import softmax
-
         probs = softmax(feats[OUTPUT][0])
         k = int(probs.argmax())
         if k < len(bb.class_names):

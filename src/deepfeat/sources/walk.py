@@ -1,6 +1,6 @@
-"""Discovery: turn a folder or a list file into a deterministic list of input items.
+"""The folder and list-file walker: a folder or a list file as a deterministic list of input items.
 
-Supported sources (the layout is detected, see :func:`discover`):
+Supported sources (the layout is detected, see :func:`walk`):
 
 * ``split_class`` -- ``root/<split>/<class>/...`` when every top-level folder is a split name
   (``train``, ``val``/``valid``/``validation``, ``test``; compared case-insensitively, recorded
@@ -25,26 +25,8 @@ to a file is followed wherever it points (as torchvision's ``ImageFolder`` and `
 split built with ``ln -s`` embeds every image); the item keeps the link's path (its id and relpath)
 and is read, so hashed, through the link. ``symlinks_inside_root=True`` refuses links that resolve
 outside the source folder (``symlink_outside_root``).
-Everything that is not used is reported as an :class:`ExcludedItem` with a reason:
-
-``hidden``                 name starts with ``.`` (hidden folders are not entered)
-``not_regular_file``       FIFO, socket, device, a directory named like an image, or a symlink
-                           to a directory (never followed)
-``broken_symlink``         the symlink's target does not exist
-``symlink_loop``           resolving the symlink loops (ELOOP)
-``symlink_outside_root``   the symlink resolves outside the source folder (folders, and only
-                           with ``symlinks_inside_root=True``)
-``not_image_extension``    a regular file whose extension is not in :data:`IMAGE_EXTENSIONS`
-                           (folders only: list files are explicit, their entries are kept)
-``unreadable_dir``         a folder that cannot be listed
-``unreadable``             an entry that cannot be stat'ed (permission denied, name too long)
-``missing``                a list-file entry that does not exist
-``duplicate``              a list-file entry naming the same path as an earlier row
-``no_image``               a WebDataset sample or a table row without an image (see :mod:`deepfeat.sources`)
-``truncated_shard``        a sample of a tar shard that ends before the sample does
-``unreadable_shard``       a shard or table file that cannot be opened or is not a tar / Parquet file
-``layout``                 (no longer produced: files beside class folders are embedded unlabeled;
-                           kept so that ledgers of older stores still read)
+Everything that is not used is an :class:`~deepfeat.sources.items.ExcludedItem` with a reason
+(:data:`~deepfeat.sources.items.EXCLUSION_REASONS`, listed in :mod:`deepfeat.sources.items`).
 
 Paths are ``str`` decoded with :func:`os.fsdecode` (surrogateescape), so names that are not
 valid UTF-8 survive: ``os.fsencode(item.path)`` gives back the original bytes. Items are sorted
@@ -54,137 +36,20 @@ from __future__ import annotations
 
 import csv
 import errno
-import hashlib
 import logging
 import os
 import stat
-from dataclasses import dataclass, field
 from typing import Iterable, Iterator, Sequence
 
-from deepfeat.errors import EnvironmentFault, UsageError
+from ..errors import EnvironmentFault, UsageError
+from .items import IMAGE_EXTENSIONS, LIST_EXTENSIONS, SPLIT_NAMES, Discovery, ExcludedItem, normalize_split
+from .table import FileRows, TableBuilder
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "IMAGE_EXTENSIONS",
-    "SPLIT_NAMES",
-    "EXCLUSION_REASONS",
-    "SourceItem",
-    "ExcludedItem",
-    "Discovery",
-    "discover",
-    "item_id",
-    "normalize_split",
-]
+__all__ = ["walk"]
 
-#: File extensions (lower-case, with the dot) that a folder walk treats as images.
-IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif", ".mpo"}
-)
-#: Top-level folder names that make a folder a ``split_class`` layout (case-insensitive).
-SPLIT_NAMES: frozenset[str] = frozenset({"train", "val", "valid", "validation", "test"})
-_SPLIT_ALIASES = {"valid": "val", "validation": "val"}
-#: Every ``ExcludedItem.reason``.
-EXCLUSION_REASONS: tuple[str, ...] = (
-    "hidden",
-    "not_regular_file",
-    "broken_symlink",
-    "symlink_loop",
-    "symlink_outside_root",
-    "not_image_extension",
-    "unreadable_dir",
-    "unreadable",
-    "missing",
-    "duplicate",
-    "layout",
-    "no_image",
-    "truncated_shard",
-    "unreadable_shard",
-)
-LIST_EXTENSIONS = (".csv", ".txt")
 _LIST_COLUMNS = ("path", "label", "split")
-
-
-@dataclass(frozen=True)
-class SourceItem:
-    """One discovered input: a file, or a sample inside a shard, a Parquet file or a dataset."""
-
-    id: str  #: blake2b(os.fsencode(relpath), digest_size=10).hexdigest()
-    path: str  #: the file that holds exactly this image, or a locator such as ``shard.tar#key.jpg``
-    relpath: str  #: path relative to the root ('/'-separated), as written for list files
-    label: str | None
-    split: str | None
-    size: int  #: bytes, from stat at discovery (0 when unknown before reading)
-    #: where the bytes are when ``path`` is not a file of its own (see :mod:`deepfeat.data.read`)
-    ref: tuple | None = None
-    #: the container the item lives in (a shard, a Parquet file); parts keep containers whole
-    group: str | None = None
-
-    @property
-    def locator(self) -> str | tuple:
-        """What a decode worker reads: the file path, or the container reference."""
-        return self.path if self.ref is None else self.ref
-
-
-@dataclass(frozen=True)
-class ExcludedItem:
-    """An entry of the source that is not an input, with the reason why."""
-
-    path: str
-    reason: str  #: one of :data:`EXCLUSION_REASONS`
-    message: str
-
-
-@dataclass
-class Discovery:
-    """The result of :func:`discover`."""
-
-    root: str  #: absolute folder that relpaths are relative to (the list file's folder for lists)
-    layout: str  #: "split_class" | "class" | "flat" | "list"
-    items: list[SourceItem] = field(default_factory=list)
-    excluded: list[ExcludedItem] = field(default_factory=list)
-    #: warnings a user should see, e.g. about a mixed layout (images embedded without a label)
-    notes: list[str] = field(default_factory=list)
-
-    @property
-    def classes(self) -> list[str]:
-        """Sorted distinct labels of the items (``None`` left out)."""
-        return sorted({i.label for i in self.items if i.label is not None})
-
-    @property
-    def splits(self) -> list[str]:
-        """Sorted distinct splits of the items (``None`` left out)."""
-        return sorted({i.split for i in self.items if i.split is not None})
-
-
-def item_id(relpath: str) -> str:
-    """The stable id of an item: a 20-hex-digit blake2b of its relative path's bytes.
-
-    Example:
-        >>> item_id("cat/1.jpg") == item_id("cat/1.jpg")
-        True
-    """
-    return hashlib.blake2b(os.fsencode(relpath), digest_size=10).hexdigest()
-
-
-def normalize_split(split: str | None) -> str | None:
-    """Lower-case known split names and map ``valid``/``validation`` to ``val``.
-
-    Unknown names are kept as written (stripped); empty -> ``None``.
-
-    Example:
-        >>> normalize_split("Validation"), normalize_split("holdout"), normalize_split("")
-        ('val', 'holdout', None)
-    """
-    if split is None:
-        return None
-    s = split.strip()
-    if not s:
-        return None
-    low = s.lower()
-    if low in SPLIT_NAMES:
-        return _SPLIT_ALIASES.get(low, low)
-    return s
 
 
 def _is_image_name(name: str) -> bool:
@@ -208,10 +73,6 @@ def _stat_error(path: str, exc: OSError, *, via_symlink: bool) -> tuple[str, str
     raise EnvironmentFault(f"cannot stat {path!r}: {what} (errno {code})") from exc
 
 
-def _sort_key(relpath: str) -> bytes:
-    return os.fsencode(relpath)
-
-
 class _Walker:
     """Collects items and exclusions for one folder source."""
 
@@ -222,7 +83,8 @@ class _Walker:
         self.real_root = os.path.realpath(root)
         self.default_split = default_split
         self.skip_dirs = skip_dirs  #: realpaths of folders that are never inputs (the output store)
-        self.items: list[SourceItem] = []
+        self.items = TableBuilder()
+        self.files = self.items.container(FileRows(root))
         self.excluded: list[ExcludedItem] = []
         self.unlabeled: dict[str, int] = {}  #: where -> files above the class level, embedded unlabeled
         self._seen_dirs: set[tuple[int, int]] = set()
@@ -300,16 +162,8 @@ class _Walker:
         relpath = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self.root)
         if os.sep != "/":
             relpath = relpath.replace(os.sep, "/")
-        self.items.append(
-            SourceItem(
-                id=item_id(relpath),
-                path=path,
-                relpath=relpath,
-                label=label,
-                split=split if split is not None else self.default_split,
-                size=st.st_size,
-            )
-        )
+        self.items.add(self.files, relpath, label=label, split=split if split is not None else self.default_split,
+                       size=st.st_size, text=relpath)
 
     def walk_labelled(self, folder: str, label: str | None, split: str | None) -> None:
         """Every image below ``folder`` (recursively) gets ``label`` and ``split``."""
@@ -404,14 +258,14 @@ def _mixed_note(where: str, n: int, layout: str, folders: Sequence[str]) -> str:
             f"{'them' if n != 1 else 'it'} into a class folder to label {'them' if n != 1 else 'it'}")
 
 
-def _finish(root: str, layout: str, items: list[SourceItem], excluded: list[ExcludedItem],
+def _finish(root: str, layout: str, items: TableBuilder, excluded: list[ExcludedItem],
             notes: list[str] | None = None) -> Discovery:
-    items.sort(key=lambda i: _sort_key(i.relpath))
+    table = items.build(sort_by_text=True)  # by the bytes of the relative path
     excluded.sort(key=lambda x: (os.fsencode(x.path), x.reason))
     logger.info(
-        "discovered %d items (%d excluded) in %s layout under %s", len(items), len(excluded), layout, os.fsdecode(root)
+        "discovered %d items (%d excluded) in %s layout under %s", len(table), len(excluded), layout, os.fsdecode(root)
     )
-    return Discovery(root=root, layout=layout, items=items, excluded=excluded, notes=list(notes or []))
+    return Discovery(root=root, layout=layout, items=table, excluded=excluded, notes=list(notes or []))
 
 
 _WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
@@ -443,7 +297,8 @@ def _read_rows(list_path: str) -> Iterator[tuple[int, list[str]]]:
 
 def _discover_list(list_path: str, default_split: str | None) -> Discovery:
     base = os.path.dirname(list_path)
-    items: list[SourceItem] = []
+    items = TableBuilder()
+    files = items.container(FileRows(base))
     excluded: list[ExcludedItem] = []
     seen: dict[str, int] = {}
     columns: tuple[str, ...] = _LIST_COLUMNS
@@ -506,20 +361,12 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
             excluded.append(ExcludedItem(full, "not_regular_file",
                                          f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
             continue
-        items.append(
-            SourceItem(
-                id=item_id(relpath),
-                path=full,
-                relpath=relpath,
-                label=label,
-                split=split if split is not None else default_split,
-                size=st.st_size,
-            )
-        )
+        items.add(files, relpath, label=label, split=split if split is not None else default_split,
+                  size=st.st_size, text=relpath)
     return _finish(base, "list", items, excluded)
 
 
-def discover(source: str | os.PathLike, *, default_split: str | None = None,
+def walk(source: str | os.PathLike, *, default_split: str | None = None,
              skip_dirs: Iterable[str | os.PathLike] = (), symlinks_inside_root: bool = False) -> Discovery:
     """Find every input of a folder or list file, in a deterministic order.
 
@@ -539,7 +386,7 @@ def discover(source: str | os.PathLike, *, default_split: str | None = None,
         EnvironmentFault: an I/O error while listing.
 
     Example:
-        >>> d = discover("photos/")  # doctest: +SKIP
+        >>> d = walk("photos/")  # doctest: +SKIP
         >>> d.layout, d.classes, d.items[0].label  # doctest: +SKIP
         ('class', ['cat', 'dog'], 'cat')
     """
@@ -549,7 +396,7 @@ def discover(source: str | os.PathLike, *, default_split: str | None = None,
     if isinstance(src, bytes):
         src = os.fsdecode(src)
     if not src:
-        raise UsageError("The 'source' parameter of discover must be a folder or a list file; got an empty path instead.")
+        raise UsageError("The 'source' parameter of walk must be a folder or a list file; got an empty path instead.")
     default_split = normalize_split(default_split)
     try:
         st = os.stat(src)
