@@ -14,7 +14,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +23,7 @@ import pyarrow as pa
 from ._version import __version__
 from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
+from .data.preprocess import Preprocess
 from .data.sources import Discovery, SourceItem
 from .devices import DEVICES
 from .embed import decode_pixels
@@ -150,15 +151,38 @@ def validate_extract_args(dtype: str, device: str, precision: str, batch_size: i
         count_or_size(part_size, "part_size", where="extract")
 
 
-def _recorded_choice(out: str) -> tuple[Any, Any] | None:
-    """The (runtime, precision) a store at ``out`` records in its config; None when there is no readable store."""
+def _recorded_config(out: str) -> dict[str, Any] | None:
+    """The config a store at ``out`` records; None when there is no readable store."""
     if not os.path.isfile(os.path.join(out, layout.METADATA_FILE)):
         return None
     try:
         config = trust.read_store_json(out, layout.METADATA_FILE).get("config", {})  # inside the store, bounded
     except Exception:  # noqa: BLE001 - an unreadable or hostile store is reported by prepare_store_dir
         return None
-    return (config.get("runtime"), config.get("precision")) if isinstance(config, dict) else None
+    return config if isinstance(config, dict) else None
+
+
+def _recorded_choice(config: dict[str, Any] | None) -> tuple[Any, Any] | None:
+    """The (runtime, precision) a store's ``config`` (:func:`_recorded_config`) records."""
+    return None if config is None else (config.get("runtime"), config.get("precision"))
+
+
+def _keep_recorded_resizer(plan: "ExtractPlan", config: dict[str, Any] | None) -> None:
+    """On a resume, resize as the store began: the resizer is how the same preprocessing is computed
+    (:data:`~deepfeat.data.preprocess.RESIZERS`), so a store written with Pillow's resize (every store
+    from before the torch resizer) goes on with it and stays bit-identical to an uninterrupted run."""
+    recorded = config.get("preprocess") if config else None
+    if not isinstance(recorded, dict):
+        return
+    pre = plan.backbone.preprocess
+    try:
+        kept = replace(pre, resizer=Preprocess.from_dict(recorded).resizer)
+    except (KeyError, TypeError, ValueError, UsageError):
+        return  # a malformed record: the fingerprint check reports the difference
+    if kept != pre and kept.to_dict() == recorded:
+        log.info("resuming with the store's resizer %r", kept.resizer)
+        plan.backbone = replace(plan.backbone, preprocess=kept)
+        plan.config["preprocess"], plan.metadata["preprocess"] = kept.to_dict(), kept.to_dict()
 
 
 def _resume_choice(recorded: tuple[Any, Any] | None, runtime: str, precision: str, device: str) -> tuple[str, str]:
@@ -366,7 +390,8 @@ def extract(
     check_int(views, "views", minimum=0, where="extract")
     device = eng.resolve_device(device)
     requested = precision
-    recorded = None if overwrite else _recorded_choice(os.fspath(out))
+    recorded_config = None if overwrite else _recorded_config(os.fspath(out))
+    recorded = _recorded_choice(recorded_config)
     runtime, precision = _resume_choice(recorded, runtime, precision, device)
     choice = resolve_runtime(runtime, device, precision)
     start = time.perf_counter()
@@ -375,6 +400,7 @@ def extract(
                            runtime=choice.runtime, part_size=part_size, policy=policy, backbone=backbone,
                            views=views, augment=augment, views_splits=views_splits, augment_seed=augment_seed,
                            skip_dirs=(out,))
+    _keep_recorded_resizer(plan, recorded_config)
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")

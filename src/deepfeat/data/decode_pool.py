@@ -87,6 +87,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, a
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     watch_parent(parent_pid)
+    # One thread per decode process: torch (the resizer, loaded on first use) must not start a thread
+    # per core in every worker beside the runtime's own threads.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     while True:
         try:
             batch = conn.recv()
