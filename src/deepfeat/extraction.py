@@ -35,7 +35,16 @@ from .models.layers import PRE_LOGITS, describe_layers
 from .models.registry import DEFAULT_MODEL, Backbone, load_backbone
 from .params import check_choice, check_int, check_number
 from .progress import ProgressFn
-from .runtimes import PRECISIONS, layer_specs, prefer_recorded, resolve_runtime
+from .progress import note as progress_note
+from .runtimes import (
+    CALIBRATION_IMAGES,
+    CALIBRATION_SEED,
+    PRECISIONS,
+    Calibration,
+    layer_specs,
+    prefer_recorded,
+    resolve_runtime,
+)
 from .runtimes.guard import DEFAULT_MIN_AGREEMENT, check_min_agreement, guard_backbone, sample_indices
 from .sources import Source, open_source
 from .store import layout, trust
@@ -111,6 +120,8 @@ class ExtractPlan:
     precision: str = "fp32"
     #: the precision guard's measurement (:class:`deepfeat.runtimes.guard.Agreement` as a dict) or None
     agreement: dict[str, Any] | None = None
+    #: the images an int8 runtime is calibrated on (:class:`deepfeat.runtimes.Calibration`), else None
+    calibration: Any = None
 
     def use_runtime(self, described: Mapping[str, Any]) -> None:
         """Record the runtime that actually runs (after any fallback) in the config and metadata."""
@@ -151,14 +162,20 @@ def validate_extract_args(dtype: str, device: str, precision: str, batch_size: i
         count_or_size(part_size, "part_size", where="extract")
 
 
-def _recorded_config(out: str) -> dict[str, Any] | None:
-    """The config a store at ``out`` records; None when there is no readable store."""
+def _recorded_metadata(out: str) -> dict[str, Any] | None:
+    """The metadata document of a store at ``out`` (its ``config`` inside); None when there is no readable store."""
     if not os.path.isfile(os.path.join(out, layout.METADATA_FILE)):
         return None
     try:
-        config = trust.read_store_json(out, layout.METADATA_FILE).get("config", {})  # inside the store, bounded
+        doc = trust.read_store_json(out, layout.METADATA_FILE)  # inside the store, bounded
     except Exception:  # noqa: BLE001 - an unreadable or hostile store is reported by prepare_store_dir
         return None
+    return doc if isinstance(doc, dict) else None
+
+
+def _recorded_config(metadata: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The config a store's metadata (:func:`_recorded_metadata`) records."""
+    config = metadata.get("config", {}) if metadata else None
     return config if isinstance(config, dict) else None
 
 
@@ -198,6 +215,37 @@ def _resume_choice(recorded: tuple[Any, Any] | None, runtime: str, precision: st
     return prefer_recorded(runtime, precision, device, *recorded)
 
 
+def _calibrate(plan: ExtractPlan, settings: RunSettings, recorded: dict[str, Any] | None = None) -> None:
+    """int8: decode the calibration sample (a seeded sample of the job's own inputs) into ``plan.calibration``.
+
+    A job with fewer inputs than :data:`~deepfeat.runtimes.CALIBRATION_IMAGES` is calibrated on all of
+    them, and says so; the store records how many were used and the sample's digest. A resume whose
+    sample changed (inputs were added) keeps the store's calibration: its export is loaded from the
+    cache by the recorded digest (where that export is gone, the int8 runtime cannot be rebuilt and
+    the resume is refused by the fingerprint rather than mixing two quantisations).
+    """
+    items = plan.discovery.items
+    picked = sample_indices(len(items), CALIBRATION_IMAGES, CALIBRATION_SEED)
+    pixels = decode_pixels([items[i].locator for i in picked], preprocess=plan.backbone.preprocess,
+                           policy=settings.policy, workers=settings.workers)
+    if not len(pixels):
+        raise UsageError("int8 is calibrated on the job's own images, and none of them decodes; use --precision "
+                         "fp32 or bf16.")
+    plan.calibration = Calibration.of(pixels, CALIBRATION_IMAGES)
+    runtime = recorded.get("runtime") if recorded else None
+    before = runtime.get("calibration") if isinstance(runtime, dict) and runtime.get("precision") == "int8" else None
+    if isinstance(before, dict) and before.get("sha256") not in (None, plan.calibration.digest):
+        log.info("int8: the store was calibrated on another sample (inputs changed since); keeping its calibration")
+        plan.calibration = Calibration(str(before["sha256"]), int(before.get("images", 0)),
+                                       int(before.get("wanted", CALIBRATION_IMAGES)))
+        return
+    if plan.calibration.short:
+        message = (f"int8: calibrated on all {len(pixels)} decodable images of this job (fewer than the "
+                   f"{CALIBRATION_IMAGES} it wants: the quantisation may agree less with fp32; the guard measures it)")
+        log.warning("%s", message)
+        progress_note(message)
+
+
 def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreement: float) -> None:
     """Run the precision guard (:mod:`deepfeat.runtimes.guard`) on a seeded sample of the job's inputs and
     settle ``plan.runtime`` / ``plan.precision``; the measurement goes into the store metadata."""
@@ -212,7 +260,7 @@ def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreeme
     runtime, precision, agreement = guard_backbone(
         plan.backbone, plan.layers, plan.infos, pixels, runtime=plan.runtime, precision=plan.precision,
         auto=requested == "auto", device=settings.device, min_agreement=min_agreement,
-        channels_last=settings.channels_last, batch_size=settings.batch_size)
+        channels_last=settings.channels_last, batch_size=settings.batch_size, calibration=plan.calibration)
     plan.runtime, plan.precision = runtime, precision
     plan.config.update(runtime=runtime, precision=precision)
     plan.agreement = agreement.to_dict() if agreement else None
@@ -390,7 +438,8 @@ def extract(
     check_int(views, "views", minimum=0, where="extract")
     device = eng.resolve_device(device)
     requested = precision
-    recorded_config = None if overwrite else _recorded_config(os.fspath(out))
+    recorded_metadata = None if overwrite else _recorded_metadata(os.fspath(out))
+    recorded_config = _recorded_config(recorded_metadata)
     recorded = _recorded_choice(recorded_config)
     runtime, precision = _resume_choice(recorded, runtime, precision, device)
     choice = resolve_runtime(runtime, device, precision)
@@ -406,6 +455,11 @@ def extract(
         raise UsageError(f"The output {out!r} exists and is not a directory.")
     settings = RunSettings(batch_size=batch_size, workers=workers, device=device, channels_last=channels_last,
                            policy=policy or DecodePolicy(), progress=progress, part_seconds=part_seconds)
+    if plan.precision == "int8":
+        if eng.name != "local":
+            raise UsageError(f"The precision 'int8' runs on the local engine only (it is calibrated on the job's "
+                             f"images where the runtime is built); got engine {eng.name!r}.")
+        _calibrate(plan, settings, recorded_metadata)  # also on a resume: the digest finds the cached export
     if recorded != (choice.runtime, choice.precision):  # a resume keeps the store's precision unmeasured
         _guard(plan, settings, requested, min_agreement)
     eng.prepare(plan, settings)  # e.g. the local runtime is built (and any fallback recorded) before the store opens

@@ -56,7 +56,8 @@ class LocalEngine:
 
         self.runtime = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=plan.runtime,
                                      device=settings.device, precision=plan.precision, dtype=plan.dtype,
-                                     channels_last=settings.channels_last)
+                                     channels_last=settings.channels_last,
+                                     calibration=getattr(plan, "calibration", None))
         plan.use_runtime(self.runtime.describe())
 
     def run(self, plan: Any, pending: "Sequence[SourceItem]", writer: "StoreWriter",
