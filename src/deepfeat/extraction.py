@@ -84,6 +84,9 @@ class ExtractSummary:
     excluded_by_reason: dict[str, int] = field(default_factory=dict)
     #: warnings about the source a user should see (e.g. a mixed layout: images embedded unlabeled)
     notes: list[str] = field(default_factory=list)
+    #: the decode workers this run used and why, e.g. "2 decode workers (measured: decode 4.4 ms/img per
+    #: worker, runtime 2.9 ms/img)" or "(forced)"; empty when the engine does not say
+    decode_workers: str = ""
 
     @property
     def images_per_second(self) -> float:
@@ -431,6 +434,7 @@ def extract(
     """
     eng = get_engine(engine)
     eng.check()
+    balance_workers = workers is None  # the default is balanced on measured rates; a given number is kept
     workers = eng.default_workers() if workers is None else check_int(workers, "workers", minimum=0, where="extract")
     validate_extract_args(dtype, device, precision, batch_size, workers, part_size)
     check_min_agreement(min_agreement, where="extract")
@@ -454,7 +458,8 @@ def extract(
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
     settings = RunSettings(batch_size=batch_size, workers=workers, device=device, channels_last=channels_last,
-                           policy=policy or DecodePolicy(), progress=progress, part_seconds=part_seconds)
+                           policy=policy or DecodePolicy(), progress=progress, part_seconds=part_seconds,
+                           balance_workers=balance_workers)
     if plan.precision == "int8":
         if eng.name != "local":
             raise UsageError(f"The precision 'int8' runs on the local engine only (it is calibrated on the job's "
@@ -486,6 +491,8 @@ def extract(
                       "device": device, "runtime": plan.runtime, "precision": plan.precision,
                       "agreement": plan.metadata.get("runtime", {}).get("agreement")})
         summary.embedded_now, summary.failed_now, summary.parts_committed = eng.run(plan, pending, writer, settings)
+    balance = getattr(eng, "balance", None)
+    summary.decode_workers = balance.summary() if hasattr(balance, "summary") else ""
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start
     log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,

@@ -98,7 +98,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"done in {total:.1f} s ({n / total if total > 0 else 0.0:.1f} img/s{split}): "
         f"{s.embedded_now:,} embedded and {s.failed_now:,} failed this run; "
         f"store holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded; "
-        f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}")
+        f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}"
+        + (f"; {s.decode_workers}" if s.decode_workers else ""))
     if s.failures_by_reason:
         say("failures by reason: " + ", ".join(f"{k}={v}" for k, v in s.failures_by_reason.items())
             + f"  (details: deepfeat info {args.out} --failures)")
