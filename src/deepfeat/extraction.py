@@ -403,8 +403,10 @@ def extract(
         layers: names as ``deepfeat layers`` prints them, comma-separated, or shortcuts.
         pool: ``none|avg|max|avgmax``, optionally per layer: ``"avg,blocks.4=none"``.
         dtype: ``float16`` or ``float32`` storage.
-        workers: decode processes (default: spare cores; 0 = decode in this process). With
-            ``engine="ray"``: decode processes inside each Ray worker (default 0: the worker decodes).
+        workers: decode processes (default: spare cores to start with, then balanced against the runtime
+            on the rates measured over the first part -- the summary's ``decode_workers`` says what ran;
+            a number given here is kept; 0 = decode in this process). With ``engine="ray"``: decode
+            processes inside each Ray worker (default 0: the worker decodes).
         engine: ``"local"`` (this machine), ``"ray"``, or an engine object with its own options,
             e.g. ``RayEngine(address="auto", workers=8)`` (see :mod:`deepfeat.engines`, docs/RAY.md).
             The store is the same, and either engine resumes the other's store.
@@ -413,7 +415,9 @@ def extract(
             (``augment_seed``, image id, view) so that reruns and resumes give the same features.
         runtime: ``auto`` (the fastest installed runtime that runs the model here; on a resume, the
             store's own runtime), ``torch``, ``openvino`` or ``onnxruntime``; ``precision``: ``auto``,
-            ``fp32``, ``bf16`` or ``fp16``. Both are recorded in the store and its fingerprint.
+            ``fp32``, ``bf16``, ``fp16`` or ``int8`` (OpenVINO + NNCF, quantised on a seeded sample of 300
+            of the job's images; never chosen by ``auto``). Both are recorded in the store and its
+            fingerprint.
         min_agreement: the precision guard's threshold. A reduced precision (bf16, fp16) is first
             measured against torch fp32 on a seeded sample of 64 of the job's images; it is used only
             when every tap's minimum per-row cosine is >= ``min_agreement`` and its median >=

@@ -30,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--dtype", default="float32", choices=api_constant("deepfeat.extraction", "DTYPES"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None,
-                   help="decode processes (default: spare cores; with --engine ray: per Ray worker, default 0)")
+                   help="decode processes (default: spare cores to start with, then as many as keep the runtime fed, "
+                        "measured over the first part; a number given here is kept; with --engine ray: per Ray "
+                        "worker, default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_runtime_args(p)
     p.add_argument("--min-agreement", type=float, default=0.98,
