@@ -28,6 +28,7 @@ import numpy as np
 import deepfeat
 from deepfeat.agreement import DEFAULT_MIN_AGREEMENT, Agreement
 from deepfeat.datasets import write_fashion_mnist
+from deepfeat.errors import UsageError
 from deepfeat.runtimes import cpu_has_bf16, cpu_model, resolve_runtime
 from deepfeat.runtimes.base import cpu_flags
 from deepfeat.runtimes.guard import row_cosines
@@ -93,7 +94,7 @@ def main() -> int:
             resolve_runtime("auto", "cpu", p)
             if cpu_has_bf16() or p == "int8":
                 precisions.append(p)
-        except deepfeat.UsageError:
+        except UsageError:
             pass
     stores, guarded = {}, {}
     for p in precisions:

@@ -205,6 +205,7 @@ def forward_only(files: list[str], input_size: int, batch: int, configs: list[tu
 def end_to_end(source: str, input_size: int, batch: int, configs: list[tuple[str, str]], work: str,
                cache: str, draft: bool = True) -> dict[str, dict[str, Any]]:
     import deepfeat
+    from deepfeat.errors import UsageError
     from deepfeat.models import load_backbone
 
     os.environ["DEEPFEAT_CACHE_DIR"] = cache
@@ -229,8 +230,8 @@ def end_to_end(source: str, input_size: int, batch: int, configs: list[tuple[str
         note = ""
         try:
             s = deepfeat.extract(source, out, **kw)
-        except deepfeat.UsageError as exc:  # the guard refused an explicit precision: still show its speed
-            note = f"guard refused at the default threshold ({str(exc).split(':')[1].split('.')[0].strip()})"
+        except UsageError as exc:  # the guard refused an explicit precision: still show its speed
+            note = f"guard refused at the default threshold ({str(exc).split('images: ', 1)[-1].split('. Use', 1)[0]})"
             log(f"{input_size}px end-to-end {key}: {note}; again with min_agreement=0.5")
             shutil.rmtree(out, ignore_errors=True)
             s = deepfeat.extract(source, out, min_agreement=0.5, **kw)
