@@ -123,3 +123,17 @@ def test_a_store_begun_with_pillows_resize_resumes_with_it_bit_identically(tmp_p
     assert sorted(got) == sorted(want) == sorted(other)
     assert all(np.array_equal(got[i], want[i]) for i in want)
     assert not all(np.array_equal(got[i], other[i]) for i in want)  # the resizers really differ
+
+
+def test_a_bundle_of_a_pillow_store_predicts_with_pillows_resize(fm_dir: Path, tmp_path: Path) -> None:
+    bb = load_backbone("efficientnet_lite0", input_size=64)
+    store, bundle = tmp_path / "feats", tmp_path / "m.dfm"
+    deepfeat.extract(fm_dir / "train", store, layers="pre_logits", runtime="torch", precision="fp32", workers=0,
+                     backbone=dataclasses.replace(bb, preprocess=pillow(bb.preprocess)))
+    deepfeat.train(store, layers="pre_logits", solver="exact", out=bundle)
+    b = deepfeat.load_bundle(bundle)
+    assert b.preprocess.resizer == "pillow" and b.load_backbone().preprocess.resizer == "pillow"
+    photo = tmp_path / "coffee.jpg"
+    photo.write_bytes(sample_jpeg("coffee", (640, 480)))
+    got = deepfeat.predict_images(bundle, [photo], top_k=3)[0]
+    assert got.error is None and len(got.labels) == 3
