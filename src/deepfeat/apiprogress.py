@@ -30,7 +30,8 @@ from .cli.common import EventRenderer
 _SUMMARIES: dict[str, tuple[str | None, Callable[[Any], str]]] = {
     "extract": ("extract", lambda s: (
         f"extract: {s.embedded_now:,} embedded and {s.failed_now:,} failed this run in {s.seconds:.1f} s; "
-        f"{s.out} holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded")),
+        f"{s.out} holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded"
+        + (f"; {s.decode_workers}" if s.decode_workers else ""))),
     "train": ("train", lambda r: (
         f"train: {r.head_kind} ({r.solver}) on {', '.join(s.name for s in r.layers)} in {r.seconds:.1f} s; "
         + (f"validation accuracy {r.validation['accuracy']:.4f} on {r.validation['n']:,} rows "

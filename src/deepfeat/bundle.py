@@ -50,7 +50,7 @@ from .models.hub import expecting_weights
 from .models.layers import describe_layers
 from .models.registry import RANDOM, load_backbone
 from .params import check_choice
-from .runtimes import build_runtime, prefer_recorded
+from .runtimes import Calibration, build_runtime, prefer_recorded
 from .store import trust
 from .store.fsutil import as_os_error, environment_errors
 from .store.layerspec import LayerSpec
@@ -193,8 +193,12 @@ def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, devic
     runtime, precision = prefer_recorded(runtime, precision, device, rec_rt, str(b.metadata.get("precision", "fp32")),
                                          what=f"the bundle {b.path!r}")
     bb = b.load_backbone(weights)
+    # int8: the store's calibration, by its digest (the cached export; without it, torch fp32 with a warning)
+    cal = recorded.get("calibration") if isinstance(recorded, dict) and precision == "int8" else None
+    calibration = Calibration(str(cal["sha256"]), int(cal.get("images", 0)), int(cal.get("wanted", 0))) \
+        if isinstance(cal, dict) and cal.get("sha256") else None
     return build_runtime(bb, b.compute_layers, describe_layers(bb), runtime=runtime, device=device,
-                         precision=precision, dtype=b.compute_dtype)
+                         precision=precision, dtype=b.compute_dtype, calibration=calibration)
 
 
 def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preprocess: Mapping[str, Any],

@@ -68,7 +68,8 @@ METADATA_KEYS: dict[str, str] = {
                        "(Pillow's Image.draft(None, (n, n))); 0: full decode",
     "mean": "JSON [r, g, b] normalisation mean (applied inside the graph)",
     "std": "JSON [r, g, b] normalisation std (applied inside the graph)",
-    "preprocess": "JSON: deepfeat's full Preprocess record (the keys above plus jpeg_draft)",
+    "preprocess": "JSON: deepfeat's full Preprocess record (the keys above plus jpeg_draft and resizer: torch | "
+                  "pillow, absent = pillow)",
     "backbone": "backbone name as deepfeat loads it",
     "backbone_sha256": "sha256 of the backbone weights file",
     "layers": "JSON list of {name, pool, dims}: the tapped layers, concatenated in this order",

@@ -172,9 +172,10 @@ def _add_runtime_args(p: argparse.ArgumentParser, auto_help: str = "auto: the fa
     p.add_argument("--runtime", default="auto",
                    help=f"auto | openvino | onnxruntime | torch (default: auto; {auto_help})")
     p.add_argument("--precision", default="auto",
-                   help="auto | fp32 | bf16 | fp16 (default: auto, the fastest precision that agrees with torch "
+                   help="auto | fp32 | bf16 | fp16 | int8 (default: auto, the fastest precision that agrees with torch "
                         "fp32; bf16 only on CPUs that compute it natively, and in extract only after the precision "
-                        "guard measured it on the job's images)")
+                        "guard measured it on the job's images; int8: openvino, extract only, quantised on a "
+                        "seeded sample of 300 of the job's images, never picked by auto)")
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:

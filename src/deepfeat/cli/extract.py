@@ -30,7 +30,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--dtype", default="float32", choices=api_constant("deepfeat.extraction", "DTYPES"))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--workers", type=int, default=None,
-                   help="decode processes (default: spare cores; with --engine ray: per Ray worker, default 0)")
+                   help="decode processes (default: spare cores to start with, then as many as keep the runtime fed, "
+                        "measured over the first part; a number given here is kept; with --engine ray: per Ray "
+                        "worker, default 0)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_runtime_args(p)
     p.add_argument("--min-agreement", type=float, default=0.98,
@@ -98,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
     say(f"done in {total:.1f} s ({n / total if total > 0 else 0.0:.1f} img/s{split}): "
         f"{s.embedded_now:,} embedded and {s.failed_now:,} failed this run; "
         f"store holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded; "
-        f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}")
+        f"{s.rows_total:,} rows, {format_size(s.bytes_on_disk)} in {args.out}"
+        + (f"; {s.decode_workers}" if s.decode_workers else ""))
     if s.failures_by_reason:
         say("failures by reason: " + ", ".join(f"{k}={v}" for k, v in s.failures_by_reason.items())
             + f"  (details: deepfeat info {args.out} --failures)")

@@ -87,6 +87,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, a
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     watch_parent(parent_pid)
+    # One thread per decode process: torch (the resizer, loaded on first use) must not start a thread
+    # per core in every worker beside the runtime's own threads.
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = "1"
     while True:
         try:
             batch = conn.recv()
@@ -95,7 +99,9 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, a
         if batch is None:
             return
         try:
-            reply: tuple[str, Any] = ("ok", prepare_batch(batch, *args))
+            started = time.thread_time()
+            results = prepare_batch(batch, *args)
+            reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started)  # + the CPU seconds it took
         except Exception as exc:  # noqa: BLE001 - e.g. EnvironmentFault: re-raised in the parent
             reply = ("error", exc)
         try:
@@ -129,7 +135,7 @@ class _Worker:
         self.tasks.append(index)
         return True
 
-    def receive(self) -> tuple[str, Any] | None:
+    def receive(self) -> tuple[Any, ...] | None:
         """The next reply, or None when the worker died before sending it whole."""
         try:
             return self.conn.recv()
@@ -188,7 +194,21 @@ class DecodePool:
         self.workers = max(0, int(workers))
         self.args = (preprocess, policy, augment)
         self.prefetch = prefetch or max(2, 2 * self.workers)
+        self._fixed_prefetch = prefetch is not None
         self._workers: list[_Worker] = []
+        #: (CPU seconds, images) of every batch decoded so far, in the order they finished
+        self.timings: list[tuple[float, int]] = []
+
+    def resize(self, workers: int) -> None:
+        """Use ``workers`` decode processes from now on (at least 1): more are started as batches need
+        them; idle ones beyond the number are ended. Results and their order do not change."""
+        self.workers = max(1, int(workers))
+        if not self._fixed_prefetch:
+            self.prefetch = max(2, 2 * self.workers)
+        idle = [w for w in self._workers if not w.tasks][:max(0, len(self._workers) - self.workers)]
+        for w in idle:
+            self._workers.remove(w)
+        _stop_all(idle)
 
     def close(self) -> None:
         """End every worker (terminated if busy); returns within a few seconds."""
@@ -227,9 +247,11 @@ class DecodePool:
                     self._died(w, batches, done)
                     continue
                 index = w.tasks.popleft()
-                kind, value = reply
+                kind, value = reply[0], reply[1]
                 if kind == "error":
                     raise value
+                if len(reply) > 2:
+                    self.timings.append((float(reply[2]), len(value)))
                 done[index] = value
             elif w.proc.sentinel in ready and not w.conn.poll():
                 self._died(w, batches, done)
@@ -264,7 +286,7 @@ class DecodePool:
             self._workers.append(worker)
         else:
             _stop_all([worker])
-        kind, value = reply
+        kind, value = reply[0], reply[1]
         if kind == "error":
             raise value
         return value
@@ -287,7 +309,10 @@ class DecodePool:
         """Yield ``(batch, results)`` in input order, keeping ``prefetch`` batches in flight."""
         if self.workers == 0:
             for batch in batches:
-                yield batch, prepare_batch(list(batch), *self.args)
+                started = time.thread_time()
+                results = prepare_batch(list(batch), *self.args)
+                self.timings.append((time.thread_time() - started, len(results)))
+                yield batch, results
             return
         it = iter(batches)
         sent: dict[int, Sequence[Item]] = {}  # in flight or done, not yet yielded

@@ -54,6 +54,8 @@ class RunSettings:
     progress: Callable[[dict[str, Any]], None] | None = None
     #: commit a part once it has been open this long (engines that can; None: by size only)
     part_seconds: float | None = None
+    #: ``workers`` is the engine's default: engines that can balance it on measured rates (local)
+    balance_workers: bool = False
 
 
 @runtime_checkable

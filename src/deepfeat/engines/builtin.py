@@ -38,6 +38,8 @@ class LocalEngine:
 
     def __init__(self) -> None:
         self.runtime: Any = None
+        #: the decode workers the last run used and why (``engines.local.Balance``), for the summary
+        self.balance: Any = None
 
     def check(self) -> None:
         """The local engine runs wherever deepfeat is installed."""
@@ -56,7 +58,8 @@ class LocalEngine:
 
         self.runtime = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=plan.runtime,
                                      device=settings.device, precision=plan.precision, dtype=plan.dtype,
-                                     channels_last=settings.channels_last)
+                                     channels_last=settings.channels_last,
+                                     calibration=getattr(plan, "calibration", None))
         plan.use_runtime(self.runtime.describe())
 
     def run(self, plan: Any, pending: "Sequence[SourceItem]", writer: "StoreWriter",
@@ -66,9 +69,13 @@ class LocalEngine:
         from .local import run_local
 
         assert writer.manifest is not None
+        def chosen(balance: Any) -> None:
+            self.balance = balance
+
         return run_local(plan, pending, writer.path, writer.manifest, batch_size=settings.batch_size,
                          workers=settings.workers, runtime=self.runtime, policy=settings.policy,
-                         progress=settings.progress, part_seconds=settings.part_seconds)
+                         progress=settings.progress, part_seconds=settings.part_seconds,
+                         balance=settings.balance_workers, chosen=chosen)
 
     def __repr__(self) -> str:
         return "LocalEngine()"

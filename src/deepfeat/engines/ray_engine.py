@@ -28,6 +28,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 from ..data.decode import DecodePolicy
@@ -145,7 +146,9 @@ class PartWorker:
                 f"The Ray worker on {socket.gethostname()} loaded other weights for {backbone.name!r} "
                 f"({backbone.weights_sha256} instead of {spec['weights_sha256']}); install the same weights on "
                 "every node, or pass --weights with a path every node sees.")
-        if backbone.preprocess.to_dict() != spec["preprocess"]:
+        # the resizer comes from the store (a resume keeps the one it began with), not from the model
+        resizer = spec["preprocess"].get("resizer", "pillow")
+        if replace(backbone.preprocess, resizer=resizer).to_dict() != spec["preprocess"]:
             raise EnvironmentFault(f"The Ray worker on {socket.gethostname()} resolved another preprocessing "
                                    f"({backbone.preprocess.to_dict()} instead of {spec['preprocess']}).")
         self.specs = [LayerSpec.from_dict(d) for d in spec["layers"]]

@@ -30,9 +30,9 @@ from ..models.registry import Backbone
 from ..params import check_choice
 from ..registry import Registry
 from ..store.layerspec import LayerSpec
-from .base import Runtime, RuntimeUnavailable, cpu_has_bf16, cpu_model
+from .base import CALIBRATION_IMAGES, CALIBRATION_SEED, Calibration, Runtime, RuntimeUnavailable, cpu_has_bf16, cpu_model
 from .onnx_runtime import ONNXRuntime
-from .openvino_runtime import OpenVINORuntime
+from .openvino_runtime import OpenVINORuntime, nncf_missing
 from .torch_runtime import TorchRuntime
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ log = logging.getLogger(__name__)
 RUNTIMES: Registry[type[Runtime]] = Registry("runtime", entries=(OpenVINORuntime, ONNXRuntime, TorchRuntime))
 #: class decorator: add a :class:`Runtime` subclass under ``cls.name`` (last in ``auto``'s order)
 register_runtime = RUNTIMES.register
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 
 
 
@@ -97,6 +97,8 @@ def resolve_runtime(runtime: str = "auto", device: str = "cpu", precision: str =
     if precision == "bf16" and dev == "cpu" and runtime == "openvino" and not OpenVINORuntime.supports_bf16():
         raise UsageError("This CPU has no native bf16 (OpenVINO does not list BF16 among its capabilities); "
                          "use --precision fp32.")
+    if precision == "int8" and runtime == "openvino" and nncf_missing():
+        raise UsageError(f"The precision 'int8' cannot run here: {nncf_missing()}.")
     return RuntimeChoice(runtime, precision)
 
 
@@ -135,7 +137,7 @@ def layer_specs(backbone: Backbone, layers: str | Sequence[str], pool: str | Map
 def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any] | None = None, *,
                   runtime: str = "auto", device: str = "cpu", precision: str = "auto", dtype: str = "float32",
                   channels_last: bool = True, cache_dir: str | None = None, fallback: bool = True,
-                  threads: int | None = None) -> Runtime:
+                  threads: int | None = None, calibration: Calibration | None = None) -> Runtime:
     """The one factory of :class:`Runtime` objects.
 
     Args:
@@ -144,20 +146,24 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
         infos: ``describe_layers(backbone)`` when already computed.
         runtime: ``auto``, ``torch``, ``openvino`` or ``onnxruntime``.
         device: ``cpu`` or ``cuda[:N]``.
-        precision: ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+        precision: ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (OpenVINO, with ``calibration``).
         dtype: dtype of the returned features (``float32`` or ``float16``).
         cache_dir: where exported graphs are cached (default ``~/.cache/deepfeat/runtimes``).
         fallback: when the chosen runtime cannot export or compile this model, use torch (logged)
             instead of raising ``UsageError``: at fp32 when ``precision="auto"``, else at the
             precision asked for (where torch runs it).
         threads: inference threads of an exported runtime (default: every core).
+        calibration: the images an int8 runtime is calibrated on (a sample of the job's own inputs);
+            without it int8 can only load an export cached under the same digest.
     """
     infos = infos if infos is not None else describe_layers(backbone)
     choice = resolve_runtime(runtime, device, precision)
     if choice.runtime != "torch":
+        extra: dict[str, Any] = {"calibration": calibration} if calibration is not None else {}
         try:
             return RUNTIMES[choice.runtime](backbone, specs, infos, device=device, precision=choice.precision,
-                                            dtype=dtype, cache_dir=cache_dir, threads=threads)  # type: ignore[call-arg]
+                                            dtype=dtype, cache_dir=cache_dir, threads=threads,  # type: ignore[call-arg]
+                                            **extra)
         except RuntimeUnavailable as exc:
             if not fallback:
                 raise UsageError(f"The runtime {choice.runtime!r} cannot run {backbone.name!r}: {exc}") from None
@@ -171,7 +177,8 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
                         channels_last=channels_last)
 
 
-__all__ = ["RUNTIMES", "PRECISIONS", "Runtime", "RuntimeChoice", "RuntimeUnavailable", "available_runtimes",
+__all__ = ["CALIBRATION_IMAGES", "CALIBRATION_SEED", "Calibration", "RUNTIMES", "PRECISIONS",
+           "Runtime", "RuntimeChoice", "RuntimeUnavailable", "available_runtimes",
            "build_runtime", "cpu_has_bf16", "cpu_model", "layer_specs", "prefer_recorded", "register_runtime",
            "resolve_runtime",
            "runtime_choices"]

@@ -11,9 +11,11 @@ cropped by the decode workers) and returns ``{layer name: N x dims}`` in the sto
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
@@ -28,6 +30,46 @@ FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 class RuntimeUnavailable(Exception):
     """The runtime cannot run this model here (package missing, export or compile failed)."""
+
+
+#: images of the job an int8 runtime is calibrated on by default (a seeded sample; all of them when fewer)
+CALIBRATION_IMAGES = 300
+CALIBRATION_SEED = 1
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The images a quantised (int8) runtime is calibrated on, and their identity.
+
+    ``digest`` (sha256 of the pixels) is part of the exported graph's cache key, so another sample
+    is another export; ``pixels`` may be None where only a cached export can be used.
+
+    Example:
+        >>> c = Calibration.of(np.zeros((3, 4, 4, 3), np.uint8), wanted=300)
+        >>> c.images, c.wanted, c.short
+        (3, 300, True)
+    """
+
+    digest: str
+    images: int
+    wanted: int = CALIBRATION_IMAGES
+    pixels: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, pixels: np.ndarray, wanted: int = CALIBRATION_IMAGES) -> "Calibration":
+        """The calibration of ``pixels`` (N x H x W x 3 uint8)."""
+        pixels = np.ascontiguousarray(pixels, dtype=np.uint8)
+        digest = hashlib.sha256(repr(pixels.shape).encode() + pixels.tobytes()).hexdigest()
+        return cls(digest, len(pixels), wanted, pixels)
+
+    @property
+    def short(self) -> bool:
+        """Fewer images than :attr:`wanted` (a small job: all of its images were used)."""
+        return self.images < self.wanted
+
+    def describe(self) -> dict[str, Any]:
+        """What the store records: how many images, how many were wanted, and the sample's digest."""
+        return {"images": self.images, "wanted": self.wanted, "sha256": self.digest}
 
 
 class Runtime:

@@ -32,7 +32,7 @@ from ..models.layers import FeatureTaps
 from ..models.registry import Backbone
 from ..store.fsutil import sha256_file
 from ..store.layerspec import LayerSpec
-from .base import Runtime, RuntimeUnavailable
+from .base import Calibration, Runtime, RuntimeUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +195,10 @@ class ExportedRuntime(Runtime):
 
     def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
                  device: str = "cpu", precision: str = "fp32", dtype: str = "float32",
-                 cache_dir: str | None = None, threads: int | None = None) -> None:
+                 cache_dir: str | None = None, threads: int | None = None,
+                 calibration: Calibration | None = None) -> None:
         super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
+        self.calibration = calibration
         reason = self.unavailable_reason()
         if reason:
             raise RuntimeUnavailable(reason)
@@ -219,7 +221,9 @@ class ExportedRuntime(Runtime):
         """The module exporters trace: uint8 pixels in, pooled taps out."""
         return TapGraph(self.backbone, self.specs, self.infos).eval()
 
-    def cached(self, build: Callable[[str], None], load: Callable[[str], Any]) -> Any:
-        """The loaded artefact of this backbone + taps + runtime version, exported at most once."""
-        key = cache_key(self.backbone, self.specs, self.name, self.version())
+    def cached(self, build: Callable[[str], None], load: Callable[[str], Any],
+               extra: Mapping[str, Any] | None = None) -> Any:
+        """The loaded artefact of this backbone + taps + runtime version (+ ``extra``, e.g. the int8
+        calibration), exported at most once."""
+        key = cache_key(self.backbone, self.specs, self.name, self.version(), extra)
         return ArtifactCache(self.cache_dir).get_or_build(key, build, load)

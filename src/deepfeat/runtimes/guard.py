@@ -144,9 +144,10 @@ def guard_precision(build: Callable[[str, str], Any], reference: Callable[[], Ma
 def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any] | None, pixels: np.ndarray, *,
                    runtime: str, precision: str, auto: bool, device: str = "cpu",
                    min_agreement: float = DEFAULT_MIN_AGREEMENT, channels_last: bool = True,
-                   batch_size: int = 32) -> tuple[str, str, Agreement | None]:
+                   batch_size: int = 32, calibration: Any = None) -> tuple[str, str, Agreement | None]:
     """:func:`guard_precision` for a backbone and its taps: candidates and the torch fp32 reference are
-    built with :func:`~deepfeat.runtimes.build_runtime` (exports come from its cache).
+    built with :func:`~deepfeat.runtimes.build_runtime` (exports come from its cache; an int8 candidate
+    is calibrated on ``calibration``, a :class:`~deepfeat.runtimes.Calibration`).
 
     Example:
         >>> rt, prec, ag = guard_backbone(bb, specs, None, pixels, runtime="openvino", precision="bf16",
@@ -157,7 +158,7 @@ def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any]
 
     def build(name: str, p: str) -> Any:
         return build_runtime(backbone, specs, infos, runtime=name, device=device, precision=p,
-                             channels_last=channels_last)
+                             channels_last=channels_last, calibration=calibration if p == "int8" else None)
 
     def reference() -> dict[str, np.ndarray]:
         return features_of(build("torch", "fp32"), pixels, batch_size)

@@ -1,0 +1,110 @@
+"""Decode workers balanced against the runtime from measured rates; a forced --workers is kept.
+
+The local engine measures the CPU seconds a decode worker spends per image and the seconds the
+runtime spends per image; once the first part is committed it sets the number of decode workers
+that keeps the runtime fed (``engines.local.balance_workers``), and the run's summary says what it
+chose and why. Which worker decodes a batch never changes the features.
+"""
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import photo_array
+from PIL import Image
+
+import deepfeat
+from deepfeat.data.decode import DecodePolicy
+from deepfeat.data.decode_pool import DecodePool
+from deepfeat.engines.local import BALANCE_AFTER_BATCHES, Balance, balance_workers, measured_balance
+from deepfeat.models import load_backbone
+from deepfeat.runtimes import build_runtime, layer_specs
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("balance") / "photos"
+    root.mkdir()
+    rng = np.random.default_rng(0)
+    names = ("astronaut", "coffee", "rocket", "chelsea")
+    for i in range(16):
+        arr = photo_array(names[i % len(names)])[..., :3]
+        img = Image.fromarray(np.ascontiguousarray(arr)).resize((640, 480), Image.Resampling.BICUBIC)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        img.save(root / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def test_the_rule_keeps_the_runtime_fed_within_the_cores() -> None:
+    assert balance_workers(0.004, 0.004, cores=8, headroom=1.0) == 1
+    assert balance_workers(0.004, 0.002, cores=8, headroom=1.0) == 2
+    assert balance_workers(0.010, 0.001, cores=4) == 4  # decode-bound: every core, never more
+    assert balance_workers(0.0001, 0.01, cores=16) == 1  # a cheap decode needs one worker, never zero
+    assert balance_workers(0.004, 0.0, cores=3) == 3
+    assert Balance(2, "measured", 0.0044, 0.0029).summary() == \
+        "2 decode workers (measured: decode 4.4 ms/img per worker, runtime 2.9 ms/img)"
+    assert Balance(1, "forced").summary() == "1 decode worker (forced)"
+
+
+def test_the_choice_comes_from_real_measured_rates(photos: Path) -> None:
+    pre = load_backbone("efficientnet_lite0", input_size=96).preprocess
+    files = sorted(str(p) for p in photos.glob("*.jpg"))
+    batches = [[(str(i), f, 0) for i, f in enumerate(files[s:s + 4], start=s)] for s in range(0, len(files), 4)]
+    with DecodePool(1, pre.to_dict(), DecodePolicy()) as pool:
+        decoded = [results for _, results in pool.map(batches)]
+        timings = list(pool.timings)
+    assert len(timings) == len(batches) and all(n == 4 and sec > 0 for sec, n in timings)
+    bb = load_backbone("efficientnet_lite0", input_size=96)
+    rt = build_runtime(bb, layer_specs(bb, "pre_logits"), runtime="torch", precision="fp32")
+    forward = []
+    for results in decoded:
+        pixels = np.stack([d.pixels[0] for d in results])
+        t = time.perf_counter()
+        rt(pixels)
+        forward.append((time.perf_counter() - t, len(pixels)))
+    measured = measured_balance(timings, forward, cores=8)
+    assert measured is not None and measured.how == "measured"
+    assert measured.workers == balance_workers(measured.decode_s, measured.forward_s, 8)
+    assert 0 < measured.decode_s < 1 and 0 < measured.forward_s < 10
+    # the same measured decode against a runtime 1000x faster or slower than the real one
+    fast = [(sec / 1000, n) for sec, n in forward]
+    slow = [(sec * 1000, n) for sec, n in forward]
+    assert measured_balance(timings, fast, cores=8).workers == min(8, balance_workers(measured.decode_s,
+                                                                                         measured.forward_s / 1000, 8))
+    assert measured_balance(timings, slow, cores=8).workers == 1
+    assert measured_balance(timings[:BALANCE_AFTER_BATCHES - 1], forward, cores=8) is None
+
+
+def test_resizing_the_pool_keeps_results_and_their_order(photos: Path) -> None:
+    pre = load_backbone("efficientnet_lite0", input_size=64).preprocess
+    files = sorted(str(p) for p in photos.glob("*.jpg"))
+    batches = [[(str(i), f, 0)] for i, f in enumerate(files)]
+    with DecodePool(0, pre.to_dict(), DecodePolicy()) as pool:
+        want = [[d.pixels[0] for d in r] for _, r in pool.map(batches)]
+    got = []
+    with DecodePool(1, pre.to_dict(), DecodePolicy()) as pool:
+        for k, (_, results) in enumerate(pool.map(batches)):
+            if k == 3:
+                pool.resize(2)
+            if k == 12:
+                pool.resize(1)
+            got.append([d.pixels[0] for d in results])
+    assert len(got) == len(want) and all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
+
+
+def test_extract_balances_by_default_says_so_and_keeps_a_forced_setting(photos: Path, tmp_path: Path) -> None:
+    kw = dict(layers="pre_logits", input_size=96, runtime="torch", precision="fp32", batch_size=2, part_size=8)
+    balanced = deepfeat.extract(photos, tmp_path / "balanced", **kw)
+    head, _, why = balanced.decode_workers.partition(" (")
+    assert why.startswith("measured: decode ") and " ms/img per worker, runtime " in why
+    assert 1 <= int(head.split()[0]) <= (os.cpu_count() or 1)
+    forced = deepfeat.extract(photos, tmp_path / "forced", workers=1, **kw)
+    assert forced.decode_workers == "1 decode worker (forced)"
+    x1, _, m1 = deepfeat.open_store(tmp_path / "balanced").load("pre_logits")
+    x2, _, m2 = deepfeat.open_store(tmp_path / "forced").load("pre_logits")
+    order1, order2 = np.argsort(m1.column("id").to_pylist()), np.argsort(m2.column("id").to_pylist())
+    assert np.array_equal(x1[order1], x2[order2])  # who decodes never changes the features
