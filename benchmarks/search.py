@@ -24,7 +24,13 @@ the index against exact search, queries/s of both, and the duplicates scan on it
 
     python benchmarks/search.py index [--rows 200000] [--dims 1280] [--queries 1000] [--budget 1GiB]
 
-Both print the CPU model and flags first. Each measurement runs in a fresh subprocess (peak RSS =
+``fm``: the whole of Fashion-MNIST (70,000 images) extracted once (reused with ``--store``), then
+``duplicates`` over it in a fresh process: time, peak RSS, pairs, groups, train/test leaks, and how
+many of the reported pairs are byte-identical files.
+
+    python benchmarks/search.py fm [--store st70k] [--input-size 96] [--method exact partitioned]
+
+All print the CPU model and flags and the load average first. Each measurement runs in a fresh subprocess (peak RSS =
 ru_maxrss of that process).
 """
 from __future__ import annotations
@@ -238,9 +244,11 @@ elif args["step"] == "query":
     np.save(args["result"], found)
 elif args["step"] == "duplicates":
     from deepfeat.search.duplicates import duplicates
-    s = duplicates(args["store"], args["out"], threshold=0.95, memory_budget=args["budget"], report=False)
+    s = duplicates(args["store"], args["out"], threshold=args.get("threshold", 0.95), memory_budget=args["budget"],
+                   report=args.get("report", False), method=args.get("method", "auto"))
     out["seconds"] = time.perf_counter() - t
-    out["pairs"], out["groups"] = s.pairs, s.groups
+    out["pairs"], out["groups"], out["leaks"] = s.pairs, s.groups, s.leaks
+    out["cross_split_pairs"], out["method"] = s.cross_split_pairs, s.method
 out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
@@ -314,6 +322,41 @@ def index_bench(args: argparse.Namespace) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
+# ----------------------------------------------------------------------------- fm
+def fm_bench(args: argparse.Namespace) -> None:
+    """The issue's full Fashion-MNIST duplicates run: 70,000 images, every pair compared."""
+    import csv
+
+    import deepfeat
+    from deepfeat.datasets import write_fashion_mnist
+
+    work = args.work or tempfile.mkdtemp(prefix="deepfeat-fm70k-", dir=args.tmp)
+    store = args.store or os.path.join(work, "st")
+    if not os.path.isdir(store):
+        root = os.path.join(work, "fm")
+        write_fashion_mnist(root)
+        t = time.perf_counter()
+        deepfeat.extract(root, store, input_size=args.input_size, layers="pre_logits", precision="fp32",
+                         dtype="float16")
+        print(f"extracted Fashion-MNIST (train + test) at input size {args.input_size} in "
+              f"{time.perf_counter() - t:.0f} s")
+    rows = deepfeat.open_store(store).rows(["path", "sha256"])
+    sha = dict(zip(rows.column("path").to_pylist(), rows.column("sha256").to_pylist()))
+    for method in args.method:
+        out = os.path.join(work, f"dups-{method}")
+        d = child(step="duplicates", store=store, out=out, budget=args.budget, threshold=args.threshold,
+                  method=method, report=True)
+        with open(os.path.join(out, "pairs.csv"), newline="", encoding="utf-8") as f:
+            pairs = list(csv.DictReader(f))
+        same = sum(sha[p["path_a"]] == sha[p["path_b"]] for p in pairs)
+        cross_same = sum(sha[p["path_a"]] == sha[p["path_b"]] and p["split_a"] != p["split_b"] for p in pairs)
+        print(f"duplicates {d['method']} (cosine >= {args.threshold}, budget {args.budget}): {d['seconds']:.1f} s, "
+              f"peak RSS {d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups, "
+              f"{d['cross_split_pairs']:,} across splits, leaks into train: {d['leaks']}; byte-identical pairs "
+              f"{same:,} ({cross_same:,} across splits); load average {os.getloadavg()[0]:.2f}")
+    print(f"outputs kept in {work}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = ap.add_subparsers(dest="mode", required=True)
@@ -355,9 +398,18 @@ def main() -> None:
     i.add_argument("--duplicates", action="store_true", help="also time the duplicates scan")
     i.add_argument("--tmp", default=None, help="where the synthetic store goes (default: the temp dir)")
     i.add_argument("--seed", type=int, default=0)
+    f = sub.add_parser("fm", help="duplicates over the whole of Fashion-MNIST (70,000 images)")
+    f.add_argument("--store", default=None, help="an extracted Fashion-MNIST store to reuse")
+    f.add_argument("--input-size", type=int, default=96)
+    f.add_argument("--threshold", type=float, default=0.95)
+    f.add_argument("--budget", default="1GiB")
+    f.add_argument("--method", nargs="+", default=["exact"], help="duplicates methods to run (exact, partitioned)")
+    f.add_argument("--work", default=None, help="where the images, store and outputs go (kept)")
+    f.add_argument("--tmp", default=None)
     args = ap.parse_args()
     print(cpu_line())
-    {"index": index_bench, "ood": ood}.get(args.mode, thresholds)(args)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    {"index": index_bench, "ood": ood, "fm": fm_bench}.get(args.mode, thresholds)(args)
 
 
 if __name__ == "__main__":
