@@ -4,7 +4,9 @@
 re-encodes at quality 75 and 40, downscales to 3/4 and 1/2 of the side), placed in train or test;
 extracts them with the bundled efficientnet_lite0 (fp32) and prints, per cosine threshold, the recall
 of each kind of planted pair and the precision of every reported pair (a pair is true when both
-rows are copies of one original, or byte-identical files of Fashion-MNIST itself).
+rows are copies of one original, or byte-identical files of Fashion-MNIST itself); then the recall at
+``--default`` of the planted files whose short side is at least the model's resize target (input size /
+crop_pct: the preprocessing only shrinks them) and of those below it (it enlarges them).
 
     python benchmarks/search.py thresholds [--per-class 100] [--planted 80] [--input-size 224]
 
@@ -48,7 +50,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("copy", "jpeg75", "jpeg40", "down75", "down50")
+KINDS = ("copy", "jpeg90", "jpeg75", "jpeg40", "down75", "down50")
 
 
 def cpu_line() -> str:
@@ -177,9 +179,33 @@ def thresholds(args: argparse.Namespace) -> None:
             prec = float(true[sel].mean()) if sel.any() else float("nan")
             print(f"| {thr:.2f} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {hit_all:.3f} | {int(sel.sum())} | "
                   f"{prec:.3f} |")
+        by_resolution(planted, row, sim_of, idx.doc["store_metadata"]["preprocess"], args.default)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def by_resolution(planted: dict[str, tuple[str, str]], row: dict[str, int], sim_of: dict[tuple[int, int], float],
+                  preprocess: dict, threshold: float) -> None:
+    """Recall at ``threshold`` per kind, for planted files at or above the model's resize target and below it."""
+    from PIL import Image
+
+    target = max(preprocess["input_size"]) / preprocess.get("crop_pct", 1.0)
+    counts: dict[tuple[str, bool], list[bool]] = {}
+    for p, (kind, src) in planted.items():
+        with Image.open(p) as im:
+            big = min(im.size) >= target
+        a, b = row[p], row[src]
+        counts.setdefault((kind, big), []).append(sim_of.get((min(a, b), max(a, b)), -1) >= threshold)
+    print(f"recall at {threshold:g} by the planted file's short side against the resize target ({target:.0f} px):")
+    print("| kind | >= target: planted | recall | < target: planted | recall |")
+    print("|---|---|---|---|---|")
+    for kind in KINDS:
+        cells = []
+        for big in (True, False):
+            hits = counts.get((kind, big), [])
+            cells += [str(len(hits)), f"{sum(hits) / len(hits):.3f}" if hits else "-"]
+        print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 # ----------------------------------------------------------------------------- ood
@@ -288,38 +314,51 @@ def index_bench(args: argparse.Namespace) -> None:
 
     from deepfeat.units import parse_size
 
-    work = tempfile.mkdtemp(prefix="deepfeat-searchbench-", dir=args.tmp)
+    work = args.keep or tempfile.mkdtemp(prefix="deepfeat-searchbench-", dir=args.tmp)
+    load = lambda: f"load average {os.getloadavg()[0]:.2f}"  # noqa: E731
     try:
         store = os.path.join(work, "st")
-        t = time.perf_counter()
-        synthetic_store(store, args.rows, args.dims, args.part_rows, args.seed)
-        print(f"synthetic store: {args.rows:,} rows x {args.dims} dims float16 in {time.perf_counter() - t:.1f} s")
         budget = parse_size(args.budget)
-        exact = child(step="index", store=store, index=os.path.join(work, "exact"), kind="exact", budget=budget)
-        print(f"index exact: {exact['seconds']:.1f} s, peak RSS {exact['maxrss_mib']:.0f} MiB")
-        q_exact = child(step="query", index=os.path.join(work, "exact"), kind="exact", budget=budget,
-                        queries=args.queries, result=os.path.join(work, "exact.npy"))
-        print(f"search exact (numpy): {args.queries / q_exact['seconds']:.0f} queries/s, peak RSS "
-              f"{q_exact['maxrss_mib']:.0f} MiB")
+        if os.path.isdir(store):
+            print(f"synthetic store reused: {store}")
+        else:
+            t = time.perf_counter()
+            synthetic_store(store, args.rows, args.dims, args.part_rows, args.seed)
+            print(f"synthetic store: {args.rows:,} rows x {args.dims} dims float16 in {time.perf_counter() - t:.1f} s")
+        if not os.path.isdir(os.path.join(work, "exact")):
+            exact = child(step="index", store=store, index=os.path.join(work, "exact"), kind="exact", budget=budget)
+            print(f"index exact: {exact['seconds']:.1f} s, peak RSS {exact['maxrss_mib']:.0f} MiB")
+        if os.path.isfile(os.path.join(work, "exact.npy")):
+            q_exact = None
+            print("exact neighbours reused (exact.npy)")
+        else:
+            q_exact = child(step="query", index=os.path.join(work, "exact"), kind="exact", budget=budget,
+                            queries=args.queries, result=os.path.join(work, "exact.npy"))
+            print(f"search exact (numpy): {args.queries / q_exact['seconds']:.0f} queries/s, peak RSS "
+                  f"{q_exact['maxrss_mib']:.0f} MiB ({load()})")
         truth = np.load(os.path.join(work, "exact.npy"))
         for kind in args.kinds:
-            built = child(step="index", store=store, index=os.path.join(work, kind), kind=kind, budget=budget)
-            print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB)"
-                  + (f", {built['ivf']}" if built.get("ivf") else ""))
+            if args.keep and os.path.isdir(os.path.join(work, kind)) and not args.rebuild:
+                print(f"index {kind} reused")
+            else:
+                built = child(step="index", store=store, index=os.path.join(work, kind), kind=kind, budget=budget)
+                print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB, "
+                      f"{load()})" + (f", {built['ivf']}" if built.get("ivf") else ""))
             for nprobe in (args.nprobe if kind == "ivf" else [None]):
                 q = child(step="query", index=os.path.join(work, kind), kind=kind, budget=budget,
                           queries=args.queries, result=os.path.join(work, f"{kind}.npy"), nprobe=nprobe)
                 found = np.load(os.path.join(work, f"{kind}.npy"))
                 recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
                 print(f"  search {kind}{f' nprobe {nprobe}' if nprobe else ''}: {args.queries / q['seconds']:.0f} "
-                      f"queries/s (peak RSS {q['maxrss_mib']:.0f} MiB), recall@10 vs exact {recall:.3f}, "
-                      f"speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy")
+                      f"queries/s (peak RSS {q['maxrss_mib']:.0f} MiB, {load()}), recall@10 vs exact {recall:.3f}"
+                      + (f", speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy" if q_exact else ""))
         if args.duplicates:
             d = child(step="duplicates", store=store, out=os.path.join(work, "dups"), budget=budget)
-            print(f"duplicates (exact blockwise, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
-                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups")
+            print(f"duplicates ({d['method']}, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
+                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups ({load()})")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- fm
@@ -370,6 +409,7 @@ def main() -> None:
     t.add_argument("--thresholds", type=float, nargs="+",
                    default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--default", type=float, default=0.95, help="the threshold of the by-resolution recall")
     t.add_argument("--work", default=None, help="keep the images and the store here (a rerun reuses them)")
     ph = sub.add_parser("photos", help="as thresholds, on scikit-image's sample photos and their quadrants")
     ph.add_argument("--planted", type=int, default=40, help="planted duplicates per kind")
@@ -380,6 +420,7 @@ def main() -> None:
     ph.add_argument("--thresholds", type=float, nargs="+",
                     default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--default", type=float, default=0.95)
     ph.add_argument("--work", default=None)
     o = sub.add_parser("ood", help="nearest-training similarity of Fashion-MNIST test images and of photos")
     o.add_argument("--per-class", type=int, default=100)
@@ -398,6 +439,8 @@ def main() -> None:
     i.add_argument("--duplicates", action="store_true", help="also time the duplicates scan")
     i.add_argument("--tmp", default=None, help="where the synthetic store goes (default: the temp dir)")
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--keep", default=None, help="work folder kept and reused (store, exact index and neighbours)")
+    i.add_argument("--rebuild", action="store_true", help="with --keep: rebuild the indexes of --kinds")
     f = sub.add_parser("fm", help="duplicates over the whole of Fashion-MNIST (70,000 images)")
     f.add_argument("--store", default=None, help="an extracted Fashion-MNIST store to reuse")
     f.add_argument("--input-size", type=int, default=96)
