@@ -41,7 +41,8 @@ def planted(fm_dir, photo_files, tmp_path_factory):
         "copy_train_to_test": (root / "test" / a.parent.name / "leak_copy.png", a),
         "copy_within_train": (root / "train" / b.parent.name / "twin_copy.png", b),
         "photo_copy_to_test": (root / "test" / "photo_leak" / "coffee_copy.jpg", photo / "coffee.jpg"),
-        # edits that keep the image above the model's input resolution (measured in docs/SEARCH.md: found)
+        # photo edits that stay near their original at 64 px (each >= 0.98 here; docs/SEARCH.md has the
+        # recall over many photos and edits, and the Fashion-MNIST edits that are not found)
         "photo_jpeg75_to_test": (root / "test" / "photo_leak" / "cat_q75.jpg", photo / "cat.jpg"),
         "photo_down75_within_train": (photo / "astronaut_down75.png", photo / "astronaut.jpg"),
         "photo_down50_to_test": (root / "test" / "photo_leak" / "rocket_down50.png", photo / "rocket.jpg"),
@@ -139,8 +140,11 @@ def test_search_finds_the_original_of_a_reencoded_query(planted, index, photo_fi
     Image.open(fm).save(fm_query, quality=90)
     results = deepfeat.search(index.path, [query, fm_query], top_k=3, precision="fp32")
     assert [r.error for r in results] == [None, None]
-    assert results[0].neighbors[0].path == str(root / "train" / "photo" / "cat.jpg")
-    assert results[0].neighbors[0].split == "train" and results[0].neighbors[0].label == "photo"
+    # the original and its planted q75 re-encode (in test) are the two nearest, in either order
+    cat = {str(root / "train" / "photo" / "cat.jpg"): ("train", "photo"),
+           str(root / "test" / "photo_leak" / "cat_q75.jpg"): ("test", "photo_leak")}
+    assert {n.path for n in results[0].neighbors[:2]} == set(cat)
+    assert all((n.split, n.label) == cat[n.path] for n in results[0].neighbors[:2])
     assert results[1].neighbors[0].path == str(fm)
     sims = [n.similarity for n in results[0].neighbors]
     assert sims == sorted(sims, reverse=True)
