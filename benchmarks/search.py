@@ -1,7 +1,7 @@
 """Search benchmarks: the near-duplicate threshold on planted duplicates, and the index on a synthetic store.
 
 ``thresholds``: real Fashion-MNIST images plus planted duplicates of some of them (byte copies, JPEG
-re-encodes at quality 75 and 40, downscales to 3/4 and 1/2 of the side), placed in train or test;
+re-encodes at quality 90, 75 and 40, downscales to 3/4 and 1/2 of the side), placed in train or test;
 extracts them with the bundled efficientnet_lite0 (fp32) and prints, per cosine threshold, the recall
 of each kind of planted pair and the precision of every reported pair (a pair is true when both
 rows are copies of one original, or byte-identical files of Fashion-MNIST itself); then the recall at

@@ -192,7 +192,7 @@ def partitioned_pairs(vectors: RowFile, threshold: float, budget: int, task: Any
     Each row joins its :data:`PARTITION_PROBES` nearest partitions; a partition is scanned exactly
     (blockwise if it outgrew a block), so a pair is found whenever its rows share a partition. Memory:
     the k-means sample, one block of rows with its similarities to the centroids, one partition at a
-    time, and the membership lists (12 bytes per row and probe).
+    time, and the membership lists (up to 32 bytes per row and probe while they are sorted).
     """
     n, dims = vectors.shape
     k, sample_rows, block = plan_partitions(n, dims, budget)
