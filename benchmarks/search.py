@@ -287,26 +287,36 @@ def child(**kw: object) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def synthetic_store(path: str, rows: int, dims: int, part_rows: int, seed: int) -> None:
-    """A store of clustered float16 vectors (1 % of rows near-duplicates of another), through StoreWriter."""
-    import numpy as np
+def synthetic_parts(rows: int, dims: int, part_rows: int, seed: int):  # noqa: ANN201
+    """(float16 block, planted pairs) per part: clustered vectors, 1 % of rows a near-copy (noise 0.05)
+    of another row of the part. Planted pairs: each copy with its source and copies of one source with
+    each other (a copy whose source is itself replaced by a copy is not counted)."""
+    import itertools
 
-    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-    from searchstore import write_synthetic_store  # the tests' helper: StoreWriter + write_part
+    import numpy as np
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(256, dims)).astype(np.float32)
+    for s in range(0, rows, part_rows):
+        n = min(part_rows, rows - s)
+        X = centres[rng.integers(0, 256, n)] + rng.normal(0, 1.0, (n, dims)).astype(np.float32)
+        dup = rng.random(n) < 0.01
+        src = rng.integers(0, n, n)
+        X[dup] = X[src[dup]] + rng.normal(0, 0.05, (int(dup.sum()), dims)).astype(np.float32)
+        groups: dict[int, list[int]] = {}
+        for i in np.flatnonzero(dup).tolist():
+            if src[i] != i and not dup[src[i]]:
+                groups.setdefault(int(src[i]), [int(src[i])]).append(i)
+        pairs = {(s + a, s + b) for m in groups.values() for a, b in itertools.combinations(sorted(m), 2)}
+        yield X.astype(np.float16), pairs
 
-    def blocks():
-        for s in range(0, rows, part_rows):
-            n = min(part_rows, rows - s)
-            X = centres[rng.integers(0, 256, n)] + rng.normal(0, 1.0, (n, dims)).astype(np.float32)
-            dup = rng.random(n) < 0.01
-            src = rng.integers(0, n, n)
-            X[dup] = X[src[dup]] + rng.normal(0, 0.05, (int(dup.sum()), dims)).astype(np.float32)
-            yield X.astype(np.float16)
 
-    write_synthetic_store(path, blocks())
+def synthetic_store(path: str, rows: int, dims: int, part_rows: int, seed: int) -> None:
+    """A store of :func:`synthetic_parts`, written through StoreWriter."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    from searchstore import write_synthetic_store  # the tests' helper: StoreWriter + write_part
+
+    write_synthetic_store(path, (X for X, _ in synthetic_parts(rows, dims, part_rows, seed)))
 
 
 def index_bench(args: argparse.Namespace) -> None:
@@ -355,9 +365,15 @@ def index_bench(args: argparse.Namespace) -> None:
                       f"{q['maxrss_mib']:.0f} MiB, {load()}), recall@10 vs exact {recall:.3f}"
                       + (f", speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy" if q_exact else ""))
         if args.duplicates:
+            import csv
+
             d = child(step="duplicates", store=store, out=os.path.join(work, "dups"), budget=budget)
+            planted = set().union(*(p for _, p in synthetic_parts(args.rows, args.dims, args.part_rows, args.seed)))
+            with open(os.path.join(work, "dups", "pairs.csv"), newline="", encoding="utf-8") as f:
+                found = {tuple(sorted((int(r["id_a"][4:]), int(r["id_b"][4:])))) for r in csv.DictReader(f)}
             print(f"duplicates ({d['method']}, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
-                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups ({load()})")
+                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups ({load()}); planted "
+                  f"pairs found {len(found & planted):,} of {len(planted):,}, other pairs {len(found - planted):,}")
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -438,7 +454,8 @@ def main() -> None:
     i.add_argument("--budget", default="1GiB")
     i.add_argument("--kinds", nargs="+", default=["flat", "ivf"])
     i.add_argument("--nprobe", type=int, nargs="+", default=[None], help="IVF lists visited (default: the index's)")
-    i.add_argument("--duplicates", action="store_true", help="also time the duplicates scan")
+    i.add_argument("--duplicates", action="store_true",
+                   help="also run duplicates on the store (partitioned above 200,000 rows) against the planted pairs")
     i.add_argument("--tmp", default=None, help="where the synthetic store goes (default: the temp dir)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--keep", default=None, help="work folder kept and reused (store, exact index and neighbours)")
