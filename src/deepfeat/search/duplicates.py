@@ -5,10 +5,10 @@ blockwise scan: the normalised vectors are streamed once out of the store into a
 (in the store's dtype), then scanned in pairs of blocks sized by the memory budget, so memory
 never holds more than two blocks and their similarities. Stores too large for the O(N²) scan
 (``method="auto"`` above :data:`EXACT_MAX_ROWS` rows) are searched by partitions instead, as
-SemDeDup does: spherical k-means cuts the rows into partitions of at most one block, each row
-joins its :data:`PARTITION_PROBES` nearest partitions, and every partition is scanned exactly. Pairs become groups (connected
-components, union-find). A val/test row with a near-duplicate in train is a *leak*: its accuracy
-measures memory, not generalisation.
+SemDeDup does: spherical k-means cuts the rows into partitions that average a quarter of a block,
+each row joins its :data:`PARTITION_PROBES` nearest partitions, and every partition is scanned
+exactly. Pairs become groups (connected components, union-find). A val/test row with a
+near-duplicate in train is a *leak*: its accuracy measures memory, not generalisation.
 
 Written to ``out``:
 
