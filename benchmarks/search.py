@@ -1,10 +1,12 @@
 """Search benchmarks: the near-duplicate threshold on planted duplicates, and the index on a synthetic store.
 
 ``thresholds``: real Fashion-MNIST images plus planted duplicates of some of them (byte copies, JPEG
-re-encodes at quality 75 and 40, downscales to 3/4 and 1/2 of the side), placed in train or test;
+re-encodes at quality 90, 75 and 40, downscales to 3/4 and 1/2 of the side), placed in train or test;
 extracts them with the bundled efficientnet_lite0 (fp32) and prints, per cosine threshold, the recall
 of each kind of planted pair and the precision of every reported pair (a pair is true when both
-rows are copies of one original, or byte-identical files of Fashion-MNIST itself).
+rows are copies of one original, or byte-identical files of Fashion-MNIST itself); then the recall at
+``--default`` of the planted files whose short side is at least the model's resize target (input size /
+crop_pct: the preprocessing only shrinks them) and of those below it (it enlarges them).
 
     python benchmarks/search.py thresholds [--per-class 100] [--planted 80] [--input-size 224]
 
@@ -24,7 +26,13 @@ the index against exact search, queries/s of both, and the duplicates scan on it
 
     python benchmarks/search.py index [--rows 200000] [--dims 1280] [--queries 1000] [--budget 1GiB]
 
-Both print the CPU model and flags first. Each measurement runs in a fresh subprocess (peak RSS =
+``fm``: the whole of Fashion-MNIST (70,000 images) extracted once (reused with ``--store``), then
+``duplicates`` over it in a fresh process: time, peak RSS, pairs, groups, train/test leaks, and how
+many of the reported pairs are byte-identical files.
+
+    python benchmarks/search.py fm [--store st70k] [--input-size 96] [--method exact partitioned]
+
+All print the CPU model and flags and the load average first. Each measurement runs in a fresh subprocess (peak RSS =
 ru_maxrss of that process).
 """
 from __future__ import annotations
@@ -42,7 +50,7 @@ import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-KINDS = ("copy", "jpeg75", "jpeg40", "down75", "down50")
+KINDS = ("copy", "jpeg90", "jpeg75", "jpeg40", "down75", "down50")
 
 
 def cpu_line() -> str:
@@ -171,9 +179,33 @@ def thresholds(args: argparse.Namespace) -> None:
             prec = float(true[sel].mean()) if sel.any() else float("nan")
             print(f"| {thr:.2f} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {hit_all:.3f} | {int(sel.sum())} | "
                   f"{prec:.3f} |")
+        by_resolution(planted, row, sim_of, idx.doc["store_metadata"]["preprocess"], args.default)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def by_resolution(planted: dict[str, tuple[str, str]], row: dict[str, int], sim_of: dict[tuple[int, int], float],
+                  preprocess: dict, threshold: float) -> None:
+    """Recall at ``threshold`` per kind, for planted files at or above the model's resize target and below it."""
+    from PIL import Image
+
+    target = max(preprocess["input_size"]) / preprocess.get("crop_pct", 1.0)
+    counts: dict[tuple[str, bool], list[bool]] = {}
+    for p, (kind, src) in planted.items():
+        with Image.open(p) as im:
+            big = min(im.size) >= target
+        a, b = row[p], row[src]
+        counts.setdefault((kind, big), []).append(sim_of.get((min(a, b), max(a, b)), -1) >= threshold)
+    print(f"recall at {threshold:g} by the planted file's short side against the resize target ({target:.0f} px):")
+    print("| kind | >= target: planted | recall | < target: planted | recall |")
+    print("|---|---|---|---|---|")
+    for kind in KINDS:
+        cells = []
+        for big in (True, False):
+            hits = counts.get((kind, big), [])
+            cells += [str(len(hits)), f"{sum(hits) / len(hits):.3f}" if hits else "-"]
+        print(f"| {kind} | " + " | ".join(cells) + " |")
 
 
 # ----------------------------------------------------------------------------- ood
@@ -232,15 +264,17 @@ elif args["step"] == "query":
     # a stored row moved by noise of about its own length: its neighbours are its cluster's rows, not itself
     Q = idx.vectors_of(rows) + rng.normal(0, 1 / np.sqrt(idx.dims), (len(rows), idx.dims)).astype(np.float32)
     Q /= np.linalg.norm(Q, axis=1, keepdims=True)
-    t = time.perf_counter()
+    t, cpu = time.perf_counter(), time.process_time()
     sims, found = idx.knn(Q, 10, memory_budget=args["budget"], kind=args["kind"], nprobe=args.get("nprobe"))
-    out["seconds"] = time.perf_counter() - t
+    out["seconds"], out["cpu_seconds"] = time.perf_counter() - t, time.process_time() - cpu
     np.save(args["result"], found)
 elif args["step"] == "duplicates":
     from deepfeat.search.duplicates import duplicates
-    s = duplicates(args["store"], args["out"], threshold=0.95, memory_budget=args["budget"], report=False)
+    s = duplicates(args["store"], args["out"], threshold=args.get("threshold", 0.95), memory_budget=args["budget"],
+                   report=args.get("report", False), method=args.get("method", "auto"))
     out["seconds"] = time.perf_counter() - t
-    out["pairs"], out["groups"] = s.pairs, s.groups
+    out["pairs"], out["groups"], out["leaks"] = s.pairs, s.groups, s.leaks
+    out["cross_split_pairs"], out["method"] = s.cross_split_pairs, s.method
 out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 print(json.dumps(out))
 """
@@ -253,26 +287,36 @@ def child(**kw: object) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def synthetic_store(path: str, rows: int, dims: int, part_rows: int, seed: int) -> None:
-    """A store of clustered float16 vectors (1 % of rows near-duplicates of another), through StoreWriter."""
-    import numpy as np
+def synthetic_parts(rows: int, dims: int, part_rows: int, seed: int):  # noqa: ANN201
+    """(float16 block, planted pairs) per part: clustered vectors, 1 % of rows a near-copy (noise 0.05)
+    of another row of the part. Planted pairs: each copy with its source and copies of one source with
+    each other (a copy whose source is itself replaced by a copy is not counted)."""
+    import itertools
 
-    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
-    from searchstore import write_synthetic_store  # the tests' helper: StoreWriter + write_part
+    import numpy as np
 
     rng = np.random.default_rng(seed)
     centres = rng.normal(size=(256, dims)).astype(np.float32)
+    for s in range(0, rows, part_rows):
+        n = min(part_rows, rows - s)
+        X = centres[rng.integers(0, 256, n)] + rng.normal(0, 1.0, (n, dims)).astype(np.float32)
+        dup = rng.random(n) < 0.01
+        src = rng.integers(0, n, n)
+        X[dup] = X[src[dup]] + rng.normal(0, 0.05, (int(dup.sum()), dims)).astype(np.float32)
+        groups: dict[int, list[int]] = {}
+        for i in np.flatnonzero(dup).tolist():
+            if src[i] != i and not dup[src[i]]:
+                groups.setdefault(int(src[i]), [int(src[i])]).append(i)
+        pairs = {(s + a, s + b) for m in groups.values() for a, b in itertools.combinations(sorted(m), 2)}
+        yield X.astype(np.float16), pairs
 
-    def blocks():
-        for s in range(0, rows, part_rows):
-            n = min(part_rows, rows - s)
-            X = centres[rng.integers(0, 256, n)] + rng.normal(0, 1.0, (n, dims)).astype(np.float32)
-            dup = rng.random(n) < 0.01
-            src = rng.integers(0, n, n)
-            X[dup] = X[src[dup]] + rng.normal(0, 0.05, (int(dup.sum()), dims)).astype(np.float32)
-            yield X.astype(np.float16)
 
-    write_synthetic_store(path, blocks())
+def synthetic_store(path: str, rows: int, dims: int, part_rows: int, seed: int) -> None:
+    """A store of :func:`synthetic_parts`, written through StoreWriter."""
+    sys.path.insert(0, os.path.join(HERE, "..", "tests"))
+    from searchstore import write_synthetic_store  # the tests' helper: StoreWriter + write_part
+
+    write_synthetic_store(path, (X for X, _ in synthetic_parts(rows, dims, part_rows, seed)))
 
 
 def index_bench(args: argparse.Namespace) -> None:
@@ -280,38 +324,94 @@ def index_bench(args: argparse.Namespace) -> None:
 
     from deepfeat.units import parse_size
 
-    work = tempfile.mkdtemp(prefix="deepfeat-searchbench-", dir=args.tmp)
+    work = args.keep or tempfile.mkdtemp(prefix="deepfeat-searchbench-", dir=args.tmp)
+    load = lambda: f"load average {os.getloadavg()[0]:.2f}"  # noqa: E731
     try:
         store = os.path.join(work, "st")
-        t = time.perf_counter()
-        synthetic_store(store, args.rows, args.dims, args.part_rows, args.seed)
-        print(f"synthetic store: {args.rows:,} rows x {args.dims} dims float16 in {time.perf_counter() - t:.1f} s")
         budget = parse_size(args.budget)
-        exact = child(step="index", store=store, index=os.path.join(work, "exact"), kind="exact", budget=budget)
-        print(f"index exact: {exact['seconds']:.1f} s, peak RSS {exact['maxrss_mib']:.0f} MiB")
-        q_exact = child(step="query", index=os.path.join(work, "exact"), kind="exact", budget=budget,
-                        queries=args.queries, result=os.path.join(work, "exact.npy"))
-        print(f"search exact (numpy): {args.queries / q_exact['seconds']:.0f} queries/s, peak RSS "
-              f"{q_exact['maxrss_mib']:.0f} MiB")
+        if os.path.isdir(store):
+            print(f"synthetic store reused: {store}")
+        else:
+            t = time.perf_counter()
+            synthetic_store(store, args.rows, args.dims, args.part_rows, args.seed)
+            print(f"synthetic store: {args.rows:,} rows x {args.dims} dims float16 in {time.perf_counter() - t:.1f} s")
+        if not os.path.isdir(os.path.join(work, "exact")):
+            exact = child(step="index", store=store, index=os.path.join(work, "exact"), kind="exact", budget=budget)
+            print(f"index exact: {exact['seconds']:.1f} s, peak RSS {exact['maxrss_mib']:.0f} MiB")
+        if os.path.isfile(os.path.join(work, "exact.npy")):
+            q_exact = None
+            print("exact neighbours reused (exact.npy)")
+        else:
+            q_exact = child(step="query", index=os.path.join(work, "exact"), kind="exact", budget=budget,
+                            queries=args.queries, result=os.path.join(work, "exact.npy"))
+            print(f"search exact (numpy): {args.queries / q_exact['seconds']:.0f} queries/s, peak RSS "
+                  f"{q_exact['maxrss_mib']:.0f} MiB ({load()})")
         truth = np.load(os.path.join(work, "exact.npy"))
         for kind in args.kinds:
-            built = child(step="index", store=store, index=os.path.join(work, kind), kind=kind, budget=budget)
-            print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB)"
-                  + (f", {built['ivf']}" if built.get("ivf") else ""))
+            if args.keep and os.path.isdir(os.path.join(work, kind)) and not args.rebuild:
+                print(f"index {kind} reused")
+            else:
+                built = child(step="index", store=store, index=os.path.join(work, kind), kind=kind, budget=budget)
+                print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB, "
+                      f"{load()})" + (f", {built['ivf']}" if built.get("ivf") else ""))
             for nprobe in (args.nprobe if kind == "ivf" else [None]):
                 q = child(step="query", index=os.path.join(work, kind), kind=kind, budget=budget,
                           queries=args.queries, result=os.path.join(work, f"{kind}.npy"), nprobe=nprobe)
                 found = np.load(os.path.join(work, f"{kind}.npy"))
                 recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
                 print(f"  search {kind}{f' nprobe {nprobe}' if nprobe else ''}: {args.queries / q['seconds']:.0f} "
-                      f"queries/s (peak RSS {q['maxrss_mib']:.0f} MiB), recall@10 vs exact {recall:.3f}, "
-                      f"speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy")
+                      f"queries/s ({args.queries / q['cpu_seconds']:.0f} per CPU-second: "
+                      f"{2 * args.queries / q['cpu_seconds']:.0f}/s on 2 idle cores if both stay busy; peak RSS "
+                      f"{q['maxrss_mib']:.0f} MiB, {load()}), recall@10 vs exact {recall:.3f}"
+                      + (f", speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy" if q_exact else ""))
         if args.duplicates:
+            import csv
+
             d = child(step="duplicates", store=store, out=os.path.join(work, "dups"), budget=budget)
-            print(f"duplicates (exact blockwise, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
-                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups")
+            planted = set().union(*(p for _, p in synthetic_parts(args.rows, args.dims, args.part_rows, args.seed)))
+            with open(os.path.join(work, "dups", "pairs.csv"), newline="", encoding="utf-8") as f:
+                found = {tuple(sorted((int(r["id_a"][4:]), int(r["id_b"][4:])))) for r in csv.DictReader(f)}
+            print(f"duplicates ({d['method']}, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
+                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups ({load()}); planted "
+                  f"pairs found {len(found & planted):,} of {len(planted):,}, other pairs {len(found - planted):,}")
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if not args.keep:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- fm
+def fm_bench(args: argparse.Namespace) -> None:
+    """The issue's full Fashion-MNIST duplicates run: 70,000 images, every pair compared."""
+    import csv
+
+    import deepfeat
+    from deepfeat.datasets import write_fashion_mnist
+
+    work = args.work or tempfile.mkdtemp(prefix="deepfeat-fm70k-", dir=args.tmp)
+    store = args.store or os.path.join(work, "st")
+    if not os.path.isdir(store):
+        root = os.path.join(work, "fm")
+        write_fashion_mnist(root)
+        t = time.perf_counter()
+        deepfeat.extract(root, store, input_size=args.input_size, layers="pre_logits", precision="fp32",
+                         dtype="float16")
+        print(f"extracted Fashion-MNIST (train + test) at input size {args.input_size} in "
+              f"{time.perf_counter() - t:.0f} s")
+    rows = deepfeat.open_store(store).rows(["path", "sha256"])
+    sha = dict(zip(rows.column("path").to_pylist(), rows.column("sha256").to_pylist()))
+    for method in args.method:
+        out = os.path.join(work, f"dups-{method}")
+        d = child(step="duplicates", store=store, out=out, budget=args.budget, threshold=args.threshold,
+                  method=method, report=True)
+        with open(os.path.join(out, "pairs.csv"), newline="", encoding="utf-8") as f:
+            pairs = list(csv.DictReader(f))
+        same = sum(sha[p["path_a"]] == sha[p["path_b"]] for p in pairs)
+        cross_same = sum(sha[p["path_a"]] == sha[p["path_b"]] and p["split_a"] != p["split_b"] for p in pairs)
+        print(f"duplicates {d['method']} (cosine >= {args.threshold}, budget {args.budget}): {d['seconds']:.1f} s, "
+              f"peak RSS {d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups, "
+              f"{d['cross_split_pairs']:,} across splits, leaks into train: {d['leaks']}; byte-identical pairs "
+              f"{same:,} ({cross_same:,} across splits); load average {os.getloadavg()[0]:.2f}")
+    print(f"outputs kept in {work}")
 
 
 def main() -> None:
@@ -327,6 +427,7 @@ def main() -> None:
     t.add_argument("--thresholds", type=float, nargs="+",
                    default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--default", type=float, default=0.95, help="the threshold of the by-resolution recall")
     t.add_argument("--work", default=None, help="keep the images and the store here (a rerun reuses them)")
     ph = sub.add_parser("photos", help="as thresholds, on scikit-image's sample photos and their quadrants")
     ph.add_argument("--planted", type=int, default=40, help="planted duplicates per kind")
@@ -337,6 +438,7 @@ def main() -> None:
     ph.add_argument("--thresholds", type=float, nargs="+",
                     default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
     ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--default", type=float, default=0.95)
     ph.add_argument("--work", default=None)
     o = sub.add_parser("ood", help="nearest-training similarity of Fashion-MNIST test images and of photos")
     o.add_argument("--per-class", type=int, default=100)
@@ -352,12 +454,24 @@ def main() -> None:
     i.add_argument("--budget", default="1GiB")
     i.add_argument("--kinds", nargs="+", default=["flat", "ivf"])
     i.add_argument("--nprobe", type=int, nargs="+", default=[None], help="IVF lists visited (default: the index's)")
-    i.add_argument("--duplicates", action="store_true", help="also time the duplicates scan")
+    i.add_argument("--duplicates", action="store_true",
+                   help="also run duplicates on the store (partitioned above 200,000 rows) against the planted pairs")
     i.add_argument("--tmp", default=None, help="where the synthetic store goes (default: the temp dir)")
     i.add_argument("--seed", type=int, default=0)
+    i.add_argument("--keep", default=None, help="work folder kept and reused (store, exact index and neighbours)")
+    i.add_argument("--rebuild", action="store_true", help="with --keep: rebuild the indexes of --kinds")
+    f = sub.add_parser("fm", help="duplicates over the whole of Fashion-MNIST (70,000 images)")
+    f.add_argument("--store", default=None, help="an extracted Fashion-MNIST store to reuse")
+    f.add_argument("--input-size", type=int, default=96)
+    f.add_argument("--threshold", type=float, default=0.95)
+    f.add_argument("--budget", default="1GiB")
+    f.add_argument("--method", nargs="+", default=["exact"], help="duplicates methods to run (exact, partitioned)")
+    f.add_argument("--work", default=None, help="where the images, store and outputs go (kept)")
+    f.add_argument("--tmp", default=None)
     args = ap.parse_args()
     print(cpu_line())
-    {"index": index_bench, "ood": ood}.get(args.mode, thresholds)(args)
+    print(f"load average {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    {"index": index_bench, "ood": ood, "fm": fm_bench}.get(args.mode, thresholds)(args)
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..apidefaults import api_constant
 from .common import SIZE, _print
 
 #: the API function each command calls: its signature gives the options' defaults
@@ -14,6 +15,8 @@ OPTION_HELP: dict[str, dict[str, str]] = {
         "threshold": "cosine similarity in (0, 1] from which two rows are near-duplicates (measured: docs/SEARCH.md)",
         "splits": "only rows of these splits, comma-separated (default: every row)",
         "memory_budget": "memory for vectors and similarities, with a unit: 512MiB, 2GiB",
+        "method": "exact: every pair, blockwise; partitioned: k-means partitions, exact within each (as "
+                  "SemDeDup); auto: exact up to 200,000 rows",
     },
 }
 
@@ -28,6 +31,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--splits", default=None)
     p.add_argument("--memory-budget", metavar=SIZE)
+    p.add_argument("--method", default="auto", choices=api_constant("deepfeat.search.duplicates", "METHODS"))
     p.add_argument("--no-report", action="store_true", help="skip report.html (thumbnails of every group)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -37,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from ..search.duplicates import duplicates
 
     s = duplicates(args.store, args.out, layer=args.layer, threshold=args.threshold, splits=args.splits,
-                   memory_budget=args.memory_budget, report=not args.no_report)
+                   memory_budget=args.memory_budget, report=not args.no_report, method=args.method)
     _print("wrote " + ", ".join(s.files.values()))
     _print(s.line())
     return 0

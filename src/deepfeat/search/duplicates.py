@@ -3,9 +3,12 @@
 Every pair of rows (view 0) whose cosine similarity reaches ``threshold`` is found by an exact
 blockwise scan: the normalised vectors are streamed once out of the store into a scratch file
 (in the store's dtype), then scanned in pairs of blocks sized by the memory budget, so memory
-never holds more than two blocks and their similarities. Pairs become groups (connected
-components, union-find). A val/test row with a near-duplicate in train is a *leak*: its accuracy
-measures memory, not generalisation.
+never holds more than two blocks and their similarities. Stores too large for the O(N²) scan
+(``method="auto"`` above :data:`EXACT_MAX_ROWS` rows) are searched by partitions instead, as
+SemDeDup does: spherical k-means cuts the rows into partitions that average a quarter of a block,
+each row joins its :data:`PARTITION_PROBES` nearest partitions, and every partition is scanned
+exactly. Pairs become groups (connected components, union-find). A val/test row with a
+near-duplicate in train is a *leak*: its accuracy measures memory, not generalisation.
 
 Written to ``out``:
 
@@ -33,12 +36,12 @@ from typing import Any
 import numpy as np
 
 from .. import progress
-from ..params import check_number
+from ..params import check_choice, check_number
 from ..reports.duplicates_page import write_duplicates_page
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
 from .blocks import DEFAULT_MEMORY_BUDGET, pair_block_rows
-from .index import build_index
+from .index import RowFile, build_index
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +52,15 @@ DEFAULT_THRESHOLD = 0.95
 TRAIN_SPLIT = "train"
 #: most groups drawn as thumbnails in report.html (the CSV files hold them all)
 REPORT_GROUPS = 200
+#: how pairs are searched: ``exact`` (every pair, blockwise), ``partitioned`` (k-means partitions, exact within
+#: each), ``auto`` (exact up to :data:`EXACT_MAX_ROWS` rows)
+METHODS = ("auto", "exact", "partitioned")
+#: rows up to which ``method="auto"`` scans every pair (about 2·10¹⁰ pairs: minutes on 2 cores at 1,280 dims)
+EXACT_MAX_ROWS = 200_000
+#: partitions each row joins (its nearest centroids): a pair is compared when the two rows share one
+PARTITION_PROBES = 2
+#: Lloyd iterations of the spherical k-means that makes the partitions
+KMEANS_ITERATIONS = 10
 
 
 @dataclass
@@ -66,12 +78,15 @@ class DuplicatesSummary:
     files: dict[str, str] = field(default_factory=dict)
     seconds: float = 0.0
     block_rows: int = 0
+    method: str = "exact"
+    partitions: int = 0
 
     def line(self) -> str:
         leaks = ", ".join(f"{n:,} {s}" for s, n in self.leaks.items()) or "none"
         return (f"{self.pairs:,} near-duplicate pairs (cosine >= {self.threshold:g}) in {self.groups:,} groups "
                 f"among {self.rows:,} rows; {self.cross_split_pairs:,} pairs cross splits; inputs with a "
-                f"near-duplicate in {TRAIN_SPLIT}: {leaks} ({self.seconds:.1f} s)")
+                f"near-duplicate in {TRAIN_SPLIT}: {leaks} ({self.seconds:.1f} s"
+                + (f", {self.partitions:,} k-means partitions" if self.method == "partitioned" else "") + ")")
 
 
 class UnionFind:
@@ -127,9 +142,102 @@ def all_pairs(vectors: np.ndarray, threshold: float, block_rows: int, task: Any 
     return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
 
 
+class _Rows:
+    """Some rows of a :class:`RowFile` (ascending), sliced like an array: what :func:`all_pairs` scans."""
+
+    def __init__(self, file: RowFile, rows: np.ndarray) -> None:
+        self.file, self.rows = file, rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, key: slice) -> np.ndarray:
+        return self.file.take(self.rows[key])
+
+
+def spherical_kmeans(X: np.ndarray, k: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
+    """``k`` unit-norm centroids of the normalised rows of ``X`` (Lloyd's algorithm on the sphere)."""
+    rng = np.random.default_rng(seed)
+    C = X[rng.choice(len(X), size=k, replace=False)].copy()
+    for _ in range(iterations):
+        home = np.argmax(X @ C.T, axis=1)
+        sums = np.zeros_like(C)
+        np.add.at(sums, home, X)
+        counts = np.bincount(home, minlength=k)
+        empty = counts == 0
+        sums[empty] = X[rng.choice(len(X), size=int(empty.sum()), replace=False)]  # reseed empty partitions
+        norms = np.linalg.norm(sums, axis=1, keepdims=True)
+        C = np.divide(sums, norms, out=np.zeros_like(sums), where=norms > 0)
+    return C
+
+
+def plan_partitions(n: int, dims: int, budget: int) -> tuple[int, int, int]:
+    """(partitions, k-means sample rows, rows per block) of a partitioned search of ``n`` rows.
+
+    A partition averages a quarter of a block (each row joins :data:`PARTITION_PROBES` of them and
+    k-means partitions are uneven); the k-means sample, float32, and its similarities to the
+    centroids fit a quarter of the budget.
+    """
+    block = pair_block_rows(dims, budget)
+    sample = int(min(n, max(16, budget // 4 // (4 * dims + 4 * max(1, 4 * n // block)))))
+    partitions = int(max(1, min(sample, -(-4 * n // block))))
+    return partitions, sample, block
+
+
+def partitioned_pairs(vectors: RowFile, threshold: float, budget: int, task: Any = None, seed: int = 0
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """Pairs ``i < j`` at inner product >= ``threshold``, searched within k-means partitions of the
+    rows (normalised, in a :class:`RowFile`): (i, j, similarity, partitions).
+
+    Each row joins its :data:`PARTITION_PROBES` nearest partitions; a partition is scanned exactly
+    (blockwise if it outgrew a block), so a pair is found whenever its rows share a partition. Memory:
+    the k-means sample, one block of rows with its similarities to the centroids, one partition at a
+    time, and the membership lists (up to 32 bytes per row and probe while they are sorted).
+    """
+    n, dims = vectors.shape
+    k, sample_rows, block = plan_partitions(n, dims, budget)
+    rng = np.random.default_rng(seed)
+    sample = vectors.take(np.sort(rng.choice(n, size=sample_rows, replace=False)))
+    centroids = spherical_kmeans(sample, k, seed=seed)
+    del sample
+    probes = min(PARTITION_PROBES, k)
+    member = np.empty((n, probes), dtype=np.int32)
+    step = max(16, int(budget // 4 // (4 * (dims + k))))
+    for s in range(0, n, step):
+        S = np.asarray(vectors[s:s + step], dtype=np.float32) @ centroids.T
+        member[s:s + len(S)] = np.argpartition(-S, probes - 1, axis=1)[:, :probes] if probes < k else \
+            np.arange(k)[None, :]
+    rows = np.repeat(np.arange(n, dtype=np.int64), probes)
+    part = member.ravel()
+    del member
+    order = np.argsort(part, kind="stable")  # rows ascending within each partition
+    rows, part = rows[order], part[order]
+    bounds = np.searchsorted(part, np.arange(k + 1))
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    log.info("duplicates: %d partitions (k-means on %d rows), largest %d rows, blocks of %d", k, sample_rows,
+             int(np.diff(bounds).max()), block)
+    for p in range(k):
+        members = rows[bounds[p]:bounds[p + 1]]
+        if len(members) > 1:
+            ii, jj, ss = all_pairs(_Rows(vectors, members), threshold, block)
+            found_i.append(members[ii])
+            found_j.append(members[jj])
+            found_s.append(ss)
+        if task is not None:
+            task.update(len(members) / probes)
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32), k
+    ii, jj, ss = np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
+    _, first = np.unique(ii * n + jj, return_index=True)  # a pair found in two shared partitions, once
+    return ii[first], jj[first], ss[first], k
+
+
 def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, layer: str = "pre_logits",
                threshold: float = DEFAULT_THRESHOLD, splits: Sequence[str] | str | None = None,
-               memory_budget: int | str = DEFAULT_MEMORY_BUDGET, report: bool = True) -> DuplicatesSummary:
+               memory_budget: int | str = DEFAULT_MEMORY_BUDGET, report: bool = True,
+               method: str = "auto") -> DuplicatesSummary:
     """Find near-duplicate rows of a store (cosine similarity >= ``threshold`` on ``layer``).
 
     Args:
@@ -140,6 +248,9 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
         splits: only rows of these splits (a list or ``"train,test"``; default: every row).
         memory_budget: bytes (or ``"1GiB"``) of vectors and similarities held at a time.
         report: write ``report.html`` (thumbnails of each group's source images).
+        method: ``exact`` (every pair), ``partitioned`` (k-means partitions, exact within each: pairs
+            whose rows fall in no common partition are missed) or ``auto`` (exact up to
+            :data:`EXACT_MAX_ROWS` rows); see :data:`METHODS`.
 
     Example:
         >>> s = duplicates("feats/", "dups/", threshold=0.95)   # doctest: +SKIP
@@ -147,6 +258,7 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
     """
     threshold = check_number(threshold, "threshold", minimum=0, maximum=1, min_open=True, where="duplicates")
     budget = parse_size(memory_budget, "memory_budget")
+    check_choice(method, "method", METHODS, where="duplicates")
     if isinstance(splits, str):
         splits = [s.strip() for s in splits.split(",") if s.strip()]
     st = store if isinstance(store, FeatureStore) else open_store(store)
@@ -160,16 +272,23 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
         idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget,
                           overwrite=True)
         n = idx.rows
+        resolved = method if method != "auto" else ("exact" if n <= EXACT_MAX_ROWS else "partitioned")
         block = min(n, pair_block_rows(spec.dims, budget))
-        log.info("duplicates: %d rows of %s in blocks of %d rows (%s budget)", n, layer, block, format_size(budget))
-        with progress.task("duplicates", total=n * (n + 1) / 2, unit="pair") as task:
-            ii, jj, ss = all_pairs(idx.blocks, threshold, block, task)
+        partitions = 0
+        log.info("duplicates: %d rows of %s, %s, blocks of %d rows (%s budget)", n, layer, resolved, block,
+                 format_size(budget))
+        if resolved == "exact":
+            with progress.task("duplicates", total=n * (n + 1) / 2, unit="pair") as task:
+                ii, jj, ss = all_pairs(idx.blocks, threshold, block, task)
+        else:
+            with progress.task("duplicates (partitioned)", total=n, unit="row") as task:
+                ii, jj, ss, partitions = partitioned_pairs(idx.blocks, threshold, budget, task)
         meta = idx.columns()
         del idx
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     summary = _summarise(meta, ii, jj, ss, threshold, layer, n)
-    summary.block_rows = block
+    summary.block_rows, summary.method, summary.partitions = block, resolved, partitions
     summary.files = _write(out, meta, ii, jj, ss, summary, report, store_path=st.path)
     summary.seconds = time.perf_counter() - t0
     log.info("duplicates: %s", summary.line())
