@@ -23,6 +23,7 @@ import pyarrow as pa
 from ._version import __version__
 from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
+from .data.remote import is_url
 from .data.sources import Discovery, SourceItem
 from .devices import DEVICES
 from .embed import decode_pixels
@@ -357,6 +358,10 @@ def extract(
     Returns:
         An :class:`ExtractSummary`.
     """
+    if is_url(os.fspath(out)):
+        raise UsageError(f"The output {os.fspath(out)!r} is a URL; a store lives on a POSIX file system (its commits "
+                         "rely on fsync, atomic rename and flock, which object stores lack). Write it to a local or "
+                         "shared file system (mounted at the same path on every node) and copy the finished store.")
     eng = get_engine(engine)
     eng.check()
     workers = eng.default_workers() if workers is None else check_int(workers, "workers", minimum=0, where="extract")
