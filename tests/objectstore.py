@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import http.client
 import http.server
+import io
+import os
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any
 
 _ERROR = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
@@ -124,3 +127,45 @@ class S3Server:
         self._proxy.shutdown()
         self._proxy.server_close()
         self._moto.stop()
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """Static files with ``Range: bytes=a-b`` answered by 206 (http.server ignores Range)."""
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def send_head(self) -> Any:
+        rng = self.headers.get("Range")
+        if not rng or not rng.startswith("bytes="):
+            return super().send_head()
+        path = self.translate_path(self.path)
+        try:
+            fh = open(path, "rb")  # noqa: SIM115 - returned to the base class, which closes it
+        except OSError:
+            self.send_error(404)
+            return None
+        size = os.fstat(fh.fileno()).st_size
+        first, _, last = rng[6:].partition("-")
+        start, end = int(first or 0), min(int(last) if last else size - 1, size - 1)
+        fh.seek(start)
+        data = fh.read(max(end - start + 1, 0))
+        fh.close()
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        return io.BytesIO(data)
+
+
+@contextmanager
+def http_server(folder: str) -> Iterator[str]:
+    """A static web server of ``folder`` on 127.0.0.1 that honours Range requests; yields its URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), partial(_RangeHandler, directory=folder))
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -18,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from objectstore import S3Server
+from objectstore import S3Server, http_server
 from test_shard_sources import KW, _assert_same_as_folder, _by_sha, _fm_images, _write_shards
 
 import deepfeat
@@ -265,3 +265,18 @@ def test_killed_run_over_s3_shards_resumes_bit_identical(s3: S3Server, lake: dic
     assert len(ib) == len(set(ib)) == 75 and sorted(ia) == sorted(ib), "nothing twice, nothing lost"
     np.testing.assert_array_equal(xa, xb[[ib.index(i) for i in ia]])
     assert len(open_store(str(tmp_path / "killed")).ledger()) == 75
+
+
+def test_shards_over_https_plain_web_server(lake: dict, fm_dir: Path) -> None:
+    """http(s):// URLs: literal names checked with HEAD, members read by Range, as from a bucket."""
+    pytest.importorskip("aiohttp")
+    local = open_source(str(lake["shards"]) + "/{00002..00003}.tar", split_field="split").discover()
+    with http_server(str(lake["shards"])) as base:
+        src = open_source(base + "/{00002..00004}.tar", split_field="split")
+        found = src.discover()
+        assert [x.reason for x in found.excluded] == ["missing"]
+        assert [(it.id, it.label, it.split) for it in found.items] == [(it.id, it.label, it.split)
+                                                                     for it in local.items]
+        read.prefetch([it.locator for it in found.items], 1 << 30)
+        for it, ref in zip(found.items, local.items):
+            assert read.read_locator(it.locator, 1 << 30) == read.read_locator(ref.locator, 1 << 30)

@@ -94,7 +94,6 @@ def test_two_node_cluster_writes_the_local_store(fm_dir: Path, local_ref: dict, 
     _hosts(tmp_path / "feats")
 
 
-@pytest.mark.slow
 def test_losing_the_second_node_mid_run_finishes_on_the_first(fm_dir: Path, local_ref: dict, tmp_path: Path,
                                                                caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="deepfeat.engines.ray_engine")

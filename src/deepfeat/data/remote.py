@@ -102,6 +102,7 @@ _TRANSIENT_ERRNOS = {getattr(errno, n) for n in ("EREMOTEIO", "EBUSY", "EAGAIN",
 _lock = threading.Lock()
 _filesystems: dict[str, Any] = {}
 _probed: dict[tuple[str, int], str | None] = {}  # (host, port) -> None (answers) or the error text
+_endpoints: dict[tuple[int, str], Any] = {}  # (filesystem, scheme or host) -> (host, port) or None
 _infos: dict[str, dict[str, Any]] = {}  # url -> its entry in the last expand()'s listings (ETag, size)
 
 
@@ -193,7 +194,15 @@ def _endpoint(url: str, fs: Any) -> tuple[str, int] | None:
 
 def _probe(url: str, fs: Any) -> None:
     """Fail within seconds when ``url``'s endpoint does not accept a TCP connection (once per process)."""
-    where = _endpoint(url, fs)
+    key = (id(fs), url.split("://", 1)[0] if SCHEMES[_scheme(url)][0] not in ("http", "https") else
+           urlsplit(url).netloc)
+    with _lock:
+        cached = _endpoints.get(key, False)
+    if cached is False:
+        cached = _endpoint(url, fs)
+        with _lock:
+            _endpoints[key] = cached
+    where = cached
     if where is None:
         return
     with _lock:
@@ -333,7 +342,7 @@ def expand(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
     """(object URLs in order, literal URLs that name no object) for URLs that may hold glob characters.
 
     Globs are listed; literal names are checked by listing each distinct parent prefix once (not
-    one request per object). The listings' entries are kept for :func:`info`.
+    one request per object; ``http(s)://``: one HEAD per URL). The entries are kept for :func:`info`.
     """
     found: list[str] = []
     missing: list[str] = []
@@ -353,6 +362,18 @@ def expand(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
                 with _lock:
                     _infos[url] = hit
                 found.append(url)
+            continue
+        if scheme in ("http", "https"):  # a web server need not list its folders: one HEAD per URL
+            try:
+                meta = info(pattern)
+            except RemoteError as exc:
+                if exc.reason != "missing":
+                    raise
+                missing.append(pattern)
+                continue
+            with _lock:
+                _infos[pattern] = meta
+            found.append(pattern)
             continue
         parent = posixpath.dirname(path)
         key = f"{scheme}://{parent}"
