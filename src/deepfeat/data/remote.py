@@ -365,14 +365,14 @@ def expand(patterns: Sequence[str]) -> tuple[list[str], list[str]]:
             continue
         if scheme in ("http", "https"):  # a web server need not list its folders: one HEAD per URL
             try:
-                meta = info(pattern)
+                head = info(pattern)
             except RemoteError as exc:
                 if exc.reason != "missing":
                     raise
                 missing.append(pattern)
                 continue
             with _lock:
-                _infos[pattern] = meta
+                _infos[pattern] = head
             found.append(pattern)
             continue
         parent = posixpath.dirname(path)
