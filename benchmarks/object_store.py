@@ -15,7 +15,7 @@ Runs alternate (disk, bucket, disk, bucket, ...) ``--repeat`` times; medians are
 ratio to the disk (the target: extraction within 10 %). A localhost server measures deepfeat's own cost
 of the remote path (requests, coalescing, copies), not a real network's latency or bandwidth.
 
-    python benchmarks/object_store.py                 # 10,000 images, 3 rounds; ~10 min on 2 cores
+    python benchmarks/object_store.py                 # 10,000 images, 3 rounds; ~20 min on 2 cores
     python benchmarks/object_store.py --n 2000 --repeat 1   # smoke run
 """
 from __future__ import annotations
@@ -159,6 +159,8 @@ def main() -> None:
                 found[kind]["warm"].append(warm)
                 found[kind]["decode"].append(decode_rate(spec, workers))
                 found[kind]["e2e"].append(extract_rate(spec, tmp / f"store-{kind}-{r}"))
+                log(f"round {r + 1}: {kind}: discover {cold:.2f} s cold, {warm:.2f} s warm; decode "
+                    f"{found[kind]['decode'][-1]:,.0f} img/s; extract {found[kind]['e2e'][-1]:,.1f} img/s")
         med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in found.items()}
         flags = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
         print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores; {' '.join(flags)}); decode workers: {workers}; "
