@@ -43,7 +43,7 @@ LAYERS: list[tuple[str, ...]] = [
 #: third-party packages worth deferring (import time or memory), the only reason for a lazy import
 HEAVY = frozenset({"torch", "torchvision", "timm", "openvino", "onnxruntime", "onnx", "sklearn", "scipy",
                    "matplotlib", "ray", "datasets", "huggingface_hub", "safetensors", "h5py", "webdataset",
-                   "numpy", "pyarrow", "PIL", "yaml", "tqdm"})
+                   "numpy", "pyarrow", "PIL", "yaml", "tqdm", "fsspec", "s3fs", "gcsfs", "adlfs"})
 #: modules whose lazy imports are the start-up boundary
 LAZY_EXEMPT = ("deepfeat.cli", "deepfeat._console")
 

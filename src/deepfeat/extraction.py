@@ -24,6 +24,7 @@ from ._version import __version__
 from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
 from .data.preprocess import Preprocess
+from .data.remote import is_url
 from .devices import DEVICES
 from .embed import decode_pixels
 from .engines import Engine, RunSettings, get_engine
@@ -440,6 +441,10 @@ def extract(
     Returns:
         An :class:`ExtractSummary`.
     """
+    if is_url(os.fspath(out)):
+        raise UsageError(f"The output {os.fspath(out)!r} is a URL; a store lives on a POSIX file system (its commits "
+                         "rely on fsync, atomic rename and flock, which object stores lack). Write it to a local or "
+                         "shared file system (mounted at the same path on every node) and copy the finished store.")
     eng = get_engine(engine)
     eng.check()
     balance_workers = workers is None  # the default is balanced on measured rates; a given number is kept

@@ -11,25 +11,72 @@ or a tuple naming a container and a place in it:
 * ``("hf", dataset_path, split, row, column)`` -- a row of a Hugging Face dataset saved with
   ``save_to_disk`` (memory-mapped Arrow, opened once per worker).
 
+A path may be a URL (``s3://``, ``gs://``, ...; :mod:`deepfeat.data.remote`): a tar member is then read by
+byte range -- :func:`prefetch` fetches the members of one decode batch together, adjacent members in one
+request -- and a Parquet row group through a retried, read-ahead file object.
+
 Every failure that belongs to the one input is an :class:`~deepfeat.errors.InputError` (a ledger
-entry), never a crash. This module imports no torch.
+entry), never a crash. An object store that stays unavailable after the retries is an
+:class:`~deepfeat.errors.EnvironmentFault`: the run stops and a rerun resumes. This module imports no torch.
 """
 from __future__ import annotations
 
 import errno
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from ..errors import EnvironmentFault, InputError, UsageError
+from . import remote
 from .decode import read_file_bytes
 
-__all__ = ["read_locator", "hf_library", "load_hf", "hf_splits", "open_split"]
+__all__ = ["read_locator", "prefetch", "hf_library", "load_hf", "hf_splits", "open_split"]
 
 WHOLE = ""  # the split name of a plain Hugging Face Dataset (not a DatasetDict)
 
 _open_shard: list[Any] = [None, -1]  # [path, fd]: the shard this worker reads now
 _row_group: list[Any] = [None, None]  # [(file, row_group, column), column values]
 _datasets: dict[tuple[str, str], Any] = {}
+_prefetched: dict[tuple[str, int, int], bytes | InputError] = {}  # remote tar members of the current batch
+
+
+def _remote_failure(exc: remote.RemoteError) -> InputError | EnvironmentFault:
+    """An object that vanished or is refused fails its inputs; a store still failing stops the run."""
+    if exc.reason == "missing":
+        return InputError("vanished", f"the object {exc.url!r} no longer exists")
+    if exc.reason == "too_large":
+        return InputError("too_large", exc.message)
+    if exc.reason == "denied":
+        return InputError("unreadable", exc.message)
+    return EnvironmentFault(f"cannot read {exc.url}: {exc.message}")
+
+
+def prefetch(locators: Sequence[str | tuple], max_bytes: int) -> None:
+    """Fetch the remote tar members among ``locators`` (one decode batch) before they are read.
+
+    Members of one object are read together, adjacent ones in one ranged request
+    (:func:`deepfeat.data.remote.read_ranges`); :func:`read_locator` then takes them from memory.
+    Local locators are left alone.
+
+    Raises:
+        EnvironmentFault: the object store is unreachable or keeps failing after the retries.
+    """
+    _prefetched.clear()
+    wanted: dict[str, list[tuple[int, int]]] = {}
+    for loc in locators:
+        if isinstance(loc, tuple) and loc[0] == "tar" and remote.is_url(loc[1]) and int(loc[3]) <= max_bytes:
+            wanted.setdefault(loc[1], []).append((int(loc[2]), int(loc[3])))
+    for url, ranges in wanted.items():
+        ranges = sorted(set(ranges))
+        try:
+            blobs: list[bytes | InputError] = list(remote.read_ranges(url, ranges))
+        except remote.RemoteError as exc:
+            failure = _remote_failure(exc)
+            if isinstance(failure, EnvironmentFault):
+                raise failure from exc
+            blobs = [failure] * len(ranges)
+        for (offset, size), blob in zip(ranges, blobs):
+            _prefetched[(url, offset, size)] = blob
 
 
 def _shard_fd(path: str) -> int:
@@ -47,9 +94,26 @@ def _shard_fd(path: str) -> int:
     return int(_open_shard[1])
 
 
+def _read_remote_member(url: str, offset: int, size: int) -> bytes:
+    got = _prefetched.pop((url, offset, size), None)
+    if got is None:
+        try:
+            got = remote.read_ranges(url, [(offset, size)])[0]
+        except remote.RemoteError as exc:
+            failure = _remote_failure(exc)
+            raise failure from exc
+    if isinstance(got, InputError):
+        raise got
+    if len(got) < size:
+        raise InputError("truncated", f"the shard {url!r} ends inside this member ({len(got)} of {size} bytes)")
+    return got
+
+
 def _read_tar(path: str, offset: int, size: int, max_bytes: int) -> bytes:
     if size > max_bytes:
         raise InputError("too_large", f"{size} bytes, more than the limit of {max_bytes}")
+    if remote.is_url(path):
+        return _read_remote_member(path, offset, size)
     fd = _shard_fd(path)
     try:
         data = os.pread(fd, size, offset)
@@ -79,7 +143,13 @@ def _read_parquet(path: str, row_group: int, row: int, column: str, field: str |
 
         _row_group[:] = [None, None]
         try:
-            table = pq.ParquetFile(path).read_row_group(row_group, columns=[column])
+            if remote.is_url(path):
+                with remote.open_object(path) as fh:
+                    table = pq.ParquetFile(fh).read_row_group(row_group, columns=[column])
+            else:
+                table = pq.ParquetFile(path).read_row_group(row_group, columns=[column])
+        except remote.RemoteError as exc:
+            raise _remote_failure(exc) from exc
         except FileNotFoundError as exc:
             raise InputError("vanished", f"the Parquet file {path!r} no longer exists") from exc
         except OSError as exc:
@@ -122,6 +192,11 @@ def read_locator(locator: str | tuple, max_bytes: int) -> bytes:
         b'\\xff\\xd8\\xff...'
     """
     if isinstance(locator, str):
+        if remote.is_url(locator):
+            try:
+                return remote.read_object(locator, max_bytes)
+            except remote.RemoteError as exc:
+                raise _remote_failure(exc) from exc
         return read_file_bytes(locator, max_bytes)
     kind = locator[0]
     if kind == "tar":

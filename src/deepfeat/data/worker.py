@@ -16,7 +16,7 @@ from ..errors import InputError
 from .augment import get_augmenter
 from .decode import DecodePolicy, decode_data
 from .preprocess import Preprocess
-from .read import read_locator
+from .read import prefetch, read_locator
 
 
 @dataclass
@@ -71,6 +71,7 @@ def prepare_batch(
     """
     pre = Preprocess.from_dict(preprocess)
     out: list[Decoded | Failed] = []
+    prefetch([path for _, path, _ in items], policy.max_file_bytes)  # remote members: one request per run
     for item_id, path, n_views in items:
         try:
             dec = decode_data(read_locator(path, policy.max_file_bytes), policy, draft=pre.draft_size)

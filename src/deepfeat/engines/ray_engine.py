@@ -261,11 +261,17 @@ class _Driver:
             if not slot.ready or slot.busy is not None:
                 continue
             if not slot.queue:
-                taken = steal([s.queue for s in self.slots])
-                if taken is None:
-                    continue
-                self.slots[taken[0]].queue.pop()
-                slot.queue.append(taken[1])
+                # a worker that is not ready (starting, or replacing one lost with its node) cannot keep
+                # even its last part from a worker that is idle
+                orphaned = next((s for s in self.slots if not s.ready and s.queue), None)
+                if orphaned is not None:
+                    slot.queue.append(orphaned.queue.pop())
+                else:
+                    taken = steal([s.queue for s in self.slots])
+                    if taken is None:
+                        continue
+                    self.slots[taken[0]].queue.pop()
+                    slot.queue.append(taken[1])
             p = slot.queue.popleft()
             name, start, stop = self.parts[p]
             items = [self.table[i] for i in range(start, stop)]
@@ -305,7 +311,9 @@ class _Driver:
         log.info("Ray: %d parts on %d workers", len(self.parts), self.n_workers)
         waiting_since = time.monotonic()
         try:
-            while self.inflight:
+            # the loop ends when every part is committed, even if a replacement worker is still waiting
+            # for room (its node was lost and the others are full): it is killed below
+            while self.inflight and any(s.queue or s.busy is not None for s in self.slots):
                 done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=5.0)
                 if not done:
                     if not any(s.ready for s in self.slots) and time.monotonic() - waiting_since > READY_TIMEOUT_S:
@@ -322,6 +330,7 @@ class _Driver:
                     if kind == "ready":
                         raise EnvironmentFault(f"A Ray worker died while loading the model ({exc}).") from None
                     self._replace(i, p, exc)
+                    self._dispatch()  # an idle worker takes the lost part now, not after its next result
                     continue
                 if kind == "ready":
                     self.slots[i].ready = True

@@ -1,17 +1,75 @@
 """Image files: a folder (class / split layouts) or a CSV/TXT list of paths.
 
 Both walk the file system with :func:`deepfeat.sources.walk.walk`; each item's locator is its
-path.
+path. A list file may be a URL (``s3://lake/train.csv``): its relative paths then name objects
+next to it (an entry may be a URL itself), checked by listing their folders once.
 """
 from __future__ import annotations
 
 import os
+import posixpath
 from collections.abc import Iterable
 from typing import ClassVar
 
+from ..data import remote
+from ..errors import EnvironmentFault, UsageError
 from .base import register_source
-from .items import LIST_EXTENSIONS, Discovery
-from .walk import walk
+from .items import LIST_EXTENSIONS, Discovery, ExcludedItem, normalize_split
+from .table import PathRows, TableBuilder
+from .walk import _LIST_COLUMNS, _finish, _read_rows, walk
+
+#: the largest list file read from a URL (it is read whole)
+MAX_REMOTE_LIST_BYTES = 8 << 30
+
+
+def discover_remote_list(url: str, default_split: str | None) -> Discovery:
+    """The inputs of a list file at ``url``: the rows of a local list file, with objects for files."""
+    try:
+        data = remote.read_object(url, MAX_REMOTE_LIST_BYTES)
+    except remote.RemoteError as exc:
+        if exc.reason == "unavailable":
+            raise EnvironmentFault(f"cannot read list file {url}: {exc.message}") from exc
+        raise UsageError(f"cannot read list file {url}: {exc.message}") from exc
+    base = url.rsplit("/", 1)[0]
+    rows: list[tuple[str, str, str, str | None, str | None]] = []  # (full url, relpath, where, label, split)
+    excluded: list[ExcludedItem] = []
+    seen: dict[str, int] = {}
+    columns: tuple[str, ...] = _LIST_COLUMNS
+    header_checked = False
+    for line_no, row in _read_rows(url, data):
+        if not row or all(not f.strip() for f in row) or row[0].lstrip().startswith("#"):
+            continue
+        if not header_checked:
+            header_checked = True
+            names = tuple(f.strip().lower() for f in row)
+            if "path" in names and set(names) <= set(_LIST_COLUMNS) and len(set(names)) == len(names):
+                columns = names
+                continue
+        fields = dict(zip(columns, row))
+        written = fields.get("path", "").strip()
+        if not written:
+            excluded.append(ExcludedItem(f"{url}:{line_no}", "missing", "row has an empty path"))
+            continue
+        relpath = written if remote.is_url(written) else posixpath.normpath(written)
+        full = remote.join(base, written)
+        if relpath in seen:
+            excluded.append(ExcludedItem(full, "duplicate", f"line {line_no} repeats the path of line {seen[relpath]}"))
+            continue
+        seen[relpath] = line_no
+        rows.append((full, relpath, f"line {line_no}", (fields.get("label") or "").strip() or None,
+                     normalize_split(fields.get("split"))))
+    found, missing = remote.expand([full for full, *_ in rows]) if rows else ([], [])
+    gone = set(missing)
+    items = TableBuilder()
+    objects = items.container(PathRows())  # relpath (the id's) and the object's URL, per row
+    for full, relpath, where, label, split in rows:
+        if full in gone:
+            excluded.append(ExcludedItem(full, "missing", f"{where}: no such object"))
+            continue
+        size = int(remote.info(full).get("size") or 0)
+        items.add(objects, relpath, label=label, split=split if split is not None else normalize_split(default_split),
+                  size=size, text=relpath, text2=full)
+    return _finish(base, "list", items, excluded)
 
 
 class _FileSource:
@@ -24,8 +82,14 @@ class _FileSource:
         self.symlinks_inside_root = bool(symlinks_inside_root)
 
     def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+        if remote.is_url(self.path):
+            if self.kind != "list":
+                raise UsageError(f"{self.path!r}: deepfeat reads WebDataset shards (.tar), Parquet files and list "
+                                 "files (.csv/.txt) from object storage, not folders of images; list the images in a "
+                                 ".csv or .txt file next to them and pass that.")
+            return discover_remote_list(self.path, self.split)
         return walk(self.path, default_split=self.split, skip_dirs=skip_dirs,
-                        symlinks_inside_root=self.symlinks_inside_root)
+                    symlinks_inside_root=self.symlinks_inside_root)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"

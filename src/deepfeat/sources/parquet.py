@@ -10,6 +10,10 @@ Discovery reads only the id, label and split columns, one row group at a time, n
 and never a whole file; workers read an image column one row group at a time (see
 :mod:`deepfeat.data.read`). A file that is not Parquet is an ``unreadable_shard`` exclusion;
 a repeated id a ``duplicate`` one; an empty image cell fails its row in the ledger.
+
+A URL (``s3://lake/*.parquet``, ``gs://...``) is read through :mod:`deepfeat.data.remote`: footers and
+column chunks by ranged, retried reads; a file that stays unreadable is an ``unreadable_shard``
+exclusion. A path column of a remote file names objects relative to the file's folder URL.
 """
 from __future__ import annotations
 
@@ -19,7 +23,8 @@ import os
 from collections.abc import Iterable
 from typing import Any, ClassVar
 
-from ..errors import UsageError
+from ..data import remote
+from ..errors import EnvironmentFault, UsageError
 from .base import register_source
 from .items import IMAGE_EXTENSIONS, Discovery, ExcludedItem, SourceItem, id_digest, normalize_split
 from .table import Container, PathRows, TableBuilder
@@ -77,6 +82,14 @@ def _image_column(schema: Any, wanted: str | None, path: str) -> tuple[str, str 
                      "name it with --image-column.")
 
 
+def _read_group(pf: Any, rg: int, columns: list[str], path: str) -> dict[str, list[Any]]:
+    """The ``columns`` of one row group; an object store still failing after its retries stops the run."""
+    try:
+        return dict(pf.read_row_group(rg, columns=columns).to_pydict())
+    except remote.RemoteError as exc:
+        raise EnvironmentFault(f"cannot read row group {rg} of {path}: {exc.message}") from exc
+
+
 def _text(value: Any) -> str | None:
     if value is None:
         return None
@@ -126,6 +139,11 @@ class ParquetSource:
         return os.path.isdir(spec) and _folder_files(spec) is not None
 
     def files(self) -> list[str]:
+        if remote.is_url(self.spec):
+            found, missing = remote.expand([self.spec])
+            if missing:
+                raise UsageError(f"The source {self.spec!r} does not exist.")
+            return found
         if os.path.isdir(self.spec):
             return _folder_files(self.spec) or []
         if glob.has_magic(self.spec):
@@ -140,15 +158,21 @@ class ParquetSource:
         files = self.files()
         if not files:
             raise UsageError(f"No Parquet file matches {self.spec!r}.")
-        root = os.path.commonpath([os.path.dirname(f) for f in files])
+        root = remote.common_root(files) if remote.is_url(files[0]) else os.path.commonpath(
+            [os.path.dirname(f) for f in files])
         items = TableBuilder()
         paths = items.container(PathRows())  # rows whose column names image files
         excluded: list[ExcludedItem] = []
         seen: dict[bytes, int] = {}  # id digest -> file index: only with id_field (else ids are unique by construction)
         for index, path in enumerate(files):
-            rel = os.path.relpath(path, root).replace(os.sep, "/")
+            url = remote.is_url(path)
+            rel = remote.relpath(path, root) if url else os.path.relpath(path, root).replace(os.sep, "/")
             try:
-                pf = pq.ParquetFile(path)
+                pf = pq.ParquetFile(remote.open_object(path) if url else path)
+            except remote.RemoteError as exc:
+                excluded.append(ExcludedItem(path, "missing" if exc.reason == "missing" else "unreadable_shard",
+                                             exc.message))
+                continue
             except Exception as exc:  # noqa: BLE001 - not Parquet, cut, unreadable: this file only
                 excluded.append(ExcludedItem(path, "unreadable_shard", f"not a readable Parquet file: {exc}"))
                 continue
@@ -167,7 +191,7 @@ class ParquetSource:
             cells = items.container(ParquetRows(path, rel, column, field, starts[:-1]))
             for rg in range(pf.num_row_groups):
                 row_base, n = starts[rg], starts[rg + 1] - starts[rg]
-                cols = pf.read_row_group(rg, columns=wanted).to_pydict() if wanted else {}
+                cols = _read_group(pf, rg, wanted, path) if wanted else {}
                 for r in range(n):
                     row = row_base + r
                     ident = _text(cols[self.id_field][r]) if self.id_field else None
@@ -190,6 +214,10 @@ class ParquetSource:
                         rel_image = cols[column][r]
                         if not rel_image:
                             excluded.append(ExcludedItem(where, "no_image", f"row {row} has an empty {column!r}"))
+                            continue
+                        if url:  # checked when read: a missing object fails as vanished
+                            items.add(paths, relpath, label=label, split=split or self.split, size=0, text=relpath,
+                                      text2=remote.join(os.path.dirname(path), rel_image))
                             continue
                         full = os.path.normpath(os.path.join(os.path.dirname(path), rel_image))
                         if not os.path.isfile(full):

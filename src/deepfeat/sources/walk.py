@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import csv
 import errno
+import io
 import logging
 import os
 import stat
@@ -272,20 +273,24 @@ _WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), 
                (b"\xff\xfe", "UTF-16"))
 
 
-def _read_rows(list_path: str) -> Iterator[tuple[int, list[str]]]:
-    """``(line number, fields)`` of a UTF-8 list file (a UTF-8 BOM is skipped).
+def _read_rows(list_path: str, data: bytes | None = None) -> Iterator[tuple[int, list[str]]]:
+    """``(line number, fields)`` of a UTF-8 list file (a UTF-8 BOM is skipped); ``data``: its bytes, if read.
 
     Raises:
         UsageError: the file is UTF-16/32 (by its byte-order mark) or holds a NUL byte, which no
             path can contain (a UTF-16 file without a BOM shows this way too).
     """
-    with open(list_path, "rb") as raw:
-        head = raw.read(4)
+    if data is None:
+        with open(list_path, "rb") as raw:
+            head = raw.read(4)
+    else:
+        head = data[:4]
     for bom, name in _WIDE_BOMS:
         if head.startswith(bom):
             raise UsageError(f"The list file {list_path!r} is {name} text; deepfeat reads list files as UTF-8. Save "
                              "it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8) and rerun.")
-    with open(list_path, encoding="utf-8-sig", errors="surrogateescape", newline="") as fh:
+    with (open(list_path, encoding="utf-8-sig", errors="surrogateescape", newline="") if data is None else
+          io.StringIO(data.decode("utf-8-sig", errors="surrogateescape"), newline="")) as fh:
         reader = csv.reader(fh)
         for row in reader:
             if any("\x00" in f for f in row):

@@ -29,10 +29,11 @@ import logging
 import os
 import re
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 from ..cachedir import cache_dir
+from ..data import remote
 from ..errors import UsageError
 from ..store.fsutil import atomic_write_json
 from .base import register_source
@@ -105,7 +106,12 @@ def _folder_shards(folder: str) -> list[str] | None:
 
 
 def resolve_shards(spec: str) -> tuple[list[str], list[str]]:
-    """(shard paths in order, paths named literally that do not exist) for a path/glob/brace spec."""
+    """(shard paths in order, paths named literally that do not exist) for a path/glob/brace spec.
+
+    A URL (``s3://lake/{000..099}.tar``, ``gs://.../*.tar``) gives object URLs (see :mod:`deepfeat.data.remote`).
+    """
+    if remote.is_url(spec):
+        return remote.expand(expand_braces(spec))
     if os.path.isdir(spec):
         return _folder_shards(spec) or [], []
     found: list[str] = []
@@ -134,24 +140,24 @@ def _split_key(name: str) -> tuple[str, str]:
     return (f"{folder}/{stem}" if folder else stem), (ext.lower() if dot else "")
 
 
-def _text(fd: int, offset: int, size: int) -> str | None:
+def _text(read: Callable[[int, int], bytes], offset: int, size: int) -> str | None:
     if size > _MAX_LABEL_BYTES:
         return None
-    data = os.pread(fd, size, offset)
+    data = read(offset, size)
     return data.decode("utf-8", errors="replace").strip() or None
 
 
-def _field(sample: dict[str, tuple[int, int]], fd: int, name: str | None,
+def _field(sample: dict[str, tuple[int, int]], read: Callable[[int, int], bytes], name: str | None,
            cache: dict[str, Any]) -> str | None:
     """A sample's value for ``name``: the text of the member ``<key>.<name>``, else the JSON key."""
     if name is None:
         return None
     low = name.lower()
     if low in sample:
-        return _text(fd, *sample[low])
+        return _text(read, *sample[low])
     if "json" in sample:
         if "json" not in cache:
-            raw = _text(fd, *sample["json"])
+            raw = _text(read, *sample["json"])
             try:
                 cache["json"] = json.loads(raw) if raw else {}
             except ValueError:
@@ -176,10 +182,17 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
     """
     samples: list[list[Any]] = []
     excluded: list[list[str]] = []
+    # An object in a bucket is read front to back once (remote.RemoteError propagates to cached_scan); its
+    # label members are kept as they pass, so that reading a label costs no request of its own.
+    fh = remote.open_object(path) if remote.is_url(path) else None
+    texts: dict[int, bytes] = {}
+    text_exts = {e.lower() for e in ("cls", "json", label_field, split_field) if e}
     try:
-        size = os.path.getsize(path)
-        tf = tarfile.open(path, mode="r:")
+        size = int(remote.info(path)["size"]) if fh is not None else os.path.getsize(path)
+        tf = tarfile.open(path if fh is None else None, mode="r:", fileobj=fh)
     except (tarfile.TarError, OSError) as exc:
+        if fh is not None:
+            fh.close()
         return {"samples": [], "excluded": [[path, "unreadable_shard", f"not a readable tar file: {exc}"]]}
     runs: list[tuple[str, dict[str, tuple[int, int]], dict[str, str]]] = []
     cut = ""
@@ -203,12 +216,25 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
                 runs.append((key, {}, {}))
             runs[-1][1][ext] = (member.offset_data, member.size)
             runs[-1][2][ext] = member.name
+            if fh is not None and ext in text_exts and member.size <= _MAX_LABEL_BYTES:
+                fh.seek(member.offset_data)
+                texts[member.offset_data] = fh.read(member.size)
         end = tf.offset  # where tarfile stopped: the end-of-archive blocks, or a header it could not read
     seen: set[str] = set()
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+    if fh is None:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+
+        def read(offset: int, n: int) -> bytes:
+            return os.pread(fd, n, offset)
+    else:
+        def read(offset: int, n: int) -> bytes:
+            if offset in texts:
+                return texts[offset][:n]
+            fh.seek(offset)
+            return bytes(fh.read(n))
     try:
         if not cut:  # tarfile ends quietly at a header cut short (or garbled): what follows must be zeros
-            name = _unread_header(fd, end, size)
+            name = _unread_header(read, end, size)
             if name is not None:
                 cut = f"the shard ends inside the header of member {name or '(name cut)'!r} at byte {end}"
                 _mark_cut(runs, _split_key(name or "(name cut)")[0], name or "(name cut)")
@@ -229,12 +255,15 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
                 excluded.append([where, "no_image", f"no image member ({wanted}); members: {have}"])
                 continue
             cache: dict[str, Any] = {}
-            label = _field(members, fd, label_field or ("cls" if "cls" in members else None), cache)
-            split = normalize_split(_field(members, fd, split_field, cache))
+            label = _field(members, read, label_field or ("cls" if "cls" in members else None), cache)
+            split = normalize_split(_field(members, read, split_field, cache))
             offset, nbytes = members[found]
             samples.append([key, names[found], offset, nbytes, label, split])
     finally:
-        os.close(fd)
+        if fh is None:
+            os.close(fd)
+        else:
+            fh.close()
     if cut and not any(e[1] == "truncated_shard" for e in excluded):
         excluded.append([f"{path}#<after {runs[-1][0] if runs else 'start'}>", "truncated_shard", cut])
     return {"samples": samples, "excluded": excluded}
@@ -249,10 +278,10 @@ def _mark_cut(runs: list[tuple[str, dict[str, tuple[int, int]], dict[str, str]]]
         runs.append((key, {}, {"__cut__": name}))
 
 
-def _unread_header(fd: int, offset: int, size: int) -> str | None:
+def _unread_header(read: Callable[[int, int], bytes], offset: int, size: int) -> str | None:
     """None when the shard holds only zero blocks after ``offset`` (a proper end); else the name the
     header cut there begins with ("" when even the name is cut or unreadable)."""
-    rest = os.pread(fd, min(max(size - offset, 0), 1 << 16), offset)
+    rest = read(offset, min(max(size - offset, 0), 1 << 16))
     if not rest.strip(b"\0"):
         return None
     raw = rest[:100]
@@ -263,19 +292,31 @@ def _unread_header(fd: int, offset: int, size: int) -> str | None:
     return f"{prefix}/{name}" if prefix and name else name
 
 
-def _index_path(path: str, st: os.stat_result, options: tuple[Any, ...]) -> str:
-    key = json.dumps([_INDEX_VERSION, path, st.st_size, st.st_mtime_ns, *options])
+def _index_path(path: str, version: list[Any], options: tuple[Any, ...]) -> str:
+    key = json.dumps([_INDEX_VERSION, path, *version, *options])
     return cache_dir("shard-index", hashlib.sha256(key.encode()).hexdigest()[:32] + ".json")
 
 
 def cached_scan(path: str, **options: str | None) -> dict[str, Any]:
-    """:func:`scan_shard`, from the index cache when the shard has not changed since it was scanned."""
+    """:func:`scan_shard`, from the index cache when the shard has not changed since it was scanned.
+
+    A local shard is the same while its size and mtime are; an object in a bucket while its ETag /
+    version / generation and size are. An object that cannot be read (after the retries) is an
+    exclusion (``missing`` or ``unreadable_shard``), not cached.
+    """
     opts = (options.get("label_field"), options.get("split_field"), options.get("image_field"))
     try:
-        st = os.stat(path)
+        if remote.is_url(path):
+            version = remote.stamp(remote.info(path))
+        else:
+            st = os.stat(path)
+            version = [st.st_size, st.st_mtime_ns]
+    except remote.RemoteError as exc:
+        return {"samples": [], "excluded": [[path, "missing" if exc.reason == "missing" else "unreadable_shard",
+                                             exc.message]]}
     except OSError as exc:
         return {"samples": [], "excluded": [[path, "unreadable_shard", f"cannot stat the shard: {exc.strerror}"]]}
-    index = _index_path(path, st, opts)
+    index = _index_path(path, version, opts)
     try:
         with open(index, encoding="utf-8") as fh:
             doc = json.load(fh)
@@ -283,7 +324,11 @@ def cached_scan(path: str, **options: str | None) -> dict[str, Any]:
             return doc
     except (OSError, ValueError):
         pass
-    doc = scan_shard(path, **options)
+    try:
+        doc = scan_shard(path, **options)
+    except remote.RemoteError as exc:
+        return {"samples": [], "excluded": [[path, "missing" if exc.reason == "missing" else "unreadable_shard",
+                                             exc.message]]}
     try:
         os.makedirs(os.path.dirname(index), exist_ok=True)
         atomic_write_json(index, doc)
@@ -342,12 +387,16 @@ class WebDatasetSource:
         shards, missing = resolve_shards(self.spec)
         if not shards and not missing:
             raise UsageError(f"No .tar shard matches {self.spec!r}.")
-        root = os.path.commonpath([os.path.dirname(s) for s in shards]) if shards else os.path.dirname(
-            os.path.abspath(missing[0]))
+        if remote.is_url(self.spec):
+            root = remote.common_root(shards or missing)
+        else:
+            root = os.path.commonpath([os.path.dirname(s) for s in shards]) if shards else os.path.dirname(
+                os.path.abspath(missing[0]))
         items = TableBuilder()
         excluded = [ExcludedItem(m, "missing", "no such shard") for m in missing]
         for shard in shards:
-            rel = os.path.relpath(shard, root).replace(os.sep, "/")
+            rel = remote.relpath(shard, root) if remote.is_url(shard) else os.path.relpath(shard, root).replace(
+                os.sep, "/")
             doc = cached_scan(shard, **self.options)
             default_split = self._shard_split(shard)
             c = items.container(TarRows(shard, rel))
