@@ -67,7 +67,7 @@ def lite0():
 
 #: test modules that never build a backbone (decoding, sources, heads on arrays, parameters, units, layers)
 UNIT_MODULES = frozenset({"test_datasets", "test_decode", "test_heads", "test_sources", "test_units",
-                          "test_layers", "test_params"})
+                          "test_layers", "test_params", "test_planning"})
 #: what a test's code (or a helper it calls) runs when it runs deepfeat in a child process
 _CHILD_PROCESS = ("subprocess", "Popen", "os.kill", "kill_at_marker", "sys.executable")
 
