@@ -8,6 +8,7 @@ imports deepfeat (PIL + numpy + ONNX Runtime or OpenVINO only) and compared with
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -65,6 +66,9 @@ def bundles(fm_dir: Path, work: Path) -> dict[str, Path]:
     from deepfeat.models import load_backbone
 
     bb = load_backbone("efficientnet_lite0", input_size=SIZE)
+    # Pillow's resize, as the standalone snippet does it: the exported graph is then compared with predict on
+    # identical pixels (the default torch resizer is within 1 grey level of it: tests/test_resize.py)
+    bb.preprocess = dataclasses.replace(bb.preprocess, resizer="pillow")
     store = work / "store"
     deepfeat.extract(fm_dir, store, layers="blocks.4,pre_logits", pool="avg", dtype="float32", input_size=SIZE,
                      workers=0, backbone=bb, runtime="torch", precision="fp32")

