@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from test_crash import assert_same, snapshot
+from test_ray import torch_threads
 
 import deepfeat
 
@@ -28,23 +29,11 @@ FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_m
                       "health_check_failure_threshold": 3}
 
 
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def local_ref(fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The local engine's store, computed with one torch thread as each 1-CPU Ray worker computes."""
     out = tmp_path_factory.mktemp("local") / "feats"
-    with _torch_threads(1):
+    with torch_threads(1):
         s = deepfeat.extract(fm_dir, out, workers=0, **KW)
     assert (s.embedded_total, s.failed_total, s.parts_committed) == (80, 0, 10)
     return {"manifest": json.loads((out / "manifest.json").read_text()), "snap": snapshot(out)}

@@ -16,7 +16,7 @@ from ..errors import EnvironmentFault, UsageError
 from .base import register_source
 from .items import LIST_EXTENSIONS, Discovery, ExcludedItem, normalize_split
 from .table import PathRows, TableBuilder
-from .walk import _LIST_COLUMNS, _finish, _read_rows, walk
+from .walk import _finish, _read_rows, list_fields, walk
 
 #: the largest list file read from a URL (it is read whole)
 MAX_REMOTE_LIST_BYTES = 8 << 30
@@ -34,18 +34,7 @@ def discover_remote_list(url: str, default_split: str | None) -> Discovery:
     rows: list[tuple[str, str, str, str | None, str | None]] = []  # (full url, relpath, where, label, split)
     excluded: list[ExcludedItem] = []
     seen: dict[str, int] = {}
-    columns: tuple[str, ...] = _LIST_COLUMNS
-    header_checked = False
-    for line_no, row in _read_rows(url, data):
-        if not row or all(not f.strip() for f in row) or row[0].lstrip().startswith("#"):
-            continue
-        if not header_checked:
-            header_checked = True
-            names = tuple(f.strip().lower() for f in row)
-            if "path" in names and set(names) <= set(_LIST_COLUMNS) and len(set(names)) == len(names):
-                columns = names
-                continue
-        fields = dict(zip(columns, row))
+    for line_no, fields in list_fields(_read_rows(url, data)):
         written = fields.get("path", "").strip()
         if not written:
             excluded.append(ExcludedItem(f"{url}:{line_no}", "missing", "row has an empty path"))

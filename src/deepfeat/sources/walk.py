@@ -300,14 +300,35 @@ def _read_rows(list_path: str, data: bytes | None = None) -> Iterator[tuple[int,
             yield reader.line_num, row
 
 
+def list_fields(rows: Iterable[tuple[int, list[str]]]) -> Iterator[tuple[int, dict[str, str]]]:
+    """``(line number, {column: field})`` of a list file's rows: blank and ``#`` rows skipped, a first row
+    that names the columns (``path`` and any of ``label``, ``split``) taken as the header, else the
+    columns are ``path,label,split`` in that order.
+
+    Example:
+        >>> list(list_fields([(1, ["split", "path"]), (2, ["val", "a.jpg"]), (3, ["# note"])]))
+        [(2, {'split': 'val', 'path': 'a.jpg'})]
+    """
+    columns: tuple[str, ...] = _LIST_COLUMNS
+    header_checked = False
+    for line_no, row in rows:
+        if not row or all(not f.strip() for f in row) or row[0].lstrip().startswith("#"):
+            continue
+        if not header_checked:
+            header_checked = True
+            names = tuple(f.strip().lower() for f in row)
+            if "path" in names and set(names) <= set(_LIST_COLUMNS) and len(set(names)) == len(names):
+                columns = names
+                continue
+        yield line_no, dict(zip(columns, row))
+
+
 def _discover_list(list_path: str, default_split: str | None) -> Discovery:
     base = os.path.dirname(list_path)
     items = TableBuilder()
     files = items.container(FileRows(base))
     excluded: list[ExcludedItem] = []
     seen: dict[str, int] = {}
-    columns: tuple[str, ...] = _LIST_COLUMNS
-    header_checked = False
     try:
         rows = list(_read_rows(list_path))
     except UnicodeError as exc:  # pragma: no cover - surrogateescape makes this unreachable
@@ -318,18 +339,7 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
         raise EnvironmentFault(f"cannot read list file {list_path!r}: {exc.strerror or exc}") from exc
     except csv.Error as exc:
         raise UsageError(f"list file {list_path!r} is not valid CSV: {exc}") from exc
-    for line_no, row in rows:
-        if not row or all(not f.strip() for f in row):
-            continue
-        if row[0].lstrip().startswith("#"):
-            continue
-        if not header_checked:
-            header_checked = True
-            names = tuple(f.strip().lower() for f in row)
-            if "path" in names and set(names) <= set(_LIST_COLUMNS) and len(set(names)) == len(names):
-                columns = names
-                continue
-        fields = dict(zip(columns, row))
+    for line_no, fields in list_fields(rows):
         written = fields.get("path", "")
         if not written.strip():
             excluded.append(ExcludedItem(f"{list_path}:{line_no}", "missing", "row has an empty path"))
