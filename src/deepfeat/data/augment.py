@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -134,7 +134,7 @@ class Augmenter:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(view_seed(self.seed, item_id, view))
             out = self._transforms(image.size)(image)
-        return out.convert("RGB") if out.mode != "RGB" else out
+        return cast(Image.Image, out.convert("RGB") if out.mode != "RGB" else out)
 
 
 @lru_cache(maxsize=8)

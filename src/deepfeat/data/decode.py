@@ -193,7 +193,7 @@ def _os_error(path: str, exc: OSError, action: str) -> Exception:
     return EnvironmentFault(f"cannot {action} {path!r}: {exc.strerror or exc} (errno {code})")
 
 
-def read_file_bytes(path: str | os.PathLike, max_bytes: int = _DEFAULT_POLICY.max_file_bytes) -> bytes:
+def read_file_bytes(path: str | os.PathLike[str], max_bytes: int = _DEFAULT_POLICY.max_file_bytes) -> bytes:
     """Read a whole regular file, refusing FIFOs, sockets, devices and directories without blocking.
 
     The file is opened with ``O_NONBLOCK`` and checked with ``fstat`` on the open descriptor, so a
@@ -345,8 +345,8 @@ def _gray_array_to_rgb(gray: np.ndarray) -> Image.Image:
 def _float_to_uint8(values: np.ndarray) -> np.ndarray:
     values = np.nan_to_num(values.astype(np.float64, copy=False), nan=0.0, posinf=0.0, neginf=0.0)
     if values.size and values.max() <= 1.0:
-        return np.rint(np.clip(values, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+        return np.asarray(np.rint(np.clip(values, 0.0, 1.0) * 255.0), dtype=np.uint8)
+    return np.asarray(np.rint(np.clip(values, 0.0, 255.0)), dtype=np.uint8)
 
 
 def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255)) -> Image.Image:
@@ -471,7 +471,7 @@ def _decode(data: bytes | bytearray | memoryview, policy: DecodePolicy,
             img.close()
 
 
-def decode_file(path: str | os.PathLike, policy: DecodePolicy = _DEFAULT_POLICY,
+def decode_file(path: str | os.PathLike[str], policy: DecodePolicy = _DEFAULT_POLICY,
                 draft: int | None = None) -> DecodedImage:
     """Read and decode one image file by the policy (``draft``: see :func:`decode_bytes`).
 
@@ -538,7 +538,7 @@ def _array_to_image(arr: np.ndarray, policy: DecodePolicy) -> Image.Image:
     return _composite(Image.fromarray(arr, mode="RGBA"), policy.background)
 
 
-ImageSource = Union[str, os.PathLike, bytes, bytearray, memoryview, Image.Image, np.ndarray]
+ImageSource = Union[str, os.PathLike[str], bytes, bytearray, memoryview, Image.Image, np.ndarray]
 
 
 def decode_image(source: ImageSource, policy: DecodePolicy = _DEFAULT_POLICY) -> Image.Image:

@@ -26,7 +26,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import Any, cast
 
 from ..interrupts import sigint_blocked
 from .decode import DecodePolicy
@@ -81,7 +81,7 @@ class _WorkerContext(multiprocessing.context.SpawnContext):
 WORKER_CONTEXT = _WorkerContext()
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, args: tuple) -> None:
+def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, args: tuple[Any, ...]) -> None:
     """The body of a decode worker: receive a batch, send back ``("ok", results)`` or ``("error", exc)``."""
     if hasattr(signal, "pthread_sigmask"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
@@ -115,7 +115,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, a
 class _Worker:
     """One decode process, its end of the pipe, and the batches sent to it (in order)."""
 
-    def __init__(self, args: tuple) -> None:
+    def __init__(self, args: tuple[Any, ...]) -> None:
         parent_end, child_end = WORKER_CONTEXT.Pipe(duplex=True)
         self.proc = WORKER_CONTEXT.Process(target=_worker_main, args=(child_end, os.getpid(), args),
                                            name="deepfeat-decode", daemon=True)
@@ -138,7 +138,7 @@ class _Worker:
     def receive(self) -> tuple[Any, ...] | None:
         """The next reply, or None when the worker died before sending it whole."""
         try:
-            return self.conn.recv()
+            return cast("tuple[Any, ...] | None", self.conn.recv())
         except (EOFError, OSError):
             return None
 
@@ -289,7 +289,7 @@ class DecodePool:
         kind, value = reply[0], reply[1]
         if kind == "error":
             raise value
-        return value
+        return cast("list[Decoded | Failed] | None", value)
 
     def _recover(self, batch: Sequence[Item]) -> Results:
         """The worker died holding ``batch``: retry it once, then item by item."""

@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 from types import ModuleType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from PIL import Image
@@ -248,4 +248,4 @@ def _torch_resize_crop(image: Image.Image, size: tuple[int, int], crop: tuple[in
     if y.shape[2] < crop[3] or y.shape[3] < crop[2]:
         return None
     out = y[0, :3, crop[1]:crop[3], crop[0]:crop[2]].permute(1, 2, 0)
-    return out.contiguous().numpy()
+    return cast(np.ndarray, out.contiguous().numpy())

@@ -51,7 +51,7 @@ def _remote_failure(exc: remote.RemoteError) -> InputError | EnvironmentFault:
     return EnvironmentFault(f"cannot read {exc.url}: {exc.message}")
 
 
-def prefetch(locators: Sequence[str | tuple], max_bytes: int) -> None:
+def prefetch(locators: Sequence[str | tuple[Any, ...]], max_bytes: int) -> None:
     """Fetch the remote tar members among ``locators`` (one decode batch) before they are read.
 
     Members of one object are read together, adjacent ones in one ranged request
@@ -180,7 +180,7 @@ def _read_hf(path: str, split: str, row: int, column: str, max_bytes: int) -> by
     return data
 
 
-def read_locator(locator: str | tuple, max_bytes: int) -> bytes:
+def read_locator(locator: str | tuple[Any, ...], max_bytes: int) -> bytes:
     """The encoded image bytes of one input (see the module docstring for locators).
 
     Raises:

@@ -56,7 +56,7 @@ def watch_parent(parent_pid: int, interval: float = 1.0) -> None:
 
 
 def prepare_batch(
-    items: Sequence[tuple[str, str | tuple, int]],
+    items: Sequence[tuple[str, str | tuple[Any, ...], int]],
     preprocess: dict[str, Any],
     policy: DecodePolicy,
     augment: tuple[str, int] | None = None,

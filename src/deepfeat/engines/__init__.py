@@ -28,7 +28,7 @@ import argparse
 import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast, runtime_checkable
 
 from ..errors import UsageError
 from ..params import check_choice
@@ -114,7 +114,7 @@ def engine_class(name: str) -> type:
 def get_engine(engine: "str | Engine") -> "Engine":
     """An engine object: ``engine`` itself, or the named engine with its default options."""
     if isinstance(engine, str):
-        return engine_class(engine)()
+        return cast("Engine", engine_class(engine)())
     if not isinstance(engine, Engine):
         raise UsageError(f"The 'engine' parameter must be an engine name ({', '.join(ENGINES)}) or an Engine; "
                          f"got {type(engine).__name__} instead.")
@@ -136,4 +136,4 @@ def engine_from_arguments(args: argparse.Namespace) -> "Engine":
     """The engine the CLI flags describe (its ``from_arguments``, else its defaults)."""
     cls = engine_class(args.engine)
     build = getattr(cls, "from_arguments", None)
-    return build(args) if build is not None else cls()
+    return cast("Engine", build(args) if build is not None else cls())

@@ -17,7 +17,7 @@ from ..data.worker import Decoded, Failed
 from ..sources.items import SourceItem
 from ..sources.table import ItemTable, as_table, members
 from ..store import layout
-from ..store.manifest import Manifest
+from ..store.manifest import Manifest, PartRecord
 from ..store.writer import write_part
 from .forward import nonfinite_rows
 
@@ -108,7 +108,7 @@ class PartBuilder:
         self.items = {it.id: it for it in items}
         self.specs = specs
         self.features: dict[str, list[np.ndarray]] = {s.name: [] for s in specs}
-        self.rows: dict[str, list] = {f.name: [] for f in layout.ROWS_SCHEMA}
+        self.rows: dict[str, list[Any]] = {f.name: [] for f in layout.ROWS_SCHEMA}
         self.failed: dict[str, tuple[str, str]] = {}
         self.embedded: set[str] = set()
 
@@ -141,9 +141,9 @@ class PartBuilder:
         for name, arr in feats.items():
             self.features[name].append(arr[keep])
 
-    def write(self, store_dir: str):
+    def write(self, store_dir: str) -> PartRecord:
         rows = pa.table(self.rows, schema=layout.ROWS_SCHEMA)
-        ledger_cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
+        ledger_cols: dict[str, list[Any]] = {f.name: [] for f in layout.LEDGER_SCHEMA}
         for it in self.items.values():
             if it.id not in self.failed and it.id not in self.embedded:
                 raise RuntimeError(f"input {it.path!r} of part {self.name} was neither embedded nor failed")

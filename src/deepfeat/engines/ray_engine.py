@@ -173,7 +173,7 @@ class PartWorker:
         with DecodePool(decode_workers, spec["preprocess"], spec["policy"], augment=spec["augment"]) as pool:
             for _, results in pool.map(batches):
                 add_batch(builder, self.computer, results)
-        return builder.write(out).to_dict()
+        return dict(builder.write(out).to_dict())
 
 
 class _Slot:

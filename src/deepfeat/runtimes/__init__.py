@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import UsageError
+from ..models.backbone import Backbone
 from ..models.layers import describe_layers, resolve_layers
 from ..models.pooling import parse_pools
-from ..models.registry import Backbone
 from ..params import check_choice
 from ..registry import Registry
 from ..store.layerspec import LayerSpec

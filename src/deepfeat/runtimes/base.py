@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from ..models.registry import Backbone
+from ..models.backbone import Backbone
 from ..store.layerspec import LayerSpec
 
 log = logging.getLogger(__name__)

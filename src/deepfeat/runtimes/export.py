@@ -28,8 +28,8 @@ from torch import nn
 from .. import progress
 from .._version import __version__
 from ..cachedir import cache_dir
+from ..models.backbone import Backbone
 from ..models.layers import FeatureTaps
-from ..models.registry import Backbone
 from ..store.fsutil import sha256_file
 from ..store.layerspec import LayerSpec
 from .base import Calibration, Runtime, RuntimeUnavailable

@@ -64,7 +64,7 @@ class ONNXRuntime(ExportedRuntime):
     def version(cls) -> str:
         import onnxruntime as ort
 
-        return ort.__version__
+        return str(ort.__version__)
 
     def forward(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         arrays = self.session.run(self.outputs, {"pixels": pixels})

@@ -122,7 +122,7 @@ class OpenVINORuntime(ExportedRuntime):
 
     @classmethod
     def version(cls) -> str:
-        return _openvino().get_version()
+        return str(_openvino().get_version())
 
     def forward(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         results = self.request.infer([pixels])

@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.backbone import Backbone
 from ..models.layers import FeatureTaps
-from ..models.registry import Backbone
 from ..store.layerspec import LayerSpec
 from .base import Runtime, cpu_has_bf16
 
@@ -46,7 +46,7 @@ class TorchRuntime(Runtime):
     def version(cls) -> str:
         return torch.__version__
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         if self.precision == "fp32":
             return contextlib.nullcontext()
         dt = torch.bfloat16 if self.precision == "bf16" else torch.float16

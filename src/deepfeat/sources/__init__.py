@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, cast
 
 from ..errors import UsageError
 from .base import SOURCE_OPTIONS, SOURCES, Source, register_source
@@ -57,7 +57,7 @@ def _check_options(cls: type[Any], options: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
-def open_source(spec: str | os.PathLike | Source, kind: str | None = None, **options: Any) -> Source:
+def open_source(spec: str | os.PathLike[str] | Source, kind: str | None = None, **options: Any) -> Source:
     """The :class:`Source` for ``spec`` (a path, glob, brace pattern or ``hf:PATH``).
 
     ``kind`` forces a source kind; by default each registered source is asked in turn whether it
@@ -86,10 +86,10 @@ def open_source(spec: str | os.PathLike | Source, kind: str | None = None, **opt
         if claimed is None:  # pragma: no cover - the folder source claims everything else
             raise UsageError(f"No source reads {text!r}.")
         cls = claimed
-    return cls(text, **_check_options(cls, options))
+    return cast(Source, cls(text, **_check_options(cls, options)))
 
 
-def discover(spec: str | os.PathLike | Source, kind: str | None = None, **options: Any) -> Any:
+def discover(spec: str | os.PathLike[str] | Source, kind: str | None = None, **options: Any) -> Any:
     """Every input ``spec`` names, as extract sees them: ``open_source(spec, kind, **options).discover()``.
 
     Folders and list files, WebDataset shards, Parquet files and ``hf:`` datasets alike (the folder
@@ -104,7 +104,8 @@ def discover(spec: str | os.PathLike | Source, kind: str | None = None, **option
     return open_source(spec, kind, **options).discover()
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike], excluded: list | None = None) -> list[tuple[str, Any]]:
+def expand_inputs(inputs: Iterable[str | os.PathLike[str]],
+                  excluded: list[ExcludedItem] | None = None) -> list[tuple[str, Any]]:
     """The images that ``inputs`` name, as ``(name, locator)`` pairs in order.
 
     An image file is itself; a folder is walked and a ``.txt``/``.csv`` list read by their sources, and

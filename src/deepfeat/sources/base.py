@@ -25,7 +25,7 @@ class Source(Protocol):
 
     kind: ClassVar[str]
 
-    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike[str]] = ()) -> Discovery:
         """Every input (sorted, stable ids) and every exclusion with its reason."""
         ...  # pragma: no cover - protocol
 

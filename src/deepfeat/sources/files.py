@@ -70,7 +70,7 @@ class _FileSource:
         self.split = split
         self.symlinks_inside_root = bool(symlinks_inside_root)
 
-    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike[str]] = ()) -> Discovery:
         if remote.is_url(self.path):
             if self.kind != "list":
                 raise UsageError(f"{self.path!r}: deepfeat reads WebDataset shards (.tar), Parquet files and list "

@@ -38,7 +38,7 @@ def _image_column(ds: Any, wanted: str | None, where: str) -> str:
     if not found:
         raise UsageError(f"{where} has no Image column (columns: {', '.join(ds.features)}); name it with "
                          "--image-column.")
-    return found[0]
+    return str(found[0])
 
 
 class HFRows(Container):
@@ -80,7 +80,7 @@ class HFSource:
     def claims(cls, spec: str) -> bool:
         return spec.startswith(PREFIX)
 
-    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike[str]] = ()) -> Discovery:
         datasets = hf_library()
         splits = hf_splits(load_hf(self.path))
         if self.split is not None:

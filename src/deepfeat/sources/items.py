@@ -33,6 +33,7 @@ import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -85,12 +86,12 @@ class SourceItem:
     split: str | None
     size: int  #: bytes, from stat at discovery (0 when unknown before reading)
     #: where the bytes are when ``path`` is not a file of its own (see :mod:`deepfeat.data.read`)
-    ref: tuple | None = None
+    ref: tuple[Any, ...] | None = None
     #: the container the item lives in (a shard, a Parquet file); parts keep containers whole
     group: str | None = None
 
     @property
-    def locator(self) -> str | tuple:
+    def locator(self) -> str | tuple[Any, ...]:
         """What a decode worker reads: the file path, or the container reference."""
         return self.path if self.ref is None else self.ref
 

@@ -152,7 +152,7 @@ class ParquetSource:
             raise UsageError(f"The source {self.spec!r} does not exist.")
         return [os.path.abspath(self.spec)]
 
-    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike[str]] = ()) -> Discovery:
         import pyarrow.parquet as pq
 
         files = self.files()

@@ -236,7 +236,7 @@ class ItemTable(Sequence[SourceItem]):
     def nbytes(self) -> int:
         """Bytes of the per-input columns (the containers not counted)."""
         arrays = (self.cont, self.hi, self.lo, self.label, self.split, self.size, self.a, self.b)
-        return sum(x.nbytes for x in arrays) + sum(t.nbytes for t in (self.text, self.text2) if t is not None)
+        return int(sum(x.nbytes for x in arrays) + sum(t.nbytes for t in (self.text, self.text2) if t is not None))
 
 
 _NARROW = (np.int8, np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64)

@@ -381,8 +381,8 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
     return _finish(base, "list", items, excluded)
 
 
-def walk(source: str | os.PathLike, *, default_split: str | None = None,
-             skip_dirs: Iterable[str | os.PathLike] = (), symlinks_inside_root: bool = False) -> Discovery:
+def walk(source: str | os.PathLike[str], *, default_split: str | None = None,
+             skip_dirs: Iterable[str | os.PathLike[str]] = (), symlinks_inside_root: bool = False) -> Discovery:
     """Find every input of a folder or list file, in a deterministic order.
 
     Args:

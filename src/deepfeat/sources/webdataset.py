@@ -383,7 +383,7 @@ class WebDatasetSource:
         parent = os.path.basename(os.path.dirname(shard))
         return normalize_split(parent) if parent.lower() in SPLIT_NAMES else self.split
 
-    def discover(self, *, skip_dirs: Iterable[str | os.PathLike] = ()) -> Discovery:
+    def discover(self, *, skip_dirs: Iterable[str | os.PathLike[str]] = ()) -> Discovery:
         shards, missing = resolve_shards(self.spec)
         if not shards and not missing:
             raise UsageError(f"No .tar shard matches {self.spec!r}.")
