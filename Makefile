@@ -29,9 +29,10 @@ test-slow: setup
 test-unit test-integration test-e2e: setup
 	$(PY) -m pytest -q -m "$(@:test-%=%) and not slow"
 
-# ruff (pyflakes, pycodestyle, bugbear, import order), mypy on the contract packages, the layer contract
+# ruff (pyflakes, pycodestyle, bugbear, import order; the format check), mypy strict on the contract packages, the layer contract
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 	$(VENV)/bin/mypy
 	$(PY) scripts/check_layers.py
 

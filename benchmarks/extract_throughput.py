@@ -25,6 +25,7 @@ Usage:
     python benchmarks/extract_throughput.py --quick         # smoke run (~1-2 min)
     python benchmarks/extract_throughput.py --dataset photos --photos 1000 --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -107,8 +108,19 @@ def make_photos(root: str, n: int, seed: int = 0, size: tuple[int, int] = (640, 
     from PIL import Image
 
     sources = {}
-    for name in ("astronaut", "chelsea", "coffee", "rocket", "cat", "immunohistochemistry",
-                 "hubble_deep_field", "retina", "colorwheel", "camera", "coins"):
+    for name in (
+        "astronaut",
+        "chelsea",
+        "coffee",
+        "rocket",
+        "cat",
+        "immunohistochemistry",
+        "hubble_deep_field",
+        "retina",
+        "colorwheel",
+        "camera",
+        "coins",
+    ):
         try:
             arr = getattr(skd, name)()
         except Exception:  # noqa: BLE001 - a missing sample is simply skipped
@@ -143,8 +155,9 @@ def make_photos(root: str, n: int, seed: int = 0, size: tuple[int, int] = (640, 
 
 def list_images(root: str) -> list[tuple[str, str]]:
     """(path, label) in sorted path order, the way a tutorial globs a folder."""
-    paths = sorted(p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True)
-                   if p.lower().endswith((".png", ".jpg", ".jpeg")))
+    paths = sorted(
+        p for p in glob.glob(os.path.join(root, "**", "*"), recursive=True) if p.lower().endswith((".png", ".jpg", ".jpeg"))
+    )
     return [(p, os.path.basename(os.path.dirname(p))) for p in paths]
 
 
@@ -157,8 +170,9 @@ class ForwardBench:
         from deepfeat.runtimes import build_runtime, layer_specs
 
         # the torch fp32 reference; benchmarks/runtimes.py compares every runtime
-        self.fc = build_runtime(bb, layer_specs(bb, layers, "avg"), runtime="torch", precision="fp32",
-                                dtype="float16", channels_last=True)
+        self.fc = build_runtime(
+            bb, layer_specs(bb, layers, "avg"), runtime="torch", precision="fp32", dtype="float16", channels_last=True
+        )
         t = time.perf_counter()
         self.pixels = np.stack([bb.preprocess.resize_crop(decode_file(p).image) for p, _ in items[:batch_size]])
         self.decode_img_per_s = len(self.pixels) / (time.perf_counter() - t)
@@ -185,8 +199,9 @@ class ForwardBench:
         n = len(self.pixels)
         rates = [n / s for s in self.times]
         return {
-            "batch_size": n, "timed_batches": len(self.times),
-            "img_per_s": n * len(self.times) / sum(self.times),   # all timed batches: images / seconds
+            "batch_size": n,
+            "timed_batches": len(self.times),
+            "img_per_s": n * len(self.times) / sum(self.times),  # all timed batches: images / seconds
             "img_per_s_median": statistics.median(rates),
             "img_per_s_best": max(rates),
             "img_per_s_by_session": self.sessions,
@@ -229,25 +244,47 @@ def measure_extract(bb, source: str, out: str, layers: str, batch_size: int, wor
     shutil.rmtree(out, ignore_errors=True)
     c0 = cpu_seconds()
     t0 = time.perf_counter()
-    s = deepfeat.extract(source, out, model=MODEL, layers=layers, pool="avg", dtype="float16",
-                         batch_size=batch_size, workers=workers, device="cpu", overwrite=True,
-                         progress=progress, backbone=bb, runtime="torch", precision="fp32")
+    s = deepfeat.extract(
+        source,
+        out,
+        model=MODEL,
+        layers=layers,
+        pool="avg",
+        dtype="float16",
+        batch_size=batch_size,
+        workers=workers,
+        device="cpu",
+        overwrite=True,
+        progress=progress,
+        backbone=bb,
+        runtime="torch",
+        precision="fp32",
+    )
     wall = time.perf_counter() - t0
     cpu = cpu_seconds() - c0  # the decode workers are reaped when the pool closes, so they count
     n = s.embedded_now
     res = {
-        "workers": workers, "embedded": n, "failed": s.failed_now, "wall_s": wall, "summary_seconds": s.seconds,
+        "workers": workers,
+        "embedded": n,
+        "failed": s.failed_now,
+        "wall_s": wall,
+        "summary_seconds": s.seconds,
         "img_per_s": n / s.seconds if s.seconds else 0.0,
         "cpu_ms_per_img": 1000 * cpu / max(1, n),
-        "setup_s": marks.get("plan", t0) - t0,                      # discovery, layer probe, store setup
+        "setup_s": marks.get("plan", t0) - t0,  # discovery, layer probe, store setup
         "first_batch_s": marks.get("first_batch", t0) - marks.get("plan", t0),  # pool start + 1st batch
-        "bytes_on_disk": s.bytes_on_disk, "store_dir_bytes": dir_bytes(out), "parts": s.parts_committed,
+        "bytes_on_disk": s.bytes_on_disk,
+        "store_dir_bytes": dir_bytes(out),
+        "parts": s.parts_committed,
     }
     if "plan" in marks and "first_batch" in marks and n:
         res["img_per_s_after_setup"] = n / (t0 + wall - marks["plan"])  # model probe/discovery excluded
         # after the first batch (pool start-up excluded): all batches but the first
-        res["img_per_s_steady"] = (n - batch_size) / (marks["last_batch"] - marks["first_batch"]) \
-            if n > batch_size and marks["last_batch"] > marks["first_batch"] else None
+        res["img_per_s_steady"] = (
+            (n - batch_size) / (marks["last_batch"] - marks["first_batch"])
+            if n > batch_size and marks["last_batch"] > marks["first_batch"]
+            else None
+        )
     return res
 
 
@@ -263,12 +300,14 @@ def naive_loop(items: list[tuple[str, str]], csv_path: str, input_size: int, bat
     model.reset_classifier(0)  # "model.fc = nn.Identity()": outputs the 1280-d pre-logits
     model.eval()
     pre = bb.preprocess.with_overrides(input_size=input_size)
-    tf = transforms.Compose([
-        transforms.Resize(pre.resize_size, interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(input_size),
-        transforms.ToTensor(),
-        transforms.Normalize(pre.mean, pre.std),
-    ])
+    tf = transforms.Compose(
+        [
+            transforms.Resize(pre.resize_size, interpolation=transforms.InterpolationMode.BICUBIC),
+            transforms.CenterCrop(input_size),
+            transforms.ToTensor(),
+            transforms.Normalize(pre.mean, pre.std),
+        ]
+    )
     with torch.no_grad():  # warm-up (not timed), like a tutorial's first call
         model(torch.zeros(1, 3, input_size, input_size))
     dims = None
@@ -291,9 +330,15 @@ def naive_loop(items: list[tuple[str, str]], csv_path: str, input_size: int, bat
                 pending = []
     secs = time.perf_counter() - t0
     cpu = cpu_seconds() - c0
-    return {"images": len(items), "batch": batch, "seconds": secs, "img_per_s": len(items) / secs,
-            "cpu_ms_per_img": 1000 * cpu / len(items),
-            "dims": dims, "csv_bytes": os.path.getsize(csv_path)}
+    return {
+        "images": len(items),
+        "batch": batch,
+        "seconds": secs,
+        "img_per_s": len(items) / secs,
+        "cpu_ms_per_img": 1000 * cpu / len(items),
+        "dims": dims,
+        "csv_bytes": os.path.getsize(csv_path),
+    }
 
 
 def Image_open_rgb(path: str):
@@ -368,14 +413,20 @@ def compare_features(store_path: str, csv_path: str, layer: str) -> float | None
 
 
 # --------------------------------------------------------------------------------- one data set
-def run_dataset(name: str, source: str, n_images: int, input_size: int, args: argparse.Namespace,
-                work: str) -> dict[str, Any]:
+def run_dataset(
+    name: str, source: str, n_images: int, input_size: int, args: argparse.Namespace, work: str
+) -> dict[str, Any]:
     from deepfeat.models import load_backbone
 
     layers_list = [s.strip() for s in args.layers.split(",") if s.strip()]
     items = list_images(source)
-    res: dict[str, Any] = {"dataset": name, "images": len(items), "input_size": input_size,
-                           "layers": args.layers, "batch_size": args.batch_size}
+    res: dict[str, Any] = {
+        "dataset": name,
+        "images": len(items),
+        "input_size": input_size,
+        "layers": args.layers,
+        "batch_size": args.batch_size,
+    }
     t = time.perf_counter()
     bb = load_backbone(MODEL, input_size=input_size)
     res["model_load_s"] = time.perf_counter() - t
@@ -422,13 +473,21 @@ def run_dataset(name: str, source: str, n_images: int, input_size: int, args: ar
     s_lt = time.perf_counter() - t
     first = res["extract"][0]
     res["disk"] = {
-        "store_dir_bytes": store_bytes, "store_feature_part_bytes": first["bytes_on_disk"],
-        "csv_bytes": csv_bytes, "csv_rows": len(items), "csv_tiled_from": len(subset),
-        "csv_bytes_per_row": csv_bytes / len(items), "store_bytes_per_row": store_bytes / max(1, n_store),
+        "store_dir_bytes": store_bytes,
+        "store_feature_part_bytes": first["bytes_on_disk"],
+        "csv_bytes": csv_bytes,
+        "csv_rows": len(items),
+        "csv_tiled_from": len(subset),
+        "csv_bytes_per_row": csv_bytes / len(items),
+        "store_bytes_per_row": store_bytes / max(1, n_store),
     }
     res["read"] = {
-        "store": {"rows": n_store, "seconds": s_store, "rows_per_s": n_store / s_store,
-                  "mb_per_s": store_bytes / 1e6 / s_store},
+        "store": {
+            "rows": n_store,
+            "seconds": s_store,
+            "rows_per_s": n_store / s_store,
+            "mb_per_s": store_bytes / 1e6 / s_store,
+        },
         "csv_module": {"rows": n_csv, "seconds": s_csv, "rows_per_s": n_csv / s_csv, "mb_per_s": csv_bytes / 1e6 / s_csv},
         "np_loadtxt": {"rows": n_lt, "seconds": s_lt, "rows_per_s": n_lt / s_lt, "mb_per_s": csv_bytes / 1e6 / s_lt},
     }
@@ -464,67 +523,97 @@ def ratios(res: dict[str, Any], default_workers: int) -> dict[str, Any]:
 def print_report(machine: dict[str, Any], results: list[dict[str, Any]], default_workers: int) -> None:
     print("=" * 96)
     print("deepfeat extraction benchmark -- model efficientnet_lite0, pool avg, float16 store, CPU fp32")
-    print(f"machine: {machine['platform']}; cpu_count={machine['cpu_count']} affinity={machine['affinity']} "
-          f"torch threads={machine['torch_threads']} interop={machine['torch_interop_threads']}")
-    print(f"versions: python {machine['python']}, torch {machine['torch']}, deepfeat {machine['deepfeat']}, "
-          f"numpy {machine['numpy']}; default workers={default_workers}; deepfeat from {machine['deepfeat_path']}")
-    print(f"load average: start {machine['loadavg_start']}, end {machine['loadavg_end']} "
-          "(a busy machine makes every figure noisy)")
+    print(
+        f"machine: {machine['platform']}; cpu_count={machine['cpu_count']} affinity={machine['affinity']} "
+        f"torch threads={machine['torch_threads']} interop={machine['torch_interop_threads']}"
+    )
+    print(
+        f"versions: python {machine['python']}, torch {machine['torch']}, deepfeat {machine['deepfeat']}, "
+        f"numpy {machine['numpy']}; default workers={default_workers}; deepfeat from {machine['deepfeat_path']}"
+    )
+    print(
+        f"load average: start {machine['loadavg_start']}, end {machine['loadavg_end']} "
+        "(a busy machine makes every figure noisy)"
+    )
     for res in results:
         r = res["ratios"]
         f = res["forward"]
         print("-" * 96)
-        print(f"DATA SET {res['dataset']}: {res['images']} images, input {res['input_size']}px, layers "
-              f"{res['layers']}, batch {res['batch_size']}, model load {res['model_load_s']:.2f} s")
+        print(
+            f"DATA SET {res['dataset']}: {res['images']} images, input {res['input_size']}px, layers "
+            f"{res['layers']}, batch {res['batch_size']}, model load {res['model_load_s']:.2f} s"
+        )
         print(f"{'measurement':<58}{'img/s':>12}{'seconds':>10}{'images':>9}{'cpu ms/img':>12}")
-        print(f"{'a. forward-only (torch fp32, pre-decoded uint8 batch)':<58}{fmt_rate(f['img_per_s']):>12}"
-              f"{f['seconds']:>10.2f}{f['batch_size'] * f['timed_batches']:>9}{f['cpu_ms_per_img']:>12.1f}")
+        print(
+            f"{'a. forward-only (torch fp32, pre-decoded uint8 batch)':<58}{fmt_rate(f['img_per_s']):>12}"
+            f"{f['seconds']:>10.2f}{f['batch_size'] * f['timed_batches']:>9}{f['cpu_ms_per_img']:>12.1f}"
+        )
         sess = " / ".join(fmt_rate(v) for v in f["img_per_s_by_session"])
-        print(f"{'   sessions before / after extract: ' + sess + '; median, best batch':<58}"
-              f"{fmt_rate(f['img_per_s_median']):>12} / {fmt_rate(f['img_per_s_best'])}")
-        print(f"{'   decode+resize only, 1 process (decode_file+resize_crop)':<58}"
-              f"{fmt_rate(res['decode_img_per_s_1proc']):>12}")
+        print(
+            f"{'   sessions before / after extract: ' + sess + '; median, best batch':<58}"
+            f"{fmt_rate(f['img_per_s_median']):>12} / {fmt_rate(f['img_per_s_best'])}"
+        )
+        print(
+            f"{'   decode+resize only, 1 process (decode_file+resize_crop)':<58}"
+            f"{fmt_rate(res['decode_img_per_s_1proc']):>12}"
+        )
         for e in res["extract"]:
             tag = " (default)" if e["workers"] == default_workers else ""
-            print(f"{'b. deepfeat.extract workers=' + str(e['workers']) + tag + ': embedded/summary.seconds':<58}"
-                  f"{fmt_rate(e['img_per_s']):>12}{e['summary_seconds']:>10.2f}{e['embedded']:>9}"
-                  f"{e['cpu_ms_per_img']:>12.1f}")
-            wall = (f"     wall {e['wall_s']:.2f} s (+ model load {res['model_load_s']:.2f} s); setup "
-                    f"{e['setup_s']:.2f} s, 1st batch {e['first_batch_s']:.2f} s; steady")
-            print(f"{wall:<58}"
-                  f"{fmt_rate(e.get('img_per_s_steady')):>12}")
+            print(
+                f"{'b. deepfeat.extract workers=' + str(e['workers']) + tag + ': embedded/summary.seconds':<58}"
+                f"{fmt_rate(e['img_per_s']):>12}{e['summary_seconds']:>10.2f}{e['embedded']:>9}"
+                f"{e['cpu_ms_per_img']:>12.1f}"
+            )
+            wall = (
+                f"     wall {e['wall_s']:.2f} s (+ model load {res['model_load_s']:.2f} s); setup "
+                f"{e['setup_s']:.2f} s, 1st batch {e['first_batch_s']:.2f} s; steady"
+            )
+            print(f"{wall:<58}{fmt_rate(e.get('img_per_s_steady')):>12}")
         nv = res["naive"]
         diff = nv.get("max_rel_diff_vs_store")
-        print(f"{'c. naive loop (PIL+torchvision, batch ' + str(nv['batch']) + ', NCHW eager, CSV)':<58}"
-              f"{fmt_rate(nv['img_per_s']):>12}{nv['seconds']:>10.2f}{nv['images']:>9}{nv['cpu_ms_per_img']:>12.1f}")
+        print(
+            f"{'c. naive loop (PIL+torchvision, batch ' + str(nv['batch']) + ', NCHW eager, CSV)':<58}"
+            f"{fmt_rate(nv['img_per_s']):>12}{nv['seconds']:>10.2f}{nv['images']:>9}{nv['cpu_ms_per_img']:>12.1f}"
+        )
         if diff is not None:
             print(f"     naive vs store features: max |diff| / max |value| = {diff:.3g} (float16 store, resize rounding)")
         d, rd = res["disk"], res["read"]
-        print(f"d. bytes on disk: store folder {d['store_dir_bytes'] / 1e6:.2f} MB "
-              f"(committed part files {d['store_feature_part_bytes'] / 1e6:.2f} MB), CSV {d['csv_bytes'] / 1e6:.2f} MB "
-              f"for {d['csv_rows']} rows" + (f" (the naive subset's {d['csv_tiled_from']} lines repeated)"
-                                             if d['csv_tiled_from'] < d['csv_rows'] else ""))
-        for key, label in (("store", "open_store().batches(bs=1024), best of reps"), ("csv_module", "csv module"),
-                           ("np_loadtxt", "np.loadtxt")):
+        print(
+            f"d. bytes on disk: store folder {d['store_dir_bytes'] / 1e6:.2f} MB "
+            f"(committed part files {d['store_feature_part_bytes'] / 1e6:.2f} MB), CSV {d['csv_bytes'] / 1e6:.2f} MB "
+            f"for {d['csv_rows']} rows"
+            + (f" (the naive subset's {d['csv_tiled_from']} lines repeated)" if d["csv_tiled_from"] < d["csv_rows"] else "")
+        )
+        for key, label in (
+            ("store", "open_store().batches(bs=1024), best of reps"),
+            ("csv_module", "csv module"),
+            ("np_loadtxt", "np.loadtxt"),
+        ):
             x = rd[key]
-            print(f"   read {label:<44} {x['rows_per_s']:>12,.0f} rows/s {x['mb_per_s']:>9,.1f} MB/s "
-                  f"({x['seconds']:.3f} s)")
+            print(f"   read {label:<44} {x['rows_per_s']:>12,.0f} rows/s {x['mb_per_s']:>9,.1f} MB/s ({x['seconds']:.3f} s)")
         print("RATIOS (end-to-end uses workers=%d)" % r["workers_used_for_ratios"])
         rows = [
             ("end-to-end / forward-only", r["e2e_vs_forward"], ">= 0.85", r["e2e_vs_forward"] >= TARGETS["e2e_vs_forward"]),
             ("end-to-end / naive", r["e2e_vs_naive"], ">= 2x", r["e2e_vs_naive"] >= TARGETS["e2e_vs_naive"]),
-            ("store read / CSV read (best CSV reader)", r["store_read_vs_csv_read"], ">= 10x",
-             r["store_read_vs_csv_read"] >= TARGETS["store_read_vs_csv_read"]),
+            (
+                "store read / CSV read (best CSV reader)",
+                r["store_read_vs_csv_read"],
+                ">= 10x",
+                r["store_read_vs_csv_read"] >= TARGETS["store_read_vs_csv_read"],
+            ),
             ("disk: CSV bytes / store bytes", r["disk_csv_over_store"], "(info)", None),
         ]
         for label, val, target, ok in rows:
             verdict = "" if ok is None else ("MET" if ok else "MISSED")
             print(f"   {label:<44}{val:>10.2f}   target {target:<8} {verdict}")
         by_w = ", ".join(f"w={w}: {v:.2f}" for w, v in r["e2e_vs_forward_by_workers"].items())
-        print(f"   end-to-end / forward-only by workers: {by_w}; vs the median forward batch: "
-              f"{r['e2e_vs_forward_median']:.2f}")
-        print(f"   by CPU time per image instead of wall time: end-to-end / forward-only "
-              f"{r['cpu_e2e_vs_forward']:.2f}, end-to-end / naive {r['cpu_e2e_vs_naive']:.2f}")
+        print(
+            f"   end-to-end / forward-only by workers: {by_w}; vs the median forward batch: {r['e2e_vs_forward_median']:.2f}"
+        )
+        print(
+            f"   by CPU time per image instead of wall time: end-to-end / forward-only "
+            f"{r['cpu_e2e_vs_forward']:.2f}, end-to-end / naive {r['cpu_e2e_vs_naive']:.2f}"
+        )
     print("=" * 96)
 
 
@@ -567,11 +656,17 @@ def main(argv: list[str] | None = None) -> int:
     from deepfeat.extraction import default_workers
 
     machine = {
-        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
-        "python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-        "deepfeat": getattr(deepfeat, "__version__", "?"), "deepfeat_path": os.path.dirname(deepfeat.__file__),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "torch_threads": torch.get_num_threads(),
+        "torch_interop_threads": torch.get_num_interop_threads(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "deepfeat": getattr(deepfeat, "__version__", "?"),
+        "deepfeat_path": os.path.dirname(deepfeat.__file__),
         "loadavg_start": loadavg(),
     }
     dw = default_workers()
@@ -593,12 +688,18 @@ def main(argv: list[str] | None = None) -> int:
         machine["loadavg_end"] = loadavg()
         machine["total_seconds"] = time.perf_counter() - t_start
         print_report(machine, results, dw)
-        print(f"total benchmark time {machine['total_seconds']:.0f} s; workdir {work}"
-              + (" (kept)" if args.keep else " (removed)"))
+        print(
+            f"total benchmark time {machine['total_seconds']:.0f} s; workdir {work}"
+            + (" (kept)" if args.keep else " (removed)")
+        )
         if args.json:
             with open(args.json, "w") as fh:
-                json.dump({"machine": machine, "default_workers": dw, "targets": TARGETS, "args": vars(args),
-                           "results": results}, fh, indent=2, default=str)
+                json.dump(
+                    {"machine": machine, "default_workers": dw, "targets": TARGETS, "args": vars(args), "results": results},
+                    fh,
+                    indent=2,
+                    default=str,
+                )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,7 @@ Usage::
 Needs the Fashion-MNIST idx files (Debian package ``dataset-fashion-mnist`` or see
 ``deepfeat.datasets``). Not part of the test suite (it takes tens of minutes on a CPU).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,13 +41,17 @@ def _log(msg: str) -> None:
 
 def _progress(event: dict[str, Any]) -> None:
     if event["phase"] == "start":
-        _log(f"  {event['kind']}: {event['n_train']} train / {event['n_val']} valid ({event['val_source']}), "
-             f"{event['trainable']:,} trainable parameters, {'cached' if event['cached'] else 'streamed'}, "
-             f"{event['device']} {event['precision']}, input {event['input_size']}")
+        _log(
+            f"  {event['kind']}: {event['n_train']} train / {event['n_val']} valid ({event['val_source']}), "
+            f"{event['trainable']:,} trainable parameters, {'cached' if event['cached'] else 'streamed'}, "
+            f"{event['device']} {event['precision']}, input {event['input_size']}"
+        )
         _log(f"  {'epoch':>5} {'train loss':>11} {'valid loss':>11} {'train/valid':>12} {'valid acc':>10} {'seconds':>8}")
     elif event["phase"] == "epoch":
-        _log(f"  {event['epoch']:>5} {event['train_loss']:>11.4f} {event['valid_loss']:>11.4f} "
-             f"{event['train_valid_ratio']:>12.3f} {event['valid_accuracy']:>10.4f} {event['seconds']:>8.1f}")
+        _log(
+            f"  {event['epoch']:>5} {event['train_loss']:>11.4f} {event['valid_loss']:>11.4f} "
+            f"{event['train_valid_ratio']:>12.3f} {event['valid_accuracy']:>10.4f} {event['seconds']:>8.1f}"
+        )
 
 
 def _store_xy(store_dir: str, layer: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -72,13 +77,26 @@ def part_scratch(work: str, args: argparse.Namespace) -> dict[str, Any]:
     model_dir = os.path.join(work, "fm_cnn")
     _log(f"A. small ConvNet from scratch, {args.epochs} epochs, batch {args.batch_size}, on the CPU")
     t0 = time.perf_counter()
-    r = train_cnn(data, model_dir, arch=args.arch, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                  augment=args.augment, seed=args.seed, device="cpu", workers=args.workers, overwrite=True,
-                  progress=_progress)
+    r = train_cnn(
+        data,
+        model_dir,
+        arch=args.arch,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        augment=args.augment,
+        seed=args.seed,
+        device="cpu",
+        workers=args.workers,
+        overwrite=True,
+        progress=_progress,
+    )
     wall = time.perf_counter() - t0
     net_acc = float(r.metrics["test_accuracy"])
-    _log(f"  network test accuracy {net_acc:.4f}; training {r.metrics['train_seconds']:.0f} s "
-         f"({wall:.0f} s wall with decoding and evaluation){' [already trained]' if r.already_complete else ''}")
+    _log(
+        f"  network test accuracy {net_acc:.4f}; training {r.metrics['train_seconds']:.0f} s "
+        f"({wall:.0f} s wall with decoding and evaluation){' [already trained]' if r.already_complete else ''}"
+    )
 
     feats = os.path.join(work, "fm_dense")
     t0 = time.perf_counter()
@@ -95,12 +113,24 @@ def part_scratch(work: str, args: argparse.Namespace) -> dict[str, Any]:
     svm.fit(x_tr, y_tr)
     svm_acc = float((svm.predict(x_te) == y_te).mean())
     svm_s = time.perf_counter() - t0
-    _log(f"  dense features + linear SVM (C={args.svm_c}): test accuracy {svm_acc:.4f} ({svm_s:.0f} s); "
-         f"network {net_acc:.4f}; difference {100 * (svm_acc - net_acc):+.2f} points")
-    return {"epochs": args.epochs, "batch_size": args.batch_size, "arch": args.arch, "augment": args.augment,
-            "network_test_accuracy": net_acc, "train_seconds": r.metrics["train_seconds"], "wall_seconds": wall,
-            "history": r.history, "extract_seconds": extract_s, "svm_test_accuracy": svm_acc, "svm_seconds": svm_s,
-            "svm_minus_network_points": 100 * (svm_acc - net_acc)}
+    _log(
+        f"  dense features + linear SVM (C={args.svm_c}): test accuracy {svm_acc:.4f} ({svm_s:.0f} s); "
+        f"network {net_acc:.4f}; difference {100 * (svm_acc - net_acc):+.2f} points"
+    )
+    return {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "arch": args.arch,
+        "augment": args.augment,
+        "network_test_accuracy": net_acc,
+        "train_seconds": r.metrics["train_seconds"],
+        "wall_seconds": wall,
+        "history": r.history,
+        "extract_seconds": extract_s,
+        "svm_test_accuracy": svm_acc,
+        "svm_seconds": svm_s,
+        "svm_minus_network_points": 100 * (svm_acc - net_acc),
+    }
 
 
 def part_finetune(work: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -117,8 +147,9 @@ def part_finetune(work: str, args: argparse.Namespace) -> dict[str, Any]:
     # Frozen features + logistic regression.
     feats = os.path.join(work, f"fm_{args.ft_per_class}_lite0_{size}")
     t0 = time.perf_counter()
-    extract(data, feats, model="efficientnet_lite0", layers="pre_logits", input_size=size, device="cpu",
-            workers=args.workers)
+    extract(
+        data, feats, model="efficientnet_lite0", layers="pre_logits", input_size=size, device="cpu", workers=args.workers
+    )
     x_tr, y_tr, x_te, y_te = _store_xy(feats, "pre_logits")
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
@@ -132,20 +163,43 @@ def part_finetune(work: str, args: argparse.Namespace) -> dict[str, Any]:
     # Fine-tuning.
     out = os.path.join(work, f"fm_{args.ft_per_class}_tuned_{size}")
     t0 = time.perf_counter()
-    r = finetune(data, out, model="efficientnet_lite0", freeze=args.ft_freeze, body_lr_mult=args.ft_body_lr_mult,
-                 epochs=args.ft_epochs, batch_size=args.ft_batch_size, lr=args.ft_lr, input_size=size,
-                 augment=args.ft_augment, seed=args.seed, device="cpu", workers=args.workers, overwrite=True,
-                 progress=_progress)
+    r = finetune(
+        data,
+        out,
+        model="efficientnet_lite0",
+        freeze=args.ft_freeze,
+        body_lr_mult=args.ft_body_lr_mult,
+        epochs=args.ft_epochs,
+        batch_size=args.ft_batch_size,
+        lr=args.ft_lr,
+        input_size=size,
+        augment=args.ft_augment,
+        seed=args.seed,
+        device="cpu",
+        workers=args.workers,
+        overwrite=True,
+        progress=_progress,
+    )
     tuned_s = time.perf_counter() - t0
     tuned_acc = float(r.metrics["test_accuracy"])
-    _log(f"  fine-tuned (freeze {args.ft_freeze}, body lr x{args.ft_body_lr_mult}, {args.ft_epochs} epochs): "
-         f"test accuracy {tuned_acc:.4f} ({tuned_s:.0f} s); frozen-feature head {frozen_acc:.4f}; "
-         f"{'fine-tuning wins' if tuned_acc > frozen_acc else 'the frozen head wins'} by "
-         f"{100 * abs(tuned_acc - frozen_acc):.2f} points")
-    return {"per_class": args.ft_per_class, "input_size": size, "frozen_logreg_test_accuracy": frozen_acc,
-            "frozen_seconds": frozen_s, "finetune_test_accuracy": tuned_acc, "finetune_seconds": tuned_s,
-            "freeze": args.ft_freeze, "body_lr_mult": args.ft_body_lr_mult, "epochs": args.ft_epochs,
-            "history": r.history}
+    _log(
+        f"  fine-tuned (freeze {args.ft_freeze}, body lr x{args.ft_body_lr_mult}, {args.ft_epochs} epochs): "
+        f"test accuracy {tuned_acc:.4f} ({tuned_s:.0f} s); frozen-feature head {frozen_acc:.4f}; "
+        f"{'fine-tuning wins' if tuned_acc > frozen_acc else 'the frozen head wins'} by "
+        f"{100 * abs(tuned_acc - frozen_acc):.2f} points"
+    )
+    return {
+        "per_class": args.ft_per_class,
+        "input_size": size,
+        "frozen_logreg_test_accuracy": frozen_acc,
+        "frozen_seconds": frozen_s,
+        "finetune_test_accuracy": tuned_acc,
+        "finetune_seconds": tuned_s,
+        "freeze": args.ft_freeze,
+        "body_lr_mult": args.ft_body_lr_mult,
+        "epochs": args.ft_epochs,
+        "history": r.history,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -175,9 +229,15 @@ def main(argv: list[str] | None = None) -> int:
     os.makedirs(args.work, exist_ok=True)
     import torch
 
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-                                           "platform": platform.platform(), "torch": torch.__version__,
-                                           "load_average_at_start": os.getloadavg()}}
+    results: dict[str, Any] = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": torch.get_num_threads(),
+            "platform": platform.platform(),
+            "torch": torch.__version__,
+            "load_average_at_start": os.getloadavg(),
+        }
+    }
     if args.part in ("all", "scratch"):
         results["scratch"] = part_scratch(args.work, args)
     if args.part in ("all", "finetune"):

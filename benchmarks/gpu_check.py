@@ -15,6 +15,7 @@ Usage (on a machine with a CUDA GPU):
     python benchmarks/gpu_check.py                  # writes nothing; prints a table
     python benchmarks/gpu_check.py --json gpu.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -86,12 +87,21 @@ def end_to_end(model: str, photos: str, work: str) -> dict[str, Any]:
         if ev["phase"] == "plan":
             marks["t"] = time.perf_counter()
 
-    s = deepfeat.extract(photos, out, model=model, weights=None if model == "efficientnet_lite0" else "random",
-                         layers=LAYERS[model], batch_size=BATCH, device="cuda", runtime="torch",
-                         precision="auto", dtype="float16", progress=progress)
+    s = deepfeat.extract(
+        photos,
+        out,
+        model=model,
+        weights=None if model == "efficientnet_lite0" else "random",
+        layers=LAYERS[model],
+        batch_size=BATCH,
+        device="cuda",
+        runtime="torch",
+        precision="auto",
+        dtype="float16",
+        progress=progress,
+    )
     rate = s.embedded_now / (time.perf_counter() - marks["t"])
-    print(f"{model:<22}end-to-end extract (CUDA, AMP, {os.cpu_count()} CPU cores decoding): {rate:,.0f} img/s",
-          flush=True)
+    print(f"{model:<22}end-to-end extract (CUDA, AMP, {os.cpu_count()} CPU cores decoding): {rate:,.0f} img/s", flush=True)
     shutil.rmtree(out, ignore_errors=True)
     return {"img_per_s": rate, "images": s.embedded_now}
 
@@ -118,8 +128,11 @@ def gpu_decode(photos: str) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - not every build has nvjpeg
         print(f"GPU JPEG decode unavailable: {exc}")
         gpu_rate = None
-    print(f"JPEG decode 640x480: Pillow one core {cpu_rate:,.0f} img/s; torchvision nvjpeg (batched) "
-          f"{'-' if gpu_rate is None else f'{gpu_rate:,.0f}'} img/s", flush=True)
+    print(
+        f"JPEG decode 640x480: Pillow one core {cpu_rate:,.0f} img/s; torchvision nvjpeg (batched) "
+        f"{'-' if gpu_rate is None else f'{gpu_rate:,.0f}'} img/s",
+        flush=True,
+    )
     return {"pillow_one_core": cpu_rate, "nvjpeg": gpu_rate}
 
 
@@ -144,8 +157,7 @@ def main() -> None:
         pre = load_backbone("efficientnet_lite0").preprocess
         pixels = np.stack([pre.resize_crop(decode_file(f).image) for f in files])
         for model in LAYERS:
-            results[model] = {"forward": forward(model, pixels, args.reps),
-                              "end_to_end": end_to_end(model, photos, work)}
+            results[model] = {"forward": forward(model, pixels, args.reps), "end_to_end": end_to_end(model, photos, work)}
         results["decode"] = gpu_decode(photos)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

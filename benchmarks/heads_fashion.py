@@ -10,6 +10,7 @@ streaming training is ``benchmarks/train_memory.py``.
 
     python benchmarks/heads_fashion.py [--per-class 500 | --full] [--input-size 96] [--epochs 15]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,6 +20,7 @@ import tempfile
 import time
 
 PUBLISHED = {"raw-pixel SVC": 0.897, "HOG + SVM": 0.926, "small CNNs": "0.90-0.93"}
+
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -40,18 +42,40 @@ def main() -> None:
             write_fashion_mnist(src, per_class=per_class)
         feats = os.path.join(work, "feats")
         t = time.perf_counter()
-        s = deepfeat.extract(src, feats, layers="blocks.4,pre_logits", pool="avg", dtype="float16",
-                             input_size=args.input_size, workers=args.workers)
-        print(f"extracted {s.embedded_total} images in {time.perf_counter() - t:.0f} s "
-              f"({'all' if args.full else args.per_class} per class and split, {args.input_size} px)", flush=True)
+        s = deepfeat.extract(
+            src,
+            feats,
+            layers="blocks.4,pre_logits",
+            pool="avg",
+            dtype="float16",
+            input_size=args.input_size,
+            workers=args.workers,
+        )
+        print(
+            f"extracted {s.embedded_total} images in {time.perf_counter() - t:.0f} s "
+            f"({'all' if args.full else args.per_class} per class and split, {args.input_size} px)",
+            flush=True,
+        )
         rows = []
         for layers in ("pre_logits", "blocks.4,pre_logits"):
-            for head, solver in (("logreg", "stream"), ("svm", "stream"), ("mlp", "stream"),
-                                 ("logreg", "exact"), ("svm", "exact")):
+            for head, solver in (
+                ("logreg", "stream"),
+                ("svm", "stream"),
+                ("mlp", "stream"),
+                ("logreg", "exact"),
+                ("svm", "exact"),
+            ):
                 bundle = os.path.join(work, f"{head}-{solver}-{layers.replace(',', '+')}.dfm")
                 t = time.perf_counter()
-                r = deepfeat.train(feats, layers=layers, head=head, solver=solver, epochs=args.epochs,
-                                   hidden=(256,) if head == "mlp" else None, out=bundle)
+                r = deepfeat.train(
+                    feats,
+                    layers=layers,
+                    head=head,
+                    solver=solver,
+                    epochs=args.epochs,
+                    hidden=(256,) if head == "mlp" else None,
+                    out=bundle,
+                )
                 seconds = time.perf_counter() - t
                 rep = deepfeat.evaluate(bundle, feats, split="test")
                 epochs = len(r.history) or None
@@ -60,8 +84,7 @@ def main() -> None:
                 print(f"  {layers} {head} {solver}: test accuracy {rep['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
         print(f"\n{'layers':<22}{'head':<8}{'solver':<8}{'test acc':>9}{'epochs':>8}{'s/epoch':>9}{'total s':>9}")
         for layers, head, solver, acc, ep, pe, sec in rows:
-            print(f"{layers:<22}{head:<8}{solver:<8}{acc:>9.4f}{ep or '-':>8}"
-                  f"{(f'{pe:.2f}' if pe else '-'):>9}{sec:>9.1f}")
+            print(f"{layers:<22}{head:<8}{solver:<8}{acc:>9.4f}{ep or '-':>8}{(f'{pe:.2f}' if pe else '-'):>9}{sec:>9.1f}")
         acc = {(lay, h, so): a for lay, h, so, a, *_ in rows}
         gap = acc[("pre_logits", "logreg", "stream")] - acc[("pre_logits", "logreg", "exact")]
         print(f"\nstreaming vs exact logistic regression on pre_logits: {gap * 100:+.2f} points (target within 1)")

@@ -16,6 +16,7 @@ so run it more than once. docs/RELIABILITY.md quotes them.
     python benchmarks/interrupt_race.py                 # 10-15 min on 2 cores
     python benchmarks/interrupt_race.py --tries 30 --extract-tries 0
 """
+
 from __future__ import annotations
 
 import argparse
@@ -46,8 +47,13 @@ def outcome(code: int, expected: tuple[int, ...]) -> str:
 def import_scan(code: str, tries: int, span: float) -> collections.Counter:
     counts: collections.Counter = collections.Counter()
     for i in range(tries):
-        p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True, preexec_fn=_terminal)
+        p = subprocess.Popen(
+            [sys.executable, "-c", code],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            preexec_fn=_terminal,
+        )
         time.sleep(span * i / max(tries - 1, 1))
         try:
             os.killpg(p.pid, signal.SIGINT)
@@ -65,11 +71,34 @@ def extract_scan(src: Path, tries: int, span: float) -> collections.Counter:
     for i in range(tries):
         with tempfile.TemporaryDirectory() as tmp:
             marker = os.path.join(tmp, "started")
-            cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(src), "--out", os.path.join(tmp, "feats"),
-                   "--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "2", "--part-size", "2",
-                   "--workers", "2", "-q"]
-            p = subprocess.Popen(cmd, env=faults.env(started=marker, slow_decode=0.15), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL, start_new_session=True, preexec_fn=_terminal)
+            cmd = [
+                sys.executable,
+                "-m",
+                "deepfeat.cli",
+                "extract",
+                str(src),
+                "--out",
+                os.path.join(tmp, "feats"),
+                "--layers",
+                "blocks.2,pre_logits",
+                "--input-size",
+                "32",
+                "--batch-size",
+                "2",
+                "--part-size",
+                "2",
+                "--workers",
+                "2",
+                "-q",
+            ]
+            p = subprocess.Popen(
+                cmd,
+                env=faults.env(started=marker, slow_decode=0.15),
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+                preexec_fn=_terminal,
+            )
             while not os.path.exists(marker) and p.poll() is None:
                 time.sleep(0.002)
             time.sleep(span * i / max(tries - 1, 1))
@@ -89,11 +118,16 @@ def main() -> None:
     from deepfeat.runtimes.base import cpu_flags, cpu_model
 
     flags = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
-    print(f"CPU: {cpu_model()} ({os.cpu_count()} cores; flags {' '.join(flags) or '-'}); "
-          f"Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}")
+    print(
+        f"CPU: {cpu_model()} ({os.cpu_count()} cores; flags {' '.join(flags) or '-'}); "
+        f"Python {sys.version.split()[0]}; load average {os.getloadavg()[0]:.1f}"
+    )
     plain = import_scan(f"import {HEAVY}", args.tries, 1.2)
-    held = import_scan("from deepfeat.interrupts import import_held; "
-                       f"import_held({', '.join(repr(m.strip()) for m in HEAVY.split(','))})", args.tries, 1.2)
+    held = import_scan(
+        f"from deepfeat.interrupts import import_held; import_held({', '.join(repr(m.strip()) for m in HEAVY.split(','))})",
+        args.tries,
+        1.2,
+    )
     print(f"import {HEAVY}, SIGINT at {args.tries} points in 0-1.2 s:")
     print(f"  plain: {dict(plain)}")
     print(f"  held (deepfeat.interrupts.import_held): {dict(held)}")

@@ -6,6 +6,7 @@ their ratio (target: within 10 %).
 
     python benchmarks/memory_scaling.py [--small 1000] [--factor 6] [--input-size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,8 +29,9 @@ print(json.dumps({"embedded": s.embedded_total, "seconds": time.perf_counter() -
 
 
 def run(src: str, out: str, input_size: int, part_size: int) -> dict:
-    res = subprocess.run([sys.executable, "-c", CHILD, src, out, str(input_size), str(part_size)],
-                         check=True, capture_output=True, text=True)
+    res = subprocess.run(
+        [sys.executable, "-c", CHILD, src, out, str(input_size), str(part_size)], check=True, capture_output=True, text=True
+    )
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 

@@ -18,6 +18,7 @@ of the remote path (requests, coalescing, copies), not a real network's latency 
     python benchmarks/object_store.py                 # 10,000 images, 3 rounds; ~20 min on 2 cores
     python benchmarks/object_store.py --n 2000 --repeat 1   # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,9 +52,15 @@ def write_shards(root: Path, n: int) -> Path:
     per_shard = max(1, len(files) // 10)
     for s in range(0, len(files), per_shard):
         with wds.TarWriter(str(shards / f"{s // per_shard:05d}.tar")) as sink:
-            for f in files[s:s + per_shard]:
-                sink.write({"__key__": f"{f.parent.parent.name}_{f.parent.name}_{f.stem}".replace(" ", "_"),
-                            "png": f.read_bytes(), "cls": f.parent.name, "json": {"split": f.parent.parent.name}})
+            for f in files[s : s + per_shard]:
+                sink.write(
+                    {
+                        "__key__": f"{f.parent.parent.name}_{f.parent.name}_{f.stem}".replace(" ", "_"),
+                        "png": f.read_bytes(),
+                        "cls": f.parent.name,
+                        "json": {"split": f.parent.parent.name},
+                    }
+                )
     return shards
 
 
@@ -61,8 +68,11 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 60
     while True:
         try:
@@ -78,8 +88,9 @@ def start_server() -> tuple[subprocess.Popen[bytes], str]:
 def upload(shards: Path, endpoint: str) -> str:
     import boto3
 
-    client = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench",
-                          region_name="us-east-1")
+    client = boto3.client(
+        "s3", endpoint_url=endpoint, aws_access_key_id="bench", aws_secret_access_key="bench", region_name="us-east-1"
+    )
     client.create_bucket(Bucket="lake")
     for p in sorted(shards.glob("*.tar")):
         client.upload_file(str(p), "lake", f"shards/{p.name}")
@@ -105,7 +116,7 @@ def decode_rate(spec: str, workers: int) -> float:
     from deepfeat.sources import open_source
 
     items = open_source(spec, split_field="split").discover().items
-    batches = [[(it.id, it.locator, 0) for it in items[s:s + 64]] for s in range(0, len(items), 64)]
+    batches = [[(it.id, it.locator, 0) for it in items[s : s + 64]] for s in range(0, len(items), 64)]
     t = time.perf_counter()
     with DecodePool(workers, Preprocess(input_size=(64, 64)).to_dict(), DecodePolicy()) as pool:
         n = sum(len(results) for _, results in pool.map(batches))
@@ -122,8 +133,16 @@ def extract_rate(spec: str, out: Path) -> float:
         if event.get("phase") == "plan":
             marks["start"] = time.perf_counter()
 
-    s = deepfeat.extract(open_source(spec, split_field="split"), out, layers="pre_logits", input_size=64,
-                         runtime="torch", precision="fp32", batch_size=64, progress=progress)
+    s = deepfeat.extract(
+        open_source(spec, split_field="split"),
+        out,
+        layers="pre_logits",
+        input_size=64,
+        runtime="torch",
+        precision="fp32",
+        batch_size=64,
+        progress=progress,
+    )
     assert s.failed_now == 0 and s.excluded == 0, "every sample embedded"
     return (s.embedded_now + s.failed_now) / (time.perf_counter() - marks["start"])
 
@@ -141,15 +160,15 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="deepfeat-bench-s3-"))
     os.environ["DEEPFEAT_CACHE_DIR"] = str(tmp / "cache")
     server, endpoint = start_server()
-    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench",
-                      AWS_DEFAULT_REGION="us-east-1")
+    os.environ.update(
+        AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1"
+    )
     try:
         log(f"writing {args.n:,} Fashion-MNIST images as 10 shards; uploading them to {endpoint}")
         shards = write_shards(tmp, args.n)
         specs = {"disk": str(shards), "s3": upload(shards, endpoint)}
         workers = default_workers()
-        found: dict[str, dict[str, list[float]]] = {k: {"cold": [], "warm": [], "decode": [], "e2e": []}
-                                                    for k in specs}
+        found: dict[str, dict[str, list[float]]] = {k: {"cold": [], "warm": [], "decode": [], "e2e": []} for k in specs}
         n = 0
         for r in range(args.repeat):
             for kind, spec in specs.items():
@@ -159,19 +178,25 @@ def main() -> None:
                 found[kind]["warm"].append(warm)
                 found[kind]["decode"].append(decode_rate(spec, workers))
                 found[kind]["e2e"].append(extract_rate(spec, tmp / f"store-{kind}-{r}"))
-                log(f"round {r + 1}: {kind}: discover {cold:.2f} s cold, {warm:.2f} s warm; decode "
-                    f"{found[kind]['decode'][-1]:,.0f} img/s; extract {found[kind]['e2e'][-1]:,.1f} img/s")
+                log(
+                    f"round {r + 1}: {kind}: discover {cold:.2f} s cold, {warm:.2f} s warm; decode "
+                    f"{found[kind]['decode'][-1]:,.0f} img/s; extract {found[kind]['e2e'][-1]:,.1f} img/s"
+                )
         med = {k: {m: statistics.median(v) for m, v in d.items()} for k, d in found.items()}
         flags = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
-        print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores; {' '.join(flags)}); decode workers: {workers}; "
-              f"{n:,} images in 10 shards; medians of {args.repeat} rounds; load average at the end: "
-              f"{os.getloadavg()[0]:.1f}")
+        print(
+            f"\nCPU: {cpu_model()} ({os.cpu_count()} cores; {' '.join(flags)}); decode workers: {workers}; "
+            f"{n:,} images in 10 shards; medians of {args.repeat} rounds; load average at the end: "
+            f"{os.getloadavg()[0]:.1f}"
+        )
         print(f"{'copy':<6} {'discover cold':>14} {'warm':>8} {'decode img/s':>13} {'extract img/s':>14}")
         for kind, m in med.items():
             print(f"{kind:<6} {m['cold']:>12.2f} s {m['warm']:>6.2f} s {m['decode']:>13,.0f} {m['e2e']:>14,.1f}")
-        print(f"s3 / disk: extract {med['s3']['e2e'] / med['disk']['e2e']:.3f}x, decode only "
-              f"{med['s3']['decode'] / med['disk']['decode']:.3f}x "
-              f"(per round, extract: {', '.join(f'{a / b:.3f}' for a, b in zip(found['s3']['e2e'], found['disk']['e2e']))})")
+        print(
+            f"s3 / disk: extract {med['s3']['e2e'] / med['disk']['e2e']:.3f}x, decode only "
+            f"{med['s3']['decode'] / med['disk']['decode']:.3f}x "
+            f"(per round, extract: {', '.join(f'{a / b:.3f}' for a, b in zip(found['s3']['e2e'], found['disk']['e2e']))})"
+        )
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -15,6 +15,7 @@ median row cosine against fp32 (what the guard measures) and the head's test acc
 Prints the CPU model and flags; the claim is the accuracy difference at each agreement level,
 measured side by side in one run.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,8 +52,7 @@ def load(store: str) -> dict[str, tuple[dict[str, np.ndarray], np.ndarray]]:
     return out
 
 
-def accuracy(train: dict[str, np.ndarray], y_train: np.ndarray, test: dict[str, np.ndarray],
-             y_test: np.ndarray) -> float:
+def accuracy(train: dict[str, np.ndarray], y_train: np.ndarray, test: dict[str, np.ndarray], y_test: np.ndarray) -> float:
     from sklearn.linear_model import LogisticRegression
     from sklearn.preprocessing import StandardScaler
 
@@ -73,8 +73,10 @@ def agreement(got: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> str:
 
 def noisy(feats: dict[str, np.ndarray], sigma: float, rng: np.random.Generator) -> dict[str, np.ndarray]:
     """Features plus N(0, (sigma * rms of the layer)^2) per value: cosine ~ 1 / sqrt(1 + sigma^2)."""
-    return {k: v + rng.normal(0.0, sigma * float(np.sqrt((v.astype(np.float64) ** 2).mean())), v.shape)
-            .astype(np.float32) for k, v in feats.items()}
+    return {
+        k: v + rng.normal(0.0, sigma * float(np.sqrt((v.astype(np.float64) ** 2).mean())), v.shape).astype(np.float32)
+        for k, v in feats.items()
+    }
 
 
 def main() -> int:
@@ -100,8 +102,7 @@ def main() -> int:
     for p in precisions:
         out = os.path.join(work, f"store_{p}")
         t0 = time.perf_counter()
-        deepfeat.extract(data, out, layers=",".join(LAYERS), input_size=96, precision=p, min_agreement=0.5,
-                         progress=None)
+        deepfeat.extract(data, out, layers=",".join(LAYERS), input_size=96, precision=p, min_agreement=0.5, progress=None)
         print(f"extract {p}: {time.perf_counter() - t0:.1f} s")
         stores[p] = load(out)
         ag = FeatureStore(out).metadata.get("runtime", {}).get("agreement")
@@ -116,8 +117,10 @@ def main() -> int:
     for p in precisions[1:]:
         (tr, ytr), (te, yte) = stores[p]["train"], stores[p]["test"]
         acc = accuracy(tr, ytr, te, yte)
-        print(f"{p + ' (measured)':<22} {acc:>9.4f} {acc - base:>+8.4f}  {agreement(te, ref_te)}"
-              + (f"  [{guarded[p]}]" if p in guarded else ""))
+        print(
+            f"{p + ' (measured)':<22} {acc:>9.4f} {acc - base:>+8.4f}  {agreement(te, ref_te)}"
+            + (f"  [{guarded[p]}]" if p in guarded else "")
+        )
     rng = np.random.default_rng(0)
     for sigma in (0.05, 0.1, 0.2, 0.3, 0.5):
         tr, te = noisy(ref_tr, sigma, rng), noisy(ref_te, sigma, rng)

@@ -22,6 +22,7 @@ Usage:
     python benchmarks/ray_throughput.py --per-class 10   # smoke run
     python benchmarks/ray_throughput.py --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,8 +51,9 @@ def run(src: str, out: str, part_size: int, **kw: Any) -> dict[str, Any]:
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    s = deepfeat.extract(src, out, layers="pre_logits", dtype="float32", device="cpu", part_size=part_size,
-                         progress=progress, **kw)
+    s = deepfeat.extract(
+        src, out, layers="pre_logits", dtype="float32", device="cpu", part_size=part_size, progress=progress, **kw
+    )
     n = s.embedded_now + s.failed_now
     # Ray reports one "batch" event per committed part; the local engine one per batch: group by part size.
     steady = None
@@ -63,9 +65,15 @@ def run(src: str, out: str, part_size: int, **kw: Any) -> dict[str, Any]:
         firsts = int(part_size // max(1, commits[0][1]))  # batches in the first part
         if len(marks) > firsts + 1:
             steady = (n - part_size) / (marks[-1] - marks[firsts - 1])
-    return {"images": n, "seconds": round(s.seconds, 2), "img_per_s": round(n / s.seconds, 1),
-            "first_part_s": round(commits[0][0] - t0, 1) if commits else None, "load": os.getloadavg()[0],
-            "steady_img_per_s": round(steady, 1) if steady else None, "parts": s.parts_committed}
+    return {
+        "images": n,
+        "seconds": round(s.seconds, 2),
+        "img_per_s": round(n / s.seconds, 1),
+        "first_part_s": round(commits[0][0] - t0, 1) if commits else None,
+        "load": os.getloadavg()[0],
+        "steady_img_per_s": round(steady, 1) if steady else None,
+        "parts": s.parts_committed,
+    }
 
 
 def main() -> int:
@@ -89,9 +97,15 @@ def main() -> int:
         from deepfeat.engines.builtin import RayEngine
 
         common = dict(batch_size=args.batch_size)
-        results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                                               "torch": torch.__version__, "ray": ray.__version__,
-                                               "torch_threads": torch.get_num_threads()}}
+        results: dict[str, Any] = {
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "torch": torch.__version__,
+                "ray": ray.__version__,
+                "torch_threads": torch.get_num_threads(),
+            }
+        }
         log("local engine")
         results["local"] = run(src, os.path.join(tmp, "local"), args.part_size, **common)
         log("local engine, 1 torch thread")
@@ -110,8 +124,13 @@ def main() -> int:
                     continue
                 name = f"ray {workers}w x {cpus}cpu"
                 log(name)
-                results[name] = run(src, os.path.join(tmp, name.replace(" ", "_")), args.part_size,
-                                    engine=RayEngine(workers=workers, cpus_per_worker=cpus), **common)
+                results[name] = run(
+                    src,
+                    os.path.join(tmp, name.replace(" ", "_")),
+                    args.part_size,
+                    engine=RayEngine(workers=workers, cpus_per_worker=cpus),
+                    **common,
+                )
         finally:
             ray.shutdown()
     finally:
@@ -125,8 +144,10 @@ def main() -> int:
             continue
         over = f"{r['seconds'] - ref['seconds']:+.1f}" if name.startswith("ray") else "-"
         steady = f"{r['steady_img_per_s']:.1f}" if r["steady_img_per_s"] else "-"
-        print(f"| {name:<16} | {r['images']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} | {r['first_part_s']} | "
-              f"{steady} | {over} | {r['load']:.1f} |")
+        print(
+            f"| {name:<16} | {r['images']} | {r['seconds']:.1f} | {r['img_per_s']:.1f} | {r['first_part_s']} | "
+            f"{steady} | {over} | {r['load']:.1f} |"
+        )
     print(f"ray.init (local instance, once): {results['ray_init_s']:.1f} s; machine: {results['machine']}")
     if args.json:
         with open(args.json, "w") as f:

@@ -31,6 +31,7 @@ Usage:
     python benchmarks/runtimes.py --quick          # smoke run (~3 min)
     python benchmarks/runtimes.py --json out.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -72,8 +73,13 @@ def machine() -> dict[str, Any]:
             versions[mod] = __import__(mod).__version__
         except Exception:  # noqa: BLE001
             versions[mod] = "not installed"
-    return {"cpu": cpu_model(), "flags": shown, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "versions": versions}
+    return {
+        "cpu": cpu_model(),
+        "flags": shown,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "versions": versions,
+    }
 
 
 def configurations() -> list[tuple[str, str]]:
@@ -117,8 +123,10 @@ def decode_rates(files: list[str], input_size: int, rounds: int) -> dict[str, An
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core, as in a decode worker
     bb = load_backbone(MODEL, input_size=input_size)
-    resizers = {"pillow": dataclasses.replace(bb.preprocess, resizer="pillow"),
-                "torch": dataclasses.replace(bb.preprocess, resizer="torch")}
+    resizers = {
+        "pillow": dataclasses.replace(bb.preprocess, resizer="pillow"),
+        "torch": dataclasses.replace(bb.preprocess, resizer="torch"),
+    }
     data = [open(f, "rb").read() for f in files[:128]]
     rates: dict[str, list[float]] = {k: [] for k in resizers}
     pixels: dict[str, np.ndarray] = {}
@@ -148,12 +156,12 @@ def calibration_of(files: list[str], input_size: int) -> Any:
 
     pre = load_backbone(MODEL, input_size=input_size).preprocess
     picked = sample_indices(len(files), CALIBRATION_IMAGES, CALIBRATION_SEED)
-    return Calibration.of(np.stack([pre.resize_crop(decode_file(files[i], draft=pre.draft_size).image)
-                                    for i in picked]))
+    return Calibration.of(np.stack([pre.resize_crop(decode_file(files[i], draft=pre.draft_size).image) for i in picked]))
 
 
-def forward_only(files: list[str], input_size: int, batch: int, configs: list[tuple[str, str]], rounds: int,
-                 per_round: int, cache: str) -> dict[str, dict[str, Any]]:
+def forward_only(
+    files: list[str], input_size: int, batch: int, configs: list[tuple[str, str]], rounds: int, per_round: int, cache: str
+) -> dict[str, dict[str, Any]]:
     from deepfeat.agreement import DEFAULT_MIN_AGREEMENT, Agreement
     from deepfeat.data.decode import decode_file
     from deepfeat.models import load_backbone
@@ -170,22 +178,37 @@ def forward_only(files: list[str], input_size: int, batch: int, configs: list[tu
         key = f"{rt} {prec}"
         bb = load_backbone(MODEL, input_size=input_size)
         t = time.perf_counter()
-        runtimes[key] = build_runtime(bb, layer_specs(bb, LAYERS), runtime=rt, precision=prec, cache_dir=cache,
-                                      calibration=calibration if prec == "int8" else None)
+        runtimes[key] = build_runtime(
+            bb,
+            layer_specs(bb, LAYERS),
+            runtime=rt,
+            precision=prec,
+            cache_dir=cache,
+            calibration=calibration if prec == "int8" else None,
+        )
         desc = runtimes[key].describe()
-        res[key] = {"runtime": desc["runtime"], "precision": desc["precision"],
-                    "build_s": time.perf_counter() - t, "rounds": []}
+        res[key] = {
+            "runtime": desc["runtime"],
+            "precision": desc["precision"],
+            "build_s": time.perf_counter() - t,
+            "rounds": [],
+        }
         log(f"{input_size}px {key}: {desc['runtime']} {desc['precision']} built in {res[key]['build_s']:.1f} s")
     ref = runtimes["torch fp32"](pixels)
     for key, r in runtimes.items():
         out = r(pixels)
         res[key]["min_cosine"] = min(min_cosine(out[k], ref[k]) for k in ref)
         if res[key]["precision"] != "fp32":  # the guard's rule on this batch
-            taps = {k: {"min": float(row_cosines(out[k], ref[k]).min()),
-                        "median": float(np.median(row_cosines(out[k], ref[k])))} for k in ref}
+            taps = {
+                k: {"min": float(row_cosines(out[k], ref[k]).min()), "median": float(np.median(row_cosines(out[k], ref[k])))}
+                for k in ref
+            }
             ag = Agreement(res[key]["precision"], res[key]["runtime"], len(pixels), DEFAULT_MIN_AGREEMENT, taps)
-            res[key]["guard"] = ("pass" if ag.passed else "FAIL") + "; " + "; ".join(
-                f"{k} min {v['min']:.4f} median {v['median']:.4f}" for k, v in taps.items())
+            res[key]["guard"] = (
+                ("pass" if ag.passed else "FAIL")
+                + "; "
+                + "; ".join(f"{k} min {v['min']:.4f} median {v['median']:.4f}" for k, v in taps.items())
+            )
         r(pixels)  # warm-up
     for i in range(rounds):
         for key, r in runtimes.items():
@@ -194,16 +217,19 @@ def forward_only(files: list[str], input_size: int, batch: int, configs: list[tu
             for _ in range(per_round):
                 r(pixels)
             res[key]["rounds"].append(per_round * len(pixels) / (time.perf_counter() - t))
-        log(f"{input_size}px forward round {i + 1}/{rounds}: "
-            + ", ".join(f"{k} {v['rounds'][-1]:.0f}" for k, v in res.items()))
+        log(
+            f"{input_size}px forward round {i + 1}/{rounds}: "
+            + ", ".join(f"{k} {v['rounds'][-1]:.0f}" for k, v in res.items())
+        )
     for v in res.values():
         v["img_per_s"] = statistics.median(v["rounds"])
     res["_decode_img_per_s_one_core"] = {"img_per_s": decode_rate}
     return res
 
 
-def end_to_end(source: str, input_size: int, batch: int, configs: list[tuple[str, str]], work: str,
-               cache: str, draft: bool = True) -> dict[str, dict[str, Any]]:
+def end_to_end(
+    source: str, input_size: int, batch: int, configs: list[tuple[str, str]], work: str, cache: str, draft: bool = True
+) -> dict[str, dict[str, Any]]:
     import deepfeat
     from deepfeat.errors import UsageError
     from deepfeat.models import load_backbone
@@ -225,8 +251,18 @@ def end_to_end(source: str, input_size: int, batch: int, configs: list[tuple[str
         bb = load_backbone(MODEL, input_size=input_size)
         if not draft:
             bb.preprocess = dataclasses.replace(bb.preprocess, jpeg_draft=False)
-        kw = dict(model=MODEL, layers=LAYERS, pool="avg", dtype="float16", batch_size=batch, device="cpu",
-                  runtime=rt, precision=prec, progress=progress, backbone=bb)
+        kw = dict(
+            model=MODEL,
+            layers=LAYERS,
+            pool="avg",
+            dtype="float16",
+            batch_size=batch,
+            device="cpu",
+            runtime=rt,
+            precision=prec,
+            progress=progress,
+            backbone=bb,
+        )
         note = ""
         try:
             s = deepfeat.extract(source, out, **kw)
@@ -237,9 +273,15 @@ def end_to_end(source: str, input_size: int, batch: int, configs: list[tuple[str
             s = deepfeat.extract(source, out, min_agreement=0.5, **kw)
         end = time.perf_counter()
         n = s.embedded_now + s.failed_now
-        res[key] = {"runtime": marks.get("runtime"), "precision": marks.get("precision"), "images": n,
-                    "img_per_s": n / (end - marks["plan"]), "summary_img_per_s": s.images_per_second,
-                    "decode_workers": s.decode_workers, "guard": note}
+        res[key] = {
+            "runtime": marks.get("runtime"),
+            "precision": marks.get("precision"),
+            "images": n,
+            "img_per_s": n / (end - marks["plan"]),
+            "summary_img_per_s": s.images_per_second,
+            "decode_workers": s.decode_workers,
+            "guard": note,
+        }
         log(f"{input_size}px end-to-end {key}: {res[key]['img_per_s']:.1f} img/s ({n} images; {s.decode_workers})")
         shutil.rmtree(out, ignore_errors=True)
     return res
@@ -249,37 +291,46 @@ def report(name: str, fwd: dict[str, Any], e2e: dict[str, Any], dec: dict[str, A
     base_f = fwd["torch fp32"]["img_per_s"]
     base_e = e2e["torch fp32"]["img_per_s"]
     print(f"\n{name}")
-    print(f"{'configuration':<24}{'ran as':<22}{'forward img/s':>14}{'x torch':>9}{'min cos':>10}"
-          f"{'e2e img/s':>11}{'x torch':>9}{'e2e/fwd':>9}{'build s':>9}")
+    print(
+        f"{'configuration':<24}{'ran as':<22}{'forward img/s':>14}{'x torch':>9}{'min cos':>10}"
+        f"{'e2e img/s':>11}{'x torch':>9}{'e2e/fwd':>9}{'build s':>9}"
+    )
     for key, f in fwd.items():
         if key.startswith("_"):
             continue
         e = e2e[key]
-        print(f"{key:<24}{f['runtime'] + ' ' + f['precision']:<22}{f['img_per_s']:>14,.1f}"
-              f"{f['img_per_s'] / base_f:>9.2f}{f['min_cosine']:>10.5f}{e['img_per_s']:>11,.1f}"
-              f"{e['img_per_s'] / base_e:>9.2f}{e['img_per_s'] / f['img_per_s']:>9.2f}{f['build_s']:>9.1f}")
+        print(
+            f"{key:<24}{f['runtime'] + ' ' + f['precision']:<22}{f['img_per_s']:>14,.1f}"
+            f"{f['img_per_s'] / base_f:>9.2f}{f['min_cosine']:>10.5f}{e['img_per_s']:>11,.1f}"
+            f"{e['img_per_s'] / base_e:>9.2f}{e['img_per_s'] / f['img_per_s']:>9.2f}{f['build_s']:>9.1f}"
+        )
     best = max((v["img_per_s"] for k, v in fwd.items() if not k.startswith("_")))
     decode = fwd["_decode_img_per_s_one_core"]["img_per_s"]
     cores = os.cpu_count() or 1
     # Forward on every core plus decoding on the same cores: the most end to end can reach here.
     ceiling = cores / (cores / best + 1 / decode)
     auto = e2e["auto auto"]["img_per_s"]
-    print(f"decode + resize on one core: {decode:,.0f} img/s; fastest forward-only: {best:,.0f} img/s; "
-          f"end-to-end ceiling on {cores} cores (forward + decode sharing them): {ceiling:,.0f} img/s; "
-          f"auto reaches {auto / ceiling:.0%} of it")
-    print(f"decode + resize img/s per core: pillow resizer {dec['pillow']:,.0f}, torch resizer (default) "
-          f"{dec['torch']:,.0f} ({dec['torch'] / dec['pillow']:.2f}x); torch vs pillow: max pixel difference "
-          f"{dec['max_pixel_difference']}, min feature cosine {dec['min_cosine']:.5f}")
+    print(
+        f"decode + resize on one core: {decode:,.0f} img/s; fastest forward-only: {best:,.0f} img/s; "
+        f"end-to-end ceiling on {cores} cores (forward + decode sharing them): {ceiling:,.0f} img/s; "
+        f"auto reaches {auto / ceiling:.0%} of it"
+    )
+    print(
+        f"decode + resize img/s per core: pillow resizer {dec['pillow']:,.0f}, torch resizer (default) "
+        f"{dec['torch']:,.0f} ({dec['torch'] / dec['pillow']:.2f}x); torch vs pillow: max pixel difference "
+        f"{dec['max_pixel_difference']}, min feature cosine {dec['min_cosine']:.5f}"
+    )
     for key, f in fwd.items():
         if "guard" in f:
             print(f"precision guard, {key} ({f['runtime']} {f['precision']}) on the forward batch: {f['guard']}")
     for key, e in e2e.items():
         if e.get("guard"):
             print(f"end to end, {key}: {e['guard']}; timed with min_agreement=0.5")
-    print("decode workers chosen end to end: " + "; ".join(f"{k}: {e.get('decode_workers') or '?'}"
-                                                            for k, e in e2e.items()))
-    return {"auto_e2e_vs_torch_e2e": e2e["auto auto"]["img_per_s"] / base_e,
-            "auto_e2e_vs_auto_forward": e2e["auto auto"]["img_per_s"] / fwd["auto auto"]["img_per_s"]}
+    print("decode workers chosen end to end: " + "; ".join(f"{k}: {e.get('decode_workers') or '?'}" for k, e in e2e.items()))
+    return {
+        "auto_e2e_vs_torch_e2e": e2e["auto auto"]["img_per_s"] / base_e,
+        "auto_e2e_vs_auto_forward": e2e["auto auto"]["img_per_s"] / fwd["auto auto"]["img_per_s"],
+    }
 
 
 def main() -> None:
@@ -294,20 +345,25 @@ def main() -> None:
     if args.quick:
         args.photos, args.fashion, args.rounds, args.big_photos = 96, 400, 2, 32
     info = machine()
-    print(f"CPU: {info['cpu']} ({info['cores']} cores; flags: {', '.join(info['flags']) or 'none of note'}); "
-          f"torch threads {info['torch_threads']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items()))
+    print(
+        f"CPU: {info['cpu']} ({info['cores']} cores; flags: {', '.join(info['flags']) or 'none of note'}); "
+        f"torch threads {info['torch_threads']}; " + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
+    )
     configs = configurations()
     results: dict[str, Any] = {"machine": info, "configs": configs}
     with tempfile.TemporaryDirectory(prefix="deepfeat-bench-runtimes-") as work:
         cache = os.path.join(work, "cache")
         photos, _ = make_photos(work, args.photos)
         fm, _ = make_fashion_mnist(work, args.fashion)
-        jobs = [("JPEG photos 640x480 at 224 px, batch 32", photos, 224, 32, 4),
-                ("Fashion-MNIST PNGs at 96 px, batch 64", fm, 96, 64, 4)]
+        jobs = [
+            ("JPEG photos 640x480 at 224 px, batch 32", photos, 224, 32, 4),
+            ("Fashion-MNIST PNGs at 96 px, batch 64", fm, 96, 64, 4),
+        ]
         ratios = {}
         for title, src, size, batch, per_round in jobs:
-            files = sorted(os.path.join(r, f) for r, _, fs in os.walk(src) for f in fs
-                           if f.lower().endswith((".jpg", ".jpeg", ".png")))
+            files = sorted(
+                os.path.join(r, f) for r, _, fs in os.walk(src) for f in fs if f.lower().endswith((".jpg", ".jpeg", ".png"))
+            )
             dec = decode_rates(files, size, args.rounds)
             fwd = forward_only(files, size, batch, configs, args.rounds, per_round, cache)
             e2e = end_to_end(src, size, batch, configs, work, cache)
@@ -323,18 +379,20 @@ def main() -> None:
         print("\nJPEG photos 2048x1536 at 224 px, batch 32: end-to-end img/s with / without the JPEG draft")
         for key in with_draft:
             a, b = with_draft[key]["img_per_s"], no_draft[key]["img_per_s"]
-            print(f"{key:<24}{with_draft[key]['runtime'] + ' ' + with_draft[key]['precision']:<22}"
-                  f"{a:>10,.1f} / {b:,.1f} img/s ({a / b:.2f}x)")
+            print(
+                f"{key:<24}{with_draft[key]['runtime'] + ' ' + with_draft[key]['precision']:<22}"
+                f"{a:>10,.1f} / {b:,.1f} img/s ({a / b:.2f}x)"
+            )
         results["big_photos"] = {"draft": with_draft, "full_decode": no_draft}
     print("\ntargets")
     r224 = ratios[224]
     print(f"auto end-to-end vs torch fp32 end-to-end at 224 px: {r224['auto_e2e_vs_torch_e2e']:.2f}x (target >= 4)")
     print(f"auto end-to-end vs auto forward-only at 224 px: {r224['auto_e2e_vs_auto_forward']:.2f} (target >= 0.80)")
-    print(f"auto end-to-end vs torch fp32 end-to-end at 96 px: {ratios[96]['auto_e2e_vs_torch_e2e']:.2f}x "
-          "(target >= 4.5)")
+    print(f"auto end-to-end vs torch fp32 end-to-end at 96 px: {ratios[96]['auto_e2e_vs_torch_e2e']:.2f}x (target >= 4.5)")
     d224 = results["224"]["decode_per_core"]
-    print(f"decode + resize per core at 224 px, torch resizer vs pillow: {d224['torch'] / d224['pillow']:.2f}x "
-          "(target >= 2)")
+    print(
+        f"decode + resize per core at 224 px, torch resizer vs pillow: {d224['torch'] / d224['pillow']:.2f}x (target >= 2)"
+    )
     results["ratios"] = ratios
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:

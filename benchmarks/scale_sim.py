@@ -32,6 +32,7 @@ Planning and resume run in a fresh child process per size (clean RSS figures). S
     python benchmarks/scale_sim.py --max-inputs 10000000    # 10 M too
     python benchmarks/scale_sim.py --json figures.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -118,9 +119,16 @@ def machine() -> dict[str, Any]:
     flags = cpu_flags()
     shown = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in flags]
     disk = shutil.disk_usage(tempfile.gettempdir())
-    return {"cpu": cpu_model(), "flags": shown, "cores": os.cpu_count(), "python": platform.python_version(),
-            "pyarrow": pa.__version__, "tmp": tempfile.gettempdir(), "tmp_free_gib": round(disk.free / 2**30, 1),
-            "load_average": os.getloadavg()}
+    return {
+        "cpu": cpu_model(),
+        "flags": shown,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyarrow": pa.__version__,
+        "tmp": tempfile.gettempdir(),
+        "tmp_free_gib": round(disk.free / 2**30, 1),
+        "load_average": os.getloadavg(),
+    }
 
 
 # ------------------------------------------------------------------------------- synthetic inputs
@@ -137,8 +145,9 @@ def write_parquet(n: int, work: str) -> str:
         k = min(per, n - f * per)
         if k <= 0:
             break
-        labels = pa.DictionaryArray.from_arrays(pa.array(np.arange(f * per, f * per + k) % 1000, pa.int32()),
-                                                pa.array([f"class_{c:04d}" for c in range(1000)])).cast(pa.string())
+        labels = pa.DictionaryArray.from_arrays(
+            pa.array(np.arange(f * per, f * per + k) % 1000, pa.int32()), pa.array([f"class_{c:04d}" for c in range(1000)])
+        ).cast(pa.string())
         table = pa.table({"jpg": pa.array([b"x"] * k, pa.binary()), "label": labels})
         pq.write_table(table, os.path.join(folder, f"{f:05d}.parquet"), row_group_size=ROW_GROUP)
     return folder
@@ -172,9 +181,18 @@ def planning(n: int, folder: str) -> dict[str, float]:
 
     (kept, bounds, est), t_rest, peak_rest = timed_peak(rest)
     held_all = rss() - before
-    res = {"parts": len(bounds), "part_size": p.part_size, "t_discover": t_disc, "m_discover_peak": peak_disc,
-           "m_discover": held_disc, "t_rest": t_rest, "m_rest_peak": held_disc + peak_rest, "m_held": held_all,
-           "table_bytes": p.discovery.items.nbytes(), "rows": est["rows"]}
+    res = {
+        "parts": len(bounds),
+        "part_size": p.part_size,
+        "t_discover": t_disc,
+        "m_discover_peak": peak_disc,
+        "m_discover": held_disc,
+        "t_rest": t_rest,
+        "m_rest_peak": held_disc + peak_rest,
+        "m_held": held_all,
+        "table_bytes": p.discovery.items.nbytes(),
+        "rows": est["rows"],
+    }
     del p, kept, bounds
     gc.collect()
     return res
@@ -212,9 +230,18 @@ def per_item(n: int, folder: str) -> dict[str, float]:
             f, row = divmod(i, per)
             path = os.path.join(folder, files[f])
             rel = f"{files[f]}#{row}"
-            out.append(SourceItem(id=item_id(rel), path=f"{path}#{row}", relpath=rel, label=f"class_{i % 1000:04d}",
-                                  split=None, size=0, ref=("parquet", path, row // ROW_GROUP, row % ROW_GROUP, "jpg",
-                                                           None), group=path))
+            out.append(
+                SourceItem(
+                    id=item_id(rel),
+                    path=f"{path}#{row}",
+                    relpath=rel,
+                    label=f"class_{i % 1000:04d}",
+                    split=None,
+                    size=0,
+                    ref=("parquet", path, row // ROW_GROUP, row % ROW_GROUP, "jpg", None),
+                    group=path,
+                )
+            )
         return out
 
     before = rss()
@@ -229,16 +256,20 @@ def record(i: int, rows: int = PART_SIZE) -> Any:
     from deepfeat.store.writer import PartRecord
 
     h = lambda s: hashlib.sha256(f"{i}:{s}".encode()).hexdigest()  # noqa: E731
-    files = {"pre_logits.npy": {"sha256": h("f"), "bytes": rows * DIMS * 2 + 128, "shape": [rows, DIMS],
-                                "dtype": "float16"},
-             "rows.parquet": {"sha256": h("r"), "bytes": 180_000 + i % 1000},
-             "ledger.parquet": {"sha256": h("l"), "bytes": 90_000 + i % 1000}}
-    return PartRecord(f"{i:08d}", rows, rows, rows - i % 3, i % 3, files,
-                      {"train": rows - rows // 10, "val": rows // 10})
+    files = {
+        "pre_logits.npy": {"sha256": h("f"), "bytes": rows * DIMS * 2 + 128, "shape": [rows, DIMS], "dtype": "float16"},
+        "rows.parquet": {"sha256": h("r"), "bytes": 180_000 + i % 1000},
+        "ledger.parquet": {"sha256": h("l"), "bytes": 90_000 + i % 1000},
+    }
+    return PartRecord(f"{i:08d}", rows, rows, rows - i % 3, i % 3, files, {"train": rows - rows // 10, "val": rows // 10})
 
 
-METADATA = {"format": "deepfeat-store", "format_version": 1, "dtype": "float16",
-            "layers": [{"name": "pre_logits", "key": "pre_logits", "shape": [DIMS], "pool": "avg", "dims": DIMS}]}
+METADATA = {
+    "format": "deepfeat-store",
+    "format_version": 1,
+    "dtype": "float16",
+    "layers": [{"name": "pre_logits", "key": "pre_logits", "shape": [DIMS], "pool": "avg", "dims": DIMS}],
+}
 
 
 def manifest_figures(parts: int, work: str, commits_old: int, commits_new: int) -> dict[str, float]:
@@ -281,10 +312,19 @@ def manifest_figures(parts: int, work: str, commits_old: int, commits_new: int) 
     t_load_log = time.perf_counter() - t
     assert len(again.parts) == parts + commits_new
     shutil.rmtree(store)
-    return {"parts": parts, "bytes": size, "t_save": t_save, "t_load": min(loads), "m_records": m_load,
-            "old_ms": 1e3 * statistics.median(old), "new_ms": 1e3 * statistics.median(new),
-            "new_max_ms": 1e3 * max(new), "log_line_bytes": len(line) + 18,
-            "t_load_with_log": t_load_log, "commits_in_log": commits_new}
+    return {
+        "parts": parts,
+        "bytes": size,
+        "t_save": t_save,
+        "t_load": min(loads),
+        "m_records": m_load,
+        "old_ms": 1e3 * statistics.median(old),
+        "new_ms": 1e3 * statistics.median(new),
+        "new_max_ms": 1e3 * max(new),
+        "log_line_bytes": len(line) + 18,
+        "t_load_with_log": t_load_log,
+        "commits_in_log": commits_new,
+    }
 
 
 def whole_job(parts: int, rewrite: Callable[[int], float], append_s: float, ratio: int) -> tuple[float, int]:
@@ -328,23 +368,38 @@ def resume(n: int, work: str) -> dict[str, float]:
         k = min(PART_SIZE, n - start)
         rels = [f"train/class_{i % 1000:04d}/img_{i:09d}.jpg" for i in range(start, start + k)]
         paths = [f"/data/imagenet-like/{r}" for r in rels]
-        table = pa.table({"id": [hashlib.blake2b(r.encode(), digest_size=10).hexdigest() for r in rels],
-                          "path": paths, "path_bytes": [s.encode() for s in paths],
-                          "label": [r.split("/")[1] for r in rels], "split": ["train"] * k,
-                          "status": ["failed"] * k, "reason": ["decode_error"] * k, "message": [None] * k},
-                         schema=layout.LEDGER_SCHEMA)
+        table = pa.table(
+            {
+                "id": [hashlib.blake2b(r.encode(), digest_size=10).hexdigest() for r in rels],
+                "path": paths,
+                "path_bytes": [s.encode() for s in paths],
+                "label": [r.split("/")[1] for r in rels],
+                "split": ["train"] * k,
+                "status": ["failed"] * k,
+                "reason": ["decode_error"] * k,
+                "message": [None] * k,
+            },
+            schema=layout.LEDGER_SCHEMA,
+        )
         d = os.path.join(store, layout.PARTS_DIR, layout.part_name(p))
         os.makedirs(d)
         path = os.path.join(d, layout.LEDGER_FILE)
         pq.write_table(table, path, compression="zstd")
-        records.append(PartRecord(layout.part_name(p), 0, k, 0, k,
-                                  {layout.LEDGER_FILE: {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}}))
+        records.append(
+            PartRecord(
+                layout.part_name(p),
+                0,
+                k,
+                0,
+                k,
+                {layout.LEDGER_FILE: {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}},
+            )
+        )
     m.parts = records
     m.save()
     reader = FeatureStore(store, verify=False)
     t_build = time.perf_counter() - t
-    ledger_bytes = sum(os.path.getsize(os.path.join(store, layout.PARTS_DIR, r.name, layout.LEDGER_FILE))
-                       for r in records)
+    ledger_bytes = sum(os.path.getsize(os.path.join(store, layout.PARTS_DIR, r.name, layout.LEDGER_FILE)) for r in records)
 
     # the discovered inputs (all n done, plus n/10 new) as the folder walker's table, then extract's filter
     from deepfeat.extraction import resume_filter
@@ -362,8 +417,13 @@ def resume(n: int, work: str) -> dict[str, float]:
     assert (len(pending), vanished) == (n // 10, 0)
     del pending, items
     shutil.rmtree(store)
-    return {"parts": len(records), "t_build": t_build, "ledger_bytes": ledger_bytes, "t_filter": t_filter,
-            "m_filter": m_filter}
+    return {
+        "parts": len(records),
+        "t_build": t_build,
+        "ledger_bytes": ledger_bytes,
+        "t_filter": t_filter,
+        "m_filter": m_filter,
+    }
 
 
 # ------------------------------------------------------------------------------- report
@@ -389,8 +449,12 @@ def parts_for(n: int) -> int:
 
 
 def child(what: str, n: int, work: str) -> dict[str, float]:
-    out = subprocess.run([sys.executable, __file__, "--child", what, "--n", str(n), "--work", work],
-                         check=True, stdout=subprocess.PIPE, text=True)  # its stderr goes to ours
+    out = subprocess.run(
+        [sys.executable, __file__, "--child", what, "--n", str(n), "--work", work],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    )  # its stderr goes to ours
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -398,23 +462,30 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--child", choices=("planning", "folder", "per_item", "resume"), help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
-    ap.add_argument("--max-inputs", type=int, default=1_000_000,
-                    help="largest size run for planning and resume (larger ones are extrapolated, marked *)")
+    ap.add_argument(
+        "--max-inputs",
+        type=int,
+        default=1_000_000,
+        help="largest size run for planning and resume (larger ones are extrapolated, marked *)",
+    )
     ap.add_argument("--work", default=None, help="directory for the synthetic files (default: a temp dir)")
     ap.add_argument("--json", default=None, help="also write the figures as JSON to this file")
     ap.add_argument("--from-json", default=None, help="print the table of figures saved by --json (no run)")
     args = ap.parse_args()
     if args.child:
         n, lake = args.n, os.path.join(args.work, f"lake{args.n}")
-        result = {"planning": lambda: planning(n, lake), "folder": lambda: folder_table(n),
-                  "per_item": lambda: per_item(n, lake), "resume": lambda: resume(n, args.work)}[args.child]()
+        result = {
+            "planning": lambda: planning(n, lake),
+            "folder": lambda: folder_table(n),
+            "per_item": lambda: per_item(n, lake),
+            "resume": lambda: resume(n, args.work),
+        }[args.child]()
         print(json.dumps(result))
         return
     if args.from_json:
         with open(args.from_json) as f:
             saved = json.load(f)
-        report(saved["machine"], *({int(k): v for k, v in saved[key].items()}
-                                   for key in ("planning", "resume", "manifest")))
+        report(saved["machine"], *({int(k): v for k, v in saved[key].items()} for key in ("planning", "resume", "manifest")))
         return
     mach = machine()
     work = tempfile.mkdtemp(prefix="deepfeat-scale-", dir=args.work)
@@ -437,19 +508,16 @@ def main() -> None:
                 res[n] = child("resume", n, work)
             p = parts_for(n)
             log(f"manifest of {p:,} parts")
-            man[n] = manifest_figures(p, work, commits_old=3 if p > 10_000 else 5 if p > 1000 else 20,
-                                      commits_new=50)
+            man[n] = manifest_figures(p, work, commits_old=3 if p > 10_000 else 5 if p > 1000 else 20, commits_new=50)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     rows = report(mach, plan, res, man)
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": mach, "planning": plan, "resume": res, "manifest": man, "table": rows}, f,
-                      indent=1)
+            json.dump({"machine": mach, "planning": plan, "resume": res, "manifest": man, "table": rows}, f, indent=1)
 
 
-def report(mach: dict[str, Any], plan: dict[int, dict], res: dict[int, dict], man: dict[int, dict]
-           ) -> list[dict[str, str]]:
+def report(mach: dict[str, Any], plan: dict[int, dict], res: dict[int, dict], man: dict[int, dict]) -> list[dict[str, str]]:
     """Print the tables and the details; returns the rows of the planning table."""
     ran = [n for n in SIZES if n in plan]
     big = ran[-1]
@@ -465,11 +533,15 @@ def report(mach: dict[str, Any], plan: dict[int, dict], res: dict[int, dict], ma
     ys = np.array([man[n]["old_ms"] / 1e3 for n in SIZES])
     rewrite = lambda k: float(np.interp(k, xs, ys))  # noqa: E731
 
-    print(f"\nCPU: {mach['cpu']} ({mach['cores']} cores; flags {' '.join(mach['flags']) or '-'}); "
-          f"Python {mach['python']}, pyarrow {mach['pyarrow']}; files on {mach['tmp']}; "
-          f"load average at start {mach['load_average'][0]:.1f}")
-    print(f"Parquet: {FILES} files, row groups of {ROW_GROUP:,}; part size {PART_SIZE:,} inputs; "
-          f"* = extrapolated linearly from {big:,} inputs (not run; --max-inputs)\n")
+    print(
+        f"\nCPU: {mach['cpu']} ({mach['cores']} cores; flags {' '.join(mach['flags']) or '-'}); "
+        f"Python {mach['python']}, pyarrow {mach['pyarrow']}; files on {mach['tmp']}; "
+        f"load average at start {mach['load_average'][0]:.1f}"
+    )
+    print(
+        f"Parquet: {FILES} files, row groups of {ROW_GROUP:,}; part size {PART_SIZE:,} inputs; "
+        f"* = extrapolated linearly from {big:,} inputs (not run; --max-inputs)\n"
+    )
     rows = []
     for n in SIZES:
         mf = man[n]
@@ -481,54 +553,65 @@ def report(mach: dict[str, Any], plan: dict[int, dict], res: dict[int, dict], ma
         t_res, er = per_input(res, n, lambda r: r["t_filter"])
         m_res, _ = per_input(res, n, lambda r: r["m_filter"])
         parts = f"{plan[n]['parts']:,}" if n in plan else f"{parts_for(n):,}*"
-        rows.append({"inputs": f"{n:,}", "parts": parts,
-                     "planner held": f"{fmt_b(held)}{e} ({held / n:.0f} B/input)",
-                     "planner peak": f"{fmt_b(peak)}{e} ({peak / n:.0f} B/input)",
-                     "plan (s)": f"{fmt_s(t_plan)}{e}",
-                     "folder table held": f"{fmt_b(folder)}{e}",
-                     "per-item list (before)": before,
-                     "Ray driver": f"{fmt_b(held + mf['m_records'])}{e}",
-                     "resume filter": f"{fmt_s(t_res)}, {fmt_b(m_res)}{er}"})
+        rows.append(
+            {
+                "inputs": f"{n:,}",
+                "parts": parts,
+                "planner held": f"{fmt_b(held)}{e} ({held / n:.0f} B/input)",
+                "planner peak": f"{fmt_b(peak)}{e} ({peak / n:.0f} B/input)",
+                "plan (s)": f"{fmt_s(t_plan)}{e}",
+                "folder table held": f"{fmt_b(folder)}{e}",
+                "per-item list (before)": before,
+                "Ray driver": f"{fmt_b(held + mf['m_records'])}{e}",
+                "resume filter": f"{fmt_s(t_res)}, {fmt_b(m_res)}{er}",
+            }
+        )
     heads = list(rows[0])
     print("| " + " | ".join(heads) + " |")
     print("|" + "|".join("---" for _ in heads) + "|")
     for r in rows:
         print("| " + " | ".join(r[h] for h in heads) + " |")
     print()
-    heads2 = ["inputs", "parts", "manifest.json", "load", "commit old", "commit new", "all commits old",
-              "all commits new"]
+    heads2 = ["inputs", "parts", "manifest.json", "load", "commit old", "commit new", "all commits old", "all commits new"]
     print("| " + " | ".join(heads2) + " |")
     print("|" + "|".join("---" for _ in heads2) + "|")
     for n in SIZES:
         mf, p = man[n], parts_for(n)
         job_old, _ = whole_job(p, rewrite, 0.0, 0)
         job_new, rw = whole_job(p, rewrite, mf["new_ms"] / 1e3, 16)
-        print(f"| {n:,} | {p:,} | {fmt_b(mf['bytes'])} | {fmt_s(mf['t_load'])} | {fmt_s(mf['old_ms'] / 1e3)} | "
-              f"{fmt_s(mf['new_ms'] / 1e3)} | {fmt_s(job_old)} | {fmt_s(job_new)} ({rw} rewrites) |")
+        print(
+            f"| {n:,} | {p:,} | {fmt_b(mf['bytes'])} | {fmt_s(mf['t_load'])} | {fmt_s(mf['old_ms'] / 1e3)} | "
+            f"{fmt_s(mf['new_ms'] / 1e3)} | {fmt_s(job_old)} | {fmt_s(job_new)} ({rw} rewrites) |"
+        )
     print()
     for n in ran:
         pl, rs = plan[n], res[n]
         fo = pl["folder"]
-        line = (f"  {n:>11,} inputs: plan_extraction {fmt_s(pl['t_discover'])}, held {fmt_b(pl['m_discover'])} "
-                f"({pl['m_discover'] / n:.0f} B/input; the table's columns {pl['table_bytes'] / n:.0f} B/input), "
-                f"peak {fmt_b(pl['m_discover_peak'])}; resume filter + estimate + parts + pending mask "
-                f"{fmt_s(pl['t_rest'])}, peak {fmt_b(pl['m_rest_peak'])}, all held {fmt_b(pl['m_held'])} "
-                f"({pl['m_held'] / n:.0f} B/input); {pl['parts']:,} parts of {pl['part_size']:,}; folder table "
-                f"{fmt_s(fo['t'])}, held {fmt_b(fo['m_held'])} ({fo['m_held'] / n:.0f} B/input), peak "
-                f"{fmt_b(fo['m_peak'])}")
+        line = (
+            f"  {n:>11,} inputs: plan_extraction {fmt_s(pl['t_discover'])}, held {fmt_b(pl['m_discover'])} "
+            f"({pl['m_discover'] / n:.0f} B/input; the table's columns {pl['table_bytes'] / n:.0f} B/input), "
+            f"peak {fmt_b(pl['m_discover_peak'])}; resume filter + estimate + parts + pending mask "
+            f"{fmt_s(pl['t_rest'])}, peak {fmt_b(pl['m_rest_peak'])}, all held {fmt_b(pl['m_held'])} "
+            f"({pl['m_held'] / n:.0f} B/input); {pl['parts']:,} parts of {pl['part_size']:,}; folder table "
+            f"{fmt_s(fo['t'])}, held {fmt_b(fo['m_held'])} ({fo['m_held'] / n:.0f} B/input), peak "
+            f"{fmt_b(fo['m_peak'])}"
+        )
         if "per_item" in pl:
             pi = pl["per_item"]
-            line += (f"; per-item list (before) {fmt_s(pi['t'])}, held {fmt_b(pi['m_held'])} "
-                     f"({pi['m_held'] / n:.0f} B/input)")
-        line += (f"; resume: ledgers {fmt_b(rs['ledger_bytes'])}, filter {fmt_s(rs['t_filter'])}, peak "
-                 f"{fmt_b(rs['m_filter'])} ({rs['m_filter'] / n:.0f} B per done id)")
+            line += f"; per-item list (before) {fmt_s(pi['t'])}, held {fmt_b(pi['m_held'])} ({pi['m_held'] / n:.0f} B/input)"
+        line += (
+            f"; resume: ledgers {fmt_b(rs['ledger_bytes'])}, filter {fmt_s(rs['t_filter'])}, peak "
+            f"{fmt_b(rs['m_filter'])} ({rs['m_filter'] / n:.0f} B per done id)"
+        )
         print(line)
     for n in SIZES:
         mf = man[n]
-        print(f"  {mf['parts']:>6,} parts: commit old {mf['old_ms']:8.1f} ms, new median {mf['new_ms']:5.1f} ms "
-              f"(max {mf['new_max_ms']:6.1f}), log line {mf['log_line_bytes']:.0f} B, load with "
-              f"{mf['commits_in_log']} logged parts {fmt_s(mf['t_load_with_log'])}, part records in memory "
-              f"{fmt_b(mf['m_records'])}")
+        print(
+            f"  {mf['parts']:>6,} parts: commit old {mf['old_ms']:8.1f} ms, new median {mf['new_ms']:5.1f} ms "
+            f"(max {mf['new_max_ms']:6.1f}), log line {mf['log_line_bytes']:.0f} B, load with "
+            f"{mf['commits_in_log']} logged parts {fmt_s(mf['t_load_with_log'])}, part records in memory "
+            f"{fmt_b(mf['m_records'])}"
+        )
     return rows
 
 

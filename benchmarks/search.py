@@ -35,6 +35,7 @@ many of the reported pairs are byte-identical files.
 All print the CPU model and flags and the load average first. Each measurement runs in a fresh subprocess (peak RSS =
 ru_maxrss of that process).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -97,8 +98,26 @@ def plant(root: str, n: int, seed: int) -> dict[str, tuple[str, str]]:
     return out
 
 
-PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "moon", "page", "text", "hubble_deep_field",
-          "immunohistochemistry", "retina", "brick", "grass", "gravel", "colorwheel", "clock", "cell")
+PHOTOS = (
+    "astronaut",
+    "coffee",
+    "chelsea",
+    "rocket",
+    "camera",
+    "coins",
+    "moon",
+    "page",
+    "text",
+    "hubble_deep_field",
+    "immunohistochemistry",
+    "retina",
+    "brick",
+    "grass",
+    "gravel",
+    "colorwheel",
+    "clock",
+    "cell",
+)
 
 
 def write_photos(root: str) -> None:
@@ -113,8 +132,13 @@ def write_photos(root: str) -> None:
         split = "train" if i % 2 == 0 else "test"
         os.makedirs(os.path.join(root, split, name), exist_ok=True)
         h, w = a.shape[:2]
-        crops = {"full": a, "q1": a[:h // 2, :w // 2], "q2": a[:h // 2, w // 2:], "q3": a[h // 2:, :w // 2],
-                 "q4": a[h // 2:, w // 2:]}
+        crops = {
+            "full": a,
+            "q1": a[: h // 2, : w // 2],
+            "q2": a[: h // 2, w // 2 :],
+            "q3": a[h // 2 :, : w // 2],
+            "q4": a[h // 2 :, w // 2 :],
+        }
         for key, c in crops.items():
             Image.fromarray(np.ascontiguousarray(c)).save(os.path.join(root, split, name, f"{name}_{key}.png"))
 
@@ -137,12 +161,22 @@ def thresholds(args: argparse.Namespace) -> None:
                 write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
         planted = plant(root, args.planted, args.seed)
         t = time.perf_counter()
-        deepfeat.extract(root, os.path.join(work, "st"), model="efficientnet_lite0", input_size=args.input_size,
-                         layers=args.layers, precision="fp32", dtype="float16")
-        print(f"extracted {len(glob.glob(f'{root}/*/*/*'))} images at input size {args.input_size or 'default'} "
-              f"in {time.perf_counter() - t:.1f} s")
-        idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), layer=args.layer, kind="exact",
-                          overwrite=True)
+        deepfeat.extract(
+            root,
+            os.path.join(work, "st"),
+            model="efficientnet_lite0",
+            input_size=args.input_size,
+            layers=args.layers,
+            precision="fp32",
+            dtype="float16",
+        )
+        print(
+            f"extracted {len(glob.glob(f'{root}/*/*/*'))} images at input size {args.input_size or 'default'} "
+            f"in {time.perf_counter() - t:.1f} s"
+        )
+        idx = build_index(
+            os.path.join(work, "st"), os.path.join(work, "idx"), layer=args.layer, kind="exact", overwrite=True
+        )
         paths = idx.columns()["path"]
         # truth: a group per original (its planted copies join it); byte-identical files join too
         group: dict[str, str] = {}
@@ -161,8 +195,10 @@ def thresholds(args: argparse.Namespace) -> None:
             sim_of[(min(a, b), max(a, b))] = s
         true = np.array([group[paths[a]] == group[paths[b]] for a, b in zip(ii.tolist(), jj.tolist())], dtype=bool)
         n_natural = sum(1 for p in paths if p not in planted and group[p] != p)
-        print(f"{len(paths)} rows, {len(planted)} planted ({args.planted} per kind), {n_natural} byte-identical "
-              f"Fashion-MNIST files; {len(ii)} pairs at cosine >= {args.low}")
+        print(
+            f"{len(paths)} rows, {len(planted)} planted ({args.planted} per kind), {n_natural} byte-identical "
+            f"Fashion-MNIST files; {len(ii)} pairs at cosine >= {args.low}"
+        )
         header = "| threshold | " + " | ".join(f"recall {k}" for k in KINDS) + " | recall all | pairs | precision |"
         print(f"layer {args.layer}, input size {args.input_size or 'default (224)'}")
         print(header)
@@ -177,16 +213,23 @@ def thresholds(args: argparse.Namespace) -> None:
             hit_all = sum(sim_of.get((min(a, b), max(a, b)), -1) >= thr for a, b in pairs) / len(pairs)
             sel = ss >= thr
             prec = float(true[sel].mean()) if sel.any() else float("nan")
-            print(f"| {thr:.2f} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {hit_all:.3f} | {int(sel.sum())} | "
-                  f"{prec:.3f} |")
+            print(
+                f"| {thr:.2f} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {hit_all:.3f} | {int(sel.sum())} | "
+                f"{prec:.3f} |"
+            )
         by_resolution(planted, row, sim_of, idx.doc["store_metadata"]["preprocess"], args.default)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
 
 
-def by_resolution(planted: dict[str, tuple[str, str]], row: dict[str, int], sim_of: dict[tuple[int, int], float],
-                  preprocess: dict, threshold: float) -> None:
+def by_resolution(
+    planted: dict[str, tuple[str, str]],
+    row: dict[str, int],
+    sim_of: dict[tuple[int, int], float],
+    preprocess: dict,
+    threshold: float,
+) -> None:
     """Recall at ``threshold`` per kind, for planted files at or above the model's resize target and below it."""
     from PIL import Image
 
@@ -223,10 +266,17 @@ def ood(args: argparse.Namespace) -> None:
         if not os.path.isdir(os.path.join(work, "st")):
             write_fashion_mnist(root, per_class=args.per_class, shuffle=True, seed=args.seed)
             write_photos(photos)
-        deepfeat.extract(root, os.path.join(work, "st"), model="efficientnet_lite0", input_size=args.input_size,
-                         precision="fp32", dtype="float16")
-        idx = build_index(os.path.join(work, "st"), os.path.join(work, "idx"), splits=["train"], kind="exact",
-                          overwrite=True)
+        deepfeat.extract(
+            root,
+            os.path.join(work, "st"),
+            model="efficientnet_lite0",
+            input_size=args.input_size,
+            precision="fp32",
+            dtype="float16",
+        )
+        idx = build_index(
+            os.path.join(work, "st"), os.path.join(work, "idx"), splits=["train"], kind="exact", overwrite=True
+        )
         tests = sorted(glob.glob(f"{root}/test/*/*.png"))
         photo_files = sorted(glob.glob(f"{photos}/*/*/*.png"))
         near = {}
@@ -234,8 +284,10 @@ def ood(args: argparse.Namespace) -> None:
             res = deepfeat.search(idx, files, top_k=1, precision="fp32")
             near[name] = np.array([r.neighbors[0].similarity for r in res if r.neighbors])
             q = np.quantile(near[name], [0.0, 0.01, 0.05, 0.5, 0.95, 1.0])
-            print(f"{name}: {len(near[name])} images, nearest-training similarity min {q[0]:.3f}, 1 % {q[1]:.3f}, "
-                  f"5 % {q[2]:.3f}, median {q[3]:.3f}, 95 % {q[4]:.3f}, max {q[5]:.3f}")
+            print(
+                f"{name}: {len(near[name])} images, nearest-training similarity min {q[0]:.3f}, 1 % {q[1]:.3f}, "
+                f"5 % {q[2]:.3f}, median {q[3]:.3f}, 95 % {q[4]:.3f}, max {q[5]:.3f}"
+            )
         print("| far threshold | Fashion-MNIST test flagged | photos flagged |")
         print("|---|---|---|")
         for t in args.thresholds:
@@ -342,28 +394,47 @@ def index_bench(args: argparse.Namespace) -> None:
             q_exact = None
             print("exact neighbours reused (exact.npy)")
         else:
-            q_exact = child(step="query", index=os.path.join(work, "exact"), kind="exact", budget=budget,
-                            queries=args.queries, result=os.path.join(work, "exact.npy"))
-            print(f"search exact (numpy): {args.queries / q_exact['seconds']:.0f} queries/s, peak RSS "
-                  f"{q_exact['maxrss_mib']:.0f} MiB ({load()})")
+            q_exact = child(
+                step="query",
+                index=os.path.join(work, "exact"),
+                kind="exact",
+                budget=budget,
+                queries=args.queries,
+                result=os.path.join(work, "exact.npy"),
+            )
+            print(
+                f"search exact (numpy): {args.queries / q_exact['seconds']:.0f} queries/s, peak RSS "
+                f"{q_exact['maxrss_mib']:.0f} MiB ({load()})"
+            )
         truth = np.load(os.path.join(work, "exact.npy"))
         for kind in args.kinds:
             if args.keep and os.path.isdir(os.path.join(work, kind)) and not args.rebuild:
                 print(f"index {kind} reused")
             else:
                 built = child(step="index", store=store, index=os.path.join(work, kind), kind=kind, budget=budget)
-                print(f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB, "
-                      f"{load()})" + (f", {built['ivf']}" if built.get("ivf") else ""))
-            for nprobe in (args.nprobe if kind == "ivf" else [None]):
-                q = child(step="query", index=os.path.join(work, kind), kind=kind, budget=budget,
-                          queries=args.queries, result=os.path.join(work, f"{kind}.npy"), nprobe=nprobe)
+                print(
+                    f"index {kind}: build {built['seconds']:.1f} s (peak RSS {built['maxrss_mib']:.0f} MiB, "
+                    f"{load()})" + (f", {built['ivf']}" if built.get("ivf") else "")
+                )
+            for nprobe in args.nprobe if kind == "ivf" else [None]:
+                q = child(
+                    step="query",
+                    index=os.path.join(work, kind),
+                    kind=kind,
+                    budget=budget,
+                    queries=args.queries,
+                    result=os.path.join(work, f"{kind}.npy"),
+                    nprobe=nprobe,
+                )
                 found = np.load(os.path.join(work, f"{kind}.npy"))
                 recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, truth)])
-                print(f"  search {kind}{f' nprobe {nprobe}' if nprobe else ''}: {args.queries / q['seconds']:.0f} "
-                      f"queries/s ({args.queries / q['cpu_seconds']:.0f} per CPU-second: "
-                      f"{2 * args.queries / q['cpu_seconds']:.0f}/s on 2 idle cores if both stay busy; peak RSS "
-                      f"{q['maxrss_mib']:.0f} MiB, {load()}), recall@10 vs exact {recall:.3f}"
-                      + (f", speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy" if q_exact else ""))
+                print(
+                    f"  search {kind}{f' nprobe {nprobe}' if nprobe else ''}: {args.queries / q['seconds']:.0f} "
+                    f"queries/s ({args.queries / q['cpu_seconds']:.0f} per CPU-second: "
+                    f"{2 * args.queries / q['cpu_seconds']:.0f}/s on 2 idle cores if both stay busy; peak RSS "
+                    f"{q['maxrss_mib']:.0f} MiB, {load()}), recall@10 vs exact {recall:.3f}"
+                    + (f", speed-up x{q_exact['seconds'] / q['seconds']:.1f} over exact numpy" if q_exact else "")
+                )
         if args.duplicates:
             import csv
 
@@ -371,9 +442,11 @@ def index_bench(args: argparse.Namespace) -> None:
             planted = set().union(*(p for _, p in synthetic_parts(args.rows, args.dims, args.part_rows, args.seed)))
             with open(os.path.join(work, "dups", "pairs.csv"), newline="", encoding="utf-8") as f:
                 found = {tuple(sorted((int(r["id_a"][4:]), int(r["id_b"][4:])))) for r in csv.DictReader(f)}
-            print(f"duplicates ({d['method']}, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
-                  f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups ({load()}); planted "
-                  f"pairs found {len(found & planted):,} of {len(planted):,}, other pairs {len(found - planted):,}")
+            print(
+                f"duplicates ({d['method']}, cosine >= 0.95): {d['seconds']:.1f} s, peak RSS "
+                f"{d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups ({load()}); planted "
+                f"pairs found {len(found & planted):,} of {len(planted):,}, other pairs {len(found - planted):,}"
+            )
     finally:
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
@@ -393,24 +466,25 @@ def fm_bench(args: argparse.Namespace) -> None:
         root = os.path.join(work, "fm")
         write_fashion_mnist(root)
         t = time.perf_counter()
-        deepfeat.extract(root, store, input_size=args.input_size, layers="pre_logits", precision="fp32",
-                         dtype="float16")
-        print(f"extracted Fashion-MNIST (train + test) at input size {args.input_size} in "
-              f"{time.perf_counter() - t:.0f} s")
+        deepfeat.extract(root, store, input_size=args.input_size, layers="pre_logits", precision="fp32", dtype="float16")
+        print(f"extracted Fashion-MNIST (train + test) at input size {args.input_size} in {time.perf_counter() - t:.0f} s")
     rows = deepfeat.open_store(store).rows(["path", "sha256"])
     sha = dict(zip(rows.column("path").to_pylist(), rows.column("sha256").to_pylist()))
     for method in args.method:
         out = os.path.join(work, f"dups-{method}")
-        d = child(step="duplicates", store=store, out=out, budget=args.budget, threshold=args.threshold,
-                  method=method, report=True)
+        d = child(
+            step="duplicates", store=store, out=out, budget=args.budget, threshold=args.threshold, method=method, report=True
+        )
         with open(os.path.join(out, "pairs.csv"), newline="", encoding="utf-8") as f:
             pairs = list(csv.DictReader(f))
         same = sum(sha[p["path_a"]] == sha[p["path_b"]] for p in pairs)
         cross_same = sum(sha[p["path_a"]] == sha[p["path_b"]] and p["split_a"] != p["split_b"] for p in pairs)
-        print(f"duplicates {d['method']} (cosine >= {args.threshold}, budget {args.budget}): {d['seconds']:.1f} s, "
-              f"peak RSS {d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups, "
-              f"{d['cross_split_pairs']:,} across splits, leaks into train: {d['leaks']}; byte-identical pairs "
-              f"{same:,} ({cross_same:,} across splits); load average {os.getloadavg()[0]:.2f}")
+        print(
+            f"duplicates {d['method']} (cosine >= {args.threshold}, budget {args.budget}): {d['seconds']:.1f} s, "
+            f"peak RSS {d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups, "
+            f"{d['cross_split_pairs']:,} across splits, leaks into train: {d['leaks']}; byte-identical pairs "
+            f"{same:,} ({cross_same:,} across splits); load average {os.getloadavg()[0]:.2f}"
+        )
     print(f"outputs kept in {work}")
 
 
@@ -424,8 +498,9 @@ def main() -> None:
     t.add_argument("--layers", default="pre_logits", help="layers extracted")
     t.add_argument("--layer", default="pre_logits", help="the layer compared")
     t.add_argument("--low", type=float, default=0.5, help="lowest similarity collected")
-    t.add_argument("--thresholds", type=float, nargs="+",
-                   default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
+    t.add_argument(
+        "--thresholds", type=float, nargs="+", default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
+    )
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--default", type=float, default=0.95, help="the threshold of the by-resolution recall")
     t.add_argument("--work", default=None, help="keep the images and the store here (a rerun reuses them)")
@@ -435,8 +510,9 @@ def main() -> None:
     ph.add_argument("--layers", default="pre_logits")
     ph.add_argument("--layer", default="pre_logits")
     ph.add_argument("--low", type=float, default=0.3)
-    ph.add_argument("--thresholds", type=float, nargs="+",
-                    default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99])
+    ph.add_argument(
+        "--thresholds", type=float, nargs="+", default=[0.80, 0.85, 0.88, 0.90, 0.92, 0.94, 0.95, 0.96, 0.97, 0.98, 0.99]
+    )
     ph.add_argument("--seed", type=int, default=0)
     ph.add_argument("--default", type=float, default=0.95)
     ph.add_argument("--work", default=None)
@@ -454,8 +530,11 @@ def main() -> None:
     i.add_argument("--budget", default="1GiB")
     i.add_argument("--kinds", nargs="+", default=["flat", "ivf"])
     i.add_argument("--nprobe", type=int, nargs="+", default=[None], help="IVF lists visited (default: the index's)")
-    i.add_argument("--duplicates", action="store_true",
-                   help="also run duplicates on the store (partitioned above 200,000 rows) against the planted pairs")
+    i.add_argument(
+        "--duplicates",
+        action="store_true",
+        help="also run duplicates on the store (partitioned above 200,000 rows) against the planted pairs",
+    )
     i.add_argument("--tmp", default=None, help="where the synthetic store goes (default: the temp dir)")
     i.add_argument("--seed", type=int, default=0)
     i.add_argument("--keep", default=None, help="work folder kept and reused (store, exact index and neighbours)")

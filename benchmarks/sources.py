@@ -18,6 +18,7 @@ Ratios are against the folder. Usage:
     python benchmarks/sources.py            # ~4 min on 2 cores
     python benchmarks/sources.py --n 2000   # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,10 +55,16 @@ def build(root: Path, n: int) -> dict[str, str]:
     per_shard = max(1, len(rows) // 10)
     for s in range(0, len(rows), per_shard):
         with wds.TarWriter(str(shards / f"{s // per_shard:05d}.tar")) as sink:
-            for split, label, stem, data in rows[s:s + per_shard]:
+            for split, label, stem, data in rows[s : s + per_shard]:
                 sink.write({"__key__": stem, "png": data, "cls": label, "json": {"split": split}})
-    table = pa.table({"key": [r[2] for r in rows], "label": [r[1] for r in rows], "split": [r[0] for r in rows],
-                      "image": [r[3] for r in rows]})
+    table = pa.table(
+        {
+            "key": [r[2] for r in rows],
+            "label": [r[1] for r in rows],
+            "split": [r[0] for r in rows],
+            "image": [r[3] for r in rows],
+        }
+    )
     (root / "parquet").mkdir()
     half = len(rows) // 2
     pq.write_table(table.slice(0, half), root / "parquet" / "a.parquet", row_group_size=1000)
@@ -91,7 +98,7 @@ def decode_rate(spec: str, kind: str, workers: int) -> float:
     from deepfeat.sources import open_source
 
     items = open_source(spec, **options(kind)).discover().items
-    batches = [[(it.id, it.locator, 0) for it in items[s:s + 64]] for s in range(0, len(items), 64)]
+    batches = [[(it.id, it.locator, 0) for it in items[s : s + 64]] for s in range(0, len(items), 64)]
     pre = Preprocess(input_size=(64, 64)).to_dict()
     t = time.perf_counter()
     with DecodePool(workers, pre, DecodePolicy()) as pool:
@@ -109,8 +116,16 @@ def extract_rate(spec: str, kind: str, out: Path) -> float:
         if event.get("phase") == "plan":
             marks["start"] = time.perf_counter()
 
-    s = deepfeat.extract(open_source(spec, **options(kind)), out, layers="pre_logits", input_size=64,
-                         runtime="torch", precision="fp32", batch_size=64, progress=progress)
+    s = deepfeat.extract(
+        open_source(spec, **options(kind)),
+        out,
+        layers="pre_logits",
+        input_size=64,
+        runtime="torch",
+        precision="fp32",
+        batch_size=64,
+        progress=progress,
+    )
     return (s.embedded_now + s.failed_now) / (time.perf_counter() - marks["start"])
 
 
@@ -140,12 +155,16 @@ def main() -> None:
             results[kind] = {"n": n, "cold": cold, "warm": warm, "decode": dec, "e2e": e2e}
         flags = [f for f in ("avx2", "fma", "avx512f", "avx512_bf16", "amx_bf16") if f in cpu_flags()]
         print(f"\nCPU: {cpu_model()} ({os.cpu_count()} cores; {' '.join(flags)}); decode workers: {workers}")
-        print(f"{'source':<11} {'inputs':>7} {'discover cold':>14} {'warm':>8} {'decode img/s':>13} "
-              f"{'extract img/s':>14} {'e2e vs folder':>14}")
+        print(
+            f"{'source':<11} {'inputs':>7} {'discover cold':>14} {'warm':>8} {'decode img/s':>13} "
+            f"{'extract img/s':>14} {'e2e vs folder':>14}"
+        )
         base = results["folder"]["e2e"]
         for kind, r in results.items():
-            print(f"{kind:<11} {r['n']:>7,} {r['cold']:>12.2f} s {r['warm']:>6.2f} s {r['decode']:>13,.0f} "
-                  f"{r['e2e']:>14,.0f} {r['e2e'] / base:>13.2f}x")
+            print(
+                f"{kind:<11} {r['n']:>7,} {r['cold']:>12.2f} s {r['warm']:>6.2f} s {r['decode']:>13,.0f} "
+                f"{r['e2e']:>14,.0f} {r['e2e'] / base:>13.2f}x"
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -13,6 +13,7 @@ process's resident memory grew while training:
 
     python benchmarks/train_memory.py [--sizes 100,200,400] [--budget 32MiB] [--batch-size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,31 +70,47 @@ def main() -> None:
                 write_fashion_mnist(src, per_class=n)
             path = os.path.join(work, f"blocks2_{n}_{args.input_size}")
             t = time.perf_counter()
-            deepfeat.extract(src, path, layers="blocks.2", pool="none", dtype="float32",
-                             input_size=args.input_size, workers=1)
+            deepfeat.extract(
+                src, path, layers="blocks.2", pool="none", dtype="float32", input_size=args.input_size, workers=1
+            )
             st = deepfeat.open_store(path)
             nbytes = sum(i["bytes"] for p in st.parts for k, i in p.files.items() if k.endswith(".npy"))
-            print(f"store {n}/class: {st.num_rows()} rows x {st.layer('blocks.2').dims} dims float32 = "
-                  f"{nbytes / 2**20:.0f} MiB (extract {time.perf_counter() - t:.0f} s)", flush=True)
+            print(
+                f"store {n}/class: {st.num_rows()} rows x {st.layer('blocks.2').dims} dims float32 = "
+                f"{nbytes / 2**20:.0f} MiB (extract {time.perf_counter() - t:.0f} s)",
+                flush=True,
+            )
             stores.append((n, path, nbytes))
         print(f"\nmemory budget {budget / 2**20:.0f} MiB, batch size {args.batch_size}, logreg, 2 epochs\n")
-        print(f"{'store':>10}{'store MiB':>11}{'x budget':>10}{'growth MiB':>12}{'/ budget':>10}"
-              f"{'peak MiB':>10}{'val acc':>9}{'s':>7}")
+        print(
+            f"{'store':>10}{'store MiB':>11}{'x budget':>10}{'growth MiB':>12}{'/ budget':>10}"
+            f"{'peak MiB':>10}{'val acc':>9}{'s':>7}"
+        )
         growths = []
         for n, path, nbytes in stores:
-            out = subprocess.run([sys.executable, "-c", CHILD, stores[0][1], path, str(budget), str(args.batch_size)],
-                                 check=True, capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, "-c", CHILD, stores[0][1], path, str(budget), str(args.batch_size)],
+                check=True,
+                capture_output=True,
+                text=True,
+            )
             m = json.loads(out.stdout.strip().splitlines()[-1])
             growth = m["peak"] - m["base"]
             growths.append(growth)
-            print(f"{n:>8}/c{nbytes / 2**20:>11.0f}{nbytes / budget:>10.1f}{growth / 2**20:>12.1f}"
-                  f"{growth / budget:>10.2f}{m['peak'] / 2**20:>10.0f}{m['val_accuracy']:>9.3f}{m['seconds']:>7.0f}",
-                  flush=True)
-        print(f"\ngrowth on the largest store / on the smallest: {growths[-1] / max(growths[0], 1):.2f} "
-              f"(store {stores[-1][2] / stores[0][2]:.0f}x larger)")
+            print(
+                f"{n:>8}/c{nbytes / 2**20:>11.0f}{nbytes / budget:>10.1f}{growth / 2**20:>12.1f}"
+                f"{growth / budget:>10.2f}{m['peak'] / 2**20:>10.0f}{m['val_accuracy']:>9.3f}{m['seconds']:>7.0f}",
+                flush=True,
+            )
+        print(
+            f"\ngrowth on the largest store / on the smallest: {growths[-1] / max(growths[0], 1):.2f} "
+            f"(store {stores[-1][2] / stores[0][2]:.0f}x larger)"
+        )
         print(f"largest growth / budget: {max(growths) / budget:.2f} (target < 1)")
-        print(f"one-off cost of the first training in a process (torch, scikit-learn, head): "
-              f"{(m['warm_peak'] - m['before_warm']) / 2**20:.0f} MiB, not counted against the budget")
+        print(
+            f"one-off cost of the first training in a process (torch, scikit-learn, head): "
+            f"{(m['warm_peak'] - m['before_warm']) / 2**20:.0f} MiB, not counted against the budget"
+        )
     finally:
         if not args.workdir:
             shutil.rmtree(work, ignore_errors=True)

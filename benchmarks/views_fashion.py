@@ -7,6 +7,7 @@ trained on each store and evaluated on the same test images.
 
     python benchmarks/views_fashion.py [--per-class 50] [--test-per-class 100] [--input-size 64]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,15 +35,23 @@ def main() -> None:
         write_fashion_mnist(src, per_class=args.test_per_class)
         # keep only --per-class training images per class (the first ones, deterministic)
         for cls in os.listdir(os.path.join(src, "train")):
-            for name in sorted(os.listdir(os.path.join(src, "train", cls)))[args.per_class:]:
+            for name in sorted(os.listdir(os.path.join(src, "train", cls)))[args.per_class :]:
                 os.unlink(os.path.join(src, "train", cls, name))
         rows = []
         for k in (int(v) for v in args.views.split(",")):
             out = os.path.join(work, f"views{k}")
             t = time.perf_counter()
-            s = deepfeat.extract(src, out, layers="pre_logits", pool="avg", dtype="float16",
-                                 input_size=args.input_size, workers=1, views=k,
-                                 augment=args.augment if k else None)
+            s = deepfeat.extract(
+                src,
+                out,
+                layers="pre_logits",
+                pool="avg",
+                dtype="float16",
+                input_size=args.input_size,
+                workers=1,
+                views=k,
+                augment=args.augment if k else None,
+            )
             extract_s = time.perf_counter() - t
             bundle = os.path.join(work, f"views{k}.dfm")
             t = time.perf_counter()
@@ -50,8 +59,10 @@ def main() -> None:
             train_s = time.perf_counter() - t
             acc = deepfeat.evaluate(bundle, out, split="test")["accuracy"]
             rows.append((k, s.rows_total, extract_s, train_s, acc))
-        print(f"{args.per_class} training images per class, {args.test_per_class} test images per class, "
-              f"{args.input_size} px, augment {args.augment!r}")
+        print(
+            f"{args.per_class} training images per class, {args.test_per_class} test images per class, "
+            f"{args.input_size} px, augment {args.augment!r}"
+        )
         print(f"{'views':>6}{'rows':>8}{'extract s':>11}{'train s':>9}{'test acc':>10}")
         for k, n, es, ts, acc in rows:
             print(f"{k:>6}{n:>8}{es:>11.1f}{ts:>9.1f}{acc:>10.4f}")

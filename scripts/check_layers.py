@@ -18,6 +18,7 @@ type annotations, not dependencies, and are left out):
 Used by ``make lint`` and by ``tests/test_layers.py`` (which also plants a lazy cycle and a layer
 violation in a throw-away package to prove the check catches them).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,21 +30,66 @@ from pathlib import Path
 #: Bottom first. A module belongs to the first layer with a prefix of its name (``deepfeat.x`` matches
 #: ``deepfeat.x`` and ``deepfeat.x.*``); the rest of the package is the top layer (``cli``, the API).
 LAYERS: list[tuple[str, ...]] = [
-    ("deepfeat._version", "deepfeat.errors", "deepfeat.registry", "deepfeat.units", "deepfeat.params", "deepfeat.interrupts",
-     "deepfeat.progress", "deepfeat.cachedir", "deepfeat.apidefaults", "deepfeat.agreement", "deepfeat.devices",
-     "deepfeat.bundle_header", "deepfeat.configfile"),
+    (
+        "deepfeat._version",
+        "deepfeat.errors",
+        "deepfeat.registry",
+        "deepfeat.units",
+        "deepfeat.params",
+        "deepfeat.interrupts",
+        "deepfeat.progress",
+        "deepfeat.cachedir",
+        "deepfeat.apidefaults",
+        "deepfeat.agreement",
+        "deepfeat.devices",
+        "deepfeat.bundle_header",
+        "deepfeat.configfile",
+    ),
     ("deepfeat.data", "deepfeat.store"),
-    ("deepfeat.sources", "deepfeat.models", "deepfeat.heads", "deepfeat.moments", "deepfeat.history",
-     "deepfeat.checkpoint", "deepfeat.loop", "deepfeat.trainrows"),
+    (
+        "deepfeat.sources",
+        "deepfeat.models",
+        "deepfeat.heads",
+        "deepfeat.moments",
+        "deepfeat.history",
+        "deepfeat.checkpoint",
+        "deepfeat.loop",
+        "deepfeat.trainrows",
+    ),
     ("deepfeat.runtimes",),
     ("deepfeat.engines",),
 ]
 
 
 #: third-party packages worth deferring (import time or memory), the only reason for a lazy import
-HEAVY = frozenset({"torch", "torchvision", "timm", "openvino", "onnxruntime", "onnx", "sklearn", "scipy",
-                   "matplotlib", "ray", "datasets", "huggingface_hub", "safetensors", "h5py", "webdataset",
-                   "numpy", "pyarrow", "PIL", "yaml", "tqdm", "fsspec", "s3fs", "gcsfs", "adlfs"})
+HEAVY = frozenset(
+    {
+        "torch",
+        "torchvision",
+        "timm",
+        "openvino",
+        "onnxruntime",
+        "onnx",
+        "sklearn",
+        "scipy",
+        "matplotlib",
+        "ray",
+        "datasets",
+        "huggingface_hub",
+        "safetensors",
+        "h5py",
+        "webdataset",
+        "numpy",
+        "pyarrow",
+        "PIL",
+        "yaml",
+        "tqdm",
+        "fsspec",
+        "s3fs",
+        "gcsfs",
+        "adlfs",
+    }
+)
 #: modules whose lazy imports are the start-up boundary
 LAZY_EXEMPT = ("deepfeat.cli", "deepfeat._console")
 
@@ -61,8 +107,13 @@ def _imports(mod: str, path: Path, mods: dict[str, Path]) -> list[tuple[ast.stmt
     outside ``if TYPE_CHECKING:``."""
     is_pkg = path.name == "__init__.py"
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    skip = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
-            for stmt in node.body for n in ast.walk(stmt)}
+    skip = {
+        id(n)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
+        for stmt in node.body
+        for n in ast.walk(stmt)
+    }
     functions = [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))]
     inside = {id(n) for f in functions for n in ast.walk(f)}
     out = []
@@ -71,8 +122,11 @@ def _imports(mod: str, path: Path, mods: dict[str, Path]) -> list[tuple[ast.stmt
             continue
         if isinstance(node, ast.ImportFrom):
             base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-            target = (node.module or "") if node.level == 0 else ".".join(
-                base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            target = (
+                (node.module or "")
+                if node.level == 0
+                else ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            )
             names = [f"{target}.{a.name}" if f"{target}.{a.name}" in mods else target for a in node.names]
         else:
             names = [a.name for a in node.names]
@@ -94,8 +148,10 @@ def lazy_without_reason(root: Path, found: Imports | None = None) -> list[str]:
     found = parse_imports(root) if found is None else found
     mods = set(found)
     top_deps = {m: {n for _, names, top in imps if top for n in names if n in mods} for m, imps in found.items()}
-    top_heavy = {m: {n.split(".")[0] for _, names, top in imps if top for n in names
-                     if n.split(".")[0] in HEAVY} for m, imps in found.items()}
+    top_heavy = {
+        m: {n.split(".")[0] for _, names, top in imps if top for n in names if n.split(".")[0] in HEAVY}
+        for m, imps in found.items()
+    }
     memo: dict[str, set[str]] = {}
 
     def heavy(m: str) -> set[str]:  # what importing m loads (its parents' imports included)
@@ -112,8 +168,10 @@ def lazy_without_reason(root: Path, found: Imports | None = None) -> list[str]:
         for node, names, top in imps:
             for n in names:
                 if not top and n in mods and not heavy(n) - heavy(m):
-                    bad.append(f"{m}:{node.lineno} imports {n} inside a function, deferring no heavy package "
-                               "(move it to the top of the file)")
+                    bad.append(
+                        f"{m}:{node.lineno} imports {n} inside a function, deferring no heavy package "
+                        "(move it to the top of the file)"
+                    )
     return bad
 
 
@@ -210,8 +268,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     for p in problems:
         print(p)
     n = len(_modules(root))
-    print(f"layers: {n} modules, {len(problems)} problem(s)" if problems else f"layers: {n} modules, no cycle, no "
-          "layer violation (lazy imports counted)")
+    print(
+        f"layers: {n} modules, {len(problems)} problem(s)"
+        if problems
+        else f"layers: {n} modules, no cycle, no layer violation (lazy imports counted)"
+    )
     return 1 if problems else 0
 
 

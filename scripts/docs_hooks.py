@@ -1,5 +1,6 @@
 """mkdocs hooks: the CLI reference is generated from the parser the program builds (never written by hand)
 and the API reference lists every name of ``deepfeat.__all__``, so neither can drift from the code."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,35 @@ sys.path.insert(0, os.path.join(ROOT, "src"))
 
 #: API reference sections: title -> public names of ``deepfeat`` (every name of ``__all__`` once)
 SECTIONS = {
-    "Extract and read stores": ["extract", "plan_extraction", "ExtractSummary", "discover", "open_store",
-                                "FeatureStore", "store_info", "export_store"],
-    "Backbones and layers": ["load_backbone", "list_models", "offline_mode", "describe_layers", "resolve_layers",
-                             "FeatureExtractor"],
-    "Train, probe, evaluate, predict": ["train", "TrainResult", "probe", "ProbeResult", "evaluate", "load_bundle",
-                                        "predict_images", "write_predictions", "classify_images"],
+    "Extract and read stores": [
+        "extract",
+        "plan_extraction",
+        "ExtractSummary",
+        "discover",
+        "open_store",
+        "FeatureStore",
+        "store_info",
+        "export_store",
+    ],
+    "Backbones and layers": [
+        "load_backbone",
+        "list_models",
+        "offline_mode",
+        "describe_layers",
+        "resolve_layers",
+        "FeatureExtractor",
+    ],
+    "Train, probe, evaluate, predict": [
+        "train",
+        "TrainResult",
+        "probe",
+        "ProbeResult",
+        "evaluate",
+        "load_bundle",
+        "predict_images",
+        "write_predictions",
+        "classify_images",
+    ],
     "Ship a classifier": ["export_model"],
     "Search, near-duplicates, leakage": ["duplicates", "build_index", "open_index", "search"],
     "Your own CNN": ["train_cnn", "finetune", "CNNTrainResult"],
@@ -29,9 +53,17 @@ def _cli_markdown() -> str:
     from deepfeat.cli import build_parser
 
     parser = build_parser()
-    out = ["# Command-line reference", "",
-           "Generated from the parser `deepfeat` builds (`scripts/docs_hooks.py`); `deepfeat COMMAND --help` "
-           "prints the same text.", "", "```text", parser.format_help().rstrip(), "```", ""]
+    out = [
+        "# Command-line reference",
+        "",
+        "Generated from the parser `deepfeat` builds (`scripts/docs_hooks.py`); `deepfeat COMMAND --help` "
+        "prints the same text.",
+        "",
+        "```text",
+        parser.format_help().rstrip(),
+        "```",
+        "",
+    ]
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     seen: set[int] = set()
     for name, p in sub.choices.items():
@@ -53,8 +85,13 @@ def _api_markdown() -> str:
     missing = sorted(set(deepfeat.__all__) - set(listed) - {"__version__"})
     if missing:
         raise SystemExit(f"docs: public names missing from the API reference: {missing} (scripts/docs_hooks.py)")
-    out = ["# API reference", "", "Every public name of `deepfeat`, from its docstring. The command line is a thin "
-           "shell over these functions: same verbs, same parameter names.", ""]
+    out = [
+        "# API reference",
+        "",
+        "Every public name of `deepfeat`, from its docstring. The command line is a thin "
+        "shell over these functions: same verbs, same parameter names.",
+        "",
+    ]
     for title, names in SECTIONS.items():
         out += [f"## {title}", ""]
         for n in names:

@@ -11,6 +11,7 @@ resized to 64x48.
 The case "file deleted between discovery and read" cannot be a static file: tests make it by
 deleting an item after ``discover``.
 """
+
 from __future__ import annotations
 
 import functools
@@ -158,8 +159,11 @@ def make_bad_inputs(root: Path) -> dict[str, str]:
 
     # --- not images / truncated -------------------------------------------------------------
     put("empty.jpg", b"", "failed:unidentified")
-    put("html.jpg", b"<!DOCTYPE html>\n<html><head><title>404</title></head><body>Not found</body></html>\n",
-        "failed:unidentified")
+    put(
+        "html.jpg",
+        b"<!DOCTYPE html>\n<html><head><title>404</title></head><body>Not found</body></html>\n",
+        "failed:unidentified",
+    )
     put("trunc_half.jpg", jpeg[: len(jpeg) // 2], "failed:truncated")
     put("header_only.jpg", jpeg_header_only(jpeg), "failed:truncated")
     put("trunc.png", png[: int(len(png) * 0.6)], "failed:truncated")
@@ -178,14 +182,12 @@ def make_bad_inputs(root: Path) -> dict[str, str]:
     put("gray16.png", encode(gray16_ramp(), "PNG"), "embedded")
     put("rgba.png", encode(rgba_photo(), "PNG"), "embedded")
     put("la.png", encode(rgba_photo().convert("LA"), "PNG"), "embedded")
-    put("p_trns.png", encode(cat.convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG", transparency=0),
-        "embedded")
+    put("p_trns.png", encode(cat.convert("P", palette=Image.Palette.ADAPTIVE, colors=32), "PNG", transparency=0), "embedded")
     put("bilevel.png", encode(photo("camera").convert("1"), "PNG"), "embedded")
     put("gray.png", encode(photo("camera").convert("L"), "PNG"), "embedded")
     put("palette.png", encode(cat.convert("P", palette=Image.Palette.ADAPTIVE, colors=64), "PNG"), "embedded")
     frames = [cat, photo("astronaut"), photo("coffee")]
-    put("animated.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0),
-        "embedded")
+    put("animated.gif", encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0), "embedded")
     put("multipage.tif", encode(frames[0], "TIFF", save_all=True, append_images=frames[1:2]), "embedded")
 
     # --- size limits, allowlist ----------------------------------------------------------------

@@ -1,4 +1,5 @@
 """Shared fixtures: real photos (scikit-image), real Fashion-MNIST images, the bundled backbone."""
+
 from __future__ import annotations
 
 import os
@@ -66,8 +67,18 @@ def lite0():
 # seconds; the default run is all three (``slow`` suites stay out).
 
 #: test modules that never build a backbone (decoding, sources, heads on arrays, parameters, units, layers)
-UNIT_MODULES = frozenset({"test_datasets", "test_decode", "test_heads", "test_sources", "test_units",
-                          "test_layers", "test_params", "test_planning"})
+UNIT_MODULES = frozenset(
+    {
+        "test_datasets",
+        "test_decode",
+        "test_heads",
+        "test_sources",
+        "test_units",
+        "test_layers",
+        "test_params",
+        "test_planning",
+    }
+)
 #: what a test's code (or a helper it calls) runs when it runs deepfeat in a child process
 _CHILD_PROCESS = ("subprocess", "Popen", "os.kill", "kill_at_marker", "sys.executable")
 

@@ -15,6 +15,7 @@ the start of that process and of every decode worker it spawns, which monkeypatc
 - ``crash_on="name"``: a decode worker that is handed an input whose locator contains
   ``name`` dies at once (``os._exit(70)``), as when a codec segfaults.
 """
+
 from __future__ import annotations
 
 import json

@@ -1,4 +1,5 @@
 """Run a child Python process and SIGKILL it once it reaches a point it marks with a file."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,7 @@ import time
 from pathlib import Path
 
 
-def kill_at_marker(script: str, args: list[str], marker: Path, timeout: float, *,
-                   may_die_first: bool = False) -> int:
+def kill_at_marker(script: str, args: list[str], marker: Path, timeout: float, *, may_die_first: bool = False) -> int:
     """Start ``python -c script *args``, SIGKILL it when ``marker`` exists; return its exit status.
 
     With ``may_die_first`` the child may also end by itself (e.g. it kills itself at the point

@@ -4,6 +4,7 @@ The proxy forwards every request to moto and records it (method, path, Range hea
 every ``fail_every``-th request with a 500 ``InternalError`` instead, as a struggling object store does.
 ``S3Server.env()`` is the standard AWS environment that points a client (s3fs, boto3) at it.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -16,8 +17,10 @@ from contextlib import contextmanager
 from functools import partial
 from typing import Any
 
-_ERROR = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
-          b"<Message>We encountered an internal error. Please try again.</Message></Error>")
+_ERROR = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InternalError</Code>'
+    b"<Message>We encountered an internal error. Please try again.</Message></Error>"
+)
 _HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "upgrade"}
 
 
@@ -88,8 +91,12 @@ class S3Server:
         self._buckets: set[str] = set()
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ENDPOINT_URL": self.url, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                "AWS_DEFAULT_REGION": "us-east-1"}
+        return {
+            "AWS_ENDPOINT_URL": self.url,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
 
     @property
     def log(self) -> list[tuple[str, str, str | None, int]]:
@@ -110,8 +117,13 @@ class S3Server:
         if self._client is None:
             import boto3
 
-            self._client = boto3.client("s3", endpoint_url=self.url, aws_access_key_id="testing",
-                                        aws_secret_access_key="testing", region_name="us-east-1")
+            self._client = boto3.client(
+                "s3",
+                endpoint_url=self.url,
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",
+                region_name="us-east-1",
+            )
         return self._client
 
     def upload(self, local: str, bucket: str, key: str) -> None:

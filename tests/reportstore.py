@@ -1,4 +1,5 @@
 """One small real store shared by the probe and HTML-report tests (built once per test session)."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -1,4 +1,5 @@
 """Full-network embedding and per-feature statistics against pure-numpy references, on a real store."""
+
 from __future__ import annotations
 
 import json
@@ -105,7 +106,7 @@ def test_fne_store_equals_numpy_reference(src_store: str, fne_store: str) -> Non
 def test_fne_thresholds_resume_and_refusal(src_store: str, fne_store: str, tmp_path: Path) -> None:
     out = tmp_path / "fne2"
     s = full_network_embedding(src_store, out, thresholds="-1,1", layers="pre_logits")
-    X, *_ , splits, views = _all_rows(src_store, ["pre_logits"])
+    X, *_, splits, views = _all_rows(src_store, ["pre_logits"])
     train = np.asarray([v == "train" for v in splits]) & (np.asarray(views) == 0)
     ref, _, _ = ref_fne(X[train], X, -1.0, 1.0)
     F = _all_rows(str(out))[0]
@@ -236,13 +237,16 @@ def test_statistics_histogram_error_on_float_store(src_store: str) -> None:
     assert np.all(st.auroc_error_bound <= all_bins)
     constant = st.minimum == st.maximum
     assert constant.any() and np.all(st.auroc_error_bound[constant] == 0) and np.all(all_bins[constant] > 0)
-    print(f"AUROC error bound (8 bins): mean {st.auroc_error_bound.mean():.3f} "
-          f"(counting true ties too: {all_bins.mean():.3f})")
+    print(
+        f"AUROC error bound (8 bins): mean {st.auroc_error_bound.mean():.3f} (counting true ties too: {all_bins.mean():.3f})"
+    )
     # measured at 8 quantile bins from a 20-row sample of 40 rows (4 per class): mean 0.0029, max 0.22
     # (one positive sharing a bin with many negatives); the documented tolerance is mean < 0.01
     assert err.mean() < 0.01, (err.mean(), err.max())
-    print(f"histogram AUROC error (8 bins): mean {err.mean():.2e}, max {err.max():.2e}; "
-          f"p-value max abs diff {np.abs(st.pvalue - exact_p).max():.2e}")
+    print(
+        f"histogram AUROC error (8 bins): mean {err.mean():.2e}, max {err.max():.2e}; "
+        f"p-value max abs diff {np.abs(st.pvalue - exact_p).max():.2e}"
+    )
     summary = st.layer_summary()
     assert [r["layer"] for r in summary] == LAYERS.split(",")
     for r in summary:
@@ -258,12 +262,23 @@ def test_analyze_report_and_cli(src_store: str, fne_store: str, tmp_path: Path) 
 
     out = tmp_path / "analysis"
     assert main(["analyze", src_store, "--split", "train", "--out", str(out), "--bins", "16"]) == 0
-    for name in ("report.html", "report.md", "layers.csv", "layers.parquet", "features.parquet", "top_features.csv",
-                 "layer_class_presence.csv", "layer_class_absence.csv", "thresholds.csv", "classes.csv",
-                 "heatmap_presence.png", "summary.json"):
+    for name in (
+        "report.html",
+        "report.md",
+        "layers.csv",
+        "layers.parquet",
+        "features.parquet",
+        "top_features.csv",
+        "layer_class_presence.csv",
+        "layer_class_absence.csv",
+        "thresholds.csv",
+        "classes.csv",
+        "heatmap_presence.png",
+        "summary.json",
+    ):
         assert (out / name).is_file(), name
     page = (out / "report.html").read_text()
-    assert "data:image/png;base64," in page and "src=\"http" not in page
+    assert "data:image/png;base64," in page and 'src="http' not in page
     feats = pq.read_table(out / "features.parquet")
     assert feats.num_rows == sum(s.dims for s in deepfeat.open_store(src_store).layers) * 10
     out2 = tmp_path / "fne_cli"
@@ -287,8 +302,10 @@ def test_fne_bundle_predicts_from_raw_images(src_store: str, fne_store: str, fm_
     fne = next(dst.batches(split="test", batch_size=1000, views=0))
     assert raw.ids == fne.ids
     np.testing.assert_array_equal(b.features_of(raw.features), fne.features["fne"].astype(np.float32))
-    stored = {p: b.classes[i] for p, i in zip(fne.meta.column("id").to_pylist(),
-                                               np.argmax(b.scores(b.features_of(fne.features)), axis=1))}
+    stored = {
+        p: b.classes[i]
+        for p, i in zip(fne.meta.column("id").to_pylist(), np.argmax(b.scores(b.features_of(fne.features)), axis=1))
+    }
     paths = dict(zip(src.rows(["id", "path"]).column("id").to_pylist(), src.rows(["id", "path"]).column("path").to_pylist()))
     preds = predict_images(b, [paths[i] for i in fne.ids], top_k=1)
     assert all(p.error is None for p in preds)
@@ -301,18 +318,19 @@ def test_batch_rows_bounded_by_bytes() -> None:
     from deepfeat.analysis.fne import BATCH_BYTES, batch_rows
 
     assert BATCH_BYTES == 32 << 20
-    assert batch_rows(1280, 2048) == 2048                       # 1280 dims: the row cap binds
-    assert batch_rows(22_288, 4096) == 188                      # --layers all of Lite0: 188 x 22,288 x 8 B <= 32 MiB
+    assert batch_rows(1280, 2048) == 2048  # 1280 dims: the row cap binds
+    assert batch_rows(22_288, 4096) == 188  # --layers all of Lite0: 188 x 22,288 x 8 B <= 32 MiB
     assert 188 * 22_288 * 8 <= BATCH_BYTES < 189 * 22_288 * 8
-    assert batch_rows(10 ** 9, 2048) == 1                       # at least one row
+    assert batch_rows(10**9, 2048) == 1  # at least one row
     assert batch_rows(100, 5, max_bytes=8 * 100 * 3) == 3
     for bad in (0, -1, 1.5, True, "8"):
         with pytest.raises(UsageError):
             batch_rows(10, bad)  # type: ignore[arg-type]
 
 
-def test_results_do_not_depend_on_batching(src_store: str, fne_store: str, tmp_path: Path,
-                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_results_do_not_depend_on_batching(
+    src_store: str, fne_store: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Tiny byte budgets (a few rows per batch, feature blocks everywhere) give the same statistics and FNE."""
     import deepfeat.analysis.fne as fne_mod
     from deepfeat.analysis.stats import feature_statistics
@@ -326,7 +344,7 @@ def test_results_do_not_depend_on_batching(src_store: str, fne_store: str, tmp_p
         seen.append(kw["batch_size"])
         return real(self, *a, **kw)
 
-    monkeypatch.setattr(fne_mod, "BATCH_BYTES", 8 * D * 5)          # 5 rows per float64 batch
+    monkeypatch.setattr(fne_mod, "BATCH_BYTES", 8 * D * 5)  # 5 rows per float64 batch
     monkeypatch.setattr(fne_mod.FeatureStore, "batches", spy)
     small = feature_statistics(src_store, split="train", bins=8, sample_rows=20, batch_size=4096)
     assert seen and set(seen) == {5}
@@ -347,29 +365,36 @@ def test_results_do_not_depend_on_batching(src_store: str, fne_store: str, tmp_p
     full_network_embedding(src_store, out, batch_size=7)
     assert set(seen) == {7}
     for name in os.listdir(Path(fne_store) / "parts"):
-        np.testing.assert_array_equal(np.load(out / "parts" / name / "fne.npy"),
-                                      np.load(Path(fne_store) / "parts" / name / "fne.npy"))
+        np.testing.assert_array_equal(
+            np.load(out / "parts" / name / "fne.npy"), np.load(Path(fne_store) / "parts" / name / "fne.npy")
+        )
     with pytest.raises(UsageError):
         full_network_embedding(src_store, tmp_path / "bad", batch_size=0)
     assert not (tmp_path / "bad").exists()
 
 
-def test_analyze_cli_sample_rows_batch_size_and_bad_values(src_store: str, tmp_path: Path,
-                                                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_analyze_cli_sample_rows_batch_size_and_bad_values(
+    src_store: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     from deepfeat.analysis.stats import feature_statistics
     from deepfeat.cli import main
 
     out = tmp_path / "a"
-    assert main(["analyze", src_store, "--out", str(out), "--bins", "8", "--sample-rows", "20",
-                 "--batch-size", "5"]) == 0
+    assert main(["analyze", src_store, "--out", str(out), "--bins", "8", "--sample-rows", "20", "--batch-size", "5"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     st = feature_statistics(src_store, bins=8, sample_rows=20)
     assert summary["auroc_error_bound_max"] == pytest.approx(float(st.auroc_error_bound.max()))
     capsys.readouterr()
     # the CLI names its options (--top-k), not the API's parameters ('top_k')
-    for args, msg in ((["--sample-rows", "0"], "--sample-rows"), (["--batch-size", "0"], "--batch-size"),
-                      (["--bins", "1"], "--bins"), (["--alpha", "1.5"], "--alpha"), (["--top-k", "0"], "--top-k"),
-                      (["--split", "nope"], "--split"), (["--layers", "nope"], "--layers")):
+    for args, msg in (
+        (["--sample-rows", "0"], "--sample-rows"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--bins", "1"], "--bins"),
+        (["--alpha", "1.5"], "--alpha"),
+        (["--top-k", "0"], "--top-k"),
+        (["--split", "nope"], "--split"),
+        (["--layers", "nope"], "--layers"),
+    ):
         bad = tmp_path / "bad"
         assert main(["analyze", src_store, "--out", str(bad), *args]) == 2, args
         err = capsys.readouterr().err

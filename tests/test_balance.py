@@ -5,6 +5,7 @@ runtime spends per image; once the first part is committed it sets the number of
 that keeps the runtime fed (``engines.local.balance_workers``), and the run's summary says what it
 chose and why. Which worker decodes a batch never changes the features.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,15 +46,17 @@ def test_the_rule_keeps_the_runtime_fed_within_the_cores() -> None:
     assert balance_workers(0.010, 0.001, cores=4) == 4  # decode-bound: every core, never more
     assert balance_workers(0.0001, 0.01, cores=16) == 1  # a cheap decode needs one worker, never zero
     assert balance_workers(0.004, 0.0, cores=3) == 3
-    assert Balance(2, "measured", 0.0044, 0.0029).summary() == \
-        "2 decode workers (measured: decode 4.4 ms/img per worker, runtime 2.9 ms/img)"
+    assert (
+        Balance(2, "measured", 0.0044, 0.0029).summary()
+        == "2 decode workers (measured: decode 4.4 ms/img per worker, runtime 2.9 ms/img)"
+    )
     assert Balance(1, "forced").summary() == "1 decode worker (forced)"
 
 
 def test_the_choice_comes_from_real_measured_rates(photos: Path) -> None:
     pre = load_backbone("efficientnet_lite0", input_size=96).preprocess
     files = sorted(str(p) for p in photos.glob("*.jpg"))
-    batches = [[(str(i), f, 0) for i, f in enumerate(files[s:s + 4], start=s)] for s in range(0, len(files), 4)]
+    batches = [[(str(i), f, 0) for i, f in enumerate(files[s : s + 4], start=s)] for s in range(0, len(files), 4)]
     with DecodePool(1, pre.to_dict(), DecodePolicy()) as pool:
         decoded = [results for _, results in pool.map(batches)]
         timings = list(pool.timings)
@@ -73,10 +76,11 @@ def test_the_choice_comes_from_real_measured_rates(photos: Path) -> None:
     # the same measured decode against a runtime 1000x faster or slower than the real one
     fast = [(sec / 1000, n) for sec, n in forward]
     slow = [(sec * 1000, n) for sec, n in forward]
-    assert measured_balance(timings, fast, cores=8).workers == min(8, balance_workers(measured.decode_s,
-                                                                                         measured.forward_s / 1000, 8))
+    assert measured_balance(timings, fast, cores=8).workers == min(
+        8, balance_workers(measured.decode_s, measured.forward_s / 1000, 8)
+    )
     assert measured_balance(timings, slow, cores=8).workers == 1
-    assert measured_balance(timings[:BALANCE_AFTER_BATCHES - 1], forward, cores=8) is None
+    assert measured_balance(timings[: BALANCE_AFTER_BATCHES - 1], forward, cores=8) is None
 
 
 def test_resizing_the_pool_keeps_results_and_their_order(photos: Path) -> None:

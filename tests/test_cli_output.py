@@ -6,6 +6,7 @@ writing a bundle or a report.
 Every test here failed on the code before its fix. Real data: Fashion-MNIST images (conftest)
 and the bundled EfficientNet-Lite0.
 """
+
 from __future__ import annotations
 
 import json
@@ -45,8 +46,13 @@ def small_src(fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _python(code: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
-                          timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 # --------------------------------------------------------------------------------------------- item 13
@@ -102,28 +108,35 @@ def test_every_option_has_help_and_shows_its_default():
     the API's own (read from its signatures)."""
     from deepfeat.apidefaults import api_defaults
 
-    missing = [f"{' '.join(p)} {a.option_strings or a.dest}" for p, _, a in _walk(build_parser())
-               if not a.help and a.dest not in ("help", "version")]
+    missing = [
+        f"{' '.join(p)} {a.option_strings or a.dest}"
+        for p, _, a in _walk(build_parser())
+        if not a.help and a.dest not in ("help", "version")
+    ]
     assert missing == [], missing
     parser = build_parser()
     for path, sub, action in _walk(parser):
         if not action.option_strings or action.default in (None, False) or action.dest in ("help", "version"):
             continue
         text = sub.format_help()
-        options = text[text.index("\noptions:"):]
+        options = text[text.index("\noptions:") :]
         m = re.search(rf"\n  (?:-\w, )?{re.escape(max(action.option_strings, key=len))}\b", options)
         assert m, (path, action.option_strings)
-        entry = options[m.start() + 1:].split("\n  -")[0]
+        entry = options[m.start() + 1 :].split("\n  -")[0]
         assert "default" in entry.lower(), (path, action.option_strings, entry)
     subs = {p: s for p, s, _ in _walk(parser)}
     train_help = " ".join(subs[("train",)].format_help().split())
     api = api_defaults("deepfeat.training", "train")
     for flag, dest in (("--epochs", "epochs"), ("--head", "head"), ("--solver", "solver"), ("--alpha", "alpha")):
-        entry = train_help[train_help.index(f"{flag} {dest.upper()} "):]
+        entry = train_help[train_help.index(f"{flag} {dest.upper()} ") :]
         assert f"(default: {api[dest]})" in entry[:200], entry[:200]
     args = parser.parse_args(["train", "s", "--out", "m.dfm"])
-    assert (args.epochs, args.alpha, args.batch_size, args.head) == (api["epochs"], api["alpha"], api["batch_size"],
-                                                                    api["head"])
+    assert (args.epochs, args.alpha, args.batch_size, args.head) == (
+        api["epochs"],
+        api["alpha"],
+        api["batch_size"],
+        api["head"],
+    )
 
 
 def test_every_command_takes_its_defaults_from_the_api_it_calls():
@@ -139,8 +152,11 @@ def test_every_command_takes_its_defaults_from_the_api_it_calls():
     apis = {name: target for module in COMMANDS.values() for name, target in module.API.items()}
     for name, (module, function) in apis.items():
         tree = _module_tree(module)
-        assert tree is not None and any(isinstance(n, ast.FunctionDef) and n.name == function for n in tree.body), \
-            (name, module, function)
+        assert tree is not None and any(isinstance(n, ast.FunctionDef) and n.name == function for n in tree.body), (
+            name,
+            module,
+            function,
+        )
     checked = 0
     for path, _sub, action in _walk(build_parser()):
         target = apis.get(" ".join(path))
@@ -158,8 +174,15 @@ def test_every_command_takes_its_defaults_from_the_api_it_calls():
         checked += 1
     assert checked > 40
     sizes = {p: a.default for p, _, a in _walk(build_parser()) if a.dest == "memory_budget"}
-    assert sizes == {("train",): "1GiB", ("probe",): "1GiB", ("train-cnn",): "2GiB", ("finetune",): "2GiB",
-                     ("duplicates",): "1GiB", ("index",): "1GiB", ("search",): "1GiB"}
+    assert sizes == {
+        ("train",): "1GiB",
+        ("probe",): "1GiB",
+        ("train-cnn",): "2GiB",
+        ("finetune",): "2GiB",
+        ("duplicates",): "1GiB",
+        ("index",): "1GiB",
+        ("search",): "1GiB",
+    }
 
 
 def test_usage_errors_name_command_line_flags(fm_store, tmp_path, capsys):
@@ -167,8 +190,10 @@ def test_usage_errors_name_command_line_flags(fm_store, tmp_path, capsys):
     cases = [
         (["train", str(fm_store), "--out", str(tmp_path / "a.dfm"), "--batch-size", "0"], "--batch-size"),
         (["train", str(fm_store), "--out", str(tmp_path / "b.dfm"), "--patience", "-2"], "--patience"),
-        (["train", str(fm_store), "--out", str(tmp_path / "c.dfm"), "--head", "mlp", "--solver", "exact"],
-         "--solver exact with --head mlp"),
+        (
+            ["train", str(fm_store), "--out", str(tmp_path / "c.dfm"), "--head", "mlp", "--solver", "exact"],
+            "--solver exact with --head mlp",
+        ),
         (["analyze", str(fm_store), "--out", str(tmp_path / "r"), "--top-k", "0"], "--top-k"),
     ]
     for argv, flag in cases:
@@ -193,8 +218,9 @@ def test_lock_message_gives_a_readable_time_and_age(fm_store):
 
 
 # --------------------------------------------------------------------------------------------- item 12
-def test_progress_is_plain_lines_off_a_terminal_with_rate_and_eta(small_src, fm_store, bundle, tmp_path, capsys,
-                                                                   monkeypatch):
+def test_progress_is_plain_lines_off_a_terminal_with_rate_and_eta(
+    small_src, fm_store, bundle, tmp_path, capsys, monkeypatch
+):
     """stderr is not a terminal here: every long command prints plain progress lines (count, rate, ETA)
     and a final line, never '\\r' updates; the exact solver says it runs, its estimate and its time."""
     monkeypatch.setenv("DEEPFEAT_PROGRESS_INTERVAL", "0")  # a line per update: the test need not wait 10 s
@@ -212,13 +238,17 @@ def test_progress_is_plain_lines_off_a_terminal_with_rate_and_eta(small_src, fm_
         err = capsys.readouterr().err
         assert "\r" not in err, (what, err)
         if what == "exact solver":
-            assert re.search(r"exact solver \(LogisticRegression, [\d,]+ x 1,280\): running \(estimated [\d.]+ s\)",
-                             err), err
+            assert re.search(r"exact solver \(LogisticRegression, [\d,]+ x 1,280\): running \(estimated [\d.]+ s\)", err), (
+                err
+            )
             assert re.search(r"exact solver .*: done in [\d.]+ s", err), err
             continue
         lines = [ln for ln in err.splitlines() if ln.startswith(what + ":") or ln.startswith(what + " ")]
-        assert any(re.search(r"\d+/\d+ (img|rows) \(\d+%\), [\d,.]+ (img|rows)/s, .* ETA ", ln) for ln in lines) \
-            or what == "analyze" and any("ETA" in ln for ln in lines), (what, err)
+        assert (
+            any(re.search(r"\d+/\d+ (img|rows) \(\d+%\), [\d,.]+ (img|rows)/s, .* ETA ", ln) for ln in lines)
+            or what == "analyze"
+            and any("ETA" in ln for ln in lines)
+        ), (what, err)
         assert re.search(rf"^{what}.*: [\d,]+ (img|rows) in [\d.]+ s \([\d,.]+ (img|rows)/s\)", err, re.M), (what, err)
 
 
@@ -234,14 +264,33 @@ def test_cli_has_one_progress_renderer():
 
 def test_early_stopping_is_announced_and_json_summaries(fm_store, small_src, tmp_path, capsys):
     out = tmp_path / "m.dfm"
-    assert main(["train", str(fm_store), "--out", str(out), "--solver", "stream", "--patience", "1", "--val-fraction",
-                 "0.5", "--json"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(fm_store),
+                "--out",
+                str(out),
+                "--solver",
+                "stream",
+                "--patience",
+                "1",
+                "--val-fraction",
+                "0.5",
+                "--json",
+            ]
+        )
+        == 0
+    )
     cap = capsys.readouterr()
     doc = json.loads(cap.out)  # stdout is exactly one JSON document
     assert doc["command"] == "train" and doc["exit_status"] == 0 and doc["bundle"] == str(out)
     assert doc["stopped_early"] is True and doc["best_epoch"] < doc["epochs_run"] < 20
-    assert re.search(rf"early stopping after epoch {doc['epochs_run']} of 20: no better validation loss for 1 "
-                     rf"epochs; keeping epoch {doc['best_epoch']}", cap.err), cap.err
+    assert re.search(
+        rf"early stopping after epoch {doc['epochs_run']} of 20: no better validation loss for 1 "
+        rf"epochs; keeping epoch {doc['best_epoch']}",
+        cap.err,
+    ), cap.err
     assert "done in" in cap.err and "stopped early" in cap.err
 
     assert main(["extract", str(small_src), "--out", str(tmp_path / "s"), *FAST, "--json"]) == 0
@@ -262,8 +311,23 @@ def test_auto_solver_respects_the_memory_budget_and_a_time_estimate(fm_store, tm
 
     need, _ = exact_cost("svm", r.n_train, 1280, 10)
     assert 1 << 20 < need <= 28 * r.n_train * 1280
-    assert main(["train", str(fm_store), "--out", str(tmp_path / "auto.dfm"), "--head", "svm", "--memory-budget",
-                 "1MiB", "--epochs", "1"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(fm_store),
+                "--out",
+                str(tmp_path / "auto.dfm"),
+                "--head",
+                "svm",
+                "--memory-budget",
+                "1MiB",
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
     assert "solver: stream (auto: the exact solver needs about" in capsys.readouterr().out
     b, t = exact_cost("logreg", 3603, 22288, 10)
     solver, why = _choose_solver("auto", "logreg", b, t, 1 << 30)
@@ -280,9 +344,15 @@ def _limited(argv: list[str], limit: int, cwd: Path) -> subprocess.CompletedProc
     def limit_files() -> None:
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    return subprocess.run([sys.executable, "-m", "deepfeat.cli", *argv], capture_output=True, text=True,
-                          timeout=300, preexec_fn=limit_files, cwd=cwd,
-                          env={**os.environ, "MPLCONFIGDIR": str(cwd / "mpl")})
+    return subprocess.run(
+        [sys.executable, "-m", "deepfeat.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=limit_files,
+        cwd=cwd,
+        env={**os.environ, "MPLCONFIGDIR": str(cwd / "mpl")},
+    )
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="RLIMIT_FSIZE semantics")

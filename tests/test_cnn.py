@@ -4,6 +4,7 @@ The trained model directory must be a backbone like any other (layers, extract, 
 killed run must resume to exactly the weights of an uninterrupted one, and a fixed seed must
 give the same weights twice (CPU).
 """
+
 from __future__ import annotations
 
 import json
@@ -122,8 +123,26 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(fm20: Path, tmp_path: P
     assert (out / "checkpoint.safetensors").exists() and not (out / "config.json").exists()
     assert read_checkpoint_state(str(out / "checkpoint.safetensors"))["epoch"] == 1
 
-    assert main(["train-cnn", str(fm20), "--out", str(out), "--epochs", "2", "--batch-size", "32",
-                 "--workers", "0", "--device", "cpu", "-q"]) == 0
+    assert (
+        main(
+            [
+                "train-cnn",
+                str(fm20),
+                "--out",
+                str(out),
+                "--epochs",
+                "2",
+                "--batch-size",
+                "32",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "resuming after epoch 1 of 2" in printed
     assert printed.count("\n    2 ") == 1 and "\n    1 " not in printed  # epoch 2 only
@@ -137,8 +156,9 @@ def test_killed_run_resumes_to_the_uninterrupted_weights(fm20: Path, tmp_path: P
 _EARLY = dict(epochs=7, schedule="constant", augment="none", patience=1)  # on fm20: val loss rises at epoch 6
 
 
-def test_early_stopping_keeps_the_best_epoch_and_resumes_from_a_stopped_checkpoint(fm20: Path, tmp_path: Path,
-                                                                                    capsys) -> None:
+def test_early_stopping_keeps_the_best_epoch_and_resumes_from_a_stopped_checkpoint(
+    fm20: Path, tmp_path: Path, capsys
+) -> None:
     """train-cnn --patience: the run stops after `patience` epochs without a better validation loss and the
     model directory holds the best epoch's weights, not the last epoch's; a run interrupted after the stop
     resumes from its checkpoint (which holds the best weights) to the same directory."""
@@ -147,9 +167,33 @@ def test_early_stopping_keeps_the_best_epoch_and_resumes_from_a_stopped_checkpoi
     from deepfeat.cli import main
 
     out = tmp_path / "early"
-    assert main(["train-cnn", str(fm20), "--out", str(out), "--epochs", "7", "--schedule", "constant",
-                 "--augment", "none", "--patience", "1", "--keep-checkpoint", "--batch-size", "32", "--workers", "0",
-                 "--device", "cpu", "-q"]) == 0
+    assert (
+        main(
+            [
+                "train-cnn",
+                str(fm20),
+                "--out",
+                str(out),
+                "--epochs",
+                "7",
+                "--schedule",
+                "constant",
+                "--augment",
+                "none",
+                "--patience",
+                "1",
+                "--keep-checkpoint",
+                "--batch-size",
+                "32",
+                "--workers",
+                "0",
+                "--device",
+                "cpu",
+                "-q",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     history = json.loads((out / "history.json").read_text())
     losses = [r["val_loss"] for r in history]

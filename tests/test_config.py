@@ -1,4 +1,5 @@
 """``deepfeat --config FILE``: top-level keys for every command, per-command sections, checked values."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,7 +24,9 @@ def write(tmp_path: Path, text: str) -> Path:
 
 
 def test_sections_scope_keys_per_command(tmp_path: Path) -> None:
-    cfg = write(tmp_path, """
+    cfg = write(
+        tmp_path,
+        """
 layers: blocks.2,pre_logits     # every command with --layers
 top-k: 5                        # '-' or '_'
 train:
@@ -32,7 +35,8 @@ train:
 analyze:
   alpha: 0.01                   # the FDR
   out: analysis/                # --out is required, the section gives it
-""")
+""",
+    )
     a = parse(cfg, "analyze", "store/")
     assert (a.alpha, a.out, a.layers, a.top_k) == (0.01, "analysis/", "blocks.2,pre_logits", 5)
     t = parse(cfg, "train", "store/", "--out", "m.dfm")
@@ -64,21 +68,23 @@ def test_nested_plot_sections(tmp_path: Path) -> None:
     assert parse(cfg, "plot", "history", "model/").out == "p.png"
 
 
-@pytest.mark.parametrize("text, message", [
-    ("bins: 64\nnot_an_option: 1\n", "'not_an_option'"),
-    ("train:\n  bins: 64\n", "'deepfeat train'"),                 # bins is analyze's option, not train's
-    ("train: 0.1\n", "section 'train' must be a mapping"),
-    ("analyze:\n  bins: lots\n", "int"),
-    ("analyze:\n  bins: 6.5\n", "int"),
-    ("extract:\n  dtype: float64\n", "must be one of"),
-    ("fne:\n  overwrite: 'yes'\n", "true or false"),
-    ("- a\n- b\n", "mapping"),
-    ("bins: [1, 2\n", "not valid YAML"),
-    ("analyze:\n  store: x/\n", "'deepfeat analyze'"),            # positional: give it on the command line
-    ("!!python/object/apply:os.system ['echo unsafe']\n", "not valid YAML"),  # safe_load only
-])
-def test_bad_config_is_a_usage_error(tmp_path: Path, text: str, message: str,
-                                     capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("bins: 64\nnot_an_option: 1\n", "'not_an_option'"),
+        ("train:\n  bins: 64\n", "'deepfeat train'"),  # bins is analyze's option, not train's
+        ("train: 0.1\n", "section 'train' must be a mapping"),
+        ("analyze:\n  bins: lots\n", "int"),
+        ("analyze:\n  bins: 6.5\n", "int"),
+        ("extract:\n  dtype: float64\n", "must be one of"),
+        ("fne:\n  overwrite: 'yes'\n", "true or false"),
+        ("- a\n- b\n", "mapping"),
+        ("bins: [1, 2\n", "not valid YAML"),
+        ("analyze:\n  store: x/\n", "'deepfeat analyze'"),  # positional: give it on the command line
+        ("!!python/object/apply:os.system ['echo unsafe']\n", "not valid YAML"),  # safe_load only
+    ],
+)
+def test_bad_config_is_a_usage_error(tmp_path: Path, text: str, message: str, capsys: pytest.CaptureFixture[str]) -> None:
     cfg = write(tmp_path, text)
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("[", r"\[")):
         parse(cfg, "analyze", "s/", "--out", "o/")

@@ -5,6 +5,7 @@ mid-run, k committed parts with 0 < k < all, the uncommitted files of the killed
 disk), then that the resume gives the store of one clean run. Faults are injected from the
 test side (tests/faults.py); deepfeat carries no test hooks.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,16 +22,26 @@ import pytest
 import deepfeat
 from deepfeat.store.manifest import Manifest
 
-ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "4", "--part-size", "8",
-        "--workers", "1", "-q"]
+ARGS = [
+    "--layers",
+    "blocks.2,pre_logits",
+    "--input-size",
+    "32",
+    "--batch-size",
+    "4",
+    "--part-size",
+    "8",
+    "--workers",
+    "1",
+    "-q",
+]
 N_IMAGES = 80  # fm_dir: 4 per class and split
 N_PARTS = 10  # 80 images / --part-size 8 (each part closes at 8 inputs long before --part-seconds)
 
 
 def cli(src: Path, out: Path, *extra: str, env: dict | None = None, **popen) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(src), "--out", str(out), *ARGS, *extra]
-    return subprocess.Popen(cmd, env=env or dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            **popen)
+    return subprocess.Popen(cmd, env=env or dict(os.environ), stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
 
 
 def committed(out: Path) -> list:
@@ -192,6 +203,7 @@ def test_kill9_leaves_no_orphan_decode_workers(fm_dir, tmp_path):
     alive = children
     while alive and time.monotonic() < deadline:
         time.sleep(0.2)
-        alive = [c for c in alive if os.path.exists(f"/proc/{c}") and "zombie" not in
-                 open(f"/proc/{c}/status").read().lower()]
+        alive = [
+            c for c in alive if os.path.exists(f"/proc/{c}") and "zombie" not in open(f"/proc/{c}/status").read().lower()
+        ]
     assert not alive, f"orphaned workers still running: {alive}"

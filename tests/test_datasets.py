@@ -1,4 +1,5 @@
 """Tests of deepfeat.datasets on the real Fashion-MNIST files of the Debian package."""
+
 from __future__ import annotations
 
 import gzip
@@ -54,8 +55,16 @@ def _pngs(root: Path) -> list[Path]:
 
 def test_classes_and_registry() -> None:
     assert FASHION_MNIST_CLASSES == (
-        "t-shirt_top", "trouser", "pullover", "dress", "coat",
-        "sandal", "shirt", "sneaker", "bag", "ankle_boot",
+        "t-shirt_top",
+        "trouser",
+        "pullover",
+        "dress",
+        "coat",
+        "sandal",
+        "shirt",
+        "sneaker",
+        "bag",
+        "ankle_boot",
     )
     assert DATASETS == {"fashion-mnist": write_fashion_mnist}
 
@@ -71,9 +80,7 @@ def test_arrays(arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     assert np.array_equal(images, arrays["test"][0]) and np.array_equal(labels, arrays["test"][1])
 
 
-def test_write_counts_pixels_and_labels(
-    tmp_path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]
-) -> None:
+def test_write_counts_pixels_and_labels(tmp_path: Path, arrays: dict[str, tuple[np.ndarray, np.ndarray]]) -> None:
     out = tmp_path / "fm"
     summary = write_fashion_mnist(out, per_class=5)
     assert summary.out_dir == out and summary.source == DEBIAN

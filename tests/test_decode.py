@@ -1,4 +1,5 @@
 """The one decode policy: every bad input of RELIABILITY.md gets its documented outcome."""
+
 from __future__ import annotations
 
 import errno
@@ -99,8 +100,9 @@ def test_fifo_swapped_in_after_stat_is_refused_by_fstat(tmp_path, monkeypatch):
     os.mkfifo(fifo)
     regular = os.stat(__file__)
     real_stat = os.stat
-    monkeypatch.setattr(decode.os, "stat",
-                        lambda p, *a, **k: regular if os.fspath(p) == str(fifo) else real_stat(p, *a, **k))
+    monkeypatch.setattr(
+        decode.os, "stat", lambda p, *a, **k: regular if os.fspath(p) == str(fifo) else real_stat(p, *a, **k)
+    )
     with pytest.raises(InputError) as err:
         read_file_bytes(str(fifo))
     assert err.value.reason == "not_regular_file"

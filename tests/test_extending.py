@@ -4,6 +4,7 @@ Each test adds one toy extension through the registry the table names -- and not
 runs the real chain through it on real Fashion-MNIST images: a toy source, a toy engine, a toy
 runtime and a toy head. A last test checks that the package has no import cycles.
 """
+
 from __future__ import annotations
 
 import glob
@@ -19,8 +20,9 @@ import torch.nn.functional as F
 import deepfeat
 from deepfeat.sources.items import Discovery, SourceItem, item_id
 
-KW = dict(model="efficientnet_lite0", layers="pre_logits", input_size=32, workers=0, batch_size=16, part_size=40,
-          precision="fp32")
+KW = dict(
+    model="efficientnet_lite0", layers="pre_logits", input_size=32, workers=0, batch_size=16, part_size=40, precision="fp32"
+)
 
 
 # ------------------------------------------------------------------ a source: one new file + register_source
@@ -31,7 +33,7 @@ class GlobSource:
     OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, spec: str) -> None:
-        self.pattern = spec[len("glob:"):]
+        self.pattern = spec[len("glob:") :]
 
     @classmethod
     def claims(cls, spec: str) -> bool:
@@ -40,9 +42,17 @@ class GlobSource:
     def discover(self, *, skip_dirs=()) -> Discovery:
         paths = sorted(glob.glob(self.pattern))
         root = os.path.commonpath(paths)
-        items = [SourceItem(id=item_id(os.path.relpath(p, root)), path=p, relpath=os.path.relpath(p, root),
-                            label=os.path.basename(os.path.dirname(p)), split=None, size=os.path.getsize(p))
-                 for p in paths]
+        items = [
+            SourceItem(
+                id=item_id(os.path.relpath(p, root)),
+                path=p,
+                relpath=os.path.relpath(p, root),
+                label=os.path.basename(os.path.dirname(p)),
+                split=None,
+                size=os.path.getsize(p),
+            )
+            for p in paths
+        ]
         return Discovery(root=root, layout=self.kind, items=items)
 
 
@@ -64,8 +74,7 @@ def test_a_new_source_is_one_class_and_one_registration(glob_source, fm_dir: Pat
     assert (s.embedded_total, s.failed_total) == (40, 0)
     store = deepfeat.open_store(tmp_path / "store")
     assert store.metadata["source"]["layout"] == "glob"
-    assert sorted(set(store.rows(["label"]).column("label").to_pylist())) == sorted(
-        os.listdir(fm_dir / "train"))
+    assert sorted(set(store.rows(["label"]).column("label").to_pylist())) == sorted(os.listdir(fm_dir / "train"))
 
 
 # ------------------------------------------------------------------ an engine: one new file + register_engine
@@ -88,8 +97,15 @@ class SerialEngine:
     def prepare(self, plan: Any, settings: Any) -> None:
         from deepfeat.runtimes import build_runtime
 
-        self.runtime = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=plan.runtime,
-                                     device=settings.device, precision=plan.precision, dtype=plan.dtype)
+        self.runtime = build_runtime(
+            plan.backbone,
+            plan.layers,
+            plan.infos,
+            runtime=plan.runtime,
+            device=settings.device,
+            precision=plan.precision,
+            dtype=plan.dtype,
+        )
         plan.use_runtime(self.runtime.describe())
 
     def run(self, plan: Any, pending: Any, writer: Any, settings: Any) -> tuple[int, int, int]:
@@ -133,8 +149,9 @@ def test_a_new_runtime_is_one_class_and_one_registration(monkeypatch, fm_dir: Pa
         name = "counting"
         precisions = {"cpu": ("fp32",)}
 
-        def __init__(self, backbone, specs, infos, *, device="cpu", precision="fp32", dtype="float32",
-                     cache_dir=None, threads=None) -> None:
+        def __init__(
+            self, backbone, specs, infos, *, device="cpu", precision="fp32", dtype="float32", cache_dir=None, threads=None
+        ) -> None:
             super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
             self.inner = TorchRuntime(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
 

@@ -1,4 +1,5 @@
 """Extraction into the store: values, accounting, bad inputs, locks, config changes, faults."""
+
 from __future__ import annotations
 
 import errno
@@ -31,8 +32,18 @@ def store_map(path: Path, layer: str) -> dict[tuple[str, int], np.ndarray]:
 
 def test_stored_features_equal_direct_forward(fm_dir, tmp_path, lite0):
     out = tmp_path / "feats"
-    s = deepfeat.extract(fm_dir, out, layers="blocks.4,pre_logits", pool="avg,blocks.4=max", dtype="float32",
-                         input_size=64, workers=1, batch_size=16, part_size=30, precision="fp32")
+    s = deepfeat.extract(
+        fm_dir,
+        out,
+        layers="blocks.4,pre_logits",
+        pool="avg,blocks.4=max",
+        dtype="float32",
+        input_size=64,
+        workers=1,
+        batch_size=16,
+        part_size=30,
+        precision="fp32",
+    )
     assert s.embedded_total == 80 and s.failed_total == 0 and s.parts_committed == 3 and s.accounted
     store = deepfeat.open_store(out)
     assert store.splits == ["test", "train"] and len(store.classes) == 10
@@ -103,8 +114,26 @@ def test_every_input_bad_completes_without_empty_shard(tmp_path):
     assert store.num_rows() == 0 and not any(f.endswith(".npy") for p in store.parts for f in p.files)
     from deepfeat.cli import main
 
-    assert main(["extract", str(root), "--out", str(out), "--layers", "pre_logits", "--input-size", "32",
-                 "-q", "--workers", "0", "--part-size", "2"]) == 1
+    assert (
+        main(
+            [
+                "extract",
+                str(root),
+                "--out",
+                str(out),
+                "--layers",
+                "pre_logits",
+                "--input-size",
+                "32",
+                "-q",
+                "--workers",
+                "0",
+                "--part-size",
+                "2",
+            ]
+        )
+        == 1
+    )
 
 
 def test_second_writer_and_changed_config_are_refused(fm_dir, tmp_path):
@@ -156,8 +185,13 @@ def test_disk_full_is_an_environment_error_and_resume_completes(fm_dir, tmp_path
     with pytest.raises(EnvironmentFault, match="disk is full"):
         deepfeat.extract(fm_dir, out, layers="pre_logits", input_size=32, workers=0, part_size=20)
     store = deepfeat.open_store(out)
-    assert len(store.parts) == 1 and store.ledger().filter(
-        __import__("pyarrow.compute").compute.equal(store.ledger().column("status"), "failed")).num_rows == 0
+    assert (
+        len(store.parts) == 1
+        and store.ledger()
+        .filter(__import__("pyarrow.compute").compute.equal(store.ledger().column("status"), "failed"))
+        .num_rows
+        == 0
+    )
     assert not os.listdir(out / ".tmp") and sorted(os.listdir(out / "parts")) == ["00000000"]
     monkeypatch.setattr(writer, "_save_npy", real)
     s = deepfeat.extract(fm_dir, out, layers="pre_logits", input_size=32, workers=0, part_size=20)
@@ -170,8 +204,18 @@ def test_resnet50_unpooled_layer4_streams_from_disk(photo_files, tmp_path):
     folder.mkdir()
     for p in photo_files.values():
         shutil.copy(p, folder / p.name)
-    s = deepfeat.extract(folder, out, model="timm:resnet50", weights="random", layers="layer4", pool="none",
-                         dtype="float16", workers=0, batch_size=2, part_size=3)
+    s = deepfeat.extract(
+        folder,
+        out,
+        model="timm:resnet50",
+        weights="random",
+        layers="layer4",
+        pool="none",
+        dtype="float16",
+        workers=0,
+        batch_size=2,
+        part_size=3,
+    )
     store = deepfeat.open_store(out)
     assert store.layer("layer4").dims == 7 * 7 * 2048 == 100_352
     seen = 0
@@ -188,8 +232,16 @@ def test_resnet50_unpooled_layer4_streams_from_disk(photo_files, tmp_path):
 def test_odd_filenames_round_trip(tmp_path):
     root = tmp_path / "odd"
     root.mkdir()
-    names = [b"caf\xe9.png", "new\nline.png".encode(), b"-leading.png", ("x" * 200 + ".png").encode(),
-             b"A.png", b"a.png", "\u00e9.png".encode(), "e\u0301.png".encode()]
+    names = [
+        b"caf\xe9.png",
+        "new\nline.png".encode(),
+        b"-leading.png",
+        ("x" * 200 + ".png").encode(),
+        b"A.png",
+        b"a.png",
+        "\u00e9.png".encode(),
+        "e\u0301.png".encode(),
+    ]
     for k, n in enumerate(names):
         Image.new("RGB", (20, 20), (k * 20, 0, 0)).save(os.path.join(os.fsencode(root), n), format="PNG")
     out = tmp_path / "feats"
@@ -220,8 +272,7 @@ def test_resume_filter_compares_digests_exactly():
     twins = ["0123456789abcdef" + t for t in ("0000", "0001", "ffff")]  # same first 8 bytes, 3 ids
     ids = [item_id(n) for n in names] + twins
     items = [SourceItem(i, i, i, None, None, 0) for i in ids]
-    done = [i for i in rng.sample(ids, 3000) if i not in twins] + [twins[1]] + [item_id(f"gone/{k}.png")
-                                                                                 for k in range(17)]
+    done = [i for i in rng.sample(ids, 3000) if i not in twins] + [twins[1]] + [item_id(f"gone/{k}.png") for k in range(17)]
     done = list(dict.fromkeys(done))
     pending, vanished = resume_filter(items, lambda: [pa.array(done[:1000]), pa.array(done[1000:])])
     expected = [it for it in items if it.id not in set(done)]

@@ -1,4 +1,5 @@
 """The heads and the streaming scaler: scikit-learn's estimator checks and numeric references."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -13,16 +14,19 @@ from deepfeat.errors import UsageError
 from deepfeat.heads import LinearSVMHead, LogisticHead, MLPHead, StreamingScaler, expected_failed_checks
 
 
-@parametrize_with_checks([LogisticHead(), LinearSVMHead(), MLPHead(hidden=(16,)), StreamingScaler()],
-                         expected_failed_checks=expected_failed_checks)
+@parametrize_with_checks(
+    [LogisticHead(), LinearSVMHead(), MLPHead(hidden=(16,)), StreamingScaler()],
+    expected_failed_checks=expected_failed_checks,
+)
 def test_sklearn_estimator_contract(estimator, check):
     check(estimator)
 
 
 @pytest.fixture(scope="module")
 def blobs():
-    X, y = make_classification(n_samples=400, n_features=20, n_informative=8, n_classes=4, n_clusters_per_class=1,
-                               class_sep=1.0, random_state=0)
+    X, y = make_classification(
+        n_samples=400, n_features=20, n_informative=8, n_classes=4, n_clusters_per_class=1, class_sep=1.0, random_state=0
+    )
     return StandardScaler().fit_transform(X), y
 
 
@@ -50,8 +54,9 @@ def test_logistic_head_reaches_sklearns_optimum(blobs):
     alpha = 1e-2
     ref = LogisticRegression(C=1 / (alpha * len(y)), tol=1e-10, max_iter=5000).fit(X, y)
     # full batches: Adam on the same objective must land on scikit-learn's optimum
-    head = LogisticHead(alpha=alpha, learning_rate=3e-2, batch_size=len(y), max_iter=1000, tol=None,
-                        random_state=0).fit(X, y)
+    head = LogisticHead(alpha=alpha, learning_rate=3e-2, batch_size=len(y), max_iter=1000, tol=None, random_state=0).fit(
+        X, y
+    )
     np.testing.assert_allclose(head.predict_proba(X), ref.predict_proba(X), atol=1e-4)
     np.testing.assert_allclose(head.coef_, ref.coef_, rtol=1e-3, atol=1e-3)
     assert head.coef_.shape == (4, 20) and head.intercept_.shape == (4,)
@@ -63,8 +68,9 @@ def test_binary_logistic_head_has_sklearns_layout_and_values():
     labels = np.where(y == 1, "yes", "no")
     alpha = 1e-2
     ref = LogisticRegression(C=1 / (alpha * len(y)), tol=1e-10, max_iter=5000).fit(X, labels)
-    head = LogisticHead(alpha=alpha, learning_rate=3e-2, batch_size=len(y), max_iter=1000, tol=None,
-                        random_state=0).fit(X, labels)
+    head = LogisticHead(alpha=alpha, learning_rate=3e-2, batch_size=len(y), max_iter=1000, tol=None, random_state=0).fit(
+        X, labels
+    )
     assert head.coef_.shape == ref.coef_.shape == (1, 2)
     assert head.classes_.tolist() == ["no", "yes"]
     np.testing.assert_allclose(head.coef_, ref.coef_, rtol=1e-3, atol=1e-3)
@@ -76,10 +82,19 @@ def test_binary_logistic_head_has_sklearns_layout_and_values():
 def test_svm_head_agrees_with_linear_svc(blobs, multi_class):
     X, y = blobs
     alpha = 1e-2
-    ref = LinearSVC(C=1 / (alpha * len(y)), loss="squared_hinge", multi_class=multi_class, max_iter=20000,
-                    random_state=0).fit(X, y)
-    head = LinearSVMHead(alpha=alpha, loss="squared_hinge", multi_class=multi_class, learning_rate=3e-2,
-                         batch_size=len(y), max_iter=1000, tol=None, random_state=0).fit(X, y)
+    ref = LinearSVC(
+        C=1 / (alpha * len(y)), loss="squared_hinge", multi_class=multi_class, max_iter=20000, random_state=0
+    ).fit(X, y)
+    head = LinearSVMHead(
+        alpha=alpha,
+        loss="squared_hinge",
+        multi_class=multi_class,
+        learning_rate=3e-2,
+        batch_size=len(y),
+        max_iter=1000,
+        tol=None,
+        random_state=0,
+    ).fit(X, y)
     assert not hasattr(head, "predict_proba")
     assert head.decision_function(X).shape == (400, 4)
     assert np.mean(head.predict(X) == ref.predict(X)) > 0.95
@@ -120,11 +135,14 @@ def test_class_weight_balanced_and_dict(blobs):
         LogisticHead(class_weight={9: 2.0}).fit(X, y)
 
 
-@pytest.mark.parametrize("bad, message", [
-    (dict(alpha=-1), "The 'alpha' parameter of LogisticHead must be a float >= 0; got -1 instead."),
-    (dict(batch_size=0), "The 'batch_size' parameter of LogisticHead must be an int >= 1; got 0 instead."),
-    (dict(class_weight="auto"), "The 'class_weight' parameter of LogisticHead must be None, 'balanced' or a dict"),
-])
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (dict(alpha=-1), "The 'alpha' parameter of LogisticHead must be a float >= 0; got -1 instead."),
+        (dict(batch_size=0), "The 'batch_size' parameter of LogisticHead must be an int >= 1; got 0 instead."),
+        (dict(class_weight="auto"), "The 'class_weight' parameter of LogisticHead must be None, 'balanced' or a dict"),
+    ],
+)
 def test_parameter_errors_have_one_format(blobs, bad, message):
     X, y = blobs
     with pytest.raises(UsageError, match=message.replace("(", r"\(").replace(")", r"\)").replace("{", r"\{")):
@@ -133,8 +151,9 @@ def test_parameter_errors_have_one_format(blobs, bad, message):
 
 def test_svm_and_mlp_parameter_errors(blobs):
     X, y = blobs
-    with pytest.raises(UsageError, match="The 'loss' parameter of LinearSVMHead must be one of 'hinge', "
-                                         "'squared_hinge'; got 'log' instead."):
+    with pytest.raises(
+        UsageError, match="The 'loss' parameter of LinearSVMHead must be one of 'hinge', 'squared_hinge'; got 'log' instead."
+    ):
         LinearSVMHead(loss="log").fit(X, y)
     with pytest.raises(UsageError, match="The 'hidden' parameter of MLPHead must be a tuple of positive ints"):
         MLPHead(hidden=(0,)).fit(X, y)
@@ -172,15 +191,19 @@ def test_export_and_rebuild_give_identical_outputs(blobs, head):
     np.testing.assert_array_equal(again.predict(X), head.predict(X))
 
 
-@pytest.mark.parametrize("make", [
-    lambda: LogisticHead(batch_size=16, random_state=3),
-    lambda: LinearSVMHead(batch_size=16, random_state=3),
-    lambda: MLPHead(hidden=(12,), dropout=0.3, batch_size=16, random_state=3),
-], ids=["logreg", "svm", "mlp-dropout"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: LogisticHead(batch_size=16, random_state=3),
+        lambda: LinearSVMHead(batch_size=16, random_state=3),
+        lambda: MLPHead(hidden=(12,), dropout=0.3, batch_size=16, random_state=3),
+    ],
+    ids=["logreg", "svm", "mlp-dropout"],
+)
 def test_training_state_continues_exactly(blobs, make):
     """Saving the training state and loading it into a fresh head continues bit for bit."""
     X, y = blobs
-    batches = [(X[i:i + 100], y[i:i + 100]) for i in range(0, 400, 100)]
+    batches = [(X[i : i + 100], y[i : i + 100]) for i in range(0, 400, 100)]
     straight, first = make(), make()
     for Xb, yb in batches:
         straight.partial_fit(Xb, yb, classes=np.unique(y))

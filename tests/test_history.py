@@ -1,4 +1,5 @@
 """One history schema (deepfeat.history): train-cnn and train write it, plot history reads both and old directories."""
+
 from __future__ import annotations
 
 import json
@@ -32,16 +33,22 @@ def bundle(fm_dir: Path, cnn_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 def test_old_valid_keys_are_read_as_the_schema() -> None:
-    old = [{"epoch": 1, "train_loss": 0.9, "valid_loss": 0.8, "train_valid_ratio": 1.125, "valid_accuracy": 0.5,
-            "seconds": 1.0}]
+    old = [
+        {"epoch": 1, "train_loss": 0.9, "valid_loss": 0.8, "train_valid_ratio": 1.125, "valid_accuracy": 0.5, "seconds": 1.0}
+    ]
     (row,) = normalize(old)
-    assert row == {"epoch": 1, "train_loss": 0.9, "val_loss": 0.8, "train_val_ratio": 1.125, "val_accuracy": 0.5,
-                   "seconds": 1.0}
+    assert row == {
+        "epoch": 1,
+        "train_loss": 0.9,
+        "val_loss": 0.8,
+        "train_val_ratio": 1.125,
+        "val_accuracy": 0.5,
+        "seconds": 1.0,
+    }
     assert normalize([{"epoch": 2}])[0] == dict.fromkeys(KEYS) | {"epoch": 2}
 
 
-def test_both_loops_write_the_schema_and_plot_history_reads_both(cnn_dir: Path, bundle: Path,
-                                                                tmp_path: Path) -> None:
+def test_both_loops_write_the_schema_and_plot_history_reads_both(cnn_dir: Path, bundle: Path, tmp_path: Path) -> None:
     from deepfeat.viz import plot_history
 
     cnn_rows = json.loads((cnn_dir / "history.json").read_text())

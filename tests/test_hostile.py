@@ -6,6 +6,7 @@ checksums to match, so that only the content checks stand between the reader and
 and checks that every reader refuses it with a clear error -- no traceback, no hang, no huge
 allocation, nothing read outside the store.
 """
+
 from __future__ import annotations
 
 import csv
@@ -50,8 +51,17 @@ def images(fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def store(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A real store in four parts (float32, blocks.2 + pre_logits, average pooled)."""
     out = tmp_path_factory.mktemp("hostile") / "feats"
-    deepfeat.extract(images, out, layers="blocks.2,pre_logits", pool="avg", dtype="float32", input_size=64,
-                     workers=0, batch_size=16, part_size=4)
+    deepfeat.extract(
+        images,
+        out,
+        layers="blocks.2,pre_logits",
+        pool="avg",
+        dtype="float32",
+        input_size=64,
+        workers=0,
+        batch_size=16,
+        part_size=4,
+    )
     return out
 
 
@@ -149,8 +159,7 @@ def test_any_part_name_but_the_writers_is_refused(copy: Path, name: str) -> None
         open_store(copy)
 
 
-@pytest.mark.parametrize("fname", ["../../../etc/passwd", "/etc/passwd", "blocks.2.npy/..", "other.npy",
-                                   "rows.parquet.bak"])
+@pytest.mark.parametrize("fname", ["../../../etc/passwd", "/etc/passwd", "blocks.2.npy/..", "other.npy", "rows.parquet.bak"])
 def test_a_file_name_that_is_not_the_parts_own_is_refused(copy: Path, fname: str, capsys) -> None:
     doc = _manifest(copy)
     files = doc["parts"][2]["files"]
@@ -181,27 +190,34 @@ def test_a_metadata_file_name_outside_the_store_is_refused(copy: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- the manifest
-@pytest.mark.parametrize("text, match", [
-    ("{not json", "manifest.json is not valid JSON"),
-    ("[" * 100_000 + "]" * 100_000, "nests too deeply|not valid JSON"),
-    ("[]", "must hold a JSON object"),
-    ('{"parts": {"00000000": {}}}', "parts must be a list"),
-])
-def test_a_manifest_that_is_not_a_manifest_is_a_store_error(copy: Path, text: str, match: str, tmp_path: Path,
-                                                            capsys) -> None:
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("{not json", "manifest.json is not valid JSON"),
+        ("[" * 100_000 + "]" * 100_000, "nests too deeply|not valid JSON"),
+        ("[]", "must hold a JSON object"),
+        ('{"parts": {"00000000": {}}}', "parts must be a list"),
+    ],
+)
+def test_a_manifest_that_is_not_a_manifest_is_a_store_error(
+    copy: Path, text: str, match: str, tmp_path: Path, capsys
+) -> None:
     _write_manifest(copy, text)
     _every_reader_refuses(copy, match, capsys, tmp_path)
     _verify_says(copy, "manifest", "manifest.json", capsys)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("rows", "4", "rows must be a non-negative integer; got '4'"),
-    ("rows", -4, "rows must be a non-negative integer"),
-    ("rows", True, "rows must be a non-negative integer"),
-    ("files", ["rows.parquet"], "files must be an object"),
-    ("splits", [4], "splits must be an object"),
-    ("name", 1, "is not a part name"),
-])
+@pytest.mark.parametrize(
+    "field, value, match",
+    [
+        ("rows", "4", "rows must be a non-negative integer; got '4'"),
+        ("rows", -4, "rows must be a non-negative integer"),
+        ("rows", True, "rows must be a non-negative integer"),
+        ("files", ["rows.parquet"], "files must be an object"),
+        ("splits", [4], "splits must be an object"),
+        ("name", 1, "is not a part name"),
+    ],
+)
 def test_wrong_types_in_the_manifest_are_named(copy: Path, field: str, value, match: str, capsys) -> None:
     doc = _manifest(copy)
     doc["parts"][3][field] = value
@@ -243,8 +259,9 @@ def test_row_counts_that_disagree_with_the_feature_files_are_refused(copy: Path,
     split = next(iter(part["splits"]))
     part["splits"][split] += 1
     _write_manifest(copy, doc)
-    _every_reader_refuses(copy, "part 00000001: blocks.2.npy is recorded as .* bytes, which does not hold 5 rows",
-                          capsys, tmp_path)
+    _every_reader_refuses(
+        copy, "part 00000001: blocks.2.npy is recorded as .* bytes, which does not hold 5 rows", capsys, tmp_path
+    )
     _verify_says(copy, "manifest", "does not hold 5 rows", capsys)
 
 
@@ -263,7 +280,7 @@ def test_a_ledger_count_that_disagrees_with_the_ledger_file_is_refused(copy: Pat
 def test_a_huge_row_count_allocates_nothing(copy: Path, tmp_path: Path, capsys) -> None:
     # a manifest claiming 10^12 rows, its recorded sizes made to agree: only the files on disk disagree
     doc = _manifest(copy)
-    part, rows = doc["parts"][0], 10 ** 12
+    part, rows = doc["parts"][0], 10**12
     old_rows = part["rows"]
     part["rows"] = rows
     part["embedded"] += rows - old_rows
@@ -295,7 +312,7 @@ def _rewrite_npy_header(path: Path, shape: tuple[int, ...], descr: str) -> None:
     with open(path, "rb") as f:
         np.lib.format.read_magic(f)
         np.lib.format.read_array_header_1_0(f)
-        payload = data[f.tell():]
+        payload = data[f.tell() :]
     buf = io.BytesIO()
     np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
     path.write_bytes(buf.getvalue() + payload)
@@ -304,7 +321,7 @@ def _rewrite_npy_header(path: Path, shape: tuple[int, ...], descr: str) -> None:
 def test_an_npy_header_claiming_a_trillion_rows_is_refused(copy: Path, capsys) -> None:
     part = "00000003"
     path = copy / layout.PARTS_DIR / part / "pre_logits.npy"
-    _rewrite_npy_header(path, (10 ** 12, 1280), "<f4")
+    _rewrite_npy_header(path, (10**12, 1280), "<f4")
     _rehash(copy, part, "pre_logits.npy")
     store = open_store(copy)
     tracemalloc.start()
@@ -324,20 +341,21 @@ def test_an_npy_dtype_that_is_not_the_stores_is_refused(copy: Path, capsys) -> N
     rows = _manifest(copy)["parts"][2]["rows"]
     _rewrite_npy_header(path, (rows, 40), "<i4")  # same bytes, read as integers
     _rehash(copy, part, "blocks.2.npy")
-    with pytest.raises(StoreError, match="part 00000002: blocks.2.npy holds int32 values, the store's dtype is "
-                                         "float32"):
+    with pytest.raises(StoreError, match="part 00000002: blocks.2.npy holds int32 values, the store's dtype is float32"):
         open_store(copy).load()
     _verify_says(copy, "array", "holds int32 values", capsys)
 
 
 @pytest.mark.parametrize("damage", ["truncated", "garbage"])
-def test_a_truncated_or_garbage_parquet_file_is_a_store_error(copy: Path, damage: str, tmp_path: Path,
-                                                              capsys) -> None:
+def test_a_truncated_or_garbage_parquet_file_is_a_store_error(copy: Path, damage: str, tmp_path: Path, capsys) -> None:
     part = "00000001"
     path = copy / layout.PARTS_DIR / part / "rows.parquet"
     data = path.read_bytes()
-    path.write_bytes(data[: len(data) // 2] if damage == "truncated"
-                     else b"PAR1" + np.random.default_rng(0).bytes(len(data) - 8) + b"PAR1")
+    path.write_bytes(
+        data[: len(data) // 2]
+        if damage == "truncated"
+        else b"PAR1" + np.random.default_rng(0).bytes(len(data) - 8) + b"PAR1"
+    )
     _rehash(copy, part, "rows.parquet")
     with pytest.raises(StoreError, match="part 00000001: rows.parquet cannot be read as Parquet"):
         open_store(copy).load()
@@ -349,8 +367,9 @@ def test_a_truncated_or_garbage_parquet_file_is_a_store_error(copy: Path, damage
 
 
 def test_extract_refuses_to_resume_into_a_hostile_store(copy: Path, images: Path) -> None:
-    args = dict(layers="blocks.2,pre_logits", pool="avg", dtype="float32", input_size=64, workers=0,
-                batch_size=16, part_size=4)
+    args = dict(
+        layers="blocks.2,pre_logits", pool="avg", dtype="float32", input_size=64, workers=0, batch_size=16, part_size=4
+    )
     doc = _manifest(copy)
     doc["parts"][0]["name"] = "../../elsewhere"
     _write_manifest(copy, doc)
@@ -375,8 +394,7 @@ def test_a_symlink_to_a_file_outside_the_store_is_not_followed(copy: Path, capsy
     _verify_says(copy, "path", "outside the store", capsys)
 
 
-def test_a_symlinked_part_folder_or_manifest_outside_the_store_is_refused(copy: Path, tmp_path: Path,
-                                                                          capsys) -> None:
+def test_a_symlinked_part_folder_or_manifest_outside_the_store_is_refused(copy: Path, tmp_path: Path, capsys) -> None:
     parts = copy / layout.PARTS_DIR
     shutil.move(str(parts / "00000003"), copy.parent / "p3")
     os.symlink(copy.parent / "p3", parts / "00000003")
@@ -442,7 +460,7 @@ def test_a_bundle_header_claiming_a_huge_length_is_refused(bundle: Path, tmp_pat
 def test_a_bundle_with_a_malformed_header_is_refused(bundle: Path, tmp_path: Path) -> None:
     data = bytearray(bundle.read_bytes())
     n = struct.unpack("<Q", data[:8])[0]
-    data[8 + n // 2: 8 + n // 2 + 6] = b"\xff\xfe{]]}"
+    data[8 + n // 2 : 8 + n // 2 + 6] = b"\xff\xfe{]]}"
     bad = tmp_path / "malformed.dfm"
     bad.write_bytes(bytes(data))
     with pytest.raises(BundleError, match="header is not valid JSON"):
@@ -482,15 +500,19 @@ def test_bundle_tensors_that_disagree_with_the_metadata_are_refused(bundle: Path
         load_bundle(_save_bundle(tmp_path / "key.dfm", unsafe, tensors))
 
 
-@pytest.mark.parametrize("name, match", [
-    ("sneaker\nbag,1.0", r"control character '\\n'"),
-    ("a\x00b", r"control character '\\x00'"),
-    ("x" * 100_000, "must have 1 to 1000 characters; got 100,000"),
-    ("", "must have 1 to 1000 characters; got 0"),
-    ("bag", "listed twice"),
-])
-def test_bundle_class_names_that_break_outputs_are_refused(bundle: Path, tmp_path: Path, name: str, match: str,
-                                                           capsys) -> None:
+@pytest.mark.parametrize(
+    "name, match",
+    [
+        ("sneaker\nbag,1.0", r"control character '\\n'"),
+        ("a\x00b", r"control character '\\x00'"),
+        ("x" * 100_000, "must have 1 to 1000 characters; got 100,000"),
+        ("", "must have 1 to 1000 characters; got 0"),
+        ("bag", "listed twice"),
+    ],
+)
+def test_bundle_class_names_that_break_outputs_are_refused(
+    bundle: Path, tmp_path: Path, name: str, match: str, capsys
+) -> None:
     doc, tensors = _bundle_parts(bundle)
     doc["classes"][1] = name
     bad = _save_bundle(tmp_path / "classes.dfm", doc, tensors)
@@ -553,14 +575,16 @@ layers: *i
 """
 
 
-@pytest.mark.parametrize("text, match", [
-    (BOMB, "expands to more than 100,000 values"),
-    ("layers: &x [*x]\n", "refers to itself through an alias"),
-    ("layers: [unclosed\n", "is not valid YAML"),
-    ("layers: !!python/object/apply:os.system ['echo pwned']\n", "is not valid YAML"),
-])
-def test_a_hostile_config_file_is_refused_quickly(store: Path, tmp_path: Path, text: str, match: str,
-                                                  capsys) -> None:
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        (BOMB, "expands to more than 100,000 values"),
+        ("layers: &x [*x]\n", "refers to itself through an alias"),
+        ("layers: [unclosed\n", "is not valid YAML"),
+        ("layers: !!python/object/apply:os.system ['echo pwned']\n", "is not valid YAML"),
+    ],
+)
+def test_a_hostile_config_file_is_refused_quickly(store: Path, tmp_path: Path, text: str, match: str, capsys) -> None:
     cfg = tmp_path / "cfg.yaml"
     cfg.write_text(text)
     start = time.monotonic()

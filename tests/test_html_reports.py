@@ -1,5 +1,6 @@
 """The HTML reports (evaluate, probe, analyze, predict gallery): content, self-containment, and a real
 headless Chromium that loads each page with no console error, no network request and a non-blank screenshot."""
+
 from __future__ import annotations
 
 import base64
@@ -49,13 +50,31 @@ class Chromium:
             os.dup2(high_w, 4)
 
         self.proc = subprocess.Popen(
-            [exe, "--headless=new", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run",
-             "--no-default-browser-check", "--disable-extensions", "--disable-background-networking",
-             "--disable-sync", "--disable-component-update", "--mute-audio", "--hide-scrollbars",
-             "--proxy-server=http://127.0.0.1:9", "--proxy-bypass-list=<-loopback>",
-             f"--user-data-dir={self.profile}", "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            preexec_fn=fds, close_fds=False)
+            [
+                exe,
+                "--headless=new",
+                "--no-sandbox",
+                "--disable-gpu",
+                "--remote-debugging-pipe",
+                "--no-first-run",
+                "--no-default-browser-check",
+                "--disable-extensions",
+                "--disable-background-networking",
+                "--disable-sync",
+                "--disable-component-update",
+                "--mute-audio",
+                "--hide-scrollbars",
+                "--proxy-server=http://127.0.0.1:9",
+                "--proxy-bypass-list=<-loopback>",
+                f"--user-data-dir={self.profile}",
+                "about:blank",
+            ],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=fds,
+            close_fds=False,
+        )
         os.close(to_child_r)
         os.close(from_child_w)
         self._id = 0
@@ -80,8 +99,9 @@ class Chromium:
         with self._cond:
             self._cond.notify_all()
 
-    def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None,
-             timeout: float = 60) -> dict[str, Any]:
+    def send(
+        self, method: str, params: dict[str, Any] | None = None, session: str | None = None, timeout: float = 60
+    ) -> dict[str, Any]:
         self._id += 1
         mid = self._id
         msg: dict[str, Any] = {"id": mid, "method": method, "params": params or {}}
@@ -106,8 +126,11 @@ class Chromium:
         session = self.send("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
         for domain in ("Page", "Runtime", "Log", "Network"):
             self.send(f"{domain}.enable", session=session)
-        self.send("Emulation.setDeviceMetricsOverride", {"width": width, "height": height, "deviceScaleFactor": 1,
-                                                         "mobile": False}, session=session)
+        self.send(
+            "Emulation.setDeviceMetricsOverride",
+            {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False},
+            session=session,
+        )
         self.send("Page.navigate", {"url": url}, session=session)
         errors: list[str] = []
         requests: list[str] = []
@@ -126,8 +149,9 @@ class Chromium:
             elif m == "Runtime.exceptionThrown":
                 errors.append("exception: " + p["exceptionDetails"].get("text", ""))
             elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
-                errors.append("console: " + " ".join(str(a.get("value", a.get("description", "")))
-                                                     for a in p.get("args", [])))
+                errors.append(
+                    "console: " + " ".join(str(a.get("value", a.get("description", ""))) for a in p.get("args", []))
+                )
             elif m == "Log.entryAdded" and p["entry"].get("level") == "error":
                 errors.append("log: " + p["entry"].get("text", ""))
             elif m == "Network.requestWillBeSent":
@@ -199,8 +223,11 @@ def pages(data, bundle, tmp_path_factory) -> dict[str, Path]:
     assert report["files"]["report.html"] == str(root / "evaluate" / "report.html")
     deepfeat.probe(store, out=root / "probe", groups="stages,all", epochs=3)
     deepfeat.analyze(store, root / "analyze", split="train", sample_rows=256)
-    return {"evaluate": root / "evaluate" / "report.html", "probe": root / "probe" / "report.html",
-            "analyze": root / "analyze" / "report.html"}
+    return {
+        "evaluate": root / "evaluate" / "report.html",
+        "probe": root / "probe" / "report.html",
+        "analyze": root / "analyze" / "report.html",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +254,7 @@ def test_evaluation_page_content(pages):
     report = json.loads((pages["evaluate"].parent / "report.json").read_text())
     assert f"{report['accuracy']:.4f}" in page and "top-3 accuracy" in page
     for c in report["per_class"]:
-        assert f"<td class=\"l\">{c}</td>" in page  # a per-class row
+        assert f'<td class="l">{c}</td>' in page  # a per-class row
     assert page.count('<table class="cm">') == 1 and "true \\ predicted" in page
     # thumbnails of the real sources, and placeholders for the moved ones
     assert page.count('src="data:image/jpeg;base64,') >= 5
@@ -276,8 +303,10 @@ def test_page_renders_in_chromium(browser, page_path):
 def test_the_browser_check_can_fail(browser, tmp_path):
     """The harness sees a console error, an exception, a network request and a blank page."""
     bad = tmp_path / "bad.html"
-    bad.write_text('<!doctype html><html><body><img src="http://example.invalid/x.png">'
-                   '<script>console.error("boom"); notDefined();</script></body></html>')
+    bad.write_text(
+        '<!doctype html><html><body><img src="http://example.invalid/x.png">'
+        '<script>console.error("boom"); notDefined();</script></body></html>'
+    )
     r = browser.load(bad.as_uri())
     assert any("boom" in e for e in r["errors"]) and any("notDefined" in e or "exception" in e for e in r["errors"])
     assert any(u.startswith("http://example.invalid") for u in r["requests"])

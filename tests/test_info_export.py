@@ -4,6 +4,7 @@ The store is extracted once per module from crops of scikit-image photos (effici
 two layers, float16, parts of 7 inputs) plus two undecodable files and one non-image file,
 so the ledger has embedded, failed and excluded entries.
 """
+
 from __future__ import annotations
 
 import csv
@@ -41,7 +42,7 @@ def _write_images(root: str) -> None:
             os.makedirs(folder)
             for i in range(n):
                 y, x = int(rng.integers(0, h // 3)), int(rng.integers(0, w // 3))
-                img = Image.fromarray(arr[y:y + h // 2, x:x + w // 2]).convert("RGB").resize((80, 64))
+                img = Image.fromarray(arr[y : y + h // 2, x : x + w // 2]).convert("RGB").resize((80, 64))
                 img.save(os.path.join(folder, f"{cls}_{i}.{'png' if i % 2 else 'jpg'}"))
     open(os.path.join(root, "train", "cat", "empty.jpg"), "wb").close()  # 0 bytes -> failed
     with open(os.path.join(root, "test", "coffee", "notes.png"), "w") as f:  # text named .png -> failed
@@ -55,8 +56,17 @@ def store_dir(tmp_path_factory) -> str:
     base = tmp_path_factory.mktemp("infoexport")
     root, out = str(base / "images"), str(base / "feats")
     _write_images(root)
-    summary = deepfeat.extract(root, out, model="efficientnet_lite0", layers=",".join(LAYERS), pool="avg",
-                               dtype="float16", input_size=64, workers=0, part_size=7)
+    summary = deepfeat.extract(
+        root,
+        out,
+        model="efficientnet_lite0",
+        layers=",".join(LAYERS),
+        pool="avg",
+        dtype="float16",
+        input_size=64,
+        workers=0,
+        part_size=7,
+    )
     assert summary.embedded_total == 24 and summary.failed_total == 2
     return out
 
@@ -129,8 +139,16 @@ def test_info_counts_add_up_and_match_ledger(store_dir):
 def test_format_info_mentions_layers_splits_and_reasons(store_dir):
     info = store_info(store_dir)
     text = format_info(info)
-    for word in LAYERS + ["train", "test", "efficientnet_lite0", "float16", "not_image_extension",
-                          *info.failures_by_reason, *CLASSES, info.weights_sha256]:
+    for word in LAYERS + [
+        "train",
+        "test",
+        "efficientnet_lite0",
+        "float16",
+        "not_image_extension",
+        *info.failures_by_reason,
+        *CLASSES,
+        info.weights_sha256,
+    ]:
         assert word in text, word
     full = format_info(info, failures=True)
     assert "empty.jpg" in full and "notes.png" in full and "readme.txt" in full
@@ -214,12 +232,17 @@ def _read_export(fmt: str, out: str, layers: list[str]):
         feats, col = {}, 6
         for n in layers:
             names = [h for h in header if h.rsplit("_", 1)[0] == n]
-            assert header[col:col + len(names)] == [f"{n}_{i}" for i in range(len(names))]
-            feats[n] = np.array([r[col:col + len(names)] for r in body], dtype=np.float32).reshape(len(body), len(names))
+            assert header[col : col + len(names)] == [f"{n}_{i}" for i in range(len(names))]
+            feats[n] = np.array([r[col : col + len(names)] for r in body], dtype=np.float32).reshape(len(body), len(names))
             col += len(names)
         assert col == len(header)
-        meta = {"id": [r[0] for r in body], "label": [r[1] for r in body], "split": [r[2] for r in body],
-                "view": [int(r[3]) for r in body], "path": [r[4] for r in body]}
+        meta = {
+            "id": [r[0] for r in body],
+            "label": [r[1] for r in body],
+            "split": [r[2] for r in body],
+            "view": [int(r[3]) for r in body],
+            "path": [r[4] for r in body],
+        }
     return feats, meta
 
 

@@ -5,6 +5,7 @@ key); a job with fewer images than the calibration wants uses all of them and sa
 measures int8 against torch fp32 like any reduced precision, and an explicit int8 that fails it is
 refused with the numbers. ``auto`` never picks int8 (docs/DECISIONS.md).
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +23,10 @@ from deepfeat.runtimes.export import cache_key
 from deepfeat.runtimes.guard import sample_indices
 from deepfeat.runtimes.openvino_runtime import nncf_missing
 
-pytestmark = pytest.mark.skipif(bool(nncf_missing()) or deepfeat.runtimes.RUNTIMES["openvino"].unavailable_reason()
-                                is not None, reason="int8 needs OpenVINO and NNCF")
+pytestmark = pytest.mark.skipif(
+    bool(nncf_missing()) or deepfeat.runtimes.RUNTIMES["openvino"].unavailable_reason() is not None,
+    reason="int8 needs OpenVINO and NNCF",
+)
 
 LAYERS = "blocks.4,pre_logits"
 

@@ -10,6 +10,7 @@ shows that a feature does not depend on them).
 
 The seed of the random points is printed on failure; ``DFT_SEED=<n>`` replays it.
 """
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,19 @@ from test_crash import assert_kept, assert_same, committed, committed_parts, lis
 from deepfeat.store import layout
 from deepfeat.store.manifest import Manifest
 
-ARGS = ["--layers", "blocks.2,pre_logits", "--input-size", "32", "--batch-size", "2", "--part-size", "2",
-        "--workers", "2", "-q"]
+ARGS = [
+    "--layers",
+    "blocks.2,pre_logits",
+    "--input-size",
+    "32",
+    "--batch-size",
+    "2",
+    "--part-size",
+    "2",
+    "--workers",
+    "2",
+    "-q",
+]
 N_PARTS = 40  # 80 images / --part-size 2: room for many interrupts before the store is complete
 RESUME_HINT = "rerun the same command to resume"
 SLOW_DECODE_S = 0.15  # added to each decode batch of an interrupted run (tests/faults.py)
@@ -48,16 +60,29 @@ def _as_in_a_terminal() -> None:
 
 def start(src: Path, out: Path, env: dict) -> subprocess.Popen:
     cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(src), "--out", str(out), *ARGS]
-    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                            preexec_fn=_as_in_a_terminal)
+    return subprocess.Popen(
+        cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True, preexec_fn=_as_in_a_terminal
+    )
 
 
 @pytest.fixture(scope="module")
 def reference(fm_dir, tmp_path_factory):
     """One clean run with other part boundaries (8 inputs) and one decode worker."""
     out = tmp_path_factory.mktemp("reference") / "feats"
-    cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(fm_dir), "--out", str(out), *ARGS,
-           "--part-size", "8", "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepfeat.cli",
+        "extract",
+        str(fm_dir),
+        "--out",
+        str(out),
+        *ARGS,
+        "--part-size",
+        "8",
+        "--workers",
+        "1",
+    ]
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr
     return snapshot(out)
@@ -87,8 +112,7 @@ def interrupt_once(src: Path, out: Path, tmp: Path, point: str, rng: random.Rand
     elif point == "commit":  # inside the commit of this run's first or second part
         stage = rng.choice(["before_rename", "before_manifest"])
         why += f" ({stage})"
-        env = faults.env(pause={"stage": stage, "after": rng.randrange(2), "seconds": 60, "marker": str(marker)},
-                         **slow)
+        env = faults.env(pause={"stage": stage, "after": rng.randrange(2), "seconds": 60, "marker": str(marker)}, **slow)
     else:
         env = faults.env(**slow)
     p = start(src, out, env)
@@ -100,8 +124,7 @@ def interrupt_once(src: Path, out: Path, tmp: Path, point: str, rng: random.Rand
             wait_for(lambda: marker.exists() or p.poll() is not None, timeout=180)
             time.sleep(rng.uniform(0, 0.3))
         else:  # decoding and computing, workers busy
-            wait_for(lambda: (committed_parts(out) > before and decode_workers(p.pid)) or p.poll() is not None,
-                     timeout=180)
+            wait_for(lambda: (committed_parts(out) > before and decode_workers(p.pid)) or p.poll() is not None, timeout=180)
             time.sleep(rng.uniform(0, 0.6))
         assert p.poll() is None, f"{why}: the run ended before the interrupt: {p.communicate()[1].decode()}"
         if point != "startup":
@@ -164,8 +187,16 @@ def test_ctrl_c_to_the_process_group_many_times(fm_dir, tmp_path, reference):
 # ------------------------------------------------------------------ parts closed by time (issue 12, item 2)
 # torch on the CPU gives an image computed alone (a batch of 1) other low bits than in a batch of 3,
 # so these stores are only equal if every image is computed in the same batch whatever the part boundaries.
-KW = dict(layers="blocks.2,pre_logits", input_size=32, batch_size=3, part_size=7, workers=0, device="cpu",
-          runtime="torch", precision="fp32")
+KW = dict(
+    layers="blocks.2,pre_logits",
+    input_size=32,
+    batch_size=3,
+    part_size=7,
+    workers=0,
+    device="cpu",
+    runtime="torch",
+    precision="fp32",
+)
 
 
 @pytest.fixture(scope="module")
@@ -246,8 +277,13 @@ def test_ctrl_c_while_the_program_starts_is_one_line_and_exit_130(tmp_path):
     (script,) = [e for e in entry_points(group="console_scripts") if e.name == "deepfeat"]
     assert script.value == "deepfeat._console:main"
     marker = tmp_path / "interrupted"
-    done = subprocess.run([sys.executable, "-c", _INTERRUPTED_IMPORT, str(marker)], capture_output=True, text=True,
-                          timeout=60, preexec_fn=_as_in_a_terminal)
+    done = subprocess.run(
+        [sys.executable, "-c", _INTERRUPTED_IMPORT, str(marker)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=_as_in_a_terminal,
+    )
     assert marker.exists()  # the interrupt landed inside the import of the command line
     assert (done.returncode, done.stdout) == (130, "")
     assert done.stderr == "interrupted while starting: nothing was done\n"
@@ -274,8 +310,9 @@ def test_a_ctrl_c_during_heavy_imports_is_held_then_raised():
     """A Ctrl-C that lands while torch / timm / OpenVINO import (their native start-up, where a
     KeyboardInterrupt was measured to vanish or abort the process) is kept until the import is over and
     then raised: the command still stops, at a safe point, and Ctrl-C is back to Python's handler."""
-    done = subprocess.run([sys.executable, "-c", _HELD], capture_output=True, text=True, timeout=60,
-                          preexec_fn=_as_in_a_terminal)
+    done = subprocess.run(
+        [sys.executable, "-c", _HELD], capture_output=True, text=True, timeout=60, preexec_fn=_as_in_a_terminal
+    )
     assert done.stdout.splitlines() == ["the block finished", "KeyboardInterrupt after the block", "True"], done
     assert done.returncode == 0 and "Traceback" not in done.stderr
 

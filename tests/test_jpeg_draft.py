@@ -5,6 +5,7 @@ full-resolution decode; the ledger and row metadata still describe the full imag
 file still fails as truncated; stores and bundles written before the draft existed keep decoding
 at full size.
 """
+
 from __future__ import annotations
 
 import os
@@ -90,8 +91,7 @@ def test_drafted_features_agree_with_full_decode_and_rows_keep_the_full_size(big
 
 
 def test_preprocessing_recorded_before_the_draft_decodes_at_full_size() -> None:
-    old = {"input_size": [224, 224], "crop_pct": 0.875, "interpolation": "bilinear", "mean": [0.5] * 3,
-           "std": [0.5] * 3}
+    old = {"input_size": [224, 224], "crop_pct": 0.875, "interpolation": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3}
     pre = Preprocess.from_dict(old)
     assert pre.jpeg_draft is False and pre.draft_size is None
     assert Preprocess.from_dict(Preprocess().to_dict()).jpeg_draft is True

@@ -1,5 +1,6 @@
 """The layer contract (scripts/check_layers.py): no import cycle with lazy imports counted, lower layers never
 import higher ones, and a lazy import always defers a heavy package -- on the real package, and on planted faults."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -39,29 +40,45 @@ def test_the_package_keeps_its_layers() -> None:
 
 
 def test_a_planted_lazy_cycle_fails(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "store/__init__.py": "", "store/reader.py": "def verify():\n    from .info import check\n    return check()\n",
-        "store/info.py": "import numpy\nfrom .reader import verify\ndef check():\n    return []\n"})
+    root = _package(
+        tmp_path,
+        {
+            "store/__init__.py": "",
+            "store/reader.py": "def verify():\n    from .info import check\n    return check()\n",
+            "store/info.py": "import numpy\nfrom .reader import verify\ndef check():\n    return []\n",
+        },
+    )
     problems = check_layers.check(root)
-    assert any(p.startswith("import cycle of 2 modules") and "deepfeat.store.reader -> deepfeat.store.info (line 2)"
-               in p for p in problems), problems
+    assert any(
+        p.startswith("import cycle of 2 modules") and "deepfeat.store.reader -> deepfeat.store.info (line 2)" in p
+        for p in problems
+    ), problems
     proc = subprocess.run([sys.executable, str(SCRIPT), str(root)], capture_output=True, text=True)
     assert proc.returncode == 1 and "import cycle" in proc.stdout
 
 
 def test_a_lower_layer_importing_a_higher_one_fails(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "store/__init__.py": "", "engines/__init__.py": "import torch\n",
-        "store/writer.py": "def write():\n    from ..engines import run\n"})
+    root = _package(
+        tmp_path,
+        {
+            "store/__init__.py": "",
+            "engines/__init__.py": "import torch\n",
+            "store/writer.py": "def write():\n    from ..engines import run\n",
+        },
+    )
     problems = check_layers.check(root)
     assert problems == ["deepfeat.store.writer:2 imports deepfeat.engines (layer 4 above 1)"]
 
 
 def test_a_lazy_import_that_defers_nothing_fails(tmp_path: Path) -> None:
-    root = _package(tmp_path, {
-        "units.py": "def f():\n    return 1\n",
-        "params.py": "import torch\ndef g():\n    from .units import f\n    return f()\n",
-        "heads.py": "def h():\n    import torch\n    from .params import g\n    return g()\n"})
+    root = _package(
+        tmp_path,
+        {
+            "units.py": "def f():\n    return 1\n",
+            "params.py": "import torch\ndef g():\n    from .units import f\n    return f()\n",
+            "heads.py": "def h():\n    import torch\n    from .params import g\n    return g()\n",
+        },
+    )
     problems = check_layers.check(root)
     # params already loads torch: units defers nothing there; in heads the import of params defers torch
     assert len(problems) == 1 and problems[0].startswith("deepfeat.params:3 imports deepfeat.units inside a function")

@@ -4,6 +4,7 @@ docs/STORE_FORMAT.md, "Commit protocol". The unit tests use part records that na
 need not exist (the manifest's checks are on the records); the end-to-end tests extract 40 real
 Fashion-MNIST images into 20 parts with the log in use, and kill writers with SIGKILL.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -32,9 +33,11 @@ LOG = layout.COMMIT_LOG_FILE
 def record(i: int, rows: int = 4) -> PartRecord:
     """A part record with deterministic checksums (a ledger, a row table and one layer of 8 float16 dims)."""
     digest = lambda what: hashlib.sha256(f"{i}/{what}".encode()).hexdigest()  # noqa: E731
-    files = {"ledger.parquet": {"sha256": digest("l"), "bytes": 1000 + i},
-             "rows.parquet": {"sha256": digest("r"), "bytes": 2000 + i},
-             "feat.npy": {"sha256": digest("f"), "bytes": rows * 8 * 2 + 128, "shape": [rows, 8], "dtype": "float16"}}
+    files = {
+        "ledger.parquet": {"sha256": digest("l"), "bytes": 1000 + i},
+        "rows.parquet": {"sha256": digest("r"), "bytes": 2000 + i},
+        "feat.npy": {"sha256": digest("f"), "bytes": rows * 8 * 2 + 128, "shape": [rows, 8], "dtype": "float16"},
+    }
     return PartRecord(layout.part_name(i), rows, rows, rows, 0, files, {"train": rows})
 
 
@@ -72,8 +75,9 @@ def test_commits_append_to_the_log_and_compact_at_one_sixteenth(store: Path) -> 
     assert dicts(again.parts) == dicts(m.parts) == [record(i).to_dict() for i in range(35)]
     m.commit(record(35))  # the third would exceed 1/16: manifest.json is rewritten, the log removed
     assert not (store / LOG).exists()
-    assert [p["name"] for p in json.loads((store / layout.MANIFEST_FILE).read_text())["parts"]] == \
-        [layout.part_name(i) for i in range(36)]
+    assert [p["name"] for p in json.loads((store / layout.MANIFEST_FILE).read_text())["parts"]] == [
+        layout.part_name(i) for i in range(36)
+    ]
     with pytest.raises(StoreError, match="already committed"):
         m.commit(record(35))
 
@@ -86,8 +90,7 @@ def test_a_logged_line_is_one_checksummed_json_object(store: Path) -> None:
     digest, body = line.rstrip(b"\n").split(b" ", 1)
     assert digest.decode() == hashlib.sha256(body).hexdigest()[:16]
     doc = json.loads(body)
-    assert doc == {"log": json.loads((store / layout.MANIFEST_FILE).read_text())["log"],
-                   "part": record(32).to_dict()}
+    assert doc == {"log": json.loads((store / layout.MANIFEST_FILE).read_text())["log"], "part": record(32).to_dict()}
 
 
 def test_compact_folds_the_log_and_equal_stores_have_equal_manifests(store: Path, tmp_path: Path) -> None:
@@ -119,9 +122,11 @@ def test_a_torn_last_line_is_ignored_and_rewritten_away(store: Path, caplog: pyt
         m.commit(record(i))
     full = (store / LOG).read_bytes()
     second = log_lines(store)[1]
-    for torn in (full[:-len(second) // 2],  # an append cut in the middle (no newline)
-                 full[:-len(second)] + b"\0" * len(second),  # the size grew, the data never landed
-                 full[:-9] + b"00000000\n"):  # a whole line whose bytes are not those written
+    for torn in (
+        full[: -len(second) // 2],  # an append cut in the middle (no newline)
+        full[: -len(second)] + b"\0" * len(second),  # the size grew, the data never landed
+        full[:-9] + b"00000000\n",
+    ):  # a whole line whose bytes are not those written
         (store / LOG).write_bytes(torn)
         with caplog.at_level(logging.WARNING, logger="deepfeat.store.manifest"):
             caplog.clear()
@@ -170,8 +175,9 @@ def test_a_failed_append_leaves_the_store_as_before(store: Path, monkeypatch) ->
         m.commit(record(33))
     monkeypatch.setattr(os, "fsync", real_fsync)
     assert len(log_lines(store)) == 1  # the half-committed line was cut off again
-    assert [p.name for p in m.parts] == [p.name for p in Manifest(str(store)).parts] == \
-        [layout.part_name(i) for i in range(33)]
+    assert (
+        [p.name for p in m.parts] == [p.name for p in Manifest(str(store)).parts] == [layout.part_name(i) for i in range(33)]
+    )
     m.commit(record(33))
     assert [p.name for p in Manifest(str(store)).parts] == [layout.part_name(i) for i in range(34)]
 
@@ -198,8 +204,9 @@ def test_kill9_while_committing_keeps_every_acknowledged_part(tmp_path: Path) ->
     rng = np.random.default_rng(3)
     acknowledged = -1
     for _ in range(4):
-        p = subprocess.Popen([sys.executable, "-c", COMMITTER, str(root), str(Path(__file__).parent)],
-                             stdout=subprocess.PIPE, text=True)
+        p = subprocess.Popen(
+            [sys.executable, "-c", COMMITTER, str(root), str(Path(__file__).parent)], stdout=subprocess.PIPE, text=True
+        )
         assert p.stdout is not None
         first = int(p.stdout.readline())
         time.sleep(float(rng.uniform(0.02, 0.3)))
@@ -237,14 +244,17 @@ def _line(store: Path, index: int) -> dict:
     return json.loads(log_lines(store)[index].split(b" ", 1)[1])
 
 
-@pytest.mark.parametrize("damage, match", [
-    ("flip", "line 2 fails its checksum.*so the file was modified"),
-    ("not json", "line 1 is not valid JSON"),
-    ("not an entry", "line 1 is not an object"),
-    ("duplicate", "line 3: part 00000032 is committed twice"),
-    ("bad counts", "line 2: part 00000033: 5 embedded \\+ 0 failed != 4 items"),
-    ("path", "line 1: '../../etc' is not a part name"),
-])
+@pytest.mark.parametrize(
+    "damage, match",
+    [
+        ("flip", "line 2 fails its checksum.*so the file was modified"),
+        ("not json", "line 1 is not valid JSON"),
+        ("not an entry", "line 1 is not an object"),
+        ("duplicate", "line 3: part 00000032 is committed twice"),
+        ("bad counts", "line 2: part 00000033: 5 embedded \\+ 0 failed != 4 items"),
+        ("path", "line 1: '../../etc' is not a part name"),
+    ],
+)
 def test_a_damaged_or_forged_log_is_a_clear_store_error(store: Path, damage: str, match: str) -> None:
     _logged_store(store)
     if damage == "flip":
@@ -283,8 +293,7 @@ def test_log_lines_of_another_manifest_are_ignored_and_a_part_of_the_manifest_is
         Manifest(str(store))
 
 
-def test_a_bad_token_a_symlinked_log_and_an_oversized_log_are_refused(store: Path, tmp_path: Path,
-                                                                       monkeypatch) -> None:
+def test_a_bad_token_a_symlinked_log_and_an_oversized_log_are_refused(store: Path, tmp_path: Path, monkeypatch) -> None:
     _logged_store(store)
     doc = json.loads((store / layout.MANIFEST_FILE).read_text())
     token = doc["log"]
@@ -320,8 +329,9 @@ def test_an_old_store_with_a_stray_log_ignores_it(store: Path) -> None:
 
 
 # ------------------------------------------------------------------------------- real stores
-ARGS = dict(layers="pre_logits", pool="avg", dtype="float16", input_size=32, workers=0, batch_size=8, part_size=2,
-            runtime="torch")
+ARGS = dict(
+    layers="pre_logits", pool="avg", dtype="float16", input_size=32, workers=0, batch_size=8, part_size=2, runtime="torch"
+)
 
 
 @pytest.fixture(scope="module")
@@ -347,8 +357,11 @@ def clean(images: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _snapshot(out: Path) -> dict:
     store = open_store(out)
-    return {(i, v): row for b in store.batches(batch_size=64)
-            for i, v, row in zip(b.ids, b.meta.column("view").to_pylist(), b.concat())}
+    return {
+        (i, v): row
+        for b in store.batches(batch_size=64)
+        for i, v, row in zip(b.ids, b.meta.column("view").to_pylist(), b.concat())
+    }
 
 
 def test_readers_see_the_logged_parts_of_a_real_store(clean: Path, tmp_path: Path) -> None:
@@ -386,8 +399,7 @@ deepfeat.extract(sys.argv[1], sys.argv[2], layers="pre_logits", pool="avg", dtyp
 
 @pytest.mark.slow  # ~15 s on an idle machine, a minute on the loaded 2-core VM; the log's kill -9 test
 # above (a real process committing with Manifest, killed 4 times) runs in the default suite
-def test_kill9_during_a_logged_extraction_then_resume_equals_a_clean_run(images: Path, clean: Path,
-                                                                          tmp_path: Path) -> None:
+def test_kill9_during_a_logged_extraction_then_resume_equals_a_clean_run(images: Path, clean: Path, tmp_path: Path) -> None:
     out = tmp_path / "feats"
     p = subprocess.Popen([sys.executable, "-c", CHILD, str(images), str(out)])
     deadline = time.monotonic() + 120

@@ -6,6 +6,7 @@ deterministic variants of it (shifted, mirrored, dimmed). Two: the real Fashion-
 trouser and bag. Both go through extract -> train -> evaluate -> predict end to end with the
 bundled EfficientNet-Lite0.
 """
+
 from __future__ import annotations
 
 import csv
@@ -32,8 +33,9 @@ def _shift(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
     """``img`` moved by (dy, dx) pixels, the uncovered border black (Fashion-MNIST's background)."""
     out = np.zeros_like(img)
     h, w = img.shape
-    out[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = img[max(-dy, 0):h + min(-dy, 0),
-                                                                    max(-dx, 0):w + min(-dx, 0)]
+    out[max(dy, 0) : h + min(dy, 0), max(dx, 0) : w + min(dx, 0)] = img[
+        max(-dy, 0) : h + min(-dy, 0), max(-dx, 0) : w + min(-dx, 0)
+    ]
     return out
 
 
@@ -81,8 +83,9 @@ def many_dir(fm_test: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.Te
 @pytest.fixture(scope="module")
 def many_store(many_dir: Path, bb64, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "many"
-    s = deepfeat.extract(many_dir, out, layers="pre_logits", pool="avg", input_size=INPUT_SIZE, workers=0,
-                         dtype="float16", backbone=bb64)
+    s = deepfeat.extract(
+        many_dir, out, layers="pre_logits", pool="avg", input_size=INPUT_SIZE, workers=0, dtype="float16", backbone=bb64
+    )
     assert s.embedded_total == N_MANY * (2 + len(VARIANTS)) and s.failed_total == 0
     return out
 
@@ -91,8 +94,9 @@ def many_store(many_dir: Path, bb64, tmp_path_factory: pytest.TempPathFactory) -
 def many_stream(many_store: Path, tmp_path_factory: pytest.TempPathFactory) -> deepfeat.TrainResult:
     """A streaming logistic head on the 200 classes, saved as a bundle."""
     path = tmp_path_factory.mktemp("bundles") / "many.dfm"
-    return deepfeat.train(many_store, layers="pre_logits", head="logreg", solver="stream", batch_size=64, epochs=10,
-                          out=path)
+    return deepfeat.train(
+        many_store, layers="pre_logits", head="logreg", solver="stream", batch_size=64, epochs=10, out=path
+    )
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +105,7 @@ def two_dir(fm_test: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.Tem
     images, labels = fm_test
     root = tmp_path_factory.mktemp("two") / "fm"
     for name in TWO:
-        index = np.flatnonzero(labels == FASHION_MNIST_CLASSES.index(name))[:2 * TWO_PER_SPLIT]
+        index = np.flatnonzero(labels == FASHION_MNIST_CLASSES.index(name))[: 2 * TWO_PER_SPLIT]
         for split, chosen in (("train", index[:TWO_PER_SPLIT]), ("test", index[TWO_PER_SPLIT:])):
             folder = root / split / name
             folder.mkdir(parents=True)
@@ -113,15 +117,17 @@ def two_dir(fm_test: tuple[np.ndarray, np.ndarray], tmp_path_factory: pytest.Tem
 @pytest.fixture(scope="module")
 def two_store(two_dir: Path, bb64, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "two"
-    s = deepfeat.extract(two_dir, out, layers="pre_logits", pool="avg", input_size=INPUT_SIZE, workers=0,
-                         dtype="float16", backbone=bb64)
+    s = deepfeat.extract(
+        two_dir, out, layers="pre_logits", pool="avg", input_size=INPUT_SIZE, workers=0, dtype="float16", backbone=bb64
+    )
     assert s.embedded_total == 4 * TWO_PER_SPLIT and s.failed_total == 0
     return out
 
 
 # ----------------------------------------------------------------------------- 200 classes
-def test_200_classes_stream_logreg_and_its_report(many_store: Path, many_stream: deepfeat.TrainResult,
-                                                  tmp_path: Path) -> None:
+def test_200_classes_stream_logreg_and_its_report(
+    many_store: Path, many_stream: deepfeat.TrainResult, tmp_path: Path
+) -> None:
     r = many_stream
     b = load_bundle(r.bundle_path)
     assert r.classes == b.classes == MANY and b.head.coef_.shape == (N_MANY, 1280)
@@ -131,8 +137,10 @@ def test_200_classes_stream_logreg_and_its_report(many_store: Path, many_stream:
 
     out = tmp_path / "report"
     report = deepfeat.evaluate(r.bundle_path, many_store, split="test", out=out)
-    print(f"\n200 classes, 1 test image each: streaming logreg accuracy {report['accuracy']:.3f}, "
-          f"top-3 {report['top_k']['top_3']:.3f}, validation {r.validation['accuracy']:.3f}")
+    print(
+        f"\n200 classes, 1 test image each: streaming logreg accuracy {report['accuracy']:.3f}, "
+        f"top-3 {report['top_k']['top_3']:.3f}, validation {r.validation['accuracy']:.3f}"
+    )
     assert report["n"] == N_MANY and report["unknown_labels"] == []
     assert report["accuracy"] > 0.8 and r.validation["accuracy"] > 0.7  # measured 1.0 and 0.97; chance 1/200
     assert report["top_k"]["top_3"] >= report["accuracy"]
@@ -168,8 +176,9 @@ def test_200_classes_stream_logreg_and_its_report(many_store: Path, many_stream:
     assert gray.std() > 5  # not a blank canvas
 
 
-def test_200_classes_exact_solver_agrees_with_streaming(many_store: Path, many_stream: deepfeat.TrainResult,
-                                                        tmp_path: Path) -> None:
+def test_200_classes_exact_solver_agrees_with_streaming(
+    many_store: Path, many_stream: deepfeat.TrainResult, tmp_path: Path
+) -> None:
     exact = deepfeat.train(many_store, layers="pre_logits", head="logreg", solver="exact", out=tmp_path / "exact.dfm")
     assert exact.solver == "exact" and exact.classes == MANY and exact.head.coef_.shape == (N_MANY, 1280)
     report = deepfeat.evaluate(tmp_path / "exact.dfm", many_store, split="test")
@@ -181,8 +190,9 @@ def test_200_classes_exact_solver_agrees_with_streaming(many_store: Path, many_s
     assert agree > 0.8
 
 
-def test_200_classes_predict_from_the_image_files(many_dir: Path, many_store: Path,
-                                                  many_stream: deepfeat.TrainResult) -> None:
+def test_200_classes_predict_from_the_image_files(
+    many_dir: Path, many_store: Path, many_stream: deepfeat.TrainResult
+) -> None:
     picks = MANY[::25]  # 8 classes across the range
     paths = [many_dir / "test" / name / f"{name}.png" for name in picks]
     preds = deepfeat.predict_images(many_stream.bundle_path, paths, top_k=5)
@@ -213,13 +223,21 @@ def test_confusion_matrix_figure_stays_readable_with_hundreds_of_classes(tmp_pat
 
 
 # ----------------------------------------------------------------------------- 2 classes
-@pytest.mark.parametrize("head,solver", [("logreg", "stream"), ("svm", "stream"), ("mlp", "stream"),
-                                         ("logreg", "exact"), ("svm", "exact")])
+@pytest.mark.parametrize(
+    "head,solver", [("logreg", "stream"), ("svm", "stream"), ("mlp", "stream"), ("logreg", "exact"), ("svm", "exact")]
+)
 def test_two_fashion_mnist_classes_every_head(two_store: Path, tmp_path: Path, head: str, solver: str) -> None:
     bundle = tmp_path / f"{head}-{solver}.dfm"
-    r = deepfeat.train(two_store, layers="pre_logits", head=head, solver=solver,
-                       hidden=(32,) if head == "mlp" else None, batch_size=8,
-                       epochs=20, out=bundle)
+    r = deepfeat.train(
+        two_store,
+        layers="pre_logits",
+        head=head,
+        solver=solver,
+        hidden=(32,) if head == "mlp" else None,
+        batch_size=8,
+        epochs=20,
+        out=bundle,
+    )
     assert r.classes == ["bag", "trouser"] and r.solver == solver
     X, y, _ = deepfeat.open_store(two_store).load("pre_logits", "test")
     S = load_bundle(bundle).scores(X)

@@ -1,4 +1,5 @@
 """Backbones, weights, layer discovery and selection, on the real bundled model."""
+
 from __future__ import annotations
 
 import pickle
@@ -26,8 +27,9 @@ def test_bundled_top5_on_real_photos(photo_files):
 
     preds = {p.path: p for p in predict_images("efficientnet_lite0", [str(p) for p in photo_files.values()])}
     cat = preds[str(photo_files["cat"])]
-    assert cat.labels[0] in CAT_CLASSES and sum(pr for lb, pr in zip(cat.labels, cat.probabilities)
-                                                if lb in CAT_CLASSES) > 0.8
+    assert (
+        cat.labels[0] in CAT_CLASSES and sum(pr for lb, pr in zip(cat.labels, cat.probabilities) if lb in CAT_CLASSES) > 0.8
+    )
     assert preds[str(photo_files["coffee"])].labels[0] == "espresso"
     assert preds[str(photo_files["rocket"])].labels[0] in {"missile", "projectile, missile", "space shuttle"}
 
@@ -128,8 +130,9 @@ def test_weights_files_safetensors_and_no_pickle(tmp_path):
 
 
 def test_torchscript_and_factory_models(tmp_path):
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    ).eval()
     ts = tmp_path / "net.ts"
     torch.jit.script(net).save(str(ts))
     bb = load_backbone(str(ts))

@@ -3,6 +3,7 @@
 Every test here failed on the code before its fix. Real photos (scikit-image) and the real bundled
 backbone (EfficientNet-Lite0) wherever the behaviour depends on them.
 """
+
 from __future__ import annotations
 
 import re
@@ -30,8 +31,15 @@ def test_flat_folder_with_one_subfolder_embeds_every_image(photo_files, tmp_path
     """F/*.jpg + F/thumbs/x.jpg: the top-level photos are embedded unlabeled, not excluded, and the
     run says so; the store written inside F (--out F/feats) never becomes an input on a rerun."""
     src = tmp_path / "F"
-    _copy(photo_files, {"cat": f"{src}/cat.jpg", "coffee": f"{src}/coffee.jpg", "astronaut": f"{src}/astronaut.jpg",
-                        "rocket": f"{src}/thumbs/rocket.jpg"})
+    _copy(
+        photo_files,
+        {
+            "cat": f"{src}/cat.jpg",
+            "coffee": f"{src}/coffee.jpg",
+            "astronaut": f"{src}/astronaut.jpg",
+            "rocket": f"{src}/thumbs/rocket.jpg",
+        },
+    )
     out = src / "feats"
     assert main(["extract", str(src), "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
@@ -200,9 +208,11 @@ def test_a_memory_budget_without_a_unit_is_refused(fm_store, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------- item 10
 def test_list_files_in_utf16_or_with_nul_bytes_are_usage_errors(photo_files, tmp_path, capsys):
     _copy(photo_files, {"cat": f"{tmp_path}/cat.jpg"})
-    lists = {"u16.txt": "cat.jpg,cat\n".encode("utf-16"),  # with a byte-order mark
-             "u16le.csv": "cat.jpg,cat\n".encode("utf-16-le"),  # without one: NUL bytes
-             "nul.csv": b"cat.jpg,cat\nco\x00ffee.jpg,cup\n"}
+    lists = {
+        "u16.txt": "cat.jpg,cat\n".encode("utf-16"),  # with a byte-order mark
+        "u16le.csv": "cat.jpg,cat\n".encode("utf-16-le"),  # without one: NUL bytes
+        "nul.csv": b"cat.jpg,cat\nco\x00ffee.jpg,cup\n",
+    }
     for name, data in lists.items():
         (tmp_path / name).write_bytes(data)
         assert main(["extract", str(tmp_path / name), "--out", str(tmp_path / f"out_{name}"), *FAST]) == 2, name
@@ -215,12 +225,16 @@ def test_list_files_in_utf16_or_with_nul_bytes_are_usage_errors(photo_files, tmp
 
 def test_a_huge_input_size_is_a_usage_error(photo_files, tmp_path, capsys):
     _copy(photo_files, {"cat": f"{tmp_path}/src/cat.jpg"})
-    for args in (["extract", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--input-size", "100000"],
-                 ["layers", "efficientnet_lite0", "--input-size", "100000"]):
+    for args in (
+        ["extract", str(tmp_path / "src"), "--out", str(tmp_path / "out"), "--input-size", "100000"],
+        ["layers", "efficientnet_lite0", "--input-size", "100000"],
+    ):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err == ["error: The 'input_size' (--input-size) must be at most 4096 pixels a side; got 100000x100000, "
-                       "whose input tensor alone is 111.8 GiB per image."]
+        assert err == [
+            "error: The 'input_size' (--input-size) must be at most 4096 pixels a side; got 100000x100000, "
+            "whose input tensor alone is 111.8 GiB per image."
+        ]
 
 
 # --------------------------------------------------------------------------------------------- item 14
@@ -252,8 +266,16 @@ def test_reliability_md_cites_only_tests_that_exist():
         assert re.search(pattern, sources[name], re.M), f"{name}::{func}{star}"
     for func in set(re.findall(r"`(test_\w+)`", doc)):  # bare names in the tables
         assert any(re.search(rf"^def {func}\(", s, re.M) for s in sources.values()), func
-    for reason in ("unidentified", "truncated", "too_large", "aspect_ratio", "unsupported_format", "vanished",
-                   "worker_crash", "nonfinite_features"):
+    for reason in (
+        "unidentified",
+        "truncated",
+        "too_large",
+        "aspect_ratio",
+        "unsupported_format",
+        "vanished",
+        "worker_crash",
+        "nonfinite_features",
+    ):
         assert f"`{reason}`" in doc, reason
 
 
@@ -269,7 +291,8 @@ def test_a_script_without_a_main_guard_runs_once_and_does_not_hang(fm_dir, tmp_p
         f"s = deepfeat.extract({str(fm_dir / 'train')!r}, {str(tmp_path / 'feats')!r}, layers='pre_logits',\n"
         "                     input_size=32, workers=2, runtime='torch')\n"
         f"p = deepfeat.classify_images('efficientnet_lite0', [{str(fm_dir / 'test')!r}], top_k=1, workers=1)\n"
-        "print('embedded', s.embedded_total, 'classified', len(p), flush=True)\n")
+        "print('embedded', s.embedded_total, 'classified', len(p), flush=True)\n"
+    )
     r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("script body ran") == 1  # the workers never ran it
@@ -294,8 +317,10 @@ def test_a_tree_of_symlinks_embeds_every_image_and_keeps_the_link_paths(fm_dir, 
     assert main(["extract", str(tree), "--out", str(out), *FAST]) == 0
     assert f"{len(targets)} embedded" in capsys.readouterr().out
     rows = deepfeat.open_store(out).rows(["path", "label", "split", "sha256"]).to_pylist()
-    want = {str(tree / "train" / t.parent.name / t.name): (t.parent.name, hashlib.sha256(t.read_bytes()).hexdigest())
-            for t in targets}
+    want = {
+        str(tree / "train" / t.parent.name / t.name): (t.parent.name, hashlib.sha256(t.read_bytes()).hexdigest())
+        for t in targets
+    }
     assert {r["path"]: (r["label"], r["sha256"]) for r in rows} == want
     assert {r["split"] for r in rows} == {"train"}
     refused = tmp_path / "o2"
@@ -347,12 +372,10 @@ def small_tmpfs():
 def _listing(folder: Path) -> list[str]:
     import os
 
-    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, dirs, files in os.walk(folder)
-                  for n in dirs + files)
+    return sorted(os.path.relpath(os.path.join(d, n), folder) for d, dirs, files in os.walk(folder) for n in dirs + files)
 
 
-def test_every_writing_verb_checks_its_output_up_front_and_exits_4(fm_store, fm_bundle, photo_files, read_only_dir,
-                                                                   capsys):
+def test_every_writing_verb_checks_its_output_up_front_and_exits_4(fm_store, fm_bundle, photo_files, read_only_dir, capsys):
     """evaluate, probe, analyze, predict --out, plot, train and export into a read-only mount: exit 4 with one
     'cannot be written' line before any work (train does not fit first), no traceback, nothing written."""
     ro = read_only_dir
@@ -375,20 +398,27 @@ def test_every_writing_verb_checks_its_output_up_front_and_exits_4(fm_store, fm_
     assert _listing(ro) == ["existing"]
 
 
-def test_disk_full_while_writing_reports_exits_4_and_leaves_nothing(fm_store, fm_bundle, photo_files, tmp_path, capsys,
-                                                                    small_tmpfs):
+def test_disk_full_while_writing_reports_exits_4_and_leaves_nothing(
+    fm_store, fm_bundle, photo_files, tmp_path, capsys, small_tmpfs
+):
     """The up-front check passes (the folder is writable) but the disk fills while the files are written:
     exit 4 with one line, and no partial report nor temporary file (evaluate's files are staged, predict's
     page is written to a temporary file that is removed)."""
     full = small_tmpfs(tmp_path / "full", "48k")
     assert main(["evaluate", str(fm_bundle), str(fm_store), "--out", f"{full}/ev"]) == 4
     tiny = small_tmpfs(tmp_path / "tiny", "8k")
-    assert main(["predict", str(fm_bundle), *[str(p) for p in photo_files.values()], "--out", f"{tiny}/p.html",
-                 "--workers", "0"]) == 4
+    assert (
+        main(
+            ["predict", str(fm_bundle), *[str(p) for p in photo_files.values()], "--out", f"{tiny}/p.html", "--workers", "0"]
+        )
+        == 4
+    )
     err = capsys.readouterr().err
     assert err.count("No space left on device") == 2 and "Traceback" not in err, err
     assert "rerun the same command." in err and "resume" not in err
     assert _listing(full) in ([], ["ev"]) and _listing(tiny) == []
+
+
 @pytest.mark.parametrize("fmt", ["hdf5", "npy"])
 def test_export_on_a_nearly_full_disk_exits_4_and_leaves_nothing(fm_store, tmp_path, fmt, small_tmpfs):
     """export into a small tmpfs, in a process of its own (HDF5 used to die of SIGSEGV, npy of SIGBUS):
@@ -399,14 +429,23 @@ def test_export_on_a_nearly_full_disk_exits_4_and_leaves_nothing(fm_store, tmp_p
     import sys
 
     full = small_tmpfs(tmp_path / "full", "256k")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    skip_check = ("import deepfeat.store.export as ex; real = ex.check_writable; "
-                  "ex.check_writable = lambda out, what, directory=False, need=0: real(out, what, directory=directory); ")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    skip_check = (
+        "import deepfeat.store.export as ex; real = ex.check_writable; "
+        "ex.check_writable = lambda out, what, directory=False, need=0: real(out, what, directory=directory); "
+    )
     for prelude in ("", skip_check):
         code = prelude + "import sys; from deepfeat.cli import main; sys.exit(main(sys.argv[1:]))"
-        r = subprocess.run([sys.executable, "-c", code, "export", str(fm_store), "--out", f"{full}/x.{fmt}",
-                            "--format", fmt], capture_output=True, text=True, env=env, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-c", code, "export", str(fm_store), "--out", f"{full}/x.{fmt}", "--format", fmt],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+        )
         assert r.returncode == 4, (r.returncode, r.stderr[-2000:])
         assert "No space left on device" in r.stderr or "free space" in r.stderr or "free;" in r.stderr, r.stderr
         assert "Traceback" not in r.stderr
@@ -438,8 +477,7 @@ def test_pool_cls_on_a_cnn_vector_is_refused(photo_files, tmp_path, capsys):
     """--pool cls on EfficientNet's pre_logits (a vector: no class token) was accepted and recorded."""
     src = tmp_path / "photos"
     _copy(photo_files, {"cat": f"{src}/cat.jpg"})
-    assert main(["extract", str(src), "--out", str(tmp_path / "o"), "--layers", "pre_logits", "--pool", "cls",
-                 *FAST]) == 2
+    assert main(["extract", str(src), "--out", str(tmp_path / "o"), "--layers", "pre_logits", "--pool", "cls", *FAST]) == 2
     err = capsys.readouterr().err
     assert "pre_logits" in err and "needs a token sequence with a class token" in err and "a vector" in err
     assert not (tmp_path / "o").exists()
@@ -481,12 +519,13 @@ def test_a_shard_cut_inside_a_member_header_is_a_ledger_entry(fm_dir, tmp_path):
     shards = tmp_path / "shards"
     shards.mkdir()
     raw = full.read_bytes()
-    (shards / "a.tar").write_bytes(raw[:header_at["000001.cls"] + 200])  # inside sample 1's label header
-    (shards / "b.tar").write_bytes(raw[:header_at["000002.png"] + 60])  # inside sample 2's first header
+    (shards / "a.tar").write_bytes(raw[: header_at["000001.cls"] + 200])  # inside sample 1's label header
+    (shards / "b.tar").write_bytes(raw[: header_at["000002.png"] + 60])  # inside sample 2's first header
     out = tmp_path / "o"
     s = deepfeat.extract(f"{shards}/{{a,b}}.tar", out, input_size=32, workers=0)
-    ledger = {(r["path"].rsplit("/", 1)[-1], r["status"], r["reason"]) for r in
-              deepfeat.open_store(out).ledger().to_pylist()}
+    ledger = {
+        (r["path"].rsplit("/", 1)[-1], r["status"], r["reason"]) for r in deepfeat.open_store(out).ledger().to_pylist()
+    }
     assert ("a.tar#000001", "excluded", "truncated_shard") in ledger
     assert ("b.tar#000002", "excluded", "truncated_shard") in ledger
     embedded = sorted(k for k, status, _ in ledger if status == "embedded")
@@ -503,8 +542,24 @@ def test_part_size_takes_a_size_with_a_unit(photo_files, tmp_path, capsys):
     _copy(photo_files, {k: f"{src}/{k}.jpg" for k in photo_files})
     out = tmp_path / "o"
     # pre_logits of EfficientNet-Lite0 in float16: 1280 x 2 B a row, so 6KiB is 2 inputs a part
-    assert main(["extract", str(src), "--out", str(out), "--layers", "pre_logits", "--dtype", "float16",
-                 "--part-size", "6KiB", *FAST]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(src),
+                "--out",
+                str(out),
+                "--layers",
+                "pre_logits",
+                "--dtype",
+                "float16",
+                "--part-size",
+                "6KiB",
+                *FAST,
+            ]
+        )
+        == 0
+    )
     assert [p.rows for p in deepfeat.open_store(out).parts] == [2, 2]
     # the final line says where the time went: "27.1 s (73.9 img/s)" against the loop's 149.7 img/s hid it
     done = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("done in"))
@@ -519,9 +574,24 @@ def test_plot_activations_prints_no_pytorch_warning(photo_files, tmp_path):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-m", "deepfeat", "plot", "activations", "efficientnet_lite0",
-                        str(photo_files["cat"]), "--layer", "blocks.2", "--out", str(tmp_path / "a.png")],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "deepfeat",
+            "plot",
+            "activations",
+            "efficientnet_lite0",
+            str(photo_files["cat"]),
+            "--layer",
+            "blocks.2",
+            "--out",
+            str(tmp_path / "a.png"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "Warning" not in r.stderr, r.stderr
 
@@ -546,8 +616,10 @@ def _run_in_a_terminal(code: str, timeout: float = 300) -> tuple[int, str]:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 120, 0, 0))  # 120 columns, as a terminal
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, stdout=slave, stderr=slave, env=env)
     os.close(slave)
     chunks = []
@@ -567,14 +639,17 @@ def test_the_python_api_shows_progress_and_a_summary_by_default(fm_dir, fm_store
     """deepfeat.extract(...) in a terminal: a progress bar and a summary line, from the CLI's reporter;
     progress=False prints nothing. (Before, the API was silent for jobs that may run for hours.)"""
     src = fm_dir / "train"
-    code = (f"import deepfeat; deepfeat.extract({str(src)!r}, {str(tmp_path / 'a')!r}, input_size=32, workers=0, "
-            f"batch_size=4); deepfeat.evaluate is not None")
+    code = (
+        f"import deepfeat; deepfeat.extract({str(src)!r}, {str(tmp_path / 'a')!r}, input_size=32, workers=0, "
+        f"batch_size=4); deepfeat.evaluate is not None"
+    )
     status, out = _run_in_a_terminal(code)
     assert status == 0, out
     assert "img/s" in out and "100%" in out, out  # a tqdm bar
     assert re.search(r"extract: 40 embedded and 0 failed this run in \d+\.\d s; .* holds 40 embedded", out), out
-    status, out = _run_in_a_terminal(code.replace("batch_size=4", "batch_size=4, progress=False")
-                                     .replace("'a'", "'b'").replace("/a'", "/b'"))
+    status, out = _run_in_a_terminal(
+        code.replace("batch_size=4", "batch_size=4, progress=False").replace("'a'", "'b'").replace("/a'", "/b'")
+    )
     assert status == 0 and out.strip() == "", out
     # off a terminal (a log, a pipe): plain lines; the summary line too
     import contextlib
@@ -603,19 +678,29 @@ def test_ctrl_c_during_an_exact_solve_exits_130_within_seconds(fm_store, tmp_pat
     import sys
     import time
 
-    code = ("import sys\n"
-            "from sklearn.svm import LinearSVC\n"
-            "from deepfeat.heads.linear import LinearSVMHead\n"
-            "LinearSVMHead.exact_estimator = classmethod(lambda cls, C, w, seed, p: LinearSVC(C=1e6, tol=1e-15, "
-            "max_iter=10**9, dual=True))\n"
-            "from deepfeat.cli import main\n"
-            f"sys.argv = ['deepfeat', 'train', {str(fm_store)!r}, '--head', 'svm', '--solver', 'exact', "
-            f"'--out', {str(tmp_path / 'm.dfm')!r}]\n"
-            "sys.exit(main())\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]),
-                                                         os.environ.get("PYTHONPATH", "")])}
-    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
-                         start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    code = (
+        "import sys\n"
+        "from sklearn.svm import LinearSVC\n"
+        "from deepfeat.heads.linear import LinearSVMHead\n"
+        "LinearSVMHead.exact_estimator = classmethod(lambda cls, C, w, seed, p: LinearSVC(C=1e6, tol=1e-15, "
+        "max_iter=10**9, dual=True))\n"
+        "from deepfeat.cli import main\n"
+        f"sys.argv = ['deepfeat', 'train', {str(fm_store)!r}, '--head', 'svm', '--solver', 'exact', "
+        f"'--out', {str(tmp_path / 'm.dfm')!r}]\n"
+        "sys.exit(main())\n"
+    )
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(deepfeat.__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    p = subprocess.Popen(
+        [sys.executable, "-c", code],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     try:
         err = b""
         deadline = time.monotonic() + 240

@@ -4,6 +4,7 @@ Each remote source is the same real Fashion-MNIST PNGs as the folder in ``test_s
 must give the same rows and bit-identical features. The server sits behind a proxy that records every request
 and can answer some with 500s (``tests/objectstore.py``).
 """
+
 from __future__ import annotations
 
 import json
@@ -64,9 +65,14 @@ def lake(s3: S3Server, fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     for p in shards:
         s3.upload(str(p), "lake", f"shards/{p.name}")
     images = _fm_images(fm_dir)
-    table = pa.table({"key": [f"{sp}/{lab}/{stem}" for sp, lab, stem, _ in images],
-                      "label": [lab for _, lab, _, _ in images], "split": [sp for sp, _, _, _ in images],
-                      "jpg": [data for *_, data in images]})
+    table = pa.table(
+        {
+            "key": [f"{sp}/{lab}/{stem}" for sp, lab, stem, _ in images],
+            "label": [lab for _, lab, _, _ in images],
+            "split": [sp for sp, _, _, _ in images],
+            "jpg": [data for *_, data in images],
+        }
+    )
     (root / "pq").mkdir()
     pq.write_table(table.slice(0, 50), root / "pq" / "a.parquet", row_group_size=16)
     pq.write_table(table.slice(50), root / "pq" / "b.parquet", row_group_size=16)
@@ -83,12 +89,16 @@ def lake(s3: S3Server, fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -
     return {"root": root, "shards": root / "shards"}
 
 
-def test_shards_from_s3_equal_the_same_shards_on_disk(s3: S3Server, lake: dict, lite0, folder_store: dict,
-                                                      tmp_path: Path) -> None:
+def test_shards_from_s3_equal_the_same_shards_on_disk(
+    s3: S3Server, lake: dict, lite0, folder_store: dict, tmp_path: Path
+) -> None:
     n = len(list(lake["shards"].glob("*.tar")))
     url = "s3://lake/shards/{00000..%05d}.tar" % (n - 1)
-    assert resolve_shards("s3://lake/shards/*.tar")[0] == resolve_shards(url)[0] == [
-        f"s3://lake/shards/{i:05d}.tar" for i in range(n)]
+    assert (
+        resolve_shards("s3://lake/shards/*.tar")[0]
+        == resolve_shards(url)[0]
+        == [f"s3://lake/shards/{i:05d}.tar" for i in range(n)]
+    )
     src = open_source(url, split_field="split")
     assert src.kind == "webdataset"
     local = open_source(str(lake["shards"]), split_field="split").discover()
@@ -111,7 +121,7 @@ def test_members_of_a_batch_are_read_in_one_ranged_request(s3: S3Server, lake: d
     assert len(gets) == 1 and gets[0][2] is not None, f"25 adjacent members in one ranged GET, got {gets}"
     for it in items:
         assert read.read_locator(it.locator, 1 << 30) == read.read_locator(local[it.id].locator, 1 << 30)
-    assert [e for e in s3.log[before + 1:] if e[0] == "GET"] == [], "the members came from the prefetched range"
+    assert [e for e in s3.log[before + 1 :] if e[0] == "GET"] == [], "the members came from the prefetched range"
 
 
 def test_shard_index_is_keyed_by_the_objects_etag(s3: S3Server, lake: dict, monkeypatch) -> None:
@@ -139,8 +149,9 @@ def test_shard_index_is_keyed_by_the_objects_etag(s3: S3Server, lake: dict, monk
 
 
 @pytest.mark.slow
-def test_parquet_and_list_files_from_s3_equal_the_folder(s3: S3Server, lake: dict, lite0, folder_store: dict,
-                                                         tmp_path: Path) -> None:
+def test_parquet_and_list_files_from_s3_equal_the_folder(
+    s3: S3Server, lake: dict, lite0, folder_store: dict, tmp_path: Path
+) -> None:
     src = open_source("s3://lake/pq/*.parquet", id_field="key", split_field="split")
     assert src.kind == "parquet"
     s = deepfeat.extract(src, tmp_path / "pq", backbone=lite0, **KW)
@@ -162,8 +173,9 @@ def _assert_subset_of_folder(store_dir: Path, folder: dict, n: int) -> None:
         np.testing.assert_array_equal(x, folder[sha][2])
 
 
-def test_transient_server_errors_are_retried_to_the_same_store(s3: S3Server, lake: dict, lite0, folder_store: dict,
-                                                               tmp_path: Path, monkeypatch) -> None:
+def test_transient_server_errors_are_retried_to_the_same_store(
+    s3: S3Server, lake: dict, lite0, folder_store: dict, tmp_path: Path, monkeypatch
+) -> None:
     monkeypatch.setenv("DEEPFEAT_CACHE_DIR", str(tmp_path / "cache"))  # the shards are scanned under faults too
     before = len(s3.log)
     with s3.failing(every=3):
@@ -196,8 +208,9 @@ def test_an_object_gone_after_discovery_fails_its_inputs(s3: S3Server, lake: dic
     assert info.value.reason == "vanished"
 
 
-def test_an_unreachable_endpoint_fails_within_seconds_naming_the_setting(s3: S3Server, lite0, tmp_path: Path,
-                                                                         monkeypatch) -> None:
+def test_an_unreachable_endpoint_fails_within_seconds_naming_the_setting(
+    s3: S3Server, lite0, tmp_path: Path, monkeypatch
+) -> None:
     import socket
 
     with socket.socket() as sock:  # a port nobody listens on
@@ -240,19 +253,40 @@ def test_killed_run_over_s3_shards_resumes_bit_identical(s3: S3Server, lake: dic
     """SIGKILL after the second commit, then a resume: the store of an uninterrupted run, nothing twice."""
     from deepfeat.cli import main
 
-    args = ["extract", "s3://lake/shards/{00000..00002}.tar", "--split-field", "split", "--model",
-            "efficientnet_lite0", "--layers", "pre_logits", "--input-size", "64", "--workers", "0", "--runtime",
-            "torch", "--precision", "fp32", "--part-size", "10", "--batch-size", "4"]
+    args = [
+        "extract",
+        "s3://lake/shards/{00000..00002}.tar",
+        "--split-field",
+        "split",
+        "--model",
+        "efficientnet_lite0",
+        "--layers",
+        "pre_logits",
+        "--input-size",
+        "64",
+        "--workers",
+        "0",
+        "--runtime",
+        "torch",
+        "--precision",
+        "fp32",
+        "--part-size",
+        "10",
+        "--batch-size",
+        "4",
+    ]
     assert main([*args, "--out", str(tmp_path / "clean")]) == 0
     args += ["--out", str(tmp_path / "killed")]
-    code = ("import os, sys, deepfeat.store.writer as w\n"
-            "orig = w.Manifest.commit\n"
-            "def commit(self, record):\n"
-            "    orig(self, record)\n"
-            "    if len(self.parts) == 2: os.kill(os.getpid(), 9)\n"
-            "w.Manifest.commit = commit\n"
-            "from deepfeat.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
+    code = (
+        "import os, sys, deepfeat.store.writer as w\n"
+        "orig = w.Manifest.commit\n"
+        "def commit(self, record):\n"
+        "    orig(self, record)\n"
+        "    if len(self.parts) == 2: os.kill(os.getpid(), 9)\n"
+        "w.Manifest.commit = commit\n"
+        "from deepfeat.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code, *args], capture_output=True)
     assert r.returncode == -9, r.stderr.decode()[-2000:]
     manifest = json.loads((tmp_path / "killed" / "manifest.json").read_text())
@@ -275,8 +309,7 @@ def test_shards_over_https_plain_web_server(lake: dict, fm_dir: Path) -> None:
         src = open_source(base + "/{00002..00004}.tar", split_field="split")
         found = src.discover()
         assert [x.reason for x in found.excluded] == ["missing"]
-        assert [(it.id, it.label, it.split) for it in found.items] == [(it.id, it.label, it.split)
-                                                                     for it in local.items]
+        assert [(it.id, it.label, it.split) for it in found.items] == [(it.id, it.label, it.split) for it in local.items]
         read.prefetch([it.locator for it in found.items], 1 << 30)
         for it, ref in zip(found.items, local.items):
             assert read.read_locator(it.locator, 1 << 30) == read.read_locator(ref.locator, 1 << 30)

@@ -2,6 +2,7 @@
 
 The checks of the public entry points run before any work: a refused call leaves no output behind.
 """
+
 from __future__ import annotations
 
 import re
@@ -17,10 +18,13 @@ from deepfeat.params import check_choice, check_int, check_number, is_int, param
 
 # ----------------------------------------------------------------------------- the checker
 def test_message_shape():
-    assert str(param_error("epochs", "an int >= 1", 0, "train")) == \
-        "The 'epochs' parameter of train must be an int >= 1; got 0 instead."
-    assert str(param_error("head", "one of 'a', 'b'", "c")) == \
-        "The 'head' parameter must be one of 'a', 'b'; got 'c' instead."
+    assert (
+        str(param_error("epochs", "an int >= 1", 0, "train"))
+        == "The 'epochs' parameter of train must be an int >= 1; got 0 instead."
+    )
+    assert (
+        str(param_error("head", "one of 'a', 'b'", "c")) == "The 'head' parameter must be one of 'a', 'b'; got 'c' instead."
+    )
     with pytest.raises(UsageError) as exc:
         check_number(1.5, "alpha", minimum=0, maximum=1, min_open=True, max_open=True, where="analyze")
     assert str(exc.value) == "The 'alpha' parameter of analyze must be a float in (0, 1); got 1.5 instead."
@@ -100,16 +104,19 @@ def _refused(call, name: str, where: str | None, out=None) -> str:
     return message
 
 
-@pytest.mark.parametrize("kw, name", [
-    (dict(batch_size=0), "batch_size"),
-    (dict(workers=-1), "workers"),
-    (dict(part_size=0), "part_size"),
-    (dict(part_seconds=0), "part_seconds"),
-    (dict(views=-1), "views"),
-    (dict(dtype="float64"), "dtype"),
-    (dict(device="tpu"), "device"),
-    (dict(precision="int4"), "precision"),
-])
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(batch_size=0), "batch_size"),
+        (dict(workers=-1), "workers"),
+        (dict(part_size=0), "part_size"),
+        (dict(part_seconds=0), "part_seconds"),
+        (dict(views=-1), "views"),
+        (dict(dtype="float64"), "dtype"),
+        (dict(device="tpu"), "device"),
+        (dict(precision="int4"), "precision"),
+    ],
+)
 def test_extract(tmp_path, kw, name):
     out = tmp_path / "store"
     _refused(lambda: deepfeat.extract(tmp_path / "no-images", out, **kw), name, "extract", out)
@@ -117,15 +124,20 @@ def test_extract(tmp_path, kw, name):
 
 def test_predict_images_with_a_backbone(tmp_path):
     _refused(lambda: deepfeat.predict_images("no-such-model", [tmp_path], top_k=0), "top_k", "predict_images")
-    _refused(lambda: deepfeat.predict_images("no-such-model", [tmp_path], batch_size=0), "batch_size",
-             "predict_images")
+    _refused(lambda: deepfeat.predict_images("no-such-model", [tmp_path], batch_size=0), "batch_size", "predict_images")
     _refused(lambda: deepfeat.classify_images("no-such-model", [tmp_path], top_k=0), "top_k", "predict_images")
 
 
-@pytest.mark.parametrize("kw, name", [
-    (dict(bins=1), "bins"), (dict(alpha=1.0), "alpha"), (dict(alpha=float("nan")), "alpha"),
-    (dict(batch_size=0), "batch_size"), (dict(sample_rows=True), "sample_rows"),
-])
+@pytest.mark.parametrize(
+    "kw, name",
+    [
+        (dict(bins=1), "bins"),
+        (dict(alpha=1.0), "alpha"),
+        (dict(alpha=float("nan")), "alpha"),
+        (dict(batch_size=0), "batch_size"),
+        (dict(sample_rows=True), "sample_rows"),
+    ],
+)
 def test_analyze(tmp_path, kw, name):
     out = tmp_path / "report"
     _refused(lambda: deepfeat.analyze(tmp_path / "no-store", out, **kw), name, "analyze", out)
@@ -133,10 +145,18 @@ def test_analyze(tmp_path, kw, name):
 
 def test_full_network_embedding(tmp_path):
     out = tmp_path / "fne"
-    _refused(lambda: deepfeat.full_network_embedding(tmp_path / "no-store", out, batch_size=0), "batch_size",
-             "full_network_embedding", out)
-    _refused(lambda: deepfeat.full_network_embedding(tmp_path / "no-store", out, thresholds=(0.5, -0.5)),
-             "thresholds", "full_network_embedding", out)
+    _refused(
+        lambda: deepfeat.full_network_embedding(tmp_path / "no-store", out, batch_size=0),
+        "batch_size",
+        "full_network_embedding",
+        out,
+    )
+    _refused(
+        lambda: deepfeat.full_network_embedding(tmp_path / "no-store", out, thresholds=(0.5, -0.5)),
+        "thresholds",
+        "full_network_embedding",
+        out,
+    )
 
 
 def test_probe(tmp_path):
@@ -159,8 +179,7 @@ def test_plot_embedding(tmp_path):
     from deepfeat.viz.plots import plot_embedding
 
     out = tmp_path / "e.png"
-    _refused(lambda: plot_embedding(tmp_path / "no-store", None, out, max_points=2), "max_points", "plot_embedding",
-             out)
+    _refused(lambda: plot_embedding(tmp_path / "no-store", None, out, max_points=2), "max_points", "plot_embedding", out)
     _refused(lambda: plot_embedding(tmp_path / "no-store", None, out, method="umap"), "method", "plot_embedding", out)
 
 

@@ -1,4 +1,5 @@
 """Container planning: the columnar item table, part bounds, the pending mask, and the planner's memory."""
+
 from __future__ import annotations
 
 import random
@@ -60,8 +61,18 @@ def test_part_bounds_cut_exactly_as_the_per_item_planner_did(seed: int) -> None:
 
 
 def _items(n: int, group_every: int = 0) -> list[SourceItem]:
-    return [SourceItem(item_id(f"{i}.jpg"), f"/d/{i}.jpg", f"{i}.jpg", f"c{i % 3}", "train" if i % 2 else None, i,
-                       group=f"g{i // group_every}" if group_every else None) for i in range(n)]
+    return [
+        SourceItem(
+            item_id(f"{i}.jpg"),
+            f"/d/{i}.jpg",
+            f"{i}.jpg",
+            f"c{i % 3}",
+            "train" if i % 2 else None,
+            i,
+            group=f"g{i // group_every}" if group_every else None,
+        )
+        for i in range(n)
+    ]
 
 
 def test_a_custom_sources_items_keep_their_objects_and_containers() -> None:
@@ -82,8 +93,9 @@ def test_the_builder_stores_columns_and_makes_the_same_items() -> None:
     table = b.build()
     assert len(table) == 70_000
     for i in (0, 1, 65_535, 65_536, 69_999):
-        assert table[i] == SourceItem(item_id(rels[i]), f"/data/{rels[i]}", rels[i], f"cls{i % 4}",
-                                      "val" if i % 5 == 0 else None, i)
+        assert table[i] == SourceItem(
+            item_id(rels[i]), f"/data/{rels[i]}", rels[i], f"cls{i % 4}", "val" if i % 5 == 0 else None, i
+        )
     ordered = table.sorted_by_text()
     assert [it.relpath for it in ordered[:3]] == sorted(rels, key=str.encode)[:3]
     assert table.nbytes() < 70_000 * 80  # ids, codes and numbers: tens of bytes per input, text included
@@ -106,8 +118,9 @@ def _parquet_rows(tmp_path: Path, n: int, files: int = 4) -> Path:
     folder.mkdir()
     per = n // files
     for f in range(files):
-        table = pa.table({"jpg": pa.array([b"x"] * per, type=pa.binary()),
-                          "label": pa.array([f"c{i % 10}" for i in range(per)])})
+        table = pa.table(
+            {"jpg": pa.array([b"x"] * per, type=pa.binary()), "label": pa.array([f"c{i % 10}" for i in range(per)])}
+        )
         pq.write_table(table, folder / f"{f:03d}.parquet", row_group_size=10_000)
     return folder
 
@@ -117,8 +130,16 @@ def test_parquet_discovery_keeps_the_row_locators(tmp_path: Path) -> None:
     d = open_source(folder).discover()
     first = str(folder / "000.parquet")
     it = d.items[10_005]
-    assert it == SourceItem(item_id("000.parquet#10005"), f"{first}#10005", "000.parquet#10005", "c5", None, 0,
-                            ref=("parquet", first, 1, 5, "jpg", None), group=first)
+    assert it == SourceItem(
+        item_id("000.parquet#10005"),
+        f"{first}#10005",
+        "000.parquet#10005",
+        "c5",
+        None,
+        0,
+        ref=("parquet", first, 1, 5, "jpg", None),
+        group=first,
+    )
     assert [len(p) for _, p in plan_parts(d.items, 25_000, 0)] == [20_000] * 4  # files stay whole
 
 

@@ -1,4 +1,5 @@
 """Plots: real PNG files of the expected pixel size, with the expected number of panels."""
+
 from __future__ import annotations
 
 import subprocess
@@ -62,8 +63,7 @@ def test_filters_of_an_rgb_first_layer_and_of_a_deeper_layer(lite0, cnn_dir: str
         plot_filters(cnn_dir, "dense", tmp_path / "x.png")
 
 
-def test_activations_bar_plot_for_a_vector_and_map_grid_for_a_conv_layer(fm_dir: Path, cnn_dir: str,
-                                                                         tmp_path: Path) -> None:
+def test_activations_bar_plot_for_a_vector_and_map_grid_for_a_conv_layer(fm_dir: Path, cnn_dir: str, tmp_path: Path) -> None:
     image = sorted((fm_dir / "test" / "sneaker").iterdir())[0]
     bars = plot_activations(cnn_dir, image, "dense", tmp_path / "dense.png")
     assert bars.panels == 1 and bars.extra["shape"] == [256] and "predicted" in bars.title

@@ -4,6 +4,7 @@ What ``auto`` picks is asserted from the CPU flags; the guard's fallback (auto),
 its record in the store, the bundle and ``deepfeat info``, the resume that does not measure again,
 and the analysis commands' warning on a reduced-precision store all run on AVX2-only CPUs too.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -52,8 +53,10 @@ class NoisyRuntime(TorchRuntime):
         if self.precision == "fp32":
             return feats
         rng = np.random.default_rng(int(pixels.sum()) % (1 << 32))
-        return {k: v + rng.normal(0, self.sigma * float(np.sqrt((v ** 2).mean())), v.shape).astype(np.float32)
-                for k, v in feats.items()}
+        return {
+            k: v + rng.normal(0, self.sigma * float(np.sqrt((v**2).mean())), v.shape).astype(np.float32)
+            for k, v in feats.items()
+        }
 
 
 @pytest.fixture
@@ -71,8 +74,11 @@ def test_auto_picks_bf16_exactly_where_the_cpu_computes_it(monkeypatch) -> None:
     installed = OpenVINORuntime.unavailable_reason() is None
     expected = "bf16" if installed and cpu_has_bf16() and OpenVINORuntime.supports_bf16() else "fp32"
     assert resolve_runtime("auto", "cpu", "auto").precision == expected
-    for flags, want in (({"avx2", "fma"}, "fp32"), ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),
-                        ({"avx2", "amx_bf16"}, "bf16")):
+    for flags, want in (
+        ({"avx2", "fma"}, "fp32"),
+        ({"avx2", "avx512f", "avx512_bf16"}, "bf16"),
+        ({"avx2", "amx_bf16"}, "bf16"),
+    ):
         monkeypatch.setattr("deepfeat.runtimes.base.cpu_flags", lambda f=flags: f)
         monkeypatch.setattr(OpenVINORuntime, "supports_bf16", classmethod(lambda cls: cpu_has_bf16()))
         assert resolve_runtime("torch", "cpu", "auto").precision == want
@@ -90,8 +96,9 @@ def test_ladder_and_sample_are_fixed() -> None:
     assert row_cosines(np.array([[1.0, 0.0], [0.0, 0.0]]), np.array([[2.0, 0.0], [0.0, 0.0]])).tolist() == [1.0, 1.0]
 
 
-def test_a_close_precision_passes_and_is_recorded_in_store_bundle_and_info(noisy, fm_dir: Path, tmp_path: Path,
-                                                                           capsys) -> None:
+def test_a_close_precision_passes_and_is_recorded_in_store_bundle_and_info(
+    noisy, fm_dir: Path, tmp_path: Path, capsys
+) -> None:
     noisy.sigma = 0.01  # cosine ~ 0.99995
     out = tmp_path / "feats"
     s = deepfeat.extract(fm_dir, out, **KW)
@@ -138,14 +145,28 @@ def test_auto_falls_back_to_fp32_below_the_threshold(noisy, fm_dir: Path, tmp_pa
     assert noisy.built[-1] == "fp32"
 
 
-def test_an_explicit_precision_below_the_threshold_is_refused_with_the_numbers(noisy, fm_dir: Path,
-                                                                               tmp_path: Path, capsys) -> None:
+def test_an_explicit_precision_below_the_threshold_is_refused_with_the_numbers(
+    noisy, fm_dir: Path, tmp_path: Path, capsys
+) -> None:
     noisy.sigma = 0.5
     with pytest.raises(UsageError, match=r"does not agree with fp32 .* min cosine 0\.\d{4} .* threshold 0\.98"):
         deepfeat.extract(fm_dir, tmp_path / "feats", **{**KW, "precision": "bf16"})
     assert not (tmp_path / "feats").exists()  # refused before the store was created
-    args = ["extract", str(fm_dir), "--out", str(tmp_path / "cli"), "--input-size", "64", "--workers", "0",
-            "--runtime", "noisy", "--precision", "bf16", "-q"]
+    args = [
+        "extract",
+        str(fm_dir),
+        "--out",
+        str(tmp_path / "cli"),
+        "--input-size",
+        "64",
+        "--workers",
+        "0",
+        "--runtime",
+        "noisy",
+        "--precision",
+        "bf16",
+        "-q",
+    ]
     assert main(args) == 2
     assert "min cosine" in capsys.readouterr().err
     # a lower threshold is the user's choice, and is recorded

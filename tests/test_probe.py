@@ -1,4 +1,5 @@
 """deepfeat probe: a linear probe per layer (and stage, all layers, FNE) on a real Fashion-MNIST store."""
+
 from __future__ import annotations
 
 import csv
@@ -53,8 +54,15 @@ def test_rows_files_and_advice(swept):
     r, out = swept
     names = [x["name"] for x in r.rows]
     # single layers in depth (store) order, then the stage of blocks.2, all layers, the FNE
-    assert names == ["blocks.2.0.conv_pwl", "blocks.2.1.conv_pwl", "blocks.4", "pre_logits", "blocks.2 (stage)",
-                     "all layers", "full-network embedding"]
+    assert names == [
+        "blocks.2.0.conv_pwl",
+        "blocks.2.1.conv_pwl",
+        "blocks.4",
+        "pre_logits",
+        "blocks.2 (stage)",
+        "all layers",
+        "full-network embedding",
+    ]
     by = {x["name"]: x for x in r.rows}
     assert by["blocks.2 (stage)"]["layers"] == ["blocks.2.0.conv_pwl", "blocks.2.1.conv_pwl"]
     assert by["blocks.2 (stage)"]["dims"] == by["blocks.2.0.conv_pwl"]["dims"] + by["blocks.2.1.conv_pwl"]["dims"]

@@ -1,5 +1,6 @@
 """The Ray engine on a real local Ray instance (2 CPUs): same store as a local run, resume across
 engines, a worker killed mid-part, an unreachable cluster, Ray missing."""
+
 from __future__ import annotations
 
 import contextlib
@@ -167,8 +168,7 @@ def test_ray_store_equals_local_store(ray_cluster, src, local_ref, tmp_path):
     assert (out / "excluded.parquet").read_bytes() == (local_ref["out"] / "excluded.parquet").read_bytes()
 
 
-def test_worker_killed_mid_part_is_retried_without_duplicates(ray_cluster, src, local_ref, tmp_path, monkeypatch,
-                                                              caplog):
+def test_worker_killed_mid_part_is_retried_without_duplicates(ray_cluster, src, local_ref, tmp_path, monkeypatch, caplog):
     out = tmp_path / "feats"
     # Part 1: the worker dies after its first batch; part 4: after writing the part, before returning it
     # (an uncommitted directory in parts/ that the retry replaces).
@@ -202,8 +202,24 @@ def test_ray_driver_killed_is_finished_by_local(ray_cluster, src, local_ref, tmp
     """kill -9 of a CLI driver attached to the running cluster, then a local resume."""
     out = tmp_path / "feats"
     address = ray_cluster.get_runtime_context().gcs_address
-    cmd = [sys.executable, "-m", "deepfeat.cli", "extract", str(src), "--out", str(out), *CLI_ARGS,
-           "--engine", "ray", "--address", address, "--ray-workers", "2", "--cpus-per-worker", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "deepfeat.cli",
+        "extract",
+        str(src),
+        "--out",
+        str(out),
+        *CLI_ARGS,
+        "--engine",
+        "ray",
+        "--address",
+        address,
+        "--ray-workers",
+        "2",
+        "--cpus-per-worker",
+        "1",
+    ]
     # The driver is killed while committing its 3rd part: exactly 2 parts are committed.
     marker = tmp_path / "committing"
     env = faults.env(pause={"stage": "before_manifest", "after": 2, "seconds": 120, "marker": str(marker)})
@@ -221,8 +237,11 @@ def test_ray_driver_killed_is_finished_by_local(ray_cluster, src, local_ref, tmp
     def actors_gone() -> bool:
         mine = [a for a in state.actors().values() if "PartWorker" in a["ActorClassName"]]
         return all(a["State"] == "DEAD" for a in mine) and not any(
-            a["Pid"] and os.path.exists(f"/proc/{a['Pid']}") and "zombie" not in
-            open(f"/proc/{a['Pid']}/status").read().lower() for a in mine)
+            a["Pid"]
+            and os.path.exists(f"/proc/{a['Pid']}")
+            and "zombie" not in open(f"/proc/{a['Pid']}/status").read().lower()
+            for a in mine
+        )
 
     wait_for(actors_gone, timeout=60)
     wait_for(lambda: ray_cluster.available_resources().get("CPU", 0) >= 2, timeout=30)

@@ -4,6 +4,7 @@ One 1-CPU worker per node writes the parts; the store must equal a local run's (
 file's checksum). Losing the second node mid-run must neither lose nor duplicate anything: its part is
 redone on the remaining node and the job finishes there.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,11 +23,11 @@ import deepfeat
 
 ray = pytest.importorskip("ray")
 
-KW: dict[str, Any] = dict(layers="blocks.2,pre_logits", input_size=32, batch_size=4, part_size=8, device="cpu",
-                          runtime="torch", precision="fp32")
+KW: dict[str, Any] = dict(
+    layers="blocks.2,pre_logits", input_size=32, batch_size=4, part_size=8, device="cpu", runtime="torch", precision="fp32"
+)
 #: the second node's death is noticed within seconds, not the default ~30 s
-FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500,
-                      "health_check_failure_threshold": 3}
+FAST_HEALTH_CHECKS = {"health_check_initial_delay_ms": 0, "health_check_period_ms": 500, "health_check_failure_threshold": 3}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +45,10 @@ def two_nodes() -> Iterator[tuple[Any, Any]]:
     """A head node and a second node, 1 CPU each; this process is the driver, attached to the head."""
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS})
+    cluster = Cluster(
+        initialize_head=True,
+        head_node_args={"num_cpus": 1, "include_dashboard": False, "_system_config": FAST_HEALTH_CHECKS},
+    )
     try:
         second = cluster.add_node(num_cpus=1)
         cluster.wait_for_nodes()
@@ -84,8 +87,9 @@ def test_two_node_cluster_writes_the_local_store(fm_dir: Path, local_ref: dict, 
     _hosts(tmp_path / "feats")
 
 
-def test_losing_the_second_node_mid_run_finishes_on_the_first(fm_dir: Path, local_ref: dict, tmp_path: Path,
-                                                               caplog: pytest.LogCaptureFixture) -> None:
+def test_losing_the_second_node_mid_run_finishes_on_the_first(
+    fm_dir: Path, local_ref: dict, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     caplog.set_level(logging.WARNING, logger="deepfeat.engines.ray_engine")
     out = tmp_path / "feats"
     with two_nodes() as (cluster, second):

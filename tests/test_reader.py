@@ -1,4 +1,5 @@
 """Reading the store in bounded blocks: same rows whatever the block size, shuffles that lose nothing."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,17 @@ from deepfeat.trainrows import plan_memory
 @pytest.fixture(scope="module")
 def small_store(fm_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("reader") / "feats"
-    deepfeat.extract(fm_dir, out, layers="blocks.2,pre_logits", pool="avg", dtype="float32", input_size=64,
-                     workers=0, batch_size=16, part_size=30)
+    deepfeat.extract(
+        fm_dir,
+        out,
+        layers="blocks.2,pre_logits",
+        pool="avg",
+        dtype="float32",
+        input_size=64,
+        workers=0,
+        batch_size=16,
+        part_size=30,
+    )
     return out
 
 
@@ -49,8 +59,9 @@ def test_block_size_does_not_change_what_is_read(small_store: Path, read_bytes: 
     assert all(np.array_equal(a, b) for (_, a), (_, b) in zip(got, ref))
     # a split filter inside blocks keeps the same rows as the unfiltered read restricted to the split
     test_ids = [i for b in store.batches(split="test", batch_size=9, read_bytes=read_bytes) for i in b.ids]
-    assert test_ids == [i for b in store.batches(batch_size=9) for i, s in zip(b.ids, b.meta.column("split").to_pylist())
-                        if s == "test"]
+    assert test_ids == [
+        i for b in store.batches(batch_size=9) for i, s in zip(b.ids, b.meta.column("split").to_pylist()) if s == "test"
+    ]
 
 
 def test_shuffled_blocks_deliver_every_row_once_with_its_own_features(small_store: Path) -> None:
@@ -63,8 +74,11 @@ def test_shuffled_blocks_deliver_every_row_once_with_its_own_features(small_stor
         assert set(got) == set(ref) and all(np.array_equal(got[i], ref[i]) for i in ref)
         orders.append([i for b in batches for i in b.ids])
     assert orders[0] != orders[1] and orders[0] != sorted(orders[0])
-    again = [i for b in store.batches(batch_size=8, shuffle=True, seed=0, shuffle_buffer=16, read_bytes=4 * 1320 * 4)
-             for i in b.ids]
+    again = [
+        i
+        for b in store.batches(batch_size=8, shuffle=True, seed=0, shuffle_buffer=16, read_bytes=4 * 1320 * 4)
+        for i in b.ids
+    ]
     assert again == orders[0]
 
 

@@ -5,6 +5,7 @@ on the whole image's sampling grid; pixels stay within one grey level of Pillow'
 features within cosine 0.999 (real photos, sharp textures, Fashion-MNIST). Stores and bundles that
 record no resizer used Pillow's, keep their fingerprint, and a store begun with it resumes with it.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,12 +44,16 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-@pytest.mark.parametrize("pre", [
-    Preprocess(input_size=(224, 224), crop_pct=0.875, interpolation="bicubic"),
-    Preprocess(input_size=(96, 96), crop_pct=0.875, interpolation="bilinear"),
-    Preprocess(input_size=(160, 224), crop_pct=1.0, interpolation="bicubic"),  # non-square input
-    Preprocess(input_size=(224, 224), crop_pct=0.875, interpolation="lanczos"),  # Pillow on the crop box
-], ids=["bicubic-224", "bilinear-96", "bicubic-160x224", "lanczos-224"])
+@pytest.mark.parametrize(
+    "pre",
+    [
+        Preprocess(input_size=(224, 224), crop_pct=0.875, interpolation="bicubic"),
+        Preprocess(input_size=(96, 96), crop_pct=0.875, interpolation="bilinear"),
+        Preprocess(input_size=(160, 224), crop_pct=1.0, interpolation="bicubic"),  # non-square input
+        Preprocess(input_size=(224, 224), crop_pct=0.875, interpolation="lanczos"),  # Pillow on the crop box
+    ],
+    ids=["bicubic-224", "bilinear-96", "bicubic-160x224", "lanczos-224"],
+)
 def test_the_torch_resizer_is_pillows_resize_within_one_grey_level(pre: Preprocess) -> None:
     assert pre.resizer == "torch"
     for size in ((640, 480), (480, 640), (500, 375), (2048, 1536), (300, 301), (120, 90), (224, 224), (28, 28)):
@@ -66,8 +71,11 @@ def test_features_agree_with_pillows_resize_on_photos_and_fashion_mnist(fm_dir: 
     for input_size in (224, 96):
         bb = load_backbone("efficientnet_lite0", input_size=input_size)
         rt = build_runtime(bb, layer_specs(bb, "blocks.4,pre_logits"), runtime="torch", precision="fp32")
-        images = [decode_data(sample_jpeg(n, s), draft=bb.preprocess.draft_size).image
-                  for n in SAMPLES for s in ((640, 480), (480, 640), (1024, 768))]
+        images = [
+            decode_data(sample_jpeg(n, s), draft=bb.preprocess.draft_size).image
+            for n in SAMPLES
+            for s in ((640, 480), (480, 640), (1024, 768))
+        ]
         if input_size == 96:  # Fashion-MNIST: 28 px PNGs, upscaled
             images += [decode_file(p).image for p in sorted(fm_dir.rglob("*.png"))[:40]]
         new = rt(np.stack([bb.preprocess.resize_crop(i) for i in images]))
@@ -77,8 +85,14 @@ def test_features_agree_with_pillows_resize_on_photos_and_fashion_mnist(fm_dir: 
 
 
 def test_records_without_a_resizer_mean_pillow_and_keep_their_fingerprint() -> None:
-    old = {"input_size": [224, 224], "crop_pct": 0.875, "interpolation": "bicubic", "mean": [0.5] * 3,
-           "std": [0.5] * 3, "jpeg_draft": True}
+    old = {
+        "input_size": [224, 224],
+        "crop_pct": 0.875,
+        "interpolation": "bicubic",
+        "mean": [0.5] * 3,
+        "std": [0.5] * 3,
+        "jpeg_draft": True,
+    }
     pre = Preprocess.from_dict(old)
     assert pre.resizer == "pillow" and pre.to_dict() == old  # the fingerprint of an old store is unchanged
     assert Preprocess().resizer == "torch" and Preprocess().to_dict()["resizer"] == "torch"
@@ -128,8 +142,15 @@ def test_a_store_begun_with_pillows_resize_resumes_with_it_bit_identically(tmp_p
 def test_a_bundle_of_a_pillow_store_predicts_with_pillows_resize(fm_dir: Path, tmp_path: Path) -> None:
     bb = load_backbone("efficientnet_lite0", input_size=64)
     store, bundle = tmp_path / "feats", tmp_path / "m.dfm"
-    deepfeat.extract(fm_dir / "train", store, layers="pre_logits", runtime="torch", precision="fp32", workers=0,
-                     backbone=dataclasses.replace(bb, preprocess=pillow(bb.preprocess)))
+    deepfeat.extract(
+        fm_dir / "train",
+        store,
+        layers="pre_logits",
+        runtime="torch",
+        precision="fp32",
+        workers=0,
+        backbone=dataclasses.replace(bb, preprocess=pillow(bb.preprocess)),
+    )
     deepfeat.train(store, layers="pre_logits", solver="exact", out=bundle)
     b = deepfeat.load_bundle(bundle)
     assert b.preprocess.resizer == "pillow" and b.load_backbone().preprocess.resizer == "pillow"

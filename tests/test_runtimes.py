@@ -5,6 +5,7 @@ Agreement thresholds: per-row cosine >= 0.9999 at fp32; at bf16/fp16 the precisi
 and on Fashion-MNIST at 96 px. Runtimes that are not installed,
 and bf16 on CPUs without native bf16, skip with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -57,8 +58,9 @@ def fm_pixels(fm_dir: Path) -> np.ndarray:
     return np.stack([pre.resize_crop(Image.open(f).convert("RGB")) for f in files])
 
 
-def _features(runtime: str, precision: str, pixels: np.ndarray, input_size: int | None = None,
-              layers: str = LAYERS) -> tuple[dict[str, np.ndarray], dict]:
+def _features(
+    runtime: str, precision: str, pixels: np.ndarray, input_size: int | None = None, layers: str = LAYERS
+) -> tuple[dict[str, np.ndarray], dict]:
     bb = load_backbone("efficientnet_lite0", input_size=input_size)
     rt = build_runtime(bb, layer_specs(bb, layers), runtime=runtime, precision=precision, fallback=False)
     return rt(pixels), rt.describe()
@@ -91,16 +93,20 @@ def test_bf16_agrees_with_torch(name: str, photo_pixels) -> None:
     ref, _ = _features("torch", "fp32", photo_pixels)
     got, desc = _features(name, "bf16", photo_pixels)
     assert desc["precision"] == "bf16"
-    agreement = Agreement("bf16", name, len(photo_pixels), DEFAULT_MIN_AGREEMENT,
-                          measure(lambda px: got, ref, photo_pixels, batch_size=len(photo_pixels)))
+    agreement = Agreement(
+        "bf16",
+        name,
+        len(photo_pixels),
+        DEFAULT_MIN_AGREEMENT,
+        measure(lambda px: got, ref, photo_pixels, batch_size=len(photo_pixels)),
+    )
     assert agreement.passed, agreement.summary()  # the guard's default threshold: what auto relies on
 
 
 @pytest.mark.parametrize("name", [*EXPORTED, "torch"])
 def test_imagenet_top1_of_the_cat_is_a_cat_in_every_runtime(name: str, photo_files) -> None:
     _available(name)
-    preds = deepfeat.classify_images("efficientnet_lite0", [photo_files["cat"]], top_k=3, runtime=name,
-                                     workers=0)
+    preds = deepfeat.classify_images("efficientnet_lite0", [photo_files["cat"]], top_k=3, runtime=name, workers=0)
     assert preds[0].error is None and preds[0].labels[0] in ("tiger cat", "tabby, tabby cat", "Egyptian cat")
 
 
@@ -149,8 +155,9 @@ def test_export_is_cached_and_a_corrupt_entry_is_rebuilt(tmp_path, photo_pixels,
 def test_a_model_that_cannot_be_exported_falls_back_to_torch(name: str, tmp_path, caplog) -> None:
     """A TorchScript model cannot be re-traced with taps: one warning, then torch; strict mode refuses."""
     _available(name)
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 2)).eval()
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(4, 2)
+    ).eval()
     ts = tmp_path / "net.ts"
     torch.jit.script(net).save(str(ts))
     bb = load_backbone(str(ts), input_size=32)
@@ -210,8 +217,16 @@ def test_bundle_predictions_are_bit_identical_to_extraction(name: str, fm_dir, t
     """predict recomputes features with the bundle's own runtime: scores equal the stored features' scores."""
     _available(name)
     out = tmp_path / "feats"
-    deepfeat.extract(fm_dir / "train", out, layers="blocks.4,pre_logits", input_size=64, workers=1, runtime=name,
-                     precision="fp32", batch_size=8)
+    deepfeat.extract(
+        fm_dir / "train",
+        out,
+        layers="blocks.4,pre_logits",
+        input_size=64,
+        workers=1,
+        runtime=name,
+        precision="fp32",
+        batch_size=8,
+    )
     bundle = tmp_path / "m.dfm"
     deepfeat.train(out, layers="blocks.4,pre_logits", solver="exact", out=bundle)
     b = deepfeat.load_bundle(bundle)
@@ -233,13 +248,34 @@ def test_cli_runtime_flags(fm_dir, tmp_path) -> None:
     _available("onnxruntime")
     exe = [sys.executable, "-m", "deepfeat.cli"]
     out = tmp_path / "feats"
-    r = subprocess.run([*exe, "extract", str(fm_dir / "test"), "--out", str(out), "--input-size", "64",
-                        "--runtime", "onnxruntime", "--precision", "fp32", "--workers", "0"],
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            *exe,
+            "extract",
+            str(fm_dir / "test"),
+            "--out",
+            str(out),
+            "--input-size",
+            "64",
+            "--runtime",
+            "onnxruntime",
+            "--precision",
+            "fp32",
+            "--workers",
+            "0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "with onnxruntime fp32" in r.stdout + r.stderr
-    bad = subprocess.run([*exe, "extract", str(fm_dir / "test"), "--out", str(tmp_path / "x"), "--runtime",
-                          "tensorrt"], capture_output=True, text=True, timeout=300)
+    bad = subprocess.run(
+        [*exe, "extract", str(fm_dir / "test"), "--out", str(tmp_path / "x"), "--runtime", "tensorrt"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert bad.returncode == 2 and "Traceback" not in bad.stderr
     assert "--runtime must be one of 'auto', 'openvino', 'onnxruntime', 'torch'" in bad.stderr + bad.stdout
 
@@ -253,8 +289,9 @@ def test_unpooled_and_mixed_pooling_taps_are_graph_outputs(name: str, fm_pixels)
     specs = layer_specs(bb, "blocks.2,blocks.4,pre_logits", pools)
     ref = build_runtime(bb, specs, runtime="torch", precision="fp32")(fm_pixels)
     bb2 = load_backbone("efficientnet_lite0", input_size=96)
-    got = build_runtime(bb2, layer_specs(bb2, "blocks.2,blocks.4,pre_logits", pools), runtime=name,
-                        precision="fp32", fallback=False)(fm_pixels)
+    got = build_runtime(
+        bb2, layer_specs(bb2, "blocks.2,blocks.4,pre_logits", pools), runtime=name, precision="fp32", fallback=False
+    )(fm_pixels)
     assert got["blocks.4"].shape == ref["blocks.4"].shape == (len(fm_pixels), 112 * 6 * 6)
     for layer in ref:
         assert min_cosine(got[layer], ref[layer]) >= 0.9999, layer

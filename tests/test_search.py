@@ -1,5 +1,6 @@
 """Search over a store: near-duplicates and leaks (real Fashion-MNIST and photos with planted duplicates),
 the index (exact / faiss, stale refused), query by example, the memory budget, and the command line."""
+
 from __future__ import annotations
 
 import csv
@@ -141,8 +142,10 @@ def test_search_finds_the_original_of_a_reencoded_query(planted, index, photo_fi
     results = deepfeat.search(index.path, [query, fm_query], top_k=3, precision="fp32")
     assert [r.error for r in results] == [None, None]
     # the original and its planted q75 re-encode (in test) are the two nearest, in either order
-    cat = {str(root / "train" / "photo" / "cat.jpg"): ("train", "photo"),
-           str(root / "test" / "photo_leak" / "cat_q75.jpg"): ("test", "photo_leak")}
+    cat = {
+        str(root / "train" / "photo" / "cat.jpg"): ("train", "photo"),
+        str(root / "test" / "photo_leak" / "cat_q75.jpg"): ("test", "photo_leak"),
+    }
     assert {n.path for n in results[0].neighbors[:2]} == set(cat)
     assert all((n.split, n.label) == cat[n.path] for n in results[0].neighbors[:2])
     assert results[1].neighbors[0].path == str(fm)
@@ -196,8 +199,8 @@ def test_numpy_and_faiss_paths_agree(index, tmp_path):
 def _synthetic(path: Path, rows: int, dims: int, seed: int = 0, part: int = 2000) -> np.ndarray:
     rng = np.random.default_rng(seed)
     X = rng.normal(size=(rows, dims)).astype(np.float16)
-    X[rows // 2: rows // 2 + 10] = X[:10]  # ten exact duplicates, in other parts and blocks
-    write_synthetic_store(path, (X[s:s + part] for s in range(0, rows, part)))
+    X[rows // 2 : rows // 2 + 10] = X[:10]  # ten exact duplicates, in other parts and blocks
+    write_synthetic_store(path, (X[s : s + part] for s in range(0, rows, part)))
     return X
 
 
@@ -232,8 +235,7 @@ def test_the_memory_budget_is_honoured(tmp_path):
     finally:
         tracemalloc.stop()
     assert len(ii) == 10  # the planted duplicates, found across blocks
-    assert peak_pairs < budget and peak_knn < budget and peak_partitioned < budget, \
-        (peak_pairs, peak_knn, peak_partitioned)
+    assert peak_pairs < budget and peak_knn < budget and peak_partitioned < budget, (peak_pairs, peak_knn, peak_partitioned)
     assert block * 10 < rows  # the scan really went block by block
     assert partitions > 10 and sorted(zip(pi, pj)) == sorted(zip(ii, jj))  # many partitions, the same pairs
     s = deepfeat.duplicates(store, tmp_path / "dups", threshold=0.99, memory_budget=budget, report=False)
@@ -292,8 +294,10 @@ def test_cli_index_search_json_and_html(planted, tmp_path, capsys):
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not a png")
     dst, src = dups["copy_train_to_test"]
-    assert main(["search", str(tmp_path / "ix"), str(dst), str(bad), "--top-k", "2", "--json", "--precision", "fp32",
-                 "-q"]) == 0
+    assert (
+        main(["search", str(tmp_path / "ix"), str(dst), str(bad), "--top-k", "2", "--json", "--precision", "fp32", "-q"])
+        == 0
+    )
     lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert [x["query"] for x in lines] == [str(dst), str(bad)]
     assert {n["path"] for n in lines[0]["neighbors"]} == {str(dst), str(src)}
@@ -321,8 +325,12 @@ def test_evaluate_reports_the_accuracy_without_train_near_duplicates(planted, bu
     leak = report["leakage"]
     assert leak["rows"] == 4 and leak["n_without"] == report["n"] - 4
     assert leak["accuracy_without"] is not None
-    assert {Path(e["path"]).name for e in leak["examples"]} == {"leak_copy.png", "coffee_copy.jpg", "cat_q75.jpg",
-                                                                 "rocket_down50.png"}
+    assert {Path(e["path"]).name for e in leak["examples"]} == {
+        "leak_copy.png",
+        "coffee_copy.jpg",
+        "cat_q75.jpg",
+        "rocket_down50.png",
+    }
     text = (tmp_path / "ev" / "report.txt").read_text()
     assert "near-duplicates in train: 4 of" in text and "accuracy without them" in text
     page = (tmp_path / "ev" / "report.html").read_text()
@@ -362,8 +370,9 @@ def test_predict_with_neighbors(planted, bundle, index, tmp_path, capsys):
 
     # the bundle computes pre_logits as the store did: its features are reused, not embedded again
     with mock.patch.object(query, "neighbors_of_files", side_effect=AssertionError("embedded twice")):
-        preds = deepfeat.predict_images(bundle, [stored, unseen], neighbors=index.path, neighbors_k=2,
-                                        far_threshold=0.999, precision="fp32")
+        preds = deepfeat.predict_images(
+            bundle, [stored, unseen], neighbors=index.path, neighbors_k=2, far_threshold=0.999, precision="fp32"
+        )
     near = {Path(p.path).name: p for p in preds}
     assert near[stored.name].neighbors[0]["path"] == str(stored)  # itself: the index holds every split
     assert near[stored.name].neighbors[0]["similarity"] == pytest.approx(1.0, abs=2e-3)
@@ -376,8 +385,22 @@ def test_predict_with_neighbors(planted, bundle, index, tmp_path, capsys):
     written = json.loads(Path(write_predictions(preds, tmp_path / "p.json")).read_text())
     assert written[1]["far_from_training"] is True and written[1]["neighbors"][0]["similarity"] < 0.999
     assert "far from the training images" in Path(write_predictions(preds, tmp_path / "p.html")).read_text()
-    assert main(["predict", str(bundle), str(unseen), "--neighbors", index.path, "--far-threshold", "0.999",
-                 "--precision", "fp32"]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                str(bundle),
+                str(unseen),
+                "--neighbors",
+                index.path,
+                "--far-threshold",
+                "0.999",
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     assert "FAR FROM TRAINING" in capsys.readouterr().out
 
 

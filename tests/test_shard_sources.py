@@ -5,6 +5,7 @@ the same rows (label, split, sha256 of the image bytes) and bit-identical featur
 run. Bad members land in the ledger; a truncated shard keeps its good samples; a killed run over
 shards resumes to the same store.
 """
+
 from __future__ import annotations
 
 import io
@@ -26,8 +27,15 @@ from deepfeat.sources import open_source
 from deepfeat.sources.webdataset import expand_braces, resolve_shards
 from deepfeat.store.reader import open_store
 
-KW = dict(model="efficientnet_lite0", layers="pre_logits", input_size=64, workers=0, runtime="torch",
-          precision="fp32", batch_size=1)  # batch 1: a row's features do not depend on its batch-mates
+KW = dict(
+    model="efficientnet_lite0",
+    layers="pre_logits",
+    input_size=64,
+    workers=0,
+    runtime="torch",
+    precision="fp32",
+    batch_size=1,
+)  # batch 1: a row's features do not depend on its batch-mates
 
 
 def _fm_images(fm_dir: Path) -> list[tuple[str, str, str, bytes]]:
@@ -49,9 +57,15 @@ def _write_shards(fm_dir: Path, folder: Path, per_shard: int = 10) -> list[Path]
     for s in range(0, len(images), per_shard):
         path = folder / f"{s // per_shard:05d}.tar"
         with wds.TarWriter(str(path)) as sink:
-            for split, label, stem, data in images[s:s + per_shard]:
-                sink.write({"__key__": f"{split}_{label}_{stem}".replace(" ", "_").replace("/", "_"), "png": data,
-                            "cls": label, "json": {"split": split, "label": label}})
+            for split, label, stem, data in images[s : s + per_shard]:
+                sink.write(
+                    {
+                        "__key__": f"{split}_{label}_{stem}".replace(" ", "_").replace("/", "_"),
+                        "png": data,
+                        "cls": label,
+                        "json": {"split": split, "label": label},
+                    }
+                )
         paths.append(path)
     return paths
 
@@ -62,8 +76,9 @@ def _by_sha(store_dir: Path) -> dict[str, tuple[str | None, str | None, np.ndarr
     X, _, meta = store.load(["pre_logits"], views=0)
     rows = store.rows(["id", "view", "sha256", "label", "split"]).to_pylist()
     by_id = {r["id"]: r for r in rows if r["view"] == 0}
-    return {by_id[i]["sha256"]: (by_id[i]["label"], by_id[i]["split"], X[k])
-            for k, i in enumerate(meta.column("id").to_pylist())}
+    return {
+        by_id[i]["sha256"]: (by_id[i]["label"], by_id[i]["split"], X[k]) for k, i in enumerate(meta.column("id").to_pylist())
+    }
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +166,14 @@ def test_webdataset_bad_members_and_truncated_shard(fm_dir: Path, lite0, tmp_pat
 
 def test_parquet_equals_folder(fm_dir: Path, lite0, folder_store: dict, tmp_path: Path) -> None:
     images = _fm_images(fm_dir)
-    table = pa.table({"key": [f"{sp}/{lab}/{stem}" for sp, lab, stem, _ in images],
-                      "label": [lab for _, lab, _, _ in images], "split": [sp for sp, _, _, _ in images],
-                      "jpg": [data for *_, data in images]})
+    table = pa.table(
+        {
+            "key": [f"{sp}/{lab}/{stem}" for sp, lab, stem, _ in images],
+            "label": [lab for _, lab, _, _ in images],
+            "split": [sp for sp, _, _, _ in images],
+            "jpg": [data for *_, data in images],
+        }
+    )
     pq.write_table(table.slice(0, 50), tmp_path / "a.parquet", row_group_size=16)
     pq.write_table(table.slice(50), tmp_path / "b.parquet", row_group_size=16)
     src = open_source(str(tmp_path / "*.parquet"), id_field="key", split_field="split")
@@ -188,11 +208,18 @@ def test_hf_saved_dataset_equals_folder(fm_dir: Path, lite0, folder_store: dict,
     images = _fm_images(fm_dir)
     names = sorted({lab for _, lab, _, _ in images})
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=names)})
-    dd = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict(
-            {"image": [{"bytes": data, "path": None} for sp, _, _, data in images if sp == split],
-             "label": [names.index(lab) for sp, lab, _, _ in images if sp == split]}, features=features)
-        for split in ("train", "test")})
+    dd = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {
+                    "image": [{"bytes": data, "path": None} for sp, _, _, data in images if sp == split],
+                    "label": [names.index(lab) for sp, lab, _, _ in images if sp == split],
+                },
+                features=features,
+            )
+            for split in ("train", "test")
+        }
+    )
     dd.save_to_disk(str(tmp_path / "saved"))
     s = deepfeat.extract(f"hf:{tmp_path / 'saved'}", tmp_path / "store", backbone=lite0, **KW)
     assert (s.embedded_total, s.failed_total) == (len(images), 0)
@@ -227,20 +254,40 @@ def test_compressed_shards_refused(tmp_path: Path) -> None:
 def test_killed_run_over_shards_resumes_to_the_same_store(fm_dir: Path, tmp_path: Path) -> None:
     """SIGKILL after the first committed part, then a resume: the store equals an uninterrupted run."""
     _write_shards(fm_dir, tmp_path / "shards", per_shard=16)
-    args = ["extract", str(tmp_path / "shards"), "--model", "efficientnet_lite0", "--layers", "pre_logits",
-            "--input-size", "64", "--workers", "0", "--runtime", "torch", "--part-size", "16", "--batch-size", "8"]
+    args = [
+        "extract",
+        str(tmp_path / "shards"),
+        "--model",
+        "efficientnet_lite0",
+        "--layers",
+        "pre_logits",
+        "--input-size",
+        "64",
+        "--workers",
+        "0",
+        "--runtime",
+        "torch",
+        "--part-size",
+        "16",
+        "--batch-size",
+        "8",
+    ]
     clean = tmp_path / "clean"
-    assert subprocess.run([sys.executable, "-m", "deepfeat.cli", *args, "--out", str(clean)],
-                          capture_output=True).returncode == 0
+    assert (
+        subprocess.run([sys.executable, "-m", "deepfeat.cli", *args, "--out", str(clean)], capture_output=True).returncode
+        == 0
+    )
     killed = tmp_path / "killed"
-    code = ("import os, sys, deepfeat.store.writer as w\n"
-            "orig = w.Manifest.commit\n"
-            "def commit(self, record):\n"
-            "    orig(self, record)\n"
-            "    if len(self.parts) == 2: os._exit(9)\n"
-            "w.Manifest.commit = commit\n"
-            "from deepfeat.cli import main\n"
-            "sys.exit(main(sys.argv[1:]))\n")
+    code = (
+        "import os, sys, deepfeat.store.writer as w\n"
+        "orig = w.Manifest.commit\n"
+        "def commit(self, record):\n"
+        "    orig(self, record)\n"
+        "    if len(self.parts) == 2: os._exit(9)\n"
+        "w.Manifest.commit = commit\n"
+        "from deepfeat.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
     r = subprocess.run([sys.executable, "-c", code, *args, "--out", str(killed)], capture_output=True)
     assert r.returncode == 9, r.stderr.decode()[-2000:]
     assert len(json.loads((killed / "manifest.json").read_text())["parts"]) == 2, "killed after two parts"

@@ -1,4 +1,5 @@
 """Discovery: layouts, labels/splits, exclusions, odd names, determinism and id stability."""
+
 from __future__ import annotations
 
 import hashlib

@@ -5,6 +5,7 @@ timm's own ``forward_features`` / ``pool`` / ``forward_head(pre_logits=True)``. 
 CLIP configurations are written as timm model folders (``config.json`` + ``model.safetensors``,
 timm's ``save_pretrained`` layout), which is also how they load: as a model directory.
 """
+
 from __future__ import annotations
 
 import json
@@ -32,8 +33,10 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("timm_folders")
     out = {}
-    for key, arch, kw in (("dinov2", "vit_small_patch14_reg4_dinov2", {"img_size": 56, **TINY}),
-                          ("clip", "vit_base_patch16_clip_224", {"img_size": 64, "num_classes": 16, **TINY})):
+    for key, arch, kw in (
+        ("dinov2", "vit_small_patch14_reg4_dinov2", {"img_size": 56, **TINY}),
+        ("clip", "vit_base_patch16_clip_224", {"img_size": 64, "num_classes": 16, **TINY}),
+    ):
         torch.manual_seed(1)
         model = timm.create_model(arch, pretrained=False, **kw)
         save_for_hf(model, root / key, safe_serialization=True)
@@ -46,8 +49,7 @@ def _pixels(bb, n: int = 2) -> np.ndarray:
     return np.random.default_rng(0).integers(0, 256, (n, h, w, 3), dtype=np.uint8)
 
 
-def _features(bb, layers: str, pool_: str, pixels: np.ndarray, runtime: str = "torch",
-              infos=None) -> dict[str, np.ndarray]:
+def _features(bb, layers: str, pool_: str, pixels: np.ndarray, runtime: str = "torch", infos=None) -> dict[str, np.ndarray]:
     """Features at fp32: these tests compare with timm's own forward, not a precision's agreement."""
     infos = infos if infos is not None else describe_layers(bb)
     specs = layer_specs(bb, layers, pool_, infos=infos)
@@ -71,8 +73,14 @@ def test_vit_family_poolings_match_timm(which, folders):
     infos = describe_layers(bb)
     tokens, dim = infos["norm"].shape
     assert infos["norm"].prefix_tokens == prefix and tokens > prefix
-    assert infos["norm"].dims_by_pool() == {"none": tokens * dim, "avg": dim, "max": dim, "avgmax": 2 * dim,
-                                            "cls": dim, "clsavg": 2 * dim}
+    assert infos["norm"].dims_by_pool() == {
+        "none": tokens * dim,
+        "avg": dim,
+        "max": dim,
+        "avgmax": 2 * dim,
+        "cls": dim,
+        "clsavg": 2 * dim,
+    }
     assert infos["patch_embed"].prefix_tokens == 0  # patch embeddings carry no class token
 
     pixels = _pixels(bb)
@@ -102,8 +110,9 @@ def test_token_pooling_reference_in_numpy():
     np.testing.assert_allclose(pool(t, "cls", 5).numpy(), x[:, 0])
     np.testing.assert_allclose(pool(t, "avg", 5).numpy(), x[:, 5:].mean(1), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(pool(t, "max", 5).numpy(), x[:, 5:].max(1))
-    np.testing.assert_allclose(pool(t, "clsavg", 5).numpy(), np.concatenate([x[:, 0], x[:, 5:].mean(1)], 1), atol=1e-6,
-                               rtol=1e-6)
+    np.testing.assert_allclose(
+        pool(t, "clsavg", 5).numpy(), np.concatenate([x[:, 0], x[:, 5:].mean(1)], 1), atol=1e-6, rtol=1e-6
+    )
     np.testing.assert_allclose(pool(t, "none", 5).numpy(), x.reshape(3, -1))
 
 
@@ -157,8 +166,9 @@ def test_token_models_run_in_the_exported_runtimes(folders):
     exported = [r for r in available_runtimes() if r != "torch"]
     assert exported, "no exported runtime installed"
     for name in exported:
-        rt = build_runtime(bb, layer_specs(bb, "norm,blocks.1,pre_logits", pools), runtime=name, precision="fp32",
-                           fallback=False)
+        rt = build_runtime(
+            bb, layer_specs(bb, "norm,blocks.1,pre_logits", pools), runtime=name, precision="fp32", fallback=False
+        )
         assert rt.describe()["runtime"] == name
         got = rt(pixels)
         for k in ref:

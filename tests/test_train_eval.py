@@ -1,4 +1,5 @@
 """Train / evaluate / predict on real Fashion-MNIST features, through the API and the CLI."""
+
 from __future__ import annotations
 
 import copy
@@ -50,8 +51,9 @@ def store(fm30, bb64, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("stores") / "fm"
     # fp32: predict's recomputation of the stored features is bit for bit at fp32 (test_cli_train_evaluate_predict);
     # reduced precisions promise the guard's agreement instead (test_predict_at_bf16_agrees_within_the_guard)
-    s = deepfeat.extract(fm30, out, layers=LAYERS, pool="avg", dtype="float16", input_size=64, workers=1,
-                         backbone=bb64, precision="fp32")
+    s = deepfeat.extract(
+        fm30, out, layers=LAYERS, pool="avg", dtype="float16", input_size=64, workers=1, backbone=bb64, precision="fp32"
+    )
     assert s.embedded_total == 600 and s.failed_total == 0
     return out
 
@@ -60,8 +62,9 @@ def store(fm30, bb64, tmp_path_factory) -> Path:
 def unpooled_store(fm30, bb64, tmp_path_factory) -> Path:
     """blocks.2 without pooling: 40 x 8 x 8 = 2,560 dims per image, in 4 parts."""
     out = tmp_path_factory.mktemp("stores") / "fm_none"
-    deepfeat.extract(fm30, out, layers="blocks.2", pool="none", dtype="float16", input_size=64, workers=1,
-                     part_size=150, backbone=bb64)
+    deepfeat.extract(
+        fm30, out, layers="blocks.2", pool="none", dtype="float16", input_size=64, workers=1, part_size=150, backbone=bb64
+    )
     return out
 
 
@@ -69,8 +72,9 @@ def unpooled_store(fm30, bb64, tmp_path_factory) -> Path:
 def logreg(store, tmp_path_factory):
     """A streaming logistic regression on pre_logits, saved as a bundle."""
     path = tmp_path_factory.mktemp("bundles") / "logreg.dfm"
-    return deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", batch_size=32, epochs=30,
-                          patience=None, out=path)
+    return deepfeat.train(
+        store, layers="pre_logits", head="logreg", solver="stream", batch_size=32, epochs=30, patience=None, out=path
+    )
 
 
 def features_of_test(store, layers):
@@ -97,8 +101,10 @@ def test_streaming_logreg_is_close_to_exact_sklearn(store, logreg):
     acc_ref = float(ref.score(scaler.transform(Xt), yt))
     exact = deepfeat.train(store, layers="pre_logits", solver="exact")
     acc_exact = accuracy(exact, store, ["pre_logits"])
-    print(f"\nFashion-MNIST 64px, 272 train rows, pre_logits: stream {acc_stream:.3f}, train(solver='exact') "
-          f"{acc_exact:.3f}, sklearn LogisticRegression {acc_ref:.3f}")
+    print(
+        f"\nFashion-MNIST 64px, 272 train rows, pre_logits: stream {acc_stream:.3f}, train(solver='exact') "
+        f"{acc_exact:.3f}, sklearn LogisticRegression {acc_ref:.3f}"
+    )
     assert acc_stream > 0.6 and acc_ref > 0.6
     assert abs(acc_stream - acc_ref) <= 0.03
     assert abs(acc_exact - acc_ref) <= 0.01
@@ -144,8 +150,17 @@ def test_seed_mlp_256_16_on_unpooled_features_from_disk(unpooled_store, monkeypa
 
 def test_augmented_views_train_only_and_tta(fm_dir, bb64, tmp_path):
     out = tmp_path / "views"
-    deepfeat.extract(fm_dir, out, layers="pre_logits", dtype="float16", input_size=64, workers=0, views=1,
-                     views_splits=("train", "test"), backbone=bb64)
+    deepfeat.extract(
+        fm_dir,
+        out,
+        layers="pre_logits",
+        dtype="float16",
+        input_size=64,
+        workers=0,
+        views=1,
+        views_splits=("train", "test"),
+        backbone=bb64,
+    )
     st = deepfeat.open_store(out)
     assert st.num_rows("train") == st.num_rows("test") == 80  # 40 images x (original + 1 augmented view)
     r = deepfeat.train(st, solver="exact", val_fraction=0.25, out=tmp_path / "v.dfm")
@@ -198,8 +213,7 @@ def _rewrite_metadata(src: Path, dst: Path, edit) -> None:
 
 def test_tampered_weights_hash_is_refused(logreg, fm30, tmp_path):
     bad = tmp_path / "tampered.dfm"
-    _rewrite_metadata(Path(logreg.bundle_path), bad,
-                      lambda d: d["backbone"].__setitem__("weights_sha256", "0" * 64))
+    _rewrite_metadata(Path(logreg.bundle_path), bad, lambda d: d["backbone"].__setitem__("weights_sha256", "0" * 64))
     with pytest.raises(UsageError, match="backbone weights do not match the bundle"):
         load_bundle(bad).load_backbone()
     img = next((fm30 / "test" / "bag").iterdir())
@@ -212,8 +226,7 @@ def test_bundle_on_a_store_with_other_layers_is_refused(logreg, unpooled_store, 
     with pytest.raises(UsageError, match=r"needs layer 'pre_logits' \(avg, 1280 dims\).*has: blocks.2 \(none, 2560"):
         deepfeat.evaluate(logreg.bundle_path, unpooled_store)
     other = tmp_path / "other.dfm"
-    _rewrite_metadata(Path(logreg.bundle_path), other,
-                      lambda d: d["preprocess"].__setitem__("input_size", [96, 96]))
+    _rewrite_metadata(Path(logreg.bundle_path), other, lambda d: d["preprocess"].__setitem__("input_size", [96, 96]))
     with pytest.raises(UsageError, match="other preprocessing"):
         deepfeat.evaluate(other, store)
     assert main(["evaluate", logreg.bundle_path, str(unpooled_store)]) == 2
@@ -221,15 +234,21 @@ def test_bundle_on_a_store_with_other_layers_is_refused(logreg, unpooled_store, 
 
 # ----------------------------------------------------------------------------- bad requests
 def test_bad_requests_name_the_problem(store, logreg, photo_files, bb64, tmp_path):
-    with pytest.raises(UsageError, match=r"The 'head' parameter of train must be one of 'logreg', 'svm', 'mlp'; "
-                                         r"got 'tree' instead\."):
+    with pytest.raises(
+        UsageError,
+        match=r"The 'head' parameter of train must be one of 'logreg', 'svm', 'mlp'; "
+        r"got 'tree' instead\.",
+    ):
         deepfeat.train(store, head="tree")
     with pytest.raises(UsageError, match="'exact' only for head 'logreg' or 'svm'"):
         deepfeat.train(store, head="mlp", solver="exact")
     with pytest.raises(UsageError, match="The store has no layer 'blocks.9'"):
         deepfeat.train(store, layers="blocks.9")
-    with pytest.raises(UsageError, match=r"The 'split' parameter of evaluate must be a split of the store .* "
-                                         r"\(it has: 'test', 'train'; or 'all'\); got 'val' instead\."):
+    with pytest.raises(
+        UsageError,
+        match=r"The 'split' parameter of evaluate must be a split of the store .* "
+        r"\(it has: 'test', 'train'; or 'all'\); got 'val' instead\.",
+    ):
         deepfeat.evaluate(logreg.bundle_path, store, split="val")
     assert main(["evaluate", logreg.bundle_path, str(store), "--split", "val"]) == 2
     assert main(["train", str(store), "--head", "tree", "--out", str(tmp_path / "x.dfm")]) == 2
@@ -239,8 +258,7 @@ def test_bad_requests_name_the_problem(store, logreg, photo_files, bb64, tmp_pat
     flat.mkdir()
     for p in photo_files.values():
         shutil.copy(p, flat)
-    deepfeat.extract(flat, tmp_path / "flat_store", layers=LAYERS, pool="avg", dtype="float16", workers=0,
-                     backbone=bb64)
+    deepfeat.extract(flat, tmp_path / "flat_store", layers=LAYERS, pool="avg", dtype="float16", workers=0, backbone=bb64)
     with pytest.raises(UsageError, match="4 rows of the store .* have no label"):
         deepfeat.train(tmp_path / "flat_store")
     with pytest.raises(UsageError, match="have no label; evaluate needs labelled rows"):
@@ -269,19 +287,48 @@ def test_two_classes_from_an_unsplit_list(photo_files, bb64, tmp_path):
     listing.write_text("path,label\n" + "".join(f"{p},{lbl}\n" for p, lbl in rows))
     deepfeat.extract(listing, tmp_path / "two", layers="pre_logits", dtype="float16", workers=0, backbone=bb64)
     for head in ("logreg", "svm"):
-        r = deepfeat.train(tmp_path / "two", head=head, solver="stream", val_fraction=0, epochs=30, batch_size=2,
-                           out=tmp_path / f"{head}.dfm")
+        r = deepfeat.train(
+            tmp_path / "two",
+            head=head,
+            solver="stream",
+            val_fraction=0,
+            epochs=30,
+            batch_size=2,
+            out=tmp_path / f"{head}.dfm",
+        )
         assert r.classes == ["cat", "other"] and r.n_train == 4 and r.head.coef_.shape == (1, 1280)
         report = deepfeat.evaluate(tmp_path / f"{head}.dfm", tmp_path / "two", split="all")
-        assert report["n"] == 4 and report["accuracy"] == 1.0 and report["scores"] == (
-            "probability" if head == "logreg" else "decision")
+        assert (
+            report["n"] == 4
+            and report["accuracy"] == 1.0
+            and report["scores"] == ("probability" if head == "logreg" else "decision")
+        )
 
 
 # ----------------------------------------------------------------------------- the CLI chain
 def test_cli_train_evaluate_predict(store, fm30, tmp_path, capsys):
     model = tmp_path / "m.dfm"
-    assert main(["train", str(store), "--layers", "pre_logits", "--head", "logreg", "--solver", "stream",
-                 "--batch-size", "32", "--epochs", "8", "--out", str(model)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(store),
+                "--layers",
+                "pre_logits",
+                "--head",
+                "logreg",
+                "--solver",
+                "stream",
+                "--batch-size",
+                "32",
+                "--epochs",
+                "8",
+                "--out",
+                str(model),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "epoch 1/8" in out and "saved" in out and model.is_file()
 
@@ -341,9 +388,15 @@ def test_cli_train_evaluate_predict(store, fm30, tmp_path, capsys):
 
     from deepfeat.prediction import Prediction
 
-    js = deepfeat.write_predictions([Prediction(p["path"], [p["label_1"]], [float(p["score_1"])])
-                                     if not p["error"] else Prediction(p["path"], error=p["error"])
-                                     for p in preds], tmp_path / "preds.json")
+    js = deepfeat.write_predictions(
+        [
+            Prediction(p["path"], [p["label_1"]], [float(p["score_1"])])
+            if not p["error"]
+            else Prediction(p["path"], error=p["error"])
+            for p in preds
+        ],
+        tmp_path / "preds.json",
+    )
     data = json.loads(Path(js).read_text())
     assert len(data) == 43 and data[0]["labels"] and data[30]["error"] and data[30]["labels"] == []
 
@@ -386,13 +439,34 @@ def test_seed_network_100352_256_16_2_trains_from_disk(fm_dir, tmp_path, monkeyp
         for cls in ("trouser", "bag"):
             shutil.copytree(fm_dir / split / cls, src / split / cls)
     out = tmp_path / "layer4"
-    deepfeat.extract(src, out, model="timm:resnet50", weights="random", layers="layer4", pool="none",
-                     dtype="float16", workers=0, batch_size=4, part_size=4)
+    deepfeat.extract(
+        src,
+        out,
+        model="timm:resnet50",
+        weights="random",
+        layers="layer4",
+        pool="none",
+        dtype="float16",
+        workers=0,
+        batch_size=4,
+        part_size=4,
+    )
     st = deepfeat.open_store(out)
     assert st.layer("layer4").dims == 100_352 and len(st.parts) == 4
     monkeypatch.setattr(deepfeat.FeatureStore, "load", lambda *a, **k: pytest.fail("store loaded"))
-    r = deepfeat.train(st, head="mlp", hidden="256,16", batch_size=4, epochs=30, lr=1e-3, val_fraction=0.0,
-                       patience=None, memory_budget="8MiB", seed=0, out=tmp_path / "seed.dfm")
+    r = deepfeat.train(
+        st,
+        head="mlp",
+        hidden="256,16",
+        batch_size=4,
+        epochs=30,
+        lr=1e-3,
+        val_fraction=0.0,
+        patience=None,
+        memory_budget="8MiB",
+        seed=0,
+        out=tmp_path / "seed.dfm",
+    )
     monkeypatch.undo()
     assert r.solver == "stream" and r.classes == ["bag", "trouser"]
     assert [w.shape for w in r.head.coefs_] == [(100_352, 256), (256, 16), (16, 2)]
@@ -441,23 +515,56 @@ def test_killed_training_resumes_to_the_uninterrupted_head(store, tmp_path, caps
     from deepfeat.checkpoint import load_state
 
     out, marker = tmp_path / "resumed.dfm", tmp_path / "killed.marker"
-    returncode = kill_at_marker(_KILLABLE_TRAIN, [str(store), str(out), str(marker), mode], marker, timeout=180,
-                                may_die_first=mode == "during-save")
+    returncode = kill_at_marker(
+        _KILLABLE_TRAIN, [str(store), str(out), str(marker), mode], marker, timeout=180, may_die_first=mode == "during-save"
+    )
     assert returncode == -signal.SIGKILL
     ckpt = Path(str(out) + ".ckpt")
     assert ckpt.exists() and not out.exists()
     assert load_state(str(ckpt))[1]["epoch"] == 2  # a half-written 3rd checkpoint never replaced the 2nd
 
-    assert main(["train", str(store), "--layers", "pre_logits", "--head", "mlp", "--hidden", "32", "--solver",
-                 "stream", "--batch-size", "32", "--epochs", "4", "--patience", "0", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(store),
+                "--layers",
+                "pre_logits",
+                "--head",
+                "mlp",
+                "--hidden",
+                "32",
+                "--solver",
+                "stream",
+                "--batch-size",
+                "32",
+                "--epochs",
+                "4",
+                "--patience",
+                "0",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "resuming after epoch 2 of 4" in printed
     assert "epoch 3/4" in printed and "epoch 1/4" not in printed and "feature statistics" not in printed
     assert out.exists() and not ckpt.exists()
     assert not [p for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
-    straight = deepfeat.train(store, layers="pre_logits", head="mlp", hidden=(32,), solver="stream", batch_size=32,
-                              epochs=4, patience=None, out=tmp_path / "straight.dfm")
+    straight = deepfeat.train(
+        store,
+        layers="pre_logits",
+        head="mlp",
+        hidden=(32,),
+        solver="stream",
+        batch_size=32,
+        epochs=4,
+        patience=None,
+        out=tmp_path / "straight.dfm",
+    )
     resumed = load_bundle(out)
     for name, arr in straight.head.export_tensors().items():
         assert np.array_equal(arr, resumed.head.export_tensors()[name]), name
@@ -475,14 +582,31 @@ def test_a_checkpoint_of_other_options_is_refused_and_no_resume_starts_over(stor
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", epochs=3, out=out,
-                       progress=interrupt)
+        deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", epochs=3, out=out, progress=interrupt)
     assert ckpt.exists() and stop["phase"] == "checkpoint"
     with pytest.raises(UsageError, match="another configuration"):
         deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", epochs=3, alpha=1e-3, out=out)
     assert ckpt.exists()
-    assert main(["train", str(store), "--layers", "pre_logits", "--solver", "stream", "--epochs", "3",
-                 "--alpha", "1e-3", "--out", str(out), "--no-resume"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                str(store),
+                "--layers",
+                "pre_logits",
+                "--solver",
+                "stream",
+                "--epochs",
+                "3",
+                "--alpha",
+                "1e-3",
+                "--out",
+                str(out),
+                "--no-resume",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "resuming" not in printed and "epoch 1/3" in printed and out.exists() and not ckpt.exists()
 
@@ -501,8 +625,7 @@ def test_a_class_never_vanishes_into_the_hold_out(store, caplog):
     with caplog.at_level("WARNING", logger="deepfeat.training"):
         r = deepfeat.train(store, layers="pre_logits", solver="stream", epochs=1, val_fraction=0.95)
     assert r.classes == sorted(by_class) and len(r.classes) == 10
-    assert r.n_train == sum(1 for hs in by_class.values() for h in hs if not h) + sum(
-        len(by_class[c]) for c in swallowed)
+    assert r.n_train == sum(1 for hs in by_class.values() for h in hs if not h) + sum(len(by_class[c]) for c in swallowed)
     assert r.n_train + r.n_val == 300
     assert all(c in caplog.text for c in swallowed) and "used for training instead" in caplog.text
 
@@ -513,13 +636,49 @@ def test_cli_fashion_mnist_two_thousand_images_end_to_end(tmp_path):
 
     src, feats = tmp_path / "fm", tmp_path / "feats"
     write_fashion_mnist(src, per_class=100)
-    assert main(["extract", str(src), "--layers", "pre_logits", "--pool", "avg", "--dtype", "float16",
-                 "--input-size", "64", "--workers", "1", "--out", str(feats), "-q"]) == 0
+    assert (
+        main(
+            [
+                "extract",
+                str(src),
+                "--layers",
+                "pre_logits",
+                "--pool",
+                "avg",
+                "--dtype",
+                "float16",
+                "--input-size",
+                "64",
+                "--workers",
+                "1",
+                "--out",
+                str(feats),
+                "-q",
+            ]
+        )
+        == 0
+    )
     accuracy = {}
     for solver in ("stream", "exact"):
         bundle = tmp_path / f"{solver}.dfm"
-        assert main(["train", str(feats), "--layers", "pre_logits", "--solver", solver, "--epochs", "20",
-                     "--out", str(bundle), "-q"]) == 0
+        assert (
+            main(
+                [
+                    "train",
+                    str(feats),
+                    "--layers",
+                    "pre_logits",
+                    "--solver",
+                    solver,
+                    "--epochs",
+                    "20",
+                    "--out",
+                    str(bundle),
+                    "-q",
+                ]
+            )
+            == 0
+        )
         assert main(["evaluate", str(bundle), str(feats), "--split", "test", "--out", str(tmp_path / solver)]) == 0
         report = json.loads((tmp_path / solver / "report.json").read_text())
         assert report["n"] == 1000
@@ -539,8 +698,10 @@ def test_predict_at_bf16_agrees_within_the_guard(fm30, tmp_path):
     from deepfeat.runtimes.guard import row_cosines
 
     if not cpu_has_bf16():
-        pytest.skip("this CPU has no native bf16: auto never picks it here (the guard's logic is tested with a "
-                    "stand-in runtime in test_precision_guard.py)")
+        pytest.skip(
+            "this CPU has no native bf16: auto never picks it here (the guard's logic is tested with a "
+            "stand-in runtime in test_precision_guard.py)"
+        )
     resolve_runtime("auto", "cpu", "bf16")
     out = tmp_path / "bf16"
     deepfeat.extract(fm30, out, layers="pre_logits", input_size=64, workers=1, precision="bf16")
@@ -554,8 +715,9 @@ def test_predict_at_bf16_agrees_within_the_guard(fm30, tmp_path):
     paths = [os.fsdecode(v) for v in rows.column("path_bytes").to_pylist()][:100]
     rt = bundle_runtime(b)
     assert rt.describe()["precision"] == "bf16"
-    got = np.concatenate([e.features["pre_logits"] for e in embed_files(rt, paths, preprocess=b.preprocess,
-                                                                           batch_size=7, workers=0)])
+    got = np.concatenate(
+        [e.features["pre_logits"] for e in embed_files(rt, paths, preprocess=b.preprocess, batch_size=7, workers=0)]
+    )
     stored = store.load("pre_logits", views=0)[0][:100]
     cos = row_cosines(got, stored)
     assert cos.min() >= recorded.threshold and np.median(cos) >= 0.995, (cos.min(), np.median(cos))

@@ -1,4 +1,5 @@
 """One size parser for every memory budget: binary and SI units, clear errors."""
+
 from __future__ import annotations
 
 import pytest
@@ -7,10 +8,22 @@ from deepfeat.errors import UsageError
 from deepfeat.units import format_size, parse_size
 
 
-@pytest.mark.parametrize(("text", "expected"), [
-    ("1GiB", 1 << 30), ("2G", 2 << 30), ("512MiB", 512 << 20), ("512MB", 512_000_000), ("1.5k", 1536),
-    ("1e9", 10**9), (" 3 mib ", 3 << 20), ("4194304", 4 << 20), (4096, 4096), (1e6, 10**6), ("10 B", 10),
-])
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("1GiB", 1 << 30),
+        ("2G", 2 << 30),
+        ("512MiB", 512 << 20),
+        ("512MB", 512_000_000),
+        ("1.5k", 1536),
+        ("1e9", 10**9),
+        (" 3 mib ", 3 << 20),
+        ("4194304", 4 << 20),
+        (4096, 4096),
+        (1e6, 10**6),
+        ("10 B", 10),
+    ],
+)
 def test_sizes_parse_to_bytes(text, expected) -> None:
     assert parse_size(text) == expected
 
@@ -34,5 +47,4 @@ def test_a_small_size_without_a_unit_is_refused_as_ambiguous(bare) -> None:
 
 
 def test_format_size() -> None:
-    assert [format_size(n) for n in (0, 1023, 1536, 5 << 20, 3 << 40)] == [
-        "0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 TiB"]
+    assert [format_size(n) for n in (0, 1023, 1536, 5 << 20, 3 << 40)] == ["0 B", "1023 B", "1.5 KiB", "5.0 MiB", "3.0 TiB"]

@@ -1,4 +1,5 @@
 """Augmented views: seeded per (image, view), train split only by default, stable across kill -9."""
+
 from __future__ import annotations
 
 import signal
@@ -48,8 +49,13 @@ def test_view0_equals_plain_extraction_and_test_rows_untouched(plain_and_views):
 
 def test_views_are_reproducible_across_runs(plain_and_views, fm_dir, tmp_path):
     _, views, _, _ = plain_and_views
-    deepfeat.extract(fm_dir, tmp_path / "again", views=2, augment="flip,crop=0.7,rotate=15,color=0.2",
-                     **{**COMMON, "batch_size": 5, "part_size": 7, "workers": 0})
+    deepfeat.extract(
+        fm_dir,
+        tmp_path / "again",
+        views=2,
+        augment="flip,crop=0.7,rotate=15,color=0.2",
+        **{**COMMON, "batch_size": 5, "part_size": 7, "workers": 0},
+    )
     again = by_key(tmp_path / "again")
     assert again.keys() == views.keys()
     for k, row in views.items():

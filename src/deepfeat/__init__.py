@@ -9,6 +9,7 @@ Example:
     >>> deepfeat.extract("photos/", out="feats/", layers="pre_logits")   # doctest: +SKIP
     >>> store = deepfeat.open_store("feats/")                             # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import importlib
@@ -56,8 +57,18 @@ __all__ = sorted(_API) + ["__version__"]
 
 
 #: the verbs that show progress and a summary line by default (``progress=False`` silences them)
-_REPORTED = ("extract", "train", "probe", "evaluate", "analyze", "full_network_embedding", "export_store",
-             "predict_images", "train_cnn", "finetune")
+_REPORTED = (
+    "extract",
+    "train",
+    "probe",
+    "evaluate",
+    "analyze",
+    "full_network_embedding",
+    "export_store",
+    "predict_images",
+    "train_cnn",
+    "finetune",
+)
 
 
 def __getattr__(name: str) -> object:

@@ -1,4 +1,5 @@
 """``python -m deepfeat``: the same as the ``deepfeat`` program."""
+
 from ._console import main
 
 raise SystemExit(main())

@@ -4,6 +4,7 @@ Importing the command line takes a moment (argparse, the command modules); a Ctr
 would otherwise end in Python's traceback. Here it ends like any interrupted command: one line,
 exit status 130. Nothing has been written at that point.
 """
+
 from __future__ import annotations
 
 import sys

@@ -12,6 +12,7 @@ Example:
     bf16 (openvino) vs torch fp32 on 64 images: min cosine 0.9910 (pre_logits), median >= 0.9993;
     threshold 0.98 (median 0.995): passed
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -51,20 +52,33 @@ class Agreement:
     def summary(self) -> str:
         name, low = self.worst()
         median = min(t["median"] for t in self.taps.values())
-        return (f"{self.precision} ({self.runtime}) vs torch fp32 on {self.images} images: min cosine {low:.4f} "
-                f"({name}), median >= {median:.4f}; threshold {self.threshold:g} "
-                f"(median {median_floor(self.threshold):g}): {'passed' if self.passed else 'failed'}")
+        return (
+            f"{self.precision} ({self.runtime}) vs torch fp32 on {self.images} images: min cosine {low:.4f} "
+            f"({name}), median >= {median:.4f}; threshold {self.threshold:g} "
+            f"(median {median_floor(self.threshold):g}): {'passed' if self.passed else 'failed'}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"precision": self.precision, "runtime": self.runtime, "images": self.images,
-                "threshold": self.threshold, "median_floor": median_floor(self.threshold),
-                "reference": "torch fp32", "passed": self.passed,
-                "taps": {k: {"min": round(v["min"], 6), "median": round(v["median"], 6)} for k, v in self.taps.items()}}
+        return {
+            "precision": self.precision,
+            "runtime": self.runtime,
+            "images": self.images,
+            "threshold": self.threshold,
+            "median_floor": median_floor(self.threshold),
+            "reference": "torch fp32",
+            "passed": self.passed,
+            "taps": {k: {"min": round(v["min"], 6), "median": round(v["median"], 6)} for k, v in self.taps.items()},
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> Agreement:
-        return cls(str(d["precision"]), str(d["runtime"]), int(d["images"]), float(d["threshold"]),
-                   {str(k): {"min": float(v["min"]), "median": float(v["median"])} for k, v in d["taps"].items()})
+        return cls(
+            str(d["precision"]),
+            str(d["runtime"]),
+            int(d["images"]),
+            float(d["threshold"]),
+            {str(k): {"min": float(v["min"]), "median": float(v["median"])} for k, v in d["taps"].items()},
+        )
 
 
 def describe_agreement(runtime_meta: Mapping[str, Any] | None) -> str | None:
@@ -86,9 +100,11 @@ def reduced_precision_note(metadata: Mapping[str, Any], path: str) -> str | None
     precision = metadata.get("precision")
     if not isinstance(precision, str) or precision in ("fp32", ""):
         return None
-    return (f"The store {path!r} was computed at {precision}, not fp32: per-feature statistics (analyze, fne, the "
-            f"probe's FNE candidate) read single features, where {precision} rounding moves values near thresholds "
-            "and ranks; for analysis-grade numbers extract with --precision fp32")
+    return (
+        f"The store {path!r} was computed at {precision}, not fp32: per-feature statistics (analyze, fne, the "
+        f"probe's FNE candidate) read single features, where {precision} rounding moves values near thresholds "
+        "and ranks; for analysis-grade numbers extract with --precision fp32"
+    )
 
 
 __all__ = ["Agreement", "DEFAULT_MIN_AGREEMENT", "describe_agreement", "median_floor", "reduced_precision_note"]

@@ -9,6 +9,7 @@ Example:
     >>> api_defaults("deepfeat.training", "train")["epochs"]
     20
 """
+
 from __future__ import annotations
 
 import ast
@@ -106,7 +107,7 @@ def api_defaults(module: str, function: str) -> dict[str, Any]:
     a = func.args
     out: dict[str, Any] = {}
     positional = a.posonlyargs + a.args
-    for arg, default in zip(positional[len(positional) - len(a.defaults):], a.defaults):
+    for arg, default in zip(positional[len(positional) - len(a.defaults) :], a.defaults):
         value = _literal(default, constants)
         if value is not _UNRESOLVED:
             out[arg.arg] = value

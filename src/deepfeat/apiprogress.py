@@ -14,6 +14,7 @@ is the caller's own renderer and is passed through.
 The modules' own functions (``deepfeat.extraction.extract``) stay silent: only the package's
 exports are wrapped.
 """
+
 from __future__ import annotations
 
 import functools
@@ -28,34 +29,50 @@ from .cli.common import EventRenderer
 #: function name -> the kind of the command line's event renderer (None: the verb reports through
 #: progress tasks only) and what its result says in one line
 _SUMMARIES: dict[str, tuple[str | None, Callable[[Any], str]]] = {
-    "extract": ("extract", lambda s: (
-        f"extract: {s.embedded_now:,} embedded and {s.failed_now:,} failed this run in {s.seconds:.1f} s; "
-        f"{s.out} holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded"
-        + (f"; {s.decode_workers}" if s.decode_workers else ""))),
-    "train": ("train", lambda r: (
-        f"train: {r.head_kind} ({r.solver}) on {', '.join(s.name for s in r.layers)} in {r.seconds:.1f} s; "
-        + (f"validation accuracy {r.validation['accuracy']:.4f} on {r.validation['n']:,} rows "
-           f"({r.validation['source']})" if r.validation.get("n") else "no validation rows")
-        + (f"; saved {r.bundle_path}" if r.bundle_path else ""))),
+    "extract": (
+        "extract",
+        lambda s: (
+            f"extract: {s.embedded_now:,} embedded and {s.failed_now:,} failed this run in {s.seconds:.1f} s; "
+            f"{s.out} holds {s.embedded_total:,} embedded, {s.failed_total:,} failed, {s.excluded:,} excluded"
+            + (f"; {s.decode_workers}" if s.decode_workers else "")
+        ),
+    ),
+    "train": (
+        "train",
+        lambda r: (
+            f"train: {r.head_kind} ({r.solver}) on {', '.join(s.name for s in r.layers)} in {r.seconds:.1f} s; "
+            + (
+                f"validation accuracy {r.validation['accuracy']:.4f} on {r.validation['n']:,} rows "
+                f"({r.validation['source']})"
+                if r.validation.get("n")
+                else "no validation rows"
+            )
+            + (f"; saved {r.bundle_path}" if r.bundle_path else "")
+        ),
+    ),
     "probe": ("probe", lambda r: f"probe: {len(r.rows)} candidates in {r.seconds:.1f} s. {r.advice}"),
     "train_cnn": ("cnn", lambda r: _cnn_line(r)),
     "finetune": ("cnn", lambda r: _cnn_line(r)),
-    "evaluate": (None, lambda rep: f"evaluate: accuracy {rep['accuracy']:.4f} on {rep['n']:,} rows of "
-                                   f"{rep['split']}"),
+    "evaluate": (None, lambda rep: f"evaluate: accuracy {rep['accuracy']:.4f} on {rep['n']:,} rows of {rep['split']}"),
     "analyze": (None, lambda s: f"analyze: report {s['report']} in {s['seconds']:.1f} s"),
-    "full_network_embedding": (None, lambda s: f"fne: {s.rows:,} rows x {s.dims:,} dims in {s.out} "
-                                               f"({s.seconds:.1f} s)"),
+    "full_network_embedding": (None, lambda s: f"fne: {s.rows:,} rows x {s.dims:,} dims in {s.out} ({s.seconds:.1f} s)"),
     "export_store": (None, lambda paths: f"export: wrote {', '.join(paths)}"),
-    "predict_images": (None, lambda preds: f"predict: {len(preds):,} predictions "
-                                           f"({sum(p.error is not None for p in preds):,} could not be classified)"),
+    "predict_images": (
+        None,
+        lambda preds: (
+            f"predict: {len(preds):,} predictions ({sum(p.error is not None for p in preds):,} could not be classified)"
+        ),
+    ),
 }
 
 
 def _cnn_line(r: Any) -> str:
     m = r.metrics
     test = f", test accuracy {m['test_accuracy']:.4f}" if "test_accuracy" in m else ""
-    return (f"{r.kind}: valid accuracy {m['valid_accuracy']:.4f} ({m['valid_source']}){test} in {r.seconds:.1f} s; "
-            f"model directory {r.out}")
+    return (
+        f"{r.kind}: valid accuracy {m['valid_accuracy']:.4f} ({m['valid_source']}){test} in {r.seconds:.1f} s; "
+        f"model directory {r.out}"
+    )
 
 
 def _silenced() -> bool:

@@ -20,6 +20,7 @@ Example:
     >>> b.classes[:3], [l.name for l in b.layers]           # doctest: +SKIP
     (['ankle_boot', 'bag', 'coat'], ['pre_logits'])
 """
+
 from __future__ import annotations
 
 import json
@@ -124,8 +125,7 @@ class Bundle:
         images): they are standardised with the saved statistics and ternarised first.
         """
         if self.fne is not None and not all(s.name in features for s in self.layers):
-            raw = np.concatenate([np.asarray(features[s.name], dtype=np.float64) for s in self.fne["source_layers"]],
-                                 axis=1)
+            raw = np.concatenate([np.asarray(features[s.name], dtype=np.float64) for s in self.fne["source_layers"]], axis=1)
             return fne_transform(raw, self.fne["mean"], self.fne["std"], self.fne["thresholds"]).astype(np.float32)
         return np.concatenate([np.asarray(features[s.name], dtype=np.float32) for s in self.layers], axis=1)
 
@@ -140,18 +140,21 @@ class Bundle:
                 raise UsageError(
                     f"The bundle {self.path!r} needs layer {spec.name!r} ({spec.pool}, {spec.dims} dims), but the "
                     f"store {store.path!r} has: {listing}. Extract the store with the same --layers and --pool, "
-                    "or train a bundle on this store.")
+                    "or train a bundle on this store."
+                )
         want = self.backbone_info.get("weights_sha256")
         got_hash = store.metadata.get("model", {}).get("weights_sha256")
         if want and got_hash and want != got_hash:
             raise UsageError(
                 f"The store {store.path!r} was extracted with other backbone weights (sha256 {got_hash[:16]}...) "
-                f"than the bundle {self.path!r} was trained on (sha256 {want[:16]}...); its features do not fit.")
+                f"than the bundle {self.path!r} was trained on (sha256 {want[:16]}...); its features do not fit."
+            )
         store_pre = store.metadata.get("preprocess")
         if store_pre and Preprocess.from_dict(store_pre) != self.preprocess:
             raise UsageError(
                 f"The store {store.path!r} was extracted with other preprocessing ({store_pre}) than the bundle "
-                f"{self.path!r} ({self.preprocess.to_dict()}); its features do not fit.")
+                f"{self.path!r} ({self.preprocess.to_dict()}); its features do not fit."
+            )
 
     def load_backbone(self, weights: str | os.PathLike | None = None) -> Any:
         """Load the recorded backbone with the recorded preprocessing; the weights' sha256 must match.
@@ -170,19 +173,27 @@ class Bundle:
 
         expected = info.get("weights_sha256")
         with expecting_weights(expected if weights is None else None):  # a download must be these weights
-            bb = load_backbone(str(info["name"]), weights, input_size=tuple(self.preprocess.input_size),
-                               crop_pct=self.preprocess.crop_pct)
+            bb = load_backbone(
+                str(info["name"]), weights, input_size=tuple(self.preprocess.input_size), crop_pct=self.preprocess.crop_pct
+            )
         bb.preprocess = self.preprocess
         if expected and bb.weights_sha256 != expected:
             raise UsageError(
                 f"The backbone weights do not match the bundle {self.path!r}: it was trained on {info['name']!r} "
                 f"weights with sha256 {expected}, but {bb.weights!r} has sha256 {bb.weights_sha256}. Pass the "
-                "original weights file (--weights PATH); features of other weights would be wrong.")
+                "original weights file (--weights PATH); features of other weights would be wrong."
+            )
         return bb
 
 
-def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, device: str = "cpu",
-                   runtime: str = "auto", precision: str = "auto") -> Any:
+def bundle_runtime(
+    b: Bundle,
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    runtime: str = "auto",
+    precision: str = "auto",
+) -> Any:
     """The :class:`~deepfeat.runtimes.Runtime` that computes a bundle's features.
 
     ``auto`` means the runtime and precision recorded in the bundle when they run here
@@ -190,23 +201,48 @@ def bundle_runtime(b: Bundle, *, weights: str | os.PathLike | None = None, devic
     """
     recorded = b.metadata.get("runtime")
     rec_rt = recorded.get("runtime") if isinstance(recorded, dict) else "torch"  # bundles before runtimes: torch
-    runtime, precision = prefer_recorded(runtime, precision, device, rec_rt, str(b.metadata.get("precision", "fp32")),
-                                         what=f"the bundle {b.path!r}")
+    runtime, precision = prefer_recorded(
+        runtime, precision, device, rec_rt, str(b.metadata.get("precision", "fp32")), what=f"the bundle {b.path!r}"
+    )
     bb = b.load_backbone(weights)
     # int8: the store's calibration, by its digest (the cached export; without it, torch fp32 with a warning)
     cal = recorded.get("calibration") if isinstance(recorded, dict) and precision == "int8" else None
-    calibration = Calibration(str(cal["sha256"]), int(cal.get("images", 0)), int(cal.get("wanted", 0))) \
-        if isinstance(cal, dict) and cal.get("sha256") else None
-    return build_runtime(bb, b.compute_layers, describe_layers(bb), runtime=runtime, device=device,
-                         precision=precision, dtype=b.compute_dtype, calibration=calibration)
+    calibration = (
+        Calibration(str(cal["sha256"]), int(cal.get("images", 0)), int(cal.get("wanted", 0)))
+        if isinstance(cal, dict) and cal.get("sha256")
+        else None
+    )
+    return build_runtime(
+        bb,
+        b.compute_layers,
+        describe_layers(bb),
+        runtime=runtime,
+        device=device,
+        precision=precision,
+        dtype=b.compute_dtype,
+        calibration=calibration,
+    )
 
 
-def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preprocess: Mapping[str, Any],
-                layers: Sequence[LayerSpec], dtype: str, scaler: StreamingScaler, head: Any, head_kind: str,
-                classes: Sequence[str], precision: str = "fp32", runtime: Mapping[str, Any] | None = None,
-                decode_policy: Mapping[str, Any] | None = None,
-                training: Mapping[str, Any] | None = None, validation: Mapping[str, Any] | None = None,
-                history: Sequence[Mapping[str, Any]] | None = None, fne: Mapping[str, Any] | None = None) -> str:
+def save_bundle(
+    path: str | os.PathLike,
+    *,
+    backbone: Mapping[str, Any],
+    preprocess: Mapping[str, Any],
+    layers: Sequence[LayerSpec],
+    dtype: str,
+    scaler: StreamingScaler,
+    head: Any,
+    head_kind: str,
+    classes: Sequence[str],
+    precision: str = "fp32",
+    runtime: Mapping[str, Any] | None = None,
+    decode_policy: Mapping[str, Any] | None = None,
+    training: Mapping[str, Any] | None = None,
+    validation: Mapping[str, Any] | None = None,
+    history: Sequence[Mapping[str, Any]] | None = None,
+    fne: Mapping[str, Any] | None = None,
+) -> str:
     """Write a bundle atomically (temp file + rename) and return its path.
 
     ``fne`` (from :func:`deepfeat.analysis.fne.load_fne_stats`) stores the full-network embedding
@@ -235,15 +271,24 @@ def save_bundle(path: str | os.PathLike, *, backbone: Mapping[str, Any], preproc
         "precision": precision,
         "runtime": dict(runtime) if runtime else {"runtime": "torch", "precision": precision},
         "decode_policy": dict(decode_policy) if decode_policy else None,
-        "head": {"kind": head_kind, "class": type(head).__name__, "params": head.hyperparameters(),
-                 "n_features": int(scaler.mean_.shape[0])},
+        "head": {
+            "kind": head_kind,
+            "class": type(head).__name__,
+            "params": head.hyperparameters(),
+            "n_features": int(scaler.mean_.shape[0]),
+        },
         "scaler": {"n_samples_seen": int(getattr(scaler, "n_samples_seen_", 0))},
         "classes": [str(c) for c in classes],
         "training": dict(training or {}),
         "validation": dict(validation or {}),
         "history": [dict(h) for h in (history or [])],
-        "fne": None if fne is None else {"thresholds": list(fne["thresholds"]), "source_dtype": fne.get("source_dtype"),
-                                         "source_layers": [s.to_dict() for s in fne["source_layers"]]},
+        "fne": None
+        if fne is None
+        else {
+            "thresholds": list(fne["thresholds"]),
+            "source_dtype": fne.get("source_dtype"),
+            "source_layers": [s.to_dict() for s in fne["source_layers"]],
+        },
         "versions": _versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -293,14 +338,17 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
     except _NotABundle as exc:
         if exc.damaged:
             raise BundleError(f"The bundle {path!r} is damaged: {exc}.") from None
-        raise UsageError(f"{path!r} is not a deepfeat model bundle (a .dfm file written by 'deepfeat train'): "
-                         f"{exc}.") from None
+        raise UsageError(
+            f"{path!r} is not a deepfeat model bundle (a .dfm file written by 'deepfeat train'): {exc}."
+        ) from None
     version = doc.get("format_version", 0)
     if not isinstance(version, int) or isinstance(version, bool):
         raise BundleError(f"The bundle {path!r} has a malformed format_version {version!r}.")
     if version > FORMAT_VERSION:
-        raise UsageError(f"The bundle {path!r} has format version {doc['format_version']}; this deepfeat reads "
-                         f"up to {FORMAT_VERSION}. Upgrade deepfeat.")
+        raise UsageError(
+            f"The bundle {path!r} has format version {doc['format_version']}; this deepfeat reads "
+            f"up to {FORMAT_VERSION}. Upgrade deepfeat."
+        )
     check_bundle_document(doc, path)
     n_features = int(doc["head"]["n_features"])
     try:
@@ -314,9 +362,10 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"The bundle {path!r} is damaged: its tensors cannot be read ({exc}).") from None
     kind = doc["head"]["kind"]
     layers = [LayerSpec.from_dict(d) for d in doc["layers"]]
-    scaler = StreamingScaler.from_stats(tensors["scaler.mean"], tensors["scaler.scale"],
-                                        int(doc.get("scaler", {}).get("n_samples_seen", 0) or 0))
-    head_tensors = {k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")}
+    scaler = StreamingScaler.from_stats(
+        tensors["scaler.mean"], tensors["scaler.scale"], int(doc.get("scaler", {}).get("n_samples_seen", 0) or 0)
+    )
+    head_tensors = {k[len("head.") :]: v for k, v in tensors.items() if k.startswith("head.")}
     params = dict(doc["head"]["params"])
     if "hidden" in params and isinstance(params["hidden"], list):
         params["hidden"] = tuple(params["hidden"])
@@ -329,15 +378,27 @@ def load_bundle(path: str | os.PathLike) -> Bundle:
         raise BundleError(f"The bundle {path!r} is inconsistent: its {kind} head cannot be rebuilt ({exc}).") from None
     fne = None
     if doc.get("fne"):
-        fne = {"mean": tensors["fne.mean"], "std": tensors["fne.std"], "thresholds": tuple(doc["fne"]["thresholds"]),
-               "source_dtype": doc["fne"].get("source_dtype"),
-               "source_layers": [LayerSpec.from_dict(d) for d in doc["fne"]["source_layers"]]}
+        fne = {
+            "mean": tensors["fne.mean"],
+            "std": tensors["fne.std"],
+            "thresholds": tuple(doc["fne"]["thresholds"]),
+            "source_dtype": doc["fne"].get("source_dtype"),
+            "source_layers": [LayerSpec.from_dict(d) for d in doc["fne"]["source_layers"]],
+        }
     try:
         preprocess = Preprocess.from_dict(doc["preprocess"])
     except (UsageError, ValueError, TypeError, KeyError) as exc:
         raise BundleError(f"The bundle {path!r} has malformed preprocessing ({exc}).") from None
-    return Bundle(path=path, metadata=doc, scaler=scaler, head=head, classes=list(doc["classes"]), layers=layers,
-                  preprocess=preprocess, fne=fne)
+    return Bundle(
+        path=path,
+        metadata=doc,
+        scaler=scaler,
+        head=head,
+        classes=list(doc["classes"]),
+        layers=layers,
+        preprocess=preprocess,
+        fne=fne,
+    )
 
 
 def check_bundle_document(doc: Mapping[str, Any], path: str = "") -> None:
@@ -351,8 +412,9 @@ def check_bundle_document(doc: Mapping[str, Any], path: str = "") -> None:
     try:
         for key, kind in (("head", dict), ("preprocess", dict), ("backbone", dict), ("classes", list)):
             if not isinstance(doc.get(key), kind):
-                raise StoreError(f"'{key}' must be a JSON {'object' if kind is dict else 'list'}; "
-                                 f"got {type(doc.get(key)).__name__}")
+                raise StoreError(
+                    f"'{key}' must be a JSON {'object' if kind is dict else 'list'}; got {type(doc.get(key)).__name__}"
+                )
         head = doc["head"]
         if head.get("kind") not in HEADS:
             raise StoreError(f"unknown head kind {str(head.get('kind'))[:80]!r}")
@@ -375,8 +437,9 @@ def check_bundle_document(doc: Mapping[str, Any], path: str = "") -> None:
         if not isinstance(doc["backbone"].get("name"), str):
             raise StoreError("backbone.name must be a string")
         hidden = head["params"].get("hidden", [])
-        if not isinstance(hidden, list) or not all(isinstance(h, int) and not isinstance(h, bool)
-                                                   and 0 < h <= 1 << 20 for h in hidden):
+        if not isinstance(hidden, list) or not all(
+            isinstance(h, int) and not isinstance(h, bool) and 0 < h <= 1 << 20 for h in hidden
+        ):
             raise StoreError(f"head.params.hidden must be a list of positive integers; got {str(hidden)[:80]}")
         fne = doc.get("fne")
         if fne:
@@ -404,23 +467,26 @@ def _check_tensor_shapes(doc: Mapping[str, Any], shapes: Mapping[str, tuple[int,
         if name not in shapes:
             raise BundleError(f"The bundle {path!r} lacks the tensor {name!r}.")
         if shapes[name] != shape:
-            raise BundleError(f"The bundle {path!r} is inconsistent: tensor {name!r} has shape {list(shapes[name])}, "
-                              f"its metadata implies {list(shape)}.")
+            raise BundleError(
+                f"The bundle {path!r} is inconsistent: tensor {name!r} has shape {list(shapes[name])}, "
+                f"its metadata implies {list(shape)}."
+            )
     held = sum(int(np.prod(s)) for k, s in shapes.items() if k.startswith("head."))
     n_out = len(doc["classes"])
     chain = [n_features, *doc["head"]["params"].get("hidden", []), n_out]
     implied = sum(a * b + b for a, b in zip(chain[:-1], chain[1:]))
     if implied > _HEAD_ALLOCATION_RATIO * held + 1024:
-        raise BundleError(f"The bundle {path!r} is inconsistent: its head metadata implies {implied:,} parameters "
-                          f"but its tensors hold {held:,}; refusing to allocate it.")
+        raise BundleError(
+            f"The bundle {path!r} is inconsistent: its head metadata implies {implied:,} parameters "
+            f"but its tensors hold {held:,}; refusing to allocate it."
+        )
 
 
 def _versions() -> dict[str, str]:
     import sklearn
     import torch
 
-    return {"deepfeat": __version__, "torch": torch.__version__, "sklearn": sklearn.__version__,
-            "numpy": np.__version__}
+    return {"deepfeat": __version__, "torch": torch.__version__, "sklearn": sklearn.__version__, "numpy": np.__version__}
 
 
 def _json_default(obj: Any) -> Any:

@@ -4,6 +4,7 @@ Standard library only, so that ``history``, ``info`` and the CLI can read a bund
 classes, history, runtime and agreement) without importing numpy, torch or scikit-learn;
 :mod:`deepfeat.bundle` loads the tensors.
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,7 @@ def _parse_header(path: str | os.PathLike) -> dict[str, Any]:
                 raise _NotABundle("the file is shorter than a safetensors header", False)
             n = struct.unpack("<Q", head)[0]
             if n > _MAX_HEADER:
-                raise _NotABundle(f"its header claims {n:,} bytes (the limit is {_MAX_HEADER >> 20} MiB)",
-                                  n <= size)
+                raise _NotABundle(f"its header claims {n:,} bytes (the limit is {_MAX_HEADER >> 20} MiB)", n <= size)
             if not 2 <= n <= size - 8:
                 raise _NotABundle(f"its header claims {n:,} bytes of a {size:,}-byte file", False)
             raw = f.read(n)

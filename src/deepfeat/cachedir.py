@@ -1,4 +1,5 @@
 """The one place that says where deepfeat caches things it can rebuild (exported runtimes, shard indexes)."""
+
 from __future__ import annotations
 
 import os

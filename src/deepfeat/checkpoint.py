@@ -15,6 +15,7 @@ Example:
     >>> save_checkpoint("ckpt.safetensors", model, opt, {"epoch": 3})     # doctest: +SKIP
     >>> state = load_checkpoint("ckpt.safetensors", model, opt)           # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -27,8 +28,16 @@ from torch import nn
 from .errors import UsageError
 from .store.fsutil import atomic_write_bytes
 
-__all__ = ["save_checkpoint", "load_checkpoint", "read_checkpoint_state", "flatten_optimizer", "unflatten_optimizer",
-           "save_state", "load_state", "config_fingerprint"]
+__all__ = [
+    "save_checkpoint",
+    "load_checkpoint",
+    "read_checkpoint_state",
+    "flatten_optimizer",
+    "unflatten_optimizer",
+    "save_state",
+    "load_state",
+    "config_fingerprint",
+]
 
 _META_KEY = "deepfeat_checkpoint"
 
@@ -53,7 +62,7 @@ def unflatten_optimizer(tensors: dict[str, torch.Tensor], rest: dict[str, Any]) 
     for key, value in tensors.items():
         if not key.startswith("optim.state."):
             continue
-        pid, _, name = key[len("optim.state."):].partition(".")
+        pid, _, name = key[len("optim.state.") :].partition(".")
         state.setdefault(int(pid), {})[name] = value
     for pid, values in rest.get("scalars", {}).items():
         state.setdefault(int(pid), {}).update(values)
@@ -73,8 +82,10 @@ def save_state(path: str, tensors: dict[str, torch.Tensor], document: dict[str, 
     """Atomically write named tensors plus a JSON ``document`` (in the header) as one safetensors file."""
     from safetensors.torch import save
 
-    blob = save({k: v.detach().cpu().contiguous() for k, v in tensors.items()},
-                metadata={_META_KEY: json.dumps(document, default=_jsonable)})
+    blob = save(
+        {k: v.detach().cpu().contiguous() for k, v in tensors.items()},
+        metadata={_META_KEY: json.dumps(document, default=_jsonable)},
+    )
     atomic_write_bytes(path, blob)
 
 
@@ -92,11 +103,11 @@ def _read_document(path: str) -> dict[str, Any]:
     try:
         document = json.loads(meta[_META_KEY])
     except (ValueError, RecursionError) as exc:
-        raise UsageError(f"The checkpoint {path!r} has a malformed document ({type(exc).__name__}); "
-                         "delete it to start over.") from None
+        raise UsageError(
+            f"The checkpoint {path!r} has a malformed document ({type(exc).__name__}); delete it to start over."
+        ) from None
     if not isinstance(document, dict) or not isinstance(document.get("state", {}), dict):
-        raise UsageError(f"The checkpoint {path!r} has a malformed document (not a JSON object); "
-                         "delete it to start over.")
+        raise UsageError(f"The checkpoint {path!r} has a malformed document (not a JSON object); delete it to start over.")
     return document
 
 
@@ -120,8 +131,13 @@ def config_fingerprint(config: Mapping[str, Any]) -> str:
     return fingerprint(json.loads(json.dumps(dict(config), default=str)))
 
 
-def save_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    state: dict[str, Any], extra: Mapping[str, torch.Tensor] | None = None) -> None:
+def save_checkpoint(
+    path: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    state: dict[str, Any],
+    extra: Mapping[str, torch.Tensor] | None = None,
+) -> None:
     """Atomically write model weights, optimizer state, ``extra`` named tensors (e.g. the best epoch's
     weights) and a JSON ``state`` into one safetensors file."""
     tensors = {f"extra.{k}": v for k, v in (extra or {}).items()}
@@ -138,16 +154,17 @@ def read_checkpoint_state(path: str) -> dict[str, Any]:
     return _read_document(path)["state"]
 
 
-def load_checkpoint(path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None,
-                    extra: dict[str, torch.Tensor] | None = None) -> dict[str, Any]:
+def load_checkpoint(
+    path: str, model: nn.Module, optimizer: torch.optim.Optimizer | None, extra: dict[str, torch.Tensor] | None = None
+) -> dict[str, Any]:
     """Restore ``model`` (and ``optimizer``) from a checkpoint; returns its JSON ``state``.
 
     ``extra``, when given, receives the checkpoint's extra tensors (see :func:`save_checkpoint`).
     """
     tensors, meta = load_state(path)
     if extra is not None:
-        extra.update({k[len("extra."):]: v for k, v in tensors.items() if k.startswith("extra.")})
-    model_sd = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+        extra.update({k[len("extra.") :]: v for k, v in tensors.items() if k.startswith("extra.")})
+    model_sd = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     model.load_state_dict(model_sd, strict=True)
     if optimizer is not None:
         sd = unflatten_optimizer(tensors, meta["optimizer"])

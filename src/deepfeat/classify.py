@@ -3,6 +3,7 @@
 Prediction itself (bundles, exported graphs, a backbone's own classifier) is :func:`deepfeat.predict_images`;
 the images that inputs name are :func:`deepfeat.sources.expand_inputs`.
 """
+
 from __future__ import annotations
 
 import numpy as np

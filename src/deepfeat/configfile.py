@@ -10,6 +10,7 @@ Example:
     >>> load_config_file("train.yaml")          # doctest: +SKIP
     {'train': {'alpha': 0.0001}}
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,9 @@ def _expanded_size(root: Any, path: str) -> int:
         if key in sizes:
             continue
         if key in active:
-            raise UsageError(f"The config file {path!r} refers to itself through an alias; "
-                             "a config is a plain mapping of option: value.")
+            raise UsageError(
+                f"The config file {path!r} refers to itself through an alias; a config is a plain mapping of option: value."
+            )
         if isinstance(node, yaml.ScalarNode):
             sizes[key] = 1
             continue
@@ -80,8 +82,10 @@ def load_config_file(path: str | os.PathLike) -> Any:
             return None
         size = _expanded_size(node, path)
         if size > MAX_NODES:
-            raise UsageError(f"The config file {path!r} expands to more than {MAX_NODES:,} values through its "
-                             "anchors and aliases; refusing to load it.")
+            raise UsageError(
+                f"The config file {path!r} expands to more than {MAX_NODES:,} values through its "
+                "anchors and aliases; refusing to load it."
+            )
         return loader.construct_document(node)
     except yaml.YAMLError as exc:
         raise UsageError(f"The config file {path!r} is not valid YAML: {exc}") from None

@@ -14,6 +14,7 @@ the four idx files, which it looks for, in order, in:
 Each idx file may be gzipped (``name.gz``) or not. :data:`DATASETS` and :func:`write_dataset`
 form the small registry behind ``deepfeat datasets NAME OUT``.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -158,9 +159,7 @@ def _resolve_source(bases: list[str], source: str | os.PathLike[str] | None, dow
     for what, directory in explicit:
         missing = _missing(directory, bases)
         if missing:
-            raise UsageError(
-                f"{what} {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. {_help_text()}"
-            )
+            raise UsageError(f"{what} {directory} lacks {', '.join(m + '[.gz]' for m in missing)}. {_help_text()}")
         return directory
 
     for directory in (DEBIAN_FASHION_MNIST_DIR, _default_cache_dir()):
@@ -200,8 +199,7 @@ def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     expected = int(np.prod(dims, dtype=np.int64))
     if len(data) - header != expected:
         raise UsageError(
-            f"corrupt idx file {path}: header says {dims} ({expected} bytes), "
-            f"found {len(data) - header} bytes of data"
+            f"corrupt idx file {path}: header says {dims} ({expected} bytes), found {len(data) - header} bytes of data"
         )
     return np.frombuffer(data, dtype=np.uint8, offset=header).reshape(dims)
 
@@ -275,8 +273,9 @@ def _select(labels: np.ndarray, per_class: int | None, shuffle: bool, seed: int)
             idx = rng.permutation(idx)
         if per_class is not None:
             if per_class > idx.size:
-                logger.warning("class %s has only %d images (< per_class=%d)",
-                               FASHION_MNIST_CLASSES[label], idx.size, per_class)
+                logger.warning(
+                    "class %s has only %d images (< per_class=%d)", FASHION_MNIST_CLASSES[label], idx.size, per_class
+                )
             idx = idx[:per_class]
         chosen.append(idx)
     return np.sort(np.concatenate(chosen))
@@ -317,15 +316,13 @@ def write_fashion_mnist(
         raise UsageError("splits is empty; choose from: train, test")
     for split in splits:
         _check_split(split)
-    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int)
-                                  or per_class < 1):
+    if per_class is not None and (isinstance(per_class, bool) or not isinstance(per_class, int) or per_class < 1):
         raise UsageError(f"per_class must be a positive integer or None, got {per_class!r}")
 
     needed = [base for split in splits for base in _SPLIT_FILES[split]]
     directory = _resolve_source(needed, source, download)
     out = Path(out_dir)
-    logger.info("writing Fashion-MNIST %s from %s to %s (per_class=%s)",
-                "+".join(splits), directory, out, per_class)
+    logger.info("writing Fashion-MNIST %s from %s to %s (per_class=%s)", "+".join(splits), directory, out, per_class)
 
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -344,14 +341,12 @@ def write_fashion_mnist(
         for i in _select(labels, per_class, shuffle, seed):
             name = FASHION_MNIST_CLASSES[int(labels[i])]
             img = Image.fromarray(np.ascontiguousarray(images[i]))
-            _atomic_write(out / split / name / f"{split}_{int(i):05d}.png",
-                          lambda p, img=img: img.save(p, format="PNG"))
+            _atomic_write(out / split / name / f"{split}_{int(i):05d}.png", lambda p, img=img: img.save(p, format="PNG"))
             per_split[name] += 1
         counts[split] = per_split
         logger.info("wrote %d %s images", sum(per_split.values()), split)
 
-    return DatasetSummary(name="fashion-mnist", out_dir=out, classes=FASHION_MNIST_CLASSES,
-                          counts=counts, source=directory)
+    return DatasetSummary(name="fashion-mnist", out_dir=out, classes=FASHION_MNIST_CLASSES, counts=counts, source=directory)
 
 
 # --------------------------------------------------------------------------- registry

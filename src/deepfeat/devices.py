@@ -1,4 +1,5 @@
 """The one device resolver: ``auto`` / ``cpu`` / ``cuda[:N]`` -> the device a job runs on."""
+
 from __future__ import annotations
 
 from .errors import UsageError

@@ -10,6 +10,7 @@ Example:
     >>> for batch in embed_files(rt, ["a.jpg", "b.png"], preprocess=bb.preprocess):  # doctest: +SKIP
     ...     batch.indices, batch.features["pre_logits"].shape, batch.failed
 """
+
 from __future__ import annotations
 
 import math
@@ -43,19 +44,30 @@ def decode_workers_for(n_files: int, batch_size: int, workers: int | None = None
     return max(1, min(wanted, math.ceil(n_files / max(1, batch_size)))) if wanted > 0 else 0
 
 
-def _decoded_batches(paths: Sequence[str | os.PathLike | tuple], preprocess: Preprocess, policy: DecodePolicy | None,
-                     batch_size: int, workers: int) -> Iterator[tuple[list[Decoded], list[Failed]]]:
+def _decoded_batches(
+    paths: Sequence[str | os.PathLike | tuple],
+    preprocess: Preprocess,
+    policy: DecodePolicy | None,
+    batch_size: int,
+    workers: int,
+) -> Iterator[tuple[list[Decoded], list[Failed]]]:
     """``(decoded, failed)`` per batch of ``paths`` (positions as ids), decoded by ``workers`` processes, in order."""
     items = [(str(i), p if isinstance(p, tuple) else os.fspath(p), 0) for i, p in enumerate(paths)]
-    batches = [items[s:s + batch_size] for s in range(0, len(items), batch_size)]
+    batches = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
     with DecodePool(workers, preprocess.to_dict(), policy or DecodePolicy()) as pool:
         for _, results in pool.map(batches):
             yield ([r for r in results if isinstance(r, Decoded)], [r for r in results if isinstance(r, Failed)])
 
 
-def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *, preprocess: Preprocess,
-                policy: DecodePolicy | None = None, batch_size: int = 32,
-                workers: int | None = None) -> Iterator[EmbeddedBatch]:
+def embed_files(
+    runtime: Runtime,
+    paths: Sequence[str | os.PathLike | tuple],
+    *,
+    preprocess: Preprocess,
+    policy: DecodePolicy | None = None,
+    batch_size: int = 32,
+    workers: int | None = None,
+) -> Iterator[EmbeddedBatch]:
     """Decode ``paths`` in worker processes and embed them with ``runtime``, batch by batch, in order.
 
     A path may also be a container locator (a sample of a shard or a Parquet file, as
@@ -70,14 +82,22 @@ def embed_files(runtime: Runtime, paths: Sequence[str | os.PathLike | tuple], *,
         yield EmbeddedBatch([int(d.id) for d in ok], feats, [(int(r.id), r.reason, r.message) for r in failed])
 
 
-def decode_pixels(locators: Sequence[str | os.PathLike | tuple], *, preprocess: Preprocess,
-                  policy: DecodePolicy | None = None, workers: int = 1) -> np.ndarray:
+def decode_pixels(
+    locators: Sequence[str | os.PathLike | tuple],
+    *,
+    preprocess: Preprocess,
+    policy: DecodePolicy | None = None,
+    workers: int = 1,
+) -> np.ndarray:
     """The view-0 pixels (N x H x W x 3 uint8) of the inputs that decode, in order; failures are left out.
 
     Decoded in a worker process as ``extract`` decodes (``workers=0``: in this process), e.g. the
     sample the precision guard measures (:mod:`deepfeat.runtimes.guard`).
     """
-    ok = [d.pixels[0] for batch, _ in _decoded_batches(locators, preprocess, policy, max(1, len(locators)),
-                                                      min(1, max(0, workers))) for d in batch]
+    ok = [
+        d.pixels[0]
+        for batch, _ in _decoded_batches(locators, preprocess, policy, max(1, len(locators)), min(1, max(0, workers)))
+        for d in batch
+    ]
     h, w = preprocess.input_size
     return np.stack(ok) if ok else np.zeros((0, h, w, 3), np.uint8)

@@ -9,6 +9,7 @@ Three families, kept apart on purpose (see docs/RELIABILITY in the project docs)
 * :class:`UsageError` -- the user asked for something impossible (unknown layer, bad option).
   The CLI prints the message without a traceback and exits with status 2.
 """
+
 from __future__ import annotations
 
 

@@ -19,6 +19,7 @@ Example:
     >>> report["accuracy"], report["top_k"]["top_3"]                           # doctest: +SKIP
     (0.91, 0.99)
 """
+
 from __future__ import annotations
 
 import csv
@@ -69,8 +70,10 @@ def _check_split(store: FeatureStore, split: str | None) -> str | None:
         return None
     if split not in store.splits:
         have = ", ".join(repr(s) for s in store.splits) or "none"
-        raise UsageError(f"The 'split' parameter of evaluate must be a split of the store {store.path!r} (it has: "
-                         f"{have}; or 'all'); got {split!r} instead.")
+        raise UsageError(
+            f"The 'split' parameter of evaluate must be a split of the store {store.path!r} (it has: "
+            f"{have}; or 'all'); got {split!r} instead."
+        )
     return split
 
 
@@ -90,9 +93,11 @@ def _check_labels(store: FeatureStore, split: str | None) -> int:
                 missing += lbl is None
     where = f"split {split!r}" if split else "the store"
     if missing:
-        raise UsageError(f"{missing} of the {rows} rows of {where} in {store.path!r} have no label; evaluate needs "
-                         "labelled rows (extract from class folders or a list file with a label column), "
-                         "or use 'deepfeat predict' for unlabelled images.")
+        raise UsageError(
+            f"{missing} of the {rows} rows of {where} in {store.path!r} have no label; evaluate needs "
+            "labelled rows (extract from class folders or a list file with a label column), "
+            "or use 'deepfeat predict' for unlabelled images."
+        )
     return rows
 
 
@@ -103,8 +108,11 @@ def _augmented_rows(store: FeatureStore, split: str | None) -> int:
         if split is not None and not part.splits.get(split):
             continue
         t = store.read_rows(part, ["split", "view"])
-        n += sum(1 for s, v in zip(t.column("split").to_pylist(), t.column("view").to_pylist())
-                 if (split is None or s == split) and v)
+        n += sum(
+            1
+            for s, v in zip(t.column("split").to_pylist(), t.column("view").to_pylist())
+            if (split is None or s == split) and v
+        )
     return n
 
 
@@ -128,8 +136,9 @@ def evaluate(
     """
     ks = _parse_top_k(top_k)
     check_int(batch_size, "batch_size", minimum=1, where="evaluate")
-    check_number(leakage_threshold, "leakage_threshold", minimum=0, maximum=1, min_open=True, where="evaluate",
-                 optional=True)
+    check_number(
+        leakage_threshold, "leakage_threshold", minimum=0, maximum=1, min_open=True, where="evaluate", optional=True
+    )
     if out is not None:
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"The 'out' parameter of evaluate must be a directory; {os.fspath(out)!r} is a file.")
@@ -156,18 +165,22 @@ def evaluate(
     cols = ("id", "label", "split", "view", "path", "path_bytes")
     if tta and not _augmented_rows(st, sel):
         where = f"the split {sel!r} of the store" if sel else "the store"
-        raise UsageError(f"tta (--tta) averages the scores over each image's augmented views, but {where} "
-                         f"{st.path!r} holds none; extract with --views K --views-splits {sel or 'train,test'}, "
-                         "or drop --tta.")
+        raise UsageError(
+            f"tta (--tta) averages the scores over each image's augmented views, but {where} "
+            f"{st.path!r} holds none; extract with --views K --views-splits {sel or 'train,test'}, "
+            "or drop --tta."
+        )
     if tta:
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         first: dict[str, tuple[str, str, str | None]] = {}
-        for batch in progress.track(st.batches(names, split=sel, batch_size=batch_size, views="all", columns=cols),
-                                    "evaluate", unit="rows", size=len):
+        for batch in progress.track(
+            st.batches(names, split=sel, batch_size=batch_size, views="all", columns=cols), "evaluate", unit="rows", size=len
+        ):
             S = b.scores(b.features_of(batch.features))
-            for i, (rid, lbl, path, src) in enumerate(zip(batch.ids, batch.labels, batch.meta.column("path").to_pylist(),
-                                                          _sources(batch.meta))):
+            for i, (rid, lbl, path, src) in enumerate(
+                zip(batch.ids, batch.labels, batch.meta.column("path").to_pylist(), _sources(batch.meta))
+            ):
                 if rid in sums:
                     sums[rid] += S[i]
                     counts[rid] += 1
@@ -182,8 +195,13 @@ def evaluate(
             top, top_scores = [idx], [np.take_along_axis(S, idx, axis=1)]
         views_used = max(counts.values()) if counts else 0
     else:
-        for batch in progress.track(st.batches(names, split=sel, batch_size=batch_size, views=0, columns=cols),
-                                    "evaluate", total=n_rows, unit="rows", size=len):
+        for batch in progress.track(
+            st.batches(names, split=sel, batch_size=batch_size, views=0, columns=cols),
+            "evaluate",
+            total=n_rows,
+            unit="rows",
+            size=len,
+        ):
             S = b.scores(b.features_of(batch.features))
             idx = np.argsort(-S, axis=1, kind="stable")[:, :kmax]
             top.append(idx)
@@ -196,11 +214,18 @@ def evaluate(
     topk = np.concatenate(top) if top else np.zeros((0, kmax), dtype=int)
     tops = np.concatenate(top_scores) if top_scores else np.zeros((0, kmax))
     report = _metrics(classes, truth, topk, ks)
-    report.update({
-        "bundle": b.path, "store": st.path, "split": split if sel else "all", "head": b.head_kind,
-        "layers": names, "tta": bool(tta), "views_averaged": int(views_used),
-        "scores": "probability" if b.probabilistic else "decision",
-    })
+    report.update(
+        {
+            "bundle": b.path,
+            "store": st.path,
+            "split": split if sel else "all",
+            "head": b.head_kind,
+            "layers": names,
+            "tta": bool(tta),
+            "views_averaged": int(views_used),
+            "scores": "probability" if b.probabilistic else "decision",
+        }
+    )
     leaks = _leakage(st, sel, b, leakage_threshold, ids, sources, truth, topk, classes)
     if leaks is not None:
         report["leakage"] = leaks
@@ -208,10 +233,19 @@ def evaluate(
         truth_idx = np.asarray([classes.index(t) if t in classes else -1 for t in truth])
         report["calibration"] = calibration(tops[:, 0], topk[:, 0] == truth_idx)
     if out is not None:
-        examples = Examples(paths=sources, truth=truth, topk=topk, scores=tops, classes=classes,
-                            probabilistic=bool(b.probabilistic))
-        report["files"] = _write(report, os.fspath(out), ids, paths, truth, [classes[i] for i in topk[:, 0]],
-                                 tops[:, 0] if len(tops) else tops, examples)
+        examples = Examples(
+            paths=sources, truth=truth, topk=topk, scores=tops, classes=classes, probabilistic=bool(b.probabilistic)
+        )
+        report["files"] = _write(
+            report,
+            os.fspath(out),
+            ids,
+            paths,
+            truth,
+            [classes[i] for i in topk[:, 0]],
+            tops[:, 0] if len(tops) else tops,
+            examples,
+        )
     log.info("evaluate: accuracy %.4f on %d rows of %s", report["accuracy"], report["n"], report["split"])
     return report
 
@@ -228,15 +262,16 @@ def _metrics(classes: list[str], truth: list[str], topk: np.ndarray, ks: tuple[i
     all_idx = list(range(len(labels)))
     p, r, f, s = precision_recall_fscore_support(y_true, y_pred, labels=all_idx, zero_division=0)
     present = sorted(set(y_true.tolist()) | set(y_pred.tolist()))
-    per_class = {labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]),
-                             "support": int(s[i])} for i in all_idx}
+    per_class = {
+        labels[i]: {"precision": float(p[i]), "recall": float(r[i]), "f1": float(f[i]), "support": int(s[i])}
+        for i in all_idx
+    }
     avgs = {}
     for avg in ("macro", "weighted"):
         pa, ra, fa, _ = precision_recall_fscore_support(y_true, y_pred, labels=present, average=avg, zero_division=0)
         avgs[f"{avg}_avg"] = {"precision": float(pa), "recall": float(ra), "f1": float(fa), "support": n}
     cm = confusion_matrix(y_true, y_pred, labels=all_idx)
-    top = {f"top_{k}": float(np.mean([(y_true[i] in topk[i, :k]) for i in range(n)])) if n else float("nan")
-           for k in ks}
+    top = {f"top_{k}": float(np.mean([(y_true[i] in topk[i, :k]) for i in range(n)])) if n else float("nan") for k in ks}
     return {
         "n": n,
         "accuracy": float(np.mean(y_true == y_pred)) if n else float("nan"),
@@ -258,8 +293,8 @@ def format_report(report: dict[str, Any]) -> str:
         + (f"  (test-time averaging over up to {report['views_averaged']} views)" if report["tta"] else ""),
         f"head:   {report['head']} on {', '.join(report['layers'])}",
         "",
-        f"accuracy: {report['accuracy']:.4f}   " + "   ".join(f"{k.replace('_', '-')}: {v:.4f}"
-                                                      for k, v in report["top_k"].items()),
+        f"accuracy: {report['accuracy']:.4f}   "
+        + "   ".join(f"{k.replace('_', '-')}: {v:.4f}" for k, v in report["top_k"].items()),
         *_leakage_lines(report),
         "",
         f"{'':>{width}} {'precision':>9} {'recall':>9} {'f1-score':>9} {'support':>9}",
@@ -275,9 +310,17 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _leakage(st: FeatureStore, sel: str | None, b: Bundle, threshold: float | None, ids: list[str],
-             sources: list[str | None], truth: list[str], topk: np.ndarray, classes: list[str]
-             ) -> dict[str, Any] | None:
+def _leakage(
+    st: FeatureStore,
+    sel: str | None,
+    b: Bundle,
+    threshold: float | None,
+    ids: list[str],
+    sources: list[str | None],
+    truth: list[str],
+    topk: np.ndarray,
+    classes: list[str],
+) -> dict[str, Any] | None:
     """Rows of the evaluated split with a near-duplicate in train, and the accuracy without them."""
     if threshold is None or sel in (None, "train") or "train" not in st.splits or not len(topk):
         return None
@@ -286,14 +329,30 @@ def _leakage(st: FeatureStore, sel: str | None, b: Bundle, threshold: float | No
     correct = np.asarray([t in classes and classes.index(t) == p for t, p in zip(truth, topk[:, 0].tolist())])
     leaked = np.asarray([i in found for i in ids], dtype=bool)
     clean = ~leaked
-    examples = sorted(({"id": i, "path": p, "train_id": found[i].train_id, "train_path": found[i].train_path,
-                        "similarity": found[i].similarity} for i, p in zip(ids, sources) if i in found),
-                      key=lambda e: -e["similarity"])
-    return {"threshold": float(threshold), "layer": layer, "reference_split": "train", "rows": int(leaked.sum()),
-            "accuracy_leaked": float(correct[leaked].mean()) if leaked.any() else None,
-            "n_without": int(clean.sum()),
-            "accuracy_without": float(correct[clean].mean()) if clean.any() else None,
-            "examples": examples[:48]}
+    examples = sorted(
+        (
+            {
+                "id": i,
+                "path": p,
+                "train_id": found[i].train_id,
+                "train_path": found[i].train_path,
+                "similarity": found[i].similarity,
+            }
+            for i, p in zip(ids, sources)
+            if i in found
+        ),
+        key=lambda e: -e["similarity"],
+    )
+    return {
+        "threshold": float(threshold),
+        "layer": layer,
+        "reference_split": "train",
+        "rows": int(leaked.sum()),
+        "accuracy_leaked": float(correct[leaked].mean()) if leaked.any() else None,
+        "n_without": int(clean.sum()),
+        "accuracy_without": float(correct[clean].mean()) if clean.any() else None,
+        "examples": examples[:48],
+    }
 
 
 def _leakage_lines(report: dict[str, Any]) -> list[str]:
@@ -303,10 +362,12 @@ def _leakage_lines(report: dict[str, Any]) -> list[str]:
     if not leak["rows"]:
         return [f"near-duplicates in train: none (cosine >= {leak['threshold']:g} on {leak['layer']})"]
     without = leak["accuracy_without"]
-    return [f"near-duplicates in train: {leak['rows']:,} of {report['n']:,} rows (cosine >= {leak['threshold']:g} on "
-            f"{leak['layer']}); accuracy without them: "
-            + (f"{without:.4f} on {leak['n_without']:,} rows" if without is not None else "- (no rows left)")
-            + f" (headline {report['accuracy']:.4f})"]
+    return [
+        f"near-duplicates in train: {leak['rows']:,} of {report['n']:,} rows (cosine >= {leak['threshold']:g} on "
+        f"{leak['layer']}); accuracy without them: "
+        + (f"{without:.4f} on {leak['n_without']:,} rows" if without is not None else "- (no rows left)")
+        + f" (headline {report['accuracy']:.4f})"
+    ]
 
 
 def _sources(meta: Any) -> list[str | None]:
@@ -316,17 +377,33 @@ def _sources(meta: Any) -> list[str | None]:
     return [os.fsdecode(r) if r else p for p, r in zip(paths, raw)]
 
 
-def _write(report: dict[str, Any], out: str, ids: list[str], paths: list[str], truth: list[str], pred: list[str],
-           score: np.ndarray, examples: Any = None) -> dict[str, str]:
-    names = ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv",
-             "report.html")
+def _write(
+    report: dict[str, Any],
+    out: str,
+    ids: list[str],
+    paths: list[str],
+    truth: list[str],
+    pred: list[str],
+    score: np.ndarray,
+    examples: Any = None,
+) -> dict[str, str]:
+    names = ("report.json", "report.txt", "confusion_matrix.csv", "confusion_matrix.png", "predictions.csv", "report.html")
     with staged_directory(out, f"writing the evaluation report into {out}") as stage:  # all files or none
         staged = _write_files(report, stage, names, ids, paths, truth, pred, score, examples)
     return {name: os.path.join(out, name) for name in staged}
 
 
-def _write_files(report: dict[str, Any], out: str, names: Sequence[str], ids: list[str], paths: list[str],
-                 truth: list[str], pred: list[str], score: np.ndarray, examples: Any) -> dict[str, str]:
+def _write_files(
+    report: dict[str, Any],
+    out: str,
+    names: Sequence[str],
+    ids: list[str],
+    paths: list[str],
+    truth: list[str],
+    pred: list[str],
+    score: np.ndarray,
+    examples: Any,
+) -> dict[str, str]:
     files = {name: os.path.join(out, name) for name in names}
     with open(files["report.json"], "w", encoding="utf-8") as f:
         json.dump({k: v for k, v in report.items() if k != "files"}, f, indent=1, default=_nan_to_none)
@@ -344,9 +421,13 @@ def _write_files(report: dict[str, Any], out: str, names: Sequence[str], ids: li
         for row in zip(ids, paths, truth, pred, score.tolist()):
             w.writerow(row)
     try:
-        plot_confusion_matrix(np.asarray(report["confusion_matrix"]["matrix"]), labels, files["confusion_matrix.png"],
-                              title=f"{report['head']} on {', '.join(report['layers'])} -- {report['split']} "
-                                    f"(accuracy {report['accuracy']:.3f})")
+        plot_confusion_matrix(
+            np.asarray(report["confusion_matrix"]["matrix"]),
+            labels,
+            files["confusion_matrix.png"],
+            title=f"{report['head']} on {', '.join(report['layers'])} -- {report['split']} "
+            f"(accuracy {report['accuracy']:.3f})",
+        )
     except ImportError:
         log.warning("confusion_matrix.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
         del files["confusion_matrix.png"]

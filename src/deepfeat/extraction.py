@@ -7,6 +7,7 @@ Example:
     >>> summary.embedded, summary.failed                                  # doctest: +SKIP
     (4000, 0)
 """
+
 from __future__ import annotations
 
 import logging
@@ -150,15 +151,24 @@ class ExtractPlan:
     def estimate(self, items: Sequence[SourceItem] | None = None) -> dict[str, int]:
         """rows x dims x bytes of the job (augmented views included), from the counts per split."""
         chosen = as_table(self.discovery.items if items is None else items)
-        viewed = sum(n for split, n in chosen.split_counts().items()
-                     if split is None or split in self.views_splits) if self.views else 0
+        viewed = (
+            sum(n for split, n in chosen.split_counts().items() if split is None or split in self.views_splits)
+            if self.views
+            else 0
+        )
         rows = len(chosen) + self.views * viewed
-        return {"items": len(chosen), "rows": rows, "dims": sum(s.dims for s in self.layers),
-                "bytes_per_value": np.dtype(self.dtype).itemsize, "bytes": rows * self.row_bytes}
+        return {
+            "items": len(chosen),
+            "rows": rows,
+            "dims": sum(s.dims for s in self.layers),
+            "bytes_per_value": np.dtype(self.dtype).itemsize,
+            "bytes": rows * self.row_bytes,
+        }
 
 
-def validate_extract_args(dtype: str, device: str, precision: str, batch_size: int, workers: int,
-                          part_size: int | str | None) -> None:
+def validate_extract_args(
+    dtype: str, device: str, precision: str, batch_size: int, workers: int, part_size: int | str | None
+) -> None:
     """One up-front check of the arguments that do not need the model or the data."""
     check_choice(dtype, "dtype", DTYPES, where="extract")
     check_choice(device, "device", DEVICES, where="extract")
@@ -233,22 +243,30 @@ def _calibrate(plan: ExtractPlan, settings: RunSettings, recorded: dict[str, Any
     """
     items = plan.discovery.items
     picked = sample_indices(len(items), CALIBRATION_IMAGES, CALIBRATION_SEED)
-    pixels = decode_pixels([items[i].locator for i in picked], preprocess=plan.backbone.preprocess,
-                           policy=settings.policy, workers=settings.workers)
+    pixels = decode_pixels(
+        [items[i].locator for i in picked],
+        preprocess=plan.backbone.preprocess,
+        policy=settings.policy,
+        workers=settings.workers,
+    )
     if not len(pixels):
-        raise UsageError("int8 is calibrated on the job's own images, and none of them decodes; use --precision "
-                         "fp32 or bf16.")
+        raise UsageError(
+            "int8 is calibrated on the job's own images, and none of them decodes; use --precision fp32 or bf16."
+        )
     plan.calibration = Calibration.of(pixels, CALIBRATION_IMAGES)
     runtime = recorded.get("runtime") if recorded else None
     before = runtime.get("calibration") if isinstance(runtime, dict) and runtime.get("precision") == "int8" else None
     if isinstance(before, dict) and before.get("sha256") not in (None, plan.calibration.digest):
         log.info("int8: the store was calibrated on another sample (inputs changed since); keeping its calibration")
-        plan.calibration = Calibration(str(before["sha256"]), int(before.get("images", 0)),
-                                       int(before.get("wanted", CALIBRATION_IMAGES)))
+        plan.calibration = Calibration(
+            str(before["sha256"]), int(before.get("images", 0)), int(before.get("wanted", CALIBRATION_IMAGES))
+        )
         return
     if plan.calibration.short:
-        message = (f"int8: calibrated on all {len(pixels)} decodable images of this job (fewer than the "
-                   f"{CALIBRATION_IMAGES} it wants: the quantisation may agree less with fp32; the guard measures it)")
+        message = (
+            f"int8: calibrated on all {len(pixels)} decodable images of this job (fewer than the "
+            f"{CALIBRATION_IMAGES} it wants: the quantisation may agree less with fp32; the guard measures it)"
+        )
         log.warning("%s", message)
         progress_note(message)
 
@@ -259,15 +277,29 @@ def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreeme
     if plan.precision == "fp32":
         return
     items = plan.discovery.items
-    pixels = decode_pixels([items[i].locator for i in sample_indices(len(items))], preprocess=plan.backbone.preprocess,
-                           policy=settings.policy, workers=settings.workers)
+    pixels = decode_pixels(
+        [items[i].locator for i in sample_indices(len(items))],
+        preprocess=plan.backbone.preprocess,
+        policy=settings.policy,
+        workers=settings.workers,
+    )
 
     if settings.progress:
         settings.progress({"phase": "guard", "images": len(pixels), "precision": plan.precision})
     runtime, precision, agreement = guard_backbone(
-        plan.backbone, plan.layers, plan.infos, pixels, runtime=plan.runtime, precision=plan.precision,
-        auto=requested == "auto", device=settings.device, min_agreement=min_agreement,
-        channels_last=settings.channels_last, batch_size=settings.batch_size, calibration=plan.calibration)
+        plan.backbone,
+        plan.layers,
+        plan.infos,
+        pixels,
+        runtime=plan.runtime,
+        precision=plan.precision,
+        auto=requested == "auto",
+        device=settings.device,
+        min_agreement=min_agreement,
+        channels_last=settings.channels_last,
+        batch_size=settings.batch_size,
+        calibration=plan.calibration,
+    )
     plan.runtime, plan.precision = runtime, precision
     plan.config.update(runtime=runtime, precision=precision)
     plan.agreement = agreement.to_dict() if agreement else None
@@ -320,7 +352,8 @@ def plan_extraction(
         "precision": precision,
         "decode_policy": policy.to_dict(),
         "views": {"count": views, "augment": augment_spec, "splits": list(views_splits), "seed": augment_seed}
-        if views else 0,
+        if views
+        else 0,
     }
     import timm
     import torch
@@ -334,8 +367,7 @@ def plan_extraction(
         "precision": precision,
         "class_names_of_backbone": None,
         "source": {"root": discovery.root, "layout": discovery.layout},
-        "versions": {"deepfeat": __version__, "torch": torch.__version__, "timm": timm.__version__,
-                     "numpy": np.__version__},
+        "versions": {"deepfeat": __version__, "torch": torch.__version__, "timm": timm.__version__, "numpy": np.__version__},
     }
     row_bytes = sum(s.dims for s in specs) * np.dtype(dtype).itemsize * (1 + views)
     if part_size is None:
@@ -343,21 +375,50 @@ def plan_extraction(
     elif isinstance(count_or_size(part_size, "part_size", where="extract"), str):  # "64MiB": bytes of features a part
         part_size = int(max(1, parse_size(part_size, "part_size") // max(1, row_bytes)))
     metadata["views"] = config["views"]
-    model_args = None if backbone is not None else {
-        "model": model, "weights": os.fspath(weights) if weights is not None else None,
-        "input_size": input_size, "crop_pct": crop_pct,
-        "offline": True if is_offline() else None}  # Ray workers keep --offline
-    return ExtractPlan(discovery, bb, specs, config, metadata, part_size, dtype, views=views, augment=augment_spec,
-                       augment_seed=augment_seed, views_splits=views_splits, model_args=model_args,
-                       infos=infos, runtime=runtime, precision=precision)
+    model_args = (
+        None
+        if backbone is not None
+        else {
+            "model": model,
+            "weights": os.fspath(weights) if weights is not None else None,
+            "input_size": input_size,
+            "crop_pct": crop_pct,
+            "offline": True if is_offline() else None,
+        }
+    )  # Ray workers keep --offline
+    return ExtractPlan(
+        discovery,
+        bb,
+        specs,
+        config,
+        metadata,
+        part_size,
+        dtype,
+        views=views,
+        augment=augment_spec,
+        augment_seed=augment_seed,
+        views_splits=views_splits,
+        model_args=model_args,
+        infos=infos,
+        runtime=runtime,
+        precision=precision,
+    )
 
 
 def _excluded_table(discovery: Discovery) -> pa.Table:
     cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
     for ex in discovery.excluded:
         pb = os.fsencode(ex.path)
-        for k, v in (("id", None), ("path", layout.display_path(pb)), ("path_bytes", pb), ("label", None),
-                     ("split", None), ("status", "excluded"), ("reason", ex.reason), ("message", ex.message)):
+        for k, v in (
+            ("id", None),
+            ("path", layout.display_path(pb)),
+            ("path_bytes", pb),
+            ("label", None),
+            ("split", None),
+            ("status", "excluded"),
+            ("reason", ex.reason),
+            ("message", ex.message),
+        ):
             cols[k].append(v)
     return pa.table(cols, schema=layout.LEDGER_SCHEMA)
 
@@ -442,9 +503,11 @@ def extract(
         An :class:`ExtractSummary`.
     """
     if is_url(os.fspath(out)):
-        raise UsageError(f"The output {os.fspath(out)!r} is a URL; a store lives on a POSIX file system (its commits "
-                         "rely on fsync, atomic rename and flock, which object stores lack). Write it to a local or "
-                         "shared file system (mounted at the same path on every node) and copy the finished store.")
+        raise UsageError(
+            f"The output {os.fspath(out)!r} is a URL; a store lives on a POSIX file system (its commits "
+            "rely on fsync, atomic rename and flock, which object stores lack). Write it to a local or "
+            "shared file system (mounted at the same path on every node) and copy the finished store."
+        )
     eng = get_engine(engine)
     eng.check()
     balance_workers = workers is None  # the default is balanced on measured rates; a given number is kept
@@ -461,28 +524,56 @@ def extract(
     runtime, precision = _resume_choice(recorded, runtime, precision, device)
     choice = resolve_runtime(runtime, device, precision)
     start = time.perf_counter()
-    plan = plan_extraction(source, model=model, layers=layers, pool=pool, dtype=dtype, weights=weights,
-                           input_size=input_size, crop_pct=crop_pct, precision=choice.precision,
-                           runtime=choice.runtime, part_size=part_size, policy=policy, backbone=backbone,
-                           views=views, augment=augment, views_splits=views_splits, augment_seed=augment_seed,
-                           skip_dirs=(out,))
+    plan = plan_extraction(
+        source,
+        model=model,
+        layers=layers,
+        pool=pool,
+        dtype=dtype,
+        weights=weights,
+        input_size=input_size,
+        crop_pct=crop_pct,
+        precision=choice.precision,
+        runtime=choice.runtime,
+        part_size=part_size,
+        policy=policy,
+        backbone=backbone,
+        views=views,
+        augment=augment,
+        views_splits=views_splits,
+        augment_seed=augment_seed,
+        skip_dirs=(out,),
+    )
     _keep_recorded_resizer(plan, recorded_config)
     out = os.fspath(out)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
-    settings = RunSettings(batch_size=batch_size, workers=workers, device=device, channels_last=channels_last,
-                           policy=policy or DecodePolicy(), progress=progress, part_seconds=part_seconds,
-                           balance_workers=balance_workers)
+    settings = RunSettings(
+        batch_size=batch_size,
+        workers=workers,
+        device=device,
+        channels_last=channels_last,
+        policy=policy or DecodePolicy(),
+        progress=progress,
+        part_seconds=part_seconds,
+        balance_workers=balance_workers,
+    )
     if plan.precision == "int8":
         if eng.name != "local":
-            raise UsageError(f"The precision 'int8' runs on the local engine only (it is calibrated on the job's "
-                             f"images where the runtime is built); got engine {eng.name!r}.")
+            raise UsageError(
+                f"The precision 'int8' runs on the local engine only (it is calibrated on the job's "
+                f"images where the runtime is built); got engine {eng.name!r}."
+            )
         _calibrate(plan, settings, recorded_metadata)  # also on a resume: the digest finds the cached export
     if recorded != (choice.runtime, choice.precision):  # a resume keeps the store's precision unmeasured
         _guard(plan, settings, requested, min_agreement)
     eng.prepare(plan, settings)  # e.g. the local runtime is built (and any fallback recorded) before the store opens
-    summary = ExtractSummary(out=out, discovered=len(plan.discovery.items), excluded=len(plan.discovery.excluded),
-                             notes=list(plan.discovery.notes))
+    summary = ExtractSummary(
+        out=out,
+        discovered=len(plan.discovery.items),
+        excluded=len(plan.discovery.excluded),
+        notes=list(plan.discovery.notes),
+    )
     for ex in plan.discovery.excluded:
         summary.excluded_by_reason[ex.reason] = summary.excluded_by_reason.get(ex.reason, 0) + 1
     with StoreWriter(out) as writer:
@@ -492,29 +583,43 @@ def extract(
         pending, summary.vanished_since = resume_filter(plan.discovery.items, writer.done_id_chunks)
         summary.already_done = len(plan.discovery.items) - len(pending)
         if summary.vanished_since:
-            log.warning("%d inputs stored earlier are no longer in the source (kept in the store)",
-                        summary.vanished_since)
+            log.warning("%d inputs stored earlier are no longer in the source (kept in the store)", summary.vanished_since)
         est = plan.estimate(pending)
         if not ignore_free_space:
             check_free_space(out, est)
         if progress:
-            progress({"phase": "plan", "estimate": est, "total": len(plan.discovery.items),
-                      "pending": len(pending), "already_done": summary.already_done,
-                      "excluded": summary.excluded, "layers": plan.layers, "part_size": plan.part_size,
-                      "device": device, "runtime": plan.runtime, "precision": plan.precision,
-                      "agreement": plan.metadata.get("runtime", {}).get("agreement")})
+            progress(
+                {
+                    "phase": "plan",
+                    "estimate": est,
+                    "total": len(plan.discovery.items),
+                    "pending": len(pending),
+                    "already_done": summary.already_done,
+                    "excluded": summary.excluded,
+                    "layers": plan.layers,
+                    "part_size": plan.part_size,
+                    "device": device,
+                    "runtime": plan.runtime,
+                    "precision": plan.precision,
+                    "agreement": plan.metadata.get("runtime", {}).get("agreement"),
+                }
+            )
         summary.embedded_now, summary.failed_now, summary.parts_committed = eng.run(plan, pending, writer, settings)
     balance = getattr(eng, "balance", None)
     summary.decode_workers = balance.summary() if hasattr(balance, "summary") else ""
     _fill_totals(summary, manifest, out)
     summary.seconds = time.perf_counter() - start
-    log.info("extract: %d embedded, %d failed, %d excluded in %.1f s", summary.embedded_total,
-             summary.failed_total, summary.excluded, summary.seconds)
+    log.info(
+        "extract: %d embedded, %d failed, %d excluded in %.1f s",
+        summary.embedded_total,
+        summary.failed_total,
+        summary.excluded,
+        summary.seconds,
+    )
     return summary
 
 
-def resume_filter(items: Sequence[SourceItem],
-                  done: Callable[[], Iterable[pa.Array]]) -> tuple[ItemTable, int]:
+def resume_filter(items: Sequence[SourceItem], done: Callable[[], Iterable[pa.Array]]) -> tuple[ItemTable, int]:
     """The inputs of ``items`` whose id is not in ``done`` (what a run still has to do, as an
     :class:`~deepfeat.sources.table.ItemTable`), and how many of the ``done`` ids the source no longer lists.
 
@@ -565,7 +670,8 @@ def check_free_space(out: str, estimate: Mapping[str, int]) -> None:
             f"the job needs about {format_size(need)} ({estimate['rows']:,} rows x {estimate['dims']:,} dims x "
             f"{estimate['bytes_per_value']} B) but the filesystem of {out!r} has {format_size(free)} free; free some "
             "space, choose another --out, make the rows smaller (--dtype float16, pooling, fewer layers), or pass "
-            "--ignore-free-space (ignore_free_space=True) to start anyway")
+            "--ignore-free-space (ignore_free_space=True) to start anyway"
+        )
 
 
 def _fill_totals(summary: ExtractSummary, manifest: Manifest, out: str) -> None:
@@ -574,4 +680,3 @@ def _fill_totals(summary: ExtractSummary, manifest: Manifest, out: str) -> None:
     summary.rows_total = sum(p.rows for p in manifest.parts)
     summary.bytes_on_disk = sum(f["bytes"] for p in manifest.parts for f in p.files.values())
     summary.failures_by_reason = FeatureStore(out, verify=False).failures_by_reason()
-

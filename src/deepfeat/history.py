@@ -15,6 +15,7 @@ Example:
     >>> normalize([{"epoch": 1, "train_loss": 0.5, "valid_loss": 0.4, "valid_accuracy": 0.9}])[0]["val_loss"]
     0.4
 """
+
 from __future__ import annotations
 
 import json
@@ -70,7 +71,9 @@ def read_history(path: str | os.PathLike) -> list[dict[str, Any]]:
         doc = read_header(path)
         rows = doc.get("history") if isinstance(doc, dict) else None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, Mapping) for r in rows):
-        raise UsageError(f"{path!r} holds no training history (history.json, or the history of a bundle); train a "
-                         "model with 'deepfeat train-cnn', 'deepfeat finetune' or 'deepfeat train' (streaming "
-                         "solver) first.")
+        raise UsageError(
+            f"{path!r} holds no training history (history.json, or the history of a bundle); train a "
+            "model with 'deepfeat train-cnn', 'deepfeat finetune' or 'deepfeat train' (streaming "
+            "solver) first."
+        )
     return normalize(rows)

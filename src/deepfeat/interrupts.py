@@ -17,6 +17,7 @@ Example:
     >>> import_held("json").__name__
     'json'
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,10 @@ def held_interrupts() -> Iterator[None]:
     Only in the main thread with Python's own Ctrl-C handler in place (elsewhere, or when SIGINT is
     ignored as in a background job, nothing changes).
     """
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+    if (
+        threading.current_thread() is not threading.main_thread()
+        or signal.getsignal(signal.SIGINT) is not signal.default_int_handler
+    ):
         yield
         return
     caught: list[int] = []

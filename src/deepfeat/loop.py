@@ -17,6 +17,7 @@ Example:
     >>> run.best_epoch, run.stale, run.should_stop(2)
     (2, 2, True)
 """
+
 from __future__ import annotations
 
 import logging
@@ -65,9 +66,15 @@ class RunState:
 
     def to_document(self) -> dict[str, Any]:
         """The JSON part of a checkpoint (the best parameters go in as tensors: :meth:`best_tensors`)."""
-        return {"epoch": self.epoch, "history": self.history, "best_epoch": self.best_epoch,
-                "best_loss": None if math.isinf(self.best_loss) else self.best_loss, "stale": self.stale,
-                "stopped": self.stopped, "n_best": len(self.best_params or [])}
+        return {
+            "epoch": self.epoch,
+            "history": self.history,
+            "best_epoch": self.best_epoch,
+            "best_loss": None if math.isinf(self.best_loss) else self.best_loss,
+            "stale": self.stale,
+            "stopped": self.stopped,
+            "n_best": len(self.best_params or []),
+        }
 
     def best_tensors(self) -> dict[str, Any]:
         """The best epoch's parameters, named for a checkpoint (``best.0``, ``best.1``, ...)."""
@@ -77,10 +84,15 @@ class RunState:
     def from_document(cls, doc: Mapping[str, Any], tensors: Mapping[str, Any]) -> RunState:
         """The state :meth:`to_document` and :meth:`best_tensors` saved (older checkpoints: no early stopping)."""
         best_loss = doc.get("best_loss")
-        return cls(epoch=int(doc["epoch"]), history=list(doc["history"]), best_epoch=doc.get("best_epoch"),
-                   best_loss=math.inf if best_loss is None else float(best_loss), stale=int(doc.get("stale", 0)),
-                   stopped=bool(doc.get("stopped", False)),
-                   best_params=[tensors[f"best.{i}"] for i in range(int(doc.get("n_best", 0)))] or None)
+        return cls(
+            epoch=int(doc["epoch"]),
+            history=list(doc["history"]),
+            best_epoch=doc.get("best_epoch"),
+            best_loss=math.inf if best_loss is None else float(best_loss),
+            stale=int(doc.get("stale", 0)),
+            stopped=bool(doc.get("stopped", False)),
+            best_params=[tensors[f"best.{i}"] for i in range(int(doc.get("n_best", 0)))] or None,
+        )
 
     def observe(self, epoch: int, loss: float | None, snapshot: Callable[[], list[Any]]) -> bool:
         """Record epoch ``epoch``'s validation loss (None: no validation rows); True when it is the new best."""
@@ -111,10 +123,17 @@ class RunState:
         return self.best_epoch
 
 
-def run_epochs(run: RunState, epochs: int, *, train_epoch: Callable[[int], dict[str, Any]],
-               validate: Callable[[dict[str, Any]], dict[str, Any]], snapshot: Callable[[], list[Any]],
-               patience: int | None = None, save: Callable[[RunState], str] | None = None,
-               progress: ProgressFn | None = None) -> RunState:
+def run_epochs(
+    run: RunState,
+    epochs: int,
+    *,
+    train_epoch: Callable[[int], dict[str, Any]],
+    validate: Callable[[dict[str, Any]], dict[str, Any]],
+    snapshot: Callable[[], list[Any]],
+    patience: int | None = None,
+    save: Callable[[RunState], str] | None = None,
+    progress: ProgressFn | None = None,
+) -> RunState:
     """Run epochs ``run.epoch + 1`` .. ``epochs`` (or until early stopping) and return ``run``.
 
     Each epoch: ``train_epoch(epoch)`` (a dict such as ``{"train_loss": ..., "rows": ...}``; its
@@ -143,8 +162,15 @@ def run_epochs(run: RunState, epochs: int, *, train_epoch: Callable[[int], dict[
         row["best"] = run.observe(epoch, row.get("val_loss"), take)
         run.history.append(row)
         run.epoch = epoch
-        log.info("epoch %d/%d: train loss %.4f, val loss %s, val accuracy %s (%.1f s)", epoch, epochs,
-                 row["train_loss"], row.get("val_loss"), row.get("val_accuracy"), row["seconds"])
+        log.info(
+            "epoch %d/%d: train loss %.4f, val loss %s, val accuracy %s (%.1f s)",
+            epoch,
+            epochs,
+            row["train_loss"],
+            row.get("val_loss"),
+            row.get("val_accuracy"),
+            row["seconds"],
+        )
         if progress:
             progress({"phase": "epoch", "epochs": epochs, **row})
         if run.should_stop(patience):
@@ -152,8 +178,15 @@ def run_epochs(run: RunState, epochs: int, *, train_epoch: Callable[[int], dict[
             run.stopped = True
             row["stopped_early"] = True
             if progress:
-                progress({"phase": "early_stop", "epoch": epoch, "epochs": epochs, "patience": patience,
-                          "best_epoch": run.best_epoch})
+                progress(
+                    {
+                        "phase": "early_stop",
+                        "epoch": epoch,
+                        "epochs": epochs,
+                        "patience": patience,
+                        "best_epoch": run.best_epoch,
+                    }
+                )
         if save is not None:
             path = save(run)
             if progress:

@@ -2,13 +2,15 @@
 
 One implementation for the heads' scaler and the full-network embedding's statistics.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 
-def merge_moments(n: int, mean: np.ndarray | None, m2: np.ndarray | None,
-                  X: np.ndarray) -> tuple[int, np.ndarray, np.ndarray]:
+def merge_moments(
+    n: int, mean: np.ndarray | None, m2: np.ndarray | None, X: np.ndarray
+) -> tuple[int, np.ndarray, np.ndarray]:
     """Fold the rows of ``X`` into running ``(n, mean, m2)`` (``mean``/``m2`` None before the first batch).
 
     Example:

@@ -17,6 +17,7 @@ Example:
     ...     print(exc)
     The 'epochs' parameter of train must be an int >= 1; got 0 instead.
 """
+
 from __future__ import annotations
 
 import numbers
@@ -41,8 +42,15 @@ def is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
-def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None,
-              where: str | None = None, optional: bool = False) -> Any:
+def check_int(
+    value: Any,
+    name: str,
+    *,
+    minimum: int | None = None,
+    maximum: int | None = None,
+    where: str | None = None,
+    optional: bool = False,
+) -> Any:
     """``value`` as an int within ``[minimum, maximum]`` (None passes when ``optional``)."""
     if value is None and optional:
         return None
@@ -51,9 +59,17 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     return int(value)
 
 
-def check_number(value: Any, name: str, *, minimum: float | None = None, maximum: float | None = None,
-                 min_open: bool = False, max_open: bool = False, where: str | None = None,
-                 optional: bool = False) -> Any:
+def check_number(
+    value: Any,
+    name: str,
+    *,
+    minimum: float | None = None,
+    maximum: float | None = None,
+    min_open: bool = False,
+    max_open: bool = False,
+    where: str | None = None,
+    optional: bool = False,
+) -> Any:
     """``value`` as a float within the bounds (``*_open``: the bound itself is excluded; no NaN)."""
     if value is None and optional:
         return None

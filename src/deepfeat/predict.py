@@ -20,6 +20,7 @@ Example:
     >>> predict_images("efficientnet_lite0", ["cat.jpg"], top_k=1)[0].label   # doctest: +SKIP
     'tabby'
 """
+
 from __future__ import annotations
 
 import csv
@@ -121,16 +122,26 @@ def predict_images(
     if not is_classifier_file(model):
         if neighbors is not None:
             raise UsageError("'neighbors' needs a bundle (.dfm) trained on the indexed store, not a backbone.")
-        return _predict_backbone(model, inputs, DEFAULT_TOP_K["backbone"] if top_k is None else top_k, batch_size,
-                                 policy, runtime=runtime, precision=precision, device=device, workers=workers,
-                                 min_agreement=min_agreement)
+        return _predict_backbone(
+            model,
+            inputs,
+            DEFAULT_TOP_K["backbone"] if top_k is None else top_k,
+            batch_size,
+            policy,
+            runtime=runtime,
+            precision=precision,
+            device=device,
+            workers=workers,
+            min_agreement=min_agreement,
+        )
     bundle = model
     top_k = DEFAULT_TOP_K["bundle"] if top_k is None else top_k
     if not isinstance(bundle, Bundle) and is_exported_model(bundle):
         if device not in ("cpu", "auto"):
             log.warning("an exported model runs on the CPU here; device=%r applies to bundles", device)
-        return predict_exported(bundle, inputs, top_k, batch_size, runtime=runtime, precision=precision,
-                                workers=workers, policy=policy)
+        return predict_exported(
+            bundle, inputs, top_k, batch_size, runtime=runtime, precision=precision, workers=workers, policy=policy
+        )
     check_int(top_k, "top_k", minimum=1, where="predict_images")
     check_int(batch_size, "batch_size", minimum=1, where="predict_images")
     check_int(neighbors_k, "neighbors_k", minimum=1, where="predict_images")
@@ -159,13 +170,35 @@ def predict_images(
             if ok[row]:
                 near_rows[i] = [index.neighbor(int(r), float(v)) for r, v in zip(rows[row], sims[row]) if r >= 0]
 
-    results = _top_k(computer, named, b.classes, lambda f: b.scores(b.features_of(f)), top_k, kind,
-                     preprocess=b.preprocess, policy=policy, batch_size=batch_size, workers=workers,
-                     each_batch=near_of if shared_layer else None)
+    results = _top_k(
+        computer,
+        named,
+        b.classes,
+        lambda f: b.scores(b.features_of(f)),
+        top_k,
+        kind,
+        preprocess=b.preprocess,
+        policy=policy,
+        batch_size=batch_size,
+        workers=workers,
+        each_batch=near_of if shared_layer else None,
+    )
     if index is not None:
-        near = near_rows if shared_layer else neighbors_of_files(
-            index, [loc for _, loc in named], neighbors_k, batch_size=batch_size, workers=workers, weights=weights,
-            device=device, runtime=runtime, precision=precision)
+        near = (
+            near_rows
+            if shared_layer
+            else neighbors_of_files(
+                index,
+                [loc for _, loc in named],
+                neighbors_k,
+                batch_size=batch_size,
+                workers=workers,
+                weights=weights,
+                device=device,
+                runtime=runtime,
+                precision=precision,
+            )
+        )
         for i, found in near.items():
             if results[i].error is None:
                 results[i].neighbors = [asdict(n) for n in found]
@@ -176,19 +209,35 @@ def predict_images(
     return preds
 
 
-def _top_k(computer: Any, named: Sequence[tuple[str, Any]], classes: Sequence[str],
-           scores_of: Callable[[dict[str, np.ndarray]], np.ndarray], top_k: int, kind: str, *, preprocess: Any,
-           policy: Any, batch_size: int, workers: int | None,
-           each_batch: Callable[[Any], None] | None = None) -> dict[int, Prediction]:
+def _top_k(
+    computer: Any,
+    named: Sequence[tuple[str, Any]],
+    classes: Sequence[str],
+    scores_of: Callable[[dict[str, np.ndarray]], np.ndarray],
+    top_k: int,
+    kind: str,
+    *,
+    preprocess: Any,
+    policy: Any,
+    batch_size: int,
+    workers: int | None,
+    each_batch: Callable[[Any], None] | None = None,
+) -> dict[int, Prediction]:
     """{position: prediction} of the ``(name, locator)`` inputs: decoded and embedded by ``computer`` batch by
     batch (:func:`~deepfeat.embed.embed_files`), scored by ``scores_of(features)``, the ``top_k`` classes kept;
     a failed decode or a non-finite score is an error prediction. ``each_batch`` sees every embedded batch."""
     paths = [name for name, _ in named]
     k = min(int(top_k), len(classes))
     results: dict[int, Prediction] = {}
-    for batch in progress.track(embed_files(computer, [loc for _, loc in named], preprocess=preprocess, policy=policy,
-                                            batch_size=batch_size, workers=workers),
-                                "predict", total=len(paths), unit="img", size=lambda e: len(e.indices) + len(e.failed)):
+    for batch in progress.track(
+        embed_files(
+            computer, [loc for _, loc in named], preprocess=preprocess, policy=policy, batch_size=batch_size, workers=workers
+        ),
+        "predict",
+        total=len(paths),
+        unit="img",
+        size=lambda e: len(e.indices) + len(e.failed),
+    ):
         for i, reason, message in batch.failed:
             results[i] = Prediction(paths[i], error=f"{reason}: {message}", score_kind=kind)
         if not batch.indices:
@@ -199,18 +248,34 @@ def _top_k(computer: Any, named: Sequence[tuple[str, Any]], classes: Sequence[st
         order = np.argsort(-S, axis=1, kind="stable")[:, :k]
         for row, i in enumerate(batch.indices):
             if not np.all(np.isfinite(S[row])):
-                results[i] = Prediction(paths[i], error="nonfinite_features: the model produced NaN/Inf "
-                                        "for this input", score_kind=kind)
+                results[i] = Prediction(
+                    paths[i], error="nonfinite_features: the model produced NaN/Inf for this input", score_kind=kind
+                )
                 continue
             idx = order[row]
-            results[i] = Prediction(paths[i], [classes[j] for j in idx], [float(S[row, j]) for j in idx],
-                                    score_kind=kind, indices=[int(j) for j in idx])
+            results[i] = Prediction(
+                paths[i],
+                [classes[j] for j in idx],
+                [float(S[row, j]) for j in idx],
+                score_kind=kind,
+                indices=[int(j) for j in idx],
+            )
     return results
 
 
-def _predict_backbone(model: str | Backbone, inputs: str | os.PathLike | Sequence[str | os.PathLike], top_k: int,
-                      batch_size: int, policy: DecodePolicy | None, *, runtime: str, precision: str, device: str,
-                      workers: int | None, min_agreement: float) -> list[Prediction]:
+def _predict_backbone(
+    model: str | Backbone,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    top_k: int,
+    batch_size: int,
+    policy: DecodePolicy | None,
+    *,
+    runtime: str,
+    precision: str,
+    device: str,
+    workers: int | None,
+    min_agreement: float,
+) -> list[Prediction]:
     """Top-k classes of the backbone's own classifier; images go through the same decode pool and runtime seam
     as ``extract``, a reduced precision through the precision guard on the first 64 images."""
     check_int(top_k, "top_k", minimum=1, where="predict_images")
@@ -228,28 +293,74 @@ def _predict_backbone(model: str | Backbone, inputs: str | os.PathLike | Sequenc
     specs = layer_specs(bb, OUTPUT, "none", infos)
     choice = resolve_runtime(runtime, device, precision)
     if choice.precision != "fp32":  # the precision guard, on the first images of this call
-        sample = decode_pixels([loc for _, loc in named[:GUARD_IMAGES]], preprocess=bb.preprocess, policy=policy,
-                               workers=1 if workers is None else workers)
-        runtime, precision, _ = guard_backbone(bb, specs, infos, sample, runtime=choice.runtime,
-                                               precision=choice.precision, auto=precision == "auto", device=device,
-                                               min_agreement=min_agreement, batch_size=batch_size)
+        sample = decode_pixels(
+            [loc for _, loc in named[:GUARD_IMAGES]],
+            preprocess=bb.preprocess,
+            policy=policy,
+            workers=1 if workers is None else workers,
+        )
+        runtime, precision, _ = guard_backbone(
+            bb,
+            specs,
+            infos,
+            sample,
+            runtime=choice.runtime,
+            precision=choice.precision,
+            auto=precision == "auto",
+            device=device,
+            min_agreement=min_agreement,
+            batch_size=batch_size,
+        )
     computer = build_runtime(bb, specs, infos, runtime=runtime, device=device, precision=precision)
-    results = _top_k(computer, named, bb.class_names, lambda f: softmax(f[OUTPUT]), top_k, "probability",
-                     preprocess=bb.preprocess, policy=policy, batch_size=batch_size, workers=workers)
+    results = _top_k(
+        computer,
+        named,
+        bb.class_names,
+        lambda f: softmax(f[OUTPUT]),
+        top_k,
+        "probability",
+        preprocess=bb.preprocess,
+        policy=policy,
+        batch_size=batch_size,
+        workers=workers,
+    )
     preds = [results[i] for i in range(len(named))] + errors
-    log.info("predict: %d images with %s, %d could not be classified", len(preds), bb.name,
-             sum(p.error is not None for p in preds))
+    log.info(
+        "predict: %d images with %s, %d could not be classified",
+        len(preds),
+        bb.name,
+        sum(p.error is not None for p in preds),
+    )
     return preds
 
 
-def classify_images(model: str | Backbone, inputs: Sequence[str | os.PathLike], top_k: int = 5,
-                    batch_size: int = 16, policy: DecodePolicy | None = None, *, runtime: str = "auto",
-                    precision: str = "auto", device: str = "cpu", workers: int | None = None,
-                    min_agreement: float = DEFAULT_MIN_AGREEMENT) -> list[Prediction]:
+def classify_images(
+    model: str | Backbone,
+    inputs: Sequence[str | os.PathLike],
+    top_k: int = 5,
+    batch_size: int = 16,
+    policy: DecodePolicy | None = None,
+    *,
+    runtime: str = "auto",
+    precision: str = "auto",
+    device: str = "cpu",
+    workers: int | None = None,
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+) -> list[Prediction]:
     """Top-k classes of a backbone's own classifier: :func:`predict_images` with a backbone, kept under
     its earlier name (new code calls ``predict_images``)."""
-    return predict_images(model, inputs, top_k, batch_size, policy=policy, runtime=runtime, precision=precision,
-                          device=device, workers=workers, min_agreement=min_agreement)
+    return predict_images(
+        model,
+        inputs,
+        top_k,
+        batch_size,
+        policy=policy,
+        runtime=runtime,
+        precision=precision,
+        device=device,
+        workers=workers,
+        min_agreement=min_agreement,
+    )
 
 
 def _computes_index_layer(b: Bundle, index: Any, computer: Any) -> bool:
@@ -260,10 +371,16 @@ def _computes_index_layer(b: Bundle, index: Any, computer: Any) -> bool:
     spec = next((s for s in b.compute_layers if s.name == index.layer), None)
     stored = next((d for d in meta.get("layers") or [] if d.get("name") == index.layer), None)
     return bool(
-        spec is not None and stored is not None and spec.pool == stored.get("pool") and spec.dims == stored.get("dims")
-        and not meta.get("fne") and (meta.get("model") or {}).get("weights_sha256") == b.backbone_info.get("weights_sha256")
-        and meta.get("preprocess") == b.preprocess.to_dict() and str(meta.get("dtype")) == b.compute_dtype
-        and _same_runtime(computer, meta.get("runtime")))
+        spec is not None
+        and stored is not None
+        and spec.pool == stored.get("pool")
+        and spec.dims == stored.get("dims")
+        and not meta.get("fne")
+        and (meta.get("model") or {}).get("weights_sha256") == b.backbone_info.get("weights_sha256")
+        and meta.get("preprocess") == b.preprocess.to_dict()
+        and str(meta.get("dtype")) == b.compute_dtype
+        and _same_runtime(computer, meta.get("runtime"))
+    )
 
 
 def _same_runtime(computer: Any, recorded: Any) -> bool:
@@ -272,7 +389,9 @@ def _same_runtime(computer: Any, recorded: Any) -> bool:
     except Exception:  # noqa: BLE001 - a runtime that cannot describe itself: embed again to be safe
         return False
     return isinstance(recorded, dict) and (here.get("runtime"), here.get("precision")) == (
-        recorded.get("runtime"), recorded.get("precision"))
+        recorded.get("runtime"),
+        recorded.get("precision"),
+    )
 
 
 def check_predictions_out(path: str | os.PathLike) -> str:
@@ -298,8 +417,13 @@ def write_predictions(preds: Sequence[Prediction], path: str | os.PathLike) -> s
         return write_gallery(preds, path)
     rows = []
     for p in preds:
-        row = {"path": p.path, "labels": list(p.labels), "scores": [float(s) for s in p.scores],
-               "score_kind": p.score_kind, "error": p.error}
+        row = {
+            "path": p.path,
+            "labels": list(p.labels),
+            "scores": [float(s) for s in p.scores],
+            "score_kind": p.score_kind,
+            "error": p.error,
+        }
         if p.neighbors is not None:
             row["neighbors"] = p.neighbors
             row["far_from_training"] = p.far_from_training
@@ -312,8 +436,14 @@ def write_predictions(preds: Sequence[Prediction], path: str | os.PathLike) -> s
         near = any("neighbors" in r for r in rows)
         near_cols = ["nearest_similarity", "nearest_label", "nearest_split", "nearest_path", "far_from_training"]
         w = csv.writer(buf)
-        w.writerow(["path", *[c for i in range(1, k + 1) for c in (f"label_{i}", f"score_{i}")],
-                    *(near_cols if near else []), "error"])
+        w.writerow(
+            [
+                "path",
+                *[c for i in range(1, k + 1) for c in (f"label_{i}", f"score_{i}")],
+                *(near_cols if near else []),
+                "error",
+            ]
+        )
         for r in rows:
             cells: list[Any] = []
             for i in range(k):
@@ -323,8 +453,11 @@ def write_predictions(preds: Sequence[Prediction], path: str | os.PathLike) -> s
                     cells += ["", ""]
             if near:
                 n0 = (r.get("neighbors") or [None])[0]
-                cells += ([f"{n0['similarity']:.6g}", n0["label"] or "", n0["split"] or "", n0["path"] or ""]
-                          if n0 else ["", "", "", ""])
+                cells += (
+                    [f"{n0['similarity']:.6g}", n0["label"] or "", n0["split"] or "", n0["path"] or ""]
+                    if n0
+                    else ["", "", "", ""]
+                )
                 far = r.get("far_from_training")
                 cells.append("" if far is None else str(bool(far)).lower())
             w.writerow([r["path"], *cells, r["error"] or ""])
@@ -340,10 +473,17 @@ def prediction_dicts(preds: Sequence[Prediction]) -> list[dict[str, Any]]:
     return [asdict(p) for p in preds]
 
 
-def predict_exported(model: str | os.PathLike | ExportedClassifier,
-                     inputs: str | os.PathLike | Sequence[str | os.PathLike], top_k: int = 3, batch_size: int = 32,
-                     *, runtime: str = "auto", precision: str = "auto", workers: int | None = None,
-                     policy: Any = None) -> list[Prediction]:
+def predict_exported(
+    model: str | os.PathLike | ExportedClassifier,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike],
+    top_k: int = 3,
+    batch_size: int = 32,
+    *,
+    runtime: str = "auto",
+    precision: str = "auto",
+    workers: int | None = None,
+    policy: Any = None,
+) -> list[Prediction]:
     """Top-k predictions of an exported classifier (``.onnx`` / OpenVINO ``.xml``) for images, in input order.
 
     Images are decoded and resized by deepfeat's decode pool with the preprocessing recorded in
@@ -361,10 +501,23 @@ def predict_exported(model: str | os.PathLike | ExportedClassifier,
         inputs = [inputs]
     named, errors = expand_with_errors(inputs)
     paths = [name for name, _ in named]
-    results = _top_k(clf, named, clf.classes, lambda f: f[OUTPUT_NAME], top_k, clf.score_kind,
-                     preprocess=clf.preprocess, policy=policy or DecodePolicy.from_dict(clf.decode_policy),
-                     batch_size=batch_size, workers=workers)
+    results = _top_k(
+        clf,
+        named,
+        clf.classes,
+        lambda f: f[OUTPUT_NAME],
+        top_k,
+        clf.score_kind,
+        preprocess=clf.preprocess,
+        policy=policy or DecodePolicy.from_dict(clf.decode_policy),
+        batch_size=batch_size,
+        workers=workers,
+    )
     preds = [results[i] for i in range(len(paths))] + errors
-    log.info("predict: %d images with %s, %d could not be classified", len(preds), clf.path,
-             sum(p.error is not None for p in preds))
+    log.info(
+        "predict: %d images with %s, %d could not be classified",
+        len(preds),
+        clf.path,
+        sum(p.error is not None for p in preds),
+    )
     return preds

@@ -2,6 +2,7 @@
 the one result type of :func:`deepfeat.predict_images` whatever classifies (a bundle, an exported graph,
 a backbone's own classifier), and :func:`expand_with_errors` (inputs to ``(name, locator)`` pairs plus
 error predictions), shared by ``predict`` and ``search`` (query images)."""
+
 from __future__ import annotations
 
 import os
@@ -68,8 +69,9 @@ def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[
     """
     excluded: list = []
     named = expand_inputs(inputs, excluded)
-    errors = [Prediction(ex.path, error=f"{ex.reason}: {ex.message}")
-              for ex in excluded if ex.reason not in _SILENT_EXCLUSIONS]
+    errors = [
+        Prediction(ex.path, error=f"{ex.reason}: {ex.message}") for ex in excluded if ex.reason not in _SILENT_EXCLUSIONS
+    ]
     return named, errors
 
 

@@ -26,6 +26,7 @@ Example:
     ('blocks.4', 0.874)
     >>> print(r.table())                                    # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -110,14 +111,15 @@ class ProbeResult:
     def table(self) -> str:
         """The rows as a text table (the CLI prints this)."""
         width = max(10, *(len(r["name"]) for r in self.rows))
-        lines = [f"{'layer':<{width}} {'kind':<6} {'dims':>7} {'val acc':>8} {'test acc':>9} {'epochs':>6} "
-                 f"{'seconds':>8}"]
+        lines = [f"{'layer':<{width}} {'kind':<6} {'dims':>7} {'val acc':>8} {'test acc':>9} {'epochs':>6} {'seconds':>8}"]
         for r in self.rows:
             test = "-" if r["test_accuracy"] is None else f"{r['test_accuracy']:.4f}"
             val = "-" if r["val_accuracy"] is None else f"{r['val_accuracy']:.4f}"
             mark = "  <- best" if r["name"] == self.best["name"] else ""
-            lines.append(f"{r['name']:<{width}} {r['kind']:<6} {r['dims']:>7,} {val:>8} {test:>9} "
-                         f"{r['epochs']:>6} {r['seconds']:>8.1f}{mark}")
+            lines.append(
+                f"{r['name']:<{width}} {r['kind']:<6} {r['dims']:>7,} {val:>8} {test:>9} "
+                f"{r['epochs']:>6} {r['seconds']:>8.1f}{mark}"
+            )
         return "\n".join(lines)
 
 
@@ -146,7 +148,7 @@ def stage_of(name: str) -> str | None:
         return parts[0]
     for i in range(1, len(parts)):
         if parts[i].isdigit():  # timm / torchvision: blocks.4.1.conv_pwl, features.3.conv
-            return ".".join(parts[:i + 1])
+            return ".".join(parts[: i + 1])
     return None
 
 
@@ -163,16 +165,22 @@ def _candidates(specs: Sequence[LayerSpec], groups: Sequence[str], fne_store: bo
         for st, idx in stages.items():
             if len(idx) >= 2:
                 members = [specs[i] for i in idx]
-                out.append(Candidate(f"{st} (stage)", "stage", tuple(m.name for m in members),
-                                     sum(m.dims for m in members), float(np.mean(idx)), _merge([col[m.name]
-                                                                                             for m in members])))
+                out.append(
+                    Candidate(
+                        f"{st} (stage)",
+                        "stage",
+                        tuple(m.name for m in members),
+                        sum(m.dims for m in members),
+                        float(np.mean(idx)),
+                        _merge([col[m.name] for m in members]),
+                    )
+                )
     everything = tuple(s.name for s in specs)
     total = int(starts[-1])
     if len(specs) >= 2 and "all" in groups:
         out.append(Candidate("all layers", "all", everything, total, float(len(specs)), [slice(0, total)]))
     if "fne" in groups and not fne_store:
-        out.append(Candidate("full-network embedding", "fne", everything, total, float(len(specs)) + 0.5,
-                             [slice(0, total)]))
+        out.append(Candidate("full-network embedding", "fne", everything, total, float(len(specs)) + 0.5, [slice(0, total)]))
     return out
 
 
@@ -231,8 +239,9 @@ def probe(
         'use blocks.4 (validation accuracy 0.874, test 0.861) ...'
     """
     t_start = time.perf_counter()
-    validate_train_args(head, "stream", epochs, batch_size, lr, alpha, val_fraction, patience, None, seed, "cpu",
-                        where="probe")
+    validate_train_args(
+        head, "stream", epochs, batch_size, lr, alpha, val_fraction, patience, None, seed, "cpu", where="probe"
+    )
     group_names = parse_groups(groups)
     budget = parse_size(memory_budget, "memory_budget")
 
@@ -246,10 +255,15 @@ def probe(
     names = [s.name for s in specs]
     plan = scan_rows(st, val_fraction)
     if plan.n_val == 0:
-        raise UsageError(f"probe needs validation rows to compare layers: the store {st.path!r} has no 'val' split "
-                         "and val_fraction is 0; pass val_fraction > 0 (--val-fraction 0.1).")
-    test = test_split if test_split and test_split in st.splits and test_split not in (plan.train_split,
-                                                                                       plan.val_split) else None
+        raise UsageError(
+            f"probe needs validation rows to compare layers: the store {st.path!r} has no 'val' split "
+            "and val_fraction is 0; pass val_fraction > 0 (--val-fraction 0.1)."
+        )
+    test = (
+        test_split
+        if test_split and test_split in st.splits and test_split not in (plan.train_split, plan.val_split)
+        else None
+    )
     fne_store = bool(st.metadata.get("fne")) or any(s.pool == _FNE_STORE_POOL for s in specs)
     cands = _candidates(specs, group_names, fne_store)
     note = reduced_precision_note(st.metadata, st.path)
@@ -260,36 +274,94 @@ def probe(
     plan.read_bytes = mem.read_bytes
     lr = HEADS[head].default_learning_rate if lr is None else float(lr)
     for c in cands:
-        c.head = make_head(head, hidden=(256,), lr=lr, alpha=alpha, batch_size=batch_size, class_weight=None,
-                            seed=seed, device="cpu")
-    config = {"store": os.path.abspath(st.path), "layers": names, "groups": list(group_names), "head": head,
-              "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
-              "patience": patience, "memory_budget": budget, "thresholds": list(lo_hi), "seed": seed,
-              "test_split": test, "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source}
-    log.info("probe: %d candidates (%d layers, %s dims) on %d training rows, %d validation rows (%s)",
-             len(cands), len(specs), f"{dims:,}", plan.n_train, plan.n_val, plan.val_source)
+        c.head = make_head(
+            head, hidden=(256,), lr=lr, alpha=alpha, batch_size=batch_size, class_weight=None, seed=seed, device="cpu"
+        )
+    config = {
+        "store": os.path.abspath(st.path),
+        "layers": names,
+        "groups": list(group_names),
+        "head": head,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "alpha": alpha,
+        "val_fraction": val_fraction,
+        "patience": patience,
+        "memory_budget": budget,
+        "thresholds": list(lo_hi),
+        "seed": seed,
+        "test_split": test,
+        "n_train": plan.n_train,
+        "n_val": plan.n_val,
+        "val_source": plan.val_source,
+    }
+    log.info(
+        "probe: %d candidates (%d layers, %s dims) on %d training rows, %d validation rows (%s)",
+        len(cands),
+        len(specs),
+        f"{dims:,}",
+        plan.n_train,
+        plan.n_val,
+        plan.val_source,
+    )
     if progress:
-        progress({"phase": "plan", "candidates": len(cands), "layers": len(specs), "dims": dims,
-                  "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source, "test_split": test,
-                  "epochs": epochs, "memory_budget": budget, "read_bytes": mem.read_bytes,
-                  "shuffle_rows": mem.shuffle_rows})
+        progress(
+            {
+                "phase": "plan",
+                "candidates": len(cands),
+                "layers": len(specs),
+                "dims": dims,
+                "n_train": plan.n_train,
+                "n_val": plan.n_val,
+                "val_source": plan.val_source,
+                "test_split": test,
+                "epochs": epochs,
+                "memory_budget": budget,
+                "read_bytes": mem.read_bytes,
+                "shuffle_rows": mem.shuffle_rows,
+            }
+        )
 
     with _one_thread():
-        result = _sweep(st, names, plan, mem, cands, scaler_rows=mem.io_batch, epochs=epochs, batch_size=batch_size,
-                        patience=patience, lo_hi=lo_hi, seed=seed, test=test, progress=progress)
+        result = _sweep(
+            st,
+            names,
+            plan,
+            mem,
+            cands,
+            scaler_rows=mem.io_batch,
+            epochs=epochs,
+            batch_size=batch_size,
+            patience=patience,
+            lo_hi=lo_hi,
+            seed=seed,
+            test=test,
+            progress=progress,
+        )
     rows, n_test = result
     best = max(rows, key=lambda r: (r["val_accuracy"] or 0.0, -r["dims"], -r["depth"]))
     for r in rows:
         r["best"] = r["name"] == best["name"]
-    res = ProbeResult(rows=rows, best=best, advice=_advice(rows, best), store=st.path, classes=list(plan.classes),
-                      n_train=plan.n_train, n_val=plan.n_val, n_test=n_test, val_source=plan.val_source,
-                      test_split=test, config=config, seconds=0.0)
+    res = ProbeResult(
+        rows=rows,
+        best=best,
+        advice=_advice(rows, best),
+        store=st.path,
+        classes=list(plan.classes),
+        n_train=plan.n_train,
+        n_val=plan.n_val,
+        n_test=n_test,
+        val_source=plan.val_source,
+        test_split=test,
+        config=config,
+        seconds=0.0,
+    )
     res.seconds = time.perf_counter() - t_start
     config["seconds"] = res.seconds
     if out is not None:
         res.files = write_probe(res, os.fspath(out))
-    log.info("probe: best %s (validation accuracy %.4f) in %.1f s", best["name"], best["val_accuracy"] or 0.0,
-             res.seconds)
+    log.info("probe: best %s (validation accuracy %.4f) in %.1f s", best["name"], best["val_accuracy"] or 0.0, res.seconds)
     if progress:
         progress({"phase": "done", "best": best, "seconds": res.seconds, "files": res.files})
     return res
@@ -315,9 +387,22 @@ def _one_thread() -> Iterator[None]:
         torch.set_num_threads(n)
 
 
-def _sweep(st: FeatureStore, names: list[str], plan: RowPlan, mem: Any, cands: list[Candidate], *, scaler_rows: int,
-           epochs: int, batch_size: int, patience: int | None, lo_hi: tuple[float, float], seed: int,
-           test: str | None, progress: ProgressFn | None) -> tuple[list[dict[str, Any]], int]:
+def _sweep(
+    st: FeatureStore,
+    names: list[str],
+    plan: RowPlan,
+    mem: Any,
+    cands: list[Candidate],
+    *,
+    scaler_rows: int,
+    epochs: int,
+    batch_size: int,
+    patience: int | None,
+    lo_hi: tuple[float, float],
+    seed: int,
+    test: str | None,
+    progress: ProgressFn | None,
+) -> tuple[list[dict[str, Any]], int]:
     """Statistics pass, epochs (one pass feeds every head), final validation and test scores."""
     # 1. statistics: one scaler over every probed dim (a layer's scaler is its slice of it)
     t0 = time.perf_counter()
@@ -341,8 +426,9 @@ def _sweep(st: FeatureStore, names: list[str], plan: RowPlan, mem: Any, cands: l
         factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)  # train's cosine decay
         for c in active:
             c.loss_sum, c.rows = 0.0, 0
-        for X, y in train_batches(st, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
-                                   buffer=mem.shuffle_rows):
+        for X, y in train_batches(
+            st, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch, buffer=mem.shuffle_rows
+        ):
             Z, T = standardised(X)
             for c in active:
                 t1 = time.perf_counter()
@@ -356,9 +442,17 @@ def _sweep(st: FeatureStore, names: list[str], plan: RowPlan, mem: Any, cands: l
         for c, val in zip(active, scores):
             _early_stopping(c, epoch, val, patience)
         if progress:
-            progress({"phase": "epoch", "epoch": epoch, "epochs": epochs, "active": len(active),
-                      "stopped": sum(c.run.stopped for c in cands), "seconds": time.perf_counter() - t0,
-                      "best": max((c.run.history[-1]["val_accuracy"] or 0.0 for c in active), default=0.0)})
+            progress(
+                {
+                    "phase": "epoch",
+                    "epoch": epoch,
+                    "epochs": epochs,
+                    "active": len(active),
+                    "stopped": sum(c.run.stopped for c in cands),
+                    "seconds": time.perf_counter() - t0,
+                    "best": max((c.run.history[-1]["val_accuracy"] or 0.0 for c in active), default=0.0),
+                }
+            )
     for c in cands:  # early stopping keeps the best epoch's weights (as train does)
         c.run.best_epoch = c.run.keep_best(patience, c.head.restore)
     # 3. final scores of the kept weights: validation, then the test split
@@ -367,8 +461,10 @@ def _sweep(st: FeatureStore, names: list[str], plan: RowPlan, mem: Any, cands: l
     n_test = 0
     if test is not None:
         t0 = time.perf_counter()
-        test_batches = ((b.concat(names), b.labels) for b in st.batches(names, split=test, batch_size=mem.io_batch,
-                                                                         views=0, read_bytes=mem.read_bytes))
+        test_batches = (
+            (b.concat(names), b.labels)
+            for b in st.batches(names, split=test, batch_size=mem.io_batch, views=0, read_bytes=mem.read_bytes)
+        )
         for c, res in zip(cands, _score(cands, test_batches, standardised)):
             c.test = res
         n_test = cands[0].test.get("n", 0) if cands else 0
@@ -384,8 +480,11 @@ def _ternary(Z: np.ndarray, lo_hi: tuple[float, float]) -> np.ndarray:
     return ternarize(Z, lo_hi).astype(np.float32)
 
 
-def _score(cands: Sequence[Candidate], batches: Iterator[tuple[np.ndarray, np.ndarray]],
-           standardised: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]]) -> list[dict[str, Any]]:
+def _score(
+    cands: Sequence[Candidate],
+    batches: Iterator[tuple[np.ndarray, np.ndarray]],
+    standardised: Callable[[np.ndarray], tuple[np.ndarray, np.ndarray | None]],
+) -> list[dict[str, Any]]:
     """Accuracy and mean loss of every candidate's head on the batches (one pass for all)."""
     n = 0
     correct = [0] * len(cands)
@@ -408,30 +507,49 @@ def _score(cands: Sequence[Candidate], batches: Iterator[tuple[np.ndarray, np.nd
             c.seconds += time.perf_counter() - t1
     if n == 0:
         return [{} for _ in cands]
-    return [{"accuracy": correct[i] / n, "loss": loss_sum[i] / loss_n if loss_n else float("nan"), "n": n}
-            for i in range(len(cands))]
+    return [
+        {"accuracy": correct[i] / n, "loss": loss_sum[i] / loss_n if loss_n else float("nan"), "n": n}
+        for i in range(len(cands))
+    ]
 
 
 def _early_stopping(c: Candidate, epoch: int, val: dict[str, Any], patience: int | None) -> None:
     """train's rule: keep the epoch with the best validation loss; stop after ``patience`` without one."""
     run = c.run
     improved = run.observe(epoch, val["loss"], c.head.snapshot)
-    run.history.append({"epoch": epoch, "train_loss": c.loss_sum / max(c.rows, 1), "val_loss": val["loss"],
-                        "val_accuracy": val["accuracy"], "best": improved})
+    run.history.append(
+        {
+            "epoch": epoch,
+            "train_loss": c.loss_sum / max(c.rows, 1),
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "best": improved,
+        }
+    )
     run.epoch = epoch
     if run.should_stop(patience):
         run.stopped = True
 
 
 def _row(c: Candidate) -> dict[str, Any]:
-    return {"name": c.name, "kind": c.kind, "layers": list(c.layers), "dims": c.dims, "depth": c.depth,
-            "val_accuracy": c.val.get("accuracy"), "val_loss": c.val.get("loss"),
-            "test_accuracy": c.test.get("accuracy"), "best_epoch": c.run.best_epoch, "epochs": c.run.epoch,
-            "seconds": round(c.seconds, 3)}
+    return {
+        "name": c.name,
+        "kind": c.kind,
+        "layers": list(c.layers),
+        "dims": c.dims,
+        "depth": c.depth,
+        "val_accuracy": c.val.get("accuracy"),
+        "val_loss": c.val.get("loss"),
+        "test_accuracy": c.test.get("accuracy"),
+        "best_epoch": c.run.best_epoch,
+        "epochs": c.run.epoch,
+        "seconds": round(c.seconds, 3),
+    }
 
 
 def _advice(rows: list[dict[str, Any]], best: dict[str, Any]) -> str:
     """Which layer(s) to use, in one paragraph."""
+
     def acc(r: dict[str, Any]) -> str:
         t = "" if r["test_accuracy"] is None else f", test {r['test_accuracy']:.4f}"
         return f"validation accuracy {r['val_accuracy']:.4f}{t}"
@@ -465,18 +583,45 @@ def write_probe(result: ProbeResult, out: str) -> dict[str, str]:
 
 def _write_probe_files(result: ProbeResult, out: str) -> dict[str, str]:
     files = {k: os.path.join(out, k) for k in ("probe.csv", "probe.json", "probe.png", "report.html")}
-    keys = ["name", "kind", "dims", "val_accuracy", "test_accuracy", "val_loss", "best_epoch", "epochs", "seconds",
-            "best", "layers"]
+    keys = [
+        "name",
+        "kind",
+        "dims",
+        "val_accuracy",
+        "test_accuracy",
+        "val_loss",
+        "best_epoch",
+        "epochs",
+        "seconds",
+        "best",
+        "layers",
+    ]
     with open(files["probe.csv"], "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(keys)
         for r in result.rows:
-            w.writerow(["" if r[k] is None else (" ".join(r[k]) if k == "layers" else
-                                                  f"{r[k]:.6g}" if isinstance(r[k], float) else r[k]) for k in keys])
-    doc = {"store": result.store, "classes": result.classes, "n_train": result.n_train, "n_val": result.n_val,
-           "n_test": result.n_test, "val_source": result.val_source, "test_split": result.test_split,
-           "best": result.best["name"], "advice": result.advice, "config": result.config, "rows": result.rows,
-           "seconds": result.seconds}
+            w.writerow(
+                [
+                    ""
+                    if r[k] is None
+                    else (" ".join(r[k]) if k == "layers" else f"{r[k]:.6g}" if isinstance(r[k], float) else r[k])
+                    for k in keys
+                ]
+            )
+    doc = {
+        "store": result.store,
+        "classes": result.classes,
+        "n_train": result.n_train,
+        "n_val": result.n_val,
+        "n_test": result.n_test,
+        "val_source": result.val_source,
+        "test_split": result.test_split,
+        "best": result.best["name"],
+        "advice": result.advice,
+        "config": result.config,
+        "rows": result.rows,
+        "seconds": result.seconds,
+    }
     with open(files["probe.json"], "w", encoding="utf-8") as f:
         json.dump(doc, f, indent=1, default=lambda o: None if isinstance(o, float) and o != o else str(o))
     try:
@@ -510,20 +655,38 @@ def _figure(result: ProbeResult) -> Any:
         if not all(np.isnan(ys)):
             ax.plot(x, ys, style, ms=4, lw=1.2, label=f"layer, {label}")
     if stages:
-        ax.plot([r["depth"] for r in stages], [r["val_accuracy"] for r in stages], "D", ms=6, color="tab:green",
-                alpha=0.7, label="stage (validation)")
+        ax.plot(
+            [r["depth"] for r in stages],
+            [r["val_accuracy"] for r in stages],
+            "D",
+            ms=6,
+            color="tab:green",
+            alpha=0.7,
+            label="stage (validation)",
+        )
     for r, colour in zip(whole, ("tab:purple", "tab:red")):
-        ax.axhline(r["val_accuracy"], ls=":", color=colour, lw=1.2,
-                   label=f"{r['name']} (validation {r['val_accuracy']:.3f})")
+        ax.axhline(
+            r["val_accuracy"], ls=":", color=colour, lw=1.2, label=f"{r['name']} (validation {r['val_accuracy']:.3f})"
+        )
     if singles:
         bs = max(range(len(singles)), key=lambda i: (singles[i]["val_accuracy"] or 0.0, -singles[i]["dims"]))
-        ax.plot([bs], [singles[bs]["val_accuracy"]], "*", ms=16, color="gold", mec="k", zorder=5,
-                label=f"best layer: {singles[bs]['name']}")
+        ax.plot(
+            [bs],
+            [singles[bs]["val_accuracy"]],
+            "*",
+            ms=16,
+            color="gold",
+            mec="k",
+            zorder=5,
+            label=f"best layer: {singles[bs]['name']}",
+        )
     ax.set_xticks(x, [r["name"] for r in singles], rotation=90 if len(singles) > 4 else 0, fontsize=7)
     ax.set_ylabel("accuracy")
     ax.set_xlabel("layer (network depth)")
-    ax.set_title(f"linear probe per layer: {os.path.basename(os.path.normpath(result.store))} "
-                 f"({result.n_train:,} training rows)", fontsize=10)
+    ax.set_title(
+        f"linear probe per layer: {os.path.basename(os.path.normpath(result.store))} ({result.n_train:,} training rows)",
+        fontsize=10,
+    )
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -533,9 +696,18 @@ def _figure(result: ProbeResult) -> Any:
 def probe_html(result: ProbeResult, png: str | None) -> str:
     """The sweep as one self-contained page, in the look of the other reports."""
     cfg = result.config
-    table_rows = [{"layer": r["name"], "kind": r["kind"], "dims": r["dims"], "val accuracy": r["val_accuracy"],
-                   "test accuracy": r["test_accuracy"], "best epoch": r["best_epoch"], "seconds": r["seconds"]}
-                  for r in result.rows]
+    table_rows = [
+        {
+            "layer": r["name"],
+            "kind": r["kind"],
+            "dims": r["dims"],
+            "val accuracy": r["val_accuracy"],
+            "test accuracy": r["test_accuracy"],
+            "best epoch": r["best_epoch"],
+            "seconds": r["seconds"],
+        }
+        for r in result.rows
+    ]
     best = result.best
     cards = [("best", best["name"]), ("validation accuracy", H.fmt(best["val_accuracy"]))]
     if best["test_accuracy"] is not None:
@@ -544,20 +716,33 @@ def probe_html(result: ProbeResult, png: str | None) -> str:
     body = [
         H.cards(cards),
         f'<div class="reco">{H.esc(result.advice)}</div>',
-        H.section("Accuracy by depth", H.img_file(png, "accuracy against depth") if png else
-                  H.paragraph("(matplotlib is not installed: no figure)", note=True)),
-        H.section("All candidates", H.table(table_rows, left=("layer", "kind"),
-                                            highlight=lambda r: r["layer"] == best["name"]),
-                  H.paragraph("Sorted by depth; stages, all layers and the full-network embedding follow the "
-                              "single layers. The best candidate (highlighted) has the best validation accuracy; "
-                              "the test split was not used to choose it. Seconds: the candidate's own training and "
-                              "scoring; reading and standardising the store is shared by all.", note=True)),
-        H.section("How this was measured", H.paragraph(
-            f"A streaming {cfg['head']} head per candidate (Adam, lr {cfg['lr']:g} with cosine decay, alpha "
-            f"{cfg['alpha']:g}, batch {cfg['batch_size']}, up to {cfg['epochs']} epochs, early stopping on the "
-            f"validation loss with patience {cfg['patience']}), trained on {result.n_train:,} rows, validated on "
-            f"{result.n_val:,} rows ({result.val_source}), tested on {result.n_test:,} rows of "
-            f"{result.test_split or 'no test split'}. One pass over the store per epoch fed every head; memory "
-            f"budget {format_size(cfg['memory_budget'])}. Classes: {', '.join(result.classes)}.")),
+        H.section(
+            "Accuracy by depth",
+            H.img_file(png, "accuracy against depth")
+            if png
+            else H.paragraph("(matplotlib is not installed: no figure)", note=True),
+        ),
+        H.section(
+            "All candidates",
+            H.table(table_rows, left=("layer", "kind"), highlight=lambda r: r["layer"] == best["name"]),
+            H.paragraph(
+                "Sorted by depth; stages, all layers and the full-network embedding follow the "
+                "single layers. The best candidate (highlighted) has the best validation accuracy; "
+                "the test split was not used to choose it. Seconds: the candidate's own training and "
+                "scoring; reading and standardising the store is shared by all.",
+                note=True,
+            ),
+        ),
+        H.section(
+            "How this was measured",
+            H.paragraph(
+                f"A streaming {cfg['head']} head per candidate (Adam, lr {cfg['lr']:g} with cosine decay, alpha "
+                f"{cfg['alpha']:g}, batch {cfg['batch_size']}, up to {cfg['epochs']} epochs, early stopping on the "
+                f"validation loss with patience {cfg['patience']}), trained on {result.n_train:,} rows, validated on "
+                f"{result.n_val:,} rows ({result.val_source}), tested on {result.n_test:,} rows of "
+                f"{result.test_split or 'no test split'}. One pass over the store per epoch fed every head; memory "
+                f"budget {format_size(cfg['memory_budget'])}. Classes: {', '.join(result.classes)}."
+            ),
+        ),
     ]
     return H.page("deepfeat probe: which layer?", "".join(body), subtitle=f"store {result.store}")

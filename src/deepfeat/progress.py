@@ -23,6 +23,7 @@ installs a :class:`Reporter` (``with reporter.installed(): ...``) that renders t
 says what is running and its estimated duration, prints the elapsed time periodically and how
 long it took.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -123,14 +124,16 @@ class Task:
         rate, elapsed = self.rate(), self.elapsed()
         extra = "".join(f", {k} {v}" for k, v in self.postfix.items())
         if final:
-            return (f"{self.desc}: {_count(self.n)} {self.unit} in {format_duration(elapsed)} "
-                    f"({rate:,.1f} {self.unit}/s){extra}")
+            return (
+                f"{self.desc}: {_count(self.n)} {self.unit} in {format_duration(elapsed)} ({rate:,.1f} {self.unit}/s){extra}"
+            )
         if self.total:
             eta = (self.total - self.n) / rate if rate > 0 else float("nan")
-            return (f"{self.desc}: {_count(self.n)}/{_count(self.total)} {self.unit} ({self.n / self.total:.0%}), "
-                    f"{rate:,.1f} {self.unit}/s, {format_duration(elapsed)} elapsed, ETA {format_duration(eta)}{extra}")
-        return (f"{self.desc}: {_count(self.n)} {self.unit}, {rate:,.1f} {self.unit}/s, "
-                f"{format_duration(elapsed)}{extra}")
+            return (
+                f"{self.desc}: {_count(self.n)}/{_count(self.total)} {self.unit} ({self.n / self.total:.0%}), "
+                f"{rate:,.1f} {self.unit}/s, {format_duration(elapsed)} elapsed, ETA {format_duration(eta)}{extra}"
+            )
+        return f"{self.desc}: {_count(self.n)} {self.unit}, {rate:,.1f} {self.unit}/s, {format_duration(elapsed)}{extra}"
 
 
 class _LogTask(Task):
@@ -152,8 +155,7 @@ class _LogTask(Task):
 class _PlainTask(Task):
     """Plain lines: at most one per ``interval`` s, one per 10 % step at most once a second, a final line."""
 
-    def __init__(self, reporter: "Reporter", desc: str, total: float | None, unit: str,
-                 transient: bool = False) -> None:
+    def __init__(self, reporter: "Reporter", desc: str, total: float | None, unit: str, transient: bool = False) -> None:
         super().__init__(desc, total, unit, transient)
         self.reporter = reporter
         self._last = self.start
@@ -179,16 +181,16 @@ class _PlainTask(Task):
 class _BarTask(Task):
     """A tqdm bar on the terminal."""
 
-    def __init__(self, reporter: "Reporter", desc: str, total: float | None, unit: str,
-                 transient: bool = False) -> None:
+    def __init__(self, reporter: "Reporter", desc: str, total: float | None, unit: str, transient: bool = False) -> None:
         super().__init__(desc, total, unit, transient)
         if reporter.notebook:
             from tqdm.auto import tqdm
         else:
             from tqdm import tqdm
 
-        self.bar = tqdm(total=self.total, unit=unit, desc=desc, dynamic_ncols=True, file=reporter.stream,
-                        leave=not transient)
+        self.bar = tqdm(
+            total=self.total, unit=unit, desc=desc, dynamic_ncols=True, file=reporter.stream, leave=not transient
+        )
 
     def update(self, n: float = 1, **postfix: Any) -> None:
         self.n += n
@@ -216,8 +218,9 @@ class Reporter:
     ``"bar"``, ``"plain"`` or ``"off"`` (``-q``: no progress, notes still printed).
     """
 
-    def __init__(self, mode: str = "auto", stream: TextIO | None = None, interval: float | None = None,
-                 notebook: bool = False) -> None:
+    def __init__(
+        self, mode: str = "auto", stream: TextIO | None = None, interval: float | None = None, notebook: bool = False
+    ) -> None:
         self.stream = stream if stream is not None else sys.stderr
         self.notebook = notebook  #: a Jupyter kernel: bars are tqdm.auto's widgets
         if mode == "auto":
@@ -278,8 +281,14 @@ def task(desc: str, total: float | None = None, unit: str = "it", transient: boo
     return r.task(desc, total, unit, transient) if r is not None else _LogTask(desc, total, unit, transient)
 
 
-def track(items: Iterable[T], desc: str, total: float | None = None, unit: str = "it",
-          size: Callable[[T], float] | None = None, transient: bool = False) -> Iterator[T]:
+def track(
+    items: Iterable[T],
+    desc: str,
+    total: float | None = None,
+    unit: str = "it",
+    size: Callable[[T], float] | None = None,
+    transient: bool = False,
+) -> Iterator[T]:
     """Yield ``items`` while advancing a :func:`task` by ``size(item)`` (1 by default) per item.
 
     Example:
@@ -313,6 +322,7 @@ def timer(what: str, estimate: float | None = None) -> Iterator[None]:
     stop = threading.Event()
     ticker = None
     if r is not None and r.mode != "off":
+
         def tick() -> None:
             while not stop.wait(r.interval):
                 say(f"{what}: running for {format_duration(time.monotonic() - t0)}{est}")

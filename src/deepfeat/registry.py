@@ -16,6 +16,7 @@ Example:
     >>> list(SHAPES)
     ['circle', 'square']
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable

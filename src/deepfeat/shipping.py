@@ -20,6 +20,7 @@ Example:
     ('clf.onnx', ['ankle_boot', 'bag'], True)
     >>> preds = predict_exported("clf.onnx", ["new_images/"], top_k=3)  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -57,7 +58,7 @@ METADATA_KEYS: dict[str, str] = {
     "format_version": "integer, currently 1",
     "classes": "JSON list of class names, in the order of the output's columns",
     "score_kind": "'probability' (softmax/sigmoid: logreg, mlp, model directories) or 'decision' (linear SVM "
-                  "decision values)",
+    "decision values)",
     "input": "input name, dtype and layout: 'pixels uint8 NHWC RGB'",
     "output": "output name: 'scores' (N x C float32)",
     "input_size": "JSON [height, width] of the input (after the crop)",
@@ -65,18 +66,17 @@ METADATA_KEYS: dict[str, str] = {
     "crop_pct": "float: input_size / resize_size (timm's crop_pct)",
     "interpolation": "resize filter: bilinear | bicubic | nearest | lanczos | box | hamming (Pillow's names)",
     "jpeg_draft_size": "integer: deepfeat decodes a JPEG at reduced DCT scale keeping both sides >= this "
-                       "(Pillow's Image.draft(None, (n, n))); 0: full decode",
+    "(Pillow's Image.draft(None, (n, n))); 0: full decode",
     "mean": "JSON [r, g, b] normalisation mean (applied inside the graph)",
     "std": "JSON [r, g, b] normalisation std (applied inside the graph)",
     "preprocess": "JSON: deepfeat's full Preprocess record (the keys above plus jpeg_draft and resizer: torch | "
-                  "pillow, absent = pillow)",
+    "pillow, absent = pillow)",
     "backbone": "backbone name as deepfeat loads it",
     "backbone_sha256": "sha256 of the backbone weights file",
     "layers": "JSON list of {name, pool, dims}: the tapped layers, concatenated in this order",
     "feature_dtype": "float32 | float16: features are rounded to this before the scaler (as in the store)",
     "head": "logreg | svm | mlp | model (a train-cnn/finetune model's own classifier)",
-    "precision": "fp32 | fp16 (fp16: weights stored as float16, computed in float32 unless the runtime "
-                 "chooses otherwise)",
+    "precision": "fp32 | fp16 (fp16: weights stored as float16, computed in float32 unless the runtime chooses otherwise)",
     "source": "file name of the bundle or model directory it was exported from",
     "source_sha256": "sha256 of the bundle file (of model.safetensors for a model directory)",
     "decode_policy": "JSON: deepfeat's decode policy of the bundle (alpha background, limits), or null",
@@ -105,9 +105,11 @@ class ExportResult:
     def summary(self) -> str:
         h, w = self.input_size
 
-        return (f"exported {self.head} classifier ({len(self.classes)} classes, {h}x{w} uint8 NHWC in, "
-                f"{OUTPUT_NAME} out) as {self.format} {self.precision} to {self.path} "
-                f"({format_size(self.bytes)}; max |diff| vs torch on random pixels {self.max_abs_diff:.1e})")
+        return (
+            f"exported {self.head} classifier ({len(self.classes)} classes, {h}x{w} uint8 NHWC in, "
+            f"{OUTPUT_NAME} out) as {self.format} {self.precision} to {self.path} "
+            f"({format_size(self.bytes)}; max |diff| vs torch on random pixels {self.max_abs_diff:.1e})"
+        )
 
 
 # ---------------------------------------------------------------------------------------------- the graph
@@ -121,8 +123,12 @@ def _head_module(kind: str, head: Any) -> Any:
         def __init__(self, coef: np.ndarray, intercept: np.ndarray | None, mode: str) -> None:
             super().__init__()
             self.register_buffer("weight", torch.from_numpy(np.ascontiguousarray(coef, dtype=np.float32)))
-            self.register_buffer("bias", torch.from_numpy(np.ascontiguousarray(
-                intercept if intercept is not None else np.zeros(coef.shape[0]), dtype=np.float32)))
+            self.register_buffer(
+                "bias",
+                torch.from_numpy(
+                    np.ascontiguousarray(intercept if intercept is not None else np.zeros(coef.shape[0]), dtype=np.float32)
+                ),
+            )
             self.mode = mode
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -161,8 +167,9 @@ def _head_module(kind: str, head: Any) -> Any:
     raise UsageError(f"The head kind {kind!r} cannot be exported (known: logreg, svm, mlp).")
 
 
-def _classifier_graph(taps: Any, *, mean: np.ndarray | None, scale: np.ndarray | None, head: Any,
-                      feature_dtype: str, softmax: bool = False) -> Any:
+def _classifier_graph(
+    taps: Any, *, mean: np.ndarray | None, scale: np.ndarray | None, head: Any, feature_dtype: str, softmax: bool = False
+) -> Any:
     """taps (a TapGraph) -> concatenation -> dtype rounding -> scaler -> head (or a softmax)."""
     import torch
     from torch import nn
@@ -183,8 +190,11 @@ def _classifier_graph(taps: Any, *, mean: np.ndarray | None, scale: np.ndarray |
 
         def forward(self, pixels: torch.Tensor) -> torch.Tensor:
             feats = self.taps(pixels)
-            x = torch.cat([f.reshape(f.shape[0], -1) for f in feats], dim=1) if len(feats) > 1 \
+            x = (
+                torch.cat([f.reshape(f.shape[0], -1) for f in feats], dim=1)
+                if len(feats) > 1
                 else feats[0].reshape(feats[0].shape[0], -1)
+            )
             if self.round16:  # the store held float16 features: the head saw them rounded
                 x = torch.clamp(x, -fmax, fmax).to(torch.float16).to(torch.float32)
             if self.scaled:
@@ -225,36 +235,59 @@ def _load_source(model: str | os.PathLike, weights: str | os.PathLike | None = N
     path = os.fspath(model)
     if os.path.isdir(path):
         if weights is not None:
-            raise UsageError("The 'weights' parameter of export_model applies to bundles; a model directory holds "
-                             "its own weights.")
+            raise UsageError(
+                "The 'weights' parameter of export_model applies to bundles; a model directory holds its own weights."
+            )
         if not is_model_dir(path):
-            raise UsageError(f"The directory {path!r} is neither a bundle nor a model directory from 'deepfeat "
-                             "train-cnn' / 'deepfeat finetune' (no config.json + model.safetensors).")
+            raise UsageError(
+                f"The directory {path!r} is neither a bundle nor a model directory from 'deepfeat "
+                "train-cnn' / 'deepfeat finetune' (no config.json + model.safetensors)."
+            )
         bb = load_trained_model(path)
         infos = describe_layers(bb)
         specs = layer_specs(bb, OUTPUT, "none", infos)
         taps = TapGraph(bb, specs, infos).eval()
         module = _classifier_graph(taps, mean=None, scale=None, head=None, feature_dtype="float32", softmax=True)
-        return _Source(module, bb, list(bb.class_names or []), "model", "probability",
-                       [{"name": s.name, "pool": s.pool, "dims": s.dims} for s in specs], "float32", path,
-                       sha256_file(os.path.join(path, MODEL_FILE)))
+        return _Source(
+            module,
+            bb,
+            list(bb.class_names or []),
+            "model",
+            "probability",
+            [{"name": s.name, "pool": s.pool, "dims": s.dims} for s in specs],
+            "float32",
+            path,
+            sha256_file(os.path.join(path, MODEL_FILE)),
+        )
     b = load_bundle(path)
     if b.fne is not None:
-        raise UsageError(f"The bundle {path!r} was trained on a full-network embedding store; exporting its "
-                         "standardise-and-ternarise step is not supported yet. Train on a plain store to export.")
+        raise UsageError(
+            f"The bundle {path!r} was trained on a full-network embedding store; exporting its "
+            "standardise-and-ternarise step is not supported yet. Train on a plain store to export."
+        )
     bb = b.load_backbone(weights)
     if isinstance(bb.model, torch.jit.ScriptModule):
-        raise UsageError(f"The bundle {path!r} uses the TorchScript backbone {bb.name!r}, which cannot be exported: "
-                         "a TorchScript module cannot be re-traced with taps into ONNX or OpenVINO. Export from a "
-                         "bundle whose backbone is a Python model (bundled, timm, torchvision, hf-hub, factory).")
+        raise UsageError(
+            f"The bundle {path!r} uses the TorchScript backbone {bb.name!r}, which cannot be exported: "
+            "a TorchScript module cannot be re-traced with taps into ONNX or OpenVINO. Export from a "
+            "bundle whose backbone is a Python model (bundled, timm, torchvision, hf-hub, factory)."
+        )
     infos = describe_layers(bb)
     taps = TapGraph(bb, b.compute_layers, infos).eval()
     head = _head_module(b.head_kind, b.head)
-    module = _classifier_graph(taps, mean=b.scaler.mean_, scale=b.scaler.scale_, head=head,
-                               feature_dtype=b.compute_dtype)
-    return _Source(module, bb, list(b.classes), b.head_kind, "probability" if b.probabilistic else "decision",
-                   [{"name": s.name, "pool": s.pool, "dims": s.dims} for s in b.layers], b.compute_dtype, path,
-                   sha256_file(path), b.metadata.get("decode_policy"))
+    module = _classifier_graph(taps, mean=b.scaler.mean_, scale=b.scaler.scale_, head=head, feature_dtype=b.compute_dtype)
+    return _Source(
+        module,
+        bb,
+        list(b.classes),
+        b.head_kind,
+        "probability" if b.probabilistic else "decision",
+        [{"name": s.name, "pool": s.pool, "dims": s.dims} for s in b.layers],
+        b.compute_dtype,
+        path,
+        sha256_file(path),
+        b.metadata.get("decode_policy"),
+    )
 
 
 def _metadata(src: _Source, precision: str) -> dict[str, str]:
@@ -311,16 +344,18 @@ def _fp16_weights(model: Any) -> Any:
     casts = []
     keep = []
     for init in graph.initializer:
-        if (init.data_type != onnx.TensorProto.FLOAT or int(np.prod(init.dims)) < 16
-                or init.name.startswith(_FP32_INITIALIZERS)):
+        if (
+            init.data_type != onnx.TensorProto.FLOAT
+            or int(np.prod(init.dims)) < 16
+            or init.name.startswith(_FP32_INITIALIZERS)
+        ):
             keep.append(init)
             continue
         arr = numpy_helper.to_array(init)
         half = np.clip(arr, -65504, 65504).astype(np.float16)
         name16 = f"{init.name}__fp16"
         keep.append(numpy_helper.from_array(half, name16))
-        casts.append(helper.make_node("Cast", [name16], [init.name], to=onnx.TensorProto.FLOAT,
-                                      name=f"{init.name}__cast"))
+        casts.append(helper.make_node("Cast", [name16], [init.name], to=onnx.TensorProto.FLOAT, name=f"{init.name}__cast"))
     del graph.initializer[:]
     graph.initializer.extend(keep)
     nodes = list(graph.node)
@@ -337,16 +372,25 @@ def _write_onnx(module: Any, example: Any, tmp: str, meta: Mapping[str, str], pr
 
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer notes about the taps' early stop are not the user's
-        torch.onnx.export(module, (example,), tmp, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                          dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-                          opset_version=OPSET, dynamo=False)
+        torch.onnx.export(
+            module,
+            (example,),
+            tmp,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
     model = onnx.load(tmp)
     if precision == "fp16":
         model = _fp16_weights(model)
     model.producer_name = "deepfeat"
     model.producer_version = __version__
-    model.doc_string = (f"deepfeat classifier: {INPUT_NAME} (uint8 N x H x W x 3 RGB, resized and centre-cropped) "
-                        f"-> {OUTPUT_NAME} (N x C). Keys deepfeat.* in metadata_props.")
+    model.doc_string = (
+        f"deepfeat classifier: {INPUT_NAME} (uint8 N x H x W x 3 RGB, resized and centre-cropped) "
+        f"-> {OUTPUT_NAME} (N x C). Keys deepfeat.* in metadata_props."
+    )
     del model.metadata_props[:]
     for k, v in meta.items():
         entry = model.metadata_props.add()
@@ -355,8 +399,9 @@ def _write_onnx(module: Any, example: Any, tmp: str, meta: Mapping[str, str], pr
     onnx.save(model, tmp)
 
 
-def _write_openvino(module: Any, example: Any, tmp_xml: str, meta: Mapping[str, str], precision: str,
-                    input_size: tuple[int, int]) -> None:
+def _write_openvino(
+    module: Any, example: Any, tmp_xml: str, meta: Mapping[str, str], precision: str, input_size: tuple[int, int]
+) -> None:
     import warnings
 
     import torch
@@ -382,8 +427,9 @@ def _check_out(out: str, fmt: str, overwrite: bool) -> str:
     if not ext:
         out = out + suffix
     elif ext.lower() != suffix:
-        raise UsageError(f"The 'out' parameter of export_model must end in {suffix} for format {fmt!r}; got {out!r} "
-                         "instead.")
+        raise UsageError(
+            f"The 'out' parameter of export_model must end in {suffix} for format {fmt!r}; got {out!r} instead."
+        )
     targets = [out] + ([os.path.splitext(out)[0] + ".bin"] if fmt == "openvino" else [])
     if os.path.isdir(out):
         raise UsageError(f"The 'out' parameter of export_model names a folder ({out!r}); give a file path.")
@@ -393,8 +439,14 @@ def _check_out(out: str, fmt: str, overwrite: bool) -> str:
     return out
 
 
-def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str = "onnx", precision: str = "fp32",
-                 overwrite: bool = False, weights: str | os.PathLike | None = None) -> ExportResult:
+def export_model(
+    model: str | os.PathLike,
+    out: str | os.PathLike,
+    format: str = "onnx",
+    precision: str = "fp32",
+    overwrite: bool = False,
+    weights: str | os.PathLike | None = None,
+) -> ExportResult:
     """Export a bundle (``.dfm``) or a ``train-cnn``/``finetune`` model directory as one classifier graph.
 
     The graph takes ``pixels`` (uint8 ``N x H x W x 3`` RGB at the recorded input size, already
@@ -450,8 +502,9 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str =
                 raise
             except Exception as exc:  # noqa: BLE001 - an exporter's failure names the model, not a traceback
                 first = str(exc).splitlines()[0] if str(exc) else ""
-                raise UsageError(f"The model {os.fspath(model)!r} could not be exported to {format}: "
-                                 f"{type(exc).__name__}: {first}") from exc
+                raise UsageError(
+                    f"The model {os.fspath(model)!r} could not be exported to {format}: {type(exc).__name__}: {first}"
+                ) from exc
             got = _run_file(tmp, example.numpy())
             diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("inf")
             # a broken export is far off; float16 features can flip one rounding step between runtimes
@@ -459,8 +512,10 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str =
             scale = max(1.0, float(np.max(np.abs(expected))))
             tol = (2e-2 if src.feature_dtype == "float16" else 1e-3) * scale if precision == "fp32" else float("inf")
             if not np.all(np.isfinite(got)) or not diff <= tol:
-                raise UsageError(f"The exported {format} graph disagrees with the torch model by {diff:.3g} "
-                                 f"(tolerance {tol:g}); not writing {out!r}.")
+                raise UsageError(
+                    f"The exported {format} graph disagrees with the torch model by {diff:.3g} "
+                    f"(tolerance {tol:g}); not writing {out!r}."
+                )
             for t in tmp_files:
                 with open(t, "rb+") as f:
                     os.fsync(f.fileno())
@@ -474,8 +529,9 @@ def export_model(model: str | os.PathLike, out: str | os.PathLike, format: str =
             raise
     files = [os.path.splitext(out)[0] + ".bin"] if format == "openvino" else []
     size = sum(os.path.getsize(p) for p in [out, *files])
-    result = ExportResult(out, format, precision, src.classes, src.head, tuple(src.backbone.preprocess.input_size),
-                          diff, size, meta, files)
+    result = ExportResult(
+        out, format, precision, src.classes, src.head, tuple(src.backbone.preprocess.input_size), diff, size, meta, files
+    )
     log.info("%s", result.summary())
     return result
 
@@ -519,8 +575,9 @@ class ExportedClassifier:
         (['ankle_boot', 'bag'], (64, 64))
     """
 
-    def __init__(self, path: str | os.PathLike, runtime: str = "auto", precision: str = "auto",
-                 threads: int | None = None) -> None:
+    def __init__(
+        self, path: str | os.PathLike, runtime: str = "auto", precision: str = "auto", threads: int | None = None
+    ) -> None:
         from .data.preprocess import Preprocess
 
         self.path = os.fspath(path)
@@ -534,13 +591,16 @@ class ExportedClassifier:
         if runtime == "onnxruntime" and not onnx_file:
             raise UsageError(f"ONNX Runtime cannot read the OpenVINO model {self.path!r}; use runtime='openvino'.")
         if runtime == "onnxruntime" and precision == "bf16":
-            raise UsageError("The 'precision' parameter of predict must be auto or fp32 with ONNX Runtime; "
-                             "got 'bf16' instead.")
+            raise UsageError(
+                "The 'precision' parameter of predict must be auto or fp32 with ONNX Runtime; got 'bf16' instead."
+            )
         self.runtime = runtime
         if _missing(runtime):
-            raise UsageError(f"Running {self.path!r} needs {'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'}"
-                             f": pip install {'onnxruntime' if runtime == 'onnxruntime' else 'openvino'}"
-                             f"{' (or --runtime openvino)' if runtime == 'onnxruntime' else ''}.")
+            raise UsageError(
+                f"Running {self.path!r} needs {'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'}"
+                f": pip install {'onnxruntime' if runtime == 'onnxruntime' else 'openvino'}"
+                f"{' (or --runtime openvino)' if runtime == 'onnxruntime' else ''}."
+            )
         try:
             if runtime == "onnxruntime":
                 meta = self._load_onnxruntime(threads)
@@ -549,11 +609,14 @@ class ExportedClassifier:
         except (UsageError, BundleError):
             raise
         except Exception as exc:  # noqa: BLE001 - a damaged or foreign file
-            raise BundleError(f"The exported model {self.path!r} cannot be loaded ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0] if str(exc) else ''}).") from None
+            raise BundleError(
+                f"The exported model {self.path!r} cannot be loaded ({type(exc).__name__}: "
+                f"{str(exc).splitlines()[0] if str(exc) else ''})."
+            ) from None
         if meta.get("format") != FORMAT_NAME:
-            raise UsageError(f"{self.path!r} is not a classifier exported by 'deepfeat export-model' (no "
-                             f"{META_PREFIX}format metadata).")
+            raise UsageError(
+                f"{self.path!r} is not a classifier exported by 'deepfeat export-model' (no {META_PREFIX}format metadata)."
+            )
         try:
             self.metadata = meta
             self.classes = [str(c) for c in json.loads(meta["classes"])]
@@ -574,7 +637,7 @@ class ExportedClassifier:
         self.output = self.session.get_outputs()[0].name
         self.input = self.session.get_inputs()[0].name
         props = self.session.get_modelmeta().custom_metadata_map
-        return {k[len(META_PREFIX):]: v for k, v in props.items() if k.startswith(META_PREFIX)}
+        return {k[len(META_PREFIX) :]: v for k, v in props.items() if k.startswith(META_PREFIX)}
 
     def _load_openvino(self, precision: str, threads: int | None) -> dict[str, str]:
         from .runtimes.openvino_runtime import _openvino
@@ -589,8 +652,10 @@ class ExportedClassifier:
                     meta[k] = str(model.get_rt_info(["deepfeat", k]).astype(str))
         elif self.path.lower().endswith(".onnx"):  # OpenVINO reading an exported .onnx: metadata_props
             meta = _onnx_metadata(self.path)
-        config: dict[str, Any] = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
-                                  "PERFORMANCE_HINT": "LATENCY"}
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32",
+            "PERFORMANCE_HINT": "LATENCY",
+        }
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = core.compile_model(model, "CPU", config)
@@ -610,7 +675,7 @@ def _onnx_metadata(path: str) -> dict[str, str]:
     import onnx
 
     model = onnx.load(path, load_external_data=False)
-    return {p.key[len(META_PREFIX):]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
+    return {p.key[len(META_PREFIX) :]: p.value for p in model.metadata_props if p.key.startswith(META_PREFIX)}
 
 
 def _run_file(path: str, pixels: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ names and options (strings and numbers), so ``clone`` and grid searches never co
 the loaded network is dropped from the object's state when it is copied or serialised (it is
 reloaded on the next ``transform``).
 """
+
 from __future__ import annotations
 
 import os
@@ -49,10 +50,20 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
     (a transformer cannot drop rows).
     """
 
-    def __init__(self, model: str = "efficientnet_lite0", layers: str | Sequence[str] = "pre_logits",
-                 pool: str = "avg", weights: str | None = None, input_size: int | None = None,
-                 batch_size: int = 32, device: str = "cpu", dtype: str = "float32", runtime: str = "auto",
-                 precision: str = "auto", workers: int | None = None) -> None:
+    def __init__(
+        self,
+        model: str = "efficientnet_lite0",
+        layers: str | Sequence[str] = "pre_logits",
+        pool: str = "avg",
+        weights: str | None = None,
+        input_size: int | None = None,
+        batch_size: int = 32,
+        device: str = "cpu",
+        dtype: str = "float32",
+        runtime: str = "auto",
+        precision: str = "auto",
+        workers: int | None = None,
+    ) -> None:
         self.model = model
         self.layers = layers
         self.pool = pool
@@ -78,8 +89,16 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             specs = layer_specs(bb, self.layers, self.pool, infos)
 
             device = resolve_device(self.device)
-            comp = build_runtime(bb, specs, infos, runtime=self.runtime, device=device, precision=self.precision,
-                                 dtype=self.dtype, channels_last=device != "cpu")
+            comp = build_runtime(
+                bb,
+                specs,
+                infos,
+                runtime=self.runtime,
+                device=device,
+                precision=self.precision,
+                dtype=self.dtype,
+                channels_last=device != "cpu",
+            )
             self.__dict__["_computer_obj"] = comp
         return comp
 
@@ -120,16 +139,19 @@ class FeatureExtractor(TransformerMixin, BaseEstimator):
             out[indices] = np.concatenate([feats[s.name] for s in comp.specs], axis=1)
 
         files = [i for i, item in enumerate(items) if isinstance(item, (str, os.PathLike))]
-        for batch in embed_files(comp, [items[i] for i in files], preprocess=pre, batch_size=self.batch_size,
-                                 workers=self.workers):
+        for batch in embed_files(
+            comp, [items[i] for i in files], preprocess=pre, batch_size=self.batch_size, workers=self.workers
+        ):
             if batch.failed:
                 k, reason, message = batch.failed[0]
-                raise UsageError(f"Image {files[k]} ({os.fspath(items[files[k]])}) of the X of FeatureExtractor "
-                                 f"cannot be used: {reason}: {message}")
+                raise UsageError(
+                    f"Image {files[k]} ({os.fspath(items[files[k]])}) of the X of FeatureExtractor "
+                    f"cannot be used: {reason}: {message}"
+                )
             put([files[k] for k in batch.indices], batch.features)
         in_memory = [i for i, item in enumerate(items) if not isinstance(item, (str, os.PathLike))]
         for start in range(0, len(in_memory), self.batch_size):
-            chunk = in_memory[start:start + self.batch_size]
+            chunk = in_memory[start : start + self.batch_size]
             put(chunk, comp(np.stack([pre.resize_crop(_decode(items[i], i)) for i in chunk])))
         return out
 
@@ -150,13 +172,17 @@ def _as_items(X: Any) -> list[Any]:
     if isinstance(X, np.ndarray) and X.dtype != object and X.ndim in (3, 4):
         return list(X)  # one array of images: N x H x W [x C]
     if isinstance(X, (str, os.PathLike)):
-        raise UsageError("The X of FeatureExtractor must be a list of images (paths, PIL images or arrays); "
-                         f"got a single path {os.fspath(X)!r} instead. Wrap it in a list.")
+        raise UsageError(
+            "The X of FeatureExtractor must be a list of images (paths, PIL images or arrays); "
+            f"got a single path {os.fspath(X)!r} instead. Wrap it in a list."
+        )
     try:
         items = list(X)
     except TypeError:
-        raise UsageError("The X of FeatureExtractor must be a list of images (paths, PIL images or arrays); "
-                         f"got {type(X).__name__} instead.") from None
+        raise UsageError(
+            "The X of FeatureExtractor must be a list of images (paths, PIL images or arrays); "
+            f"got {type(X).__name__} instead."
+        ) from None
     if hasattr(X, "ndim") and getattr(X, "ndim", 1) == 2 and getattr(X, "shape", (0, 0))[1] == 1:
         items = [row[0] for row in items]  # a column of paths (e.g. from a DataFrame)
     if not items:
@@ -171,5 +197,6 @@ def _decode(item: Any, position: int) -> Any:
         return decode_image(item)
     except InputError as exc:
         shown = os.fspath(item) if isinstance(item, (str, os.PathLike)) else type(item).__name__
-        raise UsageError(f"Image {position} ({shown}) of the X of FeatureExtractor cannot be used: "
-                         f"{exc.reason}: {exc.message}") from None
+        raise UsageError(
+            f"Image {position} ({shown}) of the X of FeatureExtractor cannot be used: {exc.reason}: {exc.message}"
+        ) from None

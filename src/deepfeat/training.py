@@ -26,6 +26,7 @@ Example:
     >>> result.validation["accuracy"]                                                          # doctest: +SKIP
     0.91
 """
+
 from __future__ import annotations
 
 import logging
@@ -128,22 +129,36 @@ def parse_hidden(hidden: int | str | Sequence[int]) -> tuple[int, ...]:
     except (TypeError, ValueError):
         sizes = (0,)
     if not all(s >= 1 for s in sizes):
-        raise UsageError("The 'hidden' parameter of train must be hidden layer sizes such as 256 or 256,16; "
-                         f"got {hidden!r} instead.")
+        raise UsageError(
+            f"The 'hidden' parameter of train must be hidden layer sizes such as 256 or 256,16; got {hidden!r} instead."
+        )
     return sizes
 
 
-def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr: float | None, alpha: float,
-                        val_fraction: float, patience: int | None, class_weight: Any, seed: int,
-                        device: str, where: str = "train") -> None:
+def validate_train_args(
+    head: str,
+    solver: str,
+    epochs: int,
+    batch_size: int,
+    lr: float | None,
+    alpha: float,
+    val_fraction: float,
+    patience: int | None,
+    class_weight: Any,
+    seed: int,
+    device: str,
+    where: str = "train",
+) -> None:
     """One up-front check of every argument that needs neither the store nor the model (of ``where``:
     ``train``, or ``probe``, which trains the same heads)."""
     check_choice(head, "head", HEADS, where=where)
     check_choice(solver, "solver", SOLVERS, where=where)
     if solver == "exact" and not HEADS[head].has_exact_solver():
         exact = " or ".join(repr(h) for h, cls in HEADS.items() if cls.has_exact_solver())
-        raise UsageError(f"The 'solver' parameter of {where} can be 'exact' only for head {exact} (scikit-learn in "
-                         f"memory); got solver='exact' with head={head!r}.")
+        raise UsageError(
+            f"The 'solver' parameter of {where} can be 'exact' only for head {exact} (scikit-learn in "
+            f"memory); got solver='exact' with head={head!r}."
+        )
     check_int(epochs, "epochs", minimum=1, where=where)
     check_int(batch_size, "batch_size", minimum=1, where=where)
     check_number(lr, "lr", minimum=0, min_open=True, optional=True, where=where)
@@ -156,8 +171,9 @@ def validate_train_args(head: str, solver: str, epochs: int, batch_size: int, lr
     check_device(device, where=where)
 
 
-def _validate(head: Any, scaler: StreamingScaler, batches: Iterator[tuple[np.ndarray, np.ndarray]],
-              classes: Sequence[str]) -> dict[str, Any]:
+def _validate(
+    head: Any, scaler: StreamingScaler, batches: Iterator[tuple[np.ndarray, np.ndarray]], classes: Sequence[str]
+) -> dict[str, Any]:
     """Accuracy and mean loss of the head on the validation rows (streamed)."""
     known = set(classes)
     n = correct = 0
@@ -185,8 +201,10 @@ def _class_weights(class_weight: Any, counts: Mapping[str, int], classes: Sequen
         return {c: n / (len(classes) * counts[c]) for c in classes}
     unknown = [c for c in class_weight if c not in counts]
     if unknown:
-        raise UsageError(f"The 'class_weight' parameter of train names classes that are not in the training rows: "
-                         f"{unknown!r}; the classes are {list(classes)!r}.")
+        raise UsageError(
+            f"The 'class_weight' parameter of train names classes that are not in the training rows: "
+            f"{unknown!r}; the classes are {list(classes)!r}."
+        )
     return {c: float(class_weight.get(c, 1.0)) for c in classes}
 
 
@@ -213,8 +231,7 @@ def _choose_solver(solver: str, head: str, exact_bytes: int, exact_seconds: floa
     if exact_bytes > budget:
         return "stream", f"auto: {need}, over the memory budget of {format_size(budget)}"
     if exact_seconds > EXACT_AUTO_MAX_SECONDS:
-        return "stream", (f"auto: {need}, longer than {format_duration(EXACT_AUTO_MAX_SECONDS)}; --solver exact "
-                          "forces it")
+        return "stream", (f"auto: {need}, longer than {format_duration(EXACT_AUTO_MAX_SECONDS)}; --solver exact forces it")
     return "exact", f"auto: {need}, within the memory budget of {format_size(budget)}"
 
 
@@ -275,18 +292,22 @@ def train(
     """
     start = time.perf_counter()
     if hidden is not None and head in HEADS and "hidden" not in HEADS[head].train_params:
-        raise UsageError(f"The 'hidden' parameter of train (--hidden) sets the hidden layers of the MLP head; the "
-                         f"{head!r} head has none. Use head='mlp' (--head mlp) or leave 'hidden' out.")
+        raise UsageError(
+            f"The 'hidden' parameter of train (--hidden) sets the hidden layers of the MLP head; the "
+            f"{head!r} head has none. Use head='mlp' (--head mlp) or leave 'hidden' out."
+        )
     sizes = parse_hidden(DEFAULT_HIDDEN if hidden is None else hidden)
-    validate_train_args(head, solver, epochs, batch_size, lr, alpha, val_fraction, patience, class_weight, seed,
-                        device)
+    validate_train_args(head, solver, epochs, batch_size, lr, alpha, val_fraction, patience, class_weight, seed, device)
     budget = parse_size(memory_budget, "memory_budget")
     if out is not None and os.path.isdir(out):
-        raise UsageError(f"The 'out' parameter of train must be a bundle file path (e.g. model.dfm); {os.fspath(out)!r} "
-                         "is a directory.")
+        raise UsageError(
+            f"The 'out' parameter of train must be a bundle file path (e.g. model.dfm); {os.fspath(out)!r} is a directory."
+        )
     if out is not None and os.path.lexists(out) and not overwrite:
-        raise UsageError(f"The bundle {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite) to "
-                         "replace it, or choose another 'out'.")
+        raise UsageError(
+            f"The bundle {os.fspath(out)!r} already exists; pass overwrite=True (--overwrite) to "
+            "replace it, or choose another 'out'."
+        )
     if out is not None:  # before the fit: an unwritable folder must not cost the whole training
         check_writable(out, "train's bundle")
     store = store if isinstance(store, FeatureStore) else open_store(store)
@@ -304,45 +325,117 @@ def train(
     mem = plan_memory(budget, dims, np.dtype(store.dtype).itemsize, batch_size)
     buffer, io_batch = mem.shuffle_rows, mem.io_batch
     plan.read_bytes = mem.read_bytes
-    log.info("train: %d training rows, %d validation rows (%s), %d classes, %d dims, solver %s",
-             plan.n_train, plan.n_val, plan.val_source, len(plan.classes), dims, solver)
+    log.info(
+        "train: %d training rows, %d validation rows (%s), %d classes, %d dims, solver %s",
+        plan.n_train,
+        plan.n_val,
+        plan.val_source,
+        len(plan.classes),
+        dims,
+        solver,
+    )
     if progress:
-        progress({"phase": "scan", "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source,
-                  "classes": list(plan.classes), "dims": dims, "solver": solver, "layers": specs,
-                  "exact_bytes": exact_bytes, "exact_seconds": exact_seconds, "solver_reason": solver_reason,
-                  "memory_budget": budget})
-    config = {"store": os.path.abspath(store.path), "store_fingerprint": store.metadata.get("fingerprint"),
-              "layers": names, "head": head, "solver": solver,
-              "hidden": list(sizes) if "hidden" in HEADS[head].train_params else None,
-              "epochs": epochs, "batch_size": batch_size, "lr": lr, "alpha": alpha, "val_fraction": val_fraction,
-              "patience": patience, "class_weight": class_weight if not isinstance(class_weight, Mapping)
-              else {str(k): float(v) for k, v in class_weight.items()}, "memory_budget": budget, "seed": seed,
-              "device": device, "n_train": plan.n_train, "n_val": plan.n_val, "val_source": plan.val_source,
-              "class_counts": plan.counts}
+        progress(
+            {
+                "phase": "scan",
+                "n_train": plan.n_train,
+                "n_val": plan.n_val,
+                "val_source": plan.val_source,
+                "classes": list(plan.classes),
+                "dims": dims,
+                "solver": solver,
+                "layers": specs,
+                "exact_bytes": exact_bytes,
+                "exact_seconds": exact_seconds,
+                "solver_reason": solver_reason,
+                "memory_budget": budget,
+            }
+        )
+    config = {
+        "store": os.path.abspath(store.path),
+        "store_fingerprint": store.metadata.get("fingerprint"),
+        "layers": names,
+        "head": head,
+        "solver": solver,
+        "hidden": list(sizes) if "hidden" in HEADS[head].train_params else None,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "alpha": alpha,
+        "val_fraction": val_fraction,
+        "patience": patience,
+        "class_weight": class_weight
+        if not isinstance(class_weight, Mapping)
+        else {str(k): float(v) for k, v in class_weight.items()},
+        "memory_budget": budget,
+        "seed": seed,
+        "device": device,
+        "n_train": plan.n_train,
+        "n_val": plan.n_val,
+        "val_source": plan.val_source,
+        "class_counts": plan.counts,
+    }
 
-    model = make_head(head, hidden=sizes, lr=lr, alpha=alpha, batch_size=batch_size, class_weight=weights,
-                       seed=seed, device=device if solver == "stream" else "cpu")
+    model = make_head(
+        head,
+        hidden=sizes,
+        lr=lr,
+        alpha=alpha,
+        batch_size=batch_size,
+        class_weight=weights,
+        seed=seed,
+        device=device if solver == "stream" else "cpu",
+    )
     history: list[dict[str, Any]] = []
     best_epoch: int | None = None
     if out is not None:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if solver == "exact":
         if exact_bytes > budget:
-            log.warning("the exact solver needs about %s for %d x %d features, over the memory budget of %s",
-                        format_size(exact_bytes), plan.n_train, dims, format_size(budget))
-        scaler, model = _fit_exact(store, names, plan, dims, head, model, alpha, weights, seed, io_batch, progress,
-                                   exact_seconds)
+            log.warning(
+                "the exact solver needs about %s for %d x %d features, over the memory budget of %s",
+                format_size(exact_bytes),
+                plan.n_train,
+                dims,
+                format_size(budget),
+            )
+        scaler, model = _fit_exact(
+            store, names, plan, dims, head, model, alpha, weights, seed, io_batch, progress, exact_seconds
+        )
     else:
         ckpt = checkpoint_path(out) if out is not None and checkpoint else None
         scaler, model, history, best_epoch = _fit_stream(
-            store, names, plan, model, epochs=epochs, batch_size=batch_size, io_batch=io_batch, buffer=buffer,
-            seed=seed, patience=patience, ckpt=ckpt, resume=resume, fingerprint=_fingerprint(config),
-            progress=progress)
+            store,
+            names,
+            plan,
+            model,
+            epochs=epochs,
+            batch_size=batch_size,
+            io_batch=io_batch,
+            buffer=buffer,
+            seed=seed,
+            patience=patience,
+            ckpt=ckpt,
+            resume=resume,
+            fingerprint=_fingerprint(config),
+            progress=progress,
+        )
     validation = _validate(model, scaler, val_batches(store, names, plan, io_batch), plan.classes)
     validation.update({"source": plan.val_source, "best_epoch": best_epoch})
-    result = TrainResult(head=model, scaler=scaler, head_kind=head, solver=solver, classes=list(plan.classes),
-                         layers=specs, n_train=plan.n_train, n_val=plan.n_val, validation=validation,
-                         history=history, best_epoch=best_epoch, config=config)
+    result = TrainResult(
+        head=model,
+        scaler=scaler,
+        head_kind=head,
+        solver=solver,
+        classes=list(plan.classes),
+        layers=specs,
+        n_train=plan.n_train,
+        n_val=plan.n_val,
+        validation=validation,
+        history=history,
+        best_epoch=best_epoch,
+        config=config,
+    )
     result.seconds = time.perf_counter() - start
     config["seconds"] = result.seconds
     if out is not None:
@@ -351,14 +444,25 @@ def train(
         meta = store.metadata
         fne = None
         if meta.get("fne"):  # a full-network-embedding store: the bundle re-applies the transform
-
             fne = load_fne_stats(store)
         result.bundle_path = save_bundle(
-            out, backbone=meta["model"], preprocess=meta["preprocess"], layers=specs, dtype=store.dtype,
-            precision=str(meta.get("precision", "fp32")), runtime=_runtime_of(meta),
+            out,
+            backbone=meta["model"],
+            preprocess=meta["preprocess"],
+            layers=specs,
+            dtype=store.dtype,
+            precision=str(meta.get("precision", "fp32")),
+            runtime=_runtime_of(meta),
             decode_policy=meta.get("config", {}).get("decode_policy"),
-            scaler=scaler, head=model, head_kind=head, classes=plan.classes, training=config, validation=validation,
-            history=history, fne=fne)
+            scaler=scaler,
+            head=model,
+            head_kind=head,
+            classes=plan.classes,
+            training=config,
+            validation=validation,
+            history=history,
+            fne=fne,
+        )
         stale_ckpt = checkpoint_path(out)
         if os.path.exists(stale_ckpt):
             os.unlink(stale_ckpt)
@@ -377,8 +481,25 @@ def checkpoint_path(out: str | os.PathLike) -> str:
 
 def _fingerprint(config: Mapping[str, Any]) -> str:
     """What must not change for a run to resume from a checkpoint."""
-    keys = ("store", "store_fingerprint", "layers", "head", "hidden", "epochs", "batch_size", "lr", "alpha",
-            "val_fraction", "patience", "class_weight", "memory_budget", "seed", "device", "n_train", "n_val")
+    keys = (
+        "store",
+        "store_fingerprint",
+        "layers",
+        "head",
+        "hidden",
+        "epochs",
+        "batch_size",
+        "lr",
+        "alpha",
+        "val_fraction",
+        "patience",
+        "class_weight",
+        "memory_budget",
+        "seed",
+        "device",
+        "n_train",
+        "n_val",
+    )
 
     return config_fingerprint({k: config.get(k) for k in keys})
 
@@ -390,13 +511,20 @@ LR_FLOOR = 0.05
 def _save_run(path: str, fingerprint: str, model: Any, scaler: StreamingScaler, run: RunState) -> str:
     import torch
 
-
     tensors, head_doc = model.training_state()
-    tensors = {**tensors, **run.best_tensors(),
-               "scaler.mean": torch.from_numpy(np.asarray(scaler.mean_, dtype=np.float64)),
-               "scaler.scale": torch.from_numpy(np.asarray(scaler.scale_, dtype=np.float64))}
-    doc = {"kind": "deepfeat-train-checkpoint", "fingerprint": fingerprint, **run.to_document(),
-           "scaler_rows": int(scaler.n_samples_seen_), "head": head_doc}
+    tensors = {
+        **tensors,
+        **run.best_tensors(),
+        "scaler.mean": torch.from_numpy(np.asarray(scaler.mean_, dtype=np.float64)),
+        "scaler.scale": torch.from_numpy(np.asarray(scaler.scale_, dtype=np.float64)),
+    }
+    doc = {
+        "kind": "deepfeat-train-checkpoint",
+        "fingerprint": fingerprint,
+        **run.to_document(),
+        "scaler_rows": int(scaler.n_samples_seen_),
+        "head": head_doc,
+    }
     save_state(path, tensors, doc)
     return path
 
@@ -407,19 +535,35 @@ def _load_run(path: str, fingerprint: str, model: Any) -> tuple[StreamingScaler,
     if doc.get("kind") != "deepfeat-train-checkpoint":
         raise UsageError(f"The file {path!r} is not a checkpoint of deepfeat train; delete it to start over.")
     if doc.get("fingerprint") != fingerprint:
-        raise UsageError(f"{path!r} holds a checkpoint of a training run with another configuration (store, layers, "
-                         "head or training options differ); rerun with the same options to resume, or with "
-                         "--no-resume (resume=False) to start over.")
+        raise UsageError(
+            f"{path!r} holds a checkpoint of a training run with another configuration (store, layers, "
+            "head or training options differ); rerun with the same options to resume, or with "
+            "--no-resume (resume=False) to start over."
+        )
     model.load_training_state(tensors, doc["head"])
-    scaler = StreamingScaler.from_stats(tensors["scaler.mean"].numpy(), tensors["scaler.scale"].numpy(),
-                                        int(doc["scaler_rows"]))
+    scaler = StreamingScaler.from_stats(
+        tensors["scaler.mean"].numpy(), tensors["scaler.scale"].numpy(), int(doc["scaler_rows"])
+    )
     return scaler, RunState.from_document(doc, tensors)
 
 
-def _fit_stream(store: FeatureStore, names: list[str], plan: RowPlan, model: Any, *, epochs: int, batch_size: int,
-                io_batch: int, buffer: int, seed: int, patience: int | None, ckpt: str | None, resume: bool,
-                fingerprint: str, progress: ProgressFn | None) -> tuple[StreamingScaler, Any, list[dict[str, Any]],
-                                                                       int | None]:
+def _fit_stream(
+    store: FeatureStore,
+    names: list[str],
+    plan: RowPlan,
+    model: Any,
+    *,
+    epochs: int,
+    batch_size: int,
+    io_batch: int,
+    buffer: int,
+    seed: int,
+    patience: int | None,
+    ckpt: str | None,
+    resume: bool,
+    fingerprint: str,
+    progress: ProgressFn | None,
+) -> tuple[StreamingScaler, Any, list[dict[str, Any]], int | None]:
     """Statistics pass, then the epoch loop (:func:`deepfeat.loop.run_epochs`): shuffled mini-batches,
     validation, early stopping and checkpoints."""
     run = RunState()
@@ -447,8 +591,9 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: RowPlan, model: Any
         loss_sum, rows = 0.0, 0
         factor = cosine_factor(epoch - 1, epochs, floor=LR_FLOOR)
         with progress_mod.task(f"epoch {epoch}/{epochs}", total=plan.n_train, unit="rows", transient=True) as task:
-            for X, y in train_batches(store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch,
-                                       buffer=buffer):
+            for X, y in train_batches(
+                store, names, plan, batch_size, shuffle=True, seed=seed * 1_000_003 + epoch, buffer=buffer
+            ):
                 if hasattr(model, "classes_"):
                     model.set_lr_scale(factor)
                 model.partial_fit(scaler.transform(X), y, classes=plan.classes)
@@ -462,15 +607,34 @@ def _fit_stream(store: FeatureStore, names: list[str], plan: RowPlan, model: Any
         return {"val_loss": val.get("loss"), "val_accuracy": val.get("accuracy")}
 
     save = None if ckpt is None else (lambda state: _save_run(ckpt, fingerprint, model, scaler, state))
-    run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, snapshot=model.snapshot, patience=patience,
-               save=save, progress=progress)
+    run_epochs(
+        run,
+        epochs,
+        train_epoch=train_epoch,
+        validate=validate,
+        snapshot=model.snapshot,
+        patience=patience,
+        save=save,
+        progress=progress,
+    )
     # early stopping keeps the best epoch; patience=None keeps the last
     return scaler, model, run.history, run.keep_best(patience, model.restore)
 
 
-def _fit_exact(store: FeatureStore, names: list[str], plan: RowPlan, dims: int, kind: str, model: Any, alpha: float,
-               weights: dict[str, float] | None, seed: int, io_batch: int, progress: ProgressFn | None,
-               estimate: float | None = None) -> tuple[StreamingScaler, Any]:
+def _fit_exact(
+    store: FeatureStore,
+    names: list[str],
+    plan: RowPlan,
+    dims: int,
+    kind: str,
+    model: Any,
+    alpha: float,
+    weights: dict[str, float] | None,
+    seed: int,
+    io_batch: int,
+    progress: ProgressFn | None,
+    estimate: float | None = None,
+) -> tuple[StreamingScaler, Any]:
     """Load the training rows, standardise them in place and fit scikit-learn's solver."""
     from sklearn.exceptions import ConvergenceWarning
 
@@ -481,8 +645,8 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: RowPlan, dims: int, 
     scaler = StreamingScaler()
     with progress_mod.task("load training rows", total=plan.n_train, unit="rows") as task:
         for Xb, yb in train_batches(store, names, plan, io_batch, shuffle=False, seed=seed, buffer=io_batch):
-            X[pos:pos + len(yb)] = Xb
-            y[pos:pos + len(yb)] = yb
+            X[pos : pos + len(yb)] = Xb
+            y[pos : pos + len(yb)] = yb
             pos += len(yb)
             # statistics batch by batch: fitting the whole matrix at once made a float64 copy of it (8 B per value)
             scaler.partial_fit(Xb)
@@ -494,8 +658,10 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: RowPlan, dims: int, 
     C = 1.0 / (alpha * plan.n_train) if alpha > 0 else None
     params = model.get_params()
     est = type(model).exact_estimator(C, weights, seed, params)
-    with warnings.catch_warnings(record=True) as caught, \
-            progress_mod.timer(f"exact solver ({type(est).__name__}, {plan.n_train:,} x {dims:,})", estimate):
+    with (
+        warnings.catch_warnings(record=True) as caught,
+        progress_mod.timer(f"exact solver ({type(est).__name__}, {plan.n_train:,} x {dims:,})", estimate),
+    ):
         warnings.simplefilter("always", ConvergenceWarning)
         interruptible(est.fit, X, y.astype(str))  # a Ctrl-C ends the command now, not when liblinear returns
     for w in caught:
@@ -503,8 +669,7 @@ def _fit_exact(store: FeatureStore, names: list[str], plan: RowPlan, dims: int, 
             log.warning("exact solver: %s", w.message)
     head = type(model).from_linear(est.coef_, est.intercept_, est.classes_, params=params)
     if progress:
-        progress({"phase": "exact", "rows": plan.n_train, "seconds": time.perf_counter() - t0,
-                  "solver": type(est).__name__})
+        progress({"phase": "exact", "rows": plan.n_train, "seconds": time.perf_counter() - t0, "solver": type(est).__name__})
     return scaler, head
 
 
@@ -522,5 +687,7 @@ def _check_class_names(classes: Sequence[str]) -> None:
         try:
             trust.check_label(c, f"class name #{i}")
         except StoreError as exc:
-            raise UsageError(f"Cannot write a bundle for this store: {exc} Rename that label in the source "
-                             "(folder name or list file) and extract again.") from None
+            raise UsageError(
+                f"Cannot write a bundle for this store: {exc} Rename that label in the source "
+                "(folder name or list file) and extract again."
+            ) from None

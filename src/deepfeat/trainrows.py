@@ -12,6 +12,7 @@ Example:
     ...                           buffer=4096):                              # doctest: +SKIP
     ...     head.partial_fit(X, y, classes=plan.classes)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -39,8 +40,14 @@ def holdout_mask(ids: Sequence[str], fraction: float) -> np.ndarray:
         return np.zeros(len(ids), dtype=bool)
     threshold = int(fraction * 2**64)
     return np.fromiter(
-        (int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8, key=_HOLDOUT_KEY).digest(), "little")
-         < threshold for i in ids), dtype=bool, count=len(ids))
+        (
+            int.from_bytes(hashlib.blake2b(str(i).encode("utf-8"), digest_size=8, key=_HOLDOUT_KEY).digest(), "little")
+            < threshold
+            for i in ids
+        ),
+        dtype=bool,
+        count=len(ids),
+    )
 
 
 @dataclass(frozen=True)
@@ -71,9 +78,14 @@ def plan_memory(budget: int, dims: int, stored_itemsize: int, batch_size: int) -
     shuffle_rows = int(max(batch_size, min(65536, (budget // 6) // stored_row)))
     io_batch = int(max(1, min(4096, (budget // 4) // max(1, dims * 24))))
     if step > budget // 2:
-        log.warning("one optimiser step of %d rows x %d dims needs about %s, more than half the memory budget "
-                    "of %s; lower batch_size or raise memory_budget", batch_size, dims, format_size(step),
-                    format_size(budget))
+        log.warning(
+            "one optimiser step of %d rows x %d dims needs about %s, more than half the memory budget "
+            "of %s; lower batch_size or raise memory_budget",
+            batch_size,
+            dims,
+            format_size(step),
+            format_size(budget),
+        )
     return MemoryPlan(int(read_bytes), shuffle_rows, io_batch, step)
 
 
@@ -96,16 +108,18 @@ class RowPlan:
 def scan_rows(store: FeatureStore, val_fraction: float) -> RowPlan:
     """Read row metadata only (never features) to decide the training and validation rows."""
     if store.num_rows() == 0:
-        raise StoreError(f"The store {store.path!r} holds no rows (nothing was embedded); check "
-                         f"'deepfeat info {store.path} --failures'.")
+        raise StoreError(
+            f"The store {store.path!r} holds no rows (nothing was embedded); check 'deepfeat info {store.path} --failures'."
+        )
     splits = store.splits
     if "train" in splits:
         train_split: str | None = "train"
     elif not splits:
         train_split = None
     else:
-        raise UsageError(f"The store {store.path!r} has no 'train' split (it has: {', '.join(splits)}); train "
-                         "needs training rows.")
+        raise UsageError(
+            f"The store {store.path!r} has no 'train' split (it has: {', '.join(splits)}); train needs training rows."
+        )
     val_split = "val" if "val" in splits else None
     holdout = 0.0 if val_split else float(val_fraction)
     counts: Counter[str] = Counter()
@@ -135,34 +149,54 @@ def scan_rows(store: FeatureStore, val_fraction: float) -> RowPlan:
     # its rows train instead (and it has no validation rows)
     exempt = sorted(c for c in before_holdout if not counts.get(c))
     if exempt:
-        log.warning("%d class(es) have all their training images in the %.0f%% validation hold-out (%s); their "
-                    "images are used for training instead, without validation rows", len(exempt), holdout * 100,
-                    ", ".join(exempt[:10]) + (" ..." if len(exempt) > 10 else ""))
+        log.warning(
+            "%d class(es) have all their training images in the %.0f%% validation hold-out (%s); their "
+            "images are used for training instead, without validation rows",
+            len(exempt),
+            holdout * 100,
+            ", ".join(exempt[:10]) + (" ..." if len(exempt) > 10 else ""),
+        )
         for c in exempt:
             counts[c] = before_holdout[c]
             n_train += before_holdout[c]
             n_val -= held_val[c]
     where = f"split {train_split!r}" if train_split else "the store"
     if missing:
-        raise UsageError(f"{missing} rows of {where} in {store.path!r} have no label; train needs labelled rows "
-                         "(extract from a class folder, split/class folders, or a list file with a label column).")
+        raise UsageError(
+            f"{missing} rows of {where} in {store.path!r} have no label; train needs labelled rows "
+            "(extract from a class folder, split/class folders, or a list file with a label column)."
+        )
     if n_train == 0:
         raise UsageError(f"The store {store.path!r} has no training rows in {where}.")
     if len(counts) < 2:
         only = next(iter(counts))
-        raise UsageError(f"train needs at least 2 classes; the training rows of {store.path!r} have 1 class "
-                         f"({only!r}).")
-    source = (f"split {val_split!r}" if val_split else
-              f"{holdout:.0%} of the training ids held out by hash" if holdout > 0 else "none")
-    return RowPlan(train_split, val_split, holdout, sorted(counts), dict(counts), n_train, n_val, source,
-                 exempt=frozenset(exempt))
+        raise UsageError(f"train needs at least 2 classes; the training rows of {store.path!r} have 1 class ({only!r}).")
+    source = (
+        f"split {val_split!r}"
+        if val_split
+        else f"{holdout:.0%} of the training ids held out by hash"
+        if holdout > 0
+        else "none"
+    )
+    return RowPlan(
+        train_split, val_split, holdout, sorted(counts), dict(counts), n_train, n_val, source, exempt=frozenset(exempt)
+    )
 
 
-def train_batches(store: FeatureStore, names: list[str], plan: RowPlan, batch_size: int, *, shuffle: bool,
-                   seed: int, buffer: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def train_batches(
+    store: FeatureStore, names: list[str], plan: RowPlan, batch_size: int, *, shuffle: bool, seed: int, buffer: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     """(X float32 concatenated, labels) of the training rows (all views), held-out ids removed."""
-    for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views="all", shuffle=shuffle,
-                           seed=seed, shuffle_buffer=buffer, read_bytes=plan.read_bytes):
+    for b in store.batches(
+        names,
+        split=plan.train_split,
+        batch_size=batch_size,
+        views="all",
+        shuffle=shuffle,
+        seed=seed,
+        shuffle_buffer=buffer,
+        read_bytes=plan.read_bytes,
+    ):
         keep = ~held_out(b, plan) if plan.holdout > 0 else np.ones(len(b), bool)
         if not keep.any():
             continue
@@ -178,28 +212,50 @@ def held_out(batch: Any, plan: RowPlan) -> np.ndarray:
     return held
 
 
-def val_batches(store: FeatureStore, names: list[str], plan: RowPlan, batch_size: int
-                 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+def val_batches(
+    store: FeatureStore, names: list[str], plan: RowPlan, batch_size: int
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     if plan.val_split:
         for b in store.batches(names, split=plan.val_split, batch_size=batch_size, views=0, read_bytes=plan.read_bytes):
             yield b.concat(names), b.labels
     elif plan.holdout > 0:
-        for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views=0,
-                               read_bytes=plan.read_bytes):
+        for b in store.batches(names, split=plan.train_split, batch_size=batch_size, views=0, read_bytes=plan.read_bytes):
             keep = held_out(b, plan)
             if keep.any():
                 yield b.concat(names)[keep], b.labels[keep]
 
 
-
-
-def make_head(kind: str, *, hidden: tuple[int, ...], lr: float, alpha: float, batch_size: int,
-               class_weight: Any, seed: int, device: str) -> Any:
-    common = dict(alpha=float(alpha), learning_rate=float(lr), batch_size=int(batch_size), class_weight=class_weight,
-                  random_state=int(seed), device=device)
+def make_head(
+    kind: str,
+    *,
+    hidden: tuple[int, ...],
+    lr: float,
+    alpha: float,
+    batch_size: int,
+    class_weight: Any,
+    seed: int,
+    device: str,
+) -> Any:
+    common = dict(
+        alpha=float(alpha),
+        learning_rate=float(lr),
+        batch_size=int(batch_size),
+        class_weight=class_weight,
+        random_state=int(seed),
+        device=device,
+    )
     extra = {"hidden": tuple(hidden)}
     return HEADS[kind](**common, **{k: v for k, v in extra.items() if k in HEADS[kind].train_params})
 
 
-__all__ = ["MemoryPlan", "RowPlan", "held_out", "holdout_mask", "make_head", "plan_memory", "scan_rows",
-           "train_batches", "val_batches"]
+__all__ = [
+    "MemoryPlan",
+    "RowPlan",
+    "held_out",
+    "holdout_mask",
+    "make_head",
+    "plan_memory",
+    "scan_rows",
+    "train_batches",
+    "val_batches",
+]

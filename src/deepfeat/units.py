@@ -12,6 +12,7 @@ Example:
     >>> format_size(1536)
     '1.5 KiB'
 """
+
 from __future__ import annotations
 
 import numbers
@@ -44,13 +45,16 @@ def parse_size(value: int | float | str, what: str = "memory_budget", *, minimum
             decimal = bool(unit) and not m.group(3) and bool(m.group(4))
             n = int(float(m.group(1)) * (1000 if decimal else 1024) ** " kmgt".index(unit or " "))
     if n is None:
-        raise UsageError(f"The '{what}' parameter must be a size such as 2GiB, 512MB or a number of bytes; got "
-                         f"{value!r} instead.")
+        raise UsageError(
+            f"The '{what}' parameter must be a size such as 2GiB, 512MB or a number of bytes; got {value!r} instead."
+        )
     if unitless and 0 < n < _AMBIGUOUS_BELOW:
         number = str(value).strip()
-        raise UsageError(f"The '{what}' parameter {number!r} has no unit, and a size without a unit is bytes; "
-                         f"{number} bytes is surely not meant. Write the unit: {number}MiB or {number}GiB "
-                         "(or 1MiB and more as plain bytes).")
+        raise UsageError(
+            f"The '{what}' parameter {number!r} has no unit, and a size without a unit is bytes; "
+            f"{number} bytes is surely not meant. Write the unit: {number}MiB or {number}GiB "
+            "(or 1MiB and more as plain bytes)."
+        )
     if n < minimum:
         raise UsageError(f"The '{what}' parameter must be >= {minimum} bytes; got {value!r} instead.")
     return n
@@ -70,13 +74,16 @@ def count_or_size(value: int | str, what: str, where: str | None = None) -> int 
     elif isinstance(value, str):
         m = _SIZE.fullmatch(value)
         if not m or not m.group(2):
-            raise UsageError(f"The {name} must be a number of inputs (e.g. 512) or a size with a unit "
-                             f"(e.g. 64MiB); got {value!r} instead.")
+            raise UsageError(
+                f"The {name} must be a number of inputs (e.g. 512) or a size with a unit "
+                f"(e.g. 64MiB); got {value!r} instead."
+            )
         parse_size(value, what)
         return value.strip()
     else:
-        raise UsageError(f"The {name} must be a number of inputs (e.g. 512) or a size with a unit "
-                         f"(e.g. 64MiB); got {value!r} instead.")
+        raise UsageError(
+            f"The {name} must be a number of inputs (e.g. 512) or a size with a unit (e.g. 64MiB); got {value!r} instead."
+        )
     if count < 1:
         raise UsageError(f"The {name} must be >= 1; got {value!r} instead.")
     return count

@@ -5,12 +5,18 @@ Example:
     >>> deepfeat.analyze("fm_all/", out="analysis/", split="train")        # doctest: +SKIP
     >>> deepfeat.full_network_embedding("fm_all/", "fm_fne/")              # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from typing import Any
 
-_NAMES = {"full_network_embedding": ".fne", "load_fne_stats": ".fne", "FNESummary": ".fne",
-          "feature_statistics": ".stats", "analyze": ".report"}
+_NAMES = {
+    "full_network_embedding": ".fne",
+    "load_fne_stats": ".fne",
+    "FNESummary": ".fne",
+    "feature_statistics": ".stats",
+    "analyze": ".report",
+}
 
 __all__ = ["FNESummary", "analyze", "feature_statistics", "full_network_embedding", "load_fne_stats"]
 

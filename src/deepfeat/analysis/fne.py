@@ -23,6 +23,7 @@ Example:
     >>> s.dims, s.rows                                                  # doctest: +SKIP
     (22288, 4000)
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -112,8 +113,9 @@ def ternarize(z: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -
     return out
 
 
-def fne_transform(features: np.ndarray, mean: np.ndarray, std: np.ndarray,
-                  thresholds: Sequence[float] = DEFAULT_THRESHOLDS) -> np.ndarray:
+def fne_transform(
+    features: np.ndarray, mean: np.ndarray, std: np.ndarray, thresholds: Sequence[float] = DEFAULT_THRESHOLDS
+) -> np.ndarray:
     """Raw concatenated features (rows x dims) -> the int8 full-network embedding."""
     return ternarize(standardize(features, mean, std), thresholds)
 
@@ -151,8 +153,9 @@ def batch_rows(dims: int, batch_size: int, max_bytes: int = BATCH_BYTES) -> int:
     return max(1, min(batch_size, int(max_bytes) // (8 * max(1, int(dims)))))
 
 
-def split_batches(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None, batch_size: int = 4096
-                  ) -> Iterable[tuple[np.ndarray, np.ndarray]]:
+def split_batches(
+    store: FeatureStore, specs: Sequence[LayerSpec], split: str | None, batch_size: int = 4096
+) -> Iterable[tuple[np.ndarray, np.ndarray]]:
     """(rows x sum(dims) float64, labels) of view 0 of ``split`` (None: every row), in store order.
 
     A batch holds at most ``batch_size`` rows and at most :data:`BATCH_BYTES` bytes as float64
@@ -164,12 +167,14 @@ def split_batches(store: FeatureStore, specs: Sequence[LayerSpec], split: str | 
         yield b.concat(names, dtype=np.float64), b.labels
 
 
-def feature_stats(store: FeatureStore, specs: Sequence[LayerSpec], split: str | None,
-                  batch_size: int = 4096) -> RunningStats:
+def feature_stats(
+    store: FeatureStore, specs: Sequence[LayerSpec], split: str | None, batch_size: int = 4096
+) -> RunningStats:
     """Streaming per-feature statistics of the chosen layers over view 0 of ``split``."""
     rs = RunningStats(sum(s.dims for s in specs))
-    for X, _ in progress.track(split_batches(store, specs, split, batch_size), "fne: statistics", unit="rows",
-                               size=lambda b: len(b[0])):
+    for X, _ in progress.track(
+        split_batches(store, specs, split, batch_size), "fne: statistics", unit="rows", size=lambda b: len(b[0])
+    ):
         rs.update(X)
     if rs.n == 0:
         raise UsageError(f"The store {store.path!r} has no rows in split {split!r} to compute statistics from.")
@@ -208,8 +213,14 @@ def _manifest_digest(store: FeatureStore) -> str:
 def _save_stats(path: str, mean: np.ndarray, std: np.ndarray, minimum: np.ndarray, maximum: np.ndarray) -> str:
     from safetensors.numpy import save
 
-    data = save({"mean": np.ascontiguousarray(mean, np.float64), "std": np.ascontiguousarray(std, np.float64),
-                 "min": np.ascontiguousarray(minimum, np.float64), "max": np.ascontiguousarray(maximum, np.float64)})
+    data = save(
+        {
+            "mean": np.ascontiguousarray(mean, np.float64),
+            "std": np.ascontiguousarray(std, np.float64),
+            "min": np.ascontiguousarray(minimum, np.float64),
+            "max": np.ascontiguousarray(maximum, np.float64),
+        }
+    )
     atomic_write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
@@ -231,9 +242,13 @@ def load_fne_stats(store: FeatureStore | str | os.PathLike) -> dict[str, Any]:
     if hashlib.sha256(data).hexdigest() != info["stats_sha256"]:
         raise StoreError(f"The FNE statistics {path} fail their sha256 checksum.")
     t = load(data)
-    return {"mean": t["mean"], "std": t["std"], "thresholds": tuple(info["thresholds"]),
-            "source_dtype": info.get("source_dtype"),
-            "source_layers": [LayerSpec.from_dict(d) for d in info["source_layers"]]}
+    return {
+        "mean": t["mean"],
+        "std": t["std"],
+        "thresholds": tuple(info["thresholds"]),
+        "source_dtype": info.get("source_dtype"),
+        "source_layers": [LayerSpec.from_dict(d) for d in info["source_layers"]],
+    }
 
 
 def full_network_embedding(
@@ -267,15 +282,21 @@ def full_network_embedding(
     made_by = src.metadata.get("fne")
     if made_by:  # its values are already -1/0/1: standardising and ternarising them again is noise
         origin = made_by.get("source_store") if isinstance(made_by, dict) else None
-        raise UsageError(f"The store {src.path!r} is already a full-network embedding (written by fne from "
-                         f"{origin or 'another store'!r}); run fne on the store of extracted features instead.")
+        raise UsageError(
+            f"The store {src.path!r} is already a full-network embedding (written by fne from "
+            f"{origin or 'another store'!r}); run fne on the store of extracted features instead."
+        )
     specs = resolve_store_layers(src, layers, "full_network_embedding")
     note = reduced_precision_note(src.metadata, src.path)
     if note:
         log.warning(note)
     if stats_split is not None and stats_split not in src.splits:
-        raise param_error("stats_split", f"a split of the store ({', '.join(src.splits) or 'none'}) or None",
-                          stats_split, "full_network_embedding")
+        raise param_error(
+            "stats_split",
+            f"a split of the store ({', '.join(src.splits) or 'none'}) or None",
+            stats_split,
+            "full_network_embedding",
+        )
     out = os.fspath(out)
     if os.path.abspath(out) == os.path.abspath(src.path):
         raise UsageError("The 'out' parameter of full_network_embedding must differ from the source store.")
@@ -308,21 +329,34 @@ def full_network_embedding(
             old = old if isinstance(old, dict) else None
         stats_path = os.path.join(out, STATS_FILE)
         rs = None
-        if (old is not None and old.get("config") == config and old.get("fne", {}).get("stats_sha256")
-                and os.path.isfile(stats_path)):
+        if (
+            old is not None
+            and old.get("config") == config
+            and old.get("fne", {}).get("stats_sha256")
+            and os.path.isfile(stats_path)
+        ):
             log.info("fne: resuming %s with its saved statistics", out)
         else:
             rs = feature_stats(src, specs, stats_split, batch_size)
-        metadata = {k: v for k, v in src_meta.items()
-                    if k not in ("layers", "dtype", "config", "fingerprint", "created", "format", "format_version")}
+        metadata = {
+            k: v
+            for k, v in src_meta.items()
+            if k not in ("layers", "dtype", "config", "fingerprint", "created", "format", "format_version")
+        }
         metadata.update({"layers": [fne_spec.to_dict()], "dtype": "int8"})
         if rs is not None:
             zero_var = int(rs.constant.sum())
-            fne_info = {"source_store": os.path.abspath(src.path), "source_fingerprint": src_meta.get("fingerprint"),
-                        "source_layers": [s.to_dict() for s in specs], "source_dtype": src.dtype,
-                        "thresholds": list(lo_hi),
-                        "stats_split": stats_split, "stats_rows": rs.n, "zero_variance": zero_var,
-                        "stats_file": STATS_FILE}
+            fne_info = {
+                "source_store": os.path.abspath(src.path),
+                "source_fingerprint": src_meta.get("fingerprint"),
+                "source_layers": [s.to_dict() for s in specs],
+                "source_dtype": src.dtype,
+                "thresholds": list(lo_hi),
+                "stats_split": stats_split,
+                "stats_rows": rs.n,
+                "zero_variance": zero_var,
+                "stats_file": STATS_FILE,
+            }
         else:
             fne_info = dict(old["fne"])  # type: ignore[index]
         resumed = writer.open(config, {**metadata, "fne": {**fne_info, "stats_sha256": ""}}, overwrite)
@@ -337,9 +371,16 @@ def full_network_embedding(
         excluded = src.read_excluded()
         if excluded is not None:
             writer.write_excluded(excluded)
-        summary = FNESummary(out=out, source=src.path, layers=[s.name for s in specs], dims=dims, thresholds=lo_hi,
-                             stats_rows=int(fne_info["stats_rows"]), zero_variance=int(fne_info["zero_variance"]),
-                             resumed=resumed)
+        summary = FNESummary(
+            out=out,
+            source=src.path,
+            layers=[s.name for s in specs],
+            dims=dims,
+            thresholds=lo_hi,
+            stats_rows=int(fne_info["stats_rows"]),
+            zero_variance=int(fne_info["zero_variance"]),
+            resumed=resumed,
+        )
         counts = np.zeros(3, dtype=np.int64)
         done = manifest.names
         for part in progress.track(src.parts, "fne", total=src.num_rows(), unit="rows", size=lambda p: p.rows):
@@ -353,8 +394,7 @@ def full_network_embedding(
                 arr = np.empty((part.rows, dims), dtype=np.int8)
                 for start in range(0, part.rows, block):
                     stop = min(start + block, part.rows)
-                    raw = np.concatenate([src.read_features(part, s, start, stop).astype(np.float64) for s in specs],
-                                         axis=1)
+                    raw = np.concatenate([src.read_features(part, s, start, stop).astype(np.float64) for s in specs], axis=1)
                     arr[start:stop] = fne_transform(raw, mean, std, lo_hi)
                 feats[FNE_LAYER] = arr
                 counts += np.bincount(arr.ravel().astype(np.int64) + 1, minlength=3)
@@ -365,6 +405,12 @@ def full_network_embedding(
     summary.rows = sum(p.rows for p in manifest.parts)
     summary.value_counts = {-1: int(counts[0]), 0: int(counts[1]), 1: int(counts[2])}
     summary.seconds = time.perf_counter() - t0
-    log.info("fne: %d parts written, %d kept, %d rows x %d dims in %.1f s", summary.parts_written,
-             summary.parts_skipped, summary.rows, dims, summary.seconds)
+    log.info(
+        "fne: %d parts written, %d kept, %d rows x %d dims in %.1f s",
+        summary.parts_written,
+        summary.parts_skipped,
+        summary.rows,
+        dims,
+        summary.seconds,
+    )
     return summary

@@ -19,6 +19,7 @@ Example:
     >>> summary["report"]                                                        # doctest: +SKIP
     'analysis/report.html'
 """
+
 from __future__ import annotations
 
 import csv
@@ -56,8 +57,11 @@ def _write_parquet(path: str, columns: dict[str, Any]) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    pq.write_table(pa.table({k: (list(v) if isinstance(v, np.ndarray) and v.dtype == object else v)
-                             for k, v in columns.items()}), path, compression="zstd")
+    pq.write_table(
+        pa.table({k: (list(v) if isinstance(v, np.ndarray) and v.dtype == object else v) for k, v in columns.items()}),
+        path,
+        compression="zstd",
+    )
 
 
 def _fmt3(v: Any) -> str:
@@ -92,8 +96,12 @@ def _figures(st: FeatureStatistics, out: str) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(max(6, 0.3 * n_l + 2), 3.5))
     x = np.arange(n_l)
     bottom = np.zeros(n_l)
-    for key, colour in (("presence_only", "tab:red"), ("both", "tab:purple"), ("absence_only", "tab:blue"),
-                        ("noise", "lightgrey")):
+    for key, colour in (
+        ("presence_only", "tab:red"),
+        ("both", "tab:purple"),
+        ("absence_only", "tab:blue"),
+        ("noise", "lightgrey"),
+    ):
         v = np.array([r[key] for r in rows])
         ax.bar(x, v, bottom=bottom, color=colour, label=key)
         bottom += v
@@ -107,8 +115,14 @@ def _figures(st: FeatureStatistics, out: str) -> dict[str, str]:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     picks = sorted({0, n_l // 2, n_l - 1})
     for i in picks:
-        ax.hist(st.auroc[st.layer_slice(i)].ravel(), bins=50, range=(0, 1), histtype="step", density=True,
-                label=st.layers[i].name)
+        ax.hist(
+            st.auroc[st.layer_slice(i)].ravel(),
+            bins=50,
+            range=(0, 1),
+            histtype="step",
+            density=True,
+            label=st.layers[i].name,
+        )
     ax.axvline(0.5, color="k", lw=0.5)
     ax.set_xlabel("AUROC (feature as a one-vs-rest detector)")
     ax.legend(fontsize=7)
@@ -158,8 +172,9 @@ def analyze(
     if note:
         log.warning(note)
     check_writable(out, "analyze's output folder", directory=True)
-    st = feature_statistics(st_obj, split=split, layers=layers, bins=bins, alpha=alpha, batch_size=batch_size,
-                            sample_rows=sample_rows)
+    st = feature_statistics(
+        st_obj, split=split, layers=layers, bins=bins, alpha=alpha, batch_size=batch_size, sample_rows=sample_rows
+    )
     # every file is written into a staging folder and published at the end: a failure (disk full) leaves
     # no partial report (EnvironmentFault, exit status 4)
     with staged_directory(out, f"Writing the report into {out}") as stage:
@@ -169,8 +184,9 @@ def analyze(
     return summary
 
 
-def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | None, bins: int, alpha: float,
-                  top_k: int, t0: float) -> dict[str, Any]:
+def _write_report(
+    st: FeatureStatistics, out: str, final_out: str, split: str | None, bins: int, alpha: float, top_k: int, t0: float
+) -> dict[str, Any]:
     """Write the report's files into ``out`` (links and paths in it name ``final_out``)."""
     layer_rows = st.layer_summary()
     _write_csv(os.path.join(out, "layers.csv"), layer_rows)
@@ -186,44 +202,91 @@ def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | 
     class_rows = []
     for j, c in enumerate(st.classes):
         order = np.argsort(-share_any[:, j], kind="stable")[:3]
-        class_rows.append({"class": c, "rows": int(st.n_per_class[j]),
-                           "discriminative_share": float(st.significant[:, j].mean()),
-                           "presence_share": float(st.presence[:, j].mean()),
-                           "absence_share": float(st.absence[:, j].mean()),
-                           "best_layers": ", ".join(f"{st.layers[i].name} ({share_any[i, j]:.2f})" for i in order)})
+        class_rows.append(
+            {
+                "class": c,
+                "rows": int(st.n_per_class[j]),
+                "discriminative_share": float(st.significant[:, j].mean()),
+                "presence_share": float(st.presence[:, j].mean()),
+                "absence_share": float(st.absence[:, j].mean()),
+                "best_layers": ", ".join(f"{st.layers[i].name} ({share_any[i, j]:.2f})" for i in order),
+            }
+        )
     _write_csv(os.path.join(out, "classes.csv"), class_rows)
     figs = _figures(st, out)
     rule = st.noise_rule()
     noise = float(1 - st.significant.any(axis=1).mean())
     summary = {
-        "store": st.store, "split": split, "rows": int(st.n_per_class.sum()), "classes": st.classes,
-        "features": int(st.auroc.shape[0]), "bins": bins, "alpha": alpha, "noise_overall": noise,
+        "store": st.store,
+        "split": split,
+        "rows": int(st.n_per_class.sum()),
+        "classes": st.classes,
+        "features": int(st.auroc.shape[0]),
+        "bins": bins,
+        "alpha": alpha,
+        "noise_overall": noise,
         "auroc_error_bound_mean": float(st.auroc_error_bound.mean()),
         "auroc_error_bound_max": float(st.auroc_error_bound.max()),
-        "noise_rule": rule, "layers": layer_rows, "per_class": class_rows,
+        "noise_rule": rule,
+        "layers": layer_rows,
+        "per_class": class_rows,
     }
     rule_text = ""
     if rule:
         p, b = rule["paper"], rule["best"]
-        rule_text = (f"Ternarisation thresholds on standardised values: the paper's (lo={p['lo']}, hi={p['hi']}) keeps "
-                     f"{p['retained']:.3f} of the discriminability (|AUROC-0.5| summed over significant feature x class "
-                     f"pairs) with {p['zero_share']:.2f} of the values set to 0; the best pair on the grid, "
-                     f"(lo={b['lo']}, hi={b['hi']}), keeps {b['retained']:.3f} with {b['zero_share']:.2f} zeros.")
-    intro = (f"Store `{st.store}`, split `{split}`, {summary['rows']} rows, {len(st.classes)} classes, "
-             f"{summary['features']} features in {len(st.layers)} layers. A (feature, class) is discriminative when "
-             f"its Mann-Whitney q-value (Benjamini-Hochberg over all features x classes) is below {alpha}: by presence "
-             f"when AUROC > 0.5, by absence when < 0.5. Overall noise (features significant for no class): "
-             f"{noise:.3f}. Histogram statistics with {bins} bins per feature; AUROC error bound mean "
-             f"{summary['auroc_error_bound_mean']:.2e}, max {summary['auroc_error_bound_max']:.2e} (0 where no bin "
-             f"holds two different values: there the statistics are exact).")
-    md = ["# deepfeat analysis report", "", intro, "", "## Layers", "", _table_md(layer_rows), "",
-          "![](layers.png)", "", "## Layer x class", "", "![](heatmap_presence.png)", "", "![](heatmap_absence.png)",
-          "", "## Classes", "", _table_md(class_rows), "", "## Top features per class", "", _table_md(top), "",
-          "## AUROC distributions", "", "![](auroc_hist.png)", "", "## Noise thresholds", "", rule_text, "",
-          _table_md(st.threshold_grid), ""]
+        rule_text = (
+            f"Ternarisation thresholds on standardised values: the paper's (lo={p['lo']}, hi={p['hi']}) keeps "
+            f"{p['retained']:.3f} of the discriminability (|AUROC-0.5| summed over significant feature x class "
+            f"pairs) with {p['zero_share']:.2f} of the values set to 0; the best pair on the grid, "
+            f"(lo={b['lo']}, hi={b['hi']}), keeps {b['retained']:.3f} with {b['zero_share']:.2f} zeros."
+        )
+    intro = (
+        f"Store `{st.store}`, split `{split}`, {summary['rows']} rows, {len(st.classes)} classes, "
+        f"{summary['features']} features in {len(st.layers)} layers. A (feature, class) is discriminative when "
+        f"its Mann-Whitney q-value (Benjamini-Hochberg over all features x classes) is below {alpha}: by presence "
+        f"when AUROC > 0.5, by absence when < 0.5. Overall noise (features significant for no class): "
+        f"{noise:.3f}. Histogram statistics with {bins} bins per feature; AUROC error bound mean "
+        f"{summary['auroc_error_bound_mean']:.2e}, max {summary['auroc_error_bound_max']:.2e} (0 where no bin "
+        f"holds two different values: there the statistics are exact)."
+    )
+    md = [
+        "# deepfeat analysis report",
+        "",
+        intro,
+        "",
+        "## Layers",
+        "",
+        _table_md(layer_rows),
+        "",
+        "![](layers.png)",
+        "",
+        "## Layer x class",
+        "",
+        "![](heatmap_presence.png)",
+        "",
+        "![](heatmap_absence.png)",
+        "",
+        "## Classes",
+        "",
+        _table_md(class_rows),
+        "",
+        "## Top features per class",
+        "",
+        _table_md(top),
+        "",
+        "## AUROC distributions",
+        "",
+        "![](auroc_hist.png)",
+        "",
+        "## Noise thresholds",
+        "",
+        rule_text,
+        "",
+        _table_md(st.threshold_grid),
+        "",
+    ]
     with open(os.path.join(out, "report.md"), "w", encoding="utf-8") as f:
         f.write("\n".join(md))
-
 
     def img(key: str) -> str:
         return H.img_file(figs[key], key)
@@ -231,17 +294,21 @@ def _write_report(st: FeatureStatistics, out: str, final_out: str, split: str | 
     def tab(rows: list[dict[str, Any]]) -> str:
         return H.table(rows, digits=3)
 
-    body = "".join([
-        H.paragraph(intro.replace("`", "")),  # the Markdown's code quotes read as literal backticks in HTML
-        H.section("Layers", tab(layer_rows), img("layers")),
-        H.section("Layer \u00d7 class", img("heatmap_presence"), img("heatmap_absence")),
-        H.section("Classes", tab(class_rows)),
-        H.section("Top features per class", tab(top)),
-        H.section("AUROC distributions", img("auroc_hist")),
-        H.section("Noise thresholds", H.paragraph(rule_text), tab(st.threshold_grid)),
-    ])
-    H.write(os.path.join(out, "report.html"), H.page("deepfeat analysis report", body,
-                                                     subtitle=f"store {st.store} | split {split}"))
+    body = "".join(
+        [
+            H.paragraph(intro.replace("`", "")),  # the Markdown's code quotes read as literal backticks in HTML
+            H.section("Layers", tab(layer_rows), img("layers")),
+            H.section("Layer \u00d7 class", img("heatmap_presence"), img("heatmap_absence")),
+            H.section("Classes", tab(class_rows)),
+            H.section("Top features per class", tab(top)),
+            H.section("AUROC distributions", img("auroc_hist")),
+            H.section("Noise thresholds", H.paragraph(rule_text), tab(st.threshold_grid)),
+        ]
+    )
+    H.write(
+        os.path.join(out, "report.html"),
+        H.page("deepfeat analysis report", body, subtitle=f"store {st.store} | split {split}"),
+    )
     summary["report"] = os.path.join(final_out, "report.html")
     summary["seconds"] = time.perf_counter() - t0
     with open(os.path.join(out, "summary.json"), "w", encoding="utf-8") as f:

@@ -47,6 +47,7 @@ Example:
     >>> st.layer_summary()[0]["noise"]                                 # doctest: +SKIP
     0.42
 """
+
 from __future__ import annotations
 
 import logging
@@ -122,8 +123,9 @@ def benjamini_hochberg(p: np.ndarray) -> np.ndarray:
     return out.reshape(np.shape(p))
 
 
-def bin_edges(sample: np.ndarray, bins: int, minimum: np.ndarray | None = None,
-              maximum: np.ndarray | None = None) -> np.ndarray:
+def bin_edges(
+    sample: np.ndarray, bins: int, minimum: np.ndarray | None = None, maximum: np.ndarray | None = None
+) -> np.ndarray:
     """Inner bin edges per feature (features x (bins - 1), ascending, +inf padded) from a sample of rows.
 
     Edges are the distinct quantiles of the sample; a feature with at most ``bins`` distinct
@@ -139,8 +141,8 @@ def bin_edges(sample: np.ndarray, bins: int, minimum: np.ndarray | None = None,
     # features in blocks: the float64 / sorted copies of the sample stay <= fne.BATCH_BYTES each
     step = max(1, _fne.BATCH_BYTES // (8 * max(1, S)))
     for a in range(0, D, step):
-        blk = np.asarray(sample[:, a:a + step], dtype=np.float64)
-        Q = np.quantile(blk, np.linspace(0, 1, bins + 1)[1:-1], axis=0).T                # d x m
+        blk = np.asarray(sample[:, a : a + step], dtype=np.float64)
+        Q = np.quantile(blk, np.linspace(0, 1, bins + 1)[1:-1], axis=0).T  # d x m
         srt = np.sort(blk, axis=0)
         distinct = 1 + (np.diff(srt, axis=0) > 0).sum(axis=0)
         for i in range(blk.shape[1]):
@@ -153,10 +155,13 @@ def bin_edges(sample: np.ndarray, bins: int, minimum: np.ndarray | None = None,
             if len(e) < m and minimum is not None and maximum is not None and maximum[j] > minimum[j]:
                 grid = np.linspace(minimum[j], maximum[j], m + 2)[1:-1]
                 grid = grid[~np.isin(grid, e)]
-                extra = grid[np.linspace(0, len(grid) - 1, min(len(grid), m - len(e))).round().astype(int)] \
-                    if len(grid) else grid
+                extra = (
+                    grid[np.linspace(0, len(grid) - 1, min(len(grid), m - len(e))).round().astype(int)]
+                    if len(grid)
+                    else grid
+                )
                 e = np.unique(np.concatenate([e, extra]))
-            E[j, :len(e)] = np.sort(e)[:m]
+            E[j, : len(e)] = np.sort(e)[:m]
     return E
 
 
@@ -165,7 +170,7 @@ def bin_index(X: np.ndarray, edges: np.ndarray) -> np.ndarray:
     X = np.asarray(X, dtype=np.float64)
     D, m = edges.shape
     k = max(1, math.ceil(math.log2(m + 1)))
-    padded = np.full((D, 2 ** k - 1), np.inf)
+    padded = np.full((D, 2**k - 1), np.inf)
     padded[:, :m] = edges
     flat = padded.ravel()
     off = (np.arange(D) * padded.shape[1])[None, :]
@@ -195,7 +200,7 @@ class Reservoir:
         n = len(X)
         fill = min(n, max(0, self.size - self.seen))
         if fill:
-            self.rows[self.seen:self.seen + fill] = X[:fill]
+            self.rows[self.seen : self.seen + fill] = X[:fill]
         if fill < n:
             t = self.seen + np.arange(fill, n)
             r = (self.rng.random(n - fill) * (t + 1)).astype(np.int64)
@@ -205,7 +210,7 @@ class Reservoir:
 
     @property
     def sample(self) -> np.ndarray:
-        return self.rows[:min(self.seen, self.size)]
+        return self.rows[: min(self.seen, self.size)]
 
 
 # ----------------------------------------------------------------------------- result
@@ -220,10 +225,10 @@ class FeatureStatistics:
     n_per_class: np.ndarray
     bins: int
     alpha: float
-    auroc: np.ndarray             #: features x classes
+    auroc: np.ndarray  #: features x classes
     auroc_error_bound: np.ndarray  #: features x classes
-    pvalue: np.ndarray            #: features x classes
-    qvalue: np.ndarray            #: features x classes (BH over all of them)
+    pvalue: np.ndarray  #: features x classes
+    qvalue: np.ndarray  #: features x classes (BH over all of them)
     mean: np.ndarray
     std: np.ndarray
     minimum: np.ndarray
@@ -262,15 +267,21 @@ class FeatureStatistics:
         for i, spec in enumerate(self.layers):
             sl = self.layer_slice(i)
             p_any, a_any = pres[sl].any(axis=1), absn[sl].any(axis=1)
-            rows.append({
-                "layer": spec.name, "features": spec.dims,
-                "presence": float(p_any.mean()), "absence": float(a_any.mean()),
-                "both": float((p_any & a_any).mean()), "presence_only": float((p_any & ~a_any).mean()),
-                "absence_only": float((a_any & ~p_any).mean()), "noise": float((~p_any & ~a_any).mean()),
-                "classes_per_feature_presence": float(pres[sl].sum(axis=1).mean()),
-                "classes_per_feature_absence": float(absn[sl].sum(axis=1).mean()),
-                "mean_abs_effect": float(np.abs(self.auroc[sl] - 0.5).mean()),
-            })
+            rows.append(
+                {
+                    "layer": spec.name,
+                    "features": spec.dims,
+                    "presence": float(p_any.mean()),
+                    "absence": float(a_any.mean()),
+                    "both": float((p_any & a_any).mean()),
+                    "presence_only": float((p_any & ~a_any).mean()),
+                    "absence_only": float((a_any & ~p_any).mean()),
+                    "noise": float((~p_any & ~a_any).mean()),
+                    "classes_per_feature_presence": float(pres[sl].sum(axis=1).mean()),
+                    "classes_per_feature_absence": float(absn[sl].sum(axis=1).mean()),
+                    "mean_abs_effect": float(np.abs(self.auroc[sl] - 0.5).mean()),
+                }
+            )
         return rows
 
     def layer_class_share(self, which: str = "presence") -> np.ndarray:
@@ -283,9 +294,17 @@ class FeatureStatistics:
         eff = np.abs(self.auroc[:, class_index] - 0.5)
         order = np.argsort(-eff, kind="stable")[:k]
         lo, fi = self.layer_of, self.feature_in_layer
-        return [{"class": self.classes[class_index], "layer": self.layers[lo[j]].name, "feature": int(fi[j]),
-                 "auroc": float(self.auroc[j, class_index]), "qvalue": float(self.qvalue[j, class_index]),
-                 "kind": "presence" if self.auroc[j, class_index] > 0.5 else "absence"} for j in order]
+        return [
+            {
+                "class": self.classes[class_index],
+                "layer": self.layers[lo[j]].name,
+                "feature": int(fi[j]),
+                "auroc": float(self.auroc[j, class_index]),
+                "qvalue": float(self.qvalue[j, class_index]),
+                "kind": "presence" if self.auroc[j, class_index] > 0.5 else "absence",
+            }
+            for j in order
+        ]
 
     def noise_rule(self) -> dict[str, Any]:
         """The paper's thresholds and the grid's best pair, with their retained discriminability."""
@@ -301,16 +320,27 @@ class FeatureStatistics:
         lo, fi = self.layer_of, self.feature_in_layer
         return {
             "layer": np.repeat(np.asarray([s.name for s in self.layers], dtype=object)[lo], C),
-            "feature": np.repeat(fi, C), "class": np.tile(np.asarray(self.classes, dtype=object), D),
-            "auroc": self.auroc.ravel(), "auroc_error_bound": self.auroc_error_bound.ravel(),
-            "pvalue": self.pvalue.ravel(), "qvalue": self.qvalue.ravel(),
-            "presence": self.presence.ravel(), "absence": self.absence.ravel(),
+            "feature": np.repeat(fi, C),
+            "class": np.tile(np.asarray(self.classes, dtype=object), D),
+            "auroc": self.auroc.ravel(),
+            "auroc_error_bound": self.auroc_error_bound.ravel(),
+            "pvalue": self.pvalue.ravel(),
+            "qvalue": self.qvalue.ravel(),
+            "presence": self.presence.ravel(),
+            "absence": self.absence.ravel(),
         }
 
 
 # ----------------------------------------------------------------------------- the streaming computation
-def check_arguments(store: str | os.PathLike | FeatureStore, split: str | None, layers: str | Sequence[str] | None,
-                    bins: int, alpha: float, batch_size: int, sample_rows: int) -> tuple[FeatureStore, list[LayerSpec]]:
+def check_arguments(
+    store: str | os.PathLike | FeatureStore,
+    split: str | None,
+    layers: str | Sequence[str] | None,
+    bins: int,
+    alpha: float,
+    batch_size: int,
+    sample_rows: int,
+) -> tuple[FeatureStore, list[LayerSpec]]:
     """Validate the arguments of :func:`feature_statistics` (raises UsageError); returns (store, layers)."""
     check_int(bins, "bins", minimum=2, where="analyze")
     check_number(alpha, "alpha", minimum=0, maximum=1, min_open=True, max_open=True, where="analyze")
@@ -348,8 +378,9 @@ def feature_statistics(
     res = Reservoir(sample_rows, D, seed, dtype=_exact_dtype(st.dtype))
     classes: set[str] = set()
     seen = 0
-    for X, y in progress.track(split_batches(st, specs, split, batch_size), "analyze: pass 1 of 2", unit="rows",
-                               size=lambda b: len(b[1])):
+    for X, y in progress.track(
+        split_batches(st, specs, split, batch_size), "analyze: pass 1 of 2", unit="rows", size=lambda b: len(b[1])
+    ):
         seen += len(y)
         keep = np.asarray([v is not None for v in y], dtype=bool)
         Xk = X if keep.all() else X[keep]
@@ -366,11 +397,16 @@ def feature_statistics(
     counts = np.zeros(C * D * bins, dtype=np.int64)
     edges = bin_edges(res.sample, bins, rs.min_, rs.max_)
     del res
-    ref = np.full(D * bins, np.nan)              # the first value seen in each (feature, bin)
-    multi = np.zeros(D * bins, dtype=bool)       # the (feature, bin) holds two different values
+    ref = np.full(D * bins, np.nan)  # the first value seen in each (feature, bin)
+    multi = np.zeros(D * bins, dtype=bool)  # the (feature, bin) holds two different values
     feat_off = (np.arange(D) * bins)[None, :]
-    for X, y in progress.track(split_batches(st, specs, split, batch_size), "analyze: pass 2 of 2", total=seen,
-                               unit="rows", size=lambda b: len(b[1])):
+    for X, y in progress.track(
+        split_batches(st, specs, split, batch_size),
+        "analyze: pass 2 of 2",
+        total=seen,
+        unit="rows",
+        size=lambda b: len(b[1]),
+    ):
         keep = np.asarray([v is not None for v in y], dtype=bool)
         if not keep.any():
             continue
@@ -378,7 +414,7 @@ def feature_statistics(
         del X
         ci = np.asarray([index[v] for v in y[keep]], dtype=np.int64)
         fb = bin_index(Xk, edges)
-        fb += feat_off                                            # (feature, bin) index
+        fb += feat_off  # (feature, bin) index
         r = ref[fb]
         new = np.isnan(r)
         if new.any():
@@ -386,7 +422,7 @@ def feature_statistics(
             r = ref[fb]
         multi[fb[Xk != r]] = True
         del r, new
-        fb += (ci * D * bins)[:, None]                            # (class, feature, bin) index
+        fb += (ci * D * bins)[:, None]  # (class, feature, bin) index
         if _FAST_ADD_AT:
             np.add.at(counts, fb.ravel(), 1)
         else:
@@ -394,7 +430,7 @@ def feature_statistics(
         del fb, Xk
     del ref
     H = counts.reshape(C, D, bins)
-    n_c = H[:, 0, :].sum(axis=1)                                  # C
+    n_c = H[:, 0, :].sum(axis=1)  # C
     n = int(n_c.sum())
     n1 = n_c[None, :].astype(np.float64)
     n0 = n - n1
@@ -403,20 +439,35 @@ def feature_statistics(
     bound = np.empty((D, C))
     tie = np.empty((D, 1))
     for sl in _feature_blocks(D, C * bins):
-        P = np.transpose(H[:, sl, :], (1, 0, 2))                  # d x C x B
-        total = P.sum(axis=1)                                     # d x B
+        P = np.transpose(H[:, sl, :], (1, 0, 2))  # d x C x B
+        total = P.sum(axis=1)  # d x B
         N = total[:, None, :] - P
         auc[sl] = auroc_from_counts(P, N)
         shared = P.astype(np.float64) * N
-        shared *= multi[sl, None, :]                              # ties of equal values are exact
+        shared *= multi[sl, None, :]  # ties of equal values are exact
         bound[sl] = 0.5 * shared.sum(axis=-1) / np.maximum(n1 * n0, 1)
         tie[sl] = (total.astype(np.float64) ** 3 - total).sum(axis=1)[:, None]
         del P, N, shared
     p = mann_whitney_p(auc, n1, n0, tie)
     q = benjamini_hochberg(p)
-    result = FeatureStatistics(store=st.path, split=split, layers=specs, classes=cls, n_per_class=n_c, bins=bins,
-                               alpha=alpha, auroc=auc, auroc_error_bound=bound, pvalue=p, qvalue=q, mean=rs.mean_,
-                               std=rs.std, minimum=rs.min_, maximum=rs.max_, edges=edges)
+    result = FeatureStatistics(
+        store=st.path,
+        split=split,
+        layers=specs,
+        classes=cls,
+        n_per_class=n_c,
+        bins=bins,
+        alpha=alpha,
+        auroc=auc,
+        auroc_error_bound=bound,
+        pvalue=p,
+        qvalue=q,
+        mean=rs.mean_,
+        std=rs.std,
+        minimum=rs.min_,
+        maximum=rs.max_,
+        edges=edges,
+    )
     result.threshold_grid = _threshold_grid(H, result)
     log.info("analyze: %d rows, %d features, %d classes, %d significant pairs", n, D, C, int(result.significant.sum()))
     return result
@@ -449,18 +500,18 @@ def _threshold_grid(H: np.ndarray, r: FeatureStatistics) -> list[dict[str, float
     sig = r.significant
     full = np.abs(r.auroc - 0.5)
     denom = float(full[sig].sum())
-    inner = np.clip(r.edges, r.minimum[:, None], r.maximum[:, None])            # inf padding -> max
+    inner = np.clip(r.edges, r.minimum[:, None], r.maximum[:, None])  # inf padding -> max
     lower = np.concatenate([r.minimum[:, None], inner], axis=1)
     upper = np.concatenate([inner, r.maximum[:, None]], axis=1)
-    centres = (lower + upper) / 2.0                                               # D x B
+    centres = (lower + upper) / 2.0  # D x B
     std = np.where(r.std > 0, r.std, 1.0)
     z = np.where(r.std[:, None] > 0, (centres - r.mean[:, None]) / std[:, None], 0.0)
     pairs = [(lo, hi) for lo in LO_GRID for hi in HI_GRID if lo <= hi]
-    kept: list[list[np.ndarray]] = [[] for _ in pairs]      # |AUROC_t - 0.5| of the significant pairs
+    kept: list[list[np.ndarray]] = [[] for _ in pairs]  # |AUROC_t - 0.5| of the significant pairs
     zeros = np.zeros(len(pairs))
     totals = np.zeros(len(pairs))
     for sl in _feature_blocks(D, C * (B + 1)):
-        P = np.transpose(H[:, sl, :], (1, 0, 2))                                  # d x C x B
+        P = np.transpose(H[:, sl, :], (1, 0, 2))  # d x C x B
         d = P.shape[0]
         N = P.sum(axis=1)[:, None, :] - P
         cP = np.concatenate([np.zeros((d, C, 1)), np.cumsum(P, axis=-1)], axis=-1)
@@ -468,14 +519,14 @@ def _threshold_grid(H: np.ndarray, r: FeatureStatistics) -> list[dict[str, float
         del P, N
         zb = z[sl]
         for i, (lo, hi) in enumerate(pairs):
-            k_lo = (zb < lo).sum(axis=1)          # bins ternarised to -1 (z increases with the bin)
-            k_hi = (zb <= hi).sum(axis=1)         # bins up to here are -1 or 0
+            k_lo = (zb < lo).sum(axis=1)  # bins ternarised to -1 (z increases with the bin)
+            k_hi = (zb <= hi).sum(axis=1)  # bins up to here are -1 or 0
             idx_lo = np.broadcast_to(k_lo[:, None, None], (d, C, 1))
             idx_hi = np.broadcast_to(k_hi[:, None, None], (d, C, 1))
             gP = _ternary_groups(cP, idx_lo, idx_hi)
             t = np.abs(auroc_from_counts(gP, _ternary_groups(cN, idx_lo, idx_hi)) - 0.5)
             kept[i].append(t[sig[sl]])
-            zeros[i] += gP[..., 1].sum()        # integer-valued float64 sums: exact, order-free
+            zeros[i] += gP[..., 1].sum()  # integer-valued float64 sums: exact, order-free
             totals[i] += gP.sum()
     out = []
     for i, (lo, hi) in enumerate(pairs):

@@ -12,6 +12,7 @@ argument groups, printing and the progress renderer in :mod:`deepfeat.cli.common
 statuses and rewrites the API's parameter names in usage errors to the command line's flags. No module
 here imports torch at import time (``deepfeat --help``, ``models`` and ``info`` never load it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,25 @@ __all__ = ["COMMANDS", "build_parser", "main", "register_command"]
 
 #: the command modules, in the order ``deepfeat --help`` lists their commands
 COMMANDS: Registry[ModuleType] = Registry("command")
-for _module in (models, layers, datasets, extract, info, export, analyze, train, probe, evaluate, predict, export_model,
-                duplicates, index, search, cnn, plot):
+for _module in (
+    models,
+    layers,
+    datasets,
+    extract,
+    info,
+    export,
+    analyze,
+    train,
+    probe,
+    evaluate,
+    predict,
+    export_model,
+    duplicates,
+    index,
+    search,
+    cnn,
+    plot,
+):
     COMMANDS.register(_module, name=_module.__name__.rpartition(".")[2])
 #: add a command module (``add_parser``, ``run``, ``API``, ``OPTION_HELP``): ``register_command(module, name=...)``
 register_command = COMMANDS.register
@@ -63,13 +81,16 @@ def build_parser() -> CommandParser:
     parser = CommandParser(prog="deepfeat", description=__doc__.split("\n")[0])
     parser.add_argument("--version", action="version", version=f"deepfeat {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
-    parser.add_argument("--config", default=None,
-                        help="YAML file of option defaults (names as the long options, '-' or '_'). A top-level "
-                             "key applies to every command with that option; a section named after a command, "
-                             "e.g. 'train: {alpha: 1e-4}' or 'analyze: {alpha: 0.01, out: analysis/}', applies to "
-                             "that command only and wins over top-level keys ('plot' sections may nest "
-                             "'embedding:' etc.). Flags on the command line win over both. A key no command "
-                             "takes is an error")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML file of option defaults (names as the long options, '-' or '_'). A top-level "
+        "key applies to every command with that option; a section named after a command, "
+        "e.g. 'train: {alpha: 1e-4}' or 'analyze: {alpha: 0.01, out: analysis/}', applies to "
+        "that command only and wins over top-level keys ('plot' sections may nest "
+        "'embedding:' etc.). Flags on the command line win over both. A key no command "
+        "takes is an error",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     api_of: dict[str, tuple[str, str]] = {}
     option_help: dict[str, dict[str, str]] = {}
@@ -130,10 +151,12 @@ _INTERRUPTED = {
     "extract": "the part in progress was discarded; rerun the same command to resume",
     "fne": "the part in progress was discarded; rerun the same command to resume",
     "train": "nothing was written; rerunning the same command continues from the last complete epoch when it "
-             "kept a checkpoint (--out with the streaming solver), otherwise it starts over",
+    "kept a checkpoint (--out with the streaming solver), otherwise it starts over",
     "train-cnn": "rerun the same command to continue from the last complete epoch (its checkpoint in --out)",
     "finetune": "rerun the same command to continue from the last complete epoch (its checkpoint in --out)",
-    "models": "nothing was changed", "layers": "nothing was changed", "info": "nothing was changed",
+    "models": "nothing was changed",
+    "layers": "nothing was changed",
+    "info": "nothing was changed",
 }
 
 
@@ -141,8 +164,7 @@ def interrupt_message(command: str | None) -> str:
     """The line after ``interrupted:`` for ``command``: whether a rerun resumes or starts over."""
     if command is None:
         return "nothing was done"
-    return _INTERRUPTED.get(command, "nothing partial was left; rerun the same command to start over (it does "
-                                     "not resume)")
+    return _INTERRUPTED.get(command, "nothing partial was left; rerun the same command to start over (it does not resume)")
 
 
 def _forget_interrupt() -> None:
@@ -231,5 +253,3 @@ def _cli_message(message: str, parser: CommandParser, argv: Sequence[str]) -> st
     if out != message:
         out = re.sub(r"\bNone or |,? or None\b", "", out)
     return out
-
-

@@ -2,6 +2,7 @@
 take (source, model, runtime, offline), the help formatter and the per-parser finishing step that takes
 option defaults from the Python API's signatures (:mod:`deepfeat.apidefaults`, which never imports torch).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,11 @@ from typing import Any
 from ..units import format_size, size_text
 
 #: how the output names where train-cnn / finetune validate
-VALIDATION_SOURCES = {"val": "the val split", "held-out": "held out of train by id hash, not the test split",
-                      "test": "the test split, as asked: early stopping tunes on it"}
+VALIDATION_SOURCES = {
+    "val": "the val split",
+    "held-out": "held out of train by id hash, not the test split",
+    "test": "the test split, as asked: early stopping tunes on it",
+}
 #: the metavar of a size option (``--memory-budget 2GiB``): its default is the API's, written with a unit
 SIZE = "SIZE"
 
@@ -69,10 +73,12 @@ class EventRenderer:
         est = event["estimate"]
         layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
         self.say(f"layers: {layers}")
-        self.say(f"job: {est['rows']:,} rows x {est['dims']:,} dims x {est['bytes_per_value']} B = "
-                 f"{format_size(est['bytes'])} on {event['device']} with {event.get('runtime', 'torch')} "
-                 f"{event['precision']}"
-                 f"; {event['already_done']:,} already done, {event['excluded']:,} excluded at discovery")
+        self.say(
+            f"job: {est['rows']:,} rows x {est['dims']:,} dims x {est['bytes_per_value']} B = "
+            f"{format_size(est['bytes'])} on {event['device']} with {event.get('runtime', 'torch')} "
+            f"{event['precision']}"
+            f"; {event['already_done']:,} already done, {event['excluded']:,} excluded at discovery"
+        )
         if event.get("agreement"):
             from ..agreement import describe_agreement
 
@@ -81,8 +87,10 @@ class EventRenderer:
 
     def _extract_guard(self, event: dict[str, Any]) -> None:
         if not self.quiet:
-            self.say(f"precision guard: measuring {event['precision']} against torch fp32 on {event['images']} "
-                     "of the job's images")
+            self.say(
+                f"precision guard: measuring {event['precision']} against torch fp32 on {event['images']} "
+                "of the job's images"
+            )
 
     def _extract_batch(self, event: dict[str, Any]) -> None:
         self.failed += event["failed"]
@@ -97,9 +105,11 @@ class EventRenderer:
     def _train_scan(self, event: dict[str, Any]) -> None:
         layers = ", ".join(f"{s.name}[{s.pool}]={s.dims}" for s in event["layers"])
         self.say(f"layers: {layers} ({event['dims']:,} dims)")
-        self.say(f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}); "
-                 f"{len(event['classes'])} classes; solver: {event['solver']}"
-                 + (f" ({event['solver_reason']})" if event.get("solver_reason") else ""))
+        self.say(
+            f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}); "
+            f"{len(event['classes'])} classes; solver: {event['solver']}"
+            + (f" ({event['solver_reason']})" if event.get("solver_reason") else "")
+        )
 
     def _train_resume(self, event: dict[str, Any]) -> None:
         if not self.quiet:
@@ -112,20 +122,29 @@ class EventRenderer:
     def _train_epoch(self, event: dict[str, Any]) -> None:
         if self.quiet:
             return
-        val = ("" if event["val_loss"] is None else
-               f", val loss {event['val_loss']:.4f}, val accuracy {event['val_accuracy']:.4f}")
-        self.say(f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}{val} "
-                 f"({event['seconds']:.1f} s){' *' if event.get('best') else ''}")
+        val = (
+            ""
+            if event["val_loss"] is None
+            else f", val loss {event['val_loss']:.4f}, val accuracy {event['val_accuracy']:.4f}"
+        )
+        self.say(
+            f"epoch {event['epoch']}/{event['epochs']}: train loss {event['train_loss']:.4f}{val} "
+            f"({event['seconds']:.1f} s){' *' if event.get('best') else ''}"
+        )
 
     def _train_early_stop(self, event: dict[str, Any]) -> None:
-        self.say(f"early stopping after epoch {event['epoch']} of {event['epochs']}: no better validation loss "
-                 f"for {event['patience']} epochs; keeping epoch {event['best_epoch']}")
+        self.say(
+            f"early stopping after epoch {event['epoch']} of {event['epochs']}: no better validation loss "
+            f"for {event['patience']} epochs; keeping epoch {event['best_epoch']}"
+        )
 
     # probe
     def _probe_plan(self, event: dict[str, Any]) -> None:
-        self.say(f"probe: {event['candidates']} candidates from {event['layers']} layers ({event['dims']:,} dims); "
-                 f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}), "
-                 f"test split: {event['test_split'] or 'none'}; memory budget {format_size(event['memory_budget'])}")
+        self.say(
+            f"probe: {event['candidates']} candidates from {event['layers']} layers ({event['dims']:,} dims); "
+            f"rows: {event['n_train']:,} training, {event['n_val']:,} validation ({event['val_source']}), "
+            f"test split: {event['test_split'] or 'none'}; memory budget {format_size(event['memory_budget'])}"
+        )
         self._start("probe", event["epochs"], "epochs")
 
     def _probe_epoch(self, event: dict[str, Any]) -> None:
@@ -134,16 +153,17 @@ class EventRenderer:
 
     # train-cnn / finetune
     def _cnn_start(self, event: dict[str, Any]) -> None:
-        self.say(f"{event['kind']}: {event['n_train']:,} training / {event['n_val']:,} validation images "
-                 f"({VALIDATION_SOURCES.get(event['val_source'], event['val_source'])}), "
-                 f"{len(event['classes'])} classes, input {event['input_size']}, "
-                 f"{event['trainable']:,} of {event['params']:,} parameters trained, "
-                 f"{'cached in memory' if event['cached'] else 'streamed from disk'}, "
-                 f"{event['device']} ({event['precision']})")
+        self.say(
+            f"{event['kind']}: {event['n_train']:,} training / {event['n_val']:,} validation images "
+            f"({VALIDATION_SOURCES.get(event['val_source'], event['val_source'])}), "
+            f"{len(event['classes'])} classes, input {event['input_size']}, "
+            f"{event['trainable']:,} of {event['params']:,} parameters trained, "
+            f"{'cached in memory' if event['cached'] else 'streamed from disk'}, "
+            f"{event['device']} ({event['precision']})"
+        )
         if event["start_epoch"]:
             self.say(f"resuming after epoch {event['start_epoch']} of {event['epochs']}")
-        self.say(f"{'epoch':>5} {'train loss':>11} {'valid loss':>11} {'train/valid':>12} {'valid acc':>10} "
-                 f"{'duration':>9}")
+        self.say(f"{'epoch':>5} {'train loss':>11} {'valid loss':>11} {'train/valid':>12} {'valid acc':>10} {'duration':>9}")
 
     def _cnn_batch(self, event: dict[str, Any]) -> None:
         if self.task is None:
@@ -154,9 +174,11 @@ class EventRenderer:
     def _cnn_epoch(self, event: dict[str, Any]) -> None:
         self.close()
         ratio = event.get("train_val_ratio")
-        self.say(f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['val_loss']:>11.4f} "
-                 f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['val_accuracy']:>10.4f} "
-                 f"{event['seconds']:>8.1f}s{' *' if event.get('best') else ''}")
+        self.say(
+            f"{event['epoch']:>5} {event['train_loss']:>11.4f} {event['val_loss']:>11.4f} "
+            f"{(f'{ratio:.3f}' if ratio is not None else '-'):>12} {event['val_accuracy']:>10.4f} "
+            f"{event['seconds']:>8.1f}s{' *' if event.get('best') else ''}"
+        )
 
     _cnn_early_stop = _train_early_stop
 
@@ -166,38 +188,68 @@ class EventRenderer:
             self.task = None
 
 
-def _add_runtime_args(p: argparse.ArgumentParser, auto_help: str = "auto: the fastest installed runtime "
-                      "that runs the model here (on a resume: the store's own)") -> None:
+def _add_runtime_args(
+    p: argparse.ArgumentParser,
+    auto_help: str = "auto: the fastest installed runtime that runs the model here (on a resume: the store's own)",
+) -> None:
     """``--runtime`` / ``--precision``: validated by the API (deepfeat.runtimes.resolve_runtime)."""
-    p.add_argument("--runtime", default="auto",
-                   help=f"auto | openvino | onnxruntime | torch (default: auto; {auto_help})")
-    p.add_argument("--precision", default="auto",
-                   help="auto | fp32 | bf16 | fp16 | int8 (default: auto, the fastest precision that agrees with torch "
-                        "fp32; bf16 only on CPUs that compute it natively, and in extract only after the precision "
-                        "guard measured it on the job's images; int8: openvino, extract only, quantised on a "
-                        "seeded sample of 300 of the job's images, never picked by auto)")
+    p.add_argument("--runtime", default="auto", help=f"auto | openvino | onnxruntime | torch (default: auto; {auto_help})")
+    p.add_argument(
+        "--precision",
+        default="auto",
+        help="auto | fp32 | bf16 | fp16 | int8 (default: auto, the fastest precision that agrees with torch "
+        "fp32; bf16 only on CPUs that compute it natively, and in extract only after the precision "
+        "guard measured it on the job's images; int8: openvino, extract only, quantised on a "
+        "seeded sample of 300 of the job's images, never picked by auto)",
+    )
 
 
 def _add_source_args(p: argparse.ArgumentParser) -> None:
     """The source positional and the source options (see :mod:`deepfeat.sources`)."""
-    p.add_argument("source", help="image folder, CSV/TXT list file, WebDataset .tar shards (path, glob or "
-                                  "'data/{00000..00099}.tar'), Parquet file(s), or hf:PATH (a saved Hugging Face "
-                                  "dataset)")
-    p.add_argument("--split", default=None,
-                   help="split of inputs that name none (hf: the one split to read; default: all)")
-    p.add_argument("--image-field", "--image-column", dest="image_field", default=None,
-                   help="shards: image member extension (default jpg/png/webp...); Parquet/hf: image column")
-    p.add_argument("--label-field", "--label-column", dest="label_field", default=None,
-                   help="shards: label member (e.g. cls, txt) or JSON key (default: the .cls member); "
-                        "Parquet/hf: label column (default: 'label')")
-    p.add_argument("--split-field", "--split-column", dest="split_field", default=None,
-                   help="shards: split member or JSON key (default: the shard's folder name when it is "
-                        "train/val/test); Parquet: split column")
-    p.add_argument("--id-field", "--id-column", dest="id_field", default=None,
-                   help="Parquet/hf: a column of unique ids (default: file and row number)")
-    p.add_argument("--symlinks-inside-root", action="store_true", default=None,
-                   help="folders: refuse symlinks to files that resolve outside the source folder (excluded as "
-                        "symlink_outside_root); by default they are followed wherever they point, as find -L does")
+    p.add_argument(
+        "source",
+        help="image folder, CSV/TXT list file, WebDataset .tar shards (path, glob or "
+        "'data/{00000..00099}.tar'), Parquet file(s), or hf:PATH (a saved Hugging Face "
+        "dataset)",
+    )
+    p.add_argument("--split", default=None, help="split of inputs that name none (hf: the one split to read; default: all)")
+    p.add_argument(
+        "--image-field",
+        "--image-column",
+        dest="image_field",
+        default=None,
+        help="shards: image member extension (default jpg/png/webp...); Parquet/hf: image column",
+    )
+    p.add_argument(
+        "--label-field",
+        "--label-column",
+        dest="label_field",
+        default=None,
+        help="shards: label member (e.g. cls, txt) or JSON key (default: the .cls member); "
+        "Parquet/hf: label column (default: 'label')",
+    )
+    p.add_argument(
+        "--split-field",
+        "--split-column",
+        dest="split_field",
+        default=None,
+        help="shards: split member or JSON key (default: the shard's folder name when it is "
+        "train/val/test); Parquet: split column",
+    )
+    p.add_argument(
+        "--id-field",
+        "--id-column",
+        dest="id_field",
+        default=None,
+        help="Parquet/hf: a column of unique ids (default: file and row number)",
+    )
+    p.add_argument(
+        "--symlinks-inside-root",
+        action="store_true",
+        default=None,
+        help="folders: refuse symlinks to files that resolve outside the source folder (excluded as "
+        "symlink_outside_root); by default they are followed wherever they point, as find -L does",
+    )
 
 
 def _source_of(args: argparse.Namespace) -> Any:
@@ -207,18 +259,23 @@ def _source_of(args: argparse.Namespace) -> Any:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=None,
-                   help="local weights file (.safetensors or state dict), or 'random'; default: the pretrained "
-                        "weights (bundled, cached, or downloaded into the HF / torch hub cache on first use)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        help="local weights file (.safetensors or state dict), or 'random'; default: the pretrained "
+        "weights (bundled, cached, or downloaded into the HF / torch hub cache on first use)",
+    )
     _add_offline_arg(p)
     p.add_argument("--input-size", type=int, default=None, help="override the model's input size (square)")
 
 
 def _add_offline_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--offline", action="store_true", default=None,
-                   help="never touch the network: pretrained weights must be bundled or cached (as HF_HUB_OFFLINE=1)")
-
-
+    p.add_argument(
+        "--offline",
+        action="store_true",
+        default=None,
+        help="never touch the network: pretrained weights must be bundled or cached (as HF_HUB_OFFLINE=1)",
+    )
 
 
 # ----------------------------------------------------------------------------- parsers, help and defaults
@@ -262,7 +319,7 @@ class CommandParser(argparse.ArgumentParser):
 #: help of the options declared without one, by dest (a command module's OPTION_HELP wins)
 OPTION_HELP = {
     "model": "backbone: a name 'deepfeat models' lists, timm:NAME, torchvision:NAME, a TorchScript file, or a "
-             "model directory from train-cnn / finetune",
+    "model directory from train-cnn / finetune",
     "json": "print JSON instead of a table",
     "name": "dataset to write, e.g. fashion-mnist",
     "store": "feature store directory (from 'deepfeat extract')",
@@ -289,15 +346,22 @@ class _HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action: argparse.Action) -> str | None:
         text = action.help or ""
         default = action.default
-        if (default is None or default is False or default == argparse.SUPPRESS or "default" in text.lower()
-                or "%(default)" in text or (not action.option_strings and action.nargs not in ("?", "*"))):
+        if (
+            default is None
+            or default is False
+            or default == argparse.SUPPRESS
+            or "default" in text.lower()
+            or "%(default)" in text
+            or (not action.option_strings and action.nargs not in ("?", "*"))
+        ):
             return text
         shown = ",".join(map(str, default)) if isinstance(default, (tuple, list)) else "%(default)s"
         return f"{text} (default: {shown})" if text else f"default: {shown}"
 
 
-def finish_parser(parser: CommandParser, command: str, api_of: dict[str, tuple[str, str]],
-                  option_help: dict[str, dict[str, str]]) -> None:
+def finish_parser(
+    parser: CommandParser, command: str, api_of: dict[str, tuple[str, str]], option_help: dict[str, dict[str, str]]
+) -> None:
     """Every (sub)parser: the defaults of the API function it calls (``api_of[command]``, read by
     :func:`deepfeat.apidefaults.api_defaults` from the source, without importing it), a help line for
     every option, and the formatter that shows defaults."""

@@ -16,6 +16,7 @@ command only and wins over the top-level keys; sections nest for subcommands of 
 mapping, else an option (``layers``). A key that no command (or not the section's command) takes is
 an error, as is a section that is not a mapping.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,15 +51,17 @@ def _config_value(action: argparse.Action, value: Any, key: str, where: str) -> 
             value = action.type(value if isinstance(value, str) else str(value))
         except (TypeError, ValueError, argparse.ArgumentTypeError):
             name = getattr(action.type, "__name__", "valid")
-            raise UsageError(f"{bad} must be a{'n' if name[:1] in 'aeiou' else ''} {name} value; "
-                             f"got {value!r} instead.") from None
+            raise UsageError(
+                f"{bad} must be a{'n' if name[:1] in 'aeiou' else ''} {name} value; got {value!r} instead."
+            ) from None
     if value is not None and action.choices is not None and value not in action.choices:
         raise UsageError(f"{bad} must be one of {', '.join(map(str, action.choices))}; got {value!r} instead.")
     return value
 
 
-def _configure(parser: CommandParser, inherited: dict[str, tuple[Any, str]], section: dict[Any, Any],
-               where: str) -> set[tuple[str, str]]:
+def _configure(
+    parser: CommandParser, inherited: dict[str, tuple[Any, str]], section: dict[Any, Any], where: str
+) -> set[tuple[str, str]]:
     """Set the config defaults of ``parser`` and its subcommands; returns the (scope, key) pairs applied."""
     subs = parser.commands
     own: dict[str, Any] = {}
@@ -91,12 +94,15 @@ def _configure(parser: CommandParser, inherited: dict[str, tuple[Any, str]], sec
     unused = sorted(k for k in own if (scope, k) not in applied)
     for k in unused:
         if k in subs:
-            raise UsageError(f"The config file's section {k!r} must be a mapping of option: value; "
-                             f"got {section.get(k)!r} instead.")
+            raise UsageError(
+                f"The config file's section {k!r} must be a mapping of option: value; got {section.get(k)!r} instead."
+            )
     if unused:
         what = "any command" if not where else f"'deepfeat {where.replace('.', ' ')}'"
-        raise UsageError(f"The config file sets {', '.join(map(repr, unused))} in its {scope} "
-                         f"{'keys' if not where else 'section'}, which is not an option of {what}.")
+        raise UsageError(
+            f"The config file sets {', '.join(map(repr, unused))} in its {scope} "
+            f"{'keys' if not where else 'section'}, which is not an option of {what}."
+        )
     return applied
 
 
@@ -115,4 +121,3 @@ def _apply_config(parser: CommandParser, argv: Sequence[str]) -> None:
     if not isinstance(data, dict):
         raise UsageError(f"The config file {known.config!r} must hold a mapping of option: value.")
     _configure(parser, {}, data, "")
-

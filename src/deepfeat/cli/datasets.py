@@ -1,4 +1,5 @@
 """``deepfeat datasets``: write a real dataset as image files."""
+
 from __future__ import annotations
 
 import argparse
@@ -23,7 +24,7 @@ def run(args: argparse.Namespace) -> int:
     from ..datasets import write_dataset
 
     summary = write_dataset(args.name, args.out, per_class=args.per_class)
-    _print(f"wrote {summary.total} images to {args.out}: " +
-           ", ".join(f"{s}={summary.split_total(s)}" for s in summary.counts))
+    _print(
+        f"wrote {summary.total} images to {args.out}: " + ", ".join(f"{s}={summary.split_total(s)}" for s in summary.counts)
+    )
     return 0
-

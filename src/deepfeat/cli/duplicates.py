@@ -1,4 +1,5 @@
 """``deepfeat duplicates``: near-duplicate rows of a store, their groups, and the val/test inputs that leak from train."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,15 +17,18 @@ OPTION_HELP: dict[str, dict[str, str]] = {
         "splits": "only rows of these splits, comma-separated (default: every row)",
         "memory_budget": "memory for vectors and similarities, with a unit: 512MiB, 2GiB",
         "method": "exact: every pair, blockwise; partitioned: k-means partitions, exact within each (as "
-                  "SemDeDup); auto: exact up to 200,000 rows",
+        "SemDeDup); auto: exact up to 200,000 rows",
     },
 }
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("duplicates", help="near-duplicate rows of a store (cosine similarity), their groups and "
-                                          "the val/test inputs with a near-duplicate in train: pairs.csv, "
-                                          "groups.csv, report.html")
+    p = sub.add_parser(
+        "duplicates",
+        help="near-duplicate rows of a store (cosine similarity), their groups and "
+        "the val/test inputs with a near-duplicate in train: pairs.csv, "
+        "groups.csv, report.html",
+    )
     p.add_argument("store")
     p.add_argument("--out", required=True, help="folder for pairs.csv, groups.csv and report.html")
     p.add_argument("--layer", default="pre_logits")
@@ -40,8 +44,16 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..search.duplicates import duplicates
 
-    s = duplicates(args.store, args.out, layer=args.layer, threshold=args.threshold, splits=args.splits,
-                   memory_budget=args.memory_budget, report=not args.no_report, method=args.method)
+    s = duplicates(
+        args.store,
+        args.out,
+        layer=args.layer,
+        threshold=args.threshold,
+        splits=args.splits,
+        memory_budget=args.memory_budget,
+        report=not args.no_report,
+        method=args.method,
+    )
     _print("wrote " + ", ".join(s.files.values()))
     _print(s.line())
     return 0

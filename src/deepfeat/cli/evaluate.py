@@ -1,4 +1,5 @@
 """``deepfeat evaluate``: accuracy, top-k, per-class report and confusion matrix of a bundle."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,9 +21,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     p.add_argument("--top-k", default="1,3", help="top-k accuracies to report, e.g. 1,3,5")
     p.add_argument("--tta", action="store_true", help="average the scores over each image's stored views")
     p.add_argument("--batch-size", type=int, default=1024)
-    p.add_argument("--leakage-threshold", type=float, default=0.95,
-                   help="count the rows with a near-duplicate in train (cosine >= this on pre_logits) and report the "
-                        "accuracy without them")
+    p.add_argument(
+        "--leakage-threshold",
+        type=float,
+        default=0.95,
+        help="count the rows with a near-duplicate in train (cosine >= this on pre_logits) and report the "
+        "accuracy without them",
+    )
     p.add_argument("--no-leakage-check", action="store_true", help="skip the near-duplicates-in-train check")
     p.set_defaults(func=run)
 
@@ -30,11 +35,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..evaluation import evaluate, format_report
 
-    report = evaluate(args.bundle, args.store, split=args.split, out=args.out, top_k=args.top_k, tta=args.tta,
-                      batch_size=args.batch_size,
-                      leakage_threshold=None if args.no_leakage_check else args.leakage_threshold)
+    report = evaluate(
+        args.bundle,
+        args.store,
+        split=args.split,
+        out=args.out,
+        top_k=args.top_k,
+        tta=args.tta,
+        batch_size=args.batch_size,
+        leakage_threshold=None if args.no_leakage_check else args.leakage_threshold,
+    )
     _print(format_report(report).rstrip())
     if report.get("files"):
         _print("\nwrote " + ", ".join(report["files"].values()))
     return 0
-

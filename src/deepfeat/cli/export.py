@@ -1,4 +1,5 @@
 """``deepfeat export``: a store to npy, hdf5, parquet or csv."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,9 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from ..store.export import export_store
 
     layers = args.layers.split(",") if args.layers else None
-    written = export_store(args.store, args.out, args.format, layers=layers, split=args.split,
-                           overwrite=args.overwrite)
+    written = export_store(args.store, args.out, args.format, layers=layers, split=args.split, overwrite=args.overwrite)
     for p in written:
         _print(p)
     return 0
-

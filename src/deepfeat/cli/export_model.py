@@ -1,4 +1,5 @@
 """``deepfeat export-model``: a bundle (or model directory) as one ONNX or OpenVINO classifier graph."""
+
 from __future__ import annotations
 
 import argparse
@@ -20,10 +21,16 @@ OPTION_HELP: dict[str, dict[str, str]] = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("export-model", help="export a bundle (.dfm) or model directory as one ONNX/OpenVINO "
-                                            "graph: uint8 pixels in, class scores out, metadata inside")
-    p.add_argument("model", help="a bundle from 'deepfeat train' (model.dfm) or a model directory from "
-                                 "'deepfeat train-cnn' / 'deepfeat finetune'")
+    p = sub.add_parser(
+        "export-model",
+        help="export a bundle (.dfm) or model directory as one ONNX/OpenVINO "
+        "graph: uint8 pixels in, class scores out, metadata inside",
+    )
+    p.add_argument(
+        "model",
+        help="a bundle from 'deepfeat train' (model.dfm) or a model directory from "
+        "'deepfeat train-cnn' / 'deepfeat finetune'",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--format", default="onnx", choices=api_constant("deepfeat.shipping", "FORMATS"))
     p.add_argument("--precision", default="fp32", choices=api_constant("deepfeat.shipping", "PRECISIONS"))
@@ -35,7 +42,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..shipping import export_model
 
-    result = export_model(args.model, args.out, format=args.format, precision=args.precision,
-                          overwrite=args.overwrite, weights=args.weights)
+    result = export_model(
+        args.model, args.out, format=args.format, precision=args.precision, overwrite=args.overwrite, weights=args.weights
+    )
     _print(result.summary())
     return 0

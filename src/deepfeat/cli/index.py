@@ -1,4 +1,5 @@
 """``deepfeat index``: a nearest-neighbour index of one layer of a store (for ``search`` and ``predict --neighbors``)."""
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,9 @@ OPTION_HELP: dict[str, dict[str, str]] = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("index", help="index a store's layer for nearest-neighbour search (exact, or faiss with "
-                                     "the 'search' extra)")
+    p = sub.add_parser(
+        "index", help="index a store's layer for nearest-neighbour search (exact, or faiss with the 'search' extra)"
+    )
     p.add_argument("store")
     p.add_argument("--out", required=True, help="the index folder to write")
     p.add_argument("--layer", default="pre_logits")
@@ -37,7 +39,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
 def run(args: argparse.Namespace) -> int:
     from ..search.index import build_index, describe
 
-    idx = build_index(args.store, args.out, layer=args.layer, kind=args.kind, splits=args.splits,
-                      memory_budget=args.memory_budget, overwrite=args.overwrite)
+    idx = build_index(
+        args.store,
+        args.out,
+        layer=args.layer,
+        kind=args.kind,
+        splits=args.splits,
+        memory_budget=args.memory_budget,
+        overwrite=args.overwrite,
+    )
     _print(f"indexed {describe(idx)} into {args.out} in {idx.doc['seconds']:.1f} s")
     return 0

@@ -1,4 +1,5 @@
 """``deepfeat info``: rows per split/class, layers, failures, size; ``--verify``."""
+
 from __future__ import annotations
 
 import argparse
@@ -32,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
             raise
         info = None  # the store cannot be summarised; verify says which check fails
     if info is not None:
-        _print(json.dumps(info.to_dict(), indent=1, default=str) if args.json
-               else format_info(info, failures=args.failures))
+        _print(json.dumps(info.to_dict(), indent=1, default=str) if args.json else format_info(info, failures=args.failures))
     if args.verify:
         problems = verify_store(args.store)
         for p in problems:
@@ -41,4 +41,3 @@ def run(args: argparse.Namespace) -> int:
         _print("verify: ok" if not problems else f"verify: {len(problems)} problem(s)")
         return 3 if problems else 0
     return 0
-

@@ -1,4 +1,5 @@
 """``deepfeat layers``: every tappable layer of a backbone."""
+
 from __future__ import annotations
 
 import argparse
@@ -31,16 +32,32 @@ def run(args: argparse.Namespace) -> int:
     infos = describe_layers(bb)
     shown = [i for i in infos.values() if args.all or i.depth <= args.depth or i.stage or i.block or i.depth == 0]
     if args.json:
-        _print(json.dumps([{"name": i.name, "type": i.kind, "shape": list(i.shape), "calls": i.calls,
-                            "stage": i.stage, "prefix_tokens": i.prefix_tokens, "dims": i.dims_by_pool()}
-                           for i in shown], indent=1))
+        _print(
+            json.dumps(
+                [
+                    {
+                        "name": i.name,
+                        "type": i.kind,
+                        "shape": list(i.shape),
+                        "calls": i.calls,
+                        "stage": i.stage,
+                        "prefix_tokens": i.prefix_tokens,
+                        "dims": i.dims_by_pool(),
+                    }
+                    for i in shown
+                ],
+                indent=1,
+            )
+        )
         return 0
     h, w = bb.preprocess.input_size
     _print(f"{bb.name}: input 3x{h}x{w}; {len(infos)} tappable layers ({len(shown)} shown; --all for every module)")
     prefix = max((i.prefix_tokens for i in infos.values()), default=0)
     if prefix:
-        _print(f"token layers (N x T x D): the first {prefix} of T are class/register tokens; avg, max and avgmax "
-               "pool the patch tokens only, cls takes the class token")
+        _print(
+            f"token layers (N x T x D): the first {prefix} of T are class/register tokens; avg, max and avgmax "
+            "pool the patch tokens only, cls takes the class token"
+        )
     pools = [p for p in POOLINGS if any(p in i.dims_by_pool() for i in shown if len(i.shape) > 1)] or list(POOLINGS[:4])
     header = f"{'layer':<34} {'type':<22} {'output shape':<18}" + "".join(f"{p:>10}" for p in pools)
     _print(header)
@@ -51,4 +68,3 @@ def run(args: argparse.Namespace) -> int:
         _print(f"{i.name:<34} {(i.kind + tag)[:22]:<22} {shape:<18}" + "".join(f"{dims.get(p, '-'):>10}" for p in pools))
     _print("\nshortcuts: pre_logits, all-stages, all-blocks, all-conv, all, -1 (last stage), last:N")
     return 0
-

@@ -1,4 +1,5 @@
 """``deepfeat models``: list backbones and where their weights are."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,9 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         _print(f"{r.name:<42} {r.family:<12} {r.status:<9} {r.where}")
     if not args.all:
-        _print("\n(weights: bundled = in an installed package; cached = in the HF / torch hub cache; download = "
-               "fetched on first use (not with --offline). A PATTERN such as 'resnet*' lists every matching "
-               "timm/torchvision name; --all also those without published weights)")
+        _print(
+            "\n(weights: bundled = in an installed package; cached = in the HF / torch hub cache; download = "
+            "fetched on first use (not with --offline). A PATTERN such as 'resnet*' lists every matching "
+            "timm/torchvision name; --all also those without published weights)"
+        )
     return 0
-

@@ -1,4 +1,5 @@
 """``deepfeat plot filters|activations|embedding|history``: PNG plots."""
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     plot_sub = p.add_subparsers(dest="what", required=True, metavar="WHAT")
     q = plot_sub.add_parser("filters", help="a conv layer's filters (RGB tiles for a first layer)")
     q.add_argument("model", help="model directory or backbone name")
-    q.add_argument("--layer", default=None,
-                   help="conv layer (or a block holding one); default: the model's first convolution")
+    q.add_argument(
+        "--layer", default=None, help="conv layer (or a block holding one); default: the model's first convolution"
+    )
     q.add_argument("--out", required=True, help="PNG file")
     q.add_argument("--max-filters", type=int, default=64)
     q.add_argument("--max-channels", type=int, default=16, help="input channels shown per filter (deeper layers)")
@@ -54,16 +56,24 @@ def run(args: argparse.Namespace) -> int:
     from ..viz import plots
 
     if args.what == "filters":
-        res = plots.plot_filters(args.model, args.layer, args.out, max_filters=args.max_filters,
-                                 max_channels=args.max_channels)
+        res = plots.plot_filters(
+            args.model, args.layer, args.out, max_filters=args.max_filters, max_channels=args.max_channels
+        )
     elif args.what == "activations":
         res = plots.plot_activations(args.model, args.image, args.layer, args.out, max_maps=args.max_maps)
     elif args.what == "embedding":
-        res = plots.plot_embedding(args.store, args.layer, args.out, method=args.method, split=args.split,
-                                   max_points=args.max_points, seed=args.seed)
+        res = plots.plot_embedding(
+            args.store,
+            args.layer,
+            args.out,
+            method=args.method,
+            split=args.split,
+            max_points=args.max_points,
+            seed=args.seed,
+        )
     else:
         res = plots.plot_history(args.model, args.out)
-    _print(f"wrote {res.path} ({res.size[0]}x{res.size[1]} px, {res.panels} panel{'s' if res.panels != 1 else ''}): "
-           f"{res.title}")
+    _print(
+        f"wrote {res.path} ({res.size[0]}x{res.size[1]} px, {res.panels} panel{'s' if res.panels != 1 else ''}): {res.title}"
+    )
     return 0
-

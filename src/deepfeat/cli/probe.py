@@ -1,4 +1,5 @@
 """``deepfeat probe``: which layer? a quick linear head per layer and group."""
+
 from __future__ import annotations
 
 import argparse
@@ -18,13 +19,19 @@ OPTION_HELP: dict[str, dict[str, str]] = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    p = sub.add_parser("probe", help="which layer? a quick linear head per layer (and stage, all layers, FNE), "
-                                     "one pass over the store per epoch; table, CSV/JSON, plot, report.html")
+    p = sub.add_parser(
+        "probe",
+        help="which layer? a quick linear head per layer (and stage, all layers, FNE), "
+        "one pass over the store per epoch; table, CSV/JSON, plot, report.html",
+    )
     p.add_argument("store")
     p.add_argument("--out", default=None, help="folder for probe.csv, probe.json, probe.png, report.html")
     p.add_argument("--layers", default=None, help="stored layers to probe (default: all)")
-    p.add_argument("--groups", default="stages,all,fne",
-                   help="extra candidates: stages, all (all layers standardised), fne; 'none' for none")
+    p.add_argument(
+        "--groups",
+        default="stages,all,fne",
+        help="extra candidates: stages, all (all layers standardised), fne; 'none' for none",
+    )
     p.add_argument("--head", default="logreg", help="logreg | svm | mlp (the streaming head of 'train')")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=256)
@@ -46,10 +53,24 @@ def run(args: argparse.Namespace) -> int:
 
     progress = EventRenderer("probe", args.quiet)
     try:
-        r = probe(args.store, args.out, layers=args.layers, groups=args.groups, head=args.head, epochs=args.epochs,
-                  batch_size=args.batch_size, lr=args.lr, alpha=args.alpha, val_fraction=args.val_fraction,
-                  patience=args.patience or None, memory_budget=args.memory_budget, test_split=args.test_split or None,
-                  thresholds=args.thresholds, seed=args.seed, progress=progress)
+        r = probe(
+            args.store,
+            args.out,
+            layers=args.layers,
+            groups=args.groups,
+            head=args.head,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            alpha=args.alpha,
+            val_fraction=args.val_fraction,
+            patience=args.patience or None,
+            memory_budget=args.memory_budget,
+            test_split=args.test_split or None,
+            thresholds=args.thresholds,
+            seed=args.seed,
+            progress=progress,
+        )
     finally:
         progress.close()
     _print(r.table())
@@ -57,4 +78,3 @@ def run(args: argparse.Namespace) -> int:
     wrote = f"; wrote {', '.join(r.files.values())}" if r.files else ""
     _print(f"done in {r.seconds:.1f} s: {len(r.rows)} candidates, best {r.best['name']}{wrote}")
     return 0
-

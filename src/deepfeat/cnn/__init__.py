@@ -6,6 +6,7 @@ Example:
     >>> from deepfeat.models import load_backbone
     >>> bb = load_backbone("fm_cnn/")                                        # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from ..models.arch import ARCHS, SmallConvNet, arch_config, build_cnn

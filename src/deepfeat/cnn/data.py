@@ -7,6 +7,7 @@ every epoch decodes them again in worker processes, in the same seeded order. Au
 batched in torch on the training device, drawn from a seeded generator, so a run is
 reproducible and a resumed run sees the same batches as an uninterrupted one.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -105,13 +106,14 @@ def make_splits(discovery: Discovery, val_fraction: float, seed: int, validation
     test = by_split.get("test")
     if validation == "test":
         if test is None:
-            raise UsageError(f"validation='test' (--validation test) but the source {discovery.root!r} has no test "
-                             "split.")
+            raise UsageError(f"validation='test' (--validation test) but the source {discovery.root!r} has no test split.")
         val, source, test = test, "test", None
     elif validation == "val" or (validation == "auto" and "val" in by_split):
         if "val" not in by_split:
-            raise UsageError(f"validation='val' (--validation val) but the source {discovery.root!r} has no val "
-                             "split; use 'auto' to hold out part of train.")
+            raise UsageError(
+                f"validation='val' (--validation val) but the source {discovery.root!r} has no val "
+                "split; use 'auto' to hold out part of train."
+            )
         val, source = by_split["val"], "val"
     else:
         if not 0.0 < val_fraction < 1.0:
@@ -182,7 +184,7 @@ class ImageSet:
         items = [(self.split.ids[i], self.split.paths[i], 0) for i in range(len(self.split))]
         pos = {item_id: i for i, item_id in enumerate(self.split.ids)}
         with self._pool() as pool:
-            batches = (items[s:s + chunk] for s in range(0, len(items), chunk))
+            batches = (items[s : s + chunk] for s in range(0, len(items), chunk))
             for _batch, results in pool.map(batches):
                 for r in results:
                     i = pos[r.id]
@@ -222,14 +224,14 @@ class ImageSet:
         """(uint8 N x H x W x 3, int64 labels) for positions ``order`` (0..len-1), in that order."""
         if self.pixels is not None:
             for s in range(0, len(order), batch_size):
-                idx = torch.as_tensor(order[s:s + batch_size], dtype=torch.int64, device=self.pixels.device)
+                idx = torch.as_tensor(order[s : s + batch_size], dtype=torch.int64, device=self.pixels.device)
                 px = self.pixels.index_select(0, idx)
                 yield px.expand(-1, -1, -1, 3) if px.shape[-1] == 1 else px, self.labels.index_select(0, idx)
             return
         sel = self.keep[order]
         pos = {self.split.ids[i]: i for i in sel}
         chunks = (
-            [(self.split.ids[i], self.split.paths[i], 0) for i in sel[s:s + batch_size]]
+            [(self.split.ids[i], self.split.paths[i], 0) for i in sel[s : s + batch_size]]
             for s in range(0, len(sel), batch_size)
         )
         with self._pool() as pool:
@@ -241,8 +243,13 @@ class ImageSet:
                         ys.append(self.split.labels[pos[r.id]])
                     elif self.split.paths[pos[r.id]] not in self.failed:
                         self.failed[self.split.paths[pos[r.id]]] = f"{r.reason}: {r.message}"
-                        log.warning("%s image %s could not be used: %s: %s", self.split.name,
-                                    self.split.paths[pos[r.id]], r.reason, r.message)
+                        log.warning(
+                            "%s image %s could not be used: %s: %s",
+                            self.split.name,
+                            self.split.paths[pos[r.id]],
+                            r.reason,
+                            r.message,
+                        )
                 if px:
                     yield torch.from_numpy(np.stack(px)), torch.tensor(ys, dtype=torch.int64)
 
@@ -282,8 +289,9 @@ class BatchAugment:
         self.params = {k: float(v) for k, v in (t.split("=") for t in self.spec.split(","))} if self.spec else {}
         unsupported = sorted(set(self.params) - set(TRAIN_AUGMENTATIONS))
         if unsupported:
-            raise UsageError(f"The augmentations {unsupported} are not available for training; "
-                             f"use {', '.join(TRAIN_AUGMENTATIONS)}.")
+            raise UsageError(
+                f"The augmentations {unsupported} are not available for training; use {', '.join(TRAIN_AUGMENTATIONS)}."
+            )
 
     def __bool__(self) -> bool:
         return bool(self.params)

@@ -25,6 +25,7 @@ Example:
     0.92
     >>> finetune("data/photos", "tuned/", model="efficientnet_lite0", freeze=4)   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -70,8 +71,16 @@ from .data import VALIDATION_CHOICES, BatchAugment, ImageSet, Splits, make_split
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CNNTrainResult", "train_cnn", "finetune", "MODEL_FILE", "CONFIG_FILE", "HISTORY_FILE",
-           "CHECKPOINT_FILE", "FORMAT"]
+__all__ = [
+    "CNNTrainResult",
+    "train_cnn",
+    "finetune",
+    "MODEL_FILE",
+    "CONFIG_FILE",
+    "HISTORY_FILE",
+    "CHECKPOINT_FILE",
+    "FORMAT",
+]
 
 HISTORY_FILE = "history.json"
 CHECKPOINT_FILE = "checkpoint.safetensors"
@@ -121,8 +130,17 @@ def _items_digest(splits: Splits) -> str:
     return h.hexdigest()[:32]
 
 
-def _validate_common(epochs: int, batch_size: int, lr: float, weight_decay: float, schedule: str,
-                     patience: int | None, val_fraction: float, seed: int, where: str) -> None:
+def _validate_common(
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    schedule: str,
+    patience: int | None,
+    val_fraction: float,
+    seed: int,
+    where: str,
+) -> None:
     check_int(epochs, "epochs", minimum=1, where=where)
     check_int(batch_size, "batch_size", minimum=1, where=where)
     check_number(lr, "lr", minimum=0, min_open=True, where=where)
@@ -250,8 +268,13 @@ def train_cnn(
     if input_size is None:
         h, w = _first_image_size(splits.train.paths, policy)
         input_size = int(min(64, max(16, min(h, w))))
-    preprocess = Preprocess(input_size=(input_size, input_size), crop_pct=1.0, interpolation="bilinear",
-                            mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    preprocess = Preprocess(
+        input_size=(input_size, input_size),
+        crop_pct=1.0,
+        interpolation="bilinear",
+        mean=(0.5, 0.5, 0.5),
+        std=(0.5, 0.5, 0.5),
+    )
     sets, cached = _image_sets(splits, preprocess, policy, workers, memory_budget)
     if channels is None:
         channels = 1 if sets["train"].is_gray() else 3
@@ -259,16 +282,38 @@ def train_cnn(
     torch.manual_seed(_derive(seed, -1))
     model = build_cnn(cfg)
     job = _Job(
-        kind="cnn", model=model, preprocess=preprocess, splits=splits,
+        kind="cnn",
+        model=model,
+        preprocess=preprocess,
+        splits=splits,
         param_groups=[{"name": "all", "params": list(model.parameters()), "lr_mult": 1.0}],
-        frozen_bn=[], model_config={"arch": cfg, "base": None, "classifier": "classifier"},
-        hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction,
-               "validation": validation, "seed": seed,
-               **_patience(patience)},
+        frozen_bn=[],
+        model_config={"arch": cfg, "base": None, "classifier": "classifier"},
+        hyper={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "schedule": schedule,
+            "augment": aug.spec,
+            "val_fraction": val_fraction,
+            "validation": validation,
+            "seed": seed,
+            **_patience(patience),
+        },
     )
-    return _fit(job, os.fspath(out), sets, cached, device=device, amp=amp, resume=resume, overwrite=overwrite,
-                keep_checkpoint=keep_checkpoint, progress=progress)
+    return _fit(
+        job,
+        os.fspath(out),
+        sets,
+        cached,
+        device=device,
+        amp=amp,
+        resume=resume,
+        overwrite=overwrite,
+        keep_checkpoint=keep_checkpoint,
+        progress=progress,
+    )
 
 
 def finetune(
@@ -322,8 +367,10 @@ def finetune(
     splits = make_splits(walk(source), val_fraction, seed, validation)
     bb = load_backbone(model, weights, input_size=input_size, crop_pct=crop_pct, seed=seed)
     if isinstance(bb.model, torch.jit.ScriptModule) or not bb.classifier:
-        raise UsageError(f"The model {model!r} has no classifier module to replace; fine-tuning needs a timm, "
-                         "torchvision, bundled or factory model.")
+        raise UsageError(
+            f"The model {model!r} has no classifier module to replace; fine-tuning needs a timm, "
+            "torchvision, bundled or factory model."
+        )
     stages = [n for n, i in describe_layers(bb).items() if i.stage]
     net = bb.model
     torch.manual_seed(_derive(seed, -1))
@@ -336,9 +383,13 @@ def finetune(
         if name in frozen:
             continue
         (head if name.startswith(head_prefix) else body).append(p)
-    frozen_bn = [m for _n, m in net.named_modules()
-                 if isinstance(m, nn.modules.batchnorm._BatchNorm)
-                 and any(True for _ in m.parameters()) and all(not p.requires_grad for p in m.parameters())]
+    frozen_bn = [
+        m
+        for _n, m in net.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm)
+        and any(True for _ in m.parameters())
+        and all(not p.requires_grad for p in m.parameters())
+    ]
     groups = [{"name": "head", "params": head, "lr_mult": 1.0}]
     if body and body_lr_mult > 0:
         groups.append({"name": "body", "params": body, "lr_mult": float(body_lr_mult)})
@@ -346,20 +397,49 @@ def finetune(
         for p in body:
             p.requires_grad_(False)
     sets, cached = _image_sets(splits, bb.preprocess, policy, workers, memory_budget)
-    base = {"model": bb.name, "family": bb.family, "weights_sha256": bb.weights_sha256,
-            "architecture": bb.extra.get("architecture")}
+    base = {
+        "model": bb.name,
+        "family": bb.family,
+        "weights_sha256": bb.weights_sha256,
+        "architecture": bb.extra.get("architecture"),
+    }
     job = _Job(
-        kind="finetune", model=net, preprocess=bb.preprocess, splits=splits, param_groups=groups,
-        frozen_bn=frozen_bn, model_config={"arch": None, "base": base, "classifier": bb.classifier},
-        hyper={"epochs": epochs, "batch_size": batch_size, "lr": lr, "weight_decay": weight_decay,
-               "schedule": schedule, "augment": aug.spec, "val_fraction": val_fraction,
-               "validation": validation, "seed": seed,
-               "freeze": freeze, "frozen_stages": stages[:freeze] if freeze > 0 else ("all" if freeze < 0 else []),
-               "body_lr_mult": body_lr_mult, **_patience(patience)},
+        kind="finetune",
+        model=net,
+        preprocess=bb.preprocess,
+        splits=splits,
+        param_groups=groups,
+        frozen_bn=frozen_bn,
+        model_config={"arch": None, "base": base, "classifier": bb.classifier},
+        hyper={
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "schedule": schedule,
+            "augment": aug.spec,
+            "val_fraction": val_fraction,
+            "validation": validation,
+            "seed": seed,
+            "freeze": freeze,
+            "frozen_stages": stages[:freeze] if freeze > 0 else ("all" if freeze < 0 else []),
+            "body_lr_mult": body_lr_mult,
+            **_patience(patience),
+        },
         frozen_params=sum(p.numel() for n, p in net.named_parameters() if n in frozen),
     )
-    return _fit(job, os.fspath(out), sets, cached, device=device, amp=amp, resume=resume, overwrite=overwrite,
-                keep_checkpoint=keep_checkpoint, progress=progress)
+    return _fit(
+        job,
+        os.fspath(out),
+        sets,
+        cached,
+        device=device,
+        amp=amp,
+        resume=resume,
+        overwrite=overwrite,
+        keep_checkpoint=keep_checkpoint,
+        progress=progress,
+    )
 
 
 def _frozen_names(model: nn.Module, classifier: str, stages: list[str], freeze: int) -> set[str]:
@@ -370,24 +450,29 @@ def _frozen_names(model: nn.Module, classifier: str, stages: list[str], freeze: 
     if freeze < 0:
         return {n for n in params if not n.startswith(head)}
     if freeze > len(stages):
-        raise UsageError(f"The 'freeze' parameter is {freeze} but the model has {len(stages)} stages "
-                         f"({', '.join(stages)}); use at most {len(stages)}, or -1 to freeze the whole body.")
+        raise UsageError(
+            f"The 'freeze' parameter is {freeze} but the model has {len(stages)} stages "
+            f"({', '.join(stages)}); use at most {len(stages)}, or -1 to freeze the whole body."
+        )
     last = stages[freeze - 1] + "."
     hits = [i for i, n in enumerate(params) if n.startswith(last)]
     if not hits:  # a stage without parameters: freeze up to the first parameter after it
         raise UsageError(f"The stage {stages[freeze - 1]!r} has no parameters to freeze.")
-    return {n for n in params[:hits[-1] + 1] if not n.startswith(head)}
+    return {n for n in params[: hits[-1] + 1] if not n.startswith(head)}
 
 
 # ----------------------------------------------------------------------------- data
-def _image_sets(splits: Splits, preprocess: Preprocess, policy: DecodePolicy, workers: int | None,
-                memory_budget: int | str) -> tuple[dict[str, ImageSet], bool]:
+def _image_sets(
+    splits: Splits, preprocess: Preprocess, policy: DecodePolicy, workers: int | None, memory_budget: int | str
+) -> tuple[dict[str, ImageSet], bool]:
     if workers is None:
         workers = default_workers()
     check_int(workers, "workers", minimum=0)
     budget = parse_size(memory_budget, "memory_budget", minimum=0)
-    sets = {"train": ImageSet(splits.train, preprocess, policy, workers),
-            "val": ImageSet(splits.val, preprocess, policy, workers)}
+    sets = {
+        "train": ImageSet(splits.train, preprocess, policy, workers),
+        "val": ImageSet(splits.val, preprocess, policy, workers),
+    }
     if splits.test is not None:
         sets["test"] = ImageSet(splits.test, preprocess, policy, workers)
     need = sum(s.nbytes() for s in sets.values())
@@ -398,11 +483,13 @@ def _image_sets(splits: Splits, preprocess: Preprocess, policy: DecodePolicy, wo
             s.build_cache()
             if not len(s):
                 raise UsageError(f"No {s.split.name} image could be decoded.")
-        log.info("decoded %d images into memory in %.1f s", sum(len(s) for s in sets.values()),
-                 time.perf_counter() - t0)
+        log.info("decoded %d images into memory in %.1f s", sum(len(s) for s in sets.values()), time.perf_counter() - t0)
     else:
-        log.info("images need %.0f MiB > memory budget %.0f MiB: streaming them from disk every epoch",
-                 need / 2**20, budget / 2**20)
+        log.info(
+            "images need %.0f MiB > memory budget %.0f MiB: streaming them from disk every epoch",
+            need / 2**20,
+            budget / 2**20,
+        )
     return sets, cached
 
 
@@ -422,8 +509,15 @@ def _autocast(device: torch.device, amp: bool) -> tuple[Callable[[], Any], torch
 
 
 @torch.no_grad()
-def _evaluate(model: nn.Module, ds: ImageSet, preprocess: Preprocess, device: torch.device, autocast: Any,
-              batch_size: int, num_classes: int) -> tuple[float, float, np.ndarray]:
+def _evaluate(
+    model: nn.Module,
+    ds: ImageSet,
+    preprocess: Preprocess,
+    device: torch.device,
+    autocast: Any,
+    batch_size: int,
+    num_classes: int,
+) -> tuple[float, float, np.ndarray]:
     model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     cm = torch.zeros(num_classes, num_classes, dtype=torch.int64, device=device)
@@ -442,13 +536,30 @@ def _evaluate(model: nn.Module, ds: ImageSet, preprocess: Preprocess, device: to
     return float(loss_sum.item() / max(n, 1)), float(np.trace(cm_np) / max(n, 1)), cm_np
 
 
-def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device: str, amp: bool, resume: bool,
-         overwrite: bool, keep_checkpoint: bool, progress: ProgressFn | None) -> CNNTrainResult:
+def _fit(
+    job: _Job,
+    out: str,
+    sets: dict[str, ImageSet],
+    cached: bool,
+    *,
+    device: str,
+    amp: bool,
+    resume: bool,
+    overwrite: bool,
+    keep_checkpoint: bool,
+    progress: ProgressFn | None,
+) -> CNNTrainResult:
     start_time = time.perf_counter()
     dev = torch.device(resolve_device(device))
     hyper = job.hyper
-    fp_dict = {"kind": job.kind, "model": job.model_config, "preprocess": job.preprocess.to_dict(),
-               "classes": job.splits.classes, "items": _items_digest(job.splits), "hyper": hyper}
+    fp_dict = {
+        "kind": job.kind,
+        "model": job.model_config,
+        "preprocess": job.preprocess.to_dict(),
+        "classes": job.splits.classes,
+        "items": _items_digest(job.splits),
+        "hyper": hyper,
+    }
     fingerprint = _fingerprint(fp_dict)
     if os.path.exists(out) and not os.path.isdir(out):
         raise UsageError(f"The output {out!r} exists and is not a directory.")
@@ -462,20 +573,41 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
     if os.path.isfile(config_path):
         done = model_config_document(out)
         if done.get("format") != FORMAT and not overwrite:
-            raise UsageError(f"{out!r} holds a {CONFIG_FILE} that deepfeat did not write; choose another output "
-                             "directory (or pass overwrite=True / --overwrite to replace it).")
+            raise UsageError(
+                f"{out!r} holds a {CONFIG_FILE} that deepfeat did not write; choose another output "
+                "directory (or pass overwrite=True / --overwrite to replace it)."
+            )
         same = done.get("fingerprint") == fingerprint
-        if (resume and same and done.get("complete") and not os.path.isfile(ckpt_path)
-                and os.path.isfile(os.path.join(out, MODEL_FILE))):
+        if (
+            resume
+            and same
+            and done.get("complete")
+            and not os.path.isfile(ckpt_path)
+            and os.path.isfile(os.path.join(out, MODEL_FILE))
+        ):
             log.info("%s already holds this finished run", out)
-            return CNNTrainResult(out, job.kind, job.splits.classes, normalize_history(done.get("history", [])),
-                                  done.get("metrics", {}),
-                                  0.0, str(dev), cached, n_train, n_val, job.splits.val_source,
-                                  resumed_from=len(done.get("history", [])), already_complete=True, skipped=skipped,
-                                  best_epoch=done.get("metrics", {}).get("best_epoch"))
+            return CNNTrainResult(
+                out,
+                job.kind,
+                job.splits.classes,
+                normalize_history(done.get("history", [])),
+                done.get("metrics", {}),
+                0.0,
+                str(dev),
+                cached,
+                n_train,
+                n_val,
+                job.splits.val_source,
+                resumed_from=len(done.get("history", [])),
+                already_complete=True,
+                skipped=skipped,
+                best_epoch=done.get("metrics", {}).get("best_epoch"),
+            )
         if not same and not overwrite:
-            raise UsageError(f"{out!r} holds a model trained with another configuration; pass overwrite=True "
-                             "(--overwrite) to replace it, or choose another output directory.")
+            raise UsageError(
+                f"{out!r} holds a model trained with another configuration; pass overwrite=True "
+                "(--overwrite) to replace it, or choose another output directory."
+            )
 
     model = job.model.to(dev)
     param_groups = [{"params": g["params"], "lr": hyper["lr"] * g["lr_mult"]} for g in job.param_groups]
@@ -489,9 +621,11 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
         state = read_checkpoint_state(ckpt_path)
         if not resume or state.get("fingerprint") != fingerprint:
             if resume and not overwrite:
-                raise UsageError(f"{out!r} holds a checkpoint of a run with another configuration; rerun with the "
-                                 "same arguments to resume it, pass overwrite=True (--overwrite) to start over, "
-                                 "or choose another output directory.")
+                raise UsageError(
+                    f"{out!r} holds a checkpoint of a run with another configuration; rerun with the "
+                    "same arguments to resume it, pass overwrite=True (--overwrite) to start over, "
+                    "or choose another output directory."
+                )
             os.unlink(ckpt_path)
         else:
             extra: dict[str, torch.Tensor] = {}
@@ -514,14 +648,39 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
     n_params = sum(p.numel() for p in model.parameters())
     n_trainable = sum(p.numel() for g in param_groups for p in g["params"])
     if progress:
-        progress({"phase": "start", "kind": job.kind, "out": out, "device": str(dev), "precision": precision,
-                  "cached": cached, "n_train": n_train, "n_val": n_val, "val_source": job.splits.val_source,
-                  "classes": job.splits.classes, "epochs": epochs, "start_epoch": start_epoch,
-                  "steps_per_epoch": steps_per_epoch, "params": n_params, "trainable": n_trainable,
-                  "input_size": list(job.preprocess.input_size)})
-    log.info("%s: %d training / %d validation images (%s), %d classes, %s on %s (%s), %d of %d parameters trained",
-             job.kind, n_train, n_val, job.splits.val_source, num_classes, "cached" if cached else "streamed",
-             dev, precision, n_trainable, n_params)
+        progress(
+            {
+                "phase": "start",
+                "kind": job.kind,
+                "out": out,
+                "device": str(dev),
+                "precision": precision,
+                "cached": cached,
+                "n_train": n_train,
+                "n_val": n_val,
+                "val_source": job.splits.val_source,
+                "classes": job.splits.classes,
+                "epochs": epochs,
+                "start_epoch": start_epoch,
+                "steps_per_epoch": steps_per_epoch,
+                "params": n_params,
+                "trainable": n_trainable,
+                "input_size": list(job.preprocess.input_size),
+            }
+        )
+    log.info(
+        "%s: %d training / %d validation images (%s), %d classes, %s on %s (%s), %d of %d parameters trained",
+        job.kind,
+        n_train,
+        n_val,
+        job.splits.val_source,
+        num_classes,
+        "cached" if cached else "streamed",
+        dev,
+        precision,
+        n_trainable,
+        n_params,
+    )
 
     def train_epoch(number: int) -> dict[str, Any]:
         epoch = number - 1  # the seeds and the schedule count from 0
@@ -556,24 +715,37 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
             loss_sum += loss.detach().double() * len(y)
             seen += len(y)
             if progress:
-                progress({"phase": "batch", "epoch": number, "epochs": epochs, "step": step + 1,
-                          "steps": steps_per_epoch, "loss": float(loss.item()), "lr": optimizer.param_groups[0]["lr"]})
+                progress(
+                    {
+                        "phase": "batch",
+                        "epoch": number,
+                        "epochs": epochs,
+                        "step": step + 1,
+                        "steps": steps_per_epoch,
+                        "loss": float(loss.item()),
+                        "lr": optimizer.param_groups[0]["lr"],
+                    }
+                )
         return {"train_loss": round(float(loss_sum.item() / max(seen, 1)), 6)}
 
     last_cm: dict[int, np.ndarray] = {}  # the confusion matrix of the last epoch validated in this process
 
     def validate(row: dict[str, Any]) -> dict[str, Any]:
-        val_loss, val_acc, cm = _evaluate(model, sets["val"], job.preprocess, dev, autocast, batch_size * 4,
-                                          num_classes)
+        val_loss, val_acc, cm = _evaluate(model, sets["val"], job.preprocess, dev, autocast, batch_size * 4, num_classes)
         last_cm.clear()
         last_cm[row["epoch"]] = cm
-        return {"val_loss": round(val_loss, 6),
-                "train_val_ratio": round(row["train_loss"] / val_loss, 6) if val_loss > 0 else None,
-                "val_accuracy": round(val_acc, 6)}
+        return {
+            "val_loss": round(val_loss, 6),
+            "train_val_ratio": round(row["train_loss"] / val_loss, 6) if val_loss > 0 else None,
+            "val_accuracy": round(val_acc, 6),
+        }
 
     def save(state: RunState) -> str:
-        document = {**state.to_document(), "fingerprint": fingerprint,
-                    "scaler": scaler.state_dict() if scaler is not None else None}
+        document = {
+            **state.to_document(),
+            "fingerprint": fingerprint,
+            "scaler": scaler.state_dict() if scaler is not None else None,
+        }
         save_checkpoint(ckpt_path, model, optimizer, document, extra=state.best_tensors())
         atomic_write_json(os.path.join(out, HISTORY_FILE), state.history)
         return ckpt_path
@@ -582,8 +754,16 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
         model.load_state_dict(dict(zip(model.state_dict(), params)))
 
     with _deterministic(dev.type == "cpu"):
-        run_epochs(run, epochs, train_epoch=train_epoch, validate=validate, patience=patience, save=save,
-                   snapshot=lambda: [t.detach().clone() for t in model.state_dict().values()], progress=progress)
+        run_epochs(
+            run,
+            epochs,
+            train_epoch=train_epoch,
+            validate=validate,
+            patience=patience,
+            save=save,
+            snapshot=lambda: [t.detach().clone() for t in model.state_dict().values()],
+            progress=progress,
+        )
         kept = run.keep_best(patience, restore)
         cm = last_cm.get(kept) if kept is not None else None
         if cm is None:  # the kept epoch was validated by an earlier process (a resumed or finished run)
@@ -598,13 +778,35 @@ def _fit(job: _Job, out: str, sets: dict[str, ImageSet], cached: bool, *, device
     if progress:
         progress({"phase": "done", "metrics": metrics, "seconds": seconds, "out": out})
     model.eval()
-    return CNNTrainResult(out, job.kind, job.splits.classes, history, metrics, seconds, str(dev), cached, n_train,
-                          n_val, job.splits.val_source, resumed_from=start_epoch, skipped=skipped, best_epoch=kept)
+    return CNNTrainResult(
+        out,
+        job.kind,
+        job.splits.classes,
+        history,
+        metrics,
+        seconds,
+        str(dev),
+        cached,
+        n_train,
+        n_val,
+        job.splits.val_source,
+        resumed_from=start_epoch,
+        skipped=skipped,
+        best_epoch=kept,
+    )
 
 
-def _final_metrics(history: list[dict[str, Any]], kept: int | None, cm: np.ndarray, job: _Job,
-                   sets: dict[str, ImageSet], dev: torch.device, autocast: Any, batch_size: int,
-                   num_classes: int) -> dict[str, Any]:
+def _final_metrics(
+    history: list[dict[str, Any]],
+    kept: int | None,
+    cm: np.ndarray,
+    job: _Job,
+    sets: dict[str, ImageSet],
+    dev: torch.device,
+    autocast: Any,
+    batch_size: int,
+    num_classes: int,
+) -> dict[str, Any]:
     """Validation (and test) figures of the weights the model directory keeps: epoch ``kept``."""
     last = next((r for r in history if r["epoch"] == kept), history[-1] if history else {})
     metrics: dict[str, Any] = {
@@ -626,8 +828,18 @@ def _final_metrics(history: list[dict[str, Any]], kept: int | None, cm: np.ndarr
     return metrics
 
 
-def _write_model_dir(out: str, job: _Job, model: nn.Module, history: list[dict[str, Any]], metrics: dict[str, Any],
-                     fingerprint: str, cached: bool, n_train: int, n_val: int, skipped: dict[str, str]) -> None:
+def _write_model_dir(
+    out: str,
+    job: _Job,
+    model: nn.Module,
+    history: list[dict[str, Any]],
+    metrics: dict[str, Any],
+    fingerprint: str,
+    cached: bool,
+    n_train: int,
+    n_val: int,
+    skipped: dict[str, str],
+) -> None:
     from safetensors.torch import save
 
     sd = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -646,18 +858,27 @@ def _write_model_dir(out: str, job: _Job, model: nn.Module, history: list[dict[s
         "preprocess": job.preprocess.to_dict(),
         "metrics": metrics,
         "history": history,
-        "training": {**job.hyper, "n_train": n_train, "n_valid": n_val, "valid_source": job.splits.val_source,
-                     "cached": cached, "skipped_images": len(skipped), "frozen_params": job.frozen_params},
+        "training": {
+            **job.hyper,
+            "n_train": n_train,
+            "n_valid": n_val,
+            "valid_source": job.splits.val_source,
+            "cached": cached,
+            "skipped_images": len(skipped),
+            "frozen_params": job.frozen_params,
+        },
         "fingerprint": fingerprint,
         "complete": True,
         "versions": {"deepfeat": __version__, "torch": torch.__version__, "timm": timm.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     try:
-        plot_confusion_matrix(np.asarray(metrics["confusion_matrix"]), job.splits.classes,
-                              os.path.join(out, "confusion_matrix.png"),
-                              title=f"{job.kind} -- {job.splits.val_source} set "
-                                    f"(accuracy {metrics['valid_accuracy']:.3f})")
+        plot_confusion_matrix(
+            np.asarray(metrics["confusion_matrix"]),
+            job.splits.classes,
+            os.path.join(out, "confusion_matrix.png"),
+            title=f"{job.kind} -- {job.splits.val_source} set (accuracy {metrics['valid_accuracy']:.3f})",
+        )
     except ImportError:
         log.info("confusion_matrix.png not written: matplotlib is missing (pip install 'deepfeat[plot]')")
     atomic_write_json(os.path.join(out, CONFIG_FILE), config)

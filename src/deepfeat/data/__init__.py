@@ -1,4 +1,5 @@
 """Input side of deepfeat: one input's bytes and pixels (read, decode, preprocess, augment, the decode pool)."""
+
 from deepfeat.data.decode import (
     FAILURE_REASONS,
     DecodedImage,

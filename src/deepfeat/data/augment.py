@@ -22,6 +22,7 @@ Example:
     >>> parse_augment("flip,crop=0.8,rotate=15")
     'flip=0.5,crop=0.8,rotate=15'
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -66,7 +67,8 @@ def parse_augment(spec: str) -> str:
         if name not in VOCABULARY:
             raise UsageError(
                 f"Unknown augmentation {name!r} in {spec!r}; valid: "
-                + ", ".join(f"{k}[={_fmt(v[0])}]" for k, v in VOCABULARY.items()) + "."
+                + ", ".join(f"{k}[={_fmt(v[0])}]" for k, v in VOCABULARY.items())
+                + "."
             )
         if name in seen:
             raise UsageError(f"The augmentation {name!r} appears twice in {spec!r}.")
@@ -116,8 +118,11 @@ class Augmenter:
             steps.append(T.RandomVerticalFlip(p["vflip"]))
         if "rotate" in p or "translate" in p:
             t = p.get("translate", 0.0)
-            steps.append(T.RandomAffine(degrees=p.get("rotate", 0.0), translate=(t, t) if t else None,
-                                        interpolation=T.InterpolationMode.BILINEAR))
+            steps.append(
+                T.RandomAffine(
+                    degrees=p.get("rotate", 0.0), translate=(t, t) if t else None, interpolation=T.InterpolationMode.BILINEAR
+                )
+            )
         if "color" in p:
             c = p["color"]
             steps.append(T.ColorJitter(brightness=c, contrast=c, saturation=c))

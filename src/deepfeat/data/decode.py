@@ -23,6 +23,7 @@ Failures of one item raise :class:`~deepfeat.errors.InputError` with a ``reason`
 :data:`FAILURE_REASONS`; machine faults (I/O error, out of memory, too many open files) raise
 :class:`~deepfeat.errors.EnvironmentFault`. Nothing else escapes.
 """
+
 from __future__ import annotations
 
 import errno
@@ -58,15 +59,15 @@ __all__ = [
 
 #: Every ``InputError.reason`` this module raises.
 FAILURE_REASONS: tuple[str, ...] = (
-    "unidentified",        # not an image at all (0 bytes, text, HTML...)
-    "truncated",           # the image data ends early
-    "too_large",           # too many pixels, or the file is over max_file_bytes
-    "aspect_ratio",        # max(w, h) / min(w, h) above the policy's limit
+    "unidentified",  # not an image at all (0 bytes, text, HTML...)
+    "truncated",  # the image data ends early
+    "too_large",  # too many pixels, or the file is over max_file_bytes
+    "aspect_ratio",  # max(w, h) / min(w, h) above the policy's limit
     "unsupported_format",  # a real image in a format outside the allowlist
-    "vanished",            # the file was deleted (or its folder) after discovery
-    "decode_error",        # any other failure while decoding
-    "not_regular_file",    # a FIFO, socket, device or directory where a file was expected
-    "unreadable",          # permission denied, symlink loop, name too long
+    "vanished",  # the file was deleted (or its folder) after discovery
+    "decode_error",  # any other failure while decoding
+    "not_regular_file",  # a FIFO, socket, device or directory where a file was expected
+    "unreadable",  # permission denied, symlink loop, name too long
 )
 
 #: EXIF orientation -> the transpose that shows the image upright (same table as
@@ -139,8 +140,12 @@ class DecodePolicy:
             >>> DecodePolicy(max_file_bytes=1000).to_dict()["max_file_bytes"]
             1000
         """
-        d: dict[str, Any] = {"max_pixels": self.max_pixels, "max_aspect_ratio": self.max_aspect_ratio,
-                             "background": list(self.background), "formats": sorted(self.formats)}
+        d: dict[str, Any] = {
+            "max_pixels": self.max_pixels,
+            "max_aspect_ratio": self.max_aspect_ratio,
+            "background": list(self.background),
+            "formats": sorted(self.formats),
+        }
         if self.max_file_bytes != type(self).max_file_bytes:
             d["max_file_bytes"] = self.max_file_bytes
         return d
@@ -150,11 +155,13 @@ class DecodePolicy:
         """The policy :meth:`to_dict` wrote; missing keys take the defaults, a malformed one gives the default policy."""
         d = d or {}
         try:
-            return cls(max_pixels=int(d.get("max_pixels", cls.max_pixels)),
-                       max_aspect_ratio=float(d.get("max_aspect_ratio", cls.max_aspect_ratio)),
-                       background=tuple(int(v) for v in d.get("background", cls.background)),  # type: ignore[arg-type]
-                       formats=frozenset(str(f) for f in d["formats"]) if d.get("formats") else cls().formats,
-                       max_file_bytes=int(d.get("max_file_bytes", cls.max_file_bytes)))
+            return cls(
+                max_pixels=int(d.get("max_pixels", cls.max_pixels)),
+                max_aspect_ratio=float(d.get("max_aspect_ratio", cls.max_aspect_ratio)),
+                background=tuple(int(v) for v in d.get("background", cls.background)),  # type: ignore[arg-type]
+                formats=frozenset(str(f) for f in d["formats"]) if d.get("formats") else cls().formats,
+                max_file_bytes=int(d.get("max_file_bytes", cls.max_file_bytes)),
+            )
         except (TypeError, ValueError, UsageError):
             return cls()
 
@@ -286,9 +293,7 @@ def _riff_truncated(data: bytes | bytearray | memoryview | None) -> bool:
     return int.from_bytes(bytes(data[4:8]), "little") + 8 > len(data)
 
 
-def _pillow_error(
-    exc: BaseException, fmt: str | None, data: bytes | bytearray | memoryview | None = None
-) -> InputError:
+def _pillow_error(exc: BaseException, fmt: str | None, data: bytes | bytearray | memoryview | None = None) -> InputError:
     """Turn an exception raised by Pillow for one item into an InputError."""
     if isinstance(exc, Image.DecompressionBombError):
         return InputError("too_large", str(exc))
@@ -315,7 +320,7 @@ def _check_geometry(width: int, height: int, policy: DecodePolicy) -> None:
     if ratio > policy.max_aspect_ratio:
         raise InputError(
             "aspect_ratio",
-            f"image is {width}x{height}, aspect ratio {ratio:.1f} over the limit of {policy.max_aspect_ratio:g}"
+            f"image is {width}x{height}, aspect ratio {ratio:.1f} over the limit of {policy.max_aspect_ratio:g}",
         )
 
 
@@ -409,8 +414,9 @@ def decode_bytes(
     return _decode(data, policy, draft)[:4]
 
 
-def _decode(data: bytes | bytearray | memoryview, policy: DecodePolicy,
-            draft: int | None) -> tuple[Image.Image, str, str, int, tuple[int, int]]:
+def _decode(
+    data: bytes | bytearray | memoryview, policy: DecodePolicy, draft: int | None
+) -> tuple[Image.Image, str, str, int, tuple[int, int]]:
     """:func:`decode_bytes` plus the (width, height) of the full-resolution image, orientation applied."""
     if len(data) == 0:
         raise InputError("unidentified", "empty file (0 bytes)")
@@ -471,8 +477,9 @@ def _decode(data: bytes | bytearray | memoryview, policy: DecodePolicy,
             img.close()
 
 
-def decode_file(path: str | os.PathLike[str], policy: DecodePolicy = _DEFAULT_POLICY,
-                draft: int | None = None) -> DecodedImage:
+def decode_file(
+    path: str | os.PathLike[str], policy: DecodePolicy = _DEFAULT_POLICY, draft: int | None = None
+) -> DecodedImage:
     """Read and decode one image file by the policy (``draft``: see :func:`decode_bytes`).
 
     Example:
@@ -483,8 +490,9 @@ def decode_file(path: str | os.PathLike[str], policy: DecodePolicy = _DEFAULT_PO
     return decode_data(read_file_bytes(path, policy.max_file_bytes), policy, draft)
 
 
-def decode_data(data: bytes | bytearray | memoryview, policy: DecodePolicy = _DEFAULT_POLICY,
-                draft: int | None = None) -> DecodedImage:
+def decode_data(
+    data: bytes | bytearray | memoryview, policy: DecodePolicy = _DEFAULT_POLICY, draft: int | None = None
+) -> DecodedImage:
     """Decode an encoded image held in memory (a file's bytes, a tar member, a Parquet cell).
 
     The same checks, hash and result as :func:`decode_file`, so an image gives the same features

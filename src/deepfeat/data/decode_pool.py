@@ -14,6 +14,7 @@ A worker that dies (segfault in a codec, OOM kill) is replaced; each batch it he
 once in a fresh worker, then its items are tried one by one; an item that still kills its
 worker is failed with reason ``worker_crash``. Nothing hangs.
 """
+
 from __future__ import annotations
 
 import collections
@@ -117,8 +118,9 @@ class _Worker:
 
     def __init__(self, args: tuple[Any, ...]) -> None:
         parent_end, child_end = WORKER_CONTEXT.Pipe(duplex=True)
-        self.proc = WORKER_CONTEXT.Process(target=_worker_main, args=(child_end, os.getpid(), args),
-                                           name="deepfeat-decode", daemon=True)
+        self.proc = WORKER_CONTEXT.Process(
+            target=_worker_main, args=(child_end, os.getpid(), args), name="deepfeat-decode", daemon=True
+        )
         try:
             self.proc.start()
         finally:
@@ -189,8 +191,14 @@ class DecodePool:
     ``KeyboardInterrupt``, ends every worker.
     """
 
-    def __init__(self, workers: int, preprocess: dict[str, Any], policy: DecodePolicy,
-                 augment: tuple[str, int] | None = None, prefetch: int | None = None) -> None:
+    def __init__(
+        self,
+        workers: int,
+        preprocess: dict[str, Any],
+        policy: DecodePolicy,
+        augment: tuple[str, int] | None = None,
+        prefetch: int | None = None,
+    ) -> None:
         self.workers = max(0, int(workers))
         self.args = (preprocess, policy, augment)
         self.prefetch = prefetch or max(2, 2 * self.workers)
@@ -205,7 +213,7 @@ class DecodePool:
         self.workers = max(1, int(workers))
         if not self._fixed_prefetch:
             self.prefetch = max(2, 2 * self.workers)
-        idle = [w for w in self._workers if not w.tasks][:max(0, len(self._workers) - self.workers)]
+        idle = [w for w in self._workers if not w.tasks][: max(0, len(self._workers) - self.workers)]
         for w in idle:
             self._workers.remove(w)
         _stop_all(idle)
@@ -300,8 +308,9 @@ class DecodePool:
         results = []
         for item in batch:
             one = self._isolated([item])
-            results.extend(one if one is not None else
-                           [Failed(item[0], "worker_crash", "the decode worker died on this input twice")])
+            results.extend(
+                one if one is not None else [Failed(item[0], "worker_crash", "the decode worker died on this input twice")]
+            )
         return results
 
     # ------------------------------------------------------------------ the public iterator

@@ -21,6 +21,7 @@ Example:
     >>> p.resize_size
     256
 """
+
 from __future__ import annotations
 
 import math
@@ -88,8 +89,10 @@ class Preprocess:
         if h < 1 or w < 1:
             raise UsageError(f"The 'input_size' must be positive; got {self.input_size} instead.")
         if max(h, w) > MAX_INPUT_SIZE:
-            raise UsageError(f"The 'input_size' (--input-size) must be at most {MAX_INPUT_SIZE} pixels a side; got "
-                             f"{h}x{w}, whose input tensor alone is {format_size(3 * h * w * 4)} per image.")
+            raise UsageError(
+                f"The 'input_size' (--input-size) must be at most {MAX_INPUT_SIZE} pixels a side; got "
+                f"{h}x{w}, whose input tensor alone is {format_size(3 * h * w * 4)} per image."
+            )
         if not 0.05 <= self.crop_pct <= 1.0:
             raise UsageError(f"The 'crop_pct' must be in [0.05, 1]; got {self.crop_pct} instead.")
         if self.interpolation not in INTERPOLATIONS:
@@ -141,9 +144,7 @@ class Preprocess:
             resizer=str(d.get("resizer", "pillow")),
         )
 
-    def with_overrides(
-        self, input_size: int | tuple[int, int] | None = None, crop_pct: float | None = None
-    ) -> "Preprocess":
+    def with_overrides(self, input_size: int | tuple[int, int] | None = None, crop_pct: float | None = None) -> "Preprocess":
         """A copy with ``input_size`` (int = square) and/or ``crop_pct`` replaced."""
         out = self
         if input_size is not None:
@@ -223,8 +224,9 @@ def _torch() -> ModuleType:
     return _torch_module
 
 
-def _torch_resize_crop(image: Image.Image, size: tuple[int, int], crop: tuple[int, int, int, int],
-                       mode: str) -> np.ndarray | None:
+def _torch_resize_crop(
+    image: Image.Image, size: tuple[int, int], crop: tuple[int, int, int, int], mode: str
+) -> np.ndarray | None:
     """``crop`` of the RGB ``image`` resized (downscaled) to ``size`` (w, h) by torch's antialiased uint8
     kernel; returns uint8 HxWx3 (None in the rare case where torch's rounding of the output size cuts
     into a crop that touches the image's edge: the caller then resizes the crop box with Pillow).
@@ -243,9 +245,10 @@ def _torch_resize_crop(image: Image.Image, size: tuple[int, int], crop: tuple[in
     # as they are (three channels are first copied into four)
     raw = bytearray(image.crop((0, 0, x_end, y_end)).tobytes("raw", "RGBX"))
     x = torch.frombuffer(raw, dtype=torch.uint8).view(1, y_end, x_end, 4).permute(0, 3, 1, 2)
-    y = torch.nn.functional.interpolate(x, scale_factor=(1 / sy, 1 / sx), mode=mode, antialias=True,
-                                        align_corners=False, recompute_scale_factor=False)
+    y = torch.nn.functional.interpolate(
+        x, scale_factor=(1 / sy, 1 / sx), mode=mode, antialias=True, align_corners=False, recompute_scale_factor=False
+    )
     if y.shape[2] < crop[3] or y.shape[3] < crop[2]:
         return None
-    out = y[0, :3, crop[1]:crop[3], crop[0]:crop[2]].permute(1, 2, 0)
+    out = y[0, :3, crop[1] : crop[3], crop[0] : crop[2]].permute(1, 2, 0)
     return cast(np.ndarray, out.contiguous().numpy())

@@ -19,6 +19,7 @@ Every failure that belongs to the one input is an :class:`~deepfeat.errors.Input
 entry), never a crash. An object store that stays unavailable after the retries is an
 :class:`~deepfeat.errors.EnvironmentFault`: the run stops and a rerun resumes. This module imports no torch.
 """
+
 from __future__ import annotations
 
 import errno
@@ -213,8 +214,10 @@ def hf_library() -> Any:
     try:
         import datasets
     except ImportError as exc:
-        raise UsageError("Reading a Hugging Face dataset needs the 'datasets' library: "
-                         "pip install 'deepfeat[hf]' (or pip install datasets).") from exc
+        raise UsageError(
+            "Reading a Hugging Face dataset needs the 'datasets' library: "
+            "pip install 'deepfeat[hf]' (or pip install datasets)."
+        ) from exc
     return datasets
 
 
@@ -230,9 +233,11 @@ def load_hf(path: str) -> Any:
     try:
         return datasets.load_dataset(path)
     except Exception as exc:  # noqa: BLE001 - any failure to find it offline is one message
-        raise UsageError(f"No Hugging Face dataset {path!r}: not a save_to_disk folder, and not in the local "
-                         f"cache ({type(exc).__name__}: {exc}). Save it with Dataset.save_to_disk and pass "
-                         "hf:FOLDER.") from exc
+        raise UsageError(
+            f"No Hugging Face dataset {path!r}: not a save_to_disk folder, and not in the local "
+            f"cache ({type(exc).__name__}: {exc}). Save it with Dataset.save_to_disk and pass "
+            "hf:FOLDER."
+        ) from exc
 
 
 def hf_splits(obj: Any) -> dict[str, Any]:

@@ -17,6 +17,7 @@ before its first request to an endpoint a process opens one TCP connection to it
 fsspec and the backends (``s3fs``, ``gcsfs``, ``adlfs``) are imported on first use; a missing backend
 is a :class:`~deepfeat.errors.UsageError` with its ``pip install`` line.
 """
+
 from __future__ import annotations
 
 import errno
@@ -38,8 +39,23 @@ from ..errors import EnvironmentFault, UsageError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SCHEMES", "RemoteError", "EndpointUnreachable", "is_url", "filesystem", "call", "expand", "info",
-           "stamp", "open_object", "read_ranges", "read_object", "common_root", "relpath", "join"]
+__all__ = [
+    "SCHEMES",
+    "RemoteError",
+    "EndpointUnreachable",
+    "is_url",
+    "filesystem",
+    "call",
+    "expand",
+    "info",
+    "stamp",
+    "open_object",
+    "read_ranges",
+    "read_object",
+    "common_root",
+    "relpath",
+    "join",
+]
 
 T = TypeVar("T")
 
@@ -58,7 +74,7 @@ SCHEMES: dict[str, tuple[str, str, str]] = {
 #: what to check when a scheme's endpoint does not answer or refuses the credentials
 SETTINGS: dict[str, str] = {
     "s3": "AWS_ENDPOINT_URL (or AWS_ENDPOINT_URL_S3, or endpoint_url in the AWS_PROFILE's config), "
-          "AWS_DEFAULT_REGION and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)",
+    "AWS_DEFAULT_REGION and the credentials (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE)",
     "gs": "STORAGE_EMULATOR_HOST (for an emulator) and GOOGLE_APPLICATION_CREDENTIALS",
     "az": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_CONNECTION_STRING (or AZURE_STORAGE_ACCOUNT_KEY)",
     "abfs": "AZURE_STORAGE_ACCOUNT_NAME and AZURE_STORAGE_CONNECTION_STRING (or AZURE_STORAGE_ACCOUNT_KEY)",
@@ -68,8 +84,16 @@ SETTINGS: dict[str, str] = {
 }
 #: the variables a protocol's filesystem reads when it is made (a change makes a new one)
 _ENVIRONMENT: dict[str, tuple[str, ...]] = {
-    "s3": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_DEFAULT_REGION", "AWS_REGION",
-           "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"),
+    "s3": (
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_S3",
+        "AWS_PROFILE",
+        "AWS_DEFAULT_REGION",
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ),
     "gs": ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS"),
     "az": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_KEY"),
     "abfs": ("AZURE_STORAGE_ACCOUNT_NAME", "AZURE_STORAGE_CONNECTION_STRING", "AZURE_STORAGE_ACCOUNT_KEY"),
@@ -89,15 +113,40 @@ COALESCE_MAX = 64 << 20
 BLOCK_SIZE = 8 << 20
 PROBE_TIMEOUT = 5.0
 
-_TRANSIENT_CODES = {"InternalError", "ServiceUnavailable", "SlowDown", "Throttling", "ThrottlingException",
-                    "RequestTimeout", "RequestTimeTooSkewed", "TooManyRequests", "RequestLimitExceeded",
-                    "BandwidthLimitExceeded", "503", "500", "502", "504", "429"}
-_DENIED_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "401", "AllAccessDisabled",
-                 "InvalidToken", "ExpiredToken"}
+_TRANSIENT_CODES = {
+    "InternalError",
+    "ServiceUnavailable",
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestTimeout",
+    "RequestTimeTooSkewed",
+    "TooManyRequests",
+    "RequestLimitExceeded",
+    "BandwidthLimitExceeded",
+    "503",
+    "500",
+    "502",
+    "504",
+    "429",
+}
+_DENIED_CODES = {
+    "AccessDenied",
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "403",
+    "401",
+    "AllAccessDisabled",
+    "InvalidToken",
+    "ExpiredToken",
+}
 _MISSING_CODES = {"NoSuchKey", "NoSuchBucket", "404", "NotFound"}
 
-_TRANSIENT_ERRNOS = {getattr(errno, n) for n in ("EREMOTEIO", "EBUSY", "EAGAIN", "ETIMEDOUT", "ECONNRESET",
-                                                  "ECONNABORTED", "EPIPE") if hasattr(errno, n)}
+_TRANSIENT_ERRNOS = {
+    getattr(errno, n)
+    for n in ("EREMOTEIO", "EBUSY", "EAGAIN", "ETIMEDOUT", "ECONNRESET", "ECONNABORTED", "EPIPE")
+    if hasattr(errno, n)
+}
 
 _lock = threading.Lock()
 _filesystems: dict[str, Any] = {}
@@ -154,9 +203,15 @@ def filesystem(url: str) -> Any:
 
             if protocol == "s3":
                 # one attempt per call inside botocore and s3fs: the retries (and their cap) are ours
-                fs = fsspec.filesystem("s3", skip_instance_cache=True, config_kwargs={
-                    "connect_timeout": PROBE_TIMEOUT, "read_timeout": 60,
-                    "retries": {"max_attempts": 1, "mode": "standard"}})
+                fs = fsspec.filesystem(
+                    "s3",
+                    skip_instance_cache=True,
+                    config_kwargs={
+                        "connect_timeout": PROBE_TIMEOUT,
+                        "read_timeout": 60,
+                        "retries": {"max_attempts": 1, "mode": "standard"},
+                    },
+                )
                 fs.retries = 1
             else:
                 fs = fsspec.filesystem(protocol, skip_instance_cache=True)
@@ -194,8 +249,7 @@ def _endpoint(url: str, fs: Any) -> tuple[str, int] | None:
 
 def _probe(url: str, fs: Any) -> None:
     """Fail within seconds when ``url``'s endpoint does not accept a TCP connection (once per process)."""
-    key = (id(fs), url.split("://", 1)[0] if SCHEMES[_scheme(url)][0] not in ("http", "https") else
-           urlsplit(url).netloc)
+    key = (id(fs), url.split("://", 1)[0] if SCHEMES[_scheme(url)][0] not in ("http", "https") else urlsplit(url).netloc)
     with _lock:
         cached = _endpoints.get(key, False)
     if cached is False:
@@ -213,14 +267,16 @@ def _probe(url: str, fs: Any) -> None:
             socket.create_connection(where, timeout=PROBE_TIMEOUT).close()
             error = None
         except OSError as exc:
-            error = "no answer within %.0f s" % PROBE_TIMEOUT if isinstance(exc, socket.timeout) else (
-                exc.strerror or str(exc))
+            error = (
+                "no answer within %.0f s" % PROBE_TIMEOUT if isinstance(exc, socket.timeout) else (exc.strerror or str(exc))
+            )
         with _lock:
             _probed[where] = error
     if error is not None:
         scheme = _scheme(url)
-        raise EndpointUnreachable(f"Cannot reach {where[0]}:{where[1]} for {url} ({error}); check "
-                                  f"{SETTINGS.get(scheme, 'the endpoint')}.")
+        raise EndpointUnreachable(
+            f"Cannot reach {where[0]}:{where[1]} for {url} ({error}); check {SETTINGS.get(scheme, 'the endpoint')}."
+        )
 
 
 def _classify(exc: BaseException) -> str:
@@ -257,10 +313,23 @@ def _classify(exc: BaseException) -> str:
     if isinstance(exc, (TimeoutError, ConnectionError, socket.timeout)):
         return "transient"
     names = {t.__name__ for t in type(exc).__mro__}
-    if names & {"EndpointConnectionError", "ConnectionClosedError", "ReadTimeoutError", "ConnectTimeoutError",
-                "IncompleteReadError", "ResponseParserError", "ClientPayloadError", "ServerDisconnectedError",
-                "ClientConnectionError", "ClientOSError", "FSTimeoutError", "HTTPClientError", "IncompleteRead",
-                "ProtocolError", "TransportError"}:
+    if names & {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ReadTimeoutError",
+        "ConnectTimeoutError",
+        "IncompleteReadError",
+        "ResponseParserError",
+        "ClientPayloadError",
+        "ServerDisconnectedError",
+        "ClientConnectionError",
+        "ClientOSError",
+        "FSTimeoutError",
+        "HTTPClientError",
+        "IncompleteRead",
+        "ProtocolError",
+        "TransportError",
+    }:
         return "transient"
     cause = exc.__cause__  # s3fs raises OSError(errno, message) from botocore's ClientError
     if cause is not None and cause is not exc:
@@ -290,13 +359,14 @@ def call(url: str, what: str, fn: Callable[[], T], *, retries: int | None = None
             if kind == "missing":
                 raise RemoteError(url, "missing", f"no such object ({message})") from exc
             if kind == "denied":
-                raise RemoteError(url, "denied", f"access denied ({message}); check "
-                                                  f"{SETTINGS.get(_scheme(url), 'the credentials')}") from exc
+                raise RemoteError(
+                    url, "denied", f"access denied ({message}); check {SETTINGS.get(_scheme(url), 'the credentials')}"
+                ) from exc
             if kind != "transient":
                 raise RemoteError(url, "unavailable", message) from exc
             if attempt == tries:
                 raise RemoteError(url, "unavailable", f"still failing after {tries} retries ({message})") from exc
-            delay = min(BACKOFF * 2 ** attempt, BACKOFF_CAP) * (0.5 + random.random() / 2)
+            delay = min(BACKOFF * 2**attempt, BACKOFF_CAP) * (0.5 + random.random() / 2)
             log.info("retrying %s in %.1f s (%s)", url, delay, message)
             time.sleep(delay)
     raise AssertionError("unreachable")  # pragma: no cover
@@ -428,7 +498,7 @@ class RemoteFile(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         data = self.read(len(buffer))
-        buffer[:len(data)] = data
+        buffer[: len(data)] = data
         return len(data)
 
     def close(self) -> None:
@@ -451,8 +521,9 @@ def open_object(url: str, mode: str = "rb", **kwargs: Any) -> RemoteFile:
     return RemoteFile(url, call(url, "open", lambda: fs.open(_path(url), "rb", **kwargs)))
 
 
-def coalesce(ranges: Sequence[tuple[int, int]], gap: int = COALESCE_GAP,
-             limit: int = COALESCE_MAX) -> list[tuple[int, int, list[int]]]:
+def coalesce(
+    ranges: Sequence[tuple[int, int]], gap: int = COALESCE_GAP, limit: int = COALESCE_MAX
+) -> list[tuple[int, int, list[int]]]:
     """Merge ``(offset, size)`` ranges closer than ``gap`` bytes: ``(start, end, indices)`` per request.
 
     Example:
@@ -480,13 +551,16 @@ def read_ranges(url: str, ranges: Sequence[tuple[int, int]]) -> list[bytes]:
     fs = filesystem(url)
     path = _path(url)
     requests = coalesce(ranges)
-    blobs = call(url, "read", lambda: fs.cat_ranges([path] * len(requests), [r[0] for r in requests],
-                                                    [r[1] for r in requests], on_error="raise"))
+    blobs = call(
+        url,
+        "read",
+        lambda: fs.cat_ranges([path] * len(requests), [r[0] for r in requests], [r[1] for r in requests], on_error="raise"),
+    )
     out: list[bytes] = [b""] * len(ranges)
     for (start, _, members), blob in zip(requests, blobs):
         for i in members:
             off, size = ranges[i]
-            out[i] = bytes(blob[off - start:off - start + size])
+            out[i] = bytes(blob[off - start : off - start + size])
     return out
 
 
@@ -503,13 +577,13 @@ def common_root(urls: Iterable[str]) -> str:
     """The longest common folder of URLs of one scheme (``s3://lake/shards`` for two shards in it)."""
     urls = list(urls)
     scheme = _scheme(urls[0])
-    paths = [u[len(scheme) + 3:] for u in urls]
+    paths = [u[len(scheme) + 3 :] for u in urls]
     return f"{scheme}://" + posixpath.commonpath([posixpath.dirname(p) for p in paths])
 
 
 def relpath(url: str, root: str) -> str:
     """``url`` relative to the folder URL ``root`` ('/'-separated), as ids are made from."""
-    return posixpath.relpath(url[len(_scheme(url)) + 3:], root[len(_scheme(root)) + 3:])
+    return posixpath.relpath(url[len(_scheme(url)) + 3 :], root[len(_scheme(root)) + 3 :])
 
 
 def join(base_url: str, name: str) -> str:
@@ -517,4 +591,4 @@ def join(base_url: str, name: str) -> str:
     if is_url(name):
         return name
     scheme = _scheme(base_url)
-    return f"{scheme}://" + posixpath.normpath(posixpath.join(base_url[len(scheme) + 3:], name))
+    return f"{scheme}://" + posixpath.normpath(posixpath.join(base_url[len(scheme) + 3 :], name))

@@ -3,6 +3,7 @@
 This module imports only PIL and numpy (never torch), so workers start fast. Results are
 plain tuples that pickle cheaply: decoded images travel as uint8 HxWx3 arrays.
 """
+
 from __future__ import annotations
 
 import os
@@ -80,8 +81,20 @@ def prepare_batch(
                 augmenter = get_augmenter(*augment)
                 pixels.extend(pre.resize_crop(augmenter(dec.image, item_id, v)) for v in range(1, n_views + 1))
             w, h = dec.size or dec.image.size
-            out.append(Decoded(item_id, pixels, {"sha256": dec.sha256, "format": dec.format, "mode": dec.mode,
-                                                 "n_frames": dec.n_frames, "width": w, "height": h}))
+            out.append(
+                Decoded(
+                    item_id,
+                    pixels,
+                    {
+                        "sha256": dec.sha256,
+                        "format": dec.format,
+                        "mode": dec.mode,
+                        "n_frames": dec.n_frames,
+                        "width": w,
+                        "height": h,
+                    },
+                )
+            )
         except InputError as exc:
             out.append(Failed(item_id, exc.reason, exc.message))
         except MemoryError:

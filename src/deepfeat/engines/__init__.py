@@ -22,6 +22,7 @@ Example:
     'local'
     >>> deepfeat.extract("data/", "feats/", engine=RayEngine(address="auto", workers=8))  # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import argparse
@@ -81,8 +82,9 @@ class Engine(Protocol):
         the runtime that will compute the features (part of the store's fingerprint)."""
         ...  # pragma: no cover - protocol
 
-    def run(self, plan: Any, pending: "Sequence[SourceItem]", writer: "StoreWriter",
-            settings: RunSettings) -> tuple[int, int, int]:
+    def run(
+        self, plan: Any, pending: "Sequence[SourceItem]", writer: "StoreWriter", settings: RunSettings
+    ) -> tuple[int, int, int]:
         """Compute and commit every pending input; returns (embedded, failed, parts committed)."""
         ...  # pragma: no cover - protocol
 
@@ -116,16 +118,22 @@ def get_engine(engine: "str | Engine") -> "Engine":
     if isinstance(engine, str):
         return cast("Engine", engine_class(engine)())
     if not isinstance(engine, Engine):
-        raise UsageError(f"The 'engine' parameter must be an engine name ({', '.join(ENGINES)}) or an Engine; "
-                         f"got {type(engine).__name__} instead.")
+        raise UsageError(
+            f"The 'engine' parameter must be an engine name ({', '.join(ENGINES)}) or an Engine; "
+            f"got {type(engine).__name__} instead."
+        )
     return engine
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
     """``--engine`` plus every registered engine's own flags (each engine class's ``add_arguments``)."""
-    parser.add_argument("--engine", default="local", choices=engine_names(),
-                        help="where parts are computed: local (this machine), or ray (Ray workers write the "
-                             "parts; pip install \"deepfeat[ray]\"; docs/RAY.md)")
+    parser.add_argument(
+        "--engine",
+        default="local",
+        choices=engine_names(),
+        help="where parts are computed: local (this machine), or ray (Ray workers write the "
+        'parts; pip install "deepfeat[ray]"; docs/RAY.md)',
+    )
     for name in engine_names():
         add = getattr(engine_class(name), "add_arguments", None)
         if add is not None:

@@ -9,6 +9,7 @@ Example:
     >>> steal([[], [1, 4, 7], [2]])
     (1, 7)
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -55,14 +56,17 @@ def workers_for(n_parts: int, capacity: int, requested: int | None = None) -> in
             which may be 0 when no node has the CPUs/GPUs one worker needs).
     """
     if capacity < 1:
-        raise UsageError("The Ray cluster has no room for a single worker with the requested CPUs/GPUs per "
-                         "worker; check 'ray status' or ask for fewer resources per worker.")
+        raise UsageError(
+            "The Ray cluster has no room for a single worker with the requested CPUs/GPUs per "
+            "worker; check 'ray status' or ask for fewer resources per worker."
+        )
     if requested is not None:
         check_int(requested, "ray_workers", minimum=1)
         if requested > capacity:
             raise UsageError(
                 f"{requested} Ray workers were asked for but the cluster has room for {capacity} with the "
-                "requested CPUs/GPUs per worker; ask for fewer workers or fewer resources per worker.")
+                "requested CPUs/GPUs per worker; ask for fewer workers or fewer resources per worker."
+            )
         n = requested
     else:
         n = capacity

@@ -3,6 +3,7 @@ protocol methods. This module imports only the standard library (the CLI builds 
 on every start); the work is imported when an engine runs: :mod:`deepfeat.engines.local`,
 :mod:`deepfeat.engines.ray_engine`.
 """
+
 from __future__ import annotations
 
 import os
@@ -56,26 +57,45 @@ class LocalEngine:
         """Build the runtime here (falling back to torch when an export fails) and record what runs."""
         from ..runtimes import build_runtime
 
-        self.runtime = build_runtime(plan.backbone, plan.layers, plan.infos, runtime=plan.runtime,
-                                     device=settings.device, precision=plan.precision, dtype=plan.dtype,
-                                     channels_last=settings.channels_last,
-                                     calibration=getattr(plan, "calibration", None))
+        self.runtime = build_runtime(
+            plan.backbone,
+            plan.layers,
+            plan.infos,
+            runtime=plan.runtime,
+            device=settings.device,
+            precision=plan.precision,
+            dtype=plan.dtype,
+            channels_last=settings.channels_last,
+            calibration=getattr(plan, "calibration", None),
+        )
         plan.use_runtime(self.runtime.describe())
 
-    def run(self, plan: Any, pending: "Sequence[SourceItem]", writer: "StoreWriter",
-            settings: RunSettings) -> tuple[int, int, int]:
+    def run(
+        self, plan: Any, pending: "Sequence[SourceItem]", writer: "StoreWriter", settings: RunSettings
+    ) -> tuple[int, int, int]:
         if self.runtime is None:
             self.prepare(plan, settings)
         from .local import run_local
 
         assert writer.manifest is not None
+
         def chosen(balance: Any) -> None:
             self.balance = balance
 
-        return run_local(plan, pending, writer.path, writer.manifest, batch_size=settings.batch_size,
-                         workers=settings.workers, runtime=self.runtime, policy=settings.policy,
-                         progress=settings.progress, part_seconds=settings.part_seconds,
-                         balance=settings.balance_workers, chosen=chosen)
+        return run_local(
+            plan,
+            pending,
+            writer.path,
+            writer.manifest,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            runtime=self.runtime,
+            policy=settings.policy,
+            progress=settings.progress,
+            part_seconds=settings.part_seconds,
+            balance=settings.balance_workers,
+            chosen=chosen,
+        )
 
     def __repr__(self) -> str:
         return "LocalEngine()"
@@ -99,15 +119,21 @@ class RayEngine:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, workers: int | None = None, gpus_per_worker: float = 0,
-                 cpus_per_worker: float = 1, max_retries: int = 3) -> None:
+    def __init__(
+        self,
+        address: str | None = None,
+        workers: int | None = None,
+        gpus_per_worker: float = 0,
+        cpus_per_worker: float = 1,
+        max_retries: int = 3,
+    ) -> None:
         if gpus_per_worker < 0 or cpus_per_worker < 0 or (cpus_per_worker == 0 and gpus_per_worker == 0):
-            raise UsageError("Each Ray worker needs CPUs or GPUs: --cpus-per-worker and --gpus-per-worker must be "
-                             ">= 0 and not both 0.")
+            raise UsageError(
+                "Each Ray worker needs CPUs or GPUs: --cpus-per-worker and --gpus-per-worker must be >= 0 and not both 0."
+            )
         if workers is not None and (not is_int(workers) or workers < 1):
             # named by its flag: on the command line 'workers' would read as extract's --workers
-            raise UsageError(f"--ray-workers (the 'workers' of RayEngine) must be an int >= 1; "
-                             f"got {workers!r} instead.")
+            raise UsageError(f"--ray-workers (the 'workers' of RayEngine) must be an int >= 1; got {workers!r} instead.")
         check_int(max_retries, "max_retries", minimum=0, where="RayEngine")
         self.address, self.workers = address, workers
         self.gpus_per_worker, self.cpus_per_worker, self.max_retries = gpus_per_worker, cpus_per_worker, max_retries
@@ -115,17 +141,25 @@ class RayEngine:
     @classmethod
     def add_arguments(cls, parser: Any) -> None:
         """The CLI flags of this engine (used with ``--engine ray``)."""
-        parser.add_argument("--address", default=None,
-                            help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a new local Ray instance)")
+        parser.add_argument(
+            "--address",
+            default=None,
+            help="Ray cluster: auto, HOST:PORT or ray://HOST:PORT (default: a new local Ray instance)",
+        )
         parser.add_argument("--ray-workers", type=int, default=None, help="Ray workers (default: as many as fit)")
         parser.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs of each Ray worker")
-        parser.add_argument("--cpus-per-worker", type=float, default=1,
-                            help="CPUs of each Ray worker; torch uses that many threads")
+        parser.add_argument(
+            "--cpus-per-worker", type=float, default=1, help="CPUs of each Ray worker; torch uses that many threads"
+        )
 
     @classmethod
     def from_arguments(cls, args: Any) -> "RayEngine":
-        return cls(address=args.address, workers=args.ray_workers, gpus_per_worker=args.gpus_per_worker,
-                   cpus_per_worker=args.cpus_per_worker)
+        return cls(
+            address=args.address,
+            workers=args.ray_workers,
+            gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker,
+        )
 
     def default_workers(self) -> int:
         """Decode processes inside each Ray worker: none (the worker decodes; a retry uses one)."""
@@ -149,12 +183,27 @@ class RayEngine:
         from .ray_engine import run_ray
 
         assert writer.manifest is not None
-        return run_ray(plan, pending, writer.path, writer.manifest, batch_size=settings.batch_size,
-                       workers=settings.workers, device=settings.device, precision=plan.precision,
-                       channels_last=settings.channels_last, policy=settings.policy, progress=settings.progress,
-                       address=self.address, num_workers=self.workers, gpus_per_worker=self.gpus_per_worker,
-                       cpus_per_worker=self.cpus_per_worker, max_retries=self.max_retries)
+        return run_ray(
+            plan,
+            pending,
+            writer.path,
+            writer.manifest,
+            batch_size=settings.batch_size,
+            workers=settings.workers,
+            device=settings.device,
+            precision=plan.precision,
+            channels_last=settings.channels_last,
+            policy=settings.policy,
+            progress=settings.progress,
+            address=self.address,
+            num_workers=self.workers,
+            gpus_per_worker=self.gpus_per_worker,
+            cpus_per_worker=self.cpus_per_worker,
+            max_retries=self.max_retries,
+        )
 
     def __repr__(self) -> str:
-        return (f"RayEngine(address={self.address!r}, workers={self.workers!r}, "
-                f"gpus_per_worker={self.gpus_per_worker}, cpus_per_worker={self.cpus_per_worker})")
+        return (
+            f"RayEngine(address={self.address!r}, workers={self.workers!r}, "
+            f"gpus_per_worker={self.gpus_per_worker}, cpus_per_worker={self.cpus_per_worker})"
+        )

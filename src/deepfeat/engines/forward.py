@@ -1,4 +1,5 @@
 """Helpers on the features a runtime returns (the runtimes themselves live in :mod:`deepfeat.runtimes`)."""
+
 from __future__ import annotations
 
 from collections.abc import Mapping

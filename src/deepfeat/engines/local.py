@@ -5,6 +5,7 @@ once the first part is committed (:func:`balance_workers`): from the CPU seconds
 image and the seconds the runtime spent per image over the batches so far. Which worker decodes
 which batch never changes what a part contains.
 """
+
 from __future__ import annotations
 
 import collections
@@ -73,11 +74,13 @@ def balance_workers(decode_s: float, forward_s: float, cores: int, headroom: flo
     return int(min(max(1, cores), max(1, math.ceil(decode_s / forward_s * headroom))))
 
 
-def measured_balance(timings: Sequence[tuple[float, int]], forward: Sequence[tuple[float, int]],
-                     cores: int) -> Balance | None:
+def measured_balance(
+    timings: Sequence[tuple[float, int]], forward: Sequence[tuple[float, int]], cores: int
+) -> Balance | None:
     """:func:`balance_workers` on measured ``(seconds, images)`` batches of decoding and of the runtime
     (medians of the per-image times, so a worker's first batch -- imports, caches -- does not decide);
     None with fewer than :data:`BALANCE_AFTER_BATCHES` batches of each."""
+
     def per_image(batches: Sequence[tuple[float, int]]) -> float:
         return statistics.median(sec / n for sec, n in batches if n > 0)
 
@@ -87,11 +90,21 @@ def measured_balance(timings: Sequence[tuple[float, int]], forward: Sequence[tup
     return Balance(balance_workers(decode_s, forward_s, cores), "measured", decode_s, forward_s)
 
 
-def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
-              workers: int, runtime: "Runtime", policy: DecodePolicy,
-              progress: Callable[[dict[str, Any]], None] | None = None,
-              part_seconds: float | None = None, balance: bool = False,
-              chosen: Callable[[Balance], None] | None = None) -> tuple[int, int, int]:
+def run_local(
+    plan: Any,
+    pending: Sequence[SourceItem],
+    out: str,
+    manifest: Manifest,
+    *,
+    batch_size: int,
+    workers: int,
+    runtime: "Runtime",
+    policy: DecodePolicy,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    part_seconds: float | None = None,
+    balance: bool = False,
+    chosen: Callable[[Balance], None] | None = None,
+) -> tuple[int, int, int]:
     """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts).
 
     ``balance``: ``workers`` is the engine's default, and the decode workers are balanced against the
@@ -113,9 +126,15 @@ def run_local(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Mani
     def batches() -> Iterator[list[tuple[str, Any, int]]]:
         """The decode batches, cut part by part as the pool asks for them (never the whole job at once)."""
         for start, stop in part_bounds(items.groups(), plan.part_size):
-            cut = [idx for s in range(start, stop, batch_size)
-                   if len(idx := np.arange(s, min(stop, s + batch_size)) if todo is None
-                          else s + np.flatnonzero(todo[s:min(stop, s + batch_size)]))]
+            cut = [
+                idx
+                for s in range(start, stop, batch_size)
+                if len(
+                    idx := np.arange(s, min(stop, s + batch_size))
+                    if todo is None
+                    else s + np.flatnonzero(todo[s : min(stop, s + batch_size)])
+                )
+            ]
             for k, idx in enumerate(cut):
                 batch_items = [items[int(i)] for i in idx]
                 tagged.append((k == len(cut) - 1, batch_items))

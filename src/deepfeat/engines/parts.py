@@ -3,6 +3,7 @@
 The local engine (:mod:`deepfeat.engines.local`) and the Ray engine's workers
 (:mod:`deepfeat.engines.ray_engine`) write parts through these, so both engines write the same store.
 """
+
 from __future__ import annotations
 
 import logging
@@ -83,8 +84,9 @@ def plan_parts(pending: Sequence[SourceItem], part_size: int, first_index: int) 
     """Split pending inputs (in discovery order) into named parts of at most ``part_size`` inputs
     (:func:`part_bounds`; ``SourceItem.group`` names the containers kept whole)."""
     table = as_table(pending)
-    return [(layout.part_name(first_index + k), table[s:e])
-            for k, (s, e) in enumerate(part_bounds(table.groups(), part_size))]
+    return [
+        (layout.part_name(first_index + k), table[s:e]) for k, (s, e) in enumerate(part_bounds(table.groups(), part_size))
+    ]
 
 
 def pending_mask(items: ItemTable, pending: Sequence[SourceItem]) -> np.ndarray | None:
@@ -132,11 +134,20 @@ class PartBuilder:
             pb = os.fsencode(it.path)
             self.embedded.add(d.id)
             for view in range(n):
-                for key, value in (("id", d.id), ("view", view), ("label", it.label), ("split", it.split),
-                                   ("path", layout.display_path(pb)), ("path_bytes", pb),
-                                   ("sha256", d.meta["sha256"]), ("format", d.meta["format"]),
-                                   ("mode", d.meta["mode"]), ("n_frames", d.meta["n_frames"]),
-                                   ("width", d.meta["width"]), ("height", d.meta["height"])):
+                for key, value in (
+                    ("id", d.id),
+                    ("view", view),
+                    ("label", it.label),
+                    ("split", it.split),
+                    ("path", layout.display_path(pb)),
+                    ("path_bytes", pb),
+                    ("sha256", d.meta["sha256"]),
+                    ("format", d.meta["format"]),
+                    ("mode", d.meta["mode"]),
+                    ("n_frames", d.meta["n_frames"]),
+                    ("width", d.meta["width"]),
+                    ("height", d.meta["height"]),
+                ):
                     self.rows[key].append(value)
         for name, arr in feats.items():
             self.features[name].append(arr[keep])
@@ -149,14 +160,22 @@ class PartBuilder:
                 raise RuntimeError(f"input {it.path!r} of part {self.name} was neither embedded nor failed")
             pb = os.fsencode(it.path)
             reason, message = self.failed.get(it.id, (None, None))
-            for key, value in (("id", it.id), ("path", layout.display_path(pb)), ("path_bytes", pb),
-                               ("label", it.label), ("split", it.split),
-                               ("status", "failed" if it.id in self.failed else "embedded"),
-                               ("reason", reason), ("message", message)):
+            for key, value in (
+                ("id", it.id),
+                ("path", layout.display_path(pb)),
+                ("path_bytes", pb),
+                ("label", it.label),
+                ("split", it.split),
+                ("status", "failed" if it.id in self.failed else "embedded"),
+                ("reason", reason),
+                ("message", message),
+            ):
                 ledger_cols[key].append(value)
         ledger = pa.table(ledger_cols, schema=layout.LEDGER_SCHEMA)
-        feats = {s.key: (np.concatenate(self.features[s.name]) if self.features[s.name]
-                         else np.zeros((0, s.dims), np.float32)) for s in self.specs}
+        feats = {
+            s.key: (np.concatenate(self.features[s.name]) if self.features[s.name] else np.zeros((0, s.dims), np.float32))
+            for s in self.specs
+        }
         return write_part(store_dir, self.name, feats, rows, ledger)
 
 
@@ -178,8 +197,10 @@ def add_batch(builder: PartBuilder, computer: "Runtime", results: Sequence[Decod
 
 def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> list[list[tuple[str, Any, int]]]:
     """The decode batches of one part: ``(id, locator, augmented views)`` triples, in part order."""
-    return [[(it.id, it.locator, plan.views_for(it)) for it in items[s:s + batch_size]]
-            for s in range(0, len(items), batch_size)]
+    return [
+        [(it.id, it.locator, plan.views_for(it)) for it in items[s : s + batch_size]]
+        for s in range(0, len(items), batch_size)
+    ]
 
 
 def count_new(manifest: Manifest, names: Iterable[str]) -> tuple[int, int, int]:

@@ -19,6 +19,7 @@ part is committed once: it is only resubmitted after its worker is known dead, a
 Requirements: deepfeat (same version) on every node, and ``out`` plus every input path
 visible at the same absolute path on every node (NFS or another shared file system).
 """
+
 from __future__ import annotations
 
 import collections
@@ -90,8 +91,7 @@ def connect(ray: Any, address: str | None) -> bool:
     if ray.is_initialized():
         return False
     try:
-        ray.init(address=target, include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+        ray.init(address=target, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     except ConnectionError as exc:
         raise EnvironmentFault(f"Cannot connect to the Ray cluster at {target!r}: {exc}") from None
     return True
@@ -135,27 +135,45 @@ class PartWorker:
         spec = self.spec
         torch.set_num_threads(max(1, int(spec["cpus"])))
         if spec["device"] == "cuda" and not torch.cuda.is_available():
-            raise UsageError(f"The Ray worker on {socket.gethostname()} has no CUDA device; "
-                             "use --gpus-per-worker 1 on GPU nodes, or --device cpu.")
+            raise UsageError(
+                f"The Ray worker on {socket.gethostname()} has no CUDA device; "
+                "use --gpus-per-worker 1 on GPU nodes, or --device cpu."
+            )
         if backbone is None:
             load = spec["load"]
-            backbone = load_backbone(load["model"], load["weights"], input_size=load["input_size"],
-                                     crop_pct=load["crop_pct"], offline=load.get("offline"))  # --offline holds on workers
+            backbone = load_backbone(
+                load["model"],
+                load["weights"],
+                input_size=load["input_size"],
+                crop_pct=load["crop_pct"],
+                offline=load.get("offline"),
+            )  # --offline holds on workers
         if backbone.weights_sha256 != spec["weights_sha256"]:
             raise EnvironmentFault(
                 f"The Ray worker on {socket.gethostname()} loaded other weights for {backbone.name!r} "
                 f"({backbone.weights_sha256} instead of {spec['weights_sha256']}); install the same weights on "
-                "every node, or pass --weights with a path every node sees.")
+                "every node, or pass --weights with a path every node sees."
+            )
         # the resizer comes from the store (a resume keeps the one it began with), not from the model
         resizer = spec["preprocess"].get("resizer", "pillow")
         if replace(backbone.preprocess, resizer=resizer).to_dict() != spec["preprocess"]:
-            raise EnvironmentFault(f"The Ray worker on {socket.gethostname()} resolved another preprocessing "
-                                   f"({backbone.preprocess.to_dict()} instead of {spec['preprocess']}).")
+            raise EnvironmentFault(
+                f"The Ray worker on {socket.gethostname()} resolved another preprocessing "
+                f"({backbone.preprocess.to_dict()} instead of {spec['preprocess']})."
+            )
         self.specs = [LayerSpec.from_dict(d) for d in spec["layers"]]
         # The driver chose the runtime; a worker that cannot run it fails instead of silently falling back.
-        self.computer = build_runtime(backbone, self.specs, describe_layers(backbone), runtime=spec["runtime"],
-                                      device=spec["device"], precision=spec["precision"], dtype=spec["dtype"],
-                                      channels_last=spec["channels_last"], fallback=False)
+        self.computer = build_runtime(
+            backbone,
+            self.specs,
+            describe_layers(backbone),
+            runtime=spec["runtime"],
+            device=spec["device"],
+            precision=spec["precision"],
+            dtype=spec["dtype"],
+            channels_last=spec["channels_last"],
+            fallback=False,
+        )
 
     def ready(self) -> dict[str, Any]:
         """Raise the set-up error, if any; else say where this worker runs."""
@@ -163,8 +181,9 @@ class PartWorker:
             raise self.error
         return {"host": socket.gethostname(), "pid": os.getpid()}
 
-    def process(self, out: str, name: str, items: list[SourceItem], batches: list[list[tuple[str, Any, int]]],
-                attempt: int) -> dict[str, Any]:
+    def process(
+        self, out: str, name: str, items: list[SourceItem], batches: list[list[tuple[str, Any, int]]], attempt: int
+    ) -> dict[str, Any]:
         """Decode, embed and write one part; returns its :class:`PartRecord` as a dict (not committed)."""
         spec = self.spec
         # A retry decodes in a child process: a codec that kills its process fails one image, not the worker.
@@ -186,11 +205,25 @@ class _Slot:
         self.busy: int | None = None
 
 
-def run_ray(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manifest, *, batch_size: int,
-            workers: int, device: str, precision: str, channels_last: bool, policy: DecodePolicy,
-            progress: Callable[[dict[str, Any]], None] | None = None, address: str | None = None,
-            num_workers: int | None = None, gpus_per_worker: float = 0, cpus_per_worker: float = 1,
-            max_retries: int = 3) -> tuple[int, int, int]:
+def run_ray(
+    plan: Any,
+    pending: Sequence[SourceItem],
+    out: str,
+    manifest: Manifest,
+    *,
+    batch_size: int,
+    workers: int,
+    device: str,
+    precision: str,
+    channels_last: bool,
+    policy: DecodePolicy,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    address: str | None = None,
+    num_workers: int | None = None,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float = 1,
+    max_retries: int = 3,
+) -> tuple[int, int, int]:
     """Process ``pending`` inputs into committed parts on Ray (what :class:`RayEngine` runs).
 
     Returns (embedded, failed, parts). Args:
@@ -213,9 +246,25 @@ def run_ray(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manife
     try:
         capacity = node_capacity(ray.nodes(), cpus_per_worker, gpus_per_worker)
         n = workers_for(len(parts), capacity, num_workers)
-        _Driver(ray, plan, table, parts, out, manifest, n, batch_size=batch_size, decode_workers=workers,
-                device=device, precision=precision, channels_last=channels_last, policy=policy,
-                progress=progress, gpus=gpus_per_worker, cpus=cpus_per_worker, max_retries=max_retries).run()
+        _Driver(
+            ray,
+            plan,
+            table,
+            parts,
+            out,
+            manifest,
+            n,
+            batch_size=batch_size,
+            decode_workers=workers,
+            device=device,
+            precision=precision,
+            channels_last=channels_last,
+            policy=policy,
+            progress=progress,
+            gpus=gpus_per_worker,
+            cpus=cpus_per_worker,
+            max_retries=max_retries,
+        ).run()
     finally:
         if started:
             ray.shutdown()
@@ -225,11 +274,27 @@ def run_ray(plan: Any, pending: Sequence[SourceItem], out: str, manifest: Manife
 class _Driver:
     """Dispatches parts to actors, commits their records, replaces dead actors."""
 
-    def __init__(self, ray: Any, plan: Any, table: ItemTable, parts: list[tuple[str, int, int]], out: str,
-                 manifest: Manifest, n_workers: int, *, batch_size: int, decode_workers: int, device: str,
-                 precision: str, channels_last: bool, policy: DecodePolicy,
-                 progress: Callable[[dict[str, Any]], None] | None, gpus: float, cpus: float,
-                 max_retries: int) -> None:
+    def __init__(
+        self,
+        ray: Any,
+        plan: Any,
+        table: ItemTable,
+        parts: list[tuple[str, int, int]],
+        out: str,
+        manifest: Manifest,
+        n_workers: int,
+        *,
+        batch_size: int,
+        decode_workers: int,
+        device: str,
+        precision: str,
+        channels_last: bool,
+        policy: DecodePolicy,
+        progress: Callable[[dict[str, Any]], None] | None,
+        gpus: float,
+        cpus: float,
+        max_retries: int,
+    ) -> None:
         self.ray, self.plan, self.parts, self.out, self.manifest = ray, plan, parts, out, manifest
         self.table, self.batch_size = table, batch_size  # a part's items and batches are made at its dispatch
         self.n_workers, self.progress, self.max_retries = n_workers, progress, max_retries
@@ -238,15 +303,19 @@ class _Driver:
             "weights_sha256": plan.backbone.weights_sha256,
             "preprocess": plan.backbone.preprocess.to_dict(),
             "layers": [s.to_dict() for s in plan.layers],
-            "dtype": plan.dtype, "runtime": plan.runtime, "precision": precision, "device": device,
+            "dtype": plan.dtype,
+            "runtime": plan.runtime,
+            "precision": precision,
+            "device": device,
             "channels_last": channels_last,
-            "policy": policy, "augment": (plan.augment, plan.augment_seed) if plan.views else None,
-            "decode_workers": int(decode_workers), "cpus": cpus,
+            "policy": policy,
+            "augment": (plan.augment, plan.augment_seed) if plan.views else None,
+            "decode_workers": int(decode_workers),
+            "cpus": cpus,
         }
         # A backbone handed over as an object (extract(backbone=...)) travels pickled; else it is loaded by name.
         self.backbone_ref = ray.put(plan.backbone) if self.spec["load"] is None else None
-        self.actor_cls = ray.remote(PartWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0,
-                                                        max_task_retries=0)
+        self.actor_cls = ray.remote(PartWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)
         self.attempts: collections.Counter[int] = collections.Counter()
         self.inflight: dict[Any, tuple[int, str, int]] = {}  # ref -> (slot, "ready" | "part", part index)
         self.slots: list[_Slot] = []
@@ -284,11 +353,18 @@ class _Driver:
         name = self.parts[p][0]
         self.attempts[p] += 1
         if self.attempts[p] > self.max_retries:
-            raise EnvironmentFault(f"Part {name}: its Ray worker died {self.attempts[p]} times (last: "
-                                   f"{type(exc).__name__}); nothing of it was committed. Check the workers' "
-                                   "memory and logs ('ray logs'), then rerun to resume.")
-        log.warning("the Ray worker of part %s died (%s); retrying it on a new worker (retry %d of %d)",
-                    name, type(exc).__name__, self.attempts[p], self.max_retries)
+            raise EnvironmentFault(
+                f"Part {name}: its Ray worker died {self.attempts[p]} times (last: "
+                f"{type(exc).__name__}); nothing of it was committed. Check the workers' "
+                "memory and logs ('ray logs'), then rerun to resume."
+            )
+        log.warning(
+            "the Ray worker of part %s died (%s); retrying it on a new worker (retry %d of %d)",
+            name,
+            type(exc).__name__,
+            self.attempts[p],
+            self.max_retries,
+        )
         slot = self.slots[i]
         self.ray.kill(slot.actor, no_restart=True)  # make sure a half-dead actor writes nothing more
         slot.queue.appendleft(p)
@@ -317,8 +393,10 @@ class _Driver:
                 done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=5.0)
                 if not done:
                     if not any(s.ready for s in self.slots) and time.monotonic() - waiting_since > READY_TIMEOUT_S:
-                        raise EnvironmentFault(f"No Ray worker started within {READY_TIMEOUT_S:.0f} s; the "
-                                               "cluster may lack the CPUs/GPUs asked for each worker.")
+                        raise EnvironmentFault(
+                            f"No Ray worker started within {READY_TIMEOUT_S:.0f} s; the "
+                            "cluster may lack the CPUs/GPUs asked for each worker."
+                        )
                     continue
                 ref = done[0]
                 i, kind, p = self.inflight.pop(ref)
@@ -357,4 +435,3 @@ class _Driver:
         if [r.name for r in ordered] != [r.name for r in self.manifest.parts]:
             self.manifest.parts[:] = ordered
             self.manifest.save()
-

@@ -8,6 +8,7 @@
 All follow scikit-learn's estimator contract (``fit``, ``partial_fit(X, y, classes=...)``,
 ``predict``, ``predict_proba`` / ``decision_function``, ``score``).
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -35,7 +36,8 @@ def expected_failed_checks(estimator: Any) -> dict[str, str]:
         return {
             "check_sample_weight_equivalence_on_dense_data": (
                 "float32 optimisation: weighting and repeating samples give the same objective, and the two fits "
-                "agree to float32 round-off (~2e-7 relative); the check asks for rtol=1e-7"),
+                "agree to float32 round-off (~2e-7 relative); the check asks for rtol=1e-7"
+            ),
         }
     return {}
 

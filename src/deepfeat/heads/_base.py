@@ -18,6 +18,7 @@ scikit-learn's (they do not rescale the regularisation).
 Inference runs in float64 numpy (linear heads) or float64 torch (MLP), so predictions of a row do
 not depend on the other rows in the batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -142,15 +143,16 @@ class TorchHead(ClassifierMixin, BaseEstimator):
     def _reset(self, n_features: int, classes: np.ndarray) -> None:
         classes = np.asarray(classes)
         if classes.ndim != 1:
-            raise UsageError(f"The 'classes' parameter of {type(self).__name__} must be 1-D; got shape "
-                             f"{classes.shape} instead.")
+            raise UsageError(
+                f"The 'classes' parameter of {type(self).__name__} must be 1-D; got shape {classes.shape} instead."
+            )
         uniq = np.unique(classes)
         if len(uniq) != len(classes):
-            raise UsageError(f"The 'classes' parameter of {type(self).__name__} must not repeat a class; "
-                             f"got {list(classes)!r} instead.")
-        if len(uniq) < 2:
             raise UsageError(
-                f"{type(self).__name__} needs at least 2 classes to train; got 1 class ({uniq.tolist()!r}).")
+                f"The 'classes' parameter of {type(self).__name__} must not repeat a class; got {list(classes)!r} instead."
+            )
+        if len(uniq) < 2:
+            raise UsageError(f"{type(self).__name__} needs at least 2 classes to train; got 1 class ({uniq.tolist()!r}).")
         self.classes_ = uniq
         rs = check_random_state(self.random_state)
         self._rng = np.random.RandomState(rs.randint(np.iinfo(np.int32).max))
@@ -171,7 +173,8 @@ class TorchHead(ClassifierMixin, BaseEstimator):
                     f"class_weight='balanced' is not supported by {type(self).__name__}.partial_fit: the class "
                     "frequencies of one batch are not those of the data. Compute the weights over all the data "
                     "(sklearn.utils.class_weight.compute_class_weight) and pass them as a dict; deepfeat.train "
-                    "does this from its statistics pass.")
+                    "does this from its statistics pass."
+                )
             present = np.unique(y_idx)
             w = np.ones(len(self.classes_))
             w[present] = compute_class_weight("balanced", classes=present, y=y_idx)
@@ -181,8 +184,10 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         for c, v in cw.items():
             key = c.item() if isinstance(c, np.generic) else c
             if key not in known:
-                raise UsageError(f"The 'class_weight' parameter of {type(self).__name__} names the class {c!r}, "
-                                 f"which is not one of the classes {self.classes_.tolist()!r}.")
+                raise UsageError(
+                    f"The 'class_weight' parameter of {type(self).__name__} names the class {c!r}, "
+                    f"which is not one of the classes {self.classes_.tolist()!r}."
+                )
             w[known[key]] = float(v)
         return w
 
@@ -192,8 +197,10 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         bad = self.classes_[idx] != y
         if np.any(bad):
             unknown = sorted(set(np.asarray(y)[bad].tolist()))[:5]
-            raise UsageError(f"The labels {unknown!r} are not among the classes {self.classes_.tolist()!r} given "
-                             f"to the first partial_fit of {type(self).__name__}.")
+            raise UsageError(
+                f"The labels {unknown!r} are not among the classes {self.classes_.tolist()!r} given "
+                f"to the first partial_fit of {type(self).__name__}."
+            )
         return idx
 
     def _sample_weight(self, sample_weight: Any, X: np.ndarray) -> np.ndarray:
@@ -204,8 +211,10 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         if sw.ndim == 0:
             sw = np.full(n, float(sw))
         if sw.ndim != 1 or sw.shape[0] != n:
-            raise UsageError(f"The 'sample_weight' parameter of {type(self).__name__} must have shape ({n},); "
-                             f"got shape {sw.shape} instead.")
+            raise UsageError(
+                f"The 'sample_weight' parameter of {type(self).__name__} must have shape ({n},); "
+                f"got shape {sw.shape} instead."
+            )
         if not np.all(np.isfinite(sw)) or np.any(sw < 0):
             raise UsageError(f"The 'sample_weight' parameter of {type(self).__name__} must be finite and >= 0.")
         if not np.any(sw > 0):
@@ -237,7 +246,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         total, weight = 0.0, 0.0
         bs = int(self.batch_size)
         for start in range(0, n, bs):
-            sel = order[start:start + bs]
+            sel = order[start : start + bs]
             s = sw[sel]
             norm = float(s.sum())
             if norm <= 0:
@@ -258,8 +267,7 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         check_classification_targets(y)
         classes = np.unique(y)
         if len(classes) < 2:
-            raise UsageError(
-                f"{type(self).__name__} needs at least 2 classes to train; got 1 class ({classes.tolist()!r}).")
+            raise UsageError(f"{type(self).__name__} needs at least 2 classes to train; got 1 class ({classes.tolist()!r}).")
         sw = self._sample_weight(sample_weight, X)
         self._reset(X.shape[1], classes)
         y_idx = self._encode(y)
@@ -292,15 +300,19 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         if first:
             self._check_params()
             if classes is None:
-                raise UsageError(f"The 'classes' parameter of {type(self).__name__}.partial_fit must be given on "
-                                 "the first call (every class of the whole data); got None instead.")
+                raise UsageError(
+                    f"The 'classes' parameter of {type(self).__name__}.partial_fit must be given on "
+                    "the first call (every class of the whole data); got None instead."
+                )
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32], reset=first)
         if first:  # later batches are checked against the fixed classes by _encode
             check_classification_targets(y)
             self._reset(X.shape[1], np.asarray(classes))
         elif classes is not None and not np.array_equal(np.unique(classes), self.classes_):
-            raise UsageError(f"The 'classes' parameter of {type(self).__name__}.partial_fit must be the same on "
-                             f"every call; got {list(classes)!r} instead of {self.classes_.tolist()!r}.")
+            raise UsageError(
+                f"The 'classes' parameter of {type(self).__name__}.partial_fit must be the same on "
+                f"every call; got {list(classes)!r} instead of {self.classes_.tolist()!r}."
+            )
         sw = self._sample_weight(sample_weight, X)
         y_idx = self._encode(y)
         cw = self._class_weight_vector(None)
@@ -367,9 +379,15 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         gen = getattr(self, "_dropout_gen", None)
         if gen is not None:
             tensors["rng.dropout"] = gen.get_state()
-        doc = {"optimizer": opt_rest, "t": int(self.t_), "n_iter": int(self.n_iter_),
-               "loss": float(getattr(self, "loss_", float("nan"))), "rng": [kind, int(pos), int(has_gauss),
-               float(cached)], "classes": self.classes_.tolist(), "n_features": int(self.n_features_in_)}
+        doc = {
+            "optimizer": opt_rest,
+            "t": int(self.t_),
+            "n_iter": int(self.n_iter_),
+            "loss": float(getattr(self, "loss_", float("nan"))),
+            "rng": [kind, int(pos), int(has_gauss), float(cached)],
+            "classes": self.classes_.tolist(),
+            "n_features": int(self.n_features_in_),
+        }
         return tensors, doc
 
     def load_training_state(self, tensors: Mapping[str, torch.Tensor], doc: Mapping[str, Any]) -> "TorchHead":
@@ -381,8 +399,9 @@ class TorchHead(ClassifierMixin, BaseEstimator):
             for n, p in zip(self._tensor_names(), self._params):
                 saved = tensors[f"param.{n}"]
                 if tuple(saved.shape) != tuple(p.shape):
-                    raise UsageError(f"The saved head tensor {n!r} has shape {tuple(saved.shape)}, expected "
-                                     f"{tuple(p.shape)}.")
+                    raise UsageError(
+                        f"The saved head tensor {n!r} has shape {tuple(saved.shape)}, expected {tuple(p.shape)}."
+                    )
                 p.copy_(saved)
         self._optimizer.load_state_dict(unflatten_optimizer(dict(tensors), doc["optimizer"]))
         kind, pos, has_gauss, cached = doc["rng"]
@@ -398,8 +417,9 @@ class TorchHead(ClassifierMixin, BaseEstimator):
         return {n: p.detach().cpu().numpy().astype(np.float32) for n, p in zip(self._tensor_names(), self._params)}
 
     @classmethod
-    def from_tensors(cls, params: Mapping[str, Any], tensors: Mapping[str, np.ndarray], classes: Sequence[Any],
-                     n_features: int) -> "TorchHead":
+    def from_tensors(
+        cls, params: Mapping[str, Any], tensors: Mapping[str, np.ndarray], classes: Sequence[Any], n_features: int
+    ) -> "TorchHead":
         """Rebuild a fitted head from :meth:`export_tensors` output (no training state)."""
         head = cls(**params)
         head._check_params()

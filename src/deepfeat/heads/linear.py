@@ -14,6 +14,7 @@ Example:
     >>> head.predict_proba([[0.0, 1.0]]).shape
     (1, 2)
 """
+
 from __future__ import annotations
 
 from collections.abc import Mapping
@@ -70,8 +71,9 @@ class _LinearHead(TorchHead):
         return z[:, 0] if z.shape[1] == 1 else z
 
     @classmethod
-    def from_linear(cls, coef: np.ndarray, intercept: np.ndarray, classes: Any,
-                    params: Mapping[str, Any] | None = None) -> "_LinearHead":
+    def from_linear(
+        cls, coef: np.ndarray, intercept: np.ndarray, classes: Any, params: Mapping[str, Any] | None = None
+    ) -> "_LinearHead":
         """A fitted head from the ``coef_``/``intercept_`` of an equivalent scikit-learn model."""
         coef = np.atleast_2d(np.asarray(coef, dtype=np.float32))
         intercept = np.broadcast_to(np.asarray(intercept, dtype=np.float32), (coef.shape[0],)).copy()
@@ -100,10 +102,20 @@ class LogisticHead(_LinearHead):
 
         return LogisticRegression(C=np.inf if C is None else C, max_iter=2000, class_weight=class_weight)
 
-    def __init__(self, *, alpha: float = 1e-4, learning_rate: float = 1e-2, batch_size: int = 256,
-                 max_iter: int = 100, tol: float | None = 1e-4, n_iter_no_change: int = 5,
-                 class_weight: Any = None, fit_intercept: bool = True, random_state: Any = None,
-                 device: str = "cpu") -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float = 1e-4,
+        learning_rate: float = 1e-2,
+        batch_size: int = 256,
+        max_iter: int = 100,
+        tol: float | None = 1e-4,
+        n_iter_no_change: int = 5,
+        class_weight: Any = None,
+        fit_intercept: bool = True,
+        random_state: Any = None,
+        device: str = "cpu",
+    ) -> None:
         self.alpha = alpha
         self.learning_rate = learning_rate
         self.batch_size = batch_size
@@ -155,14 +167,32 @@ class LinearSVMHead(_LinearHead):
     def exact_estimator(cls, C: float | None, class_weight: Any, seed: int, params: dict[str, Any]) -> Any:
         from sklearn.svm import LinearSVC
 
-        return LinearSVC(C=1e6 if C is None else C, loss=params["loss"], multi_class=params["multi_class"],
-                         class_weight=class_weight, max_iter=5000, random_state=seed,
-                         dual="auto" if params["loss"] == "squared_hinge" else True)
+        return LinearSVC(
+            C=1e6 if C is None else C,
+            loss=params["loss"],
+            multi_class=params["multi_class"],
+            class_weight=class_weight,
+            max_iter=5000,
+            random_state=seed,
+            dual="auto" if params["loss"] == "squared_hinge" else True,
+        )
 
-    def __init__(self, *, alpha: float = 1e-4, learning_rate: float = 1e-2, batch_size: int = 256,
-                 max_iter: int = 100, tol: float | None = 1e-4, n_iter_no_change: int = 5,
-                 class_weight: Any = None, fit_intercept: bool = True, loss: str = "hinge",
-                 multi_class: str = "ovr", random_state: Any = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        *,
+        alpha: float = 1e-4,
+        learning_rate: float = 1e-2,
+        batch_size: int = 256,
+        max_iter: int = 100,
+        tol: float | None = 1e-4,
+        n_iter_no_change: int = 5,
+        class_weight: Any = None,
+        fit_intercept: bool = True,
+        loss: str = "hinge",
+        multi_class: str = "ovr",
+        random_state: Any = None,
+        device: str = "cpu",
+    ) -> None:
         self.alpha = alpha
         self.learning_rate = learning_rate
         self.batch_size = batch_size

@@ -12,6 +12,7 @@ Example:
     >>> MLPHead(hidden=(8,), random_state=0).fit(X, y).score(X, y)
     1.0
 """
+
 from __future__ import annotations
 
 import math
@@ -46,10 +47,22 @@ class MLPHead(TorchHead):
 
     train_params = ("hidden",)
 
-    def __init__(self, *, hidden: tuple[int, ...] = (256,), activation: str = "relu", dropout: float = 0.0,
-                 alpha: float = 1e-4, learning_rate: float = 1e-3, batch_size: int = 256, max_iter: int = 200,
-                 tol: float | None = 1e-4, n_iter_no_change: int = 10, class_weight: Any = None,
-                 random_state: Any = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        *,
+        hidden: tuple[int, ...] = (256,),
+        activation: str = "relu",
+        dropout: float = 0.0,
+        alpha: float = 1e-4,
+        learning_rate: float = 1e-3,
+        batch_size: int = 256,
+        max_iter: int = 200,
+        tol: float | None = 1e-4,
+        n_iter_no_change: int = 10,
+        class_weight: Any = None,
+        random_state: Any = None,
+        device: str = "cpu",
+    ) -> None:
         self.hidden = hidden
         self.activation = activation
         self.dropout = dropout

@@ -12,6 +12,7 @@ Example:
     >>> s.mean_.tolist(), s.n_samples_seen_
     ([5.0, 6.0], 6)
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -46,7 +47,8 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         first = not hasattr(self, "n_samples_seen_")
         X = validate_data(self, X, dtype=[np.float64, np.float32], reset=first)
         self.n_samples_seen_, self.mean_, self._m2 = merge_moments(
-            0 if first else self.n_samples_seen_, None if first else self.mean_, None if first else self._m2, X)
+            0 if first else self.n_samples_seen_, None if first else self.mean_, None if first else self._m2, X
+        )
         self._finish()
         return self
 
@@ -64,7 +66,7 @@ class StreamingScaler(OneToOneFeatureMixin, TransformerMixin, BaseEstimator):
         s = cls()
         s.mean_ = np.asarray(mean, dtype=np.float64)
         s.scale_ = np.asarray(scale, dtype=np.float64)
-        s.var_ = s.scale_ ** 2
+        s.var_ = s.scale_**2
         s._m2 = s.var_ * n_samples_seen
         s.n_samples_seen_ = int(n_samples_seen)
         s.n_features_in_ = int(s.mean_.shape[0])

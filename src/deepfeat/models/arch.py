@@ -17,6 +17,7 @@ Example:
     >>> net(torch.zeros(2, 3, 28, 28)).shape
     torch.Size([2, 10])
 """
+
 from __future__ import annotations
 
 import copy
@@ -35,19 +36,44 @@ __all__ = ["ARCHS", "SmallConvNet", "arch_config", "build_cnn"]
 #: ``blocks`` is a list of conv blocks, each a list of conv widths followed by a max pool and a dropout.
 ARCHS: dict[str, dict[str, Any]] = {
     # the seed's layout
-    "small": {"blocks": [[32, 64]], "kernel_size": 3, "padding": 0, "batchnorm": False, "pool": 2,
-              "dropout_conv": 0.25, "dense": 256, "dropout_dense": 0.5},
+    "small": {
+        "blocks": [[32, 64]],
+        "kernel_size": 3,
+        "padding": 0,
+        "batchnorm": False,
+        "pool": 2,
+        "dropout_conv": 0.25,
+        "dense": 256,
+        "dropout_dense": 0.5,
+    },
     # the same with batch norm (trains faster, a little more accurate)
-    "small_bn": {"blocks": [[32, 64]], "kernel_size": 3, "padding": 0, "batchnorm": True, "pool": 2,
-                 "dropout_conv": 0.25, "dense": 256, "dropout_dense": 0.5},
+    "small_bn": {
+        "blocks": [[32, 64]],
+        "kernel_size": 3,
+        "padding": 0,
+        "batchnorm": True,
+        "pool": 2,
+        "dropout_conv": 0.25,
+        "dense": 256,
+        "dropout_dense": 0.5,
+    },
     # two VGG-like blocks, for colour images of 32..128 pixels
-    "medium": {"blocks": [[32, 32], [64, 64]], "kernel_size": 3, "padding": 1, "batchnorm": True, "pool": 2,
-               "dropout_conv": 0.25, "dense": 256, "dropout_dense": 0.5},
+    "medium": {
+        "blocks": [[32, 32], [64, 64]],
+        "kernel_size": 3,
+        "padding": 1,
+        "batchnorm": True,
+        "pool": 2,
+        "dropout_conv": 0.25,
+        "dense": 256,
+        "dropout_dense": 0.5,
+    },
 }
 
 
-def arch_config(arch: str | dict[str, Any], *, num_classes: int, in_channels: int, input_size: int | tuple[int, int],
-                **overrides: Any) -> dict[str, Any]:
+def arch_config(
+    arch: str | dict[str, Any], *, num_classes: int, in_channels: int, input_size: int | tuple[int, int], **overrides: Any
+) -> dict[str, Any]:
     """The full, JSON-friendly configuration of a ConvNet: a preset name (or dict) plus the data's shape."""
     if isinstance(arch, dict):
         base = copy.deepcopy(arch)
@@ -65,8 +91,7 @@ def arch_config(arch: str | dict[str, Any], *, num_classes: int, in_channels: in
         raise param_error("in_channels", "1 (grayscale) or 3 (RGB)", in_channels, "arch_config")
     if num_classes < 2:
         raise UsageError(f"Training needs at least 2 classes; got {num_classes}.")
-    cfg = {"name": name, **base, "num_classes": int(num_classes), "in_channels": int(in_channels),
-           "input_size": list(size)}
+    cfg = {"name": name, **base, "num_classes": int(num_classes), "in_channels": int(in_channels), "input_size": list(size)}
     build_cnn(cfg)  # validates that the spatial size stays positive
     return cfg
 
@@ -94,13 +119,17 @@ class SmallConvNet(nn.Module):
                 channels = int(width)
                 h, w = h + 2 * pad - k + 1, w + 2 * pad - k + 1
                 if h < 1 or w < 1:
-                    raise UsageError(f"The input size {config['input_size']} is too small for the architecture "
-                                     f"{config.get('name')!r} (conv{index} output would be {h}x{w}).")
+                    raise UsageError(
+                        f"The input size {config['input_size']} is too small for the architecture "
+                        f"{config.get('name')!r} (conv{index} output would be {h}x{w})."
+                    )
             self.add_module(f"pool{b}", nn.MaxPool2d(int(config["pool"])))
             h, w = h // int(config["pool"]), w // int(config["pool"])
             if h < 1 or w < 1:
-                raise UsageError(f"The input size {config['input_size']} is too small for the architecture "
-                                 f"{config.get('name')!r} (pool{b} output would be {h}x{w}).")
+                raise UsageError(
+                    f"The input size {config['input_size']} is too small for the architecture "
+                    f"{config.get('name')!r} (pool{b} output would be {h}x{w})."
+                )
             self.add_module(f"drop{b}", nn.Dropout(float(config["dropout_conv"])))
         self.flatten = nn.Flatten()
         dense = int(config["dense"])

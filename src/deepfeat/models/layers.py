@@ -20,6 +20,7 @@ Example:
     >>> infos["pre_logits"].shape
     (1280,)
 """
+
 from __future__ import annotations
 
 import difflib
@@ -162,6 +163,7 @@ def describe_layers(backbone: Backbone) -> "OrderedDict[str, LayerInfo]":
             if name not in shapes:
                 order.append(name)
             shapes[name] = tuple(t.shape[1:])
+
         return hook
 
     try:
@@ -170,8 +172,7 @@ def describe_layers(backbone: Backbone) -> "OrderedDict[str, LayerInfo]":
                 handles.append(module.register_forward_hook(make_hook(name)))
         if backbone.classifier:
             clf = model.get_submodule(backbone.classifier)
-            handles.append(clf.register_forward_pre_hook(
-                lambda _m, inp: pre_logits_shape.append(tuple(inp[0].shape[1:]))))
+            handles.append(clf.register_forward_pre_hook(lambda _m, inp: pre_logits_shape.append(tuple(inp[0].shape[1:]))))
         with torch.inference_mode():
             out = _first_tensor(model(x))
     finally:
@@ -194,9 +195,15 @@ def describe_layers(backbone: Backbone) -> "OrderedDict[str, LayerInfo]":
         if name == backbone.classifier and pre_logits_shape:
             infos[PRE_LOGITS] = _pre_logits_info(pre_logits_shape[0], prefix, patches)
         infos[name] = LayerInfo(
-            name=name, kind=kinds.get(name, "?"), shape=shape, depth=name.count(".") + 1,
-            calls=calls[name], stage=name in stage_names, block=name in block_names,
-            conv=isinstance(module, nn.Conv2d), prefix_tokens=_layer_prefix(shape, prefix, patches),
+            name=name,
+            kind=kinds.get(name, "?"),
+            shape=shape,
+            depth=name.count(".") + 1,
+            calls=calls[name],
+            stage=name in stage_names,
+            block=name in block_names,
+            conv=isinstance(module, nn.Conv2d),
+            prefix_tokens=_layer_prefix(shape, prefix, patches),
             channels_last=nhwc,
         )
     if PRE_LOGITS not in infos and pre_logits_shape:
@@ -224,11 +231,14 @@ def _stage_names(model: nn.Module, order: Sequence[str], shapes: Mapping[str, tu
         return names
     # Fallback: the top-level containers (e.g. ResNet's layer1..4); when there is only one
     # (e.g. torchvision's "features"), its children.
-    containers = [n for n in order if "." not in n and len(shapes[n]) == 3
-                  and isinstance(model.get_submodule(n), (nn.Sequential, nn.ModuleList))]
+    containers = [
+        n
+        for n in order
+        if "." not in n and len(shapes[n]) == 3 and isinstance(model.get_submodule(n), (nn.Sequential, nn.ModuleList))
+    ]
     if len(containers) == 1:
         prefix = containers[0] + "."
-        kids = [n for n in order if n.startswith(prefix) and "." not in n[len(prefix):]]
+        kids = [n for n in order if n.startswith(prefix) and "." not in n[len(prefix) :]]
         return kids or containers
     return containers or [n for n in order if "." not in n]
 
@@ -279,7 +289,7 @@ def resolve_layers(spec: str | Sequence[str], infos: "OrderedDict[str, LayerInfo
                 raise UsageError(f"Stage index {idx} is out of range; the model has {len(stages)} stages.")
             chosen.append(stages[idx])
         elif key.startswith("last:") and _is_int(key[5:]) and stages:
-            chosen.extend(stages[-int(key[5:]):])
+            chosen.extend(stages[-int(key[5:]) :])
         else:
             close = difflib.get_close_matches(item, list(infos), n=5, cutoff=0.6)
             hint = f" Closest valid names: {', '.join(close)}." if close else ""
@@ -371,6 +381,7 @@ class FeatureTaps:
             t = _first_tensor(out)
             if t is not None:
                 self._record(name, t)
+
         return hook
 
     def _pre_hook(self, _m: nn.Module, inp: tuple) -> None:

@@ -24,6 +24,7 @@ Example:
     >>> pool(torch.ones(2, 1 + 4 + 16, 32), "clsavg", prefix=5).shape
     torch.Size([2, 64])
 """
+
 from __future__ import annotations
 
 import math
@@ -38,8 +39,17 @@ if TYPE_CHECKING:
 POOLINGS = ("none", "avg", "max", "avgmax", "cls", "clsavg")
 #: Poolings that only exist for token sequences with a class token.
 TOKEN_POOLINGS = ("cls", "clsavg")
-_ALIASES = {"flatten": "none", "mean": "avg", "gap": "avg", "gmp": "max", "avg+max": "avgmax",
-            "cls+avg": "clsavg", "cls_avg": "clsavg", "token": "cls", "class": "cls"}
+_ALIASES = {
+    "flatten": "none",
+    "mean": "avg",
+    "gap": "avg",
+    "gmp": "max",
+    "avg+max": "avgmax",
+    "cls+avg": "clsavg",
+    "cls_avg": "clsavg",
+    "token": "cls",
+    "class": "cls",
+}
 
 
 def normalize_pool(name: str) -> str:
@@ -74,8 +84,13 @@ def pooled_dims(shape: tuple[int, ...], mode: str, prefix: int = 0) -> int:
     Raises ``UsageError`` when ``mode`` does not apply (``cls`` of a feature map).
     """
     if not pool_applies(shape, mode, prefix):
-        what = ("a vector, stored as it is (e.g. a CNN's pre_logits)" if len(shape) <= 1 else
-                "a feature map" if not is_tokens(shape) else "a token sequence without a class token")
+        what = (
+            "a vector, stored as it is (e.g. a CNN's pre_logits)"
+            if len(shape) <= 1
+            else "a feature map"
+            if not is_tokens(shape)
+            else "a token sequence without a class token"
+        )
         raise UsageError(
             f"The pooling {mode!r} needs a token sequence with a class token (a ViT block's N x T x D "
             f"output); this layer is {what} ({'x'.join(str(s) for s in shape) or 1}). Use avg, max, avgmax or "

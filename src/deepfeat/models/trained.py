@@ -9,6 +9,7 @@ Example:
     >>> bb.family, bb.classifier, bb.class_names[:2]   # doctest: +SKIP
     ('deepfeat', 'classifier', ['ankle_boot', 'bag'])
 """
+
 from __future__ import annotations
 
 import json
@@ -64,8 +65,7 @@ def read_model_config(path: str | os.PathLike) -> dict[str, Any]:
     return cfg
 
 
-def load_trained_model(path: str | os.PathLike,
-                       load_base: Callable[[str, str | None], Backbone] | None = None) -> Backbone:
+def load_trained_model(path: str | os.PathLike, load_base: Callable[[str, str | None], Backbone] | None = None) -> Backbone:
     """A :class:`Backbone` for a trained model directory (family ``deepfeat``), on the CPU, in eval mode.
 
     ``load_base(name, weights)`` builds a fine-tuned directory's base network (the registry passes
@@ -101,8 +101,10 @@ def load_trained_model(path: str | os.PathLike,
     missing = set(model.state_dict()) - set(state)
     unexpected = set(state) - set(model.state_dict())
     if missing or unexpected:
-        raise UsageError(f"The weights in {weights!r} do not fit the recorded architecture: missing "
-                         f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}.")
+        raise UsageError(
+            f"The weights in {weights!r} do not fit the recorded architecture: missing "
+            f"{sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}."
+        )
     model.load_state_dict(state, strict=True)
     model.eval()
     with torch.no_grad():

@@ -3,6 +3,7 @@
 Nothing a user hands over is ever unpickled: ``torch.load`` is always called with
 ``weights_only=True`` and there is no fallback.
 """
+
 from __future__ import annotations
 
 import logging
@@ -63,7 +64,7 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise UsageError(f"The weights file {path!r} does not hold a state dict of tensors.")
     sd = {str(k): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
     if sd and all(k.startswith("module.") for k in sd):
-        sd = {k[len("module."):]: v for k, v in sd.items()}
+        sd = {k[len("module.") :]: v for k, v in sd.items()}
     return sd
 
 
@@ -77,8 +78,11 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], so
     """Load ``state_dict`` strictly, or by position when names differ but shapes match in order."""
     target = model.state_dict()
     if set(state_dict) == set(target):
-        wrong = [f"{k} {tuple(v.shape)} (the model has {tuple(target[k].shape)})" for k, v in state_dict.items()
-                 if tuple(v.shape) != tuple(target[k].shape)]
+        wrong = [
+            f"{k} {tuple(v.shape)} (the model has {tuple(target[k].shape)})"
+            for k, v in state_dict.items()
+            if tuple(v.shape) != tuple(target[k].shape)
+        ]
         if wrong:
             raise UsageError(f"The weights in {source} do not fit the model: {'; '.join(wrong[:3])}.")
         model.load_state_dict(state_dict, strict=True)
@@ -91,6 +95,4 @@ def load_into(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], so
         return
     missing = sorted(set(target) - set(state_dict))[:5]
     unexpected = sorted(set(state_dict) - set(target))[:5]
-    raise UsageError(
-        f"The weights in {source} do not fit the model: missing keys {missing}, unexpected keys {unexpected}."
-    )
+    raise UsageError(f"The weights in {source} do not fit the model: missing keys {missing}, unexpected keys {unexpected}.")

@@ -8,6 +8,7 @@ correct answers as thumbnails of their source images with their top-k, and the c
 Example:
     >>> page = evaluation_html(report, examples)   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -56,8 +57,7 @@ def calibration(confidence: np.ndarray, correct: np.ndarray, bins: int = 10) -> 
         acc = float(correct[m].mean()) if k else None
         if k:
             ece += k / n * abs(acc - conf)  # type: ignore[operator]
-        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": k, "confidence": conf,
-                    "accuracy": acc})
+        out.append({"low": float(edges[b]), "high": float(edges[b + 1]), "count": k, "confidence": conf, "accuracy": acc})
     return {"bins": out, "ece": float(ece)}
 
 
@@ -70,16 +70,26 @@ def _calibration_figure(cal: dict[str, Any]) -> str:
     bins = [b for b in cal["bins"] if b["count"]]
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 3.6))
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
-    ax.plot([b["confidence"] for b in bins], [b["accuracy"] for b in bins], "o-", color="tab:blue",
-            label=f"this model (ECE {cal['ece']:.3f})")
+    ax.plot(
+        [b["confidence"] for b in bins],
+        [b["accuracy"] for b in bins],
+        "o-",
+        color="tab:blue",
+        label=f"this model (ECE {cal['ece']:.3f})",
+    )
     ax.set_xlabel("top-1 probability (bin mean)")
     ax.set_ylabel("accuracy in the bin")
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1.02)
     ax.legend(fontsize=8, loc="upper left")
     ax.grid(alpha=0.3)
-    ax2.bar([(b["low"] + b["high"]) / 2 for b in cal["bins"]], [b["count"] for b in cal["bins"]],
-            width=0.9 / len(cal["bins"]), color="tab:blue", alpha=0.7)
+    ax2.bar(
+        [(b["low"] + b["high"]) / 2 for b in cal["bins"]],
+        [b["count"] for b in cal["bins"]],
+        width=0.9 / len(cal["bins"]),
+        color="tab:blue",
+        alpha=0.7,
+    )
     ax2.set_xlabel("top-1 probability")
     ax2.set_ylabel("images")
     ax2.set_xlim(0, 1)
@@ -94,11 +104,21 @@ def _confusion(report: dict[str, Any]) -> str:
         off = M.copy()
         np.fill_diagonal(off, 0)
         flat = np.argsort(-off, axis=None, kind="stable")[:30]
-        rows = [{"true": labels[i], "predicted as": labels[j], "images": int(off[i, j]),
-                 "share of the true class": float(off[i, j] / max(M[i].sum(), 1))}
-                for i, j in zip(*np.unravel_index(flat, off.shape)) if off[i, j] > 0]
-        return (H.paragraph(f"{len(labels)} classes: the 30 most confused (true, predicted) pairs; the full matrix is "
-                            "in confusion_matrix.csv.", note=True) + H.table(rows, left=("true", "predicted as")))
+        rows = [
+            {
+                "true": labels[i],
+                "predicted as": labels[j],
+                "images": int(off[i, j]),
+                "share of the true class": float(off[i, j] / max(M[i].sum(), 1)),
+            }
+            for i, j in zip(*np.unravel_index(flat, off.shape))
+            if off[i, j] > 0
+        ]
+        return H.paragraph(
+            f"{len(labels)} classes: the 30 most confused (true, predicted) pairs; the full matrix is "
+            "in confusion_matrix.csv.",
+            note=True,
+        ) + H.table(rows, left=("true", "predicted as"))
     share = M / np.maximum(M.sum(axis=1, keepdims=True), 1)
     off_max = max(float((share - np.diag(np.diag(share))).max()), 1e-9)  # confusions shaded against the worst one
     head = "<th class=l>true \\ predicted</th>" + "".join(f"<th>{H.esc(c)}</th>" for c in labels)
@@ -110,12 +130,16 @@ def _confusion(report: dict[str, Any]) -> str:
             shade = a if i == j else 0.8 * a / off_max
             colour = "47,125,50" if i == j else "198,40,40"
             fg = "#fff" if shade > 0.55 else "inherit"
-            cells.append(f'<td style="background:rgba({colour},{shade:.3f});color:{fg}" '
-                         f'title="{H.esc(c)} as {H.esc(labels[j])}: {M[i, j]} ({a:.1%})">{M[i, j]}</td>')
+            cells.append(
+                f'<td style="background:rgba({colour},{shade:.3f});color:{fg}" '
+                f'title="{H.esc(c)} as {H.esc(labels[j])}: {M[i, j]} ({a:.1%})">{M[i, j]}</td>'
+            )
         body.append(f"<tr><th class=l>{H.esc(c)}</th>{''.join(cells)}</tr>")
-    return (f'<table class="cm"><tr>{head}</tr>{"".join(body)}</table>'
-            + H.paragraph("Rows: true class; columns: predicted class. Green: share of the row predicted right; red: "
-                          "confusions, the most frequent one darkest.", note=True))
+    return f'<table class="cm"><tr>{head}</tr>{"".join(body)}</table>' + H.paragraph(
+        "Rows: true class; columns: predicted class. Green: share of the row predicted right; red: "
+        "confusions, the most frequent one darkest.",
+        note=True,
+    )
 
 
 def _card(ex: Examples, i: int) -> str:
@@ -127,8 +151,7 @@ def _card(ex: Examples, i: int) -> str:
         name = ex.classes[int(ex.topk[i, j])]
         cls = ' class="ok"' if name == truth else ""
         items.append(f"<li{cls}>{H.esc(name)} ({ex.scores[i, j]:.3f})</li>")
-    title = (f'<span class="{"ok" if ok else "no"}">{"right" if ok else "wrong"}</span>: '
-             f"true {H.esc(truth)}")
+    title = f'<span class="{"ok" if ok else "no"}">{"right" if ok else "wrong"}</span>: true {H.esc(truth)}'
     return H.thumb_card(ex.paths[i], title, [f"<ol>{''.join(items)}</ol>"])
 
 
@@ -143,18 +166,32 @@ def _leakage_section(report: dict[str, Any], leak: dict[str, Any]) -> str:
     shown = leak["examples"][:GALLERY_SIZE]
     pairs = []
     for e in shown:
-        pairs.append(H.thumb_card(e["path"], f'<span class="no">{H.esc(report["split"])}</span>',
-                                  [f"<div>similarity {e['similarity']:.4f}</div>"]))
+        pairs.append(
+            H.thumb_card(
+                e["path"],
+                f'<span class="no">{H.esc(report["split"])}</span>',
+                [f"<div>similarity {e['similarity']:.4f}</div>"],
+            )
+        )
         pairs.append(H.thumb_card(e["train_path"], '<span class="ok">train</span>', [f"<div>{H.esc(e['train_id'])}</div>"]))
-    table = H.table([{"rows": "all", "n": report["n"], "accuracy": report["accuracy"]},
-                     {"rows": "with a near-duplicate in train", "n": leak["rows"], "accuracy": leak["accuracy_leaked"]},
-                     {"rows": "without them", "n": leak["n_without"], "accuracy": leak["accuracy_without"]}])
+    table = H.table(
+        [
+            {"rows": "all", "n": report["n"], "accuracy": report["accuracy"]},
+            {"rows": "with a near-duplicate in train", "n": leak["rows"], "accuracy": leak["accuracy_leaked"]},
+            {"rows": "without them", "n": leak["n_without"], "accuracy": leak["accuracy_without"]},
+        ]
+    )
     return H.section(
         f"Near-duplicates in train ({leak['rows']:,} of {report['n']:,} rows)",
-        H.paragraph(f"Evaluated rows whose cosine similarity to a training row is at least {leak['threshold']:g} on "
-                    f"{leak['layer']}: their accuracy measures memory, not generalisation. Each pair: the evaluated "
-                    "image, then its nearest training image.", note=True),
-        table, '<div class="grid">' + "".join(pairs) + "</div>")
+        H.paragraph(
+            f"Evaluated rows whose cosine similarity to a training row is at least {leak['threshold']:g} on "
+            f"{leak['layer']}: their accuracy measures memory, not generalisation. Each pair: the evaluated "
+            "image, then its nearest training image.",
+            note=True,
+        ),
+        table,
+        '<div class="grid">' + "".join(pairs) + "</div>",
+    )
 
 
 def evaluation_html(report: dict[str, Any], ex: Examples) -> str:
@@ -180,23 +217,38 @@ def evaluation_html(report: dict[str, Any], ex: Examples) -> str:
     cal = report.get("calibration")
     if cal:
         cards.append(("calibration error (ECE)", f"{cal['ece']:.3f}"))
-    per_class = [{"class": c, "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
-                  "support": m["support"]} for c, m in report["per_class"].items()]
-    per_class += [{"class": name, "precision": report[key]["precision"], "recall": report[key]["recall"],
-                   "f1": report[key]["f1"], "support": report[key]["support"]}
-                  for key, name in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg"))]
+    per_class = [
+        {"class": c, "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "support": m["support"]}
+        for c, m in report["per_class"].items()
+    ]
+    per_class += [
+        {
+            "class": name,
+            "precision": report[key]["precision"],
+            "recall": report[key]["recall"],
+            "f1": report[key]["f1"],
+            "support": report[key]["support"],
+        }
+        for key, name in (("macro_avg", "macro avg"), ("weighted_avg", "weighted avg"))
+    ]
     parts = [
         H.cards(cards),
         H.section("Per class", H.table(per_class, highlight=lambda r: r["class"] in ("macro avg", "weighted avg"))),
         H.section("Confusion matrix", _confusion(report)),
-        H.section(f"Most confident mistakes ({len(confident_wrong)} of {len(wrong):,})",
-                  H.paragraph(f"Wrong answers with the highest top-1 {score_word}: often a mislabelled image or two "
-                              "classes the features cannot separate. The true class is green in the top-k list.",
-                              note=True),
-                  _gallery(ex, confident_wrong, "No mistakes.")),
-        H.section(f"Least confident correct answers ({len(unsure_right)} of {len(right):,})",
-                  H.paragraph(f"Right answers with the lowest top-1 {score_word}: the borderline cases.", note=True),
-                  _gallery(ex, unsure_right, "No correct answers.")),
+        H.section(
+            f"Most confident mistakes ({len(confident_wrong)} of {len(wrong):,})",
+            H.paragraph(
+                f"Wrong answers with the highest top-1 {score_word}: often a mislabelled image or two "
+                "classes the features cannot separate. The true class is green in the top-k list.",
+                note=True,
+            ),
+            _gallery(ex, confident_wrong, "No mistakes."),
+        ),
+        H.section(
+            f"Least confident correct answers ({len(unsure_right)} of {len(right):,})",
+            H.paragraph(f"Right answers with the lowest top-1 {score_word}: the borderline cases.", note=True),
+            _gallery(ex, unsure_right, "No correct answers."),
+        ),
     ]
     if leak and leak["rows"]:
         parts.insert(1, _leakage_section(report, leak))
@@ -205,13 +257,27 @@ def evaluation_html(report: dict[str, Any], ex: Examples) -> str:
             fig = _calibration_figure(cal)
         except ImportError:
             fig = H.paragraph("(matplotlib is not installed: no figure)", note=True)
-        parts.append(H.section("Calibration", fig, H.paragraph(
-            "Top-1 probability against how often it is right, in 10 equal-width bins; points under the diagonal "
-            "are over-confident. ECE: the bins' mean |accuracy - confidence| weighted by their images.", note=True)))
+        parts.append(
+            H.section(
+                "Calibration",
+                fig,
+                H.paragraph(
+                    "Top-1 probability against how often it is right, in 10 equal-width bins; points under the diagonal "
+                    "are over-confident. ECE: the bins' mean |accuracy - confidence| weighted by their images.",
+                    note=True,
+                ),
+            )
+        )
     else:
-        parts.append(H.section("Calibration", H.paragraph(
-            "This head gives decision values, not probabilities: no calibration curve.", note=True)))
-    sub = (f"bundle {report['bundle']} | store {report['store']} | split {report['split']} | head {report['head']} "
-           f"on {', '.join(report['layers'])}" + (f" | test-time averaging over up to {report['views_averaged']} "
-                                                   "views" if report.get("tta") else ""))
+        parts.append(
+            H.section(
+                "Calibration",
+                H.paragraph("This head gives decision values, not probabilities: no calibration curve.", note=True),
+            )
+        )
+    sub = (
+        f"bundle {report['bundle']} | store {report['store']} | split {report['split']} | head {report['head']} "
+        f"on {', '.join(report['layers'])}"
+        + (f" | test-time averaging over up to {report['views_averaged']} views" if report.get("tta") else "")
+    )
     return H.page("deepfeat evaluation", "".join(parts), subtitle=sub)

@@ -5,6 +5,7 @@ Example:
     >>> write_gallery(preds, "preds.html")                                 # doctest: +SKIP
     'preds.html'
 """
+
 from __future__ import annotations
 
 import os
@@ -24,8 +25,7 @@ def gallery_html(preds: Sequence[Any], title: str = "deepfeat predictions") -> s
     cards = []
     for p in preds:
         if p.error:
-            cards.append(H.thumb_card(p.path, '<span class="no">not classified</span>',
-                                      [f"<div>{H.esc(p.error)}</div>"]))
+            cards.append(H.thumb_card(p.path, '<span class="no">not classified</span>', [f"<div>{H.esc(p.error)}</div>"]))
             continue
         scores = list(getattr(p, "scores", None) or getattr(p, "probabilities", None) or [])
         items = "".join(f"<li>{H.esc(lbl)} ({s:.3f})</li>" for lbl, s in zip(p.labels, scores))
@@ -34,16 +34,25 @@ def gallery_html(preds: Sequence[Any], title: str = "deepfeat predictions") -> s
         near = getattr(p, "neighbors", None)
         if near is not None:
             n0 = near[0] if near else None
-            lines.append(f"<div>nearest training: {H.esc(str(n0['label'] or '-'))} ({n0['similarity']:.3f})</div>"
-                         if n0 else "<div>no training rows</div>")
+            lines.append(
+                f"<div>nearest training: {H.esc(str(n0['label'] or '-'))} ({n0['similarity']:.3f})</div>"
+                if n0
+                else "<div>no training rows</div>"
+            )
             if getattr(p, "far_from_training", False):
                 lines.append('<div class="no">far from the training images</div>')
         cards.append(H.thumb_card(p.path, top, lines))
     summary = H.cards([("images", f"{len(preds):,}"), ("classified", f"{len(ok):,}"), ("not classified", f"{bad:,}")])
     per_class = H.table([{"top-1 class": c, "images": n} for c, n in counts.most_common()])
-    body = (summary + H.section("Images", H.paragraph(f"Top-k classes with their {kind} scores.", note=True),
-                                '<div class="grid">' + "".join(cards) + "</div>")
-            + (H.section("Top-1 classes", per_class) if counts else ""))
+    body = (
+        summary
+        + H.section(
+            "Images",
+            H.paragraph(f"Top-k classes with their {kind} scores.", note=True),
+            '<div class="grid">' + "".join(cards) + "</div>",
+        )
+        + (H.section("Top-1 classes", per_class) if counts else "")
+    )
     return H.page(title, body, subtitle=f"{len(preds):,} images")
 
 

@@ -11,6 +11,7 @@ Example:
     >>> page.startswith("<!doctype html>") and "http" not in page
     True
 """
+
 from __future__ import annotations
 
 import base64
@@ -87,12 +88,14 @@ def fmt(value: Any, digits: int = 4) -> str:
 def page(title: str, body: str, *, subtitle: str = "") -> str:
     """The whole document: header, ``body`` (already HTML) and the footer."""
     sub = f'<div class="sub">{esc(subtitle)}</div>' if subtitle else ""
-    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
-            f"<header><h1>{esc(title)}</h1>{sub}</header>\n{body}\n"
-            f"<footer>deepfeat {esc(__version__)}: a self-contained page (no network access).</footer>"
-            f"</body></html>\n")
+    return (
+        f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>{esc(title)}</title><style>{CSS}</style></head><body>"
+        f"<header><h1>{esc(title)}</h1>{sub}</header>\n{body}\n"
+        f"<footer>deepfeat {esc(__version__)}: a self-contained page (no network access).</footer>"
+        f"</body></html>\n"
+    )
 
 
 def section(title: str, *parts: str) -> str:
@@ -100,18 +103,25 @@ def section(title: str, *parts: str) -> str:
 
 
 def paragraph(text: str, note: bool = False) -> str:
-    return f'<p{" class=note" if note else ""}>{esc(text)}</p>'
+    return f"<p{' class=note' if note else ''}>{esc(text)}</p>"
 
 
 def cards(items: Sequence[tuple[str, str]]) -> str:
     """Big numbers: ``[(label, value text), ...]``."""
-    return '<div class="cards">' + "".join(
-        f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>' for k, v in items
-    ) + "</div>"
+    return (
+        '<div class="cards">'
+        + "".join(f'<div class="card"><div class="v">{esc(v)}</div><div class="k">{esc(k)}</div></div>' for k, v in items)
+        + "</div>"
+    )
 
 
-def table(rows: Sequence[Mapping[str, Any]], *, digits: int = 4, left: Sequence[str] = (),
-          highlight: Callable[[Mapping[str, Any]], bool] | None = None) -> str:
+def table(
+    rows: Sequence[Mapping[str, Any]],
+    *,
+    digits: int = 4,
+    left: Sequence[str] = (),
+    highlight: Callable[[Mapping[str, Any]], bool] | None = None,
+) -> str:
     """Rows of dicts (the first row's keys are the columns) as an HTML table."""
     if not rows:
         return ""
@@ -126,7 +136,7 @@ def table(rows: Sequence[Mapping[str, Any]], *, digits: int = 4, left: Sequence[
     for r in rows:
         tr = '<tr class="best">' if highlight is not None and highlight(r) else "<tr>"
         body.append(tr + "".join(f"<td{cls(k)}>{esc(fmt(r.get(k), digits))}</td>" for k in keys) + "</tr>")
-    return f"<div class=\"tablewrap\"><table><tr>{head}</tr>{''.join(body)}</table></div>"  # wide: scrolls
+    return f'<div class="tablewrap"><table><tr>{head}</tr>{"".join(body)}</table></div>'  # wide: scrolls
 
 
 def data_uri(data: bytes, mime: str = "image/png") -> str:
@@ -181,10 +191,15 @@ def thumb_card(path: str | None, title: str, lines: Sequence[str], *, thumb: str
     """One image card: the thumbnail (or a placeholder), a title and some lines of HTML."""
     uri = thumb if thumb is not None else thumbnail_uri(path)
     shown = os.path.basename(path) if path else "(no source path)"
-    pic = (f'<img src="{uri}" alt="{esc(shown)}">' if uri else
-           f'<div class="ph">source image not available<br>{esc(shown)}</div>')
-    return (f'<div class="thumb">{pic}<div class="t">{title}</div>{"".join(lines)}'
-            f'<div class="path">{esc(path or "")}</div></div>')
+    pic = (
+        f'<img src="{uri}" alt="{esc(shown)}">'
+        if uri
+        else f'<div class="ph">source image not available<br>{esc(shown)}</div>'
+    )
+    return (
+        f'<div class="thumb">{pic}<div class="t">{title}</div>{"".join(lines)}'
+        f'<div class="path">{esc(path or "")}</div></div>'
+    )
 
 
 def write(path: str | os.PathLike, document: str) -> str:

@@ -4,6 +4,7 @@ Example:
     >>> results = deepfeat.search("feats.index", ["cat.jpg"])        # doctest: +SKIP
     >>> write_search_page(results, "results.html")                    # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import os
@@ -18,19 +19,27 @@ def search_html(results: Sequence[Any], subtitle: str = "") -> str:
     blocks = []
     for r in results:
         is_file = not r.query.startswith("id:")
-        query_card = H.thumb_card(r.query if is_file else None, '<span class="ok">query</span>',
-                                  [] if is_file else [f"<div>{H.esc(r.query)}</div>"])
+        query_card = H.thumb_card(
+            r.query if is_file else None,
+            '<span class="ok">query</span>',
+            [] if is_file else [f"<div>{H.esc(r.query)}</div>"],
+        )
         if r.error:
-            cards = [f'<div class="thumb"><div class="t"><span class="no">failed</span></div>'
-                     f"<div>{H.esc(r.error)}</div></div>"]
+            cards = [
+                f'<div class="thumb"><div class="t"><span class="no">failed</span></div><div>{H.esc(r.error)}</div></div>'
+            ]
         else:
-            cards = [H.thumb_card(n.path, f"{rank}. {n.similarity:.4f}",
-                                  [f"<div>{H.esc(n.label or '-')} ({H.esc(n.split or '-')})</div>"])
-                     for rank, n in enumerate(r.neighbors, 1)]
-        blocks.append(f"<h3>{H.esc(r.query)}</h3><div class=\"grid\">{query_card}{''.join(cards)}</div>")
+            cards = [
+                H.thumb_card(
+                    n.path, f"{rank}. {n.similarity:.4f}", [f"<div>{H.esc(n.label or '-')} ({H.esc(n.split or '-')})</div>"]
+                )
+                for rank, n in enumerate(r.neighbors, 1)
+            ]
+        blocks.append(f'<h3>{H.esc(r.query)}</h3><div class="grid">{query_card}{"".join(cards)}</div>')
     bad = sum(r.error is not None for r in results)
-    body = (H.cards([("queries", f"{len(results):,}"), ("failed", f"{bad:,}")])
-            + H.section("Nearest stored rows (cosine similarity)", "".join(blocks)))
+    body = H.cards([("queries", f"{len(results):,}"), ("failed", f"{bad:,}")]) + H.section(
+        "Nearest stored rows (cosine similarity)", "".join(blocks)
+    )
     return H.page("deepfeat search", body, subtitle=subtitle)
 
 

@@ -16,6 +16,7 @@ Example:
     >>> rt.describe()["runtime"]                                                       # doctest: +SKIP
     'openvino'
 """
+
 from __future__ import annotations
 
 import logging
@@ -42,7 +43,6 @@ RUNTIMES: Registry[type[Runtime]] = Registry("runtime", entries=(OpenVINORuntime
 #: class decorator: add a :class:`Runtime` subclass under ``cls.name`` (last in ``auto``'s order)
 register_runtime = RUNTIMES.register
 PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
-
 
 
 def runtime_choices() -> tuple[str, ...]:
@@ -87,23 +87,23 @@ def resolve_runtime(runtime: str = "auto", device: str = "cpu", precision: str =
         raise UsageError(f"The runtime {runtime!r} cannot run here: {reason}.")
     supported = cls.precisions.get(dev)
     if supported is None:
-        raise UsageError(f"The runtime {runtime!r} does not run on {device!r}; it runs on "
-                         f"{', '.join(cls.precisions)}.")
+        raise UsageError(f"The runtime {runtime!r} does not run on {device!r}; it runs on {', '.join(cls.precisions)}.")
     if precision == "auto":
         precision = cls.auto_precision(device)
     if precision not in supported:
-        raise UsageError(f"The runtime {runtime!r} on {dev} runs {', '.join(supported)}; got precision "
-                         f"{precision!r}.")
+        raise UsageError(f"The runtime {runtime!r} on {dev} runs {', '.join(supported)}; got precision {precision!r}.")
     if precision == "bf16" and dev == "cpu" and runtime == "openvino" and not OpenVINORuntime.supports_bf16():
-        raise UsageError("This CPU has no native bf16 (OpenVINO does not list BF16 among its capabilities); "
-                         "use --precision fp32.")
+        raise UsageError(
+            "This CPU has no native bf16 (OpenVINO does not list BF16 among its capabilities); use --precision fp32."
+        )
     if precision == "int8" and runtime == "openvino" and nncf_missing():
         raise UsageError(f"The precision 'int8' cannot run here: {nncf_missing()}.")
     return RuntimeChoice(runtime, precision)
 
 
-def prefer_recorded(runtime: str, precision: str, device: str, recorded_runtime: Any,
-                    recorded_precision: Any, what: str = "the store") -> tuple[str, str]:
+def prefer_recorded(
+    runtime: str, precision: str, device: str, recorded_runtime: Any, recorded_precision: Any, what: str = "the store"
+) -> tuple[str, str]:
     """``auto`` means the runtime (and precision) recorded in a store or bundle, when they run here.
 
     Explicit choices are returned unchanged; a recorded pair that cannot run on ``device`` is
@@ -115,14 +115,23 @@ def prefer_recorded(runtime: str, precision: str, device: str, recorded_runtime:
     try:
         resolve_runtime(recorded_runtime, device, wanted)
     except UsageError as exc:
-        log.warning("%s was written with %s %s, which cannot run here (%s); auto picks again", what,
-                    recorded_runtime, recorded_precision, exc)
+        log.warning(
+            "%s was written with %s %s, which cannot run here (%s); auto picks again",
+            what,
+            recorded_runtime,
+            recorded_precision,
+            exc,
+        )
         return runtime, precision
     return recorded_runtime, wanted
 
 
-def layer_specs(backbone: Backbone, layers: str | Sequence[str], pool: str | Mapping[str, str] = "avg",
-                infos: Mapping[str, Any] | None = None) -> list[LayerSpec]:
+def layer_specs(
+    backbone: Backbone,
+    layers: str | Sequence[str],
+    pool: str | Mapping[str, str] = "avg",
+    infos: Mapping[str, Any] | None = None,
+) -> list[LayerSpec]:
     """Resolve a layer selection and its pooling into :class:`LayerSpec` objects (store keys included)."""
     from ..store import layout
 
@@ -130,14 +139,26 @@ def layer_specs(backbone: Backbone, layers: str | Sequence[str], pool: str | Map
     names = resolve_layers(layers, infos)  # type: ignore[arg-type]
     pools = parse_pools(pool, names)
     taken: set[str] = set()
-    return [LayerSpec(n, layout.layer_key(n, taken), tuple(infos[n].shape), pools[n], infos[n].dims(pools[n]))
-            for n in names]
+    return [
+        LayerSpec(n, layout.layer_key(n, taken), tuple(infos[n].shape), pools[n], infos[n].dims(pools[n])) for n in names
+    ]
 
 
-def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any] | None = None, *,
-                  runtime: str = "auto", device: str = "cpu", precision: str = "auto", dtype: str = "float32",
-                  channels_last: bool = True, cache_dir: str | None = None, fallback: bool = True,
-                  threads: int | None = None, calibration: Calibration | None = None) -> Runtime:
+def build_runtime(
+    backbone: Backbone,
+    specs: Sequence[LayerSpec],
+    infos: Mapping[str, Any] | None = None,
+    *,
+    runtime: str = "auto",
+    device: str = "cpu",
+    precision: str = "auto",
+    dtype: str = "float32",
+    channels_last: bool = True,
+    cache_dir: str | None = None,
+    fallback: bool = True,
+    threads: int | None = None,
+    calibration: Calibration | None = None,
+) -> Runtime:
     """The one factory of :class:`Runtime` objects.
 
     Args:
@@ -161,24 +182,51 @@ def build_runtime(backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping
     if choice.runtime != "torch":
         extra: dict[str, Any] = {"calibration": calibration} if calibration is not None else {}
         try:
-            return RUNTIMES[choice.runtime](backbone, specs, infos, device=device, precision=choice.precision,
-                                            dtype=dtype, cache_dir=cache_dir, threads=threads,  # type: ignore[call-arg]
-                                            **extra)
+            return RUNTIMES[choice.runtime](
+                backbone,
+                specs,
+                infos,
+                device=device,
+                precision=choice.precision,
+                dtype=dtype,
+                cache_dir=cache_dir,
+                threads=threads,  # type: ignore[call-arg]
+                **extra,
+            )
         except RuntimeUnavailable as exc:
             if not fallback:
                 raise UsageError(f"The runtime {choice.runtime!r} cannot run {backbone.name!r}: {exc}") from None
             # auto falls back to the reference precision; an explicit precision is kept where torch runs it
-            torch_precision = choice.precision if precision != "auto" and choice.precision in \
-                TorchRuntime.precisions.get(_device_type(device), ()) else "fp32"
-            log.warning("%s cannot run %s (%s); falling back to torch %s", choice.runtime, backbone.name, exc,
-                        torch_precision)
+            torch_precision = (
+                choice.precision
+                if precision != "auto" and choice.precision in TorchRuntime.precisions.get(_device_type(device), ())
+                else "fp32"
+            )
+            log.warning(
+                "%s cannot run %s (%s); falling back to torch %s", choice.runtime, backbone.name, exc, torch_precision
+            )
             choice = RuntimeChoice("torch", torch_precision)
-    return TorchRuntime(backbone, specs, infos, device=device, precision=choice.precision, dtype=dtype,
-                        channels_last=channels_last)
+    return TorchRuntime(
+        backbone, specs, infos, device=device, precision=choice.precision, dtype=dtype, channels_last=channels_last
+    )
 
 
-__all__ = ["CALIBRATION_IMAGES", "CALIBRATION_SEED", "Calibration", "RUNTIMES", "PRECISIONS",
-           "Runtime", "RuntimeChoice", "RuntimeUnavailable", "available_runtimes",
-           "build_runtime", "cpu_has_bf16", "cpu_model", "layer_specs", "prefer_recorded", "register_runtime",
-           "resolve_runtime",
-           "runtime_choices"]
+__all__ = [
+    "CALIBRATION_IMAGES",
+    "CALIBRATION_SEED",
+    "Calibration",
+    "RUNTIMES",
+    "PRECISIONS",
+    "Runtime",
+    "RuntimeChoice",
+    "RuntimeUnavailable",
+    "available_runtimes",
+    "build_runtime",
+    "cpu_has_bf16",
+    "cpu_model",
+    "layer_specs",
+    "prefer_recorded",
+    "register_runtime",
+    "resolve_runtime",
+    "runtime_choices",
+]

@@ -9,6 +9,7 @@ The contract: ``runtime(pixels)`` takes an ``N x H x W x 3`` uint8 batch (alread
 cropped by the decode workers) and returns ``{layer name: N x dims}`` in the store dtype;
 :meth:`Runtime.describe` says what ran (recorded in stores and bundles).
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -83,8 +84,16 @@ class Runtime:
     name: ClassVar[str] = ""
     precisions: ClassVar[Mapping[str, tuple[str, ...]]] = {}
 
-    def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
-                 device: str = "cpu", precision: str = "fp32", dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        specs: Sequence[LayerSpec],
+        infos: Mapping[str, Any],
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        dtype: str = "float32",
+    ) -> None:
         self.backbone = backbone
         self.specs = list(specs)
         self.infos = infos
@@ -125,8 +134,7 @@ class Runtime:
 
     def describe(self) -> dict[str, Any]:
         """What ran: recorded in store metadata and bundles."""
-        return {"runtime": self.name, "precision": self.precision, "device": self.device,
-                "version": self.version()}
+        return {"runtime": self.name, "precision": self.precision, "device": self.device, "version": self.version()}
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.backbone.name!r}, {len(self.specs)} layers, {self.precision})"

@@ -10,6 +10,7 @@ so a resume, a second run or another worker loads instead of exporting again. En
 written to a temporary folder and renamed into place; every file's sha256 is checked on load,
 and a corrupt entry is deleted and rebuilt.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -62,8 +63,10 @@ class TapGraph(nn.Module):
         self.infos = infos
         pre = backbone.preprocess
         self.register_buffer("scale", (1.0 / (255.0 * torch.tensor(pre.std, dtype=torch.float32))).view(1, 3, 1, 1))
-        self.register_buffer("shift", (torch.tensor(pre.mean, dtype=torch.float32)
-                                       / torch.tensor(pre.std, dtype=torch.float32)).view(1, 3, 1, 1))
+        self.register_buffer(
+            "shift",
+            (torch.tensor(pre.mean, dtype=torch.float32) / torch.tensor(pre.std, dtype=torch.float32)).view(1, 3, 1, 1),
+        )
 
     def forward(self, pixels: torch.Tensor) -> tuple[torch.Tensor, ...]:
         x = pixels.permute(0, 3, 1, 2).to(torch.float32) * self.scale - self.shift
@@ -77,15 +80,28 @@ def cache_root() -> str:
     return cache_dir("runtimes")
 
 
-def cache_key(backbone: Backbone, specs: Sequence[LayerSpec], runtime: str, runtime_version: str,
-              extra: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
+def cache_key(
+    backbone: Backbone,
+    specs: Sequence[LayerSpec],
+    runtime: str,
+    runtime_version: str,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any] | None:
     """Everything that changes an exported graph; None when the weights have no stable hash."""
     if not backbone.weights_sha256:
         return None
     model = {k: v for k, v in backbone.describe().items() if k != "weights"}
-    return {"format": CACHE_FORMAT, "model": model, "preprocess": backbone.preprocess.to_dict(),
-            "taps": [[s.name, s.pool] for s in specs], "runtime": runtime, "runtime_version": runtime_version,
-            "torch": torch.__version__, "deepfeat": __version__, **(extra or {})}
+    return {
+        "format": CACHE_FORMAT,
+        "model": model,
+        "preprocess": backbone.preprocess.to_dict(),
+        "taps": [[s.name, s.pool] for s in specs],
+        "runtime": runtime,
+        "runtime_version": runtime_version,
+        "torch": torch.__version__,
+        "deepfeat": __version__,
+        **(extra or {}),
+    }
 
 
 def _digest(key: Mapping[str, Any]) -> str:
@@ -121,8 +137,7 @@ class ArtifactCache:
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             return False
 
-    def get_or_build(self, key: Mapping[str, Any] | None, build: Callable[[str], None],
-                     load: Callable[[str], Any]) -> Any:
+    def get_or_build(self, key: Mapping[str, Any] | None, build: Callable[[str], None], load: Callable[[str], Any]) -> Any:
         """The loaded artefact for ``key``: from the cache when present and intact, else built and cached."""
         if key is None:  # weights without a stable hash: export into a temporary folder every time
             return _build_uncached(build, load)
@@ -144,8 +159,9 @@ class ArtifactCache:
         except OSError as exc:  # a read-only home: export without caching
             log.warning("cannot write the runtime cache under %s (%s); exporting without a cache", self.root, exc)
             return _build_uncached(build, load)
-        progress.note(f"exporting the model for {key.get('runtime', 'the runtime')} (once: later runs load it from "
-                      f"{self.root})")
+        progress.note(
+            f"exporting the model for {key.get('runtime', 'the runtime')} (once: later runs load it from {self.root})"
+        )
         try:
             _quiet(build, tmp)
             files = {name: _file_sha256(os.path.join(tmp, name)) for name in sorted(os.listdir(tmp))}
@@ -193,10 +209,19 @@ class ExportedRuntime(Runtime):
     fallback to torch.
     """
 
-    def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
-                 device: str = "cpu", precision: str = "fp32", dtype: str = "float32",
-                 cache_dir: str | None = None, threads: int | None = None,
-                 calibration: Calibration | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        specs: Sequence[LayerSpec],
+        infos: Mapping[str, Any],
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        dtype: str = "float32",
+        cache_dir: str | None = None,
+        threads: int | None = None,
+        calibration: Calibration | None = None,
+    ) -> None:
         super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
         self.calibration = calibration
         reason = self.unavailable_reason()
@@ -221,8 +246,9 @@ class ExportedRuntime(Runtime):
         """The module exporters trace: uint8 pixels in, pooled taps out."""
         return TapGraph(self.backbone, self.specs, self.infos).eval()
 
-    def cached(self, build: Callable[[str], None], load: Callable[[str], Any],
-               extra: Mapping[str, Any] | None = None) -> Any:
+    def cached(
+        self, build: Callable[[str], None], load: Callable[[str], Any], extra: Mapping[str, Any] | None = None
+    ) -> Any:
         """The loaded artefact of this backbone + taps + runtime version (+ ``extra``, e.g. the int8
         calibration), exported at most once."""
         key = cache_key(self.backbone, self.specs, self.name, self.version(), extra)

@@ -16,6 +16,7 @@ and printed by ``deepfeat info``. A new reduced precision is one entry of :data:
 
 The record and its one-line summary: :mod:`deepfeat.agreement`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -56,18 +57,23 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.nan_to_num(cos, nan=0.0)
 
 
-def features_of(runtime: Callable[[np.ndarray], Mapping[str, np.ndarray]], pixels: np.ndarray,
-                batch_size: int = 32) -> dict[str, np.ndarray]:
+def features_of(
+    runtime: Callable[[np.ndarray], Mapping[str, np.ndarray]], pixels: np.ndarray, batch_size: int = 32
+) -> dict[str, np.ndarray]:
     """``runtime``'s float32 features of ``pixels``, computed ``batch_size`` images at a time."""
     got: dict[str, list[np.ndarray]] = {}
     for s in range(0, len(pixels), batch_size):
-        for name, arr in runtime(pixels[s:s + batch_size]).items():
+        for name, arr in runtime(pixels[s : s + batch_size]).items():
             got.setdefault(name, []).append(np.asarray(arr, dtype=np.float32))
     return {name: np.concatenate(parts) for name, parts in got.items()}
 
 
-def measure(candidate: Callable[[np.ndarray], Mapping[str, np.ndarray]], reference: Mapping[str, np.ndarray],
-            pixels: np.ndarray, batch_size: int = 32) -> dict[str, dict[str, float]]:
+def measure(
+    candidate: Callable[[np.ndarray], Mapping[str, np.ndarray]],
+    reference: Mapping[str, np.ndarray],
+    pixels: np.ndarray,
+    batch_size: int = 32,
+) -> dict[str, dict[str, float]]:
     """Per tap min and median row cosine of ``candidate(pixels)`` against the ``reference`` features."""
     got = features_of(candidate, pixels, batch_size)
     out = {}
@@ -89,14 +95,22 @@ def ladder(runtime_cls: Any, device: str, start: str) -> list[str]:
     precisions after it that the runtime runs there, then fp32."""
     dev = "cuda" if device.startswith("cuda") else device
     runs = runtime_cls.precisions.get(dev, ())
-    later = REDUCED[REDUCED.index(start) + 1:] if start in REDUCED else ()
+    later = REDUCED[REDUCED.index(start) + 1 :] if start in REDUCED else ()
     return [start, *(p for p in later if p in runs), "fp32"] if start != "fp32" else ["fp32"]
 
 
-def guard_precision(build: Callable[[str, str], Any], reference: Callable[[], Mapping[str, np.ndarray]],
-                    pixels: np.ndarray, *, runtime: str, precision: str, auto: bool, device: str = "cpu",
-                    min_agreement: float = DEFAULT_MIN_AGREEMENT, batch_size: int = 32,
-                    ) -> tuple[str, str, Agreement | None]:
+def guard_precision(
+    build: Callable[[str, str], Any],
+    reference: Callable[[], Mapping[str, np.ndarray]],
+    pixels: np.ndarray,
+    *,
+    runtime: str,
+    precision: str,
+    auto: bool,
+    device: str = "cpu",
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    batch_size: int = 32,
+) -> tuple[str, str, Agreement | None]:
     """Choose the precision a job computes with: returns ``(runtime, precision, agreement)``.
 
     Args:
@@ -128,23 +142,37 @@ def guard_precision(build: Callable[[str, str], Any], reference: Callable[[], Ma
             return str(described["runtime"]), "fp32", None
         if ref is None:
             ref = reference()
-        agreement = Agreement(p, str(described["runtime"]), len(pixels), min_agreement,
-                              measure(candidate, ref, pixels, batch_size))
+        agreement = Agreement(
+            p, str(described["runtime"]), len(pixels), min_agreement, measure(candidate, ref, pixels, batch_size)
+        )
         if agreement.passed:
             log.info("precision guard: %s", agreement.summary())
             return str(described["runtime"]), p, agreement
         if not auto:
-            raise UsageError(f"The precision {p!r} does not agree with fp32 closely enough on this job's images: "
-                             f"{agreement.summary()}. Use --precision fp32, or lower --min-agreement "
-                             "(min_agreement) knowing what it costs.")
+            raise UsageError(
+                f"The precision {p!r} does not agree with fp32 closely enough on this job's images: "
+                f"{agreement.summary()}. Use --precision fp32, or lower --min-agreement "
+                "(min_agreement) knowing what it costs."
+            )
         log.warning("precision guard: %s; trying the next precision", agreement.summary())
     return runtime, "fp32", None
 
 
-def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any] | None, pixels: np.ndarray, *,
-                   runtime: str, precision: str, auto: bool, device: str = "cpu",
-                   min_agreement: float = DEFAULT_MIN_AGREEMENT, channels_last: bool = True,
-                   batch_size: int = 32, calibration: Any = None) -> tuple[str, str, Agreement | None]:
+def guard_backbone(
+    backbone: Any,
+    specs: Sequence[Any],
+    infos: Mapping[str, Any] | None,
+    pixels: np.ndarray,
+    *,
+    runtime: str,
+    precision: str,
+    auto: bool,
+    device: str = "cpu",
+    min_agreement: float = DEFAULT_MIN_AGREEMENT,
+    channels_last: bool = True,
+    batch_size: int = 32,
+    calibration: Any = None,
+) -> tuple[str, str, Agreement | None]:
     """:func:`guard_precision` for a backbone and its taps: candidates and the torch fp32 reference are
     built with :func:`~deepfeat.runtimes.build_runtime` (exports come from its cache; an int8 candidate
     is calibrated on ``calibration``, a :class:`~deepfeat.runtimes.Calibration`).
@@ -157,15 +185,43 @@ def guard_backbone(backbone: Any, specs: Sequence[Any], infos: Mapping[str, Any]
     """
 
     def build(name: str, p: str) -> Any:
-        return build_runtime(backbone, specs, infos, runtime=name, device=device, precision=p,
-                             channels_last=channels_last, calibration=calibration if p == "int8" else None)
+        return build_runtime(
+            backbone,
+            specs,
+            infos,
+            runtime=name,
+            device=device,
+            precision=p,
+            channels_last=channels_last,
+            calibration=calibration if p == "int8" else None,
+        )
 
     def reference() -> dict[str, np.ndarray]:
         return features_of(build("torch", "fp32"), pixels, batch_size)
 
-    return guard_precision(build, reference, pixels, runtime=runtime, precision=precision, auto=auto, device=device,
-                           min_agreement=min_agreement, batch_size=batch_size)
+    return guard_precision(
+        build,
+        reference,
+        pixels,
+        runtime=runtime,
+        precision=precision,
+        auto=auto,
+        device=device,
+        min_agreement=min_agreement,
+        batch_size=batch_size,
+    )
 
 
-__all__ = ["DEFAULT_MIN_AGREEMENT", "GUARD_IMAGES", "REDUCED", "check_min_agreement", "features_of",
-           "guard_backbone", "guard_precision", "ladder", "measure", "row_cosines", "sample_indices"]
+__all__ = [
+    "DEFAULT_MIN_AGREEMENT",
+    "GUARD_IMAGES",
+    "REDUCED",
+    "check_min_agreement",
+    "features_of",
+    "guard_backbone",
+    "guard_precision",
+    "ladder",
+    "measure",
+    "row_cosines",
+    "sample_indices",
+]

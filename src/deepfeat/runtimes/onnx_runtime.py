@@ -2,6 +2,7 @@
 
 CPU by default; ``device="cuda"`` uses the CUDA execution provider when the installed build has it.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,10 +32,16 @@ class ONNXRuntime(ExportedRuntime):
         def build(folder: str) -> None:
             dynamic = {"pixels": {0: "batch"}, **{o: {0: "batch"} for o in self.outputs}}
             with torch.no_grad():
-                torch.onnx.export(self.tap_graph(), (example_pixels(self.backbone),),
-                                  os.path.join(folder, ONNX_FILE), input_names=["pixels"],
-                                  output_names=self.outputs, dynamic_axes=dynamic, opset_version=OPSET,
-                                  dynamo=False)
+                torch.onnx.export(
+                    self.tap_graph(),
+                    (example_pixels(self.backbone),),
+                    os.path.join(folder, ONNX_FILE),
+                    input_names=["pixels"],
+                    output_names=self.outputs,
+                    dynamic_axes=dynamic,
+                    opset_version=OPSET,
+                    dynamo=False,
+                )
 
         providers = ["CPUExecutionProvider"]
         if self.device.startswith("cuda"):
@@ -45,8 +52,9 @@ class ONNXRuntime(ExportedRuntime):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.intra_op_num_threads = int(self.threads) if self.threads else max(1, torch.get_num_threads())
         opts.log_severity_level = 3
-        self.session = self.cached(build, lambda folder: ort.InferenceSession(os.path.join(folder, ONNX_FILE), opts,
-                                                                              providers=providers))
+        self.session = self.cached(
+            build, lambda folder: ort.InferenceSession(os.path.join(folder, ONNX_FILE), opts, providers=providers)
+        )
 
     @classmethod
     def unavailable_reason(cls) -> str | None:

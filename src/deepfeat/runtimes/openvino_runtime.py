@@ -9,6 +9,7 @@ activations; full bias correction), calibrated on a :class:`~deepfeat.runtimes.b
 sample of the job's own images and cached under the sample's digest; the ops left in float run
 in bf16 where the CPU computes it natively.
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -66,8 +67,7 @@ class OpenVINORuntime(ExportedRuntime):
 
         model = self.cached(build, lambda folder: core.read_model(os.path.join(folder, IR_FILE)))
         if len(model.outputs) != len(self.specs):
-            raise RuntimeUnavailable(f"the converted model has {len(model.outputs)} outputs, "
-                                     f"expected {len(self.specs)}")
+            raise RuntimeUnavailable(f"the converted model has {len(model.outputs)} outputs, expected {len(self.specs)}")
         hint = _PRECISION_HINT.get(self.precision, "f32")
         if self.precision == "int8":
             model = self._quantized(model, core)
@@ -92,13 +92,18 @@ class OpenVINORuntime(ExportedRuntime):
                 raise RuntimeUnavailable("the int8 export is not cached here and its calibration images are not at hand")
             nncf = import_held("nncf")
             pixels = calibration.pixels
-            quantized = nncf.quantize(model, nncf.Dataset([pixels[i:i + 1] for i in range(len(pixels))]),
-                                      subset_size=len(pixels), preset=nncf.QuantizationPreset.MIXED,
-                                      fast_bias_correction=INT8_RECIPE["fast_bias_correction"])
+            quantized = nncf.quantize(
+                model,
+                nncf.Dataset([pixels[i : i + 1] for i in range(len(pixels))]),
+                subset_size=len(pixels),
+                preset=nncf.QuantizationPreset.MIXED,
+                fast_bias_correction=INT8_RECIPE["fast_bias_correction"],
+            )
             ov.save_model(quantized, os.path.join(folder, IR_FILE), compress_to_fp16=False)
 
-        extra = {"int8": {**INT8_RECIPE, "calibration": calibration.digest, "images": calibration.images,
-                          "nncf": _nncf_version()}}
+        extra = {
+            "int8": {**INT8_RECIPE, "calibration": calibration.digest, "images": calibration.images, "nncf": _nncf_version()}
+        }
         return self.cached(build, lambda folder: core.read_model(os.path.join(folder, IR_FILE)), extra)
 
     @classmethod

@@ -1,4 +1,5 @@
 """The reference runtime: PyTorch eager with hooks (CPU or CUDA; channels-last; bf16/fp16 autocast)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -24,9 +25,17 @@ class TorchRuntime(Runtime):
     name = "torch"
     precisions = {"cpu": ("fp32", "bf16"), "cuda": ("fp32", "bf16", "fp16")}
 
-    def __init__(self, backbone: Backbone, specs: Sequence[LayerSpec], infos: Mapping[str, Any], *,
-                 device: str = "cpu", precision: str = "fp32", dtype: str = "float32",
-                 channels_last: bool = True) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        specs: Sequence[LayerSpec],
+        infos: Mapping[str, Any],
+        *,
+        device: str = "cpu",
+        precision: str = "fp32",
+        dtype: str = "float32",
+        channels_last: bool = True,
+    ) -> None:
         super().__init__(backbone, specs, infos, device=device, precision=precision, dtype=dtype)
         self.torch_device = torch.device(device)
         self.channels_last = channels_last and not isinstance(backbone.model, torch.jit.ScriptModule)

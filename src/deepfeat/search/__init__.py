@@ -10,6 +10,7 @@ Example:
     >>> deepfeat.build_index("feats/", "feats.index")               # doctest: +SKIP
     >>> deepfeat.search("feats.index", ["cat.jpg"], top_k=5)        # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import sys as _sys
@@ -19,8 +20,18 @@ from .duplicates import DEFAULT_THRESHOLD, DuplicatesSummary, duplicates
 from .index import KINDS, Neighbor, SearchIndex, build_index, open_index
 from .query import QueryResult, search
 
-__all__ = ["DEFAULT_THRESHOLD", "DuplicatesSummary", "KINDS", "Neighbor", "QueryResult", "SearchIndex",
-           "build_index", "duplicates", "open_index", "search"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "DuplicatesSummary",
+    "KINDS",
+    "Neighbor",
+    "QueryResult",
+    "SearchIndex",
+    "build_index",
+    "duplicates",
+    "open_index",
+    "search",
+]
 
 
 class _SearchModule(_types.ModuleType):

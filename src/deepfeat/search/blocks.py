@@ -8,6 +8,7 @@ Example:
     >>> for start, X, meta in store_blocks(store, "pre_logits", block_rows=4096):  # doctest: +SKIP
     ...     X.shape, meta.column("path")[0]
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -50,8 +51,9 @@ def pair_block_rows(dims: int, budget: int) -> int:
     return max(16, rows)
 
 
-def store_blocks(store: FeatureStore, layer: str, splits: Sequence[str] | None = None, *,
-                 block_rows: int = 4096) -> Iterator[tuple[int, np.ndarray, pa.Table]]:
+def store_blocks(
+    store: FeatureStore, layer: str, splits: Sequence[str] | None = None, *, block_rows: int = 4096
+) -> Iterator[tuple[int, np.ndarray, pa.Table]]:
     """``(first row, normalised float32 block, row metadata)`` over view 0 of the chosen splits.
 
     Reads through :meth:`FeatureStore.batches` (each part in blocks of contiguous rows), so memory
@@ -60,8 +62,14 @@ def store_blocks(store: FeatureStore, layer: str, splits: Sequence[str] | None =
     spec = store.layer(layer)
     read_bytes = max(1 << 16, block_rows * spec.dims * np.dtype(store.dtype).itemsize)
     start = 0
-    for batch in store.batches([layer], split=list(splits) if splits else None, batch_size=block_rows, views=0,
-                               columns=ROW_COLUMNS, read_bytes=read_bytes):
+    for batch in store.batches(
+        [layer],
+        split=list(splits) if splits else None,
+        batch_size=block_rows,
+        views=0,
+        columns=ROW_COLUMNS,
+        read_bytes=read_bytes,
+    ):
         X = normalize(batch.features[layer])
         yield start, X, batch.meta.select(list(ROW_COLUMNS))
         start += len(X)
@@ -76,5 +84,4 @@ def store_digest(store: FeatureStore) -> dict[str, Any]:
         for fname in sorted(part.files):
             h.update(fname.encode())
             h.update(str(part.files[fname].get("sha256")).encode())
-    return {"fingerprint": store.metadata.get("fingerprint"), "parts_digest": h.hexdigest()[:32],
-            "rows": store.num_rows()}
+    return {"fingerprint": store.metadata.get("fingerprint"), "parts_digest": h.hexdigest()[:32], "rows": store.num_rows()}

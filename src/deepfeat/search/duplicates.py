@@ -22,6 +22,7 @@ Example:
     >>> s.pairs, s.groups, s.leaks                         # doctest: +SKIP
     (412, 377, {'test': 31})
 """
+
 from __future__ import annotations
 
 import csv
@@ -83,10 +84,13 @@ class DuplicatesSummary:
 
     def line(self) -> str:
         leaks = ", ".join(f"{n:,} {s}" for s, n in self.leaks.items()) or "none"
-        return (f"{self.pairs:,} near-duplicate pairs (cosine >= {self.threshold:g}) in {self.groups:,} groups "
-                f"among {self.rows:,} rows; {self.cross_split_pairs:,} pairs cross splits; inputs with a "
-                f"near-duplicate in {TRAIN_SPLIT}: {leaks} ({self.seconds:.1f} s"
-                + (f", {self.partitions:,} k-means partitions" if self.method == "partitioned" else "") + ")")
+        return (
+            f"{self.pairs:,} near-duplicate pairs (cosine >= {self.threshold:g}) in {self.groups:,} groups "
+            f"among {self.rows:,} rows; {self.cross_split_pairs:,} pairs cross splits; inputs with a "
+            f"near-duplicate in {TRAIN_SPLIT}: {leaks} ({self.seconds:.1f} s"
+            + (f", {self.partitions:,} k-means partitions" if self.method == "partitioned" else "")
+            + ")"
+        )
 
 
 class UnionFind:
@@ -113,8 +117,9 @@ class UnionFind:
         self.size[ra] += self.size[rb]
 
 
-def all_pairs(vectors: np.ndarray, threshold: float, block_rows: int, task: Any = None
-              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def all_pairs(
+    vectors: np.ndarray, threshold: float, block_rows: int, task: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair ``i < j`` of rows of ``vectors`` (normalised; an array or a memory map) with inner
     product >= ``threshold``: (i, j, similarity) arrays. Two blocks of ``block_rows`` rows at a time."""
     n = len(vectors)
@@ -122,9 +127,9 @@ def all_pairs(vectors: np.ndarray, threshold: float, block_rows: int, task: Any 
     found_j: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
     for a in range(0, n, block_rows):
-        A = np.asarray(vectors[a:a + block_rows], dtype=np.float32)
+        A = np.asarray(vectors[a : a + block_rows], dtype=np.float32)
         for b in range(a, n, block_rows):
-            B = A if b == a else np.asarray(vectors[b:b + block_rows], dtype=np.float32)
+            B = A if b == a else np.asarray(vectors[b : b + block_rows], dtype=np.float32)
             S = A @ B.T
             ii, jj = np.nonzero(S >= threshold)
             if b == a:  # each pair once, no self-pairs
@@ -184,8 +189,9 @@ def plan_partitions(n: int, dims: int, budget: int) -> tuple[int, int, int]:
     return partitions, sample, block
 
 
-def partitioned_pairs(vectors: RowFile, threshold: float, budget: int, task: Any = None, seed: int = 0
-                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+def partitioned_pairs(
+    vectors: RowFile, threshold: float, budget: int, task: Any = None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Pairs ``i < j`` at inner product >= ``threshold``, searched within k-means partitions of the
     rows (normalised, in a :class:`RowFile`): (i, j, similarity, partitions).
 
@@ -204,9 +210,8 @@ def partitioned_pairs(vectors: RowFile, threshold: float, budget: int, task: Any
     member = np.empty((n, probes), dtype=np.int32)
     step = max(16, int(budget // 4 // (4 * (dims + k))))
     for s in range(0, n, step):
-        S = np.asarray(vectors[s:s + step], dtype=np.float32) @ centroids.T
-        member[s:s + len(S)] = np.argpartition(-S, probes - 1, axis=1)[:, :probes] if probes < k else \
-            np.arange(k)[None, :]
+        S = np.asarray(vectors[s : s + step], dtype=np.float32) @ centroids.T
+        member[s : s + len(S)] = np.argpartition(-S, probes - 1, axis=1)[:, :probes] if probes < k else np.arange(k)[None, :]
     rows = np.repeat(np.arange(n, dtype=np.int64), probes)
     part = member.ravel()
     del member
@@ -216,10 +221,15 @@ def partitioned_pairs(vectors: RowFile, threshold: float, budget: int, task: Any
     found_i: list[np.ndarray] = []
     found_j: list[np.ndarray] = []
     found_s: list[np.ndarray] = []
-    log.info("duplicates: %d partitions (k-means on %d rows), largest %d rows, blocks of %d", k, sample_rows,
-             int(np.diff(bounds).max()), block)
+    log.info(
+        "duplicates: %d partitions (k-means on %d rows), largest %d rows, blocks of %d",
+        k,
+        sample_rows,
+        int(np.diff(bounds).max()),
+        block,
+    )
     for p in range(k):
-        members = rows[bounds[p]:bounds[p + 1]]
+        members = rows[bounds[p] : bounds[p + 1]]
         if len(members) > 1:
             ii, jj, ss = all_pairs(_Rows(vectors, members), threshold, block)
             found_i.append(members[ii])
@@ -234,10 +244,16 @@ def partitioned_pairs(vectors: RowFile, threshold: float, budget: int, task: Any
     return ii[first], jj[first], ss[first], k
 
 
-def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, layer: str = "pre_logits",
-               threshold: float = DEFAULT_THRESHOLD, splits: Sequence[str] | str | None = None,
-               memory_budget: int | str = DEFAULT_MEMORY_BUDGET, report: bool = True,
-               method: str = "auto") -> DuplicatesSummary:
+def duplicates(
+    store: str | os.PathLike | FeatureStore,
+    out: str | os.PathLike,
+    layer: str = "pre_logits",
+    threshold: float = DEFAULT_THRESHOLD,
+    splits: Sequence[str] | str | None = None,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    report: bool = True,
+    method: str = "auto",
+) -> DuplicatesSummary:
     """Find near-duplicate rows of a store (cosine similarity >= ``threshold`` on ``layer``).
 
     Args:
@@ -269,14 +285,14 @@ def duplicates(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, 
     scratch = os.path.join(out, f".vectors-{os.getpid()}")
 
     try:
-        idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget,
-                          overwrite=True)
+        idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget, overwrite=True)
         n = idx.rows
         resolved = method if method != "auto" else ("exact" if n <= EXACT_MAX_ROWS else "partitioned")
         block = min(n, pair_block_rows(spec.dims, budget))
         partitions = 0
-        log.info("duplicates: %d rows of %s, %s, blocks of %d rows (%s budget)", n, layer, resolved, block,
-                 format_size(budget))
+        log.info(
+            "duplicates: %d rows of %s, %s, blocks of %d rows (%s budget)", n, layer, resolved, block, format_size(budget)
+        )
         if resolved == "exact":
             with progress.task("duplicates", total=n * (n + 1) / 2, unit="pair") as task:
                 ii, jj, ss = all_pairs(idx.blocks, threshold, block, task)
@@ -305,8 +321,9 @@ def _groups(n: int, ii: np.ndarray, jj: np.ndarray) -> list[list[int]]:
     return list(members.values())
 
 
-def _summarise(meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray, threshold: float,
-               layer: str, n: int) -> DuplicatesSummary:
+def _summarise(
+    meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray, threshold: float, layer: str, n: int
+) -> DuplicatesSummary:
     split = meta["split"]
     cross = sum(split[a] != split[b] for a, b in zip(ii.tolist(), jj.tolist()))
     leaked: dict[str, set[int]] = {}
@@ -315,13 +332,27 @@ def _summarise(meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.nda
             if split[y] == TRAIN_SPLIT and split[x] not in (TRAIN_SPLIT, None, ""):
                 leaked.setdefault(split[x], set()).add(x)
     return DuplicatesSummary(
-        rows=n, pairs=len(ii), groups=len(_groups(n, ii, jj)), threshold=threshold, layer=layer,
-        cross_split_pairs=int(cross), leaks={s: len(v) for s, v in sorted(leaked.items())},
-        leaked_ids={s: sorted(meta["id"][r] for r in v) for s, v in sorted(leaked.items())})
+        rows=n,
+        pairs=len(ii),
+        groups=len(_groups(n, ii, jj)),
+        threshold=threshold,
+        layer=layer,
+        cross_split_pairs=int(cross),
+        leaks={s: len(v) for s, v in sorted(leaked.items())},
+        leaked_ids={s: sorted(meta["id"][r] for r in v) for s, v in sorted(leaked.items())},
+    )
 
 
-def _write(out: str, meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray,
-           summary: DuplicatesSummary, report: bool, store_path: str) -> dict[str, str]:
+def _write(
+    out: str,
+    meta: dict[str, list],
+    ii: np.ndarray,
+    jj: np.ndarray,
+    ss: np.ndarray,
+    summary: DuplicatesSummary,
+    report: bool,
+    store_path: str,
+) -> dict[str, str]:
     split = meta["split"]
     cross = np.array([split[a] != split[b] for a, b in zip(ii.tolist(), jj.tolist())], dtype=bool)
     order = np.lexsort((jj, ii, -ss, ~cross)) if len(ii) else np.zeros(0, np.int64)
@@ -331,8 +362,17 @@ def _write(out: str, meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: 
         w.writerow(["path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity"])
         for k in order.tolist():
             a, b = int(ii[k]), int(jj[k])
-            w.writerow([meta["path"][a], meta["path"][b], meta["id"][a], meta["id"][b], split[a] or "",
-                        split[b] or "", f"{float(ss[k]):.6f}"])
+            w.writerow(
+                [
+                    meta["path"][a],
+                    meta["path"][b],
+                    meta["id"][a],
+                    meta["id"][b],
+                    split[a] or "",
+                    split[b] or "",
+                    f"{float(ss[k]):.6f}",
+                ]
+            )
     os.replace(files["pairs.csv"] + ".tmp", files["pairs.csv"])
     groups = _ordered_groups(meta, ii, jj, ss, summary.rows)
     with open(files["groups.csv"] + ".tmp", "w", encoding="utf-8", newline="") as f:
@@ -341,17 +381,18 @@ def _write(out: str, meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: 
         for g, (members, _best) in enumerate(groups, 1):
             splits_text = ",".join(sorted({split[r] or "" for r in members}))
             for r in members:
-                w.writerow([g, len(members), splits_text, meta["id"][r], meta["path"][r], split[r] or "",
-                            meta["label"][r] or ""])
+                w.writerow(
+                    [g, len(members), splits_text, meta["id"][r], meta["path"][r], split[r] or "", meta["label"][r] or ""]
+                )
     os.replace(files["groups.csv"] + ".tmp", files["groups.csv"])
     if report:
-        files["report.html"] = write_duplicates_page(os.path.join(out, "report.html"), meta, groups, summary,
-                                                     store_path)
+        files["report.html"] = write_duplicates_page(os.path.join(out, "report.html"), meta, groups, summary, store_path)
     return files
 
 
-def _ordered_groups(meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray, n: int
-                    ) -> list[tuple[list[int], float]]:
+def _ordered_groups(
+    meta: dict[str, list], ii: np.ndarray, jj: np.ndarray, ss: np.ndarray, n: int
+) -> list[tuple[list[int], float]]:
     """Groups as (members, best similarity): groups that cross splits first, then larger, then closer."""
     best: dict[int, float] = {}
     for a, b, s in zip(ii.tolist(), jj.tolist(), ss.tolist()):

@@ -19,6 +19,7 @@ Example:
     >>> idx = build_index("feats/", "feats.index")          # doctest: +SKIP
     >>> sims, rows = open_index("feats.index").knn(Q, 10)   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,9 @@ def resolve_kind(kind: str, rows: int) -> str:
     """The index kind ``kind`` means for a store of ``rows`` rows here (``auto``: see :data:`KINDS`)."""
     check_choice(kind, "kind", KINDS, where="build_index")
     if kind in ("flat", "ivf") and not faiss_available():
-        raise UsageError(f"The index kind {kind!r} needs faiss: pip install 'deepfeat[search]' (or faiss-cpu), "
-                         "or use kind 'exact'.")
+        raise UsageError(
+            f"The index kind {kind!r} needs faiss: pip install 'deepfeat[search]' (or faiss-cpu), or use kind 'exact'."
+        )
     if kind != "auto":
         return kind
     if not faiss_available():
@@ -89,9 +91,15 @@ def resolve_kind(kind: str, rows: int) -> str:
     return "ivf" if rows > IVF_MIN_ROWS else "flat"
 
 
-def build_index(store: str | os.PathLike | FeatureStore, out: str | os.PathLike, layer: str = "pre_logits",
-                kind: str = "auto", splits: Sequence[str] | None = None,
-                memory_budget: int | str = DEFAULT_MEMORY_BUDGET, overwrite: bool = False) -> "SearchIndex":
+def build_index(
+    store: str | os.PathLike | FeatureStore,
+    out: str | os.PathLike,
+    layer: str = "pre_logits",
+    kind: str = "auto",
+    splits: Sequence[str] | None = None,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    overwrite: bool = False,
+) -> "SearchIndex":
     """Index view 0 of one layer of a store for cosine nearest-neighbour search; returns the opened index.
 
     Streams the store block by block (never more than ``memory_budget`` of vectors in memory) into
@@ -121,8 +129,9 @@ def build_index(store: str | os.PathLike | FeatureStore, out: str | os.PathLike,
     out = os.fspath(out)
     if os.path.exists(out):
         if not overwrite:
-            raise UsageError(f"The 'out' parameter of build_index names an existing path {out!r}; "
-                             "pass overwrite=True to replace it.")
+            raise UsageError(
+                f"The 'out' parameter of build_index names an existing path {out!r}; pass overwrite=True to replace it."
+            )
         if not os.path.isfile(os.path.join(out, INDEX_FILE)) and os.listdir(out):
             raise UsageError(f"{out!r} exists and is not a deepfeat index; refusing to replace it.")
         shutil.rmtree(out)
@@ -137,8 +146,10 @@ def build_index(store: str | os.PathLike | FeatureStore, out: str | os.PathLike,
     rows = 0
     writer: pq.ParquetWriter | None = None
     try:
-        with open(os.path.join(tmp, VECTORS_FILE), "wb") as vf, \
-                progress.task("index", total=st.num_rows(), unit="row") as task:
+        with (
+            open(os.path.join(tmp, VECTORS_FILE), "wb") as vf,
+            progress.task("index", total=st.num_rows(), unit="row") as task,
+        ):
             for _, X, meta in store_blocks(st, layer, splits, block_rows=block_rows):
                 vf.write(X.astype(dtype, copy=False).tobytes())
                 table = meta.cast(pa.schema([(c, pa.string()) for c in ROW_COLUMNS]))
@@ -148,21 +159,31 @@ def build_index(store: str | os.PathLike | FeatureStore, out: str | os.PathLike,
                 rows += len(X)
                 task.update(len(X))
         if writer is None:
-            pq.write_table(pa.schema([(c, pa.string()) for c in ROW_COLUMNS]).empty_table(),
-                           os.path.join(tmp, ROWS_FILE))
+            pq.write_table(pa.schema([(c, pa.string()) for c in ROW_COLUMNS]).empty_table(), os.path.join(tmp, ROWS_FILE))
         else:
             writer.close()
             writer = None
         if not rows:
-            raise UsageError(f"The store {st.path!r} has no rows to index"
-                             + (f" in the splits {', '.join(splits)}." if splits else "."))
+            raise UsageError(
+                f"The store {st.path!r} has no rows to index" + (f" in the splits {', '.join(splits)}." if splits else ".")
+            )
         doc: dict[str, Any] = {
-            "format": FORMAT, "format_version": FORMAT_VERSION, "store": os.path.abspath(st.path),
-            **store_digest(st), "indexed_rows": rows, "layer": layer, "dims": spec.dims, "dtype": str(dtype),
-            "kind": resolved, "metric": "cosine", "splits": list(splits) if splits else None,
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "store": os.path.abspath(st.path),
+            **store_digest(st),
+            "indexed_rows": rows,
+            "layer": layer,
+            "dims": spec.dims,
+            "dtype": str(dtype),
+            "kind": resolved,
+            "metric": "cosine",
+            "splits": list(splits) if splits else None,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "store_metadata": {k: st.metadata.get(k) for k in ("model", "preprocess", "layers", "dtype", "runtime",
-                                                               "precision", "config", "fne")},
+            "store_metadata": {
+                k: st.metadata.get(k)
+                for k in ("model", "preprocess", "layers", "dtype", "runtime", "precision", "config", "fne")
+            },
         }
         if resolved == "ivf":
             doc["ivf"] = _build_ivf(tmp, rows, spec.dims, dtype, budget)
@@ -209,8 +230,9 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
     quantizer = faiss.IndexFlatIP(dims)
     codes = ivf_codes(rows, dims, budget)
     if codes == "SQ8":
-        index = faiss.IndexIVFScalarQuantizer(quantizer, dims, nlist, faiss.ScalarQuantizer.QT_8bit,
-                                              faiss.METRIC_INNER_PRODUCT)
+        index = faiss.IndexIVFScalarQuantizer(
+            quantizer, dims, nlist, faiss.ScalarQuantizer.QT_8bit, faiss.METRIC_INNER_PRODUCT
+        )
     else:
         index = faiss.IndexIVFPQ(quantizer, dims, nlist, int(codes[2:]), 8, faiss.METRIC_INNER_PRODUCT)
     index.cp.niter = IVF_KMEANS_ITERATIONS
@@ -220,8 +242,8 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
     assign = np.empty(rows, dtype=np.int64)
     with progress.task("index (ivf lists)", total=rows, unit="row") as task:
         for s in range(0, rows, block):
-            X = np.ascontiguousarray(vectors[s:s + block], dtype=np.float32)
-            assign[s:s + len(X)] = index.quantizer.assign(X, 1).ravel()
+            X = np.ascontiguousarray(vectors[s : s + block], dtype=np.float32)
+            assign[s : s + len(X)] = index.quantizer.assign(X, 1).ravel()
             task.update(len(X))
     invlists = index.invlists
     for list_no, size in enumerate(np.bincount(assign, minlength=nlist).tolist()):
@@ -230,13 +252,19 @@ def _build_ivf(folder: str, rows: int, dims: int, dtype: np.dtype, budget: int) 
             invlists.resize(list_no, 0)
     with progress.task("index (ivf codes)", total=rows, unit="row") as task:
         for s in range(0, rows, block):
-            X = np.ascontiguousarray(vectors[s:s + block], dtype=np.float32)
+            X = np.ascontiguousarray(vectors[s : s + block], dtype=np.float32)
             ids = np.arange(s, s + len(X), dtype=np.int64)
-            index.add_core(len(X), faiss.swig_ptr(X), faiss.swig_ptr(ids), faiss.swig_ptr(assign[s:s + len(X)]))
+            index.add_core(len(X), faiss.swig_ptr(X), faiss.swig_ptr(ids), faiss.swig_ptr(assign[s : s + len(X)]))
             task.update(len(X))
     faiss.write_index(index, os.path.join(folder, FAISS_FILE))
-    return {"nlist": nlist, "nprobe": min(nlist, IVF_NPROBE), "train_rows": sample_rows, "quantizer": codes,
-            "rerank": IVF_RERANK if codes == "SQ8" else IVF_RERANK_PQ, "kmeans_iterations": IVF_KMEANS_ITERATIONS}
+    return {
+        "nlist": nlist,
+        "nprobe": min(nlist, IVF_NPROBE),
+        "train_rows": sample_rows,
+        "quantizer": codes,
+        "rerank": IVF_RERANK if codes == "SQ8" else IVF_RERANK_PQ,
+        "kmeans_iterations": IVF_KMEANS_ITERATIONS,
+    }
 
 
 class RowFile:
@@ -269,7 +297,7 @@ class RowFile:
         try:
             view = np.frombuffer(mm, dtype=self.dtype, count=self.shape[0] * self.shape[1]).reshape(self.shape)
             for s in range(0, len(rows), TAKE_CHUNK):
-                out[s:s + TAKE_CHUNK] = view[rows[s:s + TAKE_CHUNK]]
+                out[s : s + TAKE_CHUNK] = view[rows[s : s + TAKE_CHUNK]]
                 if hasattr(mm, "madvise"):
                     mm.madvise(mmap.MADV_DONTNEED)
         finally:
@@ -326,8 +354,10 @@ class SearchIndex:
             with open(doc_path, encoding="utf-8") as f:
                 self.doc: dict[str, Any] = json.load(f)
         except FileNotFoundError:
-            raise UsageError(f"{self.path!r} is not a deepfeat index (no {INDEX_FILE}); build one with "
-                             "'deepfeat index STORE --out INDEX'.") from None
+            raise UsageError(
+                f"{self.path!r} is not a deepfeat index (no {INDEX_FILE}); build one with "
+                "'deepfeat index STORE --out INDEX'."
+            ) from None
         except (OSError, ValueError) as exc:
             raise StoreError(f"{doc_path} cannot be read ({exc}).") from None
         if self.doc.get("format") != FORMAT or self.doc.get("format_version") != FORMAT_VERSION:
@@ -369,7 +399,8 @@ class SearchIndex:
                     f"The index {self.path!r} is stale: the store {store_dir!r} has changed since it was built "
                     f"(its {key.replace('_', ' ')} differs: {str(self.doc.get(key))[:16]} then, "
                     f"{str(now.get(key))[:16]} now). Rebuild it: deepfeat index {store_dir} --out {self.path} "
-                    "--overwrite")
+                    "--overwrite"
+                )
 
     # -- rows ------------------------------------------------------------------------------
     def columns(self) -> dict[str, list[Any]]:
@@ -381,8 +412,13 @@ class SearchIndex:
     def neighbor(self, row: int, similarity: float) -> Neighbor:
         """The row's metadata (read from the Arrow table: no Python object per indexed row) and a similarity."""
         c = {name: self.meta.column(name)[row].as_py() for name in ROW_COLUMNS}
-        return Neighbor(path=c["path"], id=c["id"], split=c["split"], label=c["label"],
-                        similarity=round(min(1.0, max(-1.0, float(similarity))), 6))
+        return Neighbor(
+            path=c["path"],
+            id=c["id"],
+            split=c["split"],
+            label=c["label"],
+            similarity=round(min(1.0, max(-1.0, float(similarity))), 6),
+        )
 
     def row_of_id(self, row_id: str) -> int | None:
         """The row of a stored id (a scan of the id column), or None."""
@@ -396,8 +432,15 @@ class SearchIndex:
         return self.blocks.take(rows)
 
     # -- search ----------------------------------------------------------------------------
-    def knn(self, Q: np.ndarray, k: int, *, memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
-            kind: str | None = None, nprobe: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def knn(
+        self,
+        Q: np.ndarray,
+        k: int,
+        *,
+        memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+        kind: str | None = None,
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` most similar rows of each normalised query: (similarities, rows), each m x k,
         best first (rows -1 and similarity -inf where the index has fewer rows than ``k``).
 
@@ -430,7 +473,7 @@ class SearchIndex:
         # queries in groups whose candidates' vectors (float32) fit a quarter of the budget
         step = max(1, min(m, int(budget // 4 // max(1, cand * self.dims * 8))))
         for s in range(0, m, step):
-            Qg = Q[s:s + step]
+            Qg = Q[s : s + step]
             _, C = self._faiss.search(Qg, cand)
             C = C.astype(np.int64)
             valid = C >= 0
@@ -443,14 +486,15 @@ class SearchIndex:
                 pad = ((0, 0), (0, k - exact.shape[1]))
                 exact, C = np.pad(exact, pad, constant_values=-np.inf), np.pad(C, pad, constant_values=-1)
             order = _top_order(exact, C, k)
-            sims[s:s + step] = np.take_along_axis(exact, order, axis=1)
-            rows[s:s + step] = np.take_along_axis(C, order, axis=1)
+            sims[s : s + step] = np.take_along_axis(exact, order, axis=1)
+            rows[s : s + step] = np.take_along_axis(C, order, axis=1)
         rows[~np.isfinite(sims)] = -1
         return sims, rows
 
 
-def exact_knn(vectors: np.ndarray, Q: np.ndarray, k: int, budget: int, *, use_faiss: bool = False
-              ) -> tuple[np.ndarray, np.ndarray]:
+def exact_knn(
+    vectors: np.ndarray, Q: np.ndarray, k: int, budget: int, *, use_faiss: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """Exact top-``k`` inner products of ``Q`` against ``vectors`` (any array or memory map), block by block.
 
     Each block of stored rows is copied to float32 (at most about half of ``budget`` with the
@@ -468,10 +512,10 @@ def exact_knn(vectors: np.ndarray, Q: np.ndarray, k: int, budget: int, *, use_fa
     rows_per_block = min(n, max(16, budget // 4 // (8 * vectors.shape[1])))
     q_step = max(1, min(m, budget // 4 // (rows_per_block * 16 + vectors.shape[1] * 4 + k * 24)))
     for qs in range(0, m, q_step):
-        Qg = Q[qs:qs + q_step]
-        gs, gi = best_s[qs:qs + q_step], best_i[qs:qs + q_step]
+        Qg = Q[qs : qs + q_step]
+        gs, gi = best_s[qs : qs + q_step], best_i[qs : qs + q_step]
         for bs in range(0, n, rows_per_block):
-            block = np.asarray(vectors[bs:bs + rows_per_block], dtype=np.float32)
+            block = np.asarray(vectors[bs : bs + rows_per_block], dtype=np.float32)
             kk = min(k_eff, len(block))
             if use_faiss:
                 import faiss
@@ -517,5 +561,7 @@ def open_index(path: str | os.PathLike, check_store: bool = True) -> SearchIndex
 def describe(index: SearchIndex) -> str:
     """One line about an index."""
     size = index.rows * index.dims * index.vectors.dtype.itemsize
-    return (f"{index.rows:,} rows x {index.dims:,} dims of {index.layer} ({index.kind}, {format_size(size)} of "
-            f"vectors) from {index.store_path}")
+    return (
+        f"{index.rows:,} rows x {index.dims:,} dims of {index.layer} ({index.kind}, {format_size(size)} of "
+        f"vectors) from {index.store_path}"
+    )

@@ -8,6 +8,7 @@ Example:
     >>> len(leaks), next(iter(leaks.values()))                            # doctest: +SKIP
     (31, Leak(train_id='...', train_path='fm/train/bag/1.png', similarity=0.97))
 """
+
 from __future__ import annotations
 
 import logging
@@ -30,8 +31,15 @@ class Leak:
     similarity: float
 
 
-def train_near_duplicates(store: FeatureStore, split: str, *, reference: str = "train", layer: str = "pre_logits",
-                          threshold: float = 0.9, memory_budget: int = DEFAULT_MEMORY_BUDGET) -> dict[str, Leak]:
+def train_near_duplicates(
+    store: FeatureStore,
+    split: str,
+    *,
+    reference: str = "train",
+    layer: str = "pre_logits",
+    threshold: float = 0.9,
+    memory_budget: int = DEFAULT_MEMORY_BUDGET,
+) -> dict[str, Leak]:
     """{id of a ``split`` row: its closest ``reference`` row} for the rows at cosine >= ``threshold``.
 
     Two blocks at a time (rows of ``split`` against rows of ``reference``, view 0), each sized by
@@ -56,6 +64,12 @@ def train_near_duplicates(store: FeatureStore, split: str, *, reference: str = "
         q_ids = qmeta.column("id").to_pylist()
         for r in np.flatnonzero(best >= threshold).tolist():
             found[q_ids[r]] = Leak(str(best_id[r]), best_path[r], float(min(1.0, best[r])))
-    log.info("leakage: %d %s rows with a near-duplicate in %s (cosine >= %g on %s)", len(found), split, reference,
-             threshold, layer)
+    log.info(
+        "leakage: %d %s rows with a near-duplicate in %s (cosine >= %g on %s)",
+        len(found),
+        split,
+        reference,
+        threshold,
+        layer,
+    )
     return found

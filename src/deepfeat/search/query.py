@@ -11,6 +11,7 @@ Example:
     >>> results = search("feats.index", ["query.jpg"], top_k=5)            # doctest: +SKIP
     >>> [(n.path, round(n.similarity, 3)) for n in results[0].neighbors]    # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import logging
@@ -47,8 +48,14 @@ class QueryResult:
         return out
 
 
-def index_runtime(index: SearchIndex, *, weights: str | os.PathLike | None = None, device: str = "cpu",
-                  runtime: str = "auto", precision: str = "auto") -> tuple[Any, Any, Any]:
+def index_runtime(
+    index: SearchIndex,
+    *,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    runtime: str = "auto",
+    precision: str = "auto",
+) -> tuple[Any, Any, Any]:
     """``(runtime, preprocess, decode policy)`` that compute the indexed layer as the store did.
 
     The store's description is wrapped in a :class:`~deepfeat.bundle.Bundle` without a head, so the
@@ -60,8 +67,10 @@ def index_runtime(index: SearchIndex, *, weights: str | os.PathLike | None = Non
 
     meta = index.doc.get("store_metadata") or {}
     if meta.get("fne"):
-        raise UsageError(f"The index {index.path!r} is of a full-network-embedding store: query it by stored "
-                         "ids (--id), or index the FNE's source store to query by image files.")
+        raise UsageError(
+            f"The index {index.path!r} is of a full-network-embedding store: query it by stored "
+            "ids (--id), or index the FNE's source store to query by image files."
+        )
     spec = next((LayerSpec.from_dict(d) for d in meta.get("layers") or [] if d.get("name") == index.layer), None)
     if spec is None or not meta.get("model") or not meta.get("preprocess"):
         raise UsageError(f"The index {index.path!r} does not record how its store was extracted; query it by ids.")
@@ -69,18 +78,33 @@ def index_runtime(index: SearchIndex, *, weights: str | os.PathLike | None = Non
     if not isinstance(rt, dict) or not isinstance(rt.get("runtime"), str):
         rt = {"runtime": "torch", "precision": str(meta.get("precision", "fp32"))}
     pre = Preprocess.from_dict(meta["preprocess"])
-    pseudo = Bundle(path=index.path, metadata={"backbone": meta["model"], "runtime": rt,
-                                               "precision": str(meta.get("precision", "fp32")),
-                                               "dtype": str(meta.get("dtype", "float32"))},
-                    scaler=None, head=None, classes=[], layers=[spec], preprocess=pre)  # type: ignore[arg-type]
+    pseudo = Bundle(
+        path=index.path,
+        metadata={
+            "backbone": meta["model"],
+            "runtime": rt,
+            "precision": str(meta.get("precision", "fp32")),
+            "dtype": str(meta.get("dtype", "float32")),
+        },
+        scaler=None,
+        head=None,
+        classes=[],
+        layers=[spec],
+        preprocess=pre,
+    )  # type: ignore[arg-type]
     computer = bundle_runtime(pseudo, weights=weights, device=device, runtime=runtime, precision=precision)
     policy = DecodePolicy.from_dict((meta.get("config") or {}).get("decode_policy"))
     return computer, pre, policy
 
 
-def embed_queries(index: SearchIndex, paths: Sequence[str | os.PathLike], *, batch_size: int = 32,
-                  workers: int | None = None, **runtime_args: Any
-                  ) -> tuple[list[str], np.ndarray, dict[int, str], list[tuple[str, str]]]:
+def embed_queries(
+    index: SearchIndex,
+    paths: Sequence[str | os.PathLike],
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    **runtime_args: Any,
+) -> tuple[list[str], np.ndarray, dict[int, str], list[tuple[str, str]]]:
     """Embed query files for ``index``: (names, normalised vectors (one per name, zero where
     failed), {position: error} of the failed, [(name, error)] of inputs discovery refused)."""
     from ..embed import embed_files
@@ -92,10 +116,15 @@ def embed_queries(index: SearchIndex, paths: Sequence[str | os.PathLike], *, bat
     errors: dict[int, str] = {}
     if names:
         computer, pre, policy = index_runtime(index, **runtime_args)
-        for batch in progress.track(embed_files(computer, [loc for _, loc in named], preprocess=pre, policy=policy,
-                                                batch_size=batch_size, workers=workers),
-                                    "embed queries", total=len(names), unit="img",
-                                    size=lambda e: len(e.indices) + len(e.failed)):
+        for batch in progress.track(
+            embed_files(
+                computer, [loc for _, loc in named], preprocess=pre, policy=policy, batch_size=batch_size, workers=workers
+            ),
+            "embed queries",
+            total=len(names),
+            unit="img",
+            size=lambda e: len(e.indices) + len(e.failed),
+        ):
             for i, reason, message in batch.failed:
                 errors[i] = f"{reason}: {message}"
             if batch.indices:
@@ -107,9 +136,16 @@ def embed_queries(index: SearchIndex, paths: Sequence[str | os.PathLike], *, bat
     return names, Q, errors, [(p.path, p.error or "") for p in refused]
 
 
-def neighbors_of_files(index: SearchIndex, locators: Sequence[Any], top_k: int, *, batch_size: int = 32,
-                       workers: int | None = None, memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
-                       **runtime_args: Any) -> dict[int, list[Neighbor]]:
+def neighbors_of_files(
+    index: SearchIndex,
+    locators: Sequence[Any],
+    top_k: int,
+    *,
+    batch_size: int = 32,
+    workers: int | None = None,
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    **runtime_args: Any,
+) -> dict[int, list[Neighbor]]:
     """{position: nearest rows} of already-expanded inputs (``predict --neighbors``); failed inputs are left out."""
     from ..embed import embed_files
 
@@ -117,10 +153,13 @@ def neighbors_of_files(index: SearchIndex, locators: Sequence[Any], top_k: int, 
         return {}
     computer, pre, policy = index_runtime(index, **runtime_args)
     out: dict[int, list[Neighbor]] = {}
-    for batch in progress.track(embed_files(computer, list(locators), preprocess=pre, policy=policy,
-                                            batch_size=batch_size, workers=workers),
-                                "neighbors", total=len(locators), unit="img",
-                                size=lambda e: len(e.indices) + len(e.failed)):
+    for batch in progress.track(
+        embed_files(computer, list(locators), preprocess=pre, policy=policy, batch_size=batch_size, workers=workers),
+        "neighbors",
+        total=len(locators),
+        unit="img",
+        size=lambda e: len(e.indices) + len(e.failed),
+    ):
         if not batch.indices:
             continue
         F = np.asarray(batch.features[index.layer], dtype=np.float32)
@@ -132,11 +171,21 @@ def neighbors_of_files(index: SearchIndex, locators: Sequence[Any], top_k: int, 
     return out
 
 
-def search(index: str | os.PathLike | SearchIndex, queries: Sequence[str | os.PathLike] | str = (),
-           top_k: int = 10, *, ids: Sequence[str] = (), memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
-           weights: str | os.PathLike | None = None, device: str = "cpu", runtime: str = "auto",
-           precision: str = "auto", batch_size: int = 32, workers: int | None = None,
-           nprobe: int | None = None) -> list[QueryResult]:
+def search(
+    index: str | os.PathLike | SearchIndex,
+    queries: Sequence[str | os.PathLike] | str = (),
+    top_k: int = 10,
+    *,
+    ids: Sequence[str] = (),
+    memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
+    weights: str | os.PathLike | None = None,
+    device: str = "cpu",
+    runtime: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 32,
+    workers: int | None = None,
+    nprobe: int | None = None,
+) -> list[QueryResult]:
     """The ``top_k`` stored rows most similar (cosine) to each query, best first.
 
     Args:
@@ -172,9 +221,16 @@ def search(index: str | os.PathLike | SearchIndex, queries: Sequence[str | os.Pa
     errors: dict[int, str] = {}
     refused: list[tuple[str, str]] = []
     if queries:
-        names, Q, errors, refused = embed_queries(idx, queries, batch_size=batch_size, workers=workers,
-                                                  weights=weights, device=device, runtime=runtime,
-                                                  precision=precision)
+        names, Q, errors, refused = embed_queries(
+            idx,
+            queries,
+            batch_size=batch_size,
+            workers=workers,
+            weights=weights,
+            device=device,
+            runtime=runtime,
+            precision=precision,
+        )
     self_rows: list[int] = [-1] * len(names)
     for i in ids:
         row = idx.row_of_id(str(i))
@@ -195,6 +251,7 @@ def search(index: str | os.PathLike | SearchIndex, queries: Sequence[str | os.Pa
             pairs = [(int(r), float(s)) for r, s in zip(rows[j], sims[j]) if r >= 0 and r != self_rows[i]]
             results[i].neighbors = [idx.neighbor(r, s) for r, s in pairs[:top_k]]
     results += [QueryResult(path, error=err) for path, err in refused]
-    log.info("search: %d queries (%d failed) against %d rows", len(results), sum(r.error is not None for r in results),
-             idx.rows)
+    log.info(
+        "search: %d queries (%d failed) against %d rows", len(results), sum(r.error is not None for r in results), idx.rows
+    )
     return results

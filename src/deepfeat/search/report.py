@@ -3,6 +3,7 @@
 Example:
     >>> write_results(deepfeat.search("feats.index", ["cat.jpg"]), "results.html")   # doctest: +SKIP
 """
+
 from __future__ import annotations
 
 import json

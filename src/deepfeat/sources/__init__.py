@@ -32,6 +32,7 @@ Example:
     >>> d = src.discover(); d.layout, len(d.items)                           # doctest: +SKIP
     ('webdataset', 10000)
 """
+
 from __future__ import annotations
 
 import os
@@ -44,6 +45,7 @@ from .items import ExcludedItem
 
 __all__ = ["Source", "SOURCES", "SOURCE_OPTIONS", "discover", "expand_inputs", "register_source", "open_source"]
 
+
 def _check_options(cls: type[Any], options: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in options.items() if v is not None}
     unknown = sorted(set(given) - set(SOURCE_OPTIONS))
@@ -52,8 +54,10 @@ def _check_options(cls: type[Any], options: dict[str, Any]) -> dict[str, Any]:
     wrong = sorted(set(given) - set(cls.OPTIONS))
     if wrong:
         flags = ", ".join(SOURCE_OPTIONS[k] for k in wrong)
-        raise UsageError(f"{flags} do{'es' if len(wrong) == 1 else ''} not apply to a {cls.kind} source "
-                         f"(it takes: {', '.join(SOURCE_OPTIONS[k] for k in cls.OPTIONS) or 'no options'}).")
+        raise UsageError(
+            f"{flags} do{'es' if len(wrong) == 1 else ''} not apply to a {cls.kind} source "
+            f"(it takes: {', '.join(SOURCE_OPTIONS[k] for k in cls.OPTIONS) or 'no options'})."
+        )
     return given
 
 
@@ -104,8 +108,9 @@ def discover(spec: str | os.PathLike[str] | Source, kind: str | None = None, **o
     return open_source(spec, kind, **options).discover()
 
 
-def expand_inputs(inputs: Iterable[str | os.PathLike[str]],
-                  excluded: list[ExcludedItem] | None = None) -> list[tuple[str, Any]]:
+def expand_inputs(
+    inputs: Iterable[str | os.PathLike[str]], excluded: list[ExcludedItem] | None = None
+) -> list[tuple[str, Any]]:
     """The images that ``inputs`` name, as ``(name, locator)`` pairs in order.
 
     An image file is itself; a folder is walked and a ``.txt``/``.csv`` list read by their sources, and

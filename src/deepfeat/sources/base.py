@@ -1,4 +1,5 @@
 """The Source protocol, the registry and the source options (see :mod:`deepfeat.sources`)."""
+
 from __future__ import annotations
 
 import os

@@ -4,6 +4,7 @@ Both walk the file system with :func:`deepfeat.sources.walk.walk`; each item's l
 path. A list file may be a URL (``s3://lake/train.csv``): its relative paths then name objects
 next to it (an entry may be a URL itself), checked by listing their folders once.
 """
+
 from __future__ import annotations
 
 import os
@@ -45,8 +46,15 @@ def discover_remote_list(url: str, default_split: str | None) -> Discovery:
             excluded.append(ExcludedItem(full, "duplicate", f"line {line_no} repeats the path of line {seen[relpath]}"))
             continue
         seen[relpath] = line_no
-        rows.append((full, relpath, f"line {line_no}", (fields.get("label") or "").strip() or None,
-                     normalize_split(fields.get("split"))))
+        rows.append(
+            (
+                full,
+                relpath,
+                f"line {line_no}",
+                (fields.get("label") or "").strip() or None,
+                normalize_split(fields.get("split")),
+            )
+        )
     found, missing = remote.expand([full for full, *_ in rows]) if rows else ([], [])
     gone = set(missing)
     items = TableBuilder()
@@ -56,8 +64,15 @@ def discover_remote_list(url: str, default_split: str | None) -> Discovery:
             excluded.append(ExcludedItem(full, "missing", f"{where}: no such object"))
             continue
         size = int(remote.info(full).get("size") or 0)
-        items.add(objects, relpath, label=label, split=split if split is not None else normalize_split(default_split),
-                  size=size, text=relpath, text2=full)
+        items.add(
+            objects,
+            relpath,
+            label=label,
+            split=split if split is not None else normalize_split(default_split),
+            size=size,
+            text=relpath,
+            text2=full,
+        )
     return _finish(base, "list", items, excluded)
 
 
@@ -73,12 +88,13 @@ class _FileSource:
     def discover(self, *, skip_dirs: Iterable[str | os.PathLike[str]] = ()) -> Discovery:
         if remote.is_url(self.path):
             if self.kind != "list":
-                raise UsageError(f"{self.path!r}: deepfeat reads WebDataset shards (.tar), Parquet files and list "
-                                 "files (.csv/.txt) from object storage, not folders of images; list the images in a "
-                                 ".csv or .txt file next to them and pass that.")
+                raise UsageError(
+                    f"{self.path!r}: deepfeat reads WebDataset shards (.tar), Parquet files and list "
+                    "files (.csv/.txt) from object storage, not folders of images; list the images in a "
+                    ".csv or .txt file next to them and pass that."
+                )
             return discover_remote_list(self.path, self.split)
-        return walk(self.path, default_split=self.split, skip_dirs=skip_dirs,
-                    symlinks_inside_root=self.symlinks_inside_root)
+        return walk(self.path, default_split=self.split, skip_dirs=skip_dirs, symlinks_inside_root=self.symlinks_inside_root)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.path!r})"

@@ -8,6 +8,7 @@ column (``ClassLabel`` ids become their names); ids ``<split>/<row>`` or ``id_fi
 Images are read as their encoded bytes (never re-encoded), so features equal those of the
 same files on disk.
 """
+
 from __future__ import annotations
 
 import logging
@@ -36,8 +37,7 @@ def _image_column(ds: Any, wanted: str | None, where: str) -> str:
         return wanted
     found = [n for n, f in ds.features.items() if isinstance(f, datasets.Image)]
     if not found:
-        raise UsageError(f"{where} has no Image column (columns: {', '.join(ds.features)}); name it with "
-                         "--image-column.")
+        raise UsageError(f"{where} has no Image column (columns: {', '.join(ds.features)}); name it with --image-column.")
     return str(found[0])
 
 
@@ -48,12 +48,20 @@ class HFRows(Container):
         self.path, self.name, self.column, self.where, self.has_ids = path, name, column, where, has_ids
         self.group = f"{path}[{name}]"
 
-    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
-             text: str | None, text2: str | None) -> SourceItem:
+    def item(
+        self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int, text: str | None, text2: str | None
+    ) -> SourceItem:
         relpath = text if text is not None else f"{self.name or 'data'}/{b}"
-        return SourceItem(id=iid, path=f"{self.where}#{relpath if self.has_ids else b}", relpath=relpath,
-                          label=label, split=split, size=0, ref=("hf", self.path, self.name, b, self.column),
-                          group=self.group)
+        return SourceItem(
+            id=iid,
+            path=f"{self.where}#{relpath if self.has_ids else b}",
+            relpath=relpath,
+            label=label,
+            split=split,
+            size=0,
+            ref=("hf", self.path, self.name, b, self.column),
+            group=self.group,
+        )
 
 
 @register_source
@@ -67,9 +75,15 @@ class HFSource:
     kind: ClassVar[str] = "hf"
     OPTIONS: ClassVar[tuple[str, ...]] = ("split", "image_field", "label_field", "id_field")
 
-    def __init__(self, spec: str, split: str | None = None, image_field: str | None = None,
-                 label_field: str | None = None, id_field: str | None = None) -> None:
-        self.path = spec[len(PREFIX):] if spec.startswith(PREFIX) else spec
+    def __init__(
+        self,
+        spec: str,
+        split: str | None = None,
+        image_field: str | None = None,
+        label_field: str | None = None,
+        id_field: str | None = None,
+    ) -> None:
+        self.path = spec[len(PREFIX) :] if spec.startswith(PREFIX) else spec
         if not self.path:
             raise UsageError("hf: needs a dataset folder or name after the prefix, e.g. hf:data/fm_saved.")
         if os.path.isdir(self.path):
@@ -85,8 +99,9 @@ class HFSource:
         splits = hf_splits(load_hf(self.path))
         if self.split is not None:
             if self.split not in splits and not (list(splits) == [WHOLE]):
-                raise UsageError(f"The dataset {self.path!r} has no split {self.split!r}; it has "
-                                 f"{', '.join(s for s in splits)}.")
+                raise UsageError(
+                    f"The dataset {self.path!r} has no split {self.split!r}; it has {', '.join(s for s in splits)}."
+                )
             if list(splits) != [WHOLE]:
                 splits = {self.split: splits[self.split]}
         items = TableBuilder()
@@ -113,8 +128,14 @@ class HFSource:
                     excluded.append(ExcludedItem(locator, "duplicate", f"the id {relpath!r} appears twice"))
                     continue
                 seen.add(relpath)
-                items.add(c, relpath, label=None if label is None else str(label), split=recorded, b=row,
-                          text=relpath if ids is not None else None)
+                items.add(
+                    c,
+                    relpath,
+                    label=None if label is None else str(label),
+                    split=recorded,
+                    b=row,
+                    text=relpath if ids is not None else None,
+                )
         table = items.build()
         log.info("discovered %d rows of %s (%d excluded)", len(table), self.path, len(excluded))
         return Discovery(root=self.path, layout=self.kind, items=table, excluded=excluded)

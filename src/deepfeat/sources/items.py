@@ -27,6 +27,7 @@ input, with one of :data:`EXCLUSION_REASONS`:
 Paths are ``str`` decoded with :func:`os.fsdecode` (surrogateescape), so names that are not
 valid UTF-8 survive: ``os.fsencode(item.path)`` gives back the original bytes.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -15,6 +15,7 @@ A URL (``s3://lake/*.parquet``, ``gs://...``) is read through :mod:`deepfeat.dat
 column chunks by ranged, retried reads; a file that stays unreadable is an ``unreadable_shard``
 exclusion. A path column of a remote file names objects relative to the file's folder URL.
 """
+
 from __future__ import annotations
 
 import glob
@@ -62,12 +63,13 @@ def _image_column(schema: Any, wanted: str | None, path: str) -> tuple[str, str 
 
     if wanted is not None:
         if wanted not in schema.names:
-            raise UsageError(f"{path!r} has no column {wanted!r} (--image-column); its columns: "
-                             f"{', '.join(schema.names)}.")
+            raise UsageError(f"{path!r} has no column {wanted!r} (--image-column); its columns: {', '.join(schema.names)}.")
         found = kind(schema.field(wanted).type)
         if found is None:
-            raise UsageError(f"The column {wanted!r} of {path!r} holds {schema.field(wanted).type}, not image bytes "
-                             "(binary, a struct with a 'bytes' field) or paths (string).")
+            raise UsageError(
+                f"The column {wanted!r} of {path!r} holds {schema.field(wanted).type}, not image bytes "
+                "(binary, a struct with a 'bytes' field) or paths (string)."
+            )
         return wanted, found[0], found[1]
     candidates = [(n, kind(schema.field(n).type)) for n in schema.names]
     binary = [(n, k) for n, k in candidates if k is not None and not k[1]]
@@ -78,8 +80,10 @@ def _image_column(schema: Any, wanted: str | None, path: str) -> tuple[str, str 
         k = kind(schema.field(named[0]).type)
         assert k is not None
         return named[0], k[0], k[1]
-    raise UsageError(f"Cannot tell which column of {path!r} holds the images (columns: {', '.join(schema.names)}); "
-                     "name it with --image-column.")
+    raise UsageError(
+        f"Cannot tell which column of {path!r} holds the images (columns: {', '.join(schema.names)}); "
+        "name it with --image-column."
+    )
 
 
 def _read_group(pf: Any, rg: int, columns: list[str], path: str) -> dict[str, list[Any]]:
@@ -105,13 +109,21 @@ class ParquetRows(Container):
         self.path, self.rel, self.column, self.field, self.starts = path, rel, column, field, starts
         self.group = path
 
-    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
-             text: str | None, text2: str | None) -> SourceItem:
+    def item(
+        self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int, text: str | None, text2: str | None
+    ) -> SourceItem:
         row = self.starts[a] + b
         name = text if text is not None else str(row)
-        return SourceItem(id=iid, path=f"{self.path}#{name}", relpath=text if text is not None else f"{self.rel}#{row}",
-                          label=label, split=split, size=0,
-                          ref=("parquet", self.path, a, b, self.column, self.field), group=self.path)
+        return SourceItem(
+            id=iid,
+            path=f"{self.path}#{name}",
+            relpath=text if text is not None else f"{self.rel}#{row}",
+            label=label,
+            split=split,
+            size=0,
+            ref=("parquet", self.path, a, b, self.column, self.field),
+            group=self.path,
+        )
 
 
 @register_source
@@ -125,8 +137,15 @@ class ParquetSource:
     kind: ClassVar[str] = "parquet"
     OPTIONS: ClassVar[tuple[str, ...]] = ("image_field", "id_field", "label_field", "split_field", "split")
 
-    def __init__(self, spec: str, image_field: str | None = None, id_field: str | None = None,
-                 label_field: str | None = None, split_field: str | None = None, split: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: str,
+        image_field: str | None = None,
+        id_field: str | None = None,
+        label_field: str | None = None,
+        split_field: str | None = None,
+        split: str | None = None,
+    ) -> None:
         self.spec = spec
         self.image_field, self.id_field = image_field, id_field
         self.label_field, self.split_field = label_field, split_field
@@ -158,8 +177,9 @@ class ParquetSource:
         files = self.files()
         if not files:
             raise UsageError(f"No Parquet file matches {self.spec!r}.")
-        root = remote.common_root(files) if remote.is_url(files[0]) else os.path.commonpath(
-            [os.path.dirname(f) for f in files])
+        root = (
+            remote.common_root(files) if remote.is_url(files[0]) else os.path.commonpath([os.path.dirname(f) for f in files])
+        )
         items = TableBuilder()
         paths = items.container(PathRows())  # rows whose column names image files
         excluded: list[ExcludedItem] = []
@@ -170,8 +190,9 @@ class ParquetSource:
             try:
                 pf = pq.ParquetFile(remote.open_object(path) if url else path)
             except remote.RemoteError as exc:
-                excluded.append(ExcludedItem(path, "missing" if exc.reason == "missing" else "unreadable_shard",
-                                             exc.message))
+                excluded.append(
+                    ExcludedItem(path, "missing" if exc.reason == "missing" else "unreadable_shard", exc.message)
+                )
                 continue
             except Exception as exc:  # noqa: BLE001 - not Parquet, cut, unreadable: this file only
                 excluded.append(ExcludedItem(path, "unreadable_shard", f"not a readable Parquet file: {exc}"))
@@ -179,12 +200,16 @@ class ParquetSource:
             schema = pf.schema_arrow
             column, field, holds_paths = _image_column(schema, self.image_field, path)
             label_col = self.label_field or ("label" if "label" in schema.names else None)
-            for name, flag in ((self.id_field, "--id-column"), (label_col, "--label-column"),
-                               (self.split_field, "--split-column")):
+            for name, flag in (
+                (self.id_field, "--id-column"),
+                (label_col, "--label-column"),
+                (self.split_field, "--split-column"),
+            ):
                 if name is not None and name not in schema.names:
                     raise UsageError(f"{path!r} has no column {name!r} ({flag}); its columns: {', '.join(schema.names)}.")
-            wanted = [c for c in dict.fromkeys([self.id_field, label_col, self.split_field,
-                                                column if holds_paths else None]) if c]
+            wanted = [
+                c for c in dict.fromkeys([self.id_field, label_col, self.split_field, column if holds_paths else None]) if c
+            ]
             starts = [0]
             for rg in range(pf.num_row_groups):
                 starts.append(starts[-1] + pf.metadata.row_group(rg).num_rows)
@@ -204,8 +229,11 @@ class ParquetSource:
                         digest = id_digest(relpath)
                         first = seen.get(digest)
                         if first is not None:
-                            excluded.append(ExcludedItem(where, "duplicate", f"the id {ident!r} was already used by "
-                                                                             f"{files[first]}#{ident}"))
+                            excluded.append(
+                                ExcludedItem(
+                                    where, "duplicate", f"the id {ident!r} was already used by {files[first]}#{ident}"
+                                )
+                            )
                             continue
                         seen[digest] = index
                     label = _text(cols[label_col][r]) if label_col else None
@@ -216,20 +244,35 @@ class ParquetSource:
                             excluded.append(ExcludedItem(where, "no_image", f"row {row} has an empty {column!r}"))
                             continue
                         if url:  # checked when read: a missing object fails as vanished
-                            items.add(paths, relpath, label=label, split=split or self.split, size=0, text=relpath,
-                                      text2=remote.join(os.path.dirname(path), rel_image))
+                            items.add(
+                                paths,
+                                relpath,
+                                label=label,
+                                split=split or self.split,
+                                size=0,
+                                text=relpath,
+                                text2=remote.join(os.path.dirname(path), rel_image),
+                            )
                             continue
                         full = os.path.normpath(os.path.join(os.path.dirname(path), rel_image))
                         if not os.path.isfile(full):
                             excluded.append(ExcludedItem(full, "missing", f"row {row}: no such image file"))
                             continue
-                        items.add(paths, relpath, label=label, split=split or self.split, size=os.path.getsize(full),
-                                  text=relpath, text2=full)
+                        items.add(
+                            paths,
+                            relpath,
+                            label=label,
+                            split=split or self.split,
+                            size=os.path.getsize(full),
+                            text=relpath,
+                            text2=full,
+                        )
                         continue
                     items.add(cells, relpath, label=label, split=split or self.split, a=rg, b=r, text=ident)
         table = items.build()
-        log.info("discovered %d rows in %d Parquet files (%d excluded) under %s", len(table), len(files),
-                 len(excluded), root)
+        log.info(
+            "discovered %d rows in %d Parquet files (%d excluded) under %s", len(table), len(files), len(excluded), root
+        )
         return Discovery(root=root, layout=self.kind, items=table, excluded=excluded)
 
     def __repr__(self) -> str:

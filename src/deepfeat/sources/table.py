@@ -18,6 +18,7 @@ Example:
     >>> t[0].path, t[0].label, len(t)
     ('/data/cat/1.jpg', 'cat', 1)
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -32,8 +33,7 @@ import pyarrow as pa
 
 from .items import SourceItem, id_digest
 
-__all__ = ["Container", "FileRows", "PathRows", "ObjectRows", "ItemTable", "TableBuilder", "as_table", "hex_keys",
-           "members"]
+__all__ = ["Container", "FileRows", "PathRows", "ObjectRows", "ItemTable", "TableBuilder", "as_table", "hex_keys", "members"]
 
 _FLUSH = 1 << 16  #: rows a builder buffers in Python lists before it packs them into arrays
 
@@ -47,8 +47,9 @@ class Container:
 
     group: str | None = None
 
-    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
-             text: str | None, text2: str | None) -> SourceItem:
+    def item(
+        self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int, text: str | None, text2: str | None
+    ) -> SourceItem:
         raise NotImplementedError  # pragma: no cover - every container kind implements it
 
 
@@ -58,18 +59,19 @@ class FileRows(Container):
     def __init__(self, root: str) -> None:
         self.root = root
 
-    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
-             text: str | None, text2: str | None) -> SourceItem:
+    def item(
+        self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int, text: str | None, text2: str | None
+    ) -> SourceItem:
         assert text is not None
-        return SourceItem(id=iid, path=os.path.join(self.root, text), relpath=text, label=label, split=split,
-                          size=size)
+        return SourceItem(id=iid, path=os.path.join(self.root, text), relpath=text, label=label, split=split, size=size)
 
 
 class PathRows(Container):
     """Image files named by a table: ``text`` is the relative path (the id's), ``text2`` the file."""
 
-    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
-             text: str | None, text2: str | None) -> SourceItem:
+    def item(
+        self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int, text: str | None, text2: str | None
+    ) -> SourceItem:
         assert text is not None and text2 is not None
         return SourceItem(id=iid, path=text2, relpath=text, label=label, split=split, size=size)
 
@@ -81,16 +83,18 @@ class ObjectRows(Container):
         self.items = items
         self.group = group
 
-    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
-             text: str | None, text2: str | None) -> SourceItem:
+    def item(
+        self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int, text: str | None, text2: str | None
+    ) -> SourceItem:
         return self.items[a]
 
 
 def _binary(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray | None) -> pa.Array:
     """A large_binary array over numpy buffers (zero copy: Arrow's pool, which keeps what it frees, is not used)."""
     mask = None if valid is None or valid.all() else pa.py_buffer(np.packbits(valid, bitorder="little"))
-    return pa.LargeBinaryArray.from_buffers(pa.large_binary(), len(offsets) - 1,
-                                            [mask, pa.py_buffer(offsets), pa.py_buffer(data)])
+    return pa.LargeBinaryArray.from_buffers(
+        pa.large_binary(), len(offsets) - 1, [mask, pa.py_buffer(offsets), pa.py_buffer(data)]
+    )
 
 
 def _take_text(array: pa.Array | None, idx: np.ndarray) -> pa.Array | None:
@@ -106,12 +110,12 @@ def _take_text(array: pa.Array | None, idx: np.ndarray) -> pa.Array | None:
     np.cumsum(lengths, out=out_offsets[1:])
     out = np.empty(int(out_offsets[-1]), np.uint8)
     for s in range(0, len(idx), _FLUSH):
-        st, ln = starts[s:s + _FLUSH], lengths[s:s + _FLUSH]
+        st, ln = starts[s : s + _FLUSH], lengths[s : s + _FLUSH]
         if not len(st) or not ln.sum():
             continue
-        base = out_offsets[s:s + len(st)]
+        base = out_offsets[s : s + len(st)]
         gather = np.repeat(st - base, ln) + np.arange(base[0], base[0] + ln.sum())
-        out[base[0]:base[0] + ln.sum()] = data[gather]
+        out[base[0] : base[0] + ln.sum()] = data[gather]
     return _binary(out, out_offsets, None if valid is None else valid[idx])
 
 
@@ -125,10 +129,23 @@ def _text(array: pa.Array | None, i: int) -> str | None:
 class ItemTable(Sequence[SourceItem]):
     """The inputs of a discovery as columns (see the module docstring); ``table[i]`` is one :class:`SourceItem`."""
 
-    def __init__(self, containers: list[Container], cont: np.ndarray, hi: np.ndarray, lo: np.ndarray,
-                 label: np.ndarray, split: np.ndarray, labels: list[str], splits: list[str], size: np.ndarray,
-                 a: np.ndarray, b: np.ndarray, text: pa.Array | None = None, text2: pa.Array | None = None,
-                 hex_ids: bool = True) -> None:
+    def __init__(
+        self,
+        containers: list[Container],
+        cont: np.ndarray,
+        hi: np.ndarray,
+        lo: np.ndarray,
+        label: np.ndarray,
+        split: np.ndarray,
+        labels: list[str],
+        splits: list[str],
+        size: np.ndarray,
+        a: np.ndarray,
+        b: np.ndarray,
+        text: pa.Array | None = None,
+        text2: pa.Array | None = None,
+        hex_ids: bool = True,
+    ) -> None:
         self.containers, self.cont, self.hi, self.lo = containers, cont, hi, lo
         self.label, self.split, self.labels, self.splits = label, split, labels, splits
         self.size, self.a, self.b, self.text, self.text2 = size, a, b, text, text2
@@ -157,8 +174,16 @@ class ItemTable(Sequence[SourceItem]):
             return c.item("", None, None, 0, int(self.a[i]), 0, None, None)
         iid = (int(self.hi[i]).to_bytes(8, "big") + int(self.lo[i]).to_bytes(2, "big")).hex()
         lab, spl = int(self.label[i]), int(self.split[i])
-        return c.item(iid, self.labels[lab] if lab >= 0 else None, self.splits[spl] if spl >= 0 else None,
-                      int(self.size[i]), int(self.a[i]), int(self.b[i]), _text(self.text, i), _text(self.text2, i))
+        return c.item(
+            iid,
+            self.labels[lab] if lab >= 0 else None,
+            self.splits[spl] if spl >= 0 else None,
+            int(self.size[i]),
+            int(self.a[i]),
+            int(self.b[i]),
+            _text(self.text, i),
+            _text(self.text2, i),
+        )
 
     def __iter__(self) -> Iterator[SourceItem]:
         for i in range(len(self)):
@@ -177,9 +202,22 @@ class ItemTable(Sequence[SourceItem]):
     def take(self, indices: np.ndarray) -> "ItemTable":
         """The rows at ``indices`` (in that order), sharing the containers."""
         idx = np.asarray(indices, dtype=np.int64)
-        return ItemTable(self.containers, self.cont[idx], self.hi[idx], self.lo[idx], self.label[idx],
-                         self.split[idx], self.labels, self.splits, self.size[idx], self.a[idx], self.b[idx],
-                         _take_text(self.text, idx), _take_text(self.text2, idx), self.hex_ids)
+        return ItemTable(
+            self.containers,
+            self.cont[idx],
+            self.hi[idx],
+            self.lo[idx],
+            self.label[idx],
+            self.split[idx],
+            self.labels,
+            self.splits,
+            self.size[idx],
+            self.a[idx],
+            self.b[idx],
+            _take_text(self.text, idx),
+            _take_text(self.text2, idx),
+            self.hex_ids,
+        )
 
     def sorted_by_text(self) -> "ItemTable":
         """The rows in the byte order of ``text`` (the folder walker's order: relative path bytes).
@@ -287,8 +325,14 @@ class TableBuilder:
     def _reset(self) -> None:
         # compact buffers (array.array, bytearray): no Python object per row survives the row
         self._digests = bytearray()
-        self._ints = {"cont": array("i"), "label": array("i"), "split": array("h"), "size": array("q"),
-                      "a": array("q"), "b": array("q")}
+        self._ints = {
+            "cont": array("i"),
+            "label": array("i"),
+            "split": array("h"),
+            "size": array("q"),
+            "a": array("q"),
+            "b": array("q"),
+        }
         self._texts = {k: (bytearray(), array("q", [0]), array("b")) for k in ("text", "text2")}  # data, ends, null
 
     def __len__(self) -> int:
@@ -299,8 +343,19 @@ class TableBuilder:
         self.containers.append(c)
         return len(self.containers) - 1
 
-    def add(self, cont: int, relpath: str, *, label: str | None = None, split: str | None = None, size: int = 0,
-            a: int = 0, b: int = 0, text: str | None = None, text2: str | None = None) -> None:
+    def add(
+        self,
+        cont: int,
+        relpath: str,
+        *,
+        label: str | None = None,
+        split: str | None = None,
+        size: int = 0,
+        a: int = 0,
+        b: int = 0,
+        text: str | None = None,
+        text2: str | None = None,
+    ) -> None:
         """One input of container ``cont``; its id is :func:`~deepfeat.sources.items.item_id` of ``relpath``."""
         self._digests += id_digest(relpath)
         ints = self._ints
@@ -328,8 +383,11 @@ class TableBuilder:
         chunk["hi"] = np.ascontiguousarray(digest[:, :8]).view(">u8").ravel().astype(np.uint64)
         chunk["lo"] = (digest[:, 8].astype(np.uint16) << 8) | digest[:, 9]
         for key, (data, ends, null) in self._texts.items():
-            chunk[key] = None if all(null) else (np.frombuffer(bytes(data), dtype=np.uint8),
-                                                 np.array(ends, dtype=np.int64), np.array(null, dtype=bool))
+            chunk[key] = (
+                None
+                if all(null)
+                else (np.frombuffer(bytes(data), dtype=np.uint8), np.array(ends, dtype=np.int64), np.array(null, dtype=bool))
+            )
         self._chunks.append(chunk)
         self._reset()
 
@@ -348,7 +406,7 @@ class TableBuilder:
             at = 0
             for c in chunks:
                 part = c.pop(key)
-                out[at:at + len(part)] = part
+                out[at : at + len(part)] = part
                 at += len(part)
             return out
 
@@ -356,26 +414,41 @@ class TableBuilder:
             pieces = [c.pop(key) for c in chunks]
             if all(p is None for p in pieces):
                 return None
-            data = np.concatenate([p[0] for p in pieces if p is not None]) if any(p is not None for p in pieces) \
+            data = (
+                np.concatenate([p[0] for p in pieces if p is not None])
+                if any(p is not None for p in pieces)
                 else np.empty(0, np.uint8)
+            )
             offsets = np.empty(n + 1, np.int64)
             offsets[0] = 0
             valid = np.empty(n, bool)
             at, base = 0, 0
             for p, k in zip(pieces, sizes):
                 if p is None:
-                    offsets[at + 1:at + k + 1] = base
-                    valid[at:at + k] = False
+                    offsets[at + 1 : at + k + 1] = base
+                    valid[at : at + k] = False
                 else:
-                    offsets[at + 1:at + k + 1] = base + p[1][1:]
-                    valid[at:at + k] = ~p[2]
+                    offsets[at + 1 : at + k + 1] = base + p[1][1:]
+                    valid[at : at + k] = ~p[2]
                     base += int(p[1][-1])
                 at += k
             return _binary(data, offsets, valid)
 
-        table = ItemTable(self.containers, cat("cont", np.int32), cat("hi", np.uint64), cat("lo", np.uint16),
-                          cat("label", np.int32), cat("split", np.int16), list(self._labels), list(self._splits),
-                          cat("size", np.int64), cat("a", np.int64), cat("b", np.int64), text("text"), text("text2"))
+        table = ItemTable(
+            self.containers,
+            cat("cont", np.int32),
+            cat("hi", np.uint64),
+            cat("lo", np.uint16),
+            cat("label", np.int32),
+            cat("split", np.int16),
+            list(self._labels),
+            list(self._splits),
+            cat("size", np.int64),
+            cat("a", np.int64),
+            cat("b", np.int64),
+            text("text"),
+            text("text2"),
+        )
         chunks.clear()
         if sort_by_text:
             table = table.sorted_by_text()  # the unsorted columns are freed here
@@ -406,8 +479,20 @@ def as_table(items: Sequence[SourceItem]) -> ItemTable:
             last = it.group
         cont[i] = len(containers) - 1
     hi, lo = keys if keys is not None else (np.zeros(n, np.uint64), np.zeros(n, np.uint16))
-    return ItemTable(containers, cont, hi, lo, label, split, labels, splits, np.zeros(n, np.int64),
-                     np.arange(n, dtype=np.int64), np.zeros(n, np.int64), hex_ids=keys is not None)
+    return ItemTable(
+        containers,
+        cont,
+        hi,
+        lo,
+        label,
+        split,
+        labels,
+        splits,
+        np.zeros(n, np.int64),
+        np.arange(n, dtype=np.int64),
+        np.zeros(n, np.int64),
+        hex_ids=keys is not None,
+    )
 
 
 _HEX_VALUE = np.full(256, 255, dtype=np.uint8)
@@ -426,8 +511,9 @@ def hex_keys(arrays: Any) -> tuple[np.ndarray, np.ndarray] | None:
             offsets = np.frombuffer(ids.buffers()[1], dtype=np.int32, count=len(ids) + 1, offset=4 * ids.offset)
             if not (np.diff(offsets) == 20).all():
                 return None
-            nibbles = _HEX_VALUE[np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=20 * len(ids),
-                                               offset=int(offsets[0]))]
+            nibbles = _HEX_VALUE[
+                np.frombuffer(ids.buffers()[2], dtype=np.uint8, count=20 * len(ids), offset=int(offsets[0]))
+            ]
             if (nibbles == 255).any():
                 return None
             digest = (nibbles[0::2] << 4 | nibbles[1::2]).reshape(len(ids), 10)
@@ -439,7 +525,7 @@ def hex_keys(arrays: Any) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def _digest_keys(ids: list[str]) -> tuple[np.ndarray, np.ndarray] | None:
-    return hex_keys(pa.array(ids[s:s + _FLUSH], type=pa.string()) for s in range(0, len(ids), _FLUSH))
+    return hex_keys(pa.array(ids[s : s + _FLUSH], type=pa.string()) for s in range(0, len(ids), _FLUSH))
 
 
 def members(keys: tuple[np.ndarray, np.ndarray], of: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
@@ -450,11 +536,11 @@ def members(keys: tuple[np.ndarray, np.ndarray], of: tuple[np.ndarray, np.ndarra
     del order
     found = np.zeros(len(hi), dtype=bool)
     for s in range(0, len(hi), _FLUSH):
-        h, low = hi[s:s + _FLUSH], lo[s:s + _FLUSH]
+        h, low = hi[s : s + _FLUSH], lo[s : s + _FLUSH]
         left = np.searchsorted(of_hi, h, side="left")
         right = np.searchsorted(of_hi, h, side="right")
         single = np.flatnonzero(right - left == 1)
         found[s + single] = of_lo[left[single]] == low[single]
         for i in np.flatnonzero(right - left > 1):  # the same first 8 bytes: rare (a few pairs in 10^9 ids)
-            found[s + i] = bool((of_lo[left[i]:right[i]] == low[i]).any())
+            found[s + i] = bool((of_lo[left[i] : right[i]] == low[i]).any())
     return found

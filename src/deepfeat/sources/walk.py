@@ -32,6 +32,7 @@ Paths are ``str`` decoded with :func:`os.fsdecode` (surrogateescape), so names t
 valid UTF-8 survive: ``os.fsencode(item.path)`` gives back the original bytes. Items are sorted
 by the bytes of their relative path. Labels and splits are data, never used to build paths.
 """
+
 from __future__ import annotations
 
 import csv
@@ -77,8 +78,13 @@ def _stat_error(path: str, exc: OSError, *, via_symlink: bool) -> tuple[str, str
 class _Walker:
     """Collects items and exclusions for one folder source."""
 
-    def __init__(self, root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset(),
-                 symlinks_inside_root: bool = False) -> None:
+    def __init__(
+        self,
+        root: str,
+        default_split: str | None,
+        skip_dirs: frozenset[str] = frozenset(),
+        symlinks_inside_root: bool = False,
+    ) -> None:
         self.root = root
         self.symlinks_inside_root = symlinks_inside_root  #: refuse file links that resolve outside the root
         self.real_root = os.path.realpath(root)
@@ -134,8 +140,11 @@ class _Walker:
             if self.symlinks_inside_root:
                 target = os.path.realpath(path)
                 if not _inside(target, self.real_root):
-                    self.exclude(path, "symlink_outside_root", f"symlink resolves outside the source folder: "
-                                 f"{target!r} (refused by symlinks_inside_root)")
+                    self.exclude(
+                        path,
+                        "symlink_outside_root",
+                        f"symlink resolves outside the source folder: {target!r} (refused by symlinks_inside_root)",
+                    )
                     return "excluded", None
             if stat.S_ISDIR(st.st_mode):
                 self.exclude(path, "not_regular_file", "symlink to a folder (folder symlinks are not followed)")
@@ -160,11 +169,17 @@ class _Walker:
 
     def add(self, path: str, st: os.stat_result, label: str | None, split: str | None) -> None:
         prefix = self.root if self.root.endswith(os.sep) else self.root + os.sep
-        relpath = path[len(prefix):] if path.startswith(prefix) else os.path.relpath(path, self.root)
+        relpath = path[len(prefix) :] if path.startswith(prefix) else os.path.relpath(path, self.root)
         if os.sep != "/":
             relpath = relpath.replace(os.sep, "/")
-        self.items.add(self.files, relpath, label=label, split=split if split is not None else self.default_split,
-                       size=st.st_size, text=relpath)
+        self.items.add(
+            self.files,
+            relpath,
+            label=label,
+            split=split if split is not None else self.default_split,
+            size=st.st_size,
+            text=relpath,
+        )
 
     def walk_labelled(self, folder: str, label: str | None, split: str | None) -> None:
         """Every image below ``folder`` (recursively) gets ``label`` and ``split``."""
@@ -219,8 +234,9 @@ def _detect_layout(root: str, entries: list[os.DirEntry[str]], skip_dirs: frozen
     return "class"
 
 
-def _discover_folder(root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset(),
-                     symlinks_inside_root: bool = False) -> Discovery:
+def _discover_folder(
+    root: str, default_split: str | None, skip_dirs: frozenset[str] = frozenset(), symlinks_inside_root: bool = False
+) -> Discovery:
     walker = _Walker(root, default_split, skip_dirs, symlinks_inside_root)
     top = walker.scan(root)
     layout = _detect_layout(root, top, skip_dirs)
@@ -254,13 +270,16 @@ def _mixed_note(where: str, n: int, layout: str, folders: Sequence[str]) -> str:
         unsplit = " or split" if layout == "split_class" else ""
     else:
         where, unsplit = f"the split folder {where!r}", ""
-    return (f"mixed layout: {n} image file{'s' if n != 1 else ''} directly in {where}, {beside}, "
-            f"{'were' if n != 1 else 'was'} embedded without a label{unsplit}; move "
-            f"{'them' if n != 1 else 'it'} into a class folder to label {'them' if n != 1 else 'it'}")
+    return (
+        f"mixed layout: {n} image file{'s' if n != 1 else ''} directly in {where}, {beside}, "
+        f"{'were' if n != 1 else 'was'} embedded without a label{unsplit}; move "
+        f"{'them' if n != 1 else 'it'} into a class folder to label {'them' if n != 1 else 'it'}"
+    )
 
 
-def _finish(root: str, layout: str, items: TableBuilder, excluded: list[ExcludedItem],
-            notes: list[str] | None = None) -> Discovery:
+def _finish(
+    root: str, layout: str, items: TableBuilder, excluded: list[ExcludedItem], notes: list[str] | None = None
+) -> Discovery:
     table = items.build(sort_by_text=True)  # by the bytes of the relative path
     excluded.sort(key=lambda x: (os.fsencode(x.path), x.reason))
     logger.info(
@@ -269,8 +288,12 @@ def _finish(root: str, layout: str, items: TableBuilder, excluded: list[Excluded
     return Discovery(root=root, layout=layout, items=table, excluded=excluded, notes=list(notes or []))
 
 
-_WIDE_BOMS = ((b"\x00\x00\xfe\xff", "UTF-32"), (b"\xff\xfe\x00\x00", "UTF-32"), (b"\xfe\xff", "UTF-16"),
-               (b"\xff\xfe", "UTF-16"))
+_WIDE_BOMS = (
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\xfe\xff", "UTF-16"),
+    (b"\xff\xfe", "UTF-16"),
+)
 
 
 def _read_rows(list_path: str, data: bytes | None = None) -> Iterator[tuple[int, list[str]]]:
@@ -287,16 +310,23 @@ def _read_rows(list_path: str, data: bytes | None = None) -> Iterator[tuple[int,
         head = data[:4]
     for bom, name in _WIDE_BOMS:
         if head.startswith(bom):
-            raise UsageError(f"The list file {list_path!r} is {name} text; deepfeat reads list files as UTF-8. Save "
-                             "it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8) and rerun.")
-    with (open(list_path, encoding="utf-8-sig", errors="surrogateescape", newline="") if data is None else
-          io.StringIO(data.decode("utf-8-sig", errors="surrogateescape"), newline="")) as fh:
+            raise UsageError(
+                f"The list file {list_path!r} is {name} text; deepfeat reads list files as UTF-8. Save "
+                "it as UTF-8 (e.g. iconv -f UTF-16 -t UTF-8) and rerun."
+            )
+    with (
+        open(list_path, encoding="utf-8-sig", errors="surrogateescape", newline="")
+        if data is None
+        else io.StringIO(data.decode("utf-8-sig", errors="surrogateescape"), newline="")
+    ) as fh:
         reader = csv.reader(fh)
         for row in reader:
             if any("\x00" in f for f in row):
-                raise UsageError(f"The list file {list_path!r} holds a NUL byte on line {reader.line_num}; a list "
-                                 "file is UTF-8 text of path[,label[,split]] rows (a UTF-16 file shows this way: "
-                                 "save it as UTF-8).")
+                raise UsageError(
+                    f"The list file {list_path!r} holds a NUL byte on line {reader.line_num}; a list "
+                    "file is UTF-8 text of path[,label[,split]] rows (a UTF-16 file shows this way: "
+                    "save it as UTF-8)."
+                )
             yield reader.line_num, row
 
 
@@ -353,9 +383,7 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
         label = (fields.get("label") or "").strip() or None
         split = normalize_split(fields.get("split"))
         if relpath in seen:
-            excluded.append(
-                ExcludedItem(full, "duplicate", f"line {line_no} repeats the path of line {seen[relpath]}")
-            )
+            excluded.append(ExcludedItem(full, "duplicate", f"line {line_no} repeats the path of line {seen[relpath]}"))
             continue
         seen[relpath] = line_no
         try:
@@ -373,16 +401,23 @@ def _discover_list(list_path: str, default_split: str | None) -> Discovery:
                 excluded.append(ExcludedItem(full, reason, f"line {line_no}: {message}"))
                 continue
         if not stat.S_ISREG(st.st_mode):
-            excluded.append(ExcludedItem(full, "not_regular_file",
-                                         f"line {line_no}: not a regular file ({_kind(st.st_mode)})"))
+            excluded.append(
+                ExcludedItem(full, "not_regular_file", f"line {line_no}: not a regular file ({_kind(st.st_mode)})")
+            )
             continue
-        items.add(files, relpath, label=label, split=split if split is not None else default_split,
-                  size=st.st_size, text=relpath)
+        items.add(
+            files, relpath, label=label, split=split if split is not None else default_split, size=st.st_size, text=relpath
+        )
     return _finish(base, "list", items, excluded)
 
 
-def walk(source: str | os.PathLike[str], *, default_split: str | None = None,
-             skip_dirs: Iterable[str | os.PathLike[str]] = (), symlinks_inside_root: bool = False) -> Discovery:
+def walk(
+    source: str | os.PathLike[str],
+    *,
+    default_split: str | None = None,
+    skip_dirs: Iterable[str | os.PathLike[str]] = (),
+    symlinks_inside_root: bool = False,
+) -> Discovery:
     """Find every input of a folder or list file, in a deterministic order.
 
     Args:

@@ -20,6 +20,7 @@ of a truncated shard beyond the cut are exclusions with reasons (``unreadable_sh
 Compressed shards (``.tar.gz``) are refused with a message: an image cannot be read at an offset
 inside a compressed stream.
 """
+
 from __future__ import annotations
 
 import glob
@@ -45,8 +46,9 @@ log = logging.getLogger(__name__)
 __all__ = ["WebDatasetSource", "expand_braces", "scan_shard"]
 
 _INDEX_VERSION = 2  # 2: a header cut short is a truncated_shard exclusion
-_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp") + tuple(sorted(e[1:] for e in IMAGE_EXTENSIONS
-                                                           if e[1:] not in ("jpg", "jpeg", "png", "webp")))
+_IMAGE_EXTS = ("jpg", "jpeg", "png", "webp") + tuple(
+    sorted(e[1:] for e in IMAGE_EXTENSIONS if e[1:] not in ("jpg", "jpeg", "png", "webp"))
+)
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _MAX_LABEL_BYTES = 1 << 16
 _COMPRESSED = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -64,7 +66,7 @@ def expand_braces(pattern: str) -> list[str]:
     m = _BRACE.search(pattern)
     if m is None:
         return [pattern]
-    body, head, tail = m.group(1), pattern[:m.start()], pattern[m.end():]
+    body, head, tail = m.group(1), pattern[: m.start()], pattern[m.end() :]
     rng = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if rng:
         lo, hi = int(rng.group(1)), int(rng.group(2))
@@ -147,8 +149,9 @@ def _text(read: Callable[[int, int], bytes], offset: int, size: int) -> str | No
     return data.decode("utf-8", errors="replace").strip() or None
 
 
-def _field(sample: dict[str, tuple[int, int]], read: Callable[[int, int], bytes], name: str | None,
-           cache: dict[str, Any]) -> str | None:
+def _field(
+    sample: dict[str, tuple[int, int]], read: Callable[[int, int], bytes], name: str | None, cache: dict[str, Any]
+) -> str | None:
     """A sample's value for ``name``: the text of the member ``<key>.<name>``, else the JSON key."""
     if name is None:
         return None
@@ -169,8 +172,9 @@ def _field(sample: dict[str, tuple[int, int]], read: Callable[[int, int], bytes]
     return None
 
 
-def scan_shard(path: str, *, label_field: str | None = None, split_field: str | None = None,
-               image_field: str | None = None) -> dict[str, Any]:
+def scan_shard(
+    path: str, *, label_field: str | None = None, split_field: str | None = None, image_field: str | None = None
+) -> dict[str, Any]:
     """Read a shard's headers (and label members): its samples and exclusions.
 
     Returns ``{"samples": [[key, member, offset, size, label, split], ...], "excluded": [[where,
@@ -227,11 +231,13 @@ def scan_shard(path: str, *, label_field: str | None = None, split_field: str | 
         def read(offset: int, n: int) -> bytes:
             return os.pread(fd, n, offset)
     else:
+
         def read(offset: int, n: int) -> bytes:
             if offset in texts:
                 return texts[offset][:n]
             fh.seek(offset)
             return bytes(fh.read(n))
+
     try:
         if not cut:  # tarfile ends quietly at a header cut short (or garbled): what follows must be zeros
             name = _unread_header(read, end, size)
@@ -312,8 +318,10 @@ def cached_scan(path: str, **options: str | None) -> dict[str, Any]:
             st = os.stat(path)
             version = [st.st_size, st.st_mtime_ns]
     except remote.RemoteError as exc:
-        return {"samples": [], "excluded": [[path, "missing" if exc.reason == "missing" else "unreadable_shard",
-                                             exc.message]]}
+        return {
+            "samples": [],
+            "excluded": [[path, "missing" if exc.reason == "missing" else "unreadable_shard", exc.message]],
+        }
     except OSError as exc:
         return {"samples": [], "excluded": [[path, "unreadable_shard", f"cannot stat the shard: {exc.strerror}"]]}
     index = _index_path(path, version, opts)
@@ -327,8 +335,10 @@ def cached_scan(path: str, **options: str | None) -> dict[str, Any]:
     try:
         doc = scan_shard(path, **options)
     except remote.RemoteError as exc:
-        return {"samples": [], "excluded": [[path, "missing" if exc.reason == "missing" else "unreadable_shard",
-                                             exc.message]]}
+        return {
+            "samples": [],
+            "excluded": [[path, "missing" if exc.reason == "missing" else "unreadable_shard", exc.message]],
+        }
     try:
         os.makedirs(os.path.dirname(index), exist_ok=True)
         atomic_write_json(index, doc)
@@ -343,11 +353,20 @@ class TarRows(Container):
     def __init__(self, shard: str, rel: str) -> None:
         self.shard, self.rel, self.group = shard, rel, shard
 
-    def item(self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int,
-             text: str | None, text2: str | None) -> SourceItem:
+    def item(
+        self, iid: str, label: str | None, split: str | None, size: int, a: int, b: int, text: str | None, text2: str | None
+    ) -> SourceItem:
         assert text is not None
-        return SourceItem(id=iid, path=f"{self.shard}#{text}", relpath=f"{self.rel}/{_split_key(text)[0]}",
-                          label=label, split=split, size=size, ref=("tar", self.shard, a, b), group=self.shard)
+        return SourceItem(
+            id=iid,
+            path=f"{self.shard}#{text}",
+            relpath=f"{self.rel}/{_split_key(text)[0]}",
+            label=label,
+            split=split,
+            size=size,
+            ref=("tar", self.shard, a, b),
+            group=self.shard,
+        )
 
 
 @register_source
@@ -361,13 +380,21 @@ class WebDatasetSource:
     kind: ClassVar[str] = "webdataset"
     OPTIONS: ClassVar[tuple[str, ...]] = ("label_field", "split_field", "image_field", "split")
 
-    def __init__(self, spec: str, label_field: str | None = None, split_field: str | None = None,
-                 image_field: str | None = None, split: str | None = None) -> None:
+    def __init__(
+        self,
+        spec: str,
+        label_field: str | None = None,
+        split_field: str | None = None,
+        image_field: str | None = None,
+        split: str | None = None,
+    ) -> None:
         lowered = spec.lower()
         if lowered.endswith(_COMPRESSED):
-            raise UsageError(f"{spec!r} names compressed shards; deepfeat reads each image at its offset in the "
-                             "tar, which a compressed stream does not allow. Write uncompressed .tar shards "
-                             "(img2dataset and webdataset.TarWriter do by default) or decompress them first.")
+            raise UsageError(
+                f"{spec!r} names compressed shards; deepfeat reads each image at its offset in the "
+                "tar, which a compressed stream does not allow. Write uncompressed .tar shards "
+                "(img2dataset and webdataset.TarWriter do by default) or decompress them first."
+            )
         self.spec = spec
         self.options = {"label_field": label_field, "split_field": split_field, "image_field": image_field}
         self.split = normalize_split(split)
@@ -390,25 +417,33 @@ class WebDatasetSource:
         if remote.is_url(self.spec):
             root = remote.common_root(shards or missing)
         else:
-            root = os.path.commonpath([os.path.dirname(s) for s in shards]) if shards else os.path.dirname(
-                os.path.abspath(missing[0]))
+            root = (
+                os.path.commonpath([os.path.dirname(s) for s in shards])
+                if shards
+                else os.path.dirname(os.path.abspath(missing[0]))
+            )
         items = TableBuilder()
         excluded = [ExcludedItem(m, "missing", "no such shard") for m in missing]
         for shard in shards:
-            rel = remote.relpath(shard, root) if remote.is_url(shard) else os.path.relpath(shard, root).replace(
-                os.sep, "/")
+            rel = remote.relpath(shard, root) if remote.is_url(shard) else os.path.relpath(shard, root).replace(os.sep, "/")
             doc = cached_scan(shard, **self.options)
             default_split = self._shard_split(shard)
             c = items.container(TarRows(shard, rel))
             for key, member, offset, size, label, split in doc["samples"]:
-                items.add(c, f"{rel}/{key}", label=label, split=split or default_split, size=int(size),
-                          a=int(offset), b=int(size), text=member)
+                items.add(
+                    c,
+                    f"{rel}/{key}",
+                    label=label,
+                    split=split or default_split,
+                    size=int(size),
+                    a=int(offset),
+                    b=int(size),
+                    text=member,
+                )
             excluded.extend(ExcludedItem(where, reason, message) for where, reason, message in doc["excluded"])
         table = items.build()
-        log.info("discovered %d samples in %d shards (%d excluded) under %s", len(table), len(shards),
-                 len(excluded), root)
+        log.info("discovered %d samples in %d shards (%d excluded) under %s", len(table), len(shards), len(excluded), root)
         return Discovery(root=root, layout=self.kind, items=table, excluded=excluded)
 
     def __repr__(self) -> str:
         return f"WebDatasetSource({self.spec!r})"
-

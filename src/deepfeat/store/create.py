@@ -1,4 +1,5 @@
 """Creating, opening for append, and starting over a store -- with the config fingerprint."""
+
 from __future__ import annotations
 
 import hashlib
@@ -30,6 +31,7 @@ def describe_difference(old: dict[str, Any], new: dict[str, Any], prefix: str = 
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if key == "layers" and isinstance(a, list) and isinstance(b, list):
+
             def fmt(ls: list[Any]) -> str:
                 return ",".join(f"{d.get('name')}[{d.get('pool')}]" for d in ls if isinstance(d, dict))
 
@@ -59,8 +61,9 @@ def prepare_store_dir(path: str, config: dict[str, Any], metadata: dict[str, Any
                 raise StoreError(f"{layout.METADATA_FILE} is not a JSON object")
         except StoreError as exc:
             if not overwrite:
-                raise StoreError(f"{meta_path} is unreadable ({exc}); pass overwrite=True / --overwrite to start "
-                                 "over.") from None
+                raise StoreError(
+                    f"{meta_path} is unreadable ({exc}); pass overwrite=True / --overwrite to start over."
+                ) from None
             old = {}
         if old.get("fingerprint") == fp:
             return True
@@ -79,8 +82,15 @@ def prepare_store_dir(path: str, config: dict[str, Any], metadata: dict[str, Any
         os.makedirs(os.path.join(path, layout.PARTS_DIR), exist_ok=True)
         os.makedirs(os.path.join(path, layout.TMP_DIR), exist_ok=True)
         meta = dict(metadata)
-        meta.update({"format": layout.FORMAT_NAME, "format_version": layout.FORMAT_VERSION, "config": config,
-                     "fingerprint": fp, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        meta.update(
+            {
+                "format": layout.FORMAT_NAME,
+                "format_version": layout.FORMAT_VERSION,
+                "config": config,
+                "fingerprint": fp,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
         atomic_write_json(meta_path, meta)
 
         manifest = Manifest(path)

@@ -32,6 +32,7 @@ Example:
     >>> export_store("feats/", "feats.parquet", "parquet", layers=["pre_logits"], split="train")  # doctest: +SKIP
     ['feats.parquet']
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,8 +76,13 @@ _NPY_EXPORT_FILES = (layout.ROWS_FILE,)
 class _Selection:
     """The parts, layers, splits and views an export covers, and how many rows that is."""
 
-    def __init__(self, store: FeatureStore, layers: str | Sequence[str] | None, split: str | Sequence[str] | None,
-                 views: str | int | Sequence[int]) -> None:
+    def __init__(
+        self,
+        store: FeatureStore,
+        layers: str | Sequence[str] | None,
+        split: str | Sequence[str] | None,
+        views: str | int | Sequence[int],
+    ) -> None:
         self.store = store
         self.specs = _resolve_layers(store, layers)
         if split is None:
@@ -94,8 +100,7 @@ class _Selection:
             self.views = [int(views)]
         else:
             self.views = [int(v) for v in views]
-        self.parts = [p for p in store.iter_parts()
-                      if self.splits is None or any(p.splits.get(s) for s in self.splits)]
+        self.parts = [p for p in store.iter_parts() if self.splits is None or any(p.splits.get(s) for s in self.splits)]
         # outputs are sized from the manifest's row counts: its sizes must hold before anything is allocated
         store.check_sizes(self.parts, self.specs)
         self.total = self._count()
@@ -170,8 +175,10 @@ def _check_out(store_path: str, out: str, is_dir: bool, overwrite: bool) -> None
             raise UsageError(f"The export output {out!r} is a directory; give a file name for this format.")
         foreign = [e for e in os.listdir(out) if not (e.endswith(".npy") or e in _NPY_EXPORT_FILES)]
         if foreign:
-            raise UsageError(f"The export output {out!r} holds files that are not an npy export ({foreign[0]!r}...); "
-                             "refusing to replace it. Choose another output.")
+            raise UsageError(
+                f"The export output {out!r} holds files that are not an npy export ({foreign[0]!r}...); "
+                "refusing to replace it. Choose another output."
+            )
 
 
 def _tmp_name(out: str) -> str:
@@ -205,10 +212,19 @@ def _publish(tmp: str, out: str) -> None:
 
 
 def _metadata_json(store: FeatureStore, sel: _Selection) -> str:
-    return json.dumps({"store": os.path.abspath(store.path), "metadata": store.metadata,
-                       "export": {"layers": [s.to_dict() for s in sel.specs], "splits": sel.splits,
-                                  "views": sel.views if sel.views is not None else "all", "rows": sel.total}},
-                      default=str)
+    return json.dumps(
+        {
+            "store": os.path.abspath(store.path),
+            "metadata": store.metadata,
+            "export": {
+                "layers": [s.to_dict() for s in sel.specs],
+                "splits": sel.splits,
+                "views": sel.views if sel.views is not None else "all",
+                "rows": sel.total,
+            },
+        },
+        default=str,
+    )
 
 
 def _row_schema(store: FeatureStore, sel: _Selection) -> pa.Schema:
@@ -231,14 +247,12 @@ def _write_npy(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list
         files = {}
         for s in sel.specs:
             f = stack.enter_context(open(os.path.join(tmp, f"{s.key}.npy"), "wb"))
-            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False,
-                      "shape": (sel.total, s.dims)}
+            header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (sel.total, s.dims)}
             np.lib.format.write_array_header_1_0(f, header)
             f.flush()
             reserve_space(f.fileno(), f.tell() + sel.total * s.dims * dtype.itemsize)
             files[s.key] = f
-        writer = stack.enter_context(pq.ParquetWriter(os.path.join(tmp, layout.ROWS_FILE), schema,
-                                                      compression="zstd"))
+        writer = stack.enter_context(pq.ParquetWriter(os.path.join(tmp, layout.ROWS_FILE), schema, compression="zstd"))
         for _part, meta, feats in sel.chunks():
             n = meta.num_rows
             if pos + n > sel.total:
@@ -258,8 +272,10 @@ def _write_npy(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list
 
 def _check_count(store: FeatureStore, written: int, expected: int) -> None:
     if written != expected:
-        raise StoreError(f"{store.path}: exported {written} rows but the manifest announces {expected}; "
-                         "run 'deepfeat info --verify' on the store.")
+        raise StoreError(
+            f"{store.path}: exported {written} rows but the manifest announces {expected}; "
+            "run 'deepfeat info --verify' on the store."
+        )
 
 
 def _import_h5py() -> Any:
@@ -292,28 +308,32 @@ def _write_hdf5(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> lis
         datasets = {}
         for s in sel.specs:
             chunk_rows = max(1, min(max(n, 1), (1 << 20) // max(1, s.dims * dtype.itemsize)))
-            ds = feats_group.create_dataset(s.key, shape=(n, s.dims), maxshape=(None, s.dims), dtype=dtype,
-                                            chunks=(chunk_rows, s.dims))
+            ds = feats_group.create_dataset(
+                s.key, shape=(n, s.dims), maxshape=(None, s.dims), dtype=dtype, chunks=(chunk_rows, s.dims)
+            )
             ds.attrs["layer"] = s.name
             ds.attrs["pool"] = s.pool
             ds.attrs["shape"] = list(s.shape)
             datasets[s.key] = ds
         meta_group = f.create_group("meta")
         chunk = (max(1, min(max(n, 1), 65536)),)
-        meta_ds = {c: meta_group.create_dataset(c, shape=(n,), maxshape=(None,), dtype=text, chunks=chunk)
-                   for c in HDF5_META_COLUMNS}
-        view_ds = meta_group.create_dataset("view", shape=(n,), maxshape=(None,), dtype=np.int16,
-                                            chunks=(max(1, min(max(n, 1), 65536)),))
+        meta_ds = {
+            c: meta_group.create_dataset(c, shape=(n,), maxshape=(None,), dtype=text, chunks=chunk)
+            for c in HDF5_META_COLUMNS
+        }
+        view_ds = meta_group.create_dataset(
+            "view", shape=(n,), maxshape=(None,), dtype=np.int16, chunks=(max(1, min(max(n, 1), 65536)),)
+        )
         pos = 0
         for _part, meta, feats in sel.chunks():
             k = meta.num_rows
             if pos + k > n:
                 raise StoreError(f"{store.path}: more rows than the manifest announces ({pos + k} > {n})")
             for key, arr in feats.items():
-                datasets[key][pos:pos + k] = arr
+                datasets[key][pos : pos + k] = arr
             for c, ds in meta_ds.items():
-                ds[pos:pos + k] = np.array(_strings(meta, c), dtype=object)
-            view_ds[pos:pos + k] = meta.column("view").to_numpy(zero_copy_only=False).astype(np.int16)
+                ds[pos : pos + k] = np.array(_strings(meta, c), dtype=object)
+            view_ds[pos : pos + k] = meta.column("view").to_numpy(zero_copy_only=False).astype(np.int16)
             pos += k
     _check_count(store, pos, n)
     return [out]
@@ -327,9 +347,13 @@ def _write_parquet(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> 
         taken.add(name)
         columns[s.key] = name
     fields = list(layout.ROWS_SCHEMA) + [
-        pa.field(columns[s.key], pa.list_(pa.float32(), s.dims), metadata={"layer": s.name, "pool": s.pool,
-                                                                         "store_dtype": store.dtype})
-        for s in sel.specs]
+        pa.field(
+            columns[s.key],
+            pa.list_(pa.float32(), s.dims),
+            metadata={"layer": s.name, "pool": s.pool, "store_dtype": store.dtype},
+        )
+        for s in sel.specs
+    ]
     schema = pa.schema(fields, metadata={"deepfeat": _metadata_json(store, sel)})
     pos = 0
     with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
@@ -348,8 +372,12 @@ def _write_parquet(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> 
 
 def _write_csv(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list[str]:
     total_dims = sum(s.dims for s in sel.specs)
-    log.warning("CSV export writes %d rows x %d values as text: large (~%s) and slow; prefer npy, parquet or hdf5",
-                sel.total, total_dims, format_size(sel.total * total_dims * CSV_BYTES_PER_VALUE))
+    log.warning(
+        "CSV export writes %d rows x %d values as text: large (~%s) and slow; prefer npy, parquet or hdf5",
+        sel.total,
+        total_dims,
+        format_size(sel.total * total_dims * CSV_BYTES_PER_VALUE),
+    )
     pos = 0
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
@@ -357,8 +385,7 @@ def _write_csv(store: FeatureStore, sel: _Selection, tmp: str, out: str) -> list
         for _part, meta, feats in sel.chunks():
             values = np.concatenate([feats[s.key].astype(np.float32, copy=False) for s in sel.specs], axis=1)
             text = np.char.mod("%.9g", values)
-            prefix = zip(*(meta.column(c).to_pylist() if c == "view" else _strings(meta, c)
-                           for c in CSV_META_COLUMNS))
+            prefix = zip(*(meta.column(c).to_pylist() if c == "view" else _strings(meta, c) for c in CSV_META_COLUMNS))
             for cells, row in zip(prefix, text):
                 writer.writerow([*cells, *row.tolist()])
             pos += meta.num_rows
@@ -438,8 +465,12 @@ def estimate_export_bytes(store: FeatureStore, sel: _Selection, format: str) -> 
     """About how many bytes the export will occupy (a little more, never much less): the feature values
     in the format's encoding plus the row metadata, with room for HDF5's own structures."""
     dims = sum(s.dims for s in sel.specs)
-    per_value = {"npy": np.dtype(store.dtype).itemsize, "hdf5": np.dtype(store.dtype).itemsize, "parquet": 4,
-                 "csv": CSV_BYTES_PER_VALUE}[format]
+    per_value = {
+        "npy": np.dtype(store.dtype).itemsize,
+        "hdf5": np.dtype(store.dtype).itemsize,
+        "parquet": 4,
+        "csv": CSV_BYTES_PER_VALUE,
+    }[format]
     values = sel.total * dims * per_value
     meta = sel.meta_bytes()
     if format == "hdf5":  # variable-length strings live in a global heap (~16 B per string), chunk B-trees

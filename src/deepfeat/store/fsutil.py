@@ -3,6 +3,7 @@
 Any ``OSError`` raised while writing (disk full, I/O error) becomes an
 :class:`~deepfeat.errors.EnvironmentFault`: it is the machine's fault, never an image's.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,8 +40,10 @@ def write_error_hint(exc: OSError, resumable: bool = False) -> str:
     """What to do about a failed write, by its errno ("" when there is nothing specific to say);
     ``resumable``: the command resumes where it stopped (extract), otherwise it starts over."""
     if exc.errno in DISK_FULL_ERRNOS:
-        return (" The disk is full (or a file size limit or quota was hit): free space and rerun the same "
-                f"command{' to resume' if resumable else ''}.")
+        return (
+            " The disk is full (or a file size limit or quota was hit): free space and rerun the same "
+            f"command{' to resume' if resumable else ''}."
+        )
     if exc.errno in NOT_WRITABLE_ERRNOS:
         return " The location is not writable (read-only filesystem or no permission): choose another output."
     return ""
@@ -86,8 +89,10 @@ def check_writable(path: str | os.PathLike[str], what: str, *, directory: bool =
     except OSError as exc:
         raise EnvironmentFault(f"{what} {os.fspath(path)!r} cannot be written: {exc}.{write_error_hint(exc)}") from exc
     if need > free:
-        raise EnvironmentFault(f"{what} {os.fspath(path)!r} needs about {format_size(need)} but its filesystem has "
-                               f"{format_size(free)} free; free some space or choose another output.")
+        raise EnvironmentFault(
+            f"{what} {os.fspath(path)!r} needs about {format_size(need)} but its filesystem has "
+            f"{format_size(free)} free; free some space or choose another output."
+        )
 
 
 def reserve_space(fd: int, size: int) -> None:
@@ -182,7 +187,7 @@ def remove_orphan_temps(path: str) -> list[str]:
     except OSError:
         return removed
     for name in names:
-        pid = name[len(prefix):]
+        pid = name[len(prefix) :]
         if not name.startswith(prefix) or not pid.isdigit():
             continue
         try:
@@ -214,7 +219,7 @@ def staged_directory(final: str, what: str) -> Iterator[str]:
         os.makedirs(final, exist_ok=True)
         names = os.listdir(final)
     for name in names:
-        pid = name[len(STAGING_PREFIX):].split("-")[0]
+        pid = name[len(STAGING_PREFIX) :].split("-")[0]
         if name.startswith(STAGING_PREFIX) and pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(os.path.join(final, name), ignore_errors=True)
     stage = os.path.join(final, f"{STAGING_PREFIX}{os.getpid()}-{os.urandom(4).hex()}")

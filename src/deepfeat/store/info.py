@@ -10,6 +10,7 @@ Example:
     >>> verify_store("feats/")                             # doctest: +SKIP
     []
 """
+
 from __future__ import annotations
 
 import json
@@ -203,8 +204,9 @@ def store_info(path: str | os.PathLike[str], max_examples: int | None = 3) -> St
                 for s, n in part.splits.items():
                     by_split[_key(s)] = by_split.get(_key(s), 0) + n
             else:
-                for s, c, v in zip(rows.column("split").to_pylist(), rows.column("label").to_pylist(),
-                                   rows.column("view").to_pylist()):
+                for s, c, v in zip(
+                    rows.column("split").to_pylist(), rows.column("label").to_pylist(), rows.column("view").to_pylist()
+                ):
                     s, c = _key(s), _key(c)
                     by_split[s] = by_split.get(s, 0) + 1
                     per = by_class.setdefault(s, {})
@@ -230,8 +232,10 @@ def store_info(path: str | os.PathLike[str], max_examples: int | None = 3) -> St
             else:
                 info.warnings.append(f"part {part.name}: ledger status {status!r} for {p!r}")
         if (embedded, failed) != (part.embedded, part.failed):
-            info.warnings.append(f"part {part.name}: the ledger has {embedded} embedded / {failed} failed, "
-                                 f"the manifest says {part.embedded} / {part.failed}")
+            info.warnings.append(
+                f"part {part.name}: the ledger has {embedded} embedded / {failed} failed, "
+                f"the manifest says {part.embedded} / {part.failed}"
+            )
         info.embedded += embedded
         info.failed += failed
     try:
@@ -263,8 +267,10 @@ def store_info(path: str | os.PathLike[str], max_examples: int | None = 3) -> St
     info.bytes_on_disk = _dir_bytes(path)
     uneven = [v for v in range(1, info.views + 1) if info.rows_by_view.get(v, 0) != augmented]
     if not info.warnings and (plain != info.embedded or uneven):
-        info.warnings.append(f"{plain} view-0 rows for {info.embedded} embedded inputs"
-                             + (f"; augmented views {uneven} have other row counts than view 1" if uneven else ""))
+        info.warnings.append(
+            f"{plain} view-0 rows for {info.embedded} embedded inputs"
+            + (f"; augmented views {uneven} have other row counts than view 1" if uneven else "")
+        )
     return info
 
 
@@ -301,8 +307,10 @@ def _table(header: list[str], rows: Iterable[list[Any]], indent: str = "  ", rig
     right = set(right)
 
     def fmt(cells: list[str]) -> str:
-        return indent + "  ".join(c.rjust(w) if i in right else c.ljust(w)
-                                  for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        return (
+            indent
+            + "  ".join(c.rjust(w) if i in right else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+        )
 
     return [fmt([str(h) for h in header]), indent + "  ".join("-" * w for w in widths)] + [fmt(r) for r in body]
 
@@ -326,8 +334,9 @@ def _fmt_pre(pre: Mapping[str, Any]) -> str:
             parts.append(f"{k} ({', '.join(f'{float(v):g}' for v in pre[k])})")
     if pre.get("jpeg_draft"):
         parts.append("JPEG draft")
-    rest = {k: v for k, v in pre.items()
-            if k not in ("input_size", "crop_pct", "interpolation", "mean", "std", "jpeg_draft")}
+    rest = {
+        k: v for k, v in pre.items() if k not in ("input_size", "crop_pct", "interpolation", "mean", "std", "jpeg_draft")
+    }
     if rest:
         parts.append(json.dumps(rest, sort_keys=True))
     return ", ".join(parts)
@@ -347,38 +356,53 @@ def format_info(info: StoreInfo, failures: bool = False, max_classes: int = 60) 
         ...
     """
     out: list[str] = [f"Store  {info.path}"]
-    out.append(f"  format v{info.format_version}, created {info.created or '?'}, "
-               f"fingerprint {(info.fingerprint or '?')[:16]}")
+    out.append(
+        f"  format v{info.format_version}, created {info.created or '?'}, fingerprint {(info.fingerprint or '?')[:16]}"
+    )
     out += ["", "Model"]
     name = info.model_name or "?"
     extra = ", ".join(x for x in (info.model_family, info.architecture) if x)
-    out += _kv([
-        ("name", f"{name} ({extra})" if extra else name),
-        ("weights", info.weights or "?"),
-        ("weights sha256", info.weights_sha256 or "?"),
-        ("preprocess", _fmt_pre(info.preprocess)),
-        ("dtype", info.dtype),
-        ("runtime", f"{info.runtime or 'torch'} {info.precision or '?'}"),
-        ("agreement", format_agreement(info.precision, info.agreement)),
-        ("views", f"{1 + info.views} per input" if info.views else "1 per input (no augmentation)"),
-    ])
+    out += _kv(
+        [
+            ("name", f"{name} ({extra})" if extra else name),
+            ("weights", info.weights or "?"),
+            ("weights sha256", info.weights_sha256 or "?"),
+            ("preprocess", _fmt_pre(info.preprocess)),
+            ("dtype", info.dtype),
+            ("runtime", f"{info.runtime or 'torch'} {info.precision or '?'}"),
+            ("agreement", format_agreement(info.precision, info.agreement)),
+            ("views", f"{1 + info.views} per input" if info.views else "1 per input (no augmentation)"),
+        ]
+    )
     out += ["", f"Layers ({len(info.layers)}, {sum(int(d['dims']) for d in info.layers):,} dims per row)"]
-    out += _table(["layer", "key", "shape", "pool", "dims"],
-                  [[d["name"], d["key"], "x".join(str(v) for v in d["shape"]), d["pool"], f"{int(d['dims']):,}"]
-                   for d in info.layers], right=[4])
-    out += ["", f"Rows ({info.rows_total:,} in {info.parts} part{'s' * (info.parts != 1)}"
-                + (f", {info.empty_parts} with no rows" if info.empty_parts else "") + ")"]
+    out += _table(
+        ["layer", "key", "shape", "pool", "dims"],
+        [[d["name"], d["key"], "x".join(str(v) for v in d["shape"]), d["pool"], f"{int(d['dims']):,}"] for d in info.layers],
+        right=[4],
+    )
+    out += [
+        "",
+        f"Rows ({info.rows_total:,} in {info.parts} part{'s' * (info.parts != 1)}"
+        + (f", {info.empty_parts} with no rows" if info.empty_parts else "")
+        + ")",
+    ]
     splits = list(info.rows_by_split)
     if splits:
         classes = info.classes
         shown = classes[:max_classes]
-        rows = [[c] + [f"{info.rows_by_class.get(s, {}).get(c, 0):,}" for s in splits]
-                + [f"{sum(info.rows_by_class.get(s, {}).get(c, 0) for s in splits):,}"] for c in shown]
+        rows = [
+            [c]
+            + [f"{info.rows_by_class.get(s, {}).get(c, 0):,}" for s in splits]
+            + [f"{sum(info.rows_by_class.get(s, {}).get(c, 0) for s in splits):,}"]
+            for c in shown
+        ]
         if len(classes) > len(shown):
-            rest = classes[len(shown):]
-            rows.append([f"... {len(rest)} more classes"]
-                        + [f"{sum(info.rows_by_class.get(s, {}).get(c, 0) for c in rest):,}" for s in splits]
-                        + [f"{sum(info.rows_by_class.get(s, {}).get(c, 0) for s in splits for c in rest):,}"])
+            rest = classes[len(shown) :]
+            rows.append(
+                [f"... {len(rest)} more classes"]
+                + [f"{sum(info.rows_by_class.get(s, {}).get(c, 0) for c in rest):,}" for s in splits]
+                + [f"{sum(info.rows_by_class.get(s, {}).get(c, 0) for s in splits for c in rest):,}"]
+            )
         rows.append(["total"] + [f"{info.rows_by_split[s]:,}" for s in splits] + [f"{info.rows_total:,}"])
         out += _table(["class \\ split"] + splits + ["total"], rows, right=range(1, len(splits) + 2))
         if len(info.rows_by_view) > 1 or info.views:
@@ -386,30 +410,51 @@ def format_info(info: StoreInfo, failures: bool = False, max_classes: int = 60) 
     else:
         out.append("  (no rows)")
     out += ["", "Inputs (from the ledger)"]
-    out += _table(["status", "items"], [
-        ["embedded", f"{info.embedded:,}"], ["failed", f"{info.failed:,}"], ["excluded", f"{info.excluded:,}"],
-        ["total", f"{info.items_total:,}"]], right=[1])
+    out += _table(
+        ["status", "items"],
+        [
+            ["embedded", f"{info.embedded:,}"],
+            ["failed", f"{info.failed:,}"],
+            ["excluded", f"{info.excluded:,}"],
+            ["total", f"{info.items_total:,}"],
+        ],
+        right=[1],
+    )
     listing = failed_inputs(info.path) if failures else None
-    for title, table, status in (("Failures by reason", info.failures_by_reason, "failed"),
-                                 ("Exclusions by reason", info.exclusions_by_reason, "excluded")):
+    for title, table, status in (
+        ("Failures by reason", info.failures_by_reason, "failed"),
+        ("Exclusions by reason", info.exclusions_by_reason, "excluded"),
+    ):
         if not table:
             continue
         out += ["", title]
         if listing is not None:
-            out += _table(["reason", "path", "message"],
-                          [[r["reason"] or "unknown", r["path"], (r["message"] or "")[:100]]
-                           for r in listing if r["status"] == status])
+            out += _table(
+                ["reason", "path", "message"],
+                [
+                    [r["reason"] or "unknown", r["path"], (r["message"] or "")[:100]]
+                    for r in listing
+                    if r["status"] == status
+                ],
+            )
         else:
-            out += _table(["reason", "items", "examples"],
-                          [[s.reason, f"{s.count:,}", "; ".join(s.examples) + (" ..." if s.count > len(s.examples) else "")]
-                           for s in table.values()], right=[1])
+            out += _table(
+                ["reason", "items", "examples"],
+                [
+                    [s.reason, f"{s.count:,}", "; ".join(s.examples) + (" ..." if s.count > len(s.examples) else "")]
+                    for s in table.values()
+                ],
+                right=[1],
+            )
     out += ["", "Size"]
     ratio = f" ({info.feature_bytes / info.estimated_bytes:.2f}x the estimate)" if info.estimated_bytes else ""
-    out += _kv([
-        ("on disk (all files)", format_size(info.bytes_on_disk)),
-        ("feature arrays", format_size(info.feature_bytes) + ratio),
-        ("estimate", format_size(info.estimated_bytes) + " (items x views x dims x bytes per value)"),
-    ])
+    out += _kv(
+        [
+            ("on disk (all files)", format_size(info.bytes_on_disk)),
+            ("feature arrays", format_size(info.feature_bytes) + ratio),
+            ("estimate", format_size(info.estimated_bytes) + " (items x views x dims x bytes per value)"),
+        ]
+    )
     if info.warnings:
         out += ["", "Warnings"] + [f"  ! {w}" for w in info.warnings]
     return "\n".join(out) + "\n"
@@ -433,8 +478,6 @@ def _problem(check: str, message: str) -> str:
     return f"[{check}] {message}"
 
 
-
-
 def _check_file(store: FeatureStore, part: PartRecord, fname: str, problems: list[str]) -> str | None:
     """Size and sha256 of one file against the manifest; its path when both match, else None."""
     where = f"part {part.name}: {fname}"
@@ -453,8 +496,9 @@ def _check_file(store: FeatureStore, part: PartRecord, fname: str, problems: lis
         problems.append(_problem("files", f"{where} is missing ({exc.strerror or exc})"))
         return None
     if size != int(entry.get("bytes", -1)):
-        problems.append(_problem("files", f"{where} has {size} bytes, the manifest says {entry.get('bytes')} "
-                                          "(truncated or replaced)"))
+        problems.append(
+            _problem("files", f"{where} has {size} bytes, the manifest says {entry.get('bytes')} (truncated or replaced)")
+        )
         return None
     try:
         digest = sha256_file(fpath)
@@ -462,9 +506,14 @@ def _check_file(store: FeatureStore, part: PartRecord, fname: str, problems: lis
         problems.append(_problem("files", f"{where} cannot be read ({exc.strerror or exc})"))
         return None
     if digest != entry.get("sha256"):
-        problems.append(_problem("checksum", f"{where} fails its sha256 checksum (manifest "
-                                             f"{str(entry.get('sha256'))[:12]}..., file {digest[:12]}...): "
-                                             "corrupted on disk"))
+        problems.append(
+            _problem(
+                "checksum",
+                f"{where} fails its sha256 checksum (manifest "
+                f"{str(entry.get('sha256'))[:12]}..., file {digest[:12]}...): "
+                "corrupted on disk",
+            )
+        )
         return None
     return fpath
 
@@ -485,7 +534,7 @@ def _check_array(store: FeatureStore, part: PartRecord, spec: LayerSpec, problem
         return
     bad_rows = 0
     for s in range(0, arr.shape[0], _VERIFY_BLOCK_ROWS):
-        bad_rows += int((~np.isfinite(arr[s:s + _VERIFY_BLOCK_ROWS])).any(axis=1).sum())
+        bad_rows += int((~np.isfinite(arr[s : s + _VERIFY_BLOCK_ROWS])).any(axis=1).sum())
     if bad_rows:
         problems.append(_problem("array", f"{where} has NaN/Inf values in {bad_rows} row(s)"))
 
@@ -500,8 +549,13 @@ def _outside_links(path: str) -> list[str]:
             if os.path.islink(full):
                 target = os.path.realpath(full)
                 if target != root and not target.startswith(root.rstrip(os.sep) + os.sep):
-                    found.append(_problem("path", f"{os.path.relpath(full, path)} is a symbolic link to "
-                                                  f"{target}, outside the store; deepfeat will not follow it"))
+                    found.append(
+                        _problem(
+                            "path",
+                            f"{os.path.relpath(full, path)} is a symbolic link to "
+                            f"{target}, outside the store; deepfeat will not follow it",
+                        )
+                    )
     return found
 
 
@@ -555,39 +609,58 @@ def verify_store(path: str | os.PathLike[str]) -> list[str]:
                 ids = ledger.column("id").to_pylist()
                 emb, fail = statuses.count("embedded"), statuses.count("failed")
                 if (emb, fail) != (part.embedded, part.failed):
-                    problems.append(_problem("ledger", f"part {part.name}: {layout.LEDGER_FILE} has {emb} embedded "
-                                                       f"/ {fail} failed, the manifest says {part.embedded} / "
-                                                       f"{part.failed}"))
+                    problems.append(
+                        _problem(
+                            "ledger",
+                            f"part {part.name}: {layout.LEDGER_FILE} has {emb} embedded "
+                            f"/ {fail} failed, the manifest says {part.embedded} / "
+                            f"{part.failed}",
+                        )
+                    )
                 for item_id, st in zip(ids, statuses):
                     if item_id in seen_ids:
-                        problems.append(_problem("ledger", f"part {part.name}: {layout.LEDGER_FILE} repeats input "
-                                                           f"{item_id} (already in part {seen_ids[item_id]})"))
+                        problems.append(
+                            _problem(
+                                "ledger",
+                                f"part {part.name}: {layout.LEDGER_FILE} repeats input "
+                                f"{item_id} (already in part {seen_ids[item_id]})",
+                            )
+                        )
                     seen_ids[item_id] = part.name
                     if st == "embedded":
                         embedded_ids.add(item_id)
             else:
-                problems.append(_problem("parquet", f"part {part.name}: {layout.LEDGER_FILE} lacks the id/status "
-                                                    "columns"))
+                problems.append(_problem("parquet", f"part {part.name}: {layout.LEDGER_FILE} lacks the id/status columns"))
         if not part.rows:
             continue
         rows = _read_part_table(store, part, layout.ROWS_FILE, ok, problems)
         if rows is not None:
             missing = [c for c in layout.ROWS_SCHEMA.names if c not in rows.column_names]
             if missing:
-                problems.append(_problem("parquet", f"part {part.name}: {layout.ROWS_FILE} lacks columns "
-                                                    f"{', '.join(missing)}"))
+                problems.append(
+                    _problem("parquet", f"part {part.name}: {layout.ROWS_FILE} lacks columns {', '.join(missing)}")
+                )
             if "split" in rows.column_names:
                 counts: dict[str, int] = {}
                 for s in rows.column("split").to_pylist():
                     counts[s or ""] = counts.get(s or "", 0) + 1
                 if counts != {k: v for k, v in part.splits.items() if v}:
-                    problems.append(_problem("parquet", f"part {part.name}: {layout.ROWS_FILE} splits {counts} "
-                                                        f"differ from the manifest's {part.splits}"))
+                    problems.append(
+                        _problem(
+                            "parquet",
+                            f"part {part.name}: {layout.ROWS_FILE} splits {counts} differ from the manifest's {part.splits}",
+                        )
+                    )
             if "id" in rows.column_names and ledger is not None:
                 stray = set(rows.column("id").to_pylist()) - embedded_ids
                 if stray:
-                    problems.append(_problem("ledger", f"part {part.name}: {layout.ROWS_FILE} has {len(stray)} "
-                                                       "id(s) the ledger does not record as embedded"))
+                    problems.append(
+                        _problem(
+                            "ledger",
+                            f"part {part.name}: {layout.ROWS_FILE} has {len(stray)} "
+                            "id(s) the ledger does not record as embedded",
+                        )
+                    )
         for spec in store.layers:
             if ok.get(f"{spec.key}.npy") is not None or _exists(store, part, f"{spec.key}.npy"):
                 _check_array(store, part, spec, problems)
@@ -614,8 +687,9 @@ def _exists(store: FeatureStore, part: PartRecord, fname: str) -> bool:
         return False
 
 
-def _read_part_table(store: FeatureStore, part: PartRecord, fname: str, ok: Mapping[str, str | None],
-                     problems: list[str]) -> Any:
+def _read_part_table(
+    store: FeatureStore, part: PartRecord, fname: str, ok: Mapping[str, str | None], problems: list[str]
+) -> Any:
     """One Parquet file of a part through the reader's checks (row count, size), or None with a problem."""
     if not _exists(store, part, fname):
         return None

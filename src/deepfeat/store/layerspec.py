@@ -1,5 +1,6 @@
 """What one stored feature set is: the contract between the runtimes that compute features and the
 store that keeps them (no reading or writing here)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

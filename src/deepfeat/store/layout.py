@@ -14,6 +14,7 @@
   .tmp/                   parts being written; never read, removed at the next start
 ```
 """
+
 from __future__ import annotations
 
 import re
@@ -32,31 +33,35 @@ EXCLUDED_FILE = "excluded.parquet"
 ROWS_FILE = "rows.parquet"
 LEDGER_FILE = "ledger.parquet"
 
-ROWS_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("view", pa.int16()),
-    ("label", pa.string()),
-    ("split", pa.string()),
-    ("path", pa.string()),
-    ("path_bytes", pa.binary()),
-    ("sha256", pa.string()),
-    ("format", pa.string()),
-    ("mode", pa.string()),
-    ("n_frames", pa.int32()),
-    ("width", pa.int32()),
-    ("height", pa.int32()),
-])
+ROWS_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("view", pa.int16()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("path", pa.string()),
+        ("path_bytes", pa.binary()),
+        ("sha256", pa.string()),
+        ("format", pa.string()),
+        ("mode", pa.string()),
+        ("n_frames", pa.int32()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
 
-LEDGER_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("path", pa.string()),
-    ("path_bytes", pa.binary()),
-    ("label", pa.string()),
-    ("split", pa.string()),
-    ("status", pa.string()),
-    ("reason", pa.string()),
-    ("message", pa.string()),
-])
+LEDGER_SCHEMA = pa.schema(
+    [
+        ("id", pa.string()),
+        ("path", pa.string()),
+        ("path_bytes", pa.binary()),
+        ("label", pa.string()),
+        ("split", pa.string()),
+        ("status", pa.string()),
+        ("reason", pa.string()),
+        ("message", pa.string()),
+    ]
+)
 
 STATUSES = ("embedded", "failed", "excluded")
 

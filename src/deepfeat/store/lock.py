@@ -3,6 +3,7 @@
 ``flock`` locks vanish with the process, so a writer killed with ``kill -9`` never leaves a
 stale lock behind. The lock file records the holder's pid and host for the error message.
 """
+
 from __future__ import annotations
 
 import datetime

@@ -1,6 +1,7 @@
 """The manifest: which parts a store has committed (``manifest.json`` plus the append-only commit
 log ``manifest.log``), read and written in this one place. See docs/STORE_FORMAT.md.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -34,13 +35,27 @@ class PartRecord:
     splits: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "rows": self.rows, "items": self.items, "embedded": self.embedded,
-                "failed": self.failed, "files": self.files, "splits": self.splits}
+        return {
+            "name": self.name,
+            "rows": self.rows,
+            "items": self.items,
+            "embedded": self.embedded,
+            "failed": self.failed,
+            "files": self.files,
+            "splits": self.splits,
+        }
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PartRecord":
-        return cls(str(d["name"]), int(d["rows"]), int(d["items"]), int(d["embedded"]), int(d["failed"]),
-                   dict(d.get("files", {})), dict(d.get("splits", {})))
+        return cls(
+            str(d["name"]),
+            int(d["rows"]),
+            int(d["items"]),
+            int(d["embedded"]),
+            int(d["failed"]),
+            dict(d.get("files", {})),
+            dict(d.get("splits", {})),
+        )
 
 
 def _token(parts: list[PartRecord]) -> str:
@@ -119,8 +134,13 @@ class Manifest:
         self._logged = len(found.parts)
         self._log_dirty = bool(found.torn or found.stale)
         if found.torn:
-            log.warning("%s: ignoring the last line of %s, cut short by a crash or still being written (%s); "
-                        "a resume redoes its part", store_dir, layout.COMMIT_LOG_FILE, found.torn)
+            log.warning(
+                "%s: ignoring the last line of %s, cut short by a crash or still being written (%s); "
+                "a resume redoes its part",
+                store_dir,
+                layout.COMMIT_LOG_FILE,
+                found.torn,
+            )
 
     @property
     def names(self) -> set[str]:
@@ -137,8 +157,12 @@ class Manifest:
             raise StoreError(f"part {record.name} is already committed")
         self.parts.append(record)
         try:
-            if (self._token is None or self._log_dirty or self.compact_ratio <= 0
-                    or (self._logged + 1) * self.compact_ratio > self._compacted):
+            if (
+                self._token is None
+                or self._log_dirty
+                or self.compact_ratio <= 0
+                or (self._logged + 1) * self.compact_ratio > self._compacted
+            ):
                 self.save()
             else:
                 self._append(record)
@@ -155,8 +179,15 @@ class Manifest:
     def save(self) -> None:
         """Rewrite manifest.json with every part (temp + rename) and its token, then remove the log."""
         token = _token(self.parts)
-        atomic_write_json(self.path, {"format": layout.FORMAT_NAME, "format_version": layout.FORMAT_VERSION,
-                                      "log": token, "parts": [p.to_dict() for p in self.parts]})
+        atomic_write_json(
+            self.path,
+            {
+                "format": layout.FORMAT_NAME,
+                "format_version": layout.FORMAT_VERSION,
+                "log": token,
+                "parts": [p.to_dict() for p in self.parts],
+            },
+        )
         self._token, self._compacted, self._logged = token, len(self.parts), 0
         self._names = self.names
         try:
@@ -164,8 +195,7 @@ class Manifest:
         except FileNotFoundError:
             pass
         except OSError as exc:  # its lines carry the old token: harmless, removed by the next rewrite
-            log.warning("could not remove %s (%s); its lines are already in %s", self.log_path, exc,
-                        layout.MANIFEST_FILE)
+            log.warning("could not remove %s (%s); its lines are already in %s", self.log_path, exc, layout.MANIFEST_FILE)
             self._log_dirty = True
             return
         self._log_dirty = False
@@ -181,7 +211,7 @@ class Manifest:
                 try:
                     view = memoryview(line)
                     while view:
-                        view = view[os.write(fd, view):]
+                        view = view[os.write(fd, view) :]
                     os.fsync(fd)
                 except BaseException:
                     self._log_dirty = True  # a partial line would sit before the next one: rewrite instead

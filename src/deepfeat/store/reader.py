@@ -5,6 +5,7 @@ Example:
     >>> for batch in store.batches(layers=["pre_logits"], split="train", batch_size=512):  # doctest: +SKIP
     ...     X, y = batch.features["pre_logits"], batch.labels          # numpy arrays
 """
+
 from __future__ import annotations
 
 import logging
@@ -100,8 +101,10 @@ class FeatureStore:
         by_name = {spec.name: spec for spec in self.layers}
         unknown = [n for n in names if n not in by_name and n not in by_key]
         if unknown:
-            raise UsageError(f"The store has no layer {unknown[0]!r} (the 'layers' parameter of {where}); it has: "
-                             f"{', '.join(self.layer_names)} ('all' names every one).")
+            raise UsageError(
+                f"The store has no layer {unknown[0]!r} (the 'layers' parameter of {where}); it has: "
+                f"{', '.join(self.layer_names)} ('all' names every one)."
+            )
         return [by_name[n] if n in by_name else by_key[n] for n in names]
 
     @property
@@ -217,8 +220,7 @@ class FeatureStore:
         path = self._check_file(part, layout.LEDGER_FILE)
         return _read_table(path, f"part {part.name}: {layout.LEDGER_FILE}", columns, part.items)
 
-    def check_sizes(self, parts: Sequence[PartRecord] | None = None, layers: Sequence[LayerSpec] | None = None
-                    ) -> None:
+    def check_sizes(self, parts: Sequence[PartRecord] | None = None, layers: Sequence[LayerSpec] | None = None) -> None:
         """Check that the feature files of ``parts`` have the sizes the manifest records (no data read).
 
         Callers that size an output from the manifest's row counts (an export) call this first, so
@@ -235,8 +237,10 @@ class FeatureStore:
                 except OSError:
                     raise StoreError(f"part {part.name}: {fname} is missing from {self.path}") from None
                 if size != part.files[fname]["bytes"]:
-                    raise StoreError(f"part {part.name}: {fname} has {size} bytes, the manifest says "
-                                     f"{part.files[fname]['bytes']} (truncated, replaced or a false manifest).")
+                    raise StoreError(
+                        f"part {part.name}: {fname} has {size} bytes, the manifest says "
+                        f"{part.files[fname]['bytes']} (truncated, replaced or a false manifest)."
+                    )
 
     def _npy_header(self, part: PartRecord, spec: LayerSpec) -> tuple[str, int, np.dtype]:
         """(path, data offset, dtype) of a part's feature file, its shape checked against the manifest."""
@@ -258,19 +262,22 @@ class FeatureStore:
                 raise StoreError(f"part {part.name}: {spec.key}.npy is not a valid .npy file ({exc}).") from None
             offset = f.tell()
         if fortran or dtype.hasobject or tuple(shape) != (part.rows, spec.dims):
-            raise StoreError(f"part {part.name}: {spec.key}.npy has shape {tuple(shape)} "
-                             f"{'(Fortran order) ' if fortran else ''}of {dtype}, expected C-order "
-                             f"({part.rows}, {spec.dims}) numbers")
+            raise StoreError(
+                f"part {part.name}: {spec.key}.npy has shape {tuple(shape)} "
+                f"{'(Fortran order) ' if fortran else ''}of {dtype}, expected C-order "
+                f"({part.rows}, {spec.dims}) numbers"
+            )
         if dtype != np.dtype(self.dtype):
             raise StoreError(f"part {part.name}: {spec.key}.npy holds {dtype} values, the store's dtype is {self.dtype}")
         if offset + part.rows * spec.dims * dtype.itemsize != part.files[f"{spec.key}.npy"]["bytes"]:
-            raise StoreError(f"part {part.name}: {spec.key}.npy's header and size disagree "
-                             f"({offset} + {part.rows} x {spec.dims} x {dtype.itemsize} bytes).")
+            raise StoreError(
+                f"part {part.name}: {spec.key}.npy's header and size disagree "
+                f"({offset} + {part.rows} x {spec.dims} x {dtype.itemsize} bytes)."
+            )
         self._headers[key] = (path, offset, dtype)
         return path, offset, dtype
 
-    def read_features(self, part: PartRecord, layer: str | LayerSpec, start: int = 0, stop: int | None = None
-                      ) -> np.ndarray:
+    def read_features(self, part: PartRecord, layer: str | LayerSpec, start: int = 0, stop: int | None = None) -> np.ndarray:
         """Rows ``start:stop`` of one layer of one part, read into memory (only those rows).
 
         Reads with plain file I/O rather than a memory map, so the bytes held are exactly the
@@ -374,11 +381,19 @@ class FeatureStore:
         else:
             source = _rebatch(source, batch_size)
         for feats, meta in source:
-            yield Batch(features=feats, labels=np.asarray(meta.column("label").to_pylist(), dtype=object),
-                        meta=meta, ids=meta.column("id").to_pylist())
+            yield Batch(
+                features=feats,
+                labels=np.asarray(meta.column("label").to_pylist(), dtype=object),
+                meta=meta,
+                ids=meta.column("id").to_pylist(),
+            )
 
-    def load(self, layers: Sequence[str] | str | None = None, split: str | None = None, views: str | int = 0,
-             ) -> tuple[np.ndarray, np.ndarray, pa.Table]:
+    def load(
+        self,
+        layers: Sequence[str] | str | None = None,
+        split: str | None = None,
+        views: str | int = 0,
+    ) -> tuple[np.ndarray, np.ndarray, pa.Table]:
         """Everything selected in memory: (X concatenated float32, labels, meta). For small stores."""
         xs, ys, metas = [], [], []
         names = [layers] if isinstance(layers, str) else layers
@@ -423,8 +438,9 @@ def read_parquet(path: str, columns: Sequence[str] | None = None) -> pa.Table:
     the promise that a reader's memory does not. The system pool hands memory back.
     """
     dataset = pads.dataset(path, format="parquet")
-    return dataset.to_table(columns=list(columns) if columns else None, use_threads=False,
-                            memory_pool=pa.system_memory_pool())
+    return dataset.to_table(
+        columns=list(columns) if columns else None, use_threads=False, memory_pool=pa.system_memory_pool()
+    )
 
 
 def _concat_chunks(chunks: list[tuple[dict[str, np.ndarray], pa.Table]]) -> tuple[dict[str, np.ndarray], pa.Table]:
@@ -448,8 +464,9 @@ def _rebatch(source: Iterable[tuple[dict[str, np.ndarray], pa.Table]], batch_siz
         yield _concat_chunks(pending)
 
 
-def _shuffle_buffer(source: Iterable[tuple[dict[str, np.ndarray], pa.Table]], buffer_rows: int, batch_size: int,
-                    rng: np.random.Generator) -> Batches:
+def _shuffle_buffer(
+    source: Iterable[tuple[dict[str, np.ndarray], pa.Table]], buffer_rows: int, batch_size: int, rng: np.random.Generator
+) -> Batches:
     """Mix rows of consecutive chunks in a bounded buffer and emit shuffled batches."""
     buf: list[tuple[dict[str, np.ndarray], pa.Table]] = []
     count = 0
@@ -461,7 +478,7 @@ def _shuffle_buffer(source: Iterable[tuple[dict[str, np.ndarray], pa.Table]], bu
             perm = rng.permutation(meta_all.num_rows)
             n_out = (meta_all.num_rows // batch_size) * batch_size
             for s in range(0, n_out, batch_size):
-                sel = perm[s:s + batch_size]
+                sel = perm[s : s + batch_size]
                 yield {k: v[sel] for k, v in feats_all.items()}, meta_all.take(pa.array(sel))
             keep = perm[n_out:]
             buf = [({k: v[keep] for k, v in feats_all.items()}, meta_all.take(pa.array(keep)))] if len(keep) else []
@@ -470,7 +487,7 @@ def _shuffle_buffer(source: Iterable[tuple[dict[str, np.ndarray], pa.Table]], bu
         feats_all, meta_all = _concat_chunks(buf)
         perm = rng.permutation(meta_all.num_rows)
         for s in range(0, len(perm), batch_size):
-            sel = perm[s:s + batch_size]
+            sel = perm[s : s + batch_size]
             yield {k: v[sel] for k, v in feats_all.items()}, meta_all.take(pa.array(sel))
 
 

@@ -10,6 +10,7 @@ Example:
     ...     todo = [it for it in items if it.id not in w.done_ids()]
     ...     w.commit(write_part("feats/", "part-000000", feats, rows, ledger))
 """
+
 from __future__ import annotations
 
 import contextlib

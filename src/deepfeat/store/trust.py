@@ -15,6 +15,7 @@ their JSON documents are checked for types, counts and sizes (see docs/SECURITY.
 
 Anything else is a :class:`~deepfeat.errors.StoreError` naming the bad entry.
 """
+
 from __future__ import annotations
 
 import functools
@@ -122,8 +123,10 @@ def member(root: str, *names: str, what: str | None = None) -> str:
     real_root = os.path.realpath(root)
     real = os.path.realpath(path)
     if real != real_root and not real.startswith(real_root.rstrip(os.sep) + os.sep):
-        raise UnsafePathError(f"{label} resolves to {real}, outside the store {root!r} (a symbolic link?); "
-                              "deepfeat reads nothing outside the store.")
+        raise UnsafePathError(
+            f"{label} resolves to {real}, outside the store {root!r} (a symbolic link?); "
+            "deepfeat reads nothing outside the store."
+        )
     try:
         st = os.stat(real)
     except FileNotFoundError:
@@ -177,11 +180,14 @@ def check_layers(layers: Any, where: str) -> list[dict[str, Any]]:
             raise StoreError(f"{at} lacks {', '.join(missing)}.")
         name, key, shape, pool = d["name"], d["key"], d["shape"], d["pool"]
         if not isinstance(name, str) or not 0 < len(name) <= MAX_NAME_CHARS:
-            raise StoreError(f"{at}: the layer name must be a string of 1 to {MAX_NAME_CHARS} characters; "
-                             f"got {_show(name)}.")
+            raise StoreError(
+                f"{at}: the layer name must be a string of 1 to {MAX_NAME_CHARS} characters; got {_show(name)}."
+            )
         if not is_layer_key(key):
-            raise UnsafePathError(f"{at}: the file key {_show(key)} of layer {_show(name)} is not a layer key "
-                                  "(letters, digits, '_', '.', '-'; no path separator).")
+            raise UnsafePathError(
+                f"{at}: the file key {_show(key)} of layer {_show(name)} is not a layer key "
+                "(letters, digits, '_', '.', '-'; no path separator)."
+            )
         if key in keys:
             raise StoreError(f"{at}: the file key {key!r} is used by two layers.")
         keys.add(key)
@@ -211,8 +217,9 @@ def check_metadata(meta: Any) -> dict[str, Any]:
     _check_document(meta, where)
     version = meta.get("format_version", layout.FORMAT_VERSION)
     if not _is_int(version) or version > layout.FORMAT_VERSION:
-        raise StoreError(f"{where}: format_version {_show(version)}; this deepfeat reads up to "
-                         f"{layout.FORMAT_VERSION}. Upgrade deepfeat.")
+        raise StoreError(
+            f"{where}: format_version {_show(version)}; this deepfeat reads up to {layout.FORMAT_VERSION}. Upgrade deepfeat."
+        )
     if "layers" not in meta or "dtype" not in meta:
         raise StoreError(f"{where} lacks {' and '.join(k for k in ('layers', 'dtype') if k not in meta)}.")
     check_layers(meta["layers"], f"{where}: layers")
@@ -249,8 +256,9 @@ def part_files(rows: int, layer_keys: Iterable[str]) -> list[str]:
     return [layout.LEDGER_FILE] + ([layout.ROWS_FILE] + [f"{k}.npy" for k in layer_keys] if rows else [])
 
 
-def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, itemsize: int | None = None,
-               doc: str = layout.MANIFEST_FILE) -> dict[str, Any]:
+def check_part(
+    d: Any, index: int, layers: Mapping[str, int] | None = None, itemsize: int | None = None, doc: str = layout.MANIFEST_FILE
+) -> dict[str, Any]:
     """One manifest entry: a part name, consistent counts, and exactly the files such a part has.
 
     ``layers`` ({layer key: dims}) and ``itemsize`` (bytes per value) come from the store's
@@ -266,8 +274,10 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
         raise StoreError(f"{where} lacks {', '.join(missing)}.")
     name = d["name"]
     if not is_part_name(name):
-        raise UnsafePathError(f"{where}: {_show(name)} is not a part name (the writer's zero-padded number, "
-                              "e.g. '00000003'); refusing to open it.")
+        raise UnsafePathError(
+            f"{where}: {_show(name)} is not a part name (the writer's zero-padded number, "
+            "e.g. '00000003'); refusing to open it."
+        )
     where = f"{doc}: part {name}"
     rows, items = _count(d["rows"], f"{where}: rows"), _count(d["items"], f"{where}: items")
     embedded, failed = _count(d["embedded"], f"{where}: embedded"), _count(d["failed"], f"{where}: failed")
@@ -285,10 +295,13 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
         raise StoreError(f"{where}: files must be an object; got {_show(files)}.")
     allowed = _file_names(layers)
     for fname, entry in files.items():
-        if fname not in allowed and (layers is not None or not (
-                isinstance(fname, str) and fname.endswith(".npy") and is_layer_key(fname[:-4]))):
-            raise UnsafePathError(f"{where}: {_show(fname)} is not a file of a part of this store "
-                                  f"({layout.ROWS_FILE}, {layout.LEDGER_FILE} or <layer key>.npy).")
+        if fname not in allowed and (
+            layers is not None or not (isinstance(fname, str) and fname.endswith(".npy") and is_layer_key(fname[:-4]))
+        ):
+            raise UnsafePathError(
+                f"{where}: {_show(fname)} is not a file of a part of this store "
+                f"({layout.ROWS_FILE}, {layout.LEDGER_FILE} or <layer key>.npy)."
+            )
         # the common case is checked without building a message: manifests can list 10^5 files
         if type(entry) is not dict:
             raise StoreError(f"{where}: files[{fname!r}] must be an object; got {_show(entry)}.")
@@ -303,8 +316,9 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
         absent = [f for f in expected if f not in files]
         extra = [f for f in files if f not in wanted]
         if absent or extra:
-            raise StoreError(f"{where}: the files {sorted(files)} are not those of a part with {rows} rows "
-                             f"(expected {expected}).")
+            raise StoreError(
+                f"{where}: the files {sorted(files)} are not those of a part with {rows} rows (expected {expected})."
+            )
         if itemsize is not None:
             for key, dims in layers.items():
                 fname = f"{key}.npy"
@@ -312,13 +326,14 @@ def check_part(d: Any, index: int, layers: Mapping[str, int] | None = None, item
                     data = rows * dims * itemsize
                     extra_bytes = int(files[fname]["bytes"]) - data
                     if not 0 < extra_bytes <= MAX_NPY_HEADER:
-                        raise StoreError(f"{where}: {fname} is recorded as {files[fname]['bytes']:,} bytes, which "
-                                         f"does not hold {rows:,} rows x {dims:,} dims of {itemsize}-byte values.")
+                        raise StoreError(
+                            f"{where}: {fname} is recorded as {files[fname]['bytes']:,} bytes, which "
+                            f"does not hold {rows:,} rows x {dims:,} dims of {itemsize}-byte values."
+                        )
     return d
 
 
-def check_manifest(doc: Any, layers: Mapping[str, int] | None = None, itemsize: int | None = None
-                   ) -> list[dict[str, Any]]:
+def check_manifest(doc: Any, layers: Mapping[str, int] | None = None, itemsize: int | None = None) -> list[dict[str, Any]]:
     """The manifest document: its format and every part (see :func:`check_part`); names are unique."""
     where = layout.MANIFEST_FILE
     _check_document(doc, where)
@@ -388,8 +403,13 @@ def _log_line(line: bytes) -> tuple[dict[str, Any] | None, str | None, bool]:
     return doc, None, False
 
 
-def check_commit_log(data: bytes, token: str | None, committed: Iterable[str],
-                     layers: Mapping[str, int] | None = None, itemsize: int | None = None) -> CommitLog:
+def check_commit_log(
+    data: bytes,
+    token: str | None,
+    committed: Iterable[str],
+    layers: Mapping[str, int] | None = None,
+    itemsize: int | None = None,
+) -> CommitLog:
     """The commit log: lines ``<16 hex digits> <JSON>\\n``, the JSON ``{"log": token, "part": {...}}``.
 
     The digits are :func:`log_line_digest` of the JSON. Only the last line can be damaged by a
@@ -417,7 +437,8 @@ def check_commit_log(data: bytes, token: str | None, committed: Iterable[str],
             raise StoreError(
                 f"{where}: line {i + 1} {problem}. A crash can only damage the last line of the commit log, so "
                 "the file was modified or the disk damaged it. Restore the store from a copy, or delete "
-                f"{where} to keep the parts listed in {layout.MANIFEST_FILE} (a resume redoes the others).")
+                f"{where} to keep the parts listed in {layout.MANIFEST_FILE} (a resume redoes the others)."
+            )
         assert doc is not None
         if doc["log"] != token:
             stale += 1

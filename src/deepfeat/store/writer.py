@@ -7,6 +7,7 @@ crash at any moment leaves the part either uncommitted (redone on resume) or com
 Workers (local or Ray) call :func:`write_part`; one place -- the runner -- calls
 :meth:`Manifest.commit`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -33,8 +34,7 @@ def _save_npy(path: str, array: np.ndarray) -> dict[str, Any]:
         np.lib.format.write_array(hw, np.ascontiguousarray(array), allow_pickle=False)
         f.flush()
         os.fsync(f.fileno())
-    return {"sha256": hw.sha256.hexdigest(), "bytes": hw.size, "shape": list(array.shape),
-            "dtype": str(array.dtype)}
+    return {"sha256": hw.sha256.hexdigest(), "bytes": hw.size, "shape": list(array.shape), "dtype": str(array.dtype)}
 
 
 def _save_table(path: str, table: pa.Table) -> dict[str, Any]:
@@ -45,8 +45,9 @@ def _save_table(path: str, table: pa.Table) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}
 
 
-def write_part(store_dir: str, name: str, features: Mapping[str, np.ndarray], rows: pa.Table,
-               ledger: pa.Table) -> PartRecord:
+def write_part(
+    store_dir: str, name: str, features: Mapping[str, np.ndarray], rows: pa.Table, ledger: pa.Table
+) -> PartRecord:
     """Write a part durably and move it into ``parts/`` (not yet visible: see Manifest.commit).
 
     ``features`` maps layer keys to rows x dims arrays aligned with ``rows``; when ``rows`` is
@@ -80,8 +81,15 @@ def write_part(store_dir: str, name: str, features: Mapping[str, np.ndarray], ro
     splits: dict[str, int] = {}
     for s in rows.column("split").to_pylist() if n else []:
         splits[s or ""] = splits.get(s or "", 0) + 1
-    return PartRecord(name=name, rows=n, items=ledger.num_rows, embedded=statuses.count("embedded"),
-                      failed=statuses.count("failed"), files=files, splits=splits)
+    return PartRecord(
+        name=name,
+        rows=n,
+        items=ledger.num_rows,
+        embedded=statuses.count("embedded"),
+        failed=statuses.count("failed"),
+        files=files,
+        splits=splits,
+    )
 
 
 def clean_uncommitted(store_dir: str, manifest: Manifest) -> list[str]:

@@ -1,4 +1,5 @@
 """Plots (matplotlib, rendered headless with the Agg canvas; imported only when used)."""
+
 from __future__ import annotations
 
 from .plots import (
@@ -11,5 +12,12 @@ from .plots import (
     plot_history,
 )
 
-__all__ = ["EMBEDDING_METHODS", "PlotResult", "plot_activations", "plot_confusion_matrix", "plot_embedding",
-           "plot_filters", "plot_history"]
+__all__ = [
+    "EMBEDDING_METHODS",
+    "PlotResult",
+    "plot_activations",
+    "plot_confusion_matrix",
+    "plot_embedding",
+    "plot_filters",
+    "plot_history",
+]

@@ -12,6 +12,7 @@ Example:
     >>> plot_history("fm_cnn/", "curves.png").size                   # doctest: +SKIP
     (1100, 420)
 """
+
 from __future__ import annotations
 
 import math
@@ -34,8 +35,15 @@ if TYPE_CHECKING:  # pragma: no cover
     from ..models.registry import Backbone
     from ..store.reader import FeatureStore
 
-__all__ = ["PlotResult", "plot_filters", "plot_activations", "plot_confusion_matrix", "plot_history",
-           "plot_embedding", "EMBEDDING_METHODS"]
+__all__ = [
+    "PlotResult",
+    "plot_filters",
+    "plot_activations",
+    "plot_confusion_matrix",
+    "plot_history",
+    "plot_embedding",
+    "EMBEDDING_METHODS",
+]
 
 EMBEDDING_METHODS = ("pca", "tsne")
 DEFAULT_DPI = 100
@@ -116,8 +124,7 @@ def _conv_module(bb: "Backbone", layer: str | None):
         for name, sub in bb.model.named_modules():
             if isinstance(sub, nn.Conv2d):
                 return name, sub
-        raise UsageError(f"The model {bb.name!r} holds no convolution layer; 'plot filters' shows convolution "
-                         "filters.")
+        raise UsageError(f"The model {bb.name!r} holds no convolution layer; 'plot filters' shows convolution filters.")
     try:
         module = bb.model.get_submodule(layer)
     except AttributeError:
@@ -125,20 +132,30 @@ def _conv_module(bb: "Backbone", layer: str | None):
         import difflib
 
         close = difflib.get_close_matches(layer, convs, n=5, cutoff=0.5) or convs[:5]
-        raise UsageError(f"Unknown layer {layer!r}; convolution layers include: {', '.join(close)} "
-                         "(run 'deepfeat layers MODEL --all').") from None
+        raise UsageError(
+            f"Unknown layer {layer!r}; convolution layers include: {', '.join(close)} (run 'deepfeat layers MODEL --all')."
+        ) from None
     if isinstance(module, nn.Conv2d):
         return layer, module
     for name, sub in module.named_modules():
         if isinstance(sub, nn.Conv2d):
             return f"{layer}.{name}", sub
-    raise UsageError(f"The layer {layer!r} ({type(module).__name__}) holds no convolution; pick a conv layer "
-                     "(see 'deepfeat layers MODEL --all').")
+    raise UsageError(
+        f"The layer {layer!r} ({type(module).__name__}) holds no convolution; pick a conv layer "
+        "(see 'deepfeat layers MODEL --all')."
+    )
 
 
 # ----------------------------------------------------------------------------- filters
-def plot_filters(model: "str | os.PathLike | Backbone", layer: str | None, out: str | os.PathLike, *,
-                 max_filters: int = 64, max_channels: int = 16, dpi: int = DEFAULT_DPI) -> PlotResult:
+def plot_filters(
+    model: "str | os.PathLike | Backbone",
+    layer: str | None,
+    out: str | os.PathLike,
+    *,
+    max_filters: int = 64,
+    max_channels: int = 16,
+    dpi: int = DEFAULT_DPI,
+) -> PlotResult:
     """The learnt filters of a convolution layer.
 
     Filters with 3 input channels (a first layer) are shown as RGB tiles, filters with one
@@ -192,8 +209,10 @@ def plot_filters(model: "str | os.PathLike | Backbone", layer: str | None, out: 
                     ax.set_ylabel(str(i), fontsize=6, rotation=0, ha="right", va="center")
                 if i == 0:
                     ax.set_title(str(j), fontsize=6, pad=2)
-        title = (f"{name}: {n_f} filters x {n_c} input channels ({shape_txt}"
-                 f"{shown}{'' if n_c == n_in else f', first {n_c} channels'})")
+        title = (
+            f"{name}: {n_f} filters x {n_c} input channels ({shape_txt}"
+            f"{shown}{'' if n_c == n_in else f', first {n_c} channels'})"
+        )
         fig.supxlabel("input channel", fontsize=9)
         fig.supylabel("filter", fontsize=9)
         panels, grid = n_f * n_c, (n_f, n_c)
@@ -203,8 +222,15 @@ def plot_filters(model: "str | os.PathLike | Backbone", layer: str | None, out: 
 
 
 # ----------------------------------------------------------------------------- activations
-def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.PathLike, layer: str,
-                     out: str | os.PathLike, *, max_maps: int = 64, dpi: int = DEFAULT_DPI) -> PlotResult:
+def plot_activations(
+    model: "str | os.PathLike | Backbone",
+    image: str | os.PathLike,
+    layer: str,
+    out: str | os.PathLike,
+    *,
+    max_maps: int = 64,
+    dpi: int = DEFAULT_DPI,
+) -> PlotResult:
     """One image's activations at ``layer``: a bar plot for a vector, a grid of maps for a conv layer.
 
     The title names the image and, when the model has class names, its predicted class.
@@ -260,8 +286,7 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
             if i >= n:
                 ax.set_axis_off()
                 continue
-            ax.imshow(act[i], cmap="viridis", vmin=min(0.0, float(act[:n].min())), vmax=vmax,
-                      interpolation="nearest")
+            ax.imshow(act[i], cmap="viridis", vmin=min(0.0, float(act[:n].min())), vmax=vmax, interpolation="nearest")
             ax.set_title(str(i), fontsize=7, pad=2)
         title = f"{name} ({shape_txt}{'' if n == act.shape[0] else f', first {n} maps'}) for {label}{predicted}"
         fig.suptitle(title, fontsize=10)
@@ -284,8 +309,14 @@ def plot_activations(model: "str | os.PathLike | Backbone", image: str | os.Path
 
 
 # ----------------------------------------------------------------------------- confusion matrix
-def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], class_names: Sequence[str],
-                          out: str | os.PathLike, title: str = "", *, dpi: int = 110) -> PlotResult:
+def plot_confusion_matrix(
+    cm: np.ndarray | Sequence[Sequence[int]],
+    class_names: Sequence[str],
+    out: str | os.PathLike,
+    title: str = "",
+    *,
+    dpi: int = 110,
+) -> PlotResult:
     """A confusion matrix (rows true, columns predicted) with class names.
 
     Colours show each row normalised (recall per class); counts are written in the cells when
@@ -324,8 +355,15 @@ def plot_confusion_matrix(cm: np.ndarray | Sequence[Sequence[int]], class_names:
         for i in range(k):
             for j in range(k):
                 if cm[i, j]:
-                    ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=font,
-                            color="white" if norm[i, j] > 0.5 else "black")
+                    ax.text(
+                        j,
+                        i,
+                        str(int(cm[i, j])),
+                        ha="center",
+                        va="center",
+                        fontsize=font,
+                        color="white" if norm[i, j] > 0.5 else "black",
+                    )
     fig.tight_layout()
     return _save(fig, out, dpi, 1, title, label_step=step)
 
@@ -356,8 +394,11 @@ def plot_history(model_dir: str | os.PathLike, out: str | os.PathLike, *, dpi: i
     ax_acc.set_xlabel("epoch")
     ax_acc.set_ylabel("accuracy")
     known = [a for a in acc if a == a]
-    ax_acc.set_title(f"validation accuracy (last {known[-1]:.4f}, best {max(known):.4f})" if known
-                     else "validation accuracy (no validation rows)")
+    ax_acc.set_title(
+        f"validation accuracy (last {known[-1]:.4f}, best {max(known):.4f})"
+        if known
+        else "validation accuracy (no validation rows)"
+    )
     ax_acc.legend()
     ax_acc.grid(alpha=0.3)
     for ax in (ax_loss, ax_acc):
@@ -373,9 +414,17 @@ def _nan(v: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- embedding
-def plot_embedding(store: "str | os.PathLike | FeatureStore", layer: str | None, out: str | os.PathLike, *,
-                   method: str = "pca", split: str | None = None, max_points: int = 5000, seed: int = 0,
-                   dpi: int = DEFAULT_DPI) -> PlotResult:
+def plot_embedding(
+    store: "str | os.PathLike | FeatureStore",
+    layer: str | None,
+    out: str | os.PathLike,
+    *,
+    method: str = "pca",
+    split: str | None = None,
+    max_points: int = 5000,
+    seed: int = 0,
+    dpi: int = DEFAULT_DPI,
+) -> PlotResult:
     """A 2-D embedding (PCA or t-SNE) of one stored layer, one colour per class, with a legend.
 
     At most ``max_points`` rows (a seeded random sample) are shown; ``split`` restricts the rows.
@@ -433,8 +482,7 @@ def plot_embedding(store: "str | os.PathLike | FeatureStore", layer: str | None,
     for i, cls in enumerate(classes):
         sel = names == cls
         color = cmap(i % cmap.N) if len(classes) <= 20 else colormaps["hsv"](i / len(classes))
-        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=color, label=f"{cls} ({int(sel.sum())})",
-                   alpha=0.75, linewidths=0)
+        ax.scatter(xy[sel, 0], xy[sel, 1], s=size, color=color, label=f"{cls} ({int(sel.sum())})", alpha=0.75, linewidths=0)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     where = f", split {split}" if split else ""
@@ -442,7 +490,6 @@ def plot_embedding(store: "str | os.PathLike | FeatureStore", layer: str | None,
     title = f"{name} of layer {layer!r} ({sample}{where})"
     ax.set_title(title, fontsize=11)
     if len(classes) <= 40:
-        ax.legend(title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=2,
-                  frameon=False)
+        ax.legend(title="class", loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, markerscale=2, frameon=False)
     fig.tight_layout()
     return _save(fig, out, dpi, 1, title, method=method, n_points=int(len(x)), classes=classes)
