@@ -150,10 +150,7 @@ def predict_images(
     index = None
     if neighbors is not None:
         index = open_index(neighbors)
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
     named, errors = expand_with_errors(inputs)
-    paths = [name for name, _ in named]
     device = resolve_device(device)
     if policy is None:
         policy = DecodePolicy.from_dict(b.metadata.get("decode_policy"))
@@ -203,10 +200,7 @@ def predict_images(
             if results[i].error is None:
                 results[i].neighbors = [asdict(n) for n in found]
                 results[i].far_from_training = bool(not found or found[0].similarity < far_threshold)
-    preds = [results[i] for i in range(len(paths))] + errors
-    n_bad = sum(p.error is not None for p in preds)
-    log.info("predict: %d images, %d could not be classified", len(preds), n_bad)
-    return preds
+    return _in_order(results, len(named), errors, b.path)
 
 
 def _top_k(
@@ -263,6 +257,16 @@ def _top_k(
     return results
 
 
+def _in_order(results: dict[int, Prediction], n: int, errors: list[Prediction], what: str) -> list[Prediction]:
+    """The ``n`` predictions of :func:`_top_k` in input order, then the inputs that discovery refused; logs
+    the one-line count."""
+    preds = [results[i] for i in range(n)] + errors
+    log.info(
+        "predict: %d images with %s, %d could not be classified", len(preds), what, sum(p.error is not None for p in preds)
+    )
+    return preds
+
+
 def _predict_backbone(
     model: str | Backbone,
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -288,7 +292,7 @@ def _predict_backbone(
             "train a head with 'deepfeat train' and predict with the bundle instead."
         )
     policy = policy or DecodePolicy()
-    named, errors = expand_with_errors([inputs] if isinstance(inputs, (str, os.PathLike)) else inputs)
+    named, errors = expand_with_errors(inputs)
     infos = describe_layers(bb)
     specs = layer_specs(bb, OUTPUT, "none", infos)
     choice = resolve_runtime(runtime, device, precision)
@@ -324,14 +328,7 @@ def _predict_backbone(
         batch_size=batch_size,
         workers=workers,
     )
-    preds = [results[i] for i in range(len(named))] + errors
-    log.info(
-        "predict: %d images with %s, %d could not be classified",
-        len(preds),
-        bb.name,
-        sum(p.error is not None for p in preds),
-    )
-    return preds
+    return _in_order(results, len(named), errors, bb.name)
 
 
 def classify_images(
@@ -497,10 +494,7 @@ def predict_exported(
     check_int(top_k, "top_k", minimum=1, where="predict_images")
     check_int(batch_size, "batch_size", minimum=1, where="predict_images")
     clf = model if isinstance(model, ExportedClassifier) else ExportedClassifier(model, runtime, precision)
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
     named, errors = expand_with_errors(inputs)
-    paths = [name for name, _ in named]
     results = _top_k(
         clf,
         named,
@@ -513,11 +507,4 @@ def predict_exported(
         batch_size=batch_size,
         workers=workers,
     )
-    preds = [results[i] for i in range(len(paths))] + errors
-    log.info(
-        "predict: %d images with %s, %d could not be classified",
-        len(preds),
-        clf.path,
-        sum(p.error is not None for p in preds),
-    )
-    return preds
+    return _in_order(results, len(named), errors, clf.path)

@@ -60,13 +60,17 @@ class Prediction:
 BundlePrediction = Prediction
 
 
-def expand_with_errors(inputs: Iterable[str | os.PathLike]) -> tuple[list[tuple[str, Any]], list[Prediction]]:
+def expand_with_errors(
+    inputs: str | os.PathLike | Iterable[str | os.PathLike],
+) -> tuple[list[tuple[str, Any]], list[Prediction]]:
     """The ``(name, locator)`` pairs of :func:`deepfeat.sources.expand_inputs`, and error predictions.
 
-    Entries that discovery refuses (missing list entries, broken symlinks, FIFOs, a shard's sample
-    without an image...) come back as error predictions; hidden files and files with non-image
-    extensions are skipped silently.
+    ``inputs`` is one path or several. Entries that discovery refuses (missing list entries, broken
+    symlinks, FIFOs, a shard's sample without an image...) come back as error predictions; hidden files
+    and files with non-image extensions are skipped silently.
     """
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
     excluded: list = []
     named = expand_inputs(inputs, excluded)
     errors = [
