@@ -283,8 +283,10 @@ class RowFile:
         chunk, so the process holds one chunk's pages at a time (measured: about 50 MB above the
         result for 20,000 random rows of a 1 M x 1,280 index), where gathering 1,000 random rows
         through a plain ``np.memmap`` left 1.3 GB resident (the kernel's read-around). From the page
-        cache it costs 18-28 µs a row (one Python ``preadv`` per row: 25-45 µs, shared machine); a
-        row not in the page cache costs a disk read either way.
+        cache it costs 18-28 µs a row (one Python ``preadv`` per row: 25-45 µs, shared machine). Rows
+        not in the page cache are all requested from the disk at once first (:func:`_prefetch`), so
+        their reads overlap: 20,000 cold random rows of that index in 0.36 s instead of 9.6 s one
+        page fault after another (virtio disk, page cache dropped before each).
         """
         rows = np.asarray(rows, dtype=np.int64)
         out = np.empty((len(rows), self.shape[1]), dtype=np.float32)
@@ -295,6 +297,7 @@ class RowFile:
         mm = self._map()
         view = None
         try:
+            _prefetch(mm, rows, self.shape[1] * self.dtype.itemsize)
             view = np.frombuffer(mm, dtype=self.dtype, count=self.shape[0] * self.shape[1]).reshape(self.shape)
             for s in range(0, len(rows), TAKE_CHUNK):
                 out[s : s + TAKE_CHUNK] = view[rows[s : s + TAKE_CHUNK]]
@@ -327,6 +330,32 @@ class RowFile:
         if out.size != n * self.shape[1]:
             raise StoreError(f"{self.path} ended early (rows {start}:{stop}).")
         return out.reshape(n, self.shape[1])
+
+
+def _read_ahead(path: str) -> None:
+    """Ask the kernel to read the whole file into the page cache now, sequentially (``POSIX_FADV_WILLNEED``):
+    a batch of queries that visits most IVF lists then finds them cached instead of faulting them in one
+    list at a time (1,000 queries at 1 M rows from a dropped page cache: 696 queries/s instead of 476)."""
+    if hasattr(os, "posix_fadvise"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+        finally:
+            os.close(fd)
+
+
+def _prefetch(mm: mmap.mmap, rows: np.ndarray, row_bytes: int) -> None:
+    """Ask the kernel to read the pages of ``rows`` of the map now (``MADV_WILLNEED``), adjacent
+    rows as one range: the reads are queued together instead of one page fault at a time. The pages
+    go to the page cache, not to this process's resident memory."""
+    if not hasattr(mmap, "MADV_WILLNEED") or not hasattr(mm, "madvise"):
+        return
+    page = mmap.PAGESIZE
+    starts = np.unique(rows) * row_bytes
+    lo, hi = starts // page * page, starts + row_bytes
+    breaks = np.flatnonzero(lo[1:] > hi[:-1]) + 1  # a gap between one row's last page and the next row's first
+    for a, b in zip(lo[np.r_[0, breaks]].tolist(), hi[np.r_[breaks - 1, len(hi) - 1]].tolist()):
+        mm.madvise(mmap.MADV_WILLNEED, a, min(b, len(mm)) - a)
 
 
 @dataclass
@@ -467,6 +496,8 @@ class SearchIndex:
                 self._faiss = faiss.read_index(path)
         self._faiss.nprobe = int(nprobe or self.doc.get("ivf", {}).get("nprobe", 8))
         m = len(Q)
+        if m * self._faiss.nprobe >= self._faiss.nlist // 2:
+            _read_ahead(os.path.join(self.path, FAISS_FILE))  # most lists will be visited: one sequential read
         cand = min(self.rows, k * int(self.doc.get("ivf", {}).get("rerank", IVF_RERANK)))
         sims = np.full((m, k), -np.inf, dtype=np.float32)
         rows = np.full((m, k), -1, dtype=np.int64)
