@@ -1,9 +1,12 @@
-"""Decode workers balanced against the runtime from measured rates; a forced --workers is kept.
+"""Decode workers: taking turns with a CPU runtime, balanced against a GPU runtime; a forced --workers is kept.
 
-The local engine measures the CPU seconds a decode worker spends per image and the seconds the
-runtime spends per image; once the first part is committed it sets the number of decode workers
-that keeps the runtime fed (``engines.local.balance_workers``), and the run's summary says what it
-chose and why. Which worker decodes a batch never changes the features.
+A runtime on the CPU computes on the cores the decoders use, so by default a CPU run starts one
+decode worker per core before the model loads and alternates: a round of one batch per worker is
+decoded, then the runtime runs it on every core (``engines.local.alternates``). Where the runtime
+does not share the cores (a GPU), the local engine measures the CPU seconds a decode worker spends
+per image and the seconds the runtime spends per image; once the first part is committed it sets
+the number of decode workers that keeps the runtime fed (``engines.local.balance_workers``). The
+run's summary says what it chose and why. Which worker decodes a batch never changes the features.
 """
 
 from __future__ import annotations
@@ -18,9 +21,18 @@ from conftest import photo_array
 from PIL import Image
 
 import deepfeat
+from deepfeat import extraction
+from deepfeat.data import decode_pool
 from deepfeat.data.decode import DecodePolicy
 from deepfeat.data.decode_pool import DecodePool
-from deepfeat.engines.local import BALANCE_AFTER_BATCHES, Balance, balance_workers, measured_balance
+from deepfeat.engines import local
+from deepfeat.engines.local import (
+    ALTERNATE_MAX_WORKERS,
+    BALANCE_AFTER_BATCHES,
+    Balance,
+    balance_workers,
+    measured_balance,
+)
 from deepfeat.models import load_backbone
 from deepfeat.runtimes import build_runtime, layer_specs
 
@@ -51,6 +63,10 @@ def test_the_rule_keeps_the_runtime_fed_within_the_cores() -> None:
         == "2 decode workers (measured: decode 4.4 ms/img per worker, runtime 2.9 ms/img)"
     )
     assert Balance(1, "forced").summary() == "1 decode worker (forced)"
+    assert (
+        Balance(2, "one per core", alternate=True).summary()
+        == "2 decode workers (one per core, taking turns with the runtime)"
+    )
 
 
 def test_the_choice_comes_from_real_measured_rates(photos: Path) -> None:
@@ -100,7 +116,28 @@ def test_resizing_the_pool_keeps_results_and_their_order(photos: Path) -> None:
     assert len(got) == len(want) and all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
 
 
-def test_extract_balances_by_default_says_so_and_keeps_a_forced_setting(photos: Path, tmp_path: Path) -> None:
+def test_a_cpu_extract_takes_turns_by_default_and_keeps_a_forced_setting(photos: Path, tmp_path: Path) -> None:
+    kw = dict(layers="pre_logits", input_size=96, runtime="torch", precision="fp32", batch_size=2, part_size=8)
+    default = deepfeat.extract(photos, tmp_path / "default", **kw)
+    cores = min(os.cpu_count() or 1, ALTERNATE_MAX_WORKERS)
+    assert (
+        default.decode_workers
+        == f"{cores} decode worker{'s' if cores > 1 else ''} (one per core, taking turns with the runtime)"
+    )
+    forced = deepfeat.extract(photos, tmp_path / "forced", workers=1, **kw)
+    assert forced.decode_workers == "1 decode worker (forced, taking turns with the runtime)"
+    x1, _, m1 = deepfeat.open_store(tmp_path / "default").load("pre_logits")
+    x2, _, m2 = deepfeat.open_store(tmp_path / "forced").load("pre_logits")
+    order1, order2 = np.argsort(m1.column("id").to_pylist()), np.argsort(m2.column("id").to_pylist())
+    assert np.array_equal(x1[order1], x2[order2])  # who decodes never changes the features
+
+
+def test_where_the_runtime_has_its_own_cores_extract_balances_on_measured_rates(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a GPU run does (this machine has none: the runtime stays on the CPU, the engine is told it
+    does not share the decoders' cores): overlapped decoding, balanced once the first part is in."""
+    monkeypatch.setattr(local, "alternates", lambda device: False)
     kw = dict(layers="pre_logits", input_size=96, runtime="torch", precision="fp32", batch_size=2, part_size=8)
     balanced = deepfeat.extract(photos, tmp_path / "balanced", **kw)
     head, _, why = balanced.decode_workers.partition(" (")
@@ -108,7 +145,59 @@ def test_extract_balances_by_default_says_so_and_keeps_a_forced_setting(photos: 
     assert 1 <= int(head.split()[0]) <= (os.cpu_count() or 1)
     forced = deepfeat.extract(photos, tmp_path / "forced", workers=1, **kw)
     assert forced.decode_workers == "1 decode worker (forced)"
-    x1, _, m1 = deepfeat.open_store(tmp_path / "balanced").load("pre_logits")
-    x2, _, m2 = deepfeat.open_store(tmp_path / "forced").load("pre_logits")
-    order1, order2 = np.argsort(m1.column("id").to_pylist()), np.argsort(m2.column("id").to_pylist())
-    assert np.array_equal(x1[order1], x2[order2])  # who decodes never changes the features
+
+
+def test_alternating_sends_a_round_only_once_the_last_is_taken(photos: Path) -> None:
+    pre = load_backbone("efficientnet_lite0", input_size=64).preprocess
+    files = sorted(str(p) for p in photos.glob("*.jpg"))
+    batches = [[(str(i), f, 0)] for i, f in enumerate(files)]
+    events: list[tuple[str, int]] = []
+
+    def source():  # noqa: ANN202
+        for k, b in enumerate(batches):
+            events.append(("sent", k))
+            yield b
+
+    with DecodePool(3, pre.to_dict(), DecodePolicy(), alternate=True) as pool:
+        for k, _ in enumerate(pool.map(source())):
+            events.append(("taken", k))
+    sent = [k for kind, k in events if kind == "sent"]
+    assert sent == list(range(len(batches)))
+    for pos, (kind, k) in enumerate(events):
+        if kind == "sent":  # every batch of the rounds before this one was taken before it went out
+            taken_before = {j for kd, j in events[:pos] if kd == "taken"}
+            assert set(range(k // 3 * 3)) <= taken_before, (k, events)
+            in_flight = sum(1 for kd, _ in events[:pos] if kd == "sent") - len(taken_before)
+            assert in_flight < 3
+
+
+def test_one_pool_started_before_the_model_decodes_the_guard_sample_and_the_job(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    order: list[str] = []
+    real_worker, real_load = decode_pool._Worker.__init__, extraction.load_backbone
+
+    def worker(self, *a, **k):  # noqa: ANN001, ANN002, ANN003, ANN202
+        order.append("worker")
+        real_worker(self, *a, **k)
+
+    def load(*a, **k):  # noqa: ANN002, ANN003, ANN202
+        order.append("model")
+        return real_load(*a, **k)
+
+    monkeypatch.setattr(decode_pool._Worker, "__init__", worker)
+    monkeypatch.setattr(extraction, "load_backbone", load)
+    events: list[str] = []
+    s = deepfeat.extract(
+        photos,
+        tmp_path / "st",
+        layers="pre_logits",
+        input_size=64,
+        runtime="torch",
+        precision="bf16",  # a reduced precision: the guard decodes a sample first
+        min_agreement=0.5,
+        workers=2,
+        progress=lambda ev: events.append(ev["phase"]),
+    )
+    assert "guard" in events and s.embedded_total == 16
+    assert order == ["worker", "worker", "model"]  # two workers, started before the model loaded, and no others

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -50,11 +51,16 @@ def _decoded_batches(
     policy: DecodePolicy | None,
     batch_size: int,
     workers: int,
+    pool: DecodePool | None = None,
 ) -> Iterator[tuple[list[Decoded], list[Failed]]]:
-    """``(decoded, failed)`` per batch of ``paths`` (positions as ids), decoded by ``workers`` processes, in order."""
+    """``(decoded, failed)`` per batch of ``paths`` (positions as ids), decoded by ``workers`` processes
+    (or by ``pool``, left open), in order."""
     items = [(str(i), p if isinstance(p, tuple) else os.fspath(p), 0) for i, p in enumerate(paths)]
     batches = [items[s : s + batch_size] for s in range(0, len(items), batch_size)]
-    with DecodePool(workers, preprocess.to_dict(), policy or DecodePolicy()) as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(DecodePool(workers))
+        pool.use(preprocess.to_dict(), policy or DecodePolicy())
         for _, results in pool.map(batches):
             yield ([r for r in results if isinstance(r, Decoded)], [r for r in results if isinstance(r, Failed)])
 
@@ -88,16 +94,21 @@ def decode_pixels(
     preprocess: Preprocess,
     policy: DecodePolicy | None = None,
     workers: int = 1,
+    pool: DecodePool | None = None,
 ) -> np.ndarray:
     """The view-0 pixels (N x H x W x 3 uint8) of the inputs that decode, in order; failures are left out.
 
-    Decoded in a worker process as ``extract`` decodes (``workers=0``: in this process), e.g. the
-    sample the precision guard measures (:mod:`deepfeat.runtimes.guard`).
+    Decoded in a worker process as ``extract`` decodes (``workers=0``: in this process), or by the
+    workers of an open ``pool`` (split evenly between them), e.g. the sample the precision guard
+    measures (:mod:`deepfeat.runtimes.guard`).
     """
+    if pool is not None:
+        workers = max(1, pool.workers)
+        batch_size = max(1, math.ceil(len(locators) / workers))
+    else:
+        workers, batch_size = min(1, max(0, workers)), max(1, len(locators))
     ok = [
-        d.pixels[0]
-        for batch, _ in _decoded_batches(locators, preprocess, policy, max(1, len(locators)), min(1, max(0, workers)))
-        for d in batch
+        d.pixels[0] for batch, _ in _decoded_batches(locators, preprocess, policy, batch_size, workers, pool) for d in batch
     ]
     h, w = preprocess.input_size
     return np.stack(ok) if ok else np.zeros((0, h, w, 3), np.uint8)

@@ -30,6 +30,7 @@ from .devices import DEVICES
 from .embed import decode_pixels
 from .engines import Engine, RunSettings, get_engine
 from .engines.builtin import default_workers  # noqa: F401 - part of this module's API (benchmarks, users)
+from .engines.local import start_decoders
 from .errors import EnvironmentFault, UsageError
 from .models.hub import is_offline
 from .models.layers import PRE_LOGITS, describe_layers
@@ -248,6 +249,7 @@ def _calibrate(plan: ExtractPlan, settings: RunSettings, recorded: dict[str, Any
         preprocess=plan.backbone.preprocess,
         policy=settings.policy,
         workers=settings.workers,
+        pool=settings.decode_pool,
     )
     if not len(pixels):
         raise UsageError(
@@ -282,6 +284,7 @@ def _guard(plan: ExtractPlan, settings: RunSettings, requested: str, min_agreeme
         preprocess=plan.backbone.preprocess,
         policy=settings.policy,
         workers=settings.workers,
+        pool=settings.decode_pool,
     )
 
     if settings.progress:
@@ -523,31 +526,6 @@ def extract(
     recorded = _recorded_choice(recorded_config)
     runtime, precision = _resume_choice(recorded, runtime, precision, device)
     choice = resolve_runtime(runtime, device, precision)
-    start = time.perf_counter()
-    plan = plan_extraction(
-        source,
-        model=model,
-        layers=layers,
-        pool=pool,
-        dtype=dtype,
-        weights=weights,
-        input_size=input_size,
-        crop_pct=crop_pct,
-        precision=choice.precision,
-        runtime=choice.runtime,
-        part_size=part_size,
-        policy=policy,
-        backbone=backbone,
-        views=views,
-        augment=augment,
-        views_splits=views_splits,
-        augment_seed=augment_seed,
-        skip_dirs=(out,),
-    )
-    _keep_recorded_resizer(plan, recorded_config)
-    out = os.fspath(out)
-    if os.path.exists(out) and not os.path.isdir(out):
-        raise UsageError(f"The output {out!r} exists and is not a directory.")
     settings = RunSettings(
         batch_size=batch_size,
         workers=workers,
@@ -558,64 +536,96 @@ def extract(
         part_seconds=part_seconds,
         balance_workers=balance_workers,
     )
-    if plan.precision == "int8":
-        if eng.name != "local":
-            raise UsageError(
-                f"The precision 'int8' runs on the local engine only (it is calibrated on the job's "
-                f"images where the runtime is built); got engine {eng.name!r}."
-            )
-        _calibrate(plan, settings, recorded_metadata)  # also on a resume: the digest finds the cached export
-    if recorded != (choice.runtime, choice.precision):  # a resume keeps the store's precision unmeasured
-        _guard(plan, settings, requested, min_agreement)
-    eng.prepare(plan, settings)  # e.g. the local runtime is built (and any fallback recorded) before the store opens
-    summary = ExtractSummary(
-        out=out,
-        discovered=len(plan.discovery.items),
-        excluded=len(plan.discovery.excluded),
-        notes=list(plan.discovery.notes),
-    )
-    for ex in plan.discovery.excluded:
-        summary.excluded_by_reason[ex.reason] = summary.excluded_by_reason.get(ex.reason, 0) + 1
-    with StoreWriter(out) as writer:
-        summary.resumed = writer.open(plan.config, plan.metadata, overwrite)
-        manifest = writer.manifest
-        writer.write_excluded(_excluded_table(plan.discovery))
-        pending, summary.vanished_since = resume_filter(plan.discovery.items, writer.done_id_chunks)
-        summary.already_done = len(plan.discovery.items) - len(pending)
-        if summary.vanished_since:
-            log.warning("%d inputs stored earlier are no longer in the source (kept in the store)", summary.vanished_since)
-        est = plan.estimate(pending)
-        if not ignore_free_space:
-            check_free_space(out, est)
-        if progress:
-            progress(
-                {
-                    "phase": "plan",
-                    "estimate": est,
-                    "total": len(plan.discovery.items),
-                    "pending": len(pending),
-                    "already_done": summary.already_done,
-                    "excluded": summary.excluded,
-                    "layers": plan.layers,
-                    "part_size": plan.part_size,
-                    "device": device,
-                    "runtime": plan.runtime,
-                    "precision": plan.precision,
-                    "agreement": plan.metadata.get("runtime", {}).get("agreement"),
-                }
-            )
-        summary.embedded_now, summary.failed_now, summary.parts_committed = eng.run(plan, pending, writer, settings)
-    balance = getattr(eng, "balance", None)
-    summary.decode_workers = balance.summary() if hasattr(balance, "summary") else ""
-    _fill_totals(summary, manifest, out)
-    summary.seconds = time.perf_counter() - start
-    log.info(
-        "extract: %d embedded, %d failed, %d excluded in %.1f s",
-        summary.embedded_total,
-        summary.failed_total,
-        summary.excluded,
-        summary.seconds,
-    )
+    decoders = start_decoders(settings) if eng.name == "local" else None  # start-up overlaps the model load
+    try:
+        start = time.perf_counter()
+        plan = plan_extraction(
+            source,
+            model=model,
+            layers=layers,
+            pool=pool,
+            dtype=dtype,
+            weights=weights,
+            input_size=input_size,
+            crop_pct=crop_pct,
+            precision=choice.precision,
+            runtime=choice.runtime,
+            part_size=part_size,
+            policy=policy,
+            backbone=backbone,
+            views=views,
+            augment=augment,
+            views_splits=views_splits,
+            augment_seed=augment_seed,
+            skip_dirs=(out,),
+        )
+        _keep_recorded_resizer(plan, recorded_config)
+        out = os.fspath(out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise UsageError(f"The output {out!r} exists and is not a directory.")
+        if plan.precision == "int8":
+            if eng.name != "local":
+                raise UsageError(
+                    f"The precision 'int8' runs on the local engine only (it is calibrated on the job's "
+                    f"images where the runtime is built); got engine {eng.name!r}."
+                )
+            _calibrate(plan, settings, recorded_metadata)  # also on a resume: the digest finds the cached export
+        if recorded != (choice.runtime, choice.precision):  # a resume keeps the store's precision unmeasured
+            _guard(plan, settings, requested, min_agreement)
+        eng.prepare(plan, settings)  # e.g. the local runtime is built (and any fallback recorded) before the store opens
+        summary = ExtractSummary(
+            out=out,
+            discovered=len(plan.discovery.items),
+            excluded=len(plan.discovery.excluded),
+            notes=list(plan.discovery.notes),
+        )
+        for ex in plan.discovery.excluded:
+            summary.excluded_by_reason[ex.reason] = summary.excluded_by_reason.get(ex.reason, 0) + 1
+        with StoreWriter(out) as writer:
+            summary.resumed = writer.open(plan.config, plan.metadata, overwrite)
+            manifest = writer.manifest
+            writer.write_excluded(_excluded_table(plan.discovery))
+            pending, summary.vanished_since = resume_filter(plan.discovery.items, writer.done_id_chunks)
+            summary.already_done = len(plan.discovery.items) - len(pending)
+            if summary.vanished_since:
+                log.warning(
+                    "%d inputs stored earlier are no longer in the source (kept in the store)", summary.vanished_since
+                )
+            est = plan.estimate(pending)
+            if not ignore_free_space:
+                check_free_space(out, est)
+            if progress:
+                progress(
+                    {
+                        "phase": "plan",
+                        "estimate": est,
+                        "total": len(plan.discovery.items),
+                        "pending": len(pending),
+                        "already_done": summary.already_done,
+                        "excluded": summary.excluded,
+                        "layers": plan.layers,
+                        "part_size": plan.part_size,
+                        "device": device,
+                        "runtime": plan.runtime,
+                        "precision": plan.precision,
+                        "agreement": plan.metadata.get("runtime", {}).get("agreement"),
+                    }
+                )
+            summary.embedded_now, summary.failed_now, summary.parts_committed = eng.run(plan, pending, writer, settings)
+        balance = getattr(eng, "balance", None)
+        summary.decode_workers = balance.summary() if hasattr(balance, "summary") else ""
+        _fill_totals(summary, manifest, out)
+        summary.seconds = time.perf_counter() - start
+        log.info(
+            "extract: %d embedded, %d failed, %d excluded in %.1f s",
+            summary.embedded_total,
+            summary.failed_total,
+            summary.excluded,
+            summary.seconds,
+        )
+    finally:
+        if decoders is not None:
+            decoders.close()
     return summary
 
 

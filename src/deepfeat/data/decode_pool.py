@@ -71,6 +71,13 @@ class _WorkerProcess(multiprocessing.context.SpawnProcess):
     """A spawned decode worker that does not re-run the parent's main script and ignores SIGINT."""
 
     def start(self) -> None:
+        # multiprocessing starts its resource tracker with the first spawned process, and unblocks
+        # SIGINT in this thread once it has (whatever the mask was): started first, outside the block,
+        # so the worker is spawned with SIGINT still blocked (interrupted during its interpreter's
+        # start-up, a worker printed a KeyboardInterrupt traceback)
+        from multiprocessing import resource_tracker
+
+        resource_tracker.ensure_running()
         with _main_module_hidden(), sigint_blocked():
             super().start()
 
@@ -82,8 +89,13 @@ class _WorkerContext(multiprocessing.context.SpawnContext):
 WORKER_CONTEXT = _WorkerContext()
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, args: tuple[Any, ...]) -> None:
-    """The body of a decode worker: receive a batch, send back ``("ok", results)`` or ``("error", exc)``."""
+#: modules a decode worker started ahead of its first batch imports while it waits (the torch resizer)
+WARM_IMPORTS = ("torch",)
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, warm: bool) -> None:
+    """The body of a decode worker: receive ``(batch, args)``, send back ``("ok", results, cpu_seconds)``
+    or ``("error", exc)``. ``warm``: import :data:`WARM_IMPORTS` before the first batch is asked for."""
     if hasattr(signal, "pthread_sigmask"):
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
@@ -92,15 +104,20 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, a
     # per core in every worker beside the runtime's own threads.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    if warm:
+        for name in WARM_IMPORTS:
+            with contextlib.suppress(ImportError):
+                __import__(name)
     while True:
         try:
-            batch = conn.recv()
+            message = conn.recv()
         except (EOFError, OSError):  # the parent closed the pool (or died)
             return
-        if batch is None:
+        if message is None:
             return
         try:
             started = time.thread_time()
+            batch, args = message
             results = prepare_batch(batch, *args)
             reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started)  # + the CPU seconds it took
         except Exception as exc:  # noqa: BLE001 - e.g. EnvironmentFault: re-raised in the parent
@@ -116,10 +133,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, a
 class _Worker:
     """One decode process, its end of the pipe, and the batches sent to it (in order)."""
 
-    def __init__(self, args: tuple[Any, ...]) -> None:
+    def __init__(self, warm: bool = False) -> None:
         parent_end, child_end = WORKER_CONTEXT.Pipe(duplex=True)
         self.proc = WORKER_CONTEXT.Process(
-            target=_worker_main, args=(child_end, os.getpid(), args), name="deepfeat-decode", daemon=True
+            target=_worker_main, args=(child_end, os.getpid(), warm), name="deepfeat-decode", daemon=True
         )
         try:
             self.proc.start()
@@ -128,10 +145,10 @@ class _Worker:
         self.conn = parent_end
         self.tasks: collections.deque[int] = collections.deque()
 
-    def send(self, index: int, batch: Sequence[Item]) -> bool:
-        """Send a batch; False when the worker is gone."""
+    def send(self, index: int, batch: Sequence[Item], args: tuple[Any, ...]) -> bool:
+        """Send a batch and how to decode it; False when the worker is gone."""
         try:
-            self.conn.send(list(batch))
+            self.conn.send((list(batch), args))
         except (OSError, EOFError):
             return False
         self.tasks.append(index)
@@ -189,23 +206,49 @@ class DecodePool:
     ``workers=0`` decodes in the calling process (no parallelism, simplest to debug). Use it as
     a context manager (or call :meth:`close`): leaving it, normally or by an exception such as
     ``KeyboardInterrupt``, ends every worker.
+
+    A pool can be started before its preprocessing is known (:meth:`start`, then :meth:`use`):
+    ``extract`` starts its workers before it loads the model, so their start-up (a Python
+    interpreter and torch, 1-2 s each) overlaps the model load and the precision guard, and one
+    pool decodes the guard's sample and the whole job.
+
+    ``alternate``: batches go out in rounds of one per worker, and the next round only once the
+    caller has taken every result of the last one -- decoding and the caller's work (a CPU runtime
+    on every core) take turns instead of competing for the cores (docs/DECISIONS.md).
     """
 
     def __init__(
         self,
         workers: int,
-        preprocess: dict[str, Any],
-        policy: DecodePolicy,
+        preprocess: dict[str, Any] | None = None,
+        policy: DecodePolicy | None = None,
         augment: tuple[str, int] | None = None,
         prefetch: int | None = None,
+        alternate: bool = False,
     ) -> None:
         self.workers = max(0, int(workers))
-        self.args = (preprocess, policy, augment)
+        self.args: tuple[Any, ...] = ()
+        if preprocess is not None:
+            self.use(preprocess, policy or DecodePolicy(), augment)
         self.prefetch = prefetch or max(2, 2 * self.workers)
         self._fixed_prefetch = prefetch is not None
+        self.alternate = alternate
+        self._warm = False
         self._workers: list[_Worker] = []
         #: (CPU seconds, images) of every batch decoded so far, in the order they finished
         self.timings: list[tuple[float, int]] = []
+
+    def use(self, preprocess: dict[str, Any], policy: DecodePolicy, augment: tuple[str, int] | None = None) -> None:
+        """Decode the next batches with this preprocessing (a dict of :class:`~deepfeat.data.preprocess.Preprocess`),
+        policy and augmentation."""
+        self.args = (preprocess, policy, augment)
+
+    def start(self) -> "DecodePool":
+        """Start every worker now (they import what decoding needs while the caller does other work)."""
+        self._warm = True
+        while len(self._workers) < self.workers:
+            self._workers.append(_Worker(warm=True))
+        return self
 
     def resize(self, workers: int) -> None:
         """Use ``workers`` decode processes from now on (at least 1): more are started as batches need
@@ -236,10 +279,12 @@ class DecodePool:
     # ------------------------------------------------------------------ sending and receiving
     def _send(self, index: int, batches: dict[int, Sequence[Item]], done: dict[int, Results]) -> None:
         """Give batch ``index`` to the least busy worker (starting one if the pool is not full)."""
+        if not self.args:
+            raise RuntimeError("DecodePool.use() must set the preprocessing before batches are sent")
         if len(self._workers) < self.workers:
-            self._workers.append(_Worker(self.args))
+            self._workers.append(_Worker(self._warm))
         worker = min(self._workers, key=lambda w: len(w.tasks))
-        if not worker.send(index, batches[index]):
+        if not worker.send(index, batches[index], self.args):
             worker.tasks.append(index)
             self._died(worker, batches, done)
 
@@ -276,9 +321,9 @@ class DecodePool:
 
     def _isolated(self, batch: Sequence[Item]) -> Results | None:
         """Decode ``batch`` in a fresh worker; None when it dies too. The worker joins the pool if it lives."""
-        worker = _Worker(self.args)
+        worker = _Worker(self._warm)
         try:
-            if not worker.send(-1, batch):
+            if not worker.send(-1, batch, self.args):
                 _stop_all([worker])
                 return None
             multiprocessing.connection.wait([worker.conn, worker.proc.sentinel])
@@ -313,9 +358,16 @@ class DecodePool:
             )
         return results
 
+    def _to_send(self, in_flight: int) -> int:
+        """Batches to send now, with ``in_flight`` sent and not yet taken by the caller."""
+        if self.alternate:
+            return max(1, self.workers) if in_flight == 0 else 0
+        return self.prefetch - in_flight
+
     # ------------------------------------------------------------------ the public iterator
     def map(self, batches: Iterable[Sequence[Item]]) -> Iterator[tuple[Sequence[Item], Results]]:
-        """Yield ``(batch, results)`` in input order, keeping ``prefetch`` batches in flight."""
+        """Yield ``(batch, results)`` in input order, keeping ``prefetch`` batches in flight (``alternate``:
+        one round of a batch per worker, sent once the last round is all taken)."""
         if self.workers == 0:
             for batch in batches:
                 started = time.thread_time()
@@ -329,7 +381,7 @@ class DecodePool:
         next_send = next_yield = 0
         exhausted = False
         while True:
-            while not exhausted and next_send - next_yield < self.prefetch:
+            for _ in range(0 if exhausted else self._to_send(next_send - next_yield)):
                 try:
                     batch = next(it)
                 except StopIteration:

@@ -57,6 +57,8 @@ class RunSettings:
     part_seconds: float | None = None
     #: ``workers`` is the engine's default: engines that can balance it on measured rates (local)
     balance_workers: bool = False
+    #: decode workers started before the model loaded (the local engine's ``start_decoders``), or None
+    decode_pool: Any = None
 
 
 @runtime_checkable

@@ -95,6 +95,7 @@ class LocalEngine:
             part_seconds=settings.part_seconds,
             balance=settings.balance_workers,
             chosen=chosen,
+            pool=settings.decode_pool,
         )
 
     def __repr__(self) -> str:

@@ -1,14 +1,19 @@
 """The local engine: decode in worker processes, forward in this process, commit part by part.
 
-Unless the user fixed ``workers``, the number of decode processes is balanced against the runtime
-once the first part is committed (:func:`balance_workers`): from the CPU seconds a worker spent per
-image and the seconds the runtime spent per image over the batches so far. Which worker decodes
-which batch never changes what a part contains.
+A runtime on the CPU computes on the cores the decoders use: decoding and the runtime then take
+turns (:func:`alternates`), one batch per core decoded, then run, each on every core -- run side by
+side, a decode process preempts one of the runtime's threads and the others wait for it at every
+layer (measured, docs/DECISIONS.md). On a GPU both overlap, and unless the user fixed ``workers``
+the number of decode processes is balanced against the runtime once the first part is committed
+(:func:`balance_workers`): from the CPU seconds a worker spent per image and the seconds the
+runtime spent per image over the batches so far. Which worker decodes which batch never changes
+what a part contains.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import math
 import os
@@ -37,6 +42,34 @@ log = logging.getLogger(__name__)
 BALANCE_AFTER_BATCHES = 4
 #: decode capacity kept above what the runtime consumes (rates drift: image sizes, other load)
 BALANCE_HEADROOM = 1.25
+#: the most decode processes that take turns with a CPU runtime (one per core up to this)
+ALTERNATE_MAX_WORKERS = 32
+
+
+def alternates(device: str) -> bool:
+    """Whether decoding takes turns with the runtime instead of overlapping it: the runtime computes
+    on the same CPU cores.
+
+    Example:
+        >>> alternates("cpu"), alternates("cuda:0")
+        (True, False)
+    """
+    return device == "cpu"
+
+
+def start_decoders(settings: Any) -> DecodePool | None:
+    """Start the run's decode workers now (``extract`` calls it before loading the model, so their
+    start-up overlaps it), as ``settings.decode_pool``; None when decoding runs in this process.
+
+    A CPU run by default uses one worker per core (:func:`alternates`); a forced ``workers`` is kept.
+    """
+    if settings.workers == 0:
+        return None
+    alternate = alternates(settings.device)
+    if alternate and settings.balance_workers:
+        settings.workers = max(1, min(ALTERNATE_MAX_WORKERS, os.cpu_count() or 1))
+    settings.decode_pool = DecodePool(settings.workers, alternate=alternate).start()
+    return settings.decode_pool
 
 
 @dataclass(frozen=True)
@@ -44,15 +77,19 @@ class Balance:
     """The decode workers a run used, and why (one line in the run's summary)."""
 
     workers: int
-    #: "forced" (the user's --workers), "measured" (balanced on the rates below) or "default" (too few
-    #: batches to measure: the engine's default)
+    #: "forced" (the user's --workers), "measured" (balanced on the rates below), "default" (too few
+    #: batches to measure: the engine's default) or "one per core" (taking turns with a CPU runtime)
     how: str
     decode_s: float | None = None  #: CPU seconds a decode worker spent per image (median over batches)
     forward_s: float | None = None  #: seconds the runtime spent per image (median over batches)
+    alternate: bool = False  #: decoding took turns with the runtime (:func:`alternates`)
 
     def summary(self) -> str:
-        """e.g. ``2 decode workers (measured: decode 4.4 ms/img per worker, runtime 2.9 ms/img)``."""
+        """e.g. ``2 decode workers (measured: decode 4.4 ms/img per worker, runtime 2.9 ms/img)`` or
+        ``2 decode workers (one per core, taking turns with the runtime)``."""
         text = f"{self.workers} decode worker{'s' if self.workers != 1 else ''} ({self.how}"
+        if self.alternate:
+            text += ", taking turns with the runtime"
         if self.decode_s is not None and self.forward_s is not None:
             text += f": decode {self.decode_s * 1e3:.1f} ms/img per worker, runtime {self.forward_s * 1e3:.1f} ms/img"
         return text + ")"
@@ -104,11 +141,14 @@ def run_local(
     part_seconds: float | None = None,
     balance: bool = False,
     chosen: Callable[[Balance], None] | None = None,
+    pool: DecodePool | None = None,
 ) -> tuple[int, int, int]:
     """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts).
 
     ``balance``: ``workers`` is the engine's default, and the decode workers are balanced against the
-    runtime once the first part is committed (:func:`measured_balance`); ``chosen`` receives what ran.
+    runtime once the first part is committed (:func:`measured_balance`; not when decoding takes turns
+    with a CPU runtime: :func:`alternates`); ``chosen`` receives what ran. ``pool``: decode workers
+    already started (:func:`start_decoders`), used and left open; else the run starts its own.
 
     A part is committed when its planned inputs (:func:`~deepfeat.engines.parts.part_bounds`) are done, or earlier, at a
     batch boundary, once it has been open ``part_seconds`` (so an interrupt loses at most about
@@ -145,9 +185,16 @@ def run_local(
     builder: PartBuilder | None = None
     opened = 0.0
     augment = (plan.augment, plan.augment_seed) if plan.views else None
-    decided = Balance(workers, "default" if balance else "forced")
+    alternate = pool.alternate if pool is not None else alternates(runtime.device)
+    if alternate:
+        decided = Balance(workers, "one per core" if balance else "forced", alternate=True)
+    else:
+        decided = Balance(workers, "default" if balance else "forced")
     forward: list[tuple[float, int]] = []
-    with DecodePool(workers, plan.backbone.preprocess.to_dict(), policy, augment=augment) as pool:
+    with contextlib.ExitStack() as stack:
+        if pool is None:
+            pool = stack.enter_context(DecodePool(workers, alternate=alternate))
+        pool.use(plan.backbone.preprocess.to_dict(), policy, augment)
         for _, results in pool.map(batches()):
             last, batch_items = tagged.popleft()
             if builder is None:

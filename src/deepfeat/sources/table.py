@@ -310,6 +310,8 @@ def _release_freed_memory() -> None:
 
 
 _MALLOC_TRIM: list[Any] = [None]
+#: chunks copied into a column between two trims (16 x 65,536 rows: at most ~8 MB of a column held twice)
+_TRIM_EVERY = 16
 
 
 class TableBuilder:
@@ -404,10 +406,14 @@ class TableBuilder:
                 dtype = np.result_type(*(c[key].dtype for c in chunks))
             out = np.empty(n, dtype)
             at = 0
-            for c in chunks:
+            for k, c in enumerate(chunks, start=1):
                 part = c.pop(key)
                 out[at : at + len(part)] = part
                 at += len(part)
+                del part
+                if k % _TRIM_EVERY == 0:  # the copied chunks' pages go back now: the column is not held twice
+                    _release_freed_memory()
+            _release_freed_memory()
             return out
 
         def text(key: str) -> pa.Array | None:
