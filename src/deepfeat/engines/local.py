@@ -68,8 +68,9 @@ def start_decoders(settings: Any) -> DecodePool | None:
     alternate = alternates(settings.device)
     if alternate and settings.balance_workers:
         settings.workers = max(1, min(ALTERNATE_MAX_WORKERS, os.cpu_count() or 1))
-    settings.decode_pool = DecodePool(settings.workers, alternate=alternate).start()
-    return settings.decode_pool
+    pool = DecodePool(settings.workers, alternate=alternate).start()
+    settings.decode_pool = pool
+    return pool
 
 
 @dataclass(frozen=True)
