@@ -24,7 +24,7 @@ One run, one process, on the bundled EfficientNet-Lite0 with taps on ``blocks.4`
 Then the ratios against torch fp32 and the targets (issue 24): ``auto`` end to end >= 4x torch fp32
 end to end at 224 px (>= 4.5x at 96 px), >= 80 % of its own forward-only rate at 224 px, and decode +
 resize >= 2x per core with the torch resizer. The ceiling: the fastest forward-only rate is what this
-CPU can do; the decode workers each end-to-end run chose (balanced on measured rates) are printed.
+CPU can do; the decode workers each end-to-end run used (one per core, taking turns with a CPU runtime) are printed.
 
 Usage:
     python benchmarks/runtimes.py                  # ~10 min on 2 cores

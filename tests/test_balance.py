@@ -1,17 +1,19 @@
-"""Decode workers: taking turns with a CPU runtime, balanced against a GPU runtime; a forced --workers is kept.
+"""Decode workers: how a CPU runtime is fed (timed both ways), balanced against a GPU runtime; a forced --workers is kept.
 
-A runtime on the CPU computes on the cores the decoders use, so by default a CPU run starts one
-decode worker per core before the model loads and alternates: a round of one batch per worker is
-decoded, then the runtime runs it on every core (``engines.local.alternates``). Where the runtime
-does not share the cores (a GPU), the local engine measures the CPU seconds a decode worker spends
-per image and the seconds the runtime spends per image; once the first part is committed it sets
-the number of decode workers that keeps the runtime fed (``engines.local.balance_workers``). The
-run's summary says what it chose and why. Which worker decodes a batch never changes the features.
+A runtime on the CPU computes on the cores the decoders use. By default a CPU run starts one decode
+worker per core before the model loads, then times its first batches fed taking turns (a round of one
+batch per worker decoded, then the runtime on every core) and overlapped, and keeps the faster
+(``engines.local.FeedTrial``). Where the runtime does not share the cores (a GPU), the local engine
+measures the CPU seconds a decode worker spends per image and the seconds the runtime spends per
+image; once the first part is committed it sets the number of decode workers that keeps the runtime
+fed (``engines.local.balance_workers``). The run's summary says what it chose and why. Which worker
+decodes a batch, and how, never changes the features.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
@@ -27,9 +29,12 @@ from deepfeat.data.decode import DecodePolicy
 from deepfeat.data.decode_pool import DecodePool
 from deepfeat.engines import local
 from deepfeat.engines.local import (
-    ALTERNATE_MAX_WORKERS,
     BALANCE_AFTER_BATCHES,
+    CPU_MAX_WORKERS,
+    TRIAL_BATCHES,
+    TRIAL_WARMUP,
     Balance,
+    FeedTrial,
     balance_workers,
     measured_balance,
 )
@@ -64,9 +69,36 @@ def test_the_rule_keeps_the_runtime_fed_within_the_cores() -> None:
     )
     assert Balance(1, "forced").summary() == "1 decode worker (forced)"
     assert (
-        Balance(2, "one per core", alternate=True).summary()
-        == "2 decode workers (one per core, taking turns with the runtime)"
+        Balance(2, "one per core", feed="overlapped", feed_rates={"turns": 180.4, "overlapped": 210.0}).summary()
+        == "2 decode workers (one per core, overlapped with the runtime: measured 180 img/s taking turns, 210 overlapped)"
     )
+    assert (
+        Balance(1, "forced", feed="taking turns", feed_rates={}).summary()
+        == "1 decode worker (forced, taking turns with the runtime: the run ended before both ways were timed)"
+    )
+
+
+def test_the_trial_keeps_the_faster_way_to_feed_the_runtime() -> None:
+    class Pool:
+        alternate = False
+
+    for turns_s, overlapped_s, keeps in ((1.0, 2.0, True), (2.0, 1.0, False)):
+        now = [0.0]
+        trial = FeedTrial(Pool(), clock=lambda now=now: now[0])
+        assert trial.pool.alternate  # it starts taking turns
+        seen = []
+        for k in range(1, TRIAL_WARMUP + 2 * TRIAL_BATCHES + 2):
+            in_turns = k <= TRIAL_WARMUP + TRIAL_BATCHES
+            now[0] += turns_s if in_turns else overlapped_s
+            seen.append(trial.pool.alternate)
+            trial.taken(10)
+        assert trial.done and trial.pool.alternate is keeps
+        assert seen[: TRIAL_WARMUP + TRIAL_BATCHES] == [True] * (TRIAL_WARMUP + TRIAL_BATCHES)
+        assert not any(seen[TRIAL_WARMUP + TRIAL_BATCHES :])  # the second window ran overlapped
+        assert trial.rates == {"turns": 10 / turns_s, "overlapped": 10 / overlapped_s}
+        trial.pool.alternate = keeps
+        trial.taken(10)  # done: later batches change nothing
+        assert trial.pool.alternate is keeps
 
 
 def test_the_choice_comes_from_real_measured_rates(photos: Path) -> None:
@@ -116,20 +148,28 @@ def test_resizing_the_pool_keeps_results_and_their_order(photos: Path) -> None:
     assert len(got) == len(want) and all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
 
 
-def test_a_cpu_extract_takes_turns_by_default_and_keeps_a_forced_setting(photos: Path, tmp_path: Path) -> None:
-    kw = dict(layers="pre_logits", input_size=96, runtime="torch", precision="fp32", batch_size=2, part_size=8)
-    default = deepfeat.extract(photos, tmp_path / "default", **kw)
-    cores = min(os.cpu_count() or 1, ALTERNATE_MAX_WORKERS)
-    assert (
-        default.decode_workers
-        == f"{cores} decode worker{'s' if cores > 1 else ''} (one per core, taking turns with the runtime)"
+def test_a_cpu_extract_times_both_ways_to_feed_the_runtime_and_keeps_a_forced_setting(photos: Path, tmp_path: Path) -> None:
+    kw = dict(layers="pre_logits", input_size=96, runtime="torch", precision="fp32", batch_size=1, part_size=8)
+    default = deepfeat.extract(photos, tmp_path / "default", **kw)  # 16 batches: enough to time both ways
+    cores = min(os.cpu_count() or 1, CPU_MAX_WORKERS)
+    m = re.fullmatch(
+        rf"{cores} decode workers? \(one per core, (taking turns|overlapped) with the runtime: "
+        r"measured ([\d,]+) img/s taking turns, ([\d,]+) overlapped\)",
+        default.decode_workers,
     )
+    assert m, default.decode_workers
+    turns, overlapped = (float(g.replace(",", "")) for g in m.groups()[1:])
+    assert m.group(1) == ("taking turns" if turns >= overlapped else "overlapped")
     forced = deepfeat.extract(photos, tmp_path / "forced", workers=1, **kw)
-    assert forced.decode_workers == "1 decode worker (forced, taking turns with the runtime)"
+    assert re.fullmatch(
+        r"1 decode worker \(forced, (taking turns|overlapped) with the runtime: measured [\d,]+ img/s taking turns, "
+        r"[\d,]+ overlapped\)",
+        forced.decode_workers,
+    ), forced.decode_workers
     x1, _, m1 = deepfeat.open_store(tmp_path / "default").load("pre_logits")
     x2, _, m2 = deepfeat.open_store(tmp_path / "forced").load("pre_logits")
     order1, order2 = np.argsort(m1.column("id").to_pylist()), np.argsort(m2.column("id").to_pylist())
-    assert np.array_equal(x1[order1], x2[order2])  # who decodes never changes the features
+    assert np.array_equal(x1[order1], x2[order2])  # who decodes, and how they are fed, never changes the features
 
 
 def test_where_the_runtime_has_its_own_cores_extract_balances_on_measured_rates(
@@ -137,7 +177,7 @@ def test_where_the_runtime_has_its_own_cores_extract_balances_on_measured_rates(
 ) -> None:
     """What a GPU run does (this machine has none: the runtime stays on the CPU, the engine is told it
     does not share the decoders' cores): overlapped decoding, balanced once the first part is in."""
-    monkeypatch.setattr(local, "alternates", lambda device: False)
+    monkeypatch.setattr(local, "shares_cores", lambda device: False)
     kw = dict(layers="pre_logits", input_size=96, runtime="torch", precision="fp32", batch_size=2, part_size=8)
     balanced = deepfeat.extract(photos, tmp_path / "balanced", **kw)
     head, _, why = balanced.decode_workers.partition(" (")

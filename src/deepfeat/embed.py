@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from . import progress
 from .data.decode import DecodePolicy
 from .data.decode_pool import DecodePool
 from .data.preprocess import Preprocess
@@ -73,14 +74,24 @@ def embed_files(
     policy: DecodePolicy | None = None,
     batch_size: int = 32,
     workers: int | None = None,
+    label: str | None = None,
 ) -> Iterator[EmbeddedBatch]:
     """Decode ``paths`` in worker processes and embed them with ``runtime``, batch by batch, in order.
 
     A path may also be a container locator (a sample of a shard or a Parquet file, as
     :func:`deepfeat.sources.expand_inputs` gives them). ``workers=0`` decodes in this process (no
-    isolation from crashing codecs).
+    isolation from crashing codecs). ``label``: show progress under this name (images done of all).
     """
     if not paths:
+        return
+    if label is not None:
+        yield from progress.track(
+            embed_files(runtime, paths, preprocess=preprocess, policy=policy, batch_size=batch_size, workers=workers),
+            label,
+            total=len(paths),
+            unit="img",
+            size=lambda e: len(e.indices) + len(e.failed),
+        )
         return
     n_workers = decode_workers_for(len(paths), batch_size, workers)
     for ok, failed in _decoded_batches(paths, preprocess, policy, batch_size, n_workers):

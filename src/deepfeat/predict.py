@@ -34,7 +34,6 @@ from typing import Any
 
 import numpy as np
 
-from . import progress
 from .agreement import DEFAULT_MIN_AGREEMENT
 from .bundle import Bundle, bundle_runtime, load_bundle
 from .bundle_header import SUFFIX, is_bundle
@@ -223,14 +222,14 @@ def _top_k(
     paths = [name for name, _ in named]
     k = min(int(top_k), len(classes))
     results: dict[int, Prediction] = {}
-    for batch in progress.track(
-        embed_files(
-            computer, [loc for _, loc in named], preprocess=preprocess, policy=policy, batch_size=batch_size, workers=workers
-        ),
-        "predict",
-        total=len(paths),
-        unit="img",
-        size=lambda e: len(e.indices) + len(e.failed),
+    for batch in embed_files(
+        computer,
+        [loc for _, loc in named],
+        preprocess=preprocess,
+        policy=policy,
+        batch_size=batch_size,
+        workers=workers,
+        label="predict",
     ):
         for i, reason, message in batch.failed:
             results[i] = Prediction(paths[i], error=f"{reason}: {message}", score_kind=kind)

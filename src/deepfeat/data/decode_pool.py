@@ -214,7 +214,8 @@ class DecodePool:
 
     ``alternate``: batches go out in rounds of one per worker, and the next round only once the
     caller has taken every result of the last one -- decoding and the caller's work (a CPU runtime
-    on every core) take turns instead of competing for the cores (docs/DECISIONS.md).
+    on every core) take turns instead of competing for the cores. It may change between two
+    results; the local engine times both ways (``engines.local.FeedTrial``, docs/DECISIONS.md).
     """
 
     def __init__(

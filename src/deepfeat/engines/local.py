@@ -1,19 +1,23 @@
 """The local engine: decode in worker processes, forward in this process, commit part by part.
 
-A runtime on the CPU computes on the cores the decoders use: decoding and the runtime then take
-turns (:func:`alternates`), one batch per core decoded, then run, each on every core -- run side by
-side, a decode process preempts one of the runtime's threads and the others wait for it at every
-layer (measured, docs/DECISIONS.md). On a GPU both overlap, and unless the user fixed ``workers``
-the number of decode processes is balanced against the runtime once the first part is committed
+A runtime on the CPU computes on the cores the decoders use. Run side by side, a decode process
+preempts one of the runtime's threads and the others wait for it at every layer; taking turns (a
+round of one batch per worker decoded, then the runtime on every core) avoids that but leaves the
+cores idle while the one waits for the other. Which is faster depends on the image and the model
+(measured: taking turns won at 224 px photos, lost at 96 px Fashion-MNIST), so a CPU run times both
+over its first batches (:class:`FeedTrial`) and keeps the faster; one decode worker per core by
+default. With the runtime on a GPU both always overlap, and unless the user fixed ``workers`` the
+number of decode processes is balanced against the runtime once the first part is committed
 (:func:`balance_workers`): from the CPU seconds a worker spent per image and the seconds the
-runtime spent per image over the batches so far. Which worker decodes which batch never changes
-what a part contains.
+runtime spent per image over the batches so far. Which worker decodes which batch, and how they
+are fed, never changes what a part contains.
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import math
 import os
@@ -42,16 +46,20 @@ log = logging.getLogger(__name__)
 BALANCE_AFTER_BATCHES = 4
 #: decode capacity kept above what the runtime consumes (rates drift: image sizes, other load)
 BALANCE_HEADROOM = 1.25
-#: the most decode processes that take turns with a CPU runtime (one per core up to this)
-ALTERNATE_MAX_WORKERS = 32
+#: the most decode processes a CPU run starts by default (one per core up to this)
+CPU_MAX_WORKERS = 32
+#: batches of a CPU run not timed at its start (first calls, caches)
+TRIAL_WARMUP = 2
+#: batches timed in each way of feeding a CPU runtime (taking turns, then overlapped)
+TRIAL_BATCHES = 6
 
 
-def alternates(device: str) -> bool:
-    """Whether decoding takes turns with the runtime instead of overlapping it: the runtime computes
-    on the same CPU cores.
+def shares_cores(device: str) -> bool:
+    """Whether the runtime computes on the CPU cores the decoders use (then :class:`FeedTrial` decides
+    how they are fed).
 
     Example:
-        >>> alternates("cpu"), alternates("cuda:0")
+        >>> shares_cores("cpu"), shares_cores("cuda:0")
         (True, False)
     """
     return device == "cpu"
@@ -61,16 +69,63 @@ def start_decoders(settings: Any) -> DecodePool | None:
     """Start the run's decode workers now (``extract`` calls it before loading the model, so their
     start-up overlaps it), as ``settings.decode_pool``; None when decoding runs in this process.
 
-    A CPU run by default uses one worker per core (:func:`alternates`); a forced ``workers`` is kept.
+    A CPU run by default uses one worker per core (:func:`shares_cores`); a forced ``workers`` is kept.
     """
     if settings.workers == 0:
         return None
-    alternate = alternates(settings.device)
-    if alternate and settings.balance_workers:
-        settings.workers = max(1, min(ALTERNATE_MAX_WORKERS, os.cpu_count() or 1))
-    pool = DecodePool(settings.workers, alternate=alternate).start()
+    if shares_cores(settings.device) and settings.balance_workers:
+        settings.workers = max(1, min(CPU_MAX_WORKERS, os.cpu_count() or 1))
+    pool = DecodePool(settings.workers).start()
     settings.decode_pool = pool
     return pool
+
+
+class FeedTrial:
+    """Times the two ways of feeding a CPU runtime over a run's first batches and keeps the faster.
+
+    After :data:`TRIAL_WARMUP` batches, :data:`TRIAL_BATCHES` are fed taking turns
+    (``pool.alternate``), one batch lets the switch settle, :data:`TRIAL_BATCHES` more are fed
+    overlapped; the rate of each is images over the wall time from the end of the batch before its
+    window to the end of its last batch (decode, forward, commits: all the run does). A run too
+    short to time both keeps taking turns.
+
+    Example:
+        >>> class Pool: alternate = False
+        >>> clock = iter(range(100))
+        >>> trial = FeedTrial(Pool(), clock=lambda: next(clock))
+        >>> for _ in range(15): trial.taken(32)
+        >>> trial.rates, trial.pool.alternate     # 192 images in 6 ticks each way: a tie keeps turns
+        ({'turns': 32.0, 'overlapped': 32.0}, True)
+    """
+
+    def __init__(self, pool: Any, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.pool, self.clock = pool, clock
+        pool.alternate = True
+        self.rates: dict[str, float] = {}
+        self._batches = self._images = 0
+        self._since = 0.0
+
+    @property
+    def done(self) -> bool:
+        return len(self.rates) == 2
+
+    def taken(self, images: int) -> None:
+        """One batch of ``images`` went through the runtime (and its part, if any, was committed)."""
+        if self.done:
+            return
+        self._batches += 1
+        k, now = self._batches, self.clock()
+        turns_end = TRIAL_WARMUP + TRIAL_BATCHES
+        if k in (TRIAL_WARMUP, turns_end + 1):  # a window starts after this batch
+            self._since, self._images = now, 0
+            return
+        self._images += images
+        if k == turns_end:
+            self.rates["turns"] = self._images / max(now - self._since, 1e-9)
+            self.pool.alternate = False
+        elif k == turns_end + 1 + TRIAL_BATCHES:
+            self.rates["overlapped"] = self._images / max(now - self._since, 1e-9)
+            self.pool.alternate = self.rates["turns"] >= self.rates["overlapped"]
 
 
 @dataclass(frozen=True)
@@ -79,18 +134,27 @@ class Balance:
 
     workers: int
     #: "forced" (the user's --workers), "measured" (balanced on the rates below), "default" (too few
-    #: batches to measure: the engine's default) or "one per core" (taking turns with a CPU runtime)
+    #: batches to measure: the engine's default) or "one per core" (a CPU run's default)
     how: str
     decode_s: float | None = None  #: CPU seconds a decode worker spent per image (median over batches)
     forward_s: float | None = None  #: seconds the runtime spent per image (median over batches)
-    alternate: bool = False  #: decoding took turns with the runtime (:func:`alternates`)
+    #: a CPU run: ``"taking turns"`` or ``"overlapped"`` (what :class:`FeedTrial` kept; ``"taking turns, then
+    #: overlapped"`` when the run ended during the trial), and the rates it timed
+    feed: str | None = None
+    feed_rates: dict[str, float] | None = None
 
     def summary(self) -> str:
         """e.g. ``2 decode workers (measured: decode 4.4 ms/img per worker, runtime 2.9 ms/img)`` or
-        ``2 decode workers (one per core, taking turns with the runtime)``."""
+        ``2 decode workers (one per core, taking turns with the runtime: measured 210 img/s taking turns,
+        180 overlapped)``."""
         text = f"{self.workers} decode worker{'s' if self.workers != 1 else ''} ({self.how}"
-        if self.alternate:
-            text += ", taking turns with the runtime"
+        if self.feed is not None:
+            text += f", {self.feed} with the runtime"
+            rates = self.feed_rates or {}
+            if len(rates) == 2:
+                text += f": measured {rates['turns']:,.0f} img/s taking turns, {rates['overlapped']:,.0f} overlapped"
+            else:
+                text += ": the run ended before both ways were timed"
         if self.decode_s is not None and self.forward_s is not None:
             text += f": decode {self.decode_s * 1e3:.1f} ms/img per worker, runtime {self.forward_s * 1e3:.1f} ms/img"
         return text + ")"
@@ -147,9 +211,10 @@ def run_local(
     """Process ``pending`` inputs into committed parts with ``runtime``. Returns (embedded, failed, parts).
 
     ``balance``: ``workers`` is the engine's default, and the decode workers are balanced against the
-    runtime once the first part is committed (:func:`measured_balance`; not when decoding takes turns
-    with a CPU runtime: :func:`alternates`); ``chosen`` receives what ran. ``pool``: decode workers
-    already started (:func:`start_decoders`), used and left open; else the run starts its own.
+    runtime once the first part is committed (:func:`measured_balance`); a runtime on the CPU is fed
+    as :class:`FeedTrial` measures instead (:func:`shares_cores`). ``chosen`` receives what ran.
+    ``pool``: decode workers already started (:func:`start_decoders`), used and left open; else the
+    run starts its own.
 
     A part is committed when its planned inputs (:func:`~deepfeat.engines.parts.part_bounds`) are done, or earlier, at a
     batch boundary, once it has been open ``part_seconds`` (so an interrupt loses at most about
@@ -186,16 +251,14 @@ def run_local(
     builder: PartBuilder | None = None
     opened = 0.0
     augment = (plan.augment, plan.augment_seed) if plan.views else None
-    alternate = pool.alternate if pool is not None else alternates(runtime.device)
-    if alternate:
-        decided = Balance(workers, "one per core" if balance else "forced", alternate=True)
-    else:
-        decided = Balance(workers, "default" if balance else "forced")
+    cpu = shares_cores(runtime.device)
+    decided = Balance(workers, ("one per core" if cpu else "default") if balance else "forced")
     forward: list[tuple[float, int]] = []
     with contextlib.ExitStack() as stack:
         if pool is None:
-            pool = stack.enter_context(DecodePool(workers, alternate=alternate))
+            pool = stack.enter_context(DecodePool(workers))
         pool.use(plan.backbone.preprocess.to_dict(), policy, augment)
+        trial = FeedTrial(pool) if cpu and workers > 0 else None
         for _, results in pool.map(batches()):
             last, batch_items = tagged.popleft()
             if builder is None:
@@ -213,12 +276,21 @@ def run_local(
                 if progress:
                     progress({"phase": "part", "name": builder.name})
                 builder = None
-                if balance and decided.how == "default":
+                if balance and decided.how == "default" and trial is None:
                     measured = measured_balance(pool.timings, forward, os.cpu_count() or 1)
                     if measured is not None:
                         decided = measured
                         log.info("balanced: %s", decided.summary())
                         pool.resize(decided.workers)
+            if trial is not None and not trial.done:
+                trial.taken(len(results))
+                if trial.done:
+                    log.info("feeding the runtime: %s", trial.rates)
+    if trial is not None:
+        feed = "taking turns" if pool.alternate else "overlapped"
+        if not trial.done and not pool.alternate:  # the run ended in the trial's second window
+            feed = "taking turns, then overlapped"
+        decided = dataclasses.replace(decided, feed=feed, feed_rates=dict(trial.rates))
     if chosen is not None:
         chosen(decided)
     return count_new(manifest, names)

@@ -116,14 +116,14 @@ def embed_queries(
     errors: dict[int, str] = {}
     if names:
         computer, pre, policy = index_runtime(index, **runtime_args)
-        for batch in progress.track(
-            embed_files(
-                computer, [loc for _, loc in named], preprocess=pre, policy=policy, batch_size=batch_size, workers=workers
-            ),
-            "embed queries",
-            total=len(names),
-            unit="img",
-            size=lambda e: len(e.indices) + len(e.failed),
+        for batch in embed_files(
+            computer,
+            [loc for _, loc in named],
+            preprocess=pre,
+            policy=policy,
+            batch_size=batch_size,
+            workers=workers,
+            label="embed queries",
         ):
             for i, reason, message in batch.failed:
                 errors[i] = f"{reason}: {message}"

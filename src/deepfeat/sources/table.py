@@ -240,7 +240,11 @@ class ItemTable(Sequence[SourceItem]):
     def groups(self) -> np.ndarray:
         """Per row, the index of its container when parts must keep it whole, else -1."""
         grouped = np.array([c.group is not None for c in self.containers] + [False], dtype=bool)
-        return np.where(grouped[self.cont], self.cont, -1).astype(np.int32)
+        if grouped[:-1].all():  # shards, Parquet files: the container codes themselves, no copy
+            return self.cont
+        out = self.cont.astype(np.promote_types(self.cont.dtype, np.int8))  # in the narrowest type that holds -1
+        out[~grouped[self.cont]] = -1
+        return out
 
     def keys(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(first 8 digest bytes as uint64, last 2 as uint16) of every id; None when the ids are not digests."""
