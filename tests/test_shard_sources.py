@@ -230,6 +230,31 @@ def test_hf_saved_dataset_equals_folder(fm_dir: Path, lite0, folder_store: dict,
         open_source(f"hf:{tmp_path / 'saved'}", split="nope").discover()
 
 
+def test_an_hf_name_not_in_the_cache_fails_offline_without_touching_the_network(tmp_path: Path, monkeypatch) -> None:
+    """``hf:NAME`` is looked up in the local cache only: a name not there is a UsageError at once, and
+    no connection is attempted (before, the Hub was retried for ~25 s offline)."""
+    datasets = pytest.importorskip("datasets")
+    import socket
+
+    import huggingface_hub.constants as hub
+
+    for module, name in (
+        (datasets.config, "HF_DATASETS_OFFLINE"),
+        (datasets.config, "HF_HUB_OFFLINE"),
+        (hub, "HF_HUB_OFFLINE"),
+    ):
+        monkeypatch.setattr(module, name, False)  # a user's online session (the suite runs offline)
+    tried: list[object] = []
+    real_connect = socket.socket.connect
+    monkeypatch.setattr(socket.socket, "connect", lambda self, addr: tried.append(addr) or real_connect(self, addr))
+    monkeypatch.setattr(socket, "getaddrinfo", lambda *a, **k: tried.append(a) or (_ for _ in ()).throw(OSError("no")))
+    before = (datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE)
+    with pytest.raises(UsageError, match="not in the local cache"):
+        open_source("hf:deepfeat-no-such-dataset").discover()
+    assert tried == []  # not even a name lookup
+    assert (datasets.config.HF_DATASETS_OFFLINE, hub.HF_HUB_OFFLINE) == before  # the settings are restored
+
+
 def test_shard_index_cache_skips_finished_shards(fm_dir: Path, tmp_path: Path, monkeypatch) -> None:
     import deepfeat.sources.webdataset as wdmod
 

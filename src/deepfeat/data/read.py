@@ -22,9 +22,10 @@ entry), never a crash. An object store that stays unavailable after the retries 
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ..errors import EnvironmentFault, InputError, UsageError
@@ -221,6 +222,20 @@ def hf_library() -> Any:
     return datasets
 
 
+@contextlib.contextmanager
+def _hf_offline(datasets: Any) -> Iterator[None]:
+    """``datasets`` and ``huggingface_hub`` offline meanwhile (their settings are read when imported, so
+    the environment variables alone came too late: a missing name waited ~25 s for the Hub)."""
+    import huggingface_hub.constants as hub
+
+    saved = (datasets.config.HF_DATASETS_OFFLINE, datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE)
+    datasets.config.HF_DATASETS_OFFLINE = datasets.config.HF_HUB_OFFLINE = hub.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        datasets.config.HF_DATASETS_OFFLINE, datasets.config.HF_HUB_OFFLINE, hub.HF_HUB_OFFLINE = saved
+
+
 def load_hf(path: str) -> Any:
     """A Dataset or DatasetDict from a ``save_to_disk`` folder, or from the local cache, offline."""
     datasets = hf_library()
@@ -229,9 +244,9 @@ def load_hf(path: str) -> Any:
             return datasets.load_from_disk(path)
         except FileNotFoundError as exc:
             raise UsageError(f"{path!r} is not a dataset written by save_to_disk ({exc}).") from exc
-    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     try:
-        return datasets.load_dataset(path)
+        with _hf_offline(datasets):
+            return datasets.load_dataset(path)
     except Exception as exc:  # noqa: BLE001 - any failure to find it offline is one message
         raise UsageError(
             f"No Hugging Face dataset {path!r}: not a save_to_disk folder, and not in the local "
