@@ -352,3 +352,61 @@ def test_ray_engine_reads_shards_whole(fm_dir: Path, tmp_path: Path) -> None:
         shards = {p.split("#")[0] for p in store.read_rows(part, ["path"]).column("path").to_pylist()}
         assert len(shards) == 1, f"part {part.name} mixes shards {shards}"
     assert (tmp_path / "ray" / "manifest.json").read_text() == (tmp_path / "local" / "manifest.json").read_text()
+
+
+def test_a_resume_skips_finished_shards_without_reading_their_ledgers(
+    fm_dir: Path, lite0, folder_store: dict, tmp_path: Path, monkeypatch
+) -> None:
+    """Each part record names the shards it holds inputs of and which of them its commit finished; a
+    resume drops the finished shards' inputs without reading those parts' ledgers, reads the rest as
+    before, and ends with the same store as one uninterrupted run. A shard that changed is checked id by id."""
+    from deepfeat.store.manifest import Manifest
+    from deepfeat.store.reader import FeatureStore
+
+    shards = _write_shards(fm_dir, tmp_path / "shards", per_shard=20)
+    assert len(shards) == 4
+    kw = dict(KW, part_size=16)  # a 20-sample shard is cut into parts of 16 + 4
+    out = tmp_path / "store"
+    real_commit = Manifest.commit
+    commits: list[str] = []
+
+    def commit_then_stop(self, record):  # noqa: ANN001, ANN202 - the 4th commit is interrupted before it happens
+        if len(commits) == 3:
+            raise KeyboardInterrupt
+        commits.append(record.name)
+        return real_commit(self, record)
+
+    monkeypatch.setattr(Manifest, "commit", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
+    monkeypatch.setattr(Manifest, "commit", real_commit)
+    parts = {p.name: p.containers for p in Manifest(str(out)).parts}
+    finished = [[os.path.basename(k.split("|")[0]) for k, done in c.items() if done] for c in parts.values()]
+    held = [[os.path.basename(k.split("|")[0]) for k in c] for c in parts.values()]
+    assert held == [["00000.tar"], ["00000.tar"], ["00001.tar"]] and finished == [[], ["00000.tar"], []]
+
+    read: list[str] = []
+    real_read = FeatureStore.read_ledger
+    monkeypatch.setattr(
+        FeatureStore, "read_ledger", lambda self, part, *a, **k: read.append(part.name) or real_read(self, part, *a, **k)
+    )
+    s = deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
+    assert read == [list(parts)[2]]  # shard 0 finished: its two parts' ledgers are not read; shard 1's is
+    assert (s.already_done, s.embedded_now, s.embedded_total, s.rows_total) == (36, 44, 80, 80)
+    _assert_same_as_folder(out, folder_store, labels=False)  # nothing lost, nothing twice, the same features
+
+    read.clear()
+    again = deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
+    assert read == [] and (again.already_done, again.embedded_now) == (80, 0)
+
+    with tarfile.open(shards[3]) as tar:  # shard 3 rewritten without its last sample
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers() if m.isfile()]
+    last_key = members[-1][0].name.split(".")[0]
+    with tarfile.open(shards[3], "w") as tar:
+        for m, data in members:
+            if m.name.split(".")[0] != last_key:
+                tar.addfile(m, io.BytesIO(data))
+    read.clear()
+    changed = deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
+    assert len(read) == 2  # the changed shard's two parts, compared id by id; the other shards' not read
+    assert (changed.embedded_now, changed.already_done, changed.vanished_since) == (0, 79, 1)

@@ -35,7 +35,7 @@ from ..sources.items import SourceItem
 from ..sources.table import as_table
 from ..store import layout
 from ..store.manifest import Manifest
-from .parts import PartBuilder, add_batch, count_new, part_bounds, pending_mask
+from .parts import PartBuilder, add_batch, container_record, count_new, part_bounds, pending_mask
 
 if TYPE_CHECKING:  # pragma: no cover
     from ..runtimes import Runtime
@@ -126,6 +126,33 @@ class FeedTrial:
         elif k == turns_end + 1 + TRIAL_BATCHES:
             self.rates["overlapped"] = self._images / max(now - self._since, 1e-9)
             self.pool.alternate = self.rates["turns"] >= self.rates["overlapped"]
+
+
+class ContainerProgress:
+    """Which containers a part's commit finishes: the part record names the containers it holds inputs
+    of (by :meth:`~deepfeat.sources.table.ItemTable.container_keys`) and marks those whose last input to
+    do in this run it holds, so that a resume skips finished containers without reading their ledgers
+    (:func:`deepfeat.extraction.finished_containers`). The local engine commits parts in input order,
+    so every input of a container before its last one to do is committed by then."""
+
+    def __init__(self, items: Any, todo: np.ndarray | None) -> None:
+        self.keys = items.container_keys()
+        starts, stops, codes = items.container_runs()
+        self.last: dict[int, int] = {}  # container code -> the row after its last input to do
+        for a, b, c in zip(starts.tolist(), stops.tolist(), codes.tolist()):
+            if todo is None:
+                end = b
+            else:
+                to_do = np.flatnonzero(todo[a:b])
+                if not len(to_do):
+                    continue
+                end = a + int(to_do[-1]) + 1
+            self.last[c] = max(self.last.get(c, 0), end)
+
+    def record(self, holds: set[int], done_upto: int) -> dict[str, bool]:
+        """``{key: finished}`` for a part holding inputs of containers ``holds``, every input before row
+        ``done_upto`` done; empty when one of them has no key (a resume then reads the part's ledger)."""
+        return container_record(self.keys, holds, lambda c: done_upto >= self.last.get(c, 0))
 
 
 @dataclass(frozen=True)
@@ -227,7 +254,9 @@ def run_local(
         return 0, 0, 0
     items = as_table(plan.discovery.items)
     todo = pending_mask(items, pending)
-    tagged: collections.deque[tuple[bool, list[SourceItem]]] = collections.deque()  # (ends its chunk, items)
+    finishing = ContainerProgress(items, todo)
+    # (ends its chunk, items, the row after its last, the containers it holds inputs of)
+    tagged: collections.deque[tuple[bool, list[SourceItem], int, np.ndarray]] = collections.deque()
 
     def batches() -> Iterator[list[tuple[str, Any, int]]]:
         """The decode batches, cut part by part as the pool asks for them (never the whole job at once)."""
@@ -243,7 +272,7 @@ def run_local(
             ]
             for k, idx in enumerate(cut):
                 batch_items = [items[int(i)] for i in idx]
-                tagged.append((k == len(cut) - 1, batch_items))
+                tagged.append((k == len(cut) - 1, batch_items, int(idx[-1]) + 1, np.unique(items.cont[idx])))
                 yield [(it.id, it.locator, plan.views_for(it)) for it in batch_items]
 
     first = manifest.next_index()
@@ -260,11 +289,13 @@ def run_local(
         pool.use(plan.backbone.preprocess.to_dict(), policy, augment)
         trial = FeedTrial(pool) if cpu and workers > 0 else None
         for _, results in pool.map(batches()):
-            last, batch_items = tagged.popleft()
+            last, batch_items, done_upto, touched = tagged.popleft()
             if builder is None:
                 names.append(layout.part_name(first + len(names)))
                 builder = PartBuilder(names[-1], [], plan.layers)
                 opened = time.monotonic()
+                holds: set[int] = set()
+            holds.update(touched.tolist())
             builder.items.update((it.id, it) for it in batch_items)
             started = time.perf_counter()
             n_ok, n_failed = add_batch(builder, runtime, results)
@@ -272,7 +303,9 @@ def run_local(
             if progress:
                 progress({"phase": "batch", "done": len(results), "failed": n_failed})
             if last or (part_seconds is not None and time.monotonic() - opened >= part_seconds):
-                manifest.commit(builder.write(out))
+                record = builder.write(out)
+                record.containers = finishing.record(holds, done_upto)
+                manifest.commit(record)
                 if progress:
                     progress({"phase": "part", "name": builder.name})
                 builder = None

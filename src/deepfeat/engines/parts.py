@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -201,6 +201,17 @@ def part_batches(items: Sequence[SourceItem], batch_size: int, plan: Any) -> lis
         [(it.id, it.locator, plan.views_for(it)) for it in items[s : s + batch_size]]
         for s in range(0, len(items), batch_size)
     ]
+
+
+def container_record(keys: Sequence[str | None], holds: Iterable[int], finished: Callable[[int], bool]) -> dict[str, bool]:
+    """A part record's ``containers``: ``{key: finished(code)}`` for the containers (codes) it holds inputs
+    of, keyed by :meth:`~deepfeat.sources.table.ItemTable.container_keys`; empty when one has no key (a
+    resume then reads the part's ledger, as for every part written before this field)."""
+    codes = sorted(set(holds))
+    found = [keys[c] if 0 <= c < len(keys) else None for c in codes]
+    if not codes or any(k is None for k in found):
+        return {}
+    return {str(k): bool(finished(c)) for c, k in zip(codes, found)}
 
 
 def count_new(manifest: Manifest, names: Iterable[str]) -> tuple[int, int, int]:

@@ -32,6 +32,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
+import numpy as np
+
 from ..data.decode import DecodePolicy
 from ..data.decode_pool import DecodePool
 from ..errors import DeepfeatError, EnvironmentFault, UsageError
@@ -42,7 +44,7 @@ from ..store import layout
 from ..store.layerspec import LayerSpec
 from ..store.manifest import Manifest, PartRecord
 from .assign import assign_parts, steal, workers_for
-from .parts import PartBuilder, add_batch, count_new, part_batches, part_bounds
+from .parts import PartBuilder, add_batch, container_record, count_new, part_batches, part_bounds
 
 log = logging.getLogger(__name__)
 
@@ -316,6 +318,10 @@ class _Driver:
         # A backbone handed over as an object (extract(backbone=...)) travels pickled; else it is loaded by name.
         self.backbone_ref = ray.put(plan.backbone) if self.spec["load"] is None else None
         self.actor_cls = ray.remote(PartWorker).options(num_cpus=cpus, num_gpus=gpus, max_restarts=0, max_task_retries=0)
+        # the containers each part holds inputs of, and how many parts of each are still to commit
+        self.container_keys = as_table(plan.discovery.items).container_keys()  # codes are shared with ``table``
+        self.holds = [np.unique(table.cont[s:e]).tolist() for _, s, e in parts]
+        self.outstanding = collections.Counter(c for codes in self.holds for c in codes)
         self.attempts: collections.Counter[int] = collections.Counter()
         self.inflight: dict[Any, tuple[int, str, int]] = {}  # ref -> (slot, "ready" | "part", part index)
         self.slots: list[_Slot] = []
@@ -414,7 +420,12 @@ class _Driver:
                     self.slots[i].ready = True
                     log.debug("Ray worker %d ready on %s (pid %s)", i, result["host"], result["pid"])
                 else:
-                    self._commit(PartRecord.from_dict(result))
+                    record = PartRecord.from_dict(result)
+                    self.outstanding.subtract(self.holds[p])
+                    record.containers = container_record(
+                        self.container_keys, self.holds[p], lambda c: self.outstanding[c] == 0
+                    )
+                    self._commit(record)
                     self.slots[i].busy = None
                 self._dispatch()
         finally:

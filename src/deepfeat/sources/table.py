@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import hashlib
 import os
 from array import array
 from collections.abc import Iterator, Sequence
@@ -245,6 +246,40 @@ class ItemTable(Sequence[SourceItem]):
         out = self.cont.astype(np.promote_types(self.cont.dtype, np.int8))  # in the narrowest type that holds -1
         out[~grouped[self.cont]] = -1
         return out
+
+    def container_keys(self) -> list[str | None]:
+        """Per container, a key naming it and exactly the inputs it holds: ``group|inputs|digest`` (blake2b
+        of its inputs' id digests, in order), or None for loose files (no group) and ids that are not
+        deepfeat's digests. A store records the keys of the containers its parts finished, so that a
+        resume skips them without reading their ledgers (:func:`deepfeat.extraction.finished_containers`):
+        the same key means the same ids, so a shard or Parquet file read with other options (another
+        ``id_field``), rewritten, or grown gets another key and is checked id by id as before."""
+        keys: list[str | None] = [None] * len(self.containers)
+        if not self.hex_ids:
+            return keys
+        hashers: dict[int, Any] = {}
+        counts: dict[int, int] = {}
+        starts, stops, codes = self.container_runs()
+        for a, b, c in zip(starts.tolist(), stops.tolist(), codes.tolist()):
+            if not 0 <= c < len(self.containers) or self.containers[c].group is None:
+                continue
+            h = hashers.setdefault(c, hashlib.blake2b(digest_size=16))
+            h.update(np.ascontiguousarray(self.hi[a:b]).tobytes())
+            h.update(np.ascontiguousarray(self.lo[a:b]).tobytes())
+            counts[c] = counts.get(c, 0) + (b - a)
+        for c, h in hashers.items():
+            keys[c] = f"{self.containers[c].group}|{counts[c]}|{h.hexdigest()}"
+        return keys
+
+    def container_runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(start, stop, container code) of each run of consecutive rows of one container, in table order."""
+        n = len(self.cont)
+        if not n:
+            empty = np.zeros(0, np.int64)
+            return empty, empty, empty
+        starts = np.concatenate(([0], np.flatnonzero(self.cont[1:] != self.cont[:-1]) + 1))
+        stops = np.append(starts[1:], n)
+        return starts, stops, self.cont[starts].astype(np.int64)
 
     def keys(self) -> tuple[np.ndarray, np.ndarray] | None:
         """(first 8 digest bytes as uint64, last 2 as uint16) of every id; None when the ids are not digests."""

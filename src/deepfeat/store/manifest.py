@@ -33,9 +33,14 @@ class PartRecord:
     failed: int
     files: dict[str, dict[str, Any]] = field(default_factory=dict)
     splits: dict[str, int] = field(default_factory=dict)
+    #: the containers (shards, Parquet files) this part holds inputs of, by key
+    #: (:meth:`~deepfeat.sources.table.ItemTable.container_keys`), each True when this part's commit
+    #: finished it; empty when the part holds inputs of a container without a key (then a resume reads
+    #: its ledger) or was written before this field (docs/STORE_FORMAT.md)
+    containers: dict[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        d = {
             "name": self.name,
             "rows": self.rows,
             "items": self.items,
@@ -44,6 +49,9 @@ class PartRecord:
             "files": self.files,
             "splits": self.splits,
         }
+        if self.containers:
+            d["containers"] = self.containers
+        return d
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "PartRecord":
@@ -55,6 +63,7 @@ class PartRecord:
             int(d["failed"]),
             dict(d.get("files", {})),
             dict(d.get("splits", {})),
+            {str(k): bool(v) for k, v in dict(d.get("containers", {})).items()},
         )
 
 

@@ -151,10 +151,11 @@ class FeatureStore:
         """Ids of every input a committed part records (embedded or failed): what a resume skips."""
         return {i for chunk in self.done_id_chunks() for i in chunk.to_pylist()}
 
-    def done_id_chunks(self) -> Iterator[pa.Array]:
+    def done_id_chunks(self, parts: Iterable[PartRecord] | None = None) -> Iterator[pa.Array]:
         """The ids of :meth:`done_ids` as Arrow string arrays, one ledger at a time (no Python object per
-        id: what a resume of millions of inputs reads, see :func:`deepfeat.extraction.resume_filter`)."""
-        for part in self.manifest.parts:
+        id: what a resume of millions of inputs reads, see :func:`deepfeat.extraction.resume_filter`);
+        only those of ``parts`` when given."""
+        for part in self.manifest.parts if parts is None else parts:
             for chunk in self.read_ledger(part, ["id"]).column("id").chunks:
                 yield chunk.cast(pa.string())
 

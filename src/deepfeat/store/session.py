@@ -18,7 +18,7 @@ import logging
 import os
 import signal
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import pyarrow as pa
@@ -128,10 +128,11 @@ class StoreWriter:
         """Ids of every input the committed parts record: what this run skips."""
         return {i for chunk in self.done_id_chunks() for i in chunk.to_pylist()}
 
-    def done_id_chunks(self) -> Iterator[pa.Array]:
-        """The ids of :meth:`done_ids` as Arrow string arrays, one ledger at a time (no Python object per id)."""
+    def done_id_chunks(self, parts: Iterable[PartRecord] | None = None) -> Iterator[pa.Array]:
+        """The ids of :meth:`done_ids` as Arrow string arrays, one ledger at a time (no Python object per id);
+        only those of ``parts`` when given."""
         self._manifest()
-        return FeatureStore(self.path, verify=False).done_id_chunks()
+        return FeatureStore(self.path, verify=False).done_id_chunks(parts)
 
     @property
     def part_names(self) -> set[str]:
