@@ -438,6 +438,95 @@ def resume(n: int, work: str) -> dict[str, float]:
     }
 
 
+def resume_containers(n: int, work: str) -> dict[str, float]:
+    """A resume of n inputs in containers of 10,000 (Parquet files, shards), all finished, plus 10 % in
+    new containers: extract's resume with the parts' container records (finished containers skipped,
+    no ledger read) against the id-by-id filter over every ledger (what a resume did before)."""
+    from deepfeat.engines.parts import container_record, part_bounds
+    from deepfeat.extraction import finished_containers, resume_filter
+    from deepfeat.sources.table import Container, TableBuilder
+    from deepfeat.store import layout
+    from deepfeat.store.fsutil import atomic_write_json, sha256_file
+    from deepfeat.store.reader import FeatureStore
+    from deepfeat.store.writer import Manifest, PartRecord
+
+    class File(Container):
+        def __init__(self, path: str) -> None:
+            self.group = path
+
+        def item(self, iid: str, label: Any, split: Any, size: int, a: int, b: int, text: Any, text2: Any) -> Any:
+            from deepfeat.sources.items import SourceItem
+
+            return SourceItem(id=iid, path=self.group, relpath=str(b), label=label, split=split, size=size)
+
+    per_file = 10_000
+    b = TableBuilder()
+    total = n + n // 10
+    for f in range(-(-total // per_file)):
+        c = b.container(File(f"/lake/{f:06d}.parquet"))
+        for i in range(f * per_file, min(total, (f + 1) * per_file)):
+            b.add(c, f"{f:06d}.parquet#{i}", label=f"class_{i % 1000:04d}", split="train", a=0, b=i)
+    items = b.build()
+    done = items[:n]  # the first n inputs (whole containers) were stored by an earlier run
+    keys = items.container_keys()
+    store = os.path.join(work, f"rc{n}")
+    os.makedirs(os.path.join(store, layout.PARTS_DIR))
+    atomic_write_json(os.path.join(store, layout.METADATA_FILE), METADATA)
+    bounds = part_bounds(done.groups(), PART_SIZE)
+    last_part = {}
+    for p, (_, e0) in enumerate(bounds):
+        last_part[int(done.cont[e0 - 1])] = p
+    records = []
+    for p, (s0, e0) in enumerate(bounds):
+        ids = [done[i].id for i in range(s0, e0)]
+        k = len(ids)
+        table = pa.table(
+            {
+                "id": ids,
+                "path": [""] * k,
+                "path_bytes": [b""] * k,
+                "label": ["x"] * k,
+                "split": ["train"] * k,
+                "status": ["failed"] * k,
+                "reason": ["decode_error"] * k,
+                "message": [None] * k,
+            },
+            schema=layout.LEDGER_SCHEMA,
+        )
+        d = os.path.join(store, layout.PARTS_DIR, layout.part_name(p))
+        os.makedirs(d)
+        path = os.path.join(d, layout.LEDGER_FILE)
+        pq.write_table(table, path, compression="zstd")
+        holds = set(np.unique(done.cont[s0:e0]).tolist())
+        rec = PartRecord(
+            layout.part_name(p),
+            0,
+            k,
+            0,
+            k,
+            {layout.LEDGER_FILE: {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}},
+        )
+        rec.containers = container_record(keys, holds, lambda c, p=p: last_part[c] == p)
+        records.append(rec)
+    m = Manifest(store)
+    m.parts = records
+    m.save()
+    reader = FeatureStore(store, verify=False)
+    gc.collect()
+
+    def by_containers() -> Any:
+        unfinished, to_read = finished_containers(items, reader.manifest.parts)
+        return resume_filter(unfinished, lambda: reader.done_id_chunks(to_read)), len(to_read)
+
+    ((pending, vanished), read), t_new, m_new = timed_peak(by_containers)
+    assert (len(pending), vanished, read) == (n // 10, 0, 0), (len(pending), vanished, read)
+    del pending
+    (pending, vanished), t_old, m_old = timed_peak(lambda: resume_filter(items, reader.done_id_chunks))
+    assert (len(pending), vanished) == (n // 10, 0)
+    shutil.rmtree(store)
+    return {"parts": len(records), "t_containers": t_new, "m_containers": m_new, "t_ledgers": t_old, "m_ledgers": m_old}
+
+
 # ------------------------------------------------------------------------------- report
 def fmt_s(s: float) -> str:
     if s >= 3600:
@@ -472,7 +561,9 @@ def child(what: str, n: int, work: str) -> dict[str, float]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--child", choices=("planning", "folder", "per_item", "resume"), help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--child", choices=("planning", "folder", "per_item", "resume", "resume_containers"), help=argparse.SUPPRESS
+    )
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument(
         "--max-inputs",
@@ -491,6 +582,7 @@ def main() -> None:
             "folder": lambda: folder_table(n),
             "per_item": lambda: per_item(n, lake),
             "resume": lambda: resume(n, args.work),
+            "resume_containers": lambda: resume_containers(n, args.work),
         }[args.child]()
         print(json.dumps(result))
         return
