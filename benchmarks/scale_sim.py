@@ -359,6 +359,35 @@ def whole_job(parts: int, rewrite: Callable[[int], float], append_s: float, rati
 
 
 # ------------------------------------------------------------------------------- resume
+def failed_part(store: str, p: int, ids: list[str], paths: list[str], labels: list[str]) -> Any:
+    """Part ``p`` of ``store``: a ledger recording ``ids`` as failed (no feature files needed: a resume
+    reads the same ledgers, with the same checks, as for embedded inputs), and its manifest record."""
+    from deepfeat.store import layout
+    from deepfeat.store.fsutil import sha256_file
+    from deepfeat.store.writer import PartRecord
+
+    k = len(ids)
+    table = pa.table(
+        {
+            "id": ids,
+            "path": paths,
+            "path_bytes": [s.encode() for s in paths],
+            "label": labels,
+            "split": ["train"] * k,
+            "status": ["failed"] * k,
+            "reason": ["decode_error"] * k,
+            "message": [None] * k,
+        },
+        schema=layout.LEDGER_SCHEMA,
+    )
+    d = os.path.join(store, layout.PARTS_DIR, layout.part_name(p))
+    os.makedirs(d)
+    path = os.path.join(d, layout.LEDGER_FILE)
+    pq.write_table(table, path, compression="zstd")
+    files = {layout.LEDGER_FILE: {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}}
+    return PartRecord(layout.part_name(p), 0, k, 0, k, files)
+
+
 def resume(n: int, work: str) -> dict[str, float]:
     """A store of n inputs' ledgers, and the pending filter of a resume over them (what extract runs).
 
@@ -366,9 +395,9 @@ def resume(n: int, work: str) -> dict[str, float]:
     ``FeatureStore.done_ids`` reads the same ledgers, with the same checks, as for embedded inputs.
     """
     from deepfeat.store import layout
-    from deepfeat.store.fsutil import atomic_write_json, sha256_file
+    from deepfeat.store.fsutil import atomic_write_json
     from deepfeat.store.reader import FeatureStore
-    from deepfeat.store.writer import Manifest, PartRecord
+    from deepfeat.store.writer import Manifest
 
     store = os.path.join(work, f"r{n}")
     os.makedirs(os.path.join(store, layout.PARTS_DIR))
@@ -380,33 +409,8 @@ def resume(n: int, work: str) -> dict[str, float]:
         k = min(PART_SIZE, n - start)
         rels = [f"train/class_{i % 1000:04d}/img_{i:09d}.jpg" for i in range(start, start + k)]
         paths = [f"/data/imagenet-like/{r}" for r in rels]
-        table = pa.table(
-            {
-                "id": [hashlib.blake2b(r.encode(), digest_size=10).hexdigest() for r in rels],
-                "path": paths,
-                "path_bytes": [s.encode() for s in paths],
-                "label": [r.split("/")[1] for r in rels],
-                "split": ["train"] * k,
-                "status": ["failed"] * k,
-                "reason": ["decode_error"] * k,
-                "message": [None] * k,
-            },
-            schema=layout.LEDGER_SCHEMA,
-        )
-        d = os.path.join(store, layout.PARTS_DIR, layout.part_name(p))
-        os.makedirs(d)
-        path = os.path.join(d, layout.LEDGER_FILE)
-        pq.write_table(table, path, compression="zstd")
-        records.append(
-            PartRecord(
-                layout.part_name(p),
-                0,
-                k,
-                0,
-                k,
-                {layout.LEDGER_FILE: {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}},
-            )
-        )
+        ids = [hashlib.blake2b(r.encode(), digest_size=10).hexdigest() for r in rels]
+        records.append(failed_part(store, p, ids, paths, [r.split("/")[1] for r in rels]))
     m.parts = records
     m.save()
     reader = FeatureStore(store, verify=False)
@@ -446,9 +450,9 @@ def resume_containers(n: int, work: str) -> dict[str, float]:
     from deepfeat.extraction import finished_containers, resume_filter
     from deepfeat.sources.table import Container, TableBuilder
     from deepfeat.store import layout
-    from deepfeat.store.fsutil import atomic_write_json, sha256_file
+    from deepfeat.store.fsutil import atomic_write_json
     from deepfeat.store.reader import FeatureStore
-    from deepfeat.store.writer import Manifest, PartRecord
+    from deepfeat.store.writer import Manifest
 
     class File(Container):
         def __init__(self, path: str) -> None:
@@ -479,33 +483,8 @@ def resume_containers(n: int, work: str) -> dict[str, float]:
     records = []
     for p, (s0, e0) in enumerate(bounds):
         ids = [done[i].id for i in range(s0, e0)]
-        k = len(ids)
-        table = pa.table(
-            {
-                "id": ids,
-                "path": [""] * k,
-                "path_bytes": [b""] * k,
-                "label": ["x"] * k,
-                "split": ["train"] * k,
-                "status": ["failed"] * k,
-                "reason": ["decode_error"] * k,
-                "message": [None] * k,
-            },
-            schema=layout.LEDGER_SCHEMA,
-        )
-        d = os.path.join(store, layout.PARTS_DIR, layout.part_name(p))
-        os.makedirs(d)
-        path = os.path.join(d, layout.LEDGER_FILE)
-        pq.write_table(table, path, compression="zstd")
+        rec = failed_part(store, p, ids, [""] * len(ids), ["x"] * len(ids))
         holds = set(np.unique(done.cont[s0:e0]).tolist())
-        rec = PartRecord(
-            layout.part_name(p),
-            0,
-            k,
-            0,
-            k,
-            {layout.LEDGER_FILE: {"sha256": sha256_file(path), "bytes": os.path.getsize(path)}},
-        )
         rec.containers = container_record(keys, holds, lambda c, p=p: last_part[c] == p)
         records.append(rec)
     m = Manifest(store)
