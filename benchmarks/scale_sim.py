@@ -447,7 +447,7 @@ def resume_containers(n: int, work: str) -> dict[str, float]:
     new containers: extract's resume with the parts' container records (finished containers skipped,
     no ledger read) against the id-by-id filter over every ledger (what a resume did before)."""
     from deepfeat.engines.parts import container_record, part_bounds
-    from deepfeat.extraction import finished_containers, resume_filter
+    from deepfeat.extraction import finished_containers, resume_filter, without_containers
     from deepfeat.sources.table import Container, TableBuilder
     from deepfeat.store import layout
     from deepfeat.store.fsutil import atomic_write_json
@@ -494,8 +494,9 @@ def resume_containers(n: int, work: str) -> dict[str, float]:
     gc.collect()
 
     def by_containers() -> Any:
-        unfinished, to_read = finished_containers(items, reader.manifest.parts)
-        return resume_filter(unfinished, lambda: reader.done_id_chunks(to_read)), len(to_read)
+        finished, to_read = finished_containers(items, reader.manifest.parts)
+        pending, vanished = resume_filter(items, lambda: reader.done_id_chunks(to_read))
+        return (without_containers(pending, finished), vanished), len(to_read)
 
     ((pending, vanished), read), t_new, m_new = timed_peak(by_containers)
     assert (len(pending), vanished, read) == (n // 10, 0, 0), (len(pending), vanished, read)

@@ -410,3 +410,37 @@ def test_a_resume_skips_finished_shards_without_reading_their_ledgers(
     changed = deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
     assert len(read) == 2  # the changed shard's two parts, compared id by id; the other shards' not read
     assert (changed.embedded_now, changed.already_done, changed.vanished_since) == (0, 79, 1)
+
+
+def test_a_part_holding_a_finished_and_an_unfinished_shard_resumes_exactly(
+    fm_dir: Path, lite0, tmp_path: Path, monkeypatch
+) -> None:
+    """Parts closed by time at batch boundaries hold the end of one shard and the start of the next: the
+    resume reads such a part's ledger (its second shard is unfinished), drops the finished shard's
+    inputs, and counts nothing as vanished."""
+    from deepfeat.store.manifest import Manifest
+
+    _write_shards(fm_dir, tmp_path / "shards", per_shard=3)
+    kw = dict(KW, batch_size=4, part_seconds=1e-9)  # every batch is its own part; batches span shards
+    out = tmp_path / "store"
+    real_commit = Manifest.commit
+    commits: list[str] = []
+
+    def commit_then_stop(self, record):  # noqa: ANN001, ANN202
+        if len(commits) == 2:
+            raise KeyboardInterrupt
+        commits.append(record.name)
+        return real_commit(self, record)
+
+    monkeypatch.setattr(Manifest, "commit", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
+    monkeypatch.setattr(Manifest, "commit", real_commit)
+    records = [
+        {os.path.basename(k.split("|")[0]): done for k, done in p.containers.items()} for p in Manifest(str(out)).parts
+    ]
+    assert records == [{"00000.tar": True, "00001.tar": False}, {"00001.tar": True, "00002.tar": False}]
+    s = deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
+    assert (s.already_done, s.vanished_since, s.embedded_total) == (8, 0, 80)
+    deepfeat.extract(str(tmp_path / "shards"), tmp_path / "uninterrupted", backbone=lite0, **kw)
+    _assert_same_as_folder(out, _by_sha(tmp_path / "uninterrupted"))  # bit-identical, nothing twice
