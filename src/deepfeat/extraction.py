@@ -472,10 +472,11 @@ def extract(
         layers: names as ``deepfeat layers`` prints them, comma-separated, or shortcuts.
         pool: ``none|avg|max|avgmax``, optionally per layer: ``"avg,blocks.4=none"``.
         dtype: ``float16`` or ``float32`` storage.
-        workers: decode processes (default: one per core, taking turns with a runtime on the CPU; with
-            a GPU runtime, spare cores to start with, then balanced against the runtime on the rates
-            measured over the first part -- the summary's ``decode_workers`` says what ran; a number
-            given here is kept; 0 = decode in this process). With ``engine="ray"``: decode
+        workers: decode processes (default: one per core with a runtime on the CPU, which they feed
+            taking turns or overlapped, whichever the first batches timed faster; with a GPU runtime,
+            spare cores to start with, then balanced against the runtime on the rates measured over
+            the first part -- the summary's ``decode_workers`` says what ran; a number given here is
+            kept; 0 = decode in this process). With ``engine="ray"``: decode
             processes inside each Ray worker (default 0: the worker decodes).
         engine: ``"local"`` (this machine), ``"ray"``, or an engine object with its own options,
             e.g. ``RayEngine(address="auto", workers=8)`` (see :mod:`deepfeat.engines`, docs/RAY.md).

@@ -38,9 +38,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         "--workers",
         type=int,
         default=None,
-        help="decode processes (default: one per core, taking turns with a CPU runtime; with a GPU "
-        "runtime, as many as keep it fed, measured over the first part; a number given here is kept; "
-        "with --engine ray: per Ray worker, default 0)",
+        help="decode processes (default: one per core with a CPU runtime, fed taking turns or overlapped, "
+        "whichever the first batches timed faster; with a GPU runtime, as many as keep it fed, measured "
+        "over the first part; a number given here is kept; with --engine ray: per Ray worker, default 0)",
     )
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     _add_runtime_args(p)

@@ -86,8 +86,8 @@ class FeedTrial:
     After :data:`TRIAL_WARMUP` batches, :data:`TRIAL_BATCHES` are fed taking turns
     (``pool.alternate``), one batch lets the switch settle, :data:`TRIAL_BATCHES` more are fed
     overlapped; the rate of each is images over the wall time from the end of the batch before its
-    window to the end of its last batch (decode, forward, commits: all the run does). A run too
-    short to time both keeps taking turns.
+    window to the end of its last batch (decode, forward, commits: all the run does). A run that
+    ends during the trial keeps the way it was in, and its summary says so.
 
     Example:
         >>> class Pool: alternate = False
