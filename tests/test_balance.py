@@ -240,4 +240,6 @@ def test_one_pool_started_before_the_model_decodes_the_guard_sample_and_the_job(
         progress=lambda ev: events.append(ev["phase"]),
     )
     assert "guard" in events and s.embedded_total == 16
-    assert order == ["worker", "worker", "model"]  # two workers, started before the model loaded, and no others
+    # one worker started before the model loaded, the second when the guard's sample was split between
+    # them (after the model), and no others: the guard and the job share them
+    assert order == ["worker", "model", "worker"]

@@ -244,10 +244,11 @@ class DecodePool:
         policy and augmentation."""
         self.args = (preprocess, policy, augment)
 
-    def start(self) -> "DecodePool":
-        """Start every worker now (they import what decoding needs while the caller does other work)."""
+    def start(self, count: int | None = None) -> "DecodePool":
+        """Start ``count`` workers now (default: all), which import what decoding needs while the caller
+        does other work; the others start when a batch first needs them."""
         self._warm = True
-        while len(self._workers) < self.workers:
+        while len(self._workers) < min(self.workers, self.workers if count is None else count):
             self._workers.append(_Worker(warm=True))
         return self
 

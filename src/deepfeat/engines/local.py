@@ -70,12 +70,14 @@ def start_decoders(settings: Any) -> DecodePool | None:
     start-up overlaps it), as ``settings.decode_pool``; None when decoding runs in this process.
 
     A CPU run by default uses one worker per core (:func:`shares_cores`); a forced ``workers`` is kept.
+    One worker starts now, the others when a batch first needs them: a job of one batch (a
+    notebook's few images, most of the test suite) does not pay a worker start-up per core.
     """
     if settings.workers == 0:
         return None
     if shares_cores(settings.device) and settings.balance_workers:
         settings.workers = max(1, min(CPU_MAX_WORKERS, os.cpu_count() or 1))
-    pool = DecodePool(settings.workers).start()
+    pool = DecodePool(settings.workers).start(1)
     settings.decode_pool = pool
     return pool
 
