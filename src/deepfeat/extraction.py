@@ -11,6 +11,7 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
 import os
 import shutil
 import time
@@ -562,6 +563,8 @@ def extract(
             skip_dirs=(out,),
         )
         _keep_recorded_resizer(plan, recorded_config)
+        if decoders is not None:  # the other workers, as many as the job has batches, start now (before the guard)
+            decoders.start(math.ceil(len(plan.discovery.items) / max(1, batch_size)))
         out = os.fspath(out)
         if os.path.exists(out) and not os.path.isdir(out):
             raise UsageError(f"The output {out!r} exists and is not a directory.")

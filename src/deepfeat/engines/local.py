@@ -70,8 +70,9 @@ def start_decoders(settings: Any) -> DecodePool | None:
     start-up overlaps it), as ``settings.decode_pool``; None when decoding runs in this process.
 
     A CPU run by default uses one worker per core (:func:`shares_cores`); a forced ``workers`` is kept.
-    One worker starts now, the others when a batch first needs them: a job of one batch (a
-    notebook's few images, most of the test suite) does not pay a worker start-up per core.
+    One worker starts now; ``extract`` starts the others once discovery has counted the job's batches
+    (at most one per batch), so a job of one batch (a notebook's few images, most of the test suite)
+    does not pay a worker start-up per core.
     """
     if settings.workers == 0:
         return None
