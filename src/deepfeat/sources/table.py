@@ -152,6 +152,7 @@ class ItemTable(Sequence[SourceItem]):
         self.size, self.a, self.b, self.text, self.text2 = size, a, b, text, text2
         #: the ids are deepfeat's blake2b-80 digests (False: a custom source's ids, kept in its items)
         self.hex_ids = hex_ids
+        self._container_keys: list[str | None] | None = None
 
     def __len__(self) -> int:
         return len(self.cont)
@@ -253,10 +254,14 @@ class ItemTable(Sequence[SourceItem]):
         deepfeat's digests. A store records the keys of the containers its parts finished, so that a
         resume skips them without reading their ledgers (:func:`deepfeat.extraction.finished_containers`):
         the same key means the same ids, so a shard or Parquet file read with other options (another
-        ``id_field``), rewritten, or grown gets another key and is checked id by id as before."""
+        ``id_field``), rewritten, or grown gets another key and is checked id by id as before.
+        Computed once per table (a resume asks for them, then the engine that runs it)."""
+        if self._container_keys is not None:
+            return list(self._container_keys)
         keys: list[str | None] = [None] * len(self.containers)
         if not self.hex_ids:
-            return keys
+            self._container_keys = keys
+            return list(keys)
         hashers: dict[int, Any] = {}
         counts: dict[int, int] = {}
         starts, stops, codes = self.container_runs()
@@ -269,7 +274,8 @@ class ItemTable(Sequence[SourceItem]):
             counts[c] = counts.get(c, 0) + (b - a)
         for c, h in hashers.items():
             keys[c] = f"{self.containers[c].group}|{counts[c]}|{h.hexdigest()}"
-        return keys
+        self._container_keys = keys
+        return list(keys)
 
     def container_runs(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(start, stop, container code) of each run of consecutive rows of one container, in table order."""
