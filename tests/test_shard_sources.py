@@ -354,6 +354,26 @@ def test_ray_engine_reads_shards_whole(fm_dir: Path, tmp_path: Path) -> None:
     assert (tmp_path / "ray" / "manifest.json").read_text() == (tmp_path / "local" / "manifest.json").read_text()
 
 
+def _interrupted_at_commit(n: int, monkeypatch, source: str, out: Path, **kw) -> None:  # noqa: ANN001
+    """An extract interrupted (Ctrl-C) as it is about to make its ``n``-th commit: ``n - 1`` parts committed."""
+    from deepfeat.store.manifest import Manifest
+
+    real_commit = Manifest.commit
+    made: list[str] = []
+
+    def commit_then_stop(self, record):  # noqa: ANN001, ANN202
+        if len(made) == n - 1:
+            raise KeyboardInterrupt
+        made.append(record.name)
+        return real_commit(self, record)
+
+    monkeypatch.setattr(Manifest, "commit", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        deepfeat.extract(source, out, **kw)
+    monkeypatch.setattr(Manifest, "commit", real_commit)
+    assert len(made) == n - 1
+
+
 def test_a_resume_skips_finished_shards_without_reading_their_ledgers(
     fm_dir: Path, lite0, folder_store: dict, tmp_path: Path, monkeypatch
 ) -> None:
@@ -367,19 +387,7 @@ def test_a_resume_skips_finished_shards_without_reading_their_ledgers(
     assert len(shards) == 4
     kw = dict(KW, part_size=16)  # a 20-sample shard is cut into parts of 16 + 4
     out = tmp_path / "store"
-    real_commit = Manifest.commit
-    commits: list[str] = []
-
-    def commit_then_stop(self, record):  # noqa: ANN001, ANN202 - the 4th commit is interrupted before it happens
-        if len(commits) == 3:
-            raise KeyboardInterrupt
-        commits.append(record.name)
-        return real_commit(self, record)
-
-    monkeypatch.setattr(Manifest, "commit", commit_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
-    monkeypatch.setattr(Manifest, "commit", real_commit)
+    _interrupted_at_commit(4, monkeypatch, str(tmp_path / "shards"), out, backbone=lite0, **kw)
     parts = {p.name: p.containers for p in Manifest(str(out)).parts}
     finished = [[os.path.basename(k.split("|")[0]) for k, done in c.items() if done] for c in parts.values()]
     held = [[os.path.basename(k.split("|")[0]) for k in c] for c in parts.values()]
@@ -423,19 +431,7 @@ def test_a_part_holding_a_finished_and_an_unfinished_shard_resumes_exactly(
     _write_shards(fm_dir, tmp_path / "shards", per_shard=3)
     kw = dict(KW, batch_size=4, part_seconds=1e-9)  # every batch is its own part; batches span shards
     out = tmp_path / "store"
-    real_commit = Manifest.commit
-    commits: list[str] = []
-
-    def commit_then_stop(self, record):  # noqa: ANN001, ANN202
-        if len(commits) == 2:
-            raise KeyboardInterrupt
-        commits.append(record.name)
-        return real_commit(self, record)
-
-    monkeypatch.setattr(Manifest, "commit", commit_then_stop)
-    with pytest.raises(KeyboardInterrupt):
-        deepfeat.extract(str(tmp_path / "shards"), out, backbone=lite0, **kw)
-    monkeypatch.setattr(Manifest, "commit", real_commit)
+    _interrupted_at_commit(3, monkeypatch, str(tmp_path / "shards"), out, backbone=lite0, **kw)
     records = [
         {os.path.basename(k.split("|")[0]): done for k, done in p.containers.items()} for p in Manifest(str(out)).parts
     ]
