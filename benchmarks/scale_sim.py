@@ -36,8 +36,6 @@ Planning and resume run in a fresh child process per size (clean RSS figures). S
 from __future__ import annotations
 
 import argparse
-import ctypes
-import ctypes.util
 import gc
 import hashlib
 import json
@@ -70,17 +68,12 @@ def rss() -> int:
     """Resident bytes of this process now (after a collection, Arrow's pool returning what it keeps, and
     glibc's heap giving back its free pages: without that, pages freed by earlier steps and not yet
     returned made the baseline, and so every growth measured from it, depend on what ran before)."""
+    from deepfeat.sources.table import _release_freed_memory  # glibc's malloc_trim, as the item table calls it
+
     gc.collect()
     pa.default_memory_pool().release_unused()
-    _malloc_trim()
+    _release_freed_memory()
     return _resident()
-
-
-def _malloc_trim() -> None:
-    try:
-        ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
 
 
 def _resident() -> int:
