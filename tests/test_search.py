@@ -97,7 +97,11 @@ def test_pairs_and_groups_files(planted, dup_run):
     root, store, dups = planted
     summary, out = dup_run
     pairs = _read_csv(out / "pairs.csv")
-    assert list(pairs[0]) == ["path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity"]
+    assert list(pairs[0]) == [
+        "path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity", "pixel_similarity", "found_by"
+    ]  # fmt: skip
+    # these planted copies are close by both measures; the pixel correlation is measured for every pair
+    assert {r["found_by"] for r in pairs} == {"both"} and all(float(r["pixel_similarity"]) >= 0.985 for r in pairs)
     cross = [r["split_a"] != r["split_b"] for r in pairs]
     assert cross == sorted(cross, reverse=True)  # cross-split pairs first
     store_ids = set(deepfeat.open_store(store).rows(["id"]).column("id").to_pylist())
@@ -276,6 +280,8 @@ def test_bad_threshold_and_top_k_exit_2(planted, index, tmp_path, capsys):
     for value in ("1.5", "0", "-0.2", "nan"):
         assert main(["duplicates", store, "--out", str(tmp_path / "d"), "--threshold", value]) == 2
         assert "--threshold" in capsys.readouterr().err
+        assert main(["duplicates", store, "--out", str(tmp_path / "d"), "--pixel-threshold", value]) == 2
+        assert "--pixel-threshold" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["duplicates", store, "--out", str(tmp_path / "d"), "--method", "lsh"])
     assert exc.value.code == 2
@@ -450,3 +456,118 @@ def test_rows_read_from_the_vectors_file_are_the_stored_rows(tmp_path, monkeypat
     for r in set(want.tolist()):  # every wanted row's bytes were asked for
         assert covered[r * dims * 2 : (r + 1) * dims * 2].all()
     assert len(asked) < len(set(want.tolist()))  # rows 5-7 (and 0 and 21: one page) asked as one range each
+
+
+# ----------------------------------------------------------------------------- copies found by their pixels
+@pytest.fixture(scope="module")
+def edited(fm_dir, tmp_path_factory):
+    """Fashion-MNIST (4 per class and split) with planted edits the features miss: a JPEG q40 re-encode and
+    a halved copy in test of train images, a q75 re-encode within test, a 3/4 copy within train; extracted at
+    96 px (docs/SEARCH.md: what the pixels find there). Returns (root, store, {name: (planted, original)})."""
+    root = tmp_path_factory.mktemp("edited") / "images"
+    shutil.copytree(fm_dir, root, ignore=shutil.ignore_patterns("classes.txt"))
+    train, test = sorted((root / "train").glob("*/*.png")), sorted((root / "test").glob("*/*.png"))
+    plants = {
+        "jpeg40_train_to_test": (train[5], root / "test" / train[5].parent.name / "edit_q40.jpg"),
+        "down50_train_to_test": (train[9], root / "test" / train[9].parent.name / "edit_down50.png"),
+        "jpeg75_within_test": (test[2], test[2].parent / "edit_q75.jpg"),
+        "down75_within_train": (train[30], train[30].parent / "edit_down75.png"),
+    }
+    for src, dst in plants.values():
+        im = Image.open(src)
+        if dst.suffix == ".jpg":
+            im.save(dst, quality=int(dst.stem[-2:]))
+        else:
+            side = round(im.width * int(dst.stem.rsplit("down", 1)[1]) / 100)
+            im.resize((side, side), Image.BILINEAR).save(dst)
+    store = root.parent / "store"
+    s = deepfeat.extract(root, store, input_size=96, precision="fp32", dtype="float16", workers=1)
+    assert s.failed_total == 0
+    return root, store, {k: (dst, src) for k, (src, dst) in plants.items()}
+
+
+def test_edited_copies_the_features_miss_are_found_by_their_pixels(edited, tmp_path):
+    root, store, plants = edited
+    s = deepfeat.duplicates(store, tmp_path / "d")
+    pairs = {frozenset((r["path_a"], r["path_b"])): r for r in _read_csv(tmp_path / "d" / "pairs.csv")}
+    for name, (dst, src) in plants.items():
+        row = pairs.get(frozenset((str(dst), str(src))))
+        assert row is not None, f"{name} not found"
+        assert row["found_by"] in ("pixels", "both") and float(row["pixel_similarity"]) >= 0.985
+    # the halved image is far from its original by the features: only the pixels find it
+    halved = pairs[frozenset(map(str, plants["down50_train_to_test"]))]
+    assert halved["found_by"] == "pixels" and float(halved["similarity"]) < DEFAULT_THRESHOLD
+    assert set(pairs) == {frozenset(map(str, p)) for p in plants.values()}  # nothing else reported
+    assert s.pixel_pairs >= 1 and s.leaks == {"test": 2} and not s.unread
+    assert "by pixels only" in s.line()
+    # the same store without the pixel check: the halved copy is missed, so one leak fewer at most
+    f = deepfeat.duplicates(store, tmp_path / "f", pixels=False)
+    found = {frozenset((r["path_a"], r["path_b"])) for r in _read_csv(tmp_path / "f" / "pairs.csv")}
+    assert frozenset(map(str, plants["down50_train_to_test"])) not in found
+    assert f.pixel_threshold is None and "pixels" not in f.line()
+
+
+def test_images_gone_since_extraction_are_listed_and_compared_by_features(edited, tmp_path):
+    root, store, plants = edited
+    dst, src = plants["down50_train_to_test"]
+    moved = tmp_path / "moved.png"
+    shutil.move(dst, moved)
+    try:
+        s = deepfeat.duplicates(store, tmp_path / "d", report=False)
+    finally:
+        shutil.move(moved, dst)
+    unread = _read_csv(tmp_path / "d" / "unread.csv")
+    assert [r["path"] for r in unread] == [str(dst)] and unread[0]["reason"]
+    assert s.unread == {str(dst): unread[0]["reason"]} and "1 images unread" in s.line()
+    pairs = {frozenset((r["path_a"], r["path_b"])) for r in _read_csv(tmp_path / "d" / "pairs.csv")}
+    assert frozenset(map(str, (dst, src))) not in pairs  # its pixels are gone; its features are far
+    assert frozenset(map(str, plants["jpeg40_train_to_test"])) in pairs  # the others are still found
+
+
+def test_thumbnail_pyramids_read_in_worker_processes_are_the_same(edited, tmp_path, monkeypatch):
+    from deepfeat.search import pixels
+
+    root, store, plants = edited
+    paths = [str(p) for p in sorted(root.glob("*/*/*"))[:40]] + [str(tmp_path / "missing.png"), None]
+    one = pixels.pyramids(paths, str(tmp_path / "one"), workers=1)
+    monkeypatch.setattr(pixels, "INLINE_ROWS", 0)
+    monkeypatch.setattr(pixels, "CHUNK_ROWS", 16)
+    two = pixels.pyramids(paths, str(tmp_path / "two"), workers=2)
+    np.testing.assert_array_equal(one.pyramid[0 : len(paths)], two.pyramid[0 : len(paths)])
+    np.testing.assert_array_equal(one.level, two.level)
+    assert set(one.unread) == set(two.unread) == {40, 41}
+    assert set(one.level[:40].tolist()) <= set(pixels.LEVELS) and one.level[40] == one.level[41] == 0
+
+
+def test_evaluate_counts_edited_copies_of_train_images_by_their_pixels(edited, tmp_path, capsys):
+    root, store, plants = edited
+    model = tmp_path / "m.dfm"
+    deepfeat.train(store, layers="pre_logits", head="logreg", solver="stream", epochs=3, out=model)
+    report = deepfeat.evaluate(model, store, split="test", out=tmp_path / "ev")
+    leak = report["leakage"]
+    leaked = {Path(e["path"]).name: e for e in leak["examples"]}
+    # the two edits of train images planted into test; the q75 re-encode within test is no leak
+    assert set(leaked) == {"edit_q40.jpg", "edit_down50.png"} and leak["rows"] == 2
+    assert leaked["edit_down50.png"]["by"] == "pixels" and leak["by_pixels"] >= 1
+    assert leaked["edit_down50.png"]["train_path"] == str(plants["down50_train_to_test"][1])
+    assert "by pixels only" in (tmp_path / "ev" / "report.txt").read_text()
+    # features only: the halved copy is not seen
+    features = deepfeat.evaluate(model, store, split="test", leakage_pixel_threshold=None)["leakage"]
+    assert "edit_down50.png" not in {Path(e["path"]).name for e in features["examples"]}
+    assert main(["evaluate", str(model), str(store), "--leakage-pixel-threshold", "1.5"]) == 2
+    assert "--leakage-pixel-threshold" in capsys.readouterr().err
+
+
+def test_an_image_changed_since_extraction_is_not_compared_by_its_pixels(edited, tmp_path):
+    root, store, plants = edited
+    dst, src = plants["jpeg40_train_to_test"]
+    kept = dst.read_bytes()
+    Image.open(src).rotate(90).save(dst, quality=40)  # another picture under the same path
+    try:
+        s = deepfeat.duplicates(store, tmp_path / "d", report=False)
+    finally:
+        dst.write_bytes(kept)
+    assert s.unread == {str(dst): "the file changed since it was extracted"}
+    pairs = {frozenset((r["path_a"], r["path_b"])): r for r in _read_csv(tmp_path / "d" / "pairs.csv")}
+    row = pairs.get(frozenset(map(str, (dst, src))))
+    assert row is None or (row["found_by"] == "features" and row["pixel_similarity"] == "")

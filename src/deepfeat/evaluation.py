@@ -41,6 +41,7 @@ from .reports.evaluation_page import Examples, calibration, evaluation_html
 from .reports.html import write
 from .search.duplicates import DEFAULT_THRESHOLD
 from .search.leakage import train_near_duplicates
+from .search.pixels import DEFAULT_PIXEL_THRESHOLD
 from .store.fsutil import check_writable, staged_directory
 from .store.reader import FeatureStore, open_store
 from .viz.plots import plot_confusion_matrix as plot
@@ -126,6 +127,7 @@ def evaluate(
     tta: bool = False,
     batch_size: int = 1024,
     leakage_threshold: float | None = DEFAULT_THRESHOLD,
+    leakage_pixel_threshold: float | None = DEFAULT_PIXEL_THRESHOLD,
 ) -> dict[str, Any]:
     """Score a bundle on the stored features of ``split`` (``None`` or ``"all"``: every row).
 
@@ -133,11 +135,22 @@ def evaluate(
     When ``split`` is not ``train`` and the store has a train split, rows with a near-duplicate in
     train (cosine >= ``leakage_threshold`` on ``pre_logits``, or the bundle's first layer) are counted
     and the accuracy without them is reported beside the headline (``report["leakage"]``; None: no check).
+    With ``leakage_pixel_threshold``, the images are read again and a row whose grey thumbnails correlate
+    with a train image's at >= it leaks too: re-encodes and downscales that the features miss (None: features only).
     """
     ks = _parse_top_k(top_k)
     check_int(batch_size, "batch_size", minimum=1, where="evaluate")
     check_number(
         leakage_threshold, "leakage_threshold", minimum=0, maximum=1, min_open=True, where="evaluate", optional=True
+    )
+    check_number(
+        leakage_pixel_threshold,
+        "leakage_pixel_threshold",
+        minimum=0,
+        maximum=1,
+        min_open=True,
+        where="evaluate",
+        optional=True,
     )
     if out is not None:
         if os.path.exists(out) and not os.path.isdir(out):
@@ -226,7 +239,7 @@ def evaluate(
             "scores": "probability" if b.probabilistic else "decision",
         }
     )
-    leaks = _leakage(st, sel, b, leakage_threshold, ids, sources, truth, topk, classes)
+    leaks = _leakage(st, sel, b, (leakage_threshold, leakage_pixel_threshold), ids, sources, truth, topk, classes)
     if leaks is not None:
         report["leakage"] = leaks
     if b.probabilistic and len(tops):
@@ -314,7 +327,7 @@ def _leakage(
     st: FeatureStore,
     sel: str | None,
     b: Bundle,
-    threshold: float | None,
+    thresholds: tuple[float | None, float | None],
     ids: list[str],
     sources: list[str | None],
     truth: list[str],
@@ -322,10 +335,11 @@ def _leakage(
     classes: list[str],
 ) -> dict[str, Any] | None:
     """Rows of the evaluated split with a near-duplicate in train, and the accuracy without them."""
+    threshold, pixel_threshold = thresholds
     if threshold is None or sel in (None, "train") or "train" not in st.splits or not len(topk):
         return None
     layer = "pre_logits" if "pre_logits" in st.layer_names else b.layer_names[0]
-    found = train_near_duplicates(st, sel, layer=layer, threshold=float(threshold))
+    found = train_near_duplicates(st, sel, layer=layer, threshold=float(threshold), pixel_threshold=pixel_threshold)
     correct = np.asarray([t in classes and classes.index(t) == p for t, p in zip(truth, topk[:, 0].tolist())])
     leaked = np.asarray([i in found for i in ids], dtype=bool)
     clean = ~leaked
@@ -337,6 +351,7 @@ def _leakage(
                 "train_id": found[i].train_id,
                 "train_path": found[i].train_path,
                 "similarity": found[i].similarity,
+                "by": found[i].by,
             }
             for i, p in zip(ids, sources)
             if i in found
@@ -345,6 +360,8 @@ def _leakage(
     )
     return {
         "threshold": float(threshold),
+        "pixel_threshold": pixel_threshold,
+        "by_pixels": sum(1 for i in ids if i in found and found[i].by == "pixels"),
         "layer": layer,
         "reference_split": "train",
         "rows": int(leaked.sum()),
@@ -359,12 +376,15 @@ def _leakage_lines(report: dict[str, Any]) -> list[str]:
     leak = report.get("leakage")
     if not leak:
         return []
+    by = f"cosine >= {leak['threshold']:g} on {leak['layer']}"
+    if leak.get("pixel_threshold") is not None:
+        by += f", or pixels >= {leak['pixel_threshold']:g}"
     if not leak["rows"]:
-        return [f"near-duplicates in train: none (cosine >= {leak['threshold']:g} on {leak['layer']})"]
+        return [f"near-duplicates in train: none ({by})"]
     without = leak["accuracy_without"]
+    pixels = f", {leak['by_pixels']:,} of them by pixels only" if leak.get("by_pixels") else ""
     return [
-        f"near-duplicates in train: {leak['rows']:,} of {report['n']:,} rows (cosine >= {leak['threshold']:g} on "
-        f"{leak['layer']}); accuracy without them: "
+        f"near-duplicates in train: {leak['rows']:,} of {report['n']:,} rows ({by}{pixels}); accuracy without them: "
         + (f"{without:.4f} on {leak['n_without']:,} rows" if without is not None else "- (no rows left)")
         + f" (headline {report['accuracy']:.4f})"
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..apidefaults import api_constant
 from .common import _print
 
 #: the API function each command calls: its signature gives the options' defaults
@@ -28,6 +29,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
         help="count the rows with a near-duplicate in train (cosine >= this on pre_logits) and report the "
         "accuracy without them",
     )
+    p.add_argument(
+        "--leakage-pixel-threshold",
+        type=float,
+        default=api_constant("deepfeat.search.pixels", "DEFAULT_PIXEL_THRESHOLD"),
+        help="also read the images and count a row whose grey thumbnails correlate with a train image's at >= "
+        "this (re-encodes and downscales the features miss)",
+    )
+    p.add_argument("--no-pixel-check", action="store_true", help="near-duplicates in train by features only (no image read)")
     p.add_argument("--no-leakage-check", action="store_true", help="skip the near-duplicates-in-train check")
     p.set_defaults(func=run)
 
@@ -44,6 +53,7 @@ def run(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         leakage_threshold=None if args.no_leakage_check else args.leakage_threshold,
+        leakage_pixel_threshold=None if args.no_pixel_check else args.leakage_pixel_threshold,
     )
     _print(format_report(report).rstrip())
     if report.get("files"):

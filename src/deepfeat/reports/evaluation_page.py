@@ -170,7 +170,7 @@ def _leakage_section(report: dict[str, Any], leak: dict[str, Any]) -> str:
             H.thumb_card(
                 e["path"],
                 f'<span class="no">{H.esc(report["split"])}</span>',
-                [f"<div>similarity {e['similarity']:.4f}</div>"],
+                [f"<div>{'pixels' if e.get('by') == 'pixels' else 'similarity'} {e['similarity']:.4f}</div>"],
             )
         )
         pairs.append(H.thumb_card(e["train_path"], '<span class="ok">train</span>', [f"<div>{H.esc(e['train_id'])}</div>"]))
@@ -185,7 +185,14 @@ def _leakage_section(report: dict[str, Any], leak: dict[str, Any]) -> str:
         f"Near-duplicates in train ({leak['rows']:,} of {report['n']:,} rows)",
         H.paragraph(
             f"Evaluated rows whose cosine similarity to a training row is at least {leak['threshold']:g} on "
-            f"{leak['layer']}: their accuracy measures memory, not generalisation. Each pair: the evaluated "
+            f"{leak['layer']}"
+            + (
+                f", or whose grey thumbnails correlate with a training image's at {leak['pixel_threshold']:g} or more "
+                "(re-encodes and downscales)"
+                if leak.get("pixel_threshold") is not None
+                else ""
+            )
+            + ": their accuracy measures memory, not generalisation. Each pair: the evaluated "
             "image, then its nearest training image.",
             note=True,
         ),

@@ -85,3 +85,37 @@ def store_digest(store: FeatureStore) -> dict[str, Any]:
             h.update(fname.encode())
             h.update(str(part.files[fname].get("sha256")).encode())
     return {"fingerprint": store.metadata.get("fingerprint"), "parts_digest": h.hexdigest()[:32], "rows": store.num_rows()}
+
+
+def all_pairs(
+    vectors: np.ndarray, threshold: float, block_rows: int, task: Any = None, against: Any = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every pair ``i < j`` of rows of ``vectors`` (normalised; an array or a memory map) with inner
+    product >= ``threshold``: (i, j, similarity) arrays. Two blocks of ``block_rows`` rows at a time.
+    With ``against``, the pairs of a row ``i`` of ``vectors`` and a row ``j`` of ``against`` instead."""
+    n = len(vectors)
+    other = vectors if against is None else against
+    m = len(other)
+    found_i: list[np.ndarray] = []
+    found_j: list[np.ndarray] = []
+    found_s: list[np.ndarray] = []
+    for a in range(0, n, block_rows):
+        A = np.asarray(vectors[a : a + block_rows], dtype=np.float32)
+        for b in range(a if against is None else 0, m, block_rows):
+            same = against is None and b == a
+            B = A if same else np.asarray(other[b : b + block_rows], dtype=np.float32)
+            S = A @ B.T
+            ii, jj = np.nonzero(S >= threshold)
+            if same:  # each pair once, no self-pairs
+                keep = jj > ii
+                ii, jj = ii[keep], jj[keep]
+            if len(ii):
+                found_s.append(S[ii, jj].astype(np.float32))
+                found_i.append(ii.astype(np.int64) + a)
+                found_j.append(jj.astype(np.int64) + b)
+            del S, B
+            if task is not None:
+                task.update(len(A) * min(block_rows, m - b))
+    if not found_i:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
+    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)

@@ -41,8 +41,9 @@ from ..params import check_choice, check_number
 from ..reports.duplicates_page import write_duplicates_page
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
-from .blocks import DEFAULT_MEMORY_BUDGET, pair_block_rows
+from .blocks import DEFAULT_MEMORY_BUDGET, all_pairs, pair_block_rows
 from .index import RowFile, build_index
+from .pixels import DEFAULT_PIXEL_THRESHOLD, Pyramids, extracted_sha256, pair_similarity, pixel_pairs, pyramids
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ REPORT_GROUPS = 200
 #: how pairs are searched: ``exact`` (every pair, blockwise), ``partitioned`` (k-means partitions, exact within
 #: each), ``auto`` (exact up to :data:`EXACT_MAX_ROWS` rows)
 METHODS = ("auto", "exact", "partitioned")
+#: columns of pairs.csv: ``similarity`` is the features' cosine, ``pixel_similarity`` the thumbnails'
+#: correlation (empty when an image was not read), ``found_by`` ``features``, ``pixels`` or ``both``
+PAIRS_COLUMNS = ("path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity", "pixel_similarity", "found_by")
 #: rows up to which ``method="auto"`` scans every pair (about 2·10¹⁰ pairs: minutes on 2 cores at 1,280 dims)
 EXACT_MAX_ROWS = 200_000
 #: partitions each row joins (its nearest centroids): a pair is compared when the two rows share one
@@ -81,11 +85,19 @@ class DuplicatesSummary:
     block_rows: int = 0
     method: str = "exact"
     partitions: int = 0
+    pixel_threshold: float | None = None  #: None: the pixel check did not run
+    pixel_pairs: int = 0  #: pairs found by their pixels that the features missed
+    unread: dict[str, str] = field(default_factory=dict)  #: path -> why the pixel check could not read it
 
     def line(self) -> str:
         leaks = ", ".join(f"{n:,} {s}" for s, n in self.leaks.items()) or "none"
+        by = f"cosine >= {self.threshold:g}"
+        if self.pixel_threshold is not None:
+            by += f", or pixels >= {self.pixel_threshold:g}: {self.pixel_pairs:,} pairs by pixels only"
+            if self.unread:
+                by += f"; {len(self.unread):,} images unread, compared by features only"
         return (
-            f"{self.pairs:,} near-duplicate pairs (cosine >= {self.threshold:g}) in {self.groups:,} groups "
+            f"{self.pairs:,} near-duplicate pairs ({by}) in {self.groups:,} groups "
             f"among {self.rows:,} rows; {self.cross_split_pairs:,} pairs cross splits; inputs with a "
             f"near-duplicate in {TRAIN_SPLIT}: {leaks} ({self.seconds:.1f} s"
             + (f", {self.partitions:,} k-means partitions" if self.method == "partitioned" else "")
@@ -115,36 +127,6 @@ class UnionFind:
             ra, rb = rb, ra
         self.parent[rb] = ra
         self.size[ra] += self.size[rb]
-
-
-def all_pairs(
-    vectors: np.ndarray, threshold: float, block_rows: int, task: Any = None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every pair ``i < j`` of rows of ``vectors`` (normalised; an array or a memory map) with inner
-    product >= ``threshold``: (i, j, similarity) arrays. Two blocks of ``block_rows`` rows at a time."""
-    n = len(vectors)
-    found_i: list[np.ndarray] = []
-    found_j: list[np.ndarray] = []
-    found_s: list[np.ndarray] = []
-    for a in range(0, n, block_rows):
-        A = np.asarray(vectors[a : a + block_rows], dtype=np.float32)
-        for b in range(a, n, block_rows):
-            B = A if b == a else np.asarray(vectors[b : b + block_rows], dtype=np.float32)
-            S = A @ B.T
-            ii, jj = np.nonzero(S >= threshold)
-            if b == a:  # each pair once, no self-pairs
-                keep = jj > ii
-                ii, jj = ii[keep], jj[keep]
-            if len(ii):
-                found_s.append(S[ii, jj].astype(np.float32))
-                found_i.append(ii.astype(np.int64) + a)
-                found_j.append(jj.astype(np.int64) + b)
-            del S, B
-            if task is not None:
-                task.update(len(A) * min(block_rows, n - b))
-    if not found_i:
-        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
-    return np.concatenate(found_i), np.concatenate(found_j), np.concatenate(found_s)
 
 
 class _Rows:
@@ -253,6 +235,9 @@ def duplicates(
     memory_budget: int | str = DEFAULT_MEMORY_BUDGET,
     report: bool = True,
     method: str = "auto",
+    pixels: bool = True,
+    pixel_threshold: float = DEFAULT_PIXEL_THRESHOLD,
+    workers: int | None = None,
 ) -> DuplicatesSummary:
     """Find near-duplicate rows of a store (cosine similarity >= ``threshold`` on ``layer``).
 
@@ -267,12 +252,21 @@ def duplicates(
         method: ``exact`` (every pair), ``partitioned`` (k-means partitions, exact within each: pairs
             whose rows fall in no common partition are missed) or ``auto`` (exact up to
             :data:`EXACT_MAX_ROWS` rows); see :data:`METHODS`.
+        pixels: also read every row's image and report the pairs whose thumbnails correlate at
+            >= ``pixel_threshold`` at the finest resolution both hold: JPEG re-encodes and
+            downscales that the features miss (:mod:`deepfeat.search.pixels`). Rows whose image
+            cannot be read are compared by features only and listed in ``unread.csv``.
+        pixel_threshold: correlation in (0, 1] from which two images are copies by their pixels.
+        workers: processes that read the images for the pixel check (default: one per core).
 
     Example:
         >>> s = duplicates("feats/", "dups/", threshold=0.95)   # doctest: +SKIP
         >>> print(s.line())                                      # doctest: +SKIP
     """
     threshold = check_number(threshold, "threshold", minimum=0, maximum=1, min_open=True, where="duplicates")
+    pixel_threshold = check_number(
+        pixel_threshold, "pixel_threshold", minimum=0, maximum=1, min_open=True, where="duplicates"
+    )
     budget = parse_size(memory_budget, "memory_budget")
     check_choice(method, "method", METHODS, where="duplicates")
     if isinstance(splits, str):
@@ -284,6 +278,7 @@ def duplicates(
     t0 = time.perf_counter()
     scratch = os.path.join(out, f".vectors-{os.getpid()}")
 
+    pixel_scratch = os.path.join(out, f".pixels-{os.getpid()}")
     try:
         idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget, overwrite=True)
         n = idx.rows
@@ -300,15 +295,87 @@ def duplicates(
             with progress.task("duplicates (partitioned)", total=n, unit="row") as task:
                 ii, jj, ss, partitions = partitioned_pairs(idx.blocks, threshold, budget, task)
         meta = idx.columns()
+        pix = None
+        if pixels:
+            digests = extracted_sha256(st, meta["id"])
+            pix = _pixel_pass(meta["path"], digests, pixel_scratch, pixel_threshold, resolved, budget, workers)
+            ii, jj, ss, pixel_sim, found_by = _merge(idx.blocks, pix, (ii, jj, ss), pix.pairs)
+        else:
+            pixel_sim, found_by = np.full(len(ii), np.nan, np.float32), np.full(len(ii), "features", dtype=object)
         del idx
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
+        shutil.rmtree(pixel_scratch, ignore_errors=True)
     summary = _summarise(meta, ii, jj, ss, threshold, layer, n)
     summary.block_rows, summary.method, summary.partitions = block, resolved, partitions
-    summary.files = _write(out, meta, ii, jj, ss, summary, report, store_path=st.path)
+    if pix is not None:
+        summary.pixel_threshold = pixel_threshold
+        summary.pixel_pairs = int(sum(f == "pixels" for f in found_by))
+        summary.unread = {meta["path"][r] or meta["id"][r]: why for r, why in pix.unread.items()}
+    summary.files = _write(out, meta, ii, jj, ss, (pixel_sim, found_by), summary, report, store_path=st.path)
     summary.seconds = time.perf_counter() - t0
     log.info("duplicates: %s", summary.line())
     return summary
+
+
+@dataclass
+class _PixelPass:
+    pyramids: Pyramids
+    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+    @property
+    def unread(self) -> dict[int, str]:
+        return self.pyramids.unread
+
+
+def _pixel_pass(
+    paths: list[str | None],
+    digests: list[str | None],
+    folder: str,
+    threshold: float,
+    method: str,
+    budget: int,
+    workers: int | None,
+) -> _PixelPass:
+    """Thumbnail pyramids of every row's image and the pairs that are copies by their pixels."""
+
+    def search(vectors: RowFile, low: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        rows, dims = vectors.shape
+        if method == "exact":
+            block = min(rows, pair_block_rows(dims, budget))
+            with progress.task("duplicates (pixels)", total=rows * (rows + 1) / 2, unit="pair") as task:
+                return all_pairs(vectors, low, max(1, block), task)
+        with progress.task("duplicates (pixels, partitioned)", total=rows, unit="row") as task:
+            return partitioned_pairs(vectors, low, budget, task)[:3]
+
+    with progress.task("thumbnails", total=len(paths), unit="img") as task:
+        pyr = pyramids(paths, folder, workers=workers, task=task, sha256=digests)
+    return _PixelPass(pyr, pixel_pairs(pyr, threshold, search=search))
+
+
+def _merge(
+    vectors: RowFile,
+    pix: _PixelPass,
+    by_features: tuple[np.ndarray, np.ndarray, np.ndarray],
+    by_pixels: tuple[np.ndarray, np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The union of the pairs found by features and by pixels: (i, j, feature cosine, pixel correlation,
+    found by ``features`` / ``pixels`` / ``both``), each pair once."""
+    fi, fj, fs = by_features
+    pi, pj, _ = by_pixels
+    n = max(len(vectors), 1)
+    fkey, pkey = fi * n + fj, pi * n + pj
+    only_pixels = ~np.isin(pkey, fkey)
+    oi, oj = pi[only_pixels], pj[only_pixels]
+    os_ = np.empty(len(oi), np.float32)
+    for s in range(0, len(oi), 4096):  # the feature cosine of the pairs the features missed
+        A, B = vectors.take(oi[s : s + 4096]), vectors.take(oj[s : s + 4096])
+        os_[s : s + 4096] = np.minimum(1.0, np.einsum("ij,ij->i", A, B))
+    ii, jj = np.concatenate([fi, oi]), np.concatenate([fj, oj])
+    ss = np.concatenate([fs.astype(np.float32), os_])
+    found_by = np.array(["features"] * len(fi) + ["pixels"] * len(oi), dtype=object)
+    found_by[: len(fi)][np.isin(fkey, pkey)] = "both"
+    return ii, jj, ss, pair_similarity(pix.pyramids, ii, jj), found_by
 
 
 def _groups(n: int, ii: np.ndarray, jj: np.ndarray) -> list[list[int]]:
@@ -349,17 +416,20 @@ def _write(
     ii: np.ndarray,
     jj: np.ndarray,
     ss: np.ndarray,
+    by_pixels: tuple[np.ndarray, np.ndarray],
     summary: DuplicatesSummary,
     report: bool,
     store_path: str,
 ) -> dict[str, str]:
     split = meta["split"]
+    pixel_sim, found_by = by_pixels
+    strength = np.fmax(ss, pixel_sim)  # the closer of the two measures orders pairs and groups
     cross = np.array([split[a] != split[b] for a, b in zip(ii.tolist(), jj.tolist())], dtype=bool)
-    order = np.lexsort((jj, ii, -ss, ~cross)) if len(ii) else np.zeros(0, np.int64)
+    order = np.lexsort((jj, ii, -strength, ~cross)) if len(ii) else np.zeros(0, np.int64)
     files = {"pairs.csv": os.path.join(out, "pairs.csv"), "groups.csv": os.path.join(out, "groups.csv")}
     with open(files["pairs.csv"] + ".tmp", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity"])
+        w.writerow(PAIRS_COLUMNS)
         for k in order.tolist():
             a, b = int(ii[k]), int(jj[k])
             w.writerow(
@@ -371,10 +441,21 @@ def _write(
                     split[a] or "",
                     split[b] or "",
                     f"{float(ss[k]):.6f}",
+                    "" if np.isnan(pixel_sim[k]) else f"{float(pixel_sim[k]):.6f}",
+                    found_by[k],
                 ]
             )
     os.replace(files["pairs.csv"] + ".tmp", files["pairs.csv"])
-    groups = _ordered_groups(meta, ii, jj, ss, summary.rows)
+    if summary.unread:
+        files["unread.csv"] = os.path.join(out, "unread.csv")
+        with open(files["unread.csv"] + ".tmp", "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "reason"])
+            w.writerows(sorted(summary.unread.items()))
+        os.replace(files["unread.csv"] + ".tmp", files["unread.csv"])
+    elif os.path.exists(os.path.join(out, "unread.csv")):
+        os.remove(os.path.join(out, "unread.csv"))  # from an earlier run into this folder
+    groups = _ordered_groups(meta, ii, jj, strength, summary.rows)
     with open(files["groups.csv"] + ".tmp", "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f)
         w.writerow(["group", "size", "splits", "id", "path", "split", "label"])

@@ -12,12 +12,16 @@ Example:
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow.compute as pc
 
 from ..store.reader import FeatureStore
-from .blocks import DEFAULT_MEMORY_BUDGET, pair_block_rows, store_blocks
+from .blocks import DEFAULT_MEMORY_BUDGET, all_pairs, pair_block_rows, store_blocks
+from .pixels import CANDIDATE_THRESHOLD, pair_similarity, pyramids
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +33,7 @@ class Leak:
     train_id: str
     train_path: str | None
     similarity: float
+    by: str = "features"  #: ``features`` (cosine of the layer) or ``pixels`` (thumbnails' correlation)
 
 
 def train_near_duplicates(
@@ -39,11 +44,16 @@ def train_near_duplicates(
     layer: str = "pre_logits",
     threshold: float = 0.9,
     memory_budget: int = DEFAULT_MEMORY_BUDGET,
+    pixel_threshold: float | None = None,
+    workers: int | None = None,
 ) -> dict[str, Leak]:
     """{id of a ``split`` row: its closest ``reference`` row} for the rows at cosine >= ``threshold``.
 
     Two blocks at a time (rows of ``split`` against rows of ``reference``, view 0), each sized by
-    ``memory_budget``; the reference split is re-read once per block of ``split`` rows.
+    ``memory_budget``; the reference split is re-read once per block of ``split`` rows. With
+    ``pixel_threshold``, the images of both splits are read again and a row whose thumbnails correlate
+    with a reference row's at >= ``pixel_threshold`` leaks too (a re-encode or downscale the features
+    miss: :mod:`deepfeat.search.pixels`); images that cannot be read are compared by features only.
     """
     dims = store.layer(layer).dims
     block = pair_block_rows(dims, memory_budget)
@@ -64,6 +74,9 @@ def train_near_duplicates(
         q_ids = qmeta.column("id").to_pylist()
         for r in np.flatnonzero(best >= threshold).tolist():
             found[q_ids[r]] = Leak(str(best_id[r]), best_path[r], float(min(1.0, best[r])))
+    if pixel_threshold is not None:
+        for qid, leak in _pixel_leaks(store, split, reference, pixel_threshold, memory_budget, workers).items():
+            found.setdefault(qid, leak)
     log.info(
         "leakage: %d %s rows with a near-duplicate in %s (cosine >= %g on %s)",
         len(found),
@@ -72,4 +85,34 @@ def train_near_duplicates(
         threshold,
         layer,
     )
+    return found
+
+
+def _split_images(store: FeatureStore, split: str) -> tuple[list[str], list[str | None], list[str | None]]:
+    """(ids, exact source paths, sha256 when extracted) of the view-0 rows of one split."""
+    rows = store.rows(["id", "view", "split", "path", "path_bytes", "sha256"])
+    rows = rows.filter(pc.and_(pc.equal(rows.column("view"), 0), pc.equal(rows.column("split"), split)))
+    raw = rows.column("path_bytes").to_pylist()
+    paths = [os.fsdecode(r) if r else p for p, r in zip(rows.column("path").to_pylist(), raw)]
+    return rows.column("id").to_pylist(), paths, rows.column("sha256").to_pylist()
+
+
+def _pixel_leaks(
+    store: FeatureStore, split: str, reference: str, threshold: float, budget: int, workers: int | None
+) -> dict[str, Leak]:
+    """{id of a ``split`` row: its closest ``reference`` row by pixels} for correlations >= ``threshold``."""
+    q_ids, q_paths, q_sha = _split_images(store, split)
+    r_ids, r_paths, r_sha = _split_images(store, reference)
+    found: dict[str, Leak] = {}
+    if not q_ids or not r_ids:
+        return found
+    with tempfile.TemporaryDirectory(prefix="deepfeat-leakage-") as tmp:
+        Q = pyramids(q_paths, os.path.join(tmp, "q"), workers=workers, sha256=q_sha)
+        R = pyramids(r_paths, os.path.join(tmp, "r"), workers=workers, sha256=r_sha)
+        block = pair_block_rows(Q.candidates.shape[1], budget)
+        ci, cj, _ = all_pairs(Q.candidates, CANDIDATE_THRESHOLD, block, against=R.candidates)
+        sim = pair_similarity(Q, ci, cj, R)
+    for i, j, s in sorted(zip(ci.tolist(), cj.tolist(), sim.tolist()), key=lambda t: -t[2]):
+        if s >= threshold and q_ids[i] not in found:
+            found[q_ids[i]] = Leak(r_ids[j], r_paths[j], float(min(1.0, s)), by="pixels")
     return found
