@@ -39,6 +39,7 @@ ru_maxrss of that process).
 from __future__ import annotations
 
 import argparse
+import csv
 import glob
 import hashlib
 import json
@@ -218,6 +219,7 @@ def thresholds(args: argparse.Namespace) -> None:
                 f"{prec:.3f} |"
             )
         by_resolution(planted, row, sim_of, idx.doc["store_metadata"]["preprocess"], args.default)
+        by_pixels(work, paths, planted, group, sim_of, args.default)
     finally:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
@@ -249,6 +251,64 @@ def by_resolution(
             hits = counts.get((kind, big), [])
             cells += [str(len(hits)), f"{sum(hits) / len(hits):.3f}" if hits else "-"]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+
+
+PIXEL_THRESHOLDS = (0.95, 0.97, 0.98, 0.985, 0.9875, 0.99, 0.995)
+
+
+def by_pixels(
+    work: str,
+    paths: list[str],
+    planted: dict[str, tuple[str, str]],
+    group: dict[str, str],
+    sim_of: dict[tuple[int, int], float],
+    threshold: float,
+) -> None:
+    """Recall and precision of the pairs at cosine >= ``threshold`` or pixel correlation >= each of
+    :data:`PIXEL_THRESHOLDS`; then what ``duplicates`` with its defaults writes, end to end."""
+
+    import deepfeat
+    from deepfeat.search.blocks import all_pairs
+    from deepfeat.search.pixels import CANDIDATE_THRESHOLD, DEFAULT_PIXEL_THRESHOLD, pair_similarity, pyramids
+
+    t = time.perf_counter()
+    pyr = pyramids(paths, os.path.join(work, "pixels"))
+    ci, cj, _ = all_pairs(pyr.candidates, CANDIDATE_THRESHOLD, 8192)
+    sim = pair_similarity(pyr, ci, cj)
+    print(
+        f"pixels: {len(paths)} thumbnail pyramids, {len(ci)} candidate pairs at >= {CANDIDATE_THRESHOLD:g}, "
+        f"{time.perf_counter() - t:.1f} s"
+    )
+    features = {k for k, s in sim_of.items() if s >= threshold}
+    row = {p: i for i, p in enumerate(paths)}
+
+    def score(found: set[tuple[int, int]]) -> tuple[list[float], float, float]:
+        rec = []
+        for kind in KINDS:
+            pairs = [tuple(sorted((row[p], row[src]))) for p, (k, src) in planted.items() if k == kind]
+            rec.append(sum(x in found for x in pairs) / len(pairs))
+        everything = [tuple(sorted((row[p], row[src]))) for p, (k, src) in planted.items()]
+        prec = sum(group[paths[a]] == group[paths[b]] for a, b in found) / len(found) if found else float("nan")
+        return rec, sum(x in found for x in everything) / len(everything), prec
+
+    print(f"features at cosine >= {threshold:g} or pixels at >= the threshold:")
+    print("| pixel threshold | " + " | ".join(f"recall {k}" for k in KINDS) + " | recall all | pairs | precision |")
+    print("|" + "---|" * (len(KINDS) + 4))
+    for thr in PIXEL_THRESHOLDS:
+        found = features | {(a, b) for a, b, s in zip(ci.tolist(), cj.tolist(), sim.tolist()) if s >= thr}
+        rec, everything, prec = score(found)
+        print(f"| {thr:g} | " + " | ".join(f"{r:.3f}" for r in rec) + f" | {everything:.3f} | {len(found)} | {prec:.3f} |")
+    t = time.perf_counter()
+    s = deepfeat.duplicates(os.path.join(work, "st"), os.path.join(work, "dups"), report=False)
+    with open(os.path.join(work, "dups", "pairs.csv"), newline="", encoding="utf-8") as f:
+        found = {tuple(sorted((row[r["path_a"]], row[r["path_b"]]))) for r in csv.DictReader(f)}
+    rec, everything, prec = score(found)
+    print(
+        f"deepfeat.duplicates with its defaults (cosine >= {s.threshold:g} or pixels >= {DEFAULT_PIXEL_THRESHOLD:g}), "
+        f"end to end in {time.perf_counter() - t:.1f} s: recall "
+        + ", ".join(f"{k} {r:.3f}" for k, r in zip(KINDS, rec))
+        + f"; all {everything:.3f}; {len(found)} pairs ({s.pixel_pairs} by pixels only), precision {prec:.3f}"
+    )
 
 
 # ----------------------------------------------------------------------------- ood

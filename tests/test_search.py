@@ -20,6 +20,7 @@ from deepfeat.cli import main
 from deepfeat.errors import StoreError
 from deepfeat.search.duplicates import DEFAULT_THRESHOLD, all_pairs, pair_block_rows, partitioned_pairs, plan_partitions
 from deepfeat.search.index import build_index, exact_knn, faiss_available, open_index
+from deepfeat.search.pixels import DEFAULT_PIXEL_THRESHOLD
 
 SIZE = 64  #: model input size: small and fast
 
@@ -101,7 +102,9 @@ def test_pairs_and_groups_files(planted, dup_run):
         "path_a", "path_b", "id_a", "id_b", "split_a", "split_b", "similarity", "pixel_similarity", "found_by"
     ]  # fmt: skip
     # these planted copies are close by both measures; the pixel correlation is measured for every pair
-    assert {r["found_by"] for r in pairs} == {"both"} and all(float(r["pixel_similarity"]) >= 0.985 for r in pairs)
+    assert {r["found_by"] for r in pairs} == {"both"} and all(
+        float(r["pixel_similarity"]) >= DEFAULT_PIXEL_THRESHOLD for r in pairs
+    )
     cross = [r["split_a"] != r["split_b"] for r in pairs]
     assert cross == sorted(cross, reverse=True)  # cross-split pairs first
     store_ids = set(deepfeat.open_store(store).rows(["id"]).column("id").to_pylist())
@@ -493,7 +496,7 @@ def test_edited_copies_the_features_miss_are_found_by_their_pixels(edited, tmp_p
     for name, (dst, src) in plants.items():
         row = pairs.get(frozenset((str(dst), str(src))))
         assert row is not None, f"{name} not found"
-        assert row["found_by"] in ("pixels", "both") and float(row["pixel_similarity"]) >= 0.985
+        assert row["found_by"] in ("pixels", "both") and float(row["pixel_similarity"]) >= DEFAULT_PIXEL_THRESHOLD
     # the halved image is far from its original by the features: only the pixels find it
     halved = pairs[frozenset(map(str, plants["down50_train_to_test"]))]
     assert halved["found_by"] == "pixels" and float(halved["similarity"]) < DEFAULT_THRESHOLD

@@ -18,7 +18,7 @@ are compared by their features only; :func:`pyramids` counts them and says why.
 
 Example:
     >>> pyr = pyramids(["a.png", "b.jpg"], "scratch/")              # doctest: +SKIP
-    >>> pixel_pairs(pyr, 0.985, budget=1 << 30)                        # doctest: +SKIP
+    >>> pixel_pairs(pyr, 0.9875, search=scan)                      # doctest: +SKIP
     (array([0]), array([1]), array([0.997], dtype=float32))
 """
 
@@ -47,7 +47,7 @@ CANDIDATE_LEVEL = 12
 #: correlation at :data:`CANDIDATE_LEVEL` from which a pair is verified (planted copies reach it: docs/SEARCH.md)
 CANDIDATE_THRESHOLD = 0.95
 #: correlation at the finest common level from which two images are copies (measured: docs/SEARCH.md)
-DEFAULT_PIXEL_THRESHOLD = 0.985
+DEFAULT_PIXEL_THRESHOLD = 0.9875
 #: JPEGs are decoded at a reduced scale while both sides stay at least this large (the pyramid needs 32)
 DRAFT_SIDE = 64
 #: rows per task sent to a worker process
