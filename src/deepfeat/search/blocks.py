@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -87,12 +87,24 @@ def store_digest(store: FeatureStore) -> dict[str, Any]:
     return {"fingerprint": store.metadata.get("fingerprint"), "parts_digest": h.hexdigest()[:32], "rows": store.num_rows()}
 
 
+#: ``refine(i, j, similarity) -> similarity`` of :func:`all_pairs` (NaN drops a pair)
+Refine = Callable[[np.ndarray, np.ndarray, np.ndarray], np.ndarray]
+
+
 def all_pairs(
-    vectors: np.ndarray, threshold: float, block_rows: int, task: Any = None, against: Any = None
+    vectors: np.ndarray,
+    threshold: float,
+    block_rows: int,
+    task: Any = None,
+    against: Any = None,
+    refine: Refine | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Every pair ``i < j`` of rows of ``vectors`` (normalised; an array or a memory map) with inner
     product >= ``threshold``: (i, j, similarity) arrays. Two blocks of ``block_rows`` rows at a time.
-    With ``against``, the pairs of a row ``i`` of ``vectors`` and a row ``j`` of ``against`` instead."""
+    With ``against``, the pairs of a row ``i`` of ``vectors`` and a row ``j`` of ``against`` instead.
+    With ``refine``, each block's pairs are handed to ``refine(i, j, similarity)`` as they are found,
+    and the similarities it returns replace theirs (NaN: the pair is dropped), so memory holds the
+    refined pairs only."""
     n = len(vectors)
     other = vectors if against is None else against
     m = len(other)
@@ -110,9 +122,15 @@ def all_pairs(
                 keep = jj > ii
                 ii, jj = ii[keep], jj[keep]
             if len(ii):
-                found_s.append(S[ii, jj].astype(np.float32))
-                found_i.append(ii.astype(np.int64) + a)
-                found_j.append(jj.astype(np.int64) + b)
+                ss = S[ii, jj].astype(np.float32)
+                ii, jj = ii.astype(np.int64) + a, jj.astype(np.int64) + b
+                if refine is not None:
+                    ss = np.asarray(refine(ii, jj, ss), dtype=np.float32)
+                    kept = ~np.isnan(ss)
+                    ii, jj, ss = ii[kept], jj[kept], ss[kept]
+                found_s.append(ss)
+                found_i.append(ii)
+                found_j.append(jj)
             del S, B
             if task is not None:
                 task.update(len(A) * min(block_rows, m - b))

@@ -41,7 +41,7 @@ from ..params import check_choice, check_number
 from ..reports.duplicates_page import write_duplicates_page
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
-from .blocks import DEFAULT_MEMORY_BUDGET, all_pairs, pair_block_rows
+from .blocks import DEFAULT_MEMORY_BUDGET, Refine, all_pairs, pair_block_rows
 from .index import RowFile, build_index
 from .pixels import DEFAULT_PIXEL_THRESHOLD, Pyramids, extracted_sha256, pair_similarity, pixel_pairs, pyramids
 
@@ -142,6 +142,11 @@ class _Rows:
         return self.file.take(self.rows[key])
 
 
+def _in_partition(refine: Refine, members: np.ndarray) -> Refine:
+    """``refine`` of rows of the whole file, applied to pairs of one partition's ``members``."""
+    return lambda i, j, s: refine(members[i], members[j], s)
+
+
 def spherical_kmeans(X: np.ndarray, k: int, iterations: int = KMEANS_ITERATIONS, seed: int = 0) -> np.ndarray:
     """``k`` unit-norm centroids of the normalised rows of ``X`` (Lloyd's algorithm on the sphere)."""
     rng = np.random.default_rng(seed)
@@ -172,7 +177,7 @@ def plan_partitions(n: int, dims: int, budget: int) -> tuple[int, int, int]:
 
 
 def partitioned_pairs(
-    vectors: RowFile, threshold: float, budget: int, task: Any = None, seed: int = 0
+    vectors: RowFile, threshold: float, budget: int, task: Any = None, seed: int = 0, refine: Refine | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
     """Pairs ``i < j`` at inner product >= ``threshold``, searched within k-means partitions of the
     rows (normalised, in a :class:`RowFile`): (i, j, similarity, partitions).
@@ -213,7 +218,8 @@ def partitioned_pairs(
     for p in range(k):
         members = rows[bounds[p] : bounds[p + 1]]
         if len(members) > 1:
-            ii, jj, ss = all_pairs(_Rows(vectors, members), threshold, block)
+            local = None if refine is None else _in_partition(refine, members)
+            ii, jj, ss = all_pairs(_Rows(vectors, members), threshold, block, refine=local)
             found_i.append(members[ii])
             found_j.append(members[jj])
             found_s.append(ss)
@@ -339,14 +345,14 @@ def _pixel_pass(
 ) -> _PixelPass:
     """Thumbnail pyramids of every row's image and the pairs that are copies by their pixels."""
 
-    def search(vectors: RowFile, low: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search(vectors: RowFile, low: float, refine: Refine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         rows, dims = vectors.shape
         if method == "exact":
             block = min(rows, pair_block_rows(dims, budget))
             with progress.task("duplicates (pixels)", total=rows * (rows + 1) / 2, unit="pair") as task:
-                return all_pairs(vectors, low, max(1, block), task)
+                return all_pairs(vectors, low, max(1, block), task, refine=refine)
         with progress.task("duplicates (pixels, partitioned)", total=rows, unit="row") as task:
-            return partitioned_pairs(vectors, low, budget, task)[:3]
+            return partitioned_pairs(vectors, low, budget, task, refine=refine)[:3]
 
     with progress.task("thumbnails", total=len(paths), unit="img") as task:
         pyr = pyramids(paths, folder, workers=workers, task=task, sha256=digests)

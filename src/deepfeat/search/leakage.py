@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 
 from ..store.reader import FeatureStore
 from .blocks import DEFAULT_MEMORY_BUDGET, all_pairs, pair_block_rows, store_blocks
-from .pixels import CANDIDATE_THRESHOLD, pair_similarity, pyramids
+from .pixels import CANDIDATE_THRESHOLD, pyramids, verified
 
 log = logging.getLogger(__name__)
 
@@ -110,9 +110,10 @@ def _pixel_leaks(
         Q = pyramids(q_paths, os.path.join(tmp, "q"), workers=workers, sha256=q_sha)
         R = pyramids(r_paths, os.path.join(tmp, "r"), workers=workers, sha256=r_sha)
         block = pair_block_rows(Q.candidates.shape[1], budget)
-        ci, cj, _ = all_pairs(Q.candidates, CANDIDATE_THRESHOLD, block, against=R.candidates)
-        sim = pair_similarity(Q, ci, cj, R)
+        ci, cj, sim = all_pairs(
+            Q.candidates, CANDIDATE_THRESHOLD, block, against=R.candidates, refine=verified(Q, threshold, R)
+        )
     for i, j, s in sorted(zip(ci.tolist(), cj.tolist(), sim.tolist()), key=lambda t: -t[2]):
-        if s >= threshold and q_ids[i] not in found:
+        if q_ids[i] not in found:
             found[q_ids[i]] = Leak(r_ids[j], r_paths[j], float(min(1.0, s)), by="pixels")
     return found

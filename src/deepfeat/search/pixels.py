@@ -227,6 +227,17 @@ def extracted_sha256(store: Any, ids: Sequence[str]) -> list[str | None]:
     return [digest.get(i) for i in ids]
 
 
+def verified(pyr: Pyramids, threshold: float, other: Pyramids | None = None) -> Any:
+    """A :data:`~deepfeat.search.blocks.Refine` for candidate pairs: their correlation at the finest
+    common level where it reaches ``threshold``, else NaN (the pair is dropped)."""
+
+    def refine(ii: np.ndarray, jj: np.ndarray, _candidate: np.ndarray) -> np.ndarray:
+        sim = pair_similarity(pyr, ii, jj, other)
+        return np.where(sim >= threshold, sim, np.float32(np.nan))
+
+    return refine
+
+
 def pixel_pairs(
     pyr: Pyramids,
     threshold: float,
@@ -235,13 +246,10 @@ def pixel_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Pairs ``i < j`` whose images are copies by their pixels: (i, j, correlation).
 
-    ``search(vectors, threshold)`` finds the candidate pairs (the caller's exact or partitioned scan
-    over a :class:`RowFile`, returning ``(i, j, similarity)``).
+    ``search(vectors, threshold, refine)`` is the caller's exact or partitioned scan over a
+    :class:`RowFile`, returning ``(i, j, similarity)``: candidates at :data:`CANDIDATE_THRESHOLD`
+    are verified block by block as they are found, so only copies are ever held.
     """
-    ci, cj, _ = search(pyr.candidates, CANDIDATE_THRESHOLD)
-    if not len(ci):
-        return ci, cj, np.zeros(0, np.float32)
-    sim = pair_similarity(pyr, ci, cj)
-    keep = sim >= threshold
-    log.info("duplicates: %d pixel candidates, %d verified at >= %g", len(ci), int(keep.sum()), threshold)
-    return ci[keep], cj[keep], sim[keep]
+    ii, jj, sim = search(pyr.candidates, CANDIDATE_THRESHOLD, verified(pyr, threshold))
+    log.info("duplicates: %d pairs copies by their pixels at >= %g", len(ii), threshold)
+    return ii, jj, sim
