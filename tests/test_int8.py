@@ -98,3 +98,36 @@ def test_int8_runs_on_the_local_engine_only(fm_dir: Path, tmp_path: Path) -> Non
     pytest.importorskip("ray")
     with pytest.raises(UsageError, match="local engine"):
         deepfeat.extract(fm_dir, tmp_path / "s", layers=LAYERS, input_size=96, precision="int8", engine="ray")
+
+
+def test_without_vnni_every_layer_is_quantised_for_saturating_int8_products(
+    fm_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A CPU without VNNI (AVX2 only) multiplies int8 with 16-bit saturating sums: NNCF's overflow fix then
+    applies to every layer, not the first only; the recipe is part of the export's cache key. Runs on any
+    CPU: the flags are what ``int8_recipe`` is told."""
+    import nncf
+
+    from deepfeat.runtimes import openvino_runtime
+
+    asked: list[str] = []
+    quantize = nncf.quantize
+
+    def spy(*args, **kwargs):  # noqa: ANN002, ANN003, ANN202
+        asked.append(kwargs["advanced_parameters"].overflow_fix.value)
+        return quantize(*args, **kwargs)
+
+    monkeypatch.setattr(nncf, "quantize", spy)
+    source = fm_dir / "test"
+    kw = dict(layers=LAYERS, input_size=64, runtime="openvino", precision="int8", workers=1, min_agreement=0.5)
+    before = _runtime_cache()
+    stores = {}
+    for vnni in (False, True):
+        monkeypatch.setattr(openvino_runtime, "cpu_has_vnni", lambda vnni=vnni: vnni)
+        stores[vnni] = tmp_path / f"vnni-{vnni}"
+        deepfeat.extract(source, stores[vnni], **kw)
+    assert asked == ["enable", "first_layer_only"]
+    assert len(_runtime_cache()) >= len(before) + 2  # two int8 exports, one per recipe
+    x0, _, _ = deepfeat.open_store(stores[False]).load("pre_logits")
+    x1, _, _ = deepfeat.open_store(stores[True]).load("pre_logits")
+    assert not np.array_equal(x0, x1)

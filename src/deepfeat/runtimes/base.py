@@ -157,6 +157,12 @@ def cpu_has_bf16() -> bool:
     return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
 
 
+def cpu_has_vnni() -> bool:
+    """True when the CPU has int8 dot-product instructions (AVX-512 VNNI, AVX-VNNI or AMX): without them,
+    int8 convolutions multiply with ``vpmaddubsw``, whose 16-bit sums saturate on full-range weights."""
+    return bool({"avx512_vnni", "avx_vnni", "amx_int8"} & cpu_flags())
+
+
 def cpu_model() -> str:
     """The CPU's model name, for benchmark reports."""
     try:
