@@ -397,11 +397,13 @@ elif args["step"] == "query":
 elif args["step"] == "duplicates":
     from deepfeat.search.duplicates import duplicates
     s = duplicates(args["store"], args["out"], threshold=args.get("threshold", 0.95), memory_budget=args["budget"],
-                   report=args.get("report", False), method=args.get("method", "auto"))
+                   report=args.get("report", False), method=args.get("method", "auto"), pixels=args.get("pixels", True))
     out["seconds"] = time.perf_counter() - t
     out["pairs"], out["groups"], out["leaks"] = s.pairs, s.groups, s.leaks
+    out["pixel_pairs"], out["unread"] = s.pixel_pairs, len(s.unread)
     out["cross_split_pairs"], out["method"] = s.cross_split_pairs, s.method
 out["maxrss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+out["children_maxrss_mib"] = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 print(json.dumps(out))
 """
 
@@ -514,7 +516,8 @@ def index_bench(args: argparse.Namespace) -> None:
         if args.duplicates:
             import csv
 
-            d = child(step="duplicates", store=store, out=os.path.join(work, "dups"), budget=budget)
+            # the synthetic store has no images behind its rows: features only
+            d = child(step="duplicates", store=store, out=os.path.join(work, "dups"), budget=budget, pixels=False)
             planted = set().union(*(p for _, p in synthetic_parts(args.rows, args.dims, args.part_rows, args.seed)))
             with open(os.path.join(work, "dups", "pairs.csv"), newline="", encoding="utf-8") as f:
                 found = {tuple(sorted((int(r["id_a"][4:]), int(r["id_b"][4:])))) for r in csv.DictReader(f)}
@@ -549,7 +552,14 @@ def fm_bench(args: argparse.Namespace) -> None:
     for method in args.method:
         out = os.path.join(work, f"dups-{method}")
         d = child(
-            step="duplicates", store=store, out=out, budget=args.budget, threshold=args.threshold, method=method, report=True
+            step="duplicates",
+            store=store,
+            out=out,
+            budget=args.budget,
+            threshold=args.threshold,
+            method=method,
+            report=True,
+            pixels=not args.no_pixels,
         )
         with open(os.path.join(out, "pairs.csv"), newline="", encoding="utf-8") as f:
             pairs = list(csv.DictReader(f))
@@ -557,7 +567,9 @@ def fm_bench(args: argparse.Namespace) -> None:
         cross_same = sum(sha[p["path_a"]] == sha[p["path_b"]] and p["split_a"] != p["split_b"] for p in pairs)
         print(
             f"duplicates {d['method']} (cosine >= {args.threshold}, budget {args.budget}): {d['seconds']:.1f} s, "
-            f"peak RSS {d['maxrss_mib']:.0f} MiB, {d['pairs']:,} pairs in {d['groups']:,} groups, "
+            f"peak RSS {d['maxrss_mib']:.0f} MiB (largest image reader {d['children_maxrss_mib']:.0f} MiB), "
+            f"{d['pairs']:,} pairs ({d['pixel_pairs']:,} by pixels only; {d['unread']} images unread) "
+            f"in {d['groups']:,} groups, "
             f"{d['cross_split_pairs']:,} across splits, leaks into train: {d['leaks']}; byte-identical pairs "
             f"{same:,} ({cross_same:,} across splits); load average {os.getloadavg()[0]:.2f}"
         )
@@ -621,6 +633,7 @@ def main() -> None:
     f.add_argument("--threshold", type=float, default=0.95)
     f.add_argument("--budget", default="1GiB")
     f.add_argument("--method", nargs="+", default=["exact"], help="duplicates methods to run (exact, partitioned)")
+    f.add_argument("--no-pixels", action="store_true", help="features only (no pixel check)")
     f.add_argument("--work", default=None, help="where the images, store and outputs go (kept)")
     f.add_argument("--tmp", default=None)
     args = ap.parse_args()
