@@ -567,7 +567,7 @@ def fm_bench(args: argparse.Namespace) -> None:
         cross_same = sum(sha[p["path_a"]] == sha[p["path_b"]] and p["split_a"] != p["split_b"] for p in pairs)
         print(
             f"duplicates {d['method']} (cosine >= {args.threshold}, budget {args.budget}): {d['seconds']:.1f} s, "
-            f"peak RSS {d['maxrss_mib']:.0f} MiB (largest image reader {d['children_maxrss_mib']:.0f} MiB), "
+            f"peak RSS {d['maxrss_mib']:.0f} MiB (largest child process {d['children_maxrss_mib']:.0f} MiB), "
             f"{d['pairs']:,} pairs ({d['pixel_pairs']:,} by pixels only; {d['unread']} images unread) "
             f"in {d['groups']:,} groups, "
             f"{d['cross_split_pairs']:,} across splits, leaks into train: {d['leaks']}; byte-identical pairs "
