@@ -578,3 +578,25 @@ def test_an_image_changed_since_extraction_is_not_compared_by_its_pixels(edited,
     pairs = {frozenset((r["path_a"], r["path_b"])): r for r in _read_csv(tmp_path / "d" / "pairs.csv")}
     row = pairs.get(frozenset(map(str, (dst, src))))
     assert row is None or (row["found_by"] == "features" and row["pixel_similarity"] == "")
+
+
+def test_the_pixel_readers_do_not_rerun_a_script_without_a_main_guard(edited, tmp_path):
+    """The pixel check's reader processes start like the decode workers: the user's script runs once."""
+    import subprocess
+    import sys
+
+    root, store, plants = edited
+    script = tmp_path / "dups_script.py"
+    script.write_text(
+        "import deepfeat\n"
+        "import deepfeat.search.pixels as pixels\n"
+        "pixels.INLINE_ROWS = 0  # readers in worker processes even for this small store\n"
+        "print('script body ran', flush=True)\n"
+        f"s = deepfeat.duplicates({str(store)!r}, {str(tmp_path / 'd')!r}, report=False, workers=2)\n"
+        "print('pairs', s.pairs, 'by pixels', s.pixel_pairs, flush=True)\n"
+    )
+    r = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=240, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("script body ran") == 1
+    assert f"pairs {len(plants)} by pixels" in r.stdout
+    assert main(["duplicates", str(store), "--out", str(tmp_path / "e"), "--workers", "0"]) == 2

@@ -86,7 +86,18 @@ class _WorkerContext(multiprocessing.context.SpawnContext):
     Process = _WorkerProcess
 
 
+#: the spawn context of every worker process deepfeat starts (decode workers, the pixel check's readers):
+#: a worker does not re-run the parent's main script and is started with SIGINT blocked
 WORKER_CONTEXT = _WorkerContext()
+
+
+def worker_started(parent_pid: int) -> None:
+    """First call in a process of :data:`WORKER_CONTEXT` (a pool's initializer): ignore SIGINT (the parent
+    handles Ctrl-C and ends its workers) and exit when the parent dies."""
+    if hasattr(signal, "pthread_sigmask"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    watch_parent(parent_pid)
 
 
 #: modules a decode worker started ahead of its first batch imports while it waits (the torch resizer)
@@ -96,10 +107,7 @@ WARM_IMPORTS = ("torch",)
 def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, warm: bool) -> None:
     """The body of a decode worker: receive ``(batch, args)``, send back ``("ok", results, cpu_seconds)``
     or ``("error", exc)``. ``warm``: import :data:`WARM_IMPORTS` before the first batch is asked for."""
-    if hasattr(signal, "pthread_sigmask"):
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent handles Ctrl-C and ends this process
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
-    watch_parent(parent_pid)
+    worker_started(parent_pid)
     # One thread per decode process: torch (the resizer, loaded on first use) must not start a thread
     # per core in every worker beside the runtime's own threads.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):

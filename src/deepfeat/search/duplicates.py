@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from .. import progress
-from ..params import check_choice, check_number
+from ..params import check_choice, check_int, check_number
 from ..reports.duplicates_page import write_duplicates_page
 from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
@@ -273,6 +273,7 @@ def duplicates(
     pixel_threshold = check_number(
         pixel_threshold, "pixel_threshold", minimum=0, maximum=1, min_open=True, where="duplicates"
     )
+    check_int(workers, "workers", minimum=1, where="duplicates", optional=True)
     budget = parse_size(memory_budget, "memory_budget")
     check_choice(method, "method", METHODS, where="duplicates")
     if isinstance(splits, str):

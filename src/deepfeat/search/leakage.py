@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow.compute as pc
 
+from .. import progress
 from ..store.reader import FeatureStore
 from .blocks import DEFAULT_MEMORY_BUDGET, all_pairs, pair_block_rows, store_blocks
 from .pixels import CANDIDATE_THRESHOLD, pyramids, verified
@@ -107,8 +108,9 @@ def _pixel_leaks(
     if not q_ids or not r_ids:
         return found
     with tempfile.TemporaryDirectory(prefix="deepfeat-leakage-") as tmp:
-        Q = pyramids(q_paths, os.path.join(tmp, "q"), workers=workers, sha256=q_sha)
-        R = pyramids(r_paths, os.path.join(tmp, "r"), workers=workers, sha256=r_sha)
+        with progress.task(f"thumbnails ({split} and {reference})", total=len(q_ids) + len(r_ids), unit="img") as task:
+            Q = pyramids(q_paths, os.path.join(tmp, "q"), workers=workers, task=task, sha256=q_sha)
+            R = pyramids(r_paths, os.path.join(tmp, "r"), workers=workers, task=task, sha256=r_sha)
         block = pair_block_rows(Q.candidates.shape[1], budget)
         ci, cj, sim = all_pairs(
             Q.candidates, CANDIDATE_THRESHOLD, block, against=R.candidates, refine=verified(Q, threshold, R)

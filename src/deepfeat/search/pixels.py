@@ -29,13 +29,13 @@ import os
 from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
 
 from ..errors import InputError
+from ..params import check_int
 from .index import RowFile
 
 log = logging.getLogger(__name__)
@@ -164,12 +164,15 @@ def pyramids(
     unread: dict[int, str] = {}
     digests = list(sha256) if sha256 is not None else [None] * n
     chunks = [list(zip(paths[s : s + CHUNK_ROWS], digests[s : s + CHUNK_ROWS])) for s in range(0, n, CHUNK_ROWS)]
-    workers = workers or (os.cpu_count() or 1)
-    pool = (
-        ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn"))
-        if n >= INLINE_ROWS and workers > 1
-        else None
-    )
+    workers = check_int(workers, "workers", minimum=1, where="duplicates", optional=True) or (os.cpu_count() or 1)
+    pool = None
+    if n >= INLINE_ROWS and workers > 1:
+        from ..data.decode_pool import WORKER_CONTEXT, worker_started
+
+        # as the decode workers: the user's main script is not re-run, and Ctrl-C reaches this process only
+        pool = ProcessPoolExecutor(
+            max_workers=workers, mp_context=WORKER_CONTEXT, initializer=worker_started, initargs=(os.getpid(),)
+        )
     try:
         results = pool.map(_read_chunk, chunks) if pool else map(_read_chunk, chunks)
         with open(pyr_path, "wb") as pf, open(cand_path, "wb") as cf:
