@@ -503,6 +503,8 @@ def test_edited_copies_the_features_miss_are_found_by_their_pixels(edited, tmp_p
     assert set(pairs) == {frozenset(map(str, p)) for p in plants.values()}  # nothing else reported
     assert s.pixel_pairs >= 1 and s.leaks == {"test": 2} and not s.unread
     assert "by pixels only" in s.line()
+    page = (tmp_path / "d" / "report.html").read_text(encoding="utf-8")
+    assert "pairs found by their pixels only" in page and "grey thumbnails correlate" in page
     # the partitioned scan verifies the same candidates inside each partition
     deepfeat.duplicates(store, tmp_path / "p", method="partitioned", report=False)
     partitioned = {frozenset((r["path_a"], r["path_b"])): r["found_by"] for r in _read_csv(tmp_path / "p" / "pairs.csv")}

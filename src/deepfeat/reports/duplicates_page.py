@@ -26,10 +26,19 @@ def duplicates_html(
             ("groups", f"{summary.groups:,}"),
             ("groups across splits", f"{len(cross):,}"),
         ]
+        + ([("pairs found by their pixels only", f"{summary.pixel_pairs:,}")] if summary.pixel_threshold else [])
+        + ([("images not read (features only)", f"{len(summary.unread):,}")] if summary.unread else [])
         + [(f"{s} inputs with a near-duplicate in train", f"{n:,}") for s, n in summary.leaks.items()]
     )
+    pixels = (
+        f", or whose images' grey thumbnails correlate at {summary.pixel_threshold:g} or more at the "
+        "finest size both hold (re-encodes and downscales the features miss; unread.csv lists the images "
+        "that could not be read)"
+        if summary.pixel_threshold
+        else ""
+    )
     intro = H.paragraph(
-        f"Rows of layer {summary.layer} whose cosine similarity is at least {summary.threshold:g} "
+        f"Rows of layer {summary.layer} whose cosine similarity is at least {summary.threshold:g}{pixels} "
         "are near-duplicates; groups are their connected components. Groups that span splits "
         "come first: a val/test input with a near-duplicate in train inflates the accuracy "
         "measured on it.",
