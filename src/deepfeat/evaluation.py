@@ -43,7 +43,7 @@ from .search.duplicates import DEFAULT_THRESHOLD
 from .search.leakage import train_near_duplicates
 from .search.pixels import DEFAULT_PIXEL_THRESHOLD
 from .store.fsutil import check_writable, staged_directory
-from .store.reader import FeatureStore, open_store
+from .store.reader import FeatureStore, open_store, source_paths
 from .viz.plots import plot_confusion_matrix as plot
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def evaluate(
         ):
             S = b.scores(b.features_of(batch.features))
             for i, (rid, lbl, path, src) in enumerate(
-                zip(batch.ids, batch.labels, batch.meta.column("path").to_pylist(), _sources(batch.meta))
+                zip(batch.ids, batch.labels, batch.meta.column("path").to_pylist(), source_paths(batch.meta))
             ):
                 if rid in sums:
                     sums[rid] += S[i]
@@ -222,7 +222,7 @@ def evaluate(
             ids.extend(batch.ids)
             truth.extend(batch.labels.tolist())
             paths.extend(batch.meta.column("path").to_pylist())
-            sources.extend(_sources(batch.meta))
+            sources.extend(source_paths(batch.meta))
         views_used = 1
     topk = np.concatenate(top) if top else np.zeros((0, kmax), dtype=int)
     tops = np.concatenate(top_scores) if top_scores else np.zeros((0, kmax))
@@ -388,13 +388,6 @@ def _leakage_lines(report: dict[str, Any]) -> list[str]:
         + (f"{without:.4f} on {leak['n_without']:,} rows" if without is not None else "- (no rows left)")
         + f" (headline {report['accuracy']:.4f})"
     ]
-
-
-def _sources(meta: Any) -> list[str | None]:
-    """Each row's source path, exact: ``path_bytes`` (lossless) when the store has it, else ``path``."""
-    paths = meta.column("path").to_pylist()
-    raw = meta.column("path_bytes").to_pylist() if "path_bytes" in meta.column_names else [None] * len(paths)
-    return [os.fsdecode(r) if r else p for p, r in zip(paths, raw)]
 
 
 def _write(

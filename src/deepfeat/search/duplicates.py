@@ -43,7 +43,7 @@ from ..store.reader import FeatureStore, open_store
 from ..units import format_size, parse_size
 from .blocks import DEFAULT_MEMORY_BUDGET, Refine, all_pairs, pair_block_rows
 from .index import RowFile, build_index
-from .pixels import DEFAULT_PIXEL_THRESHOLD, Pyramids, extracted_sha256, pair_similarity, pixel_pairs, pyramids
+from .pixels import DEFAULT_PIXEL_THRESHOLD, Pyramids, pair_similarity, pixel_pairs, pyramids, row_images
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,6 @@ def duplicates(
     os.makedirs(out, exist_ok=True)
     t0 = time.perf_counter()
     scratch = os.path.join(out, f".vectors-{os.getpid()}")
-
     pixel_scratch = os.path.join(out, f".pixels-{os.getpid()}")
     try:
         idx = build_index(st, scratch, layer=layer, kind="exact", splits=splits, memory_budget=budget, overwrite=True)
@@ -302,11 +301,11 @@ def duplicates(
             with progress.task("duplicates (partitioned)", total=n, unit="row") as task:
                 ii, jj, ss, partitions = partitioned_pairs(idx.blocks, threshold, budget, task)
         meta = idx.columns()
-        pix = None
+        pyr = None
         if pixels:
-            digests = extracted_sha256(st, meta["id"])
-            pix = _pixel_pass(meta["path"], digests, pixel_scratch, pixel_threshold, resolved, budget, workers)
-            ii, jj, ss, pixel_sim, found_by = _merge(idx.blocks, pix, (ii, jj, ss), pix.pairs)
+            _, paths, digests = row_images(st, ids=meta["id"])
+            pyr, by_pixels = _pixel_pass(paths, digests, pixel_scratch, pixel_threshold, resolved, budget, workers)
+            ii, jj, ss, pixel_sim, found_by = _merge(idx.blocks, pyr, (ii, jj, ss), by_pixels)
         else:
             pixel_sim, found_by = np.full(len(ii), np.nan, np.float32), np.full(len(ii), "features", dtype=object)
         del idx
@@ -315,24 +314,14 @@ def duplicates(
         shutil.rmtree(pixel_scratch, ignore_errors=True)
     summary = _summarise(meta, ii, jj, ss, threshold, layer, n)
     summary.block_rows, summary.method, summary.partitions = block, resolved, partitions
-    if pix is not None:
+    if pyr is not None:
         summary.pixel_threshold = pixel_threshold
         summary.pixel_pairs = int(sum(f == "pixels" for f in found_by))
-        summary.unread = {meta["path"][r] or meta["id"][r]: why for r, why in pix.unread.items()}
+        summary.unread = {meta["path"][r] or meta["id"][r]: why for r, why in pyr.unread.items()}
     summary.files = _write(out, meta, ii, jj, ss, (pixel_sim, found_by), summary, report, store_path=st.path)
     summary.seconds = time.perf_counter() - t0
     log.info("duplicates: %s", summary.line())
     return summary
-
-
-@dataclass
-class _PixelPass:
-    pyramids: Pyramids
-    pairs: tuple[np.ndarray, np.ndarray, np.ndarray]
-
-    @property
-    def unread(self) -> dict[int, str]:
-        return self.pyramids.unread
 
 
 def _pixel_pass(
@@ -343,7 +332,7 @@ def _pixel_pass(
     method: str,
     budget: int,
     workers: int | None,
-) -> _PixelPass:
+) -> tuple[Pyramids, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Thumbnail pyramids of every row's image and the pairs that are copies by their pixels."""
 
     def search(vectors: RowFile, low: float, refine: Refine) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -357,19 +346,20 @@ def _pixel_pass(
 
     with progress.task("thumbnails", total=len(paths), unit="img") as task:
         pyr = pyramids(paths, folder, workers=workers, task=task, sha256=digests)
-    return _PixelPass(pyr, pixel_pairs(pyr, threshold, search=search))
+    return pyr, pixel_pairs(pyr, threshold, search=search)
 
 
 def _merge(
     vectors: RowFile,
-    pix: _PixelPass,
+    pyr: Pyramids,
     by_features: tuple[np.ndarray, np.ndarray, np.ndarray],
     by_pixels: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The union of the pairs found by features and by pixels: (i, j, feature cosine, pixel correlation,
-    found by ``features`` / ``pixels`` / ``both``), each pair once."""
+    found by ``features`` / ``pixels`` / ``both``), each pair once. The pixel correlation is measured for
+    the pairs found by the features; the pixel pairs bring their own."""
     fi, fj, fs = by_features
-    pi, pj, _ = by_pixels
+    pi, pj, ps = by_pixels
     n = max(len(vectors), 1)
     fkey, pkey = fi * n + fj, pi * n + pj
     only_pixels = ~np.isin(pkey, fkey)
@@ -382,7 +372,8 @@ def _merge(
     ss = np.concatenate([fs.astype(np.float32), os_])
     found_by = np.array(["features"] * len(fi) + ["pixels"] * len(oi), dtype=object)
     found_by[: len(fi)][np.isin(fkey, pkey)] = "both"
-    return ii, jj, ss, pair_similarity(pix.pyramids, ii, jj), found_by
+    pixel_sim = np.concatenate([pair_similarity(pyr, fi, fj), ps[only_pixels].astype(np.float32)])
+    return ii, jj, ss, pixel_sim, found_by
 
 
 def _groups(n: int, ii: np.ndarray, jj: np.ndarray) -> list[list[int]]:

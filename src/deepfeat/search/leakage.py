@@ -17,12 +17,11 @@ import tempfile
 from dataclasses import dataclass
 
 import numpy as np
-import pyarrow.compute as pc
 
 from .. import progress
 from ..store.reader import FeatureStore
 from .blocks import DEFAULT_MEMORY_BUDGET, all_pairs, pair_block_rows, store_blocks
-from .pixels import CANDIDATE_THRESHOLD, pyramids, verified
+from .pixels import CANDIDATE_THRESHOLD, pyramids, row_images, verified
 
 log = logging.getLogger(__name__)
 
@@ -89,21 +88,12 @@ def train_near_duplicates(
     return found
 
 
-def _split_images(store: FeatureStore, split: str) -> tuple[list[str], list[str | None], list[str | None]]:
-    """(ids, exact source paths, sha256 when extracted) of the view-0 rows of one split."""
-    rows = store.rows(["id", "view", "split", "path", "path_bytes", "sha256"])
-    rows = rows.filter(pc.and_(pc.equal(rows.column("view"), 0), pc.equal(rows.column("split"), split)))
-    raw = rows.column("path_bytes").to_pylist()
-    paths = [os.fsdecode(r) if r else p for p, r in zip(rows.column("path").to_pylist(), raw)]
-    return rows.column("id").to_pylist(), paths, rows.column("sha256").to_pylist()
-
-
 def _pixel_leaks(
     store: FeatureStore, split: str, reference: str, threshold: float, budget: int, workers: int | None
 ) -> dict[str, Leak]:
     """{id of a ``split`` row: its closest ``reference`` row by pixels} for correlations >= ``threshold``."""
-    q_ids, q_paths, q_sha = _split_images(store, split)
-    r_ids, r_paths, r_sha = _split_images(store, reference)
+    q_ids, q_paths, q_sha = row_images(store, split=split)
+    r_ids, r_paths, r_sha = row_images(store, split=reference)
     found: dict[str, Leak] = {}
     if not q_ids or not r_ids:
         return found

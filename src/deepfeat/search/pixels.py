@@ -35,7 +35,7 @@ import numpy as np
 import pyarrow.compute as pc
 
 from ..errors import InputError
-from ..params import check_int
+from ..store.reader import source_paths
 from .index import RowFile
 
 log = logging.getLogger(__name__)
@@ -69,10 +69,6 @@ class Pyramids:
     candidates: RowFile
     level: np.ndarray
     unread: dict[int, str] = field(default_factory=dict)  #: row -> why its image could not be read
-
-    @property
-    def rows(self) -> int:
-        return len(self.level)
 
 
 def level_of(width: int, height: int) -> int:
@@ -153,8 +149,8 @@ def pyramids(
     With ``sha256`` (each row's digest when it was extracted), an image whose file changed since is
     left unread: its pixels are no longer the ones its features describe.
 
-    Rows are read ``CHUNK_ROWS`` at a time, in worker processes (one per core) from
-    :data:`INLINE_ROWS` rows on. ``task`` (a progress task) advances by one per row.
+    Rows are read ``CHUNK_ROWS`` at a time, in ``workers`` processes (default: one per core; the caller
+    checks the value) from :data:`INLINE_ROWS` rows on. ``task`` (a progress task) advances by one per row.
     """
     os.makedirs(folder, exist_ok=True)
     n = len(paths)
@@ -164,7 +160,7 @@ def pyramids(
     unread: dict[int, str] = {}
     digests = list(sha256) if sha256 is not None else [None] * n
     chunks = [list(zip(paths[s : s + CHUNK_ROWS], digests[s : s + CHUNK_ROWS])) for s in range(0, n, CHUNK_ROWS)]
-    workers = check_int(workers, "workers", minimum=1, where="duplicates", optional=True) or (os.cpu_count() or 1)
+    workers = workers or (os.cpu_count() or 1)
     pool = None
     if n >= INLINE_ROWS and workers > 1:
         from ..data.decode_pool import WORKER_CONTEXT, worker_started
@@ -222,12 +218,25 @@ def pair_similarity(
     return out
 
 
-def extracted_sha256(store: Any, ids: Sequence[str]) -> list[str | None]:
-    """The sha256 each of ``ids`` had when ``store`` extracted it (view 0), aligned with ``ids``."""
-    rows = store.rows(["id", "view", "sha256"])
-    view0 = rows.filter(pc.equal(rows.column("view"), 0))
-    digest = dict(zip(view0.column("id").to_pylist(), view0.column("sha256").to_pylist()))
-    return [digest.get(i) for i in ids]
+def row_images(
+    store: Any, ids: Sequence[str] | None = None, split: str | None = None
+) -> tuple[list[str], list[str | None], list[str | None]]:
+    """(ids, exact source paths, sha256 when extracted) of the store's view-0 rows: of one ``split``, or
+    aligned with ``ids`` (an id the store does not hold gets None for both)."""
+    rows = store.rows(["id", "view", "split", "path", "path_bytes", "sha256"])
+    keep = pc.equal(rows.column("view"), 0)
+    if split is not None:
+        keep = pc.and_(keep, pc.equal(rows.column("split"), split))
+    rows = rows.filter(keep)
+    found, paths, digests = rows.column("id").to_pylist(), source_paths(rows), rows.column("sha256").to_pylist()
+    if ids is None:
+        return found, paths, digests
+    at = {rid: k for k, rid in enumerate(found)}
+    return (
+        list(ids),
+        [paths[at[i]] if i in at else None for i in ids],
+        [digests[at[i]] if i in at else None for i in ids],
+    )
 
 
 def verified(pyr: Pyramids, threshold: float, other: Pyramids | None = None) -> Any:
@@ -254,5 +263,5 @@ def pixel_pairs(
     are verified block by block as they are found, so only copies are ever held.
     """
     ii, jj, sim = search(pyr.candidates, CANDIDATE_THRESHOLD, verified(pyr, threshold))
-    log.info("duplicates: %d pairs copies by their pixels at >= %g", len(ii), threshold)
+    log.info("duplicates: %d pairs are copies by their pixels (>= %g)", len(ii), threshold)
     return ii, jj, sim

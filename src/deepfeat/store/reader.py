@@ -492,6 +492,13 @@ def _shuffle_buffer(
             yield {k: v[sel] for k, v in feats_all.items()}, meta_all.take(pa.array(sel))
 
 
+def source_paths(meta: pa.Table) -> list[str | None]:
+    """Each row's source path, exact: ``path_bytes`` (lossless) when the table has it, else ``path``."""
+    paths = meta.column("path").to_pylist()
+    raw = meta.column("path_bytes").to_pylist() if "path_bytes" in meta.column_names else [None] * len(paths)
+    return [os.fsdecode(r) if r else p for p, r in zip(paths, raw)]
+
+
 def open_store(path: str | os.PathLike[str], verify: bool = True) -> FeatureStore:
     """Open a feature store for reading (checksums are verified as parts are first read).
 
