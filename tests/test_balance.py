@@ -211,6 +211,43 @@ def test_alternating_sends_a_round_only_once_the_last_is_taken(photos: Path) -> 
             assert in_flight < 3
 
 
+def test_a_round_goes_to_the_ready_worker_while_another_is_still_starting(
+    photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pre = load_backbone("efficientnet_lite0", input_size=64).preprocess
+    files = sorted(str(p) for p in photos.glob("*.jpg"))
+    batches = [[(str(i), f, 0)] for i, f in enumerate(files)]
+    with DecodePool(0, pre.to_dict(), DecodePolicy()) as pool:
+        want = [[d.pixels[0] for d in r] for _, r in pool.map(batches)]
+    sends: list[tuple[int, int]] = []  # (which worker, batch)
+    real_send = decode_pool._Worker.send
+
+    def send(self, index, batch, args):  # noqa: ANN001, ANN202
+        sends.append((workers.index(self), index))
+        return real_send(self, index, batch, args)
+
+    monkeypatch.setattr(decode_pool._Worker, "send", send)
+
+    def until_ready(worker: decode_pool._Worker) -> None:
+        deadline = time.monotonic() + 120
+        while not worker.check_ready():
+            assert time.monotonic() < deadline, "a decode worker never said it was ready"
+            time.sleep(0.01)
+
+    got = []
+    with DecodePool(2, pre.to_dict(), DecodePolicy(), alternate=True).start(1) as pool:
+        workers = pool._workers
+        until_ready(workers[0])
+        it = pool.map(batches)
+        got += [[d.pixels[0] for d in next(it)[1]] for _ in range(2)]
+        # the first round (two batches) went out as the second worker was started: the first decoded both
+        assert len(workers) == 2 and sends == [(0, 0), (0, 1)]
+        until_ready(workers[1])
+        got += [[d.pixels[0] for d in r] for _, r in it]
+    assert sends[2:4] == [(0, 2), (1, 3)]  # both ready: a batch each
+    assert len(got) == len(want) and all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
+
+
 def test_one_pool_started_before_the_model_decodes_the_guard_sample_and_the_job(
     photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

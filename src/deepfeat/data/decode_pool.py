@@ -13,18 +13,25 @@ the interrupt, and its ``finally`` / ``with`` blocks close the pool.
 A worker that dies (segfault in a codec, OOM kill) is replaced; each batch it held is retried
 once in a fresh worker, then its items are tried one by one; an item that still kills its
 worker is failed with reason ``worker_crash``. Nothing hangs.
+
+A worker says when it is ready (:data:`READY`, once its interpreter is up and its imports are
+done: 1-3 s on 2 cores). Batches go to ready workers first, so a job does not wait for a worker
+that is still starting while another could decode its batch (before, a short job's second batch
+waited the whole start-up of the second worker).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import logging
 import multiprocessing.connection
 import multiprocessing.context
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
@@ -40,6 +47,8 @@ Results = list[Decoded | Failed]
 
 #: seconds a worker gets to exit after SIGTERM before it is killed
 TERMINATE_GRACE_S = 2.0
+#: a worker's first message: it has started (and imported :data:`WARM_IMPORTS` if asked to)
+READY = ("ready",)
 
 
 @contextlib.contextmanager
@@ -104,18 +113,28 @@ def worker_started(parent_pid: int) -> None:
 WARM_IMPORTS = ("torch",)
 
 
+def _warm_imports() -> None:
+    for name in WARM_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+
+
 def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, warm: bool) -> None:
-    """The body of a decode worker: receive ``(batch, args)``, send back ``("ok", results, cpu_seconds)``
-    or ``("error", exc)``. ``warm``: import :data:`WARM_IMPORTS` before the first batch is asked for."""
+    """The body of a decode worker: send :data:`READY`, then receive ``(batch, args)`` and send back
+    ``("ok", results, cpu_seconds)`` or ``("error", exc)``. ``warm``: import :data:`WARM_IMPORTS` in a
+    background thread meanwhile (torch takes 2-3 s; a batch that needs no torch, such as small images
+    upscaled by Pillow, is decoded at once, and one that needs it waits for that import to end)."""
     worker_started(parent_pid)
     # One thread per decode process: torch (the resizer, loaded on first use) must not start a thread
     # per core in every worker beside the runtime's own threads.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
     if warm:
-        for name in WARM_IMPORTS:
-            with contextlib.suppress(ImportError):
-                __import__(name)
+        threading.Thread(target=_warm_imports, name="deepfeat-decode-imports", daemon=True).start()
+    try:
+        conn.send(READY)
+    except (EOFError, OSError):
+        return
     while True:
         try:
             message = conn.recv()
@@ -152,6 +171,25 @@ class _Worker:
             child_end.close()
         self.conn = parent_end
         self.tasks: collections.deque[int] = collections.deque()
+        #: the worker sent :data:`READY` (its first message); batches go to ready workers first
+        self.ready = False
+
+    def check_ready(self) -> bool:
+        """Whether the worker is ready, reading its :data:`READY` if it has come (never blocks); False
+        while it starts, and for a worker that died before it was ready (sending to it finds that out)."""
+        if not self.ready:
+            try:
+                if self.conn.poll():
+                    self._take_ready()
+            except (EOFError, OSError):
+                pass
+        return self.ready
+
+    def _take_ready(self) -> None:
+        message = self.conn.recv()
+        if message != READY:  # the protocol: READY comes before any result
+            raise RuntimeError(f"a decode worker's first message was {message!r}, not {READY!r}")
+        self.ready = True
 
     def send(self, index: int, batch: Sequence[Item], args: tuple[Any, ...]) -> bool:
         """Send a batch and how to decode it; False when the worker is gone."""
@@ -163,8 +201,11 @@ class _Worker:
         return True
 
     def receive(self) -> tuple[Any, ...] | None:
-        """The next reply, or None when the worker died before sending it whole."""
+        """The next reply (after :data:`READY`, read here if it is still unread), or None when the worker
+        died before sending it whole. Blocks until the reply comes."""
         try:
+            if not self.ready:
+                self._take_ready()
             return cast("tuple[Any, ...] | None", self.conn.recv())
         except (EOFError, OSError):
             return None
@@ -288,12 +329,13 @@ class DecodePool:
 
     # ------------------------------------------------------------------ sending and receiving
     def _send(self, index: int, batches: dict[int, Sequence[Item]], done: dict[int, Results]) -> None:
-        """Give batch ``index`` to the least busy worker (starting one if the pool is not full)."""
+        """Give batch ``index`` to the least busy ready worker, else to the least busy (the first started
+        on a tie) of those still starting; start one if the pool is not full."""
         if not self.args:
             raise RuntimeError("DecodePool.use() must set the preprocessing before batches are sent")
         if len(self._workers) < self.workers:
             self._workers.append(_Worker(self._warm))
-        worker = min(self._workers, key=lambda w: len(w.tasks))
+        worker = min(self._workers, key=lambda w: (not w.check_ready(), len(w.tasks)))
         if not worker.send(index, batches[index], self.args):
             worker.tasks.append(index)
             self._died(worker, batches, done)
@@ -305,6 +347,8 @@ class DecodePool:
         ready = set(multiprocessing.connection.wait(waitables))
         for w in busy:
             if w.conn in ready:
+                if not w.ready and w.check_ready() and not w.conn.poll():
+                    continue  # it said READY; its result is still to come
                 reply = w.receive()
                 if reply is None:
                     self._died(w, batches, done)
