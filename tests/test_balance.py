@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import time
 from pathlib import Path
 
@@ -82,6 +83,9 @@ def test_the_trial_keeps_the_faster_way_to_feed_the_runtime() -> None:
     class Pool:
         alternate = False
 
+        def all_warm(self) -> bool:
+            return True
+
     for turns_s, overlapped_s, keeps in ((1.0, 2.0, True), (2.0, 1.0, False)):
         now = [0.0]
         trial = FeedTrial(Pool(), clock=lambda now=now: now[0])
@@ -148,9 +152,37 @@ def test_resizing_the_pool_keeps_results_and_their_order(photos: Path) -> None:
     assert len(got) == len(want) and all(np.array_equal(a[0], b[0]) for a, b in zip(got, want))
 
 
+def test_the_trial_waits_until_every_worker_is_up() -> None:
+    class Pool:
+        alternate = False
+        warm = False
+
+        def all_warm(self) -> bool:
+            return self.warm
+
+    pool = Pool()
+    trial = FeedTrial(pool, clock=lambda: 0.0)
+    for _ in range(3 * TRIAL_WARMUP):  # a worker still starting: no window opens, it keeps taking turns
+        trial.taken(10)
+    assert pool.alternate and trial.rates == {}
+    pool.warm = True
+    for _ in range(TRIAL_BATCHES):  # the first window opens after the next batch and ends TRIAL_BATCHES later
+        trial.taken(10)
+    assert trial.rates == {} and pool.alternate
+    trial.taken(10)
+    assert list(trial.rates) == ["turns"] and not pool.alternate
+
+
 def test_a_cpu_extract_times_both_ways_to_feed_the_runtime_and_keeps_a_forced_setting(photos: Path, tmp_path: Path) -> None:
+    # 128 batches: enough to time both ways once every decode worker is up (torch imported: 2-3 s)
+    many = tmp_path / "photos"
+    many.mkdir()
+    for k in range(8):
+        for f in sorted(photos.glob("*.jpg")):
+            shutil.copyfile(f, many / f"{k}-{f.name}")
+    photos = many
     kw = dict(layers="pre_logits", input_size=96, runtime="torch", precision="fp32", batch_size=1, part_size=8)
-    default = deepfeat.extract(photos, tmp_path / "default", **kw)  # 16 batches: enough to time both ways
+    default = deepfeat.extract(photos, tmp_path / "default", **kw)
     cores = min(os.cpu_count() or 1, CPU_MAX_WORKERS)
     m = re.fullmatch(
         rf"{cores} decode workers? \(one per core, (taking turns|overlapped) with the runtime: "

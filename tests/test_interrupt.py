@@ -176,7 +176,8 @@ def interrupt_and_resume(src: Path, tmp: Path, reference: dict, tries: int) -> N
 
 
 def test_ctrl_c_to_the_process_group_at_random_points(fm_dir, tmp_path, reference):
-    interrupt_and_resume(fm_dir, tmp_path, reference, tries=6)
+    # one Ctrl-C at each point (start-up, mid-run, commit) in a random order and moment; six or more: slow
+    interrupt_and_resume(fm_dir, tmp_path, reference, tries=3)
 
 
 @pytest.mark.slow

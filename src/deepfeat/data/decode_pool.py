@@ -14,10 +14,12 @@ A worker that dies (segfault in a codec, OOM kill) is replaced; each batch it he
 once in a fresh worker, then its items are tried one by one; an item that still kills its
 worker is failed with reason ``worker_crash``. Nothing hangs.
 
-A worker says when it is ready (:data:`READY`, once its interpreter is up and its imports are
-done: 1-3 s on 2 cores). Batches go to ready workers first, so a job does not wait for a worker
-that is still starting while another could decode its batch (before, a short job's second batch
-waited the whole start-up of the second worker).
+A worker says when it is ready (:data:`READY`, once its interpreter is up: 0.3 s on 2 cores; torch
+is imported in a background thread meanwhile, 2-3 s). Batches go to ready workers first, so a job
+does not wait for a worker that is still starting while another could decode its batch (before, a
+short job's second batch waited the whole start-up of the second worker). Each result also says
+whether that background import has ended (:meth:`DecodePool.all_warm`: the local engine times the
+ways to feed a CPU runtime only once it has, everywhere).
 """
 
 from __future__ import annotations
@@ -129,8 +131,16 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, w
     # per core in every worker beside the runtime's own threads.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    warmed = threading.Event()
     if warm:
-        threading.Thread(target=_warm_imports, name="deepfeat-decode-imports", daemon=True).start()
+
+        def warm_up() -> None:
+            _warm_imports()
+            warmed.set()
+
+        threading.Thread(target=warm_up, name="deepfeat-decode-imports", daemon=True).start()
+    else:
+        warmed.set()
     try:
         conn.send(READY)
     except (EOFError, OSError):
@@ -146,7 +156,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, w
             started = time.thread_time()
             batch, args = message
             results = prepare_batch(batch, *args)
-            reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started)  # + the CPU seconds it took
+            # + the CPU seconds it took, and whether the imports ahead have ended
+            reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started, warmed.is_set())
         except Exception as exc:  # noqa: BLE001 - e.g. EnvironmentFault: re-raised in the parent
             reply = ("error", exc)
         try:
@@ -173,6 +184,8 @@ class _Worker:
         self.tasks: collections.deque[int] = collections.deque()
         #: the worker sent :data:`READY` (its first message); batches go to ready workers first
         self.ready = False
+        #: a result of the worker said its imports ahead had ended
+        self.warm = False
 
     def check_ready(self) -> bool:
         """Whether the worker is ready, reading its :data:`READY` if it has come (never blocks); False
@@ -312,6 +325,12 @@ class DecodePool:
             self._workers.remove(w)
         _stop_all(idle)
 
+    def all_warm(self) -> bool:
+        """Whether the pool runs all its workers and a result of each said its imports ahead had ended
+        (until then a worker's start-up takes CPU from the run: :class:`~deepfeat.engines.local.FeedTrial`
+        waits for this before it times anything)."""
+        return len(self._workers) >= self.workers and all(w.warm for w in self._workers)
+
     def close(self) -> None:
         """End every worker (terminated if busy); returns within a few seconds."""
         workers, self._workers = self._workers, []
@@ -359,6 +378,7 @@ class DecodePool:
                     raise value
                 if len(reply) > 2:
                     self.timings.append((float(reply[2]), len(value)))
+                    w.warm = w.warm or bool(reply[3])
                 done[index] = value
             elif w.proc.sentinel in ready and not w.conn.poll():
                 self._died(w, batches, done)
@@ -389,6 +409,7 @@ class DecodePool:
             _stop_all([worker])
             return None
         worker.tasks.clear()
+        worker.warm = len(reply) > 3 and bool(reply[3])
         if len(self._workers) < self.workers:
             self._workers.append(worker)
         else:

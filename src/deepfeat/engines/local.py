@@ -86,14 +86,18 @@ def start_decoders(settings: Any) -> DecodePool | None:
 class FeedTrial:
     """Times the two ways of feeding a CPU runtime over a run's first batches and keeps the faster.
 
-    After :data:`TRIAL_WARMUP` batches, :data:`TRIAL_BATCHES` are fed taking turns
-    (``pool.alternate``), one batch lets the switch settle, :data:`TRIAL_BATCHES` more are fed
-    overlapped; the rate of each is images over the wall time from the end of the batch before its
-    window to the end of its last batch (decode, forward, commits: all the run does). A run that
-    ends during the trial keeps the way it was in, and its summary says so.
+    After :data:`TRIAL_WARMUP` batches, and once every decode worker of the pool is up
+    (``pool.all_warm()``: a worker still starting up would slow one window, not the other),
+    :data:`TRIAL_BATCHES` are fed taking turns (``pool.alternate``), one batch lets the switch
+    settle, :data:`TRIAL_BATCHES` more are fed overlapped; the rate of each is images over the wall
+    time from the end of the batch before its window to the end of its last batch (decode, forward,
+    commits: all the run does). A run that ends during the trial keeps the way it was in, and its
+    summary says so.
 
     Example:
-        >>> class Pool: alternate = False
+        >>> class Pool:
+        ...     alternate = False
+        ...     def all_warm(self): return True
         >>> clock = iter(range(100))
         >>> trial = FeedTrial(Pool(), clock=lambda: next(clock))
         >>> for _ in range(15): trial.taken(32)
@@ -107,6 +111,7 @@ class FeedTrial:
         self.rates: dict[str, float] = {}
         self._batches = self._images = 0
         self._since = 0.0
+        self._warmed = False  # the warm-up is over (at least TRIAL_WARMUP batches and every worker up)
 
     @property
     def done(self) -> bool:
@@ -117,6 +122,10 @@ class FeedTrial:
         if self.done:
             return
         self._batches += 1
+        if not self._warmed:
+            if self._batches < TRIAL_WARMUP or not self.pool.all_warm():
+                return
+            self._warmed, self._batches = True, TRIAL_WARMUP  # the first window starts after this batch
         k, now = self._batches, self.clock()
         turns_end = TRIAL_WARMUP + TRIAL_BATCHES
         if k in (TRIAL_WARMUP, turns_end + 1):  # a window starts after this batch
