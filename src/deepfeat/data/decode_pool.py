@@ -49,7 +49,7 @@ Results = list[Decoded | Failed]
 
 #: seconds a worker gets to exit after SIGTERM before it is killed
 TERMINATE_GRACE_S = 2.0
-#: a worker's first message: it has started (and imported :data:`WARM_IMPORTS` if asked to)
+#: a worker's first message: its interpreter is up and it takes batches (:data:`WARM_IMPORTS` may still be loading)
 READY = ("ready",)
 
 
@@ -123,9 +123,10 @@ def _warm_imports() -> None:
 
 def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, warm: bool) -> None:
     """The body of a decode worker: send :data:`READY`, then receive ``(batch, args)`` and send back
-    ``("ok", results, cpu_seconds)`` or ``("error", exc)``. ``warm``: import :data:`WARM_IMPORTS` in a
-    background thread meanwhile (torch takes 2-3 s; a batch that needs no torch, such as small images
-    upscaled by Pillow, is decoded at once, and one that needs it waits for that import to end)."""
+    ``("ok", results, cpu_seconds, warm)`` (``warm``: the imports ahead have ended) or ``("error", exc)``.
+    The argument ``warm``: import :data:`WARM_IMPORTS` in a background thread meanwhile (torch takes
+    2-3 s; a batch that needs no torch, such as small images upscaled by Pillow, is decoded at once,
+    and one that needs it waits for that import to end)."""
     worker_started(parent_pid)
     # One thread per decode process: torch (the resizer, loaded on first use) must not start a thread
     # per core in every worker beside the runtime's own threads.
