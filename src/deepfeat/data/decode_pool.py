@@ -115,10 +115,12 @@ def worker_started(parent_pid: int) -> None:
 WARM_IMPORTS = ("torch",)
 
 
-def _warm_imports() -> None:
+def _warm_imports(done: threading.Event) -> None:
+    """Import :data:`WARM_IMPORTS` (those that are installed), then set ``done``."""
     for name in WARM_IMPORTS:
         with contextlib.suppress(ImportError):
             importlib.import_module(name)
+    done.set()
 
 
 def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, warm: bool) -> None:
@@ -134,12 +136,7 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, w
         os.environ[var] = "1"
     warmed = threading.Event()
     if warm:
-
-        def warm_up() -> None:
-            _warm_imports()
-            warmed.set()
-
-        threading.Thread(target=warm_up, name="deepfeat-decode-imports", daemon=True).start()
+        threading.Thread(target=_warm_imports, args=(warmed,), name="deepfeat-decode-imports", daemon=True).start()
     else:
         warmed.set()
     try:
@@ -185,7 +182,7 @@ class _Worker:
         self.tasks: collections.deque[int] = collections.deque()
         #: the worker sent :data:`READY` (its first message); batches go to ready workers first
         self.ready = False
-        #: a result of the worker said its imports ahead had ended
+        #: a result of the worker said its imports ahead had ended (read by :meth:`receive`)
         self.warm = False
 
     def check_ready(self) -> bool:
@@ -220,9 +217,12 @@ class _Worker:
         try:
             if not self.ready:
                 self._take_ready()
-            return cast("tuple[Any, ...] | None", self.conn.recv())
+            reply = cast("tuple[Any, ...]", self.conn.recv())
         except (EOFError, OSError):
             return None
+        if reply[0] == "ok":
+            self.warm = self.warm or bool(reply[3])
+        return reply
 
     def stop(self) -> None:
         """Close the pipe, terminate the process (kill it after a grace period); never blocks long."""
@@ -379,7 +379,6 @@ class DecodePool:
                     raise value
                 if len(reply) > 2:
                     self.timings.append((float(reply[2]), len(value)))
-                    w.warm = w.warm or bool(reply[3])
                 done[index] = value
             elif w.proc.sentinel in ready and not w.conn.poll():
                 self._died(w, batches, done)
@@ -410,7 +409,6 @@ class DecodePool:
             _stop_all([worker])
             return None
         worker.tasks.clear()
-        worker.warm = len(reply) > 3 and bool(reply[3])
         if len(self._workers) < self.workers:
             self._workers.append(worker)
         else:
