@@ -11,8 +11,10 @@ One run, one process, on the bundled EfficientNet-Lite0 with taps on ``blocks.4`
 * the precision guard's outcome for each reduced precision: per tap min / median row cosine against
   torch fp32 on the forward batch and pass / fail at the default threshold (end to end, an int8 that
   the guard refuses is run again with ``min_agreement=0.5`` so its speed is still shown, marked);
-* decode + resize img/s on one core for each resizer (``pillow``: resize the whole image, then crop --
-  every store before issue 24; ``torch``: the default), side by side, with the feature agreement;
+* read + decode + resize img/s on one core through the decode workers' own function, for each resizer
+  (``pillow``: resize the whole image, then crop -- every store before issue 24; ``torch``: the
+  default), side by side, with the feature agreement; on grey files (Fashion-MNIST) also the path
+  before stop 26 (grey converted to RGB at decode, three bands resized), with the same pixels;
 * forward-only img/s: the runtime on one pre-decoded uint8 batch of real images, configurations
   interleaved round by round (so a busy machine slows all of them alike), median of the rounds;
   agreement: the minimum per-row cosine against torch fp32 over that batch;
@@ -113,11 +115,16 @@ def min_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def decode_rates(files: list[str], input_size: int, rounds: int) -> dict[str, Any]:
-    """Decode + resize + crop img/s on one core (this thread's CPU time) per resizer, interleaved round by
-    round, and the feature agreement (torch fp32, min row cosine) of the torch resizer with Pillow's."""
+    """Read + decode + resize + crop img/s on one core (this thread's CPU time) through the decode workers'
+    own function (``prepare_batch``) per resizer, interleaved round by round, and the feature agreement
+    (torch fp32, min row cosine) of the torch resizer with Pillow's. Where the files are grey (Fashion-MNIST),
+    also the path before stop 26, which converted a grey image to RGB at decode and resized three bands:
+    the same pixels (checked), so the ratio is the one-band resize's gain."""
     import torch
+    from PIL import Image
 
-    from deepfeat.data.decode import decode_data
+    from deepfeat.data.decode import DecodePolicy, decode_file
+    from deepfeat.data.worker import prepare_batch
     from deepfeat.models import load_backbone
     from deepfeat.runtimes import build_runtime, layer_specs
     from deepfeat.runtimes.guard import row_cosines
@@ -125,27 +132,38 @@ def decode_rates(files: list[str], input_size: int, rounds: int) -> dict[str, An
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # one core, as in a decode worker
     bb = load_backbone(MODEL, input_size=input_size)
-    resizers = {
+    pres = {
         "pillow": dataclasses.replace(bb.preprocess, resizer="pillow"),
         "torch": dataclasses.replace(bb.preprocess, resizer="torch"),
     }
-    data = [open(f, "rb").read() for f in files[:128]]
-    rates: dict[str, list[float]] = {k: [] for k in resizers}
-    pixels: dict[str, np.ndarray] = {}
-    for name, pre in resizers.items():  # warm-up (torch's first call)
-        pixels[name] = np.stack([pre.resize_crop(decode_data(d, draft=pre.draft_size).image) for d in data])
+    items = [(str(i), f, 0) for i, f in enumerate(files[:256])]
+    policy = DecodePolicy()
+
+    def worker_path(pre: Any) -> np.ndarray:
+        return np.stack([d.pixels[0] for d in prepare_batch(items, pre.to_dict(), policy)])  # type: ignore[union-attr]
+
+    def rgb_at_decode(pre: Any) -> np.ndarray:
+        return np.stack([pre.resize_crop(decode_file(f, policy, draft=pre.draft_size).image) for _, f, _ in items])
+
+    paths = {"pillow": (worker_path, pres["pillow"]), "torch": (worker_path, pres["torch"])}
+    grey = Image.open(files[0]).mode == "L"
+    if grey:
+        paths["torch, grey as RGB"] = (rgb_at_decode, pres["torch"])
+    rates: dict[str, list[float]] = {k: [] for k in paths}
+    pixels = {name: run(pre) for name, (run, pre) in paths.items()}  # warm-up (torch's first call)
     for _ in range(rounds):
-        for name, pre in resizers.items():
+        for name, (run, pre) in paths.items():
             t = time.thread_time()
-            for d in data:
-                pre.resize_crop(decode_data(d, draft=pre.draft_size).image)
-            rates[name].append(len(data) / (time.thread_time() - t))
+            run(pre)
+            rates[name].append(len(items) / (time.thread_time() - t))
     torch.set_num_threads(threads)
     rt = build_runtime(bb, layer_specs(bb, LAYERS), runtime="torch", precision="fp32")
     ref, new = rt(pixels["pillow"][:64]), rt(pixels["torch"][:64])
     out: dict[str, Any] = {k: statistics.median(v) for k, v in rates.items()}
     out["min_cosine"] = min(float(row_cosines(new[k], ref[k]).min()) for k in ref)
     out["max_pixel_difference"] = int(np.abs(pixels["torch"].astype(int) - pixels["pillow"]).max())
+    if grey:
+        out["grey_identical"] = bool(np.array_equal(pixels["torch"], pixels["torch, grey as RGB"]))
     return out
 
 
@@ -162,7 +180,14 @@ def calibration_of(files: list[str], input_size: int) -> Any:
 
 
 def forward_only(
-    files: list[str], input_size: int, batch: int, configs: list[tuple[str, str]], rounds: int, per_round: int, cache: str
+    files: list[str],
+    input_size: int,
+    batch: int,
+    configs: list[tuple[str, str]],
+    rounds: int,
+    per_round: int,
+    cache: str,
+    decode_rate: float,
 ) -> dict[str, dict[str, Any]]:
     from deepfeat.agreement import DEFAULT_MIN_AGREEMENT, Agreement
     from deepfeat.data.decode import decode_file
@@ -171,9 +196,7 @@ def forward_only(
     from deepfeat.runtimes.guard import row_cosines
 
     bb0 = load_backbone(MODEL, input_size=input_size)
-    t = time.perf_counter()
     pixels = np.stack([bb0.preprocess.resize_crop(decode_file(p).image) for p in files[:batch]])
-    decode_rate = len(pixels) / (time.perf_counter() - t)
     calibration = calibration_of(files, input_size) if any(p == "int8" for _, p in configs) else None
     runtimes, res = {}, {}
     for rt, prec in configs:
@@ -338,6 +361,12 @@ def report(name: str, fwd: dict[str, Any], e2e: dict[str, Any], dec: dict[str, A
         f"{dec['torch']:,.0f} ({dec['torch'] / dec['pillow']:.2f}x); torch vs pillow: max pixel difference "
         f"{dec['max_pixel_difference']}, min feature cosine {dec['min_cosine']:.5f}"
     )
+    if "grey_identical" in dec:
+        print(
+            f"grey files, torch resizer: one band to the crop {dec['torch']:,.0f} img/s per core, RGB at decode "
+            f"(before stop 26) {dec['torch, grey as RGB']:,.0f} ({dec['torch'] / dec['torch, grey as RGB']:.2f}x); "
+            f"pixels identical: {dec['grey_identical']}"
+        )
     for key, f in fwd.items():
         if "guard" in f:
             print(f"precision guard, {key} ({f['runtime']} {f['precision']}) on the forward batch: {f['guard']}")
@@ -398,7 +427,7 @@ def main() -> None:
                 os.path.join(r, f) for r, _, fs in os.walk(src) for f in fs if f.lower().endswith((".jpg", ".jpeg", ".png"))
             )
             dec = decode_rates(files, size, args.rounds)
-            fwd = forward_only(files, size, batch, configs, args.rounds, per_round, cache)
+            fwd = forward_only(files, size, batch, configs, args.rounds, per_round, cache, dec["torch"])
             e2e = end_to_end(src, size, batch, configs, work, cache)
             more = [end_to_end(src, size, batch, PAIRED, work, cache) for _ in range(args.repeats - 1)]
             paired_rounds(e2e, more)

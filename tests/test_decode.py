@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import photo_array
 from PIL import Image, ImageFile, ImageOps
 
 from deepfeat.data import decode
@@ -20,10 +21,13 @@ from deepfeat.data.decode import (
     FAILURE_REASONS,
     DecodePolicy,
     decode_bytes,
+    decode_data,
     decode_file,
     decode_image,
     read_file_bytes,
 )
+from deepfeat.data.preprocess import Preprocess
+from deepfeat.data.worker import Decoded, prepare_batch
 from deepfeat.errors import EnvironmentFault, InputError, UsageError
 
 try:
@@ -448,3 +452,33 @@ def test_decode_image_other_sources(bad):
     assert err.value.reason == "aspect_ratio"
     with pytest.raises(UsageError):
         decode_image(12)  # type: ignore[arg-type]
+
+
+def test_decode_workers_keep_a_grey_file_one_band_and_give_the_pixels_of_its_rgb_conversion(
+    fm_dir: Path, tmp_path: Path
+) -> None:
+    # Fashion-MNIST's PNGs are mode L: a worker resizes one band instead of three, with the same pixels
+    files = sorted(fm_dir.rglob("*.png"))[:24]
+    assert decode_file(files[0]).image.mode == "RGB"
+    assert decode_data(files[0].read_bytes(), keep_grey=True).image.mode == "L"
+    # grey with transparency, grey + alpha and 16-bit grey are converted by the usual rules
+    src = Image.open(files[0])
+    others = {"la.png": src.convert("LA"), "i16.png": src.convert("I;16"), "trns.png": src}
+    for name, img in others.items():
+        img.save(tmp_path / name, transparency=0) if name == "trns.png" else img.save(tmp_path / name)
+        assert decode_data((tmp_path / name).read_bytes(), keep_grey=True).image.mode == "RGB", name
+    # an EXIF-rotated grey JPEG stays grey and is rotated
+    rotated = tmp_path / "rot.jpg"
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(photo_array("camera")[:300, :200, 0]).save(rotated, exif=exif.tobytes())
+    dec = decode_data(rotated.read_bytes(), keep_grey=True)
+    assert dec.image.mode == "L" and dec.image.size == (300, 200) == dec.size
+    paths = [*files, rotated, *(tmp_path / n for n in others)]
+    for size, interpolation in ((96, "bicubic"), (224, "bicubic"), (28, "bilinear")):
+        pre = Preprocess(input_size=(size, size), interpolation=interpolation)
+        done = prepare_batch([(p.name, str(p), 0) for p in paths], pre.to_dict(), DecodePolicy())
+        for p, d in zip(paths, done, strict=True):
+            assert isinstance(d, Decoded), d
+            ref = decode_file(p, draft=pre.draft_size).image
+            assert np.array_equal(d.pixels[0], pre.resize_crop(ref)), (p.name, size)

@@ -321,7 +321,17 @@ def test_a_ctrl_c_during_heavy_imports_is_held_then_raised():
 def test_the_command_exits_after_every_process_of_its_group(fm_dir, tmp_path):
     """Issue 28: right when an interrupted extract has exited, no process of its group is left -- not even
     multiprocessing's resource tracker, which used to exit only after the command (3 of 8 tries left it)."""
-    for i in range(4):
+    interrupt_group(fm_dir, tmp_path, tries=2)
+
+
+@pytest.mark.slow
+def test_the_command_exits_after_every_process_of_its_group_eight_times(fm_dir, tmp_path):
+    interrupt_group(fm_dir, tmp_path, tries=8)
+
+
+def interrupt_group(fm_dir: Path, tmp_path: Path, tries: int) -> None:
+    """Ctrl-C to the group of ``tries`` extracts, each a little later after its decode workers started."""
+    for i in range(tries):
         p = start(fm_dir, tmp_path / f"feats{i}", faults.env(slow_decode=SLOW_DECODE_S))
         try:
             wait_for(lambda: decode_workers(p.pid) or p.poll() is not None, timeout=180)

@@ -56,7 +56,9 @@ def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 )
 def test_the_torch_resizer_is_pillows_resize_within_one_grey_level(pre: Preprocess) -> None:
     assert pre.resizer == "torch"
-    for size in ((640, 480), (480, 640), (500, 375), (2048, 1536), (300, 301), (120, 90), (224, 224), (28, 28)):
+    # (3000, 2000) spans several of Pillow's memory blocks: its pixels are read by a crop, not through Arrow
+    sizes = ((640, 480), (480, 640), (500, 375), (2048, 1536), (3000, 2000), (300, 301), (120, 90), (224, 224), (28, 28))
+    for size in sizes:
         for name in ("coffee", "brick"):
             img = decode_data(sample_jpeg(name, size)).image
             new, old = pre.resize_crop(img), pillow(pre).resize_crop(img)
@@ -158,3 +160,40 @@ def test_a_bundle_of_a_pillow_store_predicts_with_pillows_resize(fm_dir: Path, t
     photo.write_bytes(sample_jpeg("coffee", (640, 480)))
     got = deepfeat.predict_images(bundle, [photo], top_k=3)[0]
     assert got.error is None and len(got.labels) == 3
+
+
+@pytest.mark.parametrize("resizer", RESIZERS)
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear", "nearest", "lanczos", "box", "hamming"])
+def test_a_grey_image_resized_as_one_band_gives_the_pixels_of_its_rgb_conversion(resizer: str, interpolation: str) -> None:
+    grey = [Image.fromarray(photo_array("camera")[..., 0]).resize(s) for s in ((512, 384), (300, 301), (28, 28), (109, 109))]
+    for pre in (
+        Preprocess(input_size=(96, 96), interpolation=interpolation, resizer=resizer),  # 28 px: upscaled
+        Preprocess(input_size=(224, 224), interpolation=interpolation, resizer=resizer),
+        Preprocess(input_size=(160, 224), crop_pct=1.0, interpolation=interpolation, resizer=resizer),
+    ):
+        for img in grey:
+            assert img.mode == "L"
+            out = pre.resize_crop(img)
+            assert out.shape == (*pre.input_size, 3) and out.dtype == np.uint8
+            assert np.array_equal(out, pre.resize_crop(img.convert("RGB"))), (pre, img.size)
+
+
+def test_the_torch_resizer_reads_the_same_pixels_through_arrow_and_through_a_crop(monkeypatch: pytest.MonkeyPatch) -> None:
+    from deepfeat.data import preprocess
+
+    if not hasattr(Image.Image, "__arrow_c_array__"):
+        pytest.skip("this Pillow exports no Arrow arrays (Pillow < 11.2): every image is read by a crop")
+    pre = Preprocess(input_size=(224, 224), interpolation="bicubic")
+    images = [decode_data(sample_jpeg(n, s)).image for n in ("coffee", "brick") for s in ((640, 480), (481, 641))]
+    region = preprocess._rgbx_region(images[0], 500, 400)
+    assert region.shape == (400, 500, 4) and region.flags.writeable
+    assert np.array_equal(region[..., :3], np.asarray(images[0])[:400, :500])
+    by_arrow = [pre.resize_crop(i) for i in images]
+
+    def no_arrow(self: Image.Image) -> None:
+        raise ValueError("Image rows are not contiguous in memory.")  # what Pillow says of a multi-block image
+
+    monkeypatch.setattr(Image.Image, "__arrow_c_array__", no_arrow, raising=False)
+    assert np.array_equal(preprocess._rgbx_region(images[0], 500, 400), region)
+    for img, arrow in zip(images, by_arrow, strict=True):
+        assert np.array_equal(pre.resize_crop(img), arrow)

@@ -173,7 +173,9 @@ _DEFAULT_POLICY = DecodePolicy()
 class DecodedImage:
     """A decoded file: the RGB image plus what was learnt on the way."""
 
-    image: Image.Image  #: mode "RGB", fully loaded, EXIF orientation applied
+    #: mode "RGB" (or "L" for an 8-bit grey file when ``keep_grey`` was asked), fully loaded, EXIF
+    #: orientation applied
+    image: Image.Image
     format: str  #: the sniffed Pillow format name, e.g. "PNG"
     mode: str  #: the original Pillow mode, e.g. "CMYK", "I;16", "RGBA", "P", "1"
     n_frames: int  #: 1, or the frame count of an animated / multi-page file (frame 0 is used)
@@ -380,15 +382,19 @@ def to_rgb(img: Image.Image, background: tuple[int, int, int] = (255, 255, 255))
     return img.convert("RGB")
 
 
-def _finish(img: Image.Image, policy: DecodePolicy) -> Image.Image:
-    """Orientation and colour conversion of a loaded image."""
-    orientation = _orientation(img)
-    rgb = to_rgb(img, policy.background)
+def _finish(img: Image.Image, policy: DecodePolicy, orientation: int, keep_grey: bool, owned: bool) -> Image.Image:
+    """Orientation and colour conversion of a loaded image (an 8-bit grey one stays "L" with ``keep_grey``);
+    a new image, never ``img`` itself: where nothing changed, an ``owned`` image (a decoded file, closed
+    right after) hands its pixels over without a copy (0.3 ms for a 640x480 photo), a caller's is copied."""
+    if keep_grey and img.mode == "L" and "transparency" not in img.info:
+        rgb = img
+    else:
+        rgb = to_rgb(img, policy.background)
     method = _ORIENTATION_TRANSPOSE.get(orientation)
     if method is not None:
         rgb = rgb.transpose(method)
-    if rgb is img:  # never hand back the file-backed object itself
-        rgb = img.copy()
+    if rgb is img:
+        rgb = img._new(img.im) if owned else img.copy()
     return rgb
 
 
@@ -411,13 +417,14 @@ def decode_bytes(
         >>> img.mode, fmt, mode, n, img.size
         ('RGB', 'PNG', 'L', 1, (4, 3))
     """
-    return _decode(data, policy, draft)[:4]
+    return _decode(data, policy, draft, keep_grey=False)[:4]
 
 
 def _decode(
-    data: bytes | bytearray | memoryview, policy: DecodePolicy, draft: int | None
+    data: bytes | bytearray | memoryview, policy: DecodePolicy, draft: int | None, keep_grey: bool
 ) -> tuple[Image.Image, str, str, int, tuple[int, int]]:
-    """:func:`decode_bytes` plus the (width, height) of the full-resolution image, orientation applied."""
+    """:func:`decode_bytes` plus the (width, height) of the full-resolution image, orientation applied
+    (``keep_grey``: see :func:`decode_data`)."""
     if len(data) == 0:
         raise InputError("unidentified", "empty file (0 bytes)")
     if len(data) > policy.max_file_bytes:
@@ -457,8 +464,9 @@ def _decode(
             img.load()
             if img.size != (width, height) and not draft:  # some plugins only know the size after loading
                 _check_geometry(*img.size, policy)
-            result = _finish(img, policy)
-            full = (height, width) if _orientation(img) in (5, 6, 7, 8) else (width, height)
+            orientation = _orientation(img)
+            result = _finish(img, policy, orientation, keep_grey, owned=True)
+            full = (height, width) if orientation in (5, 6, 7, 8) else (width, height)
         for w in caught:
             if issubclass(w.category, Image.DecompressionBombWarning):
                 continue
@@ -491,12 +499,19 @@ def decode_file(
 
 
 def decode_data(
-    data: bytes | bytearray | memoryview, policy: DecodePolicy = _DEFAULT_POLICY, draft: int | None = None
+    data: bytes | bytearray | memoryview,
+    policy: DecodePolicy = _DEFAULT_POLICY,
+    draft: int | None = None,
+    *,
+    keep_grey: bool = False,
 ) -> DecodedImage:
     """Decode an encoded image held in memory (a file's bytes, a tar member, a Parquet cell).
 
     The same checks, hash and result as :func:`decode_file`, so an image gives the same features
-    whichever source holds it.
+    whichever source holds it. With ``keep_grey`` an 8-bit grey image (mode "L", no transparency)
+    stays "L": :meth:`Preprocess.resize_crop <deepfeat.data.preprocess.Preprocess.resize_crop>` then
+    resizes one band instead of three and returns the very pixels of its RGB conversion (the decode
+    workers ask for it; everything else gets RGB).
 
     Example:
         >>> buf = io.BytesIO(); Image.new("RGB", (5, 4)).save(buf, "PNG")
@@ -504,7 +519,7 @@ def decode_data(
         (5, 4)
     """
     digest = hashlib.sha256(data).hexdigest()
-    image, fmt, mode, n_frames, size = _decode(data, policy, draft)
+    image, fmt, mode, n_frames, size = _decode(data, policy, draft, keep_grey)
     return DecodedImage(image=image, format=fmt, mode=mode, n_frames=n_frames, sha256=digest, size=size)
 
 
@@ -573,7 +588,7 @@ def decode_image(source: ImageSource, policy: DecodePolicy = _DEFAULT_POLICY) ->
         try:
             _check_geometry(*source.size, policy)
             source.load()
-            return _finish(source, policy)
+            return _finish(source, policy, _orientation(source), keep_grey=False, owned=False)
         except (InputError, EnvironmentFault):
             raise
         except MemoryError as exc:

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, replace
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from PIL import Image
@@ -175,24 +175,30 @@ class Preprocess:
         return (new_w, new_h), (left, top, left + out_w, top + out_h)
 
     def resize_crop(self, image: Image.Image) -> np.ndarray:
-        """Resize the shorter side and centre-crop an RGB PIL image (by :attr:`resizer`); returns uint8 HxWx3."""
-        if image.mode != "RGB":
+        """Resize the shorter side and centre-crop a PIL image (by :attr:`resizer`); returns uint8 HxWx3.
+
+        An RGB image is used as it is, an 8-bit grey one ("L") gives the pixels of its RGB conversion
+        (Pillow resizes each band alike, so one band is resized and repeated), any other mode is
+        converted to RGB first.
+        """
+        if image.mode not in ("RGB", "L"):
             image = image.convert("RGB")
         w, h = image.size
         (new_w, new_h), crop = self.crop_region(w, h)
         if (new_w, new_h) == (w, h):
-            return np.asarray(image.crop(crop), dtype=np.uint8)
+            return _rgb_array(image.crop(crop))
         if self.resizer == "pillow":
-            image = image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation])
-            return np.asarray(image.crop(crop), dtype=np.uint8)
+            return _rgb_array(image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation]).crop(crop))
         if self.interpolation in _TORCH_MODES and new_w < w and new_h < h:
-            out = _torch_resize_crop(image, (new_w, new_h), crop, self.interpolation)
+            # the SIMD kernel takes RGBX: a grey image is converted, as before "L" was kept
+            rgb = image if image.mode == "RGB" else image.convert("RGB")
+            out = _torch_resize_crop(rgb, (new_w, new_h), crop, self.interpolation)
             if out is not None:
                 return out
         sx, sy = w / new_w, h / new_h
         box = (crop[0] * sx, crop[1] * sy, crop[2] * sx, crop[3] * sy)
         out_h, out_w = self.input_size
-        return np.asarray(image.resize((out_w, out_h), INTERPOLATIONS[self.interpolation], box=box), dtype=np.uint8)
+        return _rgb_array(image.resize((out_w, out_h), INTERPOLATIONS[self.interpolation], box=box))
 
     def normalize(self, batch: "torch.Tensor", channels_last: bool = False) -> "torch.Tensor":
         """uint8 NHWC batch -> float32 NCHW normalised tensor (optionally channels-last memory)."""
@@ -211,6 +217,12 @@ class Preprocess:
 
         arr = torch.from_numpy(self.resize_crop(image).copy()).unsqueeze(0)
         return self.normalize(arr)
+
+
+def _rgb_array(image: Image.Image) -> np.ndarray:
+    """uint8 HxWx3 pixels of an "RGB" or "L" image (the grey band repeated: what ``convert("RGB")`` gives)."""
+    arr = np.asarray(image, dtype=np.uint8)
+    return arr if arr.ndim == 3 else np.stack((arr, arr, arr), axis=-1)
 
 
 _torch_module: ModuleType | None = None
@@ -241,14 +253,33 @@ def _torch_resize_crop(
     reach = _TORCH_MODES[mode]
     x_end = min(w, int(math.ceil(crop[2] * sx + reach * sx)) + 1)
     y_end = min(h, int(math.ceil(crop[3] * sy + reach * sy)) + 1)
-    # RGBX: Pillow's own pixel layout (no repacking), and four channels are what the SIMD kernel takes
-    # as they are (three channels are first copied into four)
-    raw = bytearray(image.crop((0, 0, x_end, y_end)).tobytes("raw", "RGBX"))
-    x = torch.frombuffer(raw, dtype=torch.uint8).view(1, y_end, x_end, 4).permute(0, 3, 1, 2)
+    # RGBX: Pillow's own pixel layout, and four channels are what the SIMD kernel takes as they are
+    # (three channels are first copied into four)
+    x = torch.from_numpy(_rgbx_region(image, x_end, y_end)).unsqueeze(0).permute(0, 3, 1, 2)
     y = torch.nn.functional.interpolate(
         x, scale_factor=(1 / sy, 1 / sx), mode=mode, antialias=True, align_corners=False, recompute_scale_factor=False
     )
     if y.shape[2] < crop[3] or y.shape[3] < crop[2]:
         return None
-    out = y[0, :3, crop[1] : crop[3], crop[0] : crop[2]].permute(1, 2, 0)
-    return cast(np.ndarray, out.contiguous().numpy())
+    rows = y[0].permute(1, 2, 0)[crop[1] : crop[3], crop[0] : crop[2]].contiguous().numpy()
+    # RGBX -> RGB by Pillow's packer (~5x faster than a strided copy dropping every fourth byte)
+    out_h, out_w = rows.shape[:2]
+    packed = Image.frombuffer("RGBX", (out_w, out_h), rows, "raw", "RGBX", 0, 1).tobytes("raw", "RGB")
+    return np.frombuffer(packed, dtype=np.uint8).reshape(out_h, out_w, 3)
+
+
+def _rgbx_region(image: Image.Image, x_end: int, y_end: int) -> np.ndarray:
+    """A writable uint8 ``y_end`` x ``x_end`` x 4 copy of the RGB ``image``'s top-left region in Pillow's
+    RGBX layout: one copy out of Pillow's memory where it exports one contiguous block to Arrow
+    (Pillow >= 11.2; images up to its 16 MiB block size), else a crop packed by ``tobytes``."""
+    try:
+        import pyarrow as pa
+
+        values = pa.array(image).values  # zero-copy: fixed_size_list<uint8>[4] per pixel
+        if values.type == pa.uint8() and len(values) == image.width * image.height * 4:
+            pixels = values.to_numpy(zero_copy_only=True).reshape(image.height, image.width, 4)
+            return np.array(pixels[:y_end, :x_end])
+    except (AttributeError, TypeError, ValueError):  # no Arrow export, or the image spans several blocks
+        pass
+    raw = bytearray(image.crop((0, 0, x_end, y_end)).tobytes("raw", "RGBX"))
+    return np.frombuffer(raw, dtype=np.uint8).reshape(y_end, x_end, 4)

@@ -75,11 +75,13 @@ def prepare_batch(
     prefetch([path for _, path, _ in items], policy.max_file_bytes)  # remote members: one request per run
     for item_id, path, n_views in items:
         try:
-            dec = decode_data(read_locator(path, policy.max_file_bytes), policy, draft=pre.draft_size)
+            # a grey image stays one band up to the crop (the same pixels, a third of the resize)
+            dec = decode_data(read_locator(path, policy.max_file_bytes), policy, draft=pre.draft_size, keep_grey=True)
             pixels = [pre.resize_crop(dec.image)]
             if n_views and augment is not None:
                 augmenter = get_augmenter(*augment)
-                pixels.extend(pre.resize_crop(augmenter(dec.image, item_id, v)) for v in range(1, n_views + 1))
+                rgb = dec.image.convert("RGB") if dec.image.mode != "RGB" else dec.image
+                pixels.extend(pre.resize_crop(augmenter(rgb, item_id, v)) for v in range(1, n_views + 1))
             w, h = dec.size or dec.image.size
             out.append(
                 Decoded(
