@@ -312,22 +312,3 @@ def test_one_pool_started_before_the_model_decodes_the_guard_sample_and_the_job(
     # one worker started before the model loaded, the second when the guard's sample was split between
     # them (after the model), and no others: the guard and the job share them
     assert order == ["worker", "model", "worker"]
-
-
-@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads a worker's memory map (Linux)")
-def test_a_worker_imports_torch_only_when_a_batch_downscales(fm_dir: Path, photos: Path) -> None:
-    """Fashion-MNIST at 96 px is upscaled by Pillow: its workers never load torch (2-3 s of a core each,
-    taken from the run when they did ahead); a photo downscaled by the torch resizer loads it."""
-
-    def torch_loaded(pool: DecodePool) -> bool:
-        return "libtorch" in Path(f"/proc/{pool._workers[0].proc.pid}/maps").read_text()
-
-    small = [[(p.name, str(p), 0) for p in sorted(fm_dir.rglob("*.png"))[:16]]]
-    large = [[(p.name, str(p), 0) for p in sorted(photos.glob("*.jpg"))[:4]]]
-    with DecodePool(1, load_backbone("efficientnet_lite0", input_size=96).preprocess.to_dict(), DecodePolicy()) as pool:
-        assert not pool.all_warm()
-        assert all(isinstance(d, decode_pool.Decoded) for _, r in pool.map(small) for d in r)
-        assert pool.all_warm() and not torch_loaded(pool)
-        pool.use(load_backbone("efficientnet_lite0", input_size=224).preprocess.to_dict(), DecodePolicy())
-        assert all(isinstance(d, decode_pool.Decoded) for _, r in pool.map(large) for d in r)
-        assert torch_loaded(pool)

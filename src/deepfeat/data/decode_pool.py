@@ -14,26 +14,26 @@ A worker that dies (segfault in a codec, OOM kill) is replaced; each batch it he
 once in a fresh worker, then its items are tried one by one; an item that still kills its
 worker is failed with reason ``worker_crash``. Nothing hangs.
 
-A worker says when it is ready (:data:`READY`, once its interpreter is up: 0.3 s on 2 cores).
-Batches go to ready workers first, so a job does not wait for a worker that is still starting while
-another could decode its batch (before, a short job's second batch waited the whole start-up of the
-second worker). torch is imported by the first batch that needs it (the torch resizer's downscale:
-2-3 s of a core), never ahead: small images upscaled by Pillow never need it, and importing it
-anyway took 2-3 s of CPU per worker from every job. A worker whose first result has come is warm
-(:meth:`DecodePool.all_warm`: the local engine times the ways to feed a CPU runtime only once every
-worker is).
+A worker says when it is ready (:data:`READY`, once its interpreter is up: 0.3 s on 2 cores; torch
+is imported in a background thread meanwhile, 2-3 s). Batches go to ready workers first, so a job
+does not wait for a worker that is still starting while another could decode its batch (before, a
+short job's second batch waited the whole start-up of the second worker). Each result also says
+whether that background import has ended (:meth:`DecodePool.all_warm`: the local engine times the
+ways to feed a CPU runtime only once it has, everywhere).
 """
 
 from __future__ import annotations
 
 import collections
 import contextlib
+import importlib
 import logging
 import multiprocessing.connection
 import multiprocessing.context
 import os
 import signal
 import sys
+import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, cast
@@ -49,7 +49,7 @@ Results = list[Decoded | Failed]
 
 #: seconds a worker gets to exit after SIGTERM before it is killed
 TERMINATE_GRACE_S = 2.0
-#: a worker's first message: its interpreter is up and it takes batches
+#: a worker's first message: its interpreter is up and it takes batches (:data:`WARM_IMPORTS` may still be loading)
 READY = ("ready",)
 
 
@@ -111,14 +111,34 @@ def worker_started(parent_pid: int) -> None:
     watch_parent(parent_pid)
 
 
-def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int) -> None:
+#: modules a decode worker started ahead of its first batch imports while it waits (the torch resizer)
+WARM_IMPORTS = ("torch",)
+
+
+def _warm_imports(done: threading.Event) -> None:
+    """Import :data:`WARM_IMPORTS` (those that are installed), then set ``done``."""
+    for name in WARM_IMPORTS:
+        with contextlib.suppress(ImportError):
+            importlib.import_module(name)
+    done.set()
+
+
+def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, warm: bool) -> None:
     """The body of a decode worker: send :data:`READY`, then receive ``(batch, args)`` and send back
-    ``("ok", results, cpu_seconds)`` or ``("error", exc)``."""
+    ``("ok", results, cpu_seconds, warm)`` (``warm``: the imports ahead have ended) or ``("error", exc)``.
+    The argument ``warm``: import :data:`WARM_IMPORTS` in a background thread meanwhile (torch takes
+    2-3 s; a batch that needs no torch, such as small images upscaled by Pillow, is decoded at once,
+    and one that needs it waits for that import to end)."""
     worker_started(parent_pid)
     # One thread per decode process: torch (the resizer, loaded on first use) must not start a thread
     # per core in every worker beside the runtime's own threads.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
+    warmed = threading.Event()
+    if warm:
+        threading.Thread(target=_warm_imports, args=(warmed,), name="deepfeat-decode-imports", daemon=True).start()
+    else:
+        warmed.set()
     try:
         conn.send(READY)
     except (EOFError, OSError):
@@ -134,7 +154,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int) -
             started = time.thread_time()
             batch, args = message
             results = prepare_batch(batch, *args)
-            reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started)  # + the CPU seconds it took
+            # + the CPU seconds it took, and whether the imports ahead have ended
+            reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started, warmed.is_set())
         except Exception as exc:  # noqa: BLE001 - e.g. EnvironmentFault: re-raised in the parent
             reply = ("error", exc)
         try:
@@ -148,10 +169,10 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int) -
 class _Worker:
     """One decode process, its end of the pipe, and the batches sent to it (in order)."""
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool = False) -> None:
         parent_end, child_end = WORKER_CONTEXT.Pipe(duplex=True)
         self.proc = WORKER_CONTEXT.Process(
-            target=_worker_main, args=(child_end, os.getpid()), name="deepfeat-decode", daemon=True
+            target=_worker_main, args=(child_end, os.getpid(), warm), name="deepfeat-decode", daemon=True
         )
         try:
             self.proc.start()
@@ -161,8 +182,7 @@ class _Worker:
         self.tasks: collections.deque[int] = collections.deque()
         #: the worker sent :data:`READY` (its first message); batches go to ready workers first
         self.ready = False
-        #: a result of the worker has come (:meth:`receive`): its start-up, and any import its first batch
-        #: needed, is behind it
+        #: a result of the worker said its imports ahead had ended (read by :meth:`receive`)
         self.warm = False
 
     def check_ready(self) -> bool:
@@ -201,7 +221,7 @@ class _Worker:
         except (EOFError, OSError):
             return None
         if reply[0] == "ok":
-            self.warm = True
+            self.warm = self.warm or bool(reply[3])
         return reply
 
     def stop(self) -> None:
@@ -277,6 +297,7 @@ class DecodePool:
         self.prefetch = prefetch or max(2, 2 * self.workers)
         self._fixed_prefetch = prefetch is not None
         self.alternate = alternate
+        self._warm = False
         self._workers: list[_Worker] = []
         #: (CPU seconds, images) of every batch decoded so far, in the order they finished
         self.timings: list[tuple[float, int]] = []
@@ -287,10 +308,11 @@ class DecodePool:
         self.args = (preprocess, policy, augment)
 
     def start(self, count: int | None = None) -> "DecodePool":
-        """Start ``count`` workers now (default: all), whose start-up overlaps the caller's other work; the
-        others start when a batch first needs them."""
+        """Start ``count`` workers now (default: all), which import what decoding needs while the caller
+        does other work; the others start when a batch first needs them."""
+        self._warm = True
         while len(self._workers) < min(self.workers, self.workers if count is None else count):
-            self._workers.append(_Worker())
+            self._workers.append(_Worker(warm=True))
         return self
 
     def resize(self, workers: int) -> None:
@@ -305,9 +327,9 @@ class DecodePool:
         _stop_all(idle)
 
     def all_warm(self) -> bool:
-        """Whether the pool runs all its workers and a result of each has come (until then a worker's
-        start-up, or the torch import of its first batch, may take CPU from the run:
-        :class:`~deepfeat.engines.local.FeedTrial` waits for this before it times anything)."""
+        """Whether the pool runs all its workers and a result of each said its imports ahead had ended
+        (until then a worker's start-up takes CPU from the run: :class:`~deepfeat.engines.local.FeedTrial`
+        waits for this before it times anything)."""
         return len(self._workers) >= self.workers and all(w.warm for w in self._workers)
 
     def close(self) -> None:
@@ -332,7 +354,7 @@ class DecodePool:
         if not self.args:
             raise RuntimeError("DecodePool.use() must set the preprocessing before batches are sent")
         if len(self._workers) < self.workers:
-            self._workers.append(_Worker())
+            self._workers.append(_Worker(self._warm))
         worker = min(self._workers, key=lambda w: (not w.check_ready(), len(w.tasks)))
         if not worker.send(index, batches[index], self.args):
             worker.tasks.append(index)
@@ -373,7 +395,7 @@ class DecodePool:
 
     def _isolated(self, batch: Sequence[Item]) -> Results | None:
         """Decode ``batch`` in a fresh worker; None when it dies too. The worker joins the pool if it lives."""
-        worker = _Worker()
+        worker = _Worker(self._warm)
         try:
             if not worker.send(-1, batch, self.args):
                 _stop_all([worker])

@@ -86,9 +86,8 @@ def start_decoders(settings: Any) -> DecodePool | None:
 class FeedTrial:
     """Times the two ways of feeding a CPU runtime over a run's first batches and keeps the faster.
 
-    After :data:`TRIAL_WARMUP` batches, and once every decode worker of the pool has returned a batch
-    (``pool.all_warm()``: a worker still starting up, or importing torch for its first downscale,
-    would slow one window, not the other),
+    After :data:`TRIAL_WARMUP` batches, and once every decode worker of the pool is up
+    (``pool.all_warm()``: a worker still starting up would slow one window, not the other),
     :data:`TRIAL_BATCHES` are fed taking turns (``pool.alternate``), one batch lets the switch
     settle, :data:`TRIAL_BATCHES` more are fed overlapped; the rate of each is images over the wall
     time from the end of the batch before its window to the end of its last batch (decode, forward,
