@@ -190,7 +190,7 @@ class Preprocess:
         if self.resizer == "pillow":
             return _rgb_array(image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation]).crop(crop))
         if self.interpolation in _TORCH_MODES and new_w < w and new_h < h:
-            # the SIMD kernel takes RGBX: a grey image is converted, as before "L" was kept
+            # the SIMD kernel takes RGBX, so a grey image is converted first (as every image was before)
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             out = _torch_resize_crop(rgb, (new_w, new_h), crop, self.interpolation)
             if out is not None:
