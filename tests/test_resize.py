@@ -64,7 +64,7 @@ def test_the_torch_resizer_is_pillows_resize_within_one_grey_level(pre: Preproce
             new, old = pre.resize_crop(img), pillow(pre).resize_crop(img)
             assert new.shape == old.shape == (*pre.input_size, 3) and new.dtype == np.uint8
             assert np.abs(new.astype(int) - old).max() <= 1, (size, name)
-    # gray and RGBA inputs are converted first, as before
+    # a grey input too (converted to RGB for torch's kernel, resized as one band by Pillow)
     gray = Image.fromarray(photo_array("camera")[..., 0])
     assert np.abs(pre.resize_crop(gray).astype(int) - pillow(pre).resize_crop(gray)).max() <= 1
 
