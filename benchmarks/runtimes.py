@@ -146,7 +146,8 @@ def decode_rates(files: list[str], input_size: int, rounds: int) -> dict[str, An
         return np.stack([pre.resize_crop(decode_file(f, policy, draft=pre.draft_size).image) for _, f, _ in items])
 
     paths = {"pillow": (worker_path, pres["pillow"]), "torch": (worker_path, pres["torch"])}
-    grey = Image.open(files[0]).mode == "L"
+    with Image.open(files[0]) as first:
+        grey = first.mode == "L"
     if grey:
         paths["torch, grey as RGB"] = (rgb_at_decode, pres["torch"])
     rates: dict[str, list[float]] = {k: [] for k in paths}
