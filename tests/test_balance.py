@@ -312,3 +312,90 @@ def test_one_pool_started_before_the_model_decodes_the_guard_sample_and_the_job(
     # one worker started before the model loaded, the second when the guard's sample was split between
     # them (after the model), and no others: the guard and the job share them
     assert order == ["worker", "model", "worker"]
+
+
+def _torch_loaded(worker: decode_pool._Worker) -> bool:
+    """Whether torch's library is mapped into a decode worker's memory (read from /proc)."""
+    return "libtorch" in Path(f"/proc/{worker.proc.pid}/maps").read_text()
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads a worker's memory map (Linux)")
+def test_a_worker_imports_torch_ahead_only_when_told(fm_dir: Path) -> None:
+    """A worker started without the import ahead decodes Fashion-MNIST at 96 px (upscaled by Pillow)
+    without ever loading torch; told to import ahead while it runs, it loads torch in the background
+    and says so in its results until the import has ended (the feed trial waits for that)."""
+    small = [(p.name, str(p), 0) for p in sorted(fm_dir.rglob("*.png"))]
+    pre = load_backbone("efficientnet_lite0", input_size=96).preprocess.to_dict()
+    with DecodePool(1, pre, DecodePolicy()).import_ahead(False).start(1) as pool:
+        worker = pool._workers[0]
+        assert all(isinstance(d, decode_pool.Decoded) for _, r in pool.map([small[:16]]) for d in r)
+        assert pool.all_warm() and not _torch_loaded(worker)
+        pool.import_ahead()
+        list(pool.map([small[16:32]]))  # 16 small PNGs decode in milliseconds; the import takes seconds
+        assert not pool.all_warm()
+        deadline = time.monotonic() + 120
+        while not pool.all_warm():
+            assert time.monotonic() < deadline, "the worker's import ahead never ended"
+            list(pool.map([small[:4]]))
+            time.sleep(0.05)
+        assert _torch_loaded(worker) and pool._workers == [worker]
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="reads a worker's memory map (Linux)")
+def test_extract_tells_its_workers_to_import_torch_only_for_a_job_that_downscales_with_it(
+    fm_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first input's header decides: Fashion-MNIST at 96 px is upscaled by Pillow, so the workers
+    of a job handed its backbone (nothing to load meanwhile) never load torch; photos at 224 px are
+    downscaled by torch, so every worker imports it ahead. A job that loads its model imports it in
+    the first worker meanwhile (a core is free then), whatever the inputs."""
+    loaded: list[list[bool]] = []
+    real_close = DecodePool.close
+
+    def close(self: DecodePool) -> None:
+        if self._workers:  # extract's own pool (the guard's and the job's), before its workers end
+            loaded.append([_torch_loaded(w) for w in self._workers])
+        real_close(self)
+
+    monkeypatch.setattr(DecodePool, "close", close)
+
+    def run(source: Path, size: int, given: bool) -> list[bool]:
+        loaded.clear()
+        bb = load_backbone("efficientnet_lite0", input_size=size) if given else None
+        s = deepfeat.extract(
+            source,
+            tmp_path / f"st-{size}-{given}",
+            layers="pre_logits",
+            input_size=size,
+            runtime="torch",
+            batch_size=16,
+            workers=2,
+            backbone=bb,
+            progress=None,
+        )
+        assert s.failed_now == 0 and s.embedded_now > 0
+        assert len(loaded) == 1 and len(loaded[0]) == 2, loaded
+        return loaded[0]
+
+    assert run(fm_dir, 96, given=True) == [False, False]
+    assert run(photos, 224, given=True) == [True, True]
+    assert run(fm_dir, 96, given=False) == [True, False]  # the second, started after the plan, did not
+
+
+def test_needs_torch_reads_only_the_first_inputs_header(fm_dir: Path, photos: Path, tmp_path: Path) -> None:
+    """What ``extract`` asks of its first input: a photo downscaled by the torch resizer needs torch, a
+    28 px PNG upscaled to 96 px does not, nor a photo resized by Pillow; an input whose header cannot
+    be read says True (torch is imported ahead, as before; the workers record the fault)."""
+    from deepfeat.data.preprocess import Preprocess
+    from deepfeat.data.worker import needs_torch
+
+    photo, png = str(sorted(photos.glob("*.jpg"))[0]), str(sorted(fm_dir.rglob("*.png"))[0])
+    at_224, at_96 = Preprocess(input_size=(224, 224)), Preprocess(input_size=(96, 96))
+    policy = DecodePolicy()
+    assert needs_torch(photo, at_224, policy) and needs_torch(photo, at_96, policy)
+    assert not needs_torch(png, at_96, policy) and not needs_torch(png, at_224, policy)
+    assert not needs_torch(photo, Preprocess(input_size=(224, 224), resizer="pillow"), policy)
+    assert not needs_torch(photo, Preprocess(input_size=(224, 224), interpolation="lanczos"), policy)
+    garbage = tmp_path / "cut.jpg"
+    garbage.write_bytes(Path(photo).read_bytes()[:20])
+    assert needs_torch(str(garbage), at_96, policy) and needs_torch(str(tmp_path / "gone.jpg"), at_96, policy)

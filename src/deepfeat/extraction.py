@@ -27,6 +27,7 @@ from .data.augment import DEFAULT_AUGMENT, parse_augment
 from .data.decode import DecodePolicy
 from .data.preprocess import Preprocess
 from .data.remote import is_url
+from .data.worker import needs_torch
 from .devices import DEVICES
 from .embed import decode_pixels
 from .engines import Engine, RunSettings, get_engine
@@ -409,6 +410,12 @@ def plan_extraction(
     )
 
 
+def _downscales_with_torch(plan: ExtractPlan, policy: DecodePolicy) -> bool:
+    """Whether the job's first input is downscaled with torch (its decode workers import torch ahead)."""
+    items = plan.discovery.items
+    return bool(len(items)) and needs_torch(items[0].locator, plan.backbone.preprocess, policy)
+
+
 def _excluded_table(discovery: Discovery) -> pa.Table:
     cols: dict[str, list] = {f.name: [] for f in layout.LEDGER_SCHEMA}
     for ex in discovery.excluded:
@@ -539,7 +546,8 @@ def extract(
         part_seconds=part_seconds,
         balance_workers=balance_workers,
     )
-    decoders = start_decoders(settings) if eng.name == "local" else None  # start-up overlaps the model load
+    # start-up overlaps the model load; torch's import too, when a model is to load (docs/DECISIONS.md)
+    decoders = start_decoders(settings, import_ahead=backbone is None) if eng.name == "local" else None
     try:
         start = time.perf_counter()
         plan = plan_extraction(
@@ -564,6 +572,7 @@ def extract(
         )
         _keep_recorded_resizer(plan, recorded_config)
         if decoders is not None:  # the other workers, as many as the job has batches, start now (before the guard)
+            decoders.import_ahead(_downscales_with_torch(plan, settings.policy))
             decoders.start(math.ceil(len(plan.discovery.items) / max(1, batch_size)))
         out = os.fspath(out)
         if os.path.exists(out) and not os.path.isdir(out):

@@ -14,12 +14,18 @@ A worker that dies (segfault in a codec, OOM kill) is replaced; each batch it he
 once in a fresh worker, then its items are tried one by one; an item that still kills its
 worker is failed with reason ``worker_crash``. Nothing hangs.
 
-A worker says when it is ready (:data:`READY`, once its interpreter is up: 0.3 s on 2 cores; torch
-is imported in a background thread meanwhile, 2-3 s). Batches go to ready workers first, so a job
-does not wait for a worker that is still starting while another could decode its batch (before, a
-short job's second batch waited the whole start-up of the second worker). Each result also says
-whether that background import has ended (:meth:`DecodePool.all_warm`: the local engine times the
-ways to feed a CPU runtime only once it has, everywhere).
+A worker says when it is ready (:data:`READY`, once its interpreter is up: 0.3 s on 2 cores).
+Batches go to ready workers first, so a job does not wait for a worker that is still starting while
+another could decode its batch (before, a short job's second batch waited the whole start-up of the
+second worker).
+
+torch (the resizer of a downscale) takes a worker 2-3 s of a core to import. A worker imports it in a
+background thread ahead of its batches only when told (:meth:`DecodePool.import_ahead`: ``extract``
+tells the worker it starts before the model loads, and the others once the first input's size says
+the job downscales with torch); a job that never needs torch (small images upscaled by Pillow, as
+Fashion-MNIST at 96 px) never pays for it, and one batch that needs it unannounced imports it then.
+Each result says whether a background import is still running (:meth:`DecodePool.all_warm`: the local
+engine times the ways to feed a CPU runtime only once none is, everywhere).
 """
 
 from __future__ import annotations
@@ -51,6 +57,8 @@ Results = list[Decoded | Failed]
 TERMINATE_GRACE_S = 2.0
 #: a worker's first message: its interpreter is up and it takes batches (:data:`WARM_IMPORTS` may still be loading)
 READY = ("ready",)
+#: a message to a worker (no reply): import :data:`WARM_IMPORTS` in a background thread now
+IMPORT = ("import",)
 
 
 @contextlib.contextmanager
@@ -125,8 +133,9 @@ def _warm_imports(done: threading.Event) -> None:
 
 def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, warm: bool) -> None:
     """The body of a decode worker: send :data:`READY`, then receive ``(batch, args)`` and send back
-    ``("ok", results, cpu_seconds, warm)`` (``warm``: the imports ahead have ended) or ``("error", exc)``.
-    The argument ``warm``: import :data:`WARM_IMPORTS` in a background thread meanwhile (torch takes
+    ``("ok", results, cpu_seconds, warm)`` (``warm``: no import ahead is running) or ``("error", exc)``;
+    :data:`IMPORT` (no reply) starts the imports ahead.
+    The argument ``warm``: import :data:`WARM_IMPORTS` in a background thread from the start (torch takes
     2-3 s; a batch that needs no torch, such as small images upscaled by Pillow, is decoded at once,
     and one that needs it waits for that import to end)."""
     worker_started(parent_pid)
@@ -134,11 +143,15 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, w
     # per core in every worker beside the runtime's own threads.
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = "1"
-    warmed = threading.Event()
+    imported: threading.Event | None = None  # set once the imports ahead have ended; None: not asked for
+
+    def import_ahead() -> threading.Event:
+        done = threading.Event()
+        threading.Thread(target=_warm_imports, args=(done,), name="deepfeat-decode-imports", daemon=True).start()
+        return done
+
     if warm:
-        threading.Thread(target=_warm_imports, args=(warmed,), name="deepfeat-decode-imports", daemon=True).start()
-    else:
-        warmed.set()
+        imported = import_ahead()
     try:
         conn.send(READY)
     except (EOFError, OSError):
@@ -150,12 +163,16 @@ def _worker_main(conn: multiprocessing.connection.Connection, parent_pid: int, w
             return
         if message is None:
             return
+        if message == IMPORT:
+            imported = imported or import_ahead()
+            continue
         try:
             started = time.thread_time()
             batch, args = message
             results = prepare_batch(batch, *args)
-            # + the CPU seconds it took, and whether the imports ahead have ended
-            reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started, warmed.is_set())
+            # + the CPU seconds it took, and whether no import ahead is running
+            warmed = imported is None or imported.is_set()
+            reply: tuple[Any, ...] = ("ok", results, time.thread_time() - started, warmed)
         except Exception as exc:  # noqa: BLE001 - e.g. EnvironmentFault: re-raised in the parent
             reply = ("error", exc)
         try:
@@ -182,8 +199,10 @@ class _Worker:
         self.tasks: collections.deque[int] = collections.deque()
         #: the worker sent :data:`READY` (its first message); batches go to ready workers first
         self.ready = False
-        #: a result of the worker said its imports ahead had ended (read by :meth:`receive`)
+        #: the worker's latest result said no import ahead was running (read by :meth:`receive`)
         self.warm = False
+        #: the worker was told to import ahead (at its start or by :meth:`import_ahead`)
+        self.importing = warm
 
     def check_ready(self) -> bool:
         """Whether the worker is ready, reading its :data:`READY` if it has come (never blocks); False
@@ -211,6 +230,13 @@ class _Worker:
         self.tasks.append(index)
         return True
 
+    def import_ahead(self) -> None:
+        """Tell the worker to import :data:`WARM_IMPORTS` now (once; a dead worker is found out later)."""
+        if not self.importing:
+            with contextlib.suppress(OSError, EOFError):
+                self.conn.send(IMPORT)
+            self.importing = True
+
     def receive(self) -> tuple[Any, ...] | None:
         """The next reply (after :data:`READY`, read here if it is still unread), or None when the worker
         died before sending it whole. Blocks until the reply comes."""
@@ -221,7 +247,7 @@ class _Worker:
         except (EOFError, OSError):
             return None
         if reply[0] == "ok":
-            self.warm = self.warm or bool(reply[3])
+            self.warm = bool(reply[3])
         return reply
 
     def stop(self) -> None:
@@ -297,7 +323,8 @@ class DecodePool:
         self.prefetch = prefetch or max(2, 2 * self.workers)
         self._fixed_prefetch = prefetch is not None
         self.alternate = alternate
-        self._warm = False
+        #: workers started from now on import :data:`WARM_IMPORTS` ahead (:meth:`import_ahead`)
+        self._import_ahead = False
         self._workers: list[_Worker] = []
         #: (CPU seconds, images) of every batch decoded so far, in the order they finished
         self.timings: list[tuple[float, int]] = []
@@ -308,11 +335,22 @@ class DecodePool:
         self.args = (preprocess, policy, augment)
 
     def start(self, count: int | None = None) -> "DecodePool":
-        """Start ``count`` workers now (default: all), which import what decoding needs while the caller
-        does other work; the others start when a batch first needs them."""
-        self._warm = True
+        """Start ``count`` workers now (default: all), which start up while the caller does other work
+        (and import what decoding needs if :meth:`import_ahead` said so); the others start when a batch
+        first needs them."""
         while len(self._workers) < min(self.workers, self.workers if count is None else count):
-            self._workers.append(_Worker(warm=True))
+            self._workers.append(_Worker(self._import_ahead))
+        return self
+
+    def import_ahead(self, wanted: bool = True) -> "DecodePool":
+        """Whether workers import :data:`WARM_IMPORTS` (torch, for the resizer) ahead of their batches:
+        ``True`` tells the running workers to begin now and those started later to begin at once;
+        ``False`` leaves it to the first batch that needs it in workers started from now on (an import
+        already begun runs on)."""
+        self._import_ahead = bool(wanted)
+        if wanted:
+            for w in self._workers:
+                w.import_ahead()
         return self
 
     def resize(self, workers: int) -> None:
@@ -327,8 +365,8 @@ class DecodePool:
         _stop_all(idle)
 
     def all_warm(self) -> bool:
-        """Whether the pool runs all its workers and a result of each said its imports ahead had ended
-        (until then a worker's start-up takes CPU from the run: :class:`~deepfeat.engines.local.FeedTrial`
+        """Whether the pool runs all its workers and the latest result of each said no import ahead was
+        running (until then a worker's start-up takes CPU from the run: :class:`~deepfeat.engines.local.FeedTrial`
         waits for this before it times anything)."""
         return len(self._workers) >= self.workers and all(w.warm for w in self._workers)
 
@@ -354,7 +392,7 @@ class DecodePool:
         if not self.args:
             raise RuntimeError("DecodePool.use() must set the preprocessing before batches are sent")
         if len(self._workers) < self.workers:
-            self._workers.append(_Worker(self._warm))
+            self._workers.append(_Worker(self._import_ahead))
         worker = min(self._workers, key=lambda w: (not w.check_ready(), len(w.tasks)))
         if not worker.send(index, batches[index], self.args):
             worker.tasks.append(index)
@@ -395,7 +433,7 @@ class DecodePool:
 
     def _isolated(self, batch: Sequence[Item]) -> Results | None:
         """Decode ``batch`` in a fresh worker; None when it dies too. The worker joins the pool if it lives."""
-        worker = _Worker(self._warm)
+        worker = _Worker(self._import_ahead)
         try:
             if not worker.send(-1, batch, self.args):
                 _stop_all([worker])

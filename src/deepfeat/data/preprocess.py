@@ -174,6 +174,18 @@ class Preprocess:
         top = int(round((new_h - out_h) / 2.0))
         return (new_w, new_h), (left, top, left + out_w, top + out_h)
 
+    def downscales_with_torch(self, width: int, height: int) -> bool:
+        """Whether :meth:`resize_crop` resizes a ``width`` x ``height`` image with torch (a downscale by
+        the torch resizer's bilinear or bicubic kernel): decode workers import torch for it.
+
+        Example:
+            >>> p = Preprocess(input_size=(96, 96), crop_pct=0.875)
+            >>> p.downscales_with_torch(640, 480), p.downscales_with_torch(28, 28)
+            (True, False)
+        """
+        (new_w, new_h), _ = self.crop_region(width, height)
+        return self.resizer == "torch" and self.interpolation in _TORCH_MODES and new_w < width and new_h < height
+
     def resize_crop(self, image: Image.Image) -> np.ndarray:
         """Resize the shorter side and centre-crop a PIL image (by :attr:`resizer`); returns uint8 HxWx3.
 
@@ -189,7 +201,7 @@ class Preprocess:
             return _rgb_array(image.crop(crop))
         if self.resizer == "pillow":
             return _rgb_array(image.resize((new_w, new_h), INTERPOLATIONS[self.interpolation]).crop(crop))
-        if self.interpolation in _TORCH_MODES and new_w < w and new_h < h:
+        if self.downscales_with_torch(w, h):
             # the SIMD kernel takes RGBX, so a grey image is converted first (as every image was before)
             rgb = image if image.mode == "RGB" else image.convert("RGB")
             out = _torch_resize_crop(rgb, (new_w, new_h), crop, self.interpolation)

@@ -6,12 +6,15 @@ plain tuples that pickle cheaply: decoded images travel as uint8 HxWx3 arrays.
 
 from __future__ import annotations
 
+import io
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from PIL import Image
 
 from ..errors import InputError
 from .augment import get_augmenter
@@ -104,3 +107,24 @@ def prepare_batch(
         except Exception as exc:  # noqa: BLE001 - one bad item must never stop the run
             out.append(Failed(item_id, "decode_error", f"{type(exc).__name__}: {exc}"))
     return out
+
+
+def needs_torch(locator: str | tuple[Any, ...], preprocess: Preprocess, policy: DecodePolicy) -> bool:
+    """Whether :func:`prepare_batch` resizes the input at ``locator`` with torch, from its header alone
+    (``extract`` asks it of the first input to tell its decode workers whether to import torch ahead).
+
+    An input whose header cannot be read says True: torch is imported ahead, as for any job before.
+
+    Example:
+        >>> needs_torch("photos/cat.jpg", Preprocess(input_size=(224, 224)), DecodePolicy())  # doctest: +SKIP
+        True
+    """
+    try:
+        data = read_locator(locator, policy.max_file_bytes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a warning about this file is the workers' to record
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+    except Exception:  # noqa: BLE001 - any fault here is the workers' to report, with the input
+        return True
+    return preprocess.downscales_with_torch(width, height)

@@ -65,20 +65,21 @@ def shares_cores(device: str) -> bool:
     return device == "cpu"
 
 
-def start_decoders(settings: Any) -> DecodePool | None:
+def start_decoders(settings: Any, import_ahead: bool = True) -> DecodePool | None:
     """Start the run's decode workers now (``extract`` calls it before loading the model, so their
     start-up overlaps it), as ``settings.decode_pool``; None when decoding runs in this process.
 
     A CPU run by default uses one worker per core (:func:`shares_cores`); a forced ``workers`` is kept.
-    One worker starts now; ``extract`` starts the others once discovery has counted the job's batches
-    (at most one per batch), so a job of one batch (a notebook's few images, most of the test suite)
-    does not pay a worker start-up per core.
+    One worker starts now, and imports torch ahead if ``import_ahead`` (while the model loads, a core
+    is free for it); ``extract`` starts the others once discovery has counted the job's batches (at
+    most one per batch), so a job of one batch (a notebook's few images, most of the test suite) does
+    not pay a worker start-up per core.
     """
     if settings.workers == 0:
         return None
     if shares_cores(settings.device) and settings.balance_workers:
         settings.workers = max(1, min(CPU_MAX_WORKERS, os.cpu_count() or 1))
-    pool = DecodePool(settings.workers).start(1)
+    pool = DecodePool(settings.workers).import_ahead(import_ahead).start(1)
     settings.decode_pool = pool
     return pool
 
