@@ -382,7 +382,9 @@ def test_extract_tells_its_workers_to_import_torch_only_for_a_job_that_downscale
     assert run(fm_dir, 96, given=False) == [True, False]  # the second, started after the plan, did not
 
 
-def test_needs_torch_reads_only_the_first_inputs_header(fm_dir: Path, photos: Path, tmp_path: Path) -> None:
+def test_needs_torch_reads_only_the_first_inputs_header(
+    fm_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What ``extract`` asks of its first input: a photo downscaled by the torch resizer needs torch, a
     28 px PNG upscaled to 96 px does not, nor a photo resized by Pillow; an input whose header cannot
     be read says True (torch is imported ahead, as before; the workers record the fault)."""
@@ -399,3 +401,11 @@ def test_needs_torch_reads_only_the_first_inputs_header(fm_dir: Path, photos: Pa
     garbage = tmp_path / "cut.jpg"
     garbage.write_bytes(Path(photo).read_bytes()[:20])
     assert needs_torch(str(garbage), at_96, policy) and needs_torch(str(tmp_path / "gone.jpg"), at_96, policy)
+    # an object in a store is not fetched an extra time for this; a local file is read
+    from deepfeat.data import worker
+
+    read: list[object] = []
+    monkeypatch.setattr(worker, "read_locator", lambda loc, limit: read.append(loc) or Path(photo).read_bytes())
+    assert needs_torch(("tar", "s3://lake/000.tar", 0, 512), at_96, policy) and needs_torch("s3://lake/a.jpg", at_96, policy)
+    assert read == [] and not needs_torch(("tar", "local.tar", 0, 512), Preprocess(input_size=(999, 999)), policy)
+    assert read == [("tar", "local.tar", 0, 512)]

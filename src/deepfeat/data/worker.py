@@ -21,6 +21,7 @@ from .augment import get_augmenter
 from .decode import DecodePolicy, decode_data
 from .preprocess import Preprocess
 from .read import prefetch, read_locator
+from .remote import is_url
 
 
 @dataclass
@@ -113,12 +114,15 @@ def needs_torch(locator: str | tuple[Any, ...], preprocess: Preprocess, policy: 
     """Whether :func:`prepare_batch` resizes the input at ``locator`` with torch, from its header alone
     (``extract`` asks it of the first input to tell its decode workers whether to import torch ahead).
 
-    An input whose header cannot be read says True: torch is imported ahead, as for any job before.
+    An input whose header cannot be read says True: torch is imported ahead, as for any job before; so
+    does a remote one (object storage), which is not fetched an extra time for this.
 
     Example:
         >>> needs_torch("photos/cat.jpg", Preprocess(input_size=(224, 224)), DecodePolicy())  # doctest: +SKIP
         True
     """
+    if any(isinstance(part, str) and is_url(part) for part in ((locator,) if isinstance(locator, str) else locator)):
+        return True
     try:
         data = read_locator(locator, policy.max_file_bytes)
         with warnings.catch_warnings():
