@@ -409,3 +409,8 @@ def test_needs_torch_reads_only_the_first_inputs_header(
     assert needs_torch(("tar", "s3://lake/000.tar", 0, 512), at_96, policy) and needs_torch("s3://lake/a.jpg", at_96, policy)
     assert read == [] and not needs_torch(("tar", "local.tar", 0, 512), Preprocess(input_size=(999, 999)), policy)
     assert read == [("tar", "local.tar", 0, 512)]
+    # a first input over the limit is not read whole into the parent (its reader refuses it: too large)
+    monkeypatch.undo()
+    big = tmp_path / "big.png"
+    big.write_bytes(Path(png).read_bytes() + bytes(worker.HEADER_READ_LIMIT))  # a 28 px PNG, padded
+    assert needs_torch(str(big), at_96, policy) and not needs_torch(png, at_96, policy)

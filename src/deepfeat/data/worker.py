@@ -110,12 +110,17 @@ def prepare_batch(
     return out
 
 
+#: the largest input :func:`needs_torch` reads (bytes)
+HEADER_READ_LIMIT = 16 << 20
+
+
 def needs_torch(locator: str | tuple[Any, ...], preprocess: Preprocess, policy: DecodePolicy) -> bool:
     """Whether :func:`prepare_batch` resizes the input at ``locator`` with torch, from its header alone
     (``extract`` asks it of the first input to tell its decode workers whether to import torch ahead).
 
     An input whose header cannot be read says True: torch is imported ahead, as for any job before; so
-    does a remote one (object storage), which is not fetched an extra time for this.
+    does a remote one (object storage), which is not fetched an extra time for this, and one over
+    :data:`HEADER_READ_LIMIT` bytes (not read whole into this process: such a file is a downscale).
 
     Example:
         >>> needs_torch("photos/cat.jpg", Preprocess(input_size=(224, 224)), DecodePolicy())  # doctest: +SKIP
@@ -124,7 +129,7 @@ def needs_torch(locator: str | tuple[Any, ...], preprocess: Preprocess, policy: 
     if any(isinstance(part, str) and is_url(part) for part in ((locator,) if isinstance(locator, str) else locator)):
         return True
     try:
-        data = read_locator(locator, policy.max_file_bytes)
+        data = read_locator(locator, min(policy.max_file_bytes, HEADER_READ_LIMIT))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # a warning about this file is the workers' to record
             with Image.open(io.BytesIO(data)) as image:
