@@ -368,6 +368,7 @@ def test_extract_tells_its_workers_to_import_torch_only_for_a_job_that_downscale
             layers="pre_logits",
             input_size=size,
             runtime="torch",
+            precision="fp32",  # no guard: on a bf16 CPU too, the workers decode the job alone
             batch_size=16,
             workers=2,
             backbone=bb,
