@@ -32,7 +32,7 @@ from ..errors import EnvironmentFault, InputError, UsageError
 from . import remote
 from .decode import read_file_bytes
 
-__all__ = ["read_locator", "prefetch", "hf_library", "load_hf", "hf_splits", "open_split"]
+__all__ = ["read_locator", "is_remote", "prefetch", "hf_library", "load_hf", "hf_splits", "open_split"]
 
 WHOLE = ""  # the split name of a plain Hugging Face Dataset (not a DatasetDict)
 
@@ -51,6 +51,17 @@ def _remote_failure(exc: remote.RemoteError) -> InputError | EnvironmentFault:
     if exc.reason == "denied":
         return InputError("unreadable", exc.message)
     return EnvironmentFault(f"cannot read {exc.url}: {exc.message}")
+
+
+def is_remote(locator: str | tuple[Any, ...]) -> bool:
+    """Whether the input at ``locator`` is read over the network (its file or container is a URL).
+
+    Example:
+        >>> is_remote(("tar", "s3://lake/000.tar", 1536, 2210)), is_remote("photos/cat.jpg")
+        (True, False)
+    """
+    path = locator if isinstance(locator, str) else locator[1]
+    return isinstance(path, str) and remote.is_url(path)
 
 
 def prefetch(locators: Sequence[str | tuple[Any, ...]], max_bytes: int) -> None:

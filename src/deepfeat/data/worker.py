@@ -20,8 +20,7 @@ from ..errors import InputError
 from .augment import get_augmenter
 from .decode import DecodePolicy, decode_data
 from .preprocess import Preprocess
-from .read import prefetch, read_locator
-from .remote import is_url
+from .read import is_remote, prefetch, read_locator
 
 
 @dataclass
@@ -126,7 +125,7 @@ def needs_torch(locator: str | tuple[Any, ...], preprocess: Preprocess, policy: 
         >>> needs_torch("photos/cat.jpg", Preprocess(input_size=(224, 224)), DecodePolicy())  # doctest: +SKIP
         True
     """
-    if any(isinstance(part, str) and is_url(part) for part in ((locator,) if isinstance(locator, str) else locator)):
+    if is_remote(locator):
         return True
     try:
         data = read_locator(locator, min(policy.max_file_bytes, HEADER_READ_LIMIT))
