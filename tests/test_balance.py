@@ -404,12 +404,15 @@ def test_needs_torch_reads_only_the_first_inputs_header(
     assert needs_torch(str(garbage), at_96, policy) and needs_torch(str(tmp_path / "gone.jpg"), at_96, policy)
     # an object in a store is not fetched an extra time for this; a local file is read
     from deepfeat.data import worker
+    from deepfeat.data.read import read_locator
 
     read: list[object] = []
     monkeypatch.setattr(worker, "read_locator", lambda loc, limit: read.append(loc) or Path(photo).read_bytes())
     assert needs_torch(("tar", "s3://lake/000.tar", 0, 512), at_96, policy) and needs_torch("s3://lake/a.jpg", at_96, policy)
     assert read == [] and not needs_torch(("tar", "local.tar", 0, 512), Preprocess(input_size=(999, 999)), policy)
     assert read == [("tar", "local.tar", 0, 512)]
+    monkeypatch.setattr(worker, "read_locator", read_locator)
+    assert needs_torch(("custom",), at_96, policy)  # a locator no reader knows: the workers report it
     # a first input over the limit is not read whole into the parent (its reader refuses it: too large)
     monkeypatch.undo()
     big = tmp_path / "big.png"

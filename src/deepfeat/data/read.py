@@ -60,7 +60,7 @@ def is_remote(locator: str | tuple[Any, ...]) -> bool:
         >>> is_remote(("tar", "s3://lake/000.tar", 1536, 2210)), is_remote("photos/cat.jpg")
         (True, False)
     """
-    path = locator if isinstance(locator, str) else locator[1]
+    path = locator if isinstance(locator, str) else (locator[1] if len(locator) > 1 else None)
     return isinstance(path, str) and remote.is_url(path)
 
 
